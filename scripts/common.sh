@@ -1,0 +1,46 @@
+# Shared settings for the dev/test scripts. Source it; do not run it.
+#
+# Layout:
+#   $DEV   (<repo>/.dev, git-ignored)  everything this checkout starts: data dirs, logs, pids, certs
+#   $CACHE (~/.cache/hindsight)        installed third-party binaries (tansu, PostgreSQL 18), reused
+#                                      across checkouts so a fresh clone does not rebuild tansu (~12 min)
+# Every value can be overridden from the environment.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEV="${HSDEV_DEV_DIR:-$ROOT/.dev}"
+CACHE="${HSDEV_CACHE:-$HOME/.cache/hindsight}"
+
+# The unprivileged OS user that runs PostgreSQL (servers refuse to run as root).
+PG_OS_USER="${HSDEV_PG_OS_USER:-hindsight-pg}"
+
+PG15_BIN="${HSDEV_PG15_BIN:-/usr/lib/postgresql/15/bin}"
+PG18_VERSION="${HSDEV_PG18_VERSION:-18.4.0-beta.17}"
+PG18_HOME="$CACHE/pg18-$PG18_VERSION"
+PG18_BIN="$PG18_HOME/native/bin"
+
+PG15_PORT="${HSDEV_PG15_PORT:-54315}"
+PG18_PORT="${HSDEV_PG18_PORT:-54318}"
+PGBOUNCER_PORT="${HSDEV_PGBOUNCER_PORT:-6439}"
+KAFKA_PORT="${HSDEV_KAFKA_PORT:-19092}"
+PROXY_PORT="${HSDEV_PROXY_PORT:-6432}"
+ADMIN_PORT="${HSDEV_ADMIN_PORT:-9187}"
+
+TANSU_VERSION="${HSDEV_TANSU_VERSION:-0.6.0}"
+TANSU_ROOT="$CACHE/tansu-$TANSU_VERSION"
+TANSU_BIN="$TANSU_ROOT/bin/tansu"
+
+log() { printf '\033[1m[hindsight-dev]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31m[hindsight-dev] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# Run a command as the unprivileged PostgreSQL OS user.
+as_pg() { runuser -u "$PG_OS_USER" -- "$@"; }
+
+ensure_pg_os_user() {
+  if ! id "$PG_OS_USER" >/dev/null 2>&1; then
+    log "creating OS user $PG_OS_USER"
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$PG_OS_USER"
+  fi
+}
+
+mkdir -p "$DEV" "$CACHE"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the tests need (idempotent).
+source "$(dirname "$0")/common.sh"
+want=()
+[ -x "$PG15_BIN/postgres" ] || want+=(postgresql-15 postgresql-client-15)
+command -v pgbouncer >/dev/null || want+=(pgbouncer)
+command -v openssl >/dev/null || want+=(openssl)
+command -v runuser >/dev/null || want+=(util-linux)
+dpkg -s libclang-dev >/dev/null 2>&1 || want+=(libclang-dev)
+command -v cc >/dev/null || want+=(build-essential)
+command -v xz >/dev/null || want+=(xz-utils)
+if [ ${#want[@]} -gt 0 ]; then
+  log "apt-get install ${want[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+  # Debian starts a cluster of its own on install; we run our own on private ports.
+  systemctl disable --now postgresql pgbouncer >/dev/null 2>&1 || true
+  pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
+fi
+ensure_pg_os_user

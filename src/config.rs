@@ -1,0 +1,397 @@
+//! Configuration: one TOML file, then `HINDSIGHT_*` environment variables, then CLI flags.
+//!
+//! Every section is a serde struct with `deny_unknown_fields`, so a typo is an error that names
+//! the key and its line instead of a silently ignored setting. Defaults live in [`defaults`] and
+//! nowhere else.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Every default value, in one place.
+pub mod defaults {
+    use std::time::Duration;
+    pub const LISTEN: &str = "127.0.0.1:6432";
+    pub const UPSTREAM: &str = "127.0.0.1:5432";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9187";
+    /// PostgreSQL's own limit for a message is 1 GiB; allow the header on top of it.
+    pub const MAX_MESSAGE_BYTES: usize = (1 << 30) + 5;
+    pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const LOG_LEVEL: &str = "info";
+}
+
+/// Prefix of environment variables that override the file; `__` separates nesting levels,
+/// e.g. `HINDSIGHT_PROXY__LISTEN` or `HINDSIGHT_UPSTREAM__TLS__MODE`.
+pub const ENV_PREFIX: &str = "HINDSIGHT_";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The client-facing side: where applications connect.
+    pub proxy: ProxyConfig,
+    /// The PostgreSQL server hindsight relays to.
+    pub upstream: UpstreamConfig,
+    /// The HTTP admin endpoint (metrics, health).
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The client-facing listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address and port applications connect to instead of PostgreSQL.
+    pub listen: SocketAddr,
+    /// Largest message (tag + length + body) a client may send; larger frames are refused with
+    /// SQLSTATE 08P01 and the connection is closed. PostgreSQL's own limit is 1 GiB.
+    pub max_message_bytes: usize,
+    /// How long a new connection may take to send its StartupMessage (protects against clients
+    /// that connect and never speak).
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long open sessions may continue before they are closed.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// TLS towards clients. Absent: SSLRequest is answered `N` (like a server with ssl=off).
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// Certificate hindsight presents to clients that ask for TLS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// The PostgreSQL server behind hindsight.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `host:port` of the real PostgreSQL server. The host may be a DNS name.
+    pub address: String,
+    /// How long to wait for the TCP (and TLS) connection to the server.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// TLS towards the server.
+    pub tls: UpstreamTlsConfig,
+}
+
+/// TLS from hindsight to the upstream server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConfig {
+    /// `disable` (default), `require` (encrypt, do not verify), `verify-ca` (chain only) or
+    /// `verify-full` (chain and host name; what you want whenever TLS matters).
+    pub mode: UpstreamTlsMode,
+    /// PEM file with the CA certificate(s) to trust; default: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify the server certificate against; default: the host of `address`.
+    pub server_name: Option<String>,
+}
+
+/// How hindsight protects its connection to the upstream server (libpq's `sslmode` names).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    #[default]
+    Disable,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// The admin HTTP endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, or per module like `info,hindsight::proxy=debug`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::LISTEN.parse().expect("default listen address"),
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            startup_timeout: defaults::STARTUP_TIMEOUT,
+            drain_timeout: defaults::DRAIN_TIMEOUT,
+            tls: None,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            address: defaults::UPSTREAM.into(),
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            tls: Default::default(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::ADMIN_LISTEN
+                .parse()
+                .expect("default admin address"),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: defaults::LOG_LEVEL.into(),
+        }
+    }
+}
+
+/// Why a configuration was refused. Messages name the file, line, key or variable at fault.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("environment variable {var}={value:?}: {message}\n(variables are {ENV_PREFIX}<SECTION>__<KEY>, e.g. HINDSIGHT_PROXY__LISTEN)")]
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
+    #[error("{key} = {value:?}: {why}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+impl Config {
+    /// Load: defaults, then `file` (if any), then `HINDSIGHT_*` variables from `env`, validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        let mut vars: Vec<_> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        vars.sort();
+        for (var, value) in vars {
+            config = config.with_env_override(&var, &value)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse a file. toml's errors carry the line, column and a snippet of the offending text.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::File {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Parse TOML text; the error is toml's message (with line and column).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Apply one `HINDSIGHT_A__B=value` override. The value is read as a TOML value when it parses
+    /// as one (numbers, booleans, arrays) and as a string otherwise.
+    fn with_env_override(&self, var: &str, raw: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError::Env {
+            var: var.into(),
+            value: raw.into(),
+            message,
+        };
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(err("empty key segment".into()));
+        }
+        let mut root = toml::Value::try_from(self).map_err(|e| err(e.to_string()))?;
+        let value = parse_env_value(raw);
+        let mut node = &mut root;
+        for (i, seg) in path.iter().enumerate() {
+            let table = node
+                .as_table_mut()
+                .ok_or_else(|| err(format!("{} is not a section", path[..i].join("."))))?;
+            if i + 1 == path.len() {
+                table.insert(seg.clone(), value.clone());
+                break;
+            }
+            node = table
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+        root.try_into()
+            .map_err(|e: toml::de::Error| err(e.message().to_string()))
+    }
+
+    /// Checks serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.proxy.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "proxy.max_message_bytes",
+                value: self.proxy.max_message_bytes.to_string(),
+                why: "must be at least 1024 bytes".into(),
+            });
+        }
+        split_host_port(&self.upstream.address).map_err(|why| ConfigError::Invalid {
+            key: "upstream.address",
+            value: self.upstream.address.clone(),
+            why,
+        })?;
+        Ok(())
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Split `host:port` (or `[v6]:port`) into its parts.
+pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or("expected host:port, e.g. 127.0.0.1:5432")?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port {port:?} is not a number from 1 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("host is empty; expected host:port".into());
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_when_empty() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = Config::from_toml("[proxy]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        assert!(e.contains("lisen"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_line() {
+        let e = Config::from_toml("[upstream]\n\nconnect_timeout = \"fast\"\n").unwrap_err();
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HINDSIGHT_PROXY__LISTEN", "0.0.0.0:7000"),
+                ("HINDSIGHT_PROXY__MAX_MESSAGE_BYTES", "4096"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.proxy.listen, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(c.proxy.max_message_bytes, 4096);
+        let c = Config::load(
+            None,
+            env(&[("HINDSIGHT_UPSTREAM__TLS__MODE", "verify-full")]),
+        )
+        .unwrap();
+        assert_eq!(c.upstream.tls.mode, UpstreamTlsMode::VerifyFull);
+    }
+
+    #[test]
+    fn unknown_env_var_is_an_error() {
+        let e = Config::load(None, env(&[("HINDSIGHT_PROXY__LISTN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("HINDSIGHT_PROXY__LISTN") && e.contains("listn"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn invalid_upstream_address() {
+        let e = Config::load(None, env(&[("HINDSIGHT_UPSTREAM__ADDRESS", "localhost")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstream.address") && e.contains("host:port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            split_host_port("db.internal:5432").unwrap(),
+            ("db.internal".into(), 5432)
+        );
+        assert_eq!(split_host_port("[::1]:5432").unwrap(), ("::1".into(), 5432));
+        assert!(split_host_port("db:99999").is_err());
+    }
+}

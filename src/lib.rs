@@ -1,0 +1,9 @@
+//! hindsight: a PostgreSQL wire-protocol proxy that makes every write recoverable and
+//! attributable. See ARCHITECTURE.md for the map of this crate.
+
+pub mod admin;
+pub mod config;
+pub mod proxy;
+pub mod statement;
+pub mod telemetry;
+pub mod wire;

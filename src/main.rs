@@ -1,0 +1,199 @@
+//! The `hindsight` command line. Subcommands are thin wrappers over library functions.
+//!
+//! Exit codes: 0 success; 1 runtime failure (e.g. cannot bind a port); 2 invalid configuration
+//! or usage.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hindsight::config::{Config, LogFormat, UpstreamTlsMode};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "hindsight",
+    version,
+    about = "Every write to PostgreSQL, recoverable and attributable"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy: clients connect here instead of PostgreSQL.
+    Proxy(ProxyArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file (and HINDSIGHT_* variables); explains errors with the line.
+    Check { file: PathBuf },
+    /// Print the effective configuration (defaults, file, environment) as TOML.
+    Show { file: Option<PathBuf> },
+}
+
+/// Flags override the config file and HINDSIGHT_* environment variables.
+#[derive(Args)]
+struct ProxyArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address clients connect to (proxy.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// host:port of the PostgreSQL server (upstream.address).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Address of the admin endpoint (admin.listen).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Certificate (PEM) for client-side TLS (proxy.tls.cert_file).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for client-side TLS (proxy.tls.key_file).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TLS to the upstream: disable, require, verify-ca, verify-full (upstream.tls.mode).
+    #[arg(long, value_parser = parse_tls_mode)]
+    upstream_tls: Option<UpstreamTlsMode>,
+    /// CA file to verify the upstream certificate (upstream.tls.ca_file).
+    #[arg(long)]
+    upstream_ca: Option<PathBuf>,
+    /// text or json (log.format).
+    #[arg(long, value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
+    /// tracing filter, e.g. info or debug (log.level).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn parse_tls_mode(s: &str) -> Result<UpstreamTlsMode, String> {
+    toml::Value::String(s.into())
+        .try_into()
+        .map_err(|_| format!("{s:?}: expected disable, require, verify-ca or verify-full"))
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    toml::Value::String(s.into())
+        .try_into()
+        .map_err(|_| format!("{s:?}: expected text or json"))
+}
+
+impl ProxyArgs {
+    fn apply(self, c: &mut Config) {
+        if let Some(v) = self.listen {
+            c.proxy.listen = v;
+        }
+        if let Some(v) = self.upstream {
+            c.upstream.address = v;
+        }
+        if let Some(v) = self.admin_listen {
+            c.admin.listen = v;
+        }
+        if let (Some(cert_file), Some(key_file)) = (self.tls_cert, self.tls_key) {
+            c.proxy.tls = Some(hindsight::config::ClientTlsConfig {
+                cert_file,
+                key_file,
+            });
+        }
+        if let Some(v) = self.upstream_tls {
+            c.upstream.tls.mode = v;
+        }
+        if let Some(v) = self.upstream_ca {
+            c.upstream.tls.ca_file = Some(v);
+        }
+        if let Some(v) = self.log_format {
+            c.log.format = v;
+        }
+        if let Some(v) = self.log_level {
+            c.log.level = v;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(ConfigCommand::Check { file }) => {
+            match Config::load(Some(&file), std::env::vars()) {
+                Ok(_) => {
+                    println!("{}: OK", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Show { file }) => {
+            match Config::load(file.as_deref(), std::env::vars()) {
+                Ok(c) => {
+                    print!("{}", toml::to_string_pretty(&c).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Proxy(args) => {
+            let config = match load_proxy_config(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            match run_proxy(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn load_proxy_config(args: ProxyArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    args.apply(&mut config);
+    config.validate()?;
+    hindsight::telemetry::logging::init(&config.log).map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
+fn run_proxy(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let running =
+            hindsight::proxy::launch(config, hindsight::telemetry::Metrics::new()).await?;
+        let token = running.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            token.cancel();
+        });
+        running.wait().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,306 @@
+//! The framed relay: moves protocol messages from one side to the other.
+//!
+//! Each direction is a [`Pump`]. It reads whatever the socket has, walks the complete frames in
+//! the buffer (a partial frame is "read more"), lets an [`Inspector`] look at each one, and
+//! writes the original bytes on in one write per read. Frames larger than
+//! [`STREAM_THRESHOLD`] are not buffered whole: once their header has been checked, their bytes
+//! are forwarded as they arrive.
+//!
+//! Invariant: a pump only stops between writes (the stop signal interrupts reads, never a
+//! write), so a client never receives half a message followed by something else.
+
+use super::cancel::{CancelRegistry, KeyGuard};
+use crate::telemetry::metrics::DirectionCounters;
+use crate::telemetry::Metrics;
+use crate::wire::backend;
+use crate::wire::error_response::{sqlstate, ErrorResponse};
+use crate::wire::frame::{peek_header, FrameError, Header, HEADER_LEN};
+use crate::wire::frontend::{parse_statement, query_text, FrontendTag};
+use bytes::{Buf, BytesMut};
+use prometheus::Histogram;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Frames larger than this are streamed through instead of being buffered whole.
+pub const STREAM_THRESHOLD: usize = 256 * 1024;
+/// Initial (and idle) buffer size per direction.
+const INITIAL_BUFFER: usize = 8 * 1024;
+/// An empty buffer that grew beyond this is replaced, so idle sessions stay small.
+const SHRINK_ABOVE: usize = 1024 * 1024;
+
+/// What to do with one frame.
+pub enum Verdict {
+    /// Forward the original bytes.
+    Forward,
+    /// Forward these bytes instead of the frame.
+    Replace(Vec<u8>),
+    /// The frame breaks the protocol: tell the client and close the session.
+    Reject {
+        reason: &'static str,
+        error: FrameError,
+    },
+}
+
+/// Looks at the frames of one direction.
+pub trait Inspector: Send {
+    /// `frame` is the whole frame when `complete`, else the first part of a streamed frame.
+    fn on_frame(&mut self, header: Header, frame: &[u8], complete: bool) -> Verdict;
+}
+
+/// How a pump ended.
+#[derive(Debug)]
+pub enum PumpEnd {
+    /// The reading side closed its connection.
+    Eof,
+    /// The other direction ended first.
+    Stopped,
+    /// Protocol violation; the payload is the ErrorResponse to send the client.
+    Rejected {
+        reason: &'static str,
+        error: FrameError,
+    },
+    ReadError(std::io::Error),
+    WriteError(std::io::Error),
+}
+
+/// One direction of a session.
+pub struct Pump<R, W, I> {
+    pub reader: R,
+    pub writer: W,
+    pub inspector: I,
+    /// Largest acceptable frame.
+    pub max_frame: usize,
+    pub counters: DirectionCounters,
+    pub latency: Histogram,
+}
+
+impl<R, W, I> Pump<R, W, I>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    I: Inspector,
+{
+    /// Relay until EOF, an error, a protocol violation or `stop`. Returns the writer so the
+    /// caller can still send a final message on it.
+    pub async fn run(mut self, stop: CancellationToken) -> (PumpEnd, W, I) {
+        let end = self.relay(&stop).await;
+        (end, self.writer, self.inspector)
+    }
+
+    async fn relay(&mut self, stop: &CancellationToken) -> PumpEnd {
+        let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
+        // Bytes of a streamed frame still to forward without inspection.
+        let mut stream_left = 0usize;
+        loop {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(INITIAL_BUFFER);
+            }
+            let n = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return PumpEnd::Stopped,
+                r = self.reader.read_buf(&mut buf) => match r {
+                    Ok(0) => return PumpEnd::Eof,
+                    Ok(n) => n,
+                    Err(e) => return PumpEnd::ReadError(e),
+                },
+            };
+            let started = Instant::now();
+            let mut messages = 0u64;
+            let mut pos = 0usize;
+            let mut rejected = None;
+            loop {
+                if stream_left > 0 {
+                    let take = stream_left.min(buf.len() - pos);
+                    pos += take;
+                    stream_left -= take;
+                    if stream_left > 0 {
+                        break;
+                    }
+                    continue;
+                }
+                let header = match peek_header(&buf[pos..], self.max_frame) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(error) => {
+                        rejected = Some(("bad_frame", error));
+                        break;
+                    }
+                };
+                let frame_len = header.frame_len();
+                let available = buf.len() - pos;
+                let complete = available >= frame_len;
+                if !complete && frame_len <= STREAM_THRESHOLD {
+                    buf.reserve(frame_len - available);
+                    break;
+                }
+                messages += 1;
+                let end = if complete { pos + frame_len } else { buf.len() };
+                match self.inspector.on_frame(header, &buf[pos..end], complete) {
+                    Verdict::Forward => {}
+                    Verdict::Replace(bytes) => {
+                        if let Err(e) = self.write(&buf[..pos]).await {
+                            return PumpEnd::WriteError(e);
+                        }
+                        if let Err(e) = self.write(&bytes).await {
+                            return PumpEnd::WriteError(e);
+                        }
+                        buf.advance(end);
+                        pos = 0;
+                        if !complete {
+                            stream_left = frame_len - available;
+                        }
+                        continue;
+                    }
+                    Verdict::Reject { reason, error } => {
+                        rejected = Some((reason, error));
+                        break;
+                    }
+                }
+                pos = end;
+                if !complete {
+                    stream_left = frame_len - available;
+                    break;
+                }
+            }
+            // Frames before a bad one are valid and go through, as they would to PostgreSQL.
+            if pos > 0 {
+                if let Err(e) = self.write(&buf[..pos]).await {
+                    return PumpEnd::WriteError(e);
+                }
+                buf.advance(pos);
+            }
+            self.counters.bytes.inc_by(n as u64);
+            self.counters.messages.inc_by(messages);
+            self.latency.observe(started.elapsed().as_secs_f64());
+            if let Some((reason, error)) = rejected {
+                return PumpEnd::Rejected { reason, error };
+            }
+            if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+                buf = BytesMut::with_capacity(INITIAL_BUFFER);
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.writer.write_all(bytes).await?;
+        self.writer.flush().await
+    }
+}
+
+/// Inspects what the client sends: refuses unknown message types and counts statements.
+pub struct ClientInspector {
+    metrics: Metrics,
+}
+
+impl ClientInspector {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl Inspector for ClientInspector {
+    #[inline]
+    fn on_frame(&mut self, header: Header, frame: &[u8], _complete: bool) -> Verdict {
+        let Some(tag) = FrontendTag::from_byte(header.tag) else {
+            return Verdict::Reject {
+                reason: "unknown_message_type",
+                error: FrameError::UnknownFrontendTag { byte: header.tag },
+            };
+        };
+        let body = &frame[HEADER_LEN.min(frame.len())..];
+        match tag {
+            FrontendTag::Query => self
+                .metrics
+                .statement(crate::statement::classify(query_text(body)))
+                .inc(),
+            FrontendTag::Parse => {
+                if let Some((_, sql)) = parse_statement(body) {
+                    self.metrics
+                        .statement(crate::statement::classify(sql))
+                        .inc();
+                }
+            }
+            _ => {}
+        }
+        Verdict::Forward
+    }
+}
+
+/// Inspects what the server sends: registers the backend key for cancels, tracks the session's
+/// application_name, and withholds SCRAM channel binding from TLS-terminated clients.
+pub struct ServerInspector {
+    strip_channel_binding: bool,
+    cancel: Arc<CancelRegistry>,
+    key_guard: Option<KeyGuard>,
+    /// Whether the first ReadyForQuery has been seen (authentication done).
+    pub ready: bool,
+    span: tracing::Span,
+}
+
+impl ServerInspector {
+    pub fn new(
+        strip_channel_binding: bool,
+        cancel: Arc<CancelRegistry>,
+        span: tracing::Span,
+    ) -> Self {
+        Self {
+            strip_channel_binding,
+            cancel,
+            key_guard: None,
+            ready: false,
+            span,
+        }
+    }
+}
+
+impl Inspector for ServerInspector {
+    #[inline]
+    fn on_frame(&mut self, header: Header, frame: &[u8], complete: bool) -> Verdict {
+        if !complete {
+            return Verdict::Forward;
+        }
+        let body = &frame[HEADER_LEN..];
+        match header.tag {
+            b'R' if self.strip_channel_binding
+                && backend::auth_code(body) == Some(backend::AUTH_SASL) =>
+            {
+                match backend::strip_channel_binding(body) {
+                    Some(bytes) => Verdict::Replace(bytes),
+                    None => Verdict::Forward,
+                }
+            }
+            b'K' => {
+                if let Some((pid, key)) = backend::backend_key(body) {
+                    self.key_guard = Some(self.cancel.register(pid, key));
+                    self.span.record("backend_pid", pid);
+                }
+                Verdict::Forward
+            }
+            b'S' => {
+                if let Some((b"application_name", value)) = backend::parameter_status(body) {
+                    self.span
+                        .record("application_name", String::from_utf8_lossy(value).as_ref());
+                }
+                Verdict::Forward
+            }
+            b'Z' if !self.ready => {
+                self.ready = true;
+                tracing::debug!(parent: &self.span, "session authenticated and ready");
+                Verdict::Forward
+            }
+            _ => Verdict::Forward,
+        }
+    }
+}
+
+/// The ErrorResponse a client receives for a protocol violation.
+pub fn protocol_error(error: &FrameError) -> Vec<u8> {
+    ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, format!("hindsight: {error}"))
+        .with_hint("The client sent bytes that are not a valid PostgreSQL protocol message; the connection is closed.")
+        .encode()
+}

@@ -1,0 +1,177 @@
+//! The listener: accepts connections, spawns a session task for each, and drains on shutdown.
+
+use super::cancel::CancelRegistry;
+use super::session;
+use super::tls::{self, TlsError};
+use super::upstream::{Upstream, UpstreamError};
+use crate::admin;
+use crate::config::Config;
+use crate::telemetry::Metrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Why the proxy could not start.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("proxy.tls: {0}")]
+    ClientTls(#[from] TlsError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// What every session of one proxy shares.
+pub struct ProxyCtx {
+    pub config: Config,
+    pub metrics: Metrics,
+    pub upstream: Upstream,
+    pub tls: Option<TlsAcceptor>,
+    pub cancel: Arc<CancelRegistry>,
+}
+
+/// A started proxy: its addresses, and the handle to stop it.
+pub struct Running {
+    /// Where clients connect (the actual port when the config said port 0).
+    pub addr: SocketAddr,
+    /// Where the admin endpoint listens.
+    pub admin_addr: SocketAddr,
+    /// Shared state, exposed for tests and the admin endpoint.
+    pub ctx: Arc<ProxyCtx>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop accepting, let open sessions finish (up to `proxy.drain_timeout`), then return.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Resolves when the proxy has stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// A token that, when cancelled, shuts the proxy down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Bind the proxy and admin listeners and start serving in the background.
+pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyError> {
+    let tls = match &config.proxy.tls {
+        Some(t) => Some(TlsAcceptor::from(tls::server_config(t)?)),
+        None => None,
+    };
+    let upstream = Upstream::new(&config.upstream)?;
+    let listener = TcpListener::bind(config.proxy.listen)
+        .await
+        .map_err(|source| ProxyError::Bind {
+            what: "proxy.listen",
+            addr: config.proxy.listen,
+            source,
+        })?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| ProxyError::Bind {
+            what: "admin.listen",
+            addr: config.admin.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+        what: "proxy.listen",
+        addr: config.proxy.listen,
+        source,
+    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ProxyError::Bind {
+            what: "admin.listen",
+            addr: config.admin.listen,
+            source,
+        })?;
+    let ctx = Arc::new(ProxyCtx {
+        config,
+        metrics,
+        upstream,
+        tls,
+        cancel: Arc::new(CancelRegistry::default()),
+    });
+    let shutdown = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&ctx),
+        shutdown.clone(),
+    ));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        Arc::clone(&ctx),
+        shutdown.clone(),
+        admin_task,
+    ));
+    tracing::info!(%addr, %admin_addr, upstream = ctx.upstream.address(), tls = ctx.tls.is_some(), "hindsight proxy listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        ctx,
+        shutdown,
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ProxyCtx>,
+    shutdown: CancellationToken,
+    admin: tokio::task::JoinHandle<()>,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => { sessions.spawn(session::serve(Arc::clone(&ctx), tcp, peer)); }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    drain(sessions, &ctx).await;
+    let _ = admin.await;
+}
+
+/// Let open sessions finish up to the drain timeout, then close whatever is left.
+async fn drain(mut sessions: JoinSet<()>, ctx: &ProxyCtx) {
+    let timeout = ctx.config.proxy.drain_timeout;
+    tracing::info!(
+        open = sessions.len(),
+        ?timeout,
+        "shutting down: no new connections; draining open sessions"
+    );
+    let all_done = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(timeout, all_done).await.is_err() {
+        tracing::warn!(
+            open = sessions.len(),
+            "drain timeout reached; closing remaining sessions"
+        );
+        sessions.shutdown().await;
+    }
+    tracing::info!("proxy stopped");
+}

@@ -1,0 +1,83 @@
+//! Typed events: each one writes its log line and bumps its metric, so the two never drift apart.
+
+use super::Metrics;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Something worth a log line and a metric.
+pub enum Event<'a> {
+    /// A client connection was accepted.
+    SessionOpened { client: SocketAddr },
+    /// A client connection ended (for any reason).
+    SessionClosed {
+        client: SocketAddr,
+        duration: Duration,
+        outcome: &'a dyn Display,
+    },
+    /// hindsight could not reach the upstream server for a client.
+    UpstreamConnectFailed {
+        upstream: &'a str,
+        error: &'a dyn Display,
+    },
+    /// A client broke the protocol; it gets an ErrorResponse and is disconnected.
+    ProtocolViolation {
+        client: SocketAddr,
+        reason: &'static str,
+        error: &'a dyn Display,
+    },
+    /// A CancelRequest, forwarded or dropped.
+    CancelRequest { pid: i32, outcome: &'static str },
+    /// A TLS handshake with a client or the upstream.
+    TlsHandshake {
+        side: &'static str,
+        ok: bool,
+        error: Option<&'a dyn Display>,
+    },
+}
+
+impl Event<'_> {
+    /// Log the event and update its metric.
+    pub fn emit(&self, m: &Metrics) {
+        match self {
+            Event::SessionOpened { client } => {
+                m.sessions_total.inc();
+                m.sessions_open.inc();
+                tracing::debug!(%client, "session opened");
+            }
+            Event::SessionClosed {
+                client,
+                duration,
+                outcome,
+            } => {
+                m.sessions_open.dec();
+                tracing::info!(%client, duration_ms = duration.as_millis() as u64, %outcome, "session closed");
+            }
+            Event::UpstreamConnectFailed { upstream, error } => {
+                m.upstream_connect_errors.inc();
+                tracing::warn!(%upstream, %error, "cannot connect to upstream");
+            }
+            Event::ProtocolViolation {
+                client,
+                reason,
+                error,
+            } => {
+                m.protocol_errors.with_label_values(&[*reason]).inc();
+                tracing::warn!(%client, reason, %error, "protocol violation; closing connection");
+            }
+            Event::CancelRequest { pid, outcome } => {
+                m.cancel_requests.with_label_values(&[*outcome]).inc();
+                tracing::info!(pid, outcome, "cancel request");
+            }
+            Event::TlsHandshake { side, ok, error } => {
+                m.tls_handshakes
+                    .with_label_values(&[*side, if *ok { "ok" } else { "error" }])
+                    .inc();
+                match error {
+                    Some(error) => tracing::warn!(side, %error, "TLS handshake failed"),
+                    None => tracing::debug!(side, "TLS handshake done"),
+                }
+            }
+        }
+    }
+}

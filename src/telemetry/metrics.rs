@@ -1,0 +1,179 @@
+//! Prometheus metrics of one proxy instance. Each instance owns its registry (no globals), so
+//! several proxies in one test process do not mix their numbers.
+
+use crate::statement::KeywordClass;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Direction of relayed traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToUpstream,
+    UpstreamToClient,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Self::ClientToUpstream => "client_to_upstream",
+            Self::UpstreamToClient => "upstream_to_client",
+        }
+    }
+}
+
+/// Counters for one relay direction, resolved once so the hot path does no label lookups.
+#[derive(Clone)]
+pub struct DirectionCounters {
+    pub bytes: IntCounter,
+    pub messages: IntCounter,
+}
+
+/// All metrics of one proxy instance.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_open: IntGauge,
+    pub sessions_total: IntCounter,
+    pub client_to_upstream: DirectionCounters,
+    pub upstream_to_client: DirectionCounters,
+    statements: Vec<IntCounter>,
+    pub upstream_connect_errors: IntCounter,
+    pub protocol_errors: IntCounterVec,
+    pub cancel_requests: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
+    pub relay_latency: Histogram,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("hindsight".into()), None).expect("static prefix is valid");
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique")
+        };
+        let sessions_open =
+            IntGauge::new("sessions_open", "Client sessions currently open").unwrap();
+        let sessions_total =
+            IntCounter::new("sessions_total", "Client sessions accepted since start").unwrap();
+        let bytes = IntCounterVec::new(
+            Opts::new("relayed_bytes_total", "Bytes relayed, by direction"),
+            &["direction"],
+        )
+        .unwrap();
+        let messages = IntCounterVec::new(
+            Opts::new(
+                "relayed_messages_total",
+                "Protocol messages relayed, by direction",
+            ),
+            &["direction"],
+        )
+        .unwrap();
+        let statements = IntCounterVec::new(
+            Opts::new(
+                "statements_total",
+                "Statements sent by clients (Query and Parse), by leading keyword",
+            ),
+            &["kind"],
+        )
+        .unwrap();
+        let upstream_connect_errors = IntCounter::new(
+            "upstream_connect_errors_total",
+            "Failed connections to the upstream server",
+        )
+        .unwrap();
+        let protocol_errors = IntCounterVec::new(
+            Opts::new(
+                "protocol_errors_total",
+                "Client connections closed for protocol violations, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let cancel_requests = IntCounterVec::new(
+            Opts::new(
+                "cancel_requests_total",
+                "CancelRequests received, by outcome",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "tls_handshakes_total",
+                "TLS handshakes, by side and outcome",
+            ),
+            &["side", "outcome"],
+        )
+        .unwrap();
+        let relay_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "relay_latency_seconds",
+                "Time hindsight holds a chunk of protocol data: from reading it to having written it on",
+            )
+            .buckets(vec![1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1, 1.0]),
+        )
+        .unwrap();
+        let dir = |d: Direction| DirectionCounters {
+            bytes: bytes.with_label_values(&[d.label()]),
+            messages: messages.with_label_values(&[d.label()]),
+        };
+        let m = Self {
+            client_to_upstream: dir(Direction::ClientToUpstream),
+            upstream_to_client: dir(Direction::UpstreamToClient),
+            statements: KeywordClass::ALL
+                .iter()
+                .map(|k| statements.with_label_values(&[k.label()]))
+                .collect(),
+            registry: registry.clone(),
+            sessions_open,
+            sessions_total,
+            upstream_connect_errors,
+            protocol_errors,
+            cancel_requests,
+            tls_handshakes,
+            relay_latency,
+        };
+        reg(Box::new(m.sessions_open.clone()));
+        reg(Box::new(m.sessions_total.clone()));
+        reg(Box::new(bytes));
+        reg(Box::new(messages));
+        reg(Box::new(statements));
+        reg(Box::new(m.upstream_connect_errors.clone()));
+        reg(Box::new(m.protocol_errors.clone()));
+        reg(Box::new(m.cancel_requests.clone()));
+        reg(Box::new(m.tls_handshakes.clone()));
+        reg(Box::new(m.relay_latency.clone()));
+        m
+    }
+
+    /// Counter for one statement kind.
+    pub fn statement(&self, kind: KeywordClass) -> &IntCounter {
+        &self.statements[kind.index()]
+    }
+
+    /// Counters for one direction.
+    pub fn direction(&self, d: Direction) -> &DirectionCounters {
+        match d {
+            Direction::ClientToUpstream => &self.client_to_upstream,
+            Direction::UpstreamToClient => &self.upstream_to_client,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

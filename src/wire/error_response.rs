@@ -1,0 +1,96 @@
+//! ErrorResponse messages that hindsight itself sends to a client.
+
+use super::frame::put_frame;
+
+/// SQLSTATE codes hindsight uses for errors it originates.
+pub mod sqlstate {
+    /// protocol_violation: malformed or oversized frames, garbage before startup.
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    /// connection_failure: the upstream server cannot be reached.
+    pub const CONNECTION_FAILURE: &str = "08006";
+    /// feature_not_supported: e.g. direct TLS when no certificate is configured.
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    /// admin_shutdown: the proxy is shutting down.
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+}
+
+/// An error to report to a client; encodes to one ErrorResponse (`E`) frame.
+#[derive(Debug, Clone)]
+pub struct ErrorResponse {
+    /// `ERROR` or `FATAL`.
+    pub severity: &'static str,
+    /// Five-character SQLSTATE.
+    pub code: &'static str,
+    /// Primary message (field `M`).
+    pub message: String,
+    /// Optional detail (field `D`).
+    pub detail: Option<String>,
+    /// Optional hint on how to fix it (field `H`).
+    pub hint: Option<String>,
+}
+
+impl ErrorResponse {
+    /// A FATAL error: the connection closes after it.
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: "FATAL",
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// Attach a hint (`H` field) telling the user how to fix the problem.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Attach a detail (`D` field).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Encode as one complete `E` frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(64 + self.message.len());
+        let mut field = |t: u8, v: &str| {
+            body.push(t);
+            // A NUL inside a field would end it early on the client side.
+            body.extend(v.bytes().map(|b| if b == 0 { b'?' } else { b }));
+            body.push(0);
+        };
+        field(b'S', self.severity);
+        field(b'V', self.severity);
+        field(b'C', self.code);
+        field(b'M', &self.message);
+        if let Some(d) = &self.detail {
+            field(b'D', d);
+        }
+        if let Some(h) = &self.hint {
+            field(b'H', h);
+        }
+        body.push(0);
+        let mut out = Vec::with_capacity(body.len() + 5);
+        put_frame(&mut out, b'E', &body);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_fields_in_order() {
+        let e = ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, "bad")
+            .with_hint("fix it")
+            .encode();
+        assert_eq!(e[0], b'E');
+        let len = u32::from_be_bytes(e[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len + 1, e.len());
+        assert_eq!(&e[5..], b"SFATAL\0VFATAL\0C08P01\0Mbad\0Hfix it\0\0");
+    }
+}
