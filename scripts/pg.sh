@@ -34,7 +34,6 @@ init() {
   install -o "$PG_OS_USER" -m 600 "$DEV/certs/server.key" "$data/server.key"
   install -o "$PG_OS_USER" -m 644 "$DEV/certs/server.crt" "$data/server.crt"
   install -o "$PG_OS_USER" -m 644 "$DEV/certs/ca.crt" "$data/ca.crt"
-  cat >"$data/pg_hba.conf" <<HBA
 local   all all                    trust
 hostssl all ssl_user  127.0.0.1/32 trust
 host    all ssl_user  127.0.0.1/32 reject
@@ -59,10 +58,29 @@ CONF
   mkdir -p "$sock"; chown "$PG_OS_USER" "$sock" "$data"/*.conf
 }
 
+write_hba() {
+  cat >"$data/pg_hba.conf" <<HBA
+local   all all                    trust
+hostssl all ssl_user  127.0.0.1/32 trust
+host    all ssl_user  127.0.0.1/32 reject
+host    all pass_user 127.0.0.1/32 password
+host    all md5_user  127.0.0.1/32 md5
+host    all scram_user 127.0.0.1/32 scram-sha-256
+host    all all       127.0.0.1/32 trust
+host    all all       ::1/128      trust
+host    replication all 127.0.0.1/32 trust
+HBA
+  chown "$PG_OS_USER" "$data/pg_hba.conf"
+}
+
 start() {
   [ -x "$bin/postgres" ] || die "PostgreSQL $ver binaries not found in $bin (run scripts/install-deps.sh / install-pg18.sh)"
   [ -f "$data/PG_VERSION" ] || init
-  if running; then log "PostgreSQL $ver already running on port $port"; else
+  write_hba
+  if running; then
+    as_pg "$bin/pg_ctl" -D "$data" reload >/dev/null
+    log "PostgreSQL $ver already running on port $port"
+  else
     as_pg "$bin/pg_ctl" -D "$data" -l "$logf" -w -t 60 start >/dev/null \
       || { tail -20 "$logf"; die "PostgreSQL $ver did not start (log: $logf)"; }
     log "PostgreSQL $ver running on 127.0.0.1:$port"

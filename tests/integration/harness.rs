@@ -1,0 +1,131 @@
+//! Shared set-up: where the servers are, fresh databases, in-process proxies.
+
+use hindsight::config::Config;
+use hindsight::proxy::Running;
+use hindsight::telemetry::Metrics;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_postgres::NoTls;
+
+/// A PostgreSQL major version the tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pg {
+    V15,
+    V18,
+}
+
+pub const ALL: [Pg; 2] = [Pg::V15, Pg::V18];
+
+impl Pg {
+    /// Port of the scratch server (scripts/common.sh defaults; HSTEST_PG15_PORT/HSTEST_PG18_PORT override).
+    pub fn port(self) -> u16 {
+        let (var, default) = match self {
+            Pg::V15 => ("HSTEST_PG15_PORT", 54315),
+            Pg::V18 => ("HSTEST_PG18_PORT", 54318),
+        };
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    pub fn addr(self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port()))
+    }
+
+    pub fn major(self) -> u32 {
+        match self {
+            Pg::V15 => 15,
+            Pg::V18 => 18,
+        }
+    }
+}
+
+/// Directory with the dev CA and server certificate (scripts/certs.sh).
+pub fn certs_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    std::env::var("HSTEST_CERTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join(".dev/certs"))
+}
+
+/// Connection string for `user` to `db` at `addr`.
+pub fn conn_str(addr: SocketAddr, user: &str, db: &str) -> String {
+    format!(
+        "host={} port={} user={user} dbname={db} password=password",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// Connect with tokio-postgres (no TLS) and drive the connection in the background.
+pub async fn connect(addr: SocketAddr, user: &str, db: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&conn_str(addr, user, db), NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr} as {user}/{db}: {e:?}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// Create a fresh database for one test on the given server; returns its name.
+pub async fn fresh_db(pg: Pg, label: &str) -> String {
+    let name = format!("t_{label}_{:08x}", rand::random::<u32>());
+    let admin = match tokio_postgres::connect(&conn_str(pg.addr(), "postgres", "postgres"), NoTls).await {
+        Ok((c, conn)) => {
+            tokio::spawn(conn);
+            c
+        }
+        Err(e) => panic!(
+            "PostgreSQL {} is not reachable at {}: {e}\nStart it with `scripts/pg.sh start {}` (scripts/test.sh does this).",
+            pg.major(),
+            pg.addr(),
+            pg.major()
+        ),
+    };
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    name
+}
+
+/// A proxy in front of `pg` on free ports, with `tweak` applied to its config.
+pub async fn proxy(pg: Pg, tweak: impl FnOnce(&mut Config)) -> Running {
+    let mut config = Config::default();
+    config.proxy.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.address = pg.addr().to_string();
+    // Tests often still hold clients when they stop the proxy; do not wait the default 30 s.
+    config.proxy.drain_timeout = std::time::Duration::from_millis(500);
+    tweak(&mut config);
+    hindsight::proxy::launch(config, Metrics::new())
+        .await
+        .expect("proxy starts")
+}
+
+/// Count sessions on the server connected to `db` (excluding the asking one).
+pub async fn backends_on(pg: Pg, db: &str) -> i64 {
+    let c = connect(pg.addr(), "postgres", "postgres").await;
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        &[&db],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Wait (bounded) until `f` returns true.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -1,0 +1,9 @@
+//! Integration tests against real PostgreSQL servers started by `scripts/pg.sh` (PG 15 and 18).
+//! Each test makes its own database and its own proxy instance on free ports.
+
+mod auth_tls;
+mod clients;
+mod differential;
+mod harness;
+mod robustness;
+mod wire_client;
