@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# README command 1: a complete local setup on a fresh machine. Installs what is missing, starts
+# PostgreSQL 15 with the demo schema, the Kafka-compatible broker, and hindsight in front of
+# PostgreSQL, then prints how to connect. Idempotent: run it again and it reuses what is running.
+source "$(dirname "$0")/common.sh"
+bash "$ROOT/scripts/install-deps.sh"
+bash "$ROOT/scripts/pg.sh" start 15
+bash "$ROOT/scripts/kafka.sh" start
+
+psql -X -q "host=127.0.0.1 port=$PG15_PORT user=postgres dbname=postgres" -tAc "SELECT 1 FROM pg_database WHERE datname='demo'" | grep -q 1 \
+  || psql -X -q "host=127.0.0.1 port=$PG15_PORT user=postgres dbname=postgres" -c "CREATE DATABASE demo"
+psql -X -q -v ON_ERROR_STOP=1 "host=127.0.0.1 port=$PG15_PORT user=postgres dbname=demo" -f "$ROOT/schema/demo.sql"
+
+log "building hindsight (release)"
+(cd "$ROOT" && cargo build --release --quiet)
+bin="$ROOT/target/release/hindsight"
+pidf="$DEV/hindsight.pid"; logf="$DEV/hindsight.log"
+if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+  log "restarting hindsight with the fresh build"; kill "$(cat "$pidf")"; sleep 1
+fi
+nohup "$bin" proxy --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$PG15_PORT" \
+  --admin-listen "127.0.0.1:$ADMIN_PORT" >"$logf" 2>&1 & echo $! >"$pidf"
+for _ in $(seq 1 50); do
+  curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
+  kill -0 "$(cat "$pidf")" 2>/dev/null || { cat "$logf"; die "hindsight exited during start (log: $logf)"; }
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || die "hindsight is not ready (log: $logf)"
+
+cat <<TXT
+
+hindsight is running in front of PostgreSQL 15.
+
+  Connect:   psql "postgres://postgres@127.0.0.1:$PROXY_PORT/demo"
+  Directly:  psql "postgres://postgres@127.0.0.1:$PG15_PORT/demo"   (bypasses hindsight)
+  Metrics:   curl http://127.0.0.1:$ADMIN_PORT/metrics
+  Broker:    127.0.0.1:$KAFKA_PORT (tansu, Kafka protocol)
+  Log:       $logf
+  Stop all:  scripts/stop.sh
+TXT

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The Kafka-compatible broker (tansu) on loopback, data in $DEV/kafka (sqlite: survives restarts).
+#   scripts/kafka.sh start | stop | addr
+source "$(dirname "$0")/common.sh"
+dir="$DEV/kafka"; pidf="$dir/tansu.pid"; logf="$dir/tansu.log"
+addr="127.0.0.1:$KAFKA_PORT"
+
+running() { [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; }
+
+start() {
+  bash "$ROOT/scripts/install-tansu.sh"
+  mkdir -p "$dir"
+  if running; then log "broker already running on $addr"; return; fi
+  # The sqlite path is relative to the working directory.
+  (cd "$dir" && nohup "$TANSU_BIN" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
+     --storage-engine "sqlite://tansu.db" >"$logf" 2>&1 & echo $! >"$pidf")
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then log "broker (tansu) running on $addr"; return; fi
+    running || { tail -20 "$logf"; die "tansu exited during start (log: $logf)"; }
+    sleep 0.1
+  done
+  die "tansu did not open $addr within 10 s (log: $logf)"
+}
+
+stop() {
+  if running; then kill "$(cat "$pidf")"; rm -f "$pidf"; log "broker stopped"; fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  addr) echo "$addr" ;;
+  *) die "usage: scripts/kafka.sh start|stop|addr" ;;
+esac
