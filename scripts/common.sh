@@ -44,3 +44,29 @@ ensure_pg_os_user() {
 }
 
 mkdir -p "$DEV" "$CACHE"
+
+# Start a hindsight binary in the background in front of UPSTREAM_PORT; wait until /readyz answers.
+#   start_proxy NAME BIN LISTEN_PORT ADMIN_PORT UPSTREAM_PORT [extra hindsight args...]
+# pid and log go to $DEV/NAME.pid / $DEV/NAME.log. Replaces a previous instance of the same NAME.
+start_proxy() {
+  local name="$1" bin="$2" port="$3" admin="$4" upstream="$5"; shift 5
+  local pidf="$DEV/$name.pid" logf="$DEV/$name.log"
+  stop_proxy "$name"
+  nohup "$bin" proxy --listen "127.0.0.1:$port" --upstream "127.0.0.1:$upstream" \
+    --admin-listen "127.0.0.1:$admin" "$@" >"$logf" 2>&1 & echo $! >"$pidf"
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$(cat "$pidf")" 2>/dev/null || { tail -20 "$logf"; die "hindsight ($name) exited during start (log: $logf)"; }
+    sleep 0.1
+  done
+  die "hindsight ($name) not ready on 127.0.0.1:$port within 10 s (log: $logf)"
+}
+
+stop_proxy() {
+  local pidf="$DEV/$1.pid"
+  if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+    kill "$(cat "$pidf")"
+    for _ in $(seq 1 50); do kill -0 "$(cat "$pidf")" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -f "$pidf"
+}

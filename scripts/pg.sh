@@ -34,15 +34,6 @@ init() {
   install -o "$PG_OS_USER" -m 600 "$DEV/certs/server.key" "$data/server.key"
   install -o "$PG_OS_USER" -m 644 "$DEV/certs/server.crt" "$data/server.crt"
   install -o "$PG_OS_USER" -m 644 "$DEV/certs/ca.crt" "$data/ca.crt"
-local   all all                    trust
-hostssl all ssl_user  127.0.0.1/32 trust
-host    all ssl_user  127.0.0.1/32 reject
-host    all pass_user 127.0.0.1/32 password
-host    all md5_user  127.0.0.1/32 md5
-host    all scram_user 127.0.0.1/32 scram-sha-256
-host    all all       127.0.0.1/32 trust
-host    all all       ::1/128      trust
-HBA
   cat >>"$data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $port

@@ -4,21 +4,27 @@
 use hindsight::wire::{backend, frame, frontend, startup};
 use proptest::prelude::*;
 
+/// (tag, body) of one decoded frame.
+type Frames = Vec<(u8, Vec<u8>)>;
+
 /// Decode every complete frame in `buf`, returning (tag, body) pairs and the unconsumed tail.
-fn decode_all(buf: &[u8], max: usize) -> Result<(Vec<(u8, Vec<u8>)>, usize), frame::FrameError> {
+fn decode_all(buf: &[u8], max: usize) -> Result<(Frames, usize), frame::FrameError> {
     let mut out = Vec::new();
     let mut pos = 0;
     while let Some(h) = frame::peek_header(&buf[pos..], max)? {
         if buf.len() - pos < h.frame_len() {
             break;
         }
-        out.push((h.tag, buf[pos + frame::HEADER_LEN..pos + h.frame_len()].to_vec()));
+        out.push((
+            h.tag,
+            buf[pos + frame::HEADER_LEN..pos + h.frame_len()].to_vec(),
+        ));
         pos += h.frame_len();
     }
     Ok((out, pos))
 }
 
-fn arb_frames() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
+fn arb_frames() -> impl Strategy<Value = Frames> {
     prop::collection::vec(
         (any::<u8>(), prop::collection::vec(any::<u8>(), 0..300)),
         0..20,

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# PostgreSQL's own regression suite (pg_regress installcheck, parallel schedule) run directly
+# against PostgreSQL 15 and through hindsight; the per-test results must be identical (and on
+# PG 15 every test passes). Sources come from Debian's deb-src for the installed server version.
+#   scripts/suites/pg-regress.sh HINDSIGHT_BIN
+source "$(dirname "$0")/../common.sh"
+bin="${1:?usage: pg-regress.sh HINDSIGHT_BIN}"
+port=$((PROXY_PORT + 102)); admin=$((ADMIN_PORT + 102))
+ver=$(dpkg-query -W -f='${Version}' postgresql-15) || die "postgresql-15 is not installed"
+work="$CACHE/pg-regress-$ver"
+
+fetch_sources() {
+  [ -f "$work/ready" ] && return
+  log "fetching PostgreSQL $ver sources for pg_regress (once, cached in $work)"
+  rm -rf "$work"; mkdir -p "$work/apt/lists/partial" "$work/src"
+  local mirror sec
+  mirror=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | awk '{print $2}')
+  mirror="${mirror:-http://deb.debian.org/debian}"; sec="${mirror%/debian}/debian-security"
+  cat >"$work/apt/sources.list" <<SRC
+deb-src $mirror bookworm main
+deb-src $mirror bookworm-updates main
+deb-src $sec bookworm-security main
+SRC
+  local aptopts=(-o "Dir::Etc::SourceList=$work/apt/sources.list" -o "Dir::Etc::SourceParts=-" -o "Dir::State::Lists=$work/apt/lists")
+  apt-get "${aptopts[@]}" -qq update 2>&1 | grep -v "unsandboxed" >&2 || true
+  (cd "$work/src" && apt-get "${aptopts[@]}" -qq source --download-only "postgresql-15=$ver" 2>&1 | grep -v unsandboxed >&2 || true)
+  (cd "$work/src" && tar xf postgresql-15_*.orig.tar.* && { apt-get download -qq "postgresql-server-dev-15=$ver" 2>&1 | grep -v unsandboxed >&2 || true; } && dpkg -x postgresql-server-dev-15_*.deb dev)
+  local pgsrc; pgsrc=$(ls -d "$work"/src/postgresql-15.*/ | head -1)
+  ln -sfn "$pgsrc/src/test/regress" "$work/regress"
+  # regress.so is the suite's C helper library; build it against the server's own headers.
+  mkdir -p "$work/dlpath"
+  local inc="$work/src/dev/usr/include/postgresql/15/server"
+  gcc -fPIC -shared -O2 -I"$inc" -o "$work/dlpath/regress.so" "$work/regress/regress.c" \
+    || die "building regress.so failed"
+  ln -sf /usr/lib/postgresql/15/lib/autoinc.so "$work/dlpath/autoinc.so"
+  ln -sf /usr/lib/postgresql/15/lib/refint.so "$work/dlpath/refint.so"
+  touch "$work/ready"
+}
+
+# Run the parallel schedule against PORT; print one "name status" line per test to $out/summary.
+run_regress() {
+  local label="$1" p="$2"
+  local out="$DEV/pg-regress-$label"
+  rm -rf "$out"; mkdir -p "$out"; chown -R "$PG_OS_USER" "$out"; chmod o+rx "$work" "$work"/src "$work"/src/* 2>/dev/null || true
+  # Both runs use the database "regression" (expected outputs name it); pg_regress recreates it.
+  as_pg /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress \
+    --inputdir="$work/regress" --outputdir="$out" --bindir=/usr/lib/postgresql/15/bin \
+    --dlpath="$work/dlpath" --host=127.0.0.1 --port="$p" --user=postgres \
+    --schedule="$work/regress/parallel_schedule" >"$out/stdout.log" 2>&1 || true
+  sed -nE 's/^(test )? *([A-Za-z0-9_.]+) +\.\.\. +(ok|FAILED|failed \(ignored\)).*/\2 \3/p' "$out/stdout.log" | sort >"$out/summary"
+}
+
+fetch_sources
+[ -x /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress ] || die "pg_regress not found (package postgresql-15 ships it in lib/pgxs)"
+start_proxy suite-regress "$bin" "$port" "$admin" "$PG15_PORT"
+trap 'stop_proxy suite-regress' EXIT
+run_regress direct "$PG15_PORT"
+run_regress proxied "$port"
+d="$DEV/pg-regress-direct/summary"; p="$DEV/pg-regress-proxied/summary"
+total=$(wc -l <"$d"); passed_direct=$(grep -c ' ok$' "$d" || true); passed_proxy=$(grep -c ' ok$' "$p" || true)
+if [ "$total" -gt 200 ] && grep -q "All $total tests passed" "$DEV/pg-regress-proxied/stdout.log" && diff -u "$d" "$p" && [ "$passed_proxy" = "$total" ]; then
+  echo "ok      pg_regress parallel schedule: $passed_proxy/$total pass through hindsight, $passed_direct/$total directly"
+else
+  echo "FAILED  pg_regress: $passed_proxy/$total pass through hindsight, $passed_direct/$total directly"
+  echo "        see $DEV/pg-regress-proxied/{stdout.log,regression.diffs}"
+  tail -30 "$DEV/pg-regress-proxied/stdout.log"
+  exit 1
+fi

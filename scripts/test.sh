@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# README command 2: the whole test suite, from a fresh machine. Installs and starts what the tests
+# need (PostgreSQL 15 and 18, the broker), then runs, in order:
+#   1. cargo fmt --check and cargo clippy --all-targets -- -D warnings
+#   2. cargo test (unit, property and integration tests against the real servers)
+#   3. the client suites through hindsight (scripts/suites/): pgbench, Python asyncpg,
+#      PostgreSQL's pg_regress, tokio-postgres's own test suite
+# and ends with one line "N passed, M failed". Exit status 0 only if nothing failed.
+#   scripts/test.sh           everything (what .ci/run calls)
+#   scripts/test.sh --quick   steps 1-2 only
+source "$(dirname "$0")/common.sh"
+quick=0; [ "${1:-}" = "--quick" ] && quick=1
+set +e
+passed=0; failed=0; failures=()
+report="$DEV/test-report.txt"; : >"$report"
+
+# step LABEL COMMAND... : run one step, count it, keep its output in $DEV/test-logs/.
+mkdir -p "$DEV/test-logs"
+step() {
+  local label="$1"; shift
+  local logf="$DEV/test-logs/${label//[^A-Za-z0-9_-]/_}.log"
+  log "== $label"
+  "$@" 2>&1 | tee "$logf"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" -eq 0 ]; then echo "ok      $label" >>"$report"; else
+    echo "FAILED  $label (exit $rc, log: $logf)" >>"$report"; failures+=("$label"); fi
+  return "$rc"
+}
+
+# Set-up failures are fatal: nothing after them would mean anything.
+bash "$ROOT/scripts/install-deps.sh" || die "installing Debian packages failed"
+bash "$ROOT/scripts/install-pg18.sh" || die "installing PostgreSQL 18 failed"
+bash "$ROOT/scripts/pg.sh" start 15 || die "PostgreSQL 15 did not start"
+bash "$ROOT/scripts/pg.sh" start 18 || die "PostgreSQL 18 did not start"
+bash "$ROOT/scripts/kafka.sh" start || die "the broker did not start"
+
+cd "$ROOT"
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --all-targets --quiet -- -D warnings
+step "cargo test" cargo test --all-targets --no-fail-fast
+# Count individual Rust tests from libtest's summary lines.
+while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
+  sed -nE 's/^test result: [A-Za-z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$DEV/test-logs/cargo_test.log")
+
+if [ "$quick" -eq 0 ]; then
+  step "cargo build (hindsight binary for the suites)" cargo build --quiet --bin hindsight
+  bin="$ROOT/target/debug/hindsight"
+  for suite in helm pgbench asyncpg pg-regress tokio-postgres; do
+    step "suite $suite" bash "$ROOT/scripts/suites/$suite.sh" "$bin"
+    # Each suite prints one "ok ..." / "FAILED ..." line per check it makes.
+    passed=$((passed + $(grep -c '^ok ' "$DEV/test-logs/suite_$suite.log"))); failed=$((failed + $(grep -c '^FAILED ' "$DEV/test-logs/suite_$suite.log")))
+  done
+fi
+
+# A step that failed without a counted test failure (fmt, clippy, a crashed suite) still counts.
+for f in "${failures[@]}"; do
+  case "$f" in "cargo test"|suite*) ;; *) failed=$((failed + 1)) ;; esac
+done
+[ "${#failures[@]}" -gt 0 ] && [ "$failed" -eq 0 ] && failed=${#failures[@]}
+echo; cat "$report"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "${#failures[@]}" -eq 0 ]

@@ -1,0 +1,88 @@
+//! The command line: exit codes and error messages a person acts on.
+
+use std::process::Command;
+
+fn hindsight(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hindsight"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run hindsight");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hindsight-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hindsight.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/hindsight.example.toml");
+    let (code, out, err) = hindsight(&["config", "check", example], &[]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+}
+
+#[test]
+fn unknown_key_exits_2_and_names_the_line_and_key() {
+    let path = temp_file(
+        "unknown",
+        "[proxy]\nlisten = \"127.0.0.1:1\"\nlisten_port = 5\n",
+    );
+    let (code, out, err) = hindsight(&["config", "check", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("listen_port"),
+        "stderr must name the key: {err}"
+    );
+    assert!(err.contains("line 3"), "stderr must name the line: {err}");
+}
+
+#[test]
+fn unknown_environment_override_exits_2_and_names_the_variable() {
+    let (code, out, err) = hindsight(&["config", "show"], &[("HINDSIGHT_PROXY__LISTNE", "x")]);
+    assert_eq!(code, 2, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("HINDSIGHT_PROXY__LISTNE"), "stderr: {err}");
+}
+
+#[test]
+fn environment_overrides_the_file_in_config_show() {
+    let path = temp_file("env", "[upstream]\naddress = \"db.example:5432\"\n");
+    let (code, out, err) = hindsight(
+        &["config", "show", path.to_str().unwrap()],
+        &[("HINDSIGHT_UPSTREAM__ADDRESS", "other.example:6543")],
+    );
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("other.example:6543"), "stdout: {out}");
+}
+
+#[test]
+fn proxy_refuses_a_listen_address_in_use_with_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _out, err) = hindsight(
+        &[
+            "proxy",
+            "--listen",
+            &addr,
+            "--upstream",
+            "127.0.0.1:1",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "stderr: {err}");
+    assert!(
+        err.contains(&addr),
+        "the error must name the address: {err}"
+    );
+}
