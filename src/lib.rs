@@ -2,6 +2,7 @@
 //! attributable. See ARCHITECTURE.md for the map of this crate.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod proxy;
 pub mod statement;

@@ -1,6 +1,18 @@
-//! Statement analysis. For now: the leading-keyword classification the relay uses for metrics.
-//! (The full grammar-based analysis arrives with capture.)
+//! Statement analysis: what a SQL text does, before it reaches the server.
+//!
+//! - `fast_path` — a byte scan that recognises texts that certainly only read (no parse).
+//! - `analysis` — the real PostgreSQL grammar (pg_query) into the closed `Kind` enum, with every
+//!   table written.
+//! - `cache` — analyses by text, shared by all sessions.
+//! - `sqlcommenter` — request tags from the statement's trailing comment.
+//! - `leading_keyword` — the first keyword, for the `statements_total` metric only.
 
+pub mod analysis;
+pub mod cache;
+pub mod fast_path;
 pub mod leading_keyword;
+pub mod sqlcommenter;
 
+pub use analysis::{analyze, Analysis, AnalysisError, Kind, TableName, TxControl, Write};
+pub use cache::AnalysisCache;
 pub use leading_keyword::{classify, KeywordClass};

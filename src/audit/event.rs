@@ -1,0 +1,209 @@
+//! The audit records hindsight publishes, in Debezium's change-event envelope so that existing
+//! Debezium consumers read them unchanged; hindsight's own facts (who, from where, which
+//! statement, which request) are extra fields in `source`, which Debezium consumers ignore.
+//!
+//! Row images are JSON objects of column name → value as PostgreSQL's `to_jsonb` renders it
+//! (numbers stay exact, NaN/Infinity and types without a JSON form become strings in
+//! PostgreSQL's text format), so `jsonb_populate_record` turns them back into the exact row.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A row image: column name → value.
+pub type Row = serde_json::Map<String, serde_json::Value>;
+
+/// What happened to the row (Debezium's `op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Insert (create).
+    #[serde(rename = "c")]
+    Create,
+    #[serde(rename = "u")]
+    Update,
+    #[serde(rename = "d")]
+    Delete,
+    /// A row removed by TRUNCATE (`before` holds it).
+    #[serde(rename = "t")]
+    Truncate,
+    /// A write a gate refused; `before`/`after` are what would have changed.
+    #[serde(rename = "blocked")]
+    Blocked,
+}
+
+/// Debezium's `source` block plus hindsight's attribution fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    /// hindsight's version.
+    pub version: String,
+    /// Always `"hindsight"` (Debezium: `"postgresql"`).
+    pub connector: String,
+    /// The topic prefix (Debezium: the logical server name).
+    pub name: String,
+    /// When the statement ran (milliseconds since the epoch).
+    pub ts_ms: i64,
+    /// Always `"false"`: these are live changes, not snapshot reads.
+    pub snapshot: String,
+    pub db: String,
+    pub schema: String,
+    pub table: String,
+    /// PostgreSQL transaction id (`pg_current_xact_id()`), when the transaction has one.
+    #[serde(rename = "txId")]
+    pub tx_id: Option<i64>,
+    /// Database user of the session.
+    pub user: String,
+    /// `application_name` of the session at the time of the statement.
+    pub application_name: String,
+    /// Client address as hindsight saw it (`ip:port`).
+    pub client_addr: String,
+    /// The statement as the client sent it (without its sqlcommenter comment).
+    pub statement: String,
+    /// pg_query fingerprint of the statement (equal for statements differing only in constants).
+    pub fingerprint: String,
+    /// sqlcommenter tags of the statement (`controller`, `action`, `traceparent`, …).
+    pub tags: BTreeMap<String, String>,
+    /// hindsight's id of the client session (unique per proxy process start).
+    pub session_id: String,
+    /// Number of the statement within the session (1-based).
+    pub statement_seq: u64,
+    /// `"uncaptured"` when triggers or cascading foreign keys may have changed rows in other
+    /// tables that this event does not cover; those tables are in `side_effect_tables`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub side_effects: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub side_effect_tables: Vec<String>,
+    /// For `blocked` events: the rule that refused the write.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub blocked_by: Option<String>,
+}
+
+/// Debezium's `transaction` block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxPosition {
+    /// Transaction id: `"<session_id>:<n>"` (unique even for transactions without a txid).
+    pub id: String,
+    /// Position of this event among all events of the transaction (1-based).
+    pub total_order: u64,
+    /// Position among the transaction's events for the same table (1-based).
+    pub data_collection_order: u64,
+}
+
+/// One changed row: the message value on `<prefix>.<schema>.<table>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    pub source: Source,
+    pub op: Op,
+    /// When hindsight produced the event.
+    pub ts_ms: i64,
+    pub transaction: TxPosition,
+}
+
+/// The message key of a change event: the table and the row's identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeKey {
+    /// `schema.table`.
+    pub table: String,
+    /// Key columns → values (primary key, else replica identity / unique index, else the
+    /// whole row image).
+    pub key: Row,
+}
+
+/// BEGIN or END of a transaction, on the `<prefix>.transaction` topic (Debezium's
+/// transaction metadata topic, plus the commit outcome).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionRecord {
+    /// `BEGIN` or `END`.
+    pub status: TxStatus,
+    /// Same as `transaction.id` in the change events.
+    pub id: String,
+    /// PostgreSQL transaction id, when one was assigned.
+    #[serde(rename = "txId")]
+    pub tx_id: Option<i64>,
+    /// Number of change events in the transaction (both records carry it).
+    pub event_count: u64,
+    /// Events per table.
+    pub data_collections: Vec<DataCollection>,
+    pub ts_ms: i64,
+    /// On END: whether the server committed. Absent on BEGIN.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub commit_status: Option<CommitStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TxStatus {
+    Begin,
+    End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitStatus {
+    Committed,
+    Aborted,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataCollection {
+    /// `schema.table`.
+    pub data_collection: String,
+    pub event_count: u64,
+}
+
+impl ChangeKey {
+    /// Kafka message key bytes (JSON; stable field order, so equal keys hash to one partition).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serialising a JSON map cannot fail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_has_debeziums_field_names() {
+        let ev = ChangeEvent {
+            before: Some(Row::from_iter([("bfso".into(), "A".into())])),
+            after: Some(Row::from_iter([("bfso".into(), serde_json::Value::Null)])),
+            source: Source {
+                version: "0.1.0".into(),
+                connector: "hindsight".into(),
+                name: "hindsight".into(),
+                ts_ms: 1,
+                snapshot: "false".into(),
+                db: "demo".into(),
+                schema: "public".into(),
+                table: "brieff".into(),
+                tx_id: Some(7),
+                user: "app".into(),
+                application_name: "web".into(),
+                client_addr: "127.0.0.1:5000".into(),
+                statement: "UPDATE brieff SET bfso = NULL".into(),
+                fingerprint: "ab".into(),
+                tags: BTreeMap::new(),
+                session_id: "s1".into(),
+                statement_seq: 3,
+                side_effects: None,
+                side_effect_tables: vec![],
+                blocked_by: None,
+            },
+            op: Op::Update,
+            ts_ms: 2,
+            transaction: TxPosition {
+                id: "s1:1".into(),
+                total_order: 1,
+                data_collection_order: 1,
+            },
+        };
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["op"], "u");
+        assert_eq!(v["source"]["txId"], 7);
+        assert_eq!(v["transaction"]["total_order"], 1);
+        assert!(v["after"]["bfso"].is_null());
+        let back: ChangeEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+}
