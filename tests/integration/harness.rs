@@ -129,3 +129,13 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// The test broker (tansu from scripts/kafka.sh), `HSTEST_KAFKA` to override.
+pub fn kafka_brokers() -> String {
+    std::env::var("HSTEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".to_string())
+}
+
+/// A topic prefix no other test (or earlier run) uses.
+pub fn random_prefix(label: &str) -> String {
+    format!("hstest_{label}_{:08x}", rand::random::<u32>())
+}

@@ -5,5 +5,6 @@ mod auth_tls;
 mod clients;
 mod differential;
 mod harness;
+mod kafka_sink;
 mod robustness;
 mod wire_client;

@@ -1,0 +1,318 @@
+//! The Kafka sink: publishes a transaction's audit records and reports success only once the
+//! brokers have acknowledged every one of them (`acks=all`, idempotent producer), so the caller
+//! can hold COMMIT until then.
+//!
+//! Topics are `<prefix>.<schema>.<table>` per table and `<prefix>.transaction` for BEGIN/END
+//! records. Missing topics are created through the Admin API (Kafka clusters, and tansu, often
+//! do not auto-create), or, when creation is disabled, reported by name.
+//!
+//! This module knows nothing about sessions or PostgreSQL: it moves bytes to topics.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Where and how audit records are published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// First part of every topic name: `<prefix>.<schema>.<table>`, `<prefix>.transaction`.
+    pub topic_prefix: String,
+    /// Create missing topics through the Admin API. When false, a missing topic is an error
+    /// that names it.
+    pub create_topics: bool,
+    /// Partitions of topics hindsight creates.
+    pub partitions: i32,
+    /// Replication factor of topics hindsight creates.
+    pub replication_factor: i32,
+    /// How long a transaction's records may take to be acknowledged before the transaction
+    /// is rolled back.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Extra librdkafka properties (TLS, SASL, …), passed through unchanged, e.g.
+    /// `"security.protocol" = "SASL_SSL"`. `enable.idempotence` and `acks` cannot be weakened.
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            brokers: Vec::new(),
+            topic_prefix: "hindsight".into(),
+            create_topics: true,
+            partitions: 1,
+            replication_factor: 1,
+            publish_timeout: Duration::from_secs(10),
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// Properties that guarantee what the sink promises; configuration may not override them.
+const FIXED: [(&str, &str); 3] = [
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("max.in.flight.requests.per.connection", "5"),
+];
+
+/// Why records could not be published. Every message names the brokers or topics concerned.
+#[derive(Debug, Error)]
+pub enum SinkError {
+    #[error("kafka: no brokers configured (set kafka.brokers or --kafka-brokers HOST:PORT)")]
+    NoBrokers,
+    #[error("kafka: librdkafka refused the configuration: {0}")]
+    Config(KafkaError),
+    #[error("kafka: property {key:?} cannot be set in kafka.librdkafka: hindsight requires {key}={required} for its delivery guarantee")]
+    FixedProperty { key: String, required: String },
+    #[error("kafka: brokers {brokers} unreachable within {timeout:?}: {source} (check kafka.brokers and that the broker is running)")]
+    Unreachable {
+        brokers: String,
+        timeout: Duration,
+        source: KafkaError,
+    },
+    #[error("kafka: topics missing and kafka.create_topics is false: {topics:?} (create them, or enable kafka.create_topics)")]
+    TopicsMissing { topics: Vec<String> },
+    #[error("kafka: creating topic {topic:?} failed: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("kafka: delivery to {topic:?} failed: {source}")]
+    Delivery { topic: String, source: KafkaError },
+    #[error("kafka: {pending} of {total} records not acknowledged within {timeout:?} (brokers {brokers})")]
+    Timeout {
+        pending: usize,
+        total: usize,
+        timeout: Duration,
+        brokers: String,
+    },
+}
+
+/// One record to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// A connected producer plus the set of topics known to exist.
+pub struct KafkaSink {
+    cfg: SinkConfig,
+    brokers: String,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    known_topics: Mutex<HashSet<String>>,
+}
+
+impl KafkaSink {
+    /// Build the producer and check, within `publish_timeout`, that the brokers answer.
+    /// Startup fails here, with the broker list in the message, rather than at the first write.
+    pub async fn connect(cfg: SinkConfig) -> Result<Self, SinkError> {
+        if cfg.brokers.is_empty() {
+            return Err(SinkError::NoBrokers);
+        }
+        let brokers = cfg.brokers.join(",");
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &brokers);
+        client.set(
+            "message.timeout.ms",
+            cfg.publish_timeout.as_millis().to_string(),
+        );
+        client.set("linger.ms", "0");
+        for (k, v) in &cfg.librdkafka {
+            if let Some((_, required)) = FIXED.iter().find(|(f, _)| f == k) {
+                if v != required {
+                    return Err(SinkError::FixedProperty {
+                        key: k.clone(),
+                        required: required.to_string(),
+                    });
+                }
+            }
+            client.set(k, v);
+        }
+        for (k, v) in FIXED {
+            client.set(k, v);
+        }
+        let producer: FutureProducer = client.create().map_err(SinkError::Config)?;
+        let admin: AdminClient<DefaultClientContext> =
+            client.create().map_err(SinkError::Config)?;
+        let sink = KafkaSink {
+            known_topics: Mutex::new(HashSet::new()),
+            cfg,
+            brokers,
+            producer,
+            admin,
+        };
+        sink.refresh_topics().await?;
+        Ok(sink)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SinkConfig {
+        &self.cfg
+    }
+
+    /// `<prefix>.<schema>.<table>`.
+    pub fn table_topic(&self, schema: &str, table: &str) -> String {
+        format!("{}.{}.{}", self.cfg.topic_prefix, schema, table)
+    }
+
+    /// `<prefix>.transaction`.
+    pub fn transaction_topic(&self) -> String {
+        format!("{}.transaction", self.cfg.topic_prefix)
+    }
+
+    /// Read the broker's topic list into the known set (also the reachability check).
+    async fn refresh_topics(&self) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        let timeout = self.cfg.publish_timeout;
+        let metadata =
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
+                .await
+                .expect("metadata task does not panic")
+                .map_err(|source| SinkError::Unreachable {
+                    brokers: self.brokers.clone(),
+                    timeout,
+                    source,
+                })?;
+        let mut known = self.known();
+        for t in metadata.topics() {
+            if t.error().is_none() {
+                known.insert(t.name().to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.known_topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Make sure every topic exists: create the missing ones, or fail naming them.
+    pub async fn ensure_topics<'a>(
+        &self,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), SinkError> {
+        let missing: Vec<String> = {
+            let known = self.known();
+            let mut m: Vec<String> = topics
+                .into_iter()
+                .filter(|t| !known.contains(*t))
+                .map(str::to_string)
+                .collect();
+            m.sort();
+            m.dedup();
+            m
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !self.cfg.create_topics {
+            // Someone may have created them since we last looked.
+            self.refresh_topics().await?;
+            let known = self.known();
+            let still: Vec<String> = missing.into_iter().filter(|t| !known.contains(t)).collect();
+            return if still.is_empty() {
+                Ok(())
+            } else {
+                Err(SinkError::TopicsMissing { topics: still })
+            };
+        }
+        let new: Vec<NewTopic> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.cfg.partitions,
+                    TopicReplication::Fixed(self.cfg.replication_factor),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new().request_timeout(Some(self.cfg.publish_timeout));
+        let results = self
+            .admin
+            .create_topics(new.iter(), &opts)
+            .await
+            .map_err(|e| SinkError::CreateTopic {
+                topic: missing.join(","),
+                reason: e.to_string(),
+            })?;
+        let mut known = self.known();
+        for r in results {
+            match r {
+                Ok(name) | Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::info!(topic = %name, "kafka topic ready");
+                    known.insert(name);
+                }
+                Err((topic, code)) => {
+                    return Err(SinkError::CreateTopic {
+                        topic,
+                        reason: code.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publish `records` and wait until the brokers acknowledged all of them, or fail.
+    /// Records with the same topic and key keep their order (one partition, idempotent producer).
+    pub async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
+        self.ensure_topics(records.iter().map(|r| r.topic.as_str()))
+            .await?;
+        let mut pending = Vec::with_capacity(records.len());
+        for r in records {
+            let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
+            match self.producer.send_result(record) {
+                Ok(delivery) => pending.push((r.topic.as_str(), delivery)),
+                Err((source, _)) => {
+                    return Err(SinkError::Delivery {
+                        topic: r.topic.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        let total = pending.len();
+        let deadline = tokio::time::Instant::now() + self.cfg.publish_timeout;
+        for (done, (topic, delivery)) in pending.into_iter().enumerate() {
+            match tokio::time::timeout_at(deadline, delivery).await {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err((source, _)))) => {
+                    return Err(SinkError::Delivery {
+                        topic: topic.to_string(),
+                        source,
+                    })
+                }
+                Ok(Err(_canceled)) => {
+                    return Err(SinkError::Delivery {
+                        topic: topic.to_string(),
+                        source: KafkaError::Canceled,
+                    })
+                }
+                Err(_) => {
+                    return Err(SinkError::Timeout {
+                        pending: total - done,
+                        total,
+                        timeout: self.cfg.publish_timeout,
+                        brokers: self.brokers.clone(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait for anything still queued (used on shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}

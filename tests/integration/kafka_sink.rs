@@ -1,0 +1,111 @@
+//! The Kafka sink against a real broker (tansu): records arrive complete and in order, missing
+//! topics are created or named, an unreachable broker is an error that names it.
+
+use std::time::Duration;
+
+use hindsight::audit::kafka::{KafkaSink, Record, SinkConfig, SinkError};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, TopicPartitionList};
+
+use crate::harness;
+
+fn config(prefix: &str) -> SinkConfig {
+    SinkConfig {
+        brokers: vec![harness::kafka_brokers()],
+        topic_prefix: prefix.to_string(),
+        publish_timeout: Duration::from_secs(10),
+        ..SinkConfig::default()
+    }
+}
+
+/// Read every record of partition 0 of `topic` from the beginning (blocking; call in spawn_blocking).
+fn read_all(topic: &str, expect: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", harness::kafka_brokers())
+        .set("group.id", format!("hstest-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < expect && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push((
+                m.key().unwrap_or_default().to_vec(),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn published_records_are_acknowledged_and_readable_in_order() {
+    let prefix = harness::random_prefix("sink");
+    let sink = KafkaSink::connect(config(&prefix)).await.expect("connect");
+    let topic = sink.table_topic("public", "brieff");
+    let records: Vec<Record> = (0..50)
+        .map(|i| Record {
+            topic: topic.clone(),
+            key: format!("{{\"id\":{}}}", i % 3).into_bytes(),
+            payload: format!("{{\"n\":{i}}}").into_bytes(),
+        })
+        .collect();
+    sink.publish(&records).await.expect("publish");
+    let t = topic.clone();
+    let got = tokio::task::spawn_blocking(move || read_all(&t, 50))
+        .await
+        .unwrap();
+    let want: Vec<(Vec<u8>, Vec<u8>)> = records.into_iter().map(|r| (r.key, r.payload)).collect();
+    assert_eq!(
+        got, want,
+        "records on {topic} must be exactly what was published, in order"
+    );
+}
+
+#[tokio::test]
+async fn missing_topic_with_creation_disabled_is_named() {
+    let prefix = harness::random_prefix("nocreate");
+    let sink = KafkaSink::connect(SinkConfig {
+        create_topics: false,
+        ..config(&prefix)
+    })
+    .await
+    .expect("connect");
+    let topic = sink.transaction_topic();
+    let err = sink
+        .publish(&[Record {
+            topic: topic.clone(),
+            key: b"k".to_vec(),
+            payload: b"v".to_vec(),
+        }])
+        .await
+        .expect_err("topic does not exist");
+    assert!(matches!(err, SinkError::TopicsMissing { .. }), "{err}");
+    assert!(err.to_string().contains(&topic), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_broker_fails_fast_naming_it() {
+    let err = KafkaSink::connect(SinkConfig {
+        brokers: vec!["127.0.0.1:9".to_string()],
+        publish_timeout: Duration::from_secs(2),
+        ..SinkConfig::default()
+    })
+    .await
+    .err()
+    .expect("no broker listens on port 9");
+    assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
+}
+
+#[tokio::test]
+async fn delivery_guarantee_properties_cannot_be_weakened() {
+    let mut cfg = config("x");
+    cfg.librdkafka.insert("acks".into(), "1".into());
+    let err = KafkaSink::connect(cfg).await.err().expect("acks=1 refused");
+    assert!(err.to_string().contains("acks"), "{err}");
+}
