@@ -52,6 +52,8 @@ start_proxy() {
   local name="$1" bin="$2" port="$3" admin="$4" upstream="$5"; shift 5
   local pidf="$DEV/$name.pid" logf="$DEV/$name.log"
   stop_proxy "$name"
+  # Relay-only unless the caller asks for capture (the suites measure relay fidelity).
+  case " $* " in *" --kafka-brokers "*) ;; *) set -- "$@" --no-capture ;; esac
   nohup "$bin" proxy --listen "127.0.0.1:$port" --upstream "127.0.0.1:$upstream" \
     --admin-listen "127.0.0.1:$admin" "$@" >"$logf" 2>&1 & echo $! >"$pidf"
   for _ in $(seq 1 100); do

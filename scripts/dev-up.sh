@@ -19,6 +19,7 @@ if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
   log "restarting hindsight with the fresh build"; kill "$(cat "$pidf")"; sleep 1
 fi
 nohup "$bin" proxy --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$PG15_PORT" \
+  --kafka-brokers "127.0.0.1:$KAFKA_PORT" \
   --admin-listen "127.0.0.1:$ADMIN_PORT" >"$logf" 2>&1 & echo $! >"$pidf"
 for _ in $(seq 1 50); do
   curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
@@ -34,7 +35,7 @@ hindsight is running in front of PostgreSQL 15.
   Connect:   psql "postgres://postgres@127.0.0.1:$PROXY_PORT/demo"
   Directly:  psql "postgres://postgres@127.0.0.1:$PG15_PORT/demo"   (bypasses hindsight)
   Metrics:   curl http://127.0.0.1:$ADMIN_PORT/metrics
-  Broker:    127.0.0.1:$KAFKA_PORT (tansu, Kafka protocol)
+  Broker:    127.0.0.1:$KAFKA_PORT (tansu, Kafka protocol); audit topics hindsight.<schema>.<table>
   Log:       $logf
   Stop all:  scripts/stop.sh
 TXT

@@ -40,6 +40,24 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Capturing writes (before/after images) into audit records.
+    pub capture: CaptureConfig,
+    /// The Kafka brokers audit records go to. Capture is on when `brokers` is set.
+    pub kafka: crate::audit::kafka::SinkConfig,
+}
+
+/// Capture settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Relay only, record nothing. Must be chosen explicitly (`--no-capture`): without a broker
+    /// and without this, `hindsight proxy` refuses to start, so nobody runs an unaudited proxy
+    /// by accident.
+    pub disabled: bool,
+    /// `deny` (default): a transaction whose audit records cannot be published is rolled back
+    /// and the client gets SQLSTATE HS001. `allow`: it commits anyway, with an error log and
+    /// the `hindsight_audit_publish_failures_total` metric.
+    pub on_sink_failure: crate::capture::client::OnSinkFailure,
 }
 
 /// The client-facing listener.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod capture;
 pub mod config;
 pub mod proxy;
 pub mod statement;

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy: clients connect here instead of PostgreSQL.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -71,6 +71,15 @@ struct ProxyArgs {
     /// tracing filter, e.g. info or debug (log.level).
     #[arg(long)]
     log_level: Option<String>,
+    /// Kafka brokers for audit records, HOST:PORT[,HOST:PORT…] (kafka.brokers). Turns capture on.
+    #[arg(long, value_delimiter = ',')]
+    kafka_brokers: Option<Vec<String>>,
+    /// Topic prefix: <prefix>.<schema>.<table>, <prefix>.transaction (kafka.topic_prefix).
+    #[arg(long)]
+    topic_prefix: Option<String>,
+    /// Relay only and record nothing (capture.disabled). Required when no broker is configured.
+    #[arg(long, conflicts_with = "kafka_brokers")]
+    no_capture: bool,
 }
 
 fn parse_tls_mode(s: &str) -> Result<UpstreamTlsMode, String> {
@@ -114,6 +123,15 @@ impl ProxyArgs {
         if let Some(v) = self.log_level {
             c.log.level = v;
         }
+        if let Some(v) = self.kafka_brokers {
+            c.kafka.brokers = v;
+        }
+        if let Some(v) = self.topic_prefix {
+            c.kafka.topic_prefix = v;
+        }
+        if self.no_capture {
+            c.capture.disabled = true;
+        }
     }
 }
 
@@ -145,7 +163,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Proxy(args) => {
-            let config = match load_proxy_config(args) {
+            let config = match load_proxy_config(*args) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -167,6 +185,13 @@ fn load_proxy_config(args: ProxyArgs) -> anyhow::Result<Config> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     args.apply(&mut config);
     config.validate()?;
+    if !config.capture.disabled && config.kafka.brokers.is_empty() {
+        anyhow::bail!(
+            "no audit broker configured: hindsight would relay writes without recording them. \
+             Set --kafka-brokers HOST:PORT (kafka.brokers), or start with --no-capture \
+             (capture.disabled = true) to run a relay-only proxy on purpose"
+        );
+    }
     hindsight::telemetry::logging::init(&config.log).map_err(anyhow::Error::msg)?;
     Ok(config)
 }

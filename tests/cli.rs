@@ -77,6 +77,7 @@ fn proxy_refuses_a_listen_address_in_use_with_exit_1() {
             "127.0.0.1:1",
             "--admin-listen",
             "127.0.0.1:0",
+            "--no-capture",
         ],
         &[],
     );
@@ -85,4 +86,45 @@ fn proxy_refuses_a_listen_address_in_use_with_exit_1() {
         err.contains(&addr),
         "the error must name the address: {err}"
     );
+}
+
+#[test]
+fn proxy_without_broker_or_no_capture_refuses_to_start() {
+    let (code, _out, err) = hindsight(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "stderr: {err}");
+    assert!(
+        err.contains("--kafka-brokers") && err.contains("--no-capture"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn proxy_with_unreachable_broker_fails_naming_it() {
+    let (code, _out, err) = hindsight(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--kafka-brokers",
+            "127.0.0.1:9",
+        ],
+        &[("HINDSIGHT_KAFKA__PUBLISH_TIMEOUT", "2s")],
+    );
+    assert_eq!(code, 1, "stderr: {err}");
+    assert!(err.contains("127.0.0.1:9"), "stderr: {err}");
 }

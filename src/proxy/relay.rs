@@ -41,12 +41,31 @@ pub enum Verdict {
         reason: &'static str,
         error: FrameError,
     },
+    /// The inspector needs to do asynchronous work (wait for replies, publish, send its own
+    /// requests) before the frame can go on: the pump writes what precedes the frame, then
+    /// calls [`Inspector::resolve`], which writes whatever should go in its place.
+    Defer,
 }
 
 /// Looks at the frames of one direction.
 pub trait Inspector: Send {
     /// `frame` is the whole frame when `complete`, else the first part of a streamed frame.
     fn on_frame(&mut self, header: Header, frame: &[u8], complete: bool) -> Verdict;
+
+    /// Whether frames with this tag must be buffered whole (never streamed), so `on_frame`
+    /// always sees all of them. Statement texts must be, when they are analysed.
+    fn must_buffer(&self, _tag: u8) -> bool {
+        false
+    }
+
+    /// Handle a frame `on_frame` deferred; write its replacement (if any) to `w`.
+    fn resolve<'a, W: AsyncWrite + Unpin + Send>(
+        &'a mut self,
+        _frame: &'a [u8],
+        _w: &'a mut W,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'a {
+        async { Ok(()) }
+    }
 }
 
 /// How a pump ended.
@@ -79,7 +98,7 @@ pub struct Pump<R, W, I> {
 impl<R, W, I> Pump<R, W, I>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + Send,
     I: Inspector,
 {
     /// Relay until EOF, an error, a protocol violation or `stop`. Returns the writer so the
@@ -131,7 +150,9 @@ where
                 let frame_len = header.frame_len();
                 let available = buf.len() - pos;
                 let complete = available >= frame_len;
-                if !complete && frame_len <= STREAM_THRESHOLD {
+                if !complete
+                    && (frame_len <= STREAM_THRESHOLD || self.inspector.must_buffer(header.tag))
+                {
                     buf.reserve(frame_len - available);
                     break;
                 }
@@ -156,6 +177,21 @@ where
                     Verdict::Reject { reason, error } => {
                         rejected = Some((reason, error));
                         break;
+                    }
+                    Verdict::Defer => {
+                        if let Err(e) = self.write(&buf[..pos]).await {
+                            return PumpEnd::WriteError(e);
+                        }
+                        if let Err(e) = self
+                            .inspector
+                            .resolve(&buf[pos..end], &mut self.writer)
+                            .await
+                        {
+                            return PumpEnd::WriteError(e);
+                        }
+                        buf.advance(end);
+                        pos = 0;
+                        continue;
                     }
                 }
                 pos = end;
@@ -240,6 +276,8 @@ pub struct ServerInspector {
     /// Whether the first ReadyForQuery has been seen (authentication done).
     pub ready: bool,
     span: tracing::Span,
+    /// Capture mode: routes every reply through the session's unit queue.
+    pub router: Option<Arc<crate::capture::router::Shared>>,
 }
 
 impl ServerInspector {
@@ -254,6 +292,20 @@ impl ServerInspector {
             key_guard: None,
             ready: false,
             span,
+            router: None,
+        }
+    }
+}
+
+impl ServerInspector {
+    #[inline]
+    fn routed(&self, tag: u8, frame: &[u8]) -> Verdict {
+        match &self.router {
+            None => Verdict::Forward,
+            Some(shared) => match crate::capture::router::route(shared, tag, frame) {
+                crate::capture::router::Route::Forward => Verdict::Forward,
+                crate::capture::router::Route::Replace(bytes) => Verdict::Replace(bytes),
+            },
         }
     }
 }
@@ -286,14 +338,14 @@ impl Inspector for ServerInspector {
                     self.span
                         .record("application_name", String::from_utf8_lossy(value).as_ref());
                 }
-                Verdict::Forward
+                self.routed(header.tag, frame)
             }
             b'Z' if !self.ready => {
                 self.ready = true;
                 tracing::debug!(parent: &self.span, "session authenticated and ready");
-                Verdict::Forward
+                self.routed(header.tag, frame)
             }
-            _ => Verdict::Forward,
+            _ => self.routed(header.tag, frame),
         }
     }
 }

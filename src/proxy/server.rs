@@ -28,6 +28,14 @@ pub enum ProxyError {
     ClientTls(#[from] TlsError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("capture: {0}")]
+    Sink(#[from] crate::audit::kafka::SinkError),
+}
+
+/// What capturing sessions share: the audit sink and the statement analysis cache.
+pub struct CaptureCtx {
+    pub sink: Arc<crate::audit::kafka::KafkaSink>,
+    pub cache: Arc<crate::statement::AnalysisCache>,
 }
 
 /// What every session of one proxy shares.
@@ -37,6 +45,12 @@ pub struct ProxyCtx {
     pub upstream: Upstream,
     pub tls: Option<TlsAcceptor>,
     pub cancel: Arc<CancelRegistry>,
+    /// Present when capture is on (brokers configured and capture not disabled).
+    pub capture: Option<CaptureCtx>,
+    /// Numbers sessions, for session ids.
+    pub session_seq: std::sync::atomic::AtomicU64,
+    /// Distinguishes this process's session ids from other runs'.
+    pub instance: String,
 }
 
 /// A started proxy: its addresses, and the handle to stop it.
@@ -76,6 +90,16 @@ pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyEr
         None => None,
     };
     let upstream = Upstream::new(&config.upstream)?;
+    let capture = if !config.capture.disabled && !config.kafka.brokers.is_empty() {
+        let sink = crate::audit::kafka::KafkaSink::connect(config.kafka.clone()).await?;
+        tracing::info!(brokers = ?config.kafka.brokers, prefix = %config.kafka.topic_prefix, "capture on");
+        Some(CaptureCtx {
+            sink: Arc::new(sink),
+            cache: Arc::new(crate::statement::AnalysisCache::new(10_000)),
+        })
+    } else {
+        None
+    };
     let listener = TcpListener::bind(config.proxy.listen)
         .await
         .map_err(|source| ProxyError::Bind {
@@ -108,6 +132,15 @@ pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyEr
         upstream,
         tls,
         cancel: Arc::new(CancelRegistry::default()),
+        capture,
+        session_seq: std::sync::atomic::AtomicU64::new(0),
+        instance: format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ),
     });
     let shutdown = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(

@@ -2,7 +2,7 @@
 //! requests, the StartupMessage), the upstream connection, then the relay.
 
 use super::cancel;
-use super::relay::{protocol_error, ClientInspector, Pump, PumpEnd, ServerInspector};
+use super::relay::{protocol_error, ClientInspector, Inspector, Pump, PumpEnd, ServerInspector};
 use super::server::ProxyCtx;
 use super::stream::Stream;
 use crate::telemetry::Event;
@@ -113,7 +113,21 @@ async fn run(
     if let Err(e) = upstream.write_all(&raw_startup).await {
         return Outcome::Io(format!("forwarding StartupMessage: {e}"));
     }
-    relay(ctx, conn, upstream, client, span).await
+    let who = SessionWho {
+        user: packet.param("user").unwrap_or_default().to_string(),
+        database: packet
+            .param("database")
+            .or(packet.param("user"))
+            .unwrap_or_default()
+            .to_string(),
+    };
+    relay(ctx, conn, upstream, client, span, who).await
+}
+
+/// Who the session is, from its StartupMessage.
+struct SessionWho {
+    user: String,
+    database: String,
 }
 
 /// Startup phase: answer SSLRequest/GSSENCRequest, handle CancelRequest, and return the
@@ -300,6 +314,56 @@ async fn relay(
     upstream: Stream,
     client: SocketAddr,
     span: tracing::Span,
+    who: SessionWho,
+) -> Outcome {
+    match &ctx.capture {
+        None => {
+            relay_with(
+                ctx,
+                conn,
+                upstream,
+                client,
+                span,
+                ClientInspector::new(ctx.metrics.clone()),
+                None,
+            )
+            .await
+        }
+        Some(cap) => {
+            let shared = Arc::new(crate::capture::router::Shared::default());
+            let n = ctx
+                .session_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            let info = crate::capture::publish::SessionInfo {
+                session_id: format!("{}-{n}", ctx.instance),
+                user: who.user,
+                database: who.database,
+                client_addr: client.to_string(),
+                topic_prefix: ctx.config.kafka.topic_prefix.clone(),
+            };
+            let inspector = crate::capture::client::ClientCapture::new(
+                Arc::clone(&shared),
+                Arc::clone(&cap.sink),
+                Arc::clone(&cap.cache),
+                info,
+                ctx.metrics.clone(),
+                ctx.config.capture.on_sink_failure,
+            );
+            relay_with(ctx, conn, upstream, client, span, inspector, Some(shared)).await
+        }
+    }
+}
+
+/// Relay both directions with the given client-side inspector (and capture router).
+async fn relay_with<I: Inspector + 'static>(
+    ctx: &Arc<ProxyCtx>,
+    conn: Stream,
+    upstream: Stream,
+    client: SocketAddr,
+    span: tracing::Span,
+    client_inspector: I,
+    router: Option<Arc<crate::capture::router::Shared>>,
 ) -> Outcome {
     let strip = conn.is_tls();
     let (client_r, client_w) = conn.split();
@@ -308,7 +372,7 @@ async fn relay(
     let c2u = Pump {
         reader: client_r,
         writer: upstream_w,
-        inspector: ClientInspector::new(m.clone()),
+        inspector: client_inspector,
         max_frame: ctx.config.proxy.max_message_bytes,
         counters: m.client_to_upstream.clone(),
         latency: m.relay_latency.clone(),
@@ -316,7 +380,11 @@ async fn relay(
     let u2c = Pump {
         reader: upstream_r,
         writer: client_w,
-        inspector: ServerInspector::new(strip, Arc::clone(&ctx.cancel), span),
+        inspector: {
+            let mut i = ServerInspector::new(strip, Arc::clone(&ctx.cancel), span);
+            i.router = router;
+            i
+        },
         max_frame: usize::MAX,
         counters: m.upstream_to_client.clone(),
         latency: m.relay_latency.clone(),

@@ -123,6 +123,8 @@ pub struct Analysis {
     pub writes: Vec<Write>,
     /// `EXPLAIN ANALYZE` wraps the statement (it runs, but its result rows are the plan).
     pub explain_analyze: bool,
+    /// Savepoint name of SAVEPOINT / RELEASE / ROLLBACK TO (empty otherwise).
+    pub savepoint: String,
 }
 
 impl Analysis {
@@ -131,6 +133,7 @@ impl Analysis {
             kind,
             writes: Vec::new(),
             explain_analyze: false,
+            savepoint: String::new(),
         }
     }
 }
@@ -295,7 +298,11 @@ fn analyze_node(node: &N) -> Analysis {
                 _ => Analysis::of(Kind::Read),
             };
         }
-        N::TransactionStmt(s) => Kind::Transaction(tx_control(s.kind)),
+        N::TransactionStmt(s) => {
+            let mut a = Analysis::of(Kind::Transaction(tx_control(s.kind)));
+            a.savepoint = s.savepoint_name.clone();
+            return a;
+        }
         N::DoStmt(_) | N::CallStmt(_) => Kind::Opaque,
         N::VariableSetStmt(_)
         | N::VariableShowStmt(_)
@@ -324,6 +331,7 @@ fn analyze_node(node: &N) -> Analysis {
         kind,
         writes,
         explain_analyze: false,
+        savepoint: String::new(),
     }
 }
 
@@ -535,10 +543,9 @@ mod tests {
             one("BEGIN ISOLATION LEVEL SERIALIZABLE").kind,
             Kind::Transaction(TxControl::Begin)
         );
-        assert_eq!(
-            one("rollback to savepoint s1").kind,
-            Kind::Transaction(TxControl::RollbackTo)
-        );
+        let r = one("rollback to savepoint s1");
+        assert_eq!(r.kind, Kind::Transaction(TxControl::RollbackTo));
+        assert_eq!(r.savepoint, "s1");
         assert_eq!(one("END").kind, Kind::Transaction(TxControl::Commit));
         assert_eq!(one("DO $$ BEGIN END $$").kind, Kind::Opaque);
         assert_eq!(one("CALL p()").kind, Kind::Opaque);

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub cancel_requests: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub relay_latency: Histogram,
+    /// Change events published (acknowledged by the brokers).
+    pub audit_events: IntCounter,
+    /// Transactions whose audit records could not be recorded.
+    pub audit_publish_failures: IntCounter,
 }
 
 impl Metrics {
@@ -135,6 +139,12 @@ impl Metrics {
             cancel_requests,
             tls_handshakes,
             relay_latency,
+            audit_events: IntCounter::new("audit_events_total", "Change events published and acknowledged").unwrap(),
+            audit_publish_failures: IntCounter::new(
+                "audit_publish_failures_total",
+                "Transactions whose audit records could not be recorded (rolled back unless capture.on_sink_failure = allow)",
+            )
+            .unwrap(),
         };
         reg(Box::new(m.sessions_open.clone()));
         reg(Box::new(m.sessions_total.clone()));
@@ -146,6 +156,8 @@ impl Metrics {
         reg(Box::new(m.cancel_requests.clone()));
         reg(Box::new(m.tls_handshakes.clone()));
         reg(Box::new(m.relay_latency.clone()));
+        reg(Box::new(m.audit_events.clone()));
+        reg(Box::new(m.audit_publish_failures.clone()));
         m
     }
 

@@ -12,6 +12,11 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// admin_shutdown: the proxy is shutting down.
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// hindsight could not record the write (capture or audit publishing failed); the
+    /// transaction was rolled back. Class `HS` is hindsight's own.
+    pub const AUDIT_NOT_RECORDED: &str = "HS001";
+    /// hindsight cannot capture this statement (yet); it was not run.
+    pub const CAPTURE_UNSUPPORTED: &str = "HS002";
 }
 
 /// An error to report to a client; encodes to one ErrorResponse (`E`) frame.
@@ -38,6 +43,14 @@ impl ErrorResponse {
             message: message.into(),
             detail: None,
             hint: None,
+        }
+    }
+
+    /// An ERROR: the statement fails, the session continues.
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: "ERROR",
+            ..Self::fatal(code, message)
         }
     }
 

@@ -2,6 +2,7 @@
 //! Each test makes its own database and its own proxy instance on free ports.
 
 mod auth_tls;
+mod capture;
 mod clients;
 mod differential;
 mod harness;

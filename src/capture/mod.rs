@@ -1,0 +1,16 @@
+//! Capture: the before and after image of every row a write changes, taken inside the client's
+//! own transaction and published before it commits.
+//!
+//! - `rewrite` — adds RETURNING capture columns (and, before PostgreSQL 18, a locking pre-read).
+//! - `rows` — strips capture columns off RowDescription/DataRow before the client sees them.
+//! - `router` — the queue of expected replies; routes each server frame.
+//! - `client` — the client side: rewrites, holds COMMIT, publishes, refuses what it cannot capture.
+//! - `txn` — the open transaction's captured changes, with savepoints.
+//! - `publish` — catalog lookup and the audit records built from the changes.
+
+pub mod client;
+pub mod publish;
+pub mod rewrite;
+pub mod router;
+pub mod rows;
+pub mod txn;

@@ -1,0 +1,255 @@
+//! Turning a committed-to-be transaction's captured changes into audit records.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::audit::event::{
+    ChangeEvent, ChangeKey, CommitStatus, DataCollection, Op, Row, Source, TransactionRecord,
+    TxPosition, TxStatus,
+};
+use crate::audit::kafka::Record;
+use crate::statement::Kind;
+
+use super::txn::Change;
+
+/// Schema, name and key columns of a table, from the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    /// Primary key, else replica identity index columns; empty if the table has neither.
+    pub key: Vec<String>,
+}
+
+/// Session facts every event carries.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub user: String,
+    pub database: String,
+    pub client_addr: String,
+    pub topic_prefix: String,
+}
+
+/// One query giving the transaction id and, for each table oid, its schema, name and key.
+/// Run inside the transaction, right before COMMIT.
+pub fn catalog_query(oids: &[u32]) -> String {
+    let list: Vec<String> = oids.iter().map(u32::to_string).collect();
+    format!(
+        "SELECT pg_current_xact_id_if_assigned()::text, c.oid::int8::text, n.nspname, c.relname, \
+         (SELECT coalesce(json_agg(a.attname ORDER BY k.ord), '[]'::json)::text FROM pg_index i \
+            CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+          WHERE i.indrelid = c.oid AND i.indexrelid = (SELECT i2.indexrelid FROM pg_index i2 \
+            WHERE i2.indrelid = c.oid AND (i2.indisprimary OR i2.indisreplident) \
+            ORDER BY i2.indisprimary DESC LIMIT 1)) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = ANY('{{{}}}'::oid[])",
+        list.join(",")
+    )
+}
+
+/// Parse the rows of [`catalog_query`]: `(txid, oid → table)`.
+pub fn parse_catalog(rows: &[Vec<Option<Vec<u8>>>]) -> (Option<i64>, HashMap<u32, TableInfo>) {
+    let text = |v: &Option<Vec<u8>>| {
+        v.as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let mut txid = None;
+    let mut tables = HashMap::new();
+    for r in rows {
+        if r.len() < 5 {
+            continue;
+        }
+        txid = text(&r[0]).and_then(|t| t.parse().ok());
+        let Some(oid) = text(&r[1]).and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let key: Vec<String> = text(&r[4])
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        tables.insert(
+            oid,
+            TableInfo {
+                schema: text(&r[2]).unwrap_or_default(),
+                name: text(&r[3]).unwrap_or_default(),
+                key,
+            },
+        );
+    }
+    (txid, tables)
+}
+
+/// Pair pre-read before images with the after images of the same UPDATE, by key.
+fn pair_pre_reads(changes: Vec<Change>, tables: &HashMap<u32, TableInfo>) -> Vec<Change> {
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    // Before images waiting for their after image: (statement seq, oid, key json) → index in out.
+    let mut waiting: HashMap<(u64, u32, String), Change> = HashMap::new();
+    for c in changes {
+        if !c.stmt.shape.pre_read {
+            out.push(c);
+            continue;
+        }
+        let key_cols = tables
+            .get(&c.table_oid)
+            .map(|t| t.key.clone())
+            .unwrap_or_default();
+        match (&c.before, &c.after) {
+            (Some(b), None) => {
+                let k = key_json(b, &key_cols);
+                waiting.insert((c.stmt.seq, c.table_oid, k), c);
+            }
+            (None, Some(a)) => {
+                let k = key_json(a, &key_cols);
+                let before = waiting
+                    .remove(&(c.stmt.seq, c.table_oid, k))
+                    .and_then(|w| w.before);
+                out.push(Change { before, ..c });
+            }
+            _ => out.push(c),
+        }
+    }
+    // Locked but not updated rows (the UPDATE's own WHERE, re-checked, excluded them) changed
+    // nothing: they produce no event.
+    out
+}
+
+fn key_of(row: &Row, key: &[String]) -> Row {
+    if key.is_empty() {
+        return row.clone();
+    }
+    key.iter()
+        .map(|k| {
+            (
+                k.clone(),
+                row.get(k).cloned().unwrap_or(serde_json::Value::Null),
+            )
+        })
+        .collect()
+}
+
+fn key_json(row: &Row, key: &[String]) -> String {
+    serde_json::to_string(&key_of(row, key)).unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The records to publish before COMMIT: BEGIN on the transaction topic, then one change event
+/// per row on its table's topic. Returns them with the END record to publish afterwards.
+pub fn build(
+    session: &SessionInfo,
+    tx_seq: u64,
+    txid: Option<i64>,
+    changes: Vec<Change>,
+    tables: &HashMap<u32, TableInfo>,
+) -> (Vec<Record>, TransactionRecord) {
+    let changes = pair_pre_reads(changes, tables);
+    let id = format!("{}:{}", session.session_id, tx_seq);
+    let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
+    let mut events = Vec::with_capacity(changes.len() + 1);
+    let now = now_ms();
+    for (i, c) in changes.iter().enumerate() {
+        let fallback = TableInfo {
+            schema: c.stmt.shape.table.schema.clone(),
+            name: c.stmt.shape.table.name.clone(),
+            key: Vec::new(),
+        };
+        let t = tables.get(&c.table_oid).unwrap_or(&fallback);
+        let collection = format!("{}.{}", t.schema, t.name);
+        let order = per_table.entry(collection.clone()).or_insert(0);
+        *order += 1;
+        let op = match (&c.before, &c.after) {
+            (None, Some(_)) => Op::Create,
+            (Some(_), None) if c.stmt.shape.kind == Kind::Truncate => Op::Truncate,
+            (Some(_), None) => Op::Delete,
+            _ => Op::Update,
+        };
+        let image = c
+            .after
+            .as_ref()
+            .or(c.before.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        let key = ChangeKey {
+            table: collection.clone(),
+            key: key_of(&image, &t.key),
+        };
+        let ev = ChangeEvent {
+            before: c.before.clone(),
+            after: c.after.clone(),
+            source: Source {
+                version: env!("CARGO_PKG_VERSION").into(),
+                connector: "hindsight".into(),
+                name: session.topic_prefix.clone(),
+                ts_ms: c.stmt.ts_ms,
+                snapshot: "false".into(),
+                db: session.database.clone(),
+                schema: t.schema.clone(),
+                table: t.name.clone(),
+                tx_id: txid,
+                user: session.user.clone(),
+                application_name: c.stmt.application_name.clone(),
+                client_addr: session.client_addr.clone(),
+                statement: c.stmt.text.clone(),
+                fingerprint: c.stmt.fingerprint.clone(),
+                tags: c.stmt.tags.clone(),
+                session_id: session.session_id.clone(),
+                statement_seq: c.stmt.seq,
+                side_effects: None,
+                side_effect_tables: Vec::new(),
+                blocked_by: None,
+            },
+            op,
+            ts_ms: now,
+            transaction: TxPosition {
+                id: id.clone(),
+                total_order: i as u64 + 1,
+                data_collection_order: *order,
+            },
+        };
+        events.push(Record {
+            topic: format!("{}.{}.{}", session.topic_prefix, t.schema, t.name),
+            key: key.to_bytes(),
+            payload: serde_json::to_vec(&ev).expect("events serialise"),
+        });
+    }
+    let record = |status, commit_status| TransactionRecord {
+        status,
+        id: id.clone(),
+        tx_id: txid,
+        event_count: changes.len() as u64,
+        data_collections: per_table
+            .iter()
+            .map(|(k, v)| DataCollection {
+                data_collection: k.clone(),
+                event_count: *v,
+            })
+            .collect(),
+        ts_ms: now,
+        commit_status,
+    };
+    let begin = record(TxStatus::Begin, None);
+    let end = record(TxStatus::End, Some(CommitStatus::Committed));
+    let tx_topic = format!("{}.transaction", session.topic_prefix);
+    let mut out = Vec::with_capacity(events.len() + 1);
+    out.push(Record {
+        topic: tx_topic,
+        key: id.clone().into_bytes(),
+        payload: serde_json::to_vec(&begin).expect("serialise"),
+    });
+    out.extend(events);
+    (out, end)
+}
+
+/// The END record as a Kafka record.
+pub fn end_record(session: &SessionInfo, end: &TransactionRecord) -> Record {
+    Record {
+        topic: format!("{}.transaction", session.topic_prefix),
+        key: end.id.clone().into_bytes(),
+        payload: serde_json::to_vec(end).expect("serialise"),
+    }
+}

@@ -1,0 +1,294 @@
+//! Rewriting a write statement so the server hands back the before and after image of every
+//! row it changes, in the same statement (and so the same snapshot and row locks) as the
+//! client's own work.
+//!
+//! - PostgreSQL 18+: `RETURNING old`/`new` — every DML kind, one statement, exact pairing.
+//! - Older servers: INSERT returns its new rows and DELETE its old rows through `RETURNING`;
+//!   UPDATE gets a *pre-read* first — `SELECT … FOR UPDATE OF target` with the statement's own
+//!   FROM and WHERE, in the same transaction — so the rows are locked between the before image
+//!   and the write and no concurrent writer can slip a change in between. The client's
+//!   statement itself is never changed in which rows it touches: only `RETURNING` is added.
+//!
+//! The extra columns go at the end of the result; `rows` strips them before the client sees
+//! anything, so the client receives exactly the rows (and command tag) it asked for.
+
+use std::sync::Arc;
+
+use pg_query::protobuf::node::Node as N;
+use thiserror::Error;
+
+use crate::statement::analysis::{Kind, Located, TableName};
+
+/// Where the capture columns are in the rewritten statement's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    /// What the statement does to its target.
+    pub kind: Kind,
+    /// The target table as written in the statement.
+    pub table: TableName,
+    /// Columns hindsight added at the end of each result row.
+    pub extra: usize,
+    /// Index (among the extra columns) of the before image (`to_jsonb`), if returned.
+    pub old_at: Option<usize>,
+    /// Index of the after image, if returned.
+    pub new_at: Option<usize>,
+    /// Index of the row's `tableoid` (resolves schema, name and key columns later).
+    pub oid_at: usize,
+    /// Whether the client asked for rows itself (`RETURNING …`). If not, hindsight drops the
+    /// RowDescription and DataRows entirely.
+    pub client_returning: bool,
+    /// Before images come from a pre-read statement (PostgreSQL < 18 UPDATE).
+    pub pre_read: bool,
+}
+
+/// A statement ready to send instead of the client's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The statement with the capture columns added.
+    pub text: String,
+    pub shape: Arc<Shape>,
+    /// For pre-read capture: `SELECT to_jsonb(t.*), t.tableoid FROM … FOR UPDATE OF t`, run
+    /// right before `text` in the same transaction.
+    pub pre_read: Option<String>,
+}
+
+/// A write hindsight cannot capture (yet). The client gets this as an error; nothing runs.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("hindsight cannot capture {what} on PostgreSQL {major} (it needs PostgreSQL 18's RETURNING old/new); the statement was not run")]
+    NeedsPg18 { what: String, major: u32 },
+    #[error("hindsight cannot capture {what} yet; the statement was not run")]
+    Unsupported { what: String },
+    #[error("hindsight cannot capture a statement that writes more than one table ({tables}); split it into one statement per table")]
+    SeveralTargets { tables: String },
+}
+
+/// Rewrite one analysed statement of `text` for capture on a server of major version `major`.
+/// `Ok(None)`: the statement writes no rows and runs unchanged.
+pub fn rewrite(text: &str, stmt: &Located, major: u32) -> Result<Option<Rewritten>, Refusal> {
+    let a = &stmt.analysis;
+    if !a.kind.writes_rows() {
+        return Ok(None);
+    }
+    if a.writes.len() != 1 || a.explain_analyze {
+        let what = if a.explain_analyze {
+            "EXPLAIN ANALYZE of a write".to_string()
+        } else {
+            let tables: Vec<String> = a.writes.iter().map(|w| w.table.to_string()).collect();
+            return Err(Refusal::SeveralTargets {
+                tables: tables.join(", "),
+            });
+        };
+        return Err(Refusal::Unsupported { what });
+    }
+    let write = &a.writes[0];
+    let sql = &text[stmt.span.clone()];
+    let what = format!("{} on {}", a.kind.label().to_uppercase(), write.table);
+    match a.kind {
+        Kind::CopyIn => {
+            return Err(Refusal::Unsupported {
+                what: format!("COPY … FROM into {}", write.table),
+            })
+        }
+        Kind::Truncate => return Err(Refusal::Unsupported { what }),
+        _ => {}
+    }
+    let target = target_ref(sql).ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
+    // A newline first: a trailing `--` comment would otherwise swallow what is appended.
+    let sep = if write.returning {
+        "\n, "
+    } else {
+        "\nRETURNING "
+    };
+    let shape = |extra, old_at, new_at, oid_at, pre_read| {
+        Arc::new(Shape {
+            kind: a.kind,
+            table: write.table.clone(),
+            extra,
+            old_at,
+            new_at,
+            oid_at,
+            client_returning: write.returning,
+            pre_read,
+        })
+    };
+    let body = sql.trim_end().trim_end_matches(';');
+    if major >= 18 {
+        let cols = if write.returning {
+            format!("to_jsonb(old), to_jsonb(new), {target}.tableoid")
+        } else {
+            format!("WITH (OLD AS __hs_old, NEW AS __hs_new) to_jsonb(__hs_old), to_jsonb(__hs_new), {target}.tableoid")
+        };
+        return Ok(Some(Rewritten {
+            text: format!("{body}{sep}{cols}"),
+            shape: shape(3, Some(0), Some(1), 2, false),
+            pre_read: None,
+        }));
+    }
+    let image = format!("to_jsonb({target}.*), {target}.tableoid");
+    match a.kind {
+        Kind::Insert => Ok(Some(Rewritten {
+            text: format!("{body}{sep}{image}"),
+            shape: shape(2, None, Some(0), 1, false),
+            pre_read: None,
+        })),
+        Kind::Delete => Ok(Some(Rewritten {
+            text: format!("{body}{sep}{image}"),
+            shape: shape(2, Some(0), None, 1, false),
+            pre_read: None,
+        })),
+        Kind::Update => {
+            let pre = pre_read_for_update(sql, &target)
+                .ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
+            Ok(Some(Rewritten {
+                text: format!("{body}{sep}{image}"),
+                shape: shape(2, None, Some(0), 1, true),
+                pre_read: Some(pre),
+            }))
+        }
+        _ => Err(Refusal::NeedsPg18 { what, major }),
+    }
+}
+
+/// How RETURNING refers to the target: its alias, else its (schema-qualified) name, quoted.
+fn target_ref(sql: &str) -> Option<String> {
+    let parsed = pg_query::parse(sql).ok()?;
+    let node = parsed
+        .protobuf
+        .stmts
+        .first()?
+        .stmt
+        .as_ref()?
+        .node
+        .as_ref()?;
+    let rel = match node {
+        N::InsertStmt(s) => s.relation.as_ref()?,
+        N::UpdateStmt(s) => s.relation.as_ref()?,
+        N::DeleteStmt(s) => s.relation.as_ref()?,
+        N::MergeStmt(s) => s.relation.as_ref()?,
+        _ => return None,
+    };
+    Some(match &rel.alias {
+        Some(alias) => quote(&alias.aliasname),
+        None if rel.schemaname.is_empty() => quote(&rel.relname),
+        None => format!("{}.{}", quote(&rel.schemaname), quote(&rel.relname)),
+    })
+}
+
+/// `"ident"` with embedded quotes doubled.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// `SELECT to_jsonb(t.*), t.tableoid FROM t [, from…] WHERE … FOR UPDATE OF t`, built from the
+/// UPDATE's own parse tree (its WITH, FROM and WHERE), deparsed by PostgreSQL's deparser.
+fn pre_read_for_update(sql: &str, target: &str) -> Option<String> {
+    let parsed = pg_query::parse(sql).ok()?;
+    let N::UpdateStmt(update) = parsed
+        .protobuf
+        .stmts
+        .first()?
+        .stmt
+        .as_ref()?
+        .node
+        .as_ref()?
+    else {
+        return None;
+    };
+    // A template supplies the target list and locking clause nodes; the UPDATE supplies the rest.
+    let template =
+        format!("SELECT to_jsonb({target}.*), {target}.tableoid FROM x FOR UPDATE OF {target}");
+    let mut tree = pg_query::parse(&template).ok()?.protobuf;
+    let stmt = tree.stmts.first_mut()?.stmt.as_mut()?;
+    let Some(N::SelectStmt(select)) = stmt.node.as_mut() else {
+        return None;
+    };
+    let mut from = vec![pg_query::protobuf::Node {
+        node: Some(N::RangeVar(update.relation.clone()?)),
+    }];
+    from.extend(update.from_clause.iter().cloned());
+    select.from_clause = from;
+    select.where_clause = update.where_clause.clone();
+    select.with_clause = update.with_clause.clone();
+    pg_query::deparse(&tree).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::statement::analyze;
+
+    fn rw(sql: &str, major: u32) -> Result<Option<Rewritten>, Refusal> {
+        let v = analyze(sql).unwrap();
+        rewrite(sql, &v[0], major)
+    }
+
+    #[test]
+    fn pg18_appends_old_and_new() {
+        let r = rw("UPDATE brieff SET bfso = NULL WHERE bfkey < 19", 18)
+            .unwrap()
+            .unwrap();
+        assert!(r.text.ends_with("RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) to_jsonb(__hs_old), to_jsonb(__hs_new), \"brieff\".tableoid"), "{}", r.text);
+        assert!(!r.shape.client_returning);
+        let r = rw(
+            "DELETE FROM public.t x WHERE a = 1 RETURNING id -- trailing",
+            18,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            r.text
+                .ends_with("-- trailing\n, to_jsonb(old), to_jsonb(new), \"x\".tableoid"),
+            "{}",
+            r.text
+        );
+        assert!(r.shape.client_returning);
+    }
+
+    #[test]
+    fn older_servers_use_returning_and_a_locking_pre_read() {
+        let r = rw("INSERT INTO public.t (a) VALUES (1)", 15)
+            .unwrap()
+            .unwrap();
+        assert!(
+            r.text
+                .ends_with("RETURNING to_jsonb(\"public\".\"t\".*), \"public\".\"t\".tableoid"),
+            "{}",
+            r.text
+        );
+        assert_eq!((r.shape.old_at, r.shape.new_at), (None, Some(0)));
+        let r = rw(
+            "UPDATE t SET a = a + 1 FROM u WHERE t.id = u.id AND u.flag",
+            15,
+        )
+        .unwrap()
+        .unwrap();
+        let pre = r.pre_read.unwrap();
+        assert!(
+            pre.contains("FROM t, u WHERE t.id = u.id AND u.flag"),
+            "{pre}"
+        );
+        assert!(pre.ends_with("FOR UPDATE OF t"), "{pre}");
+        assert!(matches!(
+            rw(
+                "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+                15
+            ),
+            Err(Refusal::NeedsPg18 { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_are_not_rewritten_and_multi_target_writes_are_refused() {
+        assert_eq!(rw("SELECT 1", 18).unwrap(), None);
+        let e = rw(
+            "WITH d AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM d",
+            18,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("a, b") || e.to_string().contains("b, a"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! Routing the server's replies while capture is on.
+//!
+//! The client side pushes one [`Unit`] per request it sends upstream (its own, rewritten or
+//! hindsight's internal ones), in order; the server answers requests in order, so the unit at
+//! the front of the queue says what each reply frame is and what to do with it: forward it,
+//! strip capture columns off it, collect it for hindsight, or swallow it.
+//!
+//! After an ErrorResponse the server skips everything up to the next ReadyForQuery, so the
+//! units up to the next sync point are dropped with their captured rows: a failed statement
+//! never contributes a change.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{oneshot, Notify};
+
+use super::rows::{decode_image, decode_oid, split_data_row, strip_row_description, Format};
+use super::txn::{Change, StatementCtx, TxnBuffer};
+use crate::statement::TxControl;
+
+/// Reply frames of one request.
+pub struct Unit {
+    /// Tags that complete the unit (`Z` makes it a sync point).
+    pub ends: &'static [u8],
+    /// Forward the server's frames to the client.
+    pub forward: bool,
+    /// Forward an ErrorResponse even when `forward` is off (e.g. a failing COMMIT).
+    pub forward_errors: bool,
+    /// What to gather from the frames.
+    pub collect: Collect,
+    /// Where an internal request's outcome goes.
+    pub reply: Option<oneshot::Sender<Reply>>,
+    /// Sent to the client instead of the server's ErrorResponse (refused statements).
+    pub error_replacement: Option<Vec<u8>>,
+    /// Sent to the client right before the frame that completes the unit.
+    pub prefix: Option<Vec<u8>>,
+    /// Forward the completing frame even when `forward` is off (the ReadyForQuery that
+    /// closes an exchange hindsight finished on the client's behalf).
+    pub forward_end: bool,
+    /// Transaction control to apply to the buffer when the unit completes without error.
+    pub txctl: Option<(TxControl, String)>,
+    /// The last CommandComplete tag seen in this unit.
+    pub last_tag: Option<String>,
+    /// An ErrorResponse arrived (a sync-point unit stays until its ReadyForQuery).
+    pub failed: bool,
+}
+
+/// What a unit gathers.
+pub enum Collect {
+    Nothing,
+    /// DataRows of an internal query.
+    Rows(Vec<Vec<Option<Vec<u8>>>>),
+    /// A rewritten statement: capture columns are split off every row.
+    Capture(Arc<StatementCtx>, Vec<Change>),
+    /// Before images from a pre-read (PostgreSQL < 18 UPDATE); the rows are not the client's.
+    PreRead(Arc<StatementCtx>, Vec<Change>),
+}
+
+/// Outcome of an internal request.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub rows: Vec<Vec<Option<Vec<u8>>>>,
+    /// CommandComplete tag, if one arrived.
+    pub tag: Option<String>,
+    /// The server's ErrorResponse frame, if the request failed.
+    pub error: Option<Vec<u8>>,
+}
+
+impl Unit {
+    /// A unit with everything off; set what you need.
+    pub fn new(ends: &'static [u8]) -> Self {
+        Unit {
+            ends,
+            forward: false,
+            forward_errors: false,
+            collect: Collect::Nothing,
+            reply: None,
+            error_replacement: None,
+            prefix: None,
+            forward_end: false,
+            txctl: None,
+            last_tag: None,
+            failed: false,
+        }
+    }
+
+    /// Replies forwarded unchanged.
+    pub fn pass(ends: &'static [u8]) -> Self {
+        Unit {
+            forward: true,
+            ..Unit::new(ends)
+        }
+    }
+
+    fn sync_point(&self) -> bool {
+        self.ends.contains(&b'Z')
+    }
+}
+
+/// State shared by the two directions of a capturing session.
+#[derive(Default)]
+pub struct State {
+    pub units: VecDeque<Unit>,
+    pub txn: TxnBuffer,
+    /// Transaction status from the last ReadyForQuery (`I`, `T`, `E`).
+    pub status: u8,
+    /// Rows whose capture columns could not be decoded: the transaction must not commit.
+    pub capture_errors: Vec<String>,
+    pub application_name: String,
+    /// `server_version_num / 10000`, from ParameterStatus `server_version`.
+    pub server_major: u32,
+}
+
+/// [`State`] plus the wake-up for the client side waiting on replies.
+#[derive(Default)]
+pub struct Shared {
+    state: Mutex<State>,
+    pub progressed: Notify,
+}
+
+impl Shared {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until every pushed unit has completed.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.progressed.notified();
+            if self.lock().units.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What to send the client for one server frame.
+pub enum Route {
+    Forward,
+    /// Replace the frame with these bytes (possibly none).
+    Replace(Vec<u8>),
+}
+
+/// Route one complete server frame (`tag`, whole frame bytes).
+pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
+    let body = &frame[5..];
+    match tag {
+        b'N' | b'A' => return Route::Forward,
+        b'S' => {
+            if let Some((name, value)) = crate::wire::backend::parameter_status(body) {
+                let mut st = shared.lock();
+                match name {
+                    b"application_name" => {
+                        st.application_name = String::from_utf8_lossy(value).into_owned()
+                    }
+                    b"server_version" => st.server_major = major_of(value),
+                    _ => {}
+                }
+            }
+            return Route::Forward;
+        }
+        _ => {}
+    }
+    let mut st = shared.lock();
+    if tag == b'Z' {
+        st.status = body.first().copied().unwrap_or(b'I');
+        if st.status == b'I' {
+            // The transaction is over; whatever was not published was rolled back.
+            st.txn.clear();
+            st.capture_errors.clear();
+        }
+    }
+    let st = &mut *st;
+    let Some(unit) = st.units.front_mut() else {
+        return Route::Forward;
+    };
+    let mut out = Vec::new();
+    let mut forward = unit.forward;
+    if tag == b'E' {
+        if let Some(rep) = &unit.error_replacement {
+            out.extend_from_slice(rep);
+        } else if unit.forward || unit.forward_errors {
+            out.extend_from_slice(frame);
+        }
+        if let Some(tx) = unit.reply.take() {
+            let _ = tx.send(Reply {
+                error: Some(frame.to_vec()),
+                ..Reply::default()
+            });
+        }
+        if unit.sync_point() {
+            // Stays until its ReadyForQuery; what it captured is void.
+            unit.failed = true;
+            unit.collect = Collect::Nothing;
+            unit.txctl = None;
+        } else {
+            // The server skips to the next sync point; so do we (dropping captured rows).
+            st.units.pop_front();
+            while st.units.front().is_some_and(|u| !u.sync_point()) {
+                st.units.pop_front();
+            }
+            shared.progressed.notify_waiters();
+        }
+        return Route::Replace(out);
+    }
+    if tag == b'C' {
+        unit.last_tag = Some(command_tag(body));
+    }
+    match (&mut unit.collect, tag) {
+        (Collect::Capture(stmt, _), b'T') => {
+            forward = false;
+            if unit.forward && stmt.shape.client_returning {
+                if let Some(f) = strip_row_description(body, stmt.shape.extra) {
+                    out.extend_from_slice(&f);
+                }
+            }
+        }
+        (Collect::Capture(stmt, rows), b'D') => {
+            forward = false;
+            let shape = Arc::clone(&stmt.shape);
+            match split_data_row(body, shape.extra) {
+                Some(split) => {
+                    let image = |i: Option<usize>| {
+                        decode_image(i.and_then(|i| split.extra[i]), Format::Text)
+                    };
+                    let decoded = image(shape.old_at).and_then(|b| {
+                        Ok((
+                            b,
+                            image(shape.new_at)?,
+                            decode_oid(split.extra[shape.oid_at], Format::Text)?,
+                        ))
+                    });
+                    match decoded {
+                        Ok((before, after, table_oid)) => rows.push(Change {
+                            before,
+                            after,
+                            table_oid,
+                            stmt: Arc::clone(stmt),
+                        }),
+                        Err(e) => st.capture_errors.push(format!("{}: {e}", shape.table)),
+                    }
+                    if unit.forward && shape.client_returning {
+                        out.extend_from_slice(&split.client_frame);
+                    }
+                }
+                None => st
+                    .capture_errors
+                    .push(format!("malformed DataRow for {}", shape.table)),
+            }
+        }
+        (Collect::PreRead(stmt, rows), b'D') => {
+            forward = false;
+            match split_data_row(body, 2) {
+                Some(split) => {
+                    let decoded = decode_image(split.extra[0], Format::Text)
+                        .and_then(|b| Ok((b, decode_oid(split.extra[1], Format::Text)?)));
+                    match decoded {
+                        Ok((before, table_oid)) => rows.push(Change {
+                            before,
+                            after: None,
+                            table_oid,
+                            stmt: Arc::clone(stmt),
+                        }),
+                        Err(e) => st.capture_errors.push(format!("{}: {e}", stmt.shape.table)),
+                    }
+                }
+                None => st
+                    .capture_errors
+                    .push(format!("malformed pre-read row for {}", stmt.shape.table)),
+            }
+        }
+        (Collect::PreRead(..), _) => forward = false,
+        (Collect::Rows(rows), b'D') => {
+            rows.push(data_row_values(body));
+        }
+        _ => {}
+    }
+    if forward {
+        out.extend_from_slice(frame);
+    }
+    if unit.ends.contains(&tag) {
+        let unit = st.units.pop_front().expect("front exists");
+        let tag_text = unit.last_tag.clone();
+        if let Some((ctl, name)) = &unit.txctl {
+            apply_txctl(&mut st.txn, *ctl, name);
+        }
+        match unit.collect {
+            Collect::Capture(_, rows) | Collect::PreRead(_, rows) => st.txn.push(rows),
+            Collect::Rows(rows) => {
+                if let Some(tx) = unit.reply {
+                    let _ = tx.send(Reply {
+                        rows,
+                        tag: tag_text,
+                        error: None,
+                    });
+                }
+            }
+            Collect::Nothing => {
+                if let Some(tx) = unit.reply {
+                    let _ = tx.send(Reply {
+                        tag: tag_text,
+                        ..Reply::default()
+                    });
+                }
+            }
+        }
+        if !forward && unit.forward_end {
+            if let Some(p) = &unit.prefix {
+                out.extend_from_slice(p);
+            }
+            out.extend_from_slice(frame);
+        } else if let Some(p) = unit.prefix {
+            let mut with = p;
+            with.extend_from_slice(&out);
+            out = with;
+        }
+        shared.progressed.notify_waiters();
+    }
+    if out.as_slice() == frame {
+        Route::Forward
+    } else {
+        Route::Replace(out)
+    }
+}
+
+fn command_tag(body: &[u8]) -> String {
+    String::from_utf8_lossy(body.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
+}
+
+fn apply_txctl(txn: &mut TxnBuffer, ctl: TxControl, name: &str) {
+    match ctl {
+        TxControl::Savepoint => txn.savepoint(name),
+        TxControl::RollbackTo => txn.rollback_to(name),
+        TxControl::Release => txn.release(name),
+        TxControl::Rollback => txn.clear(),
+        _ => {}
+    }
+}
+
+fn data_row_values(body: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    let Some(n) = body.get(0..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+        return out;
+    };
+    let mut pos = 2;
+    for _ in 0..n {
+        let Some(len) = body
+            .get(pos..pos + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            break;
+        };
+        pos += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let end = (pos + len as usize).min(body.len());
+            out.push(Some(body[pos..end].to_vec()));
+            pos = end;
+        }
+    }
+    out
+}
+
+/// `"15.18 (Debian …)"` → 15; `"18beta1"` → 18.
+fn major_of(version: &[u8]) -> u32 {
+    let digits: String = version
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .map(|&b| b as char)
+        .collect();
+    digits.parse().unwrap_or(0)
+}

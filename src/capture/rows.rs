@@ -1,0 +1,178 @@
+//! Taking hindsight's capture columns off result rows before the client sees them.
+//!
+//! RowDescription (`T`) and DataRow (`D`) bodies are edited in place of the originals; every
+//! byte of the client's own columns is kept as the server sent it.
+
+use crate::audit::event::Row;
+use crate::wire::frame::{put_frame, take_cstr};
+
+/// Format of a result column, as the Bind message asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Binary,
+}
+
+/// A DataRow split into the client's part and hindsight's extra columns.
+pub struct SplitRow<'a> {
+    /// Complete `D` frame with only the client's columns.
+    pub client_frame: Vec<u8>,
+    /// Values of the extra columns (`None` = SQL NULL).
+    pub extra: Vec<Option<&'a [u8]>>,
+}
+
+/// Split the DataRow `body`, whose last `extra` columns are hindsight's.
+pub fn split_data_row(body: &[u8], extra: usize) -> Option<SplitRow<'_>> {
+    let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    let keep = n.checked_sub(extra)?;
+    let mut pos = 2;
+    let mut cut = 2;
+    let mut values = Vec::with_capacity(extra);
+    for i in 0..n {
+        if i == keep {
+            cut = pos;
+        }
+        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4;
+        let value = if len < 0 {
+            None
+        } else {
+            let v = body.get(pos..pos + len as usize)?;
+            pos += len as usize;
+            Some(v)
+        };
+        if i >= keep {
+            values.push(value);
+        }
+    }
+    if keep == n {
+        cut = pos;
+    }
+    let mut client_body = Vec::with_capacity(cut);
+    client_body.extend_from_slice(&(keep as u16).to_be_bytes());
+    client_body.extend_from_slice(&body[2..cut]);
+    let mut client_frame = Vec::with_capacity(cut + 5);
+    put_frame(&mut client_frame, b'D', &client_body);
+    Some(SplitRow {
+        client_frame,
+        extra: values,
+    })
+}
+
+/// A RowDescription frame without its last `extra` fields, or `None` if malformed.
+pub fn strip_row_description(body: &[u8], extra: usize) -> Option<Vec<u8>> {
+    let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    let keep = n.checked_sub(extra)?;
+    let mut pos = 2;
+    for _ in 0..keep {
+        let (_, rest) = take_cstr(body.get(pos..)?)?;
+        pos = body.len() - rest.len() + 18;
+        if pos > body.len() {
+            return None;
+        }
+    }
+    let mut out_body = Vec::with_capacity(pos);
+    out_body.extend_from_slice(&(keep as u16).to_be_bytes());
+    out_body.extend_from_slice(&body[2..pos]);
+    let mut frame = Vec::with_capacity(pos + 5);
+    put_frame(&mut frame, b'T', &out_body);
+    Some(frame)
+}
+
+/// A row image from a `to_jsonb(…)` column (text, or binary jsonb: version byte 1 + text).
+pub fn decode_image(value: Option<&[u8]>, format: Format) -> Result<Option<Row>, String> {
+    let Some(raw) = value else { return Ok(None) };
+    let text = match format {
+        Format::Text => raw,
+        Format::Binary => match raw.split_first() {
+            Some((1, rest)) => rest,
+            _ => return Err("unknown binary jsonb version".into()),
+        },
+    };
+    match serde_json::from_slice::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+        Ok(other) => Err(format!("row image is not a JSON object: {other}")),
+        Err(e) => Err(format!("row image is not JSON: {e}")),
+    }
+}
+
+/// A `tableoid` column (text digits, or a binary 4-byte oid).
+pub fn decode_oid(value: Option<&[u8]>, format: Format) -> Result<u32, String> {
+    let raw = value.ok_or("tableoid is NULL")?;
+    match format {
+        Format::Text => std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                format!(
+                    "tableoid {:?} is not a number",
+                    String::from_utf8_lossy(raw)
+                )
+            }),
+        Format::Binary => raw
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| "binary tableoid is not 4 bytes".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_row(cols: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = (cols.len() as u16).to_be_bytes().to_vec();
+        for c in cols {
+            match c {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn data_row_split_keeps_client_bytes_exactly() {
+        let body = data_row(&[Some(b"1"), None, Some(b"{\"a\":1}"), Some(b"123")]);
+        let s = split_data_row(&body, 2).unwrap();
+        let mut want = Vec::new();
+        put_frame(&mut want, b'D', &data_row(&[Some(b"1"), None]));
+        assert_eq!(s.client_frame, want);
+        assert_eq!(s.extra, vec![Some(&b"{\"a\":1}"[..]), Some(&b"123"[..])]);
+        let all = split_data_row(&body, 4).unwrap();
+        assert_eq!(all.client_frame, vec![b'D', 0, 0, 0, 6, 0, 0]);
+        assert!(split_data_row(&body, 5).is_none());
+        assert!(split_data_row(&body[..7], 1).is_none());
+    }
+
+    #[test]
+    fn row_description_strip() {
+        let mut body = 3u16.to_be_bytes().to_vec();
+        for name in ["id", "to_jsonb", "tableoid"] {
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&[0u8; 18]);
+        }
+        let f = strip_row_description(&body, 2).unwrap();
+        assert_eq!(&f[5..7], &[0, 1]);
+        assert_eq!(f.len(), 5 + 2 + 3 + 18);
+    }
+
+    #[test]
+    fn images_decode() {
+        let r = decode_image(Some(b"{\"f\": \"NaN\", \"n\": 1.50}"), Format::Text)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r["f"], "NaN");
+        assert_eq!(r["n"].to_string(), "1.50");
+        assert!(decode_image(None, Format::Text).unwrap().is_none());
+        assert_eq!(decode_oid(Some(b"24584"), Format::Text).unwrap(), 24584);
+        assert_eq!(
+            decode_oid(Some(&[0, 0, 1, 0]), Format::Binary).unwrap(),
+            256
+        );
+    }
+}

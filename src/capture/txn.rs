@@ -1,0 +1,151 @@
+//! The changes captured in the current transaction, waiting for COMMIT.
+//!
+//! Nothing is published for work that is rolled back: a ROLLBACK empties the buffer, a
+//! ROLLBACK TO SAVEPOINT drops what was captured since the savepoint, and a failed statement's
+//! rows never enter it (they are held per statement until its CommandComplete).
+
+use std::sync::Arc;
+
+use crate::audit::event::Row;
+
+use super::rewrite::Shape;
+
+/// Who ran a statement and what it was: the attribution every event of it carries.
+#[derive(Debug, Clone)]
+pub struct StatementCtx {
+    /// Statement text as the client sent it (sqlcommenter comment removed).
+    pub text: String,
+    pub fingerprint: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Number of the statement in its session (1-based).
+    pub seq: u64,
+    /// Milliseconds since the epoch when hindsight forwarded it.
+    pub ts_ms: i64,
+    /// `application_name` at the time.
+    pub application_name: String,
+    pub shape: Arc<Shape>,
+}
+
+/// One changed row as captured.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    pub table_oid: u32,
+    pub stmt: Arc<StatementCtx>,
+}
+
+/// Captured changes of the open transaction, with savepoint marks.
+#[derive(Debug, Default)]
+pub struct TxnBuffer {
+    changes: Vec<Change>,
+    /// `(savepoint name, number of changes when it was set)`, innermost last.
+    savepoints: Vec<(String, usize)>,
+}
+
+impl TxnBuffer {
+    pub fn push(&mut self, changes: impl IntoIterator<Item = Change>) {
+        self.changes.extend(changes);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// Everything, for publishing at COMMIT; leaves the buffer empty.
+    pub fn take(&mut self) -> Vec<Change> {
+        self.savepoints.clear();
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The transaction ended without commit (or after publishing).
+    pub fn clear(&mut self) {
+        self.changes.clear();
+        self.savepoints.clear();
+    }
+
+    pub fn savepoint(&mut self, name: &str) {
+        self.savepoints.push((name.to_string(), self.changes.len()));
+    }
+
+    /// `ROLLBACK TO name`: drop changes since the newest savepoint of that name; the
+    /// savepoint itself stays (as in PostgreSQL), later ones are gone.
+    pub fn rollback_to(&mut self, name: &str) {
+        if let Some(i) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+            let mark = self.savepoints[i].1;
+            self.changes.truncate(mark);
+            self.savepoints.truncate(i + 1);
+        }
+    }
+
+    /// `RELEASE name`: forget that savepoint and the ones after it; the changes stay.
+    pub fn release(&mut self, name: &str) {
+        if let Some(i) = self.savepoints.iter().rposition(|(n, _)| n == name) {
+            self.savepoints.truncate(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::statement::{Kind, TableName};
+
+    fn change(n: i64) -> Change {
+        Change {
+            before: None,
+            after: Some(Row::from_iter([("n".to_string(), n.into())])),
+            table_oid: 1,
+            stmt: Arc::new(StatementCtx {
+                text: String::new(),
+                fingerprint: String::new(),
+                tags: Default::default(),
+                seq: 1,
+                ts_ms: 0,
+                application_name: String::new(),
+                shape: Arc::new(Shape {
+                    kind: Kind::Insert,
+                    table: TableName {
+                        schema: String::new(),
+                        name: "t".into(),
+                    },
+                    extra: 2,
+                    old_at: None,
+                    new_at: Some(0),
+                    oid_at: 1,
+                    client_returning: false,
+                    pre_read: false,
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn savepoints_drop_exactly_the_rolled_back_work() {
+        let mut b = TxnBuffer::default();
+        b.push([change(1)]);
+        b.savepoint("a");
+        b.push([change(2)]);
+        b.savepoint("b");
+        b.push([change(3)]);
+        b.rollback_to("a");
+        assert_eq!(b.len(), 1);
+        b.push([change(4)]);
+        b.rollback_to("a");
+        assert_eq!(b.len(), 1, "savepoint a survives its own rollback");
+        b.push([change(5)]);
+        b.release("a");
+        b.rollback_to("a");
+        assert_eq!(b.len(), 2, "released savepoints are gone");
+        assert_eq!(b.take().len(), 2);
+        assert!(b.is_empty());
+    }
+}

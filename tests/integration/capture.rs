@@ -1,0 +1,338 @@
+//! Capture end to end: writes through hindsight (simple query protocol) against real PostgreSQL
+//! 15 and 18, audit records read back from the real broker.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, TopicPartitionList};
+use serde_json::Value;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::harness::{self, Pg};
+
+/// Read every record of `topic` (partition 0) until `expect` arrived or 20 s passed.
+async fn read_topic(topic: String, expect: usize) -> Vec<Value> {
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", harness::kafka_brokers())
+            .set("group.id", format!("hstest-{}", rand::random::<u32>()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while out.len() < expect && std::time::Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                out.push(
+                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON record"),
+                );
+            }
+        }
+        // Anything more than expected would be a bug too: look a little longer.
+        let extra_deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < extra_deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(
+                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON record"),
+                );
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+async fn setup(pg: Pg, label: &str) -> (String, String, hindsight::proxy::Running) {
+    let db = harness::fresh_db(pg, label).await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE brieff (bfkey int PRIMARY KEY, bfso text, amount numeric(12,2), f float8, tags text[]);
+             INSERT INTO brieff SELECT g, 'rep' || g, g * 1.25, 'NaN', ARRAY['a', 'b'] FROM generate_series(1, 25) g;",
+        )
+        .await
+        .unwrap();
+    let prefix = harness::random_prefix(label);
+    let p = prefix.clone();
+    let proxy = harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = p;
+    })
+    .await;
+    (db, prefix, proxy)
+}
+
+fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn tags(msgs: &[SimpleQueryMessage]) -> Vec<u64> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The incident: a leaked code path sets a column to NULL on 18 rows in autocommit. Every row's
+/// previous value must be on the topic, with who/what/which request.
+async fn incident_update_is_captured_with_before_values(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "incident").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let msgs = c
+        .simple_query("UPDATE brieff SET bfso = NULL WHERE bfkey <= 18 /*controller='certification',action='update'*/")
+        .await
+        .unwrap();
+    assert_eq!(tags(&msgs), vec![18], "client sees the same command tag");
+    assert!(
+        rows(&msgs).is_empty(),
+        "no rows leak to a client that asked for none"
+    );
+    let events = read_topic(format!("{prefix}.public.brieff"), 18).await;
+    assert_eq!(events.len(), 18, "one event per changed row: {events:#?}");
+    for e in &events {
+        let key = e["before"]["bfkey"].as_i64().unwrap();
+        assert_eq!(e["op"], "u");
+        assert_eq!(e["before"]["bfso"], format!("rep{key}"), "{e}");
+        assert!(e["after"]["bfso"].is_null(), "{e}");
+        assert_eq!(
+            e["after"]["amount"].to_string(),
+            format!("{:.2}", key as f64 * 1.25),
+            "numeric exact: {e}"
+        );
+        assert_eq!(e["after"]["f"], "NaN");
+        assert_eq!(e["source"]["tags"]["controller"], "certification");
+        assert_eq!(e["source"]["user"], "postgres");
+        assert_eq!(e["source"]["db"], db.as_str());
+        assert_eq!(e["source"]["table"], "brieff");
+        assert!(e["source"]["txId"].as_i64().is_some(), "{e}");
+        assert!(e["source"]["statement"]
+            .as_str()
+            .unwrap()
+            .starts_with("UPDATE brieff SET bfso = NULL"));
+    }
+    let tx = read_topic(format!("{prefix}.transaction"), 2).await;
+    assert_eq!(tx.len(), 2, "BEGIN and END: {tx:#?}");
+    assert_eq!(tx[0]["status"], "BEGIN");
+    assert_eq!(tx[0]["event_count"], 18);
+    assert_eq!(tx[1]["status"], "END");
+    assert_eq!(tx[1]["commit_status"], "committed");
+    // And the write did commit.
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM brieff WHERE bfso IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 18);
+    proxy.shutdown().await;
+}
+
+/// Rolled-back work publishes nothing; ROLLBACK TO SAVEPOINT drops exactly what followed it;
+/// the client's own RETURNING rows arrive without hindsight's columns.
+async fn transactions_publish_only_committed_work(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "txn").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("DELETE FROM brieff WHERE bfkey = 1")
+        .await
+        .unwrap();
+    c.simple_query("ROLLBACK").await.unwrap();
+
+    c.simple_query("BEGIN").await.unwrap();
+    let ins = c
+        .simple_query("INSERT INTO brieff (bfkey, bfso) VALUES (100, 'new') RETURNING bfkey, bfso")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&ins),
+        vec![vec![Some("100".to_string()), Some("new".to_string())]]
+    );
+    c.simple_query("SAVEPOINT a").await.unwrap();
+    c.simple_query("DELETE FROM brieff WHERE bfkey = 2")
+        .await
+        .unwrap();
+    c.simple_query("ROLLBACK TO SAVEPOINT a").await.unwrap();
+    let del = c
+        .simple_query("DELETE FROM brieff WHERE bfkey = 3")
+        .await
+        .unwrap();
+    assert_eq!(tags(&del), vec![1]);
+    // A failing statement inside the transaction aborts it, exactly as without hindsight.
+    let err = c
+        .simple_query("UPDATE brieff SET bfkey = 4 WHERE bfkey = 5")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"));
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"));
+    c.simple_query("ROLLBACK").await.unwrap();
+
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("INSERT INTO brieff (bfkey, bfso) VALUES (100, 'new')")
+        .await
+        .unwrap();
+    c.simple_query("SAVEPOINT a").await.unwrap();
+    c.simple_query("DELETE FROM brieff WHERE bfkey = 2")
+        .await
+        .unwrap();
+    c.simple_query("ROLLBACK TO SAVEPOINT a").await.unwrap();
+    c.simple_query("DELETE FROM brieff WHERE bfkey = 3")
+        .await
+        .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+
+    let events = read_topic(format!("{prefix}.public.brieff"), 2).await;
+    let summary: Vec<(String, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["after"]["bfkey"].clone().max_null(&e["before"]["bfkey"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("c".to_string(), Value::from(100)),
+            ("d".to_string(), Value::from(3))
+        ],
+        "only the committed transaction's surviving changes: {events:#?}"
+    );
+    assert_eq!(events[1]["transaction"]["total_order"], 2);
+    assert_eq!(
+        events[0]["transaction"]["id"],
+        events[1]["transaction"]["id"]
+    );
+    proxy.shutdown().await;
+}
+
+trait MaxNull {
+    fn max_null(self, other: &Value) -> Value;
+}
+impl MaxNull for Value {
+    fn max_null(self, other: &Value) -> Value {
+        if self.is_null() {
+            other.clone()
+        } else {
+            self
+        }
+    }
+}
+
+/// If the audit records cannot be published the write must not commit, and the client is
+/// told why (SQLSTATE HS001).
+async fn unpublishable_write_is_rolled_back(pg: Pg) {
+    let db = harness::fresh_db(pg, "nopub").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'kept')",
+        )
+        .await
+        .unwrap();
+    let prefix = harness::random_prefix("nopub");
+    let proxy = harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = prefix;
+        c.kafka.create_topics = false; // and nobody created them
+    })
+    .await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let err = c
+        .simple_query("UPDATE t SET v = 'lost' WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS001"), "{err:?}");
+    let msg = err.as_db_error().unwrap().message().to_string();
+    assert!(
+        msg.contains("rolled back") && msg.contains("topics missing"),
+        "{msg}"
+    );
+    // The session is usable and nothing was written.
+    let v = c
+        .simple_query("SELECT v FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(rows(&v), vec![vec![Some("kept".to_string())]]);
+    let v: String = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "kept");
+    // Same inside an explicit transaction: COMMIT fails with HS001 and nothing commits.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("UPDATE t SET v = 'lost' WHERE id = 1")
+        .await
+        .unwrap();
+    let err = c.simple_query("COMMIT").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS001"));
+    let v: String = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "kept");
+    assert!(
+        c.simple_query("SELECT 1").await.is_ok(),
+        "session is idle again after the failed COMMIT"
+    );
+    proxy.shutdown().await;
+}
+
+/// Writes hindsight cannot capture yet are refused, not run unaudited.
+async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
+    let (db, _prefix, proxy) = setup(pg, "refuse").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    // Extended protocol (tokio-postgres prepares every statement).
+    let err = c
+        .execute("UPDATE brieff SET bfso = NULL WHERE bfkey = $1", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    let err = c.simple_query("TRUNCATE brieff").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM brieff WHERE bfso IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 25, "nothing was written");
+    // Reads through the extended protocol keep working.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM brieff WHERE bfkey > $1", &[&0i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 25);
+    proxy.shutdown().await;
+}
+
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
+        mod pg18 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V18).await } )* }
+    };
+}
+on_both!(
+    incident_update_is_captured_with_before_values,
+    transactions_publish_only_committed_work,
+    unpublishable_write_is_rolled_back,
+    uncapturable_writes_are_refused_not_run
+);
