@@ -10,9 +10,12 @@
 //! - an explicit COMMIT waits for the publish; if publishing fails the transaction is rolled
 //!   back and the client gets SQLSTATE HS001 (unless `on_sink_failure = "allow"`).
 //!
-//! Extended protocol: relayed; statements that write rows are refused with SQLSTATE HS002
-//! until extended-protocol capture exists (nothing is written unaudited).
+//! Extended protocol: Parse rewrites writes like the simple path (PostgreSQL 18 for UPDATE,
+//! upsert and MERGE; INSERT/DELETE on any version); Describe and Execute replies lose the
+//! capture columns; a Bind of a write outside a transaction makes hindsight open one, which it
+//! ends at the client's Sync after publishing. What cannot be captured is refused (HS002).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -28,7 +31,7 @@ use crate::statement::cache::{AnalysisCache, Statement};
 use crate::statement::{fast_path, sqlcommenter, Kind, TxControl};
 use crate::telemetry::Metrics;
 use crate::wire::error_response::{sqlstate, ErrorResponse};
-use crate::wire::frame::{put_frame, FrameError, Header, HEADER_LEN};
+use crate::wire::frame::{put_frame, take_cstr, FrameError, Header, HEADER_LEN};
 use crate::wire::frontend::{parse_statement, query_text, FrontendTag};
 
 /// What to do when the audit records of a transaction cannot be published.
@@ -54,6 +57,34 @@ pub struct ClientCapture {
     seq: u64,
     /// Transactions published (numbering for transaction ids).
     tx_seq: u64,
+    /// Extended protocol: prepared statements and portals by name.
+    statements: HashMap<Vec<u8>, Arc<Prep>>,
+    portals: HashMap<Vec<u8>, (Arc<Prep>, bool)>,
+    /// hindsight opened a transaction for the current extended-protocol batch and must end
+    /// it at the client's Sync.
+    batch_implicit: bool,
+}
+
+/// A prepared statement as hindsight analysed (and maybe rewrote) it.
+struct Prep {
+    kind: Kind,
+    savepoint: String,
+    text: String,
+    fingerprint: String,
+    tags: sqlcommenter::Tags,
+    rewritten: Option<Rewritten>,
+}
+
+/// How a COMMIT happens once the records are published.
+enum CommitBy<'a> {
+    /// The client's own COMMIT (simple Query frame).
+    ClientSimple(&'a [u8]),
+    /// hindsight wrapped an autocommit simple Query in BEGIN.
+    ImplicitSimple,
+    /// The client's Execute of a COMMIT portal.
+    ClientExtended(&'a [u8]),
+    /// hindsight opened the transaction for an extended batch; this is the client's Sync.
+    ImplicitExtended(&'a [u8]),
 }
 
 impl ClientCapture {
@@ -74,6 +105,9 @@ impl ClientCapture {
             on_sink_failure,
             seq: 0,
             tx_seq: 0,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            batch_implicit: false,
         }
     }
 
@@ -127,32 +161,73 @@ impl Inspector for ClientCapture {
                 Verdict::Defer
             }
             FrontendTag::Parse => {
-                let sql = parse_statement(body).map(|(_, s)| s).unwrap_or_default();
+                let (name, sql) = parse_statement(body).unwrap_or_default();
                 self.metrics
                     .statement(crate::statement::classify(sql))
                     .inc();
                 if complete && !fast_path::certainly_read(sql) {
                     return Verdict::Defer;
                 }
+                self.statements.remove(name);
                 self.push([Unit::pass(b"1")]);
                 Verdict::Forward
             }
             FrontendTag::Bind => {
-                self.push([Unit::pass(b"2")]);
-                Verdict::Forward
+                let Some((portal, stmt)) = two_cstrs(body) else {
+                    self.push([Unit::pass(b"2")]);
+                    return Verdict::Forward;
+                };
+                match self.statements.get(stmt).cloned() {
+                    Some(p) if p.rewritten.is_some() => Verdict::Defer,
+                    Some(p) => {
+                        self.portals.insert(portal.to_vec(), (p, false));
+                        self.push([Unit::pass(b"2")]);
+                        Verdict::Forward
+                    }
+                    None => {
+                        self.portals.remove(portal);
+                        self.push([Unit::pass(b"2")]);
+                        Verdict::Forward
+                    }
+                }
             }
             FrontendTag::Describe => {
-                self.push([Unit::pass(b"Tn")]);
+                let (kind, name) = (
+                    body.first().copied().unwrap_or(0),
+                    body.get(1..)
+                        .and_then(|b| take_cstr(b))
+                        .map(|(n, _)| n)
+                        .unwrap_or_default(),
+                );
+                let prep = match kind {
+                    b'S' => self.statements.get(name).cloned(),
+                    _ => self.portals.get(name).map(|(p, _)| Arc::clone(p)),
+                };
+                let mut u = Unit::pass(b"Tn");
+                if let Some(rw) = prep.as_ref().and_then(|p| p.rewritten.as_ref()) {
+                    u.collect = Collect::Describe(Arc::clone(&rw.shape));
+                }
+                self.push([u]);
                 Verdict::Forward
             }
-            FrontendTag::Execute => {
-                self.push([Unit::pass(b"CIs")]);
-                Verdict::Forward
-            }
+            FrontendTag::Execute => self.on_execute(body),
             FrontendTag::Close => {
+                let (kind, name) = (
+                    body.first().copied().unwrap_or(0),
+                    body.get(1..)
+                        .and_then(|b| take_cstr(b))
+                        .map(|(n, _)| n)
+                        .unwrap_or_default(),
+                );
+                if kind == b'S' {
+                    self.statements.remove(name);
+                } else {
+                    self.portals.remove(name);
+                }
                 self.push([Unit::pass(b"3")]);
                 Verdict::Forward
             }
+            FrontendTag::Sync if self.batch_implicit => Verdict::Defer,
             FrontendTag::Sync | FrontendTag::FunctionCall => {
                 self.push([Unit::pass(b"Z")]);
                 Verdict::Forward
@@ -177,7 +252,10 @@ impl Inspector for ClientCapture {
     ) -> std::io::Result<()> {
         match frame[0] {
             b'Q' => self.on_query(frame, w).await,
-            _ => self.on_parse(frame, w).await,
+            b'P' => self.on_parse(frame, w).await,
+            b'B' => self.on_bind(frame, w).await,
+            b'E' => self.commit(w, CommitBy::ClientExtended(frame)).await,
+            _ => self.on_sync(frame, w).await,
         }
     }
 }
@@ -277,7 +355,7 @@ impl ClientCapture {
                 write_all(w, frame).await
             }
             Plan::Refuse(err) => self.refuse(w, err).await,
-            Plan::Commit => self.commit(w, Some(frame)).await,
+            Plan::Commit => self.commit(w, CommitBy::ClientSimple(frame)).await,
             Plan::Capture(rewrites) => {
                 self.capture(w, text, &tags, statements, rewrites, status)
                     .await
@@ -331,6 +409,7 @@ impl ClientCapture {
                         seq: self.seq,
                         ts_ms: now_ms(),
                         application_name: application_name.clone(),
+                        binary: false,
                         shape: Arc::clone(&rw.shape),
                     });
                     if let Some(pre) = &rw.pre_read {
@@ -366,16 +445,28 @@ impl ClientCapture {
             // would have, and hand over the ReadyForQuery of the ROLLBACK (status I).
             return self.internal_end(w, "ROLLBACK", None).await;
         }
-        self.commit(w, None).await
+        self.commit(w, CommitBy::ImplicitSimple).await
     }
 
-    /// Publish the transaction's changes, then COMMIT: the client's own COMMIT frame
-    /// (`client_commit`), or hindsight's for a transaction it opened.
+    /// Publish the transaction's changes, then COMMIT (see [`CommitBy`]); if they cannot be
+    /// published, roll back and fail the COMMIT with HS001 (unless `on_sink_failure = allow`).
     async fn commit<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
-        client_commit: Option<&[u8]>,
+        by: CommitBy<'_>,
     ) -> std::io::Result<()> {
+        if matches!(by, CommitBy::ClientExtended(_)) {
+            self.flush_and_drain(w).await?;
+        }
+        if let CommitBy::ClientSimple(frame) | CommitBy::ClientExtended(frame) = by {
+            if self.shared.lock().status != b'T' {
+                // An aborted transaction: its COMMIT is a ROLLBACK; nothing to publish.
+                self.shared.lock().txn.clear();
+                let ends: &'static [u8] = if frame[0] == b'Q' { b"Z" } else { b"CIs" };
+                self.push([Unit::pass(ends)]);
+                return write_all(w, frame).await;
+            }
+        }
         let (changes, capture_errors) = {
             let mut st = self.shared.lock();
             (st.txn.take(), std::mem::take(&mut st.capture_errors))
@@ -390,26 +481,86 @@ impl ClientCapture {
         } else {
             self.publish(w, changes).await?
         };
+        let mut error = None;
         if let Some(why) = failure {
             self.metrics.audit_publish_failures.inc();
             if self.on_sink_failure == OnSinkFailure::Deny {
                 tracing::error!(%why, "audit records not recorded: rolling the transaction back");
-                let err = ErrorResponse::error(
-                    sqlstate::AUDIT_NOT_RECORDED,
-                    format!("hindsight: the transaction was rolled back because its audit records could not be recorded: {why}"),
-                )
-                .with_hint("Nothing was committed. Retry when the audit broker is reachable; see hindsight's log and /readyz.");
-                return self.internal_end(w, "ROLLBACK", Some(err.encode())).await;
+                error = Some(
+                    ErrorResponse::error(
+                        sqlstate::AUDIT_NOT_RECORDED,
+                        format!("hindsight: the transaction was rolled back because its audit records could not be recorded: {why}"),
+                    )
+                    .with_hint("Nothing was committed. Retry when the audit broker is reachable; see hindsight's log and /readyz.")
+                    .encode(),
+                );
+            } else {
+                tracing::error!(%why, "audit records not recorded; committing anyway because capture.on_sink_failure = \"allow\"");
             }
-            tracing::error!(%why, "audit records not recorded; committing anyway because capture.on_sink_failure = \"allow\"");
         }
-        match client_commit {
-            Some(frame) => {
+        match (by, error) {
+            (CommitBy::ClientSimple(frame), None) => {
                 self.push([Unit::pass(b"Z")]);
                 write_all(w, frame).await
             }
-            None => self.internal_end(w, "COMMIT", None).await,
+            (CommitBy::ImplicitSimple, None) => self.internal_end(w, "COMMIT", None).await,
+            (CommitBy::ClientExtended(frame), None) => {
+                self.push([Unit::pass(b"CIs")]);
+                write_all(w, frame).await
+            }
+            (CommitBy::ImplicitExtended(sync), None) => {
+                self.swallowed_query(w, "COMMIT", true).await?;
+                self.push([Unit::pass(b"Z")]);
+                write_all(w, sync).await
+            }
+            (CommitBy::ClientSimple(_) | CommitBy::ImplicitSimple, Some(err)) => {
+                self.internal_end(w, "ROLLBACK", Some(err)).await
+            }
+            (CommitBy::ClientExtended(_), Some(err)) => {
+                // Roll back, then fail the client's Execute: the server skips to its Sync.
+                self.swallowed_query(w, "ROLLBACK", false).await?;
+                self.refused_parse(w, b"__hindsight_refused", err).await
+            }
+            (CommitBy::ImplicitExtended(sync), Some(err)) => {
+                self.swallowed_query(w, "ROLLBACK", false).await?;
+                let mut u = Unit::pass(b"Z");
+                u.prefix = Some(err);
+                self.push([u]);
+                write_all(w, sync).await
+            }
         }
+    }
+
+    /// A query of hindsight's own whose replies the client never sees (except errors, if
+    /// `forward_errors`).
+    async fn swallowed_query<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        sql: &str,
+        forward_errors: bool,
+    ) -> std::io::Result<()> {
+        let mut u = Unit::new(b"Z");
+        u.forward_errors = forward_errors;
+        self.push([u]);
+        write_all(w, &query_frame(sql)).await
+    }
+
+    /// A Parse the server rejects, its error replaced with `err` (the statement named `name`
+    /// is not created, and the server skips to the next Sync — as after any failed message).
+    async fn refused_parse<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        name: &[u8],
+        err: Vec<u8>,
+    ) -> std::io::Result<()> {
+        let mut u = Unit::pass(b"1");
+        u.error_replacement = Some(err);
+        self.push([u]);
+        let mut b = name.to_vec();
+        b.push(0);
+        b.extend_from_slice(REFUSED_SQL.as_bytes());
+        b.extend_from_slice(&[0, 0, 0]);
+        write_all(w, &frame_of(b'P', &b)).await
     }
 
     /// Send `sql` (COMMIT/ROLLBACK) as hindsight's own query; the client receives `prefix`
@@ -495,59 +646,244 @@ impl ClientCapture {
         Ok(())
     }
 
-    /// Extended protocol: statements that write rows are refused until extended-protocol
-    /// capture exists; a COMMIT of a transaction with captured changes is refused too (the
-    /// client must commit with a simple query).
+    /// Parse: analyse; rewrite writes for capture (refusing what cannot be captured).
     async fn on_parse<W: AsyncWrite + Unpin + Send>(
         &mut self,
         frame: &[u8],
         w: &mut W,
     ) -> std::io::Result<()> {
         let body = &frame[HEADER_LEN..];
-        let (name, sql) = parse_statement(body).unwrap_or_default();
-        let text = String::from_utf8_lossy(sql).into_owned();
-        let (text, _) = sqlcommenter::split(&text);
+        let Some((name, rest)) = take_cstr(body) else {
+            self.push([Unit::pass(b"1")]);
+            return write_all(w, frame).await;
+        };
+        let Some((sql, params)) = take_cstr(rest) else {
+            self.push([Unit::pass(b"1")]);
+            return write_all(w, frame).await;
+        };
+        let full = String::from_utf8_lossy(sql).into_owned();
+        let (text, tags) = sqlcommenter::split(&full);
         let entry = self.cache.get(text);
-        let mut refusal = None;
-        if let Ok(a) = entry.as_ref() {
-            for s in &a.statements {
-                match s.located.analysis.kind {
-                    k if k.writes_rows() => {
-                        refusal = Some(format!(
-                            "hindsight: {} through the extended query protocol (Parse/Bind/Execute) is not captured yet; the statement was not prepared",
-                            k.label().to_uppercase()
-                        ));
-                    }
-                    Kind::Transaction(TxControl::Commit | TxControl::PrepareTransaction) => {
-                        self.flush_and_drain(w).await?;
-                        if !self.shared.lock().txn.is_empty() {
-                            refusal = Some("hindsight: this transaction has captured changes; commit it with a simple query (COMMIT), not a prepared statement".into());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        match refusal {
-            None => {
+        self.statements.remove(name);
+        let stmt = match entry.as_ref() {
+            Ok(a) if a.statements.len() == 1 => &a.statements[0],
+            // Syntax errors and multi-statement texts: the server refuses them itself.
+            _ => {
                 self.push([Unit::pass(b"1")]);
-                write_all(w, frame).await
+                return write_all(w, frame).await;
             }
-            Some(msg) => {
+        };
+        let a = &stmt.located.analysis;
+        let major = self.shared.lock().server_major;
+        let rewritten = match rewrite(text, &stmt.located, major) {
+            Ok(Some(rw)) if rw.pre_read.is_some() => Err(format!(
+                "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
+                a.kind.label().to_uppercase()
+            )),
+            Ok(rw) => Ok(rw),
+            Err(refusal) => Err(format!("hindsight: {refusal}")),
+        };
+        let rewritten = match rewritten {
+            Ok(rw) => rw,
+            Err(msg) => {
                 tracing::warn!(%msg, "statement refused");
-                let mut u = Unit::pass(b"1");
-                u.error_replacement = Some(
-                    ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, msg)
-                        .with_hint("Use the simple query protocol for writes, or a proxy started with --no-capture.")
-                        .encode(),
-                );
-                self.push([u]);
+                let err = ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, msg)
+                    .with_hint("Use a proxy started with --no-capture if it must run unaudited.")
+                    .encode();
+                return self.refused_parse(w, name, err).await;
+            }
+        };
+        let out = match &rewritten {
+            None => frame.to_vec(),
+            Some(rw) => {
                 let mut b = name.to_vec();
                 b.push(0);
-                b.extend_from_slice(REFUSED_SQL.as_bytes());
-                b.extend_from_slice(&[0, 0, 0]);
-                write_all(w, &frame_of(b'P', &b)).await
+                b.extend_from_slice(rw.text.as_bytes());
+                b.push(0);
+                b.extend_from_slice(params);
+                frame_of(b'P', &b)
             }
+        };
+        self.statements.insert(
+            name.to_vec(),
+            Arc::new(Prep {
+                kind: a.kind,
+                savepoint: a.savepoint.clone(),
+                text: text[stmt.located.span.clone()].trim().to_string(),
+                fingerprint: stmt.fingerprint.clone(),
+                tags,
+                rewritten,
+            }),
+        );
+        self.push([Unit::pass(b"1")]);
+        write_all(w, &out).await
+    }
+
+    /// Bind of a rewritten statement: open a transaction if there is none (so hindsight ends
+    /// it), and make room for the capture columns in the result formats.
+    async fn on_bind<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        let body = &frame[HEADER_LEN..];
+        let (portal, stmt) = two_cstrs(body).expect("checked in on_frame");
+        let prep = Arc::clone(&self.statements[stmt]);
+        let shape = Arc::clone(&prep.rewritten.as_ref().expect("rewritten").shape);
+        self.flush_and_drain(w).await?;
+        if !self.batch_implicit && self.shared.lock().status == b'I' {
+            self.batch_implicit = true;
+            let mut frames = Vec::new();
+            let name = b"__hindsight_begin\0";
+            let mut p = name.to_vec();
+            p.extend_from_slice(b"BEGIN\0\0\0");
+            frames.extend(frame_of(b'P', &p));
+            let mut bnd = name.to_vec();
+            bnd.extend_from_slice(name);
+            bnd.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            frames.extend(frame_of(b'B', &bnd));
+            let mut ex = name.to_vec();
+            ex.extend_from_slice(&[0, 0, 0, 0]);
+            frames.extend(frame_of(b'E', &ex));
+            let mut cp = vec![b'P'];
+            cp.extend_from_slice(name);
+            frames.extend(frame_of(b'C', &cp));
+            let mut cs = vec![b'S'];
+            cs.extend_from_slice(name);
+            frames.extend(frame_of(b'C', &cs));
+            self.push([
+                Unit::new(b"1"),
+                Unit::new(b"2"),
+                Unit::new(b"C"),
+                Unit::new(b"3"),
+                Unit::new(b"3"),
+            ]);
+            write_all(w, &frames).await?;
+        }
+        let (out, binary) = widen_result_formats(body, shape.extra);
+        self.portals.insert(portal.to_vec(), (prep, binary));
+        self.push([Unit::pass(b"2")]);
+        match out {
+            Some(b) => write_all(w, &frame_of(b'B', &b)).await,
+            None => write_all(w, frame).await,
+        }
+    }
+
+    /// Execute: capture a rewritten portal; hold a COMMIT that has changes to publish.
+    fn on_execute(&mut self, body: &[u8]) -> Verdict {
+        let Some((portal, rest)) = take_cstr(body) else {
+            self.push([Unit::pass(b"CIs")]);
+            return Verdict::Forward;
+        };
+        let Some((prep, binary)) = self.portals.get(portal).cloned() else {
+            self.push([Unit::pass(b"CIs")]);
+            return Verdict::Forward;
+        };
+        let mut u = Unit::pass(b"CIs");
+        match prep.kind {
+            Kind::Transaction(TxControl::Commit | TxControl::PrepareTransaction) => {
+                let st = self.shared.lock();
+                if !st.txn.is_empty() || !st.capture_errors.is_empty() || !st.units.is_empty() {
+                    return Verdict::Defer;
+                }
+            }
+            Kind::Transaction(ctl) => u.txctl = Some((ctl, prep.savepoint.clone())),
+            _ => {}
+        }
+        let Some(rw) = &prep.rewritten else {
+            self.push([u]);
+            return Verdict::Forward;
+        };
+        self.seq += 1;
+        let application_name = self.shared.lock().application_name.clone();
+        u.collect = Collect::Capture(
+            Arc::new(StatementCtx {
+                text: prep.text.clone(),
+                fingerprint: prep.fingerprint.clone(),
+                tags: prep.tags.clone(),
+                seq: self.seq,
+                ts_ms: now_ms(),
+                application_name,
+                shape: Arc::clone(&rw.shape),
+                binary,
+            }),
+            Vec::new(),
+        );
+        self.push([u]);
+        // A row limit would suspend the portal on rows the client never asked for.
+        let max_rows = rest
+            .get(..4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        if max_rows != 0 && !rw.shape.client_returning {
+            let mut b = portal.to_vec();
+            b.push(0);
+            b.extend_from_slice(&[0, 0, 0, 0]);
+            return Verdict::Replace(frame_of(b'E', &b));
+        }
+        Verdict::Forward
+    }
+
+    /// Sync of a batch hindsight opened a transaction for: end it the way the server would have.
+    async fn on_sync<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        self.batch_implicit = false;
+        self.flush_and_drain(w).await?;
+        if !self.shared.lock().batch_failed {
+            return self.commit(w, CommitBy::ImplicitExtended(frame)).await;
+        }
+        // Something failed: the server skips to this Sync; then roll back hindsight's
+        // transaction (if it was opened) and give the client the ReadyForQuery it expects (I).
+        self.push([Unit::new(b"Z")]);
+        write_all(w, frame).await?;
+        self.shared.drained().await;
+        let status = self.shared.lock().status;
+        let sql = if status == b'I' { "" } else { "ROLLBACK" };
+        self.internal_end(w, sql, None).await
+    }
+}
+
+/// The portal and statement names at the start of a Bind body.
+fn two_cstrs(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (a, rest) = take_cstr(body)?;
+    let (b, _) = take_cstr(rest)?;
+    Some((a, b))
+}
+
+/// Bind with per-column result formats gets `extra` text formats appended for the capture
+/// columns. Returns the new body (if changed) and whether the capture columns come back in
+/// binary (a single format code of 1 applies to every column).
+fn widen_result_formats(body: &[u8], extra: usize) -> (Option<Vec<u8>>, bool) {
+    let parse = || -> Option<(usize, u16, usize)> {
+        let (_, rest) = take_cstr(body)?;
+        let (_, rest) = take_cstr(rest)?;
+        let mut pos = body.len() - rest.len();
+        let nfmt = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?) as usize;
+        pos += 2 + 2 * nfmt;
+        let nparams = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?) as usize;
+        pos += 2;
+        for _ in 0..nparams {
+            let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
+            pos += 4 + len.max(0) as usize;
+        }
+        let nres = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?);
+        Some((pos, nres, pos + 2))
+    };
+    let Some((at, nres, codes)) = parse() else {
+        return (None, false);
+    };
+    match nres {
+        0 => (None, false),
+        1 => (None, body.get(codes..codes + 2) == Some(&[0, 1][..])),
+        n => {
+            let mut b = body[..at].to_vec();
+            b.extend_from_slice(&(n + extra as u16).to_be_bytes());
+            b.extend_from_slice(&body[codes..]);
+            b.resize(b.len() + 2 * extra, 0);
+            (Some(b), false)
         }
     }
 }

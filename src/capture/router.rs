@@ -52,6 +52,9 @@ pub enum Collect {
     Rows(Vec<Vec<Option<Vec<u8>>>>),
     /// A rewritten statement: capture columns are split off every row.
     Capture(Arc<StatementCtx>, Vec<Change>),
+    /// Describe of a rewritten statement or portal: the capture columns are taken off its
+    /// RowDescription, which becomes NoData when the client asked for no rows.
+    Describe(Arc<super::rewrite::Shape>),
     /// Before images from a pre-read (PostgreSQL < 18 UPDATE); the rows are not the client's.
     PreRead(Arc<StatementCtx>, Vec<Change>),
 }
@@ -104,6 +107,8 @@ pub struct State {
     pub txn: TxnBuffer,
     /// Transaction status from the last ReadyForQuery (`I`, `T`, `E`).
     pub status: u8,
+    /// An ErrorResponse arrived since the last ReadyForQuery.
+    pub batch_failed: bool,
     /// Rows whose capture columns could not be decoded: the transaction must not commit.
     pub capture_errors: Vec<String>,
     pub application_name: String,
@@ -163,7 +168,11 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         _ => {}
     }
     let mut st = shared.lock();
+    if tag == b'E' {
+        st.batch_failed = true;
+    }
     if tag == b'Z' {
+        st.batch_failed = false;
         st.status = body.first().copied().unwrap_or(b'I');
         if st.status == b'I' {
             // The transaction is over; whatever was not published was rolled back.
@@ -216,19 +225,33 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                 }
             }
         }
+        (Collect::Describe(shape), b'T') => {
+            forward = false;
+            if shape.client_returning {
+                if let Some(f) = strip_row_description(body, shape.extra) {
+                    out.extend_from_slice(&f);
+                }
+            } else {
+                out.extend_from_slice(&[b'n', 0, 0, 0, 4]);
+            }
+        }
         (Collect::Capture(stmt, rows), b'D') => {
             forward = false;
             let shape = Arc::clone(&stmt.shape);
+            let fmt = if stmt.binary {
+                Format::Binary
+            } else {
+                Format::Text
+            };
             match split_data_row(body, shape.extra) {
                 Some(split) => {
-                    let image = |i: Option<usize>| {
-                        decode_image(i.and_then(|i| split.extra[i]), Format::Text)
-                    };
+                    let image =
+                        |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]), fmt);
                     let decoded = image(shape.old_at).and_then(|b| {
                         Ok((
                             b,
                             image(shape.new_at)?,
-                            decode_oid(split.extra[shape.oid_at], Format::Text)?,
+                            decode_oid(split.extra[shape.oid_at], fmt)?,
                         ))
                     });
                     match decoded {
@@ -296,7 +319,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                     });
                 }
             }
-            Collect::Nothing => {
+            Collect::Nothing | Collect::Describe(_) => {
                 if let Some(tx) = unit.reply {
                     let _ = tx.send(Reply {
                         tag: tag_text,

@@ -24,6 +24,8 @@ pub struct StatementCtx {
     /// `application_name` at the time.
     pub application_name: String,
     pub shape: Arc<Shape>,
+    /// The capture columns come back in binary format (Bind asked for binary results).
+    pub binary: bool,
 }
 
 /// One changed row as captured.
@@ -111,6 +113,7 @@ mod tests {
                 seq: 1,
                 ts_ms: 0,
                 application_name: String::new(),
+                binary: false,
                 shape: Arc::new(Shape {
                     kind: Kind::Insert,
                     table: TableName {

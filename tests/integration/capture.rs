@@ -299,14 +299,21 @@ async fn unpublishable_write_is_rolled_back(pg: Pg) {
 async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
     let (db, _prefix, proxy) = setup(pg, "refuse").await;
     let c = harness::connect(proxy.addr, "postgres", &db).await;
-    // Extended protocol (tokio-postgres prepares every statement).
+    let err = c.simple_query("TRUNCATE brieff").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
     let err = c
-        .execute("UPDATE brieff SET bfso = NULL WHERE bfkey = $1", &[&1i32])
+        .simple_query("WITH d AS (DELETE FROM brieff WHERE bfkey = 1 RETURNING *) INSERT INTO brieff SELECT bfkey + 100, bfso FROM d")
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
-    let err = c.simple_query("TRUNCATE brieff").await.unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    if pg.major() < 18 {
+        // Extended-protocol UPDATE needs RETURNING old (PostgreSQL 18).
+        let err = c
+            .execute("UPDATE brieff SET bfso = NULL WHERE bfkey = $1", &[&1i32])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    }
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
     let n: i64 = direct
         .query_one("SELECT count(*) FROM brieff WHERE bfso IS NOT NULL", &[])
@@ -314,13 +321,77 @@ async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
         .unwrap()
         .get(0);
     assert_eq!(n, 25, "nothing was written");
-    // Reads through the extended protocol keep working.
     let n: i64 = c
         .query_one("SELECT count(*) FROM brieff WHERE bfkey > $1", &[&0i32])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 25);
+    assert_eq!(n, 25, "reads through the extended protocol keep working");
+    proxy.shutdown().await;
+}
+
+/// The extended protocol (tokio-postgres prepares every statement): parameters, prepared
+/// once and executed many times, the client's RETURNING rows, binary results, autocommit and
+/// explicit transactions.
+async fn extended_protocol_writes_are_captured(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "extended").await;
+    let mut c = harness::connect(proxy.addr, "postgres", &db).await;
+    let insert = c
+        .prepare("INSERT INTO brieff (bfkey, bfso) VALUES ($1, $2) RETURNING bfkey, bfso")
+        .await
+        .unwrap();
+    for k in 200..205i32 {
+        let row = c.query_one(&insert, &[&k, &format!("x{k}")]).await.unwrap();
+        assert_eq!(
+            row.get::<_, i32>(0),
+            k,
+            "binary result columns of the client intact"
+        );
+        assert_eq!(row.get::<_, String>(1), format!("x{k}"));
+    }
+    let n = c
+        .execute("DELETE FROM brieff WHERE bfkey = $1", &[&200i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let tx = c.transaction().await.unwrap();
+    tx.execute("DELETE FROM brieff WHERE bfkey = $1", &[&201i32])
+        .await
+        .unwrap();
+    tx.execute("INSERT INTO brieff (bfkey) VALUES ($1)", &[&300i32])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut want = 5 + 1 + 2;
+    if pg.major() >= 18 {
+        let n = c
+            .execute("UPDATE brieff SET bfso = NULL WHERE bfkey <= $1", &[&3i32])
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        want += 3;
+    }
+    let events = read_topic(format!("{prefix}.public.brieff"), want).await;
+    assert_eq!(events.len(), want, "{events:#?}");
+    let ops: Vec<&str> = events.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(&ops[..8], &["c", "c", "c", "c", "c", "d", "d", "c"]);
+    assert_eq!(events[5]["before"]["bfso"], "x200");
+    assert_eq!(
+        events[6]["transaction"]["id"], events[7]["transaction"]["id"],
+        "one transaction"
+    );
+    if pg.major() >= 18 {
+        assert_eq!(events[8]["op"], "u");
+        assert_eq!(events[8]["before"]["bfso"], "rep1");
+        assert!(events[8]["after"]["bfso"].is_null());
+    }
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM brieff WHERE bfkey >= 200", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4, "202, 203, 204 and 300 committed");
     proxy.shutdown().await;
 }
 
@@ -334,5 +405,6 @@ on_both!(
     incident_update_is_captured_with_before_values,
     transactions_publish_only_committed_work,
     unpublishable_write_is_rolled_back,
-    uncapturable_writes_are_refused_not_run
+    uncapturable_writes_are_refused_not_run,
+    extended_protocol_writes_are_captured
 );
