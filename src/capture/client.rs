@@ -390,7 +390,9 @@ impl ClientCapture {
         let mut units = Vec::new();
         if implicit {
             sql.push_str("BEGIN;\n");
-            units.push(Unit::new(b"C"));
+            let mut u = Unit::new(b"C");
+            u.forward_errors = true;
+            units.push(u);
         }
         let application_name = self.shared.lock().application_name.clone();
         for (s, rw) in statements.iter().zip(rewrites) {
@@ -416,6 +418,9 @@ impl ClientCapture {
                         sql.push_str(pre);
                         sql.push_str(";\n");
                         let mut u = Unit::new(b"C");
+                        // The pre-read evaluates the statement's own FROM/WHERE: its errors
+                        // are the ones the client's statement would have raised.
+                        u.forward_errors = true;
                         u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
                         units.push(u);
                     }

@@ -395,6 +395,39 @@ async fn extended_protocol_writes_are_captured(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// Regression: on PostgreSQL < 18 an UPDATE whose WHERE fails (here a type error) failed in
+/// hindsight's pre-read, whose error was swallowed: the client got neither error nor tag.
+async fn failing_autocommit_write_returns_the_servers_error(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "failing").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    for sql in [
+        "UPDATE brieff SET bfso = NULL WHERE bfso <= 3",
+        "UPDATE brieff SET bfkey = 2 WHERE bfkey = 1",
+        "DELETE FROM brieff WHERE nosuchcolumn = 1",
+        "INSERT INTO brieff (bfkey) VALUES (1)",
+    ] {
+        let want = direct.simple_query(sql).await.unwrap_err();
+        let got = c.simple_query(sql).await.expect_err(sql);
+        assert_eq!(got.code(), want.code(), "{sql}: {got:?} vs {want:?}");
+        assert_eq!(
+            got.as_db_error().map(|e| e.message()),
+            want.as_db_error().map(|e| e.message()),
+            "{sql}"
+        );
+        assert!(
+            c.simple_query("SELECT 1").await.is_ok(),
+            "session usable after {sql}"
+        );
+    }
+    let events = read_topic(format!("{prefix}.public.brieff"), 0).await;
+    assert!(
+        events.is_empty(),
+        "failed statements publish nothing: {events:#?}"
+    );
+    proxy.shutdown().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
@@ -406,5 +439,6 @@ on_both!(
     transactions_publish_only_committed_work,
     unpublishable_write_is_rolled_back,
     uncapturable_writes_are_refused_not_run,
-    extended_protocol_writes_are_captured
+    extended_protocol_writes_are_captured,
+    failing_autocommit_write_returns_the_servers_error
 );
