@@ -47,6 +47,27 @@ async fn read_topic(topic: String, expect: usize) -> Vec<Value> {
     .unwrap()
 }
 
+/// Validate records against the JSON Schema shipped in schema/ (what consumers are promised).
+fn validate(name: &str, records: &[Value]) {
+    let path = format!("{}/schema/{name}.schema.json", env!("CARGO_MANIFEST_DIR"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    for r in records {
+        let errors: Vec<String> = validator
+            .iter_errors(r)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{name} record does not match {path}: {errors:#?}\n{r:#}"
+        );
+        // The schema must be able to fail: an unknown member is rejected.
+        let mut bad = r.clone();
+        bad["unexpected"] = Value::from(1);
+        assert!(!validator.is_valid(&bad), "{path} accepts unknown members");
+    }
+}
+
 async fn setup(pg: Pg, label: &str) -> (String, String, hindsight::proxy::Running) {
     let db = harness::fresh_db(pg, label).await;
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
@@ -124,7 +145,9 @@ async fn incident_update_is_captured_with_before_values(pg: Pg) {
             .unwrap()
             .starts_with("UPDATE brieff SET bfso = NULL"));
     }
+    validate("change-event", &events);
     let tx = read_topic(format!("{prefix}.transaction"), 2).await;
+    validate("transaction", &tx);
     assert_eq!(tx.len(), 2, "BEGIN and END: {tx:#?}");
     assert_eq!(tx[0]["status"], "BEGIN");
     assert_eq!(tx[0]["event_count"], 18);
