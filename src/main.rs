@@ -28,6 +28,36 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Follow the audit topics and print each change (table, key, old → new, who, when).
+    Tail(TailArgs),
+}
+
+#[derive(Args)]
+struct TailArgs {
+    /// Kafka brokers, HOST:PORT[,…].
+    #[arg(long, value_delimiter = ',', required = true)]
+    kafka_brokers: Vec<String>,
+    /// Topic prefix the proxy publishes under.
+    #[arg(long, default_value = "hindsight")]
+    topic_prefix: String,
+    /// Only this table (schema.table or table); repeatable.
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// Only changes from sessions with this application_name.
+    #[arg(long)]
+    application: Option<String>,
+    /// One JSON event per line instead of the readable form.
+    #[arg(long)]
+    json: bool,
+    /// Start at the oldest retained event, not only new ones.
+    #[arg(long)]
+    from_beginning: bool,
+    /// Exit after printing this many events.
+    #[arg(long)]
+    max: Option<usize>,
+    /// Exit after this long without a new event (e.g. 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand)]
@@ -159,6 +189,25 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Tail(a) => {
+            let opts = hindsight::audit::tail::TailOptions {
+                brokers: a.kafka_brokers,
+                topic_prefix: a.topic_prefix,
+                tables: a.tables,
+                application: a.application,
+                json: a.json,
+                from_beginning: a.from_beginning,
+                max: a.max,
+                idle_timeout: a.idle_timeout,
+            };
+            match hindsight::audit::tail::run(&opts, &mut std::io::stdout().lock()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
                 }
             }
         }

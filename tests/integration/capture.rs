@@ -153,6 +153,43 @@ async fn incident_update_is_captured_with_before_values(pg: Pg) {
     assert_eq!(tx[0]["event_count"], 18);
     assert_eq!(tx[1]["status"], "END");
     assert_eq!(tx[1]["commit_status"], "committed");
+    // `hindsight tail` shows the same changes readably.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hindsight"))
+        .args([
+            "tail",
+            "--kafka-brokers",
+            &harness::kafka_brokers(),
+            "--topic-prefix",
+            &prefix,
+        ])
+        .args([
+            "--table",
+            "public.brieff",
+            "--from-beginning",
+            "--max",
+            "18",
+            "--idle-timeout",
+            "20s",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tail failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.matches("UPDATE public.brieff by postgres").count(),
+        18,
+        "{text}"
+    );
+    assert!(text.contains("bfso: \"rep7\" → null"), "{text}");
+    assert!(
+        text.contains("[action=update controller=certification]"),
+        "{text}"
+    );
     // And the write did commit.
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
     let n: i64 = direct
