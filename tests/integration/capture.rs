@@ -488,6 +488,57 @@ async fn failing_autocommit_write_returns_the_servers_error(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// PostgreSQL 18: upsert and MERGE are captured with exact before images.
+#[tokio::test]
+async fn pg18_upsert_and_merge_are_captured() {
+    let pg = Pg::V18;
+    let (db, prefix, proxy) = setup(pg, "upsert").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let m = c
+        .simple_query("INSERT INTO brieff (bfkey, bfso) VALUES (1, 'up'), (500, 'fresh') ON CONFLICT (bfkey) DO UPDATE SET bfso = excluded.bfso")
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![2]);
+    let m = c
+        .simple_query(
+            "INSERT INTO brieff (bfkey, bfso) VALUES (2, 'ignored') ON CONFLICT DO NOTHING",
+        )
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![0]);
+    let m = c
+        .simple_query(
+            "MERGE INTO brieff b USING (VALUES (3, 'merged'), (4, NULL)) AS s(k, v) ON b.bfkey = s.k \
+             WHEN MATCHED AND s.v IS NULL THEN DELETE WHEN MATCHED THEN UPDATE SET bfso = s.v",
+        )
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![2]);
+    let events = read_topic(format!("{prefix}.public.brieff"), 4).await;
+    validate("change-event", &events);
+    let summary: Vec<(String, Value, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["before"]["bfso"].clone(),
+                e["after"]["bfso"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("u".into(), "rep1".into(), "up".into()),
+            ("c".into(), Value::Null, "fresh".into()),
+            ("u".into(), "rep3".into(), "merged".into()),
+            ("d".into(), "rep4".into(), Value::Null),
+        ],
+        "{events:#?}"
+    );
+    proxy.shutdown().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
