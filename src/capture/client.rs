@@ -284,7 +284,10 @@ impl ClientCapture {
         let statements: &[Statement] = match entry.as_ref() {
             Ok(a) => &a.statements,
             // The server will report the syntax error itself.
-            Err(_) => {
+            Err(e) => {
+                if may_write(text) {
+                    return self.refuse(w, unparseable_write(e)).await;
+                }
                 self.push([Unit::pass(b"Z")]);
                 return write_all(w, frame).await;
             }
@@ -672,6 +675,10 @@ impl ClientCapture {
         self.statements.remove(name);
         let stmt = match entry.as_ref() {
             Ok(a) if a.statements.len() == 1 => &a.statements[0],
+            Err(e) if may_write(text) => {
+                let err = unparseable_write(e).encode();
+                return self.refused_parse(w, name, err).await;
+            }
             // Syntax errors and multi-statement texts: the server refuses them itself.
             _ => {
                 self.push([Unit::pass(b"1")]);
@@ -849,6 +856,25 @@ impl ClientCapture {
         let sql = if status == b'I' { "" } else { "ROLLBACK" };
         self.internal_end(w, sql, None).await
     }
+}
+
+/// Whether a text hindsight could not parse might write rows (then it must not go through
+/// unaudited — e.g. PostgreSQL 18-only syntax the parser does not know yet).
+fn may_write(text: &str) -> bool {
+    use crate::statement::KeywordClass as K;
+    !fast_path::certainly_read(text.as_bytes())
+        && matches!(
+            crate::statement::classify(text.as_bytes()),
+            K::Select | K::Insert | K::Update | K::Delete | K::Merge | K::Copy | K::With
+        )
+}
+
+fn unparseable_write(e: &crate::statement::AnalysisError) -> ErrorResponse {
+    ErrorResponse::error(
+        sqlstate::CAPTURE_UNSUPPORTED,
+        format!("hindsight: this statement may write rows but hindsight's parser cannot read it, so it cannot be captured; it was not run ({e})"),
+    )
+    .with_hint("Check the syntax; PostgreSQL 18-only syntax (e.g. RETURNING WITH (OLD AS …)) is not understood yet.")
 }
 
 /// The portal and statement names at the start of a Bind body.

@@ -366,6 +366,17 @@ async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    // Text the parser cannot read but that may write: refused, not relayed unaudited.
+    let err = c
+        .simple_query(
+            "UPDATE brieff SET bfso = NULL WHERE bfkey = 1 RETURNING WITH (OLD AS o) o.bfso",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    // A plain syntax error in a read is still the server's own.
+    let err = c.simple_query("SELEC 1").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42601"), "{err:?}");
     if pg.major() < 18 {
         // Extended-protocol UPDATE needs RETURNING old (PostgreSQL 18).
         let err = c
