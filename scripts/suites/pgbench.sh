@@ -43,10 +43,32 @@ done
 run "-M extended \\startpipeline" -M extended -c 4 -j 2 -t 300 -f "$pipeline" "$proxied dbname=$db"
 run "-M prepared \\startpipeline" -M prepared -c 4 -j 2 -t 300 -f "$pipeline" "$proxied dbname=$db"
 
+# The same through a capturing proxy (every change published before COMMIT): PostgreSQL 15
+# (simple protocol: UPDATE capture uses the locking pre-read) and PostgreSQL 18 (all modes).
+cport=$((PROXY_PORT + 104)); cadmin=$((ADMIN_PORT + 104))
+start_proxy suite-pgbench-capture "$bin" "$cport" "$cadmin" "$PG15_PORT" --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "suite$RANDOM"
+trap 'stop_proxy suite-pgbench; stop_proxy suite-pgbench-capture' EXIT
+run "capture PG15 -M simple tpcb-like" -M simple -c 4 -j 2 -t 100 "host=127.0.0.1 port=$cport user=postgres dbname=$db"
+events=$(curl -s "http://127.0.0.1:$cadmin/metrics" | awk '/^hindsight_audit_events_total/{print $2}')
+if [ "${events:-0}" -ge 1600 ]; then echo "ok      capture PG15: $events change events published for 400 transactions"
+else echo "FAILED  capture PG15: only ${events:-0} change events for 400 transactions (want >= 1600)"; failed=$((failed + 1)); fi
+
 # Every pgbench transaction adds one history row and moves the same delta in all three balance
 # tables, so the sums must agree if nothing was lost or duplicated on the way.
 check=$(psql -X -tA "$direct dbname=$db" -c "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(delta) FROM pgbench_history)")
 if [ "$check" = t ]; then echo "ok      pgbench data consistency (sum of balances = sum of history deltas)"
 else echo "FAILED  pgbench data consistency: balances and history disagree"; failed=$((failed + 1)); fi
 psql -X -q "$direct dbname=postgres" -c "DROP DATABASE IF EXISTS $db"
+
+direct18="host=127.0.0.1 port=$PG18_PORT user=postgres"
+psql -X -q "$direct18 dbname=postgres" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+pgbench -q -i -s 1 "$direct18 dbname=$db" >/dev/null 2>&1 || die "pgbench -i failed on PG 18"
+start_proxy suite-pgbench-capture "$bin" "$cport" "$cadmin" "$PG18_PORT" --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "suite$RANDOM"
+for mode in simple extended prepared; do
+  run "capture PG18 -M $mode tpcb-like" -M "$mode" -c 4 -j 2 -t 100 "host=127.0.0.1 port=$cport user=postgres dbname=$db"
+done
+check=$(psql -X -tA "$direct18 dbname=$db" -c "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(delta) FROM pgbench_history)")
+if [ "$check" = t ]; then echo "ok      capture PG18 data consistency"
+else echo "FAILED  capture PG18 data consistency"; failed=$((failed + 1)); fi
+psql -X -q "$direct18 dbname=postgres" -c "DROP DATABASE IF EXISTS $db"
 exit $((failed > 0))

@@ -63,6 +63,9 @@ pub struct ClientCapture {
     /// hindsight opened a transaction for the current extended-protocol batch and must end
     /// it at the client's Sync.
     batch_implicit: bool,
+    /// hindsight's own queries go in the middle of an extended-protocol batch: they must use
+    /// named extended messages (a simple Query would destroy the client's unnamed portal).
+    mid_batch: bool,
 }
 
 /// A prepared statement as hindsight analysed (and maybe rewrote) it.
@@ -108,6 +111,7 @@ impl ClientCapture {
             statements: HashMap::new(),
             portals: HashMap::new(),
             batch_implicit: false,
+            mid_batch: false,
         }
     }
 
@@ -466,6 +470,10 @@ impl ClientCapture {
         if matches!(by, CommitBy::ClientExtended(_)) {
             self.flush_and_drain(w).await?;
         }
+        self.mid_batch = matches!(
+            by,
+            CommitBy::ClientExtended(_) | CommitBy::ImplicitExtended(_)
+        );
         if let CommitBy::ClientSimple(frame) | CommitBy::ClientExtended(frame) = by {
             if self.shared.lock().status != b'T' {
                 // An aborted transaction: its COMMIT is a ROLLBACK; nothing to publish.
@@ -549,8 +557,49 @@ impl ClientCapture {
     ) -> std::io::Result<()> {
         let mut u = Unit::new(b"Z");
         u.forward_errors = forward_errors;
-        self.push([u]);
-        write_all(w, &query_frame(sql)).await
+        self.send_internal(w, sql, u).await
+    }
+
+    /// Send hindsight's own `sql`; `unit` describes its result (as for a simple Query, ending
+    /// at ReadyForQuery). Mid-batch it goes as named Parse/Bind/Execute/Close + Flush instead.
+    async fn send_internal<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        sql: &str,
+        mut unit: Unit,
+    ) -> std::io::Result<()> {
+        if !self.mid_batch {
+            self.push([unit]);
+            return write_all(w, &query_frame(sql)).await;
+        }
+        const NAME: &[u8] = b"__hindsight_q\0";
+        let mut frames = Vec::new();
+        let mut p = NAME.to_vec();
+        p.extend_from_slice(sql.as_bytes());
+        p.extend_from_slice(&[0, 0, 0]);
+        frames.extend(frame_of(b'P', &p));
+        let mut b = NAME.to_vec();
+        b.extend_from_slice(NAME);
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        frames.extend(frame_of(b'B', &b));
+        let mut e = NAME.to_vec();
+        e.extend_from_slice(&[0, 0, 0, 0]);
+        frames.extend(frame_of(b'E', &e));
+        for kind in [b'P', b'S'] {
+            let mut c = vec![kind];
+            c.extend_from_slice(NAME);
+            frames.extend(frame_of(b'C', &c));
+        }
+        frames.extend(frame_of(b'H', &[]));
+        unit.ends = b"CI";
+        self.push([
+            Unit::new(b"1"),
+            Unit::new(b"2"),
+            unit,
+            Unit::new(b"3"),
+            Unit::new(b"3"),
+        ]);
+        write_all(w, &frames).await
     }
 
     /// A Parse the server rejects, its error replaced with `err` (the statement named `name`
@@ -635,8 +684,7 @@ impl ClientCapture {
         let mut u = Unit::new(b"Z");
         u.collect = Collect::Rows(Vec::new());
         u.reply = Some(tx);
-        self.push([u]);
-        write_all(w, &query_frame(sql)).await?;
+        self.send_internal(w, sql, u).await?;
         rx.await.map_err(|_| {
             std::io::Error::other("the server connection closed during an internal query")
         })

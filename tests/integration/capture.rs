@@ -466,6 +466,28 @@ async fn extended_protocol_writes_are_captured(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// Regression: a COMMIT sent through the extended protocol (unnamed portal, as pgbench -M
+/// prepared and tokio-postgres `execute("COMMIT")` do) failed with "portal \"\" does not exist":
+/// hindsight's catalog lookup went as a simple Query mid-batch, which drops the unnamed portal.
+async fn extended_commit_keeps_the_clients_unnamed_portal(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "extcommit").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.execute("BEGIN", &[]).await.unwrap();
+    c.execute(
+        "INSERT INTO brieff (bfkey, bfso) VALUES ($1, 'in tx')",
+        &[&900i32],
+    )
+    .await
+    .unwrap();
+    c.execute("COMMIT", &[])
+        .await
+        .expect("COMMIT through the extended protocol");
+    let events = read_topic(format!("{prefix}.public.brieff"), 1).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["after"]["bfso"], "in tx");
+    proxy.shutdown().await;
+}
+
 /// Regression: on PostgreSQL < 18 an UPDATE whose WHERE fails (here a type error) failed in
 /// hindsight's pre-read, whose error was swallowed: the client got neither error nor tag.
 async fn failing_autocommit_write_returns_the_servers_error(pg: Pg) {
@@ -562,5 +584,6 @@ on_both!(
     unpublishable_write_is_rolled_back,
     uncapturable_writes_are_refused_not_run,
     extended_protocol_writes_are_captured,
-    failing_autocommit_write_returns_the_servers_error
+    failing_autocommit_write_returns_the_servers_error,
+    extended_commit_keeps_the_clients_unnamed_portal
 );
