@@ -793,32 +793,9 @@ impl ClientCapture {
         self.flush_and_drain(w).await?;
         if !self.batch_implicit && self.shared.lock().status == b'I' {
             self.batch_implicit = true;
-            let mut frames = Vec::new();
-            let name = b"__hindsight_begin\0";
-            let mut p = name.to_vec();
-            p.extend_from_slice(b"BEGIN\0\0\0");
-            frames.extend(frame_of(b'P', &p));
-            let mut bnd = name.to_vec();
-            bnd.extend_from_slice(name);
-            bnd.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-            frames.extend(frame_of(b'B', &bnd));
-            let mut ex = name.to_vec();
-            ex.extend_from_slice(&[0, 0, 0, 0]);
-            frames.extend(frame_of(b'E', &ex));
-            let mut cp = vec![b'P'];
-            cp.extend_from_slice(name);
-            frames.extend(frame_of(b'C', &cp));
-            let mut cs = vec![b'S'];
-            cs.extend_from_slice(name);
-            frames.extend(frame_of(b'C', &cs));
-            self.push([
-                Unit::new(b"1"),
-                Unit::new(b"2"),
-                Unit::new(b"C"),
-                Unit::new(b"3"),
-                Unit::new(b"3"),
-            ]);
-            write_all(w, &frames).await?;
+            // Named statement and portal: the client's unnamed ones stay untouched.
+            self.mid_batch = true;
+            self.send_internal(w, "BEGIN", Unit::new(b"Z")).await?;
         }
         let (out, binary) = widen_result_formats(body, shape.extra);
         self.portals.insert(portal.to_vec(), (prep, binary));

@@ -1,50 +1,18 @@
 //! Capture end to end: writes through hindsight (simple query protocol) against real PostgreSQL
 //! 15 and 18, audit records read back from the real broker.
 
-use std::time::Duration;
-
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, TopicPartitionList};
 use serde_json::Value;
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::harness::{self, Pg};
 
-/// Read every record of `topic` (partition 0) until `expect` arrived or 20 s passed.
+/// Every record of `topic`, as JSON (see `harness::read_topic_raw`).
 async fn read_topic(topic: String, expect: usize) -> Vec<Value> {
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", harness::kafka_brokers())
-            .set("group.id", format!("hstest-{}", rand::random::<u32>()))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
-            .unwrap();
-        consumer.assign(&tpl).expect("assign");
-        let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while out.len() < expect && std::time::Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                out.push(
-                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON record"),
-                );
-            }
-        }
-        // Anything more than expected would be a bug too: look a little longer.
-        let extra_deadline = std::time::Instant::now() + Duration::from_millis(500);
-        while std::time::Instant::now() < extra_deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                out.push(
-                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON record"),
-                );
-            }
-        }
-        out
-    })
-    .await
-    .unwrap()
+    harness::read_topic_raw(topic, expect)
+        .await
+        .into_iter()
+        .map(|(_, payload)| serde_json::from_slice(&payload).expect("JSON record"))
+        .collect()
 }
 
 /// Validate records against the JSON Schema shipped in schema/ (what consumers are promised).

@@ -139,3 +139,39 @@ pub fn kafka_brokers() -> String {
 pub fn random_prefix(label: &str) -> String {
     format!("hstest_{label}_{:08x}", rand::random::<u32>())
 }
+
+/// Every record (key, payload) of partition 0 of `topic`, from the beginning: waits until
+/// `expect` arrived (at most 20 s), then half a second more so that extra records show too.
+pub async fn read_topic_raw(topic: String, expect: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    use std::time::{Duration, Instant};
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", format!("hstest-{}", rand::random::<u32>()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let mut poll_until = |deadline: Instant, stop_at: Option<usize>| {
+            while stop_at.is_none_or(|n| out.len() < n) && Instant::now() < deadline {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    out.push((
+                        m.key().unwrap_or_default().to_vec(),
+                        m.payload().unwrap_or_default().to_vec(),
+                    ));
+                }
+            }
+        };
+        poll_until(Instant::now() + Duration::from_secs(20), Some(expect));
+        poll_until(Instant::now() + Duration::from_millis(500), None);
+        out
+    })
+    .await
+    .unwrap()
+}

@@ -4,8 +4,6 @@
 use std::time::Duration;
 
 use hindsight::audit::kafka::{KafkaSink, Record, SinkConfig, SinkError};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, TopicPartitionList};
 
 use crate::harness;
 
@@ -16,31 +14,6 @@ fn config(prefix: &str) -> SinkConfig {
         publish_timeout: Duration::from_secs(10),
         ..SinkConfig::default()
     }
-}
-
-/// Read every record of partition 0 of `topic` from the beginning (blocking; call in spawn_blocking).
-fn read_all(topic: &str, expect: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", harness::kafka_brokers())
-        .set("group.id", format!("hstest-{}", rand::random::<u32>()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while out.len() < expect && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push((
-                m.key().unwrap_or_default().to_vec(),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
-        }
-    }
-    out
 }
 
 #[tokio::test]
@@ -56,10 +29,7 @@ async fn published_records_are_acknowledged_and_readable_in_order() {
         })
         .collect();
     sink.publish(&records).await.expect("publish");
-    let t = topic.clone();
-    let got = tokio::task::spawn_blocking(move || read_all(&t, 50))
-        .await
-        .unwrap();
+    let got = harness::read_topic_raw(topic.clone(), 50).await;
     let want: Vec<(Vec<u8>, Vec<u8>)> = records.into_iter().map(|r| (r.key, r.payload)).collect();
     assert_eq!(
         got, want,
