@@ -18,6 +18,10 @@ pub struct TableInfo {
     pub name: String,
     /// Primary key, else replica identity index columns; empty if the table has neither.
     pub key: Vec<String>,
+    /// User triggers on the table: they may change rows hindsight does not see.
+    pub triggers: Vec<String>,
+    /// Tables whose foreign keys cascade (CASCADE / SET NULL / SET DEFAULT) from this one.
+    pub cascades_to: Vec<String>,
 }
 
 /// Session facts every event carries.
@@ -41,7 +45,14 @@ pub fn catalog_query(oids: &[u32]) -> String {
             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
           WHERE i.indrelid = c.oid AND i.indexrelid = (SELECT i2.indexrelid FROM pg_index i2 \
             WHERE i2.indrelid = c.oid AND (i2.indisprimary OR i2.indisreplident) \
-            ORDER BY i2.indisprimary DESC LIMIT 1)) \
+            ORDER BY i2.indisprimary DESC LIMIT 1)), \
+         (SELECT coalesce(json_agg(t.tgname ORDER BY t.tgname), '[]'::json)::text FROM pg_trigger t \
+          WHERE t.tgrelid = c.oid AND NOT t.tgisinternal), \
+         (SELECT coalesce(json_agg(DISTINCT rn.nspname || '.' || rc.relname), '[]'::json)::text \
+          FROM pg_constraint f JOIN pg_class rc ON rc.oid = f.conrelid \
+          JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
+          WHERE f.contype = 'f' AND f.confrelid = c.oid \
+            AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd'))) \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.oid = ANY('{{{}}}'::oid[])",
         list.join(",")
@@ -57,22 +68,27 @@ pub fn parse_catalog(rows: &[Vec<Option<Vec<u8>>>]) -> (Option<i64>, HashMap<u32
     let mut txid = None;
     let mut tables = HashMap::new();
     for r in rows {
-        if r.len() < 5 {
+        if r.len() < 7 {
             continue;
         }
         txid = text(&r[0]).and_then(|t| t.parse().ok());
         let Some(oid) = text(&r[1]).and_then(|t| t.parse().ok()) else {
             continue;
         };
-        let key: Vec<String> = text(&r[4])
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let list = |i: usize| -> Vec<String> {
+            text(&r[i])
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default()
+        };
+        let (key, triggers, cascades_to) = (list(4), list(5), list(6));
         tables.insert(
             oid,
             TableInfo {
                 schema: text(&r[2]).unwrap_or_default(),
                 name: text(&r[3]).unwrap_or_default(),
                 key,
+                triggers,
+                cascades_to,
             },
         );
     }
@@ -157,6 +173,8 @@ pub fn build(
             schema: c.stmt.shape.table.schema.clone(),
             name: c.stmt.shape.table.name.clone(),
             key: Vec::new(),
+            triggers: Vec::new(),
+            cascades_to: Vec::new(),
         };
         let t = tables.get(&c.table_oid).unwrap_or(&fallback);
         let collection = format!("{}.{}", t.schema, t.name);
@@ -174,6 +192,15 @@ pub fn build(
             .or(c.before.as_ref())
             .cloned()
             .unwrap_or_default();
+        // Rows hindsight cannot see may have changed too: say which tables (and triggers).
+        let mut side_effects: Vec<String> = t
+            .triggers
+            .iter()
+            .map(|n| format!("trigger {n} on {collection}"))
+            .collect();
+        if matches!(op, Op::Update | Op::Delete) {
+            side_effects.extend(t.cascades_to.iter().cloned());
+        }
         let key = ChangeKey {
             table: collection.clone(),
             key: key_of(&image, &t.key),
@@ -199,8 +226,8 @@ pub fn build(
                 tags: c.stmt.tags.clone(),
                 session_id: session.session_id.clone(),
                 statement_seq: c.stmt.seq,
-                side_effects: None,
-                side_effect_tables: Vec::new(),
+                side_effects: (!side_effects.is_empty()).then(|| "uncaptured".to_string()),
+                side_effect_tables: side_effects,
                 blocked_by: None,
             },
             op,
