@@ -58,6 +58,12 @@ pub struct CaptureConfig {
     /// and the client gets SQLSTATE HS001. `allow`: it commits anyway, with an error log and
     /// the `hindsight_audit_publish_failures_total` metric.
     pub on_sink_failure: crate::capture::client::OnSinkFailure,
+    /// PII redaction rules, applied to row images (and keys) before anything is published:
+    /// `[[capture.redact]] table = "public.users", columns = ["email"], action = "hash"`.
+    pub redact: Vec<crate::capture::redact::RedactRule>,
+    /// Secret for `hash` redaction (HMAC-SHA256). Set it through the environment
+    /// (`HINDSIGHT_CAPTURE__REDACT_KEY`) rather than the file. Required when a rule hashes.
+    pub redact_key: String,
 }
 
 /// The client-facing listener.
@@ -292,7 +298,7 @@ impl Config {
             .map_err(|e: toml::de::Error| err(e.message().to_string()))
     }
 
-    /// Checks serde cannot express.
+    /// Checks serde cannot express (see `validate`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.proxy.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid {
@@ -306,6 +312,18 @@ impl Config {
             value: self.upstream.address.clone(),
             why,
         })?;
+        let hashes = self
+            .capture
+            .redact
+            .iter()
+            .any(|r| r.action == crate::capture::redact::RedactAction::Hash);
+        if hashes && self.capture.redact_key.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "capture.redact_key",
+                value: String::new(),
+                why: "a capture.redact rule uses action = \"hash\"; set the key (e.g. HINDSIGHT_CAPTURE__REDACT_KEY)".into(),
+            });
+        }
         Ok(())
     }
 }

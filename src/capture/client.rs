@@ -53,6 +53,7 @@ pub struct ClientCapture {
     pub session: SessionInfo,
     pub metrics: Metrics,
     pub on_sink_failure: OnSinkFailure,
+    pub redactor: Arc<super::redact::Redactor>,
     /// Statements seen (numbering for events).
     seq: u64,
     /// Transactions published (numbering for transaction ids).
@@ -98,8 +99,10 @@ impl ClientCapture {
         session: SessionInfo,
         metrics: Metrics,
         on_sink_failure: OnSinkFailure,
+        redactor: Arc<super::redact::Redactor>,
     ) -> Self {
         ClientCapture {
+            redactor,
             shared,
             sink,
             cache,
@@ -655,7 +658,14 @@ impl ClientCapture {
         }
         let (txid, tables) = publish::parse_catalog(&reply.rows);
         self.tx_seq += 1;
-        let (records, end) = publish::build(&self.session, self.tx_seq, txid, changes, &tables);
+        let (records, end) = publish::build(
+            &self.session,
+            self.tx_seq,
+            txid,
+            changes,
+            &tables,
+            &self.redactor,
+        );
         let events = records.len() - 1;
         match self.sink.publish(&records).await {
             Ok(()) => {

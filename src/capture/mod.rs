@@ -7,9 +7,11 @@
 //! - `client` — the client side: rewrites, holds COMMIT, publishes, refuses what it cannot capture.
 //! - `txn` — the open transaction's captured changes, with savepoints.
 //! - `publish` — catalog lookup and the audit records built from the changes.
+//! - `redact` — PII redaction (drop, mask, keyed hash) of images before they leave the process.
 
 pub mod client;
 pub mod publish;
+pub mod redact;
 pub mod rewrite;
 pub mod router;
 pub mod rows;

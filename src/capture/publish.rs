@@ -162,8 +162,25 @@ pub fn build(
     txid: Option<i64>,
     changes: Vec<Change>,
     tables: &HashMap<u32, TableInfo>,
+    redactor: &super::redact::Redactor,
 ) -> (Vec<Record>, TransactionRecord) {
-    let changes = pair_pre_reads(changes, tables);
+    let mut changes = pair_pre_reads(changes, tables);
+    if !redactor.is_empty() {
+        for c in &mut changes {
+            let (schema, name) = tables
+                .get(&c.table_oid)
+                .map(|t| (t.schema.clone(), t.name.clone()))
+                .unwrap_or_else(|| {
+                    (
+                        c.stmt.shape.table.schema.clone(),
+                        c.stmt.shape.table.name.clone(),
+                    )
+                });
+            for image in [&mut c.before, &mut c.after].into_iter().flatten() {
+                redactor.apply(&schema, &name, image);
+            }
+        }
+    }
     let id = format!("{}:{}", session.session_id, tx_seq);
     let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
     let mut events = Vec::with_capacity(changes.len() + 1);
@@ -221,7 +238,12 @@ pub fn build(
                 user: session.user.clone(),
                 application_name: c.stmt.application_name.clone(),
                 client_addr: session.client_addr.clone(),
-                statement: c.stmt.text.clone(),
+                statement: if redactor.covers(&t.schema, &t.name) {
+                    pg_query::normalize(&c.stmt.text)
+                        .unwrap_or_else(|_| "(statement withheld: redacted table)".into())
+                } else {
+                    c.stmt.text.clone()
+                },
                 fingerprint: c.stmt.fingerprint.clone(),
                 tags: c.stmt.tags.clone(),
                 session_id: session.session_id.clone(),

@@ -36,6 +36,7 @@ pub enum ProxyError {
 pub struct CaptureCtx {
     pub sink: Arc<crate::audit::kafka::KafkaSink>,
     pub cache: Arc<crate::statement::AnalysisCache>,
+    pub redactor: Arc<crate::capture::redact::Redactor>,
 }
 
 /// What every session of one proxy shares.
@@ -96,6 +97,10 @@ pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyEr
         Some(CaptureCtx {
             sink: Arc::new(sink),
             cache: Arc::new(crate::statement::AnalysisCache::new(10_000)),
+            redactor: Arc::new(crate::capture::redact::Redactor::new(
+                config.capture.redact.clone(),
+                &config.capture.redact_key,
+            )),
         })
     } else {
         None

@@ -349,6 +349,7 @@ async fn relay(
                 info,
                 ctx.metrics.clone(),
                 ctx.config.capture.on_sink_failure,
+                Arc::clone(&cap.redactor),
             );
             relay_with(ctx, conn, upstream, client, span, inspector, Some(shared)).await
         }

@@ -586,6 +586,73 @@ async fn side_effects_are_marked_uncaptured(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// PII is redacted before it leaves the process: dropped, masked or keyed-hashed.
+#[tokio::test]
+async fn redaction_applies_before_publishing() {
+    use hindsight::capture::redact::{RedactAction, RedactRule};
+    let pg = Pg::V15;
+    let db = harness::fresh_db(pg, "redact").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, email text, ssn text, name text)")
+        .await
+        .unwrap();
+    let prefix = harness::random_prefix("redact");
+    let p = prefix.clone();
+    let proxy = harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = p;
+        c.capture.redact_key = "test-key".into();
+        c.capture.redact = vec![
+            RedactRule {
+                table: "public.users".into(),
+                columns: vec!["ssn".into()],
+                action: RedactAction::Drop,
+            },
+            RedactRule {
+                table: "users".into(),
+                columns: vec!["name".into()],
+                action: RedactAction::Mask,
+            },
+            RedactRule {
+                table: "users".into(),
+                columns: vec!["email".into()],
+                action: RedactAction::Hash,
+            },
+        ];
+    })
+    .await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("INSERT INTO users VALUES (1, 'ann@example.com', '123-45-6789', 'Ann')")
+        .await
+        .unwrap();
+    c.simple_query("UPDATE users SET name = 'Anna' WHERE id = 1")
+        .await
+        .unwrap();
+    let raw = harness::read_topic_raw(format!("{prefix}.public.users"), 2).await;
+    assert_eq!(raw.len(), 2);
+    for (key, payload) in &raw {
+        let text = String::from_utf8_lossy(payload);
+        for secret in ["ann@example.com", "123-45-6789", "Ann"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(!String::from_utf8_lossy(key).contains("ann@"));
+        let e: Value = serde_json::from_slice(payload).unwrap();
+        assert_eq!(e["after"]["name"], "****");
+        assert!(e["after"].get("ssn").is_none());
+        assert!(e["after"]["email"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac-sha256:"));
+        assert_eq!(e["after"]["id"], 1, "other columns untouched");
+        assert!(
+            e["source"]["statement"].as_str().unwrap().contains("$1"),
+            "constants replaced: {e}"
+        );
+    }
+    proxy.shutdown().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
