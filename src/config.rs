@@ -16,6 +16,8 @@ pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:6432";
     pub const UPSTREAM: &str = "127.0.0.1:5432";
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9187";
+    /// Largest TRUNCATE capture records (capture.truncate_row_limit).
+    pub const TRUNCATE_ROW_LIMIT: u64 = 10_000;
     /// PostgreSQL's own limit for a message is 1 GiB; allow the header on top of it.
     pub const MAX_MESSAGE_BYTES: usize = (1 << 30) + 5;
     pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,7 +49,7 @@ pub struct Config {
 }
 
 /// Capture settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Relay only, record nothing. Must be chosen explicitly (`--no-capture`): without a broker
@@ -64,6 +66,21 @@ pub struct CaptureConfig {
     /// Secret for `hash` redaction (HMAC-SHA256). Set it through the environment
     /// (`HINDSIGHT_CAPTURE__REDACT_KEY`) rather than the file. Required when a rule hashes.
     pub redact_key: String,
+    /// A TRUNCATE that would remove more rows than this is refused (SQLSTATE HS003): every
+    /// removed row's before image is recorded, and that must stay bounded.
+    pub truncate_row_limit: u64,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            on_sink_failure: Default::default(),
+            redact: Vec::new(),
+            redact_key: String::new(),
+            truncate_row_limit: defaults::TRUNCATE_ROW_LIMIT,
+        }
+    }
 }
 
 /// The client-facing listener.

@@ -54,6 +54,8 @@ pub struct ClientCapture {
     pub metrics: Metrics,
     pub on_sink_failure: OnSinkFailure,
     pub redactor: Arc<super::redact::Redactor>,
+    /// TRUNCATE of more rows than this is refused (capture.truncate_row_limit).
+    pub truncate_limit: u64,
     /// Statements seen (numbering for events).
     seq: u64,
     /// Transactions published (numbering for transaction ids).
@@ -102,6 +104,7 @@ impl ClientCapture {
         redactor: Arc<super::redact::Redactor>,
     ) -> Self {
         ClientCapture {
+            truncate_limit: crate::config::defaults::TRUNCATE_ROW_LIMIT,
             redactor,
             shared,
             sink,
@@ -329,7 +332,7 @@ impl ClientCapture {
             ).with_hint("Send transaction control statements as separate queries."))
         } else if writes {
             let major = self.shared.lock().server_major;
-            match statements.iter().map(|s| rewrite(text, &s.located, major)).collect::<Result<Vec<_>, _>>() {
+            match statements.iter().map(|s| rewrite(text, &s.located, major, self.truncate_limit)).collect::<Result<Vec<_>, _>>() {
                 Ok(v) => Plan::Capture(v),
                 Err(refusal) => Plan::Refuse(
                     ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, format!("hindsight: {refusal}"))
@@ -424,6 +427,17 @@ impl ClientCapture {
                         binary: false,
                         shape: Arc::clone(&rw.shape),
                     });
+                    if let Some((guard, msg)) = &rw.guard {
+                        sql.push_str(guard);
+                        sql.push_str(";\n");
+                        let mut u = Unit::new(b"C");
+                        u.error_replacement = Some(
+                            ErrorResponse::error(sqlstate::CAPTURE_LIMIT, msg.clone())
+                                .with_hint("Delete in batches (each row is recorded), or raise capture.truncate_row_limit.")
+                                .encode(),
+                        );
+                        units.push(u);
+                    }
                     if let Some(pre) = &rw.pre_read {
                         sql.push_str(pre);
                         sql.push_str(";\n");
@@ -745,7 +759,11 @@ impl ClientCapture {
         };
         let a = &stmt.located.analysis;
         let major = self.shared.lock().server_major;
-        let rewritten = match rewrite(text, &stmt.located, major) {
+        let rewritten = match rewrite(text, &stmt.located, major, self.truncate_limit) {
+            Ok(Some(rw)) if rw.guard.is_some() => Err(format!(
+                "hindsight: {} through the extended query protocol is not captured yet (send it as a simple query); the statement was not prepared",
+                a.kind.label().to_uppercase()
+            )),
             Ok(Some(rw)) if rw.pre_read.is_some() => Err(format!(
                 "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
                 a.kind.label().to_uppercase()

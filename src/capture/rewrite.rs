@@ -50,6 +50,9 @@ pub struct Rewritten {
     /// For pre-read capture: `SELECT to_jsonb(t.*), t.tableoid FROM … FOR UPDATE OF t`, run
     /// right before `text` in the same transaction.
     pub pre_read: Option<String>,
+    /// A statement that fails when a limit is exceeded (TRUNCATE's row limit), run first; its
+    /// error is replaced by this message.
+    pub guard: Option<(String, String)>,
 }
 
 /// A write hindsight cannot capture (yet). The client gets this as an error; nothing runs.
@@ -65,7 +68,12 @@ pub enum Refusal {
 
 /// Rewrite one analysed statement of `text` for capture on a server of major version `major`.
 /// `Ok(None)`: the statement writes no rows and runs unchanged.
-pub fn rewrite(text: &str, stmt: &Located, major: u32) -> Result<Option<Rewritten>, Refusal> {
+pub fn rewrite(
+    text: &str,
+    stmt: &Located,
+    major: u32,
+    truncate_limit: u64,
+) -> Result<Option<Rewritten>, Refusal> {
     let a = &stmt.analysis;
     if !a.kind.writes_rows() {
         return Ok(None);
@@ -90,7 +98,7 @@ pub fn rewrite(text: &str, stmt: &Located, major: u32) -> Result<Option<Rewritte
                 what: format!("COPY … FROM into {}", write.table),
             })
         }
-        Kind::Truncate => return Err(Refusal::Unsupported { what }),
+        Kind::Truncate => return truncate(sql, &write.table, truncate_limit, a.kind).map(Some),
         _ => {}
     }
     let target = target_ref(sql).ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
@@ -123,6 +131,7 @@ pub fn rewrite(text: &str, stmt: &Located, major: u32) -> Result<Option<Rewritte
             text: format!("{body}{sep}{cols}"),
             shape: shape(3, Some(0), Some(1), 2, false),
             pre_read: None,
+            guard: None,
         }));
     }
     let image = format!("to_jsonb({target}.*), {target}.tableoid");
@@ -131,11 +140,13 @@ pub fn rewrite(text: &str, stmt: &Located, major: u32) -> Result<Option<Rewritte
             text: format!("{body}{sep}{image}"),
             shape: shape(2, None, Some(0), 1, false),
             pre_read: None,
+            guard: None,
         })),
         Kind::Delete => Ok(Some(Rewritten {
             text: format!("{body}{sep}{image}"),
             shape: shape(2, Some(0), None, 1, false),
             pre_read: None,
+            guard: None,
         })),
         Kind::Update => {
             let pre = pre_read_for_update(sql, &target)
@@ -144,10 +155,55 @@ pub fn rewrite(text: &str, stmt: &Located, major: u32) -> Result<Option<Rewritte
                 text: format!("{body}{sep}{image}"),
                 shape: shape(2, None, Some(0), 1, true),
                 pre_read: Some(pre),
+                guard: None,
             }))
         }
         _ => Err(Refusal::NeedsPg18 { what, major }),
     }
+}
+
+/// TRUNCATE: a guard refusing it above `limit` rows, then the before image of every row, then
+/// the TRUNCATE itself — all in the client's transaction (TRUNCATE's lock waits for the reads).
+fn truncate(sql: &str, table: &TableName, limit: u64, kind: Kind) -> Result<Rewritten, Refusal> {
+    let parsed = pg_query::parse(sql).map_err(|_| Refusal::Unsupported {
+        what: "TRUNCATE".into(),
+    })?;
+    if let Some(N::TruncateStmt(t)) = parsed
+        .protobuf
+        .stmts
+        .first()
+        .and_then(|s| s.stmt.as_ref())
+        .and_then(|n| n.node.as_ref())
+    {
+        if t.behavior == pg_query::protobuf::DropBehavior::DropCascade as i32 {
+            return Err(Refusal::Unsupported {
+                what: format!("TRUNCATE … CASCADE of {table}"),
+            });
+        }
+    }
+    let target = if table.schema.is_empty() {
+        quote(&table.name)
+    } else {
+        format!("{}.{}", quote(&table.schema), quote(&table.name))
+    };
+    Ok(Rewritten {
+        text: sql.trim_end().trim_end_matches(';').to_string(),
+        shape: Arc::new(Shape {
+            kind,
+            table: table.clone(),
+            extra: 0,
+            old_at: None,
+            new_at: None,
+            oid_at: 0,
+            client_returning: false,
+            pre_read: false,
+        }),
+        pre_read: Some(format!("SELECT to_jsonb(t.*), t.tableoid FROM {target} t")),
+        guard: Some((
+            format!("SELECT CASE WHEN count(*) > {limit} THEN 1 / (count(*) * 0) ELSE 0 END FROM (SELECT 1 FROM {target} LIMIT {limit} + 1) s"),
+            format!("hindsight: TRUNCATE of {table} would remove more than {limit} rows (capture.truncate_row_limit), too many to record their before images; it was not run"),
+        )),
+    })
 }
 
 /// How RETURNING refers to the target: its alias, else its (schema-qualified) name, quoted.
@@ -220,7 +276,7 @@ mod tests {
 
     fn rw(sql: &str, major: u32) -> Result<Option<Rewritten>, Refusal> {
         let v = analyze(sql).unwrap();
-        rewrite(sql, &v[0], major)
+        rewrite(sql, &v[0], major, 1000)
     }
 
     #[test]

@@ -342,7 +342,7 @@ async fn relay(
                 client_addr: client.to_string(),
                 topic_prefix: ctx.config.kafka.topic_prefix.clone(),
             };
-            let inspector = crate::capture::client::ClientCapture::new(
+            let mut inspector = crate::capture::client::ClientCapture::new(
                 Arc::clone(&shared),
                 Arc::clone(&cap.sink),
                 Arc::clone(&cap.cache),
@@ -351,6 +351,7 @@ async fn relay(
                 ctx.config.capture.on_sink_failure,
                 Arc::clone(&cap.redactor),
             );
+            inspector.truncate_limit = ctx.config.capture.truncate_row_limit;
             relay_with(ctx, conn, upstream, client, span, inspector, Some(shared)).await
         }
     }

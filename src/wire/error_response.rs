@@ -17,6 +17,8 @@ pub mod sqlstate {
     pub const AUDIT_NOT_RECORDED: &str = "HS001";
     /// hindsight cannot capture this statement (yet); it was not run.
     pub const CAPTURE_UNSUPPORTED: &str = "HS002";
+    /// a capture limit (capture.truncate_row_limit) refused the statement; it was not run.
+    pub const CAPTURE_LIMIT: &str = "HS003";
 }
 
 /// An error to report to a client; encodes to one ErrorResponse (`E`) frame.

@@ -327,7 +327,7 @@ async fn unpublishable_write_is_rolled_back(pg: Pg) {
 async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
     let (db, _prefix, proxy) = setup(pg, "refuse").await;
     let c = harness::connect(proxy.addr, "postgres", &db).await;
-    let err = c.simple_query("TRUNCATE brieff").await.unwrap_err();
+    let err = c.simple_query("TRUNCATE brieff CASCADE").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
     let err = c
         .simple_query("WITH d AS (DELETE FROM brieff WHERE bfkey = 1 RETURNING *) INSERT INTO brieff SELECT bfkey + 100, bfso FROM d")
@@ -653,6 +653,62 @@ async fn redaction_applies_before_publishing() {
     proxy.shutdown().await;
 }
 
+/// TRUNCATE records the before image of every removed row (op "t"), and is refused above
+/// capture.truncate_row_limit with HS003 and nothing removed.
+async fn truncate_is_captured_within_its_row_limit(pg: Pg) {
+    let db = harness::fresh_db(pg, "truncate").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE small (id int PRIMARY KEY, v text); INSERT INTO small SELECT g, 'v' || g FROM generate_series(1, 5) g;
+             CREATE TABLE big (id int PRIMARY KEY); INSERT INTO big SELECT generate_series(1, 11);",
+        )
+        .await
+        .unwrap();
+    let prefix = harness::random_prefix("truncate");
+    let p = prefix.clone();
+    let proxy = harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = p;
+        c.capture.truncate_row_limit = 10;
+    })
+    .await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let err = c.simple_query("TRUNCATE big").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS003"), "{err:?}");
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("more than 10 rows"));
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 11, "nothing removed");
+    c.simple_query("TRUNCATE small").await.unwrap();
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM small", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    let ev = read_topic(format!("{prefix}.public.small"), 5).await;
+    assert_eq!(ev.len(), 5, "{ev:#?}");
+    validate("change-event", &ev);
+    let mut ids: Vec<i64> = ev
+        .iter()
+        .map(|e| e["before"]["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    assert!(ev
+        .iter()
+        .all(|e| e["op"] == "t" && e["after"].is_null() && e["before"]["v"].is_string()));
+    proxy.shutdown().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
@@ -667,5 +723,6 @@ on_both!(
     extended_protocol_writes_are_captured,
     failing_autocommit_write_returns_the_servers_error,
     extended_commit_keeps_the_clients_unnamed_portal,
-    side_effects_are_marked_uncaptured
+    side_effects_are_marked_uncaptured,
+    truncate_is_captured_within_its_row_limit
 );
