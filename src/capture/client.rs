@@ -26,13 +26,13 @@ use super::rewrite::{rewrite, Rewritten};
 use super::router::{Collect, Reply, Shared, Unit};
 use super::txn::StatementCtx;
 use crate::audit::kafka::KafkaSink;
-use crate::proxy::relay::{Inspector, Verdict};
+use crate::proxy::relay::{frontend_tag, Inspector, Verdict};
 use crate::statement::cache::{AnalysisCache, Statement};
 use crate::statement::{fast_path, sqlcommenter, Kind, TxControl};
 use crate::telemetry::Metrics;
 use crate::wire::error_response::{sqlstate, ErrorResponse};
-use crate::wire::frame::{put_frame, take_cstr, FrameError, Header, HEADER_LEN};
-use crate::wire::frontend::{parse_statement, query_text, FrontendTag};
+use crate::wire::frame::{put_frame, take_cstr, Header, HEADER_LEN};
+use crate::wire::frontend::{describe_target, parse_statement, query_text, FrontendTag};
 
 /// What to do when the audit records of a transaction cannot be published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -151,11 +151,9 @@ const REFUSED_SQL: &str = "hindsight refused this statement";
 
 impl Inspector for ClientCapture {
     fn on_frame(&mut self, header: Header, frame: &[u8], complete: bool) -> Verdict {
-        let Some(tag) = FrontendTag::from_byte(header.tag) else {
-            return Verdict::Reject {
-                reason: "unknown_message_type",
-                error: FrameError::UnknownFrontendTag { byte: header.tag },
-            };
+        let tag = match frontend_tag(header.tag) {
+            Ok(t) => t,
+            Err(reject) => return reject,
         };
         let body = &frame[HEADER_LEN.min(frame.len())..];
         match tag {
@@ -202,13 +200,7 @@ impl Inspector for ClientCapture {
                 }
             }
             FrontendTag::Describe => {
-                let (kind, name) = (
-                    body.first().copied().unwrap_or(0),
-                    body.get(1..)
-                        .and_then(|b| take_cstr(b))
-                        .map(|(n, _)| n)
-                        .unwrap_or_default(),
-                );
+                let (kind, name) = describe_target(body);
                 let prep = match kind {
                     b'S' => self.statements.get(name).cloned(),
                     _ => self.portals.get(name).map(|(p, _)| Arc::clone(p)),
@@ -222,13 +214,7 @@ impl Inspector for ClientCapture {
             }
             FrontendTag::Execute => self.on_execute(body),
             FrontendTag::Close => {
-                let (kind, name) = (
-                    body.first().copied().unwrap_or(0),
-                    body.get(1..)
-                        .and_then(|b| take_cstr(b))
-                        .map(|(n, _)| n)
-                        .unwrap_or_default(),
-                );
+                let (kind, name) = describe_target(body);
                 if kind == b'S' {
                     self.statements.remove(name);
                 } else {

@@ -228,6 +228,14 @@ where
     }
 }
 
+/// The typed frontend tag, or the Verdict that rejects an unknown one (PostgreSQL would).
+pub fn frontend_tag(byte: u8) -> Result<FrontendTag, Verdict> {
+    FrontendTag::from_byte(byte).ok_or(Verdict::Reject {
+        reason: "unknown_message_type",
+        error: FrameError::UnknownFrontendTag { byte },
+    })
+}
+
 /// Inspects what the client sends: refuses unknown message types and counts statements.
 pub struct ClientInspector {
     metrics: Metrics,
@@ -242,11 +250,9 @@ impl ClientInspector {
 impl Inspector for ClientInspector {
     #[inline]
     fn on_frame(&mut self, header: Header, frame: &[u8], _complete: bool) -> Verdict {
-        let Some(tag) = FrontendTag::from_byte(header.tag) else {
-            return Verdict::Reject {
-                reason: "unknown_message_type",
-                error: FrameError::UnknownFrontendTag { byte: header.tag },
-            };
+        let tag = match frontend_tag(header.tag) {
+            Ok(t) => t,
+            Err(reject) => return reject,
         };
         let body = &frame[HEADER_LEN.min(frame.len())..];
         match tag {

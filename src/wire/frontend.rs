@@ -46,6 +46,17 @@ impl FrontendTag {
     }
 }
 
+/// The `(kind, name)` of a Describe or Close body: kind `b'S'` (statement) or `b'P'` (portal).
+pub fn describe_target(body: &[u8]) -> (u8, &[u8]) {
+    let kind = body.first().copied().unwrap_or(0);
+    let name = body
+        .get(1..)
+        .and_then(take_cstr)
+        .map(|(n, _)| n)
+        .unwrap_or_default();
+    (kind, name)
+}
+
 /// The SQL text of a Query message body (without its terminating NUL).
 pub fn query_text(body: &[u8]) -> &[u8] {
     take_cstr(body).map(|(s, _)| s).unwrap_or(body)
