@@ -43,15 +43,18 @@ done
 run "-M extended \\startpipeline" -M extended -c 4 -j 2 -t 300 -f "$pipeline" "$proxied dbname=$db"
 run "-M prepared \\startpipeline" -M prepared -c 4 -j 2 -t 300 -f "$pipeline" "$proxied dbname=$db"
 
-# The same through a capturing proxy (every change published before COMMIT): PostgreSQL 15
-# (simple protocol: UPDATE capture uses the locking pre-read) and PostgreSQL 18 (all modes).
+# The same through a capturing proxy (every change published before COMMIT), all three
+# protocols: PostgreSQL 15 (UPDATE capture uses the locking pre-read; extended and prepared
+# through a companion prepared statement) and PostgreSQL 18 (RETURNING old/new).
 cport=$((PROXY_PORT + 104)); cadmin=$((ADMIN_PORT + 104))
 start_proxy suite-pgbench-capture "$bin" "$cport" "$cadmin" "$PG15_PORT" --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "suite$RANDOM"
 trap 'stop_proxy suite-pgbench; stop_proxy suite-pgbench-capture' EXIT
-run "capture PG15 -M simple tpcb-like" -M simple -c 4 -j 2 -t 100 "host=127.0.0.1 port=$cport user=postgres dbname=$db"
+for mode in simple extended prepared; do
+  run "capture PG15 -M $mode tpcb-like" -M "$mode" -c 4 -j 2 -t 100 "host=127.0.0.1 port=$cport user=postgres dbname=$db"
+done
 events=$(curl -s "http://127.0.0.1:$cadmin/metrics" | awk '/^hindsight_audit_events_total/{print $2}')
-if [ "${events:-0}" -ge 1600 ]; then echo "ok      capture PG15: $events change events published for 400 transactions"
-else echo "FAILED  capture PG15: only ${events:-0} change events for 400 transactions (want >= 1600)"; failed=$((failed + 1)); fi
+if [ "${events:-0}" -ge 4800 ]; then echo "ok      capture PG15: $events change events published for 1200 transactions"
+else echo "FAILED  capture PG15: only ${events:-0} change events for 1200 transactions (want >= 4800)"; failed=$((failed + 1)); fi
 
 # Every pgbench transaction adds one history row and moves the same delta in all three balance
 # tables, so the sums must agree if nothing was lost or duplicated on the way.

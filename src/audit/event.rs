@@ -29,6 +29,14 @@ pub enum Op {
     /// A write a gate refused; `before`/`after` are what would have changed.
     #[serde(rename = "blocked")]
     Blocked,
+    /// A schema change (CREATE/ALTER/DROP/…): a statement-level event on
+    /// `<prefix>.statements`, no row images.
+    #[serde(rename = "ddl")]
+    Ddl,
+    /// A statement whose row changes hindsight cannot see (DO, CALL, EXECUTE, unknown
+    /// statements): a statement-level event on `<prefix>.statements`, no row images.
+    #[serde(rename = "opaque")]
+    Opaque,
 }
 
 /// Debezium's `source` block plus hindsight's attribution fields.

@@ -131,6 +131,8 @@ pub fn render(ev: &ChangeEvent) -> String {
         Op::Delete => "DELETE",
         Op::Truncate => "TRUNCATE",
         Op::Blocked => "BLOCKED",
+        Op::Ddl => "DDL",
+        Op::Opaque => "OPAQUE",
     };
     let s = &ev.source;
     let tags: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -153,6 +155,9 @@ pub fn render(ev: &ChangeEvent) -> String {
             format!(" [{}]", tags.join(" "))
         }
     );
+    if matches!(ev.op, Op::Ddl | Op::Opaque) {
+        line.push_str(&format!("\n    statement: {}", s.statement));
+    }
     let empty = serde_json::Map::new();
     let before = ev.before.as_ref().unwrap_or(&empty);
     let after = ev.after.as_ref().unwrap_or(&empty);

@@ -22,11 +22,14 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::publish::{self, SessionInfo};
+use super::rewrite::Shape;
 use super::rewrite::{rewrite, Rewritten};
 use super::router::{Collect, Reply, Shared, Unit};
-use super::txn::StatementCtx;
+use super::txn::{Change, StatementCtx};
+use crate::audit::event::CommitStatus;
 use crate::audit::kafka::KafkaSink;
 use crate::proxy::relay::{frontend_tag, Inspector, Verdict};
+use crate::statement::analysis::TableName;
 use crate::statement::cache::{AnalysisCache, Statement};
 use crate::statement::{fast_path, sqlcommenter, Kind, TxControl};
 use crate::telemetry::Metrics;
@@ -79,6 +82,28 @@ struct Prep {
     fingerprint: String,
     tags: sqlcommenter::Tags,
     rewritten: Option<Rewritten>,
+    /// The table the statement names first (DDL and writes), for statement-level events.
+    object: TableName,
+    /// PostgreSQL < 18 UPDATE: the name of hindsight's companion prepared statement that reads
+    /// (and locks) the before images with the same parameters, run right before each Execute.
+    companion: Option<Vec<u8>>,
+}
+
+/// Name of hindsight's companion statement (`kind` b's') or portal (b'p') for a client's one.
+fn companion_name(kind: u8, name: &[u8]) -> Vec<u8> {
+    let mut n = b"__hs_pre_".to_vec();
+    n.push(kind);
+    n.push(b'_');
+    n.extend_from_slice(name);
+    n
+}
+
+/// A message whose body is a name (Close / Describe: `kind` + name; Execute: name + max rows).
+fn close_frame(kind: u8, name: &[u8]) -> Vec<u8> {
+    let mut b = vec![kind];
+    b.extend_from_slice(name);
+    b.push(0);
+    frame_of(b'C', &b)
 }
 
 /// How a COMMIT happens once the records are published.
@@ -215,13 +240,21 @@ impl Inspector for ClientCapture {
             FrontendTag::Execute => self.on_execute(body),
             FrontendTag::Close => {
                 let (kind, name) = describe_target(body);
-                if kind == b'S' {
-                    self.statements.remove(name);
+                let prep = if kind == b'S' {
+                    self.statements.remove(name)
                 } else {
-                    self.portals.remove(name);
-                }
+                    self.portals.remove(name).map(|(p, _)| p)
+                };
                 self.push([Unit::pass(b"3")]);
-                Verdict::Forward
+                if prep.is_none_or(|p| p.companion.is_none()) {
+                    return Verdict::Forward;
+                }
+                // Close hindsight's companion too, so the server does not accumulate them.
+                self.push([Unit::new(b"3")]);
+                let mut out = frame.to_vec();
+                let ckind = if kind == b'S' { b's' } else { b'p' };
+                out.extend(close_frame(kind, &companion_name(ckind, name)));
+                Verdict::Replace(out)
             }
             FrontendTag::Sync if self.batch_implicit => Verdict::Defer,
             FrontendTag::Sync | FrontendTag::FunctionCall => {
@@ -250,7 +283,7 @@ impl Inspector for ClientCapture {
             b'Q' => self.on_query(frame, w).await,
             b'P' => self.on_parse(frame, w).await,
             b'B' => self.on_bind(frame, w).await,
-            b'E' => self.commit(w, CommitBy::ClientExtended(frame)).await,
+            b'E' => self.on_deferred_execute(frame, w).await,
             _ => self.on_sync(frame, w).await,
         }
     }
@@ -266,6 +299,10 @@ enum Plan {
     Capture(Vec<Option<Rewritten>>),
     /// Refuse with this error.
     Refuse(ErrorResponse),
+    /// DDL or opaque statements outside a transaction block: their statement-level events
+    /// are published before they run (hindsight cannot wrap them in a transaction: VACUUM,
+    /// CREATE INDEX CONCURRENTLY and procedures that COMMIT refuse to run inside one).
+    Announce,
 }
 
 impl ClientCapture {
@@ -300,8 +337,11 @@ impl ClientCapture {
         let txctl = statements
             .iter()
             .any(|s| matches!(s.located.analysis.kind, Kind::Transaction(_)));
+        let stmt_events = statements
+            .iter()
+            .any(|s| s.located.analysis.kind.statement_event());
         // Decisions below depend on the transaction state: let earlier replies arrive first.
-        if writes || commit {
+        if writes || commit || stmt_events {
             self.flush_and_drain(w).await?;
         }
         let (status, pending) = {
@@ -311,10 +351,10 @@ impl ClientCapture {
                 !st.txn.is_empty() || !st.capture_errors.is_empty(),
             )
         };
-        let plan = if writes && txctl {
+        let plan = if (writes || stmt_events) && txctl {
             Plan::Refuse(ErrorResponse::error(
                 sqlstate::CAPTURE_UNSUPPORTED,
-                "hindsight: a query string that both writes rows and controls the transaction (BEGIN/COMMIT/SAVEPOINT …) cannot be captured; the query was not run",
+                "hindsight: a query string that both writes (rows or schema) and controls the transaction (BEGIN/COMMIT/SAVEPOINT …) cannot be captured; the query was not run",
             ).with_hint("Send transaction control statements as separate queries."))
         } else if writes {
             let major = self.shared.lock().server_major;
@@ -325,6 +365,8 @@ impl ClientCapture {
                         .with_hint("Run it through a session of a proxy started with --no-capture if it must run unaudited."),
                 ),
             }
+        } else if stmt_events && status == b'I' {
+            Plan::Announce
         } else if commit && pending && status == b'T' {
             if statements.len() == 1 {
                 Plan::Commit
@@ -340,11 +382,17 @@ impl ClientCapture {
         match plan {
             Plan::Relay => {
                 let mut units: Vec<Unit> = Vec::new();
-                if txctl {
+                if txctl || stmt_events {
                     for s in statements {
+                        let a = &s.located.analysis;
                         let mut u = Unit::pass(b"CI");
-                        if let Kind::Transaction(ctl) = s.located.analysis.kind {
-                            u.txctl = Some((ctl, s.located.analysis.savepoint.clone()));
+                        if let Kind::Transaction(ctl) = a.kind {
+                            u.txctl = Some((ctl, a.savepoint.clone()));
+                        }
+                        if a.kind.statement_event() {
+                            self.seq += 1;
+                            let stmt = text[s.located.span.clone()].trim();
+                            u.collect = Collect::Statement(self.statement_ctx(stmt, s, &tags));
                         }
                         units.push(u);
                     }
@@ -353,6 +401,18 @@ impl ClientCapture {
                 self.push(units);
                 write_all(w, frame).await
             }
+            Plan::Announce => {
+                let changes = statements
+                    .iter()
+                    .filter(|s| s.located.analysis.kind.statement_event())
+                    .map(|s| {
+                        self.seq += 1;
+                        let stmt = text[s.located.span.clone()].trim();
+                        Change::statement(self.statement_ctx(stmt, s, &tags))
+                    })
+                    .collect();
+                self.announce(w, frame, changes, b"Z").await
+            }
             Plan::Refuse(err) => self.refuse(w, err).await,
             Plan::Commit => self.commit(w, CommitBy::ClientSimple(frame)).await,
             Plan::Capture(rewrites) => {
@@ -360,6 +420,101 @@ impl ClientCapture {
                     .await
             }
         }
+    }
+
+    /// Attribution of the current statement (`self.seq`) for a statement-level event.
+    fn statement_ctx(
+        &self,
+        text: &str,
+        s: &Statement,
+        tags: &sqlcommenter::Tags,
+    ) -> Arc<StatementCtx> {
+        let a = &s.located.analysis;
+        let table = a
+            .writes
+            .first()
+            .map(|w| w.table.clone())
+            .unwrap_or_default();
+        self.event_ctx(text, &s.fingerprint, tags, a.kind, table)
+    }
+
+    fn event_ctx(
+        &self,
+        text: &str,
+        fingerprint: &str,
+        tags: &sqlcommenter::Tags,
+        kind: Kind,
+        table: TableName,
+    ) -> Arc<StatementCtx> {
+        Arc::new(StatementCtx {
+            text: text.to_string(),
+            fingerprint: fingerprint.to_string(),
+            tags: tags.clone(),
+            seq: self.seq,
+            ts_ms: now_ms(),
+            application_name: self.shared.lock().application_name.clone(),
+            shape: Arc::new(Shape::statement(kind, table)),
+            binary: false,
+        })
+    }
+
+    /// Publish statement-level events *before* the statement runs (outside a transaction
+    /// block, where hindsight cannot hold a COMMIT), then forward `frame`. The END record
+    /// follows with the outcome. If the events cannot be published the statement does not run
+    /// and the client gets HS001 (unless `on_sink_failure = "allow"`).
+    async fn announce<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        frame: &[u8],
+        changes: Vec<Change>,
+        ends: &'static [u8],
+    ) -> std::io::Result<()> {
+        self.tx_seq += 1;
+        let (records, mut end) = publish::build(
+            &self.session,
+            self.tx_seq,
+            None,
+            changes,
+            &HashMap::new(),
+            &self.redactor,
+        );
+        match self.sink.publish(&records).await {
+            Ok(()) => self.metrics.audit_events.inc_by(records.len() as u64 - 1),
+            Err(e) => {
+                self.metrics.audit_publish_failures.inc();
+                if self.on_sink_failure == OnSinkFailure::Deny {
+                    tracing::error!(error = %e, "statement event not recorded: statement refused");
+                    let err = ErrorResponse::error(
+                        sqlstate::AUDIT_NOT_RECORDED,
+                        format!("hindsight: the statement was not run because its audit record could not be recorded: {e}"),
+                    )
+                    .with_hint("Retry when the audit broker is reachable; see hindsight's log and /readyz.");
+                    return if ends == b"Z" {
+                        self.refuse(w, err).await
+                    } else {
+                        self.refused_parse(w, b"__hindsight_refused", err.encode())
+                            .await
+                    };
+                }
+                tracing::error!(error = %e, "statement event not recorded; running it anyway because capture.on_sink_failure = \"allow\"");
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut u = Unit::pass(ends);
+        u.reply = Some(tx);
+        self.push([u]);
+        let sink = Arc::clone(&self.sink);
+        let session = self.session.clone();
+        tokio::spawn(async move {
+            let failed = !matches!(rx.await, Ok(Reply { error: None, .. }));
+            if failed {
+                end.commit_status = Some(CommitStatus::Aborted);
+            }
+            if let Err(e) = sink.publish(&[publish::end_record(&session, &end)]).await {
+                tracing::warn!(error = %e, "publishing a transaction END record failed");
+            }
+        });
+        write_all(w, frame).await
     }
 
     /// Send a text the server rejects and replace its error with `err`.
@@ -400,7 +555,12 @@ impl ClientCapture {
             match rw {
                 None => {
                     sql.push_str(original);
-                    units.push(Unit::pass(b"CI"));
+                    let mut u = Unit::pass(b"CI");
+                    if s.located.analysis.kind.statement_event() {
+                        u.collect =
+                            Collect::Statement(self.statement_ctx(original.trim(), s, tags));
+                    }
+                    units.push(u);
                 }
                 Some(rw) => {
                     let ctx = Arc::new(StatementCtx {
@@ -524,7 +684,9 @@ impl ClientCapture {
             }
             (CommitBy::ImplicitSimple, None) => self.internal_end(w, "COMMIT", None).await,
             (CommitBy::ClientExtended(frame), None) => {
-                self.push([Unit::pass(b"CIs")]);
+                let mut u = Unit::pass(b"CIs");
+                u.txctl = Some((TxControl::Commit, String::new()));
+                self.push([u]);
                 write_all(w, frame).await
             }
             (CommitBy::ImplicitExtended(sync), None) => {
@@ -750,7 +912,7 @@ impl ClientCapture {
                 "hindsight: {} through the extended query protocol is not captured yet (send it as a simple query); the statement was not prepared",
                 a.kind.label().to_uppercase()
             )),
-            Ok(Some(rw)) if rw.pre_read.is_some() => Err(format!(
+            Ok(Some(rw)) if rw.pre_read.is_some() && a.kind != Kind::Update => Err(format!(
                 "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
                 a.kind.label().to_uppercase()
             )),
@@ -778,6 +940,12 @@ impl ClientCapture {
                 frame_of(b'P', &b)
             }
         };
+        self.push([Unit::pass(b"1")]);
+        write_all(w, &out).await?;
+        let companion = match rewritten.as_ref().and_then(|rw| rw.pre_read.as_deref()) {
+            Some(pre) => self.prepare_companion(w, name, pre).await?,
+            None => None,
+        };
         self.statements.insert(
             name.to_vec(),
             Arc::new(Prep {
@@ -787,10 +955,57 @@ impl ClientCapture {
                 fingerprint: stmt.fingerprint.clone(),
                 tags,
                 rewritten,
+                object: a
+                    .writes
+                    .first()
+                    .map(|w| w.table.clone())
+                    .unwrap_or_default(),
+                companion,
             }),
         );
-        self.push([Unit::pass(b"1")]);
-        write_all(w, &out).await
+        Ok(())
+    }
+
+    /// Prepare the pre-read of an UPDATE the client just prepared as `name` (PostgreSQL < 18).
+    /// Its parameter types are taken from the client's statement as the server resolved them:
+    /// the pre-read may not mention every parameter (`SET a = $1` only appears in the UPDATE).
+    /// `None` when the client's Parse failed (the server then skips to the client's Sync).
+    async fn prepare_companion<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        name: &[u8],
+        pre_read: &str,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let (tx, rx) = oneshot::channel();
+        let mut u = Unit::new(b"nT");
+        u.collect = Collect::Params(Vec::new());
+        u.reply = Some(tx);
+        self.push([u]);
+        let mut d = vec![b'S'];
+        d.extend_from_slice(name);
+        d.push(0);
+        let mut frames = frame_of(b'D', &d);
+        frames.extend(frame_of(b'H', &[]));
+        write_all(w, &frames).await?;
+        let Ok(reply) = rx.await else {
+            return Ok(None);
+        };
+        let cname = companion_name(b's', name);
+        let mut p = cname.clone();
+        p.push(0);
+        p.extend_from_slice(pre_read.as_bytes());
+        p.push(0);
+        p.extend_from_slice(&(reply.params.len() as u16).to_be_bytes());
+        for oid in &reply.params {
+            p.extend_from_slice(&oid.to_be_bytes());
+        }
+        let mut frames = close_frame(b'S', &cname);
+        frames.extend(frame_of(b'P', &p));
+        let mut parse = Unit::new(b"1");
+        parse.forward_errors = true;
+        self.push([Unit::new(b"3"), parse]);
+        write_all(w, &frames).await?;
+        Ok(Some(cname))
     }
 
     /// Bind of a rewritten statement: open a transaction if there is none (so hindsight ends
@@ -812,12 +1027,28 @@ impl ClientCapture {
             self.send_internal(w, "BEGIN", Unit::new(b"Z")).await?;
         }
         let (out, binary) = widen_result_formats(body, shape.extra);
-        self.portals.insert(portal.to_vec(), (prep, binary));
+        let mut frames = match out {
+            Some(b) => frame_of(b'B', &b),
+            None => frame.to_vec(),
+        };
         self.push([Unit::pass(b"2")]);
-        match out {
-            Some(b) => write_all(w, &frame_of(b'B', &b)).await,
-            None => write_all(w, frame).await,
+        if let (Some(cstmt), Some(params)) = (&prep.companion, bind_parameters(body)) {
+            // The companion portal gets the same parameter values; its rows come back as text.
+            let cportal = companion_name(b'p', portal);
+            let mut b = cportal.clone();
+            b.push(0);
+            b.extend_from_slice(cstmt);
+            b.push(0);
+            b.extend_from_slice(params);
+            b.extend_from_slice(&[0, 0]);
+            frames.extend(close_frame(b'P', &cportal));
+            frames.extend(frame_of(b'B', &b));
+            let mut bind = Unit::new(b"2");
+            bind.forward_errors = true;
+            self.push([Unit::new(b"3"), bind]);
         }
+        self.portals.insert(portal.to_vec(), (prep, binary));
+        write_all(w, &frames).await
     }
 
     /// Execute: capture a rewritten portal; hold a COMMIT that has changes to publish.
@@ -832,13 +1063,16 @@ impl ClientCapture {
         };
         let mut u = Unit::pass(b"CIs");
         match prep.kind {
-            Kind::Transaction(TxControl::Commit | TxControl::PrepareTransaction) => {
+            Kind::Transaction(ctl @ (TxControl::Commit | TxControl::PrepareTransaction)) => {
                 let st = self.shared.lock();
                 if !st.txn.is_empty() || !st.capture_errors.is_empty() || !st.units.is_empty() {
                     return Verdict::Defer;
                 }
+                u.txctl = Some((ctl, prep.savepoint.clone()));
             }
             Kind::Transaction(ctl) => u.txctl = Some((ctl, prep.savepoint.clone())),
+            // Recorded before it runs, or with its transaction: decided once replies are in.
+            k if k.statement_event() => return Verdict::Defer,
             _ => {}
         }
         let Some(rw) = &prep.rewritten else {
@@ -847,19 +1081,26 @@ impl ClientCapture {
         };
         self.seq += 1;
         let application_name = self.shared.lock().application_name.clone();
-        u.collect = Collect::Capture(
-            Arc::new(StatementCtx {
-                text: prep.text.clone(),
-                fingerprint: prep.fingerprint.clone(),
-                tags: prep.tags.clone(),
-                seq: self.seq,
-                ts_ms: now_ms(),
-                application_name,
-                shape: Arc::clone(&rw.shape),
-                binary,
-            }),
-            Vec::new(),
-        );
+        let ctx = Arc::new(StatementCtx {
+            text: prep.text.clone(),
+            fingerprint: prep.fingerprint.clone(),
+            tags: prep.tags.clone(),
+            seq: self.seq,
+            ts_ms: now_ms(),
+            application_name,
+            shape: Arc::clone(&rw.shape),
+            binary,
+        });
+        let mut out = Vec::new();
+        if prep.companion.is_some() {
+            // The pre-read locks and reads the before images right before the UPDATE runs.
+            let mut pre = Unit::new(b"C");
+            pre.forward_errors = true;
+            pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+            self.push([pre]);
+            out.extend(execute_frame(&companion_name(b'p', portal)));
+        }
+        u.collect = Collect::Capture(ctx, Vec::new());
         self.push([u]);
         // A row limit would suspend the portal on rows the client never asked for.
         let max_rows = rest
@@ -867,12 +1108,48 @@ impl ClientCapture {
             .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
             .unwrap_or(0);
         if max_rows != 0 && !rw.shape.client_returning {
-            let mut b = portal.to_vec();
-            b.push(0);
-            b.extend_from_slice(&[0, 0, 0, 0]);
-            return Verdict::Replace(frame_of(b'E', &b));
+            out.extend(execute_frame(portal));
+        } else if out.is_empty() {
+            return Verdict::Forward;
+        } else {
+            out.extend(frame_of(b'E', body));
         }
-        Verdict::Forward
+        Verdict::Replace(out)
+    }
+
+    /// A deferred Execute: a COMMIT with changes to publish, or a DDL / opaque statement.
+    async fn on_deferred_execute<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        let portal = take_cstr(&frame[HEADER_LEN..])
+            .map(|(p, _)| p)
+            .unwrap_or_default();
+        let Some((prep, _)) = self.portals.get(portal).cloned() else {
+            return self.commit(w, CommitBy::ClientExtended(frame)).await;
+        };
+        if !prep.kind.statement_event() {
+            return self.commit(w, CommitBy::ClientExtended(frame)).await;
+        }
+        self.flush_and_drain(w).await?;
+        self.seq += 1;
+        let ctx = self.event_ctx(
+            &prep.text,
+            &prep.fingerprint,
+            &prep.tags,
+            prep.kind,
+            prep.object.clone(),
+        );
+        if self.shared.lock().status == b'I' {
+            return self
+                .announce(w, frame, vec![Change::statement(ctx)], b"CIs")
+                .await;
+        }
+        let mut u = Unit::pass(b"CIs");
+        u.collect = Collect::Statement(ctx);
+        self.push([u]);
+        write_all(w, frame).await
     }
 
     /// Sync of a batch hindsight opened a transaction for: end it the way the server would have.
@@ -923,22 +1200,44 @@ fn two_cstrs(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((a, b))
 }
 
+/// Execute `portal` for all its rows.
+fn execute_frame(portal: &[u8]) -> Vec<u8> {
+    let mut b = portal.to_vec();
+    b.push(0);
+    b.extend_from_slice(&[0, 0, 0, 0]);
+    frame_of(b'E', &b)
+}
+
+/// The parameter part of a Bind body: format codes and values, as one slice.
+fn bind_parameters(body: &[u8]) -> Option<&[u8]> {
+    let (_, rest) = take_cstr(body)?;
+    let (_, rest) = take_cstr(rest)?;
+    let start = body.len() - rest.len();
+    Some(&body[start..result_formats_at(body)?])
+}
+
+/// Where the result-format count starts in a Bind body.
+fn result_formats_at(body: &[u8]) -> Option<usize> {
+    let (_, rest) = take_cstr(body)?;
+    let (_, rest) = take_cstr(rest)?;
+    let mut pos = body.len() - rest.len();
+    let nfmt = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?) as usize;
+    pos += 2 + 2 * nfmt;
+    let nparams = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?) as usize;
+    pos += 2;
+    for _ in 0..nparams {
+        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4 + len.max(0) as usize;
+    }
+    (pos + 2 <= body.len()).then_some(pos)
+}
+
 /// Bind with per-column result formats gets `extra` text formats appended for the capture
 /// columns. Returns the new body (if changed) and whether the capture columns come back in
 /// binary (a single format code of 1 applies to every column).
 fn widen_result_formats(body: &[u8], extra: usize) -> (Option<Vec<u8>>, bool) {
     let parse = || -> Option<(usize, u16, usize)> {
-        let (_, rest) = take_cstr(body)?;
-        let (_, rest) = take_cstr(rest)?;
-        let mut pos = body.len() - rest.len();
-        let nfmt = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?) as usize;
-        pos += 2 + 2 * nfmt;
-        let nparams = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?) as usize;
-        pos += 2;
-        for _ in 0..nparams {
-            let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
-            pos += 4 + len.max(0) as usize;
-        }
+        let pos = result_formats_at(body)?;
         let nres = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?);
         Some((pos, nres, pos + 2))
     };

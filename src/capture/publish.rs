@@ -11,6 +11,9 @@ use crate::statement::Kind;
 
 use super::txn::Change;
 
+/// Topic suffix (and data collection name) of statement-level events (DDL, opaque).
+pub const STATEMENTS: &str = "statements";
+
 /// Schema, name and key columns of a table, from the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
@@ -34,12 +37,13 @@ pub struct SessionInfo {
     pub topic_prefix: String,
 }
 
-/// One query giving the transaction id and, for each table oid, its schema, name and key.
+/// One query giving the transaction id and, for each table oid, its schema, name and key
+/// (one row with only the transaction id when there are no tables: statement-level events).
 /// Run inside the transaction, right before COMMIT.
 pub fn catalog_query(oids: &[u32]) -> String {
     let list: Vec<String> = oids.iter().map(u32::to_string).collect();
     format!(
-        "SELECT pg_current_xact_id_if_assigned()::text, c.oid::int8::text, n.nspname, c.relname, \
+        "SELECT x.txid, c.oid::int8::text, n.nspname, c.relname, \
          (SELECT coalesce(json_agg(a.attname ORDER BY k.ord), '[]'::json)::text FROM pg_index i \
             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
@@ -53,8 +57,9 @@ pub fn catalog_query(oids: &[u32]) -> String {
           JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
           WHERE f.contype = 'f' AND f.confrelid = c.oid \
             AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd'))) \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.oid = ANY('{{{}}}'::oid[])",
+         FROM (SELECT pg_current_xact_id_if_assigned()::text) AS x(txid) \
+         LEFT JOIN (pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace) \
+           ON c.oid = ANY('{{{}}}'::oid[])",
         list.join(",")
     )
 }
@@ -194,14 +199,20 @@ pub fn build(
             cascades_to: Vec::new(),
         };
         let t = tables.get(&c.table_oid).unwrap_or(&fallback);
-        let collection = format!("{}.{}", t.schema, t.name);
+        let collection = if c.is_statement() {
+            STATEMENTS.to_string()
+        } else {
+            format!("{}.{}", t.schema, t.name)
+        };
         let order = per_table.entry(collection.clone()).or_insert(0);
         *order += 1;
         let op = match (&c.before, &c.after) {
             (None, Some(_)) => Op::Create,
             (Some(_), None) if c.stmt.shape.kind == Kind::Truncate => Op::Truncate,
             (Some(_), None) => Op::Delete,
-            _ => Op::Update,
+            (Some(_), Some(_)) => Op::Update,
+            (None, None) if c.stmt.shape.kind == Kind::Ddl => Op::Ddl,
+            (None, None) => Op::Opaque,
         };
         let image = c
             .after
@@ -219,7 +230,11 @@ pub fn build(
             side_effects.extend(t.cascades_to.iter().cloned());
         }
         let key = ChangeKey {
-            table: collection.clone(),
+            table: if c.is_statement() {
+                c.stmt.shape.table.to_string()
+            } else {
+                collection.clone()
+            },
             key: key_of(&image, &t.key),
         };
         let ev = ChangeEvent {
@@ -261,7 +276,11 @@ pub fn build(
             },
         };
         events.push(Record {
-            topic: format!("{}.{}.{}", session.topic_prefix, t.schema, t.name),
+            topic: if c.is_statement() {
+                format!("{}.{STATEMENTS}", session.topic_prefix)
+            } else {
+                format!("{}.{}.{}", session.topic_prefix, t.schema, t.name)
+            },
             key: key.to_bytes(),
             payload: serde_json::to_vec(&ev).expect("events serialise"),
         });

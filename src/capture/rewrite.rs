@@ -41,6 +41,22 @@ pub struct Shape {
     pub pre_read: bool,
 }
 
+impl Shape {
+    /// The shape of a statement-level event (DDL, opaque): no capture columns.
+    pub fn statement(kind: Kind, table: TableName) -> Self {
+        Shape {
+            kind,
+            table,
+            extra: 0,
+            old_at: None,
+            new_at: None,
+            oid_at: 0,
+            client_returning: false,
+            pre_read: false,
+        }
+    }
+}
+
 /// A statement ready to send instead of the client's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewritten {
@@ -188,16 +204,7 @@ fn truncate(sql: &str, table: &TableName, limit: u64, kind: Kind) -> Result<Rewr
     };
     Ok(Rewritten {
         text: sql.trim_end().trim_end_matches(';').to_string(),
-        shape: Arc::new(Shape {
-            kind,
-            table: table.clone(),
-            extra: 0,
-            old_at: None,
-            new_at: None,
-            oid_at: 0,
-            client_returning: false,
-            pre_read: false,
-        }),
+        shape: Arc::new(Shape::statement(kind, table.clone())),
         pre_read: Some(format!("SELECT to_jsonb(t.*), t.tableoid FROM {target} t")),
         guard: Some((
             format!("SELECT CASE WHEN count(*) > {limit} THEN 1 / (count(*) * 0) ELSE 0 END FROM (SELECT 1 FROM {target} LIMIT {limit} + 1) s"),

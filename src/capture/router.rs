@@ -57,6 +57,10 @@ pub enum Collect {
     Describe(Arc<super::rewrite::Shape>),
     /// Before images from a pre-read (PostgreSQL < 18 UPDATE); the rows are not the client's.
     PreRead(Arc<StatementCtx>, Vec<Change>),
+    /// The parameter types of an internal Describe of a prepared statement.
+    Params(Vec<u32>),
+    /// A DDL or opaque statement: one statement-level change once it completes.
+    Statement(Arc<StatementCtx>),
 }
 
 /// Outcome of an internal request.
@@ -67,6 +71,8 @@ pub struct Reply {
     pub tag: Option<String>,
     /// The server's ErrorResponse frame, if the request failed.
     pub error: Option<Vec<u8>>,
+    /// Parameter type oids (a Describe of a statement).
+    pub params: Vec<u32>,
 }
 
 impl Unit {
@@ -297,6 +303,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         (Collect::Rows(rows), b'D') => {
             rows.push(data_row_values(body));
         }
+        (Collect::Params(params), b't') => *params = crate::wire::backend::parameter_types(body),
         _ => {}
     }
     if forward {
@@ -306,16 +313,25 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         let unit = st.units.pop_front().expect("front exists");
         let tag_text = unit.last_tag.clone();
         if let Some((ctl, name)) = &unit.txctl {
-            apply_txctl(&mut st.txn, *ctl, name);
+            apply_txctl(st, *ctl, name);
         }
         match unit.collect {
             Collect::Capture(_, rows) | Collect::PreRead(_, rows) => st.txn.push(rows),
+            Collect::Statement(stmt) => st.txn.push([Change::statement(stmt)]),
             Collect::Rows(rows) => {
                 if let Some(tx) = unit.reply {
                     let _ = tx.send(Reply {
                         rows,
                         tag: tag_text,
-                        error: None,
+                        ..Reply::default()
+                    });
+                }
+            }
+            Collect::Params(params) => {
+                if let Some(tx) = unit.reply {
+                    let _ = tx.send(Reply {
+                        params,
+                        ..Reply::default()
                     });
                 }
             }
@@ -351,13 +367,21 @@ fn command_tag(body: &[u8]) -> String {
     String::from_utf8_lossy(body.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
 }
 
-fn apply_txctl(txn: &mut TxnBuffer, ctl: TxControl, name: &str) {
+/// Apply a completed transaction-control statement to the buffer, and to the transaction
+/// status: in an extended-protocol batch (`BEGIN` and writes before one Sync, as JDBC sends
+/// them) no ReadyForQuery tells the status until the Sync, but hindsight must know before it.
+fn apply_txctl(st: &mut State, ctl: TxControl, name: &str) {
     match ctl {
-        TxControl::Savepoint => txn.savepoint(name),
-        TxControl::RollbackTo => txn.rollback_to(name),
-        TxControl::Release => txn.release(name),
-        TxControl::Rollback => txn.clear(),
-        _ => {}
+        TxControl::Begin => st.status = b'T',
+        TxControl::Savepoint => st.txn.savepoint(name),
+        TxControl::RollbackTo => st.txn.rollback_to(name),
+        TxControl::Release => st.txn.release(name),
+        TxControl::Rollback => {
+            st.txn.clear();
+            st.status = b'I';
+        }
+        TxControl::Commit | TxControl::PrepareTransaction => st.status = b'I',
+        TxControl::CommitPrepared | TxControl::RollbackPrepared => {}
     }
 }
 

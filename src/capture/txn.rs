@@ -37,6 +37,22 @@ pub struct Change {
     pub stmt: Arc<StatementCtx>,
 }
 
+impl Change {
+    /// The statement-level change of a DDL or opaque statement (no row images).
+    pub fn statement(stmt: Arc<StatementCtx>) -> Self {
+        Change {
+            before: None,
+            after: None,
+            table_oid: 0,
+            stmt,
+        }
+    }
+
+    pub fn is_statement(&self) -> bool {
+        self.before.is_none() && self.after.is_none()
+    }
+}
+
 /// Captured changes of the open transaction, with savepoint marks.
 #[derive(Debug, Default)]
 pub struct TxnBuffer {

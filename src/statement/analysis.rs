@@ -54,6 +54,12 @@ impl Kind {
         }
     }
 
+    /// Whether statements of this kind are recorded as one statement-level event (schema
+    /// changes, and statements whose row changes hindsight cannot see).
+    pub fn statement_event(self) -> bool {
+        matches!(self, Kind::Ddl | Kind::Opaque)
+    }
+
     /// Whether statements of this kind change table rows.
     pub fn writes_rows(self) -> bool {
         matches!(
@@ -85,7 +91,7 @@ pub enum TxControl {
 }
 
 /// A table as written in the statement (not resolved against `search_path`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct TableName {
     /// Empty when the statement did not qualify the name.
     pub schema: String,
@@ -323,8 +329,14 @@ fn analyze_node(node: &N) -> Analysis {
         // EXECUTE runs a prepared statement whose text hindsight saw when it was PREPAREd; the
         // session layer resolves it. On its own, the text says nothing.
         N::ExecuteStmt(_) => Kind::Opaque,
-        N::CreateTableAsStmt(_) | N::RefreshMatViewStmt(_) => Kind::Ddl,
-        _ if is_ddl(node) => Kind::Ddl,
+        N::CreateTableAsStmt(_) | N::RefreshMatViewStmt(_) => {
+            ddl_targets(node, &mut writes);
+            Kind::Ddl
+        }
+        _ if is_ddl(node) => {
+            ddl_targets(node, &mut writes);
+            Kind::Ddl
+        }
         _ => Kind::Opaque,
     };
     Analysis {
@@ -333,6 +345,50 @@ fn analyze_node(node: &N) -> Analysis {
         explain_analyze: false,
         savepoint: String::new(),
     }
+}
+
+/// The relations a schema change names (so that rules and events can say which table's
+/// schema changed). Only the common forms: others name none.
+fn ddl_targets(node: &N, out: &mut Vec<Write>) {
+    let rel = match node {
+        N::CreateStmt(s) => s.relation.as_ref(),
+        N::AlterTableStmt(s) => s.relation.as_ref(),
+        N::IndexStmt(s) => s.relation.as_ref(),
+        N::RenameStmt(s) => s.relation.as_ref(),
+        N::CreateTrigStmt(s) => s.relation.as_ref(),
+        N::RuleStmt(s) => s.relation.as_ref(),
+        N::ViewStmt(s) => s.view.as_ref(),
+        N::RefreshMatViewStmt(s) => s.relation.as_ref(),
+        N::CreateTableAsStmt(s) => s.into.as_ref().and_then(|i| i.rel.as_ref()),
+        N::DropStmt(s) => {
+            for obj in &s.objects {
+                if let Some(N::List(l)) = obj.node.as_ref() {
+                    let parts: Vec<String> = l
+                        .items
+                        .iter()
+                        .filter_map(|n| match n.node.as_ref() {
+                            Some(N::String(s)) => Some(s.sval.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    if let [schema @ .., name] = parts.as_slice() {
+                        out.push(Write {
+                            kind: Kind::Ddl,
+                            table: TableName {
+                                schema: schema.last().cloned().unwrap_or_default(),
+                                name: name.clone(),
+                            },
+                            columns: Vec::new(),
+                            returning: false,
+                        });
+                    }
+                }
+            }
+            return;
+        }
+        _ => None,
+    };
+    push(out, Kind::Ddl, rel, Vec::new(), false);
 }
 
 /// Writes in the CTEs of a WITH clause (`WITH x AS (UPDATE … RETURNING …) …`).

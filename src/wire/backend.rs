@@ -54,6 +54,26 @@ pub fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((name, value))
 }
 
+/// Parameter type oids of a ParameterDescription (`t`) body (empty if malformed).
+pub fn parameter_types(body: &[u8]) -> Vec<u32> {
+    let Some(n) = body
+        .get(..2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+    else {
+        return Vec::new();
+    };
+    let oids: Vec<u32> = body[2..]
+        .chunks_exact(4)
+        .take(n)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if oids.len() == n {
+        oids
+    } else {
+        Vec::new()
+    }
+}
+
 /// Process id and secret key of a BackendKeyData (`K`) body. The key is 4 bytes in protocol 3.0
 /// and up to 256 bytes in 3.2.
 pub fn backend_key(body: &[u8]) -> Option<(i32, &[u8])> {

@@ -320,6 +320,128 @@ async fn unpublishable_write_is_rolled_back(pg: Pg) {
         c.simple_query("SELECT 1").await.is_ok(),
         "session is idle again after the failed COMMIT"
     );
+    // A schema change whose record cannot be published does not run (either protocol).
+    let err = c.simple_query("DROP TABLE t").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS001"), "{err:?}");
+    let err = c.execute("DROP TABLE t", &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS001"), "{err:?}");
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the table is still there");
+    proxy.shutdown().await;
+}
+
+/// DDL and statements whose row changes hindsight cannot see (DO, CALL) are each recorded as a
+/// statement-level event on `<prefix>.statements`: outside a transaction block before they
+/// run (END says whether they succeeded), inside one with the transaction's other events.
+async fn ddl_and_opaque_statements_are_recorded(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "stmt_events").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("CREATE TABLE t2 (id int PRIMARY KEY) /*controller='migrations'*/")
+        .await
+        .unwrap();
+    c.simple_query("DO $$BEGIN UPDATE brieff SET bfso = 'by-do' WHERE bfkey = 1; END$$")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query("CREATE TABLE brieff (x int)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("42P07"),
+        "the server's own error"
+    );
+    // Statements that refuse to run in a transaction block still run (not wrapped).
+    c.simple_query("CREATE INDEX CONCURRENTLY t2_idx ON t2 (id)")
+        .await
+        .unwrap();
+    // Inside a transaction: only what commits is recorded.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("ALTER TABLE t2 ADD COLUMN gone text")
+        .await
+        .unwrap();
+    c.simple_query("ROLLBACK").await.unwrap();
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("ALTER TABLE t2 ADD COLUMN v text")
+        .await
+        .unwrap();
+    c.execute(
+        "UPDATE brieff SET bfso = 'in-tx' WHERE bfkey = $1",
+        &[&2i32],
+    )
+    .await
+    .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    // Extended protocol, autocommit and in a transaction.
+    c.execute(
+        "CREATE PROCEDURE p() LANGUAGE sql AS $$ DELETE FROM t2 $$",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.execute("CALL p()", &[]).await.unwrap();
+    // Mixing transaction control with schema changes in one query string is refused.
+    let err = c
+        .simple_query("BEGIN; DROP TABLE t2; COMMIT")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    let events = read_topic(format!("{prefix}.statements"), 7).await;
+    validate("change-event", &events);
+    let got: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["source"]["statement"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("ddl", "CREATE TABLE t2 (id int PRIMARY KEY)"),
+        (
+            "opaque",
+            "DO $$BEGIN UPDATE brieff SET bfso = 'by-do' WHERE bfkey = 1; END$$",
+        ),
+        ("ddl", "CREATE TABLE brieff (x int)"),
+        ("ddl", "CREATE INDEX CONCURRENTLY t2_idx ON t2 (id)"),
+        ("ddl", "ALTER TABLE t2 ADD COLUMN v text"),
+        (
+            "ddl",
+            "CREATE PROCEDURE p() LANGUAGE sql AS $$ DELETE FROM t2 $$",
+        ),
+        ("opaque", "CALL p()"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(got, want, "{events:#?}");
+    assert_eq!(events[0]["source"]["table"], "t2");
+    assert_eq!(events[0]["source"]["tags"]["controller"], "migrations");
+    assert!(
+        events[4]["source"]["txId"].is_i64(),
+        "in-transaction DDL carries its txid"
+    );
+    // The ALTER and the UPDATE are one transaction.
+    let rows = read_topic(format!("{prefix}.public.brieff"), 1).await;
+    assert_eq!(rows[0]["transaction"]["id"], events[4]["transaction"]["id"]);
+    // END records: the failed CREATE TABLE is aborted, the others committed.
+    let tx = read_topic(format!("{prefix}.transaction"), 14).await;
+    validate("transaction", &tx);
+    let end_of = |id: &Value| {
+        tx.iter()
+            .find(|r| r["status"] == "END" && r["id"] == *id)
+            .unwrap_or_else(|| panic!("no END for {id}: {tx:#?}"))["commit_status"]
+            .clone()
+    };
+    assert_eq!(end_of(&events[0]["transaction"]["id"]), "committed");
+    assert_eq!(end_of(&events[2]["transaction"]["id"]), "aborted");
+    assert_eq!(end_of(&events[6]["transaction"]["id"]), "committed");
     proxy.shutdown().await;
 }
 
@@ -345,14 +467,6 @@ async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
     // A plain syntax error in a read is still the server's own.
     let err = c.simple_query("SELEC 1").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42601"), "{err:?}");
-    if pg.major() < 18 {
-        // Extended-protocol UPDATE needs RETURNING old (PostgreSQL 18).
-        let err = c
-            .execute("UPDATE brieff SET bfso = NULL WHERE bfkey = $1", &[&1i32])
-            .await
-            .unwrap_err();
-        assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
-    }
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
     let n: i64 = direct
         .query_one("SELECT count(*) FROM brieff WHERE bfso IS NOT NULL", &[])
@@ -401,36 +515,55 @@ async fn extended_protocol_writes_are_captured(pg: Pg) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let mut want = 5 + 1 + 2;
-    if pg.major() >= 18 {
-        let n = c
-            .execute("UPDATE brieff SET bfso = NULL WHERE bfkey <= $1", &[&3i32])
-            .await
-            .unwrap();
-        assert_eq!(n, 3);
-        want += 3;
-    }
+    // UPDATE (PostgreSQL < 18: a companion pre-read statement with the same parameters).
+    let n = c
+        .execute("UPDATE brieff SET bfso = NULL WHERE bfkey <= $1", &[&3i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    // A parameter that only the SET list uses, prepared once and run twice in a transaction
+    // (the companion portal is re-bound), then closed.
+    let set = c
+        .prepare("UPDATE brieff SET bfso = $1 WHERE bfkey = $2")
+        .await
+        .unwrap();
+    let tx = c.transaction().await.unwrap();
+    assert_eq!(tx.execute(&set, &[&"v4", &4i32]).await.unwrap(), 1);
+    assert_eq!(tx.execute(&set, &[&"v5", &5i32]).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    drop(set);
+    assert_eq!(c.execute(&insert, &[&206i32, &"y"]).await.unwrap(), 1);
+    let want = 5 + 1 + 2 + 3 + 2 + 1;
     let events = read_topic(format!("{prefix}.public.brieff"), want).await;
     assert_eq!(events.len(), want, "{events:#?}");
     let ops: Vec<&str> = events.iter().map(|e| e["op"].as_str().unwrap()).collect();
-    assert_eq!(&ops[..8], &["c", "c", "c", "c", "c", "d", "d", "c"]);
+    assert_eq!(
+        ops,
+        ["c", "c", "c", "c", "c", "d", "d", "c", "u", "u", "u", "u", "u", "c"]
+    );
     assert_eq!(events[5]["before"]["bfso"], "x200");
     assert_eq!(
         events[6]["transaction"]["id"], events[7]["transaction"]["id"],
         "one transaction"
     );
-    if pg.major() >= 18 {
-        assert_eq!(events[8]["op"], "u");
-        assert_eq!(events[8]["before"]["bfso"], "rep1");
-        assert!(events[8]["after"]["bfso"].is_null());
-    }
+    assert_eq!(events[8]["before"]["bfso"], "rep1");
+    assert!(events[8]["after"]["bfso"].is_null());
+    assert_eq!(events[11]["before"]["bfkey"], 4);
+    assert_eq!(events[11]["before"]["bfso"], "rep4");
+    assert_eq!(events[11]["after"]["bfso"], "v4");
+    assert_eq!(events[12]["before"]["bfso"], "rep5");
+    assert_eq!(events[12]["after"]["bfso"], "v5");
+    assert_eq!(
+        events[11]["transaction"]["id"], events[12]["transaction"]["id"],
+        "one transaction"
+    );
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
     let n: i64 = direct
         .query_one("SELECT count(*) FROM brieff WHERE bfkey >= 200", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 4, "202, 203, 204 and 300 committed");
+    assert_eq!(n, 5, "202, 203, 204, 206 and 300 committed");
     proxy.shutdown().await;
 }
 
@@ -709,6 +842,56 @@ async fn truncate_is_captured_within_its_row_limit(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// Regression: JDBC (autocommit off) sends `BEGIN` and the first write in one extended batch,
+/// before a single Sync. hindsight did not know a transaction block was open (no
+/// ReadyForQuery yet), opened its own and committed the client's transaction at the Sync.
+/// The replies must be byte-for-byte those of a direct connection, and nothing is published
+/// until the client's COMMIT.
+async fn begin_and_write_in_one_extended_batch_stays_the_clients_transaction(pg: Pg) {
+    use super::differential::{cat, normalise, run, send};
+    use super::wire_client::*;
+    let (db, prefix, proxy) = setup(pg, "jdbc_batch").await;
+    let steps = [
+        send(cat(&[
+            parse("", "BEGIN", &[]),
+            bind("", "", 0, &[], 0),
+            execute("", 0),
+            parse("", "UPDATE brieff SET bfso = $1 WHERE bfkey = $2", &[]),
+            bind("", "", 0, &[Some(b"jdbc"), Some(b"7")], 0),
+            execute("", 0),
+            sync(),
+        ])),
+        send(query("SELECT bfso FROM brieff WHERE bfkey = 7")),
+        send(cat(&[
+            parse("", "COMMIT", &[]),
+            bind("", "", 0, &[], 0),
+            execute("", 0),
+            sync(),
+        ])),
+    ];
+    let mut through = run(proxy.addr, &db, 0, &steps).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 1).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["before"]["bfso"], "rep7");
+    assert_eq!(events[0]["after"]["bfso"], "jdbc");
+    let mut direct = run(pg.addr(), &db, 0, &steps).await;
+    for (i, (a, b)) in through
+        .iter_mut()
+        .zip(direct.iter_mut())
+        .enumerate()
+        .skip(1)
+    {
+        normalise(a);
+        normalise(b);
+        assert_eq!(
+            describe_frames(a),
+            describe_frames(b),
+            "step {i}: through hindsight vs direct"
+        );
+    }
+    proxy.shutdown().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
@@ -724,5 +907,7 @@ on_both!(
     failing_autocommit_write_returns_the_servers_error,
     extended_commit_keeps_the_clients_unnamed_portal,
     side_effects_are_marked_uncaptured,
-    truncate_is_captured_within_its_row_limit
+    truncate_is_captured_within_its_row_limit,
+    begin_and_write_in_one_extended_batch_stays_the_clients_transaction,
+    ddl_and_opaque_statements_are_recorded
 );

@@ -8,28 +8,28 @@ use super::harness::{self, Pg, ALL};
 use super::wire_client::*;
 use std::net::SocketAddr;
 
-enum Until {
+pub(super) enum Until {
     Ready(usize),
     Tag(u8),
 }
 
-enum Step {
+pub(super) enum Step {
     /// Send bytes, read replies until the condition.
     Send(Vec<u8>, Until),
     /// Send a query, then cancel it from a second connection using the session's key.
     Cancel(Vec<u8>),
 }
 
-fn send(bytes: Vec<u8>) -> Step {
+pub(super) fn send(bytes: Vec<u8>) -> Step {
     Step::Send(bytes, Until::Ready(1))
 }
 
-fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+pub(super) fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
 
 /// Run `steps` on a fresh raw connection; returns the replies per step (startup first).
-async fn run(addr: SocketAddr, db: &str, minor: u16, steps: &[Step]) -> Vec<Vec<Frame>> {
+pub(super) async fn run(addr: SocketAddr, db: &str, minor: u16, steps: &[Step]) -> Vec<Vec<Frame>> {
     let mut conn = RawConn::connect(addr).await;
     conn.send(&startup("postgres", db, minor)).await;
     let first = conn.until_ready(1).await;
@@ -68,7 +68,7 @@ async fn run(addr: SocketAddr, db: &str, minor: u16, steps: &[Step]) -> Vec<Vec<
     out
 }
 
-fn normalise(frames: &mut [Frame]) {
+pub(super) fn normalise(frames: &mut [Frame]) {
     for f in frames {
         match f[0] {
             b'K' => f[5..].fill(0),
