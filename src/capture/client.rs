@@ -72,6 +72,9 @@ pub struct ClientCapture {
     /// hindsight's own queries go in the middle of an extended-protocol batch: they must use
     /// named extended messages (a simple Query would destroy the client's unnamed portal).
     mid_batch: bool,
+    /// A COPY runs in a transaction hindsight opened: it ends it at the client's CopyDone or
+    /// CopyFail.
+    copy_pending: bool,
 }
 
 /// A prepared statement as hindsight analysed (and maybe rewrote) it.
@@ -143,6 +146,7 @@ impl ClientCapture {
             portals: HashMap::new(),
             batch_implicit: false,
             mid_batch: false,
+            copy_pending: false,
         }
     }
 
@@ -180,6 +184,14 @@ impl Inspector for ClientCapture {
             Ok(t) => t,
             Err(reject) => return reject,
         };
+        if tag != FrontendTag::Terminate
+            && self
+                .shared
+                .lazy_rollback
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Verdict::Defer;
+        }
         let body = &frame[HEADER_LEN.min(frame.len())..];
         match tag {
             FrontendTag::Query => {
@@ -257,6 +269,7 @@ impl Inspector for ClientCapture {
                 Verdict::Replace(out)
             }
             FrontendTag::Sync if self.batch_implicit => Verdict::Defer,
+            FrontendTag::CopyDone | FrontendTag::CopyFail if self.copy_pending => Verdict::Defer,
             FrontendTag::Sync | FrontendTag::FunctionCall => {
                 self.push([Unit::pass(b"Z")]);
                 Verdict::Forward
@@ -271,7 +284,7 @@ impl Inspector for ClientCapture {
     }
 
     fn must_buffer(&self, tag: u8) -> bool {
-        matches!(tag, b'Q' | b'P')
+        matches!(tag, b'Q' | b'P' | b'B')
     }
 
     async fn resolve<'a, W: AsyncWrite + Unpin + Send>(
@@ -279,7 +292,40 @@ impl Inspector for ClientCapture {
         frame: &'a [u8],
         w: &'a mut W,
     ) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.shared.lazy_rollback.swap(false, Ordering::SeqCst) {
+            return self.resolve_frame(frame, w).await;
+        }
+        // hindsight's transaction around a COPY that never started is still open (aborted).
+        self.copy_pending = false;
+        self.mid_batch = false;
+        self.swallowed_query(w, "ROLLBACK", false).await?;
+        let header = Header {
+            tag: frame[0],
+            len: u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]),
+        };
+        match self.on_frame(header, frame, true) {
+            Verdict::Forward | Verdict::Reject { .. } => write_all(w, frame).await,
+            Verdict::Replace(bytes) => write_all(w, &bytes).await,
+            Verdict::Defer => self.resolve_frame(frame, w).await,
+        }
+    }
+}
+
+impl ClientCapture {
+    /// Frames whose handling needs to wait for replies, publish, or send hindsight's own.
+    async fn resolve_frame<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
         match frame[0] {
+            b'c' | b'f' => {
+                // The end of a COPY in hindsight's transaction: let it complete, then end it.
+                self.copy_pending = false;
+                write_all(w, frame).await?;
+                self.finish_query(w, true).await
+            }
             b'Q' => self.on_query(frame, w).await,
             b'P' => self.on_parse(frame, w).await,
             b'B' => self.on_bind(frame, w).await,
@@ -351,6 +397,11 @@ impl ClientCapture {
                 !st.txn.is_empty() || !st.capture_errors.is_empty(),
             )
         };
+        if let [s] = statements {
+            if s.located.analysis.kind == Kind::CopyIn && !s.located.analysis.explain_analyze {
+                return self.capture_copy(w, frame, text, &tags, s, status).await;
+            }
+        }
         let plan = if (writes || stmt_events) && txctl {
             Plan::Refuse(ErrorResponse::error(
                 sqlstate::CAPTURE_UNSUPPORTED,
@@ -552,10 +603,13 @@ impl ClientCapture {
         for (s, rw) in statements.iter().zip(rewrites) {
             self.seq += 1;
             let original = &text[s.located.span.clone()];
+            let before = text[..s.located.span.start].chars().count() as i64;
             match rw {
                 None => {
+                    let shift = sql.chars().count() as i64 - before;
                     sql.push_str(original);
                     let mut u = Unit::pass(b"CI");
+                    u.position_shift = shift;
                     if s.located.analysis.kind.statement_event() {
                         u.collect =
                             Collect::Statement(self.statement_ctx(original.trim(), s, tags));
@@ -594,8 +648,10 @@ impl ClientCapture {
                         u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
                         units.push(u);
                     }
+                    let shift = sql.chars().count() as i64 - before;
                     sql.push_str(&rw.text);
                     let mut u = Unit::pass(b"CI");
+                    u.position_shift = shift;
                     u.collect = Collect::Capture(ctx, Vec::new());
                     units.push(u);
                 }
@@ -611,6 +667,16 @@ impl ClientCapture {
         });
         self.push(units);
         write_all(w, &query_frame(&sql)).await?;
+        self.finish_query(w, implicit).await
+    }
+
+    /// After a captured query: if hindsight opened the transaction, end it (publish + COMMIT,
+    /// or ROLLBACK when the statement failed) and hand the client its ReadyForQuery.
+    async fn finish_query<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        implicit: bool,
+    ) -> std::io::Result<()> {
         if !implicit {
             return Ok(());
         }
@@ -621,6 +687,116 @@ impl ClientCapture {
             return self.internal_end(w, "ROLLBACK", None).await;
         }
         self.commit(w, CommitBy::ImplicitSimple).await
+    }
+
+    /// `COPY … FROM` as a query of its own: staged through a temporary table and a captured
+    /// `INSERT … SELECT` (see `copy`), in the client's transaction (or one hindsight opens).
+    async fn capture_copy<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        frame: &[u8],
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        s: &Statement,
+        status: u8,
+    ) -> std::io::Result<()> {
+        let write = &s.located.analysis.writes[0];
+        let sql = text[s.located.span.clone()].trim();
+        self.mid_batch = false;
+        let lookup = self
+            .internal_query(w, &super::copy::lookup_query(&write.table))
+            .await?;
+        self.seq += 1;
+        let staged = match super::copy::parse_lookup(&lookup.rows) {
+            Some(target) => super::copy::stage(sql, &target, &write.columns, self.seq),
+            // No such table: the client's COPY fails on its own, writing nothing.
+            None => Ok(None),
+        };
+        let staged = match staged {
+            Ok(Some(st)) => st,
+            Ok(None) => {
+                self.push([Unit::pass(b"Z")]);
+                return write_all(w, frame).await;
+            }
+            Err(refusal) => {
+                return self
+                    .refuse(
+                        w,
+                        ErrorResponse::error(
+                            sqlstate::CAPTURE_UNSUPPORTED,
+                            format!("hindsight: {refusal}"),
+                        ),
+                    )
+                    .await
+            }
+        };
+        let major = self.shared.lock().server_major;
+        let insert = crate::statement::analyze(&staged.insert)
+            .ok()
+            .and_then(|v| rewrite(&staged.insert, &v[0], major, self.truncate_limit).ok())
+            .flatten();
+        let Some(rw) = insert else {
+            let err = ErrorResponse::error(
+                sqlstate::CAPTURE_UNSUPPORTED,
+                format!("hindsight: could not build the capture of {sql:?}; it was not run"),
+            );
+            return self.refuse(w, err).await;
+        };
+        let implicit = status == b'I';
+        let mut q = String::new();
+        let mut units = Vec::new();
+        let quiet = |units: &mut Vec<Unit>| {
+            let mut u = Unit::new(b"C");
+            u.forward_errors = true;
+            units.push(u);
+        };
+        if implicit {
+            q.push_str("BEGIN;\n");
+            quiet(&mut units);
+        }
+        q.push_str(&staged.create);
+        q.push_str(";\n");
+        quiet(&mut units);
+        // The client's COPY sub-protocol runs against the stage: CopyInResponse, its errors
+        // (about the input) go to the client; its row count is the INSERT's.
+        let before = text[..s.located.span.start].chars().count() as i64;
+        let shift = (q.chars().count() as i64 + staged.shift) - before;
+        q.push_str(&staged.copy);
+        q.push_str(";\n");
+        let mut copy = Unit::pass(b"C");
+        copy.position_shift = shift;
+        copy.complete = super::router::Complete::Drop;
+        units.push(copy);
+        q.push_str(&rw.text);
+        q.push_str(";\n");
+        let mut ins = Unit::pass(b"C");
+        ins.complete = super::router::Complete::AsCopy;
+        let ctx = Arc::new(StatementCtx {
+            text: sql.to_string(),
+            fingerprint: s.fingerprint.clone(),
+            tags: tags.clone(),
+            seq: self.seq,
+            ts_ms: now_ms(),
+            application_name: self.shared.lock().application_name.clone(),
+            binary: false,
+            shape: Arc::clone(&rw.shape),
+        });
+        ins.collect = Collect::Capture(ctx, Vec::new());
+        units.push(ins);
+        q.push_str(&staged.drop);
+        quiet(&mut units);
+        if implicit {
+            // Ended at the client's CopyDone / CopyFail (the client pump must keep relaying
+            // its CopyData until then).
+            self.copy_pending = true;
+            let mut z = Unit::new(b"Z");
+            z.idle_if_no_copy = true;
+            units.push(z);
+        } else {
+            units.push(Unit::pass(b"Z"));
+        }
+        self.push(units);
+        write_all(w, &query_frame(&q)).await
     }
 
     /// Publish the transaction's changes, then COMMIT (see [`CommitBy`]); if they cannot be

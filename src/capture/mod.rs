@@ -2,6 +2,7 @@
 //! own transaction and published before it commits.
 //!
 //! - `rewrite` — adds RETURNING capture columns (and, before PostgreSQL 18, a locking pre-read).
+//! - `copy` — COPY … FROM through a temporary stage table and a captured INSERT … SELECT.
 //! - `rows` — strips capture columns off RowDescription/DataRow before the client sees them.
 //! - `router` — the queue of expected replies; routes each server frame.
 //! - `client` — the client side: rewrites, holds COMMIT, publishes, refuses what it cannot capture.
@@ -10,6 +11,7 @@
 //! - `redact` — PII redaction (drop, mask, keyed hash) of images before they leave the process.
 
 pub mod client;
+pub mod copy;
 pub mod publish;
 pub mod redact;
 pub mod rewrite;

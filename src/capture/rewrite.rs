@@ -111,7 +111,7 @@ pub fn rewrite(
     match a.kind {
         Kind::CopyIn => {
             return Err(Refusal::Unsupported {
-                what: format!("COPY … FROM into {}", write.table),
+                what: format!("COPY … FROM into {} through the extended query protocol or among other statements (send it as a simple query of its own)", write.table),
             })
         }
         Kind::Truncate => return truncate(sql, &write.table, truncate_limit, a.kind).map(Some),

@@ -43,6 +43,25 @@ pub struct Unit {
     pub last_tag: Option<String>,
     /// An ErrorResponse arrived (a sync-point unit stays until its ReadyForQuery).
     pub failed: bool,
+    /// What the client sees of a forwarded CommandComplete.
+    pub complete: Complete,
+    /// The held ReadyForQuery of a COPY hindsight wrapped in its own transaction: if the
+    /// query failed before the COPY started (so the client will send no CopyDone to resume
+    /// on), give the client `Z I` now and roll back at its next message.
+    pub idle_if_no_copy: bool,
+    /// Characters hindsight's query string has in front of the client's text at this
+    /// statement: subtracted from the position of a forwarded error.
+    pub position_shift: i64,
+}
+
+/// What the client sees of a forwarded CommandComplete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Complete {
+    Keep,
+    /// Nothing: the command is hindsight's part of a client's one (COPY into the stage).
+    Drop,
+    /// `INSERT 0 n` shown as `COPY n` (the staged INSERT that completes a client's COPY).
+    AsCopy,
 }
 
 /// What a unit gathers.
@@ -90,6 +109,9 @@ impl Unit {
             txctl: None,
             last_tag: None,
             failed: false,
+            complete: Complete::Keep,
+            idle_if_no_copy: false,
+            position_shift: 0,
         }
     }
 
@@ -120,6 +142,8 @@ pub struct State {
     pub application_name: String,
     /// `server_version_num / 10000`, from ParameterStatus `server_version`.
     pub server_major: u32,
+    /// A CopyInResponse arrived since the last ReadyForQuery.
+    pub copy_started: bool,
 }
 
 /// [`State`] plus the wake-up for the client side waiting on replies.
@@ -127,6 +151,8 @@ pub struct State {
 pub struct Shared {
     state: Mutex<State>,
     pub progressed: Notify,
+    /// hindsight's transaction must be rolled back before the client's next message.
+    pub lazy_rollback: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -177,6 +203,13 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     if tag == b'E' {
         st.batch_failed = true;
     }
+    if tag == b'G' {
+        st.copy_started = true;
+    }
+    let copy_started = st.copy_started;
+    if tag == b'Z' {
+        st.copy_started = false;
+    }
     if tag == b'Z' {
         st.batch_failed = false;
         st.status = body.first().copied().unwrap_or(b'I');
@@ -195,6 +228,11 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     if tag == b'E' {
         if let Some(rep) = &unit.error_replacement {
             out.extend_from_slice(rep);
+        } else if (unit.forward || unit.forward_errors) && unit.position_shift != 0 {
+            out.extend(crate::wire::error_response::shift_position(
+                frame,
+                unit.position_shift,
+            ));
         } else if unit.forward || unit.forward_errors {
             out.extend_from_slice(frame);
         }
@@ -221,6 +259,22 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     }
     if tag == b'C' {
         unit.last_tag = Some(command_tag(body));
+        match unit.complete {
+            Complete::Keep => {}
+            Complete::Drop => forward = false,
+            Complete::AsCopy if forward => {
+                forward = false;
+                let n = command_tag(body)
+                    .rsplit(' ')
+                    .next()
+                    .unwrap_or("0")
+                    .to_string();
+                let mut b = format!("COPY {n}").into_bytes();
+                b.push(0);
+                crate::wire::frame::put_frame(&mut out, b'C', &b);
+            }
+            Complete::AsCopy => {}
+        }
     }
     match (&mut unit.collect, tag) {
         (Collect::Capture(stmt, _), b'T') => {
@@ -344,7 +398,12 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                 }
             }
         }
-        if !forward && unit.forward_end {
+        if tag == b'Z' && unit.idle_if_no_copy && !copy_started {
+            shared
+                .lazy_rollback
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        } else if !forward && unit.forward_end {
             if let Some(p) = &unit.prefix {
                 out.extend_from_slice(p);
             }

@@ -94,6 +94,40 @@ impl ErrorResponse {
     }
 }
 
+/// An ErrorResponse/NoticeResponse frame with its position field (`P`, 1-based character
+/// index into the query string) moved back by `delta` characters — for errors the server
+/// reports against a query string that hindsight extended in front of the client's text.
+/// Positions that would fall before the start are left alone.
+pub fn shift_position(frame: &[u8], delta: i64) -> Vec<u8> {
+    let mut out = frame[..5.min(frame.len())].to_vec();
+    let mut rest = frame.get(5..).unwrap_or_default();
+    while let Some((&code, tail)) = rest.split_first() {
+        if code == 0 {
+            break;
+        }
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            return frame.to_vec();
+        };
+        let value = &tail[..end];
+        out.push(code);
+        let shifted = (code == b'P')
+            .then(|| std::str::from_utf8(value).ok()?.parse::<i64>().ok())
+            .flatten()
+            .map(|p| p - delta)
+            .filter(|p| *p >= 1);
+        match shifted {
+            Some(p) => out.extend_from_slice(p.to_string().as_bytes()),
+            None => out.extend_from_slice(value),
+        }
+        out.push(0);
+        rest = &tail[end + 1..];
+    }
+    out.push(0);
+    let len = (out.len() - 1) as u32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,268 @@
+//! `COPY … FROM` capture: the rows are copied into a temporary *stage* table with the target's
+//! column types, then moved into the target with `INSERT … SELECT` — which the ordinary INSERT
+//! capture (`rewrite`) turns into after images. All of it runs in the client's transaction, in
+//! one query string, so the client still speaks the COPY sub-protocol to the server itself.
+//!
+//! The stage is named like the target (in `pg_temp`), so that the server's errors about bad
+//! input read exactly as for the client's own COPY (`CONTEXT: COPY brieff, line 3, …`).
+//! Constraint violations are raised by the INSERT instead (same SQLSTATE and message, without
+//! the `COPY …, line N` context).
+//!
+//! This module only builds SQL text; it does not know about sessions or the wire.
+
+use pg_query::protobuf::node::Node as N;
+
+use super::rewrite::{quote, Refusal};
+use crate::statement::TableName;
+
+/// The target of a COPY as the catalog resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub schema: String,
+    pub name: String,
+    /// A temporary table itself (the stage then gets another name).
+    pub temp: bool,
+    /// Columns COPY fills when it names none: `(name, type)`, in table order, without
+    /// generated and dropped columns.
+    pub columns: Vec<(String, String)>,
+}
+
+/// The statements that replace the client's COPY, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    pub create: String,
+    pub copy: String,
+    /// `INSERT INTO target (cols) SELECT cols FROM stage [WHERE …]`, to be rewritten for capture.
+    pub insert: String,
+    pub drop: String,
+    /// Characters the stage COPY has more than the client's before its options (`FROM …`):
+    /// what an error position in them must be moved back by.
+    pub shift: i64,
+}
+
+/// `'text'` as an SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Resolve `table` (as the statement wrote it, against the session's search_path) to its
+/// schema, name and copyable columns. No rows: the relation does not exist.
+pub fn lookup_query(table: &TableName) -> String {
+    let name = if table.schema.is_empty() {
+        quote(&table.name)
+    } else {
+        format!("{}.{}", quote(&table.schema), quote(&table.name))
+    };
+    format!(
+        "SELECT n.nspname, c.relname, (c.relpersistence = 't')::text, \
+         (SELECT coalesce(json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum), '[]')::text \
+          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = to_regclass({})",
+        literal(&name)
+    )
+}
+
+/// Parse the row of [`lookup_query`].
+pub fn parse_lookup(rows: &[Vec<Option<Vec<u8>>>]) -> Option<Target> {
+    let r = rows.first()?;
+    let text = |i: usize| -> Option<String> {
+        Some(String::from_utf8_lossy(r.get(i)?.as_deref()?).into_owned())
+    };
+    let columns: Vec<(String, String)> = serde_json::from_str(&text(3)?).ok()?;
+    Some(Target {
+        schema: text(0)?,
+        name: text(1)?,
+        temp: text(2)? == "true",
+        columns,
+    })
+}
+
+/// Build the staged statements for the client's `sql` (one COPY … FROM statement) writing
+/// `columns` (empty: every copyable column). `Ok(None)`: a named column is not a copyable
+/// column of the target, so the client's COPY fails on its own and can be relayed unchanged.
+pub fn stage(
+    sql: &str,
+    target: &Target,
+    columns: &[String],
+    seq: u64,
+) -> Result<Option<Staged>, Refusal> {
+    let unsupported = || Refusal::Unsupported {
+        what: format!(
+            "this form of COPY … FROM into {}.{}",
+            target.schema, target.name
+        ),
+    };
+    let cols: Vec<&(String, String)> = if columns.is_empty() {
+        target.columns.iter().collect()
+    } else {
+        let mut v = Vec::with_capacity(columns.len());
+        for c in columns {
+            match target.columns.iter().find(|(n, _)| n == c) {
+                Some(col) => v.push(col),
+                None => return Ok(None),
+            }
+        }
+        v
+    };
+    let stage = if target.temp {
+        format!("__hs_copy_{seq}")
+    } else {
+        target.name.clone()
+    };
+    let stage_ref = format!("pg_temp.{}", quote(&stage));
+    let target_ref = format!("{}.{}", quote(&target.schema), quote(&target.name));
+    let names: Vec<String> = cols.iter().map(|(n, _)| quote(n)).collect();
+    let names = names.join(", ");
+    let defs: Vec<String> = cols
+        .iter()
+        .map(|(n, t)| format!("{} {t}", quote(n)))
+        .collect();
+    let create = format!(
+        "CREATE TEMP TABLE {} ({}) ON COMMIT DROP",
+        quote(&stage),
+        defs.join(", ")
+    );
+    // The client's COPY text with the stage (and an explicit column list) in place of its
+    // relation; its WHERE condition moves to the INSERT, its options stay as written. Text
+    // surgery on token positions rather than a deparse: the deparser aborts the process on
+    // options it does not know, and the server must be the one to judge them.
+    let parsed = pg_query::parse(sql).map_err(|_| unsupported())?.protobuf;
+    let Some(N::CopyStmt(copy)) = parsed
+        .stmts
+        .first()
+        .and_then(|s| s.stmt.as_ref())
+        .and_then(|n| n.node.as_ref())
+    else {
+        return Err(unsupported());
+    };
+    let rel_at = copy
+        .relation
+        .as_ref()
+        .map(|r| r.location)
+        .filter(|l| *l >= 0)
+        .ok_or_else(unsupported)? as usize;
+    if !copy.is_from || copy.query.is_some() {
+        return Err(unsupported());
+    }
+    let tokens = pg_query::scan(sql).map_err(|_| unsupported())?.tokens;
+    let top_level = |kind: pg_query::protobuf::Token, after: usize| {
+        let mut depth = 0i32;
+        tokens.iter().find_map(|t| {
+            match pg_query::protobuf::Token::try_from(t.token) {
+                Ok(pg_query::protobuf::Token::Ascii40) => depth += 1,
+                Ok(pg_query::protobuf::Token::Ascii41) => depth -= 1,
+                Ok(k) if k == kind && depth == 0 && t.start as usize > after => {
+                    return Some((t.start as usize, t.end as usize))
+                }
+                _ => {}
+            }
+            None
+        })
+    };
+    let (from_at, from_end) =
+        top_level(pg_query::protobuf::Token::From, rel_at).ok_or_else(unsupported)?;
+    let (cut, filter) = match copy.where_clause {
+        Some(_) => {
+            let (w, w_end) =
+                top_level(pg_query::protobuf::Token::Where, from_end).ok_or_else(unsupported)?;
+            (w, Some(sql[w_end..].trim()))
+        }
+        None => (sql.len(), None),
+    };
+    let head = format!("{}{stage_ref} ({names}) ", &sql[..rel_at]);
+    let shift = head.chars().count() as i64 - sql[..from_at].chars().count() as i64;
+    let copy = format!("{head}{}", sql[from_at..cut].trim_end());
+    let insert = match filter {
+        Some(cond) => format!(
+            "INSERT INTO {target_ref} ({names}) SELECT {names} FROM {stage_ref} WHERE {cond}"
+        ),
+        None => format!("INSERT INTO {target_ref} ({names}) SELECT {names} FROM {stage_ref}"),
+    };
+    Ok(Some(Staged {
+        create,
+        copy,
+        insert,
+        drop: format!("DROP TABLE {stage_ref}"),
+        shift,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            schema: "public".into(),
+            name: "brieff".into(),
+            temp: false,
+            columns: vec![
+                ("bfkey".into(), "integer".into()),
+                ("bfso".into(), "text".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn stage_keeps_options_and_moves_where_to_the_insert() {
+        let s = stage(
+            "COPY brieff FROM STDIN WITH (FORMAT csv, HEADER true) WHERE bfkey > 2",
+            &target(),
+            &[],
+            1,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.create,
+            "CREATE TEMP TABLE \"brieff\" (\"bfkey\" integer, \"bfso\" text) ON COMMIT DROP"
+        );
+        assert_eq!(
+            s.copy,
+            "COPY pg_temp.\"brieff\" (\"bfkey\", \"bfso\") FROM STDIN WITH (FORMAT csv, HEADER true)"
+        );
+        assert_eq!(
+            s.insert,
+            "INSERT INTO \"public\".\"brieff\" (\"bfkey\", \"bfso\") SELECT \"bfkey\", \"bfso\" FROM pg_temp.\"brieff\" WHERE bfkey > 2"
+        );
+        // Options the deparser does not know are the server's to judge (no abort here).
+        let s = stage(
+            "COPY brieff FROM STDIN WITH (FORMAT nonsense)",
+            &target(),
+            &[],
+            1,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            s.copy.ends_with("FROM STDIN WITH (FORMAT nonsense)"),
+            "{}",
+            s.copy
+        );
+    }
+
+    #[test]
+    fn unknown_column_relays_and_temp_targets_get_another_stage_name() {
+        assert_eq!(
+            stage(
+                "COPY brieff (nope) FROM STDIN",
+                &target(),
+                &["nope".into()],
+                1
+            )
+            .unwrap(),
+            None
+        );
+        let mut t = target();
+        t.temp = true;
+        let s = stage("COPY brieff (bfso) FROM STDIN", &t, &["bfso".into()], 7)
+            .unwrap()
+            .unwrap();
+        assert!(
+            s.create.contains("\"__hs_copy_7\" (\"bfso\" text)"),
+            "{}",
+            s.create
+        );
+    }
+}
