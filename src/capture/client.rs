@@ -409,7 +409,16 @@ impl ClientCapture {
             ).with_hint("Send transaction control statements as separate queries."))
         } else if writes {
             let major = self.shared.lock().server_major;
-            match statements.iter().map(|s| rewrite(text, &s.located, major, self.truncate_limit)).collect::<Result<Vec<_>, _>>() {
+            let mut cascades = Vec::with_capacity(statements.len());
+            for s in statements {
+                cascades.push(if s.located.analysis.kind == Kind::Truncate {
+                    self.truncate_cascade(w, &text[s.located.span.clone()])
+                        .await?
+                } else {
+                    Vec::new()
+                });
+            }
+            match statements.iter().zip(&cascades).map(|(s, c)| rewrite(text, &s.located, major, self.truncate_limit, c)).collect::<Result<Vec<_>, _>>() {
                 Ok(v) => Plan::Capture(v),
                 Err(refusal) => Plan::Refuse(
                     ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, format!("hindsight: {refusal}"))
@@ -566,6 +575,29 @@ impl ClientCapture {
             }
         });
         write_all(w, frame).await
+    }
+
+    /// The tables a `TRUNCATE … CASCADE` empties, from the catalog (empty for other
+    /// statements, or if the lookup failed — the TRUNCATE is then refused).
+    async fn truncate_cascade<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        sql: &str,
+    ) -> std::io::Result<Vec<String>> {
+        let Some(q) = super::rewrite::truncate_cascade_query(sql) else {
+            return Ok(Vec::new());
+        };
+        self.mid_batch = false;
+        let reply = self.internal_query(w, &q).await?;
+        Ok(reply
+            .rows
+            .iter()
+            .filter_map(|r| {
+                r.first()?
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .collect())
     }
 
     /// Send a text the server rejects and replace its error with `err`.
@@ -733,7 +765,7 @@ impl ClientCapture {
         let major = self.shared.lock().server_major;
         let insert = crate::statement::analyze(&staged.insert)
             .ok()
-            .and_then(|v| rewrite(&staged.insert, &v[0], major, self.truncate_limit).ok())
+            .and_then(|v| rewrite(&staged.insert, &v[0], major, self.truncate_limit, &[]).ok())
             .flatten();
         let Some(rw) = insert else {
             let err = ErrorResponse::error(
@@ -1083,7 +1115,7 @@ impl ClientCapture {
         };
         let a = &stmt.located.analysis;
         let major = self.shared.lock().server_major;
-        let rewritten = match rewrite(text, &stmt.located, major, self.truncate_limit) {
+        let rewritten = match rewrite(text, &stmt.located, major, self.truncate_limit, &[]) {
             Ok(Some(rw)) if rw.guard.is_some() => Err(format!(
                 "hindsight: {} through the extended query protocol is not captured yet (send it as a simple query); the statement was not prepared",
                 a.kind.label().to_uppercase()

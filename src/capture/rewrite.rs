@@ -84,15 +84,26 @@ pub enum Refusal {
 
 /// Rewrite one analysed statement of `text` for capture on a server of major version `major`.
 /// `Ok(None)`: the statement writes no rows and runs unchanged.
+/// `cascade`: for `TRUNCATE … CASCADE`, the tables it reaches ([`truncate_cascade_query`]).
 pub fn rewrite(
     text: &str,
     stmt: &Located,
     major: u32,
     truncate_limit: u64,
+    cascade: &[String],
 ) -> Result<Option<Rewritten>, Refusal> {
     let a = &stmt.analysis;
     if !a.kind.writes_rows() {
         return Ok(None);
+    }
+    if a.kind == Kind::Truncate && !a.explain_analyze {
+        let sql = &text[stmt.span.clone()];
+        let first = a
+            .writes
+            .first()
+            .map(|w| w.table.clone())
+            .unwrap_or_default();
+        return truncate(sql, &first, truncate_limit, a.kind, cascade).map(Some);
     }
     if a.writes.len() != 1 || a.explain_analyze {
         let what = if a.explain_analyze {
@@ -114,7 +125,6 @@ pub fn rewrite(
                 what: format!("COPY … FROM into {} through the extended query protocol or among other statements (send it as a simple query of its own)", write.table),
             })
         }
-        Kind::Truncate => return truncate(sql, &write.table, truncate_limit, a.kind).map(Some),
         _ => {}
     }
     let target = target_ref(sql).ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
@@ -178,37 +188,113 @@ pub fn rewrite(
     }
 }
 
-/// TRUNCATE: a guard refusing it above `limit` rows, then the before image of every row, then
-/// the TRUNCATE itself — all in the client's transaction (TRUNCATE's lock waits for the reads).
-fn truncate(sql: &str, table: &TableName, limit: u64, kind: Kind) -> Result<Rewritten, Refusal> {
-    let parsed = pg_query::parse(sql).map_err(|_| Refusal::Unsupported {
-        what: "TRUNCATE".into(),
-    })?;
-    if let Some(N::TruncateStmt(t)) = parsed
+/// The relations of a TRUNCATE as `(reference, only)`, and whether it CASCADEs.
+fn truncate_targets(sql: &str) -> Option<(Vec<(String, bool)>, bool)> {
+    let parsed = pg_query::parse(sql).ok()?;
+    let Some(N::TruncateStmt(t)) = parsed
         .protobuf
         .stmts
         .first()
         .and_then(|s| s.stmt.as_ref())
         .and_then(|n| n.node.as_ref())
-    {
-        if t.behavior == pg_query::protobuf::DropBehavior::DropCascade as i32 {
+    else {
+        return None;
+    };
+    let rels = t
+        .relations
+        .iter()
+        .filter_map(|n| match n.node.as_ref() {
+            Some(N::RangeVar(rv)) => Some((range_var_ref(rv), !rv.inh)),
+            _ => None,
+        })
+        .collect();
+    Some((
+        rels,
+        t.behavior == pg_query::protobuf::DropBehavior::DropCascade as i32,
+    ))
+}
+
+fn range_var_ref(rv: &pg_query::protobuf::RangeVar) -> String {
+    if rv.schemaname.is_empty() {
+        quote(&rv.relname)
+    } else {
+        format!("{}.{}", quote(&rv.schemaname), quote(&rv.relname))
+    }
+}
+
+/// For `TRUNCATE … CASCADE`: a catalog query listing (as quoted, qualified names) every table
+/// the TRUNCATE empties — the named ones and, recursively, every table with a foreign key to
+/// one of them. `None` for other statements.
+pub fn truncate_cascade_query(sql: &str) -> Option<String> {
+    let (rels, cascade) = truncate_targets(sql)?;
+    if !cascade {
+        return None;
+    }
+    let seeds: Vec<String> = rels
+        .iter()
+        .map(|(r, _)| format!("to_regclass('{}')::oid", r.replace('\'', "''")))
+        .collect();
+    Some(format!(
+        "WITH RECURSIVE t(oid) AS (SELECT unnest(ARRAY[{}]) UNION \
+         SELECT c.conrelid FROM pg_constraint c JOIN t ON c.confrelid = t.oid WHERE c.contype = 'f') \
+         SELECT format('%I.%I', n.nspname, r.relname) FROM t JOIN pg_class r ON r.oid = t.oid \
+         JOIN pg_namespace n ON n.oid = r.relnamespace ORDER BY 1",
+        seeds.join(", ")
+    ))
+}
+
+/// TRUNCATE: a guard refusing it above `limit` rows in all, then the before image of every
+/// row of every table it empties (`cascade`: the tables a CASCADE reaches, from
+/// [`truncate_cascade_query`]), then the TRUNCATE itself — all in the client's transaction
+/// (TRUNCATE's lock waits for the reads).
+fn truncate(
+    sql: &str,
+    table: &TableName,
+    limit: u64,
+    kind: Kind,
+    cascade: &[String],
+) -> Result<Rewritten, Refusal> {
+    let (mut rels, is_cascade) = truncate_targets(sql).ok_or_else(|| Refusal::Unsupported {
+        what: "TRUNCATE".into(),
+    })?;
+    if is_cascade {
+        if cascade.is_empty() {
             return Err(Refusal::Unsupported {
-                what: format!("TRUNCATE … CASCADE of {table}"),
+                what: format!("TRUNCATE … CASCADE of {table} here (send it as a simple query)"),
             });
         }
+        // The catalog's list covers the named tables too (by their qualified names).
+        rels = cascade.iter().map(|r| (r.clone(), false)).collect();
     }
-    let target = if table.schema.is_empty() {
-        quote(&table.name)
-    } else {
-        format!("{}.{}", quote(&table.schema), quote(&table.name))
+    let from = |(r, only): &(String, bool)| {
+        if *only {
+            format!("ONLY {r}")
+        } else {
+            r.clone()
+        }
     };
+    let images: Vec<String> = rels
+        .iter()
+        .map(|rel| format!("SELECT to_jsonb(t.*), t.tableoid FROM {} t", from(rel)))
+        .collect();
+    let counted: Vec<String> = rels
+        .iter()
+        .map(|rel| format!("(SELECT 1 FROM {} LIMIT {limit} + 1)", from(rel)))
+        .collect();
+    let names: Vec<&str> = rels.iter().map(|(r, _)| r.as_str()).collect();
     Ok(Rewritten {
         text: sql.trim_end().trim_end_matches(';').to_string(),
         shape: Arc::new(Shape::statement(kind, table.clone())),
-        pre_read: Some(format!("SELECT to_jsonb(t.*), t.tableoid FROM {target} t")),
+        pre_read: Some(images.join(" UNION ALL ")),
         guard: Some((
-            format!("SELECT CASE WHEN count(*) > {limit} THEN 1 / (count(*) * 0) ELSE 0 END FROM (SELECT 1 FROM {target} LIMIT {limit} + 1) s"),
-            format!("hindsight: TRUNCATE of {table} would remove more than {limit} rows (capture.truncate_row_limit), too many to record their before images; it was not run"),
+            format!(
+                "SELECT CASE WHEN count(*) > {limit} THEN 1 / (count(*) * 0) ELSE 0 END FROM ({}) s",
+                counted.join(" UNION ALL ")
+            ),
+            format!(
+                "hindsight: TRUNCATE of {} would remove more than {limit} rows (capture.truncate_row_limit), too many to record their before images; it was not run",
+                names.join(", ")
+            ),
         )),
     })
 }
@@ -283,7 +369,7 @@ mod tests {
 
     fn rw(sql: &str, major: u32) -> Result<Option<Rewritten>, Refusal> {
         let v = analyze(sql).unwrap();
-        rewrite(sql, &v[0], major, 1000)
+        rewrite(sql, &v[0], major, 1000, &[])
     }
 
     #[test]

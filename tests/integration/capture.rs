@@ -447,7 +447,7 @@ async fn ddl_and_opaque_statements_are_recorded(pg: Pg) {
 async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
     let (db, _prefix, proxy) = setup(pg, "refuse").await;
     let c = harness::connect(proxy.addr, "postgres", &db).await;
-    let err = c.simple_query("TRUNCATE brieff CASCADE").await.unwrap_err();
+    let err = c.execute("TRUNCATE brieff", &[]).await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
     let err = c
         .simple_query("WITH d AS (DELETE FROM brieff WHERE bfkey = 1 RETURNING *) INSERT INTO brieff SELECT bfkey + 100, bfso FROM d")
@@ -792,7 +792,11 @@ async fn truncate_is_captured_within_its_row_limit(pg: Pg) {
     direct
         .batch_execute(
             "CREATE TABLE small (id int PRIMARY KEY, v text); INSERT INTO small SELECT g, 'v' || g FROM generate_series(1, 5) g;
-             CREATE TABLE big (id int PRIMARY KEY); INSERT INTO big SELECT generate_series(1, 11);",
+             CREATE TABLE big (id int PRIMARY KEY); INSERT INTO big SELECT generate_series(1, 11);
+             CREATE TABLE parent (id int PRIMARY KEY); INSERT INTO parent VALUES (1), (2);
+             CREATE TABLE child (id int PRIMARY KEY, p int REFERENCES parent); INSERT INTO child VALUES (10, 1), (11, 2);
+             CREATE TABLE grandchild (id int PRIMARY KEY, c int REFERENCES child); INSERT INTO grandchild VALUES (100, 10);
+             CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (7);",
         )
         .await
         .unwrap();
@@ -837,6 +841,35 @@ async fn truncate_is_captured_within_its_row_limit(pg: Pg) {
     assert!(ev
         .iter()
         .all(|e| e["op"] == "t" && e["after"].is_null() && e["before"]["v"].is_string()));
+    // The row limit counts every table a TRUNCATE empties.
+    let err = c.simple_query("TRUNCATE small, big").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS003"), "{err:?}");
+    // CASCADE: every table reached through foreign keys is recorded, in one transaction
+    // with the table named (and the other table of the list).
+    c.simple_query("TRUNCATE parent, other CASCADE")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    for (table, n) in [("parent", 2), ("child", 2), ("grandchild", 1), ("other", 1)] {
+        let ev = read_topic(format!("{prefix}.public.{table}"), n).await;
+        assert_eq!(ev.len(), n, "{table}: {ev:#?}");
+        assert!(ev.iter().all(|e| e["op"] == "t"), "{ev:#?}");
+        all.extend(ev);
+    }
+    let tx = &all[0]["transaction"]["id"];
+    assert!(
+        all.iter().all(|e| e["transaction"]["id"] == *tx),
+        "one transaction"
+    );
+    assert_eq!(all[3]["before"], serde_json::json!({"id": 11, "p": 2}));
+    for table in ["parent", "child", "grandchild", "other"] {
+        let n: i64 = direct
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{table} emptied");
+    }
     proxy.shutdown().await;
 }
 
