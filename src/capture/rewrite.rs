@@ -119,13 +119,10 @@ pub fn rewrite(
     let write = &a.writes[0];
     let sql = &text[stmt.span.clone()];
     let what = format!("{} on {}", a.kind.label().to_uppercase(), write.table);
-    match a.kind {
-        Kind::CopyIn => {
-            return Err(Refusal::Unsupported {
-                what: format!("COPY … FROM into {} through the extended query protocol or among other statements (send it as a simple query of its own)", write.table),
-            })
-        }
-        _ => {}
+    if a.kind == Kind::CopyIn {
+        return Err(Refusal::Unsupported {
+            what: format!("COPY … FROM into {} through the extended query protocol or among other statements (send it as a simple query of its own)", write.table),
+        });
     }
     let target = target_ref(sql).ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
     // A newline first: a trailing `--` comment would otherwise swallow what is appended.
