@@ -317,6 +317,21 @@ impl ServerInspector {
 }
 
 impl Inspector for ServerInspector {
+    /// With capture on, replies hindsight reads or rewrites (captured rows, its own queries'
+    /// rows, anything not forwarded as is) must arrive whole; the client's own large rows
+    /// still stream.
+    fn must_buffer(&self, tag: u8) -> bool {
+        let Some(shared) = &self.router else {
+            return false;
+        };
+        if tag != b'D' {
+            return true;
+        }
+        shared.lock().units.front().is_some_and(|u| {
+            !u.forward || !matches!(u.collect, crate::capture::router::Collect::Nothing)
+        })
+    }
+
     #[inline]
     fn on_frame(&mut self, header: Header, frame: &[u8], complete: bool) -> Verdict {
         if !complete {
