@@ -6,6 +6,7 @@ pub mod audit;
 pub mod capture;
 pub mod config;
 pub mod proxy;
+pub mod restore;
 pub mod statement;
 pub mod telemetry;
 pub mod wire;

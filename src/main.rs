@@ -1,7 +1,9 @@
 //! The `hindsight` command line. Subcommands are thin wrappers over library functions.
 //!
 //! Exit codes: 0 success; 1 runtime failure (e.g. cannot bind a port); 2 invalid configuration
-//! or usage.
+//! or usage. `restore` adds: 3 conflicts (a dry run found some, or an apply refused because of
+//! them); 4 the database changed between plan and apply, or a statement did not change exactly
+//! one row (nothing applied).
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +32,145 @@ enum Command {
     Config(ConfigCommand),
     /// Follow the audit topics and print each change (table, key, old → new, who, when).
     Tail(TailArgs),
+    /// Put back rows changed by a selection of captured changes (dry run unless --apply).
+    Restore(Box<RestoreArgs>),
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// Kafka brokers, HOST:PORT[,…].
+    #[arg(long, value_delimiter = ',', required = true)]
+    kafka_brokers: Vec<String>,
+    /// Topic prefix the proxy publishes under.
+    #[arg(long, default_value = "hindsight")]
+    topic_prefix: String,
+    /// Database to restore: postgres://… or "host=… dbname=…" (directly, or through the
+    /// proxy so that the restore is itself audited).
+    #[arg(long, required = true)]
+    target: String,
+    /// Select changes of this PostgreSQL transaction id (repeatable).
+    #[arg(long)]
+    txid: Vec<i64>,
+    /// Select changes of this hindsight transaction id (`<session>:<n>`, repeatable).
+    #[arg(long)]
+    transaction: Vec<String>,
+    /// Select changes made at or after this time (RFC 3339, e.g. 2026-11-22T10:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// Select changes made before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+    /// Select changes made by sessions with this application_name (repeatable).
+    #[arg(long)]
+    application: Vec<String>,
+    /// Select changes made by this database user (repeatable).
+    #[arg(long)]
+    user: Vec<String>,
+    /// Select changes whose statement carried this sqlcommenter tag, KEY=VALUE (repeatable; all must match).
+    #[arg(long, value_parser = parse_tag)]
+    tag: Vec<(String, String)>,
+    /// Select changes to this table, schema.table (repeatable).
+    #[arg(long)]
+    table: Vec<String>,
+    /// Select changes to the row with this key, as JSON: '{"bfkey": 7}' (repeatable).
+    #[arg(long, value_parser = parse_key)]
+    key: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Select this event (`<transaction id>/<n>`, as the plan shows them; repeatable).
+    #[arg(long)]
+    event: Vec<String>,
+    /// Reconstruct --table as of this time (RFC 3339) by undoing every change committed after it.
+    #[arg(long, value_parser = parse_time, requires = "table")]
+    as_of: Option<i64>,
+    /// With --as-of: write the reconstruction into this new table instead of the table itself.
+    #[arg(long, requires = "as_of")]
+    into: Option<String>,
+    /// Apply the plan (default: dry run).
+    #[arg(long)]
+    apply: bool,
+    /// Apply a plan written earlier with --plan-out (exactly what was reviewed).
+    #[arg(long, conflicts_with = "apply")]
+    apply_plan: Option<PathBuf>,
+    /// Revert the rows without conflicts and leave conflicting rows alone.
+    #[arg(long)]
+    skip_conflicts: bool,
+    /// Revert conflicting rows too and do not refuse when rows changed since the plan.
+    #[arg(long)]
+    force: bool,
+    /// Write the exact SQL script to this file.
+    #[arg(long)]
+    sql_out: Option<PathBuf>,
+    /// Write the plan as JSON to this file.
+    #[arg(long)]
+    plan_out: Option<PathBuf>,
+    /// Give up reading the topics after this long without progress.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    timeout: std::time::Duration,
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-22T10:00:00Z)"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
+}
+
+fn parse_key(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    serde_json::from_str(s)
+        .map_err(|e| format!("{s:?}: expected a JSON object of key columns ({e})"))
+}
+
+fn restore_command(a: RestoreArgs) -> hindsight::restore::command::Command {
+    use hindsight::restore::{apply::ApplyOptions, log::LogSource, run, selection::Selection};
+    let request = run::Request {
+        selection: Selection {
+            txids: a.txid,
+            transactions: a.transaction,
+            since_ms: a.since,
+            until_ms: a.until,
+            applications: a.application,
+            users: a.user,
+            tags: a.tag,
+            tables: if a.as_of.is_some() {
+                Vec::new()
+            } else {
+                a.table.clone()
+            },
+            keys: a.key,
+            events: a.event,
+        },
+        as_of: a.as_of.map(|ms| run::AsOf {
+            ms,
+            table: a.table.first().cloned().unwrap_or_default(),
+        }),
+    };
+    hindsight::restore::command::Command {
+        log: LogSource {
+            brokers: a.kafka_brokers,
+            topic_prefix: a.topic_prefix,
+            librdkafka: Vec::new(),
+            tables: a.table,
+            timeout: a.timeout,
+        },
+        target: a.target,
+        request,
+        apply: a.apply,
+        options: ApplyOptions {
+            skip_conflicts: a.skip_conflicts,
+            force: a.force,
+            tag: format!("restore-{}", std::process::id()),
+            into: a.into,
+        },
+        sql_out: a.sql_out,
+        plan_out: a.plan_out,
+        apply_plan: a.apply_plan,
+    }
 }
 
 #[derive(Args)]
@@ -208,6 +349,31 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Restore(a) => {
+            let cmd = restore_command(*a);
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let result = rt.block_on(hindsight::restore::command::execute(
+                &cmd,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr(),
+            ));
+            match result {
+                Ok(outcome) => ExitCode::from(outcome.exit_code()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

@@ -101,37 +101,78 @@ pub fn parse_catalog(rows: &[Vec<Option<Vec<u8>>>]) -> (Option<i64>, HashMap<u32
 }
 
 /// Pair pre-read before images with the after images of the same UPDATE, by key.
+///
+/// A statement's pre-read rows and its UPDATE rows are adjacent in the buffer. Rows whose key
+/// the UPDATE changed (and rows of tables without a key, whose "key" is the whole row) cannot be
+/// paired by key: one such row on each side is paired; several are published as a delete of
+/// the old row and an insert of the new one — what Debezium does for key changes — so no image
+/// is lost. Locked rows the UPDATE did not change (no unpaired after image left) produce no
+/// event.
 fn pair_pre_reads(changes: Vec<Change>, tables: &HashMap<u32, TableInfo>) -> Vec<Change> {
     let mut out: Vec<Change> = Vec::with_capacity(changes.len());
-    // Before images waiting for their after image: (statement seq, oid, key json) → index in out.
-    let mut waiting: HashMap<(u64, u32, String), Change> = HashMap::new();
-    for c in changes {
+    let mut iter = changes.into_iter().peekable();
+    while let Some(c) = iter.next() {
         if !c.stmt.shape.pre_read {
             out.push(c);
             continue;
         }
-        let key_cols = tables
-            .get(&c.table_oid)
-            .map(|t| t.key.clone())
-            .unwrap_or_default();
+        let seq = c.stmt.seq;
+        let mut group = vec![c];
+        while let Some(n) = iter.next_if(|n| n.stmt.shape.pre_read && n.stmt.seq == seq) {
+            group.push(n);
+        }
+        pair_statement(group, tables, &mut out);
+    }
+    out
+}
+
+/// [`pair_pre_reads`] for the rows of one statement.
+fn pair_statement(group: Vec<Change>, tables: &HashMap<u32, TableInfo>, out: &mut Vec<Change>) {
+    let key_cols = |oid: u32| tables.get(&oid).map(|t| t.key.clone()).unwrap_or_default();
+    // Several locked rows can have the same "key" (tables without one): a queue per key.
+    let mut waiting: HashMap<(u32, String), std::collections::VecDeque<Change>> = HashMap::new();
+    let mut befores_order: Vec<(u32, String)> = Vec::new();
+    let mut afters: Vec<Change> = Vec::new();
+    for c in group {
         match (&c.before, &c.after) {
             (Some(b), None) => {
-                let k = key_json(b, &key_cols);
-                waiting.insert((c.stmt.seq, c.table_oid, k), c);
+                let k = (c.table_oid, key_json(b, &key_cols(c.table_oid)));
+                befores_order.push(k.clone());
+                waiting.entry(k).or_default().push_back(c);
             }
-            (None, Some(a)) => {
-                let k = key_json(a, &key_cols);
-                let before = waiting
-                    .remove(&(c.stmt.seq, c.table_oid, k))
-                    .and_then(|w| w.before);
-                out.push(Change { before, ..c });
-            }
-            _ => out.push(c),
+            _ => afters.push(c),
         }
     }
-    // Locked but not updated rows (the UPDATE's own WHERE, re-checked, excluded them) changed
-    // nothing: they produce no event.
-    out
+    let mut unpaired: Vec<Change> = Vec::new();
+    for a in afters {
+        let Some(after) = &a.after else { continue };
+        let k = (a.table_oid, key_json(after, &key_cols(a.table_oid)));
+        match waiting.get_mut(&k).and_then(|q| q.pop_front()) {
+            Some(b) => out.push(Change {
+                before: b.before,
+                ..a
+            }),
+            None => unpaired.push(a),
+        }
+    }
+    if unpaired.is_empty() {
+        return;
+    }
+    let left: Vec<Change> = befores_order
+        .iter()
+        .filter_map(|k| waiting.get_mut(k).and_then(|q| q.pop_front()))
+        .collect();
+    if left.len() == 1 && unpaired.len() == 1 {
+        let b = left.into_iter().next().expect("one");
+        let a = unpaired.into_iter().next().expect("one");
+        out.push(Change {
+            before: b.before,
+            ..a
+        });
+        return;
+    }
+    out.extend(left);
+    out.extend(unpaired);
 }
 
 fn key_of(row: &Row, key: &[String]) -> Row {
@@ -266,6 +307,7 @@ pub fn build(
                 side_effects: (!side_effects.is_empty()).then(|| "uncaptured".to_string()),
                 side_effect_tables: side_effects,
                 blocked_by: None,
+                redacted: redactor.covers(&t.schema, &t.name),
             },
             op,
             ts_ms: now,

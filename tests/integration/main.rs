@@ -7,5 +7,6 @@ mod clients;
 mod differential;
 mod harness;
 mod kafka_sink;
+mod restore;
 mod robustness;
 mod wire_client;
