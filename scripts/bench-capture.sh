@@ -22,7 +22,7 @@ for ver in 15 18; do
   start_proxy bench-relay "$bin" "$relay" $((ADMIN_PORT + 300)) "$pgport" --log-level warn
   start_proxy bench-capture "$bin" "$cap" $((ADMIN_PORT + 301)) "$pgport" --log-level warn \
     --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "bench$ver$RANDOM"
-  modes="simple"; [ "$ver" = 18 ] && modes="simple prepared"   # extended UPDATE capture needs PG 18
+  modes="simple prepared"
   for mode in $modes; do
     for c in 1 8; do
       run() { pgbench -n -M "$mode" -c "$c" -j "$c" -T "$secs" "host=127.0.0.1 port=$1 user=postgres dbname=bench_capture" 2>&1 | sed -nE 's/^tps = ([0-9.]+).*/\1/p' || true; }

@@ -128,3 +128,57 @@ fn proxy_with_unreachable_broker_fails_naming_it() {
     assert_eq!(code, 1, "stderr: {err}");
     assert!(err.contains("127.0.0.1:9"), "stderr: {err}");
 }
+
+#[test]
+fn restore_without_a_selection_exits_2_and_says_what_to_select() {
+    let (code, _, err) = hindsight(
+        &[
+            "restore",
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--target",
+            "host=127.0.0.1 port=1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--application") && err.contains("--as-of"),
+        "{err}"
+    );
+}
+
+#[test]
+fn restore_with_a_bad_time_or_key_exits_2_naming_the_value() {
+    let (code, _, err) = hindsight(
+        &[
+            "restore",
+            "--kafka-brokers",
+            "x:1",
+            "--target",
+            "t",
+            "--since",
+            "yesterday",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("yesterday") && err.contains("RFC 3339"),
+        "{err}"
+    );
+    let (code, _, err) = hindsight(
+        &[
+            "restore",
+            "--kafka-brokers",
+            "x:1",
+            "--target",
+            "t",
+            "--key",
+            "bfkey=7",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("JSON object"), "{err}");
+}

@@ -147,7 +147,22 @@ pub async fn apply(
             .map_err(RestoreError::db("creating the --into table"))?;
     }
     // Lock and re-read: the rows must still be as the plan saw them.
-    let mut now: Vec<RowPlan> = rows.iter().map(|r| (*r).clone()).collect();
+    // Only what the re-check needs (no target images, no change lists).
+    let mut now: Vec<RowPlan> = rows
+        .iter()
+        .map(|r| RowPlan {
+            table: r.table.clone(),
+            key: r.key.clone(),
+            target: None,
+            expected: r.expected.clone(),
+            actual: None,
+            actual_matches: false,
+            action: Action::Nothing,
+            changes: Vec::new(),
+            outside: Vec::new(),
+            conflict: None,
+        })
+        .collect();
     run::check(&tx, &plan.tables, &mut now, opts.into.as_deref(), true).await?;
     if !opts.force {
         let drifted: Vec<String> = now

@@ -67,6 +67,9 @@ pub async fn execute(
         what: "writing the report".into(),
         source,
     };
+    if cmd.apply_plan.is_none() && cmd.request.as_of.is_none() && cmd.request.selection.is_empty() {
+        return Err(RestoreError::NoSelection);
+    }
     let mut client = run::connect(&cmd.target).await?;
     let plan: Plan = match &cmd.apply_plan {
         Some(path) => {

@@ -88,11 +88,24 @@ pub async fn read_actual<C: GenericClient>(
     if rows.is_empty() {
         return Ok(());
     }
-    let input: Vec<serde_json::Value> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| serde_json::json!({"i": i as i64, "k": r.key, "x": r.expected}))
-        .collect();
+    let param = {
+        #[derive(serde::Serialize)]
+        struct In<'a> {
+            i: usize,
+            k: &'a Row,
+            x: &'a Option<Row>,
+        }
+        let input: Vec<In> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| In {
+                i,
+                k: &r.key,
+                x: &r.expected,
+            })
+            .collect();
+        serde_json::to_string(&input).expect("JSON")
+    };
     let join = if meta.key.is_empty() {
         "to_jsonb(t.*) = e.k".to_string()
     } else {
@@ -110,7 +123,6 @@ pub async fn read_actual<C: GenericClient>(
          JOIN {relation} AS t ON {join}{}",
         if lock { " FOR UPDATE OF t" } else { "" }
     );
-    let param = serde_json::to_string(&input).expect("JSON");
     let found = client
         .query(&q, &[&param])
         .await

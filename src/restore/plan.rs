@@ -46,6 +46,15 @@ pub struct ChangeRef {
 }
 
 impl ChangeRef {
+    /// Without the statement text (selected changes: the report does not show it, and at a
+    /// hundred thousand rows it is memory).
+    fn brief(c: &LoggedChange) -> Self {
+        ChangeRef {
+            statement: String::new(),
+            ..ChangeRef::of(c)
+        }
+    }
+
     fn of(c: &LoggedChange) -> Self {
         let s = &c.event.source;
         ChangeRef {
@@ -210,7 +219,7 @@ pub fn build(
                     .iter()
                     .zip(&selected[first..=last])
                     .filter(|(_, s)| **s)
-                    .map(|(c, _)| ChangeRef::of(c))
+                    .map(|(c, _)| ChangeRef::brief(c))
                     .collect(),
                 outside,
                 conflict: None,
