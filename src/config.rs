@@ -24,6 +24,8 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const LOG_LEVEL: &str = "info";
+    /// How often the rules file is checked for changes (gates.poll_interval).
+    pub const RULES_POLL: Duration = Duration::from_secs(1);
 }
 
 /// Prefix of environment variables that override the file; `__` separates nesting levels,
@@ -46,6 +48,30 @@ pub struct Config {
     pub capture: CaptureConfig,
     /// The Kafka brokers audit records go to. Capture is on when `brokers` is set.
     pub kafka: crate::audit::kafka::SinkConfig,
+    /// Gates: rules and feature flags that refuse writes (needs capture on).
+    pub gates: GatesConfig,
+}
+
+/// Gates settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatesConfig {
+    /// Rules file (TOML, see README "Gates"); empty: no gates. Reloaded when it changes and
+    /// on SIGHUP; an invalid new version is rejected and the previous rules stay in force.
+    /// Runtime flag and kill-switch changes are kept next to it in `<file>.state.json`.
+    pub rules: Option<PathBuf>,
+    /// How often the rules file is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for GatesConfig {
+    fn default() -> Self {
+        Self {
+            rules: None,
+            poll_interval: defaults::RULES_POLL,
+        }
+    }
 }
 
 /// Capture settings.
@@ -154,8 +180,13 @@ pub enum UpstreamTlsMode {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Address of the HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
+    /// Address of the HTTP endpoint serving `/metrics`, `/healthz`, `/readyz` and the gates
+    /// API (`/gates/…`).
     pub listen: SocketAddr,
+    /// Bearer token the gates API requires (`Authorization: Bearer …`); set it through
+    /// HINDSIGHT_ADMIN__TOKEN rather than the file. With gates on, hindsight refuses to start
+    /// on a non-loopback admin address without one.
+    pub token: String,
 }
 
 /// Logging.
@@ -205,6 +236,7 @@ impl Default for AdminConfig {
             listen: defaults::ADMIN_LISTEN
                 .parse()
                 .expect("default admin address"),
+            token: String::new(),
         }
     }
 }
@@ -334,6 +366,23 @@ impl Config {
             .redact
             .iter()
             .any(|r| r.action == crate::capture::redact::RedactAction::Hash);
+        if self.gates.rules.is_some()
+            && !self.admin.listen.ip().is_loopback()
+            && self.admin.token.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "admin.token",
+                value: String::new(),
+                why: format!("the gates API would be open to anyone who can reach {} (admin.listen is not a loopback address); set a token (HINDSIGHT_ADMIN__TOKEN) or listen on 127.0.0.1", self.admin.listen),
+            });
+        }
+        if self.gates.rules.is_some() && self.capture.disabled {
+            return Err(ConfigError::Invalid {
+                key: "gates.rules",
+                value: self.gates.rules.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                why: "gates need capture (they judge captured rows and record what they refuse); drop --no-capture or the rules".into(),
+            });
+        }
         if hashes && self.capture.redact_key.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "capture.redact_key",

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod capture;
 pub mod config;
+pub mod gates;
 pub mod proxy;
 pub mod restore;
 pub mod statement;

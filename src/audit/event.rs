@@ -83,6 +83,9 @@ pub struct Source {
     /// For `blocked` events: the rule that refused the write.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub blocked_by: Option<String>,
+    /// A gate rule in audit (dry-run) mode that would have refused this change.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dry_run_rule: Option<String>,
     /// The images went through PII redaction: they are not the data, and restore refuses them.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub redacted: bool,
@@ -200,6 +203,7 @@ mod tests {
                 side_effects: None,
                 side_effect_tables: vec![],
                 blocked_by: None,
+                dry_run_rule: None,
                 redacted: false,
             },
             op: Op::Update,

@@ -25,9 +25,11 @@ use super::publish::{self, SessionInfo};
 use super::rewrite::Shape;
 use super::rewrite::{rewrite, Rewritten};
 use super::router::{Collect, Reply, Shared, Unit};
-use super::txn::{Change, StatementCtx};
+use super::txn::{Change, GateInfo, GateMark, StatementCtx};
 use crate::audit::event::CommitStatus;
 use crate::audit::kafka::KafkaSink;
+use crate::gates::decide::{StatementFacts, Verdict as Gate};
+use crate::gates::guard::RowFacts;
 use crate::proxy::relay::{frontend_tag, Inspector, Verdict};
 use crate::statement::analysis::TableName;
 use crate::statement::cache::{AnalysisCache, Statement};
@@ -75,6 +77,16 @@ pub struct ClientCapture {
     /// A COPY runs in a transaction hindsight opened: it ends it at the client's CopyDone or
     /// CopyFail.
     copy_pending: bool,
+    /// Rules that refuse writes, when configured.
+    pub gates: Option<Arc<crate::gates::engine::Gates>>,
+    /// The gates' statement-phase outcome for the statements of the current simple Query, by
+    /// their span in its text.
+    query_gates: Vec<(std::ops::Range<usize>, GateInfo)>,
+    /// … and for bound portals (extended protocol).
+    portal_gates: HashMap<Vec<u8>, GateInfo>,
+    /// hindsight failed an extended-protocol message in the client's place: like the server,
+    /// it now drops the client's messages up to its Sync (their replies will never come).
+    skip_until_sync: bool,
 }
 
 /// A prepared statement as hindsight analysed (and maybe rewrote) it.
@@ -87,6 +99,8 @@ struct Prep {
     rewritten: Option<Rewritten>,
     /// The table the statement names first (DDL and writes), for statement-level events.
     object: TableName,
+    /// Every table it writes (for the gates).
+    writes: Vec<crate::statement::Write>,
     /// PostgreSQL < 18 UPDATE: the name of hindsight's companion prepared statement that reads
     /// (and locks) the before images with the same parameters, run right before each Execute.
     companion: Option<Vec<u8>>,
@@ -107,6 +121,51 @@ fn close_frame(kind: u8, name: &[u8]) -> Vec<u8> {
     b.extend_from_slice(name);
     b.push(0);
     frame_of(b'C', &b)
+}
+
+/// Why a transaction's records were not published.
+enum Failure {
+    /// The brokers (or the catalog lookup) failed: HS001, unless `on_sink_failure = allow`.
+    Sink(String),
+    /// A gate's row rule refused a change: this ErrorResponse, always.
+    Gate(Vec<u8>),
+}
+
+/// The client's error for a gate decision. `at_commit`: a row rule refused at COMMIT (the
+/// whole transaction was rolled back, like a deferred constraint).
+fn gate_error(hit: &crate::gates::decide::Hit, at_commit: bool) -> ErrorResponse {
+    let code = if hit.kill_switch {
+        sqlstate::READ_ONLY
+    } else {
+        sqlstate::GATE_DENIED
+    };
+    let what = if at_commit {
+        "the transaction was rolled back"
+    } else {
+        "the statement was not run"
+    };
+    let hint = hit.hint.clone().unwrap_or_else(|| {
+        if hit.reason.contains("feature flag") {
+            "Turn the flag on for this application through the admin API (PUT /gates/flags/NAME), or change the rule.".into()
+        } else {
+            "If this write is legitimate, change or remove the rule in the rules file (it is reloaded on save).".into()
+        }
+    });
+    ErrorResponse::error(
+        code,
+        format!(
+            "hindsight: write refused by rule \"{}\": {}; {what}",
+            hit.rule, hit.reason
+        ),
+    )
+    .with_hint(hint)
+}
+
+fn client_ip(s: &SessionInfo) -> Option<std::net::IpAddr> {
+    s.client_addr
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
 }
 
 /// How a COMMIT happens once the records are published.
@@ -147,6 +206,10 @@ impl ClientCapture {
             batch_implicit: false,
             mid_batch: false,
             copy_pending: false,
+            gates: None,
+            query_gates: Vec::new(),
+            portal_gates: HashMap::new(),
+            skip_until_sync: false,
         }
     }
 
@@ -191,6 +254,18 @@ impl Inspector for ClientCapture {
                 .load(std::sync::atomic::Ordering::SeqCst)
         {
             return Verdict::Defer;
+        }
+        if self.skip_until_sync {
+            match tag {
+                FrontendTag::Parse
+                | FrontendTag::Bind
+                | FrontendTag::Describe
+                | FrontendTag::Execute
+                | FrontendTag::Close
+                | FrontendTag::Flush => return Verdict::Replace(Vec::new()),
+                FrontendTag::Sync => self.skip_until_sync = false,
+                _ => {}
+            }
         }
         let body = &frame[HEADER_LEN.min(frame.len())..];
         match tag {
@@ -397,6 +472,11 @@ impl ClientCapture {
                 !st.txn.is_empty() || !st.capture_errors.is_empty(),
             )
         };
+        if let Err((i, hit)) = self.gate_query(statements, &tags) {
+            return self
+                .deny_query(w, text, &tags, &statements[i], status, hit)
+                .await;
+        }
         if let [s] = statements {
             if s.located.analysis.kind == Kind::CopyIn && !s.located.analysis.explain_analyze {
                 return self.capture_copy(w, frame, text, &tags, s, status).await;
@@ -495,7 +575,8 @@ impl ClientCapture {
             .first()
             .map(|w| w.table.clone())
             .unwrap_or_default();
-        self.event_ctx(text, &s.fingerprint, tags, a.kind, table)
+        let shape = Arc::new(Shape::statement(a.kind, table));
+        self.event_ctx(text, &s.fingerprint, tags, shape, self.gate_for(s))
     }
 
     fn event_ctx(
@@ -503,8 +584,8 @@ impl ClientCapture {
         text: &str,
         fingerprint: &str,
         tags: &sqlcommenter::Tags,
-        kind: Kind,
-        table: TableName,
+        shape: Arc<Shape>,
+        gate: GateInfo,
     ) -> Arc<StatementCtx> {
         Arc::new(StatementCtx {
             text: text.to_string(),
@@ -513,9 +594,188 @@ impl ClientCapture {
             seq: self.seq,
             ts_ms: now_ms(),
             application_name: self.shared.lock().application_name.clone(),
-            shape: Arc::new(Shape::statement(kind, table)),
+            shape,
             binary: false,
+            gate,
         })
+    }
+
+    /// The gates' statement-phase outcome recorded for `s` of the current Query.
+    fn gate_for(&self, s: &Statement) -> GateInfo {
+        self.query_gates
+            .iter()
+            .find(|(r, _)| *r == s.located.span)
+            .map(|(_, g)| g.clone())
+            .unwrap_or_default()
+    }
+
+    /// The gates' verdict on a statement before it runs.
+    fn statement_gate(
+        &self,
+        kind: Kind,
+        writes: &[crate::statement::Write],
+        fingerprint: &str,
+        tags: &sqlcommenter::Tags,
+    ) -> Gate {
+        let Some(g) = &self.gates else {
+            return Gate::Allow { exempt: false };
+        };
+        let application = self.shared.lock().application_name.clone();
+        g.statement(&StatementFacts {
+            kind,
+            writes,
+            fingerprint,
+            user: &self.session.user,
+            database: &self.session.database,
+            application: &application,
+            client_ip: client_ip(&self.session),
+            tags,
+        })
+    }
+
+    /// Decide every write of a simple Query; `Err` with the refusing hit.
+    fn gate_query(
+        &mut self,
+        statements: &[Statement],
+        tags: &sqlcommenter::Tags,
+    ) -> Result<(), (usize, crate::gates::decide::Hit)> {
+        self.query_gates.clear();
+        if self.gates.is_none() {
+            return Ok(());
+        }
+        for (i, s) in statements.iter().enumerate() {
+            let a = &s.located.analysis;
+            if !crate::gates::decide::is_write(a.kind) {
+                continue;
+            }
+            let mut info = GateInfo {
+                op: Some(a.kind),
+                writes: a.writes.clone(),
+                ..GateInfo::default()
+            };
+            match self.statement_gate(a.kind, &a.writes, &s.fingerprint, tags) {
+                Gate::Deny(hit) => return Err((i, hit)),
+                Gate::Audit(hit) => info.mark = Some(GateMark::WouldBlock(hit.rule)),
+                Gate::Allow { exempt } => info.exempt = exempt,
+            }
+            self.query_gates.push((s.located.span.clone(), info));
+        }
+        Ok(())
+    }
+
+    /// A simple-Query write a gate refused: run it on trial (rolled back) to record what it
+    /// would have changed, publish that as `blocked` events, and refuse it.
+    async fn deny_query<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        s: &Statement,
+        status: u8,
+        hit: crate::gates::decide::Hit,
+    ) -> std::io::Result<()> {
+        let a = &s.located.analysis;
+        self.seq += 1;
+        let gate = GateInfo {
+            op: Some(a.kind),
+            writes: a.writes.clone(),
+            exempt: false,
+            mark: Some(GateMark::Blocked(hit.rule.clone())),
+        };
+        let stmt = text[s.located.span.clone()].trim();
+        let mut changes = self.probe(w, text, tags, s, status, &gate).await?;
+        if changes.is_empty() {
+            let table = a
+                .writes
+                .first()
+                .map(|w| w.table.clone())
+                .unwrap_or_default();
+            let shape = Arc::new(Shape::statement(a.kind, table));
+            changes.push(Change::statement(self.event_ctx(
+                stmt,
+                &s.fingerprint,
+                tags,
+                shape,
+                gate,
+            )));
+        }
+        if self.shared.lock().status == b'E' {
+            self.publish_refused(None, changes, &HashMap::new()).await;
+        } else if let Err(Failure::Sink(e)) = self.publish(w, changes, true).await? {
+            self.metrics.audit_publish_failures.inc();
+            tracing::error!(error = %e, "the record of a refused write could not be published");
+        }
+        self.refuse(w, gate_error(&hit, false)).await
+    }
+
+    /// Run `s` rewritten for capture and roll it back, collecting what it would have changed
+    /// (in a savepoint inside a transaction block, else in a transaction of its own).
+    async fn probe<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        s: &Statement,
+        status: u8,
+        gate: &GateInfo,
+    ) -> std::io::Result<Vec<Change>> {
+        let a = &s.located.analysis;
+        if status == b'E' || !a.kind.writes_rows() || a.kind == Kind::CopyIn {
+            return Ok(Vec::new());
+        }
+        let major = self.shared.lock().server_major;
+        let Ok(Some(rw)) = rewrite(text, &s.located, major, self.truncate_limit, &[]) else {
+            return Ok(Vec::new());
+        };
+        if rw.guard.is_some() {
+            return Ok(Vec::new());
+        }
+        let ctx = self.event_ctx(
+            text[s.located.span.clone()].trim(),
+            &s.fingerprint,
+            tags,
+            Arc::clone(&rw.shape),
+            gate.clone(),
+        );
+        let (open, close) = if status == b'I' {
+            ("BEGIN", "ROLLBACK")
+        } else {
+            (
+                "SAVEPOINT __hs_probe",
+                "ROLLBACK TO SAVEPOINT __hs_probe;\nRELEASE SAVEPOINT __hs_probe",
+            )
+        };
+        let mut sql = format!("{open};\n");
+        let mut units = vec![Unit::new(b"C")];
+        if let Some(pre) = &rw.pre_read {
+            sql.push_str(pre);
+            sql.push_str(";\n");
+            let mut u = Unit::new(b"C");
+            u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+            u.probe = true;
+            units.push(u);
+        }
+        sql.push_str(&rw.text);
+        sql.push_str(";\n");
+        let mut u = Unit::new(b"C");
+        u.collect = Collect::Capture(ctx, Vec::new());
+        u.probe = true;
+        units.push(u);
+        sql.push_str(close);
+        for _ in close.split(';') {
+            units.push(Unit::new(b"C"));
+        }
+        units.push(Unit::new(b"Z"));
+        self.mid_batch = false;
+        self.push(units);
+        write_all(w, &query_frame(&sql)).await?;
+        self.shared.drained().await;
+        if status == b'I' && self.shared.lock().status != b'I' {
+            // The trial failed inside hindsight's own transaction: end it.
+            self.swallowed_query(w, "ROLLBACK", false).await?;
+            self.shared.drained().await;
+        }
+        Ok(std::mem::take(&mut self.shared.lock().probe))
     }
 
     /// Publish statement-level events *before* the statement runs (outside a transaction
@@ -657,6 +917,7 @@ impl ClientCapture {
                         ts_ms: now_ms(),
                         application_name: application_name.clone(),
                         binary: false,
+                        gate: Default::default(),
                         shape: Arc::clone(&rw.shape),
                     });
                     if let Some((guard, msg)) = &rw.guard {
@@ -811,6 +1072,7 @@ impl ClientCapture {
             ts_ms: now_ms(),
             application_name: self.shared.lock().application_name.clone(),
             binary: false,
+            gate: Default::default(),
             shape: Arc::clone(&rw.shape),
         });
         ins.collect = Collect::Capture(ctx, Vec::new());
@@ -859,17 +1121,19 @@ impl ClientCapture {
             (st.txn.take(), std::mem::take(&mut st.capture_errors))
         };
         let failure = if !capture_errors.is_empty() {
-            Some(format!(
+            Some(Failure::Sink(format!(
                 "captured rows could not be decoded: {}",
                 capture_errors.join("; ")
-            ))
+            )))
         } else if changes.is_empty() {
             None
         } else {
-            self.publish(w, changes).await?
+            self.publish(w, changes, false).await?.err()
         };
         let mut error = None;
-        if let Some(why) = failure {
+        if let Some(Failure::Gate(err)) = failure {
+            error = Some(err);
+        } else if let Some(Failure::Sink(why)) = failure {
             self.metrics.audit_publish_failures.inc();
             if self.on_sink_failure == OnSinkFailure::Deny {
                 tracing::error!(%why, "audit records not recorded: rolling the transaction back");
@@ -983,6 +1247,7 @@ impl ClientCapture {
         name: &[u8],
         err: Vec<u8>,
     ) -> std::io::Result<()> {
+        self.skip_until_sync = true;
         let mut u = Unit::pass(b"1");
         u.error_replacement = Some(err);
         self.push([u]);
@@ -1009,26 +1274,47 @@ impl ClientCapture {
         write_all(w, &query_frame(sql)).await
     }
 
-    /// Resolve tables and the transaction id, then publish. `Ok(Some(why))` on failure.
+    /// Resolve tables and the transaction id, check the gates' row rules, then publish.
+    /// `blocked`: these are refused changes (op `blocked`): no row rules, END `aborted`.
     async fn publish<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         changes: Vec<super::txn::Change>,
-    ) -> std::io::Result<Option<String>> {
-        let mut oids: Vec<u32> = changes.iter().map(|c| c.table_oid).collect();
+        blocked: bool,
+    ) -> std::io::Result<Result<(), Failure>> {
+        let mut oids: Vec<u32> = changes
+            .iter()
+            .filter(|c| !c.is_statement())
+            .map(|c| c.table_oid)
+            .collect();
         oids.sort_unstable();
         oids.dedup();
-        let reply = self
-            .internal_query(w, &publish::catalog_query(&oids))
-            .await?;
-        if reply.error.is_some() {
-            return Ok(Some(
-                "looking up the changed tables in the catalog failed".into(),
-            ));
+        let (txid, tables) = if blocked && oids.is_empty() {
+            (None, HashMap::new())
+        } else {
+            let reply = self
+                .internal_query(w, &publish::catalog_query(&oids))
+                .await?;
+            if reply.error.is_some() {
+                return Ok(Err(Failure::Sink(
+                    "looking up the changed tables in the catalog failed".into(),
+                )));
+            }
+            publish::parse_catalog(&reply.rows)
+        };
+        let mut changes = publish::pair_pre_reads(changes, &tables);
+        if !blocked {
+            if let Some(err) = self.row_rules(&mut changes, &tables) {
+                let refused: Vec<_> = changes
+                    .into_iter()
+                    .filter(|c| matches!(c.gate, Some(GateMark::Blocked(_))))
+                    .collect();
+                self.publish_refused(txid, refused, &tables).await;
+                return Ok(Err(Failure::Gate(err)));
+            }
         }
-        let (txid, tables) = publish::parse_catalog(&reply.rows);
         self.tx_seq += 1;
-        let (records, end) = publish::build(
+        let (records, mut end) = publish::build(
             &self.session,
             self.tx_seq,
             txid,
@@ -1037,6 +1323,16 @@ impl ClientCapture {
             &self.redactor,
         );
         let events = records.len() - 1;
+        if blocked {
+            end.commit_status = Some(CommitStatus::Aborted);
+            let mut all = records;
+            all.push(publish::end_record(&self.session, &end));
+            return Ok(self
+                .sink
+                .publish(&all)
+                .await
+                .map_err(|e| Failure::Sink(e.to_string())));
+        }
         match self.sink.publish(&records).await {
             Ok(()) => {
                 self.metrics.audit_events.inc_by(events as u64);
@@ -1048,10 +1344,86 @@ impl ClientCapture {
                         tracing::warn!(error = %e, "publishing a transaction END record failed");
                     }
                 });
-                Ok(None)
+                Ok(Ok(()))
             }
-            Err(e) => Ok(Some(e.to_string())),
+            Err(e) => Ok(Err(Failure::Sink(e.to_string()))),
         }
+    }
+
+    /// Publish refused changes (op `blocked`, END `aborted`); a failure is logged, the refusal
+    /// stands either way.
+    async fn publish_refused(
+        &mut self,
+        txid: Option<i64>,
+        changes: Vec<super::txn::Change>,
+        tables: &HashMap<u32, publish::TableInfo>,
+    ) {
+        self.tx_seq += 1;
+        let (mut records, mut end) = publish::build(
+            &self.session,
+            self.tx_seq,
+            txid,
+            changes,
+            tables,
+            &self.redactor,
+        );
+        end.commit_status = Some(CommitStatus::Aborted);
+        records.push(publish::end_record(&self.session, &end));
+        if let Err(e) = self.sink.publish(&records).await {
+            self.metrics.audit_publish_failures.inc();
+            tracing::error!(error = %e, "the record of a refused write could not be published");
+        }
+    }
+
+    /// The gates' row rules over the transaction's changes (at COMMIT). Marks each change the
+    /// rules refuse or dry-run; returns the client's error if any is refused.
+    fn row_rules(
+        &self,
+        changes: &mut [super::txn::Change],
+        tables: &HashMap<u32, publish::TableInfo>,
+    ) -> Option<Vec<u8>> {
+        let gates = self.gates.as_ref().filter(|g| g.has_row_rules())?;
+        let mut first: Option<crate::gates::decide::Hit> = None;
+        let client_ip = client_ip(&self.session);
+        for c in changes.iter_mut() {
+            if c.is_statement() || c.stmt.gate.exempt {
+                continue;
+            }
+            let table = tables
+                .get(&c.table_oid)
+                .map(|t| format!("{}.{}", t.schema, t.name))
+                .unwrap_or_else(|| c.stmt.shape.table.to_string());
+            let op = match (&c.before, &c.after) {
+                (None, Some(_)) => "insert",
+                (Some(_), None) => "delete",
+                _ => "update",
+            };
+            let facts = StatementFacts {
+                kind: c.stmt.gate.op.unwrap_or(c.stmt.shape.kind),
+                writes: &c.stmt.gate.writes,
+                fingerprint: &c.stmt.fingerprint,
+                user: &self.session.user,
+                database: &self.session.database,
+                application: &c.stmt.application_name,
+                client_ip,
+                tags: &c.stmt.tags,
+            };
+            let row = RowFacts {
+                before: c.before.as_ref(),
+                after: c.after.as_ref(),
+                op,
+                table: &table,
+            };
+            match gates.row(&facts, &row) {
+                Gate::Deny(hit) => {
+                    c.gate = Some(GateMark::Blocked(hit.rule.clone()));
+                    first.get_or_insert(hit);
+                }
+                Gate::Audit(hit) => c.gate = Some(GateMark::WouldBlock(hit.rule)),
+                Gate::Allow { .. } => {}
+            }
+        }
+        first.map(|hit| gate_error(&hit, true).encode())
     }
 
     /// Run a query of hindsight's own and wait for its rows.
@@ -1163,6 +1535,7 @@ impl ClientCapture {
                 fingerprint: stmt.fingerprint.clone(),
                 tags,
                 rewritten,
+                writes: a.writes.clone(),
                 object: a
                     .writes
                     .first()
@@ -1228,6 +1601,11 @@ impl ClientCapture {
         let prep = Arc::clone(&self.statements[stmt]);
         let shape = Arc::clone(&prep.rewritten.as_ref().expect("rewritten").shape);
         self.flush_and_drain(w).await?;
+        let gate = match self.prep_gate(&prep) {
+            Ok(g) => g,
+            Err(hit) => return self.refuse_prepared(w, &prep, hit).await,
+        };
+        self.portal_gates.insert(portal.to_vec(), gate);
         if !self.batch_implicit && self.shared.lock().status == b'I' {
             self.batch_implicit = true;
             // Named statement and portal: the client's unnamed ones stay untouched.
@@ -1298,6 +1676,7 @@ impl ClientCapture {
             application_name,
             shape: Arc::clone(&rw.shape),
             binary,
+            gate: self.portal_gates.get(portal).cloned().unwrap_or_default(),
         });
         let mut out = Vec::new();
         if prep.companion.is_some() {
@@ -1341,14 +1720,13 @@ impl ClientCapture {
             return self.commit(w, CommitBy::ClientExtended(frame)).await;
         }
         self.flush_and_drain(w).await?;
+        let gate = match self.prep_gate(&prep) {
+            Ok(g) => g,
+            Err(hit) => return self.refuse_prepared(w, &prep, hit).await,
+        };
         self.seq += 1;
-        let ctx = self.event_ctx(
-            &prep.text,
-            &prep.fingerprint,
-            &prep.tags,
-            prep.kind,
-            prep.object.clone(),
-        );
+        let shape = Arc::new(Shape::statement(prep.kind, prep.object.clone()));
+        let ctx = self.event_ctx(&prep.text, &prep.fingerprint, &prep.tags, shape, gate);
         if self.shared.lock().status == b'I' {
             return self
                 .announce(w, frame, vec![Change::statement(ctx)], b"CIs")
@@ -1358,6 +1736,48 @@ impl ClientCapture {
         u.collect = Collect::Statement(ctx);
         self.push([u]);
         write_all(w, frame).await
+    }
+
+    /// The gates' statement phase for a prepared statement about to run; `Err` if refused.
+    fn prep_gate(&self, prep: &Prep) -> Result<GateInfo, crate::gates::decide::Hit> {
+        if self.gates.is_none() {
+            return Ok(GateInfo::default());
+        }
+        let mut gate = GateInfo {
+            op: Some(prep.kind),
+            writes: prep.writes.clone(),
+            ..GateInfo::default()
+        };
+        match self.statement_gate(prep.kind, &prep.writes, &prep.fingerprint, &prep.tags) {
+            Gate::Deny(hit) => return Err(hit),
+            Gate::Audit(hit) => gate.mark = Some(GateMark::WouldBlock(hit.rule)),
+            Gate::Allow { exempt } => gate.exempt = exempt,
+        }
+        Ok(gate)
+    }
+
+    /// A prepared write a gate refused (at Bind or Execute): record it (statement-level
+    /// `blocked` event: the extended protocol gets no trial run), and fail the message — the
+    /// server then skips to the client's Sync, as after any failed message.
+    async fn refuse_prepared<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        prep: &Prep,
+        hit: crate::gates::decide::Hit,
+    ) -> std::io::Result<()> {
+        self.seq += 1;
+        let gate = GateInfo {
+            op: Some(prep.kind),
+            writes: prep.writes.clone(),
+            exempt: false,
+            mark: Some(GateMark::Blocked(hit.rule.clone())),
+        };
+        let shape = Arc::new(Shape::statement(prep.kind, prep.object.clone()));
+        let ctx = self.event_ctx(&prep.text, &prep.fingerprint, &prep.tags, shape, gate);
+        self.publish_refused(None, vec![Change::statement(ctx)], &HashMap::new())
+            .await;
+        self.refused_parse(w, b"__hindsight_refused", gate_error(&hit, false).encode())
+            .await
     }
 
     /// Sync of a batch hindsight opened a transaction for: end it the way the server would have.

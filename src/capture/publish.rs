@@ -9,7 +9,7 @@ use crate::audit::event::{
 use crate::audit::kafka::Record;
 use crate::statement::Kind;
 
-use super::txn::Change;
+use super::txn::{Change, GateMark};
 
 /// Topic suffix (and data collection name) of statement-level events (DDL, opaque).
 pub const STATEMENTS: &str = "statements";
@@ -108,7 +108,7 @@ pub fn parse_catalog(rows: &[Vec<Option<Vec<u8>>>]) -> (Option<i64>, HashMap<u32
 /// the old row and an insert of the new one — what Debezium does for key changes — so no image
 /// is lost. Locked rows the UPDATE did not change (no unpaired after image left) produce no
 /// event.
-fn pair_pre_reads(changes: Vec<Change>, tables: &HashMap<u32, TableInfo>) -> Vec<Change> {
+pub fn pair_pre_reads(changes: Vec<Change>, tables: &HashMap<u32, TableInfo>) -> Vec<Change> {
     let mut out: Vec<Change> = Vec::with_capacity(changes.len());
     let mut iter = changes.into_iter().peekable();
     while let Some(c) = iter.next() {
@@ -210,7 +210,7 @@ pub fn build(
     tables: &HashMap<u32, TableInfo>,
     redactor: &super::redact::Redactor,
 ) -> (Vec<Record>, TransactionRecord) {
-    let mut changes = pair_pre_reads(changes, tables);
+    let mut changes = changes;
     if !redactor.is_empty() {
         for c in &mut changes {
             let (schema, name) = tables
@@ -247,7 +247,9 @@ pub fn build(
         };
         let order = per_table.entry(collection.clone()).or_insert(0);
         *order += 1;
+        let mark = c.gate.clone().or_else(|| c.stmt.gate.mark.clone());
         let op = match (&c.before, &c.after) {
+            _ if matches!(mark, Some(GateMark::Blocked(_))) => Op::Blocked,
             (None, Some(_)) => Op::Create,
             (Some(_), None) if c.stmt.shape.kind == Kind::Truncate => Op::Truncate,
             (Some(_), None) => Op::Delete,
@@ -306,7 +308,14 @@ pub fn build(
                 statement_seq: c.stmt.seq,
                 side_effects: (!side_effects.is_empty()).then(|| "uncaptured".to_string()),
                 side_effect_tables: side_effects,
-                blocked_by: None,
+                blocked_by: match &mark {
+                    Some(GateMark::Blocked(r)) => Some(r.clone()),
+                    _ => None,
+                },
+                dry_run_rule: match &mark {
+                    Some(GateMark::WouldBlock(r)) => Some(r.clone()),
+                    _ => None,
+                },
                 redacted: redactor.covers(&t.schema, &t.name),
             },
             op,

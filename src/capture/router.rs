@@ -52,6 +52,9 @@ pub struct Unit {
     /// Characters hindsight's query string has in front of the client's text at this
     /// statement: subtracted from the position of a forwarded error.
     pub position_shift: i64,
+    /// Captured rows go to `State::probe`, not the transaction (a gate's trial run of a
+    /// refused statement, rolled back, to record what it would have changed).
+    pub probe: bool,
 }
 
 /// What the client sees of a forwarded CommandComplete.
@@ -112,6 +115,7 @@ impl Unit {
             complete: Complete::Keep,
             idle_if_no_copy: false,
             position_shift: 0,
+            probe: false,
         }
     }
 
@@ -144,6 +148,8 @@ pub struct State {
     pub server_major: u32,
     /// A CopyInResponse arrived since the last ReadyForQuery.
     pub copy_started: bool,
+    /// Rows of probe units (see [`Unit::probe`]).
+    pub probe: Vec<Change>,
 }
 
 /// [`State`] plus the wake-up for the client side waiting on replies.
@@ -320,6 +326,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                             after,
                             table_oid,
                             stmt: Arc::clone(stmt),
+                            gate: None,
                         }),
                         Err(e) => st.capture_errors.push(format!("{}: {e}", shape.table)),
                     }
@@ -344,6 +351,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                             after: None,
                             table_oid,
                             stmt: Arc::clone(stmt),
+                            gate: None,
                         }),
                         Err(e) => st.capture_errors.push(format!("{}: {e}", stmt.shape.table)),
                     }
@@ -370,6 +378,9 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             apply_txctl(st, *ctl, name);
         }
         match unit.collect {
+            Collect::Capture(_, rows) | Collect::PreRead(_, rows) if unit.probe => {
+                st.probe.extend(rows)
+            }
             Collect::Capture(_, rows) | Collect::PreRead(_, rows) => st.txn.push(rows),
             Collect::Statement(stmt) => st.txn.push([Change::statement(stmt)]),
             Collect::Rows(rows) => {

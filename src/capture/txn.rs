@@ -26,6 +26,29 @@ pub struct StatementCtx {
     pub shape: Arc<Shape>,
     /// The capture columns come back in binary format (Bind asked for binary results).
     pub binary: bool,
+    /// What gates need at COMMIT, and what they decided before the statement ran.
+    pub gate: GateInfo,
+}
+
+/// A statement's facts for the gates' row phase, and the statement phase's outcome.
+#[derive(Debug, Clone, Default)]
+pub struct GateInfo {
+    /// The statement's own kind (COPY is `copy` although it is captured as an INSERT).
+    pub op: Option<crate::statement::Kind>,
+    pub writes: Vec<crate::statement::Write>,
+    /// An `allow` rule decided: row rules do not apply.
+    pub exempt: bool,
+    /// Set on every change of the statement.
+    pub mark: Option<GateMark>,
+}
+
+/// What a gate decided about a change, as the event records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateMark {
+    /// Refused by this rule: published with op `blocked`, never committed.
+    Blocked(String),
+    /// This rule, in audit (dry-run) mode, would have refused it.
+    WouldBlock(String),
 }
 
 /// One changed row as captured.
@@ -35,6 +58,8 @@ pub struct Change {
     pub after: Option<Row>,
     pub table_oid: u32,
     pub stmt: Arc<StatementCtx>,
+    /// A row rule's decision about this change (overrides the statement's).
+    pub gate: Option<GateMark>,
 }
 
 impl Change {
@@ -45,6 +70,7 @@ impl Change {
             after: None,
             table_oid: 0,
             stmt,
+            gate: None,
         }
     }
 
@@ -122,6 +148,7 @@ mod tests {
             before: None,
             after: Some(Row::from_iter([("n".to_string(), n.into())])),
             table_oid: 1,
+            gate: None,
             stmt: Arc::new(StatementCtx {
                 text: String::new(),
                 fingerprint: String::new(),
@@ -130,6 +157,7 @@ mod tests {
                 ts_ms: 0,
                 application_name: String::new(),
                 binary: false,
+                gate: Default::default(),
                 shape: Arc::new(Shape {
                     kind: Kind::Insert,
                     table: TableName {

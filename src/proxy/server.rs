@@ -30,6 +30,8 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
     #[error("capture: {0}")]
     Sink(#[from] crate::audit::kafka::SinkError),
+    #[error("gates: {0}")]
+    Gates(#[from] crate::gates::GateError),
 }
 
 /// What capturing sessions share: the audit sink and the statement analysis cache.
@@ -37,6 +39,8 @@ pub struct CaptureCtx {
     pub sink: Arc<crate::audit::kafka::KafkaSink>,
     pub cache: Arc<crate::statement::AnalysisCache>,
     pub redactor: Arc<crate::capture::redact::Redactor>,
+    /// Rules that refuse writes (gates.rules), when configured.
+    pub gates: Option<Arc<crate::gates::engine::Gates>>,
 }
 
 /// What every session of one proxy shares.
@@ -94,7 +98,16 @@ pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyEr
     let capture = if !config.capture.disabled && !config.kafka.brokers.is_empty() {
         let sink = crate::audit::kafka::KafkaSink::connect(config.kafka.clone()).await?;
         tracing::info!(brokers = ?config.kafka.brokers, prefix = %config.kafka.topic_prefix, "capture on");
+        let gates = match &config.gates.rules {
+            Some(path) => {
+                let g = crate::gates::engine::Gates::load(path, metrics.clone())?;
+                g.watch(config.gates.poll_interval);
+                Some(g)
+            }
+            None => None,
+        };
         Some(CaptureCtx {
+            gates,
             sink: Arc::new(sink),
             cache: Arc::new(crate::statement::AnalysisCache::new(10_000)),
             redactor: Arc::new(crate::capture::redact::Redactor::new(

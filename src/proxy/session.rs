@@ -352,6 +352,7 @@ async fn relay(
                 Arc::clone(&cap.redactor),
             );
             inspector.truncate_limit = ctx.config.capture.truncate_row_limit;
+            inspector.gates = cap.gates.clone();
             relay_with(ctx, conn, upstream, client, span, inspector, Some(shared)).await
         }
     }

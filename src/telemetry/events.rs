@@ -34,6 +34,17 @@ pub enum Event<'a> {
         ok: bool,
         error: Option<&'a dyn Display>,
     },
+    /// A gate rule refused a write, dry-ran it (audit) or exempted it (allow).
+    GateDecision {
+        rule: &'a str,
+        outcome: &'static str,
+        reason: &'a str,
+    },
+    /// The rules file was reloaded, or a new version was rejected (the old rules stay).
+    RulesReloaded {
+        path: &'a str,
+        error: Option<&'a dyn Display>,
+    },
 }
 
 impl Event<'_> {
@@ -78,6 +89,24 @@ impl Event<'_> {
                     None => tracing::debug!(side, "TLS handshake done"),
                 }
             }
+            Event::GateDecision {
+                rule,
+                outcome,
+                reason,
+            } => {
+                m.gate_decisions.with_label_values(&[*rule, *outcome]).inc();
+                tracing::warn!(rule, outcome, reason, "gate decision");
+            }
+            Event::RulesReloaded { path, error } => match error {
+                None => {
+                    m.gate_reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!(path, "rules loaded");
+                }
+                Some(error) => {
+                    m.gate_reloads.with_label_values(&["rejected"]).inc();
+                    tracing::error!(path, %error, "rules file rejected; the previous rules stay in force");
+                }
+            },
         }
     }
 }

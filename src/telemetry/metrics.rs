@@ -48,6 +48,10 @@ pub struct Metrics {
     pub audit_events: IntCounter,
     /// Transactions whose audit records could not be recorded.
     pub audit_publish_failures: IntCounter,
+    /// Gate decisions, by rule and outcome (deny, audit, allow).
+    pub gate_decisions: IntCounterVec,
+    /// Rules file reloads, by outcome (ok, rejected).
+    pub gate_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -145,7 +149,19 @@ impl Metrics {
                 "Transactions whose audit records could not be recorded (rolled back unless capture.on_sink_failure = allow)",
             )
             .unwrap(),
+            gate_decisions: IntCounterVec::new(
+                Opts::new("gate_decisions_total", "Gate decisions that refused, dry-ran or exempted a write, by rule and outcome"),
+                &["rule", "outcome"],
+            )
+            .unwrap(),
+            gate_reloads: IntCounterVec::new(
+                Opts::new("gate_reloads_total", "Rules file reloads, by outcome (ok, rejected)"),
+                &["outcome"],
+            )
+            .unwrap(),
         };
+        reg(Box::new(m.gate_decisions.clone()));
+        reg(Box::new(m.gate_reloads.clone()));
         reg(Box::new(m.sessions_open.clone()));
         reg(Box::new(m.sessions_total.clone()));
         reg(Box::new(bytes));

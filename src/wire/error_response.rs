@@ -19,6 +19,10 @@ pub mod sqlstate {
     pub const CAPTURE_UNSUPPORTED: &str = "HS002";
     /// a capture limit (capture.truncate_row_limit) refused the statement; it was not run.
     pub const CAPTURE_LIMIT: &str = "HS003";
+    /// A gate rule refused the write (hindsight's own class HS).
+    pub const GATE_DENIED: &str = "HS010";
+    /// The write is switched off by a kill switch (read-only mode).
+    pub const READ_ONLY: &str = "HS011";
 }
 
 /// An error to report to a client; encodes to one ErrorResponse (`E`) frame.

@@ -1,0 +1,264 @@
+//! The gates' live state: the current rules (swapped whole on reload), flag overrides and kill
+//! switches set through the admin API (persisted next to the rules file, so they survive a
+//! restart), and the watcher that reloads on change and on SIGHUP.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::decide::{self, StatementFacts, Verdict};
+use super::flags::FlagDef;
+use super::guard::RowFacts;
+use super::killswitch::{KillSwitches, Scope};
+use super::rules::{self, RuleSet};
+use super::GateError;
+use crate::telemetry::events::Event;
+use crate::telemetry::Metrics;
+
+/// What the admin API changed, persisted as `<rules file>.state.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeState {
+    /// Flags set at runtime (they replace the file's definition of the same flag).
+    #[serde(default)]
+    pub flags: BTreeMap<String, FlagDef>,
+    #[serde(default)]
+    pub kill_switches: KillSwitches,
+}
+
+/// The gates of one proxy.
+pub struct Gates {
+    path: PathBuf,
+    state_path: PathBuf,
+    rules: RwLock<Arc<RuleSet>>,
+    state: RwLock<RuntimeState>,
+    loaded: RwLock<Option<SystemTime>>,
+    metrics: Metrics,
+}
+
+fn read(path: &Path) -> Result<String, GateError> {
+    std::fs::read_to_string(path).map_err(|source| GateError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Gates {
+    /// Load the rules file (an error refuses to start) and the persisted runtime state.
+    pub fn load(path: &Path, metrics: Metrics) -> Result<Arc<Gates>, GateError> {
+        let rules = rules::compile(&read(path)?, &path.display().to_string())?;
+        let mut state_path = path.as_os_str().to_owned();
+        state_path.push(".state.json");
+        let state_path = PathBuf::from(state_path);
+        let state = match std::fs::read_to_string(&state_path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| GateError::State {
+                path: state_path.display().to_string(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RuntimeState::default(),
+            Err(source) => {
+                return Err(GateError::Read {
+                    path: state_path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        Ok(Arc::new(Gates {
+            path: path.to_path_buf(),
+            state_path,
+            rules: RwLock::new(Arc::new(rules)),
+            state: RwLock::new(state),
+            loaded: RwLock::new(modified(path)),
+            metrics,
+        }))
+    }
+
+    pub fn rules(&self) -> Arc<RuleSet> {
+        Arc::clone(&self.rules.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-read the file; an invalid file is rejected and the current rules stay.
+    pub fn reload(&self) -> Result<(), GateError> {
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = modified(&self.path);
+        let origin = self.path.display().to_string();
+        let result = read(&self.path).and_then(|t| rules::compile(&t, &origin));
+        match result {
+            Ok(r) => {
+                *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(r);
+                Event::RulesReloaded {
+                    path: &origin,
+                    error: None,
+                }
+                .emit(&self.metrics);
+                Ok(())
+            }
+            Err(e) => {
+                Event::RulesReloaded {
+                    path: &origin,
+                    error: Some(&e),
+                }
+                .emit(&self.metrics);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reload when the file changes (checked every `every`) and on SIGHUP, until the process
+    /// ends.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                let sighup = async {
+                    match hup.as_mut() {
+                        Some(h) => {
+                            h.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {
+                        let last = *me.loaded.read().unwrap_or_else(|e| e.into_inner());
+                        if modified(&me.path) != last {
+                            let _ = me.reload();
+                        }
+                    }
+                    _ = sighup => { let _ = me.reload(); }
+                }
+            }
+        });
+    }
+
+    fn flag_lookup(&self, rules: &RuleSet) -> impl Fn(&str) -> Option<FlagDef> + '_ {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let file = rules.flags.clone();
+        move |name: &str| state.flags.get(name).or_else(|| file.get(name)).cloned()
+    }
+
+    fn record(&self, v: &Verdict) {
+        match v {
+            Verdict::Deny(h) => Event::GateDecision {
+                rule: &h.rule,
+                outcome: "deny",
+                reason: &h.reason,
+            }
+            .emit(&self.metrics),
+            Verdict::Audit(h) => Event::GateDecision {
+                rule: &h.rule,
+                outcome: "audit",
+                reason: &h.reason,
+            }
+            .emit(&self.metrics),
+            Verdict::Allow { .. } => {}
+        }
+    }
+
+    /// Decide a statement before it runs.
+    pub fn statement(&self, f: &StatementFacts) -> Verdict {
+        if !decide::is_write(f.kind) {
+            return Verdict::Allow { exempt: false };
+        }
+        let rules = self.rules();
+        let kill = self
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill_switches
+            .clone();
+        let v = decide::statement(&rules, &self.flag_lookup(&rules), &kill, f);
+        self.record(&v);
+        v
+    }
+
+    /// Whether any rule looks at rows (then captured rows are checked at COMMIT).
+    pub fn has_row_rules(&self) -> bool {
+        self.rules().rules.iter().any(|r| r.guard.is_some())
+    }
+
+    /// Decide one captured row at COMMIT.
+    pub fn row(&self, f: &StatementFacts, row: &RowFacts) -> Verdict {
+        let rules = self.rules();
+        let v = decide::row(&rules, &self.flag_lookup(&rules), f, row);
+        self.record(&v);
+        v
+    }
+
+    /// Current flags: the file's, with runtime overrides applied.
+    pub fn flags(&self) -> BTreeMap<String, FlagDef> {
+        let mut all = self.rules().flags.clone();
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        all.extend(state.flags.clone());
+        all
+    }
+
+    /// Set a flag at runtime (persisted). Unknown flags are refused: a typo must not look like
+    /// success.
+    pub fn set_flag(&self, name: &str, def: FlagDef) -> Result<(), GateError> {
+        if !self.rules().flags.contains_key(name) {
+            return Err(GateError::UnknownFlag(name.to_string()));
+        }
+        if def.percentage > 100 {
+            return Err(GateError::Invalid(format!(
+                "percentage = {} (must be 0–100)",
+                def.percentage
+            )));
+        }
+        self.update(|s| {
+            s.flags.insert(name.to_string(), def);
+        })
+    }
+
+    pub fn kill_switches(&self) -> KillSwitches {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill_switches
+            .clone()
+    }
+
+    /// Turn a kill switch on or off (persisted).
+    pub fn set_kill_switch(&self, scope: Scope, value: &str, on: bool) -> Result<(), GateError> {
+        if value.is_empty() {
+            return Err(GateError::Invalid("a kill switch needs a value".into()));
+        }
+        self.update(|s| {
+            let key = (scope, value.to_string());
+            if on {
+                s.kill_switches.on.insert(key);
+            } else {
+                s.kill_switches.on.remove(&key);
+            }
+        })
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RuntimeState)) -> Result<(), GateError> {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = state.clone();
+        f(&mut next);
+        // Persist first: what the API confirmed must survive a restart.
+        let text = serde_json::to_string_pretty(&next).expect("state serialises");
+        let tmp = self.state_path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &self.state_path))
+            .map_err(|source| GateError::Read {
+                path: self.state_path.display().to_string(),
+                source,
+            })?;
+        *state = next;
+        Ok(())
+    }
+}
