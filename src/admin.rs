@@ -1,5 +1,7 @@
-//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up) and
-//! `/readyz` (the upstream server accepts TCP connections).
+//! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up),
+//! `/readyz` (the upstream server accepts TCP connections), and the gates API under `/gates/`
+//! (rules and hit counts, reload, feature flags, kill switches), which requires
+//! `Authorization: Bearer <admin.token>` when a token is configured.
 
 use crate::proxy::server::ProxyCtx;
 use axum::extract::State;
@@ -17,6 +19,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyCtx>, shutdown: Cancella
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .merge(gates_routes(Arc::clone(&ctx)))
         .with_state(ctx);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -41,4 +44,139 @@ async fn readyz(State(ctx): State<Arc<ProxyCtx>>) -> impl IntoResponse {
         ),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
+}
+
+fn gates_routes(ctx: Arc<ProxyCtx>) -> Router<Arc<ProxyCtx>> {
+    use axum::routing::{post, put};
+    Router::new()
+        .route("/gates/rules", get(rules))
+        .route("/gates/reload", post(reload))
+        .route("/gates/flags", get(flags))
+        .route("/gates/flags/{name}", put(set_flag))
+        .route("/gates/killswitches", get(kill_switches))
+        .route(
+            "/gates/killswitches/{scope}/{value}",
+            put(kill_on).delete(kill_off),
+        )
+        .layer(axum::middleware::from_fn_with_state(ctx, authorize))
+}
+
+type ApiResult = Result<axum::response::Response, (StatusCode, String)>;
+
+/// Bearer-token check for the gates API (when `admin.token` is set).
+async fn authorize(
+    State(ctx): State<Arc<ProxyCtx>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let token = &ctx.config.admin.token;
+    if !token.is_empty() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer <admin.token>)\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn gates(ctx: &ProxyCtx) -> Result<Arc<crate::gates::engine::Gates>, (StatusCode, String)> {
+    ctx.capture.as_ref().and_then(|c| c.gates.clone()).ok_or((
+        StatusCode::CONFLICT,
+        "gates are not configured: start the proxy with --rules FILE (gates.rules)\n".into(),
+    ))
+}
+
+fn unprocessable(e: crate::gates::GateError) -> (StatusCode, String) {
+    let status = match e {
+        crate::gates::GateError::UnknownFlag(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    (status, format!("{e}\n"))
+}
+
+async fn rules(State(ctx): State<Arc<ProxyCtx>>) -> ApiResult {
+    let g = gates(&ctx)?;
+    let list: Vec<serde_json::Value> = g
+        .rules()
+        .rules
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r.def).unwrap_or_default();
+            v["hits"] = r.hits.load(std::sync::atomic::Ordering::Relaxed).into();
+            v
+        })
+        .collect();
+    Ok(axum::Json(list).into_response())
+}
+
+async fn reload(State(ctx): State<Arc<ProxyCtx>>) -> ApiResult {
+    let g = gates(&ctx)?;
+    g.reload().map_err(unprocessable)?;
+    Ok(format!("reloaded {}\n", g.path().display()).into_response())
+}
+
+async fn flags(State(ctx): State<Arc<ProxyCtx>>) -> ApiResult {
+    Ok(axum::Json(gates(&ctx)?.flags()).into_response())
+}
+
+async fn set_flag(
+    State(ctx): State<Arc<ProxyCtx>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: String,
+) -> ApiResult {
+    let g = gates(&ctx)?;
+    let def: crate::gates::flags::FlagDef = serde_json::from_str(&body).map_err(|e| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("flag {name}: {e} (expected e.g. {{\"enabled\": true}} or {{\"for\": {{\"application_name\": [\"web\"]}}, \"percentage\": 10}})\n"),
+        )
+    })?;
+    g.set_flag(&name, def).map_err(unprocessable)?;
+    Ok(axum::Json(g.flags().get(&name).cloned()).into_response())
+}
+
+async fn kill_switches(State(ctx): State<Arc<ProxyCtx>>) -> ApiResult {
+    let list: Vec<serde_json::Value> = gates(&ctx)?
+        .kill_switches()
+        .on
+        .iter()
+        .map(|(s, v)| serde_json::json!({"scope": s.label(), "value": v}))
+        .collect();
+    Ok(axum::Json(list).into_response())
+}
+
+async fn kill(ctx: &ProxyCtx, scope: &str, value: &str, on: bool) -> ApiResult {
+    let g = gates(ctx)?;
+    let s = crate::gates::killswitch::Scope::parse(scope).ok_or((
+        StatusCode::NOT_FOUND,
+        format!("unknown kill switch scope {scope:?} (application, user, table, database)\n"),
+    ))?;
+    g.set_kill_switch(s, value, on).map_err(unprocessable)?;
+    Ok(format!(
+        "writes {} for {scope} {value:?}\n",
+        if on { "switched off" } else { "back on" }
+    )
+    .into_response())
+}
+
+async fn kill_on(
+    State(ctx): State<Arc<ProxyCtx>>,
+    axum::extract::Path((scope, value)): axum::extract::Path<(String, String)>,
+) -> ApiResult {
+    kill(&ctx, &scope, &value, true).await
+}
+
+async fn kill_off(
+    State(ctx): State<Arc<ProxyCtx>>,
+    axum::extract::Path((scope, value)): axum::extract::Path<(String, String)>,
+) -> ApiResult {
+    kill(&ctx, &scope, &value, false).await
 }

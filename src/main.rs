@@ -34,6 +34,95 @@ enum Command {
     Tail(TailArgs),
     /// Put back rows changed by a selection of captured changes (dry run unless --apply).
     Restore(Box<RestoreArgs>),
+    /// Work with gates rules files.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate a rules file; explains errors with the line.
+    Check { file: PathBuf },
+    /// Show which rule decides a statement and why (no database needed).
+    Explain {
+        file: PathBuf,
+        /// The statement(s) to explain.
+        #[arg(long)]
+        sql: String,
+        /// application_name of the session.
+        #[arg(long, default_value = "")]
+        app: String,
+        /// Database user.
+        #[arg(long, default_value = "")]
+        user: String,
+        /// Database.
+        #[arg(long, default_value = "")]
+        database: String,
+        /// Client address.
+        #[arg(long)]
+        client_addr: Option<std::net::IpAddr>,
+        /// sqlcommenter tag KEY=VALUE (repeatable; tags in the statement's comment count too).
+        #[arg(long, value_parser = parse_tag)]
+        tag: Vec<(String, String)>,
+    },
+}
+
+fn rules_command(c: RulesCommand) -> ExitCode {
+    let file = match &c {
+        RulesCommand::Check { file } | RulesCommand::Explain { file, .. } => file.clone(),
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let rules = match hindsight::gates::rules::compile(&text, &file.display().to_string()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match c {
+        RulesCommand::Check { file } => {
+            println!(
+                "{}: OK ({} rules, {} flags)",
+                file.display(),
+                rules.rules.len(),
+                rules.flags.len()
+            );
+            ExitCode::SUCCESS
+        }
+        RulesCommand::Explain {
+            sql,
+            app,
+            user,
+            database,
+            client_addr,
+            tag,
+            ..
+        } => {
+            let who = hindsight::gates::explain::Who {
+                application: app,
+                user,
+                database,
+                client_ip: client_addr,
+                tags: tag.into_iter().collect(),
+            };
+            match hindsight::gates::explain::explain(&rules, &sql, &who) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
 }
 
 #[derive(Args)]
@@ -251,6 +340,9 @@ struct ProxyArgs {
     /// Relay only and record nothing (capture.disabled). Required when no broker is configured.
     #[arg(long, conflicts_with = "kafka_brokers")]
     no_capture: bool,
+    /// Gates rules file (gates.rules): refuse writes that rules and feature flags do not allow.
+    #[arg(long)]
+    rules: Option<PathBuf>,
 }
 
 fn parse_tls_mode(s: &str) -> Result<UpstreamTlsMode, String> {
@@ -303,6 +395,9 @@ impl ProxyArgs {
         if self.no_capture {
             c.capture.disabled = true;
         }
+        if let Some(v) = self.rules {
+            c.gates.rules = Some(v);
+        }
     }
 }
 
@@ -352,6 +447,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Rules(c) => rules_command(c),
         Command::Restore(a) => {
             let cmd = restore_command(*a);
             let rt = match tokio::runtime::Builder::new_current_thread()
@@ -400,6 +496,11 @@ fn load_proxy_config(args: ProxyArgs) -> anyhow::Result<Config> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     args.apply(&mut config);
     config.validate()?;
+    if let Some(path) = &config.gates.rules {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the rules file {}", path.display()))?;
+        hindsight::gates::rules::compile(&text, &path.display().to_string())?;
+    }
     if !config.capture.disabled && config.kafka.brokers.is_empty() {
         anyhow::bail!(
             "no audit broker configured: hindsight would relay writes without recording them. \

@@ -917,7 +917,7 @@ impl ClientCapture {
                         ts_ms: now_ms(),
                         application_name: application_name.clone(),
                         binary: false,
-                        gate: Default::default(),
+                        gate: self.gate_for(s),
                         shape: Arc::clone(&rw.shape),
                     });
                     if let Some((guard, msg)) = &rw.guard {
@@ -1072,7 +1072,7 @@ impl ClientCapture {
             ts_ms: now_ms(),
             application_name: self.shared.lock().application_name.clone(),
             binary: false,
-            gate: Default::default(),
+            gate: self.gate_for(s),
             shape: Arc::clone(&rw.shape),
         });
         ins.collect = Collect::Capture(ctx, Vec::new());

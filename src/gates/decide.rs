@@ -224,3 +224,144 @@ fn matches_without_tables(r: &Rule, f: &StatementFacts) -> bool {
             .all(|(k, vs)| f.tags.get(k).is_some_and(|v| vs.contains(v)))
         && any(&d.fingerprints, f.fingerprint)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gates::rules::compile;
+    use crate::statement::analyze;
+
+    fn facts_for<'a>(
+        a: &'a crate::statement::Analysis,
+        tags: &'a BTreeMap<String, String>,
+        app: &'a str,
+    ) -> StatementFacts<'a> {
+        StatementFacts {
+            kind: a.kind,
+            writes: &a.writes,
+            fingerprint: "fp1",
+            user: "alice",
+            database: "vacols",
+            application: app,
+            client_ip: Some("10.1.2.3".parse().unwrap()),
+            tags,
+        }
+    }
+
+    fn decide_one(rules: &str, sql: &str, app: &str, tags: &[(&str, &str)]) -> Verdict {
+        let set = compile(rules, "test").unwrap();
+        let a = &analyze(sql).unwrap()[0].analysis;
+        let tags: BTreeMap<String, String> = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let flags = set.flags.clone();
+        statement(
+            &set,
+            &move |n: &str| flags.get(n).cloned(),
+            &KillSwitches::default(),
+            &facts_for(a, &tags, app),
+        )
+    }
+
+    fn denied(v: &Verdict) -> bool {
+        matches!(v, Verdict::Deny(_))
+    }
+
+    #[test]
+    fn each_match_dimension_narrows_a_rule() {
+        let upd = "UPDATE public.brieff SET bfso = NULL";
+        let rule = |extra: &str| format!("[[rule]]\nname = \"r\"\n{extra}\n");
+        for (extra, hit) in [
+            ("operations = [\"update\"]", true),
+            ("operations = [\"delete\"]", false),
+            ("tables = [\"public.brief*\"]", true),
+            ("tables = [\"vacols.*\"]", false),
+            ("columns = [\"bfso\"]", true),
+            ("columns = [\"bfkey\"]", false),
+            ("users = [\"alice\"]", true),
+            ("users = [\"bob\"]", false),
+            ("databases = [\"vacols\"]", true),
+            ("databases = [\"other\"]", false),
+            ("applications = [\"web\"]", true),
+            ("applications = [\"batch\"]", false),
+            ("client_addrs = [\"10.0.0.0/8\"]", true),
+            ("client_addrs = [\"192.168.0.0/16\"]", false),
+            ("tags = { controller = [\"certs\"] }", true),
+            ("tags = { controller = [\"other\"] }", false),
+            ("fingerprints = [\"fp1\"]", true),
+            ("fingerprints = [\"fp2\"]", false),
+        ] {
+            let v = decide_one(&rule(extra), upd, "web", &[("controller", "certs")]);
+            assert_eq!(denied(&v), hit, "{extra}: {v:?}");
+        }
+        // Reads are never gated.
+        assert!(!denied(&decide_one(&rule(""), "SELECT 1", "web", &[])));
+    }
+
+    #[test]
+    fn flags_order_allow_and_audit() {
+        let rules = r#"
+[[rule]]
+name = "migrations-exempt"
+users = ["alice"]
+applications = ["migrate"]
+action = "allow"
+
+[[rule]]
+name = "needs-flag"
+tables = ["*.brieff"]
+require_flag = "v2"
+
+[[rule]]
+name = "dry"
+tables = ["*.other"]
+action = "audit"
+
+[flags.v2]
+for = { application_name = ["cert-v2"] }
+"#;
+        let upd = "UPDATE brieff SET bfso = 1";
+        match decide_one(rules, upd, "cert-v1", &[]) {
+            Verdict::Deny(h) => {
+                assert_eq!(h.rule, "needs-flag");
+                assert!(
+                    h.reason.contains("\"v2\"") && h.reason.contains("cert-v1"),
+                    "{}",
+                    h.reason
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decide_one(rules, upd, "cert-v2", &[]),
+            Verdict::Allow { exempt: false }
+        );
+        assert_eq!(
+            decide_one(rules, upd, "migrate", &[]),
+            Verdict::Allow { exempt: true }
+        );
+        assert!(matches!(
+            decide_one(rules, "DELETE FROM other", "x", &[]),
+            Verdict::Audit(ref h) if h.rule == "dry"
+        ));
+    }
+
+    #[test]
+    fn kill_switches_come_first_and_spare_reads() {
+        let set = compile("", "t").unwrap();
+        let mut kill = KillSwitches::default();
+        kill.on
+            .insert((crate::gates::killswitch::Scope::Application, "web".into()));
+        let tags = BTreeMap::new();
+        let none = |_: &str| None;
+        let a = &analyze("INSERT INTO t VALUES (1)").unwrap()[0].analysis;
+        let v = statement(&set, &none, &kill, &facts_for(a, &tags, "web"));
+        assert!(matches!(v, Verdict::Deny(ref h) if h.kill_switch), "{v:?}");
+        let v = statement(&set, &none, &kill, &facts_for(a, &tags, "batch"));
+        assert_eq!(v, Verdict::Allow { exempt: false });
+        let r = &analyze("SELECT * FROM t").unwrap()[0].analysis;
+        let v = statement(&set, &none, &kill, &facts_for(r, &tags, "web"));
+        assert_eq!(v, Verdict::Allow { exempt: false });
+    }
+}

@@ -15,6 +15,7 @@
 
 pub mod decide;
 pub mod engine;
+pub mod explain;
 pub mod flags;
 pub mod guard;
 pub mod killswitch;

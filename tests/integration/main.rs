@@ -5,6 +5,7 @@ mod auth_tls;
 mod capture;
 mod clients;
 mod differential;
+mod gates;
 mod harness;
 mod kafka_sink;
 mod restore;

@@ -1,0 +1,407 @@
+//! Gates end to end: rules files, the admin API, and the wire through a capturing proxy.
+
+use super::harness::{self, Pg};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::{Client, NoTls};
+
+const INCIDENT_RULES: &str = r#"
+[[rule]]
+name = "bfso-needs-certification-v2"
+description = "Only the certification v2 code path may set the representative type"
+tables = ["public.brieff"]
+columns = ["bfso"]
+operations = ["update"]
+require_flag = "certification_v2"
+action = "deny"
+
+[[rule]]
+name = "representative-never-null"
+tables = ["public.brieff"]
+when = 'after.bfso == null && before.bfso != null'
+action = "deny"
+
+[flags.certification_v2]
+enabled = false
+for = { application_name = ["certification-v2"] }
+"#;
+
+/// One HTTP/1.1 request to the admin endpoint: (status, body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn connect_as(addr: SocketAddr, db: &str, app: &str) -> Client {
+    let conn = format!(
+        "{} application_name={app}",
+        harness::conn_str(addr, "postgres", db)
+    );
+    let (c, conn) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+struct Setup {
+    db: String,
+    prefix: String,
+    rules: PathBuf,
+    proxy: hindsight::proxy::Running,
+}
+
+fn rules_file(label: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hs-gates-{label}-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("rules.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+async fn start(pg: Pg, rules: &std::path::Path, prefix: &str, token: &str) -> hindsight::proxy::Running {
+    let (r, p, t) = (rules.to_path_buf(), prefix.to_string(), token.to_string());
+    harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = p;
+        c.gates.rules = Some(r);
+        c.gates.poll_interval = std::time::Duration::from_millis(100);
+        c.admin.token = t;
+    })
+    .await
+}
+
+async fn setup(pg: Pg, label: &str, rules: &str) -> Setup {
+    let db = harness::fresh_db(pg, label).await;
+    harness::connect(pg.addr(), "postgres", &db)
+        .await
+        .batch_execute(
+            "CREATE TABLE brieff (bfkey int PRIMARY KEY, bfso text, bfcorlid text);
+             INSERT INTO brieff SELECT g, 'rep' || g, 'c' || g FROM generate_series(1, 25) g;
+             CREATE TABLE other (id int PRIMARY KEY, v text); INSERT INTO other VALUES (1, 'a');",
+        )
+        .await
+        .unwrap();
+    let prefix = harness::random_prefix(label);
+    let rules = rules_file(label, rules);
+    let proxy = start(pg, &rules, &prefix, "").await;
+    Setup {
+        db,
+        prefix,
+        rules,
+        proxy,
+    }
+}
+
+async fn nulls(pg: Pg, db: &str) -> i64 {
+    harness::connect(pg.addr(), "postgres", db)
+        .await
+        .query_one("SELECT count(*) FROM brieff WHERE bfso IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// The incident: the v1 application's leaked UPDATE is refused with the documented error, the
+/// table is unchanged and the would-be values are on the topic as `blocked` events; once the
+/// flag is on for it (admin API, no restart) a non-NULL write goes through, and the guard still
+/// refuses setting the column to NULL (at COMMIT, like a deferred constraint).
+async fn incident_is_refused_until_the_flag_is_on(pg: Pg) {
+    let s = setup(pg, "gate_incident", INCIDENT_RULES).await;
+    let v1 = connect_as(s.proxy.addr, &s.db, "certification-v1").await;
+    let err = v1
+        .simple_query("UPDATE brieff SET bfso = NULL WHERE bfkey < 19")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "HS010", "{err:?}");
+    let db_err = err.as_db_error().unwrap();
+    assert!(
+        db_err.message().contains("bfso-needs-certification-v2"),
+        "{}",
+        db_err.message()
+    );
+    assert!(
+        db_err.message().contains("certification_v2"),
+        "{}",
+        db_err.message()
+    );
+    assert!(
+        db_err.hint().unwrap_or_default().contains("/gates/flags/"),
+        "{:?}",
+        db_err.hint()
+    );
+    // The extended protocol too.
+    let err = v1
+        .execute("UPDATE brieff SET bfso = NULL WHERE bfkey < $1", &[&19i32])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "HS010", "{err:?}");
+    assert_eq!(nulls(pg, &s.db).await, 0, "table unchanged");
+    let events = harness::read_topic_raw(format!("{}.public.brieff", s.prefix), 18).await;
+    let events: Vec<Value> = events
+        .iter()
+        .map(|(_, p)| serde_json::from_slice(p).unwrap())
+        .collect();
+    assert_eq!(events.len(), 18, "{events:#?}");
+    assert!(events.iter().all(|e| e["op"] == "blocked"
+        && e["source"]["blocked_by"] == "bfso-needs-certification-v2"
+        && e["after"]["bfso"].is_null()
+        && e["before"]["bfso"].is_string()));
+    // The session keeps working.
+    assert_eq!(v1.simple_query("SELECT 1").await.unwrap().len(), 3);
+    // Turn the flag on for v1 through the admin API: no restart.
+    let (status, body) = http(
+        s.proxy.admin_addr,
+        "PUT",
+        "/gates/flags/certification_v2",
+        None,
+        r#"{"for": {"application_name": ["certification-v2", "certification-v1"]}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let n = v1
+        .execute(
+            "UPDATE brieff SET bfso = $1 WHERE bfkey = $2",
+            &[&"X", &1i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // The guard: never NULL, even with the flag on — refused at COMMIT, rolled back.
+    let err = v1
+        .simple_query("UPDATE brieff SET bfso = NULL WHERE bfkey = 2")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "HS010", "{err:?}");
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("representative-never-null"));
+    assert_eq!(nulls(pg, &s.db).await, 0);
+    let (status, body) = http(s.proxy.admin_addr, "GET", "/gates/rules", None, "").await;
+    assert_eq!(status, 200);
+    let rules: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rules[0]["name"], "bfso-needs-certification-v2");
+    assert!(rules[0]["hits"].as_u64().unwrap() >= 2, "{rules:#}");
+    assert!(rules[1]["hits"].as_u64().unwrap() >= 1, "{rules:#}");
+    let metrics = http(s.proxy.admin_addr, "GET", "/metrics", None, "")
+        .await
+        .1;
+    assert!(
+        metrics.contains(
+            "hindsight_gate_decisions_total{outcome=\"deny\",rule=\"representative-never-null\"} 1"
+        ),
+        "{metrics}"
+    );
+    s.proxy.shutdown().await;
+}
+
+/// After a refusal inside an explicit transaction, the transaction is aborted exactly as after
+/// any failed statement (both protocols); nothing of it commits.
+async fn refusal_in_a_transaction_aborts_it(pg: Pg) {
+    let s = setup(pg, "gate_tx", INCIDENT_RULES).await;
+    let mut c = connect_as(s.proxy.addr, &s.db, "certification-v1").await;
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("UPDATE brieff SET bfcorlid = 'ok' WHERE bfkey = 3")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query("UPDATE brieff SET bfso = 'x' WHERE bfkey = 3")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "HS010");
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        code(&err),
+        "25P02",
+        "aborted like after any failed statement: {err:?}"
+    );
+    c.simple_query("ROLLBACK").await.unwrap();
+    let tx = c.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE brieff SET bfcorlid = 'ok' WHERE bfkey = $1",
+        &[&4i32],
+    )
+    .await
+    .unwrap();
+    let err = tx
+        .execute(
+            "UPDATE brieff SET bfso = $1 WHERE bfkey = $2",
+            &[&"x", &4i32],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "HS010");
+    let err = tx.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(code(&err), "25P02", "{err:?}");
+    drop(tx);
+    let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
+    let n: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM brieff WHERE bfcorlid = 'ok' OR bfso = 'x'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing of either transaction committed");
+    assert_eq!(
+        c.simple_query("SELECT 1").await.unwrap().len(),
+        3,
+        "session usable"
+    );
+    s.proxy.shutdown().await;
+}
+
+/// Dry run: an `audit` rule lets the write through and its events name the rule. Hot reload:
+/// a valid change applies without restart; an invalid file is rejected and the previous rules
+/// stay in force.
+async fn dry_run_and_hot_reload(pg: Pg) {
+    let audit =
+        "[[rule]]\nname = \"watch-other\"\ntables = [\"public.other\"]\naction = \"audit\"\n";
+    let s = setup(pg, "gate_reload", audit).await;
+    let c = connect_as(s.proxy.addr, &s.db, "web").await;
+    c.simple_query("UPDATE other SET v = 'b' WHERE id = 1")
+        .await
+        .unwrap();
+    let ev = harness::read_topic_raw(format!("{}.public.other", s.prefix), 1).await;
+    let ev: Value = serde_json::from_slice(&ev[0].1).unwrap();
+    assert_eq!(ev["op"], "u");
+    assert_eq!(ev["source"]["dry_run_rule"], "watch-other");
+    // Valid change: now deny (picked up by the file watcher).
+    std::fs::write(&s.rules, audit.replace("\"audit\"", "\"deny\"")).unwrap();
+    harness::eventually("the rule to deny", || async {
+        c.simple_query("UPDATE other SET v = 'c' WHERE id = 1")
+            .await
+            .is_err()
+    })
+    .await;
+    // Invalid file: rejected (also through the API), the deny stays.
+    std::fs::write(&s.rules, "[[rule]]\nname = \"x\"\nbogus = 1\n").unwrap();
+    let (status, body) = http(s.proxy.admin_addr, "POST", "/gates/reload", None, "").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("bogus") && body.contains("line 3"), "{body}");
+    let err = c
+        .simple_query("UPDATE other SET v = 'd' WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "HS010", "the previous rules stay in force");
+    let metrics = http(s.proxy.admin_addr, "GET", "/metrics", None, "")
+        .await
+        .1;
+    assert!(
+        metrics.contains("hindsight_gate_reloads_total{outcome=\"rejected\"}"),
+        "{metrics}"
+    );
+    s.proxy.shutdown().await;
+}
+
+/// Kill switch: one application's writes out of service (reads keep working, other
+/// applications keep writing), still off after a restart, back on when cleared. The API
+/// requires the token when one is set.
+async fn kill_switch_survives_a_restart(pg: Pg) {
+    let s = setup(pg, "gate_kill", "").await;
+    s.proxy.shutdown().await;
+    let proxy = start(pg, &s.rules, &s.prefix, "s3cret").await;
+    let (status, _) = http(
+        proxy.admin_addr,
+        "PUT",
+        "/gates/killswitches/application/web",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = http(
+        proxy.admin_addr,
+        "PUT",
+        "/gates/killswitches/application/web",
+        Some("wrong"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = http(
+        proxy.admin_addr,
+        "PUT",
+        "/gates/killswitches/application/web",
+        Some("s3cret"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let web = connect_as(proxy.addr, &s.db, "web").await;
+    let batch = connect_as(proxy.addr, &s.db, "batch").await;
+    let err = web
+        .execute("UPDATE other SET v = $1", &[&"x"])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "HS011", "{err:?}");
+    assert!(
+        err.as_db_error().unwrap().message().contains("read-only"),
+        "{err:?}"
+    );
+    assert_eq!(
+        web.query("SELECT * FROM other", &[]).await.unwrap().len(),
+        1,
+        "reads work"
+    );
+    batch
+        .execute("UPDATE other SET v = $1", &[&"y"])
+        .await
+        .unwrap();
+    drop((web, batch));
+    proxy.shutdown().await;
+    let proxy = start(pg, &s.rules, &s.prefix, "s3cret").await;
+    let web = connect_as(proxy.addr, &s.db, "web").await;
+    let err = web.simple_query("DELETE FROM other").await.unwrap_err();
+    assert_eq!(code(&err), "HS011", "still off after a restart: {err:?}");
+    let (status, _) = http(
+        proxy.admin_addr,
+        "DELETE",
+        "/gates/killswitches/application/web",
+        Some("s3cret"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    web.simple_query("UPDATE other SET v = 'z'").await.unwrap();
+    proxy.shutdown().await;
+}
+
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
+        mod pg18 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V18).await } )* }
+    };
+}
+on_both!(
+    incident_is_refused_until_the_flag_is_on,
+    refusal_in_a_transaction_aborts_it,
+    dry_run_and_hot_reload,
+    kill_switch_survives_a_restart
+);
