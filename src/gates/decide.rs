@@ -177,13 +177,16 @@ pub fn row(
 ) -> Verdict {
     let actor = f.actor();
     let (schema, name) = row.table.split_once('.').unwrap_or(("", row.table));
+    // The images become CEL values once per row, for however many guards apply.
+    let mut scope: Option<super::guard::RowScope> = None;
     for r in rules.rules.iter() {
         let Some(guard) = &r.guard else { continue };
         let table_ok = r.tables.is_empty() || r.tables.iter().any(|t| t.matches(schema, name));
         if !table_ok || !matches_without_tables(r, f) {
             continue;
         }
-        let (hit, why) = match guard.eval(row) {
+        let scope = scope.get_or_insert_with(|| super::guard::RowScope::new(row));
+        let (hit, why) = match guard.eval_in(scope) {
             Ok(true) => (true, format!("`{}` is true for this row", guard.source())),
             Ok(false) => (false, String::new()),
             // A guard that cannot be evaluated must not let the write through.

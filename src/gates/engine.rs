@@ -143,12 +143,6 @@ impl Gates {
         });
     }
 
-    fn flag_lookup(&self, rules: &RuleSet) -> impl Fn(&str) -> Option<FlagDef> + '_ {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let file = rules.flags.clone();
-        move |name: &str| state.flags.get(name).or_else(|| file.get(name)).cloned()
-    }
-
     fn record(&self, v: &Verdict) {
         match v {
             Verdict::Deny(h) => Event::GateDecision {
@@ -173,13 +167,10 @@ impl Gates {
             return Verdict::Allow { exempt: false };
         }
         let rules = self.rules();
-        let kill = self
-            .state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .kill_switches
-            .clone();
-        let v = decide::statement(&rules, &self.flag_lookup(&rules), &kill, f);
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let flag = |n: &str| state.flags.get(n).or_else(|| rules.flags.get(n)).cloned();
+        let v = decide::statement(&rules, &flag, &state.kill_switches, f);
+        drop(state);
         self.record(&v);
         v
     }
@@ -192,7 +183,10 @@ impl Gates {
     /// Decide one captured row at COMMIT.
     pub fn row(&self, f: &StatementFacts, row: &RowFacts) -> Verdict {
         let rules = self.rules();
-        let v = decide::row(&rules, &self.flag_lookup(&rules), f, row);
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let flag = |n: &str| state.flags.get(n).or_else(|| rules.flags.get(n)).cloned();
+        let v = decide::row(&rules, &flag, f, row);
+        drop(state);
         self.record(&v);
         v
     }

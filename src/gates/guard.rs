@@ -73,6 +73,26 @@ impl Guard {
     /// Evaluate on one row. An error (unknown column, wrong type) is an `Err` with CEL's
     /// message: the caller treats it as a match, so a broken guard cannot let writes through.
     pub fn eval(&self, row: &RowFacts) -> Result<bool, String> {
+        self.eval_in(&RowScope::new(row))
+    }
+
+    /// Evaluate in a scope prepared once for the row (several guards, one conversion).
+    pub fn eval_in(&self, scope: &RowScope) -> Result<bool, String> {
+        match self.program.execute(&scope.ctx) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!("`{}` gave {other:?}, not true/false", self.source)),
+            Err(e) => Err(format!("`{}`: {e}", self.source)),
+        }
+    }
+}
+
+/// A row's images as CEL variables, built once per row.
+pub struct RowScope {
+    ctx: Context<'static>,
+}
+
+impl RowScope {
+    pub fn new(row: &RowFacts) -> RowScope {
         let mut ctx = Context::default();
         let img = |r: Option<&Row>| r.map_or(Value::Null, row_to_cel);
         ctx.add_variable_from_value("before", img(row.before));
@@ -85,11 +105,7 @@ impl Guard {
             .collect();
         ctx.add_variable_from_value("__changed", Value::List(Arc::new(changed)));
         ctx.add_function("changed", changed_fn);
-        match self.program.execute(&ctx) {
-            Ok(Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!("`{}` gave {other:?}, not true/false", self.source)),
-            Err(e) => Err(format!("`{}`: {e}", self.source)),
-        }
+        RowScope { ctx }
     }
 }
 

@@ -155,26 +155,22 @@ impl Cidr {
     }
 }
 
-/// A `*` glob.
+/// A `*` glob (no allocation: it runs for every rule on every write).
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
+    let Some(star) = pattern.find('*') else {
         return pattern == text;
-    }
-    let mut rest = text;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            let Some(r) = rest.strip_prefix(part) else {
-                return false;
-            };
-            rest = r;
-        } else if i == parts.len() - 1 {
+    };
+    let Some(mut rest) = text.strip_prefix(&pattern[..star]) else {
+        return false;
+    };
+    let mut parts = pattern[star + 1..].split('*').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
             return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
         }
     }
     true

@@ -78,7 +78,12 @@ fn rules_file(label: &str, text: &str) -> PathBuf {
     p
 }
 
-async fn start(pg: Pg, rules: &std::path::Path, prefix: &str, token: &str) -> hindsight::proxy::Running {
+async fn start(
+    pg: Pg,
+    rules: &std::path::Path,
+    prefix: &str,
+    token: &str,
+) -> hindsight::proxy::Running {
     let (r, p, t) = (rules.to_path_buf(), prefix.to_string(), token.to_string());
     harness::proxy(pg, move |c| {
         c.kafka.brokers = vec![harness::kafka_brokers()];
