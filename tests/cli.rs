@@ -182,3 +182,108 @@ fn restore_with_a_bad_time_or_key_exits_2_naming_the_value() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("JSON object"), "{err}");
 }
+
+const RULES: &str = r#"
+[[rule]]
+name = "bfso-needs-certification-v2"
+tables = ["public.brieff"]
+columns = ["bfso"]
+operations = ["update"]
+require_flag = "certification_v2"
+
+[[rule]]
+name = "representative-never-null"
+tables = ["public.brieff"]
+when = 'after.bfso == null && before.bfso != null'
+
+[flags.certification_v2]
+for = { application_name = ["certification-v2"] }
+"#;
+
+#[test]
+fn rules_check_accepts_a_valid_file_and_names_the_line_of_a_bad_one() {
+    let good = temp_file("rules-good", RULES);
+    let (code, out, err) = hindsight(&["rules", "check", good.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 rules, 1 flags"), "{out}");
+    let bad = temp_file(
+        "rules-bad",
+        &RULES.replace("operations = [\"update\"]", "operations = [\"updat\"]"),
+    );
+    let (code, _, err) = hindsight(&["rules", "check", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(":3:") && err.contains("\"updat\"") && err.contains("update"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rules_explain_names_the_deciding_rule_and_the_row_rules() {
+    let f = temp_file("rules-explain", RULES);
+    let sql = "UPDATE brieff SET bfso = NULL WHERE bfkey < 19";
+    let (code, out, err) = hindsight(
+        &[
+            "rules",
+            "explain",
+            f.to_str().unwrap(),
+            "--sql",
+            sql,
+            "--app",
+            "certification-v1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("DENY by rule \"bfso-needs-certification-v2\""),
+        "{out}"
+    );
+    let (_, out, _) = hindsight(
+        &[
+            "rules",
+            "explain",
+            f.to_str().unwrap(),
+            "--sql",
+            sql,
+            "--app",
+            "certification-v2",
+        ],
+        &[],
+    );
+    assert!(
+        out.contains("allowed before it runs") && out.contains("representative-never-null"),
+        "{out}"
+    );
+    let (_, out, _) = hindsight(
+        &["rules", "explain", f.to_str().unwrap(), "--sql", "SELECT 1"],
+        &[],
+    );
+    assert!(out.contains("not a write"), "{out}");
+}
+
+#[test]
+fn gates_on_a_public_admin_address_without_a_token_refuse_to_start() {
+    let f = temp_file("rules-admin", RULES);
+    let (code, _, err) = hindsight(
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+            "--admin-listen",
+            "0.0.0.0:0",
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--rules",
+            f.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("admin.token") && err.contains("HINDSIGHT_ADMIN__TOKEN"),
+        "{err}"
+    );
+}
