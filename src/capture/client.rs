@@ -1603,7 +1603,10 @@ impl ClientCapture {
         self.flush_and_drain(w).await?;
         let gate = match self.prep_gate(&prep) {
             Ok(g) => g,
-            Err(hit) => return self.refuse_prepared(w, &prep, hit).await,
+            Err(hit) => {
+                let trial = bind_parameters(body).map(|p| (stmt.to_vec(), p.to_vec()));
+                return self.refuse_prepared(w, &prep, hit, trial).await;
+            }
         };
         self.portal_gates.insert(portal.to_vec(), gate);
         if !self.batch_implicit && self.shared.lock().status == b'I' {
@@ -1722,7 +1725,7 @@ impl ClientCapture {
         self.flush_and_drain(w).await?;
         let gate = match self.prep_gate(&prep) {
             Ok(g) => g,
-            Err(hit) => return self.refuse_prepared(w, &prep, hit).await,
+            Err(hit) => return self.refuse_prepared(w, &prep, hit, None).await,
         };
         self.seq += 1;
         let shape = Arc::new(Shape::statement(prep.kind, prep.object.clone()));
@@ -1756,14 +1759,17 @@ impl ClientCapture {
         Ok(gate)
     }
 
-    /// A prepared write a gate refused (at Bind or Execute): record it (statement-level
-    /// `blocked` event: the extended protocol gets no trial run), and fail the message — the
-    /// server then skips to the client's Sync, as after any failed message.
+    /// A prepared write a gate refused (at Bind or Execute): record it and fail the message —
+    /// the server then skips to the client's Sync, as after any failed message. With `trial`
+    /// (the client's statement name and Bind parameters) the statement first runs on trial
+    /// and is rolled back, so that the `blocked` events carry what it would have changed;
+    /// otherwise one statement-level `blocked` event records it.
     async fn refuse_prepared<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         prep: &Prep,
         hit: crate::gates::decide::Hit,
+        trial: Option<(Vec<u8>, Vec<u8>)>,
     ) -> std::io::Result<()> {
         self.seq += 1;
         let gate = GateInfo {
@@ -1772,12 +1778,93 @@ impl ClientCapture {
             exempt: false,
             mark: Some(GateMark::Blocked(hit.rule.clone())),
         };
-        let shape = Arc::new(Shape::statement(prep.kind, prep.object.clone()));
-        let ctx = self.event_ctx(&prep.text, &prep.fingerprint, &prep.tags, shape, gate);
-        self.publish_refused(None, vec![Change::statement(ctx)], &HashMap::new())
-            .await;
-        self.refused_parse(w, b"__hindsight_refused", gate_error(&hit, false).encode())
-            .await
+        let err = gate_error(&hit, false).encode();
+        let mut changes = Vec::new();
+        let status = self.shared.lock().status;
+        if let (Some((stmt, params)), Some(rw), true) = (trial, &prep.rewritten, status != b'E') {
+            let ctx = self.event_ctx(
+                &prep.text,
+                &prep.fingerprint,
+                &prep.tags,
+                Arc::clone(&rw.shape),
+                gate.clone(),
+            );
+            let opened = status == b'I';
+            self.mid_batch = true;
+            let mut open = Unit::new(b"Z");
+            open.error_replacement = Some(err.clone());
+            let open_sql = if opened {
+                "BEGIN"
+            } else {
+                "SAVEPOINT __hs_probe"
+            };
+            self.send_internal(w, open_sql, open).await?;
+            let mut frames = Vec::new();
+            let mut units = Vec::new();
+            let mut run = |statement: &[u8], collect: Collect| {
+                let mut b = b"__hs_probe\0".to_vec();
+                b.extend_from_slice(statement);
+                b.push(0);
+                b.extend_from_slice(&params);
+                b.extend_from_slice(&[0, 0]);
+                frames.extend(frame_of(b'B', &b));
+                frames.extend(execute_frame(b"__hs_probe"));
+                frames.extend(close_frame(b'P', b"__hs_probe"));
+                let mut bind = Unit::new(b"2");
+                bind.error_replacement = Some(err.clone());
+                let mut exec = Unit::new(b"C");
+                exec.error_replacement = Some(err.clone());
+                exec.collect = collect;
+                exec.probe = true;
+                units.extend([bind, exec, Unit::new(b"3")]);
+            };
+            if let Some(c) = &prep.companion {
+                run(c, Collect::PreRead(Arc::clone(&ctx), Vec::new()));
+            }
+            run(&stmt, Collect::Capture(ctx, Vec::new()));
+            frames.extend(frame_of(b'H', &[]));
+            self.push(units);
+            write_all(w, &frames).await?;
+            self.shared.drained().await;
+            if self.shared.lock().batch_failed {
+                // The trial failed: the client already has the gate's error in its place, and
+                // the server skips to the Sync, which ends hindsight's transaction.
+                self.shared.lock().probe.clear();
+                self.skip_until_sync = true;
+                self.batch_implicit |= opened;
+                let refused = Change::statement(self.event_ctx(
+                    &prep.text,
+                    &prep.fingerprint,
+                    &prep.tags,
+                    Arc::new(Shape::statement(prep.kind, prep.object.clone())),
+                    gate,
+                ));
+                self.publish_refused(None, vec![refused], &HashMap::new())
+                    .await;
+                return Ok(());
+            }
+            let close_sql = if opened {
+                "ROLLBACK"
+            } else {
+                "ROLLBACK TO SAVEPOINT __hs_probe"
+            };
+            self.swallowed_query(w, close_sql, false).await?;
+            if !opened {
+                self.swallowed_query(w, "RELEASE SAVEPOINT __hs_probe", false)
+                    .await?;
+            }
+            changes = std::mem::take(&mut self.shared.lock().probe);
+        }
+        if changes.is_empty() {
+            let shape = Arc::new(Shape::statement(prep.kind, prep.object.clone()));
+            let ctx = self.event_ctx(&prep.text, &prep.fingerprint, &prep.tags, shape, gate);
+            changes.push(Change::statement(ctx));
+            self.publish_refused(None, changes, &HashMap::new()).await;
+        } else if let Err(Failure::Sink(e)) = self.publish(w, changes, true).await? {
+            self.metrics.audit_publish_failures.inc();
+            tracing::error!(error = %e, "the record of a refused write could not be published");
+        }
+        self.refused_parse(w, b"__hindsight_refused", err).await
     }
 
     /// Sync of a batch hindsight opened a transaction for: end it the way the server would have.

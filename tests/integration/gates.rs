@@ -165,12 +165,18 @@ async fn incident_is_refused_until_the_flag_is_on(pg: Pg) {
         .unwrap_err();
     assert_eq!(code(&err), "HS010", "{err:?}");
     assert_eq!(nulls(pg, &s.db).await, 0, "table unchanged");
-    let events = harness::read_topic_raw(format!("{}.public.brieff", s.prefix), 18).await;
+    // Both refusals ran on trial and were rolled back: 18 would-be changes each.
+    let events = harness::read_topic_raw(format!("{}.public.brieff", s.prefix), 36).await;
     let events: Vec<Value> = events
         .iter()
         .map(|(_, p)| serde_json::from_slice(p).unwrap())
         .collect();
-    assert_eq!(events.len(), 18, "{events:#?}");
+    assert_eq!(events.len(), 36, "{events:#?}");
+    let extended = events
+        .iter()
+        .filter(|e| e["source"]["statement"].as_str().unwrap().contains("$1"))
+        .count();
+    assert_eq!(extended, 18);
     assert!(events.iter().all(|e| e["op"] == "blocked"
         && e["source"]["blocked_by"] == "bfso-needs-certification-v2"
         && e["after"]["bfso"].is_null()
