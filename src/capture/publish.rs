@@ -175,7 +175,8 @@ fn pair_statement(group: Vec<Change>, tables: &HashMap<u32, TableInfo>, out: &mu
     out.extend(unpaired);
 }
 
-fn key_of(row: &Row, key: &[String]) -> Row {
+/// The key columns' values of `row` (the whole row when the table has no key).
+pub fn key_of(row: &Row, key: &[String]) -> Row {
     if key.is_empty() {
         return row.clone();
     }
@@ -189,7 +190,8 @@ fn key_of(row: &Row, key: &[String]) -> Row {
         .collect()
 }
 
-fn key_json(row: &Row, key: &[String]) -> String {
+/// [`key_of`] as JSON text (a map key).
+pub fn key_json(row: &Row, key: &[String]) -> String {
     serde_json::to_string(&key_of(row, key)).unwrap_or_default()
 }
 

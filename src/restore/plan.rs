@@ -134,24 +134,7 @@ impl Plan {
     }
 }
 
-/// The key columns' values of `row` (the whole row when there is no key).
-pub fn key_of(row: &Row, key: &[String]) -> Row {
-    if key.is_empty() {
-        return row.clone();
-    }
-    key.iter()
-        .map(|k| {
-            (
-                k.clone(),
-                row.get(k).cloned().unwrap_or(serde_json::Value::Null),
-            )
-        })
-        .collect()
-}
-
-fn key_json(row: &Row, key: &[String]) -> String {
-    serde_json::to_string(&key_of(row, key)).unwrap_or_default()
-}
+pub use crate::capture::publish::{key_json, key_of};
 
 /// Build the row plans (without the database's current state) for the changes of `log` that
 /// `committed` accepts and `selection` selects.

@@ -1176,12 +1176,6 @@ async fn primary_key_changes_keep_both_images(pg: Pg) {
     proxy.shutdown().await;
 }
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
-        mod pg18 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V18).await } )* }
-    };
-}
 on_both!(
     incident_update_is_captured_with_before_values,
     transactions_publish_only_committed_work,

@@ -404,12 +404,6 @@ async fn kill_switch_survives_a_restart(pg: Pg) {
     proxy.shutdown().await;
 }
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
-        mod pg18 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V18).await } )* }
-    };
-}
 on_both!(
     incident_is_refused_until_the_flag_is_on,
     refusal_in_a_transaction_aborts_it,

@@ -1,6 +1,14 @@
 //! Integration tests against real PostgreSQL servers started by `scripts/pg.sh` (PG 15 and 18).
 //! Each test makes its own database and its own proxy instance on free ports.
 
+/// Run each named `async fn(Pg)` as a test on PostgreSQL 15 and on 18 (modules `pg15`, `pg18`).
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
+        mod pg18 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V18).await } )* }
+    };
+}
+
 mod auth_tls;
 mod capture;
 mod clients;

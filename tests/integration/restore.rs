@@ -520,12 +520,6 @@ async fn as_of_reconstructs_a_snapshot(pg: Pg) {
     s.proxy.shutdown().await;
 }
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod pg15 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V15).await } )* }
-        mod pg18 { $( #[tokio::test] async fn $name() { super::$name(super::Pg::V18).await } )* }
-    };
-}
 on_both!(
     incident_is_restored_exactly,
     later_changes_are_conflicts_and_drift_is_refused,
