@@ -167,6 +167,9 @@ struct RestoreArgs {
     /// Select this event (`<transaction id>/<n>`, as the plan shows them; repeatable).
     #[arg(long)]
     event: Vec<String>,
+    /// Select changes a gate rule in audit (dry-run) mode flagged (repeatable).
+    #[arg(long)]
+    rule: Vec<String>,
     /// Reconstruct --table as of this time (RFC 3339) by undoing every change committed after it.
     #[arg(long, value_parser = parse_time, requires = "table")]
     as_of: Option<i64>,
@@ -233,6 +236,7 @@ fn restore_command(a: RestoreArgs) -> hindsight::restore::command::Command {
             },
             keys: a.key,
             events: a.event,
+            rules: a.rule,
         },
         as_of: a.as_of.map(|ms| run::AsOf {
             ms,

@@ -42,7 +42,7 @@ pub enum RestoreError {
     LogIncomplete(String),
     #[error("restore: unreadable record on {topic} at offset {offset}: not a hindsight change event; nothing was planned")]
     Unreadable { topic: String, offset: i64 },
-    #[error("restore: select what to revert (--txid, --transaction, --since/--until, --application, --user, --tag, --table, --key, --event, or --as-of)")]
+    #[error("restore: select what to revert (--txid, --transaction, --since/--until, --application, --user, --tag, --table, --key, --event, --rule, or --as-of)")]
     NoSelection,
     #[error("restore: {0} row(s) conflict with changes made since; nothing was applied (review the plan; --skip-conflicts reverts the others, --force overwrites)")]
     Conflicts(usize),

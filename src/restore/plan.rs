@@ -493,5 +493,13 @@ mod tests {
             events: vec!["s:1/1".into()],
             ..Default::default()
         });
+        let by_rule = Selection {
+            rules: vec!["watch".into()],
+            ..Default::default()
+        };
+        assert!(!by_rule.matches(&c));
+        let mut flagged = c.clone();
+        flagged.event.source.dry_run_rule = Some("watch".into());
+        assert!(by_rule.matches(&flagged));
     }
 }

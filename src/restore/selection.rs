@@ -24,6 +24,8 @@ pub struct Selection {
     pub keys: Vec<Row>,
     /// Event ids (`<transaction id>/<n>`).
     pub events: Vec<String>,
+    /// Gate rules in audit (dry-run) mode that flagged the change (`source.dry_run_rule`).
+    pub rules: Vec<String>,
 }
 
 impl Selection {
@@ -39,6 +41,7 @@ impl Selection {
             && self.tables.is_empty()
             && self.keys.is_empty()
             && self.events.is_empty()
+            && self.rules.is_empty()
     }
 
     pub fn matches(&self, c: &LoggedChange) -> bool {
@@ -58,6 +61,10 @@ impl Selection {
                 || self.tables.iter().any(|t| *t == c.table() || *t == s.table))
             && (self.keys.is_empty() || self.keys.iter().any(|k| key_matches(k, &c.key.key)))
             && any(&self.events, &c.id())
+            && (self.rules.is_empty()
+                || s.dry_run_rule
+                    .as_ref()
+                    .is_some_and(|r| self.rules.contains(r)))
     }
 }
 
