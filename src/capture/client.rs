@@ -87,6 +87,10 @@ pub struct ClientCapture {
     /// hindsight failed an extended-protocol message in the client's place: like the server,
     /// it now drops the client's messages up to its Sync (their replies will never come).
     skip_until_sync: bool,
+    /// Functions that may write when a query calls them (shared by the proxy's sessions).
+    pub functions: Arc<super::functions::WritingFunctions>,
+    /// A schema change ran: the function list is read again before the next query.
+    ddl_seen: bool,
 }
 
 /// A prepared statement as hindsight analysed (and maybe rewrote) it.
@@ -210,6 +214,8 @@ impl ClientCapture {
             query_gates: Vec::new(),
             portal_gates: HashMap::new(),
             skip_until_sync: false,
+            functions: Arc::default(),
+            ddl_seen: false,
         }
     }
 
@@ -274,7 +280,7 @@ impl Inspector for ClientCapture {
                 self.metrics
                     .statement(crate::statement::classify(text))
                     .inc();
-                if fast_path::certainly_read(text) {
+                if fast_path::certainly_read(text) && !self.may_call_writer(text) {
                     self.push([Unit::pass(b"Z")]);
                     return Verdict::Forward;
                 }
@@ -285,7 +291,7 @@ impl Inspector for ClientCapture {
                 self.metrics
                     .statement(crate::statement::classify(sql))
                     .inc();
-                if complete && !fast_path::certainly_read(sql) {
+                if complete && (!fast_path::certainly_read(sql) || self.may_call_writer(sql)) {
                     return Verdict::Defer;
                 }
                 self.statements.remove(name);
@@ -446,6 +452,34 @@ impl ClientCapture {
                 return write_all(w, frame).await;
             }
         };
+        // Reads that call a function which may write are opaque statements.
+        let names = self.writing_functions(w, false).await?;
+        let calls = |s: &Statement| {
+            s.located.analysis.kind == Kind::Read
+                && super::functions::calls_any(text[s.located.span.clone()].as_bytes(), &names)
+        };
+        let with_calls: Vec<Statement>;
+        let statements = if names.is_empty() || !statements.iter().any(calls) {
+            statements
+        } else {
+            with_calls = statements
+                .iter()
+                .map(|s| {
+                    let mut s = s.clone();
+                    if calls(&s) {
+                        s.located.analysis.kind = Kind::Opaque;
+                    }
+                    s
+                })
+                .collect();
+            &with_calls[..]
+        };
+        if statements
+            .iter()
+            .any(|s| s.located.analysis.kind == Kind::Ddl)
+        {
+            self.ddl_seen = true;
+        }
         let writes = statements
             .iter()
             .any(|s| s.located.analysis.kind.writes_rows());
@@ -1486,6 +1520,12 @@ impl ClientCapture {
             }
         };
         let a = &stmt.located.analysis;
+        let names = self.writing_functions(w, true).await?;
+        let kind = if a.kind == Kind::Read && super::functions::calls_any(text.as_bytes(), &names) {
+            Kind::Opaque
+        } else {
+            a.kind
+        };
         let major = self.shared.lock().server_major;
         let rewritten = match rewrite(text, &stmt.located, major, self.truncate_limit, &[]) {
             Ok(Some(rw)) if rw.guard.is_some() => Err(format!(
@@ -1529,7 +1569,7 @@ impl ClientCapture {
         self.statements.insert(
             name.to_vec(),
             Arc::new(Prep {
-                kind: a.kind,
+                kind,
                 savepoint: a.savepoint.clone(),
                 text: text[stmt.located.span.clone()].trim().to_string(),
                 fingerprint: stmt.fingerprint.clone(),
@@ -1545,6 +1585,49 @@ impl ClientCapture {
             }),
         );
         Ok(())
+    }
+
+    /// Whether a read the fast path passed must be analysed after all: it may call a function
+    /// that writes, or the list of such functions must be read first.
+    fn may_call_writer(&self, sql: &[u8]) -> bool {
+        if self.ddl_seen {
+            return true;
+        }
+        match self.functions.get(&self.session.database) {
+            Some(names) => super::functions::calls_any(sql, &names),
+            None => true,
+        }
+    }
+
+    /// The functions that may write in this database, read from the catalog when needed.
+    async fn writing_functions<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        extended: bool,
+    ) -> std::io::Result<super::functions::Names> {
+        let db = self.session.database.clone();
+        if std::mem::take(&mut self.ddl_seen) {
+            self.functions.invalidate(&db);
+        }
+        if let Some(names) = self.functions.get(&db) {
+            return Ok(names);
+        }
+        self.mid_batch = extended;
+        let reply = self.internal_query(w, super::functions::QUERY).await?;
+        if reply.error.is_some() {
+            // An aborted transaction: the statement fails on its own; try again next time.
+            return Ok(Arc::default());
+        }
+        let names = reply
+            .rows
+            .iter()
+            .filter_map(|r| {
+                r.first()?
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .collect();
+        Ok(self.functions.put(&db, names))
     }
 
     /// Prepare the pre-read of an UPDATE the client just prepared as `name` (PostgreSQL < 18).
@@ -1723,6 +1806,9 @@ impl ClientCapture {
             return self.commit(w, CommitBy::ClientExtended(frame)).await;
         }
         self.flush_and_drain(w).await?;
+        if prep.kind == Kind::Ddl {
+            self.ddl_seen = true;
+        }
         let gate = match self.prep_gate(&prep) {
             Ok(g) => g,
             Err(hit) => return self.refuse_prepared(w, &prep, hit, None).await,

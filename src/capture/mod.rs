@@ -3,6 +3,7 @@
 //!
 //! - `rewrite` — adds RETURNING capture columns (and, before PostgreSQL 18, a locking pre-read).
 //! - `copy` — COPY … FROM through a temporary stage table and a captured INSERT … SELECT.
+//! - `functions` — which functions may write when a query calls them (those queries are opaque).
 //! - `rows` — strips capture columns off RowDescription/DataRow before the client sees them.
 //! - `router` — the queue of expected replies; routes each server frame.
 //! - `client` — the client side: rewrites, holds COMMIT, publishes, refuses what it cannot capture.
@@ -12,6 +13,7 @@
 
 pub mod client;
 pub mod copy;
+pub mod functions;
 pub mod publish;
 pub mod redact;
 pub mod rewrite;

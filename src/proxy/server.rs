@@ -41,6 +41,8 @@ pub struct CaptureCtx {
     pub redactor: Arc<crate::capture::redact::Redactor>,
     /// Rules that refuse writes (gates.rules), when configured.
     pub gates: Option<Arc<crate::gates::engine::Gates>>,
+    /// Functions that may write when queries call them, per database.
+    pub functions: Arc<crate::capture::functions::WritingFunctions>,
 }
 
 /// What every session of one proxy shares.
@@ -108,6 +110,7 @@ pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyEr
         };
         Some(CaptureCtx {
             gates,
+            functions: Arc::default(),
             sink: Arc::new(sink),
             cache: Arc::new(crate::statement::AnalysisCache::new(10_000)),
             redactor: Arc::new(crate::capture::redact::Redactor::new(

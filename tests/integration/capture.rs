@@ -1176,6 +1176,54 @@ async fn primary_key_changes_keep_both_images(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// A query that calls a function which may write (a user-defined VOLATILE function) is an
+/// opaque statement: recorded on `<prefix>.statements` like DO and CALL, in both protocols;
+/// STABLE functions are not; a function created through the proxy counts at once.
+async fn queries_calling_writing_functions_are_opaque(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "fn_calls").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE FUNCTION bump(k int) RETURNS int LANGUAGE sql AS $$ UPDATE brieff SET bfso = 'bumped' WHERE bfkey = k RETURNING bfkey $$;
+             CREATE FUNCTION peek(k int) RETURNS text STABLE LANGUAGE sql AS $$ SELECT bfso FROM brieff WHERE bfkey = k $$;",
+        )
+        .await
+        .unwrap();
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("SELECT bump(1)").await.unwrap();
+    let row = c.query_one("SELECT bump($1)", &[&2i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2, "the client's rows are untouched");
+    c.simple_query("SELECT peek(1)").await.unwrap();
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("SELECT bump(3)").await.unwrap();
+    c.simple_query("ROLLBACK").await.unwrap();
+    c.simple_query("CREATE FUNCTION bump2(k int) RETURNS void LANGUAGE sql AS $$ DELETE FROM brieff WHERE bfkey = k $$")
+        .await
+        .unwrap();
+    c.simple_query("SELECT bump2(4)").await.unwrap();
+    let events = read_topic(format!("{prefix}.statements"), 4).await;
+    let got: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["source"]["statement"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("opaque", "SELECT bump(1)"),
+        ("opaque", "SELECT bump($1)"),
+        ("ddl", "CREATE FUNCTION bump2(k int) RETURNS void LANGUAGE sql AS $$ DELETE FROM brieff WHERE bfkey = k $$"),
+        ("opaque", "SELECT bump2(4)"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want, "{events:#?}");
+    proxy.shutdown().await;
+}
+
 on_both!(
     incident_update_is_captured_with_before_values,
     transactions_publish_only_committed_work,
@@ -1191,5 +1239,6 @@ on_both!(
     copy_from_stdin_is_captured,
     error_positions_point_into_the_clients_text,
     every_builtin_type_round_trips,
-    primary_key_changes_keep_both_images
+    primary_key_changes_keep_both_images,
+    queries_calling_writing_functions_are_opaque
 );
