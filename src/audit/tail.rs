@@ -67,7 +67,14 @@ pub fn run(opts: &TailOptions, out: &mut impl Write) -> Result<usize, TailError>
         let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let msg = msg?;
+        let msg = match msg {
+            Ok(m) => m,
+            // No audit topic exists yet (nothing was written through the proxy): keep waiting.
+            Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if msg.topic() == tx_topic {
             continue;
         }

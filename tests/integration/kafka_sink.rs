@@ -79,3 +79,33 @@ async fn delivery_guarantee_properties_cannot_be_weakened() {
     let err = KafkaSink::connect(cfg).await.err().expect("acks=1 refused");
     assert!(err.to_string().contains("acks"), "{err}");
 }
+
+/// Regression: `hindsight tail` right after setting up (no write through the proxy yet, so no
+/// audit topic) failed with "Unknown topic or partition" instead of waiting for events.
+#[tokio::test]
+async fn tail_waits_when_no_audit_topic_exists_yet() {
+    let opts = hindsight::audit::tail::TailOptions {
+        brokers: vec![harness::kafka_brokers()],
+        topic_prefix: harness::random_prefix("tail_empty"),
+        tables: Vec::new(),
+        application: None,
+        json: false,
+        from_beginning: true,
+        max: None,
+        idle_timeout: Some(Duration::from_secs(3)),
+    };
+    let mut out = Vec::new();
+    let printed = tokio::task::spawn_blocking(move || {
+        let r = hindsight::audit::tail::run(&opts, &mut out);
+        (r, out)
+    })
+    .await
+    .unwrap();
+    match printed {
+        (Ok(n), out) => {
+            assert_eq!(n, 0);
+            assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        }
+        (Err(e), _) => panic!("tail failed instead of waiting: {e}"),
+    }
+}
