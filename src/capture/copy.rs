@@ -12,7 +12,7 @@
 
 use pg_query::protobuf::node::Node as N;
 
-use super::rewrite::{quote, Refusal};
+use super::rewrite::{first_node, literal, quote, Refusal};
 use crate::statement::TableName;
 
 /// The target of a COPY as the catalog resolved it.
@@ -38,11 +38,6 @@ pub struct Staged {
     /// Characters the stage COPY has more than the client's before its options (`FROM …`):
     /// what an error position in them must be moved back by.
     pub shift: i64,
-}
-
-/// `'text'` as an SQL string literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Resolve `table` (as the statement wrote it, against the session's search_path) to its
@@ -128,12 +123,7 @@ pub fn stage(
     // surgery on token positions rather than a deparse: the deparser aborts the process on
     // options it does not know, and the server must be the one to judge them.
     let parsed = pg_query::parse(sql).map_err(|_| unsupported())?.protobuf;
-    let Some(N::CopyStmt(copy)) = parsed
-        .stmts
-        .first()
-        .and_then(|s| s.stmt.as_ref())
-        .and_then(|n| n.node.as_ref())
-    else {
+    let Some(N::CopyStmt(copy)) = first_node(&parsed) else {
         return Err(unsupported());
     };
     let rel_at = copy

@@ -188,13 +188,7 @@ pub fn rewrite(
 /// The relations of a TRUNCATE as `(reference, only)`, and whether it CASCADEs.
 fn truncate_targets(sql: &str) -> Option<(Vec<(String, bool)>, bool)> {
     let parsed = pg_query::parse(sql).ok()?;
-    let Some(N::TruncateStmt(t)) = parsed
-        .protobuf
-        .stmts
-        .first()
-        .and_then(|s| s.stmt.as_ref())
-        .and_then(|n| n.node.as_ref())
-    else {
+    let Some(N::TruncateStmt(t)) = first_node(&parsed.protobuf) else {
         return None;
     };
     let rels = t
@@ -299,15 +293,7 @@ fn truncate(
 /// How RETURNING refers to the target: its alias, else its (schema-qualified) name, quoted.
 fn target_ref(sql: &str) -> Option<String> {
     let parsed = pg_query::parse(sql).ok()?;
-    let node = parsed
-        .protobuf
-        .stmts
-        .first()?
-        .stmt
-        .as_ref()?
-        .node
-        .as_ref()?;
-    let rel = match node {
+    let rel = match first_node(&parsed.protobuf)? {
         N::InsertStmt(s) => s.relation.as_ref()?,
         N::UpdateStmt(s) => s.relation.as_ref()?,
         N::DeleteStmt(s) => s.relation.as_ref()?,
@@ -326,19 +312,21 @@ pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// `'text'` as a string literal (standard_conforming_strings).
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The first statement's node of a parse.
+pub fn first_node(parsed: &pg_query::protobuf::ParseResult) -> Option<&N> {
+    parsed.stmts.first()?.stmt.as_ref()?.node.as_ref()
+}
+
 /// `SELECT to_jsonb(t.*), t.tableoid FROM t [, from…] WHERE … FOR UPDATE OF t`, built from the
 /// UPDATE's own parse tree (its WITH, FROM and WHERE), deparsed by PostgreSQL's deparser.
 fn pre_read_for_update(sql: &str, target: &str) -> Option<String> {
     let parsed = pg_query::parse(sql).ok()?;
-    let N::UpdateStmt(update) = parsed
-        .protobuf
-        .stmts
-        .first()?
-        .stmt
-        .as_ref()?
-        .node
-        .as_ref()?
-    else {
+    let N::UpdateStmt(update) = first_node(&parsed.protobuf)? else {
         return None;
     };
     // A template supplies the target list and locking clause nodes; the UPDATE supplies the rest.

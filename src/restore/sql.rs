@@ -5,18 +5,10 @@
 use super::plan::{Action, RowPlan, TableMeta};
 use crate::audit::event::Row;
 
-/// `"ident"` with embedded quotes doubled.
-pub fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
+pub use crate::capture::rewrite::{literal, quote};
 
 pub fn quote_table(schema: &str, name: &str) -> String {
     format!("{}.{}", quote(schema), quote(name))
-}
-
-/// `'text'` as a string literal (standard_conforming_strings).
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn image(relation: &str, row: &Row) -> String {

@@ -158,11 +158,7 @@ async fn incident_update_is_captured_with_before_values(pg: Pg) {
     );
     // And the write did commit.
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM brieff WHERE bfso IS NULL", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = harness::count(&direct, "SELECT count(*) FROM brieff WHERE bfso IS NULL").await;
     assert_eq!(n, 18);
     proxy.shutdown().await;
 }
@@ -323,11 +319,7 @@ async fn unpublishable_write_is_rolled_back(pg: Pg) {
     assert_eq!(err.code().map(|c| c.code()), Some("HS001"), "{err:?}");
     let err = c.execute("DROP TABLE t", &[]).await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("HS001"), "{err:?}");
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = harness::count(&direct, "SELECT count(*) FROM t").await;
     assert_eq!(n, 1, "the table is still there");
     proxy.shutdown().await;
 }
@@ -466,11 +458,11 @@ async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
     let err = c.simple_query("SELEC 1").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42601"), "{err:?}");
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM brieff WHERE bfso IS NOT NULL", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = harness::count(
+        &direct,
+        "SELECT count(*) FROM brieff WHERE bfso IS NOT NULL",
+    )
+    .await;
     assert_eq!(n, 25, "nothing was written");
     let n: i64 = c
         .query_one("SELECT count(*) FROM brieff WHERE bfkey > $1", &[&0i32])
@@ -556,11 +548,7 @@ async fn extended_protocol_writes_are_captured(pg: Pg) {
         "one transaction"
     );
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM brieff WHERE bfkey >= 200", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = harness::count(&direct, "SELECT count(*) FROM brieff WHERE bfkey >= 200").await;
     assert_eq!(n, 5, "202, 203, 204, 206 and 300 committed");
     proxy.shutdown().await;
 }
@@ -816,18 +804,10 @@ async fn truncate_is_captured_within_its_row_limit(pg: Pg) {
         .unwrap()
         .message()
         .contains("more than 10 rows"));
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM big", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = harness::count(&direct, "SELECT count(*) FROM big").await;
     assert_eq!(n, 11, "nothing removed");
     c.simple_query("TRUNCATE small").await.unwrap();
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM small", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = harness::count(&direct, "SELECT count(*) FROM small").await;
     assert_eq!(n, 0);
     let ev = read_topic(format!("{prefix}.public.small"), 5).await;
     assert_eq!(ev.len(), 5, "{ev:#?}");
@@ -863,11 +843,7 @@ async fn truncate_is_captured_within_its_row_limit(pg: Pg) {
     );
     assert_eq!(all[3]["before"], serde_json::json!({"id": 11, "p": 2}));
     for table in ["parent", "child", "grandchild", "other"] {
-        let n: i64 = direct
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n = harness::count(&direct, &format!("SELECT count(*) FROM {table}")).await;
         assert_eq!(n, 0, "{table} emptied");
     }
     proxy.shutdown().await;
@@ -1120,11 +1096,7 @@ async fn every_builtin_type_round_trips(pg: Pg) {
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("HS001"), "{err:?}");
-    let n: i64 = direct
-        .query_one("SELECT count(*) FROM alltypes WHERE id = 2", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = harness::count(&direct, "SELECT count(*) FROM alltypes WHERE id = 2").await;
     assert_eq!(n, 0);
     proxy.shutdown().await;
 }

@@ -28,22 +28,14 @@ async fn tokio_postgres_workload() {
         });
         let results = futures_util::future::join_all(futs).await;
         assert!(results.iter().all(|r| matches!(r, Ok(1))));
-        let n: i64 = c
-            .query_one("SELECT count(*) FROM acct", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n = harness::count(&c, "SELECT count(*) FROM acct").await;
         assert_eq!(n, 200);
         // Transaction with rollback.
         let mut c2 = harness::connect(proxy.addr, "postgres", &db).await;
         let tx = c2.transaction().await.unwrap();
         tx.execute("DELETE FROM acct", &[]).await.unwrap();
         tx.rollback().await.unwrap();
-        let n: i64 = c2
-            .query_one("SELECT count(*) FROM acct", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n = harness::count(&c2, "SELECT count(*) FROM acct").await;
         assert_eq!(n, 200);
         // COPY in and out.
         let sink = c.copy_in("COPY acct (id, owner) FROM STDIN").await.unwrap();

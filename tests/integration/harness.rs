@@ -67,6 +67,14 @@ pub async fn connect(addr: SocketAddr, user: &str, db: &str) -> tokio_postgres::
     client
 }
 
+/// The single integer (e.g. a `count(*)`) that `sql` returns.
+pub async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .get(0)
+}
+
 /// Create a fresh database for one test on the given server; returns its name.
 pub async fn fresh_db(pg: Pg, label: &str) -> String {
     let name = format!("t_{label}_{:08x}", rand::random::<u32>());
