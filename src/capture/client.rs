@@ -91,6 +91,11 @@ pub struct ClientCapture {
     pub functions: Arc<super::functions::WritingFunctions>,
     /// A schema change ran: the function list is read again before the next query.
     ddl_seen: bool,
+    /// Schema, name and key of captured tables (shared by the proxy's sessions).
+    pub tables: Arc<super::tables::TableCache>,
+    /// The open transaction ran DDL: its catalog lookups are not cached, and the cache is
+    /// dropped again when it commits.
+    ddl_in_txn: bool,
 }
 
 /// A prepared statement as hindsight analysed (and maybe rewrote) it.
@@ -216,6 +221,8 @@ impl ClientCapture {
             skip_until_sync: false,
             functions: Arc::default(),
             ddl_seen: false,
+            tables: Arc::default(),
+            ddl_in_txn: false,
         }
     }
 
@@ -478,7 +485,7 @@ impl ClientCapture {
             .iter()
             .any(|s| s.located.analysis.kind == Kind::Ddl)
         {
-            self.ddl_seen = true;
+            self.schema_changed();
         }
         let writes = statements
             .iter()
@@ -1183,6 +1190,10 @@ impl ClientCapture {
                 tracing::error!(%why, "audit records not recorded; committing anyway because capture.on_sink_failure = \"allow\"");
             }
         }
+        if std::mem::take(&mut self.ddl_in_txn) {
+            // Lookups other sessions made while this DDL was uncommitted saw the old catalog.
+            self.tables.invalidate(&self.session.database);
+        }
         match (by, error) {
             (CommitBy::ClientSimple(frame), None) => {
                 self.push([Unit::pass(b"Z")]);
@@ -1326,15 +1337,14 @@ impl ClientCapture {
         let (txid, tables) = if blocked && oids.is_empty() {
             (None, HashMap::new())
         } else {
-            let reply = self
-                .internal_query(w, &publish::catalog_query(&oids))
-                .await?;
-            if reply.error.is_some() {
-                return Ok(Err(Failure::Sink(
-                    "looking up the changed tables in the catalog failed".into(),
-                )));
+            match self.lookup_tables(w, &oids).await? {
+                Some(found) => found,
+                None => {
+                    return Ok(Err(Failure::Sink(
+                        "looking up the changed tables in the catalog failed".into(),
+                    )))
+                }
             }
-            publish::parse_catalog(&reply.rows)
         };
         let mut changes = publish::pair_pre_reads(changes, &tables);
         if !blocked {
@@ -1599,6 +1609,43 @@ impl ClientCapture {
         }
     }
 
+    /// A DDL statement is about to run: function list and table facts are read again.
+    fn schema_changed(&mut self) {
+        self.ddl_seen = true;
+        self.ddl_in_txn = true;
+        self.tables.invalidate(&self.session.database);
+    }
+
+    /// The transaction id and the facts of the changed tables: from the cache where it has
+    /// them, else from the catalog (one query either way, inside the transaction).
+    async fn lookup_tables<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        oids: &[u32],
+    ) -> std::io::Result<Option<(Option<i64>, HashMap<u32, publish::TableInfo>)>> {
+        let db = self.session.database.clone();
+        let (mut found, missing) = if self.ddl_in_txn {
+            (HashMap::new(), oids.to_vec())
+        } else {
+            self.tables.get(&db, oids)
+        };
+        let query = if missing.is_empty() {
+            publish::TXID_QUERY.to_string()
+        } else {
+            publish::catalog_query(&missing)
+        };
+        let reply = self.internal_query(w, &query).await?;
+        if reply.error.is_some() {
+            return Ok(None);
+        }
+        let (txid, looked_up) = publish::parse_catalog(&reply.rows);
+        if !self.ddl_in_txn {
+            self.tables.put(&db, &looked_up);
+        }
+        found.extend(looked_up);
+        Ok(Some((txid, found)))
+    }
+
     /// The functions that may write in this database, read from the catalog when needed.
     async fn writing_functions<W: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -1807,7 +1854,7 @@ impl ClientCapture {
         }
         self.flush_and_drain(w).await?;
         if prep.kind == Kind::Ddl {
-            self.ddl_seen = true;
+            self.schema_changed();
         }
         let gate = match self.prep_gate(&prep) {
             Ok(g) => g,

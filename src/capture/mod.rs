@@ -4,6 +4,7 @@
 //! - `rewrite` — adds RETURNING capture columns (and, before PostgreSQL 18, a locking pre-read).
 //! - `copy` — COPY … FROM through a temporary stage table and a captured INSERT … SELECT.
 //! - `functions` — which functions may write when a query calls them (those queries are opaque).
+//! - `tables` — schema, name and key of captured tables, cached per database.
 //! - `rows` — strips capture columns off RowDescription/DataRow before the client sees them.
 //! - `router` — the queue of expected replies; routes each server frame.
 //! - `client` — the client side: rewrites, holds COMMIT, publishes, refuses what it cannot capture.
@@ -19,4 +20,5 @@ pub mod redact;
 pub mod rewrite;
 pub mod router;
 pub mod rows;
+pub mod tables;
 pub mod txn;

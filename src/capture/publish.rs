@@ -64,6 +64,11 @@ pub fn catalog_query(oids: &[u32]) -> String {
     )
 }
 
+/// The transaction id alone, when every changed table is cached (same row shape as
+/// [`catalog_query`], without a table).
+pub const TXID_QUERY: &str =
+    "SELECT pg_current_xact_id_if_assigned()::text, NULL, NULL, NULL, NULL, NULL, NULL";
+
 /// Parse the rows of [`catalog_query`]: `(txid, oid → table)`.
 pub fn parse_catalog(rows: &[Vec<Option<Vec<u8>>>]) -> (Option<i64>, HashMap<u32, TableInfo>) {
     let text = |v: &Option<Vec<u8>>| {

@@ -124,7 +124,11 @@ pub fn rewrite(
             what: format!("COPY … FROM into {} through the extended query protocol or among other statements (send it as a simple query of its own)", write.table),
         });
     }
-    let target = target_ref(sql).ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
+    if write.nested {
+        // The write sits in a CTE (or `COPY (…) TO`): RETURNING cannot be added to it here.
+        return Err(Refusal::Unsupported { what });
+    }
+    let target = write.reference();
     // A newline first: a trailing `--` comment would otherwise swallow what is appended.
     let sep = if write.returning {
         "\n, "
@@ -172,7 +176,13 @@ pub fn rewrite(
             guard: None,
         })),
         Kind::Update => {
-            let pre = pre_read_for_update(sql, &target)
+            // FOR UPDATE OF takes the alias or the bare name (PostgreSQL refuses a qualified
+            // one; the UPDATE itself refuses two FROM items of the same name).
+            let lock = match write.alias.as_str() {
+                "" => quote(&write.table.name),
+                alias => quote(alias),
+            };
+            let pre = pre_read_for_update(sql, &target, &lock)
                 .ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
             Ok(Some(Rewritten {
                 text: format!("{body}{sep}{image}"),
@@ -290,23 +300,6 @@ fn truncate(
     })
 }
 
-/// How RETURNING refers to the target: its alias, else its (schema-qualified) name, quoted.
-fn target_ref(sql: &str) -> Option<String> {
-    let parsed = pg_query::parse(sql).ok()?;
-    let rel = match first_node(&parsed.protobuf)? {
-        N::InsertStmt(s) => s.relation.as_ref()?,
-        N::UpdateStmt(s) => s.relation.as_ref()?,
-        N::DeleteStmt(s) => s.relation.as_ref()?,
-        N::MergeStmt(s) => s.relation.as_ref()?,
-        _ => return None,
-    };
-    Some(match &rel.alias {
-        Some(alias) => quote(&alias.aliasname),
-        None if rel.schemaname.is_empty() => quote(&rel.relname),
-        None => format!("{}.{}", quote(&rel.schemaname), quote(&rel.relname)),
-    })
-}
-
 /// `"ident"` with embedded quotes doubled.
 pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -322,29 +315,64 @@ pub fn first_node(parsed: &pg_query::protobuf::ParseResult) -> Option<&N> {
     parsed.stmts.first()?.stmt.as_ref()?.node.as_ref()
 }
 
-/// `SELECT to_jsonb(t.*), t.tableoid FROM t [, from…] WHERE … FOR UPDATE OF t`, built from the
-/// UPDATE's own parse tree (its WITH, FROM and WHERE), deparsed by PostgreSQL's deparser.
-fn pre_read_for_update(sql: &str, target: &str) -> Option<String> {
-    let parsed = pg_query::parse(sql).ok()?;
-    let N::UpdateStmt(update) = first_node(&parsed.protobuf)? else {
-        return None;
+/// `[WITH …] SELECT to_jsonb(t.*), t.tableoid FROM t [, from…] [WHERE …] FOR UPDATE OF t`:
+/// the UPDATE's own WITH, target, FROM and WHERE text, cut at the positions of its top-level
+/// keywords as PostgreSQL's scanner finds them. The client's text is kept as written (no
+/// deparse: nothing is re-spelled, and no parse tree has to be rebuilt for every UPDATE).
+fn pre_read_for_update(sql: &str, target: &str, lock: &str) -> Option<String> {
+    use pg_query::protobuf::Token as T;
+    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let mut depth = 0i32;
+    let mut prev = None;
+    // Top-level keyword positions: UPDATE, then SET, FROM, WHERE, RETURNING after it.
+    let (mut update, mut set, mut from, mut wher, mut returning) = (None, None, None, None, None);
+    for t in &tokens {
+        let kind = T::try_from(t.token).ok();
+        let span = (t.start as usize, t.end as usize);
+        match kind {
+            Some(T::Ascii40 | T::Ascii91) => depth += 1,
+            Some(T::Ascii41 | T::Ascii93) => depth -= 1,
+            Some(k) if depth == 0 => match (k, update, set) {
+                (T::Update, None, _) => update = Some(span),
+                (T::Set, Some(_), None) => set = Some(span),
+                // `IS [NOT] DISTINCT FROM` is an operator, not the FROM clause.
+                (T::From, Some(_), Some(_)) if from.is_none() && prev != Some(T::Distinct) => {
+                    from = Some(span)
+                }
+                (T::Where, Some(_), Some(_)) if wher.is_none() => wher = Some(span),
+                (T::Returning, Some(_), Some(_)) if returning.is_none() => returning = Some(span),
+                _ => {}
+            },
+            _ => {}
+        }
+        prev = kind;
+    }
+    let (update, set) = (update?, set?);
+    let end = |after: usize| {
+        [wher, returning]
+            .into_iter()
+            .flatten()
+            .map(|(s, _)| s)
+            .filter(|s| *s > after)
+            .min()
+            .unwrap_or(sql.len())
     };
-    // A template supplies the target list and locking clause nodes; the UPDATE supplies the rest.
-    let template =
-        format!("SELECT to_jsonb({target}.*), {target}.tableoid FROM x FOR UPDATE OF {target}");
-    let mut tree = pg_query::parse(&template).ok()?.protobuf;
-    let stmt = tree.stmts.first_mut()?.stmt.as_mut()?;
-    let Some(N::SelectStmt(select)) = stmt.node.as_mut() else {
-        return None;
-    };
-    let mut from = vec![pg_query::protobuf::Node {
-        node: Some(N::RangeVar(update.relation.clone()?)),
-    }];
-    from.extend(update.from_clause.iter().cloned());
-    select.from_clause = from;
-    select.where_clause = update.where_clause.clone();
-    select.with_clause = update.with_clause.clone();
-    pg_query::deparse(&tree).ok()
+    let mut out = format!(
+        "{}SELECT to_jsonb({target}.*), {target}.tableoid FROM {}",
+        &sql[..update.0],
+        sql[update.1..set.0].trim()
+    );
+    if let Some((_, f_end)) = from {
+        out.push_str(",\n");
+        out.push_str(sql[f_end..end(f_end)].trim());
+    }
+    if let Some((w, w_end)) = wher {
+        out.push('\n');
+        out.push_str(sql[w..end(w_end)].trim_end());
+    }
+    // A newline first: a trailing `--` comment would otherwise swallow the locking clause.
+    out.push_str(&format!("\nFOR UPDATE OF {lock}"));
+    Some(out)
 }
 
 #[cfg(test)]
@@ -397,18 +425,49 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let pre = r.pre_read.unwrap();
-        assert!(
-            pre.contains("FROM t, u WHERE t.id = u.id AND u.flag"),
-            "{pre}"
+        assert_eq!(
+            r.pre_read.unwrap(),
+            "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t,\nu\nWHERE t.id = u.id AND u.flag\nFOR UPDATE OF \"t\""
         );
-        assert!(pre.ends_with("FOR UPDATE OF t"), "{pre}");
         assert!(matches!(
             rw(
                 "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
                 15
             ),
             Err(Refusal::NeedsPg18 { .. })
+        ));
+    }
+
+    fn pre_read(sql: &str) -> String {
+        rw(sql, 15).unwrap().unwrap().pre_read.unwrap()
+    }
+
+    #[test]
+    fn pre_read_keeps_the_clauses_as_written() {
+        // Qualified target: the lock names the bare table (PostgreSQL refuses a qualified one).
+        assert_eq!(
+            pre_read("UPDATE public.t SET a = 1 WHERE id = 2"),
+            "SELECT to_jsonb(\"public\".\"t\".*), \"public\".\"t\".tableoid FROM public.t\nWHERE id = 2\nFOR UPDATE OF \"t\""
+        );
+        // Alias, ONLY, a WITH clause, RETURNING and a trailing comment.
+        assert_eq!(
+            pre_read("WITH k AS (SELECT 1 AS id) UPDATE ONLY s.t AS x SET a = 1 FROM k WHERE x.id = k.id RETURNING x.a -- c"),
+            "WITH k AS (SELECT 1 AS id) SELECT to_jsonb(\"x\".*), \"x\".tableoid FROM ONLY s.t AS x,\nk\nWHERE x.id = k.id\nFOR UPDATE OF \"x\""
+        );
+        assert!(pre_read("UPDATE t SET a = 1 -- c").ends_with("FROM t\nFOR UPDATE OF \"t\""));
+        // FROM and WHERE inside expressions are not the statement's clauses.
+        assert_eq!(
+            pre_read("UPDATE t SET a = b IS DISTINCT FROM c, d = (SELECT max(v) FROM u WHERE u.k = t.k), e[1] = substring(f FROM 2) WHERE t.id = 1"),
+            "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t\nWHERE t.id = 1\nFOR UPDATE OF \"t\""
+        );
+        assert_eq!(
+            pre_read("UPDATE t SET a = 1 FROM u JOIN v ON u.id = v.id"),
+            "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t,\nu JOIN v ON u.id = v.id\nFOR UPDATE OF \"t\""
+        );
+        // A write in a CTE cannot carry the capture columns: refused, not mangled.
+        assert!(matches!(
+            rw("WITH d AS (DELETE FROM a RETURNING *) SELECT * FROM d", 18),
+            Err(Refusal::Unsupported { .. })
         ));
     }
 

@@ -43,6 +43,8 @@ pub struct CaptureCtx {
     pub gates: Option<Arc<crate::gates::engine::Gates>>,
     /// Functions that may write when queries call them, per database.
     pub functions: Arc<crate::capture::functions::WritingFunctions>,
+    /// Schema, name and key of captured tables, per database.
+    pub tables: Arc<crate::capture::tables::TableCache>,
 }
 
 /// What every session of one proxy shares.
@@ -111,6 +113,7 @@ pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyEr
         Some(CaptureCtx {
             gates,
             functions: Arc::default(),
+            tables: Arc::default(),
             sink: Arc::new(sink),
             cache: Arc::new(crate::statement::AnalysisCache::new(10_000)),
             redactor: Arc::new(crate::capture::redact::Redactor::new(

@@ -354,6 +354,7 @@ async fn relay(
             inspector.truncate_limit = ctx.config.capture.truncate_row_limit;
             inspector.gates = cap.gates.clone();
             inspector.functions = Arc::clone(&cap.functions);
+            inspector.tables = Arc::clone(&cap.tables);
             relay_with(ctx, conn, upstream, client, span, inspector, Some(shared)).await
         }
     }

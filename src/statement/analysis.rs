@@ -117,6 +117,27 @@ pub struct Write {
     pub columns: Vec<String>,
     /// Whether the statement has its own RETURNING list.
     pub returning: bool,
+    /// The alias the statement gives the table (`UPDATE t AS x`), empty if none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub alias: String,
+    /// The write is not the statement's own: it sits in a CTE, or in `COPY (…) TO`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub nested: bool,
+}
+
+impl Write {
+    /// How the statement's own clauses (RETURNING, FOR UPDATE OF) refer to the table: its
+    /// alias, else its name as qualified in the statement, quoted.
+    pub fn reference(&self) -> String {
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        if !self.alias.is_empty() {
+            quote(&self.alias)
+        } else if self.table.schema.is_empty() {
+            quote(&self.table.name)
+        } else {
+            format!("{}.{}", quote(&self.table.schema), quote(&self.table.name))
+        }
+    }
 }
 
 /// The analysis of one statement.
@@ -259,8 +280,11 @@ fn analyze_node(node: &N) -> Analysis {
         N::CopyStmt(s) => {
             // COPY (query) TO: the query may be a data-modifying statement with RETURNING.
             if let Some(q) = s.query.as_ref().and_then(|n| n.node.as_ref()) {
-                let inner = analyze_node(q);
+                let mut inner = analyze_node(q);
                 if !inner.writes.is_empty() {
+                    for w in &mut inner.writes {
+                        w.nested = true;
+                    }
                     return inner;
                 }
             }
@@ -380,6 +404,8 @@ fn ddl_targets(node: &N, out: &mut Vec<Write>) {
                             },
                             columns: Vec::new(),
                             returning: false,
+                            alias: String::new(),
+                            nested: false,
                         });
                     }
                 }
@@ -404,7 +430,10 @@ fn with_writes(with: Option<&protobuf::WithClause>, out: &mut Vec<Write>) {
 }
 
 fn nested_writes(node: &N, out: &mut Vec<Write>) {
-    out.extend(analyze_node(node).writes);
+    out.extend(analyze_node(node).writes.into_iter().map(|mut w| {
+        w.nested = true;
+        w
+    }));
 }
 
 fn push(
@@ -423,6 +452,12 @@ fn push(
             },
             columns,
             returning,
+            alias: rv
+                .alias
+                .as_ref()
+                .map(|a| a.aliasname.clone())
+                .unwrap_or_default(),
+            nested: false,
         });
     }
 }

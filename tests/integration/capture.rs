@@ -1196,7 +1196,85 @@ async fn queries_calling_writing_functions_are_opaque(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// Regression: on PostgreSQL < 18 the pre-read of `UPDATE public.t …` locked with
+/// `FOR UPDATE OF "public"."t"`, which PostgreSQL refuses ("FOR UPDATE must specify unqualified
+/// relation names"): the client got an error for a valid UPDATE. Both protocols, with and
+/// without an alias.
+async fn update_of_schema_qualified_table_was_refused_on_old_servers(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "qualified").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("UPDATE public.brieff SET bfso = 'q1' WHERE bfkey = 1")
+        .await
+        .unwrap();
+    c.execute(
+        "UPDATE public.brieff AS b SET bfso = $1 WHERE b.bfkey = $2",
+        &[&"q2", &2i32],
+    )
+    .await
+    .unwrap();
+    let ev = read_topic(format!("{prefix}.public.brieff"), 2).await;
+    let got: Vec<(Value, Value, Value)> = ev
+        .iter()
+        .map(|e| {
+            (
+                e["before"]["bfso"].clone(),
+                e["after"]["bfso"].clone(),
+                e["op"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("rep1".into(), "q1".into(), "u".into()),
+            ("rep2".into(), "q2".into(), "u".into())
+        ]
+    );
+    proxy.shutdown().await;
+}
+
+/// Table facts (name, key) are cached across transactions and sessions; DDL through the proxy
+/// drops them at once: a primary key added to a keyless table keys the very next event.
+async fn table_cache_follows_ddl_through_the_proxy(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "tcache").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.batch_execute(
+        "CREATE TABLE nokey (id int NOT NULL, v text); INSERT INTO nokey VALUES (1, 'a'), (2, 'b');",
+    )
+    .await
+    .unwrap();
+    // Twice: the second lookup is a cache hit, and must say the same.
+    c.simple_query("UPDATE nokey SET v = 'a1' WHERE id = 1")
+        .await
+        .unwrap();
+    c.simple_query("UPDATE nokey SET v = 'a2' WHERE id = 1")
+        .await
+        .unwrap();
+    let other = harness::connect(proxy.addr, "postgres", &db).await;
+    other
+        .batch_execute("ALTER TABLE nokey ADD PRIMARY KEY (id)")
+        .await
+        .unwrap();
+    c.simple_query("UPDATE nokey SET v = 'b1' WHERE id = 2")
+        .await
+        .unwrap();
+    let keys = harness::read_topic_raw(format!("{prefix}.public.nokey"), 5).await;
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(k, _)| serde_json::from_slice::<Value>(k).unwrap()["key"].clone())
+        .collect();
+    // INSERTs and the first two UPDATEs: no key, the whole row identifies it.
+    assert_eq!(keys[2]["id"], 1, "{keys:#?}");
+    assert_eq!(keys[2]["v"], "a1", "{keys:#?}");
+    assert_eq!(keys[3]["v"], "a2", "{keys:#?}");
+    // After the DDL: the primary key alone.
+    assert_eq!(keys[4], serde_json::json!({"id": 2}), "{keys:#?}");
+    proxy.shutdown().await;
+}
+
 on_both!(
+    update_of_schema_qualified_table_was_refused_on_old_servers,
+    table_cache_follows_ddl_through_the_proxy,
     incident_update_is_captured_with_before_values,
     transactions_publish_only_committed_work,
     unpublishable_write_is_rolled_back,

@@ -1,0 +1,102 @@
+//! What hindsight knows about the tables it captures (schema, name, key columns, triggers,
+//! cascading foreign keys), cached per database and shared by the proxy's sessions.
+//!
+//! Looking a table up costs a catalog query of a few milliseconds; without the cache every
+//! COMMIT would pay it. An entry is dropped when hindsight sees a schema change in its database
+//! (any session, at the DDL statement and again when that transaction commits), and is trusted
+//! for at most [`MAX_AGE`] otherwise: a key added or a table renamed behind hindsight's back
+//! (a direct connection, a function running DDL) is picked up within that time. Until then
+//! events carry the old name or key — the row images themselves are never affected.
+//!
+//! Lookups made inside a transaction that ran DDL are not stored: that transaction sees a
+//! catalog nobody else may ever see (it can still roll back).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use super::publish::TableInfo;
+
+/// How long an entry is trusted without a schema change seen.
+pub const MAX_AGE: Duration = Duration::from_secs(10);
+
+/// One database's tables by oid, each with when it was looked up.
+type Tables = HashMap<u32, (TableInfo, Instant)>;
+
+/// Table facts of every database the proxy serves, by table oid.
+#[derive(Default)]
+pub struct TableCache {
+    /// Read at every COMMIT that captured rows: a read lock, not a mutex.
+    by_db: RwLock<HashMap<String, Tables>>,
+}
+
+impl TableCache {
+    /// The cached facts of `oids` in `db`, and the oids that must be looked up.
+    pub fn get(&self, db: &str, oids: &[u32]) -> (HashMap<u32, TableInfo>, Vec<u32>) {
+        let map = self.by_db.read().unwrap_or_else(|e| e.into_inner());
+        let tables = map.get(db);
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        for oid in oids {
+            match tables
+                .and_then(|t| t.get(oid))
+                .filter(|(_, at)| at.elapsed() < MAX_AGE)
+            {
+                Some((info, _)) => {
+                    found.insert(*oid, info.clone());
+                }
+                None => missing.push(*oid),
+            }
+        }
+        (found, missing)
+    }
+
+    /// Remember what the catalog said about these tables of `db`.
+    pub fn put<'a>(&self, db: &str, tables: impl IntoIterator<Item = (&'a u32, &'a TableInfo)>) {
+        let now = Instant::now();
+        let mut map = self.by_db.write().unwrap_or_else(|e| e.into_inner());
+        let entries = map.entry(db.to_string()).or_default();
+        for (oid, info) in tables {
+            entries.insert(*oid, (info.clone(), now));
+        }
+    }
+
+    /// A schema change in `db`: look every table up again.
+    pub fn invalidate(&self, db: &str) {
+        self.by_db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(db);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str) -> TableInfo {
+        TableInfo {
+            schema: "public".into(),
+            name: name.into(),
+            key: vec!["id".into()],
+            triggers: vec![],
+            cascades_to: vec![],
+        }
+    }
+
+    #[test]
+    fn hits_misses_and_invalidation_are_per_database() {
+        let c = TableCache::default();
+        let (found, missing) = c.get("a", &[1, 2]);
+        assert!(found.is_empty());
+        assert_eq!(missing, vec![1, 2]);
+        c.put("a", [(&1, &info("t1"))]);
+        let (found, missing) = c.get("a", &[1, 2]);
+        assert_eq!(found[&1].name, "t1");
+        assert_eq!(missing, vec![2]);
+        // Same oid in another database is another table.
+        assert_eq!(c.get("b", &[1]).1, vec![1]);
+        c.invalidate("a");
+        assert_eq!(c.get("a", &[1]).1, vec![1]);
+    }
+}
