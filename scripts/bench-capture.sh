@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# What capture costs: pgbench TPC-B-like (3 UPDATEs, 1 INSERT, 1 SELECT per transaction, scale 10)
-# directly, through hindsight relay-only, and through hindsight with capture publishing every
-# change to the broker (tansu, sqlite storage) before COMMIT. Side by side in one run.
+# What capture costs: pgbench TPC-B-like (3 UPDATEs, 1 INSERT, 1 SELECT per transaction, scale 10),
+# side by side in one run: directly; directly with a row-level PL/pgSQL audit trigger on all four
+# tables (the common alternative); through hindsight relay-only; through hindsight capturing to
+# the broker (tansu with sqlite storage, and tansu in memory); and capturing with 50 gate rules.
 #   scripts/bench-capture.sh [SECONDS_PER_RUN (default 10)]
 source "$(dirname "$0")/common.sh"
 secs="${1:-10}"
 bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
 bash "$ROOT/scripts/pg.sh" start 18 >/dev/null
 bash "$ROOT/scripts/kafka.sh" start >/dev/null
+MEM_KAFKA_PORT=$((KAFKA_PORT + 1))
+HSDEV_KAFKA_STORAGE=memory HSDEV_KAFKA_PORT=$MEM_KAFKA_PORT bash "$ROOT/scripts/kafka.sh" start >/dev/null
+trap 'HSDEV_KAFKA_STORAGE=memory HSDEV_KAFKA_PORT=$MEM_KAFKA_PORT bash "$ROOT/scripts/kafka.sh" stop >/dev/null' EXIT
 log "building hindsight (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin hindsight)
 bin="$ROOT/target/release/hindsight"
@@ -23,33 +27,50 @@ for i in $(seq 0 9); do
 done
 for i in $(seq 0 4); do printf '[flags.f%d]\npercentage = 10\n\n' "$i" >>"$rules"; done
 "$ROOT/target/release/hindsight" rules check "$rules" >/dev/null || die "benchmark rules file invalid"
-echo "| server | query mode | clients | direct TPS | relay-only TPS | capture TPS | capture + 50 rules TPS | capture / direct | rules / capture | events/s |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+# The reference audit trigger: every row change as to_jsonb(OLD/NEW) into an audit table, with
+# who and which transaction (what hindsight records, minus the statement text).
+trigger_sql="CREATE TABLE audit_log (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(),
+  txid bigint NOT NULL DEFAULT txid_current(), usr text NOT NULL DEFAULT current_user,
+  app text DEFAULT current_setting('application_name'), tbl text NOT NULL, op text NOT NULL,
+  old jsonb, new jsonb);
+CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+  INSERT INTO audit_log (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
+    CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+  RETURN NULL;
+END \$\$;"
+for t in accounts tellers branches history; do
+  trigger_sql="$trigger_sql
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON pgbench_$t FOR EACH ROW EXECUTE FUNCTION audit_row();"
+done
+echo "| server | query mode | clients | direct | audit trigger | relay-only | capture (sqlite broker) | capture (memory broker) | capture + 50 rules | trigger / direct | capture / direct | capture / trigger | capture-mem / direct | capture-mem / trigger |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for ver in 15 18; do
   pgport=$PG15_PORT; [ "$ver" = 18 ] && pgport=$PG18_PORT
   direct="host=127.0.0.1 port=$pgport user=postgres"
-  psql -X -q "$direct dbname=postgres" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS bench_capture" -c "CREATE DATABASE bench_capture"
-  pgbench -q -i -s 10 "$direct dbname=bench_capture" >/dev/null 2>&1 || die "pgbench -i failed on PG $ver"
-  relay=$((PROXY_PORT + 300)); cap=$((PROXY_PORT + 301))
+  for db in bench_capture bench_trigger; do
+    psql -X -q "$direct dbname=postgres" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+    pgbench -q -i -s 10 "$direct dbname=$db" >/dev/null 2>&1 || die "pgbench -i failed on PG $ver ($db)"
+  done
+  psql -X -q -v ON_ERROR_STOP=1 "$direct dbname=bench_trigger" -c "$trigger_sql" || die "audit trigger setup failed on PG $ver"
+  relay=$((PROXY_PORT + 300)); cap=$((PROXY_PORT + 301)); gated=$((PROXY_PORT + 302)); capm=$((PROXY_PORT + 303))
   start_proxy bench-relay "$bin" "$relay" $((ADMIN_PORT + 300)) "$pgport" --log-level warn
   start_proxy bench-capture "$bin" "$cap" $((ADMIN_PORT + 301)) "$pgport" --log-level warn \
     --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "bench$ver$RANDOM"
-  gated=$((PROXY_PORT + 302))
   start_proxy bench-gates "$bin" "$gated" $((ADMIN_PORT + 302)) "$pgport" --log-level warn \
     --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "benchg$ver$RANDOM" --rules "$rules"
-  modes="simple prepared"
-  for mode in $modes; do
+  start_proxy bench-capture-mem "$bin" "$capm" $((ADMIN_PORT + 303)) "$pgport" --log-level warn \
+    --kafka-brokers "127.0.0.1:$MEM_KAFKA_PORT" --topic-prefix "benchm$ver$RANDOM"
+  for mode in simple prepared; do
     for c in 1 8; do
-      run() { pgbench -n -M "$mode" -c "$c" -j "$c" -T "$secs" "host=127.0.0.1 port=$1 user=postgres dbname=bench_capture" 2>&1 | sed -nE 's/^tps = ([0-9.]+).*/\1/p' || true; }
-      d=$(run "$pgport"); r=$(run "$relay")
-      before=$(curl -s "http://127.0.0.1:$((ADMIN_PORT + 301))/metrics" | awk '/^hindsight_audit_events_total/{print $2}')
-      k=$(run "$cap")
-      after=$(curl -s "http://127.0.0.1:$((ADMIN_PORT + 301))/metrics" | awk '/^hindsight_audit_events_total/{print $2}')
-      g=$(run "$gated")
-      [ -n "$d" ] && [ -n "$r" ] && [ -n "$k" ] && [ -n "$g" ] || die "a pgbench run produced no result (PG $ver, $mode, $c clients)"
-      awk -v v="$ver" -v m="$mode" -v c="$c" -v d="$d" -v r="$r" -v k="$k" -v g="$g" -v e="$((after - before))" -v s="$secs" \
-        'BEGIN { printf "| PG %s | %s | %d | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f | %.0f |\n", v, m, c, d, r, k, g, k/d, g/k, e/s }'
+      run() { pgbench -n -M "$mode" -c "$c" -j "$c" -T "$secs" "host=127.0.0.1 port=$1 user=postgres dbname=${2:-bench_capture}" 2>&1 | sed -nE 's/^tps = ([0-9.]+).*/\1/p' || true; }
+      d=$(run "$pgport"); t=$(run "$pgport" bench_trigger); r=$(run "$relay")
+      k=$(run "$cap"); m=$(run "$capm"); g=$(run "$gated")
+      [ -n "$d" ] && [ -n "$t" ] && [ -n "$r" ] && [ -n "$k" ] && [ -n "$m" ] && [ -n "$g" ] ||
+        die "a pgbench run produced no result (PG $ver, $mode, $c clients)"
+      awk -v v="$ver" -v mo="$mode" -v c="$c" -v d="$d" -v t="$t" -v r="$r" -v k="$k" -v m="$m" -v g="$g" \
+        'BEGIN { printf "| PG %s | %s | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", v, mo, c, d, t, r, k, m, g, t/d, k/d, k/t, m/d, m/t }'
     done
   done
-  stop_proxy bench-relay; stop_proxy bench-capture; stop_proxy bench-gates
+  stop_proxy bench-relay; stop_proxy bench-capture; stop_proxy bench-gates; stop_proxy bench-capture-mem
 done

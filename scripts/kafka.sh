@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # The Kafka-compatible broker (tansu) on loopback, data in $DEV/kafka (sqlite: survives restarts).
 #   scripts/kafka.sh start | stop | addr
+# HSDEV_KAFKA_STORAGE=memory (with another HSDEV_KAFKA_PORT) runs a second, in-memory broker
+# (the benchmarks compare both).
 source "$(dirname "$0")/common.sh"
-dir="$DEV/kafka"; pidf="$dir/tansu.pid"; logf="$dir/tansu.log"
+storage="${HSDEV_KAFKA_STORAGE:-sqlite}"
+case "$storage" in
+  sqlite) dir="$DEV/kafka"; engine="sqlite://tansu.db" ;;
+  memory) dir="$DEV/kafka-memory-$KAFKA_PORT"; engine="memory://tansu/" ;;
+  *) die "HSDEV_KAFKA_STORAGE must be sqlite or memory, not '$storage'" ;;
+esac
+pidf="$dir/tansu.pid"; logf="$dir/tansu.log"
 addr="127.0.0.1:$KAFKA_PORT"
 
 running() { [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; }
@@ -13,9 +21,9 @@ start() {
   if running; then log "broker already running on $addr"; return; fi
   # The sqlite path is relative to the working directory.
   (cd "$dir" && nohup "$TANSU_BIN" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
-     --storage-engine "sqlite://tansu.db" >"$logf" 2>&1 & echo $! >"$pidf")
+     --storage-engine "$engine" >"$logf" 2>&1 & echo $! >"$pidf")
   for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then log "broker (tansu) running on $addr"; return; fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then log "broker (tansu, $storage) running on $addr"; return; fi
     running || { tail -20 "$logf"; die "tansu exited during start (log: $logf)"; }
     sleep 0.1
   done

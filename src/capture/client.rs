@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::publish::{self, SessionInfo};
 use super::rewrite::Shape;
-use super::rewrite::{rewrite, Rewritten};
+use super::rewrite::{rewrite, Refusal, Rewritten};
 use super::router::{Collect, Reply, Shared, Unit};
 use super::txn::{Change, GateInfo, GateMark, StatementCtx};
 use crate::audit::event::CommitStatus;
@@ -77,6 +77,9 @@ pub struct ClientCapture {
     /// A COPY runs in a transaction hindsight opened: it ends it at the client's CopyDone or
     /// CopyFail.
     copy_pending: bool,
+    /// An extended-protocol COPY into a stage is running: at the client's CopyDone, the
+    /// captured `INSERT … SELECT` from the stage and the stage's DROP follow it.
+    copy_ext: Option<(Arc<CopyPlan>, Arc<StatementCtx>)>,
     /// Rules that refuse writes, when configured.
     pub gates: Option<Arc<crate::gates::engine::Gates>>,
     /// The gates' statement-phase outcome for the statements of the current simple Query, by
@@ -113,6 +116,75 @@ struct Prep {
     /// PostgreSQL < 18 UPDATE: the name of hindsight's companion prepared statement that reads
     /// (and locks) the before images with the same parameters, run right before each Execute.
     companion: Option<Vec<u8>>,
+    /// `COPY … FROM` (extended protocol): the client's statement was prepared pointing at a
+    /// stage table; this is what runs around each execution.
+    copy: Option<Arc<CopyPlan>>,
+}
+
+/// The statements around an extended-protocol COPY into a stage (see `copy`).
+struct CopyPlan {
+    /// `CREATE TEMP TABLE stage …`, before the client's Bind.
+    create: String,
+    /// The captured `INSERT INTO target … SELECT … FROM stage`, after the client's CopyDone.
+    insert: Rewritten,
+    /// `DROP TABLE stage`, after it.
+    drop: String,
+}
+
+/// Parse + Bind + Execute + Close of hindsight's own statement `sql` as named statement and
+/// portal `__hindsight_q`, in the middle of a client's extended-protocol batch (the client's
+/// unnamed statement and portal stay untouched). `exec` handles the Execute's replies; errors
+/// of the other messages are forwarded when `forward_errors`. Both are closed first too: after
+/// an error the server skipped the previous closes.
+fn internal_statement(sql: &str, mut exec: Unit, forward_errors: bool) -> (Vec<u8>, [Unit; 7]) {
+    const NAME: &[u8] = b"__hindsight_q\0";
+    let mut frames = Vec::new();
+    for kind in [b'P', b'S'] {
+        let mut c = vec![kind];
+        c.extend_from_slice(NAME);
+        frames.extend(frame_of(b'C', &c));
+    }
+    let mut p = NAME.to_vec();
+    p.extend_from_slice(sql.as_bytes());
+    p.extend_from_slice(&[0, 0, 0]);
+    frames.extend(frame_of(b'P', &p));
+    let mut b = NAME.to_vec();
+    b.extend_from_slice(NAME);
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    frames.extend(frame_of(b'B', &b));
+    let mut e = NAME.to_vec();
+    e.extend_from_slice(&[0, 0, 0, 0]);
+    frames.extend(frame_of(b'E', &e));
+    for kind in [b'P', b'S'] {
+        let mut c = vec![kind];
+        c.extend_from_slice(NAME);
+        frames.extend(frame_of(b'C', &c));
+    }
+    exec.ends = b"CI";
+    let quiet = |ends: &'static [u8]| {
+        let mut u = Unit::new(ends);
+        u.forward_errors = forward_errors;
+        u
+    };
+    (
+        frames,
+        [
+            quiet(b"3"),
+            quiet(b"3"),
+            quiet(b"1"),
+            quiet(b"2"),
+            exec,
+            quiet(b"3"),
+            quiet(b"3"),
+        ],
+    )
+}
+
+/// HS003: a TRUNCATE above `capture.truncate_row_limit` (the guard's error, replaced).
+fn truncate_limit_error(msg: &str) -> Vec<u8> {
+    ErrorResponse::error(sqlstate::CAPTURE_LIMIT, msg.to_string())
+        .with_hint("Delete in batches (each row is recorded), or raise capture.truncate_row_limit.")
+        .encode()
 }
 
 /// Name of hindsight's companion statement (`kind` b's') or portal (b'p') for a client's one.
@@ -215,6 +287,7 @@ impl ClientCapture {
             batch_implicit: false,
             mid_batch: false,
             copy_pending: false,
+            copy_ext: None,
             gates: None,
             query_gates: Vec::new(),
             portal_gates: HashMap::new(),
@@ -356,7 +429,33 @@ impl Inspector for ClientCapture {
                 out.extend(close_frame(kind, &companion_name(ckind, name)));
                 Verdict::Replace(out)
             }
-            FrontendTag::Sync if self.batch_implicit => Verdict::Defer,
+            FrontendTag::CopyDone if self.copy_ext.is_some() => {
+                let (plan, ctx) = self.copy_ext.take().expect("checked");
+                // The COPY's own CommandComplete (dropped: the INSERT's count replaces it),
+                // then the captured INSERT (its count becomes the client's `COPY n`), then the
+                // stage's DROP. If the COPY failed, the server skips these to the next Sync.
+                let mut copied = Unit::pass(b"C");
+                copied.complete = super::router::Complete::Drop;
+                self.push([copied]);
+                let mut ins = Unit::pass(b"C");
+                ins.complete = super::router::Complete::AsCopy;
+                ins.collect = Collect::Capture(ctx, Vec::new());
+                let (mut out, units) = internal_statement(&plan.insert.text, ins, true);
+                self.push(units);
+                let mut drop = Unit::new(b"C");
+                drop.forward_errors = true;
+                let (frames, units) = internal_statement(&plan.drop, drop, true);
+                self.push(units);
+                out.extend(frames);
+                let mut all = frame.to_vec();
+                all.extend(out);
+                Verdict::Replace(all)
+            }
+            FrontendTag::CopyFail if self.copy_ext.is_some() => {
+                self.copy_ext = None;
+                Verdict::Forward
+            }
+            FrontendTag::Sync if self.batch_implicit || self.copy_ext.is_some() => Verdict::Defer,
             FrontendTag::CopyDone | FrontendTag::CopyFail if self.copy_pending => Verdict::Defer,
             FrontendTag::Sync | FrontendTag::FunctionCall => {
                 self.push([Unit::pass(b"Z")]);
@@ -533,7 +632,7 @@ impl ClientCapture {
             let mut cascades = Vec::with_capacity(statements.len());
             for s in statements {
                 cascades.push(if s.located.analysis.kind == Kind::Truncate {
-                    self.truncate_cascade(w, &text[s.located.span.clone()])
+                    self.truncate_cascade(w, &text[s.located.span.clone()], false)
                         .await?
                 } else {
                     Vec::new()
@@ -884,11 +983,12 @@ impl ClientCapture {
         &mut self,
         w: &mut W,
         sql: &str,
+        extended: bool,
     ) -> std::io::Result<Vec<String>> {
         let Some(q) = super::rewrite::truncate_cascade_query(sql) else {
             return Ok(Vec::new());
         };
-        self.mid_batch = false;
+        self.mid_batch = extended;
         let reply = self.internal_query(w, &q).await?;
         Ok(reply
             .rows
@@ -965,11 +1065,7 @@ impl ClientCapture {
                         sql.push_str(guard);
                         sql.push_str(";\n");
                         let mut u = Unit::new(b"C");
-                        u.error_replacement = Some(
-                            ErrorResponse::error(sqlstate::CAPTURE_LIMIT, msg.clone())
-                                .with_hint("Delete in batches (each row is recorded), or raise capture.truncate_row_limit.")
-                                .encode(),
-                        );
+                        u.error_replacement = Some(truncate_limit_error(msg));
                         units.push(u);
                     }
                     if let Some(pre) = &rw.pre_read {
@@ -1248,39 +1344,15 @@ impl ClientCapture {
         &mut self,
         w: &mut W,
         sql: &str,
-        mut unit: Unit,
+        unit: Unit,
     ) -> std::io::Result<()> {
         if !self.mid_batch {
             self.push([unit]);
             return write_all(w, &query_frame(sql)).await;
         }
-        const NAME: &[u8] = b"__hindsight_q\0";
-        let mut frames = Vec::new();
-        let mut p = NAME.to_vec();
-        p.extend_from_slice(sql.as_bytes());
-        p.extend_from_slice(&[0, 0, 0]);
-        frames.extend(frame_of(b'P', &p));
-        let mut b = NAME.to_vec();
-        b.extend_from_slice(NAME);
-        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        frames.extend(frame_of(b'B', &b));
-        let mut e = NAME.to_vec();
-        e.extend_from_slice(&[0, 0, 0, 0]);
-        frames.extend(frame_of(b'E', &e));
-        for kind in [b'P', b'S'] {
-            let mut c = vec![kind];
-            c.extend_from_slice(NAME);
-            frames.extend(frame_of(b'C', &c));
-        }
+        let (mut frames, units) = internal_statement(sql, unit, false);
         frames.extend(frame_of(b'H', &[]));
-        unit.ends = b"CI";
-        self.push([
-            Unit::new(b"1"),
-            Unit::new(b"2"),
-            unit,
-            Unit::new(b"3"),
-            Unit::new(b"3"),
-        ]);
+        self.push(units);
         write_all(w, &frames).await
     }
 
@@ -1537,17 +1609,25 @@ impl ClientCapture {
             a.kind
         };
         let major = self.shared.lock().server_major;
-        let rewritten = match rewrite(text, &stmt.located, major, self.truncate_limit, &[]) {
-            Ok(Some(rw)) if rw.guard.is_some() => Err(format!(
-                "hindsight: {} through the extended query protocol is not captured yet (send it as a simple query); the statement was not prepared",
-                a.kind.label().to_uppercase()
-            )),
-            Ok(Some(rw)) if rw.pre_read.is_some() && a.kind != Kind::Update => Err(format!(
-                "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
-                a.kind.label().to_uppercase()
-            )),
-            Ok(rw) => Ok(rw),
-            Err(refusal) => Err(format!("hindsight: {refusal}")),
+        let mut copy = None;
+        let rewritten = if a.kind == Kind::CopyIn && a.writes.len() == 1 && !a.explain_analyze {
+            match self.prepare_copy(w, text, stmt).await? {
+                Ok(Some((rw, plan))) => {
+                    copy = Some(Arc::new(plan));
+                    Ok(Some(rw))
+                }
+                // No such table or column: the client's COPY fails on its own.
+                Ok(None) => Ok(None),
+                Err(refusal) => Err(format!("hindsight: {refusal}")),
+            }
+        } else {
+            let span = stmt.located.span.clone();
+            let cascade = if a.kind == Kind::Truncate {
+                self.truncate_cascade(w, &text[span], true).await?
+            } else {
+                Vec::new()
+            };
+            self.prepared_rewrite(text, stmt, major, &cascade)
         };
         let rewritten = match rewritten {
             Ok(rw) => rw,
@@ -1572,9 +1652,11 @@ impl ClientCapture {
         };
         self.push([Unit::pass(b"1")]);
         write_all(w, &out).await?;
+        // UPDATE's pre-read is prepared once, with the client's parameters; TRUNCATE's image
+        // read takes none and runs as hindsight's own statement at each Execute.
         let companion = match rewritten.as_ref().and_then(|rw| rw.pre_read.as_deref()) {
-            Some(pre) => self.prepare_companion(w, name, pre).await?,
-            None => None,
+            Some(pre) if a.kind == Kind::Update => self.prepare_companion(w, name, pre).await?,
+            _ => None,
         };
         self.statements.insert(
             name.to_vec(),
@@ -1592,9 +1674,80 @@ impl ClientCapture {
                     .map(|w| w.table.clone())
                     .unwrap_or_default(),
                 companion,
+                copy,
             }),
         );
         Ok(())
+    }
+
+    /// The rewrite of a prepared write (TRUNCATE with its CASCADE tables), or why it cannot
+    /// be prepared.
+    fn prepared_rewrite(
+        &self,
+        text: &str,
+        stmt: &Statement,
+        major: u32,
+        cascade: &[String],
+    ) -> Result<Option<Rewritten>, String> {
+        let kind = stmt.located.analysis.kind;
+        match rewrite(text, &stmt.located, major, self.truncate_limit, cascade) {
+            Ok(Some(rw)) if rw.pre_read.is_some() && !matches!(kind, Kind::Update | Kind::Truncate) => Err(format!(
+                "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
+                kind.label().to_uppercase()
+            )),
+            Ok(rw) => Ok(rw),
+            Err(refusal) => Err(format!("hindsight: {refusal}")),
+        }
+    }
+
+    /// An extended-protocol `COPY … FROM`: the target's columns from the catalog, the stage
+    /// statements, and the captured INSERT. `Ok(None)`: no such table or column (relay the
+    /// client's COPY unchanged; it fails on its own).
+    async fn prepare_copy<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        stmt: &Statement,
+    ) -> std::io::Result<Result<Option<(Rewritten, CopyPlan)>, Refusal>> {
+        let write = &stmt.located.analysis.writes[0];
+        let sql = text[stmt.located.span.clone()].trim();
+        self.mid_batch = true;
+        let lookup = self
+            .internal_query(w, &super::copy::lookup_query(&write.table))
+            .await?;
+        let Some(target) = super::copy::parse_lookup(&lookup.rows) else {
+            return Ok(Ok(None));
+        };
+        self.seq += 1;
+        let staged = match super::copy::stage(sql, &target, &write.columns, self.seq) {
+            Ok(Some(st)) => st,
+            Ok(None) => return Ok(Ok(None)),
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let major = self.shared.lock().server_major;
+        let insert = crate::statement::analyze(&staged.insert)
+            .ok()
+            .and_then(|v| rewrite(&staged.insert, &v[0], major, self.truncate_limit, &[]).ok())
+            .flatten();
+        let Some(insert) = insert else {
+            return Ok(Err(Refusal::Unsupported {
+                what: format!("{sql:?} (its capture could not be built)"),
+            }));
+        };
+        let client = Rewritten {
+            text: staged.copy,
+            shape: Arc::new(Shape::statement(Kind::CopyIn, write.table.clone())),
+            pre_read: None,
+            guard: None,
+        };
+        Ok(Ok(Some((
+            client,
+            CopyPlan {
+                create: staged.create,
+                insert,
+                drop: staged.drop,
+            },
+        ))))
     }
 
     /// Whether a read the fast path passed must be analysed after all: it may call a function
@@ -1734,7 +1887,10 @@ impl ClientCapture {
         let gate = match self.prep_gate(&prep) {
             Ok(g) => g,
             Err(hit) => {
-                let trial = bind_parameters(body).map(|p| (stmt.to_vec(), p.to_vec()));
+                // COPY and TRUNCATE get one statement-level event, not a trial run.
+                let trial = bind_parameters(body)
+                    .filter(|_| !matches!(prep.kind, Kind::CopyIn | Kind::Truncate))
+                    .map(|p| (stmt.to_vec(), p.to_vec()));
                 return self.refuse_prepared(w, &prep, hit, trial).await;
             }
         };
@@ -1744,6 +1900,14 @@ impl ClientCapture {
             // Named statement and portal: the client's unnamed ones stay untouched.
             self.mid_batch = true;
             self.send_internal(w, "BEGIN", Unit::new(b"Z")).await?;
+        }
+        if let Some(plan) = &prep.copy {
+            // The stage the client's COPY was prepared to fill (created for each execution,
+            // dropped after it; ON COMMIT DROP if the COPY fails).
+            self.mid_batch = true;
+            let mut create = Unit::new(b"Z");
+            create.forward_errors = true;
+            self.send_internal(w, &plan.create, create).await?;
         }
         let (out, binary) = widen_result_formats(body, shape.extra);
         let mut frames = match out {
@@ -1811,7 +1975,38 @@ impl ClientCapture {
             binary,
             gate: self.portal_gates.get(portal).cloned().unwrap_or_default(),
         });
+        if let Some(plan) = &prep.copy {
+            // The client's COPY fills the stage: its CopyInResponse and input errors go to the
+            // client, its row count is replaced by the INSERT's (at CopyDone).
+            let ctx = StatementCtx {
+                shape: Arc::clone(&plan.insert.shape),
+                binary: false,
+                ..(*ctx).clone()
+            };
+            // Ends at CopyInResponse: the Sync clients send right after the Execute must wait
+            // for it (see `on_sync`); the COPY's CommandComplete gets its unit at CopyDone.
+            u.ends = b"G";
+            self.push([u]);
+            self.copy_ext = Some((Arc::clone(plan), Arc::new(ctx)));
+            return Verdict::Forward;
+        }
         let mut out = Vec::new();
+        if let Some((guard, msg)) = &rw.guard {
+            // TRUNCATE: refused above the row limit, then the before image of every row.
+            let mut g = Unit::new(b"C");
+            g.error_replacement = Some(truncate_limit_error(msg));
+            let (frames, units) = internal_statement(guard, g, true);
+            out.extend(frames);
+            self.push(units);
+            if let Some(images) = &rw.pre_read {
+                let mut pre = Unit::new(b"C");
+                pre.forward_errors = true;
+                pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+                let (frames, units) = internal_statement(images, pre, true);
+                out.extend(frames);
+                self.push(units);
+            }
+        }
         if prep.companion.is_some() {
             // The pre-read locks and reads the before images right before the UPDATE runs.
             let mut pre = Unit::new(b"C");
@@ -2006,6 +2201,20 @@ impl ClientCapture {
         frame: &[u8],
         w: &mut W,
     ) -> std::io::Result<()> {
+        if self.copy_ext.is_some() {
+            // Sent right after a COPY's Execute (tokio-postgres does): once the COPY started,
+            // the server ignores it, and so must the reply queue; the client's next Sync
+            // (after CopyDone) ends the batch.
+            self.flush_and_drain(w).await?;
+            if !self.shared.lock().batch_failed {
+                return write_all(w, frame).await;
+            }
+            self.copy_ext = None;
+        }
+        if !self.batch_implicit {
+            self.push([Unit::pass(b"Z")]);
+            return write_all(w, frame).await;
+        }
         self.batch_implicit = false;
         self.flush_and_drain(w).await?;
         if !self.shared.lock().batch_failed {

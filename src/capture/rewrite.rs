@@ -121,7 +121,7 @@ pub fn rewrite(
     let what = format!("{} on {}", a.kind.label().to_uppercase(), write.table);
     if a.kind == Kind::CopyIn {
         return Err(Refusal::Unsupported {
-            what: format!("COPY … FROM into {} through the extended query protocol or among other statements (send it as a simple query of its own)", write.table),
+            what: format!("COPY … FROM into {} among other statements in one query (send it as a query of its own)", write.table),
         });
     }
     if write.nested {

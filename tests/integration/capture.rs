@@ -439,8 +439,6 @@ async fn ddl_and_opaque_statements_are_recorded(pg: Pg) {
 async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
     let (db, _prefix, proxy) = setup(pg, "refuse").await;
     let c = harness::connect(proxy.addr, "postgres", &db).await;
-    let err = c.execute("TRUNCATE brieff", &[]).await.unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
     let err = c
         .simple_query("WITH d AS (DELETE FROM brieff WHERE bfkey = 1 RETURNING *) INSERT INTO brieff SELECT bfkey + 100, bfso FROM d")
         .await
@@ -806,6 +804,18 @@ async fn truncate_is_captured_within_its_row_limit(pg: Pg) {
         .contains("more than 10 rows"));
     let n = harness::count(&direct, "SELECT count(*) FROM big").await;
     assert_eq!(n, 11, "nothing removed");
+    // The same through the extended protocol, in autocommit and in a transaction (which the
+    // refusal aborts, as any failed statement would).
+    let err = c.execute("TRUNCATE big", &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS003"), "{err:?}");
+    c.simple_query("BEGIN").await.unwrap();
+    let err = c.execute("TRUNCATE big", &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS003"), "{err:?}");
+    let err = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25P02"), "{err:?}");
+    c.simple_query("ROLLBACK").await.unwrap();
+    let n = harness::count(&direct, "SELECT count(*) FROM big").await;
+    assert_eq!(n, 11, "nothing removed");
     c.simple_query("TRUNCATE small").await.unwrap();
     let n = harness::count(&direct, "SELECT count(*) FROM small").await;
     assert_eq!(n, 0);
@@ -825,8 +835,8 @@ async fn truncate_is_captured_within_its_row_limit(pg: Pg) {
     let err = c.simple_query("TRUNCATE small, big").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("HS003"), "{err:?}");
     // CASCADE: every table reached through foreign keys is recorded, in one transaction
-    // with the table named (and the other table of the list).
-    c.simple_query("TRUNCATE parent, other CASCADE")
+    // with the table named (and the other table of the list). Extended protocol.
+    c.execute("TRUNCATE parent, other CASCADE", &[])
         .await
         .unwrap();
     let mut all = Vec::new();
@@ -846,6 +856,104 @@ async fn truncate_is_captured_within_its_row_limit(pg: Pg) {
         let n = harness::count(&direct, &format!("SELECT count(*) FROM {table}")).await;
         assert_eq!(n, 0, "{table} emptied");
     }
+    proxy.shutdown().await;
+}
+
+/// `COPY … FROM STDIN` and TRUNCATE through the extended protocol (tokio-postgres' `copy_in`
+/// and `execute`): captured like the simple-query forms, in autocommit and in transactions; a
+/// COPY that fails or is rolled back writes and publishes nothing; a prepared COPY runs twice.
+async fn extended_copy_and_truncate_are_captured(pg: Pg) {
+    use futures_util::{pin_mut, SinkExt};
+    let (db, prefix, proxy) = setup(pg, "xcopy").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute("CREATE TABLE small (id int PRIMARY KEY, v text); INSERT INTO small VALUES (1, 'a'), (2, 'b');")
+        .await
+        .unwrap();
+    let mut c = harness::connect(proxy.addr, "postgres", &db).await;
+    // Autocommit, CSV, named columns.
+    let sink = c
+        .copy_in::<_, &'static [u8]>("COPY brieff (bfkey, bfso) FROM STDIN WITH (FORMAT csv)")
+        .await
+        .unwrap();
+    pin_mut!(sink);
+    sink.send(b"200,x\n201,\"y,z\"\n").await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    // Bad input: the server's error; nothing written; the session goes on.
+    let sink = c
+        .copy_in::<_, &'static [u8]>("COPY brieff (bfkey, bfso) FROM STDIN")
+        .await
+        .unwrap();
+    pin_mut!(sink);
+    sink.send(b"202\tok\nnot-a-number\tbad\n").await.unwrap();
+    let err = sink.finish().await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22P02"), "{err:?}");
+    // In a transaction: one prepared COPY (with WHERE) run twice, then COMMIT.
+    let tx = c.transaction().await.unwrap();
+    let stmt = tx
+        .prepare("COPY brieff (bfkey, bfso) FROM STDIN WHERE bfkey > 250")
+        .await
+        .unwrap();
+    for data in [&b"240\tlow\n260\thigh\n"[..], &b"270\thigher\n"[..]] {
+        let sink = tx.copy_in::<_, &'static [u8]>(&stmt).await.unwrap();
+        pin_mut!(sink);
+        sink.send(data).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 1, "WHERE applies");
+    }
+    tx.commit().await.unwrap();
+    // Rolled back: nothing published.
+    let tx = c.transaction().await.unwrap();
+    let sink = tx
+        .copy_in::<_, &'static [u8]>("COPY brieff (bfkey) FROM STDIN")
+        .await
+        .unwrap();
+    pin_mut!(sink);
+    sink.send(b"300\n").await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    tx.rollback().await.unwrap();
+    // TRUNCATE, prepared and executed.
+    assert_eq!(c.execute("TRUNCATE small", &[]).await.unwrap(), 0);
+    let events = read_topic(format!("{prefix}.public.brieff"), 4).await;
+    validate("change-event", &events);
+    let got: Vec<(Value, Value, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["op"].clone(),
+                e["after"]["bfkey"].clone(),
+                e["after"]["bfso"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("c".into(), 200.into(), "x".into()),
+            ("c".into(), 201.into(), "y,z".into()),
+            ("c".into(), 260.into(), "high".into()),
+            ("c".into(), 270.into(), "higher".into()),
+        ]
+    );
+    assert_eq!(
+        events[2]["transaction"]["id"],
+        events[3]["transaction"]["id"]
+    );
+    let ev = read_topic(format!("{prefix}.public.small"), 2).await;
+    let before: Vec<Value> = ev.iter().map(|e| e["before"].clone()).collect();
+    assert_eq!(
+        before,
+        [
+            serde_json::json!({"id": 1, "v": "a"}),
+            serde_json::json!({"id": 2, "v": "b"})
+        ]
+    );
+    assert!(ev.iter().all(|e| e["op"] == "t"));
+    let n = harness::count(&direct, "SELECT count(*) FROM brieff WHERE bfkey >= 200").await;
+    assert_eq!(n, 4, "exactly the committed rows");
+    assert_eq!(
+        harness::count(&direct, "SELECT count(*) FROM small").await,
+        0
+    );
     proxy.shutdown().await;
 }
 
@@ -1275,6 +1383,7 @@ async fn table_cache_follows_ddl_through_the_proxy(pg: Pg) {
 on_both!(
     update_of_schema_qualified_table_was_refused_on_old_servers,
     table_cache_follows_ddl_through_the_proxy,
+    extended_copy_and_truncate_are_captured,
     incident_update_is_captured_with_before_values,
     transactions_publish_only_committed_work,
     unpublishable_write_is_rolled_back,

@@ -404,7 +404,70 @@ async fn kill_switch_survives_a_restart(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// Extended-protocol COPY and TRUNCATE a rule denies: refused with HS010 before anything
+/// runs (no trial run: one statement-level `blocked` event each), the session usable after.
+async fn denied_extended_copy_and_truncate_do_not_run(pg: Pg) {
+    use futures_util::{pin_mut, SinkExt};
+    const RULES: &str = r#"
+[[rule]]
+name = "other-is-frozen"
+tables = ["public.other"]
+operations = ["copy", "truncate"]
+action = "deny"
+"#;
+    let s = setup(pg, "gate_copy", RULES).await;
+    let c = connect_as(s.proxy.addr, &s.db, "loader").await;
+    let err = c
+        .copy_in::<_, &'static [u8]>("COPY other (id, v) FROM STDIN")
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(code(&err), "HS010", "{err:?}");
+    // tokio-postgres 0.7 cannot use a connection again after a COPY that failed to start,
+    // directly against PostgreSQL too (its CopyFail + Sync draws a second ReadyForQuery it
+    // does not expect): go on with a new one.
+    let c = connect_as(s.proxy.addr, &s.db, "loader").await;
+    let err = c.execute("TRUNCATE other", &[]).await.unwrap_err();
+    assert_eq!(code(&err), "HS010", "{err:?}");
+    // brieff is not frozen: its COPY goes through on the same session.
+    let sink = c
+        .copy_in::<_, &'static [u8]>("COPY brieff (bfkey, bfso) FROM STDIN")
+        .await
+        .unwrap();
+    pin_mut!(sink);
+    sink.send(b"100\tnew\n").await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
+    assert_eq!(
+        harness::count(&direct, "SELECT count(*) FROM other").await,
+        1
+    );
+    let events = harness::read_topic_raw(format!("{}.statements", s.prefix), 2).await;
+    let ops: Vec<(String, String)> = events
+        .iter()
+        .map(|(_, p)| {
+            let e: serde_json::Value = serde_json::from_slice(p).unwrap();
+            (
+                e["op"].as_str().unwrap_or_default().to_string(),
+                e["source"]["blocked_by"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("blocked".to_string(), "other-is-frozen".to_string()),
+            ("blocked".to_string(), "other-is-frozen".to_string())
+        ]
+    );
+    s.proxy.shutdown().await;
+}
+
 on_both!(
+    denied_extended_copy_and_truncate_do_not_run,
     incident_is_refused_until_the_flag_is_on,
     refusal_in_a_transaction_aborts_it,
     dry_run_and_hot_reload,
