@@ -19,7 +19,8 @@ pub const STATEMENTS: &str = "statements";
 pub struct TableInfo {
     pub schema: String,
     pub name: String,
-    /// Primary key, else replica identity index columns; empty if the table has neither.
+    /// Primary key, else replica identity index, else a unique NOT NULL index (see
+    /// [`catalog_query`]); empty if the table has none (the whole row identifies it).
     pub key: Vec<String>,
     /// User triggers on the table: they may change rows hindsight does not see.
     pub triggers: Vec<String>,
@@ -38,6 +39,8 @@ pub struct SessionInfo {
 }
 
 /// One query giving the transaction id and, for each table oid, its schema, name and key
+/// (primary key, else the replica identity index, else the narrowest immediate unique index on
+/// NOT NULL columns without predicate or expressions; key columns only, not INCLUDE ones)
 /// (one row with only the transaction id when there are no tables: statement-level events).
 /// Run inside the transaction, right before COMMIT.
 pub fn catalog_query(oids: &[u32]) -> String {
@@ -47,9 +50,12 @@ pub fn catalog_query(oids: &[u32]) -> String {
          (SELECT coalesce(json_agg(a.attname ORDER BY k.ord), '[]'::json)::text FROM pg_index i \
             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-          WHERE i.indrelid = c.oid AND i.indexrelid = (SELECT i2.indexrelid FROM pg_index i2 \
-            WHERE i2.indrelid = c.oid AND (i2.indisprimary OR i2.indisreplident) \
-            ORDER BY i2.indisprimary DESC LIMIT 1)), \
+          WHERE i.indrelid = c.oid AND k.ord <= i.indnkeyatts AND i.indexrelid = (SELECT i2.indexrelid FROM pg_index i2 \
+            WHERE i2.indrelid = c.oid AND (i2.indisprimary OR i2.indisreplident \
+              OR (i2.indisunique AND i2.indimmediate AND i2.indpred IS NULL AND i2.indexprs IS NULL \
+                  AND NOT EXISTS (SELECT 1 FROM pg_attribute n2 WHERE n2.attrelid = i2.indrelid \
+                                  AND n2.attnum = ANY((i2.indkey::int2[])[0:i2.indnkeyatts - 1]) AND NOT n2.attnotnull))) \
+            ORDER BY i2.indisprimary DESC, i2.indisreplident DESC, i2.indnkeyatts, i2.indexrelid LIMIT 1)), \
          (SELECT coalesce(json_agg(t.tgname ORDER BY t.tgname), '[]'::json)::text FROM pg_trigger t \
           WHERE t.tgrelid = c.oid AND NOT t.tgisinternal), \
          (SELECT coalesce(json_agg(DISTINCT rn.nspname || '.' || rc.relname), '[]'::json)::text \

@@ -39,6 +39,9 @@ pub struct Shape {
     pub client_returning: bool,
     /// Before images come from a pre-read statement (PostgreSQL < 18 UPDATE).
     pub pre_read: bool,
+    /// PostgreSQL < 18 upsert: index of a boolean column, true when ON CONFLICT updated the
+    /// row (then its before image, read with the statement's snapshot, must be there).
+    pub updated_at: Option<usize>,
 }
 
 impl Shape {
@@ -53,6 +56,7 @@ impl Shape {
             oid_at: 0,
             client_returning: false,
             pre_read: false,
+            updated_at: None,
         }
     }
 }
@@ -145,6 +149,7 @@ pub fn rewrite(
             oid_at,
             client_returning: write.returning,
             pre_read,
+            updated_at: None,
         })
     };
     let body = sql.trim_end().trim_end_matches(';');
@@ -188,6 +193,47 @@ pub fn rewrite(
                 text: format!("{body}{sep}{image}"),
                 shape: shape(2, None, Some(0), 1, true),
                 pre_read: Some(pre),
+                guard: None,
+            }))
+        }
+        // DO NOTHING: RETURNING gives exactly the inserted rows.
+        Kind::Upsert if write.conflict_update.is_none() => Ok(Some(Rewritten {
+            text: format!("{body}{sep}{image}"),
+            shape: shape(2, None, Some(0), 1, false),
+            pre_read: None,
+            guard: None,
+        })),
+        // DO UPDATE: the before image of an updated row is read in RETURNING with the
+        // statement's own snapshot (which does not see the statement's changes), by the
+        // conflict target's columns. `xmax <> 0` tells an updated row from an inserted one: an
+        // updated row whose before image the snapshot cannot see (a concurrent insert under
+        // READ COMMITTED) fails the capture instead of passing for an insert.
+        Kind::Upsert => {
+            let cols = write.conflict_update.as_deref().unwrap_or_default();
+            if cols.is_empty() {
+                return Err(Refusal::NeedsPg18 {
+                    what: format!("{what} with ON CONFLICT ON CONSTRAINT or an expression target"),
+                    major,
+                });
+            }
+            let table = match write.table.schema.as_str() {
+                "" => quote(&write.table.name),
+                schema => format!("{}.{}", quote(schema), quote(&write.table.name)),
+            };
+            let on: Vec<String> = cols
+                .iter()
+                .map(|c| format!("__hs_o.{q} = {target}.{q}", q = quote(c)))
+                .collect();
+            let old = format!(
+                "(SELECT to_jsonb(__hs_o.*) FROM {table} __hs_o WHERE {})",
+                on.join(" AND ")
+            );
+            let mut s = shape(4, Some(2), Some(0), 1, false);
+            Arc::make_mut(&mut s).updated_at = Some(3);
+            Ok(Some(Rewritten {
+                text: format!("{body}{sep}{image}, {old}, ({target}.xmax::text <> '0')"),
+                shape: s,
+                pre_read: None,
                 guard: None,
             }))
         }
@@ -432,6 +478,45 @@ mod tests {
         assert!(matches!(
             rw(
                 "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+                15
+            ),
+            Err(Refusal::NeedsPg18 { .. })
+        ));
+    }
+
+    #[test]
+    fn older_servers_read_an_upserts_before_image_with_the_statement_snapshot() {
+        let r = rw(
+            "INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+            15,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(r.text.ends_with("RETURNING to_jsonb(\"x\".*), \"x\".tableoid, (SELECT to_jsonb(__hs_o.*) FROM \"s\".\"t\" __hs_o WHERE __hs_o.\"id\" = \"x\".\"id\"), (\"x\".xmax::text <> '0')"), "{}", r.text);
+        assert_eq!(
+            (
+                r.shape.new_at,
+                r.shape.oid_at,
+                r.shape.old_at,
+                r.shape.updated_at,
+                r.shape.extra
+            ),
+            (Some(0), 1, Some(2), Some(3), 4)
+        );
+        let r = rw("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", 15)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.shape.extra, r.shape.updated_at), (2, None));
+        assert!(matches!(
+            rw(
+                "INSERT INTO t VALUES (1) ON CONFLICT ON CONSTRAINT t_pkey DO UPDATE SET v = 1",
+                15
+            ),
+            Err(Refusal::NeedsPg18 { .. })
+        ));
+        assert!(matches!(
+            rw(
+                "INSERT INTO t VALUES (1) ON CONFLICT (lower(v)) DO UPDATE SET v = 'x'",
                 15
             ),
             Err(Refusal::NeedsPg18 { .. })

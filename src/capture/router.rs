@@ -320,6 +320,17 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                             decode_oid(split.extra[shape.oid_at], fmt)?,
                         ))
                     });
+                    // An upsert's row that ON CONFLICT updated must come with its before image.
+                    let updated = shape
+                        .updated_at
+                        .is_some_and(|i| matches!(split.extra[i], Some(b"t") | Some(&[1])));
+                    let decoded = decoded.and_then(|(before, after, oid)| {
+                        if updated && before.is_none() {
+                            Err("ON CONFLICT updated a row the statement's snapshot does not see (inserted concurrently): its before image is unknown; retry the transaction".to_string())
+                        } else {
+                            Ok((before, after, oid))
+                        }
+                    });
                     match decoded {
                         Ok((before, after, table_oid)) => rows.push(Change {
                             before,

@@ -168,6 +168,7 @@ mod tests {
                     old_at: None,
                     new_at: Some(0),
                     oid_at: 1,
+                    updated_at: None,
                     client_returning: false,
                     pre_read: false,
                 }),

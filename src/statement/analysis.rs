@@ -123,6 +123,10 @@ pub struct Write {
     /// The write is not the statement's own: it sits in a CTE, or in `COPY (…) TO`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub nested: bool,
+    /// `ON CONFLICT (cols) DO UPDATE`: the conflict target's columns (empty when the target is
+    /// a constraint name or has expressions). `None`: no DO UPDATE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflict_update: Option<Vec<String>>,
 }
 
 impl Write {
@@ -229,6 +233,11 @@ fn analyze_node(node: &N) -> Analysis {
                 names(&s.cols),
                 !s.returning_list.is_empty(),
             );
+            if let (Some(w), Some(c)) = (writes.last_mut(), s.on_conflict_clause.as_ref()) {
+                if c.action == OnConflictAction::OnconflictUpdate as i32 {
+                    w.conflict_update = Some(conflict_columns(c.infer.as_deref()));
+                }
+            }
             if let Some(sel) = s.select_stmt.as_ref().and_then(|n| n.node.as_ref()) {
                 nested_writes(sel, &mut writes);
             }
@@ -406,6 +415,7 @@ fn ddl_targets(node: &N, out: &mut Vec<Write>) {
                             returning: false,
                             alias: String::new(),
                             nested: false,
+                            conflict_update: None,
                         });
                     }
                 }
@@ -458,8 +468,27 @@ fn push(
                 .map(|a| a.aliasname.clone())
                 .unwrap_or_default(),
             nested: false,
+            conflict_update: None,
         });
     }
+}
+
+/// The plain columns of an ON CONFLICT target; empty if it names a constraint or has an
+/// expression (hindsight then cannot look the conflicting row up by itself).
+fn conflict_columns(infer: Option<&protobuf::InferClause>) -> Vec<String> {
+    let Some(infer) = infer.filter(|i| i.conname.is_empty()) else {
+        return Vec::new();
+    };
+    let mut cols = Vec::new();
+    for e in &infer.index_elems {
+        match e.node.as_ref() {
+            Some(N::IndexElem(ie)) if !ie.name.is_empty() && ie.expr.is_none() => {
+                cols.push(ie.name.clone())
+            }
+            _ => return Vec::new(),
+        }
+    }
+    cols
 }
 
 /// Column names from a list of ResTarget nodes (SET list, INSERT column list) or String nodes.

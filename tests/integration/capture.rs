@@ -657,6 +657,72 @@ async fn pg18_upsert_and_merge_are_captured() {
     proxy.shutdown().await;
 }
 
+/// INSERT … ON CONFLICT on every server: DO NOTHING records only the inserted rows; DO UPDATE
+/// records updated rows with their before image (before PostgreSQL 18 read in RETURNING with
+/// the statement's own snapshot) and inserted ones as creates — both protocols, an alias, and
+/// the client's own RETURNING rows untouched. A constraint-name target needs PostgreSQL 18.
+async fn upsert_is_captured(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "upsert_all").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let m = c
+        .simple_query("INSERT INTO brieff AS b (bfkey, bfso) VALUES (1, 'up'), (500, 'fresh') ON CONFLICT (bfkey) DO UPDATE SET bfso = excluded.bfso || b.bfso")
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![2]);
+    let m = c
+        .simple_query("INSERT INTO brieff (bfkey, bfso) VALUES (2, 'ignored'), (501, 'new') ON CONFLICT DO NOTHING")
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![1]);
+    let rows = c
+        .query(
+            "INSERT INTO brieff (bfkey, bfso) VALUES ($1, $2) ON CONFLICT (bfkey) DO UPDATE SET bfso = excluded.bfso RETURNING bfkey, bfso",
+            &[&3i32, &"ext"],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [(3, "ext".to_string())]);
+    let n = c
+        .execute(
+            "INSERT INTO brieff (bfkey, bfso) VALUES ($1, $2) ON CONFLICT (bfkey) DO NOTHING",
+            &[&500i32, &"x"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let by_name = c
+        .simple_query("INSERT INTO brieff (bfkey, bfso) VALUES (4, 'named') ON CONFLICT ON CONSTRAINT brieff_pkey DO UPDATE SET bfso = excluded.bfso")
+        .await;
+    let mut want: Vec<(String, Value, Value)> = vec![
+        ("u".into(), "rep1".into(), "uprep1".into()),
+        ("c".into(), Value::Null, "fresh".into()),
+        ("c".into(), Value::Null, "new".into()),
+        ("u".into(), "rep3".into(), "ext".into()),
+    ];
+    if pg.major() >= 18 {
+        by_name.unwrap();
+        want.push(("u".into(), "rep4".into(), "named".into()));
+    } else {
+        let err = by_name.unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    }
+    let events = read_topic(format!("{prefix}.public.brieff"), want.len()).await;
+    validate("change-event", &events);
+    let got: Vec<(String, Value, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["before"]["bfso"].clone(),
+                e["after"]["bfso"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{events:#?}");
+    proxy.shutdown().await;
+}
+
 /// Rows changed by triggers or cascading foreign keys are not captured (yet): the events say so,
 /// naming what may have changed.
 async fn side_effects_are_marked_uncaptured(pg: Pg) {
@@ -1347,7 +1413,9 @@ async fn table_cache_follows_ddl_through_the_proxy(pg: Pg) {
     let (db, prefix, proxy) = setup(pg, "tcache").await;
     let c = harness::connect(proxy.addr, "postgres", &db).await;
     c.batch_execute(
-        "CREATE TABLE nokey (id int NOT NULL, v text); INSERT INTO nokey VALUES (1, 'a'), (2, 'b');",
+        "CREATE TABLE nokey (id int NOT NULL, v text); INSERT INTO nokey VALUES (1, 'a'), (2, 'b');
+         CREATE TABLE uq (code text NOT NULL, alt text, v text, UNIQUE (alt), UNIQUE (code) INCLUDE (v));
+         INSERT INTO uq VALUES ('x', 'y', 'z');",
     )
     .await
     .unwrap();
@@ -1377,6 +1445,11 @@ async fn table_cache_follows_ddl_through_the_proxy(pg: Pg) {
     assert_eq!(keys[3]["v"], "a2", "{keys:#?}");
     // After the DDL: the primary key alone.
     assert_eq!(keys[4], serde_json::json!({"id": 2}), "{keys:#?}");
+    // No primary key: a unique index on NOT NULL columns identifies the row (its key columns,
+    // not INCLUDE ones; the unique index on a nullable column does not count).
+    let keys = harness::read_topic_raw(format!("{prefix}.public.uq"), 1).await;
+    let key = serde_json::from_slice::<Value>(&keys[0].0).unwrap()["key"].clone();
+    assert_eq!(key, serde_json::json!({"code": "x"}));
     proxy.shutdown().await;
 }
 
@@ -1384,6 +1457,7 @@ on_both!(
     update_of_schema_qualified_table_was_refused_on_old_servers,
     table_cache_follows_ddl_through_the_proxy,
     extended_copy_and_truncate_are_captured,
+    upsert_is_captured,
     incident_update_is_captured_with_before_values,
     transactions_publish_only_committed_work,
     unpublishable_write_is_rolled_back,

@@ -16,6 +16,7 @@ mod differential;
 mod gates;
 mod harness;
 mod kafka_sink;
+mod replay;
 mod restore;
 mod robustness;
 mod wire_client;

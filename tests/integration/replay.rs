@@ -1,0 +1,334 @@
+//! The replay test: a randomized concurrent workload runs through a capturing proxy (several
+//! clients, both protocols, mixed statement kinds, savepoints, rollbacks, failed statements);
+//! afterwards the committed events, applied in topic order to a copy of the starting data,
+//! must reproduce the final tables exactly. Every event must belong to a transaction whose END
+//! says committed; rolled-back work must leave no event (it would make the replay diverge, and
+//! every before image must match the replayed row exactly or the replay fails).
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use tokio_postgres::Client;
+
+use crate::harness::{self, Pg};
+
+const TABLES: [&str; 3] = ["acct", "ledger", "kv"];
+
+/// Schema and starting data, applied to the database under test and to the replay copy.
+const SCHEMA: &str = "
+    CREATE TABLE acct (id int PRIMARY KEY, owner text NOT NULL, balance numeric(14,2) NOT NULL,
+                       tags text[], seen timestamptz);
+    CREATE TABLE ledger (id bigserial PRIMARY KEY, acct int, delta numeric(14,2), note text);
+    CREATE TABLE kv (k text PRIMARY KEY, v jsonb NOT NULL);
+    INSERT INTO acct SELECT g, 'owner' || g, g * 10, ARRAY['t' || (g % 3)], '2026-01-01'::timestamptz + g * interval '1 hour'
+      FROM generate_series(1, 400) g;
+    INSERT INTO ledger (acct, delta, note) SELECT g, g, 'seed' FROM generate_series(1, 50) g;
+    INSERT INTO kv VALUES ('shared', '{\"n\": 0}');";
+
+const CLIENTS: u64 = 4;
+const TRANSACTIONS: usize = 40;
+
+/// One client's rows: ids `base+1 ..= base+100` of acct (seeded) and fresh ids above 10,000.
+struct Worker {
+    n: u64,
+    rng: StdRng,
+    next_id: i32,
+}
+
+impl Worker {
+    fn base(&self) -> i32 {
+        (self.n as i32) * 100
+    }
+    fn own_id(&mut self) -> i32 {
+        self.base() + self.rng.random_range(1..=100)
+    }
+}
+
+/// One random statement of the client's own rows (or the shared counter, taken last).
+async fn statement(c: &Client, w: &mut Worker) -> Result<(), tokio_postgres::Error> {
+    let id = w.own_id();
+    match w.rng.random_range(0..10) {
+        0 => {
+            let a = w.next_id;
+            w.next_id += 2;
+            c.simple_query(&format!(
+                "INSERT INTO acct VALUES ({a}, 'new{a}', 1.50, ARRAY['x','y'], now()), ({}, 'new', 0, NULL, NULL)",
+                a + 1
+            ))
+            .await
+            .map(drop)
+        }
+        1 => {
+            let delta = w.rng.random_range(-500..500) as f64 / 4.0;
+            c.execute(
+                "UPDATE acct SET balance = balance + $1::float8::numeric WHERE id = $2",
+                &[&delta, &id],
+            )
+            .await
+            .map(drop)
+        }
+        2 => c
+            .simple_query(&format!(
+                "UPDATE acct SET owner = owner || '!', tags = tags || 'u'::text WHERE id BETWEEN {id} AND {} AND id <= {}",
+                id + 3,
+                w.base() + 100
+            ))
+            .await
+            .map(drop),
+        3 => c
+            .execute("DELETE FROM acct WHERE id = $1", &[&id])
+            .await
+            .map(drop),
+        4 => c
+            .simple_query(&format!(
+                "INSERT INTO kv VALUES ('c{}-{}', '{{\"v\": {}}}') ON CONFLICT (k) DO UPDATE SET v = kv.v || excluded.v",
+                w.n,
+                id % 7,
+                w.rng.random_range(0..1000)
+            ))
+            .await
+            .map(drop),
+        5 => c
+            .execute(
+                "INSERT INTO ledger (acct, delta, note) VALUES ($1, $2::float8::numeric, 'w') RETURNING id",
+                &[&id, &(w.rng.random_range(0..100) as f64)],
+            )
+            .await
+            .map(drop),
+        6 => c
+            .simple_query(&format!(
+                "UPDATE acct a SET balance = a.balance + l.delta FROM ledger l \
+                 WHERE l.acct = a.id AND a.id = {id} AND l.note = 'w'"
+            ))
+            .await
+            .map(drop),
+        7 => c
+            .simple_query(&format!(
+                "DELETE FROM ledger l USING acct a WHERE l.acct = a.id AND a.id = {id} AND l.note = 'w'"
+            ))
+            .await
+            .map(drop),
+        8 => {
+            // Primary-key change into the client's own fresh range.
+            let to = w.next_id;
+            w.next_id += 1;
+            c.execute("UPDATE acct SET id = $1 WHERE id = $2", &[&to, &id])
+                .await
+                .map(drop)
+        }
+        _ => {
+            // A statement that fails: nothing of it may be recorded.
+            c.simple_query(&format!(
+                "INSERT INTO acct VALUES ({}, 'dup', 0, NULL, NULL)",
+                w.base() + 1
+            ))
+            .await
+            .map(drop)
+        }
+    }
+}
+
+/// The client's workload: autocommit statements, transactions that commit, transactions that
+/// roll back (whole or to a savepoint). Errors abort the transaction, as in any application.
+async fn workload(c: Client, n: u64) -> (usize, usize) {
+    let mut w = Worker {
+        n,
+        rng: StdRng::seed_from_u64(0x5eed + n),
+        next_id: 10_000 + (n as i32) * 1_000,
+    };
+    let (mut committed, mut rolled_back) = (0, 0);
+    for _ in 0..TRANSACTIONS {
+        let shape = w.rng.random_range(0..10);
+        if shape < 3 {
+            let _ = statement(&c, &mut w).await;
+            continue;
+        }
+        c.simple_query("BEGIN").await.unwrap();
+        let mut ok = true;
+        for i in 0..w.rng.random_range(1..5) {
+            if i == 1 && shape == 3 {
+                c.simple_query("SAVEPOINT s").await.unwrap();
+                let _ = statement(&c, &mut w).await;
+                c.simple_query("ROLLBACK TO SAVEPOINT s").await.unwrap();
+                continue;
+            }
+            if statement(&c, &mut w).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if ok && w.rng.random_range(0..3) == 0 {
+            // The shared counter, last, so that the clients never wait on each other in a cycle.
+            let _ = c
+                .simple_query("UPDATE kv SET v = jsonb_build_object('n', (v->>'n')::int + 1) WHERE k = 'shared'")
+                .await;
+        }
+        if !ok || shape == 4 {
+            c.simple_query("ROLLBACK").await.unwrap();
+            rolled_back += 1;
+        } else if c.simple_query("COMMIT").await.is_ok() {
+            committed += 1;
+        }
+    }
+    (committed, rolled_back)
+}
+
+/// Every record of `topic` up to its current end.
+async fn read_all(topic: String) -> Vec<Value> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    use std::time::{Duration, Instant};
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", harness::kafka_brokers())
+            .set("group.id", format!("hstest-{}", rand::random::<u32>()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let (_, high) = consumer
+            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+            .unwrap_or((0, 0));
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (out.len() as i64) < high && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap());
+            }
+        }
+        assert_eq!(out.len() as i64, high, "read all of {topic}");
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// The table's rows as sorted JSON texts (a comparable fingerprint of its contents).
+async fn contents(c: &Client, table: &str) -> Vec<String> {
+    c.query(
+        &format!("SELECT to_jsonb(t.*)::text FROM {table} t ORDER BY 1"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn replay_reproduces_the_tables(pg: Pg) {
+    let db = harness::fresh_db(pg, "replay").await;
+    let copy = harness::fresh_db(pg, "replay_copy").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    let replica = harness::connect(pg.addr(), "postgres", &copy).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    replica.batch_execute(SCHEMA).await.unwrap();
+    let prefix = harness::random_prefix("replay");
+    let p = prefix.clone();
+    let proxy = harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = p;
+    })
+    .await;
+    let mut runs = Vec::new();
+    for n in 1..=CLIENTS {
+        let c = harness::connect(proxy.addr, "postgres", &db).await;
+        runs.push(tokio::spawn(workload(c, n)));
+    }
+    let (mut committed, mut rolled_back) = (0, 0);
+    for r in runs {
+        let (c, r) = r.await.unwrap();
+        committed += c;
+        rolled_back += r;
+    }
+    assert!(
+        committed > 20 && rolled_back > 5,
+        "{committed} / {rolled_back}"
+    );
+
+    // Every BEGIN gets its END (published after the commit, asynchronously).
+    let tx_topic = format!("{prefix}.transaction");
+    let mut outcome: HashMap<String, String> = HashMap::new();
+    for _ in 0..100 {
+        let records = read_all(tx_topic.clone()).await;
+        let begins: HashSet<String> = records
+            .iter()
+            .filter(|r| r["status"] == "BEGIN")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        outcome = records
+            .iter()
+            .filter(|r| r["status"] == "END")
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["commit_status"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        if begins.iter().all(|b| outcome.contains_key(b)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let mut applied = 0;
+    for table in TABLES {
+        let events = read_all(format!("{prefix}.public.{table}")).await;
+        for e in &events {
+            let tx = e["transaction"]["id"].as_str().unwrap();
+            assert_eq!(
+                outcome.get(tx).map(String::as_str),
+                Some("committed"),
+                "an event of a transaction that did not commit: {e:#}"
+            );
+            if !e["before"].is_null() {
+                let n = replica
+                    .execute(
+                        &format!("DELETE FROM {table} WHERE ctid = (SELECT ctid FROM {table} t WHERE to_jsonb(t.*) = $1::text::jsonb LIMIT 1)"),
+                        &[&e["before"].to_string()],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    n, 1,
+                    "the before image matches the replayed row exactly: {e:#}"
+                );
+            }
+            if !e["after"].is_null() {
+                replica
+                    .execute(
+                        &format!("INSERT INTO {table} SELECT * FROM jsonb_populate_record(NULL::{table}, $1::text::jsonb)"),
+                        &[&e["after"].to_string()],
+                    )
+                    .await
+                    .unwrap_or_else(|err| panic!("replaying {e:#}: {err:?}"));
+            }
+            applied += 1;
+        }
+        let (replayed, written) = (
+            contents(&replica, table).await,
+            contents(&direct, table).await,
+        );
+        let only = |a: &[String], b: &[String]| -> Vec<String> {
+            a.iter().filter(|r| !b.contains(r)).cloned().collect()
+        };
+        assert!(
+            replayed == written,
+            "{table}: the replay of {} events differs from the table written through hindsight\n\
+             only in the replay: {:#?}\nonly in the table: {:#?}",
+            events.len(),
+            only(&replayed, &written),
+            only(&written, &replayed)
+        );
+    }
+    eprintln!("replay: {committed} committed, {rolled_back} rolled back, {applied} events applied");
+    assert!(applied > 50, "only {applied} events");
+    proxy.shutdown().await;
+}
+
+on_both!(replay_reproduces_the_tables);
