@@ -48,7 +48,7 @@ impl Worker {
 /// One random statement of the client's own rows (or the shared counter, taken last).
 async fn statement(c: &Client, w: &mut Worker) -> Result<(), tokio_postgres::Error> {
     let id = w.own_id();
-    match w.rng.random_range(0..10) {
+    match w.rng.random_range(0..11) {
         0 => {
             let a = w.next_id;
             w.next_id += 2;
@@ -116,6 +116,17 @@ async fn statement(c: &Client, w: &mut Worker) -> Result<(), tokio_postgres::Err
             c.execute("UPDATE acct SET id = $1 WHERE id = $2", &[&to, &id])
                 .await
                 .map(drop)
+        }
+        9 => {
+            // COPY through the extended protocol.
+            use futures_util::{pin_mut, SinkExt};
+            let sink = c
+                .copy_in::<_, bytes::Bytes>("COPY ledger (acct, delta, note) FROM STDIN")
+                .await?;
+            pin_mut!(sink);
+            let data = format!("{id}\t{}.25\tcopied\n{id}\t-1\tcopied\n", w.rng.random_range(0..50));
+            sink.send(bytes::Bytes::from(data)).await?;
+            sink.finish().await.map(drop)
         }
         _ => {
             // A statement that fails: nothing of it may be recorded.
