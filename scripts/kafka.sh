@@ -31,7 +31,13 @@ start() {
 }
 
 stop() {
-  if running; then kill "$(cat "$pidf")"; rm -f "$pidf"; log "broker stopped"; fi
+  running || return 0
+  local pid; pid=$(cat "$pidf")
+  kill "$pid"
+  # tansu may take its time over SIGTERM (or ignore it): the port must be free when we return.
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidf"; log "broker stopped"
 }
 
 case "${1:-}" in

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL's own regression suite (pg_regress installcheck, parallel schedule) run directly
-# against PostgreSQL 15 and through hindsight; the per-test results must be identical (and on
+# against PostgreSQL 15, through hindsight relay-only, and through hindsight capturing every
+# write to the broker; each run's result files must be identical to the direct run's (and on
 # PG 15 every test passes). Sources come from Debian's deb-src for the installed server version.
 #   scripts/suites/pg-regress.sh HINDSIGHT_BIN
 source "$(dirname "$0")/../common.sh"
@@ -52,17 +53,32 @@ run_regress() {
 
 fetch_sources
 [ -x /usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress ] || die "pg_regress not found (package postgresql-15 ships it in lib/pgxs)"
+cport=$((PROXY_PORT + 103)); cadmin=$((ADMIN_PORT + 103))
+bash "$ROOT/scripts/kafka.sh" start >/dev/null
 start_proxy suite-regress "$bin" "$port" "$admin" "$PG15_PORT"
-trap 'stop_proxy suite-regress' EXIT
+start_proxy suite-regress-capture "$bin" "$cport" "$cadmin" "$PG15_PORT" \
+  --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "regress$RANDOM"
+trap 'stop_proxy suite-regress; stop_proxy suite-regress-capture' EXIT
 run_regress direct "$PG15_PORT"
 run_regress proxied "$port"
-d="$DEV/pg-regress-direct/summary"; p="$DEV/pg-regress-proxied/summary"
-total=$(wc -l <"$d"); passed_direct=$(grep -c ' ok$' "$d" || true); passed_proxy=$(grep -c ' ok$' "$p" || true)
-if [ "$total" -gt 200 ] && grep -q "All $total tests passed" "$DEV/pg-regress-proxied/stdout.log" && diff -u "$d" "$p" && [ "$passed_proxy" = "$total" ]; then
-  echo "ok      pg_regress parallel schedule: $passed_proxy/$total pass through hindsight, $passed_direct/$total directly"
-else
-  echo "FAILED  pg_regress: $passed_proxy/$total pass through hindsight, $passed_direct/$total directly"
-  echo "        see $DEV/pg-regress-proxied/{stdout.log,regression.diffs}"
-  tail -30 "$DEV/pg-regress-proxied/stdout.log"
-  exit 1
+run_regress captured "$cport"
+d="$DEV/pg-regress-direct/summary"; total=$(wc -l <"$d"); passed_direct=$(grep -c ' ok$' "$d" || true)
+status=0
+for label in proxied captured; do
+  p="$DEV/pg-regress-$label/summary"; passed=$(grep -c ' ok$' "$p" || true)
+  # Same per-test outcome, and the same output files (compared with the direct run's, not only
+  # with the expected files).
+  if [ "$total" -gt 200 ] && grep -q "All $total tests passed" "$DEV/pg-regress-$label/stdout.log" && diff -u "$d" "$p" \
+     && diff -r -q "$DEV/pg-regress-direct/results" "$DEV/pg-regress-$label/results"; then
+    echo "ok      pg_regress parallel schedule ($label): $passed/$total pass through hindsight, $passed_direct/$total directly, same output files"
+  else
+    echo "FAILED  pg_regress ($label): $passed/$total pass through hindsight, $passed_direct/$total directly"
+    echo "        see $DEV/pg-regress-$label/{stdout.log,regression.diffs}"
+    tail -30 "$DEV/pg-regress-$label/stdout.log"
+    status=1
+  fi
+done
+if [ -n "$(curl -s "http://127.0.0.1:$cadmin/metrics" | awk '/^hindsight_audit_events_total/{print $2}')" ]; then
+  echo "        capture run published $(curl -s "http://127.0.0.1:$cadmin/metrics" | awk '/^hindsight_audit_events_total/{print $2}') events"
 fi
+exit $status

@@ -129,6 +129,8 @@ struct CopyPlan {
     insert: Rewritten,
     /// `DROP TABLE stage`, after it.
     drop: String,
+    /// `FROM STDIN` (else the server reads a file or program and no CopyDone will come).
+    stdin: bool,
 }
 
 /// Parse + Bind + Execute + Close of hindsight's own statement `sql` as named statement and
@@ -178,6 +180,25 @@ fn internal_statement(sql: &str, mut exec: Unit, forward_errors: bool) -> (Vec<u
             quiet(b"3"),
         ],
     )
+}
+
+impl ClientCapture {
+    /// After an extended-protocol COPY into the stage: the captured INSERT (its count becomes
+    /// the client's `COPY n`), then the stage's DROP. If the COPY failed, the server skips these
+    /// to the next Sync.
+    fn copy_followers(&mut self, plan: &CopyPlan, ctx: Arc<StatementCtx>) -> Vec<u8> {
+        let mut ins = Unit::pass(b"C");
+        ins.complete = super::router::Complete::AsCopy;
+        ins.collect = Collect::Capture(ctx, Vec::new());
+        let (mut out, units) = internal_statement(&plan.insert.text, ins, true);
+        self.push(units);
+        let mut drop = Unit::new(b"C");
+        drop.forward_errors = true;
+        let (frames, units) = internal_statement(&plan.drop, drop, true);
+        self.push(units);
+        out.extend(frames);
+        out
+    }
 }
 
 /// HS003: a TRUNCATE above `capture.truncate_row_limit` (the guard's error, replaced).
@@ -431,24 +452,12 @@ impl Inspector for ClientCapture {
             }
             FrontendTag::CopyDone if self.copy_ext.is_some() => {
                 let (plan, ctx) = self.copy_ext.take().expect("checked");
-                // The COPY's own CommandComplete (dropped: the INSERT's count replaces it),
-                // then the captured INSERT (its count becomes the client's `COPY n`), then the
-                // stage's DROP. If the COPY failed, the server skips these to the next Sync.
+                // The COPY's own CommandComplete (dropped: the INSERT's count replaces it).
                 let mut copied = Unit::pass(b"C");
                 copied.complete = super::router::Complete::Drop;
                 self.push([copied]);
-                let mut ins = Unit::pass(b"C");
-                ins.complete = super::router::Complete::AsCopy;
-                ins.collect = Collect::Capture(ctx, Vec::new());
-                let (mut out, units) = internal_statement(&plan.insert.text, ins, true);
-                self.push(units);
-                let mut drop = Unit::new(b"C");
-                drop.forward_errors = true;
-                let (frames, units) = internal_statement(&plan.drop, drop, true);
-                self.push(units);
-                out.extend(frames);
                 let mut all = frame.to_vec();
-                all.extend(out);
+                all.extend(self.copy_followers(&plan, ctx));
                 Verdict::Replace(all)
             }
             FrontendTag::CopyFail if self.copy_ext.is_some() => {
@@ -1216,13 +1225,20 @@ impl ClientCapture {
         units.push(ins);
         q.push_str(&staged.drop);
         quiet(&mut units);
-        if implicit {
+        if implicit && staged.stdin {
             // Ended at the client's CopyDone / CopyFail (the client pump must keep relaying
             // its CopyData until then).
             self.copy_pending = true;
             let mut z = Unit::new(b"Z");
             z.idle_if_no_copy = true;
             units.push(z);
+        } else if implicit {
+            // From a file or program: the server completes the COPY by itself; end the
+            // transaction like any captured query.
+            units.push(Unit::new(b"Z"));
+            self.push(units);
+            write_all(w, &query_frame(&q)).await?;
+            return self.finish_query(w, true).await;
         } else {
             units.push(Unit::pass(b"Z"));
         }
@@ -1746,6 +1762,7 @@ impl ClientCapture {
                 create: staged.create,
                 insert,
                 drop: staged.drop,
+                stdin: staged.stdin,
             },
         ))))
     }
@@ -1983,6 +2000,14 @@ impl ClientCapture {
                 binary: false,
                 ..(*ctx).clone()
             };
+            if !plan.stdin {
+                // From a file or program: complete by itself; the INSERT and DROP follow now.
+                u.complete = super::router::Complete::Drop;
+                self.push([u]);
+                let mut out = frame_of(b'E', body);
+                out.extend(self.copy_followers(plan, Arc::new(ctx)));
+                return Verdict::Replace(out);
+            }
             // Ends at CopyInResponse: the Sync clients send right after the Execute must wait
             // for it (see `on_sync`); the COPY's CommandComplete gets its unit at CopyDone.
             u.ends = b"G";

@@ -38,6 +38,9 @@ pub struct Staged {
     /// Characters the stage COPY has more than the client's before its options (`FROM …`):
     /// what an error position in them must be moved back by.
     pub shift: i64,
+    /// `FROM STDIN`: the data comes through the client's COPY sub-protocol. Otherwise the
+    /// server reads a file or a program's output and the COPY completes on its own.
+    pub stdin: bool,
 }
 
 /// Resolve `table` (as the statement wrote it, against the session's search_path) to its
@@ -135,6 +138,7 @@ pub fn stage(
     if !copy.is_from || copy.query.is_some() {
         return Err(unsupported());
     }
+    let stdin = copy.filename.is_empty() && !copy.is_program;
     let tokens = pg_query::scan(sql).map_err(|_| unsupported())?.tokens;
     let top_level = |kind: pg_query::protobuf::Token, after: usize| {
         let mut depth = 0i32;
@@ -175,6 +179,7 @@ pub fn stage(
         insert,
         drop: format!("DROP TABLE {stage_ref}"),
         shift,
+        stdin,
     }))
 }
 

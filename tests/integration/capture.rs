@@ -657,6 +657,69 @@ async fn pg18_upsert_and_merge_are_captured() {
     proxy.shutdown().await;
 }
 
+/// Regression: `COPY t FROM '/server/file'` in autocommit told the client `COPY n` and then
+/// rolled the rows back (hindsight waited for a CopyDone that a server-side COPY never sends).
+/// Both protocols, autocommit and in a transaction; the rows are there and recorded.
+async fn copy_from_a_server_file_was_rolled_back_after_reporting_success(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "copyfile").await;
+    let path = std::env::temp_dir().join(format!("hs_copy_{:08x}.txt", rand::random::<u32>()));
+    std::fs::write(&path, "300\tfile\n301\tfile\n").unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let file = path.display().to_string();
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let m = c
+        .simple_query(&format!("COPY brieff (bfkey, bfso) FROM '{file}'"))
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![2]);
+    let n = c
+        .execute(
+            &format!("COPY brieff (bfkey, bfso) FROM '{file}' WHERE bfkey > 300"),
+            &[],
+        )
+        .await;
+    // Duplicate key 301: the extended COPY fails like it would directly, nothing half-done.
+    assert_eq!(
+        n.unwrap_err().code().map(|c| c.code()),
+        Some("23505"),
+        "duplicate key"
+    );
+    c.simple_query("DELETE FROM brieff WHERE bfkey = 301")
+        .await
+        .unwrap();
+    c.simple_query("BEGIN").await.unwrap();
+    let tx_rows = c
+        .execute(
+            &format!("COPY brieff (bfkey, bfso) FROM '{file}' WHERE bfkey > 300"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tx_rows, 1);
+    c.simple_query("COMMIT").await.unwrap();
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    let n = harness::count(&direct, "SELECT count(*) FROM brieff WHERE bfso = 'file'").await;
+    assert_eq!(n, 2, "the copied rows were committed");
+    let ev = read_topic(format!("{prefix}.public.brieff"), 4).await;
+    let ops: Vec<(Value, Value)> = ev
+        .iter()
+        .map(|e| (e["op"].clone(), e["after"]["bfkey"].clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("c".into(), 300.into()),
+            ("c".into(), 301.into()),
+            ("d".into(), Value::Null),
+            ("c".into(), 301.into())
+        ]
+    );
+    let _ = std::fs::remove_file(&path);
+    proxy.shutdown().await;
+}
+
 /// INSERT … ON CONFLICT on every server: DO NOTHING records only the inserted rows; DO UPDATE
 /// records updated rows with their before image (before PostgreSQL 18 read in RETURNING with
 /// the statement's own snapshot) and inserted ones as creates — both protocols, an alias, and
@@ -1458,6 +1521,7 @@ on_both!(
     table_cache_follows_ddl_through_the_proxy,
     extended_copy_and_truncate_are_captured,
     upsert_is_captured,
+    copy_from_a_server_file_was_rolled_back_after_reporting_success,
     incident_update_is_captured_with_before_values,
     transactions_publish_only_committed_work,
     unpublishable_write_is_rolled_back,
