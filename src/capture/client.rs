@@ -99,6 +99,8 @@ pub struct ClientCapture {
     /// The open transaction ran DDL: its catalog lookups are not cached, and the cache is
     /// dropped again when it commits.
     ddl_in_txn: bool,
+    /// Which write targets this session named can take the capture columns.
+    targets: super::tables::Targets,
 }
 
 /// A prepared statement as hindsight analysed (and maybe rewrote) it.
@@ -317,6 +319,7 @@ impl ClientCapture {
             ddl_seen: false,
             tables: Arc::default(),
             ddl_in_txn: false,
+            targets: Default::default(),
         }
     }
 
@@ -573,15 +576,19 @@ impl ClientCapture {
             s.located.analysis.kind == Kind::Read
                 && super::functions::calls_any(text[s.located.span.clone()].as_bytes(), &names)
         };
+        let opaque_target = self.opaque_targets(w, statements, false).await?;
         let with_calls: Vec<Statement>;
-        let statements = if names.is_empty() || !statements.iter().any(calls) {
+        let statements = if (names.is_empty() || !statements.iter().any(calls))
+            && !opaque_target.contains(&true)
+        {
             statements
         } else {
             with_calls = statements
                 .iter()
-                .map(|s| {
+                .zip(&opaque_target)
+                .map(|(s, opaque)| {
                     let mut s = s.clone();
-                    if calls(&s) {
+                    if *opaque || calls(&s) {
                         s.located.analysis.kind = Kind::Opaque;
                     }
                     s
@@ -589,6 +596,13 @@ impl ClientCapture {
                 .collect();
             &with_calls[..]
         };
+        if statements
+            .iter()
+            .any(|s| s.located.analysis.kind == Kind::Session)
+        {
+            // SET search_path and the like: names may resolve differently from now on.
+            self.targets.clear();
+        }
         if statements
             .iter()
             .any(|s| s.located.analysis.kind == Kind::Ddl)
@@ -1619,14 +1633,24 @@ impl ClientCapture {
         };
         let a = &stmt.located.analysis;
         let names = self.writing_functions(w, true).await?;
-        let kind = if a.kind == Kind::Read && super::functions::calls_any(text.as_bytes(), &names) {
+        let opaque_target = self
+            .opaque_targets(w, std::slice::from_ref(stmt), true)
+            .await?[0];
+        let kind = if opaque_target
+            || (a.kind == Kind::Read && super::functions::calls_any(text.as_bytes(), &names))
+        {
             Kind::Opaque
         } else {
             a.kind
         };
+        if kind == Kind::Session {
+            self.targets.clear();
+        }
         let major = self.shared.lock().server_major;
         let mut copy = None;
-        let rewritten = if a.kind == Kind::CopyIn && a.writes.len() == 1 && !a.explain_analyze {
+        let rewritten = if opaque_target {
+            Ok(None)
+        } else if a.kind == Kind::CopyIn && a.writes.len() == 1 && !a.explain_analyze {
             match self.prepare_copy(w, text, stmt).await? {
                 Ok(Some((rw, plan))) => {
                     copy = Some(Arc::new(plan));
@@ -1694,6 +1718,64 @@ impl ClientCapture {
             }),
         );
         Ok(())
+    }
+
+    /// For each statement: whether it writes a relation that cannot take hindsight's RETURNING
+    /// columns (a view, a relation with rules). Such a write runs unchanged and is recorded as
+    /// an opaque statement. Targets are resolved once per session (see `tables::Targets`).
+    async fn opaque_targets<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        statements: &[Statement],
+        extended: bool,
+    ) -> std::io::Result<Vec<bool>> {
+        let generation = self.tables.generation();
+        let mut out = Vec::with_capacity(statements.len());
+        for s in statements {
+            let a = &s.located.analysis;
+            let table = match (a.kind, a.writes.as_slice()) {
+                (
+                    Kind::Insert | Kind::Update | Kind::Delete | Kind::Upsert | Kind::Merge,
+                    [only],
+                ) if !only.nested && !a.explain_analyze => &only.table,
+                _ => {
+                    out.push(false);
+                    continue;
+                }
+            };
+            let name = match table.schema.as_str() {
+                "" => super::rewrite::quote(&table.name),
+                schema => format!(
+                    "{}.{}",
+                    super::rewrite::quote(schema),
+                    super::rewrite::quote(&table.name)
+                ),
+            };
+            let capturable = match self.targets.get(generation, &name) {
+                Some(c) => c,
+                None => {
+                    self.mid_batch = extended;
+                    let reply = self
+                        .internal_query(w, &super::tables::capturable_query(&name))
+                        .await?;
+                    if reply.error.is_some() {
+                        // An aborted transaction: the statement fails on its own.
+                        out.push(false);
+                        continue;
+                    }
+                    // No row: no such relation; the statement fails on its own.
+                    let c = reply
+                        .rows
+                        .first()
+                        .and_then(|r| r.first().cloned().flatten())
+                        .is_none_or(|v| v == b"true");
+                    self.targets.put(&name, c);
+                    c
+                }
+            };
+            out.push(!capturable);
+        }
+        Ok(out)
     }
 
     /// The rewrite of a prepared write (TRUNCATE with its CASCADE tables), or why it cannot

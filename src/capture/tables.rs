@@ -28,6 +28,9 @@ type Tables = HashMap<u32, (TableInfo, Instant)>;
 pub struct TableCache {
     /// Read at every COMMIT that captured rows: a read lock, not a mutex.
     by_db: RwLock<HashMap<String, Tables>>,
+    /// Bumped by every schema change: sessions drop what they resolved themselves (see
+    /// [`Targets`]) when it moved.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl TableCache {
@@ -61,13 +64,62 @@ impl TableCache {
         }
     }
 
+    /// Changes with every schema change seen (in any database).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// A schema change in `db`: look every table up again.
     pub fn invalidate(&self, db: &str) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.by_db
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(db);
     }
+}
+
+/// What a session resolved the write targets it named to: whether hindsight can add its
+/// RETURNING columns to a write on them. Per session, because an unqualified name resolves
+/// through the session's `search_path`; dropped after the session runs SET/RESET/DISCARD (any
+/// statement that may change it) and after any schema change.
+#[derive(Default)]
+pub struct Targets {
+    generation: u64,
+    /// Name as written (`schema.name` or `name`) → rows can be captured with RETURNING.
+    capturable: HashMap<String, bool>,
+}
+
+impl Targets {
+    pub fn get(&mut self, generation: u64, name: &str) -> Option<bool> {
+        if generation != self.generation {
+            self.capturable.clear();
+            self.generation = generation;
+        }
+        self.capturable.get(name).copied()
+    }
+
+    pub fn put(&mut self, name: &str, capturable: bool) {
+        self.capturable.insert(name.to_string(), capturable);
+    }
+
+    pub fn clear(&mut self) {
+        self.capturable.clear();
+    }
+}
+
+/// Whether the relation `reference` (as the statement wrote it, quoted) takes hindsight's
+/// RETURNING columns: one row, `t` or `f`; no row if it does not exist. Views (their rows come
+/// from other tables, and they have no `tableoid`) and relations with INSERT/UPDATE/DELETE
+/// rules (which may replace the statement, and refuse a RETURNING they cannot honour) do not.
+pub fn capturable_query(reference: &str) -> String {
+    format!(
+        "SELECT (c.relkind IN ('r', 'p') AND NOT EXISTS (SELECT 1 FROM pg_rewrite r \
+           WHERE r.ev_class = c.oid AND r.ev_type IN ('2', '3', '4')))::text \
+         FROM pg_class c WHERE c.oid = to_regclass({})",
+        super::rewrite::literal(reference)
+    )
 }
 
 #[cfg(test)]

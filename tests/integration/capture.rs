@@ -720,6 +720,75 @@ async fn copy_from_a_server_file_was_rolled_back_after_reporting_success(pg: Pg)
     proxy.shutdown().await;
 }
 
+/// Regression: a write through a view failed with `column v.tableoid does not exist` (or, with
+/// an INSTEAD rule, "cannot perform INSERT RETURNING"), an error PostgreSQL itself would not
+/// raise. Writes to views and to relations with rules now run unchanged and are recorded as
+/// opaque statements (both protocols; a SET search_path in between is followed).
+async fn writes_through_views_failed_with_missing_tableoid(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "views").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE VIEW auto_v AS SELECT bfkey, bfso FROM brieff WHERE bfkey < 100;
+             CREATE VIEW ruled_v AS SELECT bfkey, bfso FROM brieff;
+             CREATE RULE ruled_ins AS ON INSERT TO ruled_v DO INSTEAD
+               INSERT INTO brieff (bfkey, bfso) VALUES (NEW.bfkey, NEW.bfso);
+             CREATE SCHEMA other; CREATE TABLE other.auto_v (bfkey int PRIMARY KEY, bfso text);",
+        )
+        .await
+        .unwrap();
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let m = c
+        .simple_query("UPDATE auto_v SET bfso = 'via view' WHERE bfkey = 1")
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![1]);
+    let n = c
+        .execute(
+            "INSERT INTO ruled_v (bfkey, bfso) VALUES ($1, 'via rule')",
+            &[&200i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // The same name now resolves to a table: captured row by row again.
+    c.simple_query("SET search_path = other, public")
+        .await
+        .unwrap();
+    c.simple_query("INSERT INTO auto_v VALUES (7, 'table')")
+        .await
+        .unwrap();
+    assert_eq!(
+        harness::count(
+            &direct,
+            "SELECT count(*) FROM brieff WHERE bfso IN ('via view', 'via rule')"
+        )
+        .await,
+        2
+    );
+    let st = read_topic(format!("{prefix}.statements"), 2).await;
+    let got: Vec<(Value, Value)> = st
+        .iter()
+        .map(|e| (e["op"].clone(), e["source"]["statement"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "opaque".into(),
+                "UPDATE auto_v SET bfso = 'via view' WHERE bfkey = 1".into()
+            ),
+            (
+                "opaque".into(),
+                "INSERT INTO ruled_v (bfkey, bfso) VALUES ($1, 'via rule')".into()
+            ),
+        ]
+    );
+    let rows = read_topic(format!("{prefix}.other.auto_v"), 1).await;
+    assert_eq!(rows[0]["after"]["bfso"], "table");
+    proxy.shutdown().await;
+}
+
 /// INSERT … ON CONFLICT on every server: DO NOTHING records only the inserted rows; DO UPDATE
 /// records updated rows with their before image (before PostgreSQL 18 read in RETURNING with
 /// the statement's own snapshot) and inserted ones as creates — both protocols, an alias, and
@@ -1521,6 +1590,7 @@ on_both!(
     table_cache_follows_ddl_through_the_proxy,
     extended_copy_and_truncate_are_captured,
     upsert_is_captured,
+    writes_through_views_failed_with_missing_tableoid,
     copy_from_a_server_file_was_rolled_back_after_reporting_success,
     incident_update_is_captured_with_before_values,
     transactions_publish_only_committed_work,
