@@ -203,6 +203,9 @@ impl ClientCapture {
     }
 }
 
+/// The PostgreSQL major whose grammar pg_query parses with.
+const PARSER_MAJOR: u32 = 17;
+
 /// HS003: a TRUNCATE above `capture.truncate_row_limit` (the guard's error, replaced).
 fn truncate_limit_error(msg: &str) -> Vec<u8> {
     ErrorResponse::error(sqlstate::CAPTURE_LIMIT, msg.to_string())
@@ -563,15 +566,24 @@ impl ClientCapture {
             Ok(a) => &a.statements,
             // The server will report the syntax error itself.
             Err(e) => {
-                if may_write(text) {
+                if may_write(text) && self.parser_may_lag() {
                     return self.refuse(w, unparseable_write(e)).await;
                 }
                 self.push([Unit::pass(b"Z")]);
                 return write_all(w, frame).await;
             }
         };
-        // Reads that call a function which may write are opaque statements.
-        let names = self.writing_functions(w, false).await?;
+        // Reads that call a function which may write are opaque statements. (Only looked up
+        // for reads: a query of hindsight's must not be the first of a transaction whose
+        // client then sets its mode, e.g. `BEGIN; SET TRANSACTION READ WRITE`.)
+        let names = if statements
+            .iter()
+            .any(|s| s.located.analysis.kind == Kind::Read)
+        {
+            self.writing_functions(w, false).await?
+        } else {
+            Arc::default()
+        };
         let calls = |s: &Statement| {
             s.located.analysis.kind == Kind::Read
                 && super::functions::calls_any(text[s.located.span.clone()].as_bytes(), &names)
@@ -1578,6 +1590,21 @@ impl ClientCapture {
         w: &mut W,
         sql: &str,
     ) -> std::io::Result<Reply> {
+        if self.mid_batch {
+            // Whether something earlier in the client's batch failed must be known first.
+            self.flush_and_drain(w).await?;
+        }
+        {
+            let st = self.shared.lock();
+            if st.status == b'E' || (self.mid_batch && st.batch_failed) {
+                // An aborted transaction (or a batch the server now skips to its Sync): the
+                // query could not run, and sending it would disturb what the client is owed.
+                return Ok(Reply {
+                    error: Some(Vec::new()),
+                    ..Reply::default()
+                });
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let mut u = Unit::new(b"Z");
         u.collect = Collect::Rows(Vec::new());
@@ -1621,7 +1648,7 @@ impl ClientCapture {
         self.statements.remove(name);
         let stmt = match entry.as_ref() {
             Ok(a) if a.statements.len() == 1 => &a.statements[0],
-            Err(e) if may_write(text) => {
+            Err(e) if may_write(text) && self.parser_may_lag() => {
                 let err = unparseable_write(e).encode();
                 return self.refused_parse(w, name, err).await;
             }
@@ -1632,7 +1659,11 @@ impl ClientCapture {
             }
         };
         let a = &stmt.located.analysis;
-        let names = self.writing_functions(w, true).await?;
+        let names = if a.kind == Kind::Read {
+            self.writing_functions(w, true).await?
+        } else {
+            Arc::default()
+        };
         let opaque_target = self
             .opaque_targets(w, std::slice::from_ref(stmt), true)
             .await?[0];
@@ -1718,6 +1749,14 @@ impl ClientCapture {
             }),
         );
         Ok(())
+    }
+
+    /// Whether the server may accept syntax hindsight's parser (PostgreSQL 17's grammar)
+    /// rejects. On older servers a text the parser rejects is rejected by the server too, so
+    /// it is relayed and the client gets the server's own syntax error; on newer ones a text
+    /// the parser cannot read but that may write is refused (HS002), never run unaudited.
+    fn parser_may_lag(&self) -> bool {
+        self.shared.lock().server_major > PARSER_MAJOR
     }
 
     /// For each statement: whether it writes a relation that cannot take hindsight's RETURNING

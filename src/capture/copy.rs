@@ -91,6 +91,14 @@ pub fn stage(
             target.schema, target.name
         ),
     };
+    if columns
+        .iter()
+        .enumerate()
+        .any(|(i, c)| columns[..i].contains(c))
+    {
+        // A column named twice: the client's COPY fails on its own, with the server's message.
+        return Ok(None);
+    }
     let cols: Vec<&(String, String)> = if columns.is_empty() {
         target.columns.iter().collect()
     } else {
@@ -168,10 +176,11 @@ pub fn stage(
     let shift = head.chars().count() as i64 - sql[..from_at].chars().count() as i64;
     let copy = format!("{head}{}", sql[from_at..cut].trim_end());
     let insert = match filter {
+        // COPY fills identity columns even when they are GENERATED ALWAYS; so must the INSERT.
         Some(cond) => format!(
-            "INSERT INTO {target_ref} ({names}) SELECT {names} FROM {stage_ref} WHERE {cond}"
+            "INSERT INTO {target_ref} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM {stage_ref} WHERE {cond}"
         ),
-        None => format!("INSERT INTO {target_ref} ({names}) SELECT {names} FROM {stage_ref}"),
+        None => format!("INSERT INTO {target_ref} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM {stage_ref}"),
     };
     Ok(Some(Staged {
         create,
@@ -219,8 +228,21 @@ mod tests {
         );
         assert_eq!(
             s.insert,
-            "INSERT INTO \"public\".\"brieff\" (\"bfkey\", \"bfso\") SELECT \"bfkey\", \"bfso\" FROM pg_temp.\"brieff\" WHERE bfkey > 2"
+            "INSERT INTO \"public\".\"brieff\" (\"bfkey\", \"bfso\") OVERRIDING SYSTEM VALUE SELECT \"bfkey\", \"bfso\" FROM pg_temp.\"brieff\" WHERE bfkey > 2"
         );
+        assert!(s.stdin);
+        // A column named twice: the client's COPY is relayed and fails on its own.
+        let dup = stage(
+            "COPY brieff (bfkey, bfso, bfkey) FROM STDIN",
+            &target(),
+            &["bfkey".into(), "bfso".into(), "bfkey".into()],
+            1,
+        );
+        assert_eq!(dup, Ok(None));
+        let file = stage("COPY brieff FROM '/tmp/x'", &target(), &[], 1)
+            .unwrap()
+            .unwrap();
+        assert!(!file.stdin);
         // Options the deparser does not know are the server's to judge (no abort here).
         let s = stage(
             "COPY brieff FROM STDIN WITH (FORMAT nonsense)",
