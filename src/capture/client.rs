@@ -25,6 +25,7 @@ use super::publish::{self, SessionInfo};
 use super::rewrite::Shape;
 use super::rewrite::{rewrite, Refusal, Rewritten};
 use super::router::{Collect, Reply, Shared, Unit};
+use super::tables::Target;
 use super::txn::{Change, GateInfo, GateMark, StatementCtx};
 use crate::audit::event::CommitStatus;
 use crate::audit::kafka::KafkaSink;
@@ -200,6 +201,19 @@ impl ClientCapture {
         self.push(units);
         out.extend(frames);
         out
+    }
+}
+
+/// Mark a statement with what its write target resolved to.
+fn apply_target(s: &mut Statement, target: Target) {
+    match target {
+        Target::Table => {}
+        Target::Opaque => s.located.analysis.kind = Kind::Opaque,
+        Target::Partitioned => {
+            if let Some(w) = s.located.analysis.writes.first_mut() {
+                w.partitioned = true;
+            }
+        }
     }
 }
 
@@ -588,19 +602,20 @@ impl ClientCapture {
             s.located.analysis.kind == Kind::Read
                 && super::functions::calls_any(text[s.located.span.clone()].as_bytes(), &names)
         };
-        let opaque_target = self.opaque_targets(w, statements, false).await?;
+        let targets = self.resolve_targets(w, statements, false).await?;
         let with_calls: Vec<Statement>;
         let statements = if (names.is_empty() || !statements.iter().any(calls))
-            && !opaque_target.contains(&true)
+            && targets.iter().all(|t| *t == Target::Table)
         {
             statements
         } else {
             with_calls = statements
                 .iter()
-                .zip(&opaque_target)
-                .map(|(s, opaque)| {
+                .zip(&targets)
+                .map(|(s, target)| {
                     let mut s = s.clone();
-                    if *opaque || calls(&s) {
+                    apply_target(&mut s, *target);
+                    if calls(&s) {
                         s.located.analysis.kind = Kind::Opaque;
                     }
                     s
@@ -1664,9 +1679,22 @@ impl ClientCapture {
         } else {
             Arc::default()
         };
-        let opaque_target = self
-            .opaque_targets(w, std::slice::from_ref(stmt), true)
+        let target = self
+            .resolve_targets(w, std::slice::from_ref(stmt), true)
             .await?[0];
+        let resolved;
+        let stmt = if target == Target::Partitioned {
+            resolved = {
+                let mut s = stmt.clone();
+                apply_target(&mut s, target);
+                s
+            };
+            &resolved
+        } else {
+            stmt
+        };
+        let a = &stmt.located.analysis;
+        let opaque_target = target == Target::Opaque;
         let kind = if opaque_target
             || (a.kind == Kind::Read && super::functions::calls_any(text.as_bytes(), &names))
         {
@@ -1759,15 +1787,16 @@ impl ClientCapture {
         self.shared.lock().server_major > PARSER_MAJOR
     }
 
-    /// For each statement: whether it writes a relation that cannot take hindsight's RETURNING
-    /// columns (a view, a relation with rules). Such a write runs unchanged and is recorded as
-    /// an opaque statement. Targets are resolved once per session (see `tables::Targets`).
-    async fn opaque_targets<W: AsyncWrite + Unpin + Send>(
+    /// For each statement: what its write target is for capture. A relation that cannot take
+    /// hindsight's RETURNING columns (a view, a relation with rules) makes the write an opaque
+    /// statement that runs unchanged. Targets are resolved once per session
+    /// (see `tables::Targets`).
+    async fn resolve_targets<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         statements: &[Statement],
         extended: bool,
-    ) -> std::io::Result<Vec<bool>> {
+    ) -> std::io::Result<Vec<Target>> {
         let generation = self.tables.generation();
         let mut out = Vec::with_capacity(statements.len());
         for s in statements {
@@ -1778,7 +1807,7 @@ impl ClientCapture {
                     [only],
                 ) if !only.nested && !a.explain_analyze => &only.table,
                 _ => {
-                    out.push(false);
+                    out.push(Target::Table);
                     continue;
                 }
             };
@@ -1790,8 +1819,8 @@ impl ClientCapture {
                     super::rewrite::quote(&table.name)
                 ),
             };
-            let capturable = match self.targets.get(generation, &name) {
-                Some(c) => c,
+            let target = match self.targets.get(generation, &name) {
+                Some(t) => t,
                 None => {
                     self.mid_batch = extended;
                     let reply = self
@@ -1799,20 +1828,25 @@ impl ClientCapture {
                         .await?;
                     if reply.error.is_some() {
                         // An aborted transaction: the statement fails on its own.
-                        out.push(false);
+                        out.push(Target::Table);
                         continue;
                     }
                     // No row: no such relation; the statement fails on its own.
-                    let c = reply
+                    let t = match reply
                         .rows
                         .first()
                         .and_then(|r| r.first().cloned().flatten())
-                        .is_none_or(|v| v == b"true");
-                    self.targets.put(&name, c);
-                    c
+                        .as_deref()
+                    {
+                        Some(b"opaque") => Target::Opaque,
+                        Some(b"partitioned") => Target::Partitioned,
+                        _ => Target::Table,
+                    };
+                    self.targets.put(&name, t);
+                    t
                 }
             };
-            out.push(!capturable);
+            out.push(target);
         }
         Ok(out)
     }

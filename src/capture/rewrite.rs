@@ -228,6 +228,16 @@ pub fn rewrite(
                 "(SELECT to_jsonb(__hs_o.*) FROM {table} __hs_o WHERE {})",
                 on.join(" AND ")
             );
+            if write.partitioned {
+                // Rows routed into partitions carry no xmax: an update of a row inserted
+                // concurrently (invisible to the snapshot) shows as a create here.
+                return Ok(Some(Rewritten {
+                    text: format!("{body}{sep}{image}, {old}"),
+                    shape: shape(3, Some(2), Some(0), 1, false),
+                    pre_read: None,
+                    guard: None,
+                }));
+            }
             let mut s = shape(4, Some(2), Some(0), 1, false);
             Arc::make_mut(&mut s).updated_at = Some(3);
             Ok(Some(Rewritten {

@@ -87,12 +87,23 @@ impl TableCache {
 #[derive(Default)]
 pub struct Targets {
     generation: u64,
-    /// Name as written (`schema.name` or `name`) → rows can be captured with RETURNING.
-    capturable: HashMap<String, bool>,
+    /// Name as written (`schema.name` or `name`) → what it resolved to.
+    capturable: HashMap<String, Target>,
+}
+
+/// What a write target resolved to, for capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A table (or no such relation: the statement fails on its own).
+    Table,
+    /// A partitioned table: rows come back through tuple routing, without `xmax`.
+    Partitioned,
+    /// A view or a relation with rules: hindsight's RETURNING columns cannot be added.
+    Opaque,
 }
 
 impl Targets {
-    pub fn get(&mut self, generation: u64, name: &str) -> Option<bool> {
+    pub fn get(&mut self, generation: u64, name: &str) -> Option<Target> {
         if generation != self.generation {
             self.capturable.clear();
             self.generation = generation;
@@ -100,8 +111,8 @@ impl Targets {
         self.capturable.get(name).copied()
     }
 
-    pub fn put(&mut self, name: &str, capturable: bool) {
-        self.capturable.insert(name.to_string(), capturable);
+    pub fn put(&mut self, name: &str, target: Target) {
+        self.capturable.insert(name.to_string(), target);
     }
 
     pub fn clear(&mut self) {
@@ -109,14 +120,15 @@ impl Targets {
     }
 }
 
-/// Whether the relation `reference` (as the statement wrote it, quoted) takes hindsight's
-/// RETURNING columns: one row, `t` or `f`; no row if it does not exist. Views (their rows come
+/// What the relation `reference` (as the statement wrote it, quoted) is for capture: one row,
+/// `table`, `partitioned` or `opaque` ([`Target`]); no row if it does not exist. Views (their rows come
 /// from other tables, and they have no `tableoid`) and relations with INSERT/UPDATE/DELETE
 /// rules (which may replace the statement, and refuse a RETURNING they cannot honour) do not.
 pub fn capturable_query(reference: &str) -> String {
     format!(
-        "SELECT (c.relkind IN ('r', 'p') AND NOT EXISTS (SELECT 1 FROM pg_rewrite r \
-           WHERE r.ev_class = c.oid AND r.ev_type IN ('2', '3', '4')))::text \
+        "SELECT CASE WHEN c.relkind NOT IN ('r', 'p') OR EXISTS (SELECT 1 FROM pg_rewrite r \
+           WHERE r.ev_class = c.oid AND r.ev_type IN ('2', '3', '4')) THEN 'opaque' \
+           WHEN c.relkind = 'p' THEN 'partitioned' ELSE 'table' END \
          FROM pg_class c WHERE c.oid = to_regclass({})",
         super::rewrite::literal(reference)
     )

@@ -127,6 +127,10 @@ pub struct Write {
     /// a constraint name or has expressions). `None`: no DO UPDATE.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflict_update: Option<Vec<String>>,
+    /// Set by capture once the catalog says the target is a partitioned table (system columns
+    /// other than `tableoid` cannot be returned from it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partitioned: bool,
 }
 
 impl Write {
@@ -416,6 +420,7 @@ fn ddl_targets(node: &N, out: &mut Vec<Write>) {
                             alias: String::new(),
                             nested: false,
                             conflict_update: None,
+                            partitioned: false,
                         });
                     }
                 }
@@ -469,6 +474,7 @@ fn push(
                 .unwrap_or_default(),
             nested: false,
             conflict_update: None,
+            partitioned: false,
         });
     }
 }
