@@ -74,6 +74,57 @@ fn tags(msgs: &[SimpleQueryMessage]) -> Vec<u64> {
         .collect()
 }
 
+/// `(op, before[column], after[column])` of each event: what most assertions compare.
+fn changes(events: &[Value], column: &str) -> Vec<(String, Value, Value)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["before"][column].clone(),
+                e["after"][column].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every step's replies (after the first: start-up) equal through hindsight and directly, once
+/// normalised (process ids, secret keys).
+fn assert_same_replies(
+    through: &mut [Vec<super::wire_client::Frame>],
+    direct: &mut [Vec<super::wire_client::Frame>],
+) {
+    use super::differential::normalise;
+    use super::wire_client::describe_frames;
+    for (i, (a, b)) in through
+        .iter_mut()
+        .zip(direct.iter_mut())
+        .enumerate()
+        .skip(1)
+    {
+        normalise(a);
+        normalise(b);
+        assert_eq!(
+            describe_frames(a),
+            describe_frames(b),
+            "step {i}: through hindsight vs direct"
+        );
+    }
+}
+
+/// `(op, statement)` of each statement-level event.
+fn statements(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["source"]["statement"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The incident: a leaked code path sets a column to NULL on 18 rows in autocommit. Every row's
 /// previous value must be on the topic, with who/what/which request.
 async fn incident_update_is_captured_with_before_values(pg: Pg) {
@@ -382,15 +433,7 @@ async fn ddl_and_opaque_statements_are_recorded(pg: Pg) {
     assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
     let events = read_topic(format!("{prefix}.statements"), 7).await;
     validate("change-event", &events);
-    let got: Vec<(String, String)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["op"].as_str().unwrap().to_string(),
-                e["source"]["statement"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let got = statements(&events);
     let want = [
         ("ddl", "CREATE TABLE t2 (id int PRIMARY KEY)"),
         (
@@ -636,16 +679,7 @@ async fn pg18_upsert_and_merge_are_captured() {
     assert_eq!(tags(&m), vec![2]);
     let events = read_topic(format!("{prefix}.public.brieff"), 4).await;
     validate("change-event", &events);
-    let summary: Vec<(String, Value, Value)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["op"].as_str().unwrap().to_string(),
-                e["before"]["bfso"].clone(),
-                e["after"]["bfso"].clone(),
-            )
-        })
-        .collect();
+    let summary = changes(&events, "bfso");
     assert_eq!(
         summary,
         vec![
@@ -866,16 +900,7 @@ async fn upsert_is_captured(pg: Pg) {
     );
     let events = read_topic(format!("{prefix}.public.brieff"), want.len()).await;
     validate("change-event", &events);
-    let got: Vec<(String, Value, Value)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["op"].as_str().unwrap().to_string(),
-                e["before"]["bfso"].clone(),
-                e["after"]["bfso"].clone(),
-            )
-        })
-        .collect();
+    let got = changes(&events, "bfso");
     assert_eq!(got, want, "{events:#?}");
     proxy.shutdown().await;
 }
@@ -1186,7 +1211,7 @@ async fn extended_copy_and_truncate_are_captured(pg: Pg) {
 /// The replies must be byte-for-byte those of a direct connection, and nothing is published
 /// until the client's COMMIT.
 async fn begin_and_write_in_one_extended_batch_stays_the_clients_transaction(pg: Pg) {
-    use super::differential::{cat, normalise, run, send};
+    use super::differential::{cat, run, send};
     use super::wire_client::*;
     let (db, prefix, proxy) = setup(pg, "jdbc_batch").await;
     let steps = [
@@ -1213,20 +1238,7 @@ async fn begin_and_write_in_one_extended_batch_stays_the_clients_transaction(pg:
     assert_eq!(events[0]["before"]["bfso"], "rep7");
     assert_eq!(events[0]["after"]["bfso"], "jdbc");
     let mut direct = run(pg.addr(), &db, 0, &steps).await;
-    for (i, (a, b)) in through
-        .iter_mut()
-        .zip(direct.iter_mut())
-        .enumerate()
-        .skip(1)
-    {
-        normalise(a);
-        normalise(b);
-        assert_eq!(
-            describe_frames(a),
-            describe_frames(b),
-            "step {i}: through hindsight vs direct"
-        );
-    }
+    assert_same_replies(&mut through, &mut direct);
     proxy.shutdown().await;
 }
 
@@ -1317,7 +1329,7 @@ async fn copy_from_stdin_is_captured(pg: Pg) {
 /// Regression: errors the server reports with a position (`P`) pointed into hindsight's
 /// rewritten query string (`BEGIN;` and pre-reads in front), not the client's text.
 async fn error_positions_point_into_the_clients_text(pg: Pg) {
-    use super::differential::{normalise, run, send};
+    use super::differential::{run, send};
     use super::wire_client::*;
     let (db, _prefix, proxy) = setup(pg, "errpos").await;
     let steps = [
@@ -1332,15 +1344,7 @@ async fn error_positions_point_into_the_clients_text(pg: Pg) {
     ];
     let mut through = run(proxy.addr, &db, 0, &steps).await;
     let mut plain = run(pg.addr(), &db, 0, &steps).await;
-    for (i, (a, b)) in through.iter_mut().zip(plain.iter_mut()).enumerate().skip(1) {
-        normalise(a);
-        normalise(b);
-        assert_eq!(
-            describe_frames(a),
-            describe_frames(b),
-            "step {i}: through hindsight vs direct"
-        );
-    }
+    assert_same_replies(&mut through, &mut plain);
     proxy.shutdown().await;
 }
 
@@ -1505,15 +1509,7 @@ async fn queries_calling_writing_functions_are_opaque(pg: Pg) {
         .unwrap();
     c.simple_query("SELECT bump2(4)").await.unwrap();
     let events = read_topic(format!("{prefix}.statements"), 4).await;
-    let got: Vec<(String, String)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["op"].as_str().unwrap().to_string(),
-                e["source"]["statement"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let got = statements(&events);
     let want: Vec<(String, String)> = [
         ("opaque", "SELECT bump(1)"),
         ("opaque", "SELECT bump($1)"),
