@@ -20,8 +20,10 @@ start() {
   mkdir -p "$dir"
   if running; then log "broker already running on $addr"; return; fi
   # The sqlite path is relative to the working directory.
-  (cd "$dir" && nohup "$TANSU_BIN" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
-     --storage-engine "$engine" >"$logf" 2>&1 & echo $! >"$pidf")
+  # exec: the recorded pid is tansu's own, not a subshell's (killing that left tansu running).
+  (cd "$dir" && exec nohup "$TANSU_BIN" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
+     --storage-engine "$engine" >"$logf" 2>&1) &
+  echo $! >"$pidf"
   for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then log "broker (tansu, $storage) running on $addr"; return; fi
     running || { tail -20 "$logf"; die "tansu exited during start (log: $logf)"; }
