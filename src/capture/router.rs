@@ -55,6 +55,9 @@ pub struct Unit {
     /// Captured rows go to `State::probe`, not the transaction (a gate's trial run of a
     /// refused statement, rolled back, to record what it would have changed).
     pub probe: bool,
+    /// A sync point that is not forwarded, except when a statement before it failed: the
+    /// ReadyForQuery after the failing part of a query string hindsight split in several.
+    pub end_on_error: bool,
 }
 
 /// What the client sees of a forwarded CommandComplete.
@@ -116,6 +119,7 @@ impl Unit {
             idle_if_no_copy: false,
             position_shift: 0,
             probe: false,
+            end_on_error: false,
         }
     }
 
@@ -141,6 +145,8 @@ pub struct State {
     pub status: u8,
     /// An ErrorResponse arrived since the last ReadyForQuery.
     pub batch_failed: bool,
+    /// An ErrorResponse arrived before the last ReadyForQuery (the last query failed).
+    pub last_failed: bool,
     /// Rows whose capture columns could not be decoded: the transaction must not commit.
     pub capture_errors: Vec<String>,
     pub application_name: String,
@@ -217,7 +223,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         st.copy_started = false;
     }
     if tag == b'Z' {
-        st.batch_failed = false;
+        st.last_failed = std::mem::take(&mut st.batch_failed);
         st.status = body.first().copied().unwrap_or(b'I');
         if st.status == b'I' {
             // The transaction is over; whatever was not published was rolled back.
@@ -425,7 +431,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                 .lazy_rollback
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
-        } else if !forward && unit.forward_end {
+        } else if !forward && (unit.forward_end || (unit.end_on_error && st.last_failed)) {
             if let Some(p) = &unit.prefix {
                 out.extend_from_slice(p);
             }

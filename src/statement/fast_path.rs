@@ -5,7 +5,9 @@
 //! never answer "certainly a read" for a text that writes. So it accepts only texts that start
 //! with a read keyword and contain none of the words a write needs anywhere (`INTO` for
 //! `SELECT … INTO`, the DML verbs for data-modifying CTEs), in any case, even inside string
-//! literals or comments.
+//! literals or comments. And it accepts only one statement: after a `;` anything but
+//! whitespace sends the text to the parser, because a read can be followed by statements that
+//! end the transaction or change the schema (`SELECT 1; COMMIT` must publish before it commits).
 
 use super::leading_keyword::{classify, KeywordClass};
 
@@ -25,7 +27,18 @@ pub fn certainly_read(sql: &[u8]) -> bool {
     if !matches!(classify(sql), KeywordClass::Select) && !starts_with_show(sql) {
         return false;
     }
-    !contains_write_word(sql)
+    one_statement(sql) && !contains_write_word(sql)
+}
+
+/// Nothing but whitespace and semicolons after the first `;` (even one inside a literal or a
+/// comment: such texts are parsed, which is only slower).
+fn one_statement(sql: &[u8]) -> bool {
+    match sql.iter().position(|b| *b == b';') {
+        None => true,
+        Some(i) => sql[i..]
+            .iter()
+            .all(|b| *b == b';' || b.is_ascii_whitespace()),
+    }
 }
 
 fn starts_with_show(sql: &[u8]) -> bool {
@@ -56,6 +69,7 @@ mod tests {
             b"  /* hi */ select a, b from t where x = $1"
         ));
         assert!(certainly_read(b"show search_path"));
+        assert!(certainly_read(b"SELECT 1;\n"));
     }
 
     #[test]
@@ -72,6 +86,23 @@ mod tests {
             "VALUES (1)",
             "TRUNCATE t",
             "SeLeCt 1; dElEtE from t",
+        ] {
+            assert!(!certainly_read(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    /// Regression: `SELECT 1; COMMIT` took the fast path, so the COMMIT of a transaction with
+    /// captured changes reached the server without publishing them (they were dropped when
+    /// the ReadyForQuery said the transaction was over). Likewise DDL or SAVEPOINT after a read.
+    #[test]
+    fn read_fast_path_let_a_commit_after_a_select_through() {
+        for sql in [
+            "SELECT 1; COMMIT",
+            "select 1;end",
+            "SELECT 1; SAVEPOINT s",
+            "SELECT 1; DROP TABLE t",
+            "SHOW x; CREATE TABLE t (a int)",
+            "SELECT ';'",
         ] {
             assert!(!certainly_read(sql.as_bytes()), "{sql}");
         }

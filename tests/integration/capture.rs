@@ -112,6 +112,19 @@ fn assert_same_replies(
     }
 }
 
+/// Zero the table OIDs in RowDescriptions: the same table has another OID in another database.
+fn zero_table_oids(steps: &mut [Vec<super::wire_client::Frame>]) {
+    for f in steps.iter_mut().flatten().filter(|f| f[0] == b'T') {
+        let count = u16::from_be_bytes([f[5], f[6]]);
+        let mut at = 7;
+        for _ in 0..count {
+            at += f[at..].iter().position(|b| *b == 0).expect("field name") + 1;
+            f[at..at + 4].fill(0);
+            at += 18;
+        }
+    }
+}
+
 /// `(op, statement)` of each statement-level event.
 fn statements(events: &[Value]) -> Vec<(String, String)> {
     events
@@ -425,9 +438,10 @@ async fn ddl_and_opaque_statements_are_recorded(pg: Pg) {
     .await
     .unwrap();
     c.execute("CALL p()", &[]).await.unwrap();
-    // Mixing transaction control with schema changes in one query string is refused.
+    // A schema change the server would run in an implicit transaction of its own, in a query
+    // string that also controls the transaction, is refused.
     let err = c
-        .simple_query("BEGIN; DROP TABLE t2; COMMIT")
+        .simple_query("DROP TABLE t2; BEGIN; COMMIT")
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
@@ -1606,7 +1620,184 @@ async fn table_cache_follows_ddl_through_the_proxy(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// Regression: a query string that mixed writes with transaction control (`psql -c "BEGIN;
+/// UPDATE …; COMMIT"`) was refused with HS002. It now runs in parts — each COMMIT only after its
+/// transaction's records are acknowledged — and the client sees byte for byte what a direct
+/// connection shows: one reply stream and one ReadyForQuery, the rest of the string skipped
+/// after an error (also a failing COMMIT), savepoints and rollbacks inside the string honoured.
+async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(pg: Pg) {
+    use super::differential::{run, send};
+    use super::wire_client::*;
+    let (db, prefix, proxy) = setup(pg, "segments").await;
+    let db2 = harness::fresh_db(pg, "segments_direct").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db2).await;
+    direct.batch_execute(BRIEFF).await.unwrap();
+    let ddl = "CREATE TABLE parent (id int PRIMARY KEY);
+               CREATE TABLE child (id int PRIMARY KEY, p int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)";
+    direct.batch_execute(ddl).await.unwrap();
+    let setup_conn = harness::connect(pg.addr(), "postgres", &db).await;
+    setup_conn.batch_execute(ddl).await.unwrap();
+    let steps = [
+        // One transaction, with the client's own RETURNING.
+        send(query("BEGIN; UPDATE brieff SET bfso = 'seg1' WHERE bfkey = 1; INSERT INTO brieff (bfkey, bfso) VALUES (100, 'new') RETURNING bfkey; COMMIT")),
+        // Rolled back inside the string: nothing published.
+        send(query("BEGIN; UPDATE brieff SET bfso = 'gone' WHERE bfkey = 2; ROLLBACK; SELECT bfso FROM brieff WHERE bfkey = 2")),
+        // A savepoint rolled back; a read after the COMMIT.
+        send(query("BEGIN; UPDATE brieff SET bfso = 'kept' WHERE bfkey = 3; SAVEPOINT s; UPDATE brieff SET bfso = 'undone' WHERE bfkey = 4; ROLLBACK TO SAVEPOINT s; COMMIT; SELECT bfso FROM brieff WHERE bfkey IN (3, 4) ORDER BY bfkey")),
+        // An error skips the rest of the string and leaves the transaction aborted.
+        send(query("BEGIN; UPDATE brieff SET bfso = 'x' WHERE bfkey = 5; SELECT 1/0; UPDATE brieff SET bfso = 'never' WHERE bfkey = 6; COMMIT")),
+        send(query("ROLLBACK")),
+        // Two transactions in one string.
+        send(query("BEGIN; UPDATE brieff SET bfso = 'two-a' WHERE bfkey = 7; COMMIT; BEGIN; DELETE FROM brieff WHERE bfkey = 8; COMMIT")),
+        // The COMMIT itself fails (deferred foreign key): what follows it is skipped.
+        send(query("BEGIN; INSERT INTO child VALUES (1, 42); COMMIT; SELECT 'skipped'")),
+        // Left open by the string, committed by the next query.
+        send(query("SELECT 1; BEGIN; UPDATE brieff SET bfso = 'open' WHERE bfkey = 10")),
+        send(query("COMMIT")),
+        // A COMMIT among reads, of changes made by an earlier query. (Regression: the read
+        // fast path let `SELECT 1; COMMIT` through, and the changes were never published.)
+        send(query("BEGIN")),
+        send(query("UPDATE brieff SET bfso = 'pend' WHERE bfkey = 11")),
+        send(query("SELECT 1; COMMIT; SELECT 2")),
+    ];
+    let mut through = run(proxy.addr, &db, 0, &steps).await;
+    let mut plain = run(pg.addr(), &db2, 0, &steps).await;
+    zero_table_oids(&mut through);
+    zero_table_oids(&mut plain);
+    assert_same_replies(&mut through, &mut plain);
+    let events = read_topic(format!("{prefix}.public.brieff"), 7).await;
+    validate("change-event", &events);
+    let want: Vec<(String, Value, Value)> = vec![
+        ("u".into(), "rep1".into(), "seg1".into()),
+        ("c".into(), Value::Null, "new".into()),
+        ("u".into(), "rep3".into(), "kept".into()),
+        ("u".into(), "rep7".into(), "two-a".into()),
+        ("d".into(), "rep8".into(), Value::Null),
+        ("u".into(), "rep10".into(), "open".into()),
+        ("u".into(), "rep11".into(), "pend".into()),
+    ];
+    assert_eq!(changes(&events, "bfso"), want, "{events:#?}");
+    assert_eq!(
+        events[0]["transaction"]["id"], events[1]["transaction"]["id"],
+        "one transaction"
+    );
+    assert_ne!(
+        events[3]["transaction"]["id"],
+        events[4]["transaction"]["id"]
+    );
+    // The child row's event was published before its COMMIT failed: its END says so.
+    let child = read_topic(format!("{prefix}.public.child"), 1).await;
+    let tx = read_topic(format!("{prefix}.transaction"), 14).await;
+    validate("transaction", &tx);
+    let end_of = |id: &Value| {
+        tx.iter()
+            .find(|r| r["status"] == "END" && r["id"] == *id)
+            .unwrap_or_else(|| panic!("no END for {id}: {tx:#?}"))["commit_status"]
+            .clone()
+    };
+    assert_eq!(end_of(&child[0]["transaction"]["id"]), "aborted");
+    for e in &events {
+        assert_eq!(end_of(&e["transaction"]["id"]), "committed", "{e:#}");
+    }
+    // Both databases end up the same.
+    let dump = "SELECT string_agg(format('%s', b), ';' ORDER BY bfkey) FROM brieff b";
+    let mine: String = setup_conn.query_one(dump, &[]).await.unwrap().get(0);
+    let theirs: String = direct.query_one(dump, &[]).await.unwrap().get(0);
+    assert_eq!(mine, theirs);
+    // Still refused: a write the server would run in an implicit transaction of its own
+    // (before the string's BEGIN) — hindsight could not hold its commit.
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let err = c
+        .simple_query("UPDATE brieff SET bfso = 'pre' WHERE bfkey = 12; BEGIN; COMMIT")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    let row = c
+        .query_one("SELECT bfso FROM brieff WHERE bfkey = 12", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "rep12",
+        "the refused string did not run"
+    );
+    proxy.shutdown().await;
+}
+
+/// Regression: the END record was published, `committed`, as soon as the events were
+/// acknowledged — before the COMMIT reached the server. A COMMIT that then failed (here a
+/// deferred foreign key) left an END saying `committed` for a transaction that never
+/// committed. END now follows the server's answer, in every way a transaction ends: the
+/// client's COMMIT (simple and extended) and hindsight's own around an autocommit write
+/// (simple and extended).
+async fn end_record_said_committed_before_the_commit_failed(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "end_outcome").await;
+    harness::connect(pg.addr(), "postgres", &db)
+        .await
+        .batch_execute(
+            "CREATE TABLE parent (id int PRIMARY KEY);
+             CREATE TABLE child (id int PRIMARY KEY, p int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);
+             INSERT INTO parent VALUES (1)",
+        )
+        .await
+        .unwrap();
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let fk = |r: Result<_, tokio_postgres::Error>| {
+        let err = r.expect_err("the deferred foreign key fails at COMMIT");
+        assert_eq!(err.code().map(|c| c.code()), Some("23503"), "{err:?}");
+    };
+    // The client's COMMIT, simple protocol.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("INSERT INTO child VALUES (1, 42)")
+        .await
+        .unwrap();
+    fk(c.simple_query("COMMIT").await.map(drop));
+    // The client's COMMIT, extended protocol.
+    c.simple_query("BEGIN").await.unwrap();
+    c.execute("INSERT INTO child VALUES (2, 43)", &[])
+        .await
+        .unwrap();
+    fk(c.execute("COMMIT", &[]).await.map(drop));
+    // Autocommit writes: hindsight's own COMMIT fails (SET CONSTRAINTS cannot help here, the
+    // constraint is deferred to the end of hindsight's transaction).
+    fk(c.simple_query("INSERT INTO child VALUES (3, 44)")
+        .await
+        .map(drop));
+    fk(c.execute("INSERT INTO child VALUES (4, 45)", &[])
+        .await
+        .map(drop));
+    // And one that commits, for contrast.
+    c.execute("INSERT INTO child VALUES (5, 1)", &[])
+        .await
+        .unwrap();
+    let events = read_topic(format!("{prefix}.public.child"), 5).await;
+    let tx = read_topic(format!("{prefix}.transaction"), 10).await;
+    let end_of = |id: &Value| {
+        tx.iter()
+            .find(|r| r["status"] == "END" && r["id"] == *id)
+            .unwrap_or_else(|| panic!("no END for {id}: {tx:#?}"))["commit_status"]
+            .clone()
+    };
+    let got: Vec<(Value, Value)> = events
+        .iter()
+        .map(|e| (e["after"]["id"].clone(), end_of(&e["transaction"]["id"])))
+        .collect();
+    let want: Vec<(Value, Value)> = vec![
+        (1.into(), "aborted".into()),
+        (2.into(), "aborted".into()),
+        (3.into(), "aborted".into()),
+        (4.into(), "aborted".into()),
+        (5.into(), "committed".into()),
+    ];
+    assert_eq!(got, want, "{tx:#?}");
+    let n = harness::count(&c, "SELECT count(*) FROM child").await;
+    assert_eq!(n, 1);
+    proxy.shutdown().await;
+}
+
 on_both!(
+    transaction_control_mixed_with_writes_in_one_query_string_was_refused,
+    end_record_said_committed_before_the_commit_failed,
     update_of_schema_qualified_table_was_refused_on_old_servers,
     table_cache_follows_ddl_through_the_proxy,
     extended_copy_and_truncate_are_captured,

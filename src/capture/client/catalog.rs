@@ -1,0 +1,202 @@
+//! Facts the session looks up in the catalog through its own connection: the changed tables
+//! (schema, name, key) and the transaction id at COMMIT, the functions that may write, what each
+//! write target is (table, partitioned table, view), and the tables a TRUNCATE … CASCADE empties.
+//! Each is cached where it can be and dropped on schema changes.
+
+use super::*;
+
+/// Mark a statement with what its write target resolved to.
+pub(super) fn apply_target(s: &mut Statement, target: Target) {
+    match target {
+        Target::Table => {}
+        Target::Opaque => s.located.analysis.kind = Kind::Opaque,
+        Target::Partitioned => {
+            if let Some(w) = s.located.analysis.writes.first_mut() {
+                w.partitioned = true;
+            }
+        }
+    }
+}
+
+/// The PostgreSQL major whose grammar pg_query parses with.
+pub(super) const PARSER_MAJOR: u32 = 17;
+
+impl ClientCapture {
+    /// The tables a `TRUNCATE … CASCADE` empties, from the catalog (empty for other
+    /// statements, or if the lookup failed — the TRUNCATE is then refused).
+    pub(super) async fn truncate_cascade<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        sql: &str,
+        extended: bool,
+    ) -> std::io::Result<Vec<String>> {
+        let Some(q) = crate::capture::rewrite::truncate_cascade_query(sql) else {
+            return Ok(Vec::new());
+        };
+        self.mid_batch = extended;
+        let reply = self.internal_query(w, &q).await?;
+        Ok(reply
+            .rows
+            .iter()
+            .filter_map(|r| {
+                r.first()?
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .collect())
+    }
+
+    /// Whether the server may accept syntax hindsight's parser (PostgreSQL 17's grammar)
+    /// rejects. On older servers a text the parser rejects is rejected by the server too, so
+    /// it is relayed and the client gets the server's own syntax error; on newer ones a text
+    /// the parser cannot read but that may write is refused (HS002), never run unaudited.
+    pub(super) fn parser_may_lag(&self) -> bool {
+        self.shared.lock().server_major > PARSER_MAJOR
+    }
+
+    /// For each statement: what its write target is for capture. A relation that cannot take
+    /// hindsight's RETURNING columns (a view, a relation with rules) makes the write an opaque
+    /// statement that runs unchanged. Targets are resolved once per session
+    /// (see `tables::Targets`).
+    pub(super) async fn resolve_targets<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        statements: &[Statement],
+        extended: bool,
+    ) -> std::io::Result<Vec<Target>> {
+        let generation = self.tables.generation();
+        let mut out = Vec::with_capacity(statements.len());
+        for s in statements {
+            let a = &s.located.analysis;
+            let table = match (a.kind, a.writes.as_slice()) {
+                (
+                    Kind::Insert | Kind::Update | Kind::Delete | Kind::Upsert | Kind::Merge,
+                    [only],
+                ) if !only.nested && !a.explain_analyze => &only.table,
+                _ => {
+                    out.push(Target::Table);
+                    continue;
+                }
+            };
+            let name = match table.schema.as_str() {
+                "" => crate::capture::rewrite::quote(&table.name),
+                schema => format!(
+                    "{}.{}",
+                    crate::capture::rewrite::quote(schema),
+                    crate::capture::rewrite::quote(&table.name)
+                ),
+            };
+            let target = match self.targets.get(generation, &name) {
+                Some(t) => t,
+                None => {
+                    self.mid_batch = extended;
+                    let reply = self
+                        .internal_query(w, &crate::capture::tables::capturable_query(&name))
+                        .await?;
+                    if reply.error.is_some() {
+                        // An aborted transaction: the statement fails on its own.
+                        out.push(Target::Table);
+                        continue;
+                    }
+                    // No row: no such relation; the statement fails on its own.
+                    let t = match reply
+                        .rows
+                        .first()
+                        .and_then(|r| r.first().cloned().flatten())
+                        .as_deref()
+                    {
+                        Some(b"opaque") => Target::Opaque,
+                        Some(b"partitioned") => Target::Partitioned,
+                        _ => Target::Table,
+                    };
+                    self.targets.put(&name, t);
+                    t
+                }
+            };
+            out.push(target);
+        }
+        Ok(out)
+    }
+
+    /// Whether a read the fast path passed must be analysed after all: it may call a function
+    /// that writes, or the list of such functions must be read first.
+    pub(super) fn may_call_writer(&self, sql: &[u8]) -> bool {
+        if self.ddl_seen {
+            return true;
+        }
+        match self.functions.get(&self.session.database) {
+            Some(names) => crate::capture::functions::calls_any(sql, &names),
+            None => true,
+        }
+    }
+
+    /// A DDL statement is about to run: function list and table facts are read again.
+    pub(super) fn schema_changed(&mut self) {
+        self.ddl_seen = true;
+        self.ddl_in_txn = true;
+        self.tables.invalidate(&self.session.database);
+    }
+
+    /// The transaction id and the facts of the changed tables: from the cache where it has
+    /// them, else from the catalog (one query either way, inside the transaction).
+    pub(super) async fn lookup_tables<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        oids: &[u32],
+    ) -> std::io::Result<Option<(Option<i64>, HashMap<u32, publish::TableInfo>)>> {
+        let db = self.session.database.clone();
+        let (mut found, missing) = if self.ddl_in_txn {
+            (HashMap::new(), oids.to_vec())
+        } else {
+            self.tables.get(&db, oids)
+        };
+        let query = if missing.is_empty() {
+            publish::TXID_QUERY.to_string()
+        } else {
+            publish::catalog_query(&missing)
+        };
+        let reply = self.internal_query(w, &query).await?;
+        if reply.error.is_some() {
+            return Ok(None);
+        }
+        let (txid, looked_up) = publish::parse_catalog(&reply.rows);
+        if !self.ddl_in_txn {
+            self.tables.put(&db, &looked_up);
+        }
+        found.extend(looked_up);
+        Ok(Some((txid, found)))
+    }
+
+    /// The functions that may write in this database, read from the catalog when needed.
+    pub(super) async fn writing_functions<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        extended: bool,
+    ) -> std::io::Result<crate::capture::functions::Names> {
+        let db = self.session.database.clone();
+        if std::mem::take(&mut self.ddl_seen) {
+            self.functions.invalidate(&db);
+        }
+        if let Some(names) = self.functions.get(&db) {
+            return Ok(names);
+        }
+        self.mid_batch = extended;
+        let reply = self
+            .internal_query(w, crate::capture::functions::QUERY)
+            .await?;
+        if reply.error.is_some() {
+            // An aborted transaction: the statement fails on its own; try again next time.
+            return Ok(Arc::default());
+        }
+        let names = reply
+            .rows
+            .iter()
+            .filter_map(|r| {
+                r.first()?
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .collect();
+        Ok(self.functions.put(&db, names))
+    }
+}

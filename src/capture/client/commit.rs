@@ -1,0 +1,325 @@
+//! COMMIT: the transaction's changes become audit records, are published and acknowledged, and
+//! only then is COMMIT forwarded; if they cannot be, the transaction is rolled back (HS001).
+//! Also the statement-level events published before a statement runs outside a transaction.
+
+use super::*;
+use crate::audit::event::TransactionRecord;
+
+/// Why a transaction's records were not published.
+pub(super) enum Failure {
+    /// The brokers (or the catalog lookup) failed: HS001, unless `on_sink_failure = allow`.
+    Sink(String),
+    /// A gate's row rule refused a change: this ErrorResponse, always.
+    Gate(Vec<u8>),
+}
+
+/// How a COMMIT happens once the records are published.
+pub(super) enum CommitBy<'a> {
+    /// The client's own COMMIT (simple Query frame).
+    ClientSimple(&'a [u8]),
+    /// hindsight wrapped an autocommit simple Query in BEGIN.
+    ImplicitSimple,
+    /// The client's Execute of a COMMIT portal.
+    ClientExtended(&'a [u8]),
+    /// hindsight opened the transaction for an extended batch; this is the client's Sync.
+    ImplicitExtended(&'a [u8]),
+    /// A COMMIT inside a query string hindsight runs in parts (`run_segments`): its text,
+    /// and whether it ends the string (then the client gets its ReadyForQuery).
+    InQuery { sql: &'a str, last: bool },
+}
+
+impl ClientCapture {
+    /// Publish statement-level events *before* the statement runs (outside a transaction
+    /// block, where hindsight cannot hold a COMMIT), then forward `frame`. The END record
+    /// follows with the outcome. If the events cannot be published the statement does not run
+    /// and the client gets HS001 (unless `on_sink_failure = "allow"`).
+    pub(super) async fn announce<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        frame: &[u8],
+        changes: Vec<Change>,
+        ends: &'static [u8],
+    ) -> std::io::Result<()> {
+        self.tx_seq += 1;
+        let (records, end) = publish::build(
+            &self.session,
+            self.tx_seq,
+            None,
+            changes,
+            &HashMap::new(),
+            &self.redactor,
+        );
+        match self.sink.publish(&records).await {
+            Ok(()) => self.metrics.audit_events.inc_by(records.len() as u64 - 1),
+            Err(e) => {
+                self.metrics.audit_publish_failures.inc();
+                if self.on_sink_failure == OnSinkFailure::Deny {
+                    tracing::error!(error = %e, "statement event not recorded: statement refused");
+                    let err = ErrorResponse::error(
+                        sqlstate::AUDIT_NOT_RECORDED,
+                        format!("hindsight: the statement was not run because its audit record could not be recorded: {e}"),
+                    )
+                    .with_hint("Retry when the audit broker is reachable; see hindsight's log and /readyz.");
+                    return if ends == b"Z" {
+                        self.refuse(w, err).await
+                    } else {
+                        self.refused_parse(w, b"__hindsight_refused", err.encode())
+                            .await
+                    };
+                }
+                tracing::error!(error = %e, "statement event not recorded; running it anyway because capture.on_sink_failure = \"allow\"");
+            }
+        }
+        let mut u = Unit::pass(ends);
+        u.reply = Some(self.end_on_outcome(end));
+        self.push([u]);
+        write_all(w, frame).await
+    }
+
+    /// Publish the transaction's changes, then COMMIT (see [`CommitBy`]); if they cannot be
+    /// published, roll back and fail the COMMIT with HS001 (unless `on_sink_failure = allow`).
+    /// `Ok(false)`: the transaction was rolled back, or (`InQuery`) its COMMIT failed.
+    pub(super) async fn commit<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        by: CommitBy<'_>,
+    ) -> std::io::Result<bool> {
+        self.pending_end = None;
+        if matches!(by, CommitBy::ClientExtended(_)) {
+            self.flush_and_drain(w).await?;
+        }
+        self.mid_batch = matches!(
+            by,
+            CommitBy::ClientExtended(_) | CommitBy::ImplicitExtended(_)
+        );
+        if let CommitBy::ClientSimple(frame) | CommitBy::ClientExtended(frame) = by {
+            if self.shared.lock().status != b'T' {
+                // An aborted transaction: its COMMIT is a ROLLBACK; nothing to publish.
+                self.shared.lock().txn.clear();
+                let ends: &'static [u8] = if frame[0] == b'Q' { b"Z" } else { b"CIs" };
+                self.push([Unit::pass(ends)]);
+                return write_all(w, frame).await.map(|()| false);
+            }
+        }
+        let (changes, capture_errors) = {
+            let mut st = self.shared.lock();
+            (st.txn.take(), std::mem::take(&mut st.capture_errors))
+        };
+        let failure = if !capture_errors.is_empty() {
+            Some(Failure::Sink(format!(
+                "captured rows could not be decoded: {}",
+                capture_errors.join("; ")
+            )))
+        } else if changes.is_empty() {
+            None
+        } else {
+            self.publish(w, changes, false).await?.err()
+        };
+        let mut error = None;
+        if let Some(Failure::Gate(err)) = failure {
+            error = Some(err);
+        } else if let Some(Failure::Sink(why)) = failure {
+            self.metrics.audit_publish_failures.inc();
+            if self.on_sink_failure == OnSinkFailure::Deny {
+                tracing::error!(%why, "audit records not recorded: rolling the transaction back");
+                error = Some(
+                    ErrorResponse::error(
+                        sqlstate::AUDIT_NOT_RECORDED,
+                        format!("hindsight: the transaction was rolled back because its audit records could not be recorded: {why}"),
+                    )
+                    .with_hint("Nothing was committed. Retry when the audit broker is reachable; see hindsight's log and /readyz.")
+                    .encode(),
+                );
+            } else {
+                tracing::error!(%why, "audit records not recorded; committing anyway because capture.on_sink_failure = \"allow\"");
+            }
+        }
+        if std::mem::take(&mut self.ddl_in_txn) {
+            // Lookups other sessions made while this DDL was uncommitted saw the old catalog.
+            self.tables.invalidate(&self.session.database);
+        }
+        let committed = error.is_none();
+        match (by, error) {
+            (CommitBy::ClientSimple(frame), None) => {
+                let mut u = Unit::pass(b"Z");
+                u.reply = self.pending_end_reply();
+                self.push([u]);
+                write_all(w, frame).await?;
+            }
+            (CommitBy::ImplicitSimple, None) => {
+                let reply = self.pending_end_reply();
+                self.internal_end(w, "COMMIT", None, reply).await?
+            }
+            (CommitBy::ClientExtended(frame), None) => {
+                let mut u = Unit::pass(b"CIs");
+                u.txctl = Some((TxControl::Commit, String::new()));
+                u.reply = self.pending_end_reply();
+                self.push([u]);
+                write_all(w, frame).await?;
+            }
+            (CommitBy::ImplicitExtended(sync), None) => {
+                let mut u = Unit::new(b"Z");
+                u.forward_errors = true;
+                u.reply = self.pending_end_reply();
+                self.send_internal(w, "COMMIT", u).await?;
+                self.push([Unit::pass(b"Z")]);
+                write_all(w, sync).await?;
+            }
+            (CommitBy::InQuery { sql, last }, None) => {
+                let mut u = Unit::pass(b"C");
+                u.txctl = Some((TxControl::Commit, String::new()));
+                u.reply = self.pending_end_reply();
+                self.push([u, super::simple::end_unit(last)]);
+                write_all(w, &query_frame(sql)).await?;
+                if !last {
+                    // The COMMIT itself can still fail (a deferred constraint).
+                    self.shared.drained().await;
+                    return Ok(!self.shared.lock().last_failed);
+                }
+            }
+            (
+                CommitBy::ClientSimple(_) | CommitBy::ImplicitSimple | CommitBy::InQuery { .. },
+                Some(err),
+            ) => self.internal_end(w, "ROLLBACK", Some(err), None).await?,
+            (CommitBy::ClientExtended(_), Some(err)) => {
+                // Roll back, then fail the client's Execute: the server skips to its Sync.
+                self.swallowed_query(w, "ROLLBACK", false).await?;
+                self.refused_parse(w, b"__hindsight_refused", err).await?;
+            }
+            (CommitBy::ImplicitExtended(sync), Some(err)) => {
+                self.swallowed_query(w, "ROLLBACK", false).await?;
+                let mut u = Unit::pass(b"Z");
+                u.prefix = Some(err);
+                self.push([u]);
+                write_all(w, sync).await?;
+            }
+        }
+        Ok(committed)
+    }
+
+    /// The reply channel for the COMMIT of a transaction whose records were just published:
+    /// its END record follows the server's answer (see `end_on_outcome`).
+    fn pending_end_reply(&mut self) -> Option<oneshot::Sender<Reply>> {
+        let end = self.pending_end.take()?;
+        Some(self.end_on_outcome(end))
+    }
+
+    /// Publish `end` once the server has answered the statement that ends the transaction
+    /// (its unit gets the returned sender): `committed`, or `aborted` if it failed — a COMMIT
+    /// can still fail after the events were published (a deferred constraint, a serialization
+    /// failure). If the connection is lost first, the outcome is unknown: no END is published,
+    /// and consumers resolve the transaction with `txid_status(txId)`.
+    fn end_on_outcome(&self, mut end: TransactionRecord) -> oneshot::Sender<Reply> {
+        let (tx, rx) = oneshot::channel();
+        let sink = Arc::clone(&self.sink);
+        let session = self.session.clone();
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Reply { error: None, .. }) => {}
+                Ok(_) => end.commit_status = Some(CommitStatus::Aborted),
+                Err(_) => {
+                    tracing::warn!(transaction = %end.id, "the server connection closed before the transaction's outcome was known: no END record (resolve it with txid_status)");
+                    return;
+                }
+            }
+            if let Err(e) = sink.publish(&[publish::end_record(&session, &end)]).await {
+                tracing::warn!(error = %e, "publishing a transaction END record failed");
+            }
+        });
+        tx
+    }
+
+    /// Resolve tables and the transaction id, check the gates' row rules, then publish.
+    /// `blocked`: these are refused changes (op `blocked`): no row rules, END `aborted`.
+    pub(super) async fn publish<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        changes: Vec<crate::capture::txn::Change>,
+        blocked: bool,
+    ) -> std::io::Result<Result<(), Failure>> {
+        let mut oids: Vec<u32> = changes
+            .iter()
+            .filter(|c| !c.is_statement())
+            .map(|c| c.table_oid)
+            .collect();
+        oids.sort_unstable();
+        oids.dedup();
+        let (txid, tables) = if blocked && oids.is_empty() {
+            (None, HashMap::new())
+        } else {
+            match self.lookup_tables(w, &oids).await? {
+                Some(found) => found,
+                None => {
+                    return Ok(Err(Failure::Sink(
+                        "looking up the changed tables in the catalog failed".into(),
+                    )))
+                }
+            }
+        };
+        let mut changes = publish::pair_pre_reads(changes, &tables);
+        if !blocked {
+            if let Some(err) = self.row_rules(&mut changes, &tables) {
+                let refused: Vec<_> = changes
+                    .into_iter()
+                    .filter(|c| matches!(c.gate, Some(GateMark::Blocked(_))))
+                    .collect();
+                self.publish_refused(txid, refused, &tables).await;
+                return Ok(Err(Failure::Gate(err)));
+            }
+        }
+        self.tx_seq += 1;
+        let (records, mut end) = publish::build(
+            &self.session,
+            self.tx_seq,
+            txid,
+            changes,
+            &tables,
+            &self.redactor,
+        );
+        let events = records.len() - 1;
+        if blocked {
+            end.commit_status = Some(CommitStatus::Aborted);
+            let mut all = records;
+            all.push(publish::end_record(&self.session, &end));
+            return Ok(self
+                .sink
+                .publish(&all)
+                .await
+                .map_err(|e| Failure::Sink(e.to_string())));
+        }
+        match self.sink.publish(&records).await {
+            Ok(()) => {
+                self.metrics.audit_events.inc_by(events as u64);
+                // END waits for the server's answer to the COMMIT (see `end_on_outcome`).
+                self.pending_end = Some(end);
+                Ok(Ok(()))
+            }
+            Err(e) => Ok(Err(Failure::Sink(e.to_string()))),
+        }
+    }
+
+    /// Publish refused changes (op `blocked`, END `aborted`); a failure is logged, the refusal
+    /// stands either way.
+    pub(super) async fn publish_refused(
+        &mut self,
+        txid: Option<i64>,
+        changes: Vec<crate::capture::txn::Change>,
+        tables: &HashMap<u32, publish::TableInfo>,
+    ) {
+        self.tx_seq += 1;
+        let (mut records, mut end) = publish::build(
+            &self.session,
+            self.tx_seq,
+            txid,
+            changes,
+            tables,
+            &self.redactor,
+        );
+        end.commit_status = Some(CommitStatus::Aborted);
+        records.push(publish::end_record(&self.session, &end));
+        if let Err(e) = self.sink.publish(&records).await {
+            self.metrics.audit_publish_failures.inc();
+            tracing::error!(error = %e, "the record of a refused write could not be published");
+        }
+    }
+}

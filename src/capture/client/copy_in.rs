@@ -1,0 +1,204 @@
+//! `COPY … FROM`, as a query of its own or prepared through the extended protocol: the rows go
+//! into a temporary stage table, then into the target with a captured `INSERT … SELECT`.
+
+use super::*;
+
+/// The statements around an extended-protocol COPY into a stage (see `copy`).
+pub(super) struct CopyPlan {
+    /// `CREATE TEMP TABLE stage …`, before the client's Bind.
+    pub(super) create: String,
+    /// The captured `INSERT INTO target … SELECT … FROM stage`, after the client's CopyDone.
+    pub(super) insert: Rewritten,
+    /// `DROP TABLE stage`, after it.
+    pub(super) drop: String,
+    /// `FROM STDIN` (else the server reads a file or program and no CopyDone will come).
+    pub(super) stdin: bool,
+}
+
+impl ClientCapture {
+    /// After an extended-protocol COPY into the stage: the captured INSERT (its count becomes
+    /// the client's `COPY n`), then the stage's DROP. If the COPY failed, the server skips these
+    /// to the next Sync.
+    pub(super) fn copy_followers(&mut self, plan: &CopyPlan, ctx: Arc<StatementCtx>) -> Vec<u8> {
+        let mut ins = Unit::pass(b"C");
+        ins.complete = crate::capture::router::Complete::AsCopy;
+        ins.collect = Collect::Capture(ctx, Vec::new());
+        let (mut out, units) = internal_statement(&plan.insert.text, ins, true);
+        self.push(units);
+        let mut drop = Unit::new(b"C");
+        drop.forward_errors = true;
+        let (frames, units) = internal_statement(&plan.drop, drop, true);
+        self.push(units);
+        out.extend(frames);
+        out
+    }
+
+    /// `COPY … FROM` as a query of its own: staged through a temporary table and a captured
+    /// `INSERT … SELECT` (see `copy`), in the client's transaction (or one hindsight opens).
+    pub(super) async fn capture_copy<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        frame: &[u8],
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        s: &Statement,
+        status: u8,
+    ) -> std::io::Result<()> {
+        let write = &s.located.analysis.writes[0];
+        let sql = text[s.located.span.clone()].trim();
+        self.mid_batch = false;
+        let lookup = self
+            .internal_query(w, &crate::capture::copy::lookup_query(&write.table))
+            .await?;
+        self.seq += 1;
+        let staged = match crate::capture::copy::parse_lookup(&lookup.rows) {
+            Some(target) => crate::capture::copy::stage(sql, &target, &write.columns, self.seq),
+            // No such table: the client's COPY fails on its own, writing nothing.
+            None => Ok(None),
+        };
+        let staged = match staged {
+            Ok(Some(st)) => st,
+            Ok(None) => {
+                self.push([Unit::pass(b"Z")]);
+                return write_all(w, frame).await;
+            }
+            Err(refusal) => {
+                return self
+                    .refuse(
+                        w,
+                        ErrorResponse::error(
+                            sqlstate::CAPTURE_UNSUPPORTED,
+                            format!("hindsight: {refusal}"),
+                        ),
+                    )
+                    .await
+            }
+        };
+        let major = self.shared.lock().server_major;
+        let insert = crate::statement::analyze(&staged.insert)
+            .ok()
+            .and_then(|v| rewrite(&staged.insert, &v[0], major, self.truncate_limit, &[]).ok())
+            .flatten();
+        let Some(rw) = insert else {
+            let err = ErrorResponse::error(
+                sqlstate::CAPTURE_UNSUPPORTED,
+                format!("hindsight: could not build the capture of {sql:?}; it was not run"),
+            );
+            return self.refuse(w, err).await;
+        };
+        let implicit = status == b'I';
+        let mut q = String::new();
+        let mut units = Vec::new();
+        let quiet = |units: &mut Vec<Unit>| {
+            let mut u = Unit::new(b"C");
+            u.forward_errors = true;
+            units.push(u);
+        };
+        if implicit {
+            q.push_str("BEGIN;\n");
+            quiet(&mut units);
+        }
+        q.push_str(&staged.create);
+        q.push_str(";\n");
+        quiet(&mut units);
+        // The client's COPY sub-protocol runs against the stage: CopyInResponse, its errors
+        // (about the input) go to the client; its row count is the INSERT's.
+        let before = text[..s.located.span.start].chars().count() as i64;
+        let shift = (q.chars().count() as i64 + staged.shift) - before;
+        q.push_str(&staged.copy);
+        q.push_str(";\n");
+        let mut copy = Unit::pass(b"C");
+        copy.position_shift = shift;
+        copy.complete = crate::capture::router::Complete::Drop;
+        units.push(copy);
+        q.push_str(&rw.text);
+        q.push_str(";\n");
+        let mut ins = Unit::pass(b"C");
+        ins.complete = crate::capture::router::Complete::AsCopy;
+        let ctx = Arc::new(StatementCtx {
+            text: sql.to_string(),
+            fingerprint: s.fingerprint.clone(),
+            tags: tags.clone(),
+            seq: self.seq,
+            ts_ms: now_ms(),
+            application_name: self.shared.lock().application_name.clone(),
+            binary: false,
+            gate: self.gate_for(s),
+            shape: Arc::clone(&rw.shape),
+        });
+        ins.collect = Collect::Capture(ctx, Vec::new());
+        units.push(ins);
+        q.push_str(&staged.drop);
+        quiet(&mut units);
+        if implicit && staged.stdin {
+            // Ended at the client's CopyDone / CopyFail (the client pump must keep relaying
+            // its CopyData until then).
+            self.copy_pending = true;
+            let mut z = Unit::new(b"Z");
+            z.idle_if_no_copy = true;
+            units.push(z);
+        } else if implicit {
+            // From a file or program: the server completes the COPY by itself; end the
+            // transaction like any captured query.
+            units.push(Unit::new(b"Z"));
+            self.push(units);
+            write_all(w, &query_frame(&q)).await?;
+            return self.finish_query(w, true).await;
+        } else {
+            units.push(Unit::pass(b"Z"));
+        }
+        self.push(units);
+        write_all(w, &query_frame(&q)).await
+    }
+
+    /// An extended-protocol `COPY … FROM`: the target's columns from the catalog, the stage
+    /// statements, and the captured INSERT. `Ok(None)`: no such table or column (relay the
+    /// client's COPY unchanged; it fails on its own).
+    pub(super) async fn prepare_copy<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        stmt: &Statement,
+    ) -> std::io::Result<Result<Option<(Rewritten, CopyPlan)>, Refusal>> {
+        let write = &stmt.located.analysis.writes[0];
+        let sql = text[stmt.located.span.clone()].trim();
+        self.mid_batch = true;
+        let lookup = self
+            .internal_query(w, &crate::capture::copy::lookup_query(&write.table))
+            .await?;
+        let Some(target) = crate::capture::copy::parse_lookup(&lookup.rows) else {
+            return Ok(Ok(None));
+        };
+        self.seq += 1;
+        let staged = match crate::capture::copy::stage(sql, &target, &write.columns, self.seq) {
+            Ok(Some(st)) => st,
+            Ok(None) => return Ok(Ok(None)),
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let major = self.shared.lock().server_major;
+        let insert = crate::statement::analyze(&staged.insert)
+            .ok()
+            .and_then(|v| rewrite(&staged.insert, &v[0], major, self.truncate_limit, &[]).ok())
+            .flatten();
+        let Some(insert) = insert else {
+            return Ok(Err(Refusal::Unsupported {
+                what: format!("{sql:?} (its capture could not be built)"),
+            }));
+        };
+        let client = Rewritten {
+            text: staged.copy,
+            shape: Arc::new(Shape::statement(Kind::CopyIn, write.table.clone())),
+            pre_read: None,
+            guard: None,
+        };
+        Ok(Ok(Some((
+            client,
+            CopyPlan {
+                create: staged.create,
+                insert,
+                drop: staged.drop,
+                stdin: staged.stdin,
+            },
+        ))))
+    }
+}

@@ -1,0 +1,529 @@
+//! The extended-query protocol: Parse rewrites writes (and prepares the PG<18 pre-read companion),
+//! Bind opens hindsight's transaction for a write outside one, Execute runs the companion first,
+//! Sync ends hindsight's transaction (publish, then COMMIT).
+
+use super::*;
+
+/// Name of hindsight's companion statement (`kind` b's') or portal (b'p') for a client's one.
+pub(super) fn companion_name(kind: u8, name: &[u8]) -> Vec<u8> {
+    let mut n = b"__hs_pre_".to_vec();
+    n.push(kind);
+    n.push(b'_');
+    n.extend_from_slice(name);
+    n
+}
+
+/// The portal and statement names at the start of a Bind body.
+pub(super) fn two_cstrs(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (a, rest) = take_cstr(body)?;
+    let (b, _) = take_cstr(rest)?;
+    Some((a, b))
+}
+
+/// Execute `portal` for all its rows.
+pub(super) fn execute_frame(portal: &[u8]) -> Vec<u8> {
+    let mut b = portal.to_vec();
+    b.push(0);
+    b.extend_from_slice(&[0, 0, 0, 0]);
+    frame_of(b'E', &b)
+}
+
+/// The parameter part of a Bind body: format codes and values, as one slice.
+pub(super) fn bind_parameters(body: &[u8]) -> Option<&[u8]> {
+    let (_, rest) = take_cstr(body)?;
+    let (_, rest) = take_cstr(rest)?;
+    let start = body.len() - rest.len();
+    Some(&body[start..result_formats_at(body)?])
+}
+
+/// Where the result-format count starts in a Bind body.
+pub(super) fn result_formats_at(body: &[u8]) -> Option<usize> {
+    let (_, rest) = take_cstr(body)?;
+    let (_, rest) = take_cstr(rest)?;
+    let mut pos = body.len() - rest.len();
+    let nfmt = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?) as usize;
+    pos += 2 + 2 * nfmt;
+    let nparams = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?) as usize;
+    pos += 2;
+    for _ in 0..nparams {
+        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4 + len.max(0) as usize;
+    }
+    (pos + 2 <= body.len()).then_some(pos)
+}
+
+/// Bind with per-column result formats gets `extra` text formats appended for the capture
+/// columns. Returns the new body (if changed) and whether the capture columns come back in
+/// binary (a single format code of 1 applies to every column).
+pub(super) fn widen_result_formats(body: &[u8], extra: usize) -> (Option<Vec<u8>>, bool) {
+    let parse = || -> Option<(usize, u16, usize)> {
+        let pos = result_formats_at(body)?;
+        let nres = u16::from_be_bytes(body.get(pos..pos + 2)?.try_into().ok()?);
+        Some((pos, nres, pos + 2))
+    };
+    let Some((at, nres, codes)) = parse() else {
+        return (None, false);
+    };
+    match nres {
+        0 => (None, false),
+        1 => (None, body.get(codes..codes + 2) == Some(&[0, 1][..])),
+        n => {
+            let mut b = body[..at].to_vec();
+            b.extend_from_slice(&(n + extra as u16).to_be_bytes());
+            b.extend_from_slice(&body[codes..]);
+            b.resize(b.len() + 2 * extra, 0);
+            (Some(b), false)
+        }
+    }
+}
+
+impl ClientCapture {
+    /// Parse: analyse; rewrite writes for capture (refusing what cannot be captured).
+    pub(super) async fn on_parse<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        let body = &frame[HEADER_LEN..];
+        let Some((name, rest)) = take_cstr(body) else {
+            self.push([Unit::pass(b"1")]);
+            return write_all(w, frame).await;
+        };
+        let Some((sql, params)) = take_cstr(rest) else {
+            self.push([Unit::pass(b"1")]);
+            return write_all(w, frame).await;
+        };
+        let full = String::from_utf8_lossy(sql).into_owned();
+        let (text, tags) = sqlcommenter::split(&full);
+        let entry = self.cache.get(text);
+        self.statements.remove(name);
+        let stmt = match entry.as_ref() {
+            Ok(a) if a.statements.len() == 1 => &a.statements[0],
+            Err(e) if may_write(text) && self.parser_may_lag() => {
+                let err = unparseable_write(e).encode();
+                return self.refused_parse(w, name, err).await;
+            }
+            // Syntax errors and multi-statement texts: the server refuses them itself.
+            _ => {
+                self.push([Unit::pass(b"1")]);
+                return write_all(w, frame).await;
+            }
+        };
+        let a = &stmt.located.analysis;
+        let names = if a.kind == Kind::Read {
+            self.writing_functions(w, true).await?
+        } else {
+            Arc::default()
+        };
+        let target = self
+            .resolve_targets(w, std::slice::from_ref(stmt), true)
+            .await?[0];
+        let resolved;
+        let stmt = if target == Target::Partitioned {
+            resolved = {
+                let mut s = stmt.clone();
+                apply_target(&mut s, target);
+                s
+            };
+            &resolved
+        } else {
+            stmt
+        };
+        let a = &stmt.located.analysis;
+        let opaque_target = target == Target::Opaque;
+        let kind = if opaque_target
+            || (a.kind == Kind::Read
+                && crate::capture::functions::calls_any(text.as_bytes(), &names))
+        {
+            Kind::Opaque
+        } else {
+            a.kind
+        };
+        if kind == Kind::Session {
+            self.targets.clear();
+        }
+        let major = self.shared.lock().server_major;
+        let mut copy = None;
+        let rewritten = if opaque_target {
+            Ok(None)
+        } else if a.kind == Kind::CopyIn && a.writes.len() == 1 && !a.explain_analyze {
+            match self.prepare_copy(w, text, stmt).await? {
+                Ok(Some((rw, plan))) => {
+                    copy = Some(Arc::new(plan));
+                    Ok(Some(rw))
+                }
+                // No such table or column: the client's COPY fails on its own.
+                Ok(None) => Ok(None),
+                Err(refusal) => Err(format!("hindsight: {refusal}")),
+            }
+        } else {
+            let span = stmt.located.span.clone();
+            let cascade = if a.kind == Kind::Truncate {
+                self.truncate_cascade(w, &text[span], true).await?
+            } else {
+                Vec::new()
+            };
+            self.prepared_rewrite(text, stmt, major, &cascade)
+        };
+        let rewritten = match rewritten {
+            Ok(rw) => rw,
+            Err(msg) => {
+                tracing::warn!(%msg, "statement refused");
+                let err = ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, msg)
+                    .with_hint("Use a proxy started with --no-capture if it must run unaudited.")
+                    .encode();
+                return self.refused_parse(w, name, err).await;
+            }
+        };
+        let out = match &rewritten {
+            None => frame.to_vec(),
+            Some(rw) => {
+                let mut b = name.to_vec();
+                b.push(0);
+                b.extend_from_slice(rw.text.as_bytes());
+                b.push(0);
+                b.extend_from_slice(params);
+                frame_of(b'P', &b)
+            }
+        };
+        self.push([Unit::pass(b"1")]);
+        write_all(w, &out).await?;
+        // UPDATE's pre-read is prepared once, with the client's parameters; TRUNCATE's image
+        // read takes none and runs as hindsight's own statement at each Execute.
+        let companion = match rewritten.as_ref().and_then(|rw| rw.pre_read.as_deref()) {
+            Some(pre) if a.kind == Kind::Update => self.prepare_companion(w, name, pre).await?,
+            _ => None,
+        };
+        self.statements.insert(
+            name.to_vec(),
+            Arc::new(Prep {
+                kind,
+                savepoint: a.savepoint.clone(),
+                text: text[stmt.located.span.clone()].trim().to_string(),
+                fingerprint: stmt.fingerprint.clone(),
+                tags,
+                rewritten,
+                writes: a.writes.clone(),
+                object: a
+                    .writes
+                    .first()
+                    .map(|w| w.table.clone())
+                    .unwrap_or_default(),
+                companion,
+                copy,
+            }),
+        );
+        Ok(())
+    }
+
+    /// The rewrite of a prepared write (TRUNCATE with its CASCADE tables), or why it cannot
+    /// be prepared.
+    pub(super) fn prepared_rewrite(
+        &self,
+        text: &str,
+        stmt: &Statement,
+        major: u32,
+        cascade: &[String],
+    ) -> Result<Option<Rewritten>, String> {
+        let kind = stmt.located.analysis.kind;
+        match rewrite(text, &stmt.located, major, self.truncate_limit, cascade) {
+            Ok(Some(rw)) if rw.pre_read.is_some() && !matches!(kind, Kind::Update | Kind::Truncate) => Err(format!(
+                "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
+                kind.label().to_uppercase()
+            )),
+            Ok(rw) => Ok(rw),
+            Err(refusal) => Err(format!("hindsight: {refusal}")),
+        }
+    }
+
+    /// Prepare the pre-read of an UPDATE the client just prepared as `name` (PostgreSQL < 18).
+    /// Its parameter types are taken from the client's statement as the server resolved them:
+    /// the pre-read may not mention every parameter (`SET a = $1` only appears in the UPDATE).
+    /// `None` when the client's Parse failed (the server then skips to the client's Sync).
+    pub(super) async fn prepare_companion<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        name: &[u8],
+        pre_read: &str,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let (tx, rx) = oneshot::channel();
+        let mut u = Unit::new(b"nT");
+        u.collect = Collect::Params(Vec::new());
+        u.reply = Some(tx);
+        self.push([u]);
+        let mut d = vec![b'S'];
+        d.extend_from_slice(name);
+        d.push(0);
+        let mut frames = frame_of(b'D', &d);
+        frames.extend(frame_of(b'H', &[]));
+        write_all(w, &frames).await?;
+        let Ok(reply) = rx.await else {
+            return Ok(None);
+        };
+        let cname = companion_name(b's', name);
+        let mut p = cname.clone();
+        p.push(0);
+        p.extend_from_slice(pre_read.as_bytes());
+        p.push(0);
+        p.extend_from_slice(&(reply.params.len() as u16).to_be_bytes());
+        for oid in &reply.params {
+            p.extend_from_slice(&oid.to_be_bytes());
+        }
+        let mut frames = close_frame(b'S', &cname);
+        frames.extend(frame_of(b'P', &p));
+        let mut parse = Unit::new(b"1");
+        parse.forward_errors = true;
+        self.push([Unit::new(b"3"), parse]);
+        write_all(w, &frames).await?;
+        Ok(Some(cname))
+    }
+
+    /// Bind of a rewritten statement: open a transaction if there is none (so hindsight ends
+    /// it), and make room for the capture columns in the result formats.
+    pub(super) async fn on_bind<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        let body = &frame[HEADER_LEN..];
+        let (portal, stmt) = two_cstrs(body).expect("checked in on_frame");
+        let prep = Arc::clone(&self.statements[stmt]);
+        let shape = Arc::clone(&prep.rewritten.as_ref().expect("rewritten").shape);
+        self.flush_and_drain(w).await?;
+        let gate = match self.prep_gate(&prep) {
+            Ok(g) => g,
+            Err(hit) => {
+                // COPY and TRUNCATE get one statement-level event, not a trial run.
+                let trial = bind_parameters(body)
+                    .filter(|_| !matches!(prep.kind, Kind::CopyIn | Kind::Truncate))
+                    .map(|p| (stmt.to_vec(), p.to_vec()));
+                return self.refuse_prepared(w, &prep, hit, trial).await;
+            }
+        };
+        self.portal_gates.insert(portal.to_vec(), gate);
+        if !self.batch_implicit && self.shared.lock().status == b'I' {
+            self.batch_implicit = true;
+            // Named statement and portal: the client's unnamed ones stay untouched.
+            self.mid_batch = true;
+            self.send_internal(w, "BEGIN", Unit::new(b"Z")).await?;
+        }
+        if let Some(plan) = &prep.copy {
+            // The stage the client's COPY was prepared to fill (created for each execution,
+            // dropped after it; ON COMMIT DROP if the COPY fails).
+            self.mid_batch = true;
+            let mut create = Unit::new(b"Z");
+            create.forward_errors = true;
+            self.send_internal(w, &plan.create, create).await?;
+        }
+        let (out, binary) = widen_result_formats(body, shape.extra);
+        let mut frames = match out {
+            Some(b) => frame_of(b'B', &b),
+            None => frame.to_vec(),
+        };
+        self.push([Unit::pass(b"2")]);
+        if let (Some(cstmt), Some(params)) = (&prep.companion, bind_parameters(body)) {
+            // The companion portal gets the same parameter values; its rows come back as text.
+            let cportal = companion_name(b'p', portal);
+            let mut b = cportal.clone();
+            b.push(0);
+            b.extend_from_slice(cstmt);
+            b.push(0);
+            b.extend_from_slice(params);
+            b.extend_from_slice(&[0, 0]);
+            frames.extend(close_frame(b'P', &cportal));
+            frames.extend(frame_of(b'B', &b));
+            let mut bind = Unit::new(b"2");
+            bind.forward_errors = true;
+            self.push([Unit::new(b"3"), bind]);
+        }
+        self.portals.insert(portal.to_vec(), (prep, binary));
+        write_all(w, &frames).await
+    }
+
+    /// Execute: capture a rewritten portal; hold a COMMIT that has changes to publish.
+    pub(super) fn on_execute(&mut self, body: &[u8]) -> Verdict {
+        let Some((portal, rest)) = take_cstr(body) else {
+            self.push([Unit::pass(b"CIs")]);
+            return Verdict::Forward;
+        };
+        let Some((prep, binary)) = self.portals.get(portal).cloned() else {
+            self.push([Unit::pass(b"CIs")]);
+            return Verdict::Forward;
+        };
+        let mut u = Unit::pass(b"CIs");
+        match prep.kind {
+            Kind::Transaction(ctl @ (TxControl::Commit | TxControl::PrepareTransaction)) => {
+                let st = self.shared.lock();
+                if !st.txn.is_empty() || !st.capture_errors.is_empty() || !st.units.is_empty() {
+                    return Verdict::Defer;
+                }
+                u.txctl = Some((ctl, prep.savepoint.clone()));
+            }
+            Kind::Transaction(ctl) => u.txctl = Some((ctl, prep.savepoint.clone())),
+            // Recorded before it runs, or with its transaction: decided once replies are in.
+            k if k.statement_event() => return Verdict::Defer,
+            _ => {}
+        }
+        let Some(rw) = &prep.rewritten else {
+            self.push([u]);
+            return Verdict::Forward;
+        };
+        self.seq += 1;
+        let application_name = self.shared.lock().application_name.clone();
+        let ctx = Arc::new(StatementCtx {
+            text: prep.text.clone(),
+            fingerprint: prep.fingerprint.clone(),
+            tags: prep.tags.clone(),
+            seq: self.seq,
+            ts_ms: now_ms(),
+            application_name,
+            shape: Arc::clone(&rw.shape),
+            binary,
+            gate: self.portal_gates.get(portal).cloned().unwrap_or_default(),
+        });
+        if let Some(plan) = &prep.copy {
+            // The client's COPY fills the stage: its CopyInResponse and input errors go to the
+            // client, its row count is replaced by the INSERT's (at CopyDone).
+            let ctx = StatementCtx {
+                shape: Arc::clone(&plan.insert.shape),
+                binary: false,
+                ..(*ctx).clone()
+            };
+            if !plan.stdin {
+                // From a file or program: complete by itself; the INSERT and DROP follow now.
+                u.complete = crate::capture::router::Complete::Drop;
+                self.push([u]);
+                let mut out = frame_of(b'E', body);
+                out.extend(self.copy_followers(plan, Arc::new(ctx)));
+                return Verdict::Replace(out);
+            }
+            // Ends at CopyInResponse: the Sync clients send right after the Execute must wait
+            // for it (see `on_sync`); the COPY's CommandComplete gets its unit at CopyDone.
+            u.ends = b"G";
+            self.push([u]);
+            self.copy_ext = Some((Arc::clone(plan), Arc::new(ctx)));
+            return Verdict::Forward;
+        }
+        let mut out = Vec::new();
+        if let Some((guard, msg)) = &rw.guard {
+            // TRUNCATE: refused above the row limit, then the before image of every row.
+            let mut g = Unit::new(b"C");
+            g.error_replacement = Some(truncate_limit_error(msg));
+            let (frames, units) = internal_statement(guard, g, true);
+            out.extend(frames);
+            self.push(units);
+            if let Some(images) = &rw.pre_read {
+                let mut pre = Unit::new(b"C");
+                pre.forward_errors = true;
+                pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+                let (frames, units) = internal_statement(images, pre, true);
+                out.extend(frames);
+                self.push(units);
+            }
+        }
+        if prep.companion.is_some() {
+            // The pre-read locks and reads the before images right before the UPDATE runs.
+            let mut pre = Unit::new(b"C");
+            pre.forward_errors = true;
+            pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+            self.push([pre]);
+            out.extend(execute_frame(&companion_name(b'p', portal)));
+        }
+        u.collect = Collect::Capture(ctx, Vec::new());
+        self.push([u]);
+        // A row limit would suspend the portal on rows the client never asked for.
+        let max_rows = rest
+            .get(..4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        if max_rows != 0 && !rw.shape.client_returning {
+            out.extend(execute_frame(portal));
+        } else if out.is_empty() {
+            return Verdict::Forward;
+        } else {
+            out.extend(frame_of(b'E', body));
+        }
+        Verdict::Replace(out)
+    }
+
+    /// A deferred Execute: a COMMIT with changes to publish, or a DDL / opaque statement.
+    pub(super) async fn on_deferred_execute<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        let portal = take_cstr(&frame[HEADER_LEN..])
+            .map(|(p, _)| p)
+            .unwrap_or_default();
+        let Some((prep, _)) = self.portals.get(portal).cloned() else {
+            return self
+                .commit(w, CommitBy::ClientExtended(frame))
+                .await
+                .map(drop);
+        };
+        if !prep.kind.statement_event() {
+            return self
+                .commit(w, CommitBy::ClientExtended(frame))
+                .await
+                .map(drop);
+        }
+        self.flush_and_drain(w).await?;
+        if prep.kind == Kind::Ddl {
+            self.schema_changed();
+        }
+        let gate = match self.prep_gate(&prep) {
+            Ok(g) => g,
+            Err(hit) => return self.refuse_prepared(w, &prep, hit, None).await,
+        };
+        self.seq += 1;
+        let shape = Arc::new(Shape::statement(prep.kind, prep.object.clone()));
+        let ctx = self.event_ctx(&prep.text, &prep.fingerprint, &prep.tags, shape, gate);
+        if self.shared.lock().status == b'I' {
+            return self
+                .announce(w, frame, vec![Change::statement(ctx)], b"CIs")
+                .await;
+        }
+        let mut u = Unit::pass(b"CIs");
+        u.collect = Collect::Statement(ctx);
+        self.push([u]);
+        write_all(w, frame).await
+    }
+
+    /// Sync of a batch hindsight opened a transaction for: end it the way the server would have.
+    pub(super) async fn on_sync<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        if self.copy_ext.is_some() {
+            // Sent right after a COPY's Execute (tokio-postgres does): once the COPY started,
+            // the server ignores it, and so must the reply queue; the client's next Sync
+            // (after CopyDone) ends the batch.
+            self.flush_and_drain(w).await?;
+            if !self.shared.lock().batch_failed {
+                return write_all(w, frame).await;
+            }
+            self.copy_ext = None;
+        }
+        if !self.batch_implicit {
+            self.push([Unit::pass(b"Z")]);
+            return write_all(w, frame).await;
+        }
+        self.batch_implicit = false;
+        self.flush_and_drain(w).await?;
+        if !self.shared.lock().batch_failed {
+            return self
+                .commit(w, CommitBy::ImplicitExtended(frame))
+                .await
+                .map(drop);
+        }
+        // Something failed: the server skips to this Sync; then roll back hindsight's
+        // transaction (if it was opened) and give the client the ReadyForQuery it expects (I).
+        self.push([Unit::new(b"Z")]);
+        write_all(w, frame).await?;
+        self.shared.drained().await;
+        let status = self.shared.lock().status;
+        let sql = if status == b'I' { "" } else { "ROLLBACK" };
+        self.internal_end(w, sql, None, None).await
+    }
+}

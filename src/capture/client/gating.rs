@@ -1,0 +1,398 @@
+//! The gates on the capture path: statement rules before a write runs (a refused write is run
+//! on trial and rolled back to record what it would have changed), row rules at COMMIT.
+
+use super::*;
+
+/// The client's error for a gate decision. `at_commit`: a row rule refused at COMMIT (the
+/// whole transaction was rolled back, like a deferred constraint).
+pub(super) fn gate_error(hit: &crate::gates::decide::Hit, at_commit: bool) -> ErrorResponse {
+    let code = if hit.kill_switch {
+        sqlstate::READ_ONLY
+    } else {
+        sqlstate::GATE_DENIED
+    };
+    let what = if at_commit {
+        "the transaction was rolled back"
+    } else {
+        "the statement was not run"
+    };
+    let hint = hit.hint.clone().unwrap_or_else(|| {
+        if hit.reason.contains("feature flag") {
+            "Turn the flag on for this application through the admin API (PUT /gates/flags/NAME), or change the rule.".into()
+        } else {
+            "If this write is legitimate, change or remove the rule in the rules file (it is reloaded on save).".into()
+        }
+    });
+    ErrorResponse::error(
+        code,
+        format!(
+            "hindsight: write refused by rule \"{}\": {}; {what}",
+            hit.rule, hit.reason
+        ),
+    )
+    .with_hint(hint)
+}
+
+pub(super) fn client_ip(s: &SessionInfo) -> Option<std::net::IpAddr> {
+    s.client_addr
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+}
+
+impl ClientCapture {
+    /// The gates' statement-phase outcome recorded for `s` of the current Query.
+    pub(super) fn gate_for(&self, s: &Statement) -> GateInfo {
+        self.query_gates
+            .iter()
+            .find(|(r, _)| *r == s.located.span)
+            .map(|(_, g)| g.clone())
+            .unwrap_or_default()
+    }
+
+    /// The gates' verdict on a statement before it runs.
+    pub(super) fn statement_gate(
+        &self,
+        kind: Kind,
+        writes: &[crate::statement::Write],
+        fingerprint: &str,
+        tags: &sqlcommenter::Tags,
+    ) -> Gate {
+        let Some(g) = &self.gates else {
+            return Gate::Allow { exempt: false };
+        };
+        let application = self.shared.lock().application_name.clone();
+        g.statement(&StatementFacts {
+            kind,
+            writes,
+            fingerprint,
+            user: &self.session.user,
+            database: &self.session.database,
+            application: &application,
+            client_ip: client_ip(&self.session),
+            tags,
+        })
+    }
+
+    /// Decide every write of a simple Query; `Err` with the refusing hit.
+    pub(super) fn gate_query(
+        &mut self,
+        statements: &[Statement],
+        tags: &sqlcommenter::Tags,
+    ) -> Result<(), (usize, crate::gates::decide::Hit)> {
+        self.query_gates.clear();
+        if self.gates.is_none() {
+            return Ok(());
+        }
+        for (i, s) in statements.iter().enumerate() {
+            let a = &s.located.analysis;
+            if !crate::gates::decide::is_write(a.kind) {
+                continue;
+            }
+            let mut info = GateInfo {
+                op: Some(a.kind),
+                writes: a.writes.clone(),
+                ..GateInfo::default()
+            };
+            match self.statement_gate(a.kind, &a.writes, &s.fingerprint, tags) {
+                Gate::Deny(hit) => return Err((i, hit)),
+                Gate::Audit(hit) => info.mark = Some(GateMark::WouldBlock(hit.rule)),
+                Gate::Allow { exempt } => info.exempt = exempt,
+            }
+            self.query_gates.push((s.located.span.clone(), info));
+        }
+        Ok(())
+    }
+
+    /// A simple-Query write a gate refused: run it on trial (rolled back) to record what it
+    /// would have changed, publish that as `blocked` events, and refuse it.
+    pub(super) async fn deny_query<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        s: &Statement,
+        status: u8,
+        hit: crate::gates::decide::Hit,
+    ) -> std::io::Result<()> {
+        let a = &s.located.analysis;
+        self.seq += 1;
+        let gate = GateInfo {
+            op: Some(a.kind),
+            writes: a.writes.clone(),
+            exempt: false,
+            mark: Some(GateMark::Blocked(hit.rule.clone())),
+        };
+        let stmt = text[s.located.span.clone()].trim();
+        let mut changes = self.probe(w, text, tags, s, status, &gate).await?;
+        if changes.is_empty() {
+            let table = a
+                .writes
+                .first()
+                .map(|w| w.table.clone())
+                .unwrap_or_default();
+            let shape = Arc::new(Shape::statement(a.kind, table));
+            changes.push(Change::statement(self.event_ctx(
+                stmt,
+                &s.fingerprint,
+                tags,
+                shape,
+                gate,
+            )));
+        }
+        if self.shared.lock().status == b'E' {
+            self.publish_refused(None, changes, &HashMap::new()).await;
+        } else if let Err(Failure::Sink(e)) = self.publish(w, changes, true).await? {
+            self.metrics.audit_publish_failures.inc();
+            tracing::error!(error = %e, "the record of a refused write could not be published");
+        }
+        self.refuse(w, gate_error(&hit, false)).await
+    }
+
+    /// Run `s` rewritten for capture and roll it back, collecting what it would have changed
+    /// (in a savepoint inside a transaction block, else in a transaction of its own).
+    pub(super) async fn probe<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        s: &Statement,
+        status: u8,
+        gate: &GateInfo,
+    ) -> std::io::Result<Vec<Change>> {
+        let a = &s.located.analysis;
+        if status == b'E' || !a.kind.writes_rows() || a.kind == Kind::CopyIn {
+            return Ok(Vec::new());
+        }
+        let major = self.shared.lock().server_major;
+        let Ok(Some(rw)) = rewrite(text, &s.located, major, self.truncate_limit, &[]) else {
+            return Ok(Vec::new());
+        };
+        if rw.guard.is_some() {
+            return Ok(Vec::new());
+        }
+        let ctx = self.event_ctx(
+            text[s.located.span.clone()].trim(),
+            &s.fingerprint,
+            tags,
+            Arc::clone(&rw.shape),
+            gate.clone(),
+        );
+        let (open, close) = if status == b'I' {
+            ("BEGIN", "ROLLBACK")
+        } else {
+            (
+                "SAVEPOINT __hs_probe",
+                "ROLLBACK TO SAVEPOINT __hs_probe;\nRELEASE SAVEPOINT __hs_probe",
+            )
+        };
+        let mut sql = format!("{open};\n");
+        let mut units = vec![Unit::new(b"C")];
+        if let Some(pre) = &rw.pre_read {
+            sql.push_str(pre);
+            sql.push_str(";\n");
+            let mut u = Unit::new(b"C");
+            u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+            u.probe = true;
+            units.push(u);
+        }
+        sql.push_str(&rw.text);
+        sql.push_str(";\n");
+        let mut u = Unit::new(b"C");
+        u.collect = Collect::Capture(ctx, Vec::new());
+        u.probe = true;
+        units.push(u);
+        sql.push_str(close);
+        for _ in close.split(';') {
+            units.push(Unit::new(b"C"));
+        }
+        units.push(Unit::new(b"Z"));
+        self.mid_batch = false;
+        self.push(units);
+        write_all(w, &query_frame(&sql)).await?;
+        self.shared.drained().await;
+        if status == b'I' && self.shared.lock().status != b'I' {
+            // The trial failed inside hindsight's own transaction: end it.
+            self.swallowed_query(w, "ROLLBACK", false).await?;
+            self.shared.drained().await;
+        }
+        Ok(std::mem::take(&mut self.shared.lock().probe))
+    }
+
+    /// The gates' row rules over the transaction's changes (at COMMIT). Marks each change the
+    /// rules refuse or dry-run; returns the client's error if any is refused.
+    pub(super) fn row_rules(
+        &self,
+        changes: &mut [crate::capture::txn::Change],
+        tables: &HashMap<u32, publish::TableInfo>,
+    ) -> Option<Vec<u8>> {
+        let gates = self.gates.as_ref().filter(|g| g.has_row_rules())?;
+        let mut first: Option<crate::gates::decide::Hit> = None;
+        let client_ip = client_ip(&self.session);
+        for c in changes.iter_mut() {
+            if c.is_statement() || c.stmt.gate.exempt {
+                continue;
+            }
+            let table = tables
+                .get(&c.table_oid)
+                .map(|t| format!("{}.{}", t.schema, t.name))
+                .unwrap_or_else(|| c.stmt.shape.table.to_string());
+            let op = match (&c.before, &c.after) {
+                (None, Some(_)) => "insert",
+                (Some(_), None) => "delete",
+                _ => "update",
+            };
+            let facts = StatementFacts {
+                kind: c.stmt.gate.op.unwrap_or(c.stmt.shape.kind),
+                writes: &c.stmt.gate.writes,
+                fingerprint: &c.stmt.fingerprint,
+                user: &self.session.user,
+                database: &self.session.database,
+                application: &c.stmt.application_name,
+                client_ip,
+                tags: &c.stmt.tags,
+            };
+            let row = RowFacts {
+                before: c.before.as_ref(),
+                after: c.after.as_ref(),
+                op,
+                table: &table,
+            };
+            match gates.row(&facts, &row) {
+                Gate::Deny(hit) => {
+                    c.gate = Some(GateMark::Blocked(hit.rule.clone()));
+                    first.get_or_insert(hit);
+                }
+                Gate::Audit(hit) => c.gate = Some(GateMark::WouldBlock(hit.rule)),
+                Gate::Allow { .. } => {}
+            }
+        }
+        first.map(|hit| gate_error(&hit, true).encode())
+    }
+
+    /// The gates' statement phase for a prepared statement about to run; `Err` if refused.
+    pub(super) fn prep_gate(&self, prep: &Prep) -> Result<GateInfo, crate::gates::decide::Hit> {
+        if self.gates.is_none() {
+            return Ok(GateInfo::default());
+        }
+        let mut gate = GateInfo {
+            op: Some(prep.kind),
+            writes: prep.writes.clone(),
+            ..GateInfo::default()
+        };
+        match self.statement_gate(prep.kind, &prep.writes, &prep.fingerprint, &prep.tags) {
+            Gate::Deny(hit) => return Err(hit),
+            Gate::Audit(hit) => gate.mark = Some(GateMark::WouldBlock(hit.rule)),
+            Gate::Allow { exempt } => gate.exempt = exempt,
+        }
+        Ok(gate)
+    }
+
+    /// A prepared write a gate refused (at Bind or Execute): record it and fail the message —
+    /// the server then skips to the client's Sync, as after any failed message. With `trial`
+    /// (the client's statement name and Bind parameters) the statement first runs on trial
+    /// and is rolled back, so that the `blocked` events carry what it would have changed;
+    /// otherwise one statement-level `blocked` event records it.
+    pub(super) async fn refuse_prepared<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        prep: &Prep,
+        hit: crate::gates::decide::Hit,
+        trial: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> std::io::Result<()> {
+        self.seq += 1;
+        let gate = GateInfo {
+            op: Some(prep.kind),
+            writes: prep.writes.clone(),
+            exempt: false,
+            mark: Some(GateMark::Blocked(hit.rule.clone())),
+        };
+        let err = gate_error(&hit, false).encode();
+        let mut changes = Vec::new();
+        let status = self.shared.lock().status;
+        if let (Some((stmt, params)), Some(rw), true) = (trial, &prep.rewritten, status != b'E') {
+            let ctx = self.event_ctx(
+                &prep.text,
+                &prep.fingerprint,
+                &prep.tags,
+                Arc::clone(&rw.shape),
+                gate.clone(),
+            );
+            let opened = status == b'I';
+            self.mid_batch = true;
+            let mut open = Unit::new(b"Z");
+            open.error_replacement = Some(err.clone());
+            let open_sql = if opened {
+                "BEGIN"
+            } else {
+                "SAVEPOINT __hs_probe"
+            };
+            self.send_internal(w, open_sql, open).await?;
+            let mut frames = Vec::new();
+            let mut units = Vec::new();
+            let mut run = |statement: &[u8], collect: Collect| {
+                let mut b = b"__hs_probe\0".to_vec();
+                b.extend_from_slice(statement);
+                b.push(0);
+                b.extend_from_slice(&params);
+                b.extend_from_slice(&[0, 0]);
+                frames.extend(frame_of(b'B', &b));
+                frames.extend(execute_frame(b"__hs_probe"));
+                frames.extend(close_frame(b'P', b"__hs_probe"));
+                let mut bind = Unit::new(b"2");
+                bind.error_replacement = Some(err.clone());
+                let mut exec = Unit::new(b"C");
+                exec.error_replacement = Some(err.clone());
+                exec.collect = collect;
+                exec.probe = true;
+                units.extend([bind, exec, Unit::new(b"3")]);
+            };
+            if let Some(c) = &prep.companion {
+                run(c, Collect::PreRead(Arc::clone(&ctx), Vec::new()));
+            }
+            run(&stmt, Collect::Capture(ctx, Vec::new()));
+            frames.extend(frame_of(b'H', &[]));
+            self.push(units);
+            write_all(w, &frames).await?;
+            self.shared.drained().await;
+            if self.shared.lock().batch_failed {
+                // The trial failed: the client already has the gate's error in its place, and
+                // the server skips to the Sync, which ends hindsight's transaction.
+                self.shared.lock().probe.clear();
+                self.skip_until_sync = true;
+                self.batch_implicit |= opened;
+                let refused = Change::statement(self.event_ctx(
+                    &prep.text,
+                    &prep.fingerprint,
+                    &prep.tags,
+                    Arc::new(Shape::statement(prep.kind, prep.object.clone())),
+                    gate,
+                ));
+                self.publish_refused(None, vec![refused], &HashMap::new())
+                    .await;
+                return Ok(());
+            }
+            let close_sql = if opened {
+                "ROLLBACK"
+            } else {
+                "ROLLBACK TO SAVEPOINT __hs_probe"
+            };
+            self.swallowed_query(w, close_sql, false).await?;
+            if !opened {
+                self.swallowed_query(w, "RELEASE SAVEPOINT __hs_probe", false)
+                    .await?;
+            }
+            changes = std::mem::take(&mut self.shared.lock().probe);
+        }
+        if changes.is_empty() {
+            let shape = Arc::new(Shape::statement(prep.kind, prep.object.clone()));
+            let ctx = self.event_ctx(&prep.text, &prep.fingerprint, &prep.tags, shape, gate);
+            changes.push(Change::statement(ctx));
+            self.publish_refused(None, changes, &HashMap::new()).await;
+        } else if let Err(Failure::Sink(e)) = self.publish(w, changes, true).await? {
+            self.metrics.audit_publish_failures.inc();
+            tracing::error!(error = %e, "the record of a refused write could not be published");
+        }
+        self.refused_parse(w, b"__hindsight_refused", err).await
+    }
+}

@@ -1,0 +1,397 @@
+//! The client side of a capturing session: decides, per request, what goes upstream and pushes
+//! the matching [`Unit`]s for the router; holds COMMIT until the transaction's audit records
+//! are acknowledged by the brokers.
+//!
+//! Simple-query protocol:
+//! - reads (fast path or analysis) go through unchanged;
+//! - writes are rewritten (`rewrite`) and, outside a transaction block, wrapped in
+//!   `BEGIN; …` so that hindsight, not the server, ends the implicit transaction: it publishes
+//!   the changes and only then sends COMMIT;
+//! - an explicit COMMIT waits for the publish; if publishing fails the transaction is rolled
+//!   back and the client gets SQLSTATE HS001 (unless `on_sink_failure = "allow"`).
+//!
+//! Extended protocol: Parse rewrites writes like the simple path (PostgreSQL 18 for UPDATE,
+//! upsert and MERGE; INSERT/DELETE on any version); Describe and Execute replies lose the
+//! capture columns; a Bind of a write outside a transaction makes hindsight open one, which it
+//! ends at the client's Sync after publishing. What cannot be captured is refused (HS002).
+//!
+//! This file holds the session's state and the frame dispatch ([`Inspector`]); the paths live in:
+//! - `simple` — Query: analyse, relay, refuse or rewrite;
+//! - `extended` — Parse / Bind / Execute / Sync;
+//! - `copy_in` — `COPY … FROM` through a stage table;
+//! - `commit` — publish, then COMMIT (or roll back with HS001); statement events announced;
+//! - `gating` — the gates' statement rules (with trial runs) and row rules;
+//! - `catalog` — what the session looks up in the catalog (tables, functions, targets);
+//! - `internal` — hindsight's own statements on the connection, invisible to the client.
+
+mod catalog;
+mod commit;
+mod copy_in;
+mod extended;
+mod gating;
+mod internal;
+mod simple;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use super::publish::{self, SessionInfo};
+use super::rewrite::Shape;
+use super::rewrite::{rewrite, Refusal, Rewritten};
+use super::router::{Collect, Reply, Shared, Unit};
+use super::tables::Target;
+use super::txn::{Change, GateInfo, GateMark, StatementCtx};
+use crate::audit::event::CommitStatus;
+use crate::audit::kafka::KafkaSink;
+use crate::gates::decide::{StatementFacts, Verdict as Gate};
+use crate::gates::guard::RowFacts;
+use crate::proxy::relay::{frontend_tag, Inspector, Verdict};
+use crate::statement::analysis::TableName;
+use crate::statement::cache::{AnalysisCache, Statement};
+use crate::statement::{fast_path, sqlcommenter, Kind, TxControl};
+use crate::telemetry::Metrics;
+use crate::wire::error_response::{sqlstate, ErrorResponse};
+use crate::wire::frame::{put_frame, take_cstr, Header, HEADER_LEN};
+use crate::wire::frontend::{describe_target, parse_statement, query_text, FrontendTag};
+
+use catalog::*;
+use commit::*;
+use copy_in::*;
+use extended::*;
+use internal::*;
+use simple::*;
+
+/// What to do when the audit records of a transaction cannot be published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSinkFailure {
+    /// Roll the transaction back and tell the client (the default: nothing unaudited commits).
+    #[default]
+    Deny,
+    /// Commit anyway, with an error log and the `audit_publish_failures_total` metric.
+    Allow,
+}
+
+/// Client-side inspector of a capturing session.
+pub struct ClientCapture {
+    pub shared: Arc<Shared>,
+    pub sink: Arc<KafkaSink>,
+    pub cache: Arc<AnalysisCache>,
+    pub session: SessionInfo,
+    pub metrics: Metrics,
+    pub on_sink_failure: OnSinkFailure,
+    pub redactor: Arc<super::redact::Redactor>,
+    /// TRUNCATE of more rows than this is refused (capture.truncate_row_limit).
+    pub truncate_limit: u64,
+    /// Statements seen (numbering for events).
+    seq: u64,
+    /// Transactions published (numbering for transaction ids).
+    tx_seq: u64,
+    /// Extended protocol: prepared statements and portals by name.
+    statements: HashMap<Vec<u8>, Arc<Prep>>,
+    portals: HashMap<Vec<u8>, (Arc<Prep>, bool)>,
+    /// hindsight opened a transaction for the current extended-protocol batch and must end
+    /// it at the client's Sync.
+    batch_implicit: bool,
+    /// hindsight's own queries go in the middle of an extended-protocol batch: they must use
+    /// named extended messages (a simple Query would destroy the client's unnamed portal).
+    mid_batch: bool,
+    /// A COPY runs in a transaction hindsight opened: it ends it at the client's CopyDone or
+    /// CopyFail.
+    copy_pending: bool,
+    /// An extended-protocol COPY into a stage is running: at the client's CopyDone, the
+    /// captured `INSERT … SELECT` from the stage and the stage's DROP follow it.
+    copy_ext: Option<(Arc<CopyPlan>, Arc<StatementCtx>)>,
+    /// Rules that refuse writes, when configured.
+    pub gates: Option<Arc<crate::gates::engine::Gates>>,
+    /// The gates' statement-phase outcome for the statements of the current simple Query, by
+    /// their span in its text.
+    query_gates: Vec<(std::ops::Range<usize>, GateInfo)>,
+    /// … and for bound portals (extended protocol).
+    portal_gates: HashMap<Vec<u8>, GateInfo>,
+    /// hindsight failed an extended-protocol message in the client's place: like the server,
+    /// it now drops the client's messages up to its Sync (their replies will never come).
+    skip_until_sync: bool,
+    /// Functions that may write when a query calls them (shared by the proxy's sessions).
+    pub functions: Arc<super::functions::WritingFunctions>,
+    /// A schema change ran: the function list is read again before the next query.
+    ddl_seen: bool,
+    /// Schema, name and key of captured tables (shared by the proxy's sessions).
+    pub tables: Arc<super::tables::TableCache>,
+    /// The open transaction ran DDL: its catalog lookups are not cached, and the cache is
+    /// dropped again when it commits.
+    ddl_in_txn: bool,
+    /// Which write targets this session named can take the capture columns.
+    targets: super::tables::Targets,
+    /// The END record of the transaction whose records were just published, until the COMMIT
+    /// that follows is sent (its outcome decides the END's `commit_status`).
+    pending_end: Option<crate::audit::event::TransactionRecord>,
+}
+
+/// A prepared statement as hindsight analysed (and maybe rewrote) it.
+struct Prep {
+    kind: Kind,
+    savepoint: String,
+    text: String,
+    fingerprint: String,
+    tags: sqlcommenter::Tags,
+    rewritten: Option<Rewritten>,
+    /// The table the statement names first (DDL and writes), for statement-level events.
+    object: TableName,
+    /// Every table it writes (for the gates).
+    writes: Vec<crate::statement::Write>,
+    /// PostgreSQL < 18 UPDATE: the name of hindsight's companion prepared statement that reads
+    /// (and locks) the before images with the same parameters, run right before each Execute.
+    companion: Option<Vec<u8>>,
+    /// `COPY … FROM` (extended protocol): the client's statement was prepared pointing at a
+    /// stage table; this is what runs around each execution.
+    copy: Option<Arc<CopyPlan>>,
+}
+
+/// HS003: a TRUNCATE above `capture.truncate_row_limit` (the guard's error, replaced).
+fn truncate_limit_error(msg: &str) -> Vec<u8> {
+    ErrorResponse::error(sqlstate::CAPTURE_LIMIT, msg.to_string())
+        .with_hint("Delete in batches (each row is recorded), or raise capture.truncate_row_limit.")
+        .encode()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Inspector for ClientCapture {
+    fn on_frame(&mut self, header: Header, frame: &[u8], complete: bool) -> Verdict {
+        let tag = match frontend_tag(header.tag) {
+            Ok(t) => t,
+            Err(reject) => return reject,
+        };
+        if tag != FrontendTag::Terminate
+            && self
+                .shared
+                .lazy_rollback
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Verdict::Defer;
+        }
+        if self.skip_until_sync {
+            match tag {
+                FrontendTag::Parse
+                | FrontendTag::Bind
+                | FrontendTag::Describe
+                | FrontendTag::Execute
+                | FrontendTag::Close
+                | FrontendTag::Flush => return Verdict::Replace(Vec::new()),
+                FrontendTag::Sync => self.skip_until_sync = false,
+                _ => {}
+            }
+        }
+        let body = &frame[HEADER_LEN.min(frame.len())..];
+        match tag {
+            FrontendTag::Query => {
+                let text = query_text(body);
+                self.metrics
+                    .statement(crate::statement::classify(text))
+                    .inc();
+                if fast_path::certainly_read(text) && !self.may_call_writer(text) {
+                    self.push([Unit::pass(b"Z")]);
+                    return Verdict::Forward;
+                }
+                Verdict::Defer
+            }
+            FrontendTag::Parse => {
+                let (name, sql) = parse_statement(body).unwrap_or_default();
+                self.metrics
+                    .statement(crate::statement::classify(sql))
+                    .inc();
+                if complete && (!fast_path::certainly_read(sql) || self.may_call_writer(sql)) {
+                    return Verdict::Defer;
+                }
+                self.statements.remove(name);
+                self.push([Unit::pass(b"1")]);
+                Verdict::Forward
+            }
+            FrontendTag::Bind => {
+                let Some((portal, stmt)) = two_cstrs(body) else {
+                    self.push([Unit::pass(b"2")]);
+                    return Verdict::Forward;
+                };
+                match self.statements.get(stmt).cloned() {
+                    Some(p) if p.rewritten.is_some() => Verdict::Defer,
+                    Some(p) => {
+                        self.portals.insert(portal.to_vec(), (p, false));
+                        self.push([Unit::pass(b"2")]);
+                        Verdict::Forward
+                    }
+                    None => {
+                        self.portals.remove(portal);
+                        self.push([Unit::pass(b"2")]);
+                        Verdict::Forward
+                    }
+                }
+            }
+            FrontendTag::Describe => {
+                let (kind, name) = describe_target(body);
+                let prep = match kind {
+                    b'S' => self.statements.get(name).cloned(),
+                    _ => self.portals.get(name).map(|(p, _)| Arc::clone(p)),
+                };
+                let mut u = Unit::pass(b"Tn");
+                if let Some(rw) = prep.as_ref().and_then(|p| p.rewritten.as_ref()) {
+                    u.collect = Collect::Describe(Arc::clone(&rw.shape));
+                }
+                self.push([u]);
+                Verdict::Forward
+            }
+            FrontendTag::Execute => self.on_execute(body),
+            FrontendTag::Close => {
+                let (kind, name) = describe_target(body);
+                let prep = if kind == b'S' {
+                    self.statements.remove(name)
+                } else {
+                    self.portals.remove(name).map(|(p, _)| p)
+                };
+                self.push([Unit::pass(b"3")]);
+                if prep.is_none_or(|p| p.companion.is_none()) {
+                    return Verdict::Forward;
+                }
+                // Close hindsight's companion too, so the server does not accumulate them.
+                self.push([Unit::new(b"3")]);
+                let mut out = frame.to_vec();
+                let ckind = if kind == b'S' { b's' } else { b'p' };
+                out.extend(close_frame(kind, &companion_name(ckind, name)));
+                Verdict::Replace(out)
+            }
+            FrontendTag::CopyDone if self.copy_ext.is_some() => {
+                let (plan, ctx) = self.copy_ext.take().expect("checked");
+                // The COPY's own CommandComplete (dropped: the INSERT's count replaces it).
+                let mut copied = Unit::pass(b"C");
+                copied.complete = super::router::Complete::Drop;
+                self.push([copied]);
+                let mut all = frame.to_vec();
+                all.extend(self.copy_followers(&plan, ctx));
+                Verdict::Replace(all)
+            }
+            FrontendTag::CopyFail if self.copy_ext.is_some() => {
+                self.copy_ext = None;
+                Verdict::Forward
+            }
+            FrontendTag::Sync if self.batch_implicit || self.copy_ext.is_some() => Verdict::Defer,
+            FrontendTag::CopyDone | FrontendTag::CopyFail if self.copy_pending => Verdict::Defer,
+            FrontendTag::Sync | FrontendTag::FunctionCall => {
+                self.push([Unit::pass(b"Z")]);
+                Verdict::Forward
+            }
+            FrontendTag::Flush
+            | FrontendTag::CopyData
+            | FrontendTag::CopyDone
+            | FrontendTag::CopyFail
+            | FrontendTag::Password
+            | FrontendTag::Terminate => Verdict::Forward,
+        }
+    }
+
+    fn must_buffer(&self, tag: u8) -> bool {
+        matches!(tag, b'Q' | b'P' | b'B')
+    }
+
+    async fn resolve<'a, W: AsyncWrite + Unpin + Send>(
+        &'a mut self,
+        frame: &'a [u8],
+        w: &'a mut W,
+    ) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.shared.lazy_rollback.swap(false, Ordering::SeqCst) {
+            return self.resolve_frame(frame, w).await;
+        }
+        // hindsight's transaction around a COPY that never started is still open (aborted).
+        self.copy_pending = false;
+        self.mid_batch = false;
+        self.swallowed_query(w, "ROLLBACK", false).await?;
+        let header = Header {
+            tag: frame[0],
+            len: u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]),
+        };
+        match self.on_frame(header, frame, true) {
+            Verdict::Forward | Verdict::Reject { .. } => write_all(w, frame).await,
+            Verdict::Replace(bytes) => write_all(w, &bytes).await,
+            Verdict::Defer => self.resolve_frame(frame, w).await,
+        }
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin + Send>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+impl ClientCapture {
+    pub fn new(
+        shared: Arc<Shared>,
+        sink: Arc<KafkaSink>,
+        cache: Arc<AnalysisCache>,
+        session: SessionInfo,
+        metrics: Metrics,
+        on_sink_failure: OnSinkFailure,
+        redactor: Arc<super::redact::Redactor>,
+    ) -> Self {
+        ClientCapture {
+            truncate_limit: crate::config::defaults::TRUNCATE_ROW_LIMIT,
+            redactor,
+            shared,
+            sink,
+            cache,
+            session,
+            metrics,
+            on_sink_failure,
+            seq: 0,
+            tx_seq: 0,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            batch_implicit: false,
+            mid_batch: false,
+            copy_pending: false,
+            copy_ext: None,
+            gates: None,
+            query_gates: Vec::new(),
+            portal_gates: HashMap::new(),
+            skip_until_sync: false,
+            functions: Arc::default(),
+            ddl_seen: false,
+            tables: Arc::default(),
+            ddl_in_txn: false,
+            targets: Default::default(),
+            pending_end: None,
+        }
+    }
+
+    pub(super) fn push(&self, units: impl IntoIterator<Item = Unit>) {
+        self.shared.lock().units.extend(units);
+    }
+
+    /// Frames whose handling needs to wait for replies, publish, or send hindsight's own.
+    pub(super) async fn resolve_frame<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        match frame[0] {
+            b'c' | b'f' => {
+                // The end of a COPY in hindsight's transaction: let it complete, then end it.
+                self.copy_pending = false;
+                write_all(w, frame).await?;
+                self.finish_query(w, true).await
+            }
+            b'Q' => self.on_query(frame, w).await,
+            b'P' => self.on_parse(frame, w).await,
+            b'B' => self.on_bind(frame, w).await,
+            b'E' => self.on_deferred_execute(frame, w).await,
+            _ => self.on_sync(frame, w).await,
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The simple-query protocol: a Query is analysed, relayed, refused, or rewritten for capture
+//! (wrapped in hindsight's own BEGIN outside a transaction block, ended at `finish_query`).
+
+use super::*;
+
+/// How a simple Query is handled, decided from its analysis.
+pub(super) enum Plan {
+    /// Relay as is (units per statement when transaction control is involved).
+    Relay,
+    /// A lone COMMIT / END with changes to publish first.
+    Commit,
+    /// Writes to capture.
+    Capture(Vec<Option<Rewritten>>),
+    /// Writes mixed with transaction control (`BEGIN; UPDATE …; COMMIT`): run in parts, so
+    /// that each COMMIT waits for its transaction's records (see `run_segments`).
+    Segments(Vec<Option<Rewritten>>),
+    /// Refuse with this error.
+    Refuse(ErrorResponse),
+    /// DDL or opaque statements outside a transaction block: their statement-level events
+    /// are published before they run (hindsight cannot wrap them in a transaction: VACUUM,
+    /// CREATE INDEX CONCURRENTLY and procedures that COMMIT refuse to run inside one).
+    Announce,
+}
+
+/// Whether a text hindsight could not parse might write rows (then it must not go through
+/// unaudited — e.g. PostgreSQL 18-only syntax the parser does not know yet).
+pub(super) fn may_write(text: &str) -> bool {
+    use crate::statement::KeywordClass as K;
+    !fast_path::certainly_read(text.as_bytes())
+        && matches!(
+            crate::statement::classify(text.as_bytes()),
+            K::Select | K::Insert | K::Update | K::Delete | K::Merge | K::Copy | K::With
+        )
+}
+
+pub(super) fn unparseable_write(e: &crate::statement::AnalysisError) -> ErrorResponse {
+    ErrorResponse::error(
+        sqlstate::CAPTURE_UNSUPPORTED,
+        format!("hindsight: this statement may write rows but hindsight's parser cannot read it, so it cannot be captured; it was not run ({e})"),
+    )
+    .with_hint("Check the syntax; PostgreSQL 18-only syntax (e.g. RETURNING WITH (OLD AS …)) is not understood yet.")
+}
+
+impl ClientCapture {
+    pub(super) async fn on_query<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        frame: &[u8],
+        w: &mut W,
+    ) -> std::io::Result<()> {
+        let full = String::from_utf8_lossy(query_text(&frame[HEADER_LEN..])).into_owned();
+        let (text, tags) = sqlcommenter::split(&full);
+        let entry = self.cache.get(text);
+        let statements: &[Statement] = match entry.as_ref() {
+            Ok(a) => &a.statements,
+            // The server will report the syntax error itself.
+            Err(e) => {
+                if may_write(text) && self.parser_may_lag() {
+                    return self.refuse(w, unparseable_write(e)).await;
+                }
+                self.push([Unit::pass(b"Z")]);
+                return write_all(w, frame).await;
+            }
+        };
+        // Reads that call a function which may write are opaque statements. (Only looked up
+        // for reads: a query of hindsight's must not be the first of a transaction whose
+        // client then sets its mode, e.g. `BEGIN; SET TRANSACTION READ WRITE`.)
+        let names = if statements
+            .iter()
+            .any(|s| s.located.analysis.kind == Kind::Read)
+        {
+            self.writing_functions(w, false).await?
+        } else {
+            Arc::default()
+        };
+        let calls = |s: &Statement| {
+            s.located.analysis.kind == Kind::Read
+                && crate::capture::functions::calls_any(
+                    text[s.located.span.clone()].as_bytes(),
+                    &names,
+                )
+        };
+        let targets = self.resolve_targets(w, statements, false).await?;
+        let with_calls: Vec<Statement>;
+        let statements = if (names.is_empty() || !statements.iter().any(calls))
+            && targets.iter().all(|t| *t == Target::Table)
+        {
+            statements
+        } else {
+            with_calls = statements
+                .iter()
+                .zip(&targets)
+                .map(|(s, target)| {
+                    let mut s = s.clone();
+                    apply_target(&mut s, *target);
+                    if calls(&s) {
+                        s.located.analysis.kind = Kind::Opaque;
+                    }
+                    s
+                })
+                .collect();
+            &with_calls[..]
+        };
+        if statements
+            .iter()
+            .any(|s| s.located.analysis.kind == Kind::Session)
+        {
+            // SET search_path and the like: names may resolve differently from now on.
+            self.targets.clear();
+        }
+        if statements
+            .iter()
+            .any(|s| s.located.analysis.kind == Kind::Ddl)
+        {
+            self.schema_changed();
+        }
+        let writes = statements
+            .iter()
+            .any(|s| s.located.analysis.kind.writes_rows());
+        let commit = statements.iter().any(|s| {
+            matches!(
+                s.located.analysis.kind,
+                Kind::Transaction(TxControl::Commit | TxControl::PrepareTransaction)
+            )
+        });
+        let txctl = statements
+            .iter()
+            .any(|s| matches!(s.located.analysis.kind, Kind::Transaction(_)));
+        let stmt_events = statements
+            .iter()
+            .any(|s| s.located.analysis.kind.statement_event());
+        // Decisions below depend on the transaction state: let earlier replies arrive first.
+        if writes || commit || stmt_events {
+            self.flush_and_drain(w).await?;
+        }
+        let (status, pending) = {
+            let st = self.shared.lock();
+            (
+                st.status,
+                !st.txn.is_empty() || !st.capture_errors.is_empty(),
+            )
+        };
+        if let Err((i, hit)) = self.gate_query(statements, &tags) {
+            return self
+                .deny_query(w, text, &tags, &statements[i], status, hit)
+                .await;
+        }
+        if let [s] = statements {
+            if s.located.analysis.kind == Kind::CopyIn && !s.located.analysis.explain_analyze {
+                return self.capture_copy(w, frame, text, &tags, s, status).await;
+            }
+        }
+        // A COMMIT of captured changes must wait for their publication: a query string with
+        // one among other statements is run in parts.
+        let segmented = ((writes || stmt_events) && txctl)
+            || (commit && pending && status == b'T' && statements.len() > 1);
+        let plan = if segmented {
+            match blocks_cover_writes(statements, status) {
+                Err(why) => Plan::Refuse(
+                    ErrorResponse::error(
+                        sqlstate::CAPTURE_UNSUPPORTED,
+                        format!("hindsight: {why}; the query was not run"),
+                    )
+                    .with_hint("Start the transaction with BEGIN before the first write of the query string, or send the statements as separate queries."),
+                ),
+                Ok(()) => match self.rewrites(w, text, statements).await? {
+                    Ok(v) => Plan::Segments(v),
+                    Err(e) => Plan::Refuse(e),
+                },
+            }
+        } else if writes {
+            match self.rewrites(w, text, statements).await? {
+                Ok(v) => Plan::Capture(v),
+                Err(e) => Plan::Refuse(e),
+            }
+        } else if stmt_events && status == b'I' {
+            Plan::Announce
+        } else if commit && pending && status == b'T' {
+            Plan::Commit
+        } else {
+            Plan::Relay
+        };
+        match plan {
+            Plan::Relay => {
+                let mut units: Vec<Unit> = Vec::new();
+                if txctl || stmt_events {
+                    for s in statements {
+                        let a = &s.located.analysis;
+                        let mut u = Unit::pass(b"CI");
+                        if let Kind::Transaction(ctl) = a.kind {
+                            u.txctl = Some((ctl, a.savepoint.clone()));
+                        }
+                        if a.kind.statement_event() {
+                            self.seq += 1;
+                            let stmt = text[s.located.span.clone()].trim();
+                            u.collect = Collect::Statement(self.statement_ctx(stmt, s, &tags));
+                        }
+                        units.push(u);
+                    }
+                }
+                units.push(Unit::pass(b"Z"));
+                self.push(units);
+                write_all(w, frame).await
+            }
+            Plan::Announce => {
+                let changes = statements
+                    .iter()
+                    .filter(|s| s.located.analysis.kind.statement_event())
+                    .map(|s| {
+                        self.seq += 1;
+                        let stmt = text[s.located.span.clone()].trim();
+                        Change::statement(self.statement_ctx(stmt, s, &tags))
+                    })
+                    .collect();
+                self.announce(w, frame, changes, b"Z").await
+            }
+            Plan::Refuse(err) => self.refuse(w, err).await,
+            Plan::Commit => self
+                .commit(w, CommitBy::ClientSimple(frame))
+                .await
+                .map(drop),
+            Plan::Capture(rewrites) => {
+                self.capture(w, text, &tags, statements, rewrites, status)
+                    .await
+            }
+            Plan::Segments(rewrites) => {
+                self.run_segments(w, text, &tags, statements, rewrites)
+                    .await
+            }
+        }
+    }
+
+    /// Attribution of the current statement (`self.seq`) for a statement-level event.
+    pub(super) fn statement_ctx(
+        &self,
+        text: &str,
+        s: &Statement,
+        tags: &sqlcommenter::Tags,
+    ) -> Arc<StatementCtx> {
+        let a = &s.located.analysis;
+        let table = a
+            .writes
+            .first()
+            .map(|w| w.table.clone())
+            .unwrap_or_default();
+        let shape = Arc::new(Shape::statement(a.kind, table));
+        self.event_ctx(text, &s.fingerprint, tags, shape, self.gate_for(s))
+    }
+
+    pub(super) fn event_ctx(
+        &self,
+        text: &str,
+        fingerprint: &str,
+        tags: &sqlcommenter::Tags,
+        shape: Arc<Shape>,
+        gate: GateInfo,
+    ) -> Arc<StatementCtx> {
+        Arc::new(StatementCtx {
+            text: text.to_string(),
+            fingerprint: fingerprint.to_string(),
+            tags: tags.clone(),
+            seq: self.seq,
+            ts_ms: now_ms(),
+            application_name: self.shared.lock().application_name.clone(),
+            shape,
+            binary: false,
+            gate,
+        })
+    }
+
+    pub(super) async fn capture<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        statements: &[Statement],
+        rewrites: Vec<Option<Rewritten>>,
+        status: u8,
+    ) -> std::io::Result<()> {
+        let implicit = status == b'I';
+        let mut sql = String::new();
+        let mut units = Vec::new();
+        if implicit {
+            sql.push_str("BEGIN;\n");
+            let mut u = Unit::new(b"C");
+            u.forward_errors = true;
+            units.push(u);
+        }
+        self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
+        // Outside a transaction block hindsight ends the transaction itself: the client's
+        // ReadyForQuery is held back until the outcome is known.
+        units.push(if implicit {
+            Unit::new(b"Z")
+        } else {
+            Unit::pass(b"Z")
+        });
+        self.push(units);
+        write_all(w, &query_frame(&sql)).await?;
+        self.finish_query(w, implicit).await
+    }
+
+    /// Append `statements` (each rewritten for capture, or as sent) to hindsight's query
+    /// string `sql`, with one unit per statement the server will answer.
+    fn add_statements(
+        &mut self,
+        sql: &mut String,
+        units: &mut Vec<Unit>,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        statements: &[Statement],
+        rewrites: Vec<Option<Rewritten>>,
+    ) {
+        let application_name = self.shared.lock().application_name.clone();
+        for (s, rw) in statements.iter().zip(rewrites) {
+            self.seq += 1;
+            let original = &text[s.located.span.clone()];
+            let before = text[..s.located.span.start].chars().count() as i64;
+            match rw {
+                None => {
+                    let shift = sql.chars().count() as i64 - before;
+                    sql.push_str(original);
+                    let mut u = Unit::pass(b"CI");
+                    u.position_shift = shift;
+                    if let Kind::Transaction(ctl) = s.located.analysis.kind {
+                        u.txctl = Some((ctl, s.located.analysis.savepoint.clone()));
+                    }
+                    if s.located.analysis.kind.statement_event() {
+                        u.collect =
+                            Collect::Statement(self.statement_ctx(original.trim(), s, tags));
+                    }
+                    units.push(u);
+                }
+                Some(rw) => {
+                    let ctx = Arc::new(StatementCtx {
+                        text: original.trim().to_string(),
+                        fingerprint: s.fingerprint.clone(),
+                        tags: tags.clone(),
+                        seq: self.seq,
+                        ts_ms: now_ms(),
+                        application_name: application_name.clone(),
+                        binary: false,
+                        gate: self.gate_for(s),
+                        shape: Arc::clone(&rw.shape),
+                    });
+                    if let Some((guard, msg)) = &rw.guard {
+                        sql.push_str(guard);
+                        sql.push_str(";\n");
+                        let mut u = Unit::new(b"C");
+                        u.error_replacement = Some(truncate_limit_error(msg));
+                        units.push(u);
+                    }
+                    if let Some(pre) = &rw.pre_read {
+                        sql.push_str(pre);
+                        sql.push_str(";\n");
+                        let mut u = Unit::new(b"C");
+                        // The pre-read evaluates the statement's own FROM/WHERE: its errors
+                        // are the ones the client's statement would have raised.
+                        u.forward_errors = true;
+                        u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+                        units.push(u);
+                    }
+                    let shift = sql.chars().count() as i64 - before;
+                    sql.push_str(&rw.text);
+                    let mut u = Unit::pass(b"CI");
+                    u.position_shift = shift;
+                    u.collect = Collect::Capture(ctx, Vec::new());
+                    units.push(u);
+                }
+            }
+            sql.push_str(";\n");
+        }
+    }
+
+    /// A query string that mixes writes with transaction control, run as the server would
+    /// run it but in parts: the statements up to each COMMIT as one query, then the COMMIT
+    /// itself once the transaction's records are published (see `commit`). The client sees
+    /// one reply stream and one ReadyForQuery; after an error the rest is skipped, as the
+    /// server skips the rest of a query string. `blocks_cover_writes` held: every write runs
+    /// inside a transaction block.
+    async fn run_segments<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        statements: &[Statement],
+        rewrites: Vec<Option<Rewritten>>,
+    ) -> std::io::Result<()> {
+        let mut rewrites = rewrites.into_iter();
+        let mut start = 0;
+        for (i, s) in statements.iter().enumerate() {
+            let last = i + 1 == statements.len();
+            if s.located.analysis.kind != Kind::Transaction(TxControl::Commit) {
+                if last {
+                    let part: Vec<_> = rewrites.by_ref().take(i + 1 - start).collect();
+                    return self
+                        .run_segment(w, text, tags, &statements[start..], part, true)
+                        .await
+                        .map(drop);
+                }
+                continue;
+            }
+            if start < i {
+                let part: Vec<_> = rewrites.by_ref().take(i - start).collect();
+                if !self
+                    .run_segment(w, text, tags, &statements[start..i], part, false)
+                    .await?
+                {
+                    return Ok(());
+                }
+            }
+            rewrites.next();
+            start = i + 1;
+            let (status, pending) = {
+                let st = self.shared.lock();
+                let pending = !st.txn.is_empty() || !st.capture_errors.is_empty();
+                (st.status, pending)
+            };
+            let sql = text[s.located.span.clone()].trim();
+            let ok = if status == b'T' && pending {
+                self.commit(w, CommitBy::InQuery { sql, last }).await?
+            } else {
+                self.run_segment(w, text, tags, &statements[i..=i], vec![None], last)
+                    .await?
+            };
+            if !ok {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `statements` as one query whose ReadyForQuery the client gets only if `last` or
+    /// if one of them failed. Waits for the replies unless `last`; `Ok(false)`: one failed.
+    async fn run_segment<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        statements: &[Statement],
+        rewrites: Vec<Option<Rewritten>>,
+        last: bool,
+    ) -> std::io::Result<bool> {
+        let mut sql = String::new();
+        let mut units = Vec::new();
+        self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
+        units.push(end_unit(last));
+        self.mid_batch = false;
+        self.push(units);
+        write_all(w, &query_frame(&sql)).await?;
+        if last {
+            return Ok(true);
+        }
+        self.shared.drained().await;
+        Ok(!self.shared.lock().last_failed)
+    }
+
+    /// Each statement rewritten for capture (`None`: it runs as sent), or the client's error
+    /// when one cannot be captured.
+    async fn rewrites<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        statements: &[Statement],
+    ) -> std::io::Result<Result<Vec<Option<Rewritten>>, ErrorResponse>> {
+        let major = self.shared.lock().server_major;
+        let mut cascades = Vec::with_capacity(statements.len());
+        for s in statements {
+            cascades.push(if s.located.analysis.kind == Kind::Truncate {
+                self.truncate_cascade(w, &text[s.located.span.clone()], false)
+                    .await?
+            } else {
+                Vec::new()
+            });
+        }
+        Ok(statements
+            .iter()
+            .zip(&cascades)
+            .map(|(s, c)| rewrite(text, &s.located, major, self.truncate_limit, c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|refusal| {
+                ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, format!("hindsight: {refusal}"))
+                    .with_hint("Run it through a session of a proxy started with --no-capture if it must run unaudited.")
+            }))
+    }
+
+    /// After a captured query: if hindsight opened the transaction, end it (publish + COMMIT,
+    /// or ROLLBACK when the statement failed) and hand the client its ReadyForQuery.
+    pub(super) async fn finish_query<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        implicit: bool,
+    ) -> std::io::Result<()> {
+        if !implicit {
+            return Ok(());
+        }
+        self.shared.drained().await;
+        if self.shared.lock().status == b'E' {
+            // The client already has the statement's error; end the transaction as the server
+            // would have, and hand over the ReadyForQuery of the ROLLBACK (status I).
+            return self.internal_end(w, "ROLLBACK", None, None).await;
+        }
+        self.commit(w, CommitBy::ImplicitSimple).await.map(drop)
+    }
+}
+
+/// The ReadyForQuery of one part of a query string hindsight runs in parts: the client's own
+/// if `last`, else swallowed unless something before it failed (then it ends the client's
+/// query, as the server ends a query string at its first error).
+pub(super) fn end_unit(last: bool) -> Unit {
+    if last {
+        return Unit::pass(b"Z");
+    }
+    let mut u = Unit::new(b"Z");
+    u.end_on_error = true;
+    u
+}
+
+/// Whether every write and schema change of a query string that also controls the
+/// transaction runs inside a transaction block (so hindsight can hold its COMMIT), judged
+/// from the statements alone, starting from the session's transaction `status`.
+/// `Err` says what is not: a write the server would run in an implicit transaction, which it
+/// commits by itself at the end of the string.
+pub(super) fn blocks_cover_writes(statements: &[Statement], status: u8) -> Result<(), String> {
+    let mut in_block = status != b'I';
+    for s in statements {
+        match s.located.analysis.kind {
+            Kind::Transaction(TxControl::Begin) => in_block = true,
+            Kind::Transaction(TxControl::Commit | TxControl::Rollback) => in_block = false,
+            Kind::Transaction(TxControl::PrepareTransaction) => {
+                return Err("PREPARE TRANSACTION among other statements of a query string that writes cannot be captured (send it as a query of its own)".into())
+            }
+            k if (k.writes_rows() || k.statement_event()) && !in_block => {
+                return Err(format!(
+                    "a query string that controls the transaction (BEGIN/COMMIT/SAVEPOINT …) writes outside a transaction block ({} before its BEGIN or after its COMMIT)",
+                    s.located.analysis.kind.label().to_uppercase()
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
