@@ -48,6 +48,8 @@ pub struct Metrics {
     pub audit_events: IntCounter,
     /// Transactions whose audit records could not be recorded.
     pub audit_publish_failures: IntCounter,
+    /// How long a COMMIT waits for the brokers to acknowledge its transaction's records.
+    pub audit_publish_latency: Histogram,
     /// Gate decisions, by rule and outcome (deny, audit, allow).
     pub gate_decisions: IntCounterVec,
     /// Rules file reloads, by outcome (ok, rejected).
@@ -124,6 +126,14 @@ impl Metrics {
             .buckets(vec![1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1, 1.0]),
         )
         .unwrap();
+        let audit_publish_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "audit_publish_seconds",
+                "Time from publishing a transaction's audit records to the brokers' acknowledgement of all of them (COMMIT waits this long)",
+            )
+            .buckets(vec![2.5e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1.0, 5.0]),
+        )
+        .unwrap();
         let dir = |d: Direction| DirectionCounters {
             bytes: bytes.with_label_values(&[d.label()]),
             messages: messages.with_label_values(&[d.label()]),
@@ -143,6 +153,7 @@ impl Metrics {
             cancel_requests,
             tls_handshakes,
             relay_latency,
+            audit_publish_latency,
             audit_events: IntCounter::new("audit_events_total", "Change events published and acknowledged").unwrap(),
             audit_publish_failures: IntCounter::new(
                 "audit_publish_failures_total",
@@ -172,6 +183,7 @@ impl Metrics {
         reg(Box::new(m.cancel_requests.clone()));
         reg(Box::new(m.tls_handshakes.clone()));
         reg(Box::new(m.relay_latency.clone()));
+        reg(Box::new(m.audit_publish_latency.clone()));
         reg(Box::new(m.audit_events.clone()));
         reg(Box::new(m.audit_publish_failures.clone()));
         m

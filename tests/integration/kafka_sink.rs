@@ -78,6 +78,21 @@ async fn delivery_guarantee_properties_cannot_be_weakened() {
     cfg.librdkafka.insert("acks".into(), "1".into());
     let err = KafkaSink::connect(cfg).await.err().expect("acks=1 refused");
     assert!(err.to_string().contains("acks"), "{err}");
+    // In-flight requests may be lowered (fewer, larger requests to a slow broker), not raised
+    // past what the idempotent producer keeps in order.
+    for bad in ["6", "0", "many"] {
+        let mut cfg = config("x");
+        cfg.librdkafka
+            .insert("max.in.flight.requests.per.connection".into(), bad.into());
+        let err = KafkaSink::connect(cfg).await.err().expect("refused");
+        assert!(err.to_string().contains("1 to 5"), "{err}");
+    }
+    let mut cfg = config("x");
+    cfg.librdkafka
+        .insert("max.in.flight.requests.per.connection".into(), "1".into());
+    KafkaSink::connect(cfg)
+        .await
+        .expect("1 in flight is allowed");
 }
 
 /// Regression: `hindsight tail` right after setting up (no write through the proxy yet, so no

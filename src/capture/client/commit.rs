@@ -287,7 +287,10 @@ impl ClientCapture {
                 .await
                 .map_err(|e| Failure::Sink(e.to_string())));
         }
-        match self.sink.publish(&records).await {
+        let timer = self.metrics.audit_publish_latency.start_timer();
+        let published = self.sink.publish(&records).await;
+        timer.observe_duration();
+        match published {
             Ok(()) => {
                 self.metrics.audit_events.inc_by(events as u64);
                 // END waits for the server's answer to the COMMIT (see `end_on_outcome`).
