@@ -35,6 +35,12 @@ pub struct SinkConfig {
     pub partitions: i32,
     /// Replication factor of topics hindsight creates.
     pub replication_factor: i32,
+    /// Largest record hindsight publishes, in bytes (one change event: both images of a row).
+    /// A transaction with a larger one is rolled back with HS001, never committed unrecorded.
+    /// Sets the producer's `message.max.bytes` and the `max.message.bytes` of topics hindsight
+    /// creates; the brokers' own limit (`message.max.bytes`, 1 MB by default on Apache Kafka)
+    /// must allow it for topics created otherwise. Default 4 MiB.
+    pub max_message_bytes: usize,
     /// How long a transaction's records may take to be acknowledged before the transaction
     /// is rolled back.
     #[serde(with = "humantime_serde")]
@@ -56,6 +62,7 @@ impl Default for SinkConfig {
             create_topics: true,
             partitions: 1,
             replication_factor: 1,
+            max_message_bytes: MAX_MESSAGE_BYTES,
             publish_timeout: Duration::from_secs(10),
             librdkafka: BTreeMap::new(),
         }
@@ -64,6 +71,12 @@ impl Default for SinkConfig {
 
 /// Properties that guarantee what the sink promises; configuration may not override them.
 const FIXED: [(&str, &str); 2] = [("enable.idempotence", "true"), ("acks", "all")];
+
+/// Default [`SinkConfig::max_message_bytes`]: large TOASTed values (documents, images in bytea)
+/// are common in legacy databases, and a write must not be refused just for being big. Not
+/// more by default: tansu 0.6 was seen to acknowledge a 6 MB record and then never return it
+/// to consumers (records up to ~5 MB read back fine); raise it only for brokers that serve it.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// In-flight requests per broker connection: the idempotent producer keeps order only up to 5.
 const MAX_IN_FLIGHT: &str = "max.in.flight.requests.per.connection";
@@ -130,6 +143,7 @@ impl KafkaSink {
             cfg.publish_timeout.as_millis().to_string(),
         );
         client.set("linger.ms", "0");
+        client.set("message.max.bytes", cfg.max_message_bytes.to_string());
         for (k, v) in &cfg.librdkafka {
             if let Some((_, required)) = FIXED.iter().find(|(f, _)| f == k) {
                 if v != required {
@@ -238,6 +252,7 @@ impl KafkaSink {
                 Err(SinkError::TopicsMissing { topics: still })
             };
         }
+        let max_message = self.cfg.max_message_bytes.to_string();
         let new: Vec<NewTopic> = missing
             .iter()
             .map(|t| {
@@ -246,6 +261,7 @@ impl KafkaSink {
                     self.cfg.partitions,
                     TopicReplication::Fixed(self.cfg.replication_factor),
                 )
+                .set("max.message.bytes", &max_message)
             })
             .collect();
         let opts = AdminOptions::new().request_timeout(Some(self.cfg.publish_timeout));

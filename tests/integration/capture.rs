@@ -1439,9 +1439,10 @@ async fn every_builtin_type_round_trips(pg: Pg) {
             want
         );
     }
-    // A row too large for one Kafka message is refused, not committed unrecorded.
+    // A row too large for one Kafka message (kafka.max_message_bytes, 4 MiB) is refused, not
+    // committed unrecorded.
     let err = c
-        .simple_query("INSERT INTO alltypes (id, big) VALUES (2, repeat('y', 1100000))")
+        .simple_query("INSERT INTO alltypes (id, big) VALUES (2, repeat('y', 4300000))")
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("HS001"), "{err:?}");
@@ -1795,7 +1796,42 @@ async fn end_record_said_committed_before_the_commit_failed(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// Regression: a row whose event was larger than 1 MB (librdkafka's default `message.max.bytes`)
+/// made its transaction fail with HS001 — large TOASTed values (documents in text or bytea) are
+/// ordinary in legacy databases. The limit is now `kafka.max_message_bytes` (4 MiB): a 1.5 MB
+/// value (an UPDATE event of 3 MB: both images) is captured exactly.
+async fn large_toasted_row_was_refused_over_one_megabyte(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "big_row").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("CREATE TABLE doc (id int PRIMARY KEY, body text, blob bytea)")
+        .await
+        .unwrap();
+    // Random-looking content so that TOAST compression does not shrink it away.
+    let body: String = (0..1_500_000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    c.execute(
+        "INSERT INTO doc VALUES (1, $1, decode(md5($1), 'hex'))",
+        &[&body],
+    )
+    .await
+    .unwrap();
+    c.simple_query("UPDATE doc SET body = upper(body) WHERE id = 1")
+        .await
+        .unwrap();
+    let events = read_topic(format!("{prefix}.public.doc"), 2).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["after"]["body"].as_str().unwrap(), body);
+    assert_eq!(events[1]["before"]["body"].as_str().unwrap(), body);
+    assert_eq!(
+        events[1]["after"]["body"].as_str().unwrap(),
+        body.to_uppercase()
+    );
+    proxy.shutdown().await;
+}
+
 on_both!(
+    large_toasted_row_was_refused_over_one_megabyte,
     transaction_control_mixed_with_writes_in_one_query_string_was_refused,
     end_record_said_committed_before_the_commit_failed,
     update_of_schema_qualified_table_was_refused_on_old_servers,

@@ -159,6 +159,7 @@ pub async fn read_topic_raw(topic: String, expect: usize) -> Vec<(Vec<u8>, Vec<u
             .set("bootstrap.servers", kafka_brokers())
             .set("group.id", format!("hstest-{}", rand::random::<u32>()))
             .set("enable.auto.commit", "false")
+            .set("fetch.message.max.bytes", "67108864")
             .create()
             .expect("consumer");
         let mut tpl = rdkafka::TopicPartitionList::new();
@@ -168,11 +169,13 @@ pub async fn read_topic_raw(topic: String, expect: usize) -> Vec<(Vec<u8>, Vec<u
         let mut out = Vec::new();
         let mut poll_until = |deadline: Instant, stop_at: Option<usize>| {
             while stop_at.is_none_or(|n| out.len() < n) && Instant::now() < deadline {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                    out.push((
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => out.push((
                         m.key().unwrap_or_default().to_vec(),
                         m.payload().unwrap_or_default().to_vec(),
-                    ));
+                    )),
+                    Some(Err(e)) => eprintln!("reading {topic}: {e}"),
+                    None => {}
                 }
             }
         };
