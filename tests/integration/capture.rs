@@ -125,6 +125,14 @@ fn zero_table_oids(steps: &mut [Vec<super::wire_client::Frame>]) {
     }
 }
 
+/// The `commit_status` of the END record of transaction `id` among the records `tx`.
+fn end_status(tx: &[Value], id: &Value) -> Value {
+    tx.iter()
+        .find(|r| r["status"] == "END" && r["id"] == *id)
+        .unwrap_or_else(|| panic!("no END for {id}: {tx:#?}"))["commit_status"]
+        .clone()
+}
+
 /// `(op, statement)` of each statement-level event.
 fn statements(events: &[Value]) -> Vec<(String, String)> {
     events
@@ -480,12 +488,7 @@ async fn ddl_and_opaque_statements_are_recorded(pg: Pg) {
     // END records: the failed CREATE TABLE is aborted, the others committed.
     let tx = read_topic(format!("{prefix}.transaction"), 14).await;
     validate("transaction", &tx);
-    let end_of = |id: &Value| {
-        tx.iter()
-            .find(|r| r["status"] == "END" && r["id"] == *id)
-            .unwrap_or_else(|| panic!("no END for {id}: {tx:#?}"))["commit_status"]
-            .clone()
-    };
+    let end_of = |id: &Value| end_status(&tx, id);
     assert_eq!(end_of(&events[0]["transaction"]["id"]), "committed");
     assert_eq!(end_of(&events[2]["transaction"]["id"]), "aborted");
     assert_eq!(end_of(&events[6]["transaction"]["id"]), "committed");
@@ -1690,12 +1693,7 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
     let child = read_topic(format!("{prefix}.public.child"), 1).await;
     let tx = read_topic(format!("{prefix}.transaction"), 14).await;
     validate("transaction", &tx);
-    let end_of = |id: &Value| {
-        tx.iter()
-            .find(|r| r["status"] == "END" && r["id"] == *id)
-            .unwrap_or_else(|| panic!("no END for {id}: {tx:#?}"))["commit_status"]
-            .clone()
-    };
+    let end_of = |id: &Value| end_status(&tx, id);
     assert_eq!(end_of(&child[0]["transaction"]["id"]), "aborted");
     for e in &events {
         assert_eq!(end_of(&e["transaction"]["id"]), "committed", "{e:#}");
@@ -1773,12 +1771,7 @@ async fn end_record_said_committed_before_the_commit_failed(pg: Pg) {
         .unwrap();
     let events = read_topic(format!("{prefix}.public.child"), 5).await;
     let tx = read_topic(format!("{prefix}.transaction"), 10).await;
-    let end_of = |id: &Value| {
-        tx.iter()
-            .find(|r| r["status"] == "END" && r["id"] == *id)
-            .unwrap_or_else(|| panic!("no END for {id}: {tx:#?}"))["commit_status"]
-            .clone()
-    };
+    let end_of = |id: &Value| end_status(&tx, id);
     let got: Vec<(Value, Value)> = events
         .iter()
         .map(|e| (e["after"]["id"].clone(), end_of(&e["transaction"]["id"])))

@@ -267,6 +267,8 @@ impl ClientCapture {
         })
     }
 
+    /// Run a Query's statements with its writes rewritten for capture; outside a transaction
+    /// block inside hindsight's own BEGIN, ended by `finish_query` (publish, then COMMIT).
     pub(super) async fn capture<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
