@@ -50,7 +50,8 @@ pub struct SinkConfig {
     /// `max.in.flight.requests.per.connection` (default 5) may be 1 to 5: librdkafka sends one
     /// partition per request, so 5 pipelines a transaction's topics; against a broker that
     /// serves requests strictly one after another (tansu), 1 lets concurrent transactions'
-    /// records share requests and measured 10–30 % more commits per second (BENCHMARKS.md).
+    /// records share requests: measured up to +37 % commits per second at 8 clients, but
+    /// slower at 1 client (BENCHMARKS.md) — measure before changing it.
     pub librdkafka: BTreeMap<String, String>,
 }
 
