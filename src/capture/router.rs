@@ -100,6 +100,20 @@ pub struct Reply {
     pub params: Vec<u32>,
 }
 
+impl Reply {
+    /// The first column of every row as text (NULLs left out): the lists hindsight looks up.
+    pub fn first_column(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter_map(|r| {
+                r.first()?
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .collect()
+    }
+}
+
 impl Unit {
     /// A unit with everything off; set what you need.
     pub fn new(ends: &'static [u8]) -> Self {

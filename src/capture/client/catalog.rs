@@ -35,15 +35,7 @@ impl ClientCapture {
         };
         self.mid_batch = extended;
         let reply = self.internal_query(w, &q).await?;
-        Ok(reply
-            .rows
-            .iter()
-            .filter_map(|r| {
-                r.first()?
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            })
-            .collect())
+        Ok(reply.first_column())
     }
 
     /// Whether the server may accept syntax hindsight's parser (PostgreSQL 17's grammar)
@@ -188,15 +180,7 @@ impl ClientCapture {
             // An aborted transaction: the statement fails on its own; try again next time.
             return Ok(Arc::default());
         }
-        let names = reply
-            .rows
-            .iter()
-            .filter_map(|r| {
-                r.first()?
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            })
-            .collect();
+        let names = reply.first_column();
         Ok(self.functions.put(&db, names))
     }
 }

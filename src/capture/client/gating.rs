@@ -126,19 +126,9 @@ impl ClientCapture {
         let stmt = text[s.located.span.clone()].trim();
         let mut changes = self.probe(w, text, tags, s, status, &gate).await?;
         if changes.is_empty() {
-            let table = a
-                .writes
-                .first()
-                .map(|w| w.table.clone())
-                .unwrap_or_default();
-            let shape = Arc::new(Shape::statement(a.kind, table));
-            changes.push(Change::statement(self.event_ctx(
-                stmt,
-                &s.fingerprint,
-                tags,
-                shape,
-                gate,
-            )));
+            changes.push(Change::statement(
+                self.statement_ctx_with(stmt, s, tags, gate),
+            ));
         }
         if self.shared.lock().status == b'E' {
             self.publish_refused(None, changes, &HashMap::new()).await;

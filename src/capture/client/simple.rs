@@ -236,6 +236,17 @@ impl ClientCapture {
         s: &Statement,
         tags: &sqlcommenter::Tags,
     ) -> Arc<StatementCtx> {
+        self.statement_ctx_with(text, s, tags, self.gate_for(s))
+    }
+
+    /// [`Self::statement_ctx`] with the gates' outcome `gate` (a refused statement's).
+    pub(super) fn statement_ctx_with(
+        &self,
+        text: &str,
+        s: &Statement,
+        tags: &sqlcommenter::Tags,
+        gate: GateInfo,
+    ) -> Arc<StatementCtx> {
         let a = &s.located.analysis;
         let table = a
             .writes
@@ -243,7 +254,7 @@ impl ClientCapture {
             .map(|w| w.table.clone())
             .unwrap_or_default();
         let shape = Arc::new(Shape::statement(a.kind, table));
-        self.event_ctx(text, &s.fingerprint, tags, shape, self.gate_for(s))
+        self.event_ctx(text, &s.fingerprint, tags, shape, gate)
     }
 
     pub(super) fn event_ctx(
