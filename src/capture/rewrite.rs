@@ -42,6 +42,9 @@ pub struct Shape {
     /// PostgreSQL < 18 upsert: index of a boolean column, true when ON CONFLICT updated the
     /// row (then its before image, read with the statement's snapshot, must be there).
     pub updated_at: Option<usize>,
+    /// A statement with data-modifying CTEs, run inside hindsight's wrapper query (see
+    /// `cte`): which write each row's images belong to, and what the client must see.
+    pub wrapper: Option<Arc<super::cte::Wrapper>>,
 }
 
 impl Shape {
@@ -57,6 +60,7 @@ impl Shape {
             client_returning: false,
             pre_read: false,
             updated_at: None,
+            wrapper: None,
         }
     }
 }
@@ -150,6 +154,7 @@ pub fn rewrite(
             client_returning: write.returning,
             pre_read,
             updated_at: None,
+            wrapper: None,
         })
     };
     let body = sql.trim_end().trim_end_matches(';');

@@ -86,6 +86,45 @@ pub enum Collect {
     Params(Vec<u32>),
     /// A DDL or opaque statement: one statement-level change once it completes.
     Statement(Arc<StatementCtx>),
+    /// A statement with data-modifying CTEs in hindsight's wrapper query (see `cte`).
+    Wrapped(Box<Wrapped>),
+    /// An internal Describe of a statement: its parameter types and RowDescription.
+    Described(Vec<u32>, Option<Vec<u8>>),
+}
+
+impl Collect {
+    /// What a rewritten statement's execution gathers.
+    pub fn capture(ctx: Arc<StatementCtx>) -> Collect {
+        let Some(wrapper) = ctx.shape.wrapper.clone() else {
+            return Collect::Capture(ctx, Vec::new());
+        };
+        let with = |shape: &Arc<super::rewrite::Shape>| {
+            Arc::new(StatementCtx {
+                shape: Arc::clone(shape),
+                ..(*ctx).clone()
+            })
+        };
+        Collect::Wrapped(Box::new(Wrapped {
+            main: wrapper.main.as_ref().map(with),
+            parts: wrapper.parts.iter().map(with).collect(),
+            rows: Vec::new(),
+            main_rows: 0,
+            ctx,
+        }))
+    }
+}
+
+/// What a wrapper query's unit gathers.
+pub struct Wrapped {
+    /// The statement as a whole (its shape holds the [`super::cte::Wrapper`]).
+    pub ctx: Arc<StatementCtx>,
+    /// Attribution of the client's own write (rows with source 0), if it writes.
+    pub main: Option<Arc<StatementCtx>>,
+    /// … of each write in the WITH list (source k is `parts[k - 1]`).
+    pub parts: Vec<Arc<StatementCtx>>,
+    pub rows: Vec<Change>,
+    /// Rows of the client's own result (its command tag's count).
+    pub main_rows: u64,
 }
 
 /// Outcome of an internal request.
@@ -98,6 +137,8 @@ pub struct Reply {
     pub error: Option<Vec<u8>>,
     /// Parameter type oids (a Describe of a statement).
     pub params: Vec<u32>,
+    /// RowDescription body (an internal Describe of a statement that returns rows).
+    pub row_description: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -303,6 +344,35 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         }
     }
     match (&mut unit.collect, tag) {
+        (Collect::Wrapped(wr), b'T') => {
+            forward = false;
+            if unit.forward && wr.ctx.shape.client_returning {
+                out.extend(client_row_description(&wr.ctx.shape, body));
+            }
+        }
+        (Collect::Wrapped(wr), b'D') => {
+            forward = false;
+            match wrapped_row(wr, body) {
+                Ok(Some(client)) if unit.forward && wr.ctx.shape.client_returning => {
+                    out.extend_from_slice(&client)
+                }
+                Ok(_) => {}
+                Err(e) => st.capture_errors.push(e),
+            }
+        }
+        (Collect::Wrapped(wr), b'C') => {
+            forward = false;
+            if unit.forward {
+                let tag = wr.ctx.shape.wrapper.as_ref().map_or("SELECT", |w| w.tag);
+                let mut b = format!("{tag} {}", wr.main_rows).into_bytes();
+                b.push(0);
+                crate::wire::frame::put_frame(&mut out, b'C', &b);
+            }
+        }
+        (Collect::Described(params, _), b't') => {
+            *params = crate::wire::backend::parameter_types(body)
+        }
+        (Collect::Described(_, rd), b'T') => *rd = Some(body.to_vec()),
         (Collect::Capture(stmt, _), b'T') => {
             forward = false;
             if unit.forward && stmt.shape.client_returning {
@@ -313,7 +383,13 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         }
         (Collect::Describe(shape), b'T') => {
             forward = false;
-            if shape.client_returning {
+            if shape.wrapper.is_some() {
+                if shape.client_returning {
+                    out.extend(client_row_description(shape, body));
+                } else {
+                    out.extend_from_slice(&[b'n', 0, 0, 0, 4]);
+                }
+            } else if shape.client_returning {
                 if let Some(f) = strip_row_description(body, shape.extra) {
                     out.extend_from_slice(&f);
                 }
@@ -413,6 +489,17 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                 st.probe.extend(rows)
             }
             Collect::Capture(_, rows) | Collect::PreRead(_, rows) => st.txn.push(rows),
+            Collect::Wrapped(wr) if unit.probe => st.probe.extend(wr.rows),
+            Collect::Wrapped(wr) => st.txn.push(wr.rows),
+            Collect::Described(params, row_description) => {
+                if let Some(tx) = unit.reply {
+                    let _ = tx.send(Reply {
+                        params,
+                        row_description,
+                        ..Reply::default()
+                    });
+                }
+            }
             Collect::Statement(stmt) => st.txn.push([Change::statement(stmt)]),
             Collect::Rows(rows) => {
                 if let Some(tx) = unit.reply {
@@ -462,6 +549,61 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     } else {
         Route::Replace(out)
     }
+}
+
+/// The RowDescription the client's statement has (as the server described it), with the
+/// result formats of the wrapper's (which the Bind chose).
+fn client_row_description(shape: &super::rewrite::Shape, actual: &[u8]) -> Vec<u8> {
+    let original = shape
+        .wrapper
+        .as_ref()
+        .and_then(|w| w.row_description.as_deref());
+    match original.and_then(|o| super::rows::with_formats_of(o, actual)) {
+        Some(frame) => frame,
+        None => strip_row_description(actual, shape.extra).unwrap_or_default(),
+    }
+}
+
+/// One row of a wrapper query: its images go to the write they belong to; the client's own
+/// rows (source 0) are counted and returned (without the capture columns) for forwarding.
+fn wrapped_row(wr: &mut Wrapped, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let shape = Arc::clone(&wr.ctx.shape);
+    let fmt = if wr.ctx.binary {
+        Format::Binary
+    } else {
+        Format::Text
+    };
+    let split = split_data_row(body, shape.extra)
+        .ok_or_else(|| format!("malformed DataRow for {}", shape.table))?;
+    let src = super::rows::decode_int(split.extra[0], fmt)
+        .ok_or_else(|| format!("{}: a row without its source", shape.table))?;
+    let stmt = match src {
+        0 => {
+            wr.main_rows += 1;
+            wr.main.clone()
+        }
+        k => Some(
+            wr.parts
+                .get(k as usize - 1)
+                .cloned()
+                .ok_or_else(|| format!("{}: unknown source {k}", shape.table))?,
+        ),
+    };
+    if let Some(stmt) = stmt {
+        let image = |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]), fmt);
+        let before = image(shape.old_at).map_err(|e| format!("{}: {e}", stmt.shape.table))?;
+        let after = image(shape.new_at).map_err(|e| format!("{}: {e}", stmt.shape.table))?;
+        let table_oid = decode_oid(split.extra[shape.oid_at], fmt)
+            .map_err(|e| format!("{}: {e}", stmt.shape.table))?;
+        wr.rows.push(Change {
+            before,
+            after,
+            table_oid,
+            stmt,
+            gate: None,
+        });
+    }
+    Ok((src == 0).then_some(split.client_frame))
 }
 
 fn command_tag(body: &[u8]) -> String {

@@ -116,6 +116,46 @@ pub fn decode_oid(value: Option<&[u8]>, format: Format) -> Result<u32, String> {
     }
 }
 
+/// An int4 column (text digits, or 4 binary bytes); `None` if NULL or malformed.
+pub fn decode_int(value: Option<&[u8]>, format: Format) -> Option<u32> {
+    let raw = value?;
+    match format {
+        Format::Text => std::str::from_utf8(raw).ok()?.parse().ok(),
+        Format::Binary => raw.try_into().ok().map(u32::from_be_bytes),
+    }
+}
+
+/// The fields of RowDescription body `original` (every byte as the server described them),
+/// each with the format code of the same field in body `actual`, as a complete frame; `None`
+/// if either is malformed or `actual` has fewer fields.
+pub fn with_formats_of(original: &[u8], actual: &[u8]) -> Option<Vec<u8>> {
+    // Offsets of each field's format code.
+    fn format_codes(body: &[u8]) -> Option<Vec<usize>> {
+        let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+        let mut pos = 2;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (_, rest) = take_cstr(body.get(pos..)?)?;
+            pos = body.len() - rest.len() + 18;
+            if pos > body.len() {
+                return None;
+            }
+            out.push(pos - 2);
+        }
+        Some(out)
+    }
+    let mine = format_codes(original)?;
+    let theirs = format_codes(actual)?;
+    let mut body = original.to_vec();
+    for (i, at) in mine.iter().enumerate() {
+        let from = *theirs.get(i)?;
+        body[*at..*at + 2].copy_from_slice(&actual[from..from + 2]);
+    }
+    let mut frame = Vec::with_capacity(body.len() + 5);
+    put_frame(&mut frame, b'T', &body);
+    Some(frame)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,6 +132,21 @@ pub fn shift_position(frame: &[u8], delta: i64) -> Vec<u8> {
     out
 }
 
+/// The message field (`M`) of an ErrorResponse/NoticeResponse frame (empty if it has none).
+pub fn message_of(frame: &[u8]) -> String {
+    let mut rest = frame.get(5..).unwrap_or_default();
+    while let Some((&code, tail)) = rest.split_first() {
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        if code == b'M' {
+            return String::from_utf8_lossy(&tail[..end]).into_owned();
+        }
+        rest = &tail[end + 1..];
+    }
+    String::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ impl ClientCapture {
     pub(super) fn copy_followers(&mut self, plan: &CopyPlan, ctx: Arc<StatementCtx>) -> Vec<u8> {
         let mut ins = Unit::pass(b"C");
         ins.complete = crate::capture::router::Complete::AsCopy;
-        ins.collect = Collect::Capture(ctx, Vec::new());
+        ins.collect = Collect::capture(ctx);
         let (mut out, units) = internal_statement(&plan.insert.text, ins, true);
         self.push(units);
         let mut drop = Unit::new(b"C");
@@ -126,7 +126,7 @@ impl ClientCapture {
             gate: self.gate_for(s),
             shape: Arc::clone(&rw.shape),
         });
-        ins.collect = Collect::Capture(ctx, Vec::new());
+        ins.collect = Collect::capture(ctx);
         units.push(ins);
         q.push_str(&staged.drop);
         quiet(&mut units);

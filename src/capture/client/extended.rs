@@ -52,6 +52,17 @@ pub(super) fn result_formats_at(body: &[u8]) -> Option<usize> {
     (pos + 2 <= body.len()).then_some(pos)
 }
 
+/// The parameter types a Parse declares (its tail after the statement text; 0 = unspecified).
+pub(super) fn declared_params(tail: &[u8]) -> Vec<u32> {
+    let n = tail
+        .get(..2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    (0..n)
+        .filter_map(|i| tail.get(2 + 4 * i..6 + 4 * i))
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Bind with per-column result formats gets `extra` text formats appended for the capture
 /// columns. Returns the new body (if changed) and whether the capture columns come back in
 /// binary (a single format code of 1 applies to every column).
@@ -144,8 +155,31 @@ impl ClientCapture {
         }
         let major = self.shared.lock().server_major;
         let mut copy = None;
+        let mut resolved_params = None;
         let rewritten = if opaque_target {
             Ok(None)
+        } else if has_cte_writes(stmt) {
+            let declared = declared_params(params);
+            match self
+                .cte_rewrite(w, text, &full, stmt, &declared, true)
+                .await?
+            {
+                CteRewrite::Rewritten(rw, p) => {
+                    resolved_params = Some(p);
+                    Ok(Some(rw))
+                }
+                CteRewrite::Refused(msg) => Err(msg),
+                // The client's statement failed as its own Parse would have (the error went to
+                // the client); the server now skips to the client's Sync.
+                CteRewrite::Failed(_) => {
+                    self.skip_until_sync = true;
+                    return Ok(());
+                }
+                CteRewrite::Skipped => {
+                    self.push([Unit::pass(b"1")]);
+                    return write_all(w, frame).await;
+                }
+            }
         } else if a.kind == Kind::CopyIn && a.writes.len() == 1 && !a.explain_analyze {
             match self.prepare_copy(w, text, stmt).await? {
                 Ok(Some((rw, plan))) => {
@@ -182,7 +216,17 @@ impl ClientCapture {
                 b.push(0);
                 b.extend_from_slice(rw.text.as_bytes());
                 b.push(0);
-                b.extend_from_slice(params);
+                match &resolved_params {
+                    // The wrapper mentions every parameter where the client's statement does;
+                    // the types the server resolved for the client's text are kept.
+                    Some(types) => {
+                        b.extend_from_slice(&(types.len() as u16).to_be_bytes());
+                        for oid in types {
+                            b.extend_from_slice(&oid.to_be_bytes());
+                        }
+                    }
+                    None => b.extend_from_slice(params),
+                }
                 frame_of(b'P', &b)
             }
         };
@@ -429,14 +473,14 @@ impl ClientCapture {
             self.push([pre]);
             out.extend(execute_frame(&companion_name(b'p', portal)));
         }
-        u.collect = Collect::Capture(ctx, Vec::new());
+        u.collect = Collect::capture(ctx);
         self.push([u]);
         // A row limit would suspend the portal on rows the client never asked for.
         let max_rows = rest
             .get(..4)
             .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
             .unwrap_or(0);
-        if max_rows != 0 && !rw.shape.client_returning {
+        if max_rows != 0 && (!rw.shape.client_returning || rw.shape.wrapper.is_some()) {
             out.extend(execute_frame(portal));
         } else if out.is_empty() {
             return Verdict::Forward;

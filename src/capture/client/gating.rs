@@ -189,7 +189,7 @@ impl ClientCapture {
         sql.push_str(&rw.text);
         sql.push_str(";\n");
         let mut u = Unit::new(b"C");
-        u.collect = Collect::Capture(ctx, Vec::new());
+        u.collect = Collect::capture(ctx);
         u.probe = true;
         units.push(u);
         sql.push_str(close);
@@ -340,7 +340,7 @@ impl ClientCapture {
             if let Some(c) = &prep.companion {
                 run(c, Collect::PreRead(Arc::clone(&ctx), Vec::new()));
             }
-            run(&stmt, Collect::Capture(ctx, Vec::new()));
+            run(&stmt, Collect::capture(ctx));
             frames.extend(frame_of(b'H', &[]));
             self.push(units);
             write_all(w, &frames).await?;

@@ -90,8 +90,17 @@ impl ClientCapture {
         err: ErrorResponse,
     ) -> std::io::Result<()> {
         tracing::warn!(message = %err.message, "statement refused");
+        self.refuse_frame(w, err.encode()).await
+    }
+
+    /// Like [`Self::refuse`], with an encoded ErrorResponse (possibly the server's own).
+    pub(super) async fn refuse_frame<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        err: Vec<u8>,
+    ) -> std::io::Result<()> {
         let mut unit = Unit::pass(b"Z");
-        unit.error_replacement = Some(err.encode());
+        unit.error_replacement = Some(err);
         self.push([unit]);
         write_all(w, &query_frame(REFUSED_SQL)).await
     }

@@ -19,6 +19,7 @@
 //! - `simple` — Query: analyse, relay, refuse or rewrite;
 //! - `extended` — Parse / Bind / Execute / Sync;
 //! - `copy_in` — `COPY … FROM` through a stage table;
+//! - `cte` — statements with data-modifying CTEs: described, then run in a wrapper query;
 //! - `commit` — publish, then COMMIT (or roll back with HS001); statement events announced;
 //! - `gating` — the gates' statement rules (with trial runs) and row rules;
 //! - `catalog` — what the session looks up in the catalog (tables, functions, targets);
@@ -27,6 +28,7 @@
 mod catalog;
 mod commit;
 mod copy_in;
+mod cte;
 mod extended;
 mod gating;
 mod internal;
@@ -60,6 +62,7 @@ use crate::wire::frontend::{describe_target, parse_statement, query_text, Fronte
 use catalog::*;
 use commit::*;
 use copy_in::*;
+use cte::*;
 use extended::*;
 use internal::*;
 use simple::*;

@@ -16,6 +16,8 @@ pub(super) enum Plan {
     Segments(Vec<Option<Rewritten>>),
     /// Refuse with this error.
     Refuse(ErrorResponse),
+    /// Fail with this ErrorResponse frame (the server's own, or hindsight's encoded).
+    Fail(Vec<u8>),
     /// DDL or opaque statements outside a transaction block: their statement-level events
     /// are published before they run (hindsight cannot wrap them in a transaction: VACUUM,
     /// CREATE INDEX CONCURRENTLY and procedures that COMMIT refuse to run inside one).
@@ -164,13 +166,13 @@ impl ClientCapture {
                 ),
                 Ok(()) => match self.rewrites(w, text, statements).await? {
                     Ok(v) => Plan::Segments(v),
-                    Err(e) => Plan::Refuse(e),
+                    Err(e) => Plan::Fail(e),
                 },
             }
         } else if writes {
             match self.rewrites(w, text, statements).await? {
                 Ok(v) => Plan::Capture(v),
-                Err(e) => Plan::Refuse(e),
+                Err(e) => Plan::Fail(e),
             }
         } else if stmt_events && status == b'I' {
             Plan::Announce
@@ -214,6 +216,7 @@ impl ClientCapture {
                 self.announce(w, frame, changes, b"Z").await
             }
             Plan::Refuse(err) => self.refuse(w, err).await,
+            Plan::Fail(frame) => self.refuse_frame(w, frame).await,
             Plan::Commit => self
                 .commit(w, CommitBy::ClientSimple(frame))
                 .await
@@ -375,7 +378,7 @@ impl ClientCapture {
                     sql.push_str(&rw.text);
                     let mut u = Unit::pass(b"CI");
                     u.position_shift = shift;
-                    u.collect = Collect::Capture(ctx, Vec::new());
+                    u.collect = Collect::capture(ctx);
                     units.push(u);
                 }
             }
@@ -467,32 +470,59 @@ impl ClientCapture {
     }
 
     /// Each statement rewritten for capture (`None`: it runs as sent), or the client's error
-    /// when one cannot be captured.
+    /// (an encoded ErrorResponse) when one cannot be captured.
     async fn rewrites<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         text: &str,
         statements: &[Statement],
-    ) -> std::io::Result<Result<Vec<Option<Rewritten>>, ErrorResponse>> {
+    ) -> std::io::Result<Result<Vec<Option<Rewritten>>, Vec<u8>>> {
+        let refused = |msg: String| {
+            ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, msg)
+                .with_hint("Run it through a session of a proxy started with --no-capture if it must run unaudited.")
+                .encode()
+        };
         let major = self.shared.lock().server_major;
-        let mut cascades = Vec::with_capacity(statements.len());
+        let mut out = Vec::with_capacity(statements.len());
         for s in statements {
-            cascades.push(if s.located.analysis.kind == Kind::Truncate {
-                self.truncate_cascade(w, &text[s.located.span.clone()], false)
+            let span = s.located.span.clone();
+            if has_cte_writes(s) {
+                match self
+                    .cte_rewrite(w, text, &text[span.clone()], s, &[], false)
                     .await?
+                {
+                    CteRewrite::Rewritten(rw, _) => out.push(Some(rw)),
+                    CteRewrite::Refused(msg) => return Ok(Err(refused(msg))),
+                    CteRewrite::Failed(frame) if statements.len() == 1 => {
+                        // The statement's own error: where the client's text has it.
+                        let before = text[..span.start].chars().count() as i64;
+                        return Ok(Err(crate::wire::error_response::shift_position(
+                            &frame, -before,
+                        )));
+                    }
+                    CteRewrite::Failed(frame) => {
+                        let why = crate::wire::error_response::message_of(&frame);
+                        return Ok(Err(refused(format!("hindsight: the data-modifying WITH statement could not be described before the query ran ({why}); the query was not run. If it depends on an earlier statement of the same query string, send it as a query of its own"))));
+                    }
+                    CteRewrite::Skipped => {
+                        return Ok(Err(refused(
+                            "hindsight: the query could not be described".into(),
+                        )))
+                    }
+                }
+                continue;
+            }
+            let cascade = if s.located.analysis.kind == Kind::Truncate {
+                self.truncate_cascade(w, &text[span], false).await?
             } else {
                 Vec::new()
-            });
+            };
+            match rewrite(text, &s.located, major, self.truncate_limit, &cascade) {
+                Ok(rw) => out.push(rw),
+                Err(refusal) => return Ok(Err(refused(format!("hindsight: {refusal}")))),
+            }
         }
-        Ok(statements
-            .iter()
-            .zip(&cascades)
-            .map(|(s, c)| rewrite(text, &s.located, major, self.truncate_limit, c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|refusal| {
-                ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, format!("hindsight: {refusal}"))
-                    .with_hint("Run it through a session of a proxy started with --no-capture if it must run unaudited.")
-            }))
+        Ok(Ok(out))
     }
 
     /// After a captured query: if hindsight opened the transaction, end it (publish + COMMIT,

@@ -1,0 +1,154 @@
+//! Statements with data-modifying CTEs: described by the server (never run), then run as
+//! hindsight's wrapper query (see `capture::cte`).
+
+use super::*;
+use crate::capture::cte;
+
+/// What became of a statement with writes in its WITH clause.
+pub(super) enum CteRewrite {
+    /// Run this instead; the parameter types as the server resolved them.
+    Rewritten(Rewritten, Vec<u32>),
+    /// hindsight cannot capture it (the message says why).
+    Refused(String),
+    /// The server rejected the client's statement itself: this is its ErrorResponse.
+    Failed(Vec<u8>),
+    /// An earlier message of the client's batch failed: the server skips this one anyway.
+    Skipped,
+}
+
+/// The outcome of hindsight's own Describe of a statement.
+pub(super) enum Description {
+    /// Parameter types and RowDescription body (`None`: NoData).
+    Described(Vec<u32>, Option<Vec<u8>>),
+    /// The server's ErrorResponse frame.
+    Failed(Vec<u8>),
+    /// Not sent: the client's batch already failed (the server skips to its Sync).
+    Skipped,
+}
+
+/// Whether the statement writes in its WITH clause (and so needs the wrapper query).
+pub(super) fn has_cte_writes(s: &Statement) -> bool {
+    let a = &s.located.analysis;
+    a.kind.writes_rows()
+        && !a.explain_analyze
+        && a.kind != Kind::CopyIn
+        && a.writes.iter().any(|w| w.nested)
+}
+
+impl ClientCapture {
+    /// Describe `s` (whose text as the client sent it is `sent`, with parameter types
+    /// `params`) and each write in its WITH clause, and rewrite it into the wrapper query.
+    /// `extended`: in the middle of the client's extended-protocol batch (a failure of the
+    /// client's own statement is then forwarded as its Parse's error).
+    pub(super) async fn cte_rewrite<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        sent: &str,
+        s: &Statement,
+        params: &[u32],
+        extended: bool,
+    ) -> std::io::Result<CteRewrite> {
+        let cut = match cte::cut(&text[s.located.span.clone()]) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Ok(CteRewrite::Refused(format!(
+                    "hindsight: {}",
+                    Refusal::Unsupported {
+                        what: "a write nested in this statement".into()
+                    }
+                )))
+            }
+            Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
+        };
+        let (params, client) = match self.describe(w, sent, params, extended).await? {
+            Description::Described(p, rd) => (p, rd),
+            Description::Failed(e) => return Ok(CteRewrite::Failed(e)),
+            Description::Skipped => return Ok(CteRewrite::Skipped),
+        };
+        let mut columns = Vec::new();
+        for probe in cut.probes() {
+            let Some(probe) = probe else {
+                columns.push(None);
+                continue;
+            };
+            match self.describe(w, &probe, &params, extended).await? {
+                Description::Described(_, Some(rd)) => match cte::column_names(&rd) {
+                    Ok(names) => columns.push(Some(names)),
+                    Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
+                },
+                Description::Described(_, None) => {
+                    return Ok(CteRewrite::Refused(
+                        "hindsight: a RETURNING list in the WITH clause described no columns"
+                            .into(),
+                    ))
+                }
+                Description::Failed(e) => return Ok(CteRewrite::Failed(e)),
+                Description::Skipped => return Ok(CteRewrite::Skipped),
+            }
+        }
+        let major = self.shared.lock().server_major;
+        Ok(match cut.rewrite(major, client.as_deref(), &columns) {
+            Ok(rw) => CteRewrite::Rewritten(rw, params),
+            Err(r) => CteRewrite::Refused(format!("hindsight: {r}")),
+        })
+    }
+
+    /// Describe `sql` as hindsight's own statement (never executed). Between client requests
+    /// it ends with a Sync; `extended` (mid-batch) with a Flush, and an error is forwarded to
+    /// the client as its Parse's (the server then skips to the client's Sync).
+    pub(super) async fn describe<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        sql: &str,
+        params: &[u32],
+        extended: bool,
+    ) -> std::io::Result<Description> {
+        const NAME: &[u8] = b"__hindsight_d";
+        if extended {
+            self.flush_and_drain(w).await?;
+            if self.shared.lock().batch_failed {
+                return Ok(Description::Skipped);
+            }
+        }
+        let mut p = NAME.to_vec();
+        p.push(0);
+        p.extend_from_slice(sql.as_bytes());
+        p.push(0);
+        p.extend_from_slice(&(params.len() as u16).to_be_bytes());
+        for oid in params {
+            p.extend_from_slice(&oid.to_be_bytes());
+        }
+        let mut d = vec![b'S'];
+        d.extend_from_slice(NAME);
+        d.push(0);
+        let mut frames = close_frame(b'S', NAME);
+        frames.extend(frame_of(b'P', &p));
+        frames.extend(frame_of(b'D', &d));
+        frames.extend(close_frame(b'S', NAME));
+        let (tx, rx) = oneshot::channel();
+        let mut described = Unit::new(b"Tn");
+        described.collect = Collect::Described(Vec::new(), None);
+        described.reply = Some(tx);
+        described.forward_errors = extended;
+        let mut units = vec![Unit::new(b"3"), described, Unit::new(b"3")];
+        if extended {
+            frames.extend(frame_of(b'H', &[]));
+        } else {
+            frames.extend(frame_of(b'S', &[]));
+            units.push(Unit::new(b"Z"));
+        }
+        self.push(units);
+        write_all(w, &frames).await?;
+        let reply = rx
+            .await
+            .map_err(|_| std::io::Error::other("the server connection closed during a Describe"))?;
+        if !extended {
+            self.shared.drained().await;
+        }
+        Ok(match reply.error {
+            Some(e) => Description::Failed(e),
+            None => Description::Described(reply.params, reply.row_description),
+        })
+    }
+}

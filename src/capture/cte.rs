@@ -1,0 +1,633 @@
+//! Data-modifying CTEs (`WITH d AS (DELETE … RETURNING *) INSERT INTO b SELECT * FROM d`).
+//!
+//! Only the statement's own result reaches the client, so the writes inside its WITH clause
+//! cannot hand back their images the way a lone write does (by extra RETURNING columns on
+//! the client's rows). Instead the statement runs inside a wrapper query:
+//!
+//! ```sql
+//! WITH __hs_w1(__hs_1, …, __hs_n) AS (DELETE … RETURNING *, 1 AS __hs_s, <images>),
+//!      d AS (SELECT __hs_1 AS "id", … FROM __hs_w1),           -- what the client named d
+//!      __hs_main AS (<the client's statement after its WITH, with images>)
+//! SELECT <client columns as NULL>, __hs_s, … FROM __hs_w1 LEFT JOIN … ON false
+//! UNION ALL SELECT * FROM __hs_main
+//! ```
+//!
+//! Every write of the statement is evaluated exactly as written (same WITH list, same
+//! snapshot, same single execution of each data-modifying CTE); only RETURNING items are
+//! added, and the CTE the client named is re-exposed with exactly its original columns. Each
+//! result row carries `__hs_s` — 0 for the client's own rows, k for the k-th write in the
+//! WITH list — and the router forwards the client's rows, keeps the images, and puts back the
+//! command tag and RowDescription the statement would have produced.
+//!
+//! The column lists of a CTE's RETURNING and of the client's result come from the server
+//! (a Describe of the client's statement and of `WITH … SELECT * FROM d`, see
+//! [`Cut::probes`]): `RETURNING *` or `t.*` cannot be expanded from the text alone.
+//!
+//! What this module does not know: the catalog, the connection, or how the rows are routed.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use pg_query::protobuf::node::Node as N;
+use pg_query::protobuf::Token as T;
+
+use super::rewrite::{quote, Refusal, Rewritten, Shape};
+use crate::statement::analysis::{analyze, Analysis, Kind};
+
+/// Capture columns every row of the wrapper carries: source, before, after, tableoid,
+/// "ON CONFLICT updated" (always NULL here: see [`images`]).
+pub const EXTRA: usize = 5;
+
+/// How the router reads a wrapper's rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wrapper {
+    /// Shape of the client's own statement when it writes (rows with source 0); `None` when
+    /// it is a SELECT, whose rows carry no images.
+    pub main: Option<Arc<Shape>>,
+    /// Shapes of the writes in the WITH list, in order (source k is `parts[k - 1]`).
+    pub parts: Vec<Arc<Shape>>,
+    /// The command tag without its count: `INSERT 0`, `UPDATE`, `DELETE`, `MERGE`, `SELECT`.
+    pub tag: &'static str,
+    /// The RowDescription body of the client's statement as the server describes it; it
+    /// replaces the wrapper's (which lost the columns' table and attribute numbers).
+    pub row_description: Option<Vec<u8>>,
+}
+
+/// A write in the WITH list, cut out of the statement text.
+#[derive(Debug, Clone)]
+struct WriteCte {
+    /// The CTE's name as written (possibly quoted).
+    name: String,
+    /// From `AS` to the body's opening parenthesis, as written (`AS MATERIALIZED (`).
+    as_clause: String,
+    /// The data-modifying statement inside the parentheses.
+    body: Range<usize>,
+    analysis: Analysis,
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    /// A CTE that does not write, kept as written (name to its end).
+    Kept(Range<usize>),
+    Write(WriteCte),
+}
+
+/// A statement with writes in its WITH clause, cut into its pieces.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    sql: String,
+    recursive: bool,
+    pieces: Vec<Piece>,
+    /// The WITH clause as written (for the probes).
+    with: Range<usize>,
+    /// The statement after its WITH clause.
+    main: Range<usize>,
+    main_analysis: Analysis,
+}
+
+/// Cut `sql` (one statement) if it has data-modifying CTEs: `Ok(None)` if it has none.
+pub fn cut(sql: &str) -> Result<Option<Cut>, Refusal> {
+    let unsupported = |why: &str| Refusal::Unsupported {
+        what: format!("this data-modifying WITH statement ({why})"),
+    };
+    let Ok(parsed) = pg_query::parse(sql) else {
+        return Ok(None);
+    };
+    let Some(node) = super::rewrite::first_node(&parsed.protobuf) else {
+        return Ok(None);
+    };
+    let with = match node {
+        N::SelectStmt(s) => s.with_clause.as_ref(),
+        N::InsertStmt(s) => s.with_clause.as_ref(),
+        N::UpdateStmt(s) => s.with_clause.as_ref(),
+        N::DeleteStmt(s) => s.with_clause.as_ref(),
+        N::MergeStmt(s) => s.with_clause.as_ref(),
+        _ => None,
+    };
+    let Some(with) = with else { return Ok(None) };
+    let tokens = pg_query::scan(sql)
+        .map_err(|_| unsupported("it could not be scanned"))?
+        .tokens;
+    let at = |pos: i32| tokens.iter().position(|t| t.start == pos);
+    let kind = |i: usize| T::try_from(tokens[i].token).ok();
+    // Index of the parenthesis closing the one at `open`.
+    let closing = |open: usize| {
+        let mut depth = 0;
+        for (i, t) in tokens.iter().enumerate().skip(open) {
+            match T::try_from(t.token).ok() {
+                Some(T::Ascii40 | T::Ascii91) => depth += 1,
+                Some(T::Ascii41 | T::Ascii93) => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    };
+    let mut pieces = Vec::new();
+    let mut any_write = false;
+    let mut last_close = 0;
+    let ctes: Vec<_> = with
+        .ctes
+        .iter()
+        .filter_map(|c| match c.node.as_ref() {
+            Some(N::CommonTableExpr(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    for (idx, c) in ctes.iter().enumerate() {
+        let name_at = at(c.location).ok_or_else(|| unsupported("a CTE name was not found"))?;
+        let mut i = name_at + 1;
+        if kind(i) == Some(T::Ascii40) {
+            i = closing(i).ok_or_else(|| unsupported("unbalanced parentheses"))? + 1;
+        }
+        if kind(i) != Some(T::As) {
+            return Err(unsupported("a CTE without AS"));
+        }
+        let as_at = i;
+        while i < tokens.len() && kind(i) != Some(T::Ascii40) {
+            i += 1;
+        }
+        let close = closing(i).ok_or_else(|| unsupported("unbalanced parentheses"))?;
+        last_close = close;
+        let body = tokens[i].end as usize..tokens[close].start as usize;
+        let writes = matches!(
+            c.ctequery.as_ref().and_then(|q| q.node.as_ref()),
+            Some(N::InsertStmt(_) | N::UpdateStmt(_) | N::DeleteStmt(_) | N::MergeStmt(_))
+        );
+        if !writes {
+            // Up to the comma before the next CTE (SEARCH/CYCLE clauses included).
+            let end = match ctes.get(idx + 1) {
+                Some(next) => {
+                    let next_at = at(next.location).ok_or_else(|| unsupported("a CTE name"))?;
+                    tokens[next_at - 1].start as usize
+                }
+                // The last one's end is known once the statement proper is found.
+                None => usize::MAX,
+            };
+            pieces.push(Piece::Kept(tokens[name_at].start as usize..end));
+            continue;
+        }
+        any_write = true;
+        let analysis = analyze(&sql[body.clone()])
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .map(|l| l.analysis)
+            .ok_or_else(|| unsupported("a CTE body could not be analysed"))?;
+        if analysis.writes.len() != 1 {
+            return Err(unsupported(
+                "a write in a CTE that writes more than one table",
+            ));
+        }
+        pieces.push(Piece::Write(WriteCte {
+            name: sql[tokens[name_at].start as usize..tokens[name_at].end as usize].to_string(),
+            as_clause: sql[tokens[as_at].start as usize..tokens[i].end as usize].to_string(),
+            body,
+            analysis,
+        }));
+    }
+    if !any_write {
+        return Ok(None);
+    }
+    // The statement proper starts at the first top-level keyword after the last CTE (a
+    // recursive CTE's SEARCH/CYCLE clause holds none of these).
+    let main_at = (last_close + 1..tokens.len())
+        .find(|&i| {
+            matches!(
+                kind(i),
+                Some(
+                    T::Select
+                        | T::Values
+                        | T::Table
+                        | T::Insert
+                        | T::Update
+                        | T::DeleteP
+                        | T::Merge
+                        | T::Ascii40
+                )
+            )
+        })
+        .ok_or_else(|| unsupported("the statement after WITH was not found"))?;
+    let main = tokens[main_at].start as usize..sql.trim_end().trim_end_matches(';').len();
+    if let Some(Piece::Kept(r)) = pieces.last_mut() {
+        if r.end == usize::MAX {
+            r.end = main.start;
+        }
+    }
+    let main_analysis = analyze(&sql[main.clone()])
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .map(|l| l.analysis)
+        .ok_or_else(|| unsupported("the statement after WITH could not be analysed"))?;
+    if main_analysis.kind.writes_rows() && main_analysis.writes.len() != 1 {
+        return Err(unsupported("its own write has several targets"));
+    }
+    if !main_analysis.kind.writes_rows() && main_analysis.kind != Kind::Read {
+        return Err(unsupported(
+            "it is not a SELECT, INSERT, UPDATE, DELETE or MERGE",
+        ));
+    }
+    Ok(Some(Cut {
+        sql: sql.to_string(),
+        recursive: with.recursive,
+        pieces,
+        with: with.location.max(0) as usize..tokens[last_close].end as usize,
+        main,
+        main_analysis,
+    }))
+}
+
+impl Cut {
+    /// The statements hindsight describes (never runs) before the rewrite: one per write in
+    /// the WITH list that has a RETURNING list (`None` for the others), giving its columns.
+    /// The client's statement itself is described too (by the caller, as sent).
+    pub fn probes(&self) -> Vec<Option<String>> {
+        self.writes()
+            .map(|w| {
+                w.analysis.writes[0]
+                    .returning
+                    .then(|| format!("{}\nSELECT * FROM {}", &self.sql[self.with.clone()], w.name))
+            })
+            .collect()
+    }
+
+    fn writes(&self) -> impl Iterator<Item = &WriteCte> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Write(w) => Some(w),
+            Piece::Kept(_) => None,
+        })
+    }
+
+    /// The wrapper query for a server of major version `major`. `client`: the
+    /// RowDescription body of the client's statement (`None`: it returns no rows);
+    /// `columns`: per write in the WITH list, the column names of its RETURNING list (from
+    /// the probes; `None` where it has none).
+    pub fn rewrite(
+        &self,
+        major: u32,
+        client: Option<&[u8]>,
+        columns: &[Option<Vec<String>>],
+    ) -> Result<Rewritten, Refusal> {
+        let mut ctes = Vec::new();
+        let mut parts = Vec::new();
+        let mut branches = Vec::new();
+        let mut k = 0;
+        for piece in &self.pieces {
+            let w = match piece {
+                Piece::Kept(r) => {
+                    ctes.push(self.sql[r.clone()].to_string());
+                    continue;
+                }
+                Piece::Write(w) => w,
+            };
+            k += 1;
+            let images = images(&w.analysis, major, k)?;
+            let body = &self.sql[w.body.clone()];
+            let part = format!("__hs_w{k}");
+            match columns.get(k - 1).and_then(|c| c.as_ref()) {
+                Some(names) => {
+                    ctes.push(format!(
+                        "{part}({}) {}{body}{images})",
+                        positional(names.len()),
+                        w.as_clause
+                    ));
+                    let projection: Vec<String> = names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| format!("__hs_{} AS {}", i + 1, quote(n)))
+                        .collect();
+                    ctes.push(format!(
+                        "{} AS (SELECT {} FROM {part})",
+                        w.name,
+                        projection.join(", ")
+                    ));
+                }
+                None if w.analysis.writes[0].returning => {
+                    return Err(Refusal::Unsupported {
+                        what: format!("the RETURNING list of WITH query {}", w.name),
+                    })
+                }
+                None => ctes.push(format!("{part} {}{body}{images})", w.as_clause)),
+            }
+            parts.push(part_shape(&w.analysis));
+        }
+        let main_sql = &self.sql[self.main.clone()];
+        let a = &self.main_analysis;
+        let client_cols = client.map(column_names).transpose()?;
+        let (first, client_rel, main_shape) = if !a.kind.writes_rows() {
+            ctes.push(format!("__hs_main AS (\n{main_sql}\n)"));
+            (
+                "SELECT __hs_main.*, 0, NULL::jsonb, NULL::jsonb, NULL::oid, NULL::bool FROM __hs_main"
+                    .to_string(),
+                Some("__hs_main"),
+                None,
+            )
+        } else {
+            let images = images(a, major, 0)?;
+            let rel = match &client_cols {
+                Some(names) if a.writes[0].returning => {
+                    let n = names.len();
+                    ctes.push(format!(
+                        "__hs_main({}) AS (\n{main_sql}{images}\n)",
+                        positional(n)
+                    ));
+                    ctes.push(format!(
+                        "__hs_c AS (SELECT {} FROM __hs_main)",
+                        positional(n)
+                    ));
+                    Some("__hs_c")
+                }
+                _ => {
+                    ctes.push(format!("__hs_main AS (\n{main_sql}{images}\n)"));
+                    None
+                }
+            };
+            (
+                "SELECT * FROM __hs_main".to_string(),
+                rel,
+                Some(part_shape(a)),
+            )
+        };
+        for k in 1..=parts.len() {
+            let cols = format!(
+                "__hs_w{k}.__hs_s, __hs_w{k}.__hs_o, __hs_w{k}.__hs_n, __hs_w{k}.__hs_t, __hs_w{k}.__hs_u"
+            );
+            branches.push(match client_rel {
+                Some(c) => format!("SELECT {c}.*, {cols} FROM __hs_w{k} LEFT JOIN {c} ON false"),
+                None => format!("SELECT {cols} FROM __hs_w{k}"),
+            });
+        }
+        let kind = match &main_shape {
+            Some(s) => s.kind,
+            None => parts[0].kind,
+        };
+        let table = match &main_shape {
+            Some(s) => s.table.clone(),
+            None => parts[0].table.clone(),
+        };
+        let recursive = if self.recursive { "RECURSIVE " } else { "" };
+        // The WITH list's writes first: their events precede the statement's own, so that a
+        // consumer applying them in order deletes a key before the statement inserts it again.
+        branches.push(first);
+        let text = format!(
+            "WITH {recursive}{}\n{}",
+            ctes.join(",\n"),
+            branches.join("\nUNION ALL ")
+        );
+        let wrapper = Wrapper {
+            main: main_shape,
+            parts,
+            tag: tag_of(a.kind),
+            row_description: client.map(<[u8]>::to_vec),
+        };
+        Ok(Rewritten {
+            text,
+            shape: Arc::new(Shape {
+                kind,
+                table,
+                extra: EXTRA,
+                old_at: Some(1),
+                new_at: Some(2),
+                oid_at: 3,
+                client_returning: client.is_some(),
+                pre_read: false,
+                updated_at: Some(4),
+                wrapper: Some(Arc::new(wrapper)),
+            }),
+            pre_read: None,
+            guard: None,
+        })
+    }
+}
+
+/// `__hs_1, …, __hs_n`.
+fn positional(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("__hs_{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The shape of the events of one write of the statement.
+fn part_shape(a: &Analysis) -> Arc<Shape> {
+    let w = &a.writes[0];
+    Arc::new(Shape {
+        extra: EXTRA,
+        old_at: Some(1),
+        new_at: Some(2),
+        oid_at: 3,
+        client_returning: w.returning,
+        updated_at: Some(4),
+        ..Shape::statement(a.kind, w.table.clone())
+    })
+}
+
+/// The RETURNING items a write gets (after its own list, or as a new list): its source
+/// number `src`, its before and after images, the row's table. Before PostgreSQL 18 only
+/// INSERT (and upsert DO NOTHING) and DELETE can give their images from RETURNING alone; the
+/// others need a pre-read, which cannot run apart from the CTEs it may read.
+fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
+    let w = &a.writes[0];
+    let target = w.reference();
+    let lead = if w.returning { "\n, " } else { "\nRETURNING " };
+    let tail = format!("{target}.tableoid AS __hs_t, NULL::bool AS __hs_u");
+    if major >= 18 {
+        return Ok(if w.returning {
+            format!(
+                "{lead}{src} AS __hs_s, to_jsonb(old) AS __hs_o, to_jsonb(new) AS __hs_n, {tail}"
+            )
+        } else {
+            format!("{lead}WITH (OLD AS __hs_old, NEW AS __hs_new) {src} AS __hs_s, to_jsonb(__hs_old) AS __hs_o, to_jsonb(__hs_new) AS __hs_n, {tail}")
+        });
+    }
+    let (old, new) = match a.kind {
+        Kind::Insert => ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)")),
+        Kind::Upsert if w.conflict_update.is_none() => {
+            ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)"))
+        }
+        Kind::Delete => (format!("to_jsonb({target}.*)"), "NULL::jsonb".to_string()),
+        kind => {
+            return Err(Refusal::NeedsPg18 {
+                what: format!(
+                    "{} on {} in a data-modifying WITH statement",
+                    kind.label().to_uppercase(),
+                    w.table
+                ),
+                major,
+            })
+        }
+    };
+    Ok(format!(
+        "{lead}{src} AS __hs_s, {old} AS __hs_o, {new} AS __hs_n, {tail}"
+    ))
+}
+
+/// The command tag of the client's statement, without its row count.
+fn tag_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Insert | Kind::Upsert => "INSERT 0",
+        Kind::Update => "UPDATE",
+        Kind::Delete => "DELETE",
+        Kind::Merge => "MERGE",
+        _ => "SELECT",
+    }
+}
+
+/// The field names of a RowDescription body.
+pub fn column_names(body: &[u8]) -> Result<Vec<String>, Refusal> {
+    let bad = || Refusal::Unsupported {
+        what: "this data-modifying WITH statement (its description was malformed)".into(),
+    };
+    let n = u16::from_be_bytes([
+        *body.first().ok_or_else(bad)?,
+        *body.get(1).ok_or_else(bad)?,
+    ]);
+    let mut rest = &body[2..];
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let (name, after) = crate::wire::frame::take_cstr(rest).ok_or_else(bad)?;
+        out.push(String::from_utf8_lossy(name).into_owned());
+        rest = after.get(18..).ok_or_else(bad)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row_description(names: &[&str]) -> Vec<u8> {
+        let mut b = (names.len() as u16).to_be_bytes().to_vec();
+        for n in names {
+            b.extend_from_slice(n.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&[0; 18]);
+        }
+        b
+    }
+
+    #[test]
+    fn statements_without_writes_in_with_are_not_cut() {
+        assert!(cut("SELECT 1").unwrap().is_none());
+        assert!(cut("WITH x AS (SELECT 1) UPDATE t SET a = 1")
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_returning_cte_is_renamed_and_reexposed_with_its_own_columns() {
+        let sql = "WITH x AS (SELECT 1 AS k), d(a, \"B\") AS MATERIALIZED (DELETE FROM s.t WHERE k IN (SELECT k FROM x) RETURNING * -- c\n) INSERT INTO u SELECT * FROM d;";
+        let c = cut(sql).unwrap().unwrap();
+        assert_eq!(
+            c.probes(),
+            vec![Some(
+                "WITH x AS (SELECT 1 AS k), d(a, \"B\") AS MATERIALIZED (DELETE FROM s.t WHERE k IN (SELECT k FROM x) RETURNING * -- c\n)\nSELECT * FROM d".to_string()
+            )]
+        );
+        let rw = c
+            .rewrite(18, None, &[Some(vec!["a".into(), "B".into()])])
+            .unwrap();
+        assert_eq!(
+            rw.text,
+            "WITH x AS (SELECT 1 AS k),\n\
+             __hs_w1(__hs_1, __hs_2) AS MATERIALIZED (DELETE FROM s.t WHERE k IN (SELECT k FROM x) RETURNING * -- c\n\n\
+             , 1 AS __hs_s, to_jsonb(old) AS __hs_o, to_jsonb(new) AS __hs_n, \"s\".\"t\".tableoid AS __hs_t, NULL::bool AS __hs_u),\n\
+             d AS (SELECT __hs_1 AS \"a\", __hs_2 AS \"B\" FROM __hs_w1),\n\
+             __hs_main AS (\nINSERT INTO u SELECT * FROM d\n\
+             RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) 0 AS __hs_s, to_jsonb(__hs_old) AS __hs_o, to_jsonb(__hs_new) AS __hs_n, \"u\".tableoid AS __hs_t, NULL::bool AS __hs_u\n)\n\
+             SELECT __hs_w1.__hs_s, __hs_w1.__hs_o, __hs_w1.__hs_n, __hs_w1.__hs_t, __hs_w1.__hs_u FROM __hs_w1\n\
+             UNION ALL SELECT * FROM __hs_main"
+        );
+        let w = rw.shape.wrapper.as_ref().unwrap();
+        assert_eq!(w.tag, "INSERT 0");
+        assert_eq!(w.parts[0].kind, Kind::Delete);
+        assert_eq!(w.parts[0].table.to_string(), "s.t");
+        assert!(!rw.shape.client_returning);
+    }
+
+    #[test]
+    fn a_select_keeps_its_rows_first_and_the_images_follow() {
+        let sql = "WITH RECURSIVE u AS (UPDATE t SET a = 1) SELECT 1 AS one ORDER BY 1";
+        let c = cut(sql).unwrap().unwrap();
+        assert_eq!(c.probes(), vec![None]);
+        let rw = c
+            .rewrite(18, Some(&row_description(&["one"])), &[None])
+            .unwrap();
+        assert!(
+            rw.text
+                .starts_with("WITH RECURSIVE __hs_w1 AS (UPDATE t SET a = 1\nRETURNING WITH"),
+            "{}",
+            rw.text
+        );
+        assert!(
+            rw.text.contains(
+                "__hs_main AS (\nSELECT 1 AS one ORDER BY 1\n)\nSELECT __hs_main.*, __hs_w1.__hs_s"
+            ),
+            "{}",
+            rw.text
+        );
+        assert!(rw.text.ends_with("FROM __hs_w1 LEFT JOIN __hs_main ON false\nUNION ALL SELECT __hs_main.*, 0, NULL::jsonb, NULL::jsonb, NULL::oid, NULL::bool FROM __hs_main"), "{}", rw.text);
+        assert_eq!(rw.shape.wrapper.as_ref().unwrap().tag, "SELECT");
+        assert!(rw.shape.client_returning);
+    }
+
+    #[test]
+    fn a_write_with_returning_exposes_only_the_clients_columns() {
+        let sql = "WITH d AS (DELETE FROM a RETURNING id) UPDATE b SET x = 1 FROM d WHERE b.id = d.id RETURNING b.id, d.id";
+        let c = cut(sql).unwrap().unwrap();
+        let rw = c
+            .rewrite(
+                18,
+                Some(&row_description(&["id", "id"])),
+                &[Some(vec!["id".into()])],
+            )
+            .unwrap();
+        assert!(rw.text.contains("__hs_main(__hs_1, __hs_2) AS (\nUPDATE b SET x = 1 FROM d WHERE b.id = d.id RETURNING b.id, d.id\n, 0 AS __hs_s, to_jsonb(old)"), "{}", rw.text);
+        assert!(
+            rw.text
+                .contains("__hs_c AS (SELECT __hs_1, __hs_2 FROM __hs_main)"),
+            "{}",
+            rw.text
+        );
+        assert!(
+            rw.text.ends_with(
+                "FROM __hs_w1 LEFT JOIN __hs_c ON false\nUNION ALL SELECT * FROM __hs_main"
+            ),
+            "{}",
+            rw.text
+        );
+    }
+
+    #[test]
+    fn older_servers_capture_inserts_and_deletes_and_refuse_the_rest() {
+        let sql = "WITH d AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM d";
+        let rw = cut(sql)
+            .unwrap()
+            .unwrap()
+            .rewrite(15, None, &[Some(vec!["id".into()])])
+            .unwrap();
+        assert!(
+            rw.text
+                .contains("1 AS __hs_s, to_jsonb(\"a\".*) AS __hs_o, NULL::jsonb AS __hs_n"),
+            "{}",
+            rw.text
+        );
+        assert!(
+            rw.text
+                .contains("0 AS __hs_s, NULL::jsonb AS __hs_o, to_jsonb(\"b\".*) AS __hs_n"),
+            "{}",
+            rw.text
+        );
+        let sql = "WITH u AS (UPDATE a SET v = 1 RETURNING *) INSERT INTO b SELECT * FROM u";
+        assert!(matches!(
+            cut(sql)
+                .unwrap()
+                .unwrap()
+                .rewrite(15, None, &[Some(vec!["id".into()])]),
+            Err(Refusal::NeedsPg18 { .. })
+        ));
+    }
+}
