@@ -1983,7 +1983,39 @@ fn events_order(op: &str) -> u8 {
     }
 }
 
+/// Regression: a write with RETURNING executed with a row limit (as JDBC does with a fetch
+/// size) was suspended after the limit; the write had run in full, but the images of the
+/// rows the client never fetched never reached hindsight, and the transaction committed with
+/// changes unrecorded. The portal now runs without the limit: every row comes back at once.
+async fn row_limited_execute_left_changes_unrecorded(pg: Pg) {
+    use super::differential::{cat, run, send};
+    use super::wire_client::*;
+    let (db, prefix, proxy) = setup(pg, "maxrows").await;
+    let steps = [send(cat(&[
+        parse(
+            "",
+            "DELETE FROM brieff WHERE bfkey <= 3 RETURNING bfkey",
+            &[],
+        ),
+        bind("", "", 0, &[], 0),
+        execute("", 1),
+        sync(),
+    ]))];
+    let replies = run(proxy.addr, &db, 0, &steps).await;
+    let tags: Vec<u8> = replies[1].iter().map(|f| f[0]).collect();
+    assert_eq!(tags, b"12DDDCZ", "{}", describe_frames(&replies[1]));
+    let events = read_topic(format!("{prefix}.public.brieff"), 3).await;
+    assert_eq!(
+        changes(&events, "bfkey"),
+        (1..=3)
+            .map(|k| ("d".to_string(), Value::from(k), Value::Null))
+            .collect::<Vec<_>>()
+    );
+    proxy.shutdown().await;
+}
+
 on_both!(
+    row_limited_execute_left_changes_unrecorded,
     data_modifying_ctes_are_captured,
     large_toasted_row_was_refused_over_one_megabyte,
     transaction_control_mixed_with_writes_in_one_query_string_was_refused,

@@ -475,12 +475,16 @@ impl ClientCapture {
         }
         u.collect = Collect::capture(ctx);
         self.push([u]);
-        // A row limit would suspend the portal on rows the client never asked for.
+        // No row limit: the write ran in full at the first Execute, and every row's images
+        // must reach hindsight before the transaction can commit — a suspended portal the
+        // client never resumes would leave changes unrecorded. The client gets all of its
+        // rows now, then the CommandComplete (a deviation from a direct connection, which
+        // would send at most `max_rows` and PortalSuspended).
         let max_rows = rest
             .get(..4)
             .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
             .unwrap_or(0);
-        if max_rows != 0 && (!rw.shape.client_returning || rw.shape.wrapper.is_some()) {
+        if max_rows != 0 {
             out.extend(execute_frame(portal));
         } else if out.is_empty() {
             return Verdict::Forward;
