@@ -466,7 +466,49 @@ action = "deny"
     s.proxy.shutdown().await;
 }
 
+/// Writes in a WITH clause meet the same rules as any other: the statement rule refuses the
+/// leaked UPDATE (on PostgreSQL 18 its trial run records the would-be changes), and the row
+/// rule sees the CTE's rows at COMMIT.
+async fn writes_in_a_with_clause_are_gated(pg: Pg) {
+    let s = setup(pg, "gate_cte", INCIDENT_RULES).await;
+    let v1 = connect_as(s.proxy.addr, &s.db, "certification-v1").await;
+    let leaked = "WITH u AS (UPDATE brieff SET bfso = NULL WHERE bfkey < 4 RETURNING bfkey) SELECT count(*) FROM u";
+    let err = v1.simple_query(leaked).await.unwrap_err();
+    assert_eq!(code(&err), "HS010", "{err:?}");
+    assert_eq!(nulls(pg, &s.db).await, 0, "table unchanged");
+    if pg.major() < 18 {
+        // Before 18 an UPDATE in a WITH clause cannot run on trial (nor be captured).
+        s.proxy.shutdown().await;
+        return;
+    }
+    let events = harness::read_topic_raw(format!("{}.public.brieff", s.prefix), 3).await;
+    let events: Vec<Value> = events
+        .iter()
+        .map(|(_, p)| serde_json::from_slice(p).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert!(events.iter().all(|e| e["op"] == "blocked"
+        && e["after"]["bfso"].is_null()
+        && e["before"]["bfso"].is_string()));
+    let v2 = connect_as(s.proxy.addr, &s.db, "certification-v2").await;
+    let err = v2.simple_query(leaked).await.unwrap_err();
+    assert_eq!(code(&err), "HS010", "{err:?}");
+    assert!(err
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("representative-never-null"));
+    assert_eq!(nulls(pg, &s.db).await, 0, "rolled back at COMMIT");
+    let rows = v2
+        .simple_query("WITH u AS (UPDATE brieff SET bfso = 'v2' WHERE bfkey < 4 RETURNING bfkey) SELECT count(*) FROM u")
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3, "row, command complete and RowDescription");
+    s.proxy.shutdown().await;
+}
+
 on_both!(
+    writes_in_a_with_clause_are_gated,
     denied_extended_copy_and_truncate_do_not_run,
     incident_is_refused_until_the_flag_is_on,
     refusal_in_a_transaction_aborts_it,

@@ -155,8 +155,17 @@ impl ClientCapture {
             return Ok(Vec::new());
         }
         let major = self.shared.lock().server_major;
-        let Ok(Some(rw)) = rewrite(text, &s.located, major, self.truncate_limit, &[]) else {
-            return Ok(Vec::new());
+        let rw = if has_cte_writes(s) {
+            let sent = &text[s.located.span.clone()];
+            match self.cte_rewrite(w, text, sent, s, &[], false).await? {
+                CteRewrite::Rewritten(rw, _) => rw,
+                _ => return Ok(Vec::new()),
+            }
+        } else {
+            let Ok(Some(rw)) = rewrite(text, &s.located, major, self.truncate_limit, &[]) else {
+                return Ok(Vec::new());
+            };
+            rw
         };
         if rw.guard.is_some() {
             return Ok(Vec::new());
