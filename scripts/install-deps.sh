@@ -9,6 +9,9 @@ command -v runuser >/dev/null || want+=(util-linux)
 dpkg -s libclang-dev >/dev/null 2>&1 || want+=(libclang-dev)
 command -v cc >/dev/null || want+=(build-essential)
 command -v xz >/dev/null || want+=(xz-utils)
+# Building PostgreSQL 18's psql and pg_regress for its regression suite (configure wants both).
+command -v bison >/dev/null || want+=(bison)
+command -v flex >/dev/null || want+=(flex)
 if [ ${#want[@]} -gt 0 ]; then
   log "apt-get install ${want[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -4,7 +4,7 @@
 #   1. cargo fmt --check and cargo clippy --all-targets -- -D warnings
 #   2. cargo test (unit, property and integration tests against the real servers)
 #   3. the client suites through hindsight (scripts/suites/): pgbench, Python asyncpg,
-#      PostgreSQL's pg_regress, tokio-postgres's own test suite
+#      PostgreSQL's pg_regress (on 15 and on 18), tokio-postgres's own test suite
 # and ends with one line "N passed, M failed". Exit status 0 only if nothing failed.
 #   scripts/test.sh           everything (what .ci/run calls)
 #   scripts/test.sh --quick   steps 1-2 only
@@ -45,10 +45,13 @@ while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
 if [ "$quick" -eq 0 ]; then
   step "cargo build (hindsight binary for the suites)" cargo build --quiet --bin hindsight
   bin="$ROOT/target/debug/hindsight"
-  for suite in helm pgbench asyncpg pg-regress tokio-postgres; do
-    step "suite $suite" bash "$ROOT/scripts/suites/$suite.sh" "$bin"
+  for suite in helm pgbench asyncpg pg-regress "pg-regress 18" tokio-postgres; do
+    # shellcheck disable=SC2086 # "NAME ARGS": the suite script, then its arguments after the binary
+    set -- $suite
+    name="${suite// /-}"
+    step "suite $name" bash "$ROOT/scripts/suites/$1.sh" "$bin" "${@:2}"
     # Each suite prints one "ok ..." / "FAILED ..." line per check it makes.
-    passed=$((passed + $(grep -c '^ok ' "$DEV/test-logs/suite_$suite.log"))); failed=$((failed + $(grep -c '^FAILED ' "$DEV/test-logs/suite_$suite.log")))
+    passed=$((passed + $(grep -c '^ok ' "$DEV/test-logs/suite_$name.log"))); failed=$((failed + $(grep -c '^FAILED ' "$DEV/test-logs/suite_$name.log")))
   done
 fi
 

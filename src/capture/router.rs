@@ -186,7 +186,7 @@ impl Unit {
         }
     }
 
-    fn sync_point(&self) -> bool {
+    pub fn sync_point(&self) -> bool {
         self.ends.contains(&b'Z')
     }
 }

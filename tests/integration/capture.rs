@@ -2014,7 +2014,53 @@ async fn row_limited_execute_left_changes_unrecorded(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// Regression: a pipeline whose DDL statement failed (`CREATE INDEX CONCURRENTLY` inside the
+/// pipeline's implicit transaction, as psql's `\startpipeline` sends it) hung the session, or
+/// handed the client the rows of hindsight's own catalog query. The DDL's Execute waits while
+/// its statement event is published; its error arrived before the rest of the pipeline was
+/// read, and the replies expected for those messages — which the server skips up to the
+/// Sync — were never dropped.
+async fn messages_after_a_failed_deferred_execute_waited_for_replies_forever(pg: Pg) {
+    use super::differential::{cat, run, send};
+    use super::wire_client::*;
+    let (db, _prefix, proxy) = setup(pg, "pipefail").await;
+    let db2 = harness::fresh_db(pg, "pipefail_direct").await;
+    harness::connect(pg.addr(), "postgres", &db2)
+        .await
+        .batch_execute(BRIEFF)
+        .await
+        .unwrap();
+    let pipeline = |sql: &str| {
+        cat(&[
+            parse("", sql, &[]),
+            bind("", "", 0, &[], 0),
+            describe(b'P', ""),
+            execute("", 0),
+        ])
+    };
+    let steps = [
+        send(cat(&[
+            pipeline("SELECT 1"),
+            pipeline("CREATE INDEX CONCURRENTLY brieff_bfso ON brieff (bfso)"),
+            pipeline("SELECT 2"),
+            pipeline("UPDATE brieff SET bfso = 'skipped' WHERE bfkey = 1"),
+            sync(),
+        ])),
+        send(query("SELECT 'after'")),
+        send(query(
+            "UPDATE brieff SET bfso = 'done' WHERE bfkey = 2 RETURNING bfso",
+        )),
+    ];
+    let mut through = run(proxy.addr, &db, 0, &steps).await;
+    let mut plain = run(pg.addr(), &db2, 0, &steps).await;
+    zero_table_oids(&mut through);
+    zero_table_oids(&mut plain);
+    assert_same_replies(&mut through, &mut plain);
+    proxy.shutdown().await;
+}
+
 on_both!(
+    messages_after_a_failed_deferred_execute_waited_for_replies_forever,
     row_limited_execute_left_changes_unrecorded,
     data_modifying_ctes_are_captured,
     large_toasted_row_was_refused_over_one_megabyte,

@@ -373,8 +373,18 @@ impl ClientCapture {
         }
     }
 
+    /// Expect the replies of requests about to be sent. After an error in an extended-protocol
+    /// batch the server answers nothing up to the client's Sync: units of requests sent then
+    /// (the client's pipeline continuing while a deferred message was being decided) are
+    /// dropped, or they would wait forever and take the replies meant for later requests.
     pub(super) fn push(&self, units: impl IntoIterator<Item = Unit>) {
-        self.shared.lock().units.extend(units);
+        let mut st = self.shared.lock();
+        for u in units {
+            if st.batch_failed && !u.sync_point() && !st.units.iter().any(Unit::sync_point) {
+                continue;
+            }
+            st.units.push_back(u);
+        }
     }
 
     /// Frames whose handling needs to wait for replies, publish, or send hindsight's own.
