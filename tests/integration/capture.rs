@@ -517,6 +517,22 @@ async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
     // A plain syntax error in a read is still the server's own.
     let err = c.simple_query("SELEC 1").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42601"), "{err:?}");
+    // So is one in a write, on every server (PostgreSQL 18 is asked to describe the text;
+    // the server's error was once replaced by HS002 there), in both protocols.
+    for sql in ["delete from;", "INSERT INTO brieff VALUES (1) brieff"] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("42601"),
+            "{sql}: {err:?}"
+        );
+        let err = c.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("42601"),
+            "{sql}: {err:?}"
+        );
+    }
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
     let n = harness::count(
         &direct,
@@ -1834,6 +1850,15 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
     let db2 = harness::fresh_db(pg, "wcte_direct").await;
     let direct = harness::connect(pg.addr(), "postgres", &db2).await;
     direct.batch_execute(BRIEFF).await.unwrap();
+    // A table whose DELETE a rule replaces (it cannot take capture columns).
+    let ruled = "CREATE TABLE y (a int); INSERT INTO y VALUES (1);
+                 CREATE RULE y_rule AS ON DELETE TO y DO INSTEAD INSERT INTO y VALUES (42) RETURNING *";
+    direct.batch_execute(ruled).await.unwrap();
+    harness::connect(pg.addr(), "postgres", &db)
+        .await
+        .batch_execute(ruled)
+        .await
+        .unwrap();
     let moved = "WITH d AS (DELETE FROM brieff WHERE bfkey = $1 RETURNING bfkey, bfso) \
                  INSERT INTO brieff (bfkey, bfso) SELECT bfkey + 500, bfso FROM d RETURNING bfkey";
     let mut steps = vec![
@@ -1845,6 +1870,9 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
         send(query("COMMIT")),
         // The statement's own RETURNING, a CTE that is not referenced, a plain CTE.
         send(query("WITH x AS (SELECT 3 AS k), gone AS (DELETE FROM brieff WHERE bfkey = 4), d AS (DELETE FROM brieff WHERE bfkey IN (SELECT k FROM x) RETURNING bfkey) INSERT INTO brieff (bfkey, bfso) SELECT bfkey + 300, 'moved' FROM d RETURNING bfkey, bfso")),
+        // A write to a relation with rules makes the statement opaque: it runs unchanged.
+        // (Regression: "could not find replacement targetlist entry for attno -6".)
+        send(query("WITH t AS (DELETE FROM y RETURNING *) SELECT * FROM t")),
         // Rolled back: nothing published.
         send(query("BEGIN; WITH d AS (DELETE FROM brieff WHERE bfkey = 9 RETURNING *) SELECT count(*) FROM d; ROLLBACK")),
         // The server's own error, where the client's text has it.

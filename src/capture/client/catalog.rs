@@ -56,58 +56,75 @@ impl ClientCapture {
         statements: &[Statement],
         extended: bool,
     ) -> std::io::Result<Vec<Target>> {
-        let generation = self.tables.generation();
         let mut out = Vec::with_capacity(statements.len());
         for s in statements {
             let a = &s.located.analysis;
-            let table = match (a.kind, a.writes.as_slice()) {
+            let target = match (a.kind, a.writes.as_slice()) {
                 (
                     Kind::Insert | Kind::Update | Kind::Delete | Kind::Upsert | Kind::Merge,
                     [only],
-                ) if !only.nested && !a.explain_analyze => &only.table,
-                _ => {
-                    out.push(Target::Table);
-                    continue;
+                ) if !only.nested && !a.explain_analyze => {
+                    self.resolve_target(w, &only.table, extended).await?
                 }
-            };
-            let name = match table.schema.as_str() {
-                "" => crate::capture::rewrite::quote(&table.name),
-                schema => format!(
-                    "{}.{}",
-                    crate::capture::rewrite::quote(schema),
-                    crate::capture::rewrite::quote(&table.name)
-                ),
-            };
-            let target = match self.targets.get(generation, &name) {
-                Some(t) => t,
-                None => {
-                    self.mid_batch = extended;
-                    let reply = self
-                        .internal_query(w, &crate::capture::tables::capturable_query(&name))
-                        .await?;
-                    if reply.error.is_some() {
-                        // An aborted transaction: the statement fails on its own.
-                        out.push(Target::Table);
-                        continue;
+                // A statement with writes in its WITH clause: one target that cannot take the
+                // capture columns makes the whole statement opaque.
+                _ if has_cte_writes(s) => {
+                    let mut target = Target::Table;
+                    for write in &a.writes {
+                        if self.resolve_target(w, &write.table, extended).await? == Target::Opaque {
+                            target = Target::Opaque;
+                            break;
+                        }
                     }
-                    // No row: no such relation; the statement fails on its own.
-                    let t = match reply
-                        .rows
-                        .first()
-                        .and_then(|r| r.first().cloned().flatten())
-                        .as_deref()
-                    {
-                        Some(b"opaque") => Target::Opaque,
-                        Some(b"partitioned") => Target::Partitioned,
-                        _ => Target::Table,
-                    };
-                    self.targets.put(&name, t);
-                    t
+                    target
                 }
+                _ => Target::Table,
             };
             out.push(target);
         }
         Ok(out)
+    }
+
+    /// What `table`, as the session names it, is for capture (cached per session).
+    async fn resolve_target<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        table: &TableName,
+        extended: bool,
+    ) -> std::io::Result<Target> {
+        let generation = self.tables.generation();
+        let name = match table.schema.as_str() {
+            "" => crate::capture::rewrite::quote(&table.name),
+            schema => format!(
+                "{}.{}",
+                crate::capture::rewrite::quote(schema),
+                crate::capture::rewrite::quote(&table.name)
+            ),
+        };
+        if let Some(t) = self.targets.get(generation, &name) {
+            return Ok(t);
+        }
+        self.mid_batch = extended;
+        let reply = self
+            .internal_query(w, &crate::capture::tables::capturable_query(&name))
+            .await?;
+        if reply.error.is_some() {
+            // An aborted transaction: the statement fails on its own.
+            return Ok(Target::Table);
+        }
+        // No row: no such relation; the statement fails on its own.
+        let t = match reply
+            .rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .as_deref()
+        {
+            Some(b"opaque") => Target::Opaque,
+            Some(b"partitioned") => Target::Partitioned,
+            _ => Target::Table,
+        };
+        self.targets.put(&name, t);
+        Ok(t)
     }
 
     /// Whether a read the fast path passed must be analysed after all: it may call a function

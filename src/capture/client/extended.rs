@@ -111,6 +111,22 @@ impl ClientCapture {
         let stmt = match entry.as_ref() {
             Ok(a) if a.statements.len() == 1 => &a.statements[0],
             Err(e) if may_write(text) && self.parser_may_lag() => {
+                // The server's own verdict first (described, never run): a syntax error it
+                // also finds is forwarded as this Parse's error.
+                match self
+                    .describe(w, &full, &declared_params(params), true)
+                    .await?
+                {
+                    Description::Failed(_) => {
+                        self.skip_until_sync = true;
+                        return Ok(());
+                    }
+                    Description::Skipped => {
+                        self.push([Unit::pass(b"1")]);
+                        return write_all(w, frame).await;
+                    }
+                    Description::Described(..) => {}
+                }
                 let err = unparseable_write(e).encode();
                 return self.refused_parse(w, name, err).await;
             }
