@@ -8,16 +8,19 @@
 //! WITH __hs_w1(__hs_1, …, __hs_n) AS (DELETE … RETURNING *, 1 AS __hs_s, <images>),
 //!      d AS (SELECT __hs_1 AS "id", … FROM __hs_w1),           -- what the client named d
 //!      __hs_main AS (<the client's statement after its WITH, with images>)
-//! SELECT <client columns as NULL>, __hs_s, … FROM __hs_w1 LEFT JOIN … ON false
-//! UNION ALL SELECT * FROM __hs_main
+//! SELECT * FROM __hs_main
+//! UNION ALL SELECT <client columns as NULL>, __hs_s, … FROM __hs_w1 LEFT JOIN … ON false
 //! ```
 //!
 //! Every write of the statement is evaluated exactly as written (same WITH list, same
 //! snapshot, same single execution of each data-modifying CTE); only RETURNING items are
 //! added, and the CTE the client named is re-exposed with exactly its original columns. Each
 //! result row carries `__hs_s` — 0 for the client's own rows, k for the k-th write in the
-//! WITH list — and the router forwards the client's rows, keeps the images, and puts back the
-//! command tag and RowDescription the statement would have produced.
+//! WITH list — and the router forwards the client's rows, keeps the images (the WITH list's
+//! first, so that a consumer applying events in order deletes a key before the statement inserts
+//! it again), and puts back the command tag and RowDescription the statement would have
+//! produced. The statement proper comes first in the UNION ALL, so its write runs first and
+//! reads the CTEs as it would alone: triggers fire in the same order.
 //!
 //! The column lists of a CTE's RETURNING and of the client's result come from the server
 //! (a Describe of the client's statement and of `WITH … SELECT * FROM d`, see
@@ -369,9 +372,10 @@ impl Cut {
             None => parts[0].table.clone(),
         };
         let recursive = if self.recursive { "RECURSIVE " } else { "" };
-        // The WITH list's writes first: their events precede the statement's own, so that a
-        // consumer applying them in order deletes a key before the statement inserts it again.
-        branches.push(first);
+        // The statement's own rows first: its write runs first, pulling the CTEs it reads, as
+        // without the wrapper (statement triggers fire in the same order). The router puts the
+        // WITH list's events first (see `router::Wrapped`).
+        branches.insert(0, first);
         let text = format!(
             "WITH {recursive}{}\n{}",
             ctes.join(",\n"),
@@ -538,8 +542,8 @@ mod tests {
              d AS (SELECT __hs_1 AS \"a\", __hs_2 AS \"B\" FROM __hs_w1),\n\
              __hs_main AS (\nINSERT INTO u SELECT * FROM d\n\
              RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) 0 AS __hs_s, to_jsonb(__hs_old) AS __hs_o, to_jsonb(__hs_new) AS __hs_n, \"u\".tableoid AS __hs_t, NULL::bool AS __hs_u\n)\n\
-             SELECT __hs_w1.__hs_s, __hs_w1.__hs_o, __hs_w1.__hs_n, __hs_w1.__hs_t, __hs_w1.__hs_u FROM __hs_w1\n\
-             UNION ALL SELECT * FROM __hs_main"
+             SELECT * FROM __hs_main\n\
+             UNION ALL SELECT __hs_w1.__hs_s, __hs_w1.__hs_o, __hs_w1.__hs_n, __hs_w1.__hs_t, __hs_w1.__hs_u FROM __hs_w1"
         );
         let w = rw.shape.wrapper.as_ref().unwrap();
         assert_eq!(w.tag, "INSERT 0");
@@ -564,12 +568,17 @@ mod tests {
         );
         assert!(
             rw.text.contains(
-                "__hs_main AS (\nSELECT 1 AS one ORDER BY 1\n)\nSELECT __hs_main.*, __hs_w1.__hs_s"
+                "__hs_main AS (\nSELECT 1 AS one ORDER BY 1\n)\nSELECT __hs_main.*, 0, NULL::jsonb, NULL::jsonb, NULL::oid, NULL::bool FROM __hs_main\nUNION ALL SELECT __hs_main.*, __hs_w1.__hs_s"
             ),
             "{}",
             rw.text
         );
-        assert!(rw.text.ends_with("FROM __hs_w1 LEFT JOIN __hs_main ON false\nUNION ALL SELECT __hs_main.*, 0, NULL::jsonb, NULL::jsonb, NULL::oid, NULL::bool FROM __hs_main"), "{}", rw.text);
+        assert!(
+            rw.text
+                .ends_with("FROM __hs_w1 LEFT JOIN __hs_main ON false"),
+            "{}",
+            rw.text
+        );
         assert_eq!(rw.shape.wrapper.as_ref().unwrap().tag, "SELECT");
         assert!(rw.shape.client_returning);
     }
@@ -593,9 +602,9 @@ mod tests {
             rw.text
         );
         assert!(
-            rw.text.ends_with(
-                "FROM __hs_w1 LEFT JOIN __hs_c ON false\nUNION ALL SELECT * FROM __hs_main"
-            ),
+            rw.text
+                .contains("\nSELECT * FROM __hs_main\nUNION ALL SELECT __hs_c.*")
+                && rw.text.ends_with("FROM __hs_w1 LEFT JOIN __hs_c ON false"),
             "{}",
             rw.text
         );

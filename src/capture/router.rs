@@ -58,6 +58,11 @@ pub struct Unit {
     /// A sync point that is not forwarded, except when a statement before it failed: the
     /// ReadyForQuery after the failing part of a query string hindsight split in several.
     pub end_on_error: bool,
+    /// The client's BEGIN inside the transaction hindsight opened for its batch (which the
+    /// BEGIN takes over, as the server turns an implicit transaction block into an explicit
+    /// one): the server's "there is already a transaction in progress" is about hindsight's
+    /// BEGIN, and is not forwarded.
+    pub begin_in_batch: bool,
 }
 
 /// What the client sees of a forwarded CommandComplete.
@@ -108,6 +113,7 @@ impl Collect {
             main: wrapper.main.as_ref().map(with),
             parts: wrapper.parts.iter().map(with).collect(),
             rows: Vec::new(),
+            main_changes: Vec::new(),
             main_rows: 0,
             ctx,
         }))
@@ -122,7 +128,11 @@ pub struct Wrapped {
     pub main: Option<Arc<StatementCtx>>,
     /// … of each write in the WITH list (source k is `parts[k - 1]`).
     pub parts: Vec<Arc<StatementCtx>>,
+    /// Changes of the WITH list's writes, then (at completion) those of the statement's own:
+    /// a consumer applying them in order deletes a key before the statement inserts it again.
     pub rows: Vec<Change>,
+    /// Changes of the statement's own write, until completion.
+    pub main_changes: Vec<Change>,
     /// Rows of the client's own result (its command tag's count).
     pub main_rows: u64,
 }
@@ -175,6 +185,7 @@ impl Unit {
             position_shift: 0,
             probe: false,
             end_on_error: false,
+            begin_in_batch: false,
         }
     }
 
@@ -250,6 +261,15 @@ pub enum Route {
 pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     let body = &frame[5..];
     match tag {
+        b'N' if crate::wire::error_response::code_of(frame).as_deref() == Some("25001")
+            && shared
+                .lock()
+                .units
+                .front()
+                .is_some_and(|u| u.begin_in_batch) =>
+        {
+            return Route::Replace(Vec::new())
+        }
         b'N' | b'A' => return Route::Forward,
         b'S' => {
             if let Some((name, value)) = crate::wire::backend::parameter_status(body) {
@@ -489,8 +509,10 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                 st.probe.extend(rows)
             }
             Collect::Capture(_, rows) | Collect::PreRead(_, rows) => st.txn.push(rows),
-            Collect::Wrapped(wr) if unit.probe => st.probe.extend(wr.rows),
-            Collect::Wrapped(wr) => st.txn.push(wr.rows),
+            Collect::Wrapped(wr) if unit.probe => {
+                st.probe.extend(wr.rows.into_iter().chain(wr.main_changes))
+            }
+            Collect::Wrapped(wr) => st.txn.push(wr.rows.into_iter().chain(wr.main_changes)),
             Collect::Described(params, row_description) => {
                 if let Some(tx) = unit.reply {
                     let _ = tx.send(Reply {
@@ -595,13 +617,18 @@ fn wrapped_row(wr: &mut Wrapped, body: &[u8]) -> Result<Option<Vec<u8>>, String>
         let after = image(shape.new_at).map_err(|e| format!("{}: {e}", stmt.shape.table))?;
         let table_oid = decode_oid(split.extra[shape.oid_at], fmt)
             .map_err(|e| format!("{}: {e}", stmt.shape.table))?;
-        wr.rows.push(Change {
+        let change = Change {
             before,
             after,
             table_oid,
             stmt,
             gate: None,
-        });
+        };
+        if src == 0 {
+            wr.main_changes.push(change);
+        } else {
+            wr.rows.push(change);
+        }
     }
     Ok((src == 0).then_some(split.client_frame))
 }

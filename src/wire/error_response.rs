@@ -134,17 +134,24 @@ pub fn shift_position(frame: &[u8], delta: i64) -> Vec<u8> {
 
 /// The message field (`M`) of an ErrorResponse/NoticeResponse frame (empty if it has none).
 pub fn message_of(frame: &[u8]) -> String {
+    field_of(frame, b'M').unwrap_or_default()
+}
+
+/// The SQLSTATE field (`C`) of an ErrorResponse/NoticeResponse frame.
+pub fn code_of(frame: &[u8]) -> Option<String> {
+    field_of(frame, b'C')
+}
+
+fn field_of(frame: &[u8], wanted: u8) -> Option<String> {
     let mut rest = frame.get(5..).unwrap_or_default();
     while let Some((&code, tail)) = rest.split_first() {
-        let Some(end) = tail.iter().position(|&b| b == 0) else {
-            break;
-        };
-        if code == b'M' {
-            return String::from_utf8_lossy(&tail[..end]).into_owned();
+        let end = tail.iter().position(|&b| b == 0)?;
+        if code == wanted {
+            return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
         }
         rest = &tail[end + 1..];
     }
-    String::new()
+    None
 }
 
 #[cfg(test)]

@@ -2087,7 +2087,56 @@ async fn messages_after_a_failed_deferred_execute_waited_for_replies_forever(pg:
     proxy.shutdown().await;
 }
 
+/// Regression: a pipeline that writes, then BEGINs (psql `\startpipeline`; the server turns the
+/// implicit transaction into the BEGIN's), got "there is already a transaction in progress"
+/// about the transaction hindsight opened for the batch, and "there is no transaction in
+/// progress" from hindsight's COMMIT after the client's ROLLBACK.
+async fn begin_inside_a_pipeline_warned_about_hindsights_own_transaction(pg: Pg) {
+    use super::differential::{cat, run, send};
+    use super::wire_client::*;
+    let (db, prefix, proxy) = setup(pg, "pipebegin").await;
+    let db2 = harness::fresh_db(pg, "pipebegin_direct").await;
+    harness::connect(pg.addr(), "postgres", &db2)
+        .await
+        .batch_execute(BRIEFF)
+        .await
+        .unwrap();
+    let stmt = |sql: &str| cat(&[parse("", sql, &[]), bind("", "", 0, &[], 0), execute("", 0)]);
+    let steps = [
+        send(cat(&[
+            stmt("UPDATE brieff SET bfso = 'gone1' WHERE bfkey = 1"),
+            stmt("BEGIN"),
+            stmt("UPDATE brieff SET bfso = 'gone2' WHERE bfkey = 2"),
+            stmt("ROLLBACK"),
+            sync(),
+        ])),
+        send(cat(&[
+            stmt("UPDATE brieff SET bfso = 'kept3' WHERE bfkey = 3"),
+            stmt("BEGIN"),
+            stmt("UPDATE brieff SET bfso = 'kept4' WHERE bfkey = 4"),
+            stmt("COMMIT"),
+            sync(),
+        ])),
+        send(query(
+            "SELECT bfso FROM brieff WHERE bfkey <= 4 ORDER BY bfkey",
+        )),
+    ];
+    let mut through = run(proxy.addr, &db, 0, &steps).await;
+    let mut plain = run(pg.addr(), &db2, 0, &steps).await;
+    zero_table_oids(&mut through);
+    zero_table_oids(&mut plain);
+    assert_same_replies(&mut through, &mut plain);
+    let events = read_topic(format!("{prefix}.public.brieff"), 2).await;
+    let want: Vec<(String, Value, Value)> = vec![
+        ("u".into(), "rep3".into(), "kept3".into()),
+        ("u".into(), "rep4".into(), "kept4".into()),
+    ];
+    assert_eq!(changes(&events, "bfso"), want, "{events:#?}");
+    proxy.shutdown().await;
+}
+
 on_both!(
+    begin_inside_a_pipeline_warned_about_hindsights_own_transaction,
     messages_after_a_failed_deferred_execute_waited_for_replies_forever,
     row_limited_execute_left_changes_unrecorded,
     data_modifying_ctes_are_captured,

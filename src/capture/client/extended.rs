@@ -419,7 +419,14 @@ impl ClientCapture {
                 }
                 u.txctl = Some((ctl, prep.savepoint.clone()));
             }
-            Kind::Transaction(ctl) => u.txctl = Some((ctl, prep.savepoint.clone())),
+            Kind::Transaction(ctl) => {
+                u.txctl = Some((ctl, prep.savepoint.clone()));
+                if ctl == TxControl::Begin && self.batch_implicit {
+                    // The client takes over the transaction hindsight opened for its batch.
+                    self.batch_implicit = false;
+                    u.begin_in_batch = true;
+                }
+            }
             // Recorded before it runs, or with its transaction: decided once replies are in.
             k if k.statement_event() => return Verdict::Defer,
             _ => {}
