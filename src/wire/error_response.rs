@@ -142,6 +142,12 @@ pub fn code_of(frame: &[u8]) -> Option<String> {
     field_of(frame, b'C')
 }
 
+/// Whether an ErrorResponse frame points at a position in the statement text (`P`): the
+/// parser's errors do.
+pub fn has_position(frame: &[u8]) -> bool {
+    field_of(frame, b'P').is_some()
+}
+
 fn field_of(frame: &[u8], wanted: u8) -> Option<String> {
     let mut rest = frame.get(5..).unwrap_or_default();
     while let Some((&code, tail)) = rest.split_first() {

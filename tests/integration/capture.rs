@@ -519,7 +519,11 @@ async fn uncapturable_writes_are_refused_not_run(pg: Pg) {
     assert_eq!(err.code().map(|c| c.code()), Some("42601"), "{err:?}");
     // So is one in a write, on every server (PostgreSQL 18 is asked to describe the text;
     // the server's error was once replaced by HS002 there), in both protocols.
-    for sql in ["delete from;", "INSERT INTO brieff VALUES (1) brieff"] {
+    for sql in [
+        "delete from;",
+        "INSERT INTO brieff VALUES (1) brieff",
+        "SELECT 5 ; SELECT 6 + ; DELETE FROM brieff",
+    ] {
         let err = c.simple_query(sql).await.unwrap_err();
         assert_eq!(
             err.code().map(|c| c.code()),

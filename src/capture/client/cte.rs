@@ -55,7 +55,7 @@ impl ClientCapture {
                 return Ok(CteRewrite::Refused(format!(
                     "hindsight: {}",
                     Refusal::Unsupported {
-                        what: "a write nested in this statement".into()
+                        what: "a write inside COPY (…) TO".into()
                     }
                 )))
             }

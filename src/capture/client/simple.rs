@@ -35,13 +35,6 @@ pub(super) fn may_write(text: &str) -> bool {
         )
 }
 
-/// Whether `text` holds one statement (by PostgreSQL's scanner): only then can the server
-/// describe it.
-pub(super) fn single_statement(text: &str) -> bool {
-    pg_query::split_with_scanner(text)
-        .is_ok_and(|v| v.iter().filter(|s| !s.trim().is_empty()).count() == 1)
-}
-
 pub(super) fn unparseable_write(e: &crate::statement::AnalysisError) -> ErrorResponse {
     ErrorResponse::error(
         sqlstate::CAPTURE_UNSUPPORTED,
@@ -65,11 +58,12 @@ impl ClientCapture {
             Err(e) => {
                 if may_write(text) && self.parser_may_lag() {
                     // The server's own verdict on the text (described, never run): its syntax
-                    // error as a direct connection would give it, else refused.
-                    if single_statement(&full) {
-                        if let Description::Failed(err) =
-                            self.describe(w, &full, &[], false).await?
-                        {
+                    // error as a direct connection would give it, else refused. A text of
+                    // several statements is parsed whole before Parse refuses it for holding
+                    // several (an error without a position): a syntax error anywhere in it is
+                    // still the one the server would report.
+                    if let Description::Failed(err) = self.describe(w, &full, &[], false).await? {
+                        if crate::wire::error_response::has_position(&err) {
                             return self.refuse_frame(w, err).await;
                         }
                     }
