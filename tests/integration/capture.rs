@@ -6,14 +6,7 @@ use tokio_postgres::SimpleQueryMessage;
 
 use crate::harness::{self, Pg};
 
-/// Every record of `topic`, as JSON (see `harness::read_topic_raw`).
-async fn read_topic(topic: String, expect: usize) -> Vec<Value> {
-    harness::read_topic_raw(topic, expect)
-        .await
-        .into_iter()
-        .map(|(_, payload)| serde_json::from_slice(&payload).expect("JSON record"))
-        .collect()
-}
+use harness::read_topic_json as read_topic;
 
 /// Validate records against the JSON Schema shipped in schema/ (what consumers are promised).
 fn validate(name: &str, records: &[Value]) {
@@ -123,6 +116,39 @@ fn zero_table_oids(steps: &mut [Vec<super::wire_client::Frame>]) {
             at += 18;
         }
     }
+}
+
+/// The direct side of a differential test: a database of its own with the same starting data
+/// (`BRIEFF`), as `(name, connection)`.
+async fn direct_twin(pg: Pg, label: &str) -> (String, tokio_postgres::Client) {
+    let db = harness::fresh_db(pg, &format!("{label}_direct")).await;
+    let c = harness::connect(pg.addr(), "postgres", &db).await;
+    c.batch_execute(BRIEFF).await.unwrap();
+    (db, c)
+}
+
+/// Run `steps` through hindsight (`proxy`, database `db`) and directly (database `twin`): the
+/// replies must be equal step by step (table OIDs zeroed: the two databases differ).
+async fn assert_same_as_direct(
+    pg: Pg,
+    proxy: std::net::SocketAddr,
+    db: &str,
+    twin: &str,
+    steps: &[super::differential::Step],
+) {
+    let mut through = super::differential::run(proxy, db, 0, steps).await;
+    let mut plain = super::differential::run(pg.addr(), twin, 0, steps).await;
+    zero_table_oids(&mut through);
+    zero_table_oids(&mut plain);
+    assert_same_replies(&mut through, &mut plain);
+}
+
+/// Both databases' `brieff` tables hold the same rows (through hindsight and direct).
+async fn assert_same_brieff(mine: &tokio_postgres::Client, theirs: &tokio_postgres::Client) {
+    let dump = "SELECT string_agg(format('%s', b), ';' ORDER BY bfkey) FROM brieff b";
+    let a: String = mine.query_one(dump, &[]).await.unwrap().get(0);
+    let b: String = theirs.query_one(dump, &[]).await.unwrap().get(0);
+    assert_eq!(a, b);
 }
 
 /// The `commit_status` of the END record of transaction `id` among the records `tx`.
@@ -1286,9 +1312,7 @@ async fn copy_from_stdin_is_captured(pg: Pg) {
     use super::differential::{cat, normalise, run, send, Step, Until};
     use super::wire_client::*;
     let (db, prefix, proxy) = setup(pg, "copy").await;
-    let db2 = harness::fresh_db(pg, "copy_direct").await;
-    let direct = harness::connect(pg.addr(), "postgres", &db2).await;
-    direct.batch_execute(BRIEFF).await.unwrap();
+    let (db2, direct) = direct_twin(pg, "copy").await;
     let copy = |sql: &str| Step::Send(query(sql), Until::Tag(b'G'));
     let steps = [
         copy("COPY brieff (bfkey, bfso, amount) FROM STDIN WITH (FORMAT csv)"),
@@ -1650,12 +1674,10 @@ async fn table_cache_follows_ddl_through_the_proxy(pg: Pg) {
 /// connection shows: one reply stream and one ReadyForQuery, the rest of the string skipped
 /// after an error (also a failing COMMIT), savepoints and rollbacks inside the string honoured.
 async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(pg: Pg) {
-    use super::differential::{run, send};
+    use super::differential::send;
     use super::wire_client::*;
     let (db, prefix, proxy) = setup(pg, "segments").await;
-    let db2 = harness::fresh_db(pg, "segments_direct").await;
-    let direct = harness::connect(pg.addr(), "postgres", &db2).await;
-    direct.batch_execute(BRIEFF).await.unwrap();
+    let (db2, direct) = direct_twin(pg, "segments").await;
     let ddl = "CREATE TABLE parent (id int PRIMARY KEY);
                CREATE TABLE child (id int PRIMARY KEY, p int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)";
     direct.batch_execute(ddl).await.unwrap();
@@ -1684,11 +1706,7 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
         send(query("UPDATE brieff SET bfso = 'pend' WHERE bfkey = 11")),
         send(query("SELECT 1; COMMIT; SELECT 2")),
     ];
-    let mut through = run(proxy.addr, &db, 0, &steps).await;
-    let mut plain = run(pg.addr(), &db2, 0, &steps).await;
-    zero_table_oids(&mut through);
-    zero_table_oids(&mut plain);
-    assert_same_replies(&mut through, &mut plain);
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
     let events = read_topic(format!("{prefix}.public.brieff"), 7).await;
     validate("change-event", &events);
     let want: Vec<(String, Value, Value)> = vec![
@@ -1719,10 +1737,7 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
         assert_eq!(end_of(&e["transaction"]["id"]), "committed", "{e:#}");
     }
     // Both databases end up the same.
-    let dump = "SELECT string_agg(format('%s', b), ';' ORDER BY bfkey) FROM brieff b";
-    let mine: String = setup_conn.query_one(dump, &[]).await.unwrap().get(0);
-    let theirs: String = direct.query_one(dump, &[]).await.unwrap().get(0);
-    assert_eq!(mine, theirs);
+    assert_same_brieff(&setup_conn, &direct).await;
     // Still refused: a write the server would run in an implicit transaction of its own
     // (before the string's BEGIN) — hindsight could not hold its commit.
     let c = harness::connect(proxy.addr, "postgres", &db).await;
@@ -1848,12 +1863,10 @@ async fn large_toasted_row_was_refused_over_one_megabyte(pg: Pg) {
 /// RETURNING), in both protocols; the client sees exactly what a direct connection shows
 /// (rows, RowDescription, command tags, errors with their positions).
 async fn data_modifying_ctes_are_captured(pg: Pg) {
-    use super::differential::{cat, run, send};
+    use super::differential::{cat, send};
     use super::wire_client::*;
     let (db, prefix, proxy) = setup(pg, "wcte").await;
-    let db2 = harness::fresh_db(pg, "wcte_direct").await;
-    let direct = harness::connect(pg.addr(), "postgres", &db2).await;
-    direct.batch_execute(BRIEFF).await.unwrap();
+    let (db2, direct) = direct_twin(pg, "wcte").await;
     // A table whose DELETE a rule replaces (it cannot take capture columns).
     let ruled = "CREATE TABLE y (a int); INSERT INTO y VALUES (1);
                  CREATE RULE y_rule AS ON DELETE TO y DO INSTEAD INSERT INTO y VALUES (42) RETURNING *";
@@ -1911,11 +1924,7 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
         // UPDATE and MERGE need RETURNING old/new.
         steps.push(send(query("WITH u AS (UPDATE brieff SET bfso = 'upd' WHERE bfkey = 12 RETURNING bfkey) MERGE INTO brieff t USING u ON t.bfkey = u.bfkey + 1 WHEN MATCHED THEN UPDATE SET bfso = 'merged'")));
     }
-    let mut through = run(proxy.addr, &db, 0, &steps).await;
-    let mut plain = run(pg.addr(), &db2, 0, &steps).await;
-    zero_table_oids(&mut through);
-    zero_table_oids(&mut plain);
-    assert_same_replies(&mut through, &mut plain);
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
     let mut want: Vec<(String, Value, Value)> = vec![
         ("d".into(), 1.into(), Value::Null),
         ("d".into(), 2.into(), Value::Null),
@@ -1970,10 +1979,7 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
     }
     // Both databases end up the same.
     let setup_conn = harness::connect(pg.addr(), "postgres", &db).await;
-    let dump = "SELECT string_agg(format('%s', b), ';' ORDER BY bfkey) FROM brieff b";
-    let mine: String = setup_conn.query_one(dump, &[]).await.unwrap().get(0);
-    let theirs: String = direct.query_one(dump, &[]).await.unwrap().get(0);
-    assert_eq!(mine, theirs);
+    assert_same_brieff(&setup_conn, &direct).await;
     // Among other statements, a statement the server cannot describe before the others ran
     // (it may depend on them) is refused, with the server's reason; nothing runs.
     let c = harness::connect(proxy.addr, "postgres", &db).await;
@@ -2053,15 +2059,10 @@ async fn row_limited_execute_left_changes_unrecorded(pg: Pg) {
 /// read, and the replies expected for those messages — which the server skips up to the
 /// Sync — were never dropped.
 async fn messages_after_a_failed_deferred_execute_waited_for_replies_forever(pg: Pg) {
-    use super::differential::{cat, run, send};
+    use super::differential::{cat, send};
     use super::wire_client::*;
     let (db, _prefix, proxy) = setup(pg, "pipefail").await;
-    let db2 = harness::fresh_db(pg, "pipefail_direct").await;
-    harness::connect(pg.addr(), "postgres", &db2)
-        .await
-        .batch_execute(BRIEFF)
-        .await
-        .unwrap();
+    let (db2, _direct) = direct_twin(pg, "pipefail").await;
     let pipeline = |sql: &str| {
         cat(&[
             parse("", sql, &[]),
@@ -2083,11 +2084,7 @@ async fn messages_after_a_failed_deferred_execute_waited_for_replies_forever(pg:
             "UPDATE brieff SET bfso = 'done' WHERE bfkey = 2 RETURNING bfso",
         )),
     ];
-    let mut through = run(proxy.addr, &db, 0, &steps).await;
-    let mut plain = run(pg.addr(), &db2, 0, &steps).await;
-    zero_table_oids(&mut through);
-    zero_table_oids(&mut plain);
-    assert_same_replies(&mut through, &mut plain);
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
     proxy.shutdown().await;
 }
 
@@ -2096,15 +2093,10 @@ async fn messages_after_a_failed_deferred_execute_waited_for_replies_forever(pg:
 /// about the transaction hindsight opened for the batch, and "there is no transaction in
 /// progress" from hindsight's COMMIT after the client's ROLLBACK.
 async fn begin_inside_a_pipeline_warned_about_hindsights_own_transaction(pg: Pg) {
-    use super::differential::{cat, run, send};
+    use super::differential::{cat, send};
     use super::wire_client::*;
     let (db, prefix, proxy) = setup(pg, "pipebegin").await;
-    let db2 = harness::fresh_db(pg, "pipebegin_direct").await;
-    harness::connect(pg.addr(), "postgres", &db2)
-        .await
-        .batch_execute(BRIEFF)
-        .await
-        .unwrap();
+    let (db2, _direct) = direct_twin(pg, "pipebegin").await;
     let stmt = |sql: &str| cat(&[parse("", sql, &[]), bind("", "", 0, &[], 0), execute("", 0)]);
     let steps = [
         send(cat(&[
@@ -2125,11 +2117,7 @@ async fn begin_inside_a_pipeline_warned_about_hindsights_own_transaction(pg: Pg)
             "SELECT bfso FROM brieff WHERE bfkey <= 4 ORDER BY bfkey",
         )),
     ];
-    let mut through = run(proxy.addr, &db, 0, &steps).await;
-    let mut plain = run(pg.addr(), &db2, 0, &steps).await;
-    zero_table_oids(&mut through);
-    zero_table_oids(&mut plain);
-    assert_same_replies(&mut through, &mut plain);
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
     let events = read_topic(format!("{prefix}.public.brieff"), 2).await;
     let want: Vec<(String, Value, Value)> = vec![
         ("u".into(), "rep3".into(), "kept3".into()),

@@ -148,6 +148,15 @@ pub fn random_prefix(label: &str) -> String {
     format!("hstest_{label}_{:08x}", rand::random::<u32>())
 }
 
+/// Every record of `topic` as JSON (see [`read_topic_raw`]).
+pub async fn read_topic_json(topic: String, expect: usize) -> Vec<serde_json::Value> {
+    read_topic_raw(topic, expect)
+        .await
+        .into_iter()
+        .map(|(_, payload)| serde_json::from_slice(&payload).expect("JSON record"))
+        .collect()
+}
+
 /// Every record (key, payload) of partition 0 of `topic`, from the beginning: waits until
 /// `expect` arrived (at most 20 s), then half a second more so that extra records show too.
 pub async fn read_topic_raw(topic: String, expect: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
