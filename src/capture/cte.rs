@@ -278,6 +278,7 @@ impl Cut {
         let mut parts = Vec::new();
         let mut branches = Vec::new();
         let mut k = 0;
+        let pre_read = if major < 18 { self.pre_read()? } else { None };
         for piece in &self.pieces {
             let w = match piece {
                 Piece::Kept(r) => {
@@ -315,7 +316,7 @@ impl Cut {
                 }
                 None => ctes.push(format!("{part} {}{body}{images})", w.as_clause)),
             }
-            parts.push(part_shape(&w.analysis));
+            parts.push(part_shape(&w.analysis, major));
         }
         let main_sql = &self.sql[self.main.clone()];
         let a = &self.main_analysis;
@@ -351,7 +352,7 @@ impl Cut {
             (
                 "SELECT * FROM __hs_main".to_string(),
                 rel,
-                Some(part_shape(a)),
+                Some(part_shape(a, major)),
             )
         };
         for k in 1..=parts.len() {
@@ -397,14 +398,102 @@ impl Cut {
                 new_at: Some(2),
                 oid_at: 3,
                 client_returning: client.is_some(),
-                pre_read: false,
+                // The pre-read's rows carry the statement's shape: `publish` pairs them with
+                // the UPDATE's (whose part shape says pre_read too) by key.
+                pre_read: pre_read.is_some(),
                 updated_at: Some(4),
                 wrapper: Some(Arc::new(wrapper)),
             }),
-            pre_read: None,
+            pre_read,
             guard: None,
         })
     }
+}
+
+impl Cut {
+    /// Before PostgreSQL 18: the locking pre-read of the statement's one UPDATE (see
+    /// `rewrite::pre_read_for_update`), run right before the wrapper in the same transaction.
+    /// It can only run apart from the statement if the UPDATE (and the CTEs it may read) does
+    /// not read a CTE that writes — those rows exist only inside the statement.
+    fn pre_read(&self) -> Result<Option<String>, Refusal> {
+        let mut updates = self
+            .writes()
+            .filter(|w| w.analysis.kind == Kind::Update)
+            .map(|w| (&self.sql[w.body.clone()], &w.analysis))
+            .collect::<Vec<_>>();
+        if self.main_analysis.kind == Kind::Update {
+            updates.push((&self.sql[self.main.clone()], &self.main_analysis));
+        }
+        let (body, a) = match updates.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => return Err(needs_pg18("several UPDATEs")),
+        };
+        let written: Vec<String> = self.writes().map(|w| ident(&w.name)).collect();
+        let mut read = idents(body);
+        for piece in &self.pieces {
+            if let Piece::Kept(r) = piece {
+                read.extend(idents(&self.sql[r.clone()]));
+            }
+        }
+        if read.iter().any(|i| written.contains(i)) {
+            return Err(needs_pg18("an UPDATE that reads a CTE that writes"));
+        }
+        if body
+            .trim_start()
+            .get(..4)
+            .is_some_and(|w| w.eq_ignore_ascii_case("with"))
+        {
+            return Err(needs_pg18("an UPDATE with a WITH clause of its own"));
+        }
+        let w = &a.writes[0];
+        let lock = match w.alias.as_str() {
+            "" => quote(&w.table.name),
+            alias => quote(alias),
+        };
+        let pre = super::rewrite::pre_read_for_update(body, &w.reference(), &lock)
+            .ok_or_else(|| needs_pg18("this UPDATE"))?;
+        let kept: Vec<&str> = self
+            .pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Kept(r) => Some(&self.sql[r.clone()]),
+                Piece::Write(_) => None,
+            })
+            .collect();
+        if kept.is_empty() {
+            return Ok(Some(pre));
+        }
+        let recursive = if self.recursive { "RECURSIVE " } else { "" };
+        Ok(Some(format!("WITH {recursive}{}\n{pre}", kept.join(",\n"))))
+    }
+}
+
+fn needs_pg18(what: &str) -> Refusal {
+    Refusal::Unsupported {
+        what: format!("{what} in a data-modifying WITH statement before PostgreSQL 18"),
+    }
+}
+
+/// An identifier as PostgreSQL compares it: unquoted ones fold to lower case.
+fn ident(raw: &str) -> String {
+    match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => raw.to_lowercase(),
+    }
+}
+
+/// Every identifier in `sql`, as PostgreSQL compares them.
+fn idents(sql: &str) -> Vec<String> {
+    pg_query::scan(sql)
+        .map(|s| {
+            s.tokens
+                .iter()
+                .filter(|t| T::try_from(t.token).ok() == Some(T::Ident))
+                .map(|t| ident(&sql[t.start as usize..t.end as usize]))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `__hs_1, …, __hs_n`.
@@ -415,8 +504,9 @@ fn positional(n: usize) -> String {
         .join(", ")
 }
 
-/// The shape of the events of one write of the statement.
-fn part_shape(a: &Analysis) -> Arc<Shape> {
+/// The shape of the events of one write of the statement (before PostgreSQL 18 an UPDATE's
+/// before images come from the pre-read).
+fn part_shape(a: &Analysis, major: u32) -> Arc<Shape> {
     let w = &a.writes[0];
     Arc::new(Shape {
         extra: EXTRA,
@@ -425,14 +515,15 @@ fn part_shape(a: &Analysis) -> Arc<Shape> {
         oid_at: 3,
         client_returning: w.returning,
         updated_at: Some(4),
+        pre_read: major < 18 && a.kind == Kind::Update,
         ..Shape::statement(a.kind, w.table.clone())
     })
 }
 
 /// The RETURNING items a write gets (after its own list, or as a new list): its source
-/// number `src`, its before and after images, the row's table. Before PostgreSQL 18 only
-/// INSERT (and upsert DO NOTHING) and DELETE can give their images from RETURNING alone; the
-/// others need a pre-read, which cannot run apart from the CTEs it may read.
+/// number `src`, its before and after images, the row's table. Before PostgreSQL 18 INSERT
+/// (and upsert DO NOTHING) and DELETE give their images from RETURNING alone, an UPDATE its
+/// after images (the pre-read has the before images); MERGE and DO UPDATE cannot be captured.
 fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
     let w = &a.writes[0];
     let target = w.reference();
@@ -453,6 +544,8 @@ fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
             ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)"))
         }
         Kind::Delete => (format!("to_jsonb({target}.*)"), "NULL::jsonb".to_string()),
+        // The before images come from the pre-read (see `Cut::pre_read`).
+        Kind::Update => ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)")),
         kind => {
             return Err(Refusal::NeedsPg18 {
                 what: format!(
@@ -611,7 +704,7 @@ mod tests {
     }
 
     #[test]
-    fn older_servers_capture_inserts_and_deletes_and_refuse_the_rest() {
+    fn older_servers_capture_inserts_deletes_and_updates_and_refuse_the_rest() {
         let sql = "WITH d AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM d";
         let rw = cut(sql)
             .unwrap()
@@ -630,7 +723,32 @@ mod tests {
             "{}",
             rw.text
         );
-        let sql = "WITH u AS (UPDATE a SET v = 1 RETURNING *) INSERT INTO b SELECT * FROM u";
+        // An UPDATE gets the locking pre-read (with the plain CTEs it may read).
+        let sql = "WITH k AS (SELECT 1 AS id), u AS (UPDATE a SET v = 1 WHERE id IN (SELECT id FROM k) RETURNING *) INSERT INTO b SELECT * FROM u";
+        let rw = cut(sql)
+            .unwrap()
+            .unwrap()
+            .rewrite(15, None, &[Some(vec!["id".into()])])
+            .unwrap();
+        assert_eq!(
+            rw.pre_read.as_deref(),
+            Some("WITH k AS (SELECT 1 AS id)\nSELECT to_jsonb(\"a\".*), \"a\".tableoid FROM a\nWHERE id IN (SELECT id FROM k)\nFOR UPDATE OF \"a\"")
+        );
+        assert!(rw.shape.pre_read && rw.shape.wrapper.as_ref().unwrap().parts[0].pre_read);
+        // … unless it reads the rows of a CTE that writes (they exist only in the statement).
+        for sql in [
+            "WITH d AS (DELETE FROM x RETURNING id) UPDATE a SET v = 1 WHERE id IN (SELECT id FROM d)",
+            "WITH \"D\" AS (DELETE FROM x RETURNING id), k AS (SELECT * FROM \"D\") UPDATE a SET v = 1 FROM k WHERE a.id = k.id",
+        ] {
+            assert!(
+                matches!(
+                    cut(sql).unwrap().unwrap().rewrite(15, None, &[Some(vec!["id".into()])]),
+                    Err(Refusal::Unsupported { .. })
+                ),
+                "{sql}"
+            );
+        }
+        let sql = "WITH m AS (MERGE INTO a USING b ON a.id = b.id WHEN MATCHED THEN DELETE RETURNING a.id) SELECT * FROM m";
         assert!(matches!(
             cut(sql)
                 .unwrap()

@@ -113,26 +113,34 @@ pub fn parse_catalog(rows: &[Vec<Option<Vec<u8>>>]) -> (Option<i64>, HashMap<u32
 
 /// Pair pre-read before images with the after images of the same UPDATE, by key.
 ///
-/// A statement's pre-read rows and its UPDATE rows are adjacent in the buffer. Rows whose key
+/// A statement's pre-read rows come before its UPDATE rows in the buffer (with, for a
+/// data-modifying WITH statement, the rows of its other writes between or after them): the
+/// paired changes take the place of the statement's last UPDATE row. Rows whose key
 /// the UPDATE changed (and rows of tables without a key, whose "key" is the whole row) cannot be
 /// paired by key: one such row on each side is paired; several are published as a delete of
 /// the old row and an insert of the new one — what Debezium does for key changes — so no image
 /// is lost. Locked rows the UPDATE did not change (no unpaired after image left) produce no
 /// event.
 pub fn pair_pre_reads(changes: Vec<Change>, tables: &HashMap<u32, TableInfo>) -> Vec<Change> {
+    let mut last: HashMap<u64, usize> = HashMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        if c.stmt.shape.pre_read {
+            last.insert(c.stmt.seq, i);
+        }
+    }
     let mut out: Vec<Change> = Vec::with_capacity(changes.len());
-    let mut iter = changes.into_iter().peekable();
-    while let Some(c) = iter.next() {
+    let mut groups: HashMap<u64, Vec<Change>> = HashMap::new();
+    for (i, c) in changes.into_iter().enumerate() {
         if !c.stmt.shape.pre_read {
             out.push(c);
             continue;
         }
         let seq = c.stmt.seq;
-        let mut group = vec![c];
-        while let Some(n) = iter.next_if(|n| n.stmt.shape.pre_read && n.stmt.seq == seq) {
-            group.push(n);
+        groups.entry(seq).or_default().push(c);
+        if last.get(&seq) == Some(&i) {
+            let group = groups.remove(&seq).unwrap_or_default();
+            pair_statement(group, tables, &mut out);
         }
-        pair_statement(group, tables, &mut out);
     }
     out
 }

@@ -380,7 +380,7 @@ pub fn first_node(parsed: &pg_query::protobuf::ParseResult) -> Option<&N> {
 /// the UPDATE's own WITH, target, FROM and WHERE text, cut at the positions of its top-level
 /// keywords as PostgreSQL's scanner finds them. The client's text is kept as written (no
 /// deparse: nothing is re-spelled, and no parse tree has to be rebuilt for every UPDATE).
-fn pre_read_for_update(sql: &str, target: &str, lock: &str) -> Option<String> {
+pub(crate) fn pre_read_for_update(sql: &str, target: &str, lock: &str) -> Option<String> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(sql).ok()?.tokens;
     let mut depth = 0i32;

@@ -1912,6 +1912,15 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
             execute("", 0),
             sync(),
         ])),
+        // An UPDATE in a WITH clause (before 18: a locking pre-read of its rows first), in both
+        // protocols.
+        send(query("WITH u AS (UPDATE brieff SET bfso = 'upd' || bfkey WHERE bfkey IN (15, 16) RETURNING bfkey, bfso) INSERT INTO brieff (bfkey, bfso) SELECT bfkey + 600, bfso FROM u")),
+        send(cat(&[
+            parse("", "WITH u AS (UPDATE brieff SET bfso = $2 WHERE bfkey = $1 RETURNING bfkey) SELECT bfkey FROM u", &[23, 25]),
+            bind("", "", 0, &[Some(b"17"), Some(b"via extended")], 0),
+            execute("", 0),
+            sync(),
+        ])),
         // An error in the client's extended statement: its Parse fails as it would directly.
         send(cat(&[
             parse("", "WITH d AS (DELETE FROM nosuch RETURNING *) SELECT * FROM d", &[]),
@@ -1941,6 +1950,11 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
         ("c".into(), Value::Null, 506.into()),
         ("d".into(), 10.into(), Value::Null),
         ("d".into(), 11.into(), Value::Null),
+        ("u".into(), 15.into(), 15.into()),
+        ("u".into(), 16.into(), 16.into()),
+        ("c".into(), Value::Null, 615.into()),
+        ("c".into(), Value::Null, 616.into()),
+        ("u".into(), 17.into(), 17.into()),
     ];
     if pg.major() >= 18 {
         want.push(("u".into(), 12.into(), 12.into()));
@@ -1972,6 +1986,12 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
             < events.iter().position(|e| e["after"]["bfkey"] == 101),
         "the WITH list's writes come first"
     );
+    let updated = events.iter().find(|e| e["after"]["bfkey"] == 17).unwrap();
+    assert_eq!(updated["before"]["bfso"], "rep17");
+    assert_eq!(updated["after"]["bfso"], "via extended");
+    let updated = events.iter().find(|e| e["after"]["bfkey"] == 15).unwrap();
+    assert_eq!(updated["before"]["bfso"], "rep15");
+    assert_eq!(updated["after"]["bfso"], "upd15");
     if pg.major() >= 18 {
         let merged = events.iter().find(|e| e["after"]["bfkey"] == 13).unwrap();
         assert_eq!(merged["before"]["bfso"], "rep13");
@@ -2000,11 +2020,11 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
         1
     );
     if pg.major() < 18 {
-        // Still refused before 18: an UPDATE in a WITH clause (its before images need a
-        // pre-read that cannot run apart from the CTEs).
+        // Still refused before 18: an UPDATE that reads the rows of a CTE that writes (its
+        // pre-read cannot run apart from the statement).
         let c = harness::connect(proxy.addr, "postgres", &db).await;
         let err = c
-            .simple_query("WITH u AS (UPDATE brieff SET bfso = 'x' WHERE bfkey = 12 RETURNING *) SELECT * FROM u")
+            .simple_query("WITH d AS (DELETE FROM brieff WHERE bfkey = 18 RETURNING bfkey) UPDATE brieff SET bfso = 'x' WHERE bfkey IN (SELECT bfkey + 1 FROM d)")
             .await
             .unwrap_err();
         assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");

@@ -251,7 +251,9 @@ impl ClientCapture {
         // UPDATE's pre-read is prepared once, with the client's parameters; TRUNCATE's image
         // read takes none and runs as hindsight's own statement at each Execute.
         let companion = match rewritten.as_ref().and_then(|rw| rw.pre_read.as_deref()) {
-            Some(pre) if a.kind == Kind::Update => self.prepare_companion(w, name, pre).await?,
+            Some(pre) if a.kind == Kind::Update || resolved_params.is_some() => {
+                self.prepare_companion(w, name, pre).await?
+            }
             _ => None,
         };
         self.statements.insert(
