@@ -58,7 +58,8 @@ pub trait Inspector: Send {
         false
     }
 
-    /// Handle a frame `on_frame` deferred; write its replacement (if any) to `w`.
+    /// Handle a frame `on_frame` deferred; write its replacement (if any) to `w`. Writes are
+    /// held until `w` is flushed (see [`Coalesced`]): flush before waiting for the server.
     fn resolve<'a, W: AsyncWrite + Unpin + Send>(
         &'a mut self,
         _frame: &'a [u8],
@@ -110,6 +111,9 @@ where
 
     async fn relay(&mut self, stop: &CancellationToken) -> PumpEnd {
         let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
+        // Bytes to write before `buf[..pos]`: frames already walked past, with replacements,
+        // so one read becomes one write (each write wakes the peer, which costs it CPU).
+        let mut out: Vec<u8> = Vec::new();
         // Bytes of a streamed frame still to forward without inspection.
         let mut stream_left = 0usize;
         loop {
@@ -161,12 +165,8 @@ where
                 match self.inspector.on_frame(header, &buf[pos..end], complete) {
                     Verdict::Forward => {}
                     Verdict::Replace(bytes) => {
-                        if let Err(e) = self.write(&buf[..pos]).await {
-                            return PumpEnd::WriteError(e);
-                        }
-                        if let Err(e) = self.write(&bytes).await {
-                            return PumpEnd::WriteError(e);
-                        }
+                        out.extend_from_slice(&buf[..pos]);
+                        out.extend_from_slice(&bytes);
                         buf.advance(end);
                         pos = 0;
                         if !complete {
@@ -179,14 +179,11 @@ where
                         break;
                     }
                     Verdict::Defer => {
-                        if let Err(e) = self.write(&buf[..pos]).await {
-                            return PumpEnd::WriteError(e);
-                        }
-                        if let Err(e) = self
-                            .inspector
-                            .resolve(&buf[pos..end], &mut self.writer)
-                            .await
-                        {
+                        // What precedes the frame goes out with the resolver's first flush;
+                        // what it writes after its last flush, with what follows the frame.
+                        out.extend_from_slice(&buf[..pos]);
+                        let mut w = Coalesced::new(&mut self.writer, &mut out);
+                        if let Err(e) = self.inspector.resolve(&buf[pos..end], &mut w).await {
                             return PumpEnd::WriteError(e);
                         }
                         buf.advance(end);
@@ -201,12 +198,18 @@ where
                 }
             }
             // Frames before a bad one are valid and go through, as they would to PostgreSQL.
-            if pos > 0 {
-                if let Err(e) = self.write(&buf[..pos]).await {
-                    return PumpEnd::WriteError(e);
-                }
-                buf.advance(pos);
+            let written = if out.is_empty() {
+                self.write(&buf[..pos]).await
+            } else {
+                out.extend_from_slice(&buf[..pos]);
+                let w = self.write(&out).await;
+                out.clear();
+                w
+            };
+            if let Err(e) = written {
+                return PumpEnd::WriteError(e);
             }
+            buf.advance(pos);
             self.counters.bytes.inc_by(n as u64);
             self.counters.messages.inc_by(messages);
             self.latency.observe(started.elapsed().as_secs_f64());
@@ -215,6 +218,9 @@ where
             }
             if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
                 buf = BytesMut::with_capacity(INITIAL_BUFFER);
+            }
+            if out.capacity() > SHRINK_ABOVE {
+                out = Vec::new();
             }
         }
     }
@@ -225,6 +231,58 @@ where
         }
         self.writer.write_all(bytes).await?;
         self.writer.flush().await
+    }
+}
+
+/// The writer an [`Inspector::resolve`] gets: bytes it writes are held until it flushes, and
+/// go out in one write together with what the pump had pending before the deferred frame.
+/// What a resolver writes without flushing before it returns goes out with the rest of the
+/// pump's read. A resolver must flush before it waits for the server (or the bytes it waits on
+/// an answer to are never sent).
+struct Coalesced<'a, W> {
+    inner: &'a mut W,
+    pending: &'a mut Vec<u8>,
+}
+
+impl<'a, W: AsyncWrite + Unpin + Send> Coalesced<'a, W> {
+    fn new(inner: &'a mut W, pending: &'a mut Vec<u8>) -> Self {
+        Self { inner, pending }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> AsyncWrite for Coalesced<'_, W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.get_mut().pending.extend_from_slice(bytes);
+        std::task::Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        while !this.pending.is_empty() {
+            let n = std::task::ready!(
+                std::pin::Pin::new(&mut *this.inner).poll_write(cx, this.pending)
+            )?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            this.pending.drain(..n);
+        }
+        std::pin::Pin::new(&mut *this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.as_mut().poll_flush(cx))?;
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

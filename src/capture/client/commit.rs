@@ -155,7 +155,8 @@ impl ClientCapture {
                 u.txctl = Some((TxControl::Commit, String::new()));
                 u.reply = self.pending_end_reply();
                 self.push([u]);
-                write_all(w, frame).await?;
+                // The client's Sync follows in its batch: one write for both.
+                write_last(w, frame).await?;
             }
             (CommitBy::ImplicitExtended(sync), None) => {
                 let mut u = Unit::new(b"Z");

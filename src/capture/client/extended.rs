@@ -399,7 +399,7 @@ impl ClientCapture {
             self.push([Unit::new(b"3"), bind]);
         }
         self.portals.insert(portal.to_vec(), (prep, binary));
-        write_all(w, &frames).await
+        write_last(w, &frames).await
     }
 
     /// Execute: capture a rewritten portal; hold a COMMIT that has changes to publish.

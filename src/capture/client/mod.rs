@@ -333,6 +333,13 @@ async fn write_all<W: AsyncWrite + Unpin + Send>(w: &mut W, bytes: &[u8]) -> std
     w.flush().await
 }
 
+/// Write without flushing: only as the last thing a resolver does before it returns, so the
+/// bytes go to the server together with the frames that follow in the client's read (one
+/// write, one wake-up of the server, instead of two). Never before waiting for a reply.
+async fn write_last<W: AsyncWrite + Unpin + Send>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await
+}
+
 impl ClientCapture {
     pub fn new(
         shared: Arc<Shared>,
