@@ -9,16 +9,19 @@
 //! This module knows nothing about sessions or PostgreSQL: it moves bytes to topics.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::sync::oneshot;
 
 /// Where and how audit records are published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,11 +123,54 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// The records of one [`KafkaSink::publish`] call still unacknowledged. The delivery callback
+/// counts them down and wakes the publishing task once — when the last one is acknowledged or
+/// the first one fails — rather than once per record: every wake-up is a switch between
+/// librdkafka's thread and the runtime's, and a transaction has several records.
+struct Batch {
+    remaining: AtomicUsize,
+    done: Mutex<Option<oneshot::Sender<BatchOutcome>>>,
+}
+
+/// Every record acknowledged, or the topic and error of the first that failed.
+type BatchOutcome = Result<(), (String, KafkaError)>;
+
+impl Batch {
+    fn finish(&self, outcome: BatchOutcome) {
+        let sender = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tx) = sender {
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// Routes librdkafka's delivery reports to their [`Batch`].
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Arc<Batch>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Batch>) {
+        match result {
+            Ok(_) => {
+                if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    batch.finish(Ok(()));
+                }
+            }
+            Err((error, message)) => {
+                batch.finish(Err((message.topic().to_string(), error.clone())));
+            }
+        }
+    }
+}
+
 /// A connected producer plus the set of topics known to exist.
 pub struct KafkaSink {
     cfg: SinkConfig,
     brokers: String,
-    producer: FutureProducer,
+    producer: ThreadedProducer<Deliveries>,
     admin: AdminClient<DefaultClientContext>,
     known_topics: Mutex<HashSet<String>>,
 }
@@ -168,7 +214,9 @@ impl KafkaSink {
         if !cfg.librdkafka.contains_key(MAX_IN_FLIGHT) {
             client.set(MAX_IN_FLIGHT, "5");
         }
-        let producer: FutureProducer = client.create().map_err(SinkError::Config)?;
+        let producer: ThreadedProducer<Deliveries> = client
+            .create_with_context(Deliveries)
+            .map_err(SinkError::Config)?;
         let admin: AdminClient<DefaultClientContext> =
             client.create().map_err(SinkError::Config)?;
         let sink = KafkaSink {
@@ -297,47 +345,41 @@ impl KafkaSink {
     pub async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
         self.ensure_topics(records.iter().map(|r| r.topic.as_str()))
             .await?;
-        let mut pending = Vec::with_capacity(records.len());
+        if records.is_empty() {
+            return Ok(());
+        }
+        let total = records.len();
+        let (tx, rx) = oneshot::channel();
+        let batch = Arc::new(Batch {
+            remaining: AtomicUsize::new(total),
+            done: Mutex::new(Some(tx)),
+        });
         for r in records {
-            let record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
-            match self.producer.send_result(record) {
-                Ok(delivery) => pending.push((r.topic.as_str(), delivery)),
-                Err((source, _)) => {
-                    return Err(SinkError::Delivery {
-                        topic: r.topic.clone(),
-                        source,
-                    })
-                }
+            let record = BaseRecord::with_opaque_to(&r.topic, Arc::clone(&batch))
+                .key(&r.key)
+                .payload(&r.payload);
+            if let Err((source, _)) = self.producer.send(record) {
+                // Records already queued still go out; the caller fails the transaction.
+                return Err(SinkError::Delivery {
+                    topic: r.topic.clone(),
+                    source,
+                });
             }
         }
-        let total = pending.len();
-        let deadline = tokio::time::Instant::now() + self.cfg.publish_timeout;
-        for (done, (topic, delivery)) in pending.into_iter().enumerate() {
-            match tokio::time::timeout_at(deadline, delivery).await {
-                Ok(Ok(Ok(_))) => {}
-                Ok(Ok(Err((source, _)))) => {
-                    return Err(SinkError::Delivery {
-                        topic: topic.to_string(),
-                        source,
-                    })
-                }
-                Ok(Err(_canceled)) => {
-                    return Err(SinkError::Delivery {
-                        topic: topic.to_string(),
-                        source: KafkaError::Canceled,
-                    })
-                }
-                Err(_) => {
-                    return Err(SinkError::Timeout {
-                        pending: total - done,
-                        total,
-                        timeout: self.cfg.publish_timeout,
-                        brokers: self.brokers.clone(),
-                    })
-                }
-            }
+        match tokio::time::timeout(self.cfg.publish_timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err((topic, source)))) => Err(SinkError::Delivery { topic, source }),
+            Ok(Err(_dropped)) => Err(SinkError::Delivery {
+                topic: records[0].topic.clone(),
+                source: KafkaError::Canceled,
+            }),
+            Err(_) => Err(SinkError::Timeout {
+                pending: batch.remaining.load(Ordering::Acquire),
+                total,
+                timeout: self.cfg.publish_timeout,
+                brokers: self.brokers.clone(),
+            }),
         }
-        Ok(())
     }
 
     /// Wait for anything still queued (used on shutdown).
