@@ -2,17 +2,25 @@
 # What capture costs: pgbench TPC-B-like (3 UPDATEs, 1 INSERT, 1 SELECT per transaction, scale 10),
 # side by side in one run: directly; directly with a row-level PL/pgSQL audit trigger on all four
 # tables (the common alternative); through hindsight relay-only; through hindsight capturing to
-# the broker (tansu with sqlite storage, and tansu in memory, the latter also with one produce
+# the broker (fresh tansu with sqlite storage, and tansu in memory, the latter also with one produce
 # request in flight); and capturing with 50 gate rules.
 #   scripts/bench-capture.sh [SECONDS_PER_RUN (default 10)]
 source "$(dirname "$0")/common.sh"
 secs="${1:-10}"
 bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
 bash "$ROOT/scripts/pg.sh" start 18 >/dev/null
-bash "$ROOT/scripts/kafka.sh" start >/dev/null
+# Both brokers start empty, so runs compare (the dev broker on $KAFKA_PORT keeps every test's
+# topics, and tansu on sqlite slows down as its database grows).
 MEM_KAFKA_PORT=$((KAFKA_PORT + 1))
-HSDEV_KAFKA_STORAGE=memory HSDEV_KAFKA_PORT=$MEM_KAFKA_PORT bash "$ROOT/scripts/kafka.sh" start >/dev/null
-trap 'HSDEV_KAFKA_STORAGE=memory HSDEV_KAFKA_PORT=$MEM_KAFKA_PORT bash "$ROOT/scripts/kafka.sh" stop >/dev/null' EXIT
+SQL_KAFKA_PORT=$((KAFKA_PORT + 2))
+brokers() {
+  HSDEV_KAFKA_STORAGE=memory HSDEV_KAFKA_PORT=$MEM_KAFKA_PORT bash "$ROOT/scripts/kafka.sh" "$1" >/dev/null
+  HSDEV_KAFKA_STORAGE=sqlite HSDEV_KAFKA_PORT=$SQL_KAFKA_PORT bash "$ROOT/scripts/kafka.sh" "$1" >/dev/null
+}
+brokers stop
+rm -rf "$DEV/kafka-memory-$MEM_KAFKA_PORT" "$DEV/kafka-sqlite-$SQL_KAFKA_PORT"
+brokers start
+trap 'brokers stop' EXIT
 log "building hindsight (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin hindsight)
 bin="$ROOT/target/release/hindsight"
@@ -60,9 +68,9 @@ for ver in 15 18; do
   relay=$((PROXY_PORT + 300)); cap=$((PROXY_PORT + 301)); gated=$((PROXY_PORT + 302)); capm=$((PROXY_PORT + 303)); capm1=$((PROXY_PORT + 304))
   start_proxy bench-relay "$bin" "$relay" $((ADMIN_PORT + 300)) "$pgport" --log-level warn
   start_proxy bench-capture "$bin" "$cap" $((ADMIN_PORT + 301)) "$pgport" --log-level warn \
-    --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "bench$ver$RANDOM"
+    --kafka-brokers "127.0.0.1:$SQL_KAFKA_PORT" --topic-prefix "bench$ver$RANDOM"
   start_proxy bench-gates "$bin" "$gated" $((ADMIN_PORT + 302)) "$pgport" --log-level warn \
-    --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "benchg$ver$RANDOM" --rules "$rules"
+    --kafka-brokers "127.0.0.1:$SQL_KAFKA_PORT" --topic-prefix "benchg$ver$RANDOM" --rules "$rules"
   start_proxy bench-capture-mem "$bin" "$capm" $((ADMIN_PORT + 303)) "$pgport" --log-level warn \
     --kafka-brokers "127.0.0.1:$MEM_KAFKA_PORT" --topic-prefix "benchm$ver$RANDOM"
   start_proxy bench-capture-mem1 "$bin" "$capm1" $((ADMIN_PORT + 304)) "$pgport" --log-level warn \

@@ -2,11 +2,14 @@
 # The Kafka-compatible broker (tansu) on loopback, data in $DEV/kafka (sqlite: survives restarts).
 #   scripts/kafka.sh start | stop | addr
 # HSDEV_KAFKA_STORAGE=memory (with another HSDEV_KAFKA_PORT) runs a second, in-memory broker
-# (the benchmarks compare both).
+# (the benchmarks compare both); sqlite with another HSDEV_KAFKA_PORT, a second sqlite broker
+# with its own data in $DEV/kafka-sqlite-PORT (the benchmarks start it empty: the dev broker
+# holds every test's topics and slows down as they grow).
 source "$(dirname "$0")/common.sh"
 storage="${HSDEV_KAFKA_STORAGE:-sqlite}"
 case "$storage" in
-  sqlite) dir="$DEV/kafka"; engine="sqlite://tansu.db" ;;
+  sqlite) dir="$DEV/kafka"; [ "$KAFKA_PORT" = 19092 ] || dir="$DEV/kafka-sqlite-$KAFKA_PORT"
+    engine="sqlite://tansu.db" ;;
   memory) dir="$DEV/kafka-memory-$KAFKA_PORT"; engine="memory://tansu/" ;;
   *) die "HSDEV_KAFKA_STORAGE must be sqlite or memory, not '$storage'" ;;
 esac

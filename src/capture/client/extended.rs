@@ -89,6 +89,17 @@ pub(super) fn widen_result_formats(body: &[u8], extra: usize) -> (Option<Vec<u8>
 }
 
 impl ClientCapture {
+    /// The client's Parse goes to the server unchanged: nothing to capture in it, or the
+    /// server's own verdict (a syntax error, several statements) is what the client is owed.
+    async fn forward_parse<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        frame: &[u8],
+    ) -> std::io::Result<()> {
+        self.push([Unit::pass(b"1")]);
+        write_all(w, frame).await
+    }
+
     /// Parse: analyse; rewrite writes for capture (refusing what cannot be captured).
     pub(super) async fn on_parse<W: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -97,12 +108,10 @@ impl ClientCapture {
     ) -> std::io::Result<()> {
         let body = &frame[HEADER_LEN..];
         let Some((name, rest)) = take_cstr(body) else {
-            self.push([Unit::pass(b"1")]);
-            return write_all(w, frame).await;
+            return self.forward_parse(w, frame).await;
         };
         let Some((sql, params)) = take_cstr(rest) else {
-            self.push([Unit::pass(b"1")]);
-            return write_all(w, frame).await;
+            return self.forward_parse(w, frame).await;
         };
         let full = String::from_utf8_lossy(sql).into_owned();
         let (text, tags) = sqlcommenter::split(&full);
@@ -121,20 +130,14 @@ impl ClientCapture {
                         self.skip_until_sync = true;
                         return Ok(());
                     }
-                    Description::Skipped => {
-                        self.push([Unit::pass(b"1")]);
-                        return write_all(w, frame).await;
-                    }
+                    Description::Skipped => return self.forward_parse(w, frame).await,
                     Description::Described(..) => {}
                 }
                 let err = unparseable_write(e).encode();
                 return self.refused_parse(w, name, err).await;
             }
             // Syntax errors and multi-statement texts: the server refuses them itself.
-            _ => {
-                self.push([Unit::pass(b"1")]);
-                return write_all(w, frame).await;
-            }
+            _ => return self.forward_parse(w, frame).await,
         };
         let a = &stmt.located.analysis;
         let names = if a.kind == Kind::Read {
@@ -191,10 +194,7 @@ impl ClientCapture {
                     self.skip_until_sync = true;
                     return Ok(());
                 }
-                CteRewrite::Skipped => {
-                    self.push([Unit::pass(b"1")]);
-                    return write_all(w, frame).await;
-                }
+                CteRewrite::Skipped => return self.forward_parse(w, frame).await,
             }
         } else if a.kind == Kind::CopyIn && a.writes.len() == 1 && !a.explain_analyze {
             match self.prepare_copy(w, text, stmt).await? {
