@@ -596,6 +596,14 @@ pub fn column_names(body: &[u8]) -> Result<Vec<String>, Refusal> {
 mod tests {
     use super::*;
 
+    /// The wrapper for PostgreSQL 15, every written table keyed by `id`.
+    fn on_15(sql: &str) -> Result<Rewritten, Refusal> {
+        cut(sql)
+            .unwrap()
+            .unwrap()
+            .rewrite(15, None, &[Some(vec!["id".into()])])
+    }
+
     fn row_description(names: &[&str]) -> Vec<u8> {
         let mut b = (names.len() as u16).to_be_bytes().to_vec();
         for n in names {
@@ -706,11 +714,7 @@ mod tests {
     #[test]
     fn older_servers_capture_inserts_deletes_and_updates_and_refuse_the_rest() {
         let sql = "WITH d AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM d";
-        let rw = cut(sql)
-            .unwrap()
-            .unwrap()
-            .rewrite(15, None, &[Some(vec!["id".into()])])
-            .unwrap();
+        let rw = on_15(sql).unwrap();
         assert!(
             rw.text
                 .contains("1 AS __hs_s, to_jsonb(\"a\".*) AS __hs_o, NULL::jsonb AS __hs_n"),
@@ -725,11 +729,7 @@ mod tests {
         );
         // An UPDATE gets the locking pre-read (with the plain CTEs it may read).
         let sql = "WITH k AS (SELECT 1 AS id), u AS (UPDATE a SET v = 1 WHERE id IN (SELECT id FROM k) RETURNING *) INSERT INTO b SELECT * FROM u";
-        let rw = cut(sql)
-            .unwrap()
-            .unwrap()
-            .rewrite(15, None, &[Some(vec!["id".into()])])
-            .unwrap();
+        let rw = on_15(sql).unwrap();
         assert_eq!(
             rw.pre_read.as_deref(),
             Some("WITH k AS (SELECT 1 AS id)\nSELECT to_jsonb(\"a\".*), \"a\".tableoid FROM a\nWHERE id IN (SELECT id FROM k)\nFOR UPDATE OF \"a\"")
@@ -742,19 +742,13 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    cut(sql).unwrap().unwrap().rewrite(15, None, &[Some(vec!["id".into()])]),
+                    on_15(sql),
                     Err(Refusal::Unsupported { .. })
                 ),
                 "{sql}"
             );
         }
         let sql = "WITH m AS (MERGE INTO a USING b ON a.id = b.id WHEN MATCHED THEN DELETE RETURNING a.id) SELECT * FROM m";
-        assert!(matches!(
-            cut(sql)
-                .unwrap()
-                .unwrap()
-                .rewrite(15, None, &[Some(vec!["id".into()])]),
-            Err(Refusal::NeedsPg18 { .. })
-        ));
+        assert!(matches!(on_15(sql), Err(Refusal::NeedsPg18 { .. })));
     }
 }
