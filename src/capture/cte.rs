@@ -402,6 +402,7 @@ impl Cut {
                 // the UPDATE's (whose part shape says pre_read too) by key.
                 pre_read: pre_read.is_some(),
                 updated_at: Some(4),
+                old_candidates: false,
                 wrapper: Some(Arc::new(wrapper)),
             }),
             pre_read,

@@ -42,6 +42,9 @@ pub struct Shape {
     /// PostgreSQL < 18 upsert: index of a boolean column, true when ON CONFLICT updated the
     /// row (then its before image, read with the statement's snapshot, must be there).
     pub updated_at: Option<usize>,
+    /// PostgreSQL < 18 upsert: the before-image column holds the candidate rows (see
+    /// `upsert_before`) rather than one image.
+    pub old_candidates: bool,
     /// A statement with data-modifying CTEs, run inside hindsight's wrapper query (see
     /// `cte`): which write each row's images belong to, and what the client must see.
     pub wrapper: Option<Arc<super::cte::Wrapper>>,
@@ -60,6 +63,7 @@ impl Shape {
             client_returning: false,
             pre_read: false,
             updated_at: None,
+            old_candidates: false,
             wrapper: None,
         }
     }
@@ -154,6 +158,7 @@ pub fn rewrite(
             client_returning: write.returning,
             pre_read,
             updated_at: None,
+            old_candidates: false,
             wrapper: None,
         })
     };
@@ -210,43 +215,42 @@ pub fn rewrite(
         })),
         // DO UPDATE: the before image of an updated row is read in RETURNING with the
         // statement's own snapshot (which does not see the statement's changes), by the
-        // conflict target's columns. `xmax <> 0` tells an updated row from an inserted one: an
-        // updated row whose before image the snapshot cannot see (a concurrent insert under
-        // READ COMMITTED) fails the capture instead of passing for an insert.
+        // conflict target (see `upsert_before`). `xmax <> 0` tells an updated row from an
+        // inserted one: an updated row whose before image the snapshot cannot see (a concurrent
+        // insert under READ COMMITTED) fails the capture instead of passing for an insert.
         Kind::Upsert => {
-            let cols = write.conflict_update.as_deref().unwrap_or_default();
-            if cols.is_empty() {
-                return Err(Refusal::NeedsPg18 {
-                    what: format!("{what} with ON CONFLICT ON CONSTRAINT or an expression target"),
+            let conflict = write.conflict_update.clone().unwrap_or_default();
+            let at = conflict.infer_at.checked_sub(stmt.span.start);
+            let old = at
+                .and_then(|at| upsert_before(sql, at, &conflict, write))
+                .ok_or_else(|| Refusal::NeedsPg18 {
+                    what: format!(
+                        "{what} whose ON CONFLICT target hindsight cannot look up (an operator class, or a constraint it could not read)"
+                    ),
                     major,
-                });
-            }
-            let table = match write.table.schema.as_str() {
-                "" => quote(&write.table.name),
-                schema => format!("{}.{}", quote(schema), quote(&write.table.name)),
-            };
-            let on: Vec<String> = cols
-                .iter()
-                .map(|c| format!("__hs_o.{q} = {target}.{q}", q = quote(c)))
-                .collect();
-            let old = format!(
-                "(SELECT to_jsonb(__hs_o.*) FROM {table} __hs_o WHERE {})",
-                on.join(" AND ")
+                })?;
+            let mut s = shape(
+                if write.partitioned { 3 } else { 4 },
+                Some(2),
+                Some(0),
+                1,
+                false,
             );
+            let m = Arc::make_mut(&mut s);
+            m.old_candidates = true;
             if write.partitioned {
                 // Rows routed into partitions carry no xmax: an update of a row inserted
                 // concurrently (invisible to the snapshot) shows as a create here.
                 return Ok(Some(Rewritten {
                     text: format!("{body}{sep}{image}, {old}"),
-                    shape: shape(3, Some(2), Some(0), 1, false),
+                    shape: s,
                     pre_read: None,
                     guard: None,
                 }));
             }
-            let mut s = shape(4, Some(2), Some(0), 1, false);
-            Arc::make_mut(&mut s).updated_at = Some(3);
+            m.updated_at = Some(3);
             Ok(Some(Rewritten {
-                text: format!("{body}{sep}{image}, {old}, ({target}.xmax::text <> '0')"),
+                text: format!("{body}{sep}{image}, CASE WHEN {target}.xmax::text <> '0' THEN {old} END, ({target}.xmax::text <> '0')"),
                 shape: s,
                 pre_read: None,
                 guard: None,
@@ -254,6 +258,123 @@ pub fn rewrite(
         }
         _ => Err(Refusal::NeedsPg18 { what, major }),
     }
+}
+
+/// Before PostgreSQL 18, `ON CONFLICT … DO UPDATE`: an expression giving the rows the upsert
+/// may have updated, as a JSON array of `[image, mine]` pairs — every row with the statement
+/// row's conflict key in the statement's snapshot, `mine` when its `xmax` is the statement's
+/// own transaction (the row it updated). An array, never a scalar subquery: with a partial
+/// unique index as arbiter, rows outside it may share the key, and a subquery returning
+/// several rows would fail the client's statement. The list's own `WHERE` is tried first (it
+/// lets the planner use the partial index); rows that fail it but are in the index are found
+/// by the key alone. `None` if the target cannot be looked up.
+fn upsert_before(
+    sql: &str,
+    infer_at: usize,
+    conflict: &crate::statement::analysis::Conflict,
+    write: &crate::statement::analysis::Write,
+) -> Option<String> {
+    if conflict.opclass {
+        return None;
+    }
+    if conflict.elements.is_empty() {
+        // No such unique constraint: the server refuses the statement itself. Should it not,
+        // an updated row without a before image fails the capture (`rows::pick_before`).
+        return (conflict.looked_up && !write.partitioned).then(|| "NULL::jsonb".to_string());
+    }
+    let target = write.reference();
+    let (texts, wher) = if conflict.constraint.is_empty() {
+        inference_texts(sql, infer_at)?
+    } else {
+        (Vec::new(), None)
+    };
+    let mut key = Vec::with_capacity(conflict.elements.len());
+    for (i, e) in conflict.elements.iter().enumerate() {
+        key.push(match e {
+            Some(col) => format!("__hs_o.{q} = {target}.{q}", q = quote(col)),
+            // Unqualified names resolve to the innermost relation: `__hs_o` on the left, the
+            // statement's row (`__hs_n`) on the right.
+            None => {
+                let x = texts.get(i)?;
+                format!("({x}) = (SELECT {x} FROM (SELECT {target}.*) __hs_n)")
+            }
+        });
+    }
+    let key = key.join(" AND ");
+    let table = match write.table.schema.as_str() {
+        "" => quote(&write.table.name),
+        schema => format!("{}.{}", quote(schema), quote(&write.table.name)),
+    };
+    // A partitioned table's rows are in its partitions (ONLY would see none); a plain table's
+    // inheritance children are not the upsert's.
+    let (only, mine) = if write.partitioned {
+        ("", "NULL::bool".to_string())
+    } else {
+        ("ONLY ", format!("__hs_o.xmax = {target}.xmin"))
+    };
+    let select = |cond: &str| {
+        format!("(SELECT jsonb_agg(jsonb_build_array(to_jsonb(__hs_o.*), {mine})) FROM {only}{table} __hs_o WHERE {cond})")
+    };
+    Some(match wher {
+        None => select(&key),
+        Some(w) if write.partitioned => select(&format!("{key} AND ({w})")),
+        Some(w) => format!(
+            "COALESCE({}, {})",
+            select(&format!("{key} AND ({w})")),
+            select(&key)
+        ),
+    })
+}
+
+/// The text of each element of an ON CONFLICT inference list, and of its `WHERE` condition,
+/// cut from `sql` at the positions of the scanner's tokens; `at` is the list's `(`.
+fn inference_texts(sql: &str, at: usize) -> Option<(Vec<&str>, Option<&str>)> {
+    use pg_query::protobuf::Token as T;
+    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
+    let first = tokens.iter().position(|t| t.start as usize == at)?;
+    if kind(first) != Some(T::Ascii40) {
+        return None;
+    }
+    let mut elements = Vec::new();
+    let mut depth = 0i32;
+    let mut start = at + 1;
+    let mut close = None;
+    for (i, t) in tokens.iter().enumerate().skip(first) {
+        match kind(i) {
+            Some(T::Ascii40 | T::Ascii91) => depth += 1,
+            Some(T::Ascii41 | T::Ascii93) => {
+                depth -= 1;
+                if depth == 0 {
+                    elements.push(sql.get(start..t.start as usize)?.trim());
+                    close = Some(i);
+                    break;
+                }
+            }
+            Some(T::Ascii44) if depth == 1 => {
+                elements.push(sql.get(start..t.start as usize)?.trim());
+                start = t.end as usize;
+            }
+            _ => {}
+        }
+    }
+    let close = close?;
+    if kind(close + 1) != Some(T::Where) {
+        return Some((elements, None));
+    }
+    let from = tokens[close + 1].end as usize;
+    let mut depth = 0i32;
+    for (i, t) in tokens.iter().enumerate().skip(close + 2) {
+        match kind(i) {
+            Some(T::Ascii40 | T::Ascii91) => depth += 1,
+            Some(T::Ascii41 | T::Ascii93) => depth -= 1,
+            Some(T::Do) if depth == 0 => {
+                return Some((elements, Some(sql.get(from..t.start as usize)?.trim())))
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The relations of a TRUNCATE as `(reference, only)`, and whether it CASCADEs.
@@ -507,7 +628,8 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(r.text.ends_with("RETURNING to_jsonb(\"x\".*), \"x\".tableoid, (SELECT to_jsonb(__hs_o.*) FROM \"s\".\"t\" __hs_o WHERE __hs_o.\"id\" = \"x\".\"id\"), (\"x\".xmax::text <> '0')"), "{}", r.text);
+        assert!(r.text.ends_with("RETURNING to_jsonb(\"x\".*), \"x\".tableoid, CASE WHEN \"x\".xmax::text <> '0' THEN (SELECT jsonb_agg(jsonb_build_array(to_jsonb(__hs_o.*), __hs_o.xmax = \"x\".xmin)) FROM ONLY \"s\".\"t\" __hs_o WHERE __hs_o.\"id\" = \"x\".\"id\") END, (\"x\".xmax::text <> '0')"), "{}", r.text);
+        assert!(r.shape.old_candidates);
         assert_eq!(
             (
                 r.shape.new_at,
@@ -522,6 +644,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((r.shape.extra, r.shape.updated_at), (2, None));
+        // A constraint's columns come from the catalog first (`client::catalog`).
         assert!(matches!(
             rw(
                 "INSERT INTO t VALUES (1) ON CONFLICT ON CONSTRAINT t_pkey DO UPDATE SET v = 1",
@@ -531,11 +654,42 @@ mod tests {
         ));
         assert!(matches!(
             rw(
-                "INSERT INTO t VALUES (1) ON CONFLICT (lower(v)) DO UPDATE SET v = 'x'",
+                "INSERT INTO t VALUES (1) ON CONFLICT (v text_pattern_ops) DO UPDATE SET v = 'x'",
                 15
             ),
             Err(Refusal::NeedsPg18 { .. })
         ));
+        // An expression target: compared over the existing row and the statement's row; a
+        // WHERE (partial index) tried first, then the key alone.
+        let r = rw(
+            "INSERT INTO t VALUES (1) ON CONFLICT (lower(v), (a + 1), b COLLATE \"C\") WHERE a > (0) DO UPDATE SET v = 'x'",
+            15,
+        )
+        .unwrap()
+        .unwrap();
+        let key = "(lower(v)) = (SELECT lower(v) FROM (SELECT \"t\".*) __hs_n) AND ((a + 1)) = (SELECT (a + 1) FROM (SELECT \"t\".*) __hs_n) AND (b COLLATE \"C\") = (SELECT b COLLATE \"C\" FROM (SELECT \"t\".*) __hs_n)";
+        assert!(
+            r.text
+                .contains(&format!("WHERE {key} AND (a > (0))), (SELECT")),
+            "{}",
+            r.text
+        );
+        assert!(r.text.contains(&format!("WHERE {key})) END")), "{}", r.text);
+    }
+
+    #[test]
+    fn inference_lists_are_cut_at_the_scanners_tokens() {
+        let sql = "INSERT INTO t VALUES (1) ON CONFLICT ( a, f(b, c) , (d[1]) ) WHERE x IN (1, 2) AND y DO UPDATE SET v = 1";
+        let at = sql.find("( a").unwrap();
+        assert_eq!(
+            inference_texts(sql, at),
+            Some((vec!["a", "f(b, c)", "(d[1])"], Some("x IN (1, 2) AND y")))
+        );
+        assert_eq!(
+            inference_texts("INSERT INTO t VALUES (1) ON CONFLICT (a) DO NOTHING", 37),
+            Some((vec!["a"], None))
+        );
+        assert_eq!(inference_texts(sql, at + 1), None);
     }
 
     fn pre_read(sql: &str) -> String {

@@ -891,7 +891,7 @@ async fn writes_through_views_failed_with_missing_tableoid(pg: Pg) {
 /// INSERT … ON CONFLICT on every server: DO NOTHING records only the inserted rows; DO UPDATE
 /// records updated rows with their before image (before PostgreSQL 18 read in RETURNING with
 /// the statement's own snapshot) and inserted ones as creates — both protocols, an alias, and
-/// the client's own RETURNING rows untouched. A constraint-name target needs PostgreSQL 18.
+/// the client's own RETURNING rows untouched, and a constraint-name target.
 async fn upsert_is_captured(pg: Pg) {
     let (db, prefix, proxy) = setup(pg, "upsert_all").await;
     let c = harness::connect(proxy.addr, "postgres", &db).await;
@@ -931,13 +931,8 @@ async fn upsert_is_captured(pg: Pg) {
         ("c".into(), Value::Null, "new".into()),
         ("u".into(), "rep3".into(), "ext".into()),
     ];
-    if pg.major() >= 18 {
-        by_name.unwrap();
-        want.push(("u".into(), "rep4".into(), "named".into()));
-    } else {
-        let err = by_name.unwrap_err();
-        assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
-    }
+    by_name.unwrap();
+    want.push(("u".into(), "rep4".into(), "named".into()));
     // Regression: into a partitioned table the upsert failed with "cannot retrieve a system
     // column in this context" (routed rows carry no xmax).
     c.batch_execute(
@@ -2147,7 +2142,72 @@ async fn begin_inside_a_pipeline_warned_about_hindsights_own_transaction(pg: Pg)
     proxy.shutdown().await;
 }
 
+/// Regression: before PostgreSQL 18, an upsert whose arbiter is a partial unique index failed
+/// with "more than one row returned by a subquery used as an expression" when rows outside the
+/// index shared its key (capture looked the updated row up with a scalar subquery). Also the
+/// targets that used to be refused before 18: an expression, `ON CONSTRAINT` (both
+/// protocols), a WHERE stronger than the index's (the row is found by its key alone), a
+/// constraint that does not exist (the server's own error). Replies equal a direct run's.
+async fn upsert_on_a_partial_unique_index_failed_with_more_than_one_row(pg: Pg) {
+    use super::differential::{cat, send};
+    use super::wire_client::*;
+    let (db, prefix, proxy) = setup(pg, "upsert_partial").await;
+    let (db2, direct) = direct_twin(pg, "upsert_partial").await;
+    let ddl =
+        "CREATE TABLE acct (id int CONSTRAINT acct_id UNIQUE, email text, active bool, n int);
+               CREATE UNIQUE INDEX acct_active ON acct (lower(email)) WHERE active;
+               INSERT INTO acct VALUES (1, 'a', false, 0), (2, 'a', true, 0), (3, 'A', false, 0);";
+    direct.batch_execute(ddl).await.unwrap();
+    harness::connect(pg.addr(), "postgres", &db)
+        .await
+        .batch_execute(ddl)
+        .await
+        .unwrap();
+    let upsert = "INSERT INTO acct VALUES (4, 'A', true, 1) ON CONFLICT (lower(email)) WHERE active DO UPDATE SET n = acct.n + 1";
+    let steps = [
+        // Updates id 2 (ids 1 and 3 share the key outside the index); then a plain insert.
+        send(query(upsert)),
+        send(query("INSERT INTO acct VALUES (5, 'b', true, 1) ON CONFLICT (lower(email)) WHERE active DO UPDATE SET n = 99 RETURNING id, n")),
+        // A stronger WHERE than the index's: the conflicting row (n < 0) fails it.
+        send(query("BEGIN; SAVEPOINT s; UPDATE acct SET n = -5 WHERE id = 2; INSERT INTO acct VALUES (6, 'a', true, 1) ON CONFLICT (lower(email)) WHERE active AND n >= 0 DO UPDATE SET n = 100; COMMIT")),
+        send(query("INSERT INTO acct AS x VALUES (1, 'z', true, 7) ON CONFLICT ON CONSTRAINT acct_id DO UPDATE SET n = x.n + 10 RETURNING *")),
+        send(cat(&[
+            parse("", "INSERT INTO acct AS x VALUES ($1, 'z', false, 0) ON CONFLICT ON CONSTRAINT acct_id DO UPDATE SET n = x.n + 1", &[23]),
+            bind("", "", 0, &[Some(&b"3"[..])], 0),
+            execute("", 0),
+            sync(),
+        ])),
+        send(query("INSERT INTO acct VALUES (1) ON CONFLICT ON CONSTRAINT no_such DO UPDATE SET n = 0")),
+        send(query("SELECT id, email, active, n FROM acct ORDER BY id")),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let events = read_topic(format!("{prefix}.public.acct"), 6).await;
+    validate("change-event", &events);
+    let got: Vec<(String, Value, Value, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["after"]["id"].clone(),
+                e["before"]["n"].clone(),
+                e["after"]["n"].clone(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, Value, Value, Value)> = vec![
+        ("u".into(), 2.into(), 0.into(), 1.into()),
+        ("c".into(), 5.into(), Value::Null, 1.into()),
+        ("u".into(), 2.into(), 1.into(), (-5).into()),
+        ("u".into(), 2.into(), (-5).into(), 100.into()),
+        ("u".into(), 1.into(), 0.into(), 10.into()),
+        ("u".into(), 3.into(), 0.into(), 1.into()),
+    ];
+    assert_eq!(got, want, "{events:#?}");
+    proxy.shutdown().await;
+}
+
 on_both!(
+    upsert_on_a_partial_unique_index_failed_with_more_than_one_row,
     begin_inside_a_pipeline_warned_about_hindsights_own_transaction,
     messages_after_a_failed_deferred_execute_waited_for_replies_forever,
     row_limited_execute_left_changes_unrecorded,
