@@ -220,10 +220,7 @@ pub fn rewrite(
         // insert under READ COMMITTED) fails the capture instead of passing for an insert.
         Kind::Upsert => {
             let conflict = write.conflict_update.clone().unwrap_or_default();
-            let at = conflict.infer_at.checked_sub(stmt.span.start);
-            let old = at
-                .and_then(|at| upsert_before(sql, at, &conflict, write))
-                .ok_or_else(|| Refusal::NeedsPg18 {
+            let old = upsert_before(sql, stmt.span.start, &conflict, write).ok_or_else(|| Refusal::NeedsPg18 {
                     what: format!(
                         "{what} whose ON CONFLICT target hindsight cannot look up (an operator class, or a constraint it could not read)"
                     ),
@@ -267,15 +264,20 @@ pub fn rewrite(
 /// unique index as arbiter, rows outside it may share the key, and a subquery returning
 /// several rows would fail the client's statement. The list's own `WHERE` is tried first (it
 /// lets the planner use the partial index); rows that fail it but are in the index are found
-/// by the key alone. `None` if the target cannot be looked up.
+/// by the key alone. `sql` is the statement, at byte `sql_at` of the analysed text. `None` if
+/// the target cannot be looked up.
 fn upsert_before(
     sql: &str,
-    infer_at: usize,
+    sql_at: usize,
     conflict: &crate::statement::analysis::Conflict,
     write: &crate::statement::analysis::Write,
 ) -> Option<String> {
     if conflict.opclass {
         return None;
+    }
+    if conflict.elements.is_empty() && conflict.constraint.is_empty() {
+        // No conflict target at all: the server refuses DO UPDATE without one.
+        return Some("NULL::jsonb".to_string());
     }
     if conflict.elements.is_empty() {
         // No such unique constraint: the server refuses the statement itself. Should it not,
@@ -284,7 +286,7 @@ fn upsert_before(
     }
     let target = write.reference();
     let (texts, wher) = if conflict.constraint.is_empty() {
-        inference_texts(sql, infer_at)?
+        inference_texts(sql, conflict.infer_at.checked_sub(sql_at)?)?
     } else {
         (Vec::new(), None)
     };
@@ -654,7 +656,7 @@ mod tests {
         ));
         assert!(matches!(
             rw(
-                "INSERT INTO t VALUES (1) ON CONFLICT (v text_pattern_ops) DO UPDATE SET v = 'x'",
+                "INSERT INTO t VALUES (1) ON CONFLICT (lower(v) text_pattern_ops) DO UPDATE SET v = 'x'",
                 15
             ),
             Err(Refusal::NeedsPg18 { .. })

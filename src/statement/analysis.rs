@@ -145,7 +145,8 @@ pub struct Conflict {
     pub constraint: String,
     /// Byte offset of the inference list's `(` in the analysed text.
     pub infer_at: usize,
-    /// An element names an operator class: its text is no expression hindsight can compare.
+    /// An expression element names an operator class: its text is no expression hindsight can
+    /// compare.
     pub opclass: bool,
     /// Capture read `constraint`'s columns from the catalog (`elements` empty: no such unique
     /// constraint — the statement fails on its own).
@@ -511,8 +512,9 @@ fn conflict_target(infer: Option<&protobuf::InferClause>) -> Conflict {
     };
     for e in &infer.index_elems {
         if let Some(N::IndexElem(ie)) = e.node.as_ref() {
-            c.opclass |= !ie.opclass.is_empty();
+            // A plain column compares by its name whatever operator class the list names.
             let plain = !ie.name.is_empty() && ie.expr.is_none() && ie.collation.is_empty();
+            c.opclass |= !plain && !ie.opclass.is_empty();
             c.elements.push(plain.then(|| ie.name.clone()));
         }
     }

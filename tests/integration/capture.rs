@@ -2147,7 +2147,8 @@ async fn begin_inside_a_pipeline_warned_about_hindsights_own_transaction(pg: Pg)
 /// index shared its key (capture looked the updated row up with a scalar subquery). Also the
 /// targets that used to be refused before 18: an expression, `ON CONSTRAINT` (both
 /// protocols), a WHERE stronger than the index's (the row is found by its key alone), a
-/// constraint that does not exist (the server's own error). Replies equal a direct run's.
+/// constraint that does not exist and DO UPDATE without a target (the server's own errors).
+/// Replies equal a direct run's.
 async fn upsert_on_a_partial_unique_index_failed_with_more_than_one_row(pg: Pg) {
     use super::differential::{cat, send};
     use super::wire_client::*;
@@ -2178,6 +2179,7 @@ async fn upsert_on_a_partial_unique_index_failed_with_more_than_one_row(pg: Pg) 
             sync(),
         ])),
         send(query("INSERT INTO acct VALUES (1) ON CONFLICT ON CONSTRAINT no_such DO UPDATE SET n = 0")),
+        send(query("SELECT 1; INSERT INTO acct VALUES (1) ON CONFLICT DO UPDATE SET n = 0")),
         send(query("SELECT id, email, active, n FROM acct ORDER BY id")),
     ];
     assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
