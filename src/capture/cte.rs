@@ -402,7 +402,6 @@ impl Cut {
                 // the UPDATE's (whose part shape says pre_read too) by key.
                 pre_read: pre_read.is_some(),
                 updated_at: Some(4),
-                old_candidates: false,
                 wrapper: Some(Arc::new(wrapper)),
             }),
             pre_read,
@@ -541,7 +540,7 @@ fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
     }
     let (old, new) = match a.kind {
         Kind::Insert => ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)")),
-        Kind::Upsert if w.conflict_update.is_none() => {
+        Kind::Upsert if !w.conflict_update => {
             ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)"))
         }
         Kind::Delete => (format!("to_jsonb({target}.*)"), "NULL::jsonb".to_string()),

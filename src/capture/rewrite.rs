@@ -42,9 +42,6 @@ pub struct Shape {
     /// PostgreSQL < 18 upsert: index of a boolean column, true when ON CONFLICT updated the
     /// row (then its before image, read with the statement's snapshot, must be there).
     pub updated_at: Option<usize>,
-    /// PostgreSQL < 18 upsert: the before-image column holds the candidate rows (see
-    /// `upsert_before`) rather than one image.
-    pub old_candidates: bool,
     /// A statement with data-modifying CTEs, run inside hindsight's wrapper query (see
     /// `cte`): which write each row's images belong to, and what the client must see.
     pub wrapper: Option<Arc<super::cte::Wrapper>>,
@@ -63,7 +60,6 @@ impl Shape {
             client_returning: false,
             pre_read: false,
             updated_at: None,
-            old_candidates: false,
             wrapper: None,
         }
     }
@@ -158,7 +154,6 @@ pub fn rewrite(
             client_returning: write.returning,
             pre_read,
             updated_at: None,
-            old_candidates: false,
             wrapper: None,
         })
     };
@@ -207,47 +202,40 @@ pub fn rewrite(
             }))
         }
         // DO NOTHING: RETURNING gives exactly the inserted rows.
-        Kind::Upsert if write.conflict_update.is_none() => Ok(Some(Rewritten {
+        Kind::Upsert if !write.conflict_update => Ok(Some(Rewritten {
             text: format!("{body}{sep}{image}"),
             shape: shape(2, None, Some(0), 1, false),
             pre_read: None,
             guard: None,
         })),
-        // DO UPDATE: the before image of an updated row is read in RETURNING with the
-        // statement's own snapshot (which does not see the statement's changes), by the
-        // conflict target (see `upsert_before`). `xmax <> 0` tells an updated row from an
-        // inserted one: an updated row whose before image the snapshot cannot see (a concurrent
-        // insert under READ COMMITTED) fails the capture instead of passing for an insert.
+        // DO UPDATE: the before image of the row ON CONFLICT updates is taken where the
+        // statement itself sees it — in the DO UPDATE's WHERE, on the row it has locked (see
+        // `upsert_capturing_before`) — and read back in the same row's RETURNING.
         Kind::Upsert => {
-            let conflict = write.conflict_update.clone().unwrap_or_default();
-            let old = upsert_before(sql, stmt.span.start, &conflict, write).ok_or_else(|| Refusal::NeedsPg18 {
-                    what: format!(
-                        "{what} whose ON CONFLICT target hindsight cannot look up (an operator class, or a constraint it could not read)"
-                    ),
-                    major,
+            let body =
+                upsert_capturing_before(body, &target).ok_or_else(|| Refusal::Unsupported {
+                    what: format!("{what} (its DO UPDATE clause was not found)"),
                 })?;
-            let mut s = shape(
-                if write.partitioned { 3 } else { 4 },
-                Some(2),
-                Some(0),
-                1,
-                false,
-            );
-            let m = Arc::make_mut(&mut s);
-            m.old_candidates = true;
+            let before = format!("NULLIF(current_setting('{UPSERT_BEFORE}', true), '')::jsonb");
+            let clear = format!("set_config('{UPSERT_BEFORE}', '', true)");
             if write.partitioned {
-                // Rows routed into partitions carry no xmax: an update of a row inserted
-                // concurrently (invisible to the snapshot) shows as a create here.
+                // Rows routed into partitions carry no xmax: the setting, emptied after each
+                // row, is what tells an updated row from an inserted one.
                 return Ok(Some(Rewritten {
-                    text: format!("{body}{sep}{image}, {old}"),
-                    shape: s,
+                    text: format!("{body}{sep}{image}, {before}, {clear}"),
+                    shape: shape(4, Some(2), Some(0), 1, false),
                     pre_read: None,
                     guard: None,
                 }));
             }
-            m.updated_at = Some(3);
+            // `xmax <> 0`: ON CONFLICT updated the row (then its before image must be there).
+            let mut s = shape(5, Some(2), Some(0), 1, false);
+            Arc::make_mut(&mut s).updated_at = Some(4);
+            let updated = format!("({target}.xmax::text <> '0')");
             Ok(Some(Rewritten {
-                text: format!("{body}{sep}{image}, CASE WHEN {target}.xmax::text <> '0' THEN {old} END, ({target}.xmax::text <> '0')"),
+                text: format!(
+                    "{body}{sep}{image}, CASE WHEN {updated} THEN {before} END, {clear}, {updated}"
+                ),
                 shape: s,
                 pre_read: None,
                 guard: None,
@@ -257,126 +245,53 @@ pub fn rewrite(
     }
 }
 
-/// Before PostgreSQL 18, `ON CONFLICT … DO UPDATE`: an expression giving the rows the upsert
-/// may have updated, as a JSON array of `[image, mine]` pairs — every row with the statement
-/// row's conflict key in the statement's snapshot, `mine` when its `xmax` is the statement's
-/// own transaction (the row it updated). An array, never a scalar subquery: with a partial
-/// unique index as arbiter, rows outside it may share the key, and a subquery returning
-/// several rows would fail the client's statement. The list's own `WHERE` is tried first (it
-/// lets the planner use the partial index); rows that fail it but are in the index are found
-/// by the key alone. `sql` is the statement, at byte `sql_at` of the analysed text. `None` if
-/// the target cannot be looked up.
-fn upsert_before(
-    sql: &str,
-    sql_at: usize,
-    conflict: &crate::statement::analysis::Conflict,
-    write: &crate::statement::analysis::Write,
-) -> Option<String> {
-    if conflict.opclass {
-        return None;
-    }
-    if conflict.elements.is_empty() && conflict.constraint.is_empty() {
-        // No conflict target at all: the server refuses DO UPDATE without one.
-        return Some("NULL::jsonb".to_string());
-    }
-    if conflict.elements.is_empty() {
-        // No such unique constraint: the server refuses the statement itself. Should it not,
-        // an updated row without a before image fails the capture (`rows::pick_before`).
-        return (conflict.looked_up && !write.partitioned).then(|| "NULL::jsonb".to_string());
-    }
-    let target = write.reference();
-    let (texts, wher) = if conflict.constraint.is_empty() {
-        inference_texts(sql, conflict.infer_at.checked_sub(sql_at)?)?
-    } else {
-        (Vec::new(), None)
-    };
-    let mut key = Vec::with_capacity(conflict.elements.len());
-    for (i, e) in conflict.elements.iter().enumerate() {
-        key.push(match e {
-            Some(col) => format!("__hs_o.{q} = {target}.{q}", q = quote(col)),
-            // Unqualified names resolve to the innermost relation: `__hs_o` on the left, the
-            // statement's row (`__hs_n`) on the right.
-            None => {
-                let x = texts.get(i)?;
-                format!("({x}) = (SELECT {x} FROM (SELECT {target}.*) __hs_n)")
-            }
-        });
-    }
-    let key = key.join(" AND ");
-    let table = match write.table.schema.as_str() {
-        "" => quote(&write.table.name),
-        schema => format!("{}.{}", quote(schema), quote(&write.table.name)),
-    };
-    // A partitioned table's rows are in its partitions (ONLY would see none); a plain table's
-    // inheritance children are not the upsert's.
-    let (only, mine) = if write.partitioned {
-        ("", "NULL::bool".to_string())
-    } else {
-        ("ONLY ", format!("__hs_o.xmax = {target}.xmin"))
-    };
-    let select = |cond: &str| {
-        format!("(SELECT jsonb_agg(jsonb_build_array(to_jsonb(__hs_o.*), {mine})) FROM {only}{table} __hs_o WHERE {cond})")
-    };
-    Some(match wher {
-        None => select(&key),
-        Some(w) if write.partitioned => select(&format!("{key} AND ({w})")),
-        Some(w) => format!(
-            "COALESCE({}, {})",
-            select(&format!("{key} AND ({w})")),
-            select(&key)
-        ),
-    })
-}
+/// The transaction-local setting that carries an upsert's before image from its DO UPDATE's
+/// WHERE to its RETURNING (PostgreSQL < 18).
+const UPSERT_BEFORE: &str = "hindsight.upsert_before";
 
-/// The text of each element of an ON CONFLICT inference list, and of its `WHERE` condition,
-/// cut from `sql` at the positions of the scanner's tokens; `at` is the list's `(`.
-fn inference_texts(sql: &str, at: usize) -> Option<(Vec<&str>, Option<&str>)> {
+/// Before PostgreSQL 18, `INSERT … ON CONFLICT … DO UPDATE` (statement `body`, without a
+/// trailing `;`) with the before image of each row it updates captured: its DO UPDATE's WHERE
+/// — evaluated on the existing row once ON CONFLICT has locked it, the version the update
+/// replaces (a concurrent update committed since the statement's snapshot included) — stores
+/// `to_jsonb(existing)` in a transaction-local setting, which the same row's RETURNING reads
+/// and empties. A WHERE of the client's stays the condition, evaluated first (`CASE`): a row
+/// it rejects is not updated and stores nothing. `existing`: how the statement names its
+/// target (alias or name). `None` if the DO UPDATE clause is not found.
+fn upsert_capturing_before(body: &str, existing: &str) -> Option<String> {
     use pg_query::protobuf::Token as T;
-    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let tokens = pg_query::scan(body).ok()?.tokens;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
-    let first = tokens.iter().position(|t| t.start as usize == at)?;
-    if kind(first) != Some(T::Ascii40) {
-        return None;
-    }
-    let mut elements = Vec::new();
     let mut depth = 0i32;
-    let mut start = at + 1;
-    let mut close = None;
-    for (i, t) in tokens.iter().enumerate().skip(first) {
-        match kind(i) {
-            Some(T::Ascii40 | T::Ascii91) => depth += 1,
-            Some(T::Ascii41 | T::Ascii93) => {
-                depth -= 1;
-                if depth == 0 {
-                    elements.push(sql.get(start..t.start as usize)?.trim());
-                    close = Some(i);
-                    break;
-                }
-            }
-            Some(T::Ascii44) if depth == 1 => {
-                elements.push(sql.get(start..t.start as usize)?.trim());
-                start = t.end as usize;
-            }
-            _ => {}
-        }
-    }
-    let close = close?;
-    if kind(close + 1) != Some(T::Where) {
-        return Some((elements, None));
-    }
-    let from = tokens[close + 1].end as usize;
-    let mut depth = 0i32;
-    for (i, t) in tokens.iter().enumerate().skip(close + 2) {
+    let (mut do_update, mut wher, mut returning) = (None, None, None);
+    for (i, t) in tokens.iter().enumerate() {
         match kind(i) {
             Some(T::Ascii40 | T::Ascii91) => depth += 1,
             Some(T::Ascii41 | T::Ascii93) => depth -= 1,
-            Some(T::Do) if depth == 0 => {
-                return Some((elements, Some(sql.get(from..t.start as usize)?.trim())))
+            Some(T::Do) if depth == 0 && kind(i + 1) == Some(T::Update) => do_update = Some(i),
+            Some(T::Where) if depth == 0 && do_update.is_some() && wher.is_none() => {
+                wher = Some(t.end as usize)
+            }
+            Some(T::Returning) if depth == 0 && do_update.is_some() => {
+                returning = Some(t.start as usize);
+                break;
             }
             _ => {}
         }
     }
-    None
+    do_update?;
+    let store =
+        format!("set_config('{UPSERT_BEFORE}', to_jsonb({existing}.*)::text, true) IS NOT NULL");
+    let end = returning.unwrap_or(body.len());
+    // Newlines close a `--` comment the client's text may end with.
+    Some(match wher {
+        Some(w) => format!(
+            "{} CASE WHEN ({}\n) THEN {store} ELSE false END\n{}",
+            &body[..w],
+            &body[w..end],
+            &body[end..]
+        ),
+        None => format!("{}\nWHERE {store}\n{}", &body[..end], &body[end..]),
+    })
 }
 
 /// The relations of a TRUNCATE as `(reference, only)`, and whether it CASCADEs.
@@ -623,15 +538,19 @@ mod tests {
     }
 
     #[test]
-    fn older_servers_read_an_upserts_before_image_with_the_statement_snapshot() {
+    fn older_servers_store_an_upserts_before_image_in_its_do_update_where() {
         let r = rw(
-            "INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+            "INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c",
             15,
         )
         .unwrap()
         .unwrap();
-        assert!(r.text.ends_with("RETURNING to_jsonb(\"x\".*), \"x\".tableoid, CASE WHEN \"x\".xmax::text <> '0' THEN (SELECT jsonb_agg(jsonb_build_array(to_jsonb(__hs_o.*), __hs_o.xmax = \"x\".xmin)) FROM ONLY \"s\".\"t\" __hs_o WHERE __hs_o.\"id\" = \"x\".\"id\") END, (\"x\".xmax::text <> '0')"), "{}", r.text);
-        assert!(r.shape.old_candidates);
+        let store =
+            "set_config('hindsight.upsert_before', to_jsonb(\"x\".*)::text, true) IS NOT NULL";
+        assert_eq!(
+            r.text,
+            format!("INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c\nWHERE {store}\n\nRETURNING to_jsonb(\"x\".*), \"x\".tableoid, CASE WHEN (\"x\".xmax::text <> '0') THEN NULLIF(current_setting('hindsight.upsert_before', true), '')::jsonb END, set_config('hindsight.upsert_before', '', true), (\"x\".xmax::text <> '0')")
+        );
         assert_eq!(
             (
                 r.shape.new_at,
@@ -640,58 +559,34 @@ mod tests {
                 r.shape.updated_at,
                 r.shape.extra
             ),
-            (Some(0), 1, Some(2), Some(3), 4)
+            (Some(0), 1, Some(2), Some(4), 5)
+        );
+        // The client's WHERE stays the condition; its RETURNING stays first. The inference
+        // list's WHERE and the SET list's subqueries are not the DO UPDATE's WHERE.
+        let r = rw(
+            "INSERT INTO t VALUES (1) ON CONFLICT (lower(v)) WHERE a > 0 DO UPDATE SET v = (SELECT v FROM u WHERE u.k = 1) WHERE t.v <> 'z' RETURNING v",
+            15,
+        )
+        .unwrap()
+        .unwrap();
+        let store =
+            "set_config('hindsight.upsert_before', to_jsonb(\"t\".*)::text, true) IS NOT NULL";
+        assert!(
+            r.text.starts_with(&format!("INSERT INTO t VALUES (1) ON CONFLICT (lower(v)) WHERE a > 0 DO UPDATE SET v = (SELECT v FROM u WHERE u.k = 1) WHERE CASE WHEN ( t.v <> 'z' \n) THEN {store} ELSE false END\nRETURNING v\n, to_jsonb(")),
+            "{}",
+            r.text
         );
         let r = rw("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", 15)
             .unwrap()
             .unwrap();
         assert_eq!((r.shape.extra, r.shape.updated_at), (2, None));
-        // A constraint's columns come from the catalog first (`client::catalog`).
-        assert!(matches!(
-            rw(
-                "INSERT INTO t VALUES (1) ON CONFLICT ON CONSTRAINT t_pkey DO UPDATE SET v = 1",
-                15
-            ),
-            Err(Refusal::NeedsPg18 { .. })
-        ));
-        assert!(matches!(
-            rw(
-                "INSERT INTO t VALUES (1) ON CONFLICT (lower(v) text_pattern_ops) DO UPDATE SET v = 'x'",
-                15
-            ),
-            Err(Refusal::NeedsPg18 { .. })
-        ));
-        // An expression target: compared over the existing row and the statement's row; a
-        // WHERE (partial index) tried first, then the key alone.
-        let r = rw(
-            "INSERT INTO t VALUES (1) ON CONFLICT (lower(v), (a + 1), b COLLATE \"C\") WHERE a > (0) DO UPDATE SET v = 'x'",
-            15,
+        // A constraint name is as good as any conflict target.
+        assert!(rw(
+            "INSERT INTO t VALUES (1) ON CONFLICT ON CONSTRAINT t_pkey DO UPDATE SET v = 1",
+            15
         )
         .unwrap()
-        .unwrap();
-        let key = "(lower(v)) = (SELECT lower(v) FROM (SELECT \"t\".*) __hs_n) AND ((a + 1)) = (SELECT (a + 1) FROM (SELECT \"t\".*) __hs_n) AND (b COLLATE \"C\") = (SELECT b COLLATE \"C\" FROM (SELECT \"t\".*) __hs_n)";
-        assert!(
-            r.text
-                .contains(&format!("WHERE {key} AND (a > (0))), (SELECT")),
-            "{}",
-            r.text
-        );
-        assert!(r.text.contains(&format!("WHERE {key})) END")), "{}", r.text);
-    }
-
-    #[test]
-    fn inference_lists_are_cut_at_the_scanners_tokens() {
-        let sql = "INSERT INTO t VALUES (1) ON CONFLICT ( a, f(b, c) , (d[1]) ) WHERE x IN (1, 2) AND y DO UPDATE SET v = 1";
-        let at = sql.find("( a").unwrap();
-        assert_eq!(
-            inference_texts(sql, at),
-            Some((vec!["a", "f(b, c)", "(d[1])"], Some("x IN (1, 2) AND y")))
-        );
-        assert_eq!(
-            inference_texts("INSERT INTO t VALUES (1) ON CONFLICT (a) DO NOTHING", 37),
-            Some((vec!["a"], None))
-        );
-        assert_eq!(inference_texts(sql, at + 1), None);
+        .is_some());
     }
 
     fn pre_read(sql: &str) -> String {

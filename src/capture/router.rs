@@ -14,9 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Notify};
 
-use super::rows::{
-    decode_image, decode_oid, pick_before, split_data_row, strip_row_description, Format,
-};
+use super::rows::{decode_image, decode_oid, split_data_row, strip_row_description, Format};
 use super::txn::{Change, StatementCtx, TxnBuffer};
 use crate::statement::TxControl;
 
@@ -431,23 +429,23 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                 Some(split) => {
                     let image =
                         |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]), fmt);
-                    let before = if shape.old_candidates {
-                        // An upsert's row that ON CONFLICT updated must come with its before
-                        // image.
-                        let updated = shape
-                            .updated_at
-                            .map(|i| matches!(split.extra[i], Some(b"t") | Some(&[1])));
-                        let old = shape.old_at.and_then(|i| split.extra[i]);
-                        pick_before(old, fmt, updated)
-                    } else {
-                        image(shape.old_at)
-                    };
-                    let decoded = before.and_then(|b| {
+                    let decoded = image(shape.old_at).and_then(|b| {
                         Ok((
                             b,
                             image(shape.new_at)?,
                             decode_oid(split.extra[shape.oid_at], fmt)?,
                         ))
+                    });
+                    // An upsert's row that ON CONFLICT updated must come with its before image.
+                    let updated = shape
+                        .updated_at
+                        .is_some_and(|i| matches!(split.extra[i], Some(b"t") | Some(&[1])));
+                    let decoded = decoded.and_then(|(before, after, oid)| {
+                        if updated && before.is_none() {
+                            Err("ON CONFLICT updated a row the statement's snapshot does not see (inserted concurrently): its before image is unknown; retry the transaction".to_string())
+                        } else {
+                            Ok((before, after, oid))
+                        }
                     });
                     match decoded {
                         Ok((before, after, table_oid)) => rows.push(Change {

@@ -79,8 +79,8 @@ pub fn strip_row_description(body: &[u8], extra: usize) -> Option<Vec<u8>> {
     Some(frame)
 }
 
-/// A jsonb column (text, or binary jsonb: version byte 1 + text).
-fn decode_json(value: Option<&[u8]>, format: Format) -> Result<Option<serde_json::Value>, String> {
+/// A row image from a `to_jsonb(…)` column (text, or binary jsonb: version byte 1 + text).
+pub fn decode_image(value: Option<&[u8]>, format: Format) -> Result<Option<Row>, String> {
     let Some(raw) = value else { return Ok(None) };
     let text = match format {
         Format::Text => raw,
@@ -89,60 +89,10 @@ fn decode_json(value: Option<&[u8]>, format: Format) -> Result<Option<serde_json
             _ => return Err("unknown binary jsonb version".into()),
         },
     };
-    serde_json::from_slice(text)
-        .map(Some)
-        .map_err(|e| format!("row image is not JSON: {e}"))
-}
-
-/// A row image from a `to_jsonb(…)` column.
-pub fn decode_image(value: Option<&[u8]>, format: Format) -> Result<Option<Row>, String> {
-    match decode_json(value, format)? {
-        None => Ok(None),
-        Some(serde_json::Value::Object(m)) => Ok(Some(m)),
-        Some(other) => Err(format!("row image is not a JSON object: {other}")),
-    }
-}
-
-/// Before PostgreSQL 18, the before image of a row an upsert wrote, from the candidates
-/// column (`rewrite::upsert_before`: `[[image, mine], …]`, NULL for none). `updated`: whether
-/// ON CONFLICT updated the row (`None`: unknown, a partitioned table). The row the statement
-/// updated is the candidate it marked `mine`, else the only candidate; several candidates and
-/// none marked is refused rather than guessed.
-pub fn pick_before(
-    value: Option<&[u8]>,
-    format: Format,
-    updated: Option<bool>,
-) -> Result<Option<Row>, String> {
-    if updated == Some(false) {
-        return Ok(None);
-    }
-    let candidates = match decode_json(value, format)? {
-        None => Vec::new(),
-        Some(serde_json::Value::Array(list)) => list,
-        Some(other) => return Err(format!("before-image candidates are not a list: {other}")),
-    };
-    let mut rows = Vec::with_capacity(candidates.len());
-    for c in candidates {
-        match c {
-            serde_json::Value::Array(pair) => match pair.as_slice() {
-                [serde_json::Value::Object(row), mine] => {
-                    rows.push((row.clone(), mine.as_bool() == Some(true)))
-                }
-                _ => return Err(format!("malformed before-image candidate: {pair:?}")),
-            },
-            other => return Err(format!("malformed before-image candidate: {other}")),
-        }
-    }
-    let mine: Vec<&Row> = rows.iter().filter(|(_, m)| *m).map(|(r, _)| r).collect();
-    match (mine.as_slice(), rows.as_slice()) {
-        ([one], _) => Ok(Some((*one).clone())),
-        ([], [(one, _)]) => Ok(Some(one.clone())),
-        (_, []) if updated == Some(true) => Err("ON CONFLICT updated a row the statement's snapshot does not see (inserted concurrently): its before image is unknown; retry the transaction".to_string()),
-        (_, []) => Ok(None),
-        (_, many) => Err(format!(
-            "ON CONFLICT updated one of {} rows with the same conflict key and hindsight cannot tell which (a partial unique index, with the row locked by other transactions too); its before image is unknown; retry the transaction",
-            many.len()
-        )),
+    match serde_json::from_slice::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+        Ok(other) => Err(format!("row image is not a JSON object: {other}")),
+        Err(e) => Err(format!("row image is not JSON: {e}")),
     }
 }
 
@@ -249,31 +199,6 @@ mod tests {
         let f = strip_row_description(&body, 2).unwrap();
         assert_eq!(&f[5..7], &[0, 1]);
         assert_eq!(f.len(), 5 + 2 + 3 + 18);
-    }
-
-    #[test]
-    fn upsert_before_image_is_the_updated_candidate() {
-        let pick = |v: &str, updated| pick_before(Some(v.as_bytes()), Format::Text, updated);
-        let two = r#"[[{"id": 1}, false], [{"id": 2}, true]]"#;
-        assert_eq!(pick(two, Some(true)).unwrap().unwrap()["id"], 2);
-        // An insert has no before image, whatever shares its key outside the arbiter index.
-        assert_eq!(pick(two, Some(false)).unwrap(), None);
-        // One candidate not marked (its xmax is a MultiXact: other lockers): it is the row.
-        let one = r#"[[{"id": 1}, false]]"#;
-        assert_eq!(pick(one, Some(true)).unwrap().unwrap()["id"], 1);
-        assert_eq!(pick(one, None).unwrap().unwrap()["id"], 1);
-        let err = pick(r#"[[{"id": 1}, false], [{"id": 2}, null]]"#, None).unwrap_err();
-        assert!(err.contains("one of 2 rows"), "{err}");
-        assert!(pick_before(None, Format::Text, Some(true))
-            .unwrap_err()
-            .contains("does not see"));
-        assert_eq!(pick_before(None, Format::Text, None).unwrap(), None);
-        let mut binary = vec![1u8];
-        binary.extend_from_slice(one.as_bytes());
-        assert!(pick_before(Some(&binary), Format::Binary, Some(true))
-            .unwrap()
-            .is_some());
-        assert!(pick(r#"[{"id": 1}]"#, Some(true)).is_err());
     }
 
     #[test]

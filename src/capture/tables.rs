@@ -89,9 +89,6 @@ pub struct Targets {
     generation: u64,
     /// Name as written (`schema.name` or `name`) → what it resolved to.
     capturable: HashMap<String, Target>,
-    /// (Table as written, constraint name) → the columns of that unique constraint, in key
-    /// order (empty: no such unique or primary-key constraint).
-    constraints: HashMap<(String, String), Vec<String>>,
 }
 
 /// What a write target resolved to, for capture.
@@ -107,33 +104,11 @@ pub enum Target {
 
 impl Targets {
     pub fn get(&mut self, generation: u64, name: &str) -> Option<Target> {
-        self.follow(generation);
-        self.capturable.get(name).copied()
-    }
-
-    /// Forget everything when the schema generation moved on.
-    fn follow(&mut self, generation: u64) {
         if generation != self.generation {
-            self.clear();
+            self.capturable.clear();
             self.generation = generation;
         }
-    }
-
-    pub fn get_constraint(
-        &mut self,
-        generation: u64,
-        table: &str,
-        constraint: &str,
-    ) -> Option<Vec<String>> {
-        self.follow(generation);
-        self.constraints
-            .get(&(table.to_string(), constraint.to_string()))
-            .cloned()
-    }
-
-    pub fn put_constraint(&mut self, table: &str, constraint: &str, columns: Vec<String>) {
-        self.constraints
-            .insert((table.to_string(), constraint.to_string()), columns);
+        self.capturable.get(name).copied()
     }
 
     pub fn put(&mut self, name: &str, target: Target) {
@@ -142,7 +117,6 @@ impl Targets {
 
     pub fn clear(&mut self) {
         self.capturable.clear();
-        self.constraints.clear();
     }
 }
 
@@ -157,22 +131,6 @@ pub fn capturable_query(reference: &str) -> String {
            WHEN c.relkind = 'p' THEN 'partitioned' ELSE 'table' END \
          FROM pg_class c WHERE c.oid = to_regclass({})",
         super::rewrite::literal(reference)
-    )
-}
-
-/// The columns, in key order, of the unique or primary-key constraint `constraint` of the
-/// relation `reference` (as the statement wrote it, quoted): what `ON CONFLICT ON CONSTRAINT`
-/// arbitrates on. No rows: no such constraint (or an exclusion constraint, which DO UPDATE
-/// refuses by itself).
-pub fn constraint_columns_query(reference: &str, constraint: &str) -> String {
-    format!(
-        "SELECT a.attname FROM pg_constraint c \
-           CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY k(attnum, n) \
-           JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum \
-         WHERE c.conrelid = to_regclass({}) AND c.conname = {} AND c.contype IN ('p', 'u') \
-         ORDER BY k.n",
-        super::rewrite::literal(reference),
-        super::rewrite::literal(constraint)
     )
 }
 

@@ -169,7 +169,6 @@ mod tests {
                     new_at: Some(0),
                     oid_at: 1,
                     updated_at: None,
-                    old_candidates: false,
                     wrapper: None,
                     client_returning: false,
                     pre_read: false,

@@ -123,35 +123,13 @@ pub struct Write {
     /// The write is not the statement's own: it sits in a CTE, or in `COPY (…) TO`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub nested: bool,
-    /// `ON CONFLICT … DO UPDATE`: its conflict target. `None`: no DO UPDATE.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub conflict_update: Option<Conflict>,
+    /// `ON CONFLICT … DO UPDATE` (an upsert that may update rows rather than only insert).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub conflict_update: bool,
     /// Set by capture once the catalog says the target is a partitioned table (system columns
     /// other than `tableoid` cannot be returned from it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub partitioned: bool,
-}
-
-/// The conflict target of `ON CONFLICT … DO UPDATE`: what finds the row it updated again
-/// (before PostgreSQL 18, whose RETURNING cannot name the old row, hindsight looks it up).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Conflict {
-    /// One entry per element of the inference list: `Some(column)` for a plain column, `None`
-    /// for an expression (or a column with COLLATE), whose text `infer_at` locates. For `ON
-    /// CONSTRAINT`, empty until capture reads the constraint's columns from the catalog.
-    pub elements: Vec<Option<String>>,
-    /// `ON CONSTRAINT name` (empty if the target is an inference list).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub constraint: String,
-    /// Byte offset of the inference list's `(` in the analysed text.
-    pub infer_at: usize,
-    /// An expression element names an operator class: its text is no expression hindsight can
-    /// compare.
-    pub opclass: bool,
-    /// Capture read `constraint`'s columns from the catalog (`elements` empty: no such unique
-    /// constraint — the statement fails on its own).
-    #[serde(skip)]
-    pub looked_up: bool,
 }
 
 impl Write {
@@ -260,7 +238,7 @@ fn analyze_node(node: &N) -> Analysis {
             );
             if let (Some(w), Some(c)) = (writes.last_mut(), s.on_conflict_clause.as_ref()) {
                 if c.action == OnConflictAction::OnconflictUpdate as i32 {
-                    w.conflict_update = Some(conflict_target(c.infer.as_deref()));
+                    w.conflict_update = true;
                 }
             }
             if let Some(sel) = s.select_stmt.as_ref().and_then(|n| n.node.as_ref()) {
@@ -440,7 +418,7 @@ fn ddl_targets(node: &N, out: &mut Vec<Write>) {
                             returning: false,
                             alias: String::new(),
                             nested: false,
-                            conflict_update: None,
+                            conflict_update: false,
                             partitioned: false,
                         });
                     }
@@ -494,31 +472,10 @@ fn push(
                 .map(|a| a.aliasname.clone())
                 .unwrap_or_default(),
             nested: false,
-            conflict_update: None,
+            conflict_update: false,
             partitioned: false,
         });
     }
-}
-
-/// The conflict target of `ON CONFLICT … DO UPDATE` (which PostgreSQL requires to have one).
-fn conflict_target(infer: Option<&protobuf::InferClause>) -> Conflict {
-    let Some(infer) = infer else {
-        return Conflict::default();
-    };
-    let mut c = Conflict {
-        constraint: infer.conname.clone(),
-        infer_at: infer.location.max(0) as usize,
-        ..Conflict::default()
-    };
-    for e in &infer.index_elems {
-        if let Some(N::IndexElem(ie)) = e.node.as_ref() {
-            // A plain column compares by its name whatever operator class the list names.
-            let plain = !ie.name.is_empty() && ie.expr.is_none() && ie.collation.is_empty();
-            c.opclass |= !plain && !ie.opclass.is_empty();
-            c.elements.push(plain.then(|| ie.name.clone()));
-        }
-    }
-    c
 }
 
 /// Column names from a list of ResTarget nodes (SET list, INSERT column list) or String nodes.

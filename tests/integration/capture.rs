@@ -2208,7 +2208,70 @@ async fn upsert_on_a_partial_unique_index_failed_with_more_than_one_row(pg: Pg) 
     proxy.shutdown().await;
 }
 
+/// Regression: before PostgreSQL 18, an upsert that waited for a concurrent transaction's
+/// update of its row recorded the row as the statement's snapshot saw it, not the version it
+/// replaced (the hot-counter pattern: `n` went 2 → 3, the event said 1 → 3). The before image
+/// now comes from the row ON CONFLICT locked.
+async fn upsert_before_image_was_stale_after_a_concurrent_update(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "upsert_race").await;
+    let first = harness::connect(proxy.addr, "postgres", &db).await;
+    let second = harness::connect(proxy.addr, "postgres", &db).await;
+    let monitor = harness::connect(pg.addr(), "postgres", &db).await;
+    first
+        .batch_execute(
+            "CREATE TABLE ctr (k text PRIMARY KEY, n int); INSERT INTO ctr VALUES ('x', 1)",
+        )
+        .await
+        .unwrap();
+    let bump = "INSERT INTO ctr VALUES ('x', 1) ON CONFLICT (k) DO UPDATE SET n = ctr.n + 1";
+    first.batch_execute("BEGIN").await.unwrap();
+    first.batch_execute(bump).await.unwrap();
+    let waiting = tokio::spawn(async move { second.batch_execute(bump).await });
+    // The second upsert has taken its snapshot and waits for the first's row lock.
+    let mut blocked = false;
+    for _ in 0..200 {
+        let n: i64 = monitor
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO ctr%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(blocked, "the second upsert never waited for the first");
+    first.batch_execute("COMMIT").await.unwrap();
+    waiting.await.unwrap().unwrap();
+    let n: i32 = monitor
+        .query_one("SELECT n FROM ctr", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    let events = read_topic(format!("{prefix}.public.ctr"), 3).await;
+    let got: Vec<(Value, Value)> = events
+        .iter()
+        .map(|e| (e["before"]["n"].clone(), e["after"]["n"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Value::Null, 1.into()),
+            (1.into(), 2.into()),
+            (2.into(), 3.into())
+        ],
+        "{events:#?}"
+    );
+    proxy.shutdown().await;
+}
+
 on_both!(
+    upsert_before_image_was_stale_after_a_concurrent_update,
     upsert_on_a_partial_unique_index_failed_with_more_than_one_row,
     begin_inside_a_pipeline_warned_about_hindsights_own_transaction,
     messages_after_a_failed_deferred_execute_waited_for_replies_forever,

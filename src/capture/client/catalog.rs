@@ -18,26 +18,6 @@ pub(super) fn apply_target(s: &mut Statement, target: Target) {
     }
 }
 
-/// A table as the statement named it, quoted (`"schema"."name"` or `"name"`).
-fn quoted_name(table: &TableName) -> String {
-    use crate::capture::rewrite::quote;
-    match table.schema.as_str() {
-        "" => quote(&table.name),
-        schema => format!("{}.{}", quote(schema), quote(&table.name)),
-    }
-}
-
-/// Whether a statement is an upsert whose `ON CONSTRAINT` target must be read from the catalog
-/// before it can be captured on a server of major version `major`.
-pub(super) fn needs_constraint(s: &Statement, major: u32) -> bool {
-    major < 18
-        && s.located.analysis.writes.first().is_some_and(|w| {
-            w.conflict_update
-                .as_ref()
-                .is_some_and(|c| !c.constraint.is_empty() && c.elements.is_empty())
-        })
-}
-
 /// The PostgreSQL major whose grammar pg_query parses with.
 pub(super) const PARSER_MAJOR: u32 = 17;
 
@@ -105,51 +85,6 @@ impl ClientCapture {
         Ok(out)
     }
 
-    /// Before PostgreSQL 18, `ON CONFLICT ON CONSTRAINT … DO UPDATE`: the constraint's columns
-    /// into the statement's conflict target (hindsight looks the updated row up by them).
-    /// Cached per session with the targets.
-    pub(super) async fn resolve_constraint<W: AsyncWrite + Unpin + Send>(
-        &mut self,
-        w: &mut W,
-        s: &mut Statement,
-        extended: bool,
-    ) -> std::io::Result<()> {
-        let Some(write) = s.located.analysis.writes.first_mut() else {
-            return Ok(());
-        };
-        let Some(conflict) = write.conflict_update.as_mut() else {
-            return Ok(());
-        };
-        if conflict.constraint.is_empty() || !conflict.elements.is_empty() {
-            return Ok(());
-        }
-        let name = quoted_name(&write.table);
-        let generation = self.tables.generation();
-        let columns = match self
-            .targets
-            .get_constraint(generation, &name, &conflict.constraint)
-        {
-            Some(c) => c,
-            None => {
-                self.mid_batch = extended;
-                let q =
-                    crate::capture::tables::constraint_columns_query(&name, &conflict.constraint);
-                let reply = self.internal_query(w, &q).await?;
-                if reply.error.is_some() {
-                    // An aborted transaction: the statement fails on its own.
-                    return Ok(());
-                }
-                let columns = reply.first_column();
-                self.targets
-                    .put_constraint(&name, &conflict.constraint, columns.clone());
-                columns
-            }
-        };
-        conflict.looked_up = true;
-        conflict.elements = columns.into_iter().map(Some).collect();
-        Ok(())
-    }
-
     /// What `table`, as the session names it, is for capture (cached per session).
     async fn resolve_target<W: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -158,7 +93,14 @@ impl ClientCapture {
         extended: bool,
     ) -> std::io::Result<Target> {
         let generation = self.tables.generation();
-        let name = quoted_name(table);
+        let name = match table.schema.as_str() {
+            "" => crate::capture::rewrite::quote(&table.name),
+            schema => format!(
+                "{}.{}",
+                crate::capture::rewrite::quote(schema),
+                crate::capture::rewrite::quote(&table.name)
+            ),
+        };
         if let Some(t) = self.targets.get(generation, &name) {
             return Ok(t);
         }

@@ -149,14 +149,12 @@ impl ClientCapture {
             .resolve_targets(w, std::slice::from_ref(stmt), true)
             .await?[0];
         let resolved;
-        let major = self.shared.lock().server_major;
-        let stmt = if target == Target::Partitioned || needs_constraint(stmt, major) {
-            let mut s = stmt.clone();
-            apply_target(&mut s, target);
-            if needs_constraint(&s, major) {
-                self.resolve_constraint(w, &mut s, true).await?;
-            }
-            resolved = s;
+        let stmt = if target == Target::Partitioned {
+            resolved = {
+                let mut s = stmt.clone();
+                apply_target(&mut s, target);
+                s
+            };
             &resolved
         } else {
             stmt

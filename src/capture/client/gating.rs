@@ -162,10 +162,6 @@ impl ClientCapture {
                 _ => return Ok(Vec::new()),
             }
         } else {
-            let mut s = s.clone();
-            if needs_constraint(&s, major) {
-                self.resolve_constraint(w, &mut s, false).await?;
-            }
             let Ok(Some(rw)) = rewrite(text, &s.located, major, self.truncate_limit, &[]) else {
                 return Ok(Vec::new());
             };

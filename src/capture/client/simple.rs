@@ -92,27 +92,24 @@ impl ClientCapture {
                 )
         };
         let targets = self.resolve_targets(w, statements, false).await?;
-        let major = self.shared.lock().server_major;
         let with_calls: Vec<Statement>;
         let statements = if (names.is_empty() || !statements.iter().any(calls))
             && targets.iter().all(|t| *t == Target::Table)
-            && !statements.iter().any(|s| needs_constraint(s, major))
         {
             statements
         } else {
-            let mut resolved = Vec::with_capacity(statements.len());
-            for (s, target) in statements.iter().zip(&targets) {
-                let mut s = s.clone();
-                apply_target(&mut s, *target);
-                if calls(&s) {
-                    s.located.analysis.kind = Kind::Opaque;
-                }
-                if needs_constraint(&s, major) {
-                    self.resolve_constraint(w, &mut s, false).await?;
-                }
-                resolved.push(s);
-            }
-            with_calls = resolved;
+            with_calls = statements
+                .iter()
+                .zip(&targets)
+                .map(|(s, target)| {
+                    let mut s = s.clone();
+                    apply_target(&mut s, *target);
+                    if calls(&s) {
+                        s.located.analysis.kind = Kind::Opaque;
+                    }
+                    s
+                })
+                .collect();
             &with_calls[..]
         };
         if statements
