@@ -406,6 +406,7 @@ impl Cut {
             }),
             pre_read,
             guard: None,
+            inserts: Vec::new(),
         })
     }
 }

@@ -77,6 +77,24 @@ pub struct Rewritten {
     /// A statement that fails when a limit is exceeded (TRUNCATE's row limit), run first; its
     /// error is replaced by this message.
     pub guard: Option<(String, String)>,
+    /// Byte ranges of `text` that hindsight inserted inside the client's text (not appended
+    /// after it), in order: error positions past them are moved back (`router::Unit`).
+    pub inserts: Vec<(usize, usize)>,
+}
+
+impl Rewritten {
+    /// `inserts` as `router::Unit::position_inserts`, for `text` sent at character `sent_at`
+    /// (0-based) of the query string.
+    pub fn position_inserts(&self, sent_at: i64) -> Vec<(i64, i64)> {
+        self.inserts
+            .iter()
+            .map(|&(at, len)| {
+                let before = self.text[..at].chars().count() as i64;
+                let len = self.text[at..at + len].chars().count() as i64;
+                (sent_at + before + 1, len)
+            })
+            .collect()
+    }
 }
 
 /// A write hindsight cannot capture (yet). The client gets this as an error; nothing runs.
@@ -169,6 +187,7 @@ pub fn rewrite(
             shape: shape(3, Some(0), Some(1), 2, false),
             pre_read: None,
             guard: None,
+            inserts: Vec::new(),
         }));
     }
     let image = format!("to_jsonb({target}.*), {target}.tableoid");
@@ -178,12 +197,14 @@ pub fn rewrite(
             shape: shape(2, None, Some(0), 1, false),
             pre_read: None,
             guard: None,
+            inserts: Vec::new(),
         })),
         Kind::Delete => Ok(Some(Rewritten {
             text: format!("{body}{sep}{image}"),
             shape: shape(2, Some(0), None, 1, false),
             pre_read: None,
             guard: None,
+            inserts: Vec::new(),
         })),
         Kind::Update => {
             // FOR UPDATE OF takes the alias or the bare name (PostgreSQL refuses a qualified
@@ -199,6 +220,7 @@ pub fn rewrite(
                 shape: shape(2, None, Some(0), 1, true),
                 pre_read: Some(pre),
                 guard: None,
+                inserts: Vec::new(),
             }))
         }
         // DO NOTHING: RETURNING gives exactly the inserted rows.
@@ -207,12 +229,23 @@ pub fn rewrite(
             shape: shape(2, None, Some(0), 1, false),
             pre_read: None,
             guard: None,
+            inserts: Vec::new(),
         })),
         // DO UPDATE: the before image of the row ON CONFLICT updates is taken where the
         // statement itself sees it — in the DO UPDATE's WHERE, on the row it has locked (see
         // `upsert_capturing_before`) — and read back in the same row's RETURNING.
         Kind::Upsert => {
-            let body =
+            if write.alias.is_empty()
+                && write.table.schema.is_empty()
+                && write.table.name == "excluded"
+            {
+                // Its DO UPDATE clauses cannot name the existing row: `excluded` is the
+                // proposed one there.
+                return Err(Refusal::Unsupported {
+                    what: format!("{what} without an alias or a schema (the DO UPDATE cannot name the existing row of a table called excluded: write `INSERT INTO excluded AS t …`)"),
+                });
+            }
+            let (body, inserts) =
                 upsert_capturing_before(body, &target).ok_or_else(|| Refusal::Unsupported {
                     what: format!("{what} (its DO UPDATE clause was not found)"),
                 })?;
@@ -226,6 +259,7 @@ pub fn rewrite(
                     shape: shape(4, Some(2), Some(0), 1, false),
                     pre_read: None,
                     guard: None,
+                    inserts: inserts.clone(),
                 }));
             }
             // `xmax <> 0`: ON CONFLICT updated the row (then its before image must be there).
@@ -239,6 +273,7 @@ pub fn rewrite(
                 shape: s,
                 pre_read: None,
                 guard: None,
+                inserts,
             }))
         }
         _ => Err(Refusal::NeedsPg18 { what, major }),
@@ -256,8 +291,9 @@ const UPSERT_BEFORE: &str = "hindsight.upsert_before";
 /// `to_jsonb(existing)` in a transaction-local setting, which the same row's RETURNING reads
 /// and empties. A WHERE of the client's stays the condition, evaluated first (`CASE`): a row
 /// it rejects is not updated and stores nothing. `existing`: how the statement names its
-/// target (alias or name). `None` if the DO UPDATE clause is not found.
-fn upsert_capturing_before(body: &str, existing: &str) -> Option<String> {
+/// target (alias or name). With the text, the byte ranges hindsight inserted into it. `None`
+/// if the DO UPDATE clause is not found.
+fn upsert_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(body).ok()?.tokens;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
@@ -283,15 +319,28 @@ fn upsert_capturing_before(body: &str, existing: &str) -> Option<String> {
         format!("set_config('{UPSERT_BEFORE}', to_jsonb({existing}.*)::text, true) IS NOT NULL");
     let end = returning.unwrap_or(body.len());
     // Newlines close a `--` comment the client's text may end with.
-    Some(match wher {
-        Some(w) => format!(
-            "{} CASE WHEN ({}\n) THEN {store} ELSE false END\n{}",
+    let (open, close) = match wher {
+        Some(_) => (
+            " CASE WHEN (".to_string(),
+            format!("\n) THEN {store} ELSE false END\n"),
+        ),
+        None => (String::new(), format!("\nWHERE {store}\n")),
+    };
+    let w = wher.unwrap_or(end);
+    let mut inserts = Vec::new();
+    if !open.is_empty() {
+        inserts.push((w, open.len()));
+    }
+    inserts.push((end + open.len(), close.len()));
+    Some((
+        format!(
+            "{}{open}{}{close}{}",
             &body[..w],
             &body[w..end],
             &body[end..]
         ),
-        None => format!("{}\nWHERE {store}\n{}", &body[..end], &body[end..]),
-    })
+        inserts,
+    ))
 }
 
 /// The relations of a TRUNCATE as `(reference, only)`, and whether it CASCADEs.
@@ -396,6 +445,7 @@ fn truncate(
                 names.join(", ")
             ),
         )),
+        inserts: Vec::new(),
     })
 }
 

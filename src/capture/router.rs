@@ -52,6 +52,10 @@ pub struct Unit {
     /// Characters hindsight's query string has in front of the client's text at this
     /// statement: subtracted from the position of a forwarded error.
     pub position_shift: i64,
+    /// Text hindsight inserted inside the client's statement, as (1-based character position
+    /// in the query string sent, length in characters), in order: a forwarded error's
+    /// position past one is moved back by its length (`map_position`).
+    pub position_inserts: Vec<(i64, i64)>,
     /// Captured rows go to `State::probe`, not the transaction (a gate's trial run of a
     /// refused statement, rolled back, to record what it would have changed).
     pub probe: bool,
@@ -183,10 +187,25 @@ impl Unit {
             complete: Complete::Keep,
             idle_if_no_copy: false,
             position_shift: 0,
+            position_inserts: Vec::new(),
             probe: false,
             end_on_error: false,
             begin_in_batch: false,
         }
+    }
+
+    /// A position in the query string hindsight sent, as a position in the client's text: back
+    /// over the text inserted before it; inside inserted text, where it was inserted.
+    pub fn map_position(&self, p: i64) -> i64 {
+        let mut back = self.position_shift;
+        for &(at, len) in &self.position_inserts {
+            if p >= at + len {
+                back += len;
+            } else if p >= at {
+                return at - back;
+            }
+        }
+        p - back
     }
 
     /// Replies forwarded unchanged.
@@ -315,11 +334,12 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     if tag == b'E' {
         if let Some(rep) = &unit.error_replacement {
             out.extend_from_slice(rep);
-        } else if (unit.forward || unit.forward_errors) && unit.position_shift != 0 {
-            out.extend(crate::wire::error_response::shift_position(
-                frame,
-                unit.position_shift,
-            ));
+        } else if (unit.forward || unit.forward_errors)
+            && (unit.position_shift != 0 || !unit.position_inserts.is_empty())
+        {
+            out.extend(crate::wire::error_response::map_position(frame, |p| {
+                unit.map_position(p)
+            }));
         } else if unit.forward || unit.forward_errors {
             out.extend_from_slice(frame);
         }
@@ -688,4 +708,27 @@ fn major_of(version: &[u8]) -> u32 {
         .map(|&b| b as char)
         .collect();
     digits.parse().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_move_back_over_inserted_text() {
+        let mut u = Unit::pass(b"C");
+        u.position_shift = 10;
+        // Sent: 10 characters of hindsight's, then the client's text with 3 characters
+        // inserted at sent position 21 and 5 at sent position 31.
+        u.position_inserts = vec![(21, 3), (31, 5)];
+        assert_eq!(u.map_position(15), 5);
+        assert_eq!(u.map_position(20), 10);
+        // Inside an insert: where it was inserted.
+        assert_eq!(u.map_position(22), 11);
+        assert_eq!(u.map_position(24), 11);
+        assert_eq!(u.map_position(30), 17);
+        assert_eq!(u.map_position(33), 18);
+        assert_eq!(u.map_position(36), 18);
+        assert_eq!(u.map_position(40), 22);
+    }
 }

@@ -103,6 +103,12 @@ impl ErrorResponse {
 /// reports against a query string that hindsight extended in front of the client's text.
 /// Positions that would fall before the start are left alone.
 pub fn shift_position(frame: &[u8], delta: i64) -> Vec<u8> {
+    map_position(frame, |p| p - delta)
+}
+
+/// An ErrorResponse/NoticeResponse frame with its position field (`P`) replaced by `map` of
+/// it; a position that would map before the start is left alone.
+pub fn map_position(frame: &[u8], map: impl Fn(i64) -> i64) -> Vec<u8> {
     let mut out = frame[..5.min(frame.len())].to_vec();
     let mut rest = frame.get(5..).unwrap_or_default();
     while let Some((&code, tail)) = rest.split_first() {
@@ -117,7 +123,7 @@ pub fn shift_position(frame: &[u8], delta: i64) -> Vec<u8> {
         let shifted = (code == b'P')
             .then(|| std::str::from_utf8(value).ok()?.parse::<i64>().ok())
             .flatten()
-            .map(|p| p - delta)
+            .map(&map)
             .filter(|p| *p >= 1);
         match shifted {
             Some(p) => out.extend_from_slice(p.to_string().as_bytes()),

@@ -2147,7 +2147,8 @@ async fn begin_inside_a_pipeline_warned_about_hindsights_own_transaction(pg: Pg)
 /// index shared its key (capture looked the updated row up with a scalar subquery). Also the
 /// targets that used to be refused before 18: an expression, `ON CONSTRAINT` (both
 /// protocols), a WHERE stronger than the index's (the row is found by its key alone), a
-/// constraint that does not exist and DO UPDATE without a target (the server's own errors).
+/// constraint that does not exist and DO UPDATE without a target (the server's own errors),
+/// error positions in a DO UPDATE's WHERE and RETURNING (hindsight inserts text before them).
 /// Replies equal a direct run's.
 async fn upsert_on_a_partial_unique_index_failed_with_more_than_one_row(pg: Pg) {
     use super::differential::{cat, send};
@@ -2180,6 +2181,13 @@ async fn upsert_on_a_partial_unique_index_failed_with_more_than_one_row(pg: Pg) 
         ])),
         send(query("INSERT INTO acct VALUES (1) ON CONFLICT ON CONSTRAINT no_such DO UPDATE SET n = 0")),
         send(query("SELECT 1; INSERT INTO acct VALUES (1) ON CONFLICT DO UPDATE SET n = 0")),
+        // Errors point into the client's text, past what hindsight inserts into it.
+        send(query("SELECT 1; INSERT INTO acct VALUES (1) ON CONFLICT (id) DO UPDATE SET n = 1 WHERE acct.nope > 0")),
+        send(query("INSERT INTO acct VALUES (1) ON CONFLICT (id) DO UPDATE SET n = 1 WHERE acct.n > 0 RETURNING nope")),
+        send(cat(&[
+            parse("", "INSERT INTO acct VALUES (1) ON CONFLICT (id) DO UPDATE SET n = 1 RETURNING nope", &[]),
+            sync(),
+        ])),
         send(query("SELECT id, email, active, n FROM acct ORDER BY id")),
     ];
     assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;

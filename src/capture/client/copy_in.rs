@@ -190,6 +190,7 @@ impl ClientCapture {
             shape: Arc::new(Shape::statement(Kind::CopyIn, write.table.clone())),
             pre_read: None,
             guard: None,
+            inserts: Vec::new(),
         };
         Ok(Ok(Some((
             client,

@@ -246,7 +246,11 @@ impl ClientCapture {
                 frame_of(b'P', &b)
             }
         };
-        self.push([Unit::pass(b"1")]);
+        let mut parse = Unit::pass(b"1");
+        if let Some(rw) = &rewritten {
+            parse.position_inserts = rw.position_inserts(0);
+        }
+        self.push([parse]);
         write_all(w, &out).await?;
         // UPDATE's pre-read is prepared once, with the client's parameters; TRUNCATE's image
         // read takes none and runs as hindsight's own statement at each Execute.

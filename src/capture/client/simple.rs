@@ -384,10 +384,11 @@ impl ClientCapture {
                         u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
                         units.push(u);
                     }
-                    let shift = sql.chars().count() as i64 - before;
+                    let sent_at = sql.chars().count() as i64;
                     sql.push_str(&rw.text);
                     let mut u = Unit::pass(b"CI");
-                    u.position_shift = shift;
+                    u.position_shift = sent_at - before;
+                    u.position_inserts = rw.position_inserts(sent_at);
                     u.collect = Collect::capture(ctx);
                     units.push(u);
                 }
