@@ -170,10 +170,15 @@ async fn workload(c: Client, n: u64) -> (usize, usize) {
             }
         }
         if ok && w.rng.random_range(0..3) == 0 {
-            // The shared counter, last, so that the clients never wait on each other in a cycle.
-            let _ = c
-                .simple_query("UPDATE kv SET v = jsonb_build_object('n', (v->>'n')::int + 1) WHERE k = 'shared'")
-                .await;
+            // The shared counter, last, so that the clients never wait on each other in a cycle:
+            // by UPDATE or by upsert (whose before image must be the version it waited for, not
+            // the one its snapshot saw).
+            let bump = if w.rng.random_range(0..2) == 0 {
+                "UPDATE kv SET v = jsonb_build_object('n', (v->>'n')::int + 1) WHERE k = 'shared'"
+            } else {
+                "INSERT INTO kv VALUES ('shared', '{\"n\": 1}') ON CONFLICT (k) DO UPDATE SET v = jsonb_build_object('n', (kv.v->>'n')::int + 1)"
+            };
+            let _ = c.simple_query(bump).await;
         }
         if !ok || shape == 4 {
             c.simple_query("ROLLBACK").await.unwrap();
