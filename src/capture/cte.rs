@@ -28,13 +28,14 @@
 //!
 //! What this module does not know: the catalog, the connection, or how the rows are routed.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::Token as T;
 
-use super::rewrite::{quote, Refusal, Rewritten, Shape};
+use super::rewrite::{quote, upsert_capturing_before, Refusal, Rewritten, Shape, UPSERT_BEFORE};
 use crate::statement::analysis::{analyze, Analysis, Kind};
 
 /// Capture columns every row of the wrapper carries: source, before, after, tableoid,
@@ -289,7 +290,7 @@ impl Cut {
             };
             k += 1;
             let images = images(&w.analysis, major, k)?;
-            let body = &self.sql[w.body.clone()];
+            let body = body(&self.sql[w.body.clone()], &w.analysis, major)?;
             let part = format!("__hs_w{k}");
             match columns.get(k - 1).and_then(|c| c.as_ref()) {
                 Some(names) => {
@@ -318,8 +319,12 @@ impl Cut {
             }
             parts.push(part_shape(&w.analysis, major));
         }
-        let main_sql = &self.sql[self.main.clone()];
         let a = &self.main_analysis;
+        let main_sql = &*if a.kind.writes_rows() {
+            body(&self.sql[self.main.clone()], a, major)?
+        } else {
+            Cow::Borrowed(&self.sql[self.main.clone()])
+        };
         let client_cols = client.map(column_names).transpose()?;
         let (first, client_rel, main_shape) = if !a.kind.writes_rows() {
             ctes.push(format!("__hs_main AS (\n{main_sql}\n)"));
@@ -524,12 +529,13 @@ fn part_shape(a: &Analysis, major: u32) -> Arc<Shape> {
 /// The RETURNING items a write gets (after its own list, or as a new list): its source
 /// number `src`, its before and after images, the row's table. Before PostgreSQL 18 INSERT
 /// (and upsert DO NOTHING) and DELETE give their images from RETURNING alone, an UPDATE its
-/// after images (the pre-read has the before images); MERGE and DO UPDATE cannot be captured.
+/// after images (the pre-read has the before images), an upsert DO UPDATE the images its
+/// edited text stores (`body`); MERGE cannot be captured.
 fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
     let w = &a.writes[0];
     let target = w.reference();
     let lead = if w.returning { "\n, " } else { "\nRETURNING " };
-    let tail = format!("{target}.tableoid AS __hs_t, NULL::bool AS __hs_u");
+    let mut tail = format!("{target}.tableoid AS __hs_t, NULL::bool AS __hs_u");
     if major >= 18 {
         return Ok(if w.returning {
             format!(
@@ -547,6 +553,17 @@ fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
         Kind::Delete => (format!("to_jsonb({target}.*)"), "NULL::jsonb".to_string()),
         // The before images come from the pre-read (see `Cut::pre_read`).
         Kind::Update => ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)")),
+        // The DO UPDATE's WHERE stored the row's before image (see `body`); it is read, then
+        // emptied (`__hs_u`, evaluated after `__hs_o`) so an inserted row after it reads none.
+        Kind::Upsert => {
+            tail = format!(
+                "{target}.tableoid AS __hs_t, (set_config('{UPSERT_BEFORE}', '', true) IS NULL) AS __hs_u"
+            );
+            (
+                format!("NULLIF(current_setting('{UPSERT_BEFORE}', true), '')::jsonb"),
+                format!("to_jsonb({target}.*)"),
+            )
+        }
         kind => {
             return Err(Refusal::NeedsPg18 {
                 what: format!(
@@ -561,6 +578,19 @@ fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
     Ok(format!(
         "{lead}{src} AS __hs_s, {old} AS __hs_o, {new} AS __hs_n, {tail}"
     ))
+}
+
+/// The text a write runs as in the wrapper: as written, except (before PostgreSQL 18) an
+/// upsert DO UPDATE, whose DO UPDATE's WHERE stores each updated row's before image
+/// (`rewrite::upsert_capturing_before`).
+fn body<'a>(sql: &'a str, a: &Analysis, major: u32) -> Result<Cow<'a, str>, Refusal> {
+    let w = &a.writes[0];
+    if major >= 18 || a.kind != Kind::Upsert || !w.conflict_update {
+        return Ok(Cow::Borrowed(sql));
+    }
+    upsert_capturing_before(sql, &w.reference())
+        .map(|(text, _)| Cow::Owned(text))
+        .ok_or_else(|| needs_pg18("this ON CONFLICT … DO UPDATE"))
 }
 
 /// The command tag of the client's statement, without its row count.
@@ -725,6 +755,14 @@ mod tests {
         assert!(
             rw.text
                 .contains("0 AS __hs_s, NULL::jsonb AS __hs_o, to_jsonb(\"b\".*) AS __hs_n"),
+            "{}",
+            rw.text
+        );
+        // An upsert's DO UPDATE stores the before image its RETURNING reads and empties.
+        let sql = "WITH u AS (INSERT INTO a VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 2 RETURNING id) SELECT * FROM u";
+        let rw = on_15(sql).unwrap();
+        assert!(
+            rw.text.contains("DO UPDATE SET v = 2 \nWHERE set_config('hindsight.upsert_before', to_jsonb(\"a\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, NULLIF(current_setting('hindsight.upsert_before', true), '')::jsonb AS __hs_o, to_jsonb(\"a\".*) AS __hs_n, \"a\".tableoid AS __hs_t, (set_config('hindsight.upsert_before', '', true) IS NULL) AS __hs_u"),
             "{}",
             rw.text
         );

@@ -282,7 +282,7 @@ pub fn rewrite(
 
 /// The transaction-local setting that carries an upsert's before image from its DO UPDATE's
 /// WHERE to its RETURNING (PostgreSQL < 18).
-const UPSERT_BEFORE: &str = "hindsight.upsert_before";
+pub(crate) const UPSERT_BEFORE: &str = "hindsight.upsert_before";
 
 /// Before PostgreSQL 18, `INSERT … ON CONFLICT … DO UPDATE` (statement `body`, without a
 /// trailing `;`) with the before image of each row it updates captured: its DO UPDATE's WHERE
@@ -293,7 +293,10 @@ const UPSERT_BEFORE: &str = "hindsight.upsert_before";
 /// it rejects is not updated and stores nothing. `existing`: how the statement names its
 /// target (alias or name). With the text, the byte ranges hindsight inserted into it. `None`
 /// if the DO UPDATE clause is not found.
-fn upsert_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
+pub(crate) fn upsert_capturing_before(
+    body: &str,
+    existing: &str,
+) -> Option<(String, Vec<(usize, usize)>)> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(body).ok()?.tokens;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());

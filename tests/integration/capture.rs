@@ -1916,6 +1916,9 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
             execute("", 0),
             sync(),
         ])),
+        // Upserts (DO UPDATE) in a WITH clause and as the statement itself.
+        send(query("WITH u AS (INSERT INTO brieff (bfkey, bfso) VALUES (18, 'up18'), (700, 'new700') ON CONFLICT (bfkey) DO UPDATE SET bfso = excluded.bfso RETURNING bfkey) SELECT count(*) FROM u")),
+        send(query("WITH d AS (DELETE FROM brieff WHERE bfkey = 20 RETURNING bfkey) INSERT INTO brieff (bfkey, bfso) SELECT bfkey + 1, 'up21' FROM d ON CONFLICT (bfkey) DO UPDATE SET bfso = excluded.bfso WHERE brieff.bfkey > 0 RETURNING bfso")),
         // An error in the client's extended statement: its Parse fails as it would directly.
         send(cat(&[
             parse("", "WITH d AS (DELETE FROM nosuch RETURNING *) SELECT * FROM d", &[]),
@@ -1950,6 +1953,10 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
         ("c".into(), Value::Null, 615.into()),
         ("c".into(), Value::Null, 616.into()),
         ("u".into(), 17.into(), 17.into()),
+        ("u".into(), 18.into(), 18.into()),
+        ("c".into(), Value::Null, 700.into()),
+        ("d".into(), 20.into(), Value::Null),
+        ("u".into(), 21.into(), 21.into()),
     ];
     if pg.major() >= 18 {
         want.push(("u".into(), 12.into(), 12.into()));
@@ -1984,6 +1991,11 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
     let updated = events.iter().find(|e| e["after"]["bfkey"] == 17).unwrap();
     assert_eq!(updated["before"]["bfso"], "rep17");
     assert_eq!(updated["after"]["bfso"], "via extended");
+    for (key, before, after) in [(18, "rep18", "up18"), (21, "rep21", "up21")] {
+        let upserted = events.iter().find(|e| e["after"]["bfkey"] == key).unwrap();
+        assert_eq!(upserted["before"]["bfso"], before, "{upserted:#}");
+        assert_eq!(upserted["after"]["bfso"], after, "{upserted:#}");
+    }
     let updated = events.iter().find(|e| e["after"]["bfkey"] == 15).unwrap();
     assert_eq!(updated["before"]["bfso"], "rep15");
     assert_eq!(updated["after"]["bfso"], "upd15");
