@@ -588,9 +588,7 @@ fn body<'a>(sql: &'a str, a: &Analysis, major: u32) -> Result<Cow<'a, str>, Refu
     if major >= 18 || a.kind != Kind::Upsert || !w.conflict_update {
         return Ok(Cow::Borrowed(sql));
     }
-    upsert_capturing_before(sql, &w.reference())
-        .map(|(text, _)| Cow::Owned(text))
-        .ok_or_else(|| needs_pg18("this ON CONFLICT … DO UPDATE"))
+    upsert_capturing_before(sql, w).map(|(text, _)| Cow::Owned(text))
 }
 
 /// The command tag of the client's statement, without its row count.

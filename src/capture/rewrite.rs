@@ -235,20 +235,7 @@ pub fn rewrite(
         // statement itself sees it — in the DO UPDATE's WHERE, on the row it has locked (see
         // `upsert_capturing_before`) — and read back in the same row's RETURNING.
         Kind::Upsert => {
-            if write.alias.is_empty()
-                && write.table.schema.is_empty()
-                && write.table.name == "excluded"
-            {
-                // Its DO UPDATE clauses cannot name the existing row: `excluded` is the
-                // proposed one there.
-                return Err(Refusal::Unsupported {
-                    what: format!("{what} without an alias or a schema (the DO UPDATE cannot name the existing row of a table called excluded: write `INSERT INTO excluded AS t …`)"),
-                });
-            }
-            let (body, inserts) =
-                upsert_capturing_before(body, &target).ok_or_else(|| Refusal::Unsupported {
-                    what: format!("{what} (its DO UPDATE clause was not found)"),
-                })?;
+            let (body, inserts) = upsert_capturing_before(body, write)?;
             let before = format!("NULLIF(current_setting('{UPSERT_BEFORE}', true), '')::jsonb");
             let clear = format!("set_config('{UPSERT_BEFORE}', '', true)");
             if write.partitioned {
@@ -259,7 +246,7 @@ pub fn rewrite(
                     shape: shape(4, Some(2), Some(0), 1, false),
                     pre_read: None,
                     guard: None,
-                    inserts: inserts.clone(),
+                    inserts,
                 }));
             }
             // `xmax <> 0`: ON CONFLICT updated the row (then its before image must be there).
@@ -290,13 +277,27 @@ pub(crate) const UPSERT_BEFORE: &str = "hindsight.upsert_before";
 /// replaces (a concurrent update committed since the statement's snapshot included) — stores
 /// `to_jsonb(existing)` in a transaction-local setting, which the same row's RETURNING reads
 /// and empties. A WHERE of the client's stays the condition, evaluated first (`CASE`): a row
-/// it rejects is not updated and stores nothing. `existing`: how the statement names its
-/// target (alias or name). With the text, the byte ranges hindsight inserted into it. `None`
-/// if the DO UPDATE clause is not found.
+/// it rejects is not updated and stores nothing. `write`: the statement's target. With the
+/// text, the byte ranges hindsight inserted into it.
 pub(crate) fn upsert_capturing_before(
     body: &str,
-    existing: &str,
-) -> Option<(String, Vec<(usize, usize)>)> {
+    write: &crate::statement::analysis::Write,
+) -> Result<(String, Vec<(usize, usize)>), Refusal> {
+    let what = format!("UPSERT on {}", write.table);
+    if write.alias.is_empty() && write.table.schema.is_empty() && write.table.name == "excluded" {
+        // Its DO UPDATE clauses cannot name the existing row: `excluded` is the proposed one.
+        return Err(Refusal::Unsupported {
+            what: format!("{what} without an alias or a schema (the DO UPDATE cannot name the existing row of a table called excluded: write `INSERT INTO excluded AS t …`)"),
+        });
+    }
+    edit_do_update(body, &write.reference()).ok_or(Refusal::Unsupported {
+        what: format!("{what} (its DO UPDATE clause was not found)"),
+    })
+}
+
+/// `upsert_capturing_before`'s text surgery; `existing` names the target. `None` if the DO
+/// UPDATE clause is not found.
+fn edit_do_update(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(body).ok()?.tokens;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
