@@ -35,7 +35,7 @@ use std::sync::Arc;
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::Token as T;
 
-use super::rewrite::{quote, upsert_capturing_before, Refusal, Rewritten, Shape, UPSERT_BEFORE};
+use super::rewrite::{quote, upsert_capturing_before, Refusal, Rewritten, Shape, BEFORE_IMAGE};
 use crate::statement::analysis::{analyze, Analysis, Kind};
 
 /// Capture columns every row of the wrapper carries: source, before, after, tableoid,
@@ -557,10 +557,10 @@ fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
         // emptied (`__hs_u`, evaluated after `__hs_o`) so an inserted row after it reads none.
         Kind::Upsert => {
             tail = format!(
-                "{target}.tableoid AS __hs_t, (set_config('{UPSERT_BEFORE}', '', true) IS NULL) AS __hs_u"
+                "{target}.tableoid AS __hs_t, (set_config('{BEFORE_IMAGE}', '', true) IS NULL) AS __hs_u"
             );
             (
-                format!("NULLIF(current_setting('{UPSERT_BEFORE}', true), '')::jsonb"),
+                format!("NULLIF(current_setting('{BEFORE_IMAGE}', true), '')::jsonb"),
                 format!("to_jsonb({target}.*)"),
             )
         }
@@ -760,7 +760,7 @@ mod tests {
         let sql = "WITH u AS (INSERT INTO a VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 2 RETURNING id) SELECT * FROM u";
         let rw = on_15(sql).unwrap();
         assert!(
-            rw.text.contains("DO UPDATE SET v = 2 \nWHERE set_config('hindsight.upsert_before', to_jsonb(\"a\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, NULLIF(current_setting('hindsight.upsert_before', true), '')::jsonb AS __hs_o, to_jsonb(\"a\".*) AS __hs_n, \"a\".tableoid AS __hs_t, (set_config('hindsight.upsert_before', '', true) IS NULL) AS __hs_u"),
+            rw.text.contains("DO UPDATE SET v = 2 \nWHERE set_config('hindsight.before_image', to_jsonb(\"a\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, NULLIF(current_setting('hindsight.before_image', true), '')::jsonb AS __hs_o, to_jsonb(\"a\".*) AS __hs_n, \"a\".tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NULL) AS __hs_u"),
             "{}",
             rw.text
         );

@@ -207,6 +207,20 @@ pub fn rewrite(
             inserts: Vec::new(),
         })),
         Kind::Update => {
+            if let Some((body, inserts)) = update_capturing_before(body, &target) {
+                let mut s = shape(5, Some(2), Some(0), 1, false);
+                // Every row an UPDATE returns was updated: its before image must be there.
+                Arc::make_mut(&mut s).updated_at = Some(4);
+                return Ok(Some(Rewritten {
+                    text: format!(
+                        "{body}{sep}{image}, NULLIF(current_setting('{BEFORE_IMAGE}', true), '')::jsonb, set_config('{BEFORE_IMAGE}', '', true), true"
+                    ),
+                    shape: s,
+                    pre_read: None,
+                    guard: None,
+                    inserts,
+                }));
+            }
             // FOR UPDATE OF takes the alias or the bare name (PostgreSQL refuses a qualified
             // one; the UPDATE itself refuses two FROM items of the same name).
             let lock = match write.alias.as_str() {
@@ -236,8 +250,8 @@ pub fn rewrite(
         // `upsert_capturing_before`) — and read back in the same row's RETURNING.
         Kind::Upsert => {
             let (body, inserts) = upsert_capturing_before(body, write)?;
-            let before = format!("NULLIF(current_setting('{UPSERT_BEFORE}', true), '')::jsonb");
-            let clear = format!("set_config('{UPSERT_BEFORE}', '', true)");
+            let before = format!("NULLIF(current_setting('{BEFORE_IMAGE}', true), '')::jsonb");
+            let clear = format!("set_config('{BEFORE_IMAGE}', '', true)");
             if write.partitioned {
                 // Rows routed into partitions carry no xmax: the setting, emptied after each
                 // row, is what tells an updated row from an inserted one.
@@ -267,9 +281,10 @@ pub fn rewrite(
     }
 }
 
-/// The transaction-local setting that carries an upsert's before image from its DO UPDATE's
-/// WHERE to its RETURNING (PostgreSQL < 18).
-pub(crate) const UPSERT_BEFORE: &str = "hindsight.upsert_before";
+/// The transaction-local setting that carries a row's before image from where the statement
+/// reads the row (an UPDATE's WHERE, an upsert's DO UPDATE WHERE) to the same row's RETURNING
+/// (PostgreSQL < 18).
+pub(crate) const BEFORE_IMAGE: &str = "hindsight.before_image";
 
 /// Before PostgreSQL 18, `INSERT … ON CONFLICT … DO UPDATE` (statement `body`, without a
 /// trailing `;`) with the before image of each row it updates captured: its DO UPDATE's WHERE
@@ -320,7 +335,7 @@ fn edit_do_update(body: &str, existing: &str) -> Option<(String, Vec<(usize, usi
     }
     do_update?;
     let store =
-        format!("set_config('{UPSERT_BEFORE}', to_jsonb({existing}.*)::text, true) IS NOT NULL");
+        format!("set_config('{BEFORE_IMAGE}', to_jsonb({existing}.*)::text, true) IS NOT NULL");
     let end = returning.unwrap_or(body.len());
     // Newlines close a `--` comment the client's text may end with.
     let (open, close) = match wher {
@@ -468,6 +483,72 @@ pub fn first_node(parsed: &pg_query::protobuf::ParseResult) -> Option<&N> {
     parsed.stmts.first()?.stmt.as_ref()?.node.as_ref()
 }
 
+/// Before PostgreSQL 18, an UPDATE of one table (no FROM, no subquery in its WHERE, not WHERE
+/// CURRENT OF) with each row's before image captured in the statement itself: `WHERE (…) AND
+/// set_config(…, to_jsonb(existing), true) IS NOT NULL` stores the row as the UPDATE reads it,
+/// and the same row's RETURNING reads and empties the setting. The row's quals are evaluated by
+/// the scan that hands the row on, right before the update (and again, on the newer version,
+/// after a concurrent update): whatever order the planner gives the two conditions, the last
+/// row stored is the row updated. A FROM list or a subquery (pulled up into a join) could let a
+/// join evaluate many rows' quals before the first update: those keep the locking pre-read.
+/// `existing` names the target. With the text, the byte ranges hindsight inserted into it.
+fn update_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
+    use pg_query::protobuf::Token as T;
+    let tokens = pg_query::scan(body).ok()?.tokens;
+    let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
+    let mut depth = 0i32;
+    let (mut update, mut set, mut wher, mut returning) = (false, false, None, None);
+    for (i, t) in tokens.iter().enumerate() {
+        match kind(i) {
+            Some(T::Ascii40 | T::Ascii91) => depth += 1,
+            Some(T::Ascii41 | T::Ascii93) => depth -= 1,
+            Some(T::Update) if depth == 0 && !update => update = true,
+            Some(T::Set) if depth == 0 && update => set = true,
+            // `IS [NOT] DISTINCT FROM` is an operator, not the FROM clause.
+            Some(T::From) if depth == 0 && set && i > 0 && kind(i - 1) != Some(T::Distinct) => {
+                return None
+            }
+            Some(T::Where) if depth == 0 && set && wher.is_none() => {
+                if kind(i + 1) == Some(T::CurrentP) {
+                    return None;
+                }
+                wher = Some(i);
+            }
+            Some(T::Returning) if depth == 0 && set => {
+                returning = Some(t.start as usize);
+                break;
+            }
+            // A subquery in the WHERE.
+            Some(T::Select | T::Values | T::Table) if wher.is_some() => return None,
+            _ => {}
+        }
+    }
+    if !set {
+        return None;
+    }
+    let store =
+        format!("set_config('{BEFORE_IMAGE}', to_jsonb({existing}.*)::text, true) IS NOT NULL");
+    let end = returning.unwrap_or(body.len());
+    // Newlines close a `--` comment the client's text may end with.
+    Some(match wher {
+        Some(i) => {
+            let w = tokens[i].end as usize;
+            let close = format!("\n) AND {store}\n");
+            (
+                format!("{} ({}{close}{}", &body[..w], &body[w..end], &body[end..]),
+                vec![(w, 2), (end + 2, close.len())],
+            )
+        }
+        None => {
+            let close = format!("\nWHERE {store}\n");
+            (
+                format!("{}{close}{}", &body[..end], &body[end..]),
+                vec![(end, close.len())],
+            )
+        }
+    })
+}
+
 /// `[WITH …] SELECT to_jsonb(t.*), t.tableoid FROM t [, from…] [WHERE …] FOR UPDATE OF t`:
 /// the UPDATE's own WITH, target, FROM and WHERE text, cut at the positions of its top-level
 /// keywords as PostgreSQL's scanner finds them. The client's text is kept as written (no
@@ -600,10 +681,10 @@ mod tests {
         .unwrap()
         .unwrap();
         let store =
-            "set_config('hindsight.upsert_before', to_jsonb(\"x\".*)::text, true) IS NOT NULL";
+            "set_config('hindsight.before_image', to_jsonb(\"x\".*)::text, true) IS NOT NULL";
         assert_eq!(
             r.text,
-            format!("INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c\nWHERE {store}\n\nRETURNING to_jsonb(\"x\".*), \"x\".tableoid, CASE WHEN (\"x\".xmax::text <> '0') THEN NULLIF(current_setting('hindsight.upsert_before', true), '')::jsonb END, set_config('hindsight.upsert_before', '', true), (\"x\".xmax::text <> '0')")
+            format!("INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c\nWHERE {store}\n\nRETURNING to_jsonb(\"x\".*), \"x\".tableoid, CASE WHEN (\"x\".xmax::text <> '0') THEN NULLIF(current_setting('hindsight.before_image', true), '')::jsonb END, set_config('hindsight.before_image', '', true), (\"x\".xmax::text <> '0')")
         );
         assert_eq!(
             (
@@ -624,7 +705,7 @@ mod tests {
         .unwrap()
         .unwrap();
         let store =
-            "set_config('hindsight.upsert_before', to_jsonb(\"t\".*)::text, true) IS NOT NULL";
+            "set_config('hindsight.before_image', to_jsonb(\"t\".*)::text, true) IS NOT NULL";
         assert!(
             r.text.starts_with(&format!("INSERT INTO t VALUES (1) ON CONFLICT (lower(v)) WHERE a > 0 DO UPDATE SET v = (SELECT v FROM u WHERE u.k = 1) WHERE CASE WHEN ( t.v <> 'z' \n) THEN {store} ELSE false END\nRETURNING v\n, to_jsonb(")),
             "{}",
@@ -643,8 +724,65 @@ mod tests {
         .is_some());
     }
 
+    /// The locking pre-read of an UPDATE (what one with a FROM list or a subquery gets).
     fn pre_read(sql: &str) -> String {
-        rw(sql, 15).unwrap().unwrap().pre_read.unwrap()
+        let v = analyze(sql).unwrap();
+        let w = &v[0].analysis.writes[0];
+        let lock = match w.alias.as_str() {
+            "" => quote(&w.table.name),
+            alias => quote(alias),
+        };
+        pre_read_for_update(sql, &w.reference(), &lock).unwrap()
+    }
+
+    #[test]
+    fn older_servers_store_an_updates_before_image_in_its_where() {
+        let store = |t: &str| {
+            format!("set_config('hindsight.before_image', to_jsonb({t}.*)::text, true) IS NOT NULL")
+        };
+        let tail = |t: &str| {
+            format!("RETURNING to_jsonb({t}.*), {t}.tableoid, NULLIF(current_setting('hindsight.before_image', true), '')::jsonb, set_config('hindsight.before_image', '', true), true")
+        };
+        let r = rw(
+            "UPDATE t SET a = a + 1 WHERE id = $1 OR b IS DISTINCT FROM 2 -- c",
+            15,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            r.text,
+            format!("UPDATE t SET a = a + 1 WHERE ( id = $1 OR b IS DISTINCT FROM 2 -- c\n) AND {}\n\n{}", store("\"t\""), tail("\"t\""))
+        );
+        assert_eq!(r.pre_read, None);
+        assert_eq!(r.inserts, vec![(28, 2), (67, 85)]);
+        assert_eq!(
+            (r.shape.old_at, r.shape.updated_at, r.shape.extra),
+            (Some(2), Some(4), 5)
+        );
+        // No WHERE; the client's RETURNING first; a subquery in the SET list is no join.
+        let r = rw(
+            "UPDATE s.t AS x SET a = (SELECT max(v) FROM u) RETURNING a",
+            15,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            r.text,
+            format!(
+                "UPDATE s.t AS x SET a = (SELECT max(v) FROM u) \nWHERE {}\nRETURNING a\n, {}",
+                store("\"x\""),
+                &tail("\"x\"")["RETURNING ".len()..]
+            )
+        );
+        // FROM, a subquery in the WHERE, WHERE CURRENT OF: the locking pre-read.
+        for sql in [
+            "UPDATE t SET a = 1 FROM u WHERE t.id = u.id",
+            "UPDATE t SET a = 1 WHERE id IN (SELECT id FROM u)",
+            "UPDATE t SET a = 1 WHERE EXISTS (VALUES (1))",
+            "UPDATE t SET a = 1 WHERE CURRENT OF c",
+        ] {
+            assert!(rw(sql, 15).unwrap().unwrap().pre_read.is_some(), "{sql}");
+        }
     }
 
     #[test]

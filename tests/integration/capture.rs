@@ -1493,9 +1493,11 @@ async fn every_builtin_type_round_trips(pg: Pg) {
     proxy.shutdown().await;
 }
 
-/// Primary-key changes keep both images. Before PostgreSQL 18 the pre-read's rows are paired
-/// with the UPDATE's by key, which the UPDATE changes: one row is paired anyway; several are
-/// published as delete + insert (as Debezium does), so no image is lost.
+/// Primary-key changes keep both images. Before PostgreSQL 18 an UPDATE of one table reads
+/// each row's before image in the statement itself (exact pairs); one with a FROM list gets the
+/// pre-read, whose rows are paired with the UPDATE's by key, which the UPDATE changes: one row
+/// is paired anyway, several are published as delete + insert (as Debezium does), so no image
+/// is lost.
 async fn primary_key_changes_keep_both_images(pg: Pg) {
     let (db, prefix, proxy) = setup(pg, "pkchange").await;
     let c = harness::connect(proxy.addr, "postgres", &db).await;
@@ -1508,32 +1510,50 @@ async fn primary_key_changes_keep_both_images(pg: Pg) {
     )
     .await
     .unwrap();
+    // With a FROM list (before 18: the locking pre-read, paired with the UPDATE's rows by key).
+    c.simple_query(
+        "UPDATE brieff b SET bfkey = b.bfkey + 3000 FROM (VALUES (6), (7)) v(k) WHERE b.bfkey = v.k",
+    )
+    .await
+    .unwrap();
     let ev = read_topic(
         format!("{prefix}.public.brieff"),
-        if pg.major() >= 18 { 3 } else { 5 },
+        if pg.major() >= 18 { 5 } else { 7 },
     )
     .await;
     assert_eq!(ev[0]["op"], "u");
     assert_eq!(ev[0]["before"]["bfkey"], 3);
     assert_eq!(ev[0]["after"]["bfkey"], 1003);
-    let mut seen: Vec<(Option<i64>, Option<i64>)> = ev[1..]
-        .iter()
-        .map(|e| (e["before"]["bfkey"].as_i64(), e["after"]["bfkey"].as_i64()))
-        .collect();
-    seen.sort();
+    let pairs = |events: &[Value]| {
+        let mut seen: Vec<(Option<i64>, Option<i64>)> = events
+            .iter()
+            .map(|e| (e["before"]["bfkey"].as_i64(), e["after"]["bfkey"].as_i64()))
+            .collect();
+        seen.sort();
+        seen
+    };
+    assert_eq!(
+        pairs(&ev[1..3]),
+        [(Some(4), Some(2004)), (Some(5), Some(2005))]
+    );
+    assert!(ev[1..3].iter().all(|e| e["op"] == "u"));
     if pg.major() >= 18 {
-        assert_eq!(seen, [(Some(4), Some(2004)), (Some(5), Some(2005))]);
-    } else {
         assert_eq!(
-            seen,
+            pairs(&ev[3..]),
+            [(Some(6), Some(3006)), (Some(7), Some(3007))]
+        );
+    } else {
+        // The pre-read's rows and the UPDATE's cannot be paired by a key that changed.
+        assert_eq!(
+            pairs(&ev[3..]),
             [
-                (None, Some(2004)),
-                (None, Some(2005)),
-                (Some(4), None),
-                (Some(5), None)
+                (None, Some(3006)),
+                (None, Some(3007)),
+                (Some(6), None),
+                (Some(7), None)
             ]
         );
-        assert!(ev[1..]
+        assert!(ev[3..]
             .iter()
             .all(|e| e["op"] == if e["after"].is_null() { "d" } else { "c" }));
     }
@@ -2235,7 +2255,7 @@ async fn upsert_on_a_partial_unique_index_failed_with_more_than_one_row(pg: Pg) 
 async fn upsert_before_image_was_stale_after_a_concurrent_update(pg: Pg) {
     let (db, prefix, proxy) = setup(pg, "upsert_race").await;
     let first = harness::connect(proxy.addr, "postgres", &db).await;
-    let second = harness::connect(proxy.addr, "postgres", &db).await;
+    let second = std::sync::Arc::new(harness::connect(proxy.addr, "postgres", &db).await);
     let monitor = harness::connect(pg.addr(), "postgres", &db).await;
     first
         .batch_execute(
@@ -2243,37 +2263,47 @@ async fn upsert_before_image_was_stale_after_a_concurrent_update(pg: Pg) {
         )
         .await
         .unwrap();
-    let bump = "INSERT INTO ctr VALUES ('x', 1) ON CONFLICT (k) DO UPDATE SET n = ctr.n + 1";
-    first.batch_execute("BEGIN").await.unwrap();
-    first.batch_execute(bump).await.unwrap();
-    let waiting = tokio::spawn(async move { second.batch_execute(bump).await });
-    // The second upsert has taken its snapshot and waits for the first's row lock.
-    let mut blocked = false;
-    for _ in 0..200 {
-        let n: i64 = monitor
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO ctr%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            blocked = true;
-            break;
+    // The same race for an UPDATE (before 18: its before image is stored by its WHERE, which
+    // PostgreSQL evaluates again on the version it waited for).
+    for bump in [
+        "INSERT INTO ctr VALUES ('x', 1) ON CONFLICT (k) DO UPDATE SET n = ctr.n + 1",
+        "UPDATE ctr SET n = n + 1 WHERE k = 'x'",
+    ] {
+        first.batch_execute("BEGIN").await.unwrap();
+        first.batch_execute(bump).await.unwrap();
+        let c = std::sync::Arc::clone(&second);
+        let waiting = tokio::spawn(async move { c.batch_execute(bump).await });
+        // The second statement has taken its snapshot and waits for the first's row lock.
+        let mut blocked = false;
+        for _ in 0..200 {
+            let n: i64 = monitor
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%ctr%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n > 0 {
+                blocked = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            blocked,
+            "the second statement never waited for the first: {bump}"
+        );
+        first.batch_execute("COMMIT").await.unwrap();
+        waiting.await.unwrap().unwrap();
     }
-    assert!(blocked, "the second upsert never waited for the first");
-    first.batch_execute("COMMIT").await.unwrap();
-    waiting.await.unwrap().unwrap();
     let n: i32 = monitor
         .query_one("SELECT n FROM ctr", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 3);
-    let events = read_topic(format!("{prefix}.public.ctr"), 3).await;
+    assert_eq!(n, 5);
+    let events = read_topic(format!("{prefix}.public.ctr"), 5).await;
     let got: Vec<(Value, Value)> = events
         .iter()
         .map(|e| (e["before"]["n"].clone(), e["after"]["n"].clone()))
@@ -2283,7 +2313,9 @@ async fn upsert_before_image_was_stale_after_a_concurrent_update(pg: Pg) {
         [
             (Value::Null, 1.into()),
             (1.into(), 2.into()),
-            (2.into(), 3.into())
+            (2.into(), 3.into()),
+            (3.into(), 4.into()),
+            (4.into(), 5.into())
         ],
         "{events:#?}"
     );
