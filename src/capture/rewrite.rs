@@ -334,16 +334,41 @@ fn edit_do_update(body: &str, existing: &str) -> Option<(String, Vec<(usize, usi
         }
     }
     do_update?;
+    let end = returning.unwrap_or(body.len());
+    Some(store_in_where(body, wher, end, existing, Guard::Case))
+}
+
+/// How the before image's store joins a WHERE the client wrote.
+#[derive(Clone, Copy)]
+enum Guard {
+    /// `(client's) AND store`: the planner may order the two; the scan's last store is still
+    /// the row it hands on (`update_capturing_before`).
+    And,
+    /// `CASE WHEN (client's) THEN store ELSE false END`: the store only for a row the client's
+    /// condition accepts (`upsert_capturing_before`).
+    Case,
+}
+
+/// `body` with the condition that stores each row's before image (`to_jsonb(existing)` into
+/// the setting `BEFORE_IMAGE`) added to the WHERE whose keyword ends at byte `wher`, or as a
+/// WHERE of its own before byte `end` (RETURNING, or the end of the text); with the byte ranges
+/// inserted. Newlines close a `--` comment the client's text may end with.
+fn store_in_where(
+    body: &str,
+    wher: Option<usize>,
+    end: usize,
+    existing: &str,
+    guard: Guard,
+) -> (String, Vec<(usize, usize)>) {
     let store =
         format!("set_config('{BEFORE_IMAGE}', to_jsonb({existing}.*)::text, true) IS NOT NULL");
-    let end = returning.unwrap_or(body.len());
-    // Newlines close a `--` comment the client's text may end with.
-    let (open, close) = match wher {
-        Some(_) => (
+    let (open, close) = match (wher, guard) {
+        (None, _) => (String::new(), format!("\nWHERE {store}\n")),
+        (Some(_), Guard::And) => (" (".to_string(), format!("\n) AND {store}\n")),
+        (Some(_), Guard::Case) => (
             " CASE WHEN (".to_string(),
             format!("\n) THEN {store} ELSE false END\n"),
         ),
-        None => (String::new(), format!("\nWHERE {store}\n")),
     };
     let w = wher.unwrap_or(end);
     let mut inserts = Vec::new();
@@ -351,7 +376,7 @@ fn edit_do_update(body: &str, existing: &str) -> Option<(String, Vec<(usize, usi
         inserts.push((w, open.len()));
     }
     inserts.push((end + open.len(), close.len()));
-    Some((
+    (
         format!(
             "{}{open}{}{close}{}",
             &body[..w],
@@ -359,7 +384,7 @@ fn edit_do_update(body: &str, existing: &str) -> Option<(String, Vec<(usize, usi
             &body[end..]
         ),
         inserts,
-    ))
+    )
 }
 
 /// The relations of a TRUNCATE as `(reference, only)`, and whether it CASCADEs.
@@ -526,27 +551,9 @@ fn update_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(u
     if !set {
         return None;
     }
-    let store =
-        format!("set_config('{BEFORE_IMAGE}', to_jsonb({existing}.*)::text, true) IS NOT NULL");
     let end = returning.unwrap_or(body.len());
-    // Newlines close a `--` comment the client's text may end with.
-    Some(match wher {
-        Some(i) => {
-            let w = tokens[i].end as usize;
-            let close = format!("\n) AND {store}\n");
-            (
-                format!("{} ({}{close}{}", &body[..w], &body[w..end], &body[end..]),
-                vec![(w, 2), (end + 2, close.len())],
-            )
-        }
-        None => {
-            let close = format!("\nWHERE {store}\n");
-            (
-                format!("{}{close}{}", &body[..end], &body[end..]),
-                vec![(end, close.len())],
-            )
-        }
-    })
+    let wher = wher.map(|i: usize| tokens[i].end as usize);
+    Some(store_in_where(body, wher, end, existing, Guard::And))
 }
 
 /// `[WITH …] SELECT to_jsonb(t.*), t.tableoid FROM t [, from…] [WHERE …] FOR UPDATE OF t`:
