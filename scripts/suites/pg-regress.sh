@@ -26,8 +26,10 @@ case "$major" in
   *) die "pg-regress.sh: PostgreSQL major $major is not supported (15 or 18)" ;;
 esac
 # Tests of the 18.6 suite that crash the 18.4 server (a backend segfault restarts the server and
-# fails every test running beside it) or whose output is random on it.
-skip_18="sqljson hash_part uuid"
+# fails every test running beside it) or whose output is random on it (encoding:
+# `ascii(test_bytea_to_text('\xf0'))` reads past an incomplete UTF-8 sequence and printed 0 in
+# one run and 8192 in another, directly and through the byte-for-byte relay alike).
+skip_18="sqljson hash_part uuid encoding"
 
 apt_sources() { # DIR SUITE...: a private deb-src list and its package lists, for apt-get source
   local dir="$1"; shift
