@@ -408,8 +408,10 @@ impl Cut {
                 pre_read: pre_read.is_some(),
                 updated_at: Some(4),
                 wrapper: Some(Arc::new(wrapper)),
+                merge_read: false,
             }),
             pre_read,
+            post_read: None,
             guard: None,
             inserts: Vec::new(),
         })

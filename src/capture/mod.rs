@@ -3,6 +3,7 @@
 //!
 //! - `rewrite` — adds RETURNING capture columns (and, before PostgreSQL 18, a locking pre-read).
 //! - `cte` — data-modifying CTEs: every write of the statement captured through a wrapper query.
+//! - `merge` — MERGE before PostgreSQL 18: a pre-read, counted clauses and a post-read.
 //! - `copy` — COPY … FROM through a temporary stage table and a captured INSERT … SELECT.
 //! - `functions` — which functions may write when a query calls them (those queries are opaque).
 //! - `tables` — schema, name and key of captured tables, cached per database.
@@ -17,6 +18,7 @@ pub mod client;
 pub mod copy;
 pub mod cte;
 pub mod functions;
+pub mod merge;
 pub mod publish;
 pub mod redact;
 pub mod rewrite;

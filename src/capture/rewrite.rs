@@ -45,6 +45,9 @@ pub struct Shape {
     /// A statement with data-modifying CTEs, run inside hindsight's wrapper query (see
     /// `cte`): which write each row's images belong to, and what the client must see.
     pub wrapper: Option<Arc<super::cte::Wrapper>>,
+    /// A MERGE before PostgreSQL 18 (see `merge`): its rows come from the post-read, checked
+    /// against its command tag.
+    pub merge_read: bool,
 }
 
 impl Shape {
@@ -61,6 +64,7 @@ impl Shape {
             pre_read: false,
             updated_at: None,
             wrapper: None,
+            merge_read: false,
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct Rewritten {
     /// For pre-read capture: `SELECT to_jsonb(t.*), t.tableoid FROM … FOR UPDATE OF t`, run
     /// right before `text` in the same transaction.
     pub pre_read: Option<String>,
+    /// Run right after `text`, in the same transaction: a MERGE's post-read (`merge`).
+    pub post_read: Option<String>,
     /// A statement that fails when a limit is exceeded (TRUNCATE's row limit), run first; its
     /// error is replaced by this message.
     pub guard: Option<(String, String)>,
@@ -173,6 +179,7 @@ pub fn rewrite(
             pre_read,
             updated_at: None,
             wrapper: None,
+            merge_read: false,
         })
     };
     let body = sql.trim_end().trim_end_matches(';');
@@ -186,6 +193,7 @@ pub fn rewrite(
             text: format!("{body}{sep}{cols}"),
             shape: shape(3, Some(0), Some(1), 2, false),
             pre_read: None,
+            post_read: None,
             guard: None,
             inserts: Vec::new(),
         }));
@@ -196,6 +204,7 @@ pub fn rewrite(
             text: format!("{body}{sep}{image}"),
             shape: shape(2, None, Some(0), 1, false),
             pre_read: None,
+            post_read: None,
             guard: None,
             inserts: Vec::new(),
         })),
@@ -203,6 +212,7 @@ pub fn rewrite(
             text: format!("{body}{sep}{image}"),
             shape: shape(2, Some(0), None, 1, false),
             pre_read: None,
+            post_read: None,
             guard: None,
             inserts: Vec::new(),
         })),
@@ -217,6 +227,7 @@ pub fn rewrite(
                     ),
                     shape: s,
                     pre_read: None,
+                    post_read: None,
                     guard: None,
                     inserts,
                 }));
@@ -233,6 +244,7 @@ pub fn rewrite(
                 text: format!("{body}{sep}{image}"),
                 shape: shape(2, None, Some(0), 1, true),
                 pre_read: Some(pre),
+                post_read: None,
                 guard: None,
                 inserts: Vec::new(),
             }))
@@ -242,6 +254,7 @@ pub fn rewrite(
             text: format!("{body}{sep}{image}"),
             shape: shape(2, None, Some(0), 1, false),
             pre_read: None,
+            post_read: None,
             guard: None,
             inserts: Vec::new(),
         })),
@@ -259,6 +272,7 @@ pub fn rewrite(
                     text: format!("{body}{sep}{image}, {before}, {clear}"),
                     shape: shape(4, Some(2), Some(0), 1, false),
                     pre_read: None,
+                    post_read: None,
                     guard: None,
                     inserts,
                 }));
@@ -273,10 +287,12 @@ pub fn rewrite(
                 ),
                 shape: s,
                 pre_read: None,
+                post_read: None,
                 guard: None,
                 inserts,
             }))
         }
+        Kind::Merge => super::merge::rewrite(body, write).map(Some),
         _ => Err(Refusal::NeedsPg18 { what, major }),
     }
 }
@@ -479,6 +495,7 @@ fn truncate(
         text: sql.trim_end().trim_end_matches(';').to_string(),
         shape: Arc::new(Shape::statement(kind, table.clone())),
         pre_read: Some(images.join(" UNION ALL ")),
+        post_read: None,
         guard: Some((
             format!(
                 "SELECT CASE WHEN count(*) > {limit} THEN 1 / (count(*) * 0) ELSE 0 END FROM ({}) s",

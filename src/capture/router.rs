@@ -99,6 +99,9 @@ pub enum Collect {
     Wrapped(Box<Wrapped>),
     /// An internal Describe of a statement: its parameter types and RowDescription.
     Described(Vec<u32>, Option<Vec<u8>>),
+    /// A MERGE's post-read before PostgreSQL 18 (see `merge`): its changes, and the counters
+    /// of its last row.
+    MergeRead(Arc<StatementCtx>, Vec<Change>, Option<String>),
 }
 
 impl Collect {
@@ -241,6 +244,8 @@ pub struct State {
     pub copy_started: bool,
     /// Rows of probe units (see [`Unit::probe`]).
     pub probe: Vec<Change>,
+    /// The row count of the last MERGE whose rows a post-read finds (see `merge`).
+    pub merge_rows: Option<u64>,
 }
 
 /// [`State`] plus the wake-up for the client side waiting on replies.
@@ -509,6 +514,15 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             }
         }
         (Collect::PreRead(..), _) => forward = false,
+        (Collect::MergeRead(stmt, rows, counters), b'D') => {
+            forward = false;
+            match merge_read_row(stmt, body) {
+                Ok(MergeRow::Change(c)) => rows.push(c),
+                Ok(MergeRow::Counters(c)) => *counters = Some(c),
+                Err(e) => st.capture_errors.push(format!("{}: {e}", stmt.shape.table)),
+            }
+        }
+        (Collect::MergeRead(..), _) => forward = false,
         (Collect::Rows(rows), b'D') => {
             rows.push(data_row_values(body));
         }
@@ -524,7 +538,28 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         if let Some((ctl, name)) = &unit.txctl {
             apply_txctl(st, *ctl, name);
         }
+        if let Collect::Capture(ctx, _) = &unit.collect {
+            if ctx.shape.merge_read {
+                st.merge_rows = tag_text
+                    .as_deref()
+                    .and_then(|t| t.strip_prefix("MERGE "))
+                    .and_then(|n| n.parse().ok());
+            }
+        }
         match unit.collect {
+            Collect::MergeRead(ctx, rows, counters) => {
+                let tag_rows = st.merge_rows.take();
+                match super::merge::check(
+                    &ctx.shape.table.to_string(),
+                    &rows,
+                    tag_rows,
+                    counters.as_deref(),
+                ) {
+                    Ok(()) if unit.probe => st.probe.extend(rows),
+                    Ok(()) => st.txn.push(rows),
+                    Err(e) => st.capture_errors.push(e),
+                }
+            }
             Collect::Capture(_, rows) | Collect::PreRead(_, rows) if unit.probe => {
                 st.probe.extend(rows)
             }
@@ -673,6 +708,38 @@ fn apply_txctl(st: &mut State, ctl: TxControl, name: &str) {
         TxControl::Commit | TxControl::PrepareTransaction => st.status = b'I',
         TxControl::CommitPrepared | TxControl::RollbackPrepared => {}
     }
+}
+
+/// A row of a MERGE's post-read (`merge`): `before, after, tableoid, NULL` per change, then
+/// `NULL, NULL, NULL, counters`.
+enum MergeRow {
+    Change(Change),
+    Counters(String),
+}
+
+fn merge_read_row(stmt: &Arc<StatementCtx>, body: &[u8]) -> Result<MergeRow, String> {
+    let v = data_row_values(body);
+    if v.len() != 4 {
+        return Err(format!(
+            "a MERGE post-read row has {} columns, not 4",
+            v.len()
+        ));
+    }
+    if v[2].is_none() {
+        let counters = v[3]
+            .as_deref()
+            .ok_or("a MERGE post-read row has no table")?;
+        return Ok(MergeRow::Counters(
+            String::from_utf8_lossy(counters).into_owned(),
+        ));
+    }
+    Ok(MergeRow::Change(Change {
+        before: decode_image(v[0].as_deref(), Format::Text)?,
+        after: decode_image(v[1].as_deref(), Format::Text)?,
+        table_oid: decode_oid(v[2].as_deref(), Format::Text)?,
+        stmt: Arc::clone(stmt),
+        gate: None,
+    }))
 }
 
 fn data_row_values(body: &[u8]) -> Vec<Option<Vec<u8>>> {

@@ -756,6 +756,94 @@ async fn pg18_upsert_and_merge_are_captured() {
     proxy.shutdown().await;
 }
 
+/// PostgreSQL 15 (no MERGE RETURNING): MERGE is captured from a locking pre-read of the rows
+/// its join matches and a post-read that follows each to its latest version and finds the new
+/// rows — exact before/after pairs, also when the update makes the ON condition false, and
+/// inserted rows that condition does not match, by their listed columns' values. A MERGE whose
+/// changes cannot all be found (an inserted row neither finds) cannot commit; a MERGE rolled back to a savepoint publishes nothing.
+#[tokio::test]
+async fn pg15_merge_is_captured_from_a_pre_read_and_a_post_read() {
+    let pg = Pg::V15;
+    let (db, prefix, proxy) = setup(pg, "merge15").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    let merge = "MERGE INTO brieff b USING (VALUES (3, 'merged'), (4, NULL), (5, 'skip'), (600, 'new')) AS s(k, v) \
+                 ON b.bfkey = s.k AND b.bfso LIKE 'rep%' \
+                 WHEN MATCHED AND s.v IS NULL THEN DELETE \
+                 WHEN MATCHED AND s.v = 'skip' THEN DO NOTHING \
+                 WHEN MATCHED THEN UPDATE SET bfso = s.v \
+                 WHEN NOT MATCHED THEN INSERT (bfkey, bfso) VALUES (s.k, s.v)";
+    let m = c.simple_query(merge).await.unwrap();
+    assert_eq!(tags(&m), vec![3]);
+    // A rolled-back MERGE (to a savepoint) publishes nothing; one after it in the same
+    // transaction does.
+    c.batch_execute("BEGIN; SAVEPOINT a").await.unwrap();
+    let m = c
+        .simple_query("MERGE INTO brieff b USING (VALUES (6)) AS s(k) ON b.bfkey = s.k WHEN MATCHED THEN UPDATE SET bfso = 'rolled back'")
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![1]);
+    c.batch_execute("ROLLBACK TO SAVEPOINT a").await.unwrap();
+    let m = c
+        .simple_query("MERGE INTO brieff AS b USING brieff AS s ON b.bfkey = s.bfkey AND s.bfkey = 7 WHEN MATCHED THEN UPDATE SET bfso = s.bfso || '+'")
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![1]);
+    c.batch_execute("COMMIT").await.unwrap();
+    // An error in the MERGE is the client's, at its position.
+    let err = c
+        .simple_query("MERGE INTO brieff b USING (VALUES (8)) AS s(k) ON b.bfkey = s.k WHEN MATCHED THEN UPDATE SET bfso = s.nope")
+        .await
+        .unwrap_err();
+    let want = direct
+        .simple_query("MERGE INTO brieff b USING (VALUES (8)) AS s(k) ON b.bfkey = s.k WHEN MATCHED THEN UPDATE SET bfso = s.nope")
+        .await
+        .unwrap_err();
+    let pos = |e: &tokio_postgres::Error| {
+        e.as_db_error()
+            .map(|d| (d.message().to_string(), format!("{:?}", d.position())))
+    };
+    assert_eq!(pos(&err), pos(&want));
+    // The inserted row does not meet the ON condition, and the INSERT lists no columns to find
+    // it by: hindsight cannot find it, so the MERGE does not commit.
+    let err = c
+        .simple_query("MERGE INTO brieff b USING (VALUES (900)) AS s(k) ON b.bfkey = s.k WHEN NOT MATCHED THEN INSERT VALUES (s.k + 1000, 'lost')")
+        .await
+        .unwrap_err();
+    let msg = err
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("MERGE into brieff: hindsight found 0 updated, 0 deleted and 0 inserted rows, but the MERGE reported 1 rows"), "{msg}");
+    let left = direct
+        .query_one("SELECT count(*) FROM brieff WHERE bfkey = 1900", &[])
+        .await
+        .unwrap();
+    assert_eq!(left.get::<_, i64>(0), 0, "the refused MERGE did not commit");
+    let shown = c.simple_query("SHOW hindsight.merge_rows").await.unwrap();
+    assert_eq!(
+        rows(&shown),
+        vec![vec![Some(String::new())]],
+        "the setting is emptied"
+    );
+    let events = read_topic(format!("{prefix}.public.brieff"), 4).await;
+    validate("change-event", &events);
+    let mut summary = changes(&events, "bfso");
+    summary[..3].sort_by_key(|(op, ..)| op.clone());
+    assert_eq!(
+        summary,
+        vec![
+            ("c".into(), Value::Null, "new".into()),
+            ("d".into(), "rep4".into(), Value::Null),
+            ("u".into(), "rep3".into(), "merged".into()),
+            ("u".into(), "rep7".into(), "rep7+".into()),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[3]["before"]["bfkey"], 7);
+    proxy.shutdown().await;
+}
+
 /// Regression: `COPY t FROM '/server/file'` in autocommit told the client `COPY n` and then
 /// rolled the rows back (hindsight waited for a CopyDone that a server-side COPY never sends).
 /// Both protocols, autocommit and in a transaction; the rows are there and recorded.

@@ -105,9 +105,10 @@ impl ClientCapture {
             let mut st = self.shared.lock();
             (st.txn.take(), std::mem::take(&mut st.capture_errors))
         };
-        let failure = if !capture_errors.is_empty() {
+        let uncaptured = !capture_errors.is_empty();
+        let failure = if uncaptured {
             Some(Failure::Sink(format!(
-                "captured rows could not be decoded: {}",
+                "the rows it changed could not all be captured: {}",
                 capture_errors.join("; ")
             )))
         } else if changes.is_empty() {
@@ -127,7 +128,11 @@ impl ClientCapture {
                         sqlstate::AUDIT_NOT_RECORDED,
                         format!("hindsight: the transaction was rolled back because its audit records could not be recorded: {why}"),
                     )
-                    .with_hint("Nothing was committed. Retry when the audit broker is reachable; see hindsight's log and /readyz.")
+                    .with_hint(if uncaptured {
+                        "Nothing was committed. See the message for what could not be captured, and hindsight's log."
+                    } else {
+                        "Nothing was committed. Retry when the audit broker is reachable; see hindsight's log and /readyz."
+                    })
                     .encode(),
                 );
             } else {

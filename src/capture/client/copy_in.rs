@@ -189,6 +189,7 @@ impl ClientCapture {
             text: staged.copy,
             shape: Arc::new(Shape::statement(Kind::CopyIn, write.table.clone())),
             pre_read: None,
+            post_read: None,
             guard: None,
             inserts: Vec::new(),
         };

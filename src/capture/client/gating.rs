@@ -191,16 +191,25 @@ impl ClientCapture {
             sql.push_str(pre);
             sql.push_str(";\n");
             let mut u = Unit::new(b"C");
-            u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+            if rw.post_read.is_none() {
+                u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+            }
             u.probe = true;
             units.push(u);
         }
         sql.push_str(&rw.text);
         sql.push_str(";\n");
         let mut u = Unit::new(b"C");
-        u.collect = Collect::capture(ctx);
+        u.collect = Collect::capture(Arc::clone(&ctx));
         u.probe = true;
         units.push(u);
+        if let Some(post) = &rw.post_read {
+            sql.push_str(post);
+            sql.push_str(";\n");
+            let mut u = super::simple::post_read_unit(ctx);
+            u.probe = true;
+            units.push(u);
+        }
         sql.push_str(close);
         for _ in close.split(';') {
             units.push(Unit::new(b"C"));

@@ -381,7 +381,10 @@ impl ClientCapture {
                         // The pre-read evaluates the statement's own FROM/WHERE: its errors
                         // are the ones the client's statement would have raised.
                         u.forward_errors = true;
-                        u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+                        // A MERGE's pre-read keeps its rows in the server (see `merge`).
+                        if rw.post_read.is_none() {
+                            u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+                        }
                         units.push(u);
                     }
                     let sent_at = sql.chars().count() as i64;
@@ -389,8 +392,13 @@ impl ClientCapture {
                     let mut u = Unit::pass(b"CI");
                     u.position_shift = sent_at - before;
                     u.position_inserts = rw.position_inserts(sent_at);
-                    u.collect = Collect::capture(ctx);
+                    u.collect = Collect::capture(Arc::clone(&ctx));
                     units.push(u);
+                    if let Some(post) = &rw.post_read {
+                        sql.push_str(";\n");
+                        sql.push_str(post);
+                        units.push(post_read_unit(ctx));
+                    }
                 }
             }
             sql.push_str(";\n");
@@ -592,4 +600,13 @@ pub(super) fn blocks_cover_writes(statements: &[Statement], status: u8) -> Resul
         }
     }
     Ok(())
+}
+
+/// The unit of a MERGE's post-read (see `merge`): its rows are the MERGE's changes; an error
+/// (the transaction is then aborted) goes to the client.
+pub(super) fn post_read_unit(ctx: Arc<StatementCtx>) -> Unit {
+    let mut u = Unit::new(b"C");
+    u.forward_errors = true;
+    u.collect = Collect::MergeRead(ctx, Vec::new(), None);
+    u
 }

@@ -1,0 +1,438 @@
+//! MERGE before PostgreSQL 18 (15–17 have MERGE; 15 and 16 have no MERGE RETURNING).
+//!
+//! Three statements in the client's transaction, none of which changes which rows the MERGE
+//! touches:
+//! 1. a **pre-read**: the target rows the MERGE's own join matches (`target JOIN source ON
+//!    condition`, its text as written), locked `FOR UPDATE` when a WHEN MATCHED clause updates or
+//!    deletes, their before images, `tableoid` and `ctid` kept in a transaction-local setting;
+//! 2. the **MERGE** itself, with a counter in each acting WHEN clause's condition (`CASE WHEN
+//!    (client's) THEN count ELSE false END`, so the client's condition decides as before) —
+//!    how many rows each action was about to update, delete, insert;
+//! 3. a **post-read**: each pre-read row followed to its latest version (`currtid2`, one TID
+//!    lookup per row): a new version is an update (before, after), no visible version a delete,
+//!    the same version untouched; and the rows the join matches now that were not there before:
+//!    the MERGE's inserts. Its last row carries the counters.
+//!
+//! The router checks what the post-read found against the MERGE's command tag and the counters
+//! (`check`): a row the MERGE inserted that its ON condition does not match, a row committed
+//! concurrently between the pre-read and the MERGE, or a cross-partition update would not add
+//! up, and the transaction then cannot commit (`capture_errors`) rather than publish a wrong
+//! event.
+
+use std::sync::Arc;
+
+use pg_query::protobuf::Token as T;
+
+use super::rewrite::{quote, Refusal, Rewritten, Shape};
+use crate::statement::analysis::{Kind, Write};
+
+/// Before images, `tableoid` and `ctid` of the rows the MERGE's join matched (pre-read).
+const ROWS: &str = "hindsight.merge_rows";
+/// Per-action counters set by the MERGE's WHEN clauses.
+const COUNTERS: [(&str, u8); 3] = [
+    ("hindsight.merge_updates", b'u'),
+    ("hindsight.merge_deletes", b'd'),
+    ("hindsight.merge_inserts", b'i'),
+];
+
+/// The parts of a MERGE's text, as byte ranges of the client's statement.
+struct Parts {
+    /// Text before `MERGE` (a WITH list, comments).
+    prefix: std::ops::Range<usize>,
+    /// Whether `prefix` holds a WITH list.
+    with: bool,
+    target: std::ops::Range<usize>,
+    source: std::ops::Range<usize>,
+    condition: std::ops::Range<usize>,
+    clauses: Vec<Clause>,
+}
+
+/// One `WHEN [NOT] MATCHED [AND condition] THEN action` clause.
+struct Clause {
+    /// End of the token before the condition (`MATCHED`), or of `AND` when there is one.
+    and_end: Option<usize>,
+    /// Start of `THEN`, and the end of the token before it.
+    then: usize,
+    /// `u`, `d`, `i`, or 0 for DO NOTHING.
+    action: u8,
+    /// An INSERT's listed columns with the expression each gets (DEFAULT left out).
+    values: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+/// `INSERT (c, …) [OVERRIDING … VALUE] VALUES (e, …)` from token `i` (INSERT): each listed
+/// column with its expression's text range; empty for other forms.
+fn insert_values(
+    tokens: &[pg_query::protobuf::ScanToken],
+    i: usize,
+) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
+    // The comma-separated items of the parenthesised list opening at token `open`, as
+    // (first token, last token) pairs, and the index after its `)`.
+    let list = |open: usize| -> Option<(Vec<(usize, usize)>, usize)> {
+        if kind(open) != Some(T::Ascii40) {
+            return None;
+        }
+        let (mut depth, mut start, mut items) = (0i32, open + 1, Vec::new());
+        for j in open..tokens.len() {
+            match kind(j) {
+                Some(T::Ascii40 | T::Ascii91) => depth += 1,
+                Some(T::Ascii41 | T::Ascii93) => {
+                    depth -= 1;
+                    if depth == 0 {
+                        items.push((start, j - 1));
+                        return Some((items, j + 1));
+                    }
+                }
+                Some(T::Ascii44) if depth == 1 => {
+                    items.push((start, j - 1));
+                    start = j + 1;
+                }
+                _ => {}
+            }
+        }
+        None
+    };
+    let Some((columns, mut next)) = list(i + 1) else {
+        return Vec::new();
+    };
+    while kind(next).is_some() && kind(next) != Some(T::Values) {
+        next += 1; // OVERRIDING { SYSTEM | USER } VALUE
+    }
+    let Some((values, _)) = list(next + 1) else {
+        return Vec::new();
+    };
+    if columns.len() != values.len() {
+        return Vec::new();
+    }
+    let range = |(a, b): (usize, usize)| tokens[a].start as usize..tokens[b].end as usize;
+    columns
+        .into_iter()
+        .zip(values)
+        .filter(|(c, v)| c.0 == c.1 && !(v.0 == v.1 && kind(v.0) == Some(T::Default)))
+        .map(|(c, v)| (range(c), range(v)))
+        .collect()
+}
+
+/// Cut `body` (one MERGE, no trailing `;`) at its top-level keywords.
+fn parts(body: &str) -> Option<Parts> {
+    let tokens = pg_query::scan(body).ok()?.tokens;
+    let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
+    let (mut depth, mut case) = (0i32, 0i32);
+    let (mut merge, mut into, mut using, mut on, mut with) = (None, None, None, None, false);
+    let mut clauses: Vec<Clause> = Vec::new();
+    let mut pending: Option<(Option<usize>, bool)> = None;
+    let mut first_when = None;
+    for (i, t) in tokens.iter().enumerate() {
+        let k = kind(i);
+        match k {
+            Some(T::Ascii40 | T::Ascii91) => depth += 1,
+            Some(T::Ascii41 | T::Ascii93) => depth -= 1,
+            _ => {}
+        }
+        if depth != 0 {
+            continue;
+        }
+        match k {
+            Some(T::Case) => case += 1,
+            Some(T::EndP) => case -= 1,
+            Some(T::With | T::WithLa) if merge.is_none() => with = true,
+            Some(T::Merge) if merge.is_none() => merge = Some(t.start as usize),
+            Some(T::Into) if merge.is_some() && into.is_none() => into = Some(t.end as usize),
+            Some(T::Using) if into.is_some() && using.is_none() => {
+                using = Some((t.start as usize, t.end as usize))
+            }
+            Some(T::On) if using.is_some() && first_when.is_none() && case == 0 => {
+                on = Some((t.start as usize, t.end as usize))
+            }
+            Some(T::When)
+                if case == 0
+                    && on.is_some()
+                    && matches!(kind(i + 1), Some(T::Matched | T::Not)) =>
+            {
+                first_when.get_or_insert(t.start as usize);
+                // The token that ends `WHEN [NOT] MATCHED [BY …]`.
+                let mut j = i + 1;
+                while matches!(kind(j), Some(T::Not | T::Matched | T::By | T::Target)) {
+                    j += 1;
+                }
+                if kind(j) == Some(T::Source) {
+                    return None; // PostgreSQL 17's NOT MATCHED BY SOURCE: not handled here.
+                }
+                let and = (kind(j) == Some(T::And)).then(|| tokens[j].end as usize);
+                pending = Some((and, true));
+            }
+            Some(T::Then) if case == 0 && pending.is_some() => {
+                let (and_end, _) = pending.take().expect("checked");
+                let action = match kind(i + 1) {
+                    Some(T::Update) => b'u',
+                    Some(T::DeleteP) => b'd',
+                    Some(T::Insert) => b'i',
+                    _ => 0,
+                };
+                clauses.push(Clause {
+                    and_end,
+                    then: t.start as usize,
+                    action,
+                    values: if action == b'i' {
+                        insert_values(&tokens, i + 1)
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
+            Some(T::Returning) if first_when.is_some() => return None,
+            _ => {}
+        }
+    }
+    let (merge, into, using, on, first_when) = (merge?, into?, using?, on?, first_when?);
+    if clauses.is_empty() || pending.is_some() {
+        return None;
+    }
+    Some(Parts {
+        prefix: 0..merge,
+        with,
+        target: into..using.0,
+        source: using.1..on.0,
+        condition: on.1..first_when,
+        clauses,
+    })
+}
+
+/// The condition that counts one row for `setting` (always true).
+fn count(setting: &str) -> String {
+    format!("set_config('{setting}', (COALESCE(NULLIF(current_setting('{setting}', true), ''), '0')::int8 + 1)::text, true) IS NOT NULL")
+}
+
+/// Before PostgreSQL 18: the MERGE `body` (without a trailing `;`) with its counters, its
+/// pre-read and post-read (module docs). `write`: its target.
+pub fn rewrite(body: &str, write: &Write) -> Result<Rewritten, Refusal> {
+    let what = format!("MERGE into {}", write.table);
+    let p = parts(body).ok_or_else(|| Refusal::Unsupported {
+        what: format!(
+            "{what} of this form before PostgreSQL 18 (RETURNING, or WHEN NOT MATCHED BY SOURCE)"
+        ),
+    })?;
+    let setting = |a: u8| COUNTERS.iter().find(|(_, c)| *c == a).map(|(s, _)| *s);
+    // The MERGE with counters: edits from the end, so earlier offsets stay valid.
+    let mut text = body.to_string();
+    let mut edits: Vec<(usize, String)> = Vec::new();
+    for c in &p.clauses {
+        let Some(s) = setting(c.action) else { continue };
+        match c.and_end {
+            Some(and) => {
+                edits.push((and, " CASE WHEN (".into()));
+                edits.push((c.then, format!("\n) THEN {} ELSE false END\n", count(s))));
+            }
+            None => edits.push((c.then, format!("AND {}\n", count(s)))),
+        }
+    }
+    for (at, s) in edits.iter().rev() {
+        text.insert_str(*at, s);
+    }
+    // Byte ranges inserted, in the final text's offsets.
+    let mut inserts = Vec::new();
+    let mut shift = 0;
+    for (at, s) in &edits {
+        inserts.push((at + shift, s.len()));
+        shift += s.len();
+    }
+    let locks = p.clauses.iter().any(|c| matches!(c.action, b'u' | b'd'));
+    let inserts_rows = p.clauses.iter().any(|c| c.action == b'i');
+    let r = write.reference();
+    let target = body[p.target.clone()].trim();
+    let source = body[p.source.clone()].trim();
+    let condition = body[p.condition.clone()].trim();
+    let prefix = &body[p.prefix.clone()];
+    let with = if p.with {
+        format!("{prefix},\n")
+    } else {
+        format!("{prefix}WITH ")
+    };
+    let lock = if locks {
+        let name = match write.alias.as_str() {
+            "" => quote(&write.table.name),
+            alias => quote(alias),
+        };
+        format!("\nFOR UPDATE OF {name}")
+    } else {
+        String::new()
+    };
+    let zero: Vec<String> = COUNTERS
+        .iter()
+        .map(|(s, _)| format!("set_config('{s}', '0', true) IS NOT NULL"))
+        .collect();
+    let pre_read = format!(
+        "{with}__hs_m AS (SELECT {r}.tableoid AS o, {r}.ctid AS c, to_jsonb({r}.*) AS b FROM {target}\nJOIN {source}\nON {condition}{lock}\n)\n\
+         SELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(DISTINCT jsonb_build_array(o, c::text, b)) FROM __hs_m), '[]')::text, true) IS NOT NULL AND {}",
+        zero.join(" AND ")
+    );
+    let mut post_read = format!(
+        "{with}__hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
+         FROM jsonb_array_elements(current_setting('{ROWS}', true)::jsonb) __hs_e)\n\
+         SELECT __hs_x.b, __hs_n.a, __hs_x.o, NULL::text FROM __hs_x LEFT JOIN LATERAL \
+         (SELECT to_jsonb({r}.*) AS a, {r}.ctid AS c FROM {target} WHERE {r}.tableoid = __hs_x.o AND {r}.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
+         WHERE __hs_n.c IS DISTINCT FROM __hs_x.c"
+    );
+    let new_row = format!(
+        "NOT EXISTS (SELECT 1 FROM __hs_x WHERE __hs_x.o = {r}.tableoid AND __hs_x.cur = {r}.ctid)"
+    );
+    if inserts_rows {
+        // Inserted rows the ON condition matches now…
+        post_read.push_str(&format!(
+            "\nUNION ALL\nSELECT NULL, to_jsonb({r}.*), {r}.tableoid, NULL FROM {target}\nWHERE EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row}"
+        ));
+    }
+    // … and those it does not match, by the values an INSERT clause gave its listed columns
+    // (compared as text: never an error, at worst a row not found, which `check` reports).
+    for c in p.clauses.iter().filter(|c| !c.values.is_empty()) {
+        let equal: Vec<String> = c
+            .values
+            .iter()
+            .map(|(col, e)| {
+                format!(
+                    "{r}.{}::text = ({})::text",
+                    &body[col.clone()],
+                    &body[e.clone()]
+                )
+            })
+            .collect();
+        post_read.push_str(&format!(
+            "\nUNION ALL\nSELECT NULL, to_jsonb({r}.*), {r}.tableoid, NULL FROM {target}\nWHERE EXISTS (SELECT 1 FROM {source}\nWHERE {}\n)\nAND NOT EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row}",
+            equal.join(" AND ")
+        ));
+    }
+    let counters: Vec<String> = COUNTERS
+        .iter()
+        .map(|(s, _)| format!("current_setting('{s}', true)"))
+        .collect();
+    post_read.push_str(&format!(
+        "\nUNION ALL\nSELECT NULL, NULL, NULL, concat_ws(',', {}) WHERE set_config('{ROWS}', '', true) IS NOT NULL",
+        counters.join(", ")
+    ));
+    Ok(Rewritten {
+        text,
+        shape: Arc::new(Shape {
+            merge_read: true,
+            ..Shape::statement(Kind::Merge, write.table.clone())
+        }),
+        pre_read: Some(pre_read),
+        post_read: Some(post_read),
+        guard: None,
+        inserts,
+    })
+}
+
+/// What a post-read found, checked against the MERGE's command tag (`tag_rows`) and its
+/// counters (`counters`: `updates,deletes,inserts`): `Err` says why its events would be wrong.
+pub fn check(
+    table: &str,
+    changes: &[super::txn::Change],
+    tag_rows: Option<u64>,
+    counters: Option<&str>,
+) -> Result<(), String> {
+    let count = |f: fn(&super::txn::Change) -> bool| changes.iter().filter(|c| f(c)).count() as u64;
+    let found = [
+        count(|c| c.before.is_some() && c.after.is_some()),
+        count(|c| c.before.is_some() && c.after.is_none()),
+        count(|c| c.before.is_none() && c.after.is_some()),
+    ];
+    let counted: Vec<u64> = counters
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let total = found.iter().sum::<u64>();
+    let fits = counted.len() == 3 && found.iter().zip(&counted).all(|(f, c)| f <= c);
+    if tag_rows == Some(total) && fits {
+        return Ok(());
+    }
+    Err(format!(
+        "MERGE into {table}: hindsight found {} updated, {} deleted and {} inserted rows, but the MERGE reported {} rows (its clauses were about to update, delete, insert: {}). Before PostgreSQL 18 hindsight finds a MERGE's inserted rows through its ON condition and its other rows by the rows that condition matched before it ran: an inserted row the ON condition does not match, a row committed by another session between the two, or an update that moved a row to another partition cannot be recorded. Retry the transaction, or write the change as INSERT … ON CONFLICT / UPDATE / DELETE",
+        found[0],
+        found[1],
+        found[2],
+        tag_rows.map_or("no".to_string(), |n| n.to_string()),
+        counters.unwrap_or("unknown"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::statement::analyze;
+
+    fn rw(sql: &str) -> Rewritten {
+        let v = analyze(sql).unwrap();
+        rewrite(sql, &v[0].analysis.writes[0]).unwrap()
+    }
+
+    #[test]
+    fn counters_wrap_the_clauses_that_act() {
+        let r = rw("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED AND s.v IS NULL THEN DELETE WHEN MATCHED THEN UPDATE SET v = s.v WHEN NOT MATCHED AND s.v > 0 THEN DO NOTHING WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.v)");
+        assert!(r.text.contains("WHEN MATCHED AND CASE WHEN ( s.v IS NULL \n) THEN set_config('hindsight.merge_deletes'"), "{}", r.text);
+        assert!(
+            r.text
+                .contains("WHEN MATCHED AND set_config('hindsight.merge_updates'"),
+            "{}",
+            r.text
+        );
+        assert!(
+            r.text
+                .contains("WHEN NOT MATCHED AND s.v > 0 THEN DO NOTHING"),
+            "{}",
+            r.text
+        );
+        assert!(
+            r.text
+                .contains("WHEN NOT MATCHED AND set_config('hindsight.merge_inserts'"),
+            "{}",
+            r.text
+        );
+        let pre = r.pre_read.unwrap();
+        assert!(pre.starts_with("WITH __hs_m AS (SELECT \"t\".tableoid AS o, \"t\".ctid AS c, to_jsonb(\"t\".*) AS b FROM t\nJOIN s\nON t.id = s.id\nFOR UPDATE OF \"t\""), "{pre}");
+        let post = r.post_read.unwrap();
+        assert!(
+            post.contains("WHERE EXISTS (SELECT 1 FROM s\nWHERE t.id = s.id\n)"),
+            "{post}"
+        );
+        // Every inserted range is text that was not in the client's statement.
+        for (at, len) in &r.inserts {
+            assert!(!r.text[*at..at + len].contains("s.v IS NULL"));
+        }
+    }
+
+    #[test]
+    fn a_join_in_the_source_keeps_its_own_on() {
+        let r = rw("WITH k AS (SELECT 1 AS id) MERGE INTO public.t AS x USING a JOIN k ON a.id = k.id ON x.id = a.id WHEN MATCHED THEN DELETE");
+        let pre = r.pre_read.unwrap();
+        assert!(
+            pre.starts_with("WITH k AS (SELECT 1 AS id) ,\n__hs_m AS (SELECT \"x\".tableoid"),
+            "{pre}"
+        );
+        assert!(pre.contains("FROM public.t AS x\nJOIN a JOIN k ON a.id = k.id\nON x.id = a.id\nFOR UPDATE OF \"x\""), "{pre}");
+        // No INSERT clause: the post-read looks for no new rows.
+        assert!(!r.post_read.unwrap().contains("WHERE EXISTS"));
+    }
+
+    #[test]
+    fn insert_only_merges_lock_nothing() {
+        let r = rw("MERGE INTO t USING s ON t.id = s.id AND (CASE WHEN s.v THEN true END) WHEN NOT MATCHED THEN INSERT VALUES (s.id)");
+        let pre = r.pre_read.unwrap();
+        assert!(!pre.contains("FOR UPDATE"), "{pre}");
+        assert!(
+            pre.contains("ON t.id = s.id AND (CASE WHEN s.v THEN true END)\n)"),
+            "{pre}"
+        );
+    }
+
+    #[test]
+    fn the_check_compares_found_rows_with_the_tag_and_counters() {
+        assert!(check("t", &[], Some(0), Some("0,0,0")).is_ok());
+        assert!(check("t", &[], Some(1), Some("1,0,0"))
+            .unwrap_err()
+            .contains(
+                "found 0 updated, 0 deleted and 0 inserted rows, but the MERGE reported 1 rows"
+            ));
+        assert!(check("t", &[], None, None).is_err());
+    }
+}
