@@ -113,8 +113,21 @@ fn insert_values(
         .collect()
 }
 
+/// Why a MERGE could not be cut into [`Parts`].
+#[derive(Debug, PartialEq, Eq)]
+enum Uncut {
+    /// PostgreSQL 17 syntax (`RETURNING`, `WHEN NOT MATCHED BY SOURCE`).
+    Pg17,
+    /// Not found where expected (a form this module does not know).
+    Unknown,
+}
+
 /// Cut `body` (one MERGE, no trailing `;`) at its top-level keywords.
-fn parts(body: &str) -> Option<Parts> {
+fn parts(body: &str) -> Result<Parts, Uncut> {
+    parts_of(body).ok_or(Uncut::Unknown)?
+}
+
+fn parts_of(body: &str) -> Option<Result<Parts, Uncut>> {
     let tokens = pg_query::scan(body).ok()?.tokens;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     let (mut depth, mut case) = (0i32, 0i32);
@@ -156,7 +169,7 @@ fn parts(body: &str) -> Option<Parts> {
                     j += 1;
                 }
                 if kind(j) == Some(T::Source) {
-                    return None; // PostgreSQL 17's NOT MATCHED BY SOURCE: not handled here.
+                    return Some(Err(Uncut::Pg17));
                 }
                 let and = (kind(j) == Some(T::And)).then(|| tokens[j].end as usize);
                 pending = Some((and, true));
@@ -180,7 +193,7 @@ fn parts(body: &str) -> Option<Parts> {
                     },
                 });
             }
-            Some(T::Returning) if first_when.is_some() => return None,
+            Some(T::Returning) if first_when.is_some() => return Some(Err(Uncut::Pg17)),
             _ => {}
         }
     }
@@ -188,14 +201,14 @@ fn parts(body: &str) -> Option<Parts> {
     if clauses.is_empty() || pending.is_some() {
         return None;
     }
-    Some(Parts {
+    Some(Ok(Parts {
         prefix: 0..merge,
         with,
         target: into..using.0,
         source: using.1..on.0,
         condition: on.1..first_when,
         clauses,
-    })
+    }))
 }
 
 /// The condition that counts one row for `setting` (always true).
@@ -203,15 +216,30 @@ fn count(setting: &str) -> String {
     format!("set_config('{setting}', (COALESCE(NULLIF(current_setting('{setting}', true), ''), '0')::int8 + 1)::text, true) IS NOT NULL")
 }
 
-/// Before PostgreSQL 18: the MERGE `body` (without a trailing `;`) with its counters, its
-/// pre-read and post-read (module docs). `write`: its target.
-pub fn rewrite(body: &str, write: &Write) -> Result<Rewritten, Refusal> {
+/// Before PostgreSQL 18 (server major `major`): the MERGE `body` (without a trailing `;`) with
+/// its counters, its pre-read and post-read (module docs). `write`: its target. `Ok(None)`:
+/// MERGE syntax the server does not have (PostgreSQL 17's on 15/16, any before 15), which it
+/// rejects — sent unchanged, so the client gets the server's own syntax error.
+pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten>, Refusal> {
     let what = format!("MERGE into {}", write.table);
-    let p = parts(body).ok_or_else(|| Refusal::Unsupported {
-        what: format!(
-            "{what} of this form before PostgreSQL 18 (RETURNING, or WHEN NOT MATCHED BY SOURCE)"
-        ),
-    })?;
+    if major < 15 {
+        return Ok(None); // No MERGE at all: the server's own syntax error.
+    }
+    let p = match parts(body) {
+        Ok(p) => p,
+        Err(Uncut::Pg17) if major < 17 => return Ok(None),
+        Err(Uncut::Pg17) => {
+            return Err(Refusal::NeedsPg18 {
+                what: format!("{what} with RETURNING or WHEN NOT MATCHED BY SOURCE"),
+                major,
+            })
+        }
+        Err(Uncut::Unknown) => {
+            return Err(Refusal::Unsupported {
+                what: format!("{what} of this form before PostgreSQL 18"),
+            })
+        }
+    };
     let setting = |a: u8| COUNTERS.iter().find(|(_, c)| *c == a).map(|(s, _)| *s);
     // The MERGE with counters: edits from the end, so earlier offsets stay valid.
     let mut text = body.to_string();
@@ -283,17 +311,17 @@ pub fn rewrite(body: &str, write: &Write) -> Result<Rewritten, Refusal> {
         ));
     }
     // … and those it does not match, by the values an INSERT clause gave its listed columns
-    // (compared as text: never an error, at worst a row not found, which `check` reports).
+    // (compared as text, NULL equal to NULL: never an error, at worst a row not found, which
+    // `check` reports).
     for c in p.clauses.iter().filter(|c| !c.values.is_empty()) {
         let equal: Vec<String> = c
             .values
             .iter()
             .map(|(col, e)| {
-                format!(
-                    "{r}.{}::text = ({})::text",
-                    &body[col.clone()],
-                    &body[e.clone()]
-                )
+                // NULL matches NULL, and both tests hash (IS NOT DISTINCT FROM would not).
+                let c = format!("{r}.{}::text", &body[col.clone()]);
+                let e = format!("({})::text", &body[e.clone()]);
+                format!("({c} IS NULL) = ({e} IS NULL) AND COALESCE({c}, '') = COALESCE({e}, '')")
             })
             .collect();
         post_read.push_str(&format!(
@@ -309,7 +337,7 @@ pub fn rewrite(body: &str, write: &Write) -> Result<Rewritten, Refusal> {
         "\nUNION ALL\nSELECT NULL, NULL, NULL, concat_ws(',', {}) WHERE set_config('{ROWS}', '', true) IS NOT NULL",
         counters.join(", ")
     ));
-    Ok(Rewritten {
+    Ok(Some(Rewritten {
         text,
         shape: Arc::new(Shape {
             merge_read: true,
@@ -319,7 +347,7 @@ pub fn rewrite(body: &str, write: &Write) -> Result<Rewritten, Refusal> {
         post_read: Some(post_read),
         guard: None,
         inserts,
-    })
+    }))
 }
 
 /// What a post-read found, checked against the MERGE's command tag (`tag_rows`) and its
@@ -363,7 +391,7 @@ mod tests {
 
     fn rw(sql: &str) -> Rewritten {
         let v = analyze(sql).unwrap();
-        rewrite(sql, &v[0].analysis.writes[0]).unwrap()
+        rewrite(sql, &v[0].analysis.writes[0], 15).unwrap().unwrap()
     }
 
     #[test]
@@ -423,6 +451,18 @@ mod tests {
             pre.contains("ON t.id = s.id AND (CASE WHEN s.v THEN true END)\n)"),
             "{pre}"
         );
+    }
+
+    #[test]
+    fn pg17_syntax_goes_to_an_older_server_unchanged() {
+        let sql = "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE";
+        let v = analyze(sql).unwrap();
+        let w = &v[0].analysis.writes[0];
+        assert_eq!(rewrite(sql, w, 15), Ok(None));
+        assert!(matches!(rewrite(sql, w, 17), Err(Refusal::NeedsPg18 { .. })));
+        let sql = "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE RETURNING *";
+        let v = analyze(sql).unwrap();
+        assert_eq!(rewrite(sql, &v[0].analysis.writes[0], 16), Ok(None));
     }
 
     #[test]

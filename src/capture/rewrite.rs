@@ -292,7 +292,7 @@ pub fn rewrite(
                 inserts,
             }))
         }
-        Kind::Merge => super::merge::rewrite(body, write).map(Some),
+        Kind::Merge => super::merge::rewrite(body, write, major),
         _ => Err(Refusal::NeedsPg18 { what, major }),
     }
 }
@@ -687,13 +687,14 @@ mod tests {
             r.pre_read.unwrap(),
             "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t,\nu\nWHERE t.id = u.id AND u.flag\nFOR UPDATE OF \"t\""
         );
-        assert!(matches!(
-            rw(
-                "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
-                15
-            ),
-            Err(Refusal::NeedsPg18 { .. })
-        ));
+        // MERGE: a pre-read and a post-read around it (`merge`).
+        let r = rw(
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            15,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(r.pre_read.is_some() && r.post_read.is_some() && r.shape.merge_read);
     }
 
     #[test]

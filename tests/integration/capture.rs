@@ -820,13 +820,27 @@ async fn pg15_merge_is_captured_from_a_pre_read_and_a_post_read() {
         .await
         .unwrap();
     assert_eq!(left.get::<_, i64>(0), 0, "the refused MERGE did not commit");
+    // The extended protocol, with parameters, prepared once and executed twice (the companion
+    // pre-read and post-read are bound to the same values).
+    let st = c
+        .prepare("MERGE INTO brieff b USING (VALUES ($1::int, $2::text)) AS s(k, v) ON b.bfkey = s.k WHEN MATCHED THEN UPDATE SET bfso = s.v WHEN NOT MATCHED THEN INSERT (bfkey, bfso) VALUES (s.k, s.v)")
+        .await
+        .unwrap();
+    assert_eq!(c.execute(&st, &[&10i32, &"ten"]).await.unwrap(), 1);
+    assert_eq!(c.execute(&st, &[&700i32, &"seven hundred"]).await.unwrap(), 1);
+    // PostgreSQL 17 syntax reaches the server unchanged: its own syntax error.
+    let err = c
+        .simple_query("MERGE INTO brieff b USING (VALUES (1)) AS s(k) ON b.bfkey = s.k WHEN NOT MATCHED BY SOURCE THEN DELETE")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR), "{err}");
     let shown = c.simple_query("SHOW hindsight.merge_rows").await.unwrap();
     assert_eq!(
         rows(&shown),
         vec![vec![Some(String::new())]],
         "the setting is emptied"
     );
-    let events = read_topic(format!("{prefix}.public.brieff"), 4).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 6).await;
     validate("change-event", &events);
     let mut summary = changes(&events, "bfso");
     summary[..3].sort_by_key(|(op, ..)| op.clone());
@@ -837,6 +851,8 @@ async fn pg15_merge_is_captured_from_a_pre_read_and_a_post_read() {
             ("d".into(), "rep4".into(), Value::Null),
             ("u".into(), "rep3".into(), "merged".into()),
             ("u".into(), "rep7".into(), "rep7+".into()),
+            ("u".into(), "rep10".into(), "ten".into()),
+            ("c".into(), Value::Null, "seven hundred".into()),
         ],
         "{events:#?}"
     );

@@ -4,13 +4,21 @@
 
 use super::*;
 
-/// Name of hindsight's companion statement (`kind` b's') or portal (b'p') for a client's one.
+/// Name of hindsight's companion statement (`kind` b's') or portal (b'p') for a client's one;
+/// a MERGE's post-read companion is statement b't', portal b'q'.
 pub(super) fn companion_name(kind: u8, name: &[u8]) -> Vec<u8> {
     let mut n = b"__hs_pre_".to_vec();
     n.push(kind);
     n.push(b'_');
     n.extend_from_slice(name);
     n
+}
+
+/// The units of a companion's Close and Bind (whose errors are the client's).
+pub(super) fn companion_bind_units() -> [Unit; 2] {
+    let mut bind = Unit::new(b"2");
+    bind.forward_errors = true;
+    [Unit::new(b"3"), bind]
 }
 
 /// The portal and statement names at the start of a Bind body.
@@ -255,8 +263,14 @@ impl ClientCapture {
         // UPDATE's pre-read is prepared once, with the client's parameters; TRUNCATE's image
         // read takes none and runs as hindsight's own statement at each Execute.
         let companion = match rewritten.as_ref().and_then(|rw| rw.pre_read.as_deref()) {
-            Some(pre) if a.kind == Kind::Update || resolved_params.is_some() => {
-                self.prepare_companion(w, name, pre).await?
+            Some(pre) if matches!(a.kind, Kind::Update | Kind::Merge) || resolved_params.is_some() => {
+                self.prepare_companion(w, name, pre, b's').await?
+            }
+            _ => None,
+        };
+        let post_companion = match rewritten.as_ref().and_then(|rw| rw.post_read.as_deref()) {
+            Some(post) if companion.is_some() => {
+                self.prepare_companion(w, name, post, b't').await?
             }
             _ => None,
         };
@@ -276,6 +290,7 @@ impl ClientCapture {
                     .map(|w| w.table.clone())
                     .unwrap_or_default(),
                 companion,
+                post_companion,
                 copy,
             }),
         );
@@ -293,7 +308,7 @@ impl ClientCapture {
     ) -> Result<Option<Rewritten>, String> {
         let kind = stmt.located.analysis.kind;
         match rewrite(text, &stmt.located, major, self.truncate_limit, cascade) {
-            Ok(Some(rw)) if rw.pre_read.is_some() && !matches!(kind, Kind::Update | Kind::Truncate) => Err(format!(
+            Ok(Some(rw)) if rw.pre_read.is_some() && !matches!(kind, Kind::Update | Kind::Truncate | Kind::Merge) => Err(format!(
                 "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
                 kind.label().to_uppercase()
             )),
@@ -311,6 +326,7 @@ impl ClientCapture {
         w: &mut W,
         name: &[u8],
         pre_read: &str,
+        kind: u8,
     ) -> std::io::Result<Option<Vec<u8>>> {
         let (tx, rx) = oneshot::channel();
         let mut u = Unit::new(b"nT");
@@ -326,7 +342,7 @@ impl ClientCapture {
         let Ok(reply) = rx.await else {
             return Ok(None);
         };
-        let cname = companion_name(b's', name);
+        let cname = companion_name(kind, name);
         let mut p = cname.clone();
         p.push(0);
         p.extend_from_slice(pre_read.as_bytes());
@@ -387,20 +403,27 @@ impl ClientCapture {
             None => frame.to_vec(),
         };
         self.push([Unit::pass(b"2")]);
-        if let (Some(cstmt), Some(params)) = (&prep.companion, bind_parameters(body)) {
+        let companions = [(&prep.companion, b'p'), (&prep.post_companion, b'q')];
+        for (cstmt, kind) in companions {
+            let (Some(cstmt), Some(params)) = (cstmt, bind_parameters(body)) else {
+                continue;
+            };
             // The companion portal gets the same parameter values; its rows come back as text.
-            let cportal = companion_name(b'p', portal);
+            let cportal = companion_name(kind, portal);
             let mut b = cportal.clone();
             b.push(0);
             b.extend_from_slice(cstmt);
             b.push(0);
             b.extend_from_slice(params);
             b.extend_from_slice(&[0, 0]);
-            frames.extend(close_frame(b'P', &cportal));
-            frames.extend(frame_of(b'B', &b));
-            let mut bind = Unit::new(b"2");
-            bind.forward_errors = true;
-            self.push([Unit::new(b"3"), bind]);
+            let mut bind_frames = close_frame(b'P', &cportal);
+            bind_frames.extend(frame_of(b'B', &b));
+            if kind == b'q' {
+                self.post_binds.insert(portal.to_vec(), bind_frames);
+                continue;
+            }
+            frames.extend(bind_frames);
+            self.push(companion_bind_units());
         }
         self.portals.insert(portal.to_vec(), (prep, binary));
         write_last(w, &frames).await
@@ -495,15 +518,28 @@ impl ClientCapture {
             }
         }
         if prep.companion.is_some() {
-            // The pre-read locks and reads the before images right before the UPDATE runs.
+            // The pre-read locks and reads the before images right before the UPDATE runs
+            // (a MERGE's keeps them in the server).
             let mut pre = Unit::new(b"C");
             pre.forward_errors = true;
-            pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+            if prep.post_companion.is_none() {
+                pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+            }
             self.push([pre]);
             out.extend(execute_frame(&companion_name(b'p', portal)));
         }
-        u.collect = Collect::capture(ctx);
+        u.collect = Collect::capture(Arc::clone(&ctx));
         self.push([u]);
+        if let Some(bind) = self.post_binds.get(portal).cloned() {
+            // A MERGE has no RETURNING before 17: its post-read reads its changes back, bound
+            // now so that its snapshot sees them.
+            out.extend(frame_of(b'E', body));
+            out.extend(bind);
+            self.push(companion_bind_units());
+            self.push([super::simple::post_read_unit(ctx)]);
+            out.extend(execute_frame(&companion_name(b'q', portal)));
+            return Verdict::Replace(out);
+        }
         // No row limit: the write ran in full at the first Execute, and every row's images
         // must reach hindsight before the transaction can commit — a suspended portal the
         // client never resumes would leave changes unrecorded. The client gets all of its

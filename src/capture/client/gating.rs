@@ -355,10 +355,19 @@ impl ClientCapture {
                 exec.probe = true;
                 units.extend([bind, exec, Unit::new(b"3")]);
             };
+            let merge = prep.post_companion.is_some();
             if let Some(c) = &prep.companion {
-                run(c, Collect::PreRead(Arc::clone(&ctx), Vec::new()));
+                let pre = if merge {
+                    Collect::Nothing
+                } else {
+                    Collect::PreRead(Arc::clone(&ctx), Vec::new())
+                };
+                run(c, pre);
             }
-            run(&stmt, Collect::capture(ctx));
+            run(&stmt, Collect::capture(Arc::clone(&ctx)));
+            if let Some(c) = &prep.post_companion {
+                run(c, Collect::MergeRead(ctx, Vec::new(), None));
+            }
             frames.extend(frame_of(b'H', &[]));
             self.push(units);
             write_all(w, &frames).await?;

@@ -96,6 +96,10 @@ pub struct ClientCapture {
     /// Extended protocol: prepared statements and portals by name.
     statements: HashMap<Vec<u8>, Arc<Prep>>,
     portals: HashMap<Vec<u8>, (Arc<Prep>, bool)>,
+    /// A MERGE portal's post-read companion Bind (with Close of the previous one), sent right
+    /// before that companion's Execute: a portal's snapshot is taken at Bind, and the post-read
+    /// must see what the MERGE did.
+    post_binds: HashMap<Vec<u8>, Vec<u8>>,
     /// hindsight opened a transaction for the current extended-protocol batch and must end
     /// it at the client's Sync.
     batch_implicit: bool,
@@ -149,6 +153,9 @@ struct Prep {
     /// PostgreSQL < 18 UPDATE: the name of hindsight's companion prepared statement that reads
     /// (and locks) the before images with the same parameters, run right before each Execute.
     companion: Option<Vec<u8>>,
+    /// PostgreSQL < 18 MERGE: the companion that reads its changes back (`capture::merge`'s
+    /// post-read), run right after each Execute; `companion` is then its pre-read.
+    post_companion: Option<Vec<u8>>,
     /// `COPY … FROM` (extended protocol): the client's statement was prepared pointing at a
     /// stage table; this is what runs around each execution.
     copy: Option<Arc<CopyPlan>>,
@@ -224,6 +231,7 @@ impl Inspector for ClientCapture {
                     self.push([Unit::pass(b"2")]);
                     return Verdict::Forward;
                 };
+                self.post_binds.remove(portal);
                 match self.statements.get(stmt).cloned() {
                     Some(p) if p.rewritten.is_some() => Verdict::Defer,
                     Some(p) => {
@@ -257,17 +265,22 @@ impl Inspector for ClientCapture {
                 let prep = if kind == b'S' {
                     self.statements.remove(name)
                 } else {
+                    self.post_binds.remove(name);
                     self.portals.remove(name).map(|(p, _)| p)
                 };
                 self.push([Unit::pass(b"3")]);
-                if prep.is_none_or(|p| p.companion.is_none()) {
+                let Some(prep) = prep.filter(|p| p.companion.is_some()) else {
                     return Verdict::Forward;
-                }
-                // Close hindsight's companion too, so the server does not accumulate them.
-                self.push([Unit::new(b"3")]);
+                };
+                // Close hindsight's companions too, so the server does not accumulate them.
                 let mut out = frame.to_vec();
-                let ckind = if kind == b'S' { b's' } else { b'p' };
+                let (ckind, post) = if kind == b'S' { (b's', b't') } else { (b'p', b'q') };
+                self.push([Unit::new(b"3")]);
                 out.extend(close_frame(kind, &companion_name(ckind, name)));
+                if prep.post_companion.is_some() {
+                    self.push([Unit::new(b"3")]);
+                    out.extend(close_frame(kind, &companion_name(post, name)));
+                }
                 Verdict::Replace(out)
             }
             FrontendTag::CopyDone if self.copy_ext.is_some() => {
@@ -363,6 +376,7 @@ impl ClientCapture {
             tx_seq: 0,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            post_binds: HashMap::new(),
             batch_implicit: false,
             mid_batch: false,
             copy_pending: false,
