@@ -414,6 +414,7 @@ impl Cut {
             post_read: None,
             guard: None,
             inserts: Vec::new(),
+            pre_read_map: Vec::new(),
         })
     }
 }

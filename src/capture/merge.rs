@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use pg_query::protobuf::Token as T;
 
-use super::rewrite::{quote, Refusal, Rewritten, Shape};
+use super::rewrite::{quote, Refusal, Rewritten, Shape, Spliced};
 use crate::statement::analysis::{Kind, Write};
 
 /// Before images, `tableoid` and `ctid` of the rows the MERGE's join matched (pre-read).
@@ -55,8 +55,9 @@ struct Clause {
     then: usize,
     /// `u`, `d`, `i`, or 0 for DO NOTHING.
     action: u8,
-    /// An INSERT's listed columns with the expression each gets (DEFAULT left out).
-    values: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    /// An INSERT's listed columns with the expression each gets (DEFAULT left out), and
+    /// whether identity columns ignore it (OVERRIDING USER VALUE).
+    values: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, bool)>,
 }
 
 /// `INSERT (c, …) [OVERRIDING … VALUE] VALUES (e, …)` from token `i` (INSERT): each listed
@@ -64,7 +65,7 @@ struct Clause {
 fn insert_values(
     tokens: &[pg_query::protobuf::ScanToken],
     i: usize,
-) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>, bool)> {
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     // The comma-separated items of the parenthesised list opening at token `open`, as
     // (first token, last token) pairs, and the index after its `)`.
@@ -98,6 +99,8 @@ fn insert_values(
     while kind(next).is_some() && kind(next) != Some(T::Values) {
         next += 1; // OVERRIDING { SYSTEM | USER } VALUE
     }
+    // OVERRIDING USER VALUE: identity columns get generated values, not the listed ones.
+    let user = (i + 1..next).any(|j| kind(j) == Some(T::User));
     let Some((values, _)) = list(next + 1) else {
         return Vec::new();
     };
@@ -109,7 +112,7 @@ fn insert_values(
         .into_iter()
         .zip(values)
         .filter(|(c, v)| c.0 == c.1 && !(v.0 == v.1 && kind(v.0) == Some(T::Default)))
-        .map(|(c, v)| (range(c), range(v)))
+        .map(|(c, v)| (range(c), range(v), user))
         .collect()
 }
 
@@ -211,6 +214,14 @@ fn parts_of(body: &str) -> Option<Result<Parts, Uncut>> {
     }))
 }
 
+/// An identifier as written (`"Name"` or `name`) as the catalog spells it.
+fn unquoted(ident: &str) -> String {
+    match ident.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => ident.to_lowercase(),
+    }
+}
+
 /// The condition that counts one row for `setting` (always true).
 fn count(setting: &str) -> String {
     format!("set_config('{setting}', (COALESCE(NULLIF(current_setting('{setting}', true), ''), '0')::int8 + 1)::text, true) IS NOT NULL")
@@ -289,11 +300,19 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
         .iter()
         .map(|(s, _)| format!("set_config('{s}', '0', true) IS NOT NULL"))
         .collect();
-    let pre_read = format!(
-        "{with}__hs_m AS (SELECT {r}.tableoid AS o, {r}.ctid AS c, to_jsonb({r}.*) AS b FROM {target}\nJOIN {source}\nON {condition}{lock}\n)\n\
-         SELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(DISTINCT jsonb_build_array(o, c::text, b)) FROM __hs_m), '[]')::text, true) IS NOT NULL AND {}",
-        zero.join(" AND ")
-    );
+    let mut pre = Spliced::default();
+    pre.map.push((0, prefix.len(), 0));
+    pre.own(&with)
+        .own(&format!("__hs_m AS (SELECT {r}.tableoid AS o, {r}.ctid AS c, to_jsonb({r}.*) AS b FROM "))
+        .client(body, p.target.clone())
+        .own("\nJOIN ")
+        .client(body, p.source.clone())
+        .own("\nON ")
+        .client(body, p.condition.clone())
+        .own(&format!(
+            "{lock}\n)\nSELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(DISTINCT jsonb_build_array(o, c::text, b)) FROM __hs_m), '[]')::text, true) IS NOT NULL AND {}",
+            zero.join(" AND ")
+        ));
     let mut post_read = format!(
         "{with}__hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
          FROM jsonb_array_elements(current_setting('{ROWS}', true)::jsonb) __hs_e)\n\
@@ -317,11 +336,17 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
         let equal: Vec<String> = c
             .values
             .iter()
-            .map(|(col, e)| {
+            .map(|(col, e, user)| {
                 // NULL matches NULL, and both tests hash (IS NOT DISTINCT FROM would not).
-                let c = format!("{r}.{}::text", &body[col.clone()]);
+                let name = &body[col.clone()];
+                let c = format!("{r}.{name}::text");
                 let e = format!("({})::text", &body[e.clone()]);
-                format!("({c} IS NULL) = ({e} IS NULL) AND COALESCE({c}, '') = COALESCE({e}, '')")
+                let equal = format!("({c} IS NULL) = ({e} IS NULL) AND COALESCE({c}, '') = COALESCE({e}, '')");
+                if !user {
+                    return equal;
+                }
+                // An identity column got a generated value: any value matches.
+                format!("({equal} OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = {r}.tableoid AND attname = {} AND attidentity <> ''))", super::rewrite::literal(&unquoted(name)))
             })
             .collect();
         post_read.push_str(&format!(
@@ -343,10 +368,11 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
             merge_read: true,
             ..Shape::statement(Kind::Merge, write.table.clone())
         }),
-        pre_read: Some(pre_read),
+        pre_read: Some(pre.text),
         post_read: Some(post_read),
         guard: None,
         inserts,
+        pre_read_map: pre.map,
     }))
 }
 
@@ -459,7 +485,10 @@ mod tests {
         let v = analyze(sql).unwrap();
         let w = &v[0].analysis.writes[0];
         assert_eq!(rewrite(sql, w, 15), Ok(None));
-        assert!(matches!(rewrite(sql, w, 17), Err(Refusal::NeedsPg18 { .. })));
+        assert!(matches!(
+            rewrite(sql, w, 17),
+            Err(Refusal::NeedsPg18 { .. })
+        ));
         let sql = "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE RETURNING *";
         let v = analyze(sql).unwrap();
         assert_eq!(rewrite(sql, &v[0].analysis.writes[0], 16), Ok(None));

@@ -86,9 +86,39 @@ pub struct Rewritten {
     /// Byte ranges of `text` that hindsight inserted inside the client's text (not appended
     /// after it), in order: error positions past them are moved back (`router::Unit`).
     pub inserts: Vec<(usize, usize)>,
+    /// Where the client's text reappears in `pre_read`: (byte offset in `pre_read`, length,
+    /// byte offset in the client's statement). An error the pre-read raises in the client's
+    /// FROM, WHERE or ON points into the client's text (`pre_read_segments`).
+    pub pre_read_map: Vec<(usize, usize, usize)>,
 }
 
 impl Rewritten {
+    /// `pre_read_map` as `router::Unit::position_segments`, for `pre_read` sent at character
+    /// `sent_at` (0-based) of the query string, and the client's statement at character `client_at`
+    /// (0-based) of the client's, whose text is `client`.
+    pub fn pre_read_segments(
+        &self,
+        sent_at: i64,
+        client: &str,
+        client_at: i64,
+    ) -> Vec<(i64, i64, i64)> {
+        let Some(pre) = &self.pre_read else {
+            return Vec::new();
+        };
+        let chars =
+            |s: &str, a: usize, b: usize| s.get(a..b).map_or(0, |t| t.chars().count() as i64);
+        self.pre_read_map
+            .iter()
+            .map(|&(at, len, from)| {
+                (
+                    sent_at + chars(pre, 0, at) + 1,
+                    chars(pre, at, at + len),
+                    client_at + chars(client, 0, from) + 1,
+                )
+            })
+            .collect()
+    }
+
     /// `inserts` as `router::Unit::position_inserts`, for `text` sent at character `sent_at`
     /// (0-based) of the query string.
     pub fn position_inserts(&self, sent_at: i64) -> Vec<(i64, i64)> {
@@ -196,6 +226,7 @@ pub fn rewrite(
             post_read: None,
             guard: None,
             inserts: Vec::new(),
+            pre_read_map: Vec::new(),
         }));
     }
     let image = format!("to_jsonb({target}.*), {target}.tableoid");
@@ -207,6 +238,7 @@ pub fn rewrite(
             post_read: None,
             guard: None,
             inserts: Vec::new(),
+            pre_read_map: Vec::new(),
         })),
         Kind::Delete => Ok(Some(Rewritten {
             text: format!("{body}{sep}{image}"),
@@ -215,6 +247,7 @@ pub fn rewrite(
             post_read: None,
             guard: None,
             inserts: Vec::new(),
+            pre_read_map: Vec::new(),
         })),
         Kind::Update => {
             if let Some((body, inserts)) = update_capturing_before(body, &target) {
@@ -230,6 +263,7 @@ pub fn rewrite(
                     post_read: None,
                     guard: None,
                     inserts,
+                    pre_read_map: Vec::new(),
                 }));
             }
             // FOR UPDATE OF takes the alias or the bare name (PostgreSQL refuses a qualified
@@ -238,15 +272,16 @@ pub fn rewrite(
                 "" => quote(&write.table.name),
                 alias => quote(alias),
             };
-            let pre = pre_read_for_update(sql, &target, &lock)
+            let pre = pre_read_for_update_mapped(sql, &target, &lock)
                 .ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
             Ok(Some(Rewritten {
                 text: format!("{body}{sep}{image}"),
                 shape: shape(2, None, Some(0), 1, true),
-                pre_read: Some(pre),
+                pre_read: Some(pre.text),
                 post_read: None,
                 guard: None,
                 inserts: Vec::new(),
+                pre_read_map: pre.map,
             }))
         }
         // DO NOTHING: RETURNING gives exactly the inserted rows.
@@ -257,6 +292,7 @@ pub fn rewrite(
             post_read: None,
             guard: None,
             inserts: Vec::new(),
+            pre_read_map: Vec::new(),
         })),
         // DO UPDATE: the before image of the row ON CONFLICT updates is taken where the
         // statement itself sees it — in the DO UPDATE's WHERE, on the row it has locked (see
@@ -275,6 +311,7 @@ pub fn rewrite(
                     post_read: None,
                     guard: None,
                     inserts,
+                    pre_read_map: Vec::new(),
                 }));
             }
             // `xmax <> 0`: ON CONFLICT updated the row (then its before image must be there).
@@ -290,6 +327,7 @@ pub fn rewrite(
                 post_read: None,
                 guard: None,
                 inserts,
+                pre_read_map: Vec::new(),
             }))
         }
         Kind::Merge => super::merge::rewrite(body, write, major),
@@ -507,6 +545,7 @@ fn truncate(
             ),
         )),
         inserts: Vec::new(),
+        pre_read_map: Vec::new(),
     })
 }
 
@@ -578,6 +617,38 @@ fn update_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(u
 /// keywords as PostgreSQL's scanner finds them. The client's text is kept as written (no
 /// deparse: nothing is re-spelled, and no parse tree has to be rebuilt for every UPDATE).
 pub(crate) fn pre_read_for_update(sql: &str, target: &str, lock: &str) -> Option<String> {
+    pre_read_for_update_mapped(sql, target, lock).map(|b| b.text)
+}
+
+/// A statement built from hindsight's text and pieces of the client's, with where each piece
+/// came from (`Rewritten::pre_read_map`).
+#[derive(Default)]
+pub(crate) struct Spliced {
+    pub text: String,
+    pub map: Vec<(usize, usize, usize)>,
+}
+
+impl Spliced {
+    /// hindsight's own text.
+    pub fn own(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+
+    /// The client's text `client[range]`, with surrounding whitespace left out.
+    pub fn client(&mut self, client: &str, range: std::ops::Range<usize>) -> &mut Self {
+        let piece = &client[range.clone()];
+        let lead = piece.len() - piece.trim_start().len();
+        let piece = piece.trim();
+        self.map
+            .push((self.text.len(), piece.len(), range.start + lead));
+        self.text.push_str(piece);
+        self
+    }
+}
+
+/// [`pre_read_for_update`] with where each piece of the client's text went.
+pub(crate) fn pre_read_for_update_mapped(sql: &str, target: &str, lock: &str) -> Option<Spliced> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(sql).ok()?.tokens;
     let mut depth = 0i32;
@@ -615,21 +686,22 @@ pub(crate) fn pre_read_for_update(sql: &str, target: &str, lock: &str) -> Option
             .min()
             .unwrap_or(sql.len())
     };
-    let mut out = format!(
-        "{}SELECT to_jsonb({target}.*), {target}.tableoid FROM {}",
-        &sql[..update.0],
-        sql[update.1..set.0].trim()
-    );
+    let mut out = Spliced::default();
+    // The WITH list (or comments) in front stays where it was.
+    out.map.push((0, update.0, 0));
+    out.own(&sql[..update.0])
+        .own(&format!(
+            "SELECT to_jsonb({target}.*), {target}.tableoid FROM "
+        ))
+        .client(sql, update.1..set.0);
     if let Some((_, f_end)) = from {
-        out.push_str(",\n");
-        out.push_str(sql[f_end..end(f_end)].trim());
+        out.own(",\n").client(sql, f_end..end(f_end));
     }
     if let Some((w, w_end)) = wher {
-        out.push('\n');
-        out.push_str(sql[w..end(w_end)].trim_end());
+        out.own("\n").client(sql, w..end(w_end));
     }
     // A newline first: a trailing `--` comment would otherwise swallow the locking clause.
-    out.push_str(&format!("\nFOR UPDATE OF {lock}"));
+    out.own(&format!("\nFOR UPDATE OF {lock}"));
     Some(out)
 }
 

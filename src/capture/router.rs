@@ -56,6 +56,11 @@ pub struct Unit {
     /// in the query string sent, length in characters), in order: a forwarded error's
     /// position past one is moved back by its length (`map_position`).
     pub position_inserts: Vec<(i64, i64)>,
+    /// A statement hindsight built around pieces of the client's text (a pre-read): where each
+    /// piece is, as (1-based character position in the query string sent, length, 1-based
+    /// position in the client's). A forwarded error's position inside a piece is moved there;
+    /// one outside every piece is left out.
+    pub position_segments: Vec<(i64, i64, i64)>,
     /// Captured rows go to `State::probe`, not the transaction (a gate's trial run of a
     /// refused statement, rolled back, to record what it would have changed).
     pub probe: bool,
@@ -191,6 +196,7 @@ impl Unit {
             idle_if_no_copy: false,
             position_shift: 0,
             position_inserts: Vec::new(),
+            position_segments: Vec::new(),
             probe: false,
             end_on_error: false,
             begin_in_batch: false,
@@ -200,6 +206,15 @@ impl Unit {
     /// A position in the query string hindsight sent, as a position in the client's text: back
     /// over the text inserted before it; inside inserted text, where it was inserted.
     pub fn map_position(&self, p: i64) -> i64 {
+        if !self.position_segments.is_empty() {
+            return self
+                .position_segments
+                .iter()
+                .find(|&&(at, len, _)| p >= at && p < at + len)
+                .map_or(crate::wire::error_response::NO_POSITION, |&(at, _, to)| {
+                    to + (p - at)
+                });
+        }
         let mut back = self.position_shift;
         for &(at, len) in &self.position_inserts {
             if p >= at + len {
@@ -340,7 +355,9 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         if let Some(rep) = &unit.error_replacement {
             out.extend_from_slice(rep);
         } else if (unit.forward || unit.forward_errors)
-            && (unit.position_shift != 0 || !unit.position_inserts.is_empty())
+            && (unit.position_shift != 0
+                || !unit.position_inserts.is_empty()
+                || !unit.position_segments.is_empty())
         {
             out.extend(crate::wire::error_response::map_position(frame, |p| {
                 unit.map_position(p)

@@ -106,8 +106,13 @@ pub fn shift_position(frame: &[u8], delta: i64) -> Vec<u8> {
     map_position(frame, |p| p - delta)
 }
 
+/// What a position map returns for a position that points at no text of the client's: the
+/// position field is left out.
+pub const NO_POSITION: i64 = i64::MIN;
+
 /// An ErrorResponse/NoticeResponse frame with its position field (`P`) replaced by `map` of
-/// it; a position that would map before the start is left alone.
+/// it; a position that would map before the start is left alone, one mapped to
+/// [`NO_POSITION`] left out.
 pub fn map_position(frame: &[u8], map: impl Fn(i64) -> i64) -> Vec<u8> {
     let mut out = frame[..5.min(frame.len())].to_vec();
     let mut rest = frame.get(5..).unwrap_or_default();
@@ -119,18 +124,21 @@ pub fn map_position(frame: &[u8], map: impl Fn(i64) -> i64) -> Vec<u8> {
             return frame.to_vec();
         };
         let value = &tail[..end];
-        out.push(code);
-        let shifted = (code == b'P')
+        rest = &tail[end + 1..];
+        let mapped = (code == b'P')
             .then(|| std::str::from_utf8(value).ok()?.parse::<i64>().ok())
             .flatten()
-            .map(&map)
-            .filter(|p| *p >= 1);
+            .map(&map);
+        if mapped == Some(NO_POSITION) {
+            continue;
+        }
+        out.push(code);
+        let shifted = mapped.filter(|p| *p >= 1);
         match shifted {
             Some(p) => out.extend_from_slice(p.to_string().as_bytes()),
             None => out.extend_from_slice(value),
         }
         out.push(0);
-        rest = &tail[end + 1..];
     }
     out.push(0);
     let len = (out.len() - 1) as u32;

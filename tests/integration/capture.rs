@@ -804,6 +804,20 @@ async fn pg15_merge_is_captured_from_a_pre_read_and_a_post_read() {
             .map(|d| (d.message().to_string(), format!("{:?}", d.position())))
     };
     assert_eq!(pos(&err), pos(&want));
+    // … also when hindsight's pre-read raises it, in the client's USING or ON (both protocols).
+    for sql in [
+        "MERGE INTO brieff b USING (SELECT * FROM brieff x WHERE b.bfkey > x.bfkey) s ON b.bfkey = s.bfkey WHEN MATCHED THEN DELETE",
+        "MERGE INTO brieff b USING (VALUES (8)) AS s(k) ON b.bfkey = s.nope WHEN MATCHED THEN DELETE",
+        "UPDATE brieff b SET bfso = 'x' FROM (VALUES (8)) AS s(k) WHERE b.bfkey = s.nope",
+    ] {
+        let want = direct.simple_query(sql).await.unwrap_err();
+        let got = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(pos(&got), pos(&want), "{sql}");
+        assert!(want.as_db_error().unwrap().position().is_some(), "{sql}");
+        let got = c.execute(sql, &[]).await.unwrap_err();
+        let want = direct.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(pos(&got), pos(&want), "extended: {sql}");
+    }
     // The inserted row does not meet the ON condition, and the INSERT lists no columns to find
     // it by: hindsight cannot find it, so the MERGE does not commit.
     let err = c
@@ -827,13 +841,20 @@ async fn pg15_merge_is_captured_from_a_pre_read_and_a_post_read() {
         .await
         .unwrap();
     assert_eq!(c.execute(&st, &[&10i32, &"ten"]).await.unwrap(), 1);
-    assert_eq!(c.execute(&st, &[&700i32, &"seven hundred"]).await.unwrap(), 1);
+    assert_eq!(
+        c.execute(&st, &[&700i32, &"seven hundred"]).await.unwrap(),
+        1
+    );
     // PostgreSQL 17 syntax reaches the server unchanged: its own syntax error.
     let err = c
         .simple_query("MERGE INTO brieff b USING (VALUES (1)) AS s(k) ON b.bfkey = s.k WHEN NOT MATCHED BY SOURCE THEN DELETE")
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR),
+        "{err}"
+    );
     let shown = c.simple_query("SHOW hindsight.merge_rows").await.unwrap();
     assert_eq!(
         rows(&shown),

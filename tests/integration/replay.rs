@@ -48,7 +48,7 @@ impl Worker {
 /// One random statement of the client's own rows (or the shared counter, taken last).
 async fn statement(c: &Client, w: &mut Worker) -> Result<(), tokio_postgres::Error> {
     let id = w.own_id();
-    match w.rng.random_range(0..11) {
+    match w.rng.random_range(0..12) {
         0 => {
             let a = w.next_id;
             w.next_id += 2;
@@ -128,6 +128,20 @@ async fn statement(c: &Client, w: &mut Worker) -> Result<(), tokio_postgres::Err
             sink.send(bytes::Bytes::from(data)).await?;
             sink.finish().await.map(drop)
         }
+        10 => {
+            // MERGE over two of the client's own rows: delete, update or insert each (before
+            // PostgreSQL 18: the pre-read / post-read capture).
+            let other = w.own_id();
+            let verb = w.rng.random_range(0..3);
+            c.simple_query(&format!(
+                "MERGE INTO acct a USING (VALUES ({id}, {verb}), ({other}, {verb} + 1)) AS s(id, verb) ON a.id = s.id \
+                 WHEN MATCHED AND s.verb = 0 THEN DELETE \
+                 WHEN MATCHED THEN UPDATE SET balance = a.balance + s.verb, owner = a.owner || 'm' \
+                 WHEN NOT MATCHED AND s.verb < 3 THEN INSERT (id, owner, balance) VALUES (s.id, 'merged', s.verb)"
+            ))
+            .await
+            .map(drop)
+        }
         _ => {
             // A statement that fails: nothing of it may be recorded.
             c.simple_query(&format!(
@@ -171,12 +185,12 @@ async fn workload(c: Client, n: u64) -> (usize, usize) {
         }
         if ok && w.rng.random_range(0..3) == 0 {
             // The shared counter, last, so that the clients never wait on each other in a cycle:
-            // by UPDATE or by upsert (whose before image must be the version it waited for, not
-            // the one its snapshot saw).
-            let bump = if w.rng.random_range(0..2) == 0 {
-                "UPDATE kv SET v = jsonb_build_object('n', (v->>'n')::int + 1) WHERE k = 'shared'"
-            } else {
-                "INSERT INTO kv VALUES ('shared', '{\"n\": 1}') ON CONFLICT (k) DO UPDATE SET v = jsonb_build_object('n', (kv.v->>'n')::int + 1)"
+            // by UPDATE, by upsert or by MERGE (whose before image must be the version it waited
+            // for, not the one its snapshot saw).
+            let bump = match w.rng.random_range(0..3) {
+                0 => "UPDATE kv SET v = jsonb_build_object('n', (v->>'n')::int + 1) WHERE k = 'shared'",
+                1 => "INSERT INTO kv VALUES ('shared', '{\"n\": 1}') ON CONFLICT (k) DO UPDATE SET v = jsonb_build_object('n', (kv.v->>'n')::int + 1)",
+                _ => "MERGE INTO kv USING (VALUES ('shared')) AS s(k) ON kv.k = s.k WHEN MATCHED THEN UPDATE SET v = jsonb_build_object('n', (kv.v->>'n')::int + 1) WHEN NOT MATCHED THEN INSERT VALUES (s.k, '{\"n\": 1}')",
             };
             let _ = c.simple_query(bump).await;
         }
@@ -293,8 +307,15 @@ async fn replay_reproduces_the_tables(pg: Pg) {
     }
 
     let mut applied = 0;
+    let mut merged = HashMap::new();
     for table in TABLES {
         let events = read_all(format!("{prefix}.public.{table}")).await;
+        let by_merge = |e: &&Value| {
+            e["source"]["statement"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("MERGE"))
+        };
+        merged.insert(table, events.iter().filter(by_merge).count());
         for e in &events {
             let tx = e["transaction"]["id"].as_str().unwrap();
             assert_eq!(
@@ -342,8 +363,12 @@ async fn replay_reproduces_the_tables(pg: Pg) {
             only(&written, &replayed)
         );
     }
-    eprintln!("replay: {committed} committed, {rolled_back} rolled back, {applied} events applied");
+    eprintln!("replay: {committed} committed, {rolled_back} rolled back, {applied} events applied, by MERGE: {merged:?}");
     assert!(applied > 50, "only {applied} events");
+    assert!(
+        merged.get("acct") > Some(&0) && merged.get("kv") > Some(&0),
+        "MERGEs were recorded in the replay: {merged:?}"
+    );
     proxy.shutdown().await;
 }
 

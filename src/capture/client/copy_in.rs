@@ -192,6 +192,7 @@ impl ClientCapture {
             post_read: None,
             guard: None,
             inserts: Vec::new(),
+            pre_read_map: Vec::new(),
         };
         Ok(Ok(Some((
             client,

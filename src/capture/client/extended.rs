@@ -262,15 +262,25 @@ impl ClientCapture {
         write_all(w, &out).await?;
         // UPDATE's pre-read is prepared once, with the client's parameters; TRUNCATE's image
         // read takes none and runs as hindsight's own statement at each Execute.
-        let companion = match rewritten.as_ref().and_then(|rw| rw.pre_read.as_deref()) {
-            Some(pre) if matches!(a.kind, Kind::Update | Kind::Merge) || resolved_params.is_some() => {
-                self.prepare_companion(w, name, pre, b's').await?
+        let companion = match &rewritten {
+            Some(
+                rw @ Rewritten {
+                    pre_read: Some(pre),
+                    ..
+                },
+            ) if matches!(a.kind, Kind::Update | Kind::Merge) || resolved_params.is_some() => {
+                // Its errors in the client's FROM, WHERE or ON point into the client's text.
+                let span = stmt.located.span.clone();
+                let before = text[..span.start].chars().count() as i64;
+                let segments = rw.pre_read_segments(0, &text[span], before);
+                self.prepare_companion(w, name, pre, b's', segments).await?
             }
             _ => None,
         };
         let post_companion = match rewritten.as_ref().and_then(|rw| rw.post_read.as_deref()) {
             Some(post) if companion.is_some() => {
-                self.prepare_companion(w, name, post, b't').await?
+                self.prepare_companion(w, name, post, b't', Vec::new())
+                    .await?
             }
             _ => None,
         };
@@ -327,6 +337,7 @@ impl ClientCapture {
         name: &[u8],
         pre_read: &str,
         kind: u8,
+        segments: Vec<(i64, i64, i64)>,
     ) -> std::io::Result<Option<Vec<u8>>> {
         let (tx, rx) = oneshot::channel();
         let mut u = Unit::new(b"nT");
@@ -355,6 +366,7 @@ impl ClientCapture {
         frames.extend(frame_of(b'P', &p));
         let mut parse = Unit::new(b"1");
         parse.forward_errors = true;
+        parse.position_segments = segments;
         self.push([Unit::new(b"3"), parse]);
         write_all(w, &frames).await?;
         Ok(Some(cname))

@@ -274,7 +274,11 @@ impl Inspector for ClientCapture {
                 };
                 // Close hindsight's companions too, so the server does not accumulate them.
                 let mut out = frame.to_vec();
-                let (ckind, post) = if kind == b'S' { (b's', b't') } else { (b'p', b'q') };
+                let (ckind, post) = if kind == b'S' {
+                    (b's', b't')
+                } else {
+                    (b'p', b'q')
+                };
                 self.push([Unit::new(b"3")]);
                 out.extend(close_frame(kind, &companion_name(ckind, name)));
                 if prep.post_companion.is_some() {

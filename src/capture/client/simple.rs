@@ -375,9 +375,11 @@ impl ClientCapture {
                         units.push(u);
                     }
                     if let Some(pre) = &rw.pre_read {
+                        let sent_at = sql.chars().count() as i64;
                         sql.push_str(pre);
                         sql.push_str(";\n");
                         let mut u = Unit::new(b"C");
+                        u.position_segments = rw.pre_read_segments(sent_at, original, before);
                         // The pre-read evaluates the statement's own FROM/WHERE: its errors
                         // are the ones the client's statement would have raised.
                         u.forward_errors = true;
