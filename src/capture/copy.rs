@@ -54,19 +54,25 @@ pub fn lookup_query(table: &TableName) -> String {
     format!(
         "SELECT n.nspname, c.relname, (c.relpersistence = 't')::text, \
          (SELECT coalesce(json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum), '[]')::text \
-          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') \
+          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), \
+         row_security_active(c.oid)::text \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.oid = to_regclass({})",
         literal(&name)
     )
 }
 
-/// Parse the row of [`lookup_query`].
+/// Parse the row of [`lookup_query`]. `None` also when row-level security applies to the
+/// table for this session: PostgreSQL refuses that COPY FROM itself ("COPY FROM not supported
+/// with row-level security"), which the stage (a plain temporary table) would not.
 pub fn parse_lookup(rows: &[Vec<Option<Vec<u8>>>]) -> Option<Target> {
     let r = rows.first()?;
     let text = |i: usize| -> Option<String> {
         Some(String::from_utf8_lossy(r.get(i)?.as_deref()?).into_owned())
     };
+    if text(4).as_deref() == Some("true") {
+        return None;
+    }
     let columns: Vec<(String, String)> = serde_json::from_str(&text(3)?).ok()?;
     Some(Target {
         schema: text(0)?,
