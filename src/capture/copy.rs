@@ -215,6 +215,24 @@ mod tests {
     }
 
     #[test]
+    fn a_table_under_row_level_security_is_not_staged() {
+        let row = |rls: &str| {
+            vec![[
+                "public",
+                "brieff",
+                "false",
+                r#"[["bfkey", "integer"]]"#,
+                rls,
+            ]
+            .iter()
+            .map(|s| Some(s.as_bytes().to_vec()))
+            .collect::<Vec<_>>()]
+        };
+        assert!(parse_lookup(&row("false")).is_some());
+        assert!(parse_lookup(&row("true")).is_none());
+    }
+
+    #[test]
     fn stage_keeps_options_and_moves_where_to_the_insert() {
         let s = stage(
             "COPY brieff FROM STDIN WITH (FORMAT csv, HEADER true) WHERE bfkey > 2",

@@ -250,7 +250,19 @@ pub fn rewrite(
             pre_read_map: Vec::new(),
         })),
         Kind::Update => {
-            if let Some((body, inserts)) = update_capturing_before(body, &target) {
+            let current_of = where_current_of(body);
+            let stored = if current_of {
+                let stored = current_of_capturing_before(body, &target);
+                if stored.is_none() {
+                    return Err(Refusal::Unsupported {
+                        what: format!("{what} WHERE CURRENT OF whose SET assigns only literals, parameters or DEFAULT (give one a type, e.g. `col = 'x'::text`)"),
+                    });
+                }
+                stored
+            } else {
+                update_capturing_before(body, &target)
+            };
+            if let Some((body, inserts)) = stored {
                 let mut s = shape(5, Some(2), Some(0), 1, false);
                 // Every row an UPDATE returns was updated: its before image must be there.
                 Arc::make_mut(&mut s).updated_at = Some(4);
@@ -612,6 +624,123 @@ fn update_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(u
     Some(store_in_where(body, wher, end, existing, Guard::And))
 }
 
+/// Before PostgreSQL 18, `UPDATE … WHERE CURRENT OF cursor` (which takes no other condition
+/// and which a pre-read cannot repeat) with each row's before image stored by one of its SET
+/// expressions: `col = CASE WHEN set_config(…, to_jsonb(existing), true) IS NOT NULL THEN
+/// (expr) END`. A SET expression is computed once per row, on the version being updated (again
+/// on a newer one after a concurrent update), right before the update; the same row's RETURNING
+/// reads and empties the setting. An expression whose type comes from its column (a bare
+/// string literal, NULL, a parameter, DEFAULT) is not wrapped — `CASE` would type it as text —
+/// nor a `(a, b) = …` list; `None` if no assignment is left, or not WHERE CURRENT OF
+/// ([`where_current_of`]).
+fn where_current_of(body: &str) -> bool {
+    use pg_query::protobuf::Token as T;
+    let Ok(scan) = pg_query::scan(body) else {
+        return false;
+    };
+    let kinds: Vec<_> = scan
+        .tokens
+        .iter()
+        .map(|t| T::try_from(t.token).ok())
+        .collect();
+    kinds
+        .windows(3)
+        .any(|w| w == [Some(T::Where), Some(T::CurrentP), Some(T::Of)])
+}
+
+fn current_of_capturing_before(
+    body: &str,
+    existing: &str,
+) -> Option<(String, Vec<(usize, usize)>)> {
+    use pg_query::protobuf::Token as T;
+    let tokens = pg_query::scan(body).ok()?.tokens;
+    let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
+    let mut depth = 0i32;
+    let (mut update, mut set, mut current_of) = (false, None, false);
+    // Token ranges of the top-level SET assignments.
+    let mut assignments: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    for i in 0..tokens.len() {
+        let k = kind(i);
+        match k {
+            Some(T::Ascii40 | T::Ascii91) => depth += 1,
+            Some(T::Ascii41 | T::Ascii93) => depth -= 1,
+            _ => {}
+        }
+        if depth != 0 || matches!(k, Some(T::Ascii41 | T::Ascii93)) {
+            continue;
+        }
+        match k {
+            Some(T::Update) if !update => update = true,
+            Some(T::Set) if update && set.is_none() => {
+                set = Some(i);
+                start = i + 1;
+            }
+            Some(T::Ascii44) if set.is_some() && start > 0 => {
+                assignments.push((start, i));
+                start = i + 1;
+            }
+            Some(T::From | T::Where | T::Returning) if set.is_some() && start > 0 => {
+                if k == Some(T::From) && kind(i - 1) == Some(T::Distinct) {
+                    continue;
+                }
+                assignments.push((start, i));
+                start = 0;
+                current_of |= k == Some(T::Where) && kind(i + 1) == Some(T::CurrentP);
+            }
+            Some(T::Where) if set.is_some() => {
+                current_of |= kind(i + 1) == Some(T::CurrentP);
+            }
+            _ => {}
+        }
+    }
+    if !current_of {
+        return None;
+    }
+    let unknown = |a: usize, b: usize| {
+        // Strip enclosing parentheses, then: one literal or parameter whose type is its column's.
+        let (mut a, mut b) = (a, b);
+        while b > a + 1 && kind(a) == Some(T::Ascii40) && kind(b - 1) == Some(T::Ascii41) {
+            a += 1;
+            b -= 1;
+        }
+        b == a + 1
+            && matches!(
+                kind(a),
+                Some(
+                    T::Sconst
+                        | T::Usconst
+                        | T::Bconst
+                        | T::Xconst
+                        | T::NullP
+                        | T::Param
+                        | T::Default
+                )
+            )
+    };
+    let (a, b) = assignments.into_iter().find_map(|(a, b)| {
+        if kind(a) == Some(T::Ascii40) {
+            return None; // (a, b) = …
+        }
+        let eq = (a..b).find(|&i| kind(i) == Some(T::Ascii61))?;
+        (eq + 1 < b && !unknown(eq + 1, b)).then_some((eq + 1, b))
+    })?;
+    let (from, to) = (tokens[a].start as usize, tokens[b - 1].end as usize);
+    let open = format!(
+        "CASE WHEN set_config('{BEFORE_IMAGE}', to_jsonb({existing}.*)::text, true) IS NOT NULL THEN ("
+    );
+    let close = ") END";
+    Some((
+        format!(
+            "{}{open}{}{close}{}",
+            &body[..from],
+            &body[from..to],
+            &body[to..]
+        ),
+        vec![(from, open.len()), (to + open.len(), close.len())],
+    ))
+}
+
 /// `[WITH …] SELECT to_jsonb(t.*), t.tableoid FROM t [, from…] [WHERE …] FOR UPDATE OF t`:
 /// the UPDATE's own WITH, target, FROM and WHERE text, cut at the positions of its top-level
 /// keywords as PostgreSQL's scanner finds them. The client's text is kept as written (no
@@ -770,6 +899,35 @@ mod tests {
     }
 
     #[test]
+    fn where_current_of_stores_the_before_image_in_a_set_expression() {
+        let r = rw(
+            "UPDATE t SET a = 'x', b = (b || 'y'), c = $1 WHERE CURRENT OF cur RETURNING *",
+            15,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            r.text.starts_with("UPDATE t SET a = 'x', b = CASE WHEN set_config('hindsight.before_image', to_jsonb(\"t\".*)::text, true) IS NOT NULL THEN ((b || 'y')) END, c = $1 WHERE CURRENT OF cur"),
+            "{}",
+            r.text
+        );
+        assert_eq!(r.pre_read, None);
+        assert_eq!(r.shape.updated_at, Some(4));
+        // Only literals and parameters: nothing can be wrapped without changing their type.
+        assert!(current_of_capturing_before(
+            "UPDATE t SET a = ('x'), c = $1, d = DEFAULT WHERE CURRENT OF cur",
+            "t"
+        )
+        .is_none());
+        // Not WHERE CURRENT OF: the WHERE store or the pre-read.
+        assert!(current_of_capturing_before(
+            "UPDATE t SET b = b || 'y' FROM u WHERE t.id = u.id",
+            "t"
+        )
+        .is_none());
+    }
+
+    #[test]
     fn older_servers_store_an_upserts_before_image_in_its_do_update_where() {
         let r = rw(
             "INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c",
@@ -871,12 +1029,11 @@ mod tests {
                 &tail("\"x\"")["RETURNING ".len()..]
             )
         );
-        // FROM, a subquery in the WHERE, WHERE CURRENT OF: the locking pre-read.
+        // FROM, a subquery in the WHERE: the locking pre-read (WHERE CURRENT OF: its SET).
         for sql in [
             "UPDATE t SET a = 1 FROM u WHERE t.id = u.id",
             "UPDATE t SET a = 1 WHERE id IN (SELECT id FROM u)",
             "UPDATE t SET a = 1 WHERE EXISTS (VALUES (1))",
-            "UPDATE t SET a = 1 WHERE CURRENT OF c",
         ] {
             assert!(rw(sql, 15).unwrap().unwrap().pre_read.is_some(), "{sql}");
         }

@@ -881,6 +881,62 @@ async fn pg15_merge_is_captured_from_a_pre_read_and_a_post_read() {
     proxy.shutdown().await;
 }
 
+/// Regression: before PostgreSQL 18, `UPDATE … WHERE CURRENT OF cursor` failed with "syntax
+/// error at or near OF" (its locking pre-read cannot use the cursor). Its before image is now
+/// stored by one of its SET expressions; the replies equal a direct run's, both protocols, and
+/// the events carry exact before/after values. A SET of only untyped literals is refused.
+async fn update_where_current_of_failed_with_a_syntax_error(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "curof").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.batch_execute("BEGIN; DECLARE cur CURSOR FOR SELECT * FROM brieff WHERE bfkey >= 5 ORDER BY bfkey FOR UPDATE")
+        .await
+        .unwrap();
+    c.simple_query("FETCH 1 FROM cur").await.unwrap();
+    let m = c
+        .simple_query("UPDATE brieff SET bfso = bfso || '+cursor', amount = 1 WHERE CURRENT OF cur RETURNING bfkey, bfso")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&m),
+        vec![vec![Some("5".into()), Some("rep5+cursor".into())]]
+    );
+    c.simple_query("FETCH 1 FROM cur").await.unwrap();
+    let n = c
+        .execute(
+            "UPDATE brieff SET bfso = upper(bfso) WHERE CURRENT OF cur",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    c.batch_execute("COMMIT").await.unwrap();
+    let events = read_topic(format!("{prefix}.public.brieff"), 2).await;
+    validate("change-event", &events);
+    assert_eq!(
+        changes(&events, "bfso"),
+        vec![
+            ("u".into(), "rep5".into(), "rep5+cursor".into()),
+            ("u".into(), "rep6".into(), "REP6".into()),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[0]["before"]["amount"], 6.25);
+    if pg == Pg::V15 {
+        c.batch_execute(
+            "BEGIN; DECLARE cur CURSOR FOR SELECT * FROM brieff FOR UPDATE; FETCH 1 FROM cur",
+        )
+        .await
+        .unwrap();
+        let err = c
+            .simple_query("UPDATE brieff SET bfso = 'lit' WHERE CURRENT OF cur")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err}");
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
+    proxy.shutdown().await;
+}
+
 /// Regression: `COPY t FROM '/server/file'` in autocommit told the client `COPY n` and then
 /// rolled the rows back (hindsight waited for a CopyDone that a server-side COPY never sends).
 /// Both protocols, autocommit and in a transaction; the rows are there and recorded.
@@ -2448,6 +2504,7 @@ async fn upsert_before_image_was_stale_after_a_concurrent_update(pg: Pg) {
 }
 
 on_both!(
+    update_where_current_of_failed_with_a_syntax_error,
     upsert_before_image_was_stale_after_a_concurrent_update,
     upsert_on_a_partial_unique_index_failed_with_more_than_one_row,
     begin_inside_a_pipeline_warned_about_hindsights_own_transaction,
