@@ -310,25 +310,32 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
         .own("\nON ")
         .client(body, p.condition.clone())
         .own(&format!(
-            "{lock}\n)\nSELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(DISTINCT jsonb_build_array(o, c::text, b)) FROM __hs_m), '[]')::text, true) IS NOT NULL AND {}",
+            "{lock}\n)\nSELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b)) FROM (SELECT DISTINCT ON (o, c) o, c, b FROM __hs_m) __hs_d), '[]')::text, true) IS NOT NULL AND {}",
             zero.join(" AND ")
         ));
+    let new_row = format!(
+        "NOT EXISTS (SELECT 1 FROM __hs_x WHERE __hs_x.o = {r}.tableoid AND __hs_x.cur = {r}.ctid)"
+    );
+    // Inserted rows the ON condition matches now (a CTE: the value search below runs only when
+    // these are fewer than the rows the INSERT clauses were about to insert)…
+    let matched_inserts = if inserts_rows {
+        format!(
+            ",\n__hs_i AS (SELECT to_jsonb({r}.*) AS a, {r}.tableoid AS o FROM {target}\nWHERE EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row})"
+        )
+    } else {
+        String::new()
+    };
     let mut post_read = format!(
         "{with}__hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
-         FROM jsonb_array_elements(current_setting('{ROWS}', true)::jsonb) __hs_e)\n\
+         FROM jsonb_array_elements(current_setting('{ROWS}', true)::jsonb) __hs_e){matched_inserts}\n\
          SELECT __hs_x.b, __hs_n.a, __hs_x.o, NULL::text FROM __hs_x LEFT JOIN LATERAL \
          (SELECT to_jsonb({r}.*) AS a, {r}.ctid AS c FROM {target} WHERE {r}.tableoid = __hs_x.o AND {r}.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
          WHERE __hs_n.c IS DISTINCT FROM __hs_x.c"
     );
-    let new_row = format!(
-        "NOT EXISTS (SELECT 1 FROM __hs_x WHERE __hs_x.o = {r}.tableoid AND __hs_x.cur = {r}.ctid)"
-    );
     if inserts_rows {
-        // Inserted rows the ON condition matches now…
-        post_read.push_str(&format!(
-            "\nUNION ALL\nSELECT NULL, to_jsonb({r}.*), {r}.tableoid, NULL FROM {target}\nWHERE EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row}"
-        ));
+        post_read.push_str("\nUNION ALL\nSELECT NULL, __hs_i.a, __hs_i.o, NULL FROM __hs_i");
     }
+    let missing = format!("(SELECT count(*) FROM __hs_i) < COALESCE(NULLIF(current_setting('{}', true), ''), '0')::int8", COUNTERS[2].0);
     // … and those it does not match, by the values an INSERT clause gave its listed columns
     // (compared as text, NULL equal to NULL: never an error, at worst a row not found, which
     // `check` reports).
@@ -350,7 +357,7 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
             })
             .collect();
         post_read.push_str(&format!(
-            "\nUNION ALL\nSELECT NULL, to_jsonb({r}.*), {r}.tableoid, NULL FROM {target}\nWHERE EXISTS (SELECT 1 FROM {source}\nWHERE {}\n)\nAND NOT EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row}",
+            "\nUNION ALL\nSELECT NULL, to_jsonb({r}.*), {r}.tableoid, NULL FROM {target}\nWHERE {missing}\nAND EXISTS (SELECT 1 FROM {source}\nWHERE {}\n)\nAND NOT EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row}",
             equal.join(" AND ")
         ));
     }
