@@ -250,17 +250,15 @@ pub fn rewrite(
             pre_read_map: Vec::new(),
         })),
         Kind::Update => {
-            let current_of = where_current_of(body);
-            let stored = if current_of {
-                let stored = current_of_capturing_before(body, &target);
-                if stored.is_none() {
-                    return Err(Refusal::Unsupported {
+            // The WHERE store (one scan of the text on the common path); WHERE CURRENT OF, which
+            // it leaves alone, stores in a SET expression.
+            let stored = match update_capturing_before(body, &target) {
+                None if where_current_of(body) => Some(
+                    current_of_capturing_before(body, &target).ok_or_else(|| Refusal::Unsupported {
                         what: format!("{what} WHERE CURRENT OF whose SET assigns only literals, parameters or DEFAULT (give one a type, e.g. `col = 'x'::text`)"),
-                    });
-                }
-                stored
-            } else {
-                update_capturing_before(body, &target)
+                    })?,
+                ),
+                stored => stored,
             };
             if let Some((body, inserts)) = stored {
                 let mut s = shape(5, Some(2), Some(0), 1, false);
