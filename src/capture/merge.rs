@@ -28,6 +28,9 @@ use crate::statement::analysis::{Kind, Write};
 
 /// Before images, `tableoid` and `ctid` of the rows the MERGE's join matched (pre-read).
 const ROWS: &str = "hindsight.merge_rows";
+/// `tableoid` and `ctid` of every row the join matched (acted on or not), when the MERGE can
+/// insert: a row there before is not one it inserted.
+const SEEN: &str = "hindsight.merge_seen";
 /// Per-action counters set by the MERGE's WHEN clauses.
 const COUNTERS: [(&str, u8); 3] = [
     ("hindsight.merge_updates", b'u'),
@@ -55,6 +58,8 @@ struct Clause {
     then: usize,
     /// `u`, `d`, `i`, or 0 for DO NOTHING.
     action: u8,
+    /// WHEN MATCHED (not WHEN NOT MATCHED).
+    matched: bool,
     /// An INSERT's listed columns with the expression each gets (DEFAULT left out), and
     /// whether identity columns ignore it (OVERRIDING USER VALUE).
     values: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, bool)>,
@@ -175,10 +180,10 @@ fn parts_of(body: &str) -> Option<Result<Parts, Uncut>> {
                     return Some(Err(Uncut::Pg17));
                 }
                 let and = (kind(j) == Some(T::And)).then(|| tokens[j].end as usize);
-                pending = Some((and, true));
+                pending = Some((and, kind(i + 1) == Some(T::Matched)));
             }
             Some(T::Then) if case == 0 && pending.is_some() => {
-                let (and_end, _) = pending.take().expect("checked");
+                let (and_end, matched) = pending.take().expect("checked");
                 let action = match kind(i + 1) {
                     Some(T::Update) => b'u',
                     Some(T::DeleteP) => b'd',
@@ -189,6 +194,7 @@ fn parts_of(body: &str) -> Option<Result<Parts, Uncut>> {
                     and_end,
                     then: t.start as usize,
                     action,
+                    matched,
                     values: if action == b'i' {
                         insert_values(&tokens, i + 1)
                     } else {
@@ -300,27 +306,60 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
         .iter()
         .map(|(s, _)| format!("set_config('{s}', '0', true) IS NOT NULL"))
         .collect();
+    // Only the rows a WHEN MATCHED clause updates or deletes are read and locked: the first
+    // clause whose condition holds decides, as in the MERGE (locking every matched row would
+    // lock rows the MERGE leaves alone — all of pg_class, for a MERGE into it).
     let mut pre = Spliced::default();
     pre.map.push((0, prefix.len(), 0));
     pre.own(&with)
-        .own(&format!("__hs_m AS (SELECT {r}.tableoid AS o, {r}.ctid AS c, to_jsonb({r}.*) AS b FROM "))
+        .own(&format!(
+            "__hs_m AS (SELECT {r}.tableoid AS o, {r}.ctid AS c, to_jsonb({r}.*) AS b FROM "
+        ))
+        .client(body, p.target.clone())
+        .own("\nJOIN ")
+        .client(body, p.source.clone())
+        .own("\nON ")
+        .client(body, p.condition.clone());
+    if !p.clauses.iter().any(|c| c.matched) {
+        pre.own("\nWHERE false\n)"); // Only WHEN NOT MATCHED: no existing row changes.
+    } else {
+        pre.own("\nWHERE CASE");
+    }
+    for c in p.clauses.iter().filter(|c| c.matched) {
+        let acts = matches!(c.action, b'u' | b'd');
+        match c.and_end {
+            Some(and) => pre.own(" WHEN (").client(body, and..c.then).own(")"),
+            None => pre.own(" WHEN true"),
+        };
+        pre.own(&format!(" THEN {acts}"));
+    }
+    if p.clauses.iter().any(|c| c.matched) {
+        pre.own(&format!("\nELSE false END{lock}\n)"));
+    }
+    let mut stores = vec![format!("set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b)) FROM (SELECT DISTINCT ON (o, c) o, c, b FROM __hs_m) __hs_d), '[]')::text, true) IS NOT NULL")];
+    if inserts_rows {
+        pre.own(&format!(
+            ",\n__hs_s AS (SELECT {r}.tableoid AS o, {r}.ctid AS c FROM "
+        ))
         .client(body, p.target.clone())
         .own("\nJOIN ")
         .client(body, p.source.clone())
         .own("\nON ")
         .client(body, p.condition.clone())
-        .own(&format!(
-            "{lock}\n)\nSELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b)) FROM (SELECT DISTINCT ON (o, c) o, c, b FROM __hs_m) __hs_d), '[]')::text, true) IS NOT NULL AND {}",
-            zero.join(" AND ")
-        ));
+        .own("\n)");
+        stores.push(format!("set_config('{SEEN}', COALESCE((SELECT jsonb_agg(DISTINCT jsonb_build_array(o, c::text)) FROM __hs_s), '[]')::text, true) IS NOT NULL"));
+    }
+    stores.extend(zero);
+    pre.own(&format!("\nSELECT {}", stores.join(" AND ")));
     let new_row = format!(
-        "NOT EXISTS (SELECT 1 FROM __hs_x WHERE __hs_x.o = {r}.tableoid AND __hs_x.cur = {r}.ctid)"
+        "NOT EXISTS (SELECT 1 FROM __hs_x WHERE __hs_x.o = {r}.tableoid AND __hs_x.cur = {r}.ctid) \
+         AND NOT EXISTS (SELECT 1 FROM __hs_seen WHERE __hs_seen.o = {r}.tableoid AND __hs_seen.c = {r}.ctid)"
     );
     // Inserted rows the ON condition matches now (a CTE: the value search below runs only when
     // these are fewer than the rows the INSERT clauses were about to insert)…
     let matched_inserts = if inserts_rows {
         format!(
-            ",\n__hs_i AS (SELECT to_jsonb({r}.*) AS a, {r}.tableoid AS o FROM {target}\nWHERE EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row})"
+            ",\n__hs_seen AS (SELECT (__hs_v->>0)::oid AS o, (__hs_v->>1)::tid AS c FROM jsonb_array_elements(current_setting('{SEEN}', true)::jsonb) __hs_v),\n__hs_i AS (SELECT to_jsonb({r}.*) AS a, {r}.tableoid AS o FROM {target}\nWHERE EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row})"
         )
     } else {
         String::new()
@@ -366,7 +405,7 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
         .map(|(s, _)| format!("current_setting('{s}', true)"))
         .collect();
     post_read.push_str(&format!(
-        "\nUNION ALL\nSELECT NULL, NULL, NULL, concat_ws(',', {}) WHERE set_config('{ROWS}', '', true) IS NOT NULL",
+        "\nUNION ALL\nSELECT NULL, NULL, NULL, concat_ws(',', {}) WHERE set_config('{ROWS}', '', true) IS NOT NULL AND set_config('{SEEN}', '', true) IS NOT NULL",
         counters.join(", ")
     ));
     Ok(Some(Rewritten {
@@ -450,7 +489,10 @@ mod tests {
             r.text
         );
         let pre = r.pre_read.unwrap();
-        assert!(pre.starts_with("WITH __hs_m AS (SELECT \"t\".tableoid AS o, \"t\".ctid AS c, to_jsonb(\"t\".*) AS b FROM t\nJOIN s\nON t.id = s.id\nFOR UPDATE OF \"t\""), "{pre}");
+        // Only rows the first matching WHEN MATCHED clause updates or deletes are locked; every
+        // matched row is remembered (the MERGE can insert).
+        assert!(pre.starts_with("WITH __hs_m AS (SELECT \"t\".tableoid AS o, \"t\".ctid AS c, to_jsonb(\"t\".*) AS b FROM t\nJOIN s\nON t.id = s.id\nWHERE CASE WHEN (s.v IS NULL) THEN true WHEN true THEN true\nELSE false END\nFOR UPDATE OF \"t\""), "{pre}");
+        assert!(pre.contains("__hs_s AS (SELECT \"t\".tableoid AS o, \"t\".ctid AS c FROM t\nJOIN s\nON t.id = s.id\n)"), "{pre}");
         let post = r.post_read.unwrap();
         assert!(
             post.contains("WHERE EXISTS (SELECT 1 FROM s\nWHERE t.id = s.id\n)"),
@@ -470,7 +512,8 @@ mod tests {
             pre.starts_with("WITH k AS (SELECT 1 AS id) ,\n__hs_m AS (SELECT \"x\".tableoid"),
             "{pre}"
         );
-        assert!(pre.contains("FROM public.t AS x\nJOIN a JOIN k ON a.id = k.id\nON x.id = a.id\nFOR UPDATE OF \"x\""), "{pre}");
+        assert!(pre.contains("FROM public.t AS x\nJOIN a JOIN k ON a.id = k.id\nON x.id = a.id\nWHERE CASE WHEN true THEN true\nELSE false END\nFOR UPDATE OF \"x\""), "{pre}");
+        assert!(!pre.contains("__hs_s"), "{pre}");
         // No INSERT clause: the post-read looks for no new rows.
         assert!(!r.post_read.unwrap().contains("WHERE EXISTS"));
     }

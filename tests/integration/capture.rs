@@ -790,6 +790,20 @@ async fn pg15_merge_is_captured_from_a_pre_read_and_a_post_read() {
         .unwrap();
     assert_eq!(tags(&m), vec![1]);
     c.batch_execute("COMMIT").await.unwrap();
+    // Regression (merge_locked_rows_it_did_not_change): the pre-read locked every row the join
+    // matched — a MERGE into pg_class locked all of it and deadlocked concurrent DDL. Rows no
+    // acting clause takes stay unlocked.
+    c.batch_execute("BEGIN").await.unwrap();
+    let m = c
+        .simple_query("MERGE INTO brieff b USING (VALUES (11), (12)) AS s(k) ON b.bfkey = s.k WHEN MATCHED AND b.bfkey = 11 THEN UPDATE SET bfso = bfso")
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![1]);
+    let free = direct
+        .simple_query("SELECT 1 FROM brieff WHERE bfkey = 12 FOR UPDATE NOWAIT")
+        .await;
+    assert!(free.is_ok(), "row 12 was locked by the pre-read: {free:?}");
+    c.batch_execute("ROLLBACK").await.unwrap();
     // An error in the MERGE is the client's, at its position.
     let err = c
         .simple_query("MERGE INTO brieff b USING (VALUES (8)) AS s(k) ON b.bfkey = s.k WHEN MATCHED THEN UPDATE SET bfso = s.nope")
