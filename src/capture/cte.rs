@@ -35,7 +35,9 @@ use std::sync::Arc;
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::Token as T;
 
-use super::rewrite::{quote, upsert_capturing_before, Refusal, Rewritten, Shape, BEFORE_IMAGE};
+use super::rewrite::{
+    quote, update_stored, upsert_capturing_before, Refusal, Rewritten, Shape, BEFORE_IMAGE,
+};
 use crate::statement::analysis::{analyze, Analysis, Kind};
 
 /// Capture columns every row of the wrapper carries: source, before, after, tableoid,
@@ -279,7 +281,23 @@ impl Cut {
         let mut parts = Vec::new();
         let mut branches = Vec::new();
         let mut k = 0;
-        let pre_read = if major < 18 { self.pre_read()? } else { None };
+        // Each write's text as it runs, and whether it stores its own before images.
+        let bodies = self
+            .writes()
+            .map(|w| body(&self.sql[w.body.clone()], &w.analysis, major))
+            .collect::<Result<Vec<_>, _>>()?;
+        let a = &self.main_analysis;
+        let (main_sql, main_stored) = if a.kind.writes_rows() {
+            body(&self.sql[self.main.clone()], a, major)?
+        } else {
+            (Cow::Borrowed(&self.sql[self.main.clone()]), false)
+        };
+        let pre_read = if major < 18 {
+            let stored: Vec<bool> = bodies.iter().map(|b| b.1).collect();
+            self.pre_read(&stored, main_stored)?
+        } else {
+            None
+        };
         for piece in &self.pieces {
             let w = match piece {
                 Piece::Kept(r) => {
@@ -289,8 +307,8 @@ impl Cut {
                 Piece::Write(w) => w,
             };
             k += 1;
-            let images = images(&w.analysis, major, k)?;
-            let body = body(&self.sql[w.body.clone()], &w.analysis, major)?;
+            let (body, stored) = &bodies[k - 1];
+            let images = images(&w.analysis, major, k, *stored)?;
             let part = format!("__hs_w{k}");
             match columns.get(k - 1).and_then(|c| c.as_ref()) {
                 Some(names) => {
@@ -317,14 +335,9 @@ impl Cut {
                 }
                 None => ctes.push(format!("{part} {}{body}{images})", w.as_clause)),
             }
-            parts.push(part_shape(&w.analysis, major));
+            parts.push(part_shape(&w.analysis, major, *stored));
         }
-        let a = &self.main_analysis;
-        let main_sql = &*if a.kind.writes_rows() {
-            body(&self.sql[self.main.clone()], a, major)?
-        } else {
-            Cow::Borrowed(&self.sql[self.main.clone()])
-        };
+        let main_sql = &*main_sql;
         let client_cols = client.map(column_names).transpose()?;
         let (first, client_rel, main_shape) = if !a.kind.writes_rows() {
             ctes.push(format!("__hs_main AS (\n{main_sql}\n)"));
@@ -335,7 +348,7 @@ impl Cut {
                 None,
             )
         } else {
-            let images = images(a, major, 0)?;
+            let images = images(a, major, 0, main_stored)?;
             let rel = match &client_cols {
                 Some(names) if a.writes[0].returning => {
                     let n = names.len();
@@ -357,7 +370,7 @@ impl Cut {
             (
                 "SELECT * FROM __hs_main".to_string(),
                 rel,
-                Some(part_shape(a, major)),
+                Some(part_shape(a, major, main_stored)),
             )
         };
         for k in 1..=parts.len() {
@@ -420,17 +433,20 @@ impl Cut {
 }
 
 impl Cut {
-    /// Before PostgreSQL 18: the locking pre-read of the statement's one UPDATE (see
-    /// `rewrite::pre_read_for_update`), run right before the wrapper in the same transaction.
-    /// It can only run apart from the statement if the UPDATE (and the CTEs it may read) does
-    /// not read a CTE that writes — those rows exist only inside the statement.
-    fn pre_read(&self) -> Result<Option<String>, Refusal> {
+    /// Before PostgreSQL 18: the locking pre-read of the statement's one UPDATE that does not
+    /// store its own before images (`stored`, per write in the WITH list; `main_stored`: the
+    /// statement's own write; see `rewrite::update_stored`), run right before the wrapper in
+    /// the same transaction (see `rewrite::pre_read_for_update`). It can only run apart from
+    /// the statement if the UPDATE (and the CTEs it may read) does not read a CTE that writes —
+    /// those rows exist only inside the statement.
+    fn pre_read(&self, stored: &[bool], main_stored: bool) -> Result<Option<String>, Refusal> {
         let mut updates = self
             .writes()
-            .filter(|w| w.analysis.kind == Kind::Update)
-            .map(|w| (&self.sql[w.body.clone()], &w.analysis))
+            .zip(stored)
+            .filter(|(w, stored)| w.analysis.kind == Kind::Update && !**stored)
+            .map(|(w, _)| (&self.sql[w.body.clone()], &w.analysis))
             .collect::<Vec<_>>();
-        if self.main_analysis.kind == Kind::Update {
+        if self.main_analysis.kind == Kind::Update && !main_stored {
             updates.push((&self.sql[self.main.clone()], &self.main_analysis));
         }
         let (body, a) = match updates.as_slice() {
@@ -514,8 +530,8 @@ fn positional(n: usize) -> String {
 }
 
 /// The shape of the events of one write of the statement (before PostgreSQL 18 an UPDATE's
-/// before images come from the pre-read).
-fn part_shape(a: &Analysis, major: u32) -> Arc<Shape> {
+/// before images come from the pre-read unless it stores them itself, `stored`).
+fn part_shape(a: &Analysis, major: u32, stored: bool) -> Arc<Shape> {
     let w = &a.writes[0];
     Arc::new(Shape {
         extra: EXTRA,
@@ -524,17 +540,18 @@ fn part_shape(a: &Analysis, major: u32) -> Arc<Shape> {
         oid_at: 3,
         client_returning: w.returning,
         updated_at: Some(4),
-        pre_read: major < 18 && a.kind == Kind::Update,
+        pre_read: major < 18 && a.kind == Kind::Update && !stored,
         ..Shape::statement(a.kind, w.table.clone())
     })
 }
 
 /// The RETURNING items a write gets (after its own list, or as a new list): its source
 /// number `src`, its before and after images, the row's table. Before PostgreSQL 18 INSERT
-/// (and upsert DO NOTHING) and DELETE give their images from RETURNING alone, an UPDATE its
-/// after images (the pre-read has the before images), an upsert DO UPDATE the images its
-/// edited text stores (`body`); MERGE cannot be captured.
-fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
+/// (and upsert DO NOTHING) and DELETE give their images from RETURNING alone, an UPDATE the
+/// before image its edited text stores (`stored`, see `body`; else the pre-read has it) and its
+/// after image, an upsert DO UPDATE the images its edited text stores; MERGE cannot be
+/// captured.
+fn images(a: &Analysis, major: u32, src: usize, stored: bool) -> Result<String, Refusal> {
     let w = &a.writes[0];
     let target = w.reference();
     let lead = if w.returning { "\n, " } else { "\nRETURNING " };
@@ -554,6 +571,18 @@ fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
             ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)"))
         }
         Kind::Delete => (format!("to_jsonb({target}.*)"), "NULL::jsonb".to_string()),
+        // The WHERE or a SET expression stored the row's before image (see `body`); it is read,
+        // then emptied. Every row an UPDATE returns was updated: `__hs_u` is true, the before
+        // image must be there.
+        Kind::Update if stored => {
+            tail = format!(
+                "{target}.tableoid AS __hs_t, (set_config('{BEFORE_IMAGE}', '', true) IS NOT NULL) AS __hs_u"
+            );
+            (
+                format!("NULLIF(current_setting('{BEFORE_IMAGE}', true), '')::jsonb"),
+                format!("to_jsonb({target}.*)"),
+            )
+        }
         // The before images come from the pre-read (see `Cut::pre_read`).
         Kind::Update => ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)")),
         // The DO UPDATE's WHERE stored the row's before image (see `body`); it is read, then
@@ -583,15 +612,30 @@ fn images(a: &Analysis, major: u32, src: usize) -> Result<String, Refusal> {
     ))
 }
 
-/// The text a write runs as in the wrapper: as written, except (before PostgreSQL 18) an
-/// upsert DO UPDATE, whose DO UPDATE's WHERE stores each updated row's before image
-/// (`rewrite::upsert_capturing_before`).
-fn body<'a>(sql: &'a str, a: &Analysis, major: u32) -> Result<Cow<'a, str>, Refusal> {
+/// The text a write runs as in the wrapper, and whether it stores an UPDATE's before images:
+/// as written, except before PostgreSQL 18
+/// - an upsert DO UPDATE, whose DO UPDATE's WHERE stores each updated row's before image
+///   (`rewrite::upsert_capturing_before`);
+/// - an UPDATE whose WHERE or one of whose SET expressions can store each row's before image
+///   (`rewrite::update_stored`); one that cannot gets the pre-read (`Cut::pre_read`).
+///
+/// Each write reads back its store in its own RETURNING, in the same step of its plan that
+/// stored it, so several writes in one statement can share the one setting.
+fn body<'a>(sql: &'a str, a: &Analysis, major: u32) -> Result<(Cow<'a, str>, bool), Refusal> {
     let w = &a.writes[0];
-    if major >= 18 || a.kind != Kind::Upsert || !w.conflict_update {
-        return Ok(Cow::Borrowed(sql));
+    if major >= 18 {
+        return Ok((Cow::Borrowed(sql), false));
     }
-    upsert_capturing_before(sql, w).map(|(text, _)| Cow::Owned(text))
+    match a.kind {
+        Kind::Upsert if w.conflict_update => {
+            upsert_capturing_before(sql, w).map(|(text, _)| (Cow::Owned(text), false))
+        }
+        Kind::Update => Ok(match update_stored(sql, &w.reference()) {
+            Some((text, _)) => (Cow::Owned(text), true),
+            None => (Cow::Borrowed(sql), false),
+        }),
+        _ => Ok((Cow::Borrowed(sql), false)),
+    }
 }
 
 /// The command tag of the client's statement, without its row count.
@@ -767,8 +811,32 @@ mod tests {
             "{}",
             rw.text
         );
-        // An UPDATE gets the locking pre-read (with the plain CTEs it may read).
-        let sql = "WITH k AS (SELECT 1 AS id), u AS (UPDATE a SET v = 1 WHERE id IN (SELECT id FROM k) RETURNING *) INSERT INTO b SELECT * FROM u";
+        // An UPDATE stores its before images in its WHERE or a SET expression, so several
+        // can share the statement, and read what other CTEs wrote.
+        let sql = "WITH x AS (UPDATE a SET v = 'x' WHERE id = 1), d AS (DELETE FROM c RETURNING id) UPDATE b SET v = b.v + 1 FROM d WHERE b.id = d.id";
+        let rw = cut(sql)
+            .unwrap()
+            .unwrap()
+            .rewrite(15, None, &[None, Some(vec!["id".into()])])
+            .unwrap();
+        let store = |t: &str| {
+            format!("set_config('hindsight.before_image', to_jsonb({t}.*)::text, true) IS NOT NULL")
+        };
+        let read = |t: &str| {
+            format!("NULLIF(current_setting('hindsight.before_image', true), '')::jsonb AS __hs_o, to_jsonb({t}.*) AS __hs_n, {t}.tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NOT NULL) AS __hs_u")
+        };
+        for part in [
+            format!("UPDATE a SET v = 'x' WHERE ( id = 1\n) AND {}\n\nRETURNING 1 AS __hs_s, {}", store("\"a\""), read("\"a\"")),
+            format!("UPDATE b SET v = CASE WHEN {} THEN (b.v + 1) END FROM d WHERE b.id = d.id\nRETURNING 0 AS __hs_s, {}", store("\"b\""), read("\"b\"")),
+        ] {
+            assert!(rw.text.contains(&part), "{part}\nnot in\n{}", rw.text);
+        }
+        assert_eq!(rw.pre_read, None);
+        let w = rw.shape.wrapper.as_ref().unwrap();
+        assert!(!rw.shape.pre_read && !w.parts[0].pre_read && !w.main.as_ref().unwrap().pre_read);
+        // One that cannot (a FROM list or subquery, only literals assigned) gets the locking
+        // pre-read (with the plain CTEs it may read).
+        let sql = "WITH k AS (SELECT 1 AS id), u AS (UPDATE a SET v = 'x' WHERE id IN (SELECT id FROM k) RETURNING *) INSERT INTO b SELECT * FROM u";
         let rw = on_15(sql).unwrap();
         assert_eq!(
             rw.pre_read.as_deref(),
@@ -777,8 +845,9 @@ mod tests {
         assert!(rw.shape.pre_read && rw.shape.wrapper.as_ref().unwrap().parts[0].pre_read);
         // … unless it reads the rows of a CTE that writes (they exist only in the statement).
         for sql in [
-            "WITH d AS (DELETE FROM x RETURNING id) UPDATE a SET v = 1 WHERE id IN (SELECT id FROM d)",
-            "WITH \"D\" AS (DELETE FROM x RETURNING id), k AS (SELECT * FROM \"D\") UPDATE a SET v = 1 FROM k WHERE a.id = k.id",
+            "WITH d AS (DELETE FROM x RETURNING id) UPDATE a SET v = 'x' WHERE id IN (SELECT id FROM d)",
+            "WITH \"D\" AS (DELETE FROM x RETURNING id), k AS (SELECT * FROM \"D\") UPDATE a SET v = $1 FROM k WHERE a.id = k.id",
+            "WITH u AS (UPDATE x SET v = 'x' FROM y) UPDATE a SET v = 'y' FROM z",
         ] {
             assert!(
                 matches!(

@@ -252,14 +252,14 @@ pub fn rewrite(
         Kind::Update => {
             // The WHERE store (one scan of the text on the common path); WHERE CURRENT OF, which
             // it leaves alone, stores in a SET expression.
-            let stored = match update_capturing_before(body, &target) {
-                None if where_current_of(body) => Some(
-                    current_of_capturing_before(body, &target).ok_or_else(|| Refusal::Unsupported {
-                        what: format!("{what} WHERE CURRENT OF whose SET assigns only literals, parameters or DEFAULT (give one a type, e.g. `col = 'x'::text`)"),
-                    })?,
-                ),
-                stored => stored,
-            };
+            // The WHERE store (one scan of the text on the common path); else a SET expression
+            // stores (FROM lists, subqueries, WHERE CURRENT OF); else the locking pre-read.
+            let stored = update_stored(body, &target);
+            if stored.is_none() && where_current_of(body) {
+                return Err(Refusal::Unsupported {
+                    what: format!("{what} WHERE CURRENT OF whose SET assigns only literals, parameters, DEFAULT or row constructors (give one a type, e.g. `col = 'x'::text`)"),
+                });
+            }
             if let Some((body, inserts)) = stored {
                 let mut s = shape(5, Some(2), Some(0), 1, false);
                 // Every row an UPDATE returns was updated: its before image must be there.
@@ -622,15 +622,15 @@ fn update_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(u
     Some(store_in_where(body, wher, end, existing, Guard::And))
 }
 
-/// Before PostgreSQL 18, `UPDATE … WHERE CURRENT OF cursor` (which takes no other condition
-/// and which a pre-read cannot repeat) with each row's before image stored by one of its SET
-/// expressions: `col = CASE WHEN set_config(…, to_jsonb(existing), true) IS NOT NULL THEN
-/// (expr) END`. A SET expression is computed once per row, on the version being updated (again
-/// on a newer one after a concurrent update), right before the update; the same row's RETURNING
-/// reads and empties the setting. An expression whose type comes from its column (a bare
-/// string literal, NULL, a parameter, DEFAULT) is not wrapped — `CASE` would type it as text —
-/// nor a `(a, b) = …` list; `None` if no assignment is left, or not WHERE CURRENT OF
-/// ([`where_current_of`]).
+/// Before PostgreSQL 18, an UPDATE with each row's before image stored by the statement itself:
+/// in its WHERE when it has no FROM list or subquery (`update_capturing_before`), else in one
+/// of its SET expressions (`set_capturing_before`). `None`: neither applies (then the locking
+/// pre-read, or a refusal for WHERE CURRENT OF). With the text, the byte ranges inserted.
+pub(crate) fn update_stored(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
+    update_capturing_before(body, existing).or_else(|| set_capturing_before(body, existing))
+}
+
+/// Whether an UPDATE is `… WHERE CURRENT OF cursor` (which a pre-read cannot repeat).
 fn where_current_of(body: &str) -> bool {
     use pg_query::protobuf::Token as T;
     let Ok(scan) = pg_query::scan(body) else {
@@ -646,15 +646,25 @@ fn where_current_of(body: &str) -> bool {
         .any(|w| w == [Some(T::Where), Some(T::CurrentP), Some(T::Of)])
 }
 
-fn current_of_capturing_before(
-    body: &str,
-    existing: &str,
-) -> Option<(String, Vec<(usize, usize)>)> {
+/// Before PostgreSQL 18, an UPDATE (one the WHERE store does not fit: a FROM list, a subquery,
+/// WHERE CURRENT OF) with each row's before image stored by one of its SET expressions: `col =
+/// CASE WHEN set_config(…, to_jsonb(existing), true) IS NOT NULL THEN (expr) END`.
+///
+/// Why this is exact: the SET expressions are the top of the UPDATE's plan, projected as the
+/// plan hands each row to the update — after any join, never buffered in between — and again
+/// on the newer version after a concurrent update. A target row a join matches twice is stored
+/// twice but updated once; the second store is overwritten by the next row's before any
+/// RETURNING reads it. The same row's RETURNING reads and empties the setting.
+///
+/// An expression whose type comes from its column is not wrapped — `CASE` would type it
+/// differently: a bare string literal, NULL, a parameter, DEFAULT, a row constructor (`ROW(…)`,
+/// `(a, b)`) — nor a `(a, b) = …` list. `None` if no assignment is left.
+fn set_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(body).ok()?.tokens;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     let mut depth = 0i32;
-    let (mut update, mut set, mut current_of) = (false, None, false);
+    let (mut update, mut set) = (false, false);
     // Token ranges of the top-level SET assignments.
     let mut assignments: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
@@ -670,39 +680,34 @@ fn current_of_capturing_before(
         }
         match k {
             Some(T::Update) if !update => update = true,
-            Some(T::Set) if update && set.is_none() => {
-                set = Some(i);
+            Some(T::Set) if update && !set => {
+                set = true;
                 start = i + 1;
             }
-            Some(T::Ascii44) if set.is_some() && start > 0 => {
+            Some(T::Ascii44) if set && start > 0 => {
                 assignments.push((start, i));
                 start = i + 1;
             }
-            Some(T::From | T::Where | T::Returning) if set.is_some() && start > 0 => {
-                if k == Some(T::From) && kind(i - 1) == Some(T::Distinct) {
-                    continue;
-                }
+            // `IS [NOT] DISTINCT FROM` is an operator, not the FROM clause.
+            Some(T::From) if set && start > 0 && kind(i - 1) == Some(T::Distinct) => {}
+            Some(T::From | T::Where | T::Returning) if set && start > 0 => {
                 assignments.push((start, i));
                 start = 0;
-                current_of |= k == Some(T::Where) && kind(i + 1) == Some(T::CurrentP);
-            }
-            Some(T::Where) if set.is_some() => {
-                current_of |= kind(i + 1) == Some(T::CurrentP);
             }
             _ => {}
         }
     }
-    if !current_of {
-        return None;
+    if set && start > 0 {
+        assignments.push((start, tokens.len()));
     }
-    let unknown = |a: usize, b: usize| {
-        // Strip enclosing parentheses, then: one literal or parameter whose type is its column's.
+    let typed_by_column = |a: usize, b: usize| {
         let (mut a, mut b) = (a, b);
-        while b > a + 1 && kind(a) == Some(T::Ascii40) && kind(b - 1) == Some(T::Ascii41) {
+        // Enclosing parentheses; what they held decides.
+        while b > a + 1 && kind(a) == Some(T::Ascii40) && closing(&tokens, a) == Some(b - 1) {
             a += 1;
             b -= 1;
         }
-        b == a + 1
+        let literal = b == a + 1
             && matches!(
                 kind(a),
                 Some(
@@ -714,14 +719,29 @@ fn current_of_capturing_before(
                         | T::Param
                         | T::Default
                 )
-            )
+            );
+        let mut level = 0i32;
+        let row = (a..b).any(|i| match kind(i) {
+            Some(T::Row) => true,
+            Some(T::Ascii40 | T::Ascii91) => {
+                level += 1;
+                false
+            }
+            Some(T::Ascii41 | T::Ascii93) => {
+                level -= 1;
+                false
+            }
+            Some(T::Ascii44) => level == 0,
+            _ => false,
+        });
+        literal || row
     };
     let (a, b) = assignments.into_iter().find_map(|(a, b)| {
         if kind(a) == Some(T::Ascii40) {
             return None; // (a, b) = …
         }
         let eq = (a..b).find(|&i| kind(i) == Some(T::Ascii61))?;
-        (eq + 1 < b && !unknown(eq + 1, b)).then_some((eq + 1, b))
+        (eq + 1 < b && !typed_by_column(eq + 1, b)).then_some((eq + 1, b))
     })?;
     let (from, to) = (tokens[a].start as usize, tokens[b - 1].end as usize);
     let open = format!(
@@ -737,6 +757,25 @@ fn current_of_capturing_before(
         ),
         vec![(from, open.len()), (to + open.len(), close.len())],
     ))
+}
+
+/// Index of the token closing the parenthesis or bracket at `open`.
+fn closing(tokens: &[pg_query::protobuf::ScanToken], open: usize) -> Option<usize> {
+    use pg_query::protobuf::Token as T;
+    let mut depth = 0;
+    for (i, t) in tokens.iter().enumerate().skip(open) {
+        match T::try_from(t.token).ok() {
+            Some(T::Ascii40 | T::Ascii91) => depth += 1,
+            Some(T::Ascii41 | T::Ascii93) => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// `[WITH …] SELECT to_jsonb(t.*), t.tableoid FROM t [, from…] [WHERE …] FOR UPDATE OF t`:
@@ -876,8 +915,9 @@ mod tests {
             r.text
         );
         assert_eq!((r.shape.old_at, r.shape.new_at), (None, Some(0)));
+        // A FROM list whose SET assigns only a literal: the locking pre-read.
         let r = rw(
-            "UPDATE t SET a = a + 1 FROM u WHERE t.id = u.id AND u.flag",
+            "UPDATE t SET a = 'x' FROM u WHERE t.id = u.id AND u.flag",
             15,
         )
         .unwrap()
@@ -912,17 +952,15 @@ mod tests {
         assert_eq!(r.pre_read, None);
         assert_eq!(r.shape.updated_at, Some(4));
         // Only literals and parameters: nothing can be wrapped without changing their type.
-        assert!(current_of_capturing_before(
-            "UPDATE t SET a = ('x'), c = $1, d = DEFAULT WHERE CURRENT OF cur",
+        assert!(set_capturing_before(
+            "UPDATE t SET a = ('x'), c = $1, d = DEFAULT, e = ROW(1, 'a'), f = ((1, 'b')) WHERE CURRENT OF cur",
             "t"
         )
         .is_none());
-        // Not WHERE CURRENT OF: the WHERE store or the pre-read.
-        assert!(current_of_capturing_before(
-            "UPDATE t SET b = b || 'y' FROM u WHERE t.id = u.id",
-            "t"
-        )
-        .is_none());
+        assert!(matches!(
+            rw("UPDATE t SET a = ('x') WHERE CURRENT OF cur", 15),
+            Err(Refusal::Unsupported { .. })
+        ));
     }
 
     #[test]
@@ -1027,11 +1065,33 @@ mod tests {
                 &tail("\"x\"")["RETURNING ".len()..]
             )
         );
-        // FROM, a subquery in the WHERE: the locking pre-read (WHERE CURRENT OF: its SET).
+        // FROM, a subquery in the WHERE: a SET expression stores (a join may read many rows
+        // before the first update), the last one with a type of its own.
+        let r = rw(
+            "UPDATE t SET a = $1, b = u.b || 'x' FROM u WHERE t.id = u.id",
+            15,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            r.text,
+            format!("UPDATE t SET a = $1, b = CASE WHEN {} THEN (u.b || 'x') END FROM u WHERE t.id = u.id\n{}", store("\"t\""), tail("\"t\""))
+        );
+        assert_eq!((r.pre_read, r.shape.updated_at), (None, Some(4)));
+        assert_eq!(r.inserts, vec![(25, 94), (129, 5)]);
+        let r = rw("UPDATE t SET a = a + 1 WHERE id IN (SELECT id FROM u)", 15)
+            .unwrap()
+            .unwrap();
+        assert!(
+            r.text.starts_with("UPDATE t SET a = CASE WHEN"),
+            "{}",
+            r.text
+        );
+        // Nothing typed of its own to wrap: the locking pre-read.
         for sql in [
-            "UPDATE t SET a = 1 FROM u WHERE t.id = u.id",
-            "UPDATE t SET a = 1 WHERE id IN (SELECT id FROM u)",
-            "UPDATE t SET a = 1 WHERE EXISTS (VALUES (1))",
+            "UPDATE t SET a = 'x' FROM u WHERE t.id = u.id",
+            "UPDATE t SET a = $1 WHERE id IN (SELECT id FROM u)",
+            "UPDATE t SET a = (1, 'x') WHERE EXISTS (VALUES (1))",
         ] {
             assert!(rw(sql, 15).unwrap().unwrap().pre_read.is_some(), "{sql}");
         }

@@ -1688,11 +1688,11 @@ async fn every_builtin_type_round_trips(pg: Pg) {
     proxy.shutdown().await;
 }
 
-/// Primary-key changes keep both images. Before PostgreSQL 18 an UPDATE of one table reads
-/// each row's before image in the statement itself (exact pairs); one with a FROM list gets the
-/// pre-read, whose rows are paired with the UPDATE's by key, which the UPDATE changes: one row
-/// is paired anyway, several are published as delete + insert (as Debezium does), so no image
-/// is lost.
+/// Primary-key changes keep both images. Before PostgreSQL 18 an UPDATE reads each row's
+/// before image in the statement itself (exact pairs), in its WHERE or, with a FROM list, in a
+/// SET expression. One whose SET has nothing typed to wrap gets the pre-read, whose rows are
+/// paired with the UPDATE's by key, which the UPDATE changes: one row is paired anyway, several
+/// are published as delete + insert (as Debezium does), so no image is lost.
 async fn primary_key_changes_keep_both_images(pg: Pg) {
     let (db, prefix, proxy) = setup(pg, "pkchange").await;
     let c = harness::connect(proxy.addr, "postgres", &db).await;
@@ -1705,17 +1705,22 @@ async fn primary_key_changes_keep_both_images(pg: Pg) {
     )
     .await
     .unwrap();
-    // With a FROM list (before 18: the locking pre-read, paired with the UPDATE's rows by key).
+    // With a FROM list that matches row 6 twice (updated once).
     c.simple_query(
-        "UPDATE brieff b SET bfkey = b.bfkey + 3000 FROM (VALUES (6), (7)) v(k) WHERE b.bfkey = v.k",
+        "UPDATE brieff b SET bfkey = b.bfkey + 3000 FROM (VALUES (6), (7), (6)) v(k) WHERE b.bfkey = v.k",
     )
     .await
     .unwrap();
-    let ev = read_topic(
-        format!("{prefix}.public.brieff"),
-        if pg.major() >= 18 { 5 } else { 7 },
+    // Only an untyped literal assigned: before 18, the pre-read.
+    c.simple_query("UPDATE brieff b SET bfkey = '3008' FROM (VALUES (8)) v(k) WHERE b.bfkey = v.k")
+        .await
+        .unwrap();
+    c.simple_query(
+        "UPDATE brieff b SET bfso = 'pre-read' FROM (VALUES (9), (10)) v(k) WHERE b.bfkey = v.k",
     )
-    .await;
+    .await
+    .unwrap();
+    let ev = read_topic(format!("{prefix}.public.brieff"), 8).await;
     assert_eq!(ev[0]["op"], "u");
     assert_eq!(ev[0]["before"]["bfkey"], 3);
     assert_eq!(ev[0]["after"]["bfkey"], 1003);
@@ -1732,26 +1737,16 @@ async fn primary_key_changes_keep_both_images(pg: Pg) {
         [(Some(4), Some(2004)), (Some(5), Some(2005))]
     );
     assert!(ev[1..3].iter().all(|e| e["op"] == "u"));
-    if pg.major() >= 18 {
-        assert_eq!(
-            pairs(&ev[3..]),
-            [(Some(6), Some(3006)), (Some(7), Some(3007))]
-        );
-    } else {
-        // The pre-read's rows and the UPDATE's cannot be paired by a key that changed.
-        assert_eq!(
-            pairs(&ev[3..]),
-            [
-                (None, Some(3006)),
-                (None, Some(3007)),
-                (Some(6), None),
-                (Some(7), None)
-            ]
-        );
-        assert!(ev[3..]
-            .iter()
-            .all(|e| e["op"] == if e["after"].is_null() { "d" } else { "c" }));
-    }
+    assert_eq!(
+        pairs(&ev[3..5]),
+        [(Some(6), Some(3006)), (Some(7), Some(3007))]
+    );
+    assert_eq!(pairs(&ev[5..6]), [(Some(8), Some(3008))]);
+    assert_eq!(pairs(&ev[6..]), [(Some(9), Some(9)), (Some(10), Some(10))]);
+    assert!(ev.iter().all(|e| e["op"] == "u"), "{ev:#?}");
+    assert!(ev[6..]
+        .iter()
+        .all(|e| e["before"]["bfso"] != "pre-read" && e["after"]["bfso"] == "pre-read"));
     proxy.shutdown().await;
 }
 
@@ -2131,6 +2126,12 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
             execute("", 0),
             sync(),
         ])),
+        // Two UPDATEs in one statement, and an UPDATE joining the rows a CTE deleted (before
+        // 18 each stores its before images in its WHERE or a SET expression; regression:
+        // both were refused with HS002, "several UPDATEs" and "an UPDATE that reads a CTE that
+        // writes" in a data-modifying WITH statement).
+        send(query("WITH a AS (UPDATE brieff SET bfso = 'two-a' WHERE bfkey = 22) UPDATE brieff SET bfso = 'two-b' || bfkey WHERE bfkey = 23")),
+        send(query("WITH d AS (DELETE FROM brieff WHERE bfkey = 25 RETURNING bfkey) UPDATE brieff b SET bfso = b.bfso || '+' || d.bfkey FROM d WHERE b.bfkey = d.bfkey - 1 RETURNING b.bfso")),
         // Upserts (DO UPDATE) in a WITH clause and as the statement itself.
         send(query("WITH u AS (INSERT INTO brieff (bfkey, bfso) VALUES (18, 'up18'), (700, 'new700') ON CONFLICT (bfkey) DO UPDATE SET bfso = excluded.bfso RETURNING bfkey) SELECT count(*) FROM u")),
         send(query("WITH d AS (DELETE FROM brieff WHERE bfkey = 20 RETURNING bfkey) INSERT INTO brieff (bfkey, bfso) SELECT bfkey + 1, 'up21' FROM d ON CONFLICT (bfkey) DO UPDATE SET bfso = excluded.bfso WHERE brieff.bfkey > 0 RETURNING bfso")),
@@ -2172,6 +2173,10 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
         ("c".into(), Value::Null, 700.into()),
         ("d".into(), 20.into(), Value::Null),
         ("u".into(), 21.into(), 21.into()),
+        ("u".into(), 22.into(), 22.into()),
+        ("u".into(), 23.into(), 23.into()),
+        ("d".into(), 25.into(), Value::Null),
+        ("u".into(), 24.into(), 24.into()),
     ];
     if pg.major() >= 18 {
         want.push(("u".into(), 12.into(), 12.into()));
@@ -2210,6 +2215,15 @@ async fn data_modifying_ctes_are_captured(pg: Pg) {
         let upserted = events.iter().find(|e| e["after"]["bfkey"] == key).unwrap();
         assert_eq!(upserted["before"]["bfso"], before, "{upserted:#}");
         assert_eq!(upserted["after"]["bfso"], after, "{upserted:#}");
+    }
+    for (key, before, after) in [
+        (22, "rep22", "two-a"),
+        (23, "rep23", "two-b23"),
+        (24, "rep24", "rep24+25"),
+    ] {
+        let updated = events.iter().find(|e| e["after"]["bfkey"] == key).unwrap();
+        assert_eq!(updated["before"]["bfso"], before, "{updated:#}");
+        assert_eq!(updated["after"]["bfso"], after, "{updated:#}");
     }
     let updated = events.iter().find(|e| e["after"]["bfkey"] == 15).unwrap();
     assert_eq!(updated["before"]["bfso"], "rep15");

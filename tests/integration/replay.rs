@@ -185,10 +185,12 @@ async fn workload(c: Client, n: u64) -> (usize, usize) {
         }
         if ok && w.rng.random_range(0..3) == 0 {
             // The shared counter, last, so that the clients never wait on each other in a cycle:
-            // by UPDATE, by upsert or by MERGE (whose before image must be the version it waited
-            // for, not the one its snapshot saw).
-            let bump = match w.rng.random_range(0..3) {
+            // by UPDATE, UPDATE … FROM, upsert or MERGE (whose before image must be the version
+            // it waited for, not the one its snapshot saw).
+            let bump = match w.rng.random_range(0..4) {
                 0 => "UPDATE kv SET v = jsonb_build_object('n', (v->>'n')::int + 1) WHERE k = 'shared'",
+                // Before 18 its before image is stored by its SET expression.
+                3 => "UPDATE kv SET v = jsonb_build_object('n', (kv.v->>'n')::int + s.d) FROM (VALUES ('shared', 1)) AS s(k, d) WHERE kv.k = s.k",
                 1 => "INSERT INTO kv VALUES ('shared', '{\"n\": 1}') ON CONFLICT (k) DO UPDATE SET v = jsonb_build_object('n', (kv.v->>'n')::int + 1)",
                 _ => "MERGE INTO kv USING (VALUES ('shared')) AS s(k) ON kv.k = s.k WHEN MATCHED THEN UPDATE SET v = jsonb_build_object('n', (kv.v->>'n')::int + 1) WHEN NOT MATCHED THEN INSERT VALUES (s.k, '{\"n\": 1}')",
             };
