@@ -139,7 +139,9 @@ pub fn stage(
     // relation; its WHERE condition moves to the INSERT, its options stay as written. Text
     // surgery on token positions rather than a deparse: the deparser aborts the process on
     // options it does not know, and the server must be the one to judge them.
-    let parsed = pg_query::parse(sql).map_err(|_| unsupported())?.protobuf;
+    let parsed = crate::statement::pg18_syntax::parse(sql)
+        .map_err(|_| unsupported())?
+        .protobuf;
     let Some(N::CopyStmt(copy)) = first_node(&parsed) else {
         return Err(unsupported());
     };

@@ -96,7 +96,7 @@ pub fn cut(sql: &str) -> Result<Option<Cut>, Refusal> {
     let unsupported = |why: &str| Refusal::Unsupported {
         what: format!("this data-modifying WITH statement ({why})"),
     };
-    let Ok(parsed) = pg_query::parse(sql) else {
+    let Ok(parsed) = crate::statement::pg18_syntax::parse(sql) else {
         return Ok(None);
     };
     let Some(node) = super::rewrite::first_node(&parsed.protobuf) else {
@@ -308,7 +308,7 @@ impl Cut {
             };
             k += 1;
             let (body, stored) = &bodies[k - 1];
-            let images = images(&w.analysis, major, k, *stored)?;
+            let images = images(&w.analysis, body, major, k, *stored)?;
             let part = format!("__hs_w{k}");
             match columns.get(k - 1).and_then(|c| c.as_ref()) {
                 Some(names) => {
@@ -348,7 +348,7 @@ impl Cut {
                 None,
             )
         } else {
-            let images = images(a, major, 0, main_stored)?;
+            let images = images(a, main_sql, major, 0, main_stored)?;
             let rel = match &client_cols {
                 Some(names) if a.writes[0].returning => {
                     let n = names.len();
@@ -551,15 +551,23 @@ fn part_shape(a: &Analysis, major: u32, stored: bool) -> Arc<Shape> {
 /// before image its edited text stores (`stored`, see `body`; else the pre-read has it) and its
 /// after image, an upsert DO UPDATE the images its edited text stores; MERGE cannot be
 /// captured.
-fn images(a: &Analysis, major: u32, src: usize, stored: bool) -> Result<String, Refusal> {
+/// `text`: the write's own text (its `RETURNING WITH (OLD AS …)` names the rows on 18).
+fn images(
+    a: &Analysis,
+    text: &str,
+    major: u32,
+    src: usize,
+    stored: bool,
+) -> Result<String, Refusal> {
     let w = &a.writes[0];
     let target = w.reference();
     let lead = if w.returning { "\n, " } else { "\nRETURNING " };
     let mut tail = format!("{target}.tableoid AS __hs_t, NULL::bool AS __hs_u");
     if major >= 18 {
         return Ok(if w.returning {
+            let (old, new) = crate::statement::pg18_syntax::returning_aliases(text);
             format!(
-                "{lead}{src} AS __hs_s, to_jsonb(old) AS __hs_o, to_jsonb(new) AS __hs_n, {tail}"
+                "{lead}{src} AS __hs_s, to_jsonb({old}) AS __hs_o, to_jsonb({new}) AS __hs_n, {tail}"
             )
         } else {
             format!("{lead}WITH (OLD AS __hs_old, NEW AS __hs_new) {src} AS __hs_s, to_jsonb(__hs_old) AS __hs_o, to_jsonb(__hs_new) AS __hs_n, {tail}")

@@ -215,7 +215,9 @@ pub fn rewrite(
     let body = sql.trim_end().trim_end_matches(';');
     if major >= 18 {
         let cols = if write.returning {
-            format!("to_jsonb(old), to_jsonb(new), {target}.tableoid")
+            // The client's `RETURNING WITH (OLD AS o, …)` renames the rows.
+            let (old, new) = crate::statement::pg18_syntax::returning_aliases(body);
+            format!("to_jsonb({old}), to_jsonb({new}), {target}.tableoid")
         } else {
             format!("WITH (OLD AS __hs_old, NEW AS __hs_new) to_jsonb(__hs_old), to_jsonb(__hs_new), {target}.tableoid")
         };

@@ -61,6 +61,14 @@ pub struct Unit {
     /// position in the client's). A forwarded error's position inside a piece is moved there;
     /// one outside every piece is left out.
     pub position_segments: Vec<(i64, i64, i64)>,
+    /// The characters of the query string sent that this unit's statement occupies (1-based,
+    /// end excluded), for [`Unit::maps_whole_string`].
+    pub sent_range: Option<(i64, i64)>,
+    /// The first unit of a query string hindsight composed (its BEGIN): an error here means
+    /// the server rejected the whole string before running any of it (a syntax error: the
+    /// server's grammar may be newer or older than hindsight's parser). Its position is mapped
+    /// by the queued unit whose `sent_range` holds it.
+    pub maps_whole_string: bool,
     /// Captured rows go to `State::probe`, not the transaction (a gate's trial run of a
     /// refused statement, rolled back, to record what it would have changed).
     pub probe: bool,
@@ -197,6 +205,8 @@ impl Unit {
             position_shift: 0,
             position_inserts: Vec::new(),
             position_segments: Vec::new(),
+            sent_range: None,
+            maps_whole_string: false,
             probe: false,
             end_on_error: false,
             begin_in_batch: false,
@@ -346,6 +356,19 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         }
     }
     let st = &mut *st;
+    // A whole query string rejected: its position mapped by the statement it points into.
+    let whole_string_error = (tag == b'E' && st.units.front().is_some_and(|u| u.maps_whole_string))
+        .then(|| {
+            crate::wire::error_response::map_position(frame, |p| {
+                st.units
+                    .iter()
+                    .skip(1)
+                    .find(|u| u.sent_range.is_some_and(|(from, to)| p >= from && p < to))
+                    .map_or(crate::wire::error_response::NO_POSITION, |u| {
+                        u.map_position(p)
+                    })
+            })
+        });
     let Some(unit) = st.units.front_mut() else {
         return Route::Forward;
     };
@@ -354,6 +377,8 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     if tag == b'E' {
         if let Some(rep) = &unit.error_replacement {
             out.extend_from_slice(rep);
+        } else if let Some(mapped) = whole_string_error {
+            out.extend(mapped);
         } else if (unit.forward || unit.forward_errors)
             && (unit.position_shift != 0
                 || !unit.position_inserts.is_empty()

@@ -191,7 +191,7 @@ pub enum AnalysisError {
 
 /// Analyse every statement of `sql` (a simple Query may carry several).
 pub fn analyze(sql: &str) -> Result<Vec<Located>, AnalysisError> {
-    let parsed = pg_query::parse(sql).map_err(|e| AnalysisError::Syntax {
+    let parsed = super::pg18_syntax::parse(sql).map_err(|e| AnalysisError::Syntax {
         message: e.to_string(),
         excerpt: sql.chars().take(80).collect(),
     })?;

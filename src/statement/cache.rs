@@ -78,7 +78,12 @@ fn analyze_with_fingerprints(text: &str) -> Result<Analyzed, AnalysisError> {
     let statements = analyze(text)?
         .into_iter()
         .map(|located| {
-            let fingerprint = pg_query::fingerprint(&text[located.span.clone()])
+            let one = &text[located.span.clone()];
+            let fingerprint = pg_query::fingerprint(one)
+                .or_else(|e| match super::pg18_syntax::blank_returning_with(one) {
+                    Some(blanked) => pg_query::fingerprint(&blanked),
+                    None => Err(e),
+                })
                 .map(|f| f.hex)
                 .unwrap_or_default();
             Statement {

@@ -6,11 +6,13 @@
 //! - `cache` — analyses by text, shared by all sessions.
 //! - `sqlcommenter` — request tags from the statement's trailing comment.
 //! - `leading_keyword` — the first keyword, for the `statements_total` metric only.
+//! - `pg18_syntax` — PostgreSQL 18 clauses the parser (PostgreSQL 17's grammar) lacks.
 
 pub mod analysis;
 pub mod cache;
 pub mod fast_path;
 pub mod leading_keyword;
+pub mod pg18_syntax;
 pub mod sqlcommenter;
 
 pub use analysis::{analyze, Analysis, AnalysisError, Kind, TableName, TxControl, Write};

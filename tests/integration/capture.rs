@@ -756,6 +756,55 @@ async fn pg18_upsert_and_merge_are_captured() {
     proxy.shutdown().await;
 }
 
+/// Regression: PostgreSQL 18's `RETURNING WITH (OLD AS o, NEW AS n)`, which hindsight's parser
+/// (PostgreSQL 17's grammar) cannot read, was refused with HS002. The clause is now blanked for
+/// the parser and capture names the rows by the client's aliases: the client sees what it
+/// would directly (rows, errors with positions, both protocols), the events have exact images.
+#[tokio::test]
+async fn pg18_returning_with_aliases_was_refused() {
+    use super::differential::{cat, send};
+    use super::wire_client::*;
+    let pg = Pg::V18;
+    let (db, prefix, proxy) = setup(pg, "retwith").await;
+    let (db2, direct) = direct_twin(pg, "retwith").await;
+    let steps = vec![
+        send(query("UPDATE brieff SET bfso = 'u1' WHERE bfkey = 1 RETURNING WITH (OLD AS o, NEW AS n) o.bfso, n.bfso, o.bfso IS DISTINCT FROM n.bfso AS changed")),
+        send(query("DELETE FROM brieff WHERE bfkey = 2 RETURNING WITH (OLD AS \"old row\") \"old row\".bfkey, new.bfkey")),
+        send(query("INSERT INTO brieff (bfkey, bfso) VALUES (3, 'up3'), (300, 'new300') ON CONFLICT (bfkey) DO UPDATE SET bfso = excluded.bfso RETURNING WITH (new AS after) old.bfso, after.bfso")),
+        send(query("MERGE INTO brieff b USING (VALUES (4, 'm4')) s(k, v) ON b.bfkey = s.k WHEN MATCHED THEN UPDATE SET bfso = s.v RETURNING WITH (OLD AS o) merge_action(), o.bfso, new.bfso")),
+        send(query("WITH u AS (UPDATE brieff SET bfso = 'cte5' WHERE bfkey = 5 RETURNING WITH (OLD AS o) o.bfso AS was) SELECT was FROM u")),
+        send(cat(&[
+            parse("", "UPDATE brieff SET bfso = $2 WHERE bfkey = $1 RETURNING WITH (OLD AS o, NEW AS n) o.bfso, n.bfso", &[23, 25]),
+            bind("", "", 0, &[Some(b"6"), Some(b"ext6")], 0),
+            describe(b'P', ""),
+            execute("", 0),
+            sync(),
+        ])),
+        // The server's own errors, at the client's positions.
+        send(query("UPDATE brieff SET bfso = 'x' WHERE bfkey = 7 RETURNING WITH (nonsuch AS x) *")),
+        send(query("UPDATE brieff SET bfso = 'x' WHERE bfkey = 7 RETURNING WITH (OLD AS o) old.bfso")),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 7).await;
+    validate("change-event", &events);
+    assert_eq!(
+        changes(&events, "bfso"),
+        vec![
+            ("u".into(), "rep1".into(), "u1".into()),
+            ("d".into(), "rep2".into(), Value::Null),
+            ("u".into(), "rep3".into(), "up3".into()),
+            ("c".into(), Value::Null, "new300".into()),
+            ("u".into(), "rep4".into(), "m4".into()),
+            ("u".into(), "rep5".into(), "cte5".into()),
+            ("u".into(), "rep6".into(), "ext6".into()),
+        ],
+        "{events:#?}"
+    );
+    let setup_conn = harness::connect(pg.addr(), "postgres", &db).await;
+    assert_same_brieff(&setup_conn, &direct).await;
+    proxy.shutdown().await;
+}
+
 /// PostgreSQL 15 (no MERGE RETURNING): MERGE is captured from a locking pre-read of the rows
 /// its join matches and a post-read that follows each to its latest version and finds the new
 /// rows — exact before/after pairs, also when the update makes the ON condition false, and
@@ -1592,6 +1641,12 @@ async fn error_positions_point_into_the_clients_text(pg: Pg) {
         send(query("BEGIN")),
         send(query("UPDATE brieff SET bfso = 1 + 'a' WHERE bfkey = 1")),
         send(query("ROLLBACK")),
+        // Regression (whole_string_syntax_error_warned_no_transaction): a write hindsight's
+        // parser reads but the server's grammar rejects (PostgreSQL 17 syntax on 15) failed
+        // with the position in hindsight's string and an extra WARNING "there is no
+        // transaction in progress" (hindsight committed a transaction that never began).
+        send(query("SELECT 1;\n  UPDATE brieff SET bfso = JSON_VALUE(jsonb '{\"a\": \"x\"}', '$.a' RETURNING text) WHERE bfkey = 2")),
+        send(query("SELECT bfso FROM brieff WHERE bfkey = 2")),
     ];
     let mut through = run(proxy.addr, &db, 0, &steps).await;
     let mut plain = run(pg.addr(), &db, 0, &steps).await;

@@ -309,6 +309,7 @@ impl ClientCapture {
             sql.push_str("BEGIN;\n");
             let mut u = Unit::new(b"C");
             u.forward_errors = true;
+            u.maps_whole_string = true;
             units.push(u);
         }
         self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
@@ -342,10 +343,11 @@ impl ClientCapture {
             let before = text[..s.located.span.start].chars().count() as i64;
             match rw {
                 None => {
-                    let shift = sql.chars().count() as i64 - before;
+                    let sent_at = sql.chars().count() as i64;
                     sql.push_str(original);
                     let mut u = Unit::pass(b"CI");
-                    u.position_shift = shift;
+                    u.position_shift = sent_at - before;
+                    u.sent_range = Some((sent_at + 1, sql.chars().count() as i64 + 1));
                     if let Kind::Transaction(ctl) = s.located.analysis.kind {
                         u.txctl = Some((ctl, s.located.analysis.savepoint.clone()));
                     }
@@ -380,6 +382,7 @@ impl ClientCapture {
                         sql.push_str(";\n");
                         let mut u = Unit::new(b"C");
                         u.position_segments = rw.pre_read_segments(sent_at, original, before);
+                        u.sent_range = Some((sent_at + 1, sql.chars().count() as i64 + 1));
                         // The pre-read evaluates the statement's own FROM/WHERE: its errors
                         // are the ones the client's statement would have raised.
                         u.forward_errors = true;
@@ -394,6 +397,7 @@ impl ClientCapture {
                     let mut u = Unit::pass(b"CI");
                     u.position_shift = sent_at - before;
                     u.position_inserts = rw.position_inserts(sent_at);
+                    u.sent_range = Some((sent_at + 1, sql.chars().count() as i64 + 1));
                     u.collect = Collect::capture(Arc::clone(&ctx));
                     units.push(u);
                     if let Some(post) = &rw.post_read {
@@ -557,10 +561,20 @@ impl ClientCapture {
             return Ok(());
         }
         self.shared.drained().await;
-        if self.shared.lock().status == b'E' {
+        let (status, failed) = {
+            let st = self.shared.lock();
+            (st.status, st.last_failed)
+        };
+        if status == b'E' {
             // The client already has the statement's error; end the transaction as the server
             // would have, and hand over the ReadyForQuery of the ROLLBACK (status I).
             return self.internal_end(w, "ROLLBACK", None, None).await;
+        }
+        if failed && status == b'I' {
+            // The server rejected the whole string (its BEGIN never ran, see
+            // `Unit::maps_whole_string`): no transaction to end. An empty query hands the
+            // client its ReadyForQuery (a COMMIT would warn "no transaction in progress").
+            return self.internal_end(w, "", None, None).await;
         }
         self.commit(w, CommitBy::ImplicitSimple).await.map(drop)
     }
