@@ -421,7 +421,7 @@ impl Cut {
                 pre_read: pre_read.is_some(),
                 updated_at: Some(4),
                 wrapper: Some(Arc::new(wrapper)),
-                merge_read: false,
+                read_after: None,
             }),
             pre_read,
             post_read: None,
@@ -552,7 +552,7 @@ fn part_shape(a: &Analysis, major: u32, stored: bool) -> Arc<Shape> {
 /// after image, an upsert DO UPDATE the images its edited text stores; MERGE cannot be
 /// captured.
 /// `text`: the write's own text (its `RETURNING WITH (OLD AS …)` names the rows on 18).
-fn images(
+pub(super) fn images(
     a: &Analysis,
     text: &str,
     major: u32,
@@ -629,20 +629,30 @@ fn images(
 ///
 /// Each write reads back its store in its own RETURNING, in the same step of its plan that
 /// stored it, so several writes in one statement can share the one setting.
-fn body<'a>(sql: &'a str, a: &Analysis, major: u32) -> Result<(Cow<'a, str>, bool), Refusal> {
+pub(super) fn body<'a>(
+    sql: &'a str,
+    a: &Analysis,
+    major: u32,
+) -> Result<(Cow<'a, str>, bool), Refusal> {
+    edited(sql, a, major).map(|(text, stored, _)| (text, stored))
+}
+
+/// [`body`], with the byte ranges of the text inserted into the write's (for error positions).
+pub(super) type Edited<'a> = (Cow<'a, str>, bool, Vec<(usize, usize)>);
+
+pub(super) fn edited<'a>(sql: &'a str, a: &Analysis, major: u32) -> Result<Edited<'a>, Refusal> {
     let w = &a.writes[0];
     if major >= 18 {
-        return Ok((Cow::Borrowed(sql), false));
+        return Ok((Cow::Borrowed(sql), false, Vec::new()));
     }
     match a.kind {
-        Kind::Upsert if w.conflict_update => {
-            upsert_capturing_before(sql, w).map(|(text, _)| (Cow::Owned(text), false))
-        }
+        Kind::Upsert if w.conflict_update => upsert_capturing_before(sql, w)
+            .map(|(text, inserts)| (Cow::Owned(text), false, inserts)),
         Kind::Update => Ok(match update_stored(sql, &w.reference()) {
-            Some((text, _)) => (Cow::Owned(text), true),
-            None => (Cow::Borrowed(sql), false),
+            Some((text, inserts)) => (Cow::Owned(text), true, inserts),
+            None => (Cow::Borrowed(sql), false, Vec::new()),
         }),
-        _ => Ok((Cow::Borrowed(sql), false)),
+        _ => Ok((Cow::Borrowed(sql), false, Vec::new())),
     }
 }
 

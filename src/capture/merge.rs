@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use pg_query::protobuf::Token as T;
 
-use super::rewrite::{quote, Refusal, Rewritten, Shape, Spliced};
+use super::rewrite::{quote, ReadAfter, Refusal, Rewritten, Shape, Spliced};
 use crate::statement::analysis::{Kind, Write};
 
 /// Before images, `tableoid` and `ctid` of the rows the MERGE's join matched (pre-read).
@@ -411,7 +411,7 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
     Ok(Some(Rewritten {
         text,
         shape: Arc::new(Shape {
-            merge_read: true,
+            read_after: Some(ReadAfter::Merge),
             ..Shape::statement(Kind::Merge, write.table.clone())
         }),
         pre_read: Some(pre.text),

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod copy;
+pub mod copy_out;
 pub mod cte;
 pub mod functions;
 pub mod merge;

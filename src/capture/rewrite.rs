@@ -45,9 +45,17 @@ pub struct Shape {
     /// A statement with data-modifying CTEs, run inside hindsight's wrapper query (see
     /// `cte`): which write each row's images belong to, and what the client must see.
     pub wrapper: Option<Arc<super::cte::Wrapper>>,
-    /// A MERGE before PostgreSQL 18 (see `merge`): its rows come from the post-read, checked
-    /// against its command tag.
-    pub merge_read: bool,
+    /// Its rows come from the statement run after it (`Rewritten::post_read`), checked against
+    /// its command tag: a MERGE before PostgreSQL 18 (`merge`), a `COPY (write RETURNING …)
+    /// TO` (`copy_out`).
+    pub read_after: Option<ReadAfter>,
+}
+
+/// Which statement's rows a post-read gives (how they are checked, see `Shape::read_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAfter {
+    Merge,
+    CopyOut,
 }
 
 impl Shape {
@@ -64,7 +72,7 @@ impl Shape {
             pre_read: false,
             updated_at: None,
             wrapper: None,
-            merge_read: false,
+            read_after: None,
         }
     }
 }
@@ -209,7 +217,7 @@ pub fn rewrite(
             pre_read,
             updated_at: None,
             wrapper: None,
-            merge_read: false,
+            read_after: None,
         })
     };
     let body = sql.trim_end().trim_end_matches(';');
@@ -935,7 +943,11 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(r.pre_read.is_some() && r.post_read.is_some() && r.shape.merge_read);
+        assert!(
+            r.pre_read.is_some()
+                && r.post_read.is_some()
+                && r.shape.read_after == Some(ReadAfter::Merge)
+        );
     }
 
     #[test]

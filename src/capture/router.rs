@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Notify};
 
+use super::rewrite::ReadAfter;
 use super::rows::{decode_image, decode_oid, split_data_row, strip_row_description, Format};
 use super::txn::{Change, StatementCtx, TxnBuffer};
 use crate::statement::TxControl;
@@ -269,8 +270,9 @@ pub struct State {
     pub copy_started: bool,
     /// Rows of probe units (see [`Unit::probe`]).
     pub probe: Vec<Change>,
-    /// The row count of the last MERGE whose rows a post-read finds (see `merge`).
-    pub merge_rows: Option<u64>,
+    /// The row count in the command tag of the last statement whose rows a post-read finds
+    /// (`MERGE n`, `COPY n`; see `Shape::read_after`).
+    pub read_after_rows: Option<u64>,
 }
 
 /// [`State`] plus the wake-up for the client side waiting on replies.
@@ -581,22 +583,24 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             apply_txctl(st, *ctl, name);
         }
         if let Collect::Capture(ctx, _) = &unit.collect {
-            if ctx.shape.merge_read {
-                st.merge_rows = tag_text
+            if ctx.shape.read_after.is_some() {
+                st.read_after_rows = tag_text
                     .as_deref()
-                    .and_then(|t| t.strip_prefix("MERGE "))
+                    .and_then(|t| t.rsplit(' ').next())
                     .and_then(|n| n.parse().ok());
             }
         }
         match unit.collect {
             Collect::MergeRead(ctx, rows, counters) => {
-                let tag_rows = st.merge_rows.take();
-                match super::merge::check(
-                    &ctx.shape.table.to_string(),
-                    &rows,
-                    tag_rows,
-                    counters.as_deref(),
-                ) {
+                let tag_rows = st.read_after_rows.take();
+                let table = ctx.shape.table.to_string();
+                let checked = match ctx.shape.read_after {
+                    Some(ReadAfter::CopyOut) => super::copy_out::check(&table, &rows, tag_rows),
+                    Some(ReadAfter::Merge) | None => {
+                        super::merge::check(&table, &rows, tag_rows, counters.as_deref())
+                    }
+                };
+                match checked {
                     Ok(()) if unit.probe => st.probe.extend(rows),
                     Ok(()) => st.txn.push(rows),
                     Err(e) => st.capture_errors.push(e),

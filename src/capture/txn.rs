@@ -172,7 +172,7 @@ mod tests {
                     wrapper: None,
                     client_returning: false,
                     pre_read: false,
-                    merge_read: false,
+                    read_after: None,
                 }),
             }),
         }

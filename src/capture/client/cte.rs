@@ -49,6 +49,16 @@ impl ClientCapture {
         params: &[u32],
         extended: bool,
     ) -> std::io::Result<CteRewrite> {
+        if let Some(copy) = crate::capture::copy_out::cut(&text[s.located.span.clone()]) {
+            // Where the write starts in `sent` (the statement alone in a simple Query, the
+            // whole text of a Parse), in characters.
+            let start = s.located.span.start + copy.write.start;
+            let from = if extended { 0 } else { s.located.span.start };
+            let offset = text[from..start].chars().count() as i64;
+            return self
+                .copy_out_rewrite(w, sent, &copy, params, extended, offset)
+                .await;
+        }
         let cut = match cte::cut(&text[s.located.span.clone()]) {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -94,6 +104,47 @@ impl ClientCapture {
         })
     }
 
+    /// `COPY (write RETURNING …) TO` (see `capture::copy_out`): the client's statement is
+    /// described first (the server's grammar may reject it: its own error then), then the
+    /// write alone, for its RETURNING list's column names (its errors moved by `offset`
+    /// characters, to where the write is in `sent`).
+    async fn copy_out_rewrite<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        sent: &str,
+        copy: &crate::capture::copy_out::Cut<'_>,
+        params: &[u32],
+        extended: bool,
+        offset: i64,
+    ) -> std::io::Result<CteRewrite> {
+        let params = match self.describe(w, sent, params, extended).await? {
+            Description::Described(p, _) => p,
+            Description::Failed(e) => return Ok(CteRewrite::Failed(e)),
+            Description::Skipped => return Ok(CteRewrite::Skipped),
+        };
+        let names = match self
+            .describe_at(w, copy.write_text(), &params, extended, offset)
+            .await?
+        {
+            Description::Described(_, Some(rd)) => match cte::column_names(&rd) {
+                Ok(names) => names,
+                Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
+            },
+            Description::Described(_, None) => {
+                return Ok(CteRewrite::Refused(
+                    "hindsight: the write inside COPY (…) TO described no columns".into(),
+                ))
+            }
+            Description::Failed(e) => return Ok(CteRewrite::Failed(e)),
+            Description::Skipped => return Ok(CteRewrite::Skipped),
+        };
+        let major = self.shared.lock().server_major;
+        Ok(match copy.rewrite(major, &names) {
+            Ok(rw) => CteRewrite::Rewritten(rw, params),
+            Err(r) => CteRewrite::Refused(format!("hindsight: {r}")),
+        })
+    }
+
     /// Describe `sql` as hindsight's own statement (never executed). Between client requests
     /// it ends with a Sync; `extended` (mid-batch) with a Flush, and an error is forwarded to
     /// the client as its Parse's (the server then skips to the client's Sync).
@@ -103,6 +154,19 @@ impl ClientCapture {
         sql: &str,
         params: &[u32],
         extended: bool,
+    ) -> std::io::Result<Description> {
+        self.describe_at(w, sql, params, extended, 0).await
+    }
+
+    /// [`Self::describe`] of a piece of the client's text that starts `offset` characters into
+    /// it: an error's position is moved there.
+    pub(super) async fn describe_at<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        sql: &str,
+        params: &[u32],
+        extended: bool,
+        offset: i64,
     ) -> std::io::Result<Description> {
         const NAME: &[u8] = b"__hindsight_d";
         if extended {
@@ -131,6 +195,7 @@ impl ClientCapture {
         described.collect = Collect::Described(Vec::new(), None);
         described.reply = Some(tx);
         described.forward_errors = extended;
+        described.position_shift = -offset;
         let mut units = vec![Unit::new(b"3"), described, Unit::new(b"3")];
         if extended {
             frames.extend(frame_of(b'H', &[]));
@@ -147,6 +212,9 @@ impl ClientCapture {
             self.shared.drained().await;
         }
         Ok(match reply.error {
+            Some(e) if offset != 0 => {
+                Description::Failed(crate::wire::error_response::shift_position(&e, -offset))
+            }
             Some(e) => Description::Failed(e),
             None => Description::Described(reply.params, reply.row_description),
         })

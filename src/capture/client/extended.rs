@@ -277,8 +277,9 @@ impl ClientCapture {
             }
             _ => None,
         };
+        // Its rows come from the post-read (a MERGE before 18, COPY (write …) TO): it must run.
         let post_companion = match rewritten.as_ref().and_then(|rw| rw.post_read.as_deref()) {
-            Some(post) if companion.is_some() => {
+            Some(post) => {
                 self.prepare_companion(w, name, post, b't', Vec::new())
                     .await?
             }
