@@ -25,6 +25,9 @@ pub struct Target {
     /// Columns COPY fills when it names none: `(name, type)`, in table order, without
     /// generated and dropped columns.
     pub columns: Vec<(String, String)>,
+    /// The generated columns, `(name, type)`: the stage has them too (as generated columns of
+    /// its own), so that a COPY WHERE naming one fails as PostgreSQL fails it.
+    pub generated: Vec<(String, String)>,
 }
 
 /// The statements that replace the client's COPY, in order.
@@ -32,7 +35,7 @@ pub struct Target {
 pub struct Staged {
     pub create: String,
     pub copy: String,
-    /// `INSERT INTO target (cols) SELECT cols FROM stage [WHERE …]`, to be rewritten for capture.
+    /// `INSERT INTO target (cols) SELECT cols FROM stage`, to be rewritten for capture.
     pub insert: String,
     pub drop: String,
     /// Characters the stage COPY has more than the client's before its options (`FROM …`):
@@ -55,7 +58,9 @@ pub fn lookup_query(table: &TableName) -> String {
         "SELECT n.nspname, c.relname, (c.relpersistence = 't')::text, \
          (SELECT coalesce(json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum), '[]')::text \
           FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), \
-         row_security_active(c.oid)::text \
+         row_security_active(c.oid)::text, \
+         (SELECT coalesce(json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum), '[]')::text \
+          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '') \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.oid = to_regclass({})",
         literal(&name)
@@ -74,11 +79,13 @@ pub fn parse_lookup(rows: &[Vec<Option<Vec<u8>>>]) -> Option<Target> {
         return None;
     }
     let columns: Vec<(String, String)> = serde_json::from_str(&text(3)?).ok()?;
+    let generated: Vec<(String, String)> = serde_json::from_str(&text(5)?).ok()?;
     Some(Target {
         schema: text(0)?,
         name: text(1)?,
         temp: text(2)? == "true",
         columns,
+        generated,
     })
 }
 
@@ -126,17 +133,9 @@ pub fn stage(
     let target_ref = format!("{}.{}", quote(&target.schema), quote(&target.name));
     let names: Vec<String> = cols.iter().map(|(n, _)| quote(n)).collect();
     let names = names.join(", ");
-    let defs: Vec<String> = cols
-        .iter()
-        .map(|(n, t)| format!("{} {t}", quote(n)))
-        .collect();
-    let create = format!(
-        "CREATE TEMP TABLE {} ({}) ON COMMIT DROP",
-        quote(&stage),
-        defs.join(", ")
-    );
     // The client's COPY text with the stage (and an explicit column list) in place of its
-    // relation; its WHERE condition moves to the INSERT, its options stay as written. Text
+    // relation; its options and WHERE stay as written (the server judges the WHERE as a COPY
+    // WHERE: no subqueries, no generated columns, errors in the COPY's line context). Text
     // surgery on token positions rather than a deparse: the deparser aborts the process on
     // options it does not know, and the server must be the one to judge them.
     let parsed = crate::statement::pg18_syntax::parse(sql)
@@ -154,6 +153,24 @@ pub fn stage(
     if !copy.is_from || copy.query.is_some() {
         return Err(unsupported());
     }
+    let mut defs: Vec<String> = cols
+        .iter()
+        .map(|(n, t)| format!("{} {t}", quote(n)))
+        .collect();
+    // PostgreSQL refuses a COPY WHERE that reads a generated column (computed after it): the
+    // stage's own generated columns (never filled, never inserted) make it refuse the same.
+    defs.extend(
+        target
+            .generated
+            .iter()
+            .filter(|_| copy.where_clause.is_some())
+            .map(|(n, t)| format!("{} {t} GENERATED ALWAYS AS (NULL::{t}) STORED", quote(n))),
+    );
+    let create = format!(
+        "CREATE TEMP TABLE {} ({}) ON COMMIT DROP",
+        quote(&stage),
+        defs.join(", ")
+    );
     let stdin = copy.filename.is_empty() && !copy.is_program;
     let tokens = pg_query::scan(sql).map_err(|_| unsupported())?.tokens;
     let top_level = |kind: pg_query::protobuf::Token, after: usize| {
@@ -172,24 +189,16 @@ pub fn stage(
     };
     let (from_at, from_end) =
         top_level(pg_query::protobuf::Token::From, rel_at).ok_or_else(unsupported)?;
-    let (cut, filter) = match copy.where_clause {
-        Some(_) => {
-            let (w, w_end) =
-                top_level(pg_query::protobuf::Token::Where, from_end).ok_or_else(unsupported)?;
-            (w, Some(sql[w_end..].trim()))
-        }
-        None => (sql.len(), None),
-    };
+    if copy.where_clause.is_some() {
+        top_level(pg_query::protobuf::Token::Where, from_end).ok_or_else(unsupported)?;
+    }
     let head = format!("{}{stage_ref} ({names}) ", &sql[..rel_at]);
     let shift = head.chars().count() as i64 - sql[..from_at].chars().count() as i64;
-    let copy = format!("{head}{}", sql[from_at..cut].trim_end());
-    let insert = match filter {
-        // COPY fills identity columns even when they are GENERATED ALWAYS; so must the INSERT.
-        Some(cond) => format!(
-            "INSERT INTO {target_ref} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM {stage_ref} WHERE {cond}"
-        ),
-        None => format!("INSERT INTO {target_ref} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM {stage_ref}"),
-    };
+    let copy = format!("{head}{}", sql[from_at..].trim_end());
+    // COPY fills identity columns even when they are GENERATED ALWAYS; so must the INSERT.
+    let insert = format!(
+        "INSERT INTO {target_ref} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM {stage_ref}"
+    );
     Ok(Some(Staged {
         create,
         copy,
@@ -213,6 +222,7 @@ mod tests {
                 ("bfkey".into(), "integer".into()),
                 ("bfso".into(), "text".into()),
             ],
+            generated: vec![("twice".into(), "integer".into())],
         }
     }
 
@@ -225,6 +235,7 @@ mod tests {
                 "false",
                 r#"[["bfkey", "integer"]]"#,
                 rls,
+                r#"[["g", "text"]]"#,
             ]
             .iter()
             .map(|s| Some(s.as_bytes().to_vec()))
@@ -235,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn stage_keeps_options_and_moves_where_to_the_insert() {
+    fn stage_keeps_options_and_where() {
         let s = stage(
             "COPY brieff FROM STDIN WITH (FORMAT csv, HEADER true) WHERE bfkey > 2",
             &target(),
@@ -244,17 +255,18 @@ mod tests {
         )
         .unwrap()
         .unwrap();
+        // With a WHERE, the generated columns too (so that naming one fails as it would).
         assert_eq!(
             s.create,
-            "CREATE TEMP TABLE \"brieff\" (\"bfkey\" integer, \"bfso\" text) ON COMMIT DROP"
+            "CREATE TEMP TABLE \"brieff\" (\"bfkey\" integer, \"bfso\" text, \"twice\" integer GENERATED ALWAYS AS (NULL::integer) STORED) ON COMMIT DROP"
         );
         assert_eq!(
             s.copy,
-            "COPY pg_temp.\"brieff\" (\"bfkey\", \"bfso\") FROM STDIN WITH (FORMAT csv, HEADER true)"
+            "COPY pg_temp.\"brieff\" (\"bfkey\", \"bfso\") FROM STDIN WITH (FORMAT csv, HEADER true) WHERE bfkey > 2"
         );
         assert_eq!(
             s.insert,
-            "INSERT INTO \"public\".\"brieff\" (\"bfkey\", \"bfso\") OVERRIDING SYSTEM VALUE SELECT \"bfkey\", \"bfso\" FROM pg_temp.\"brieff\" WHERE bfkey > 2"
+            "INSERT INTO \"public\".\"brieff\" (\"bfkey\", \"bfso\") OVERRIDING SYSTEM VALUE SELECT \"bfkey\", \"bfso\" FROM pg_temp.\"brieff\""
         );
         assert!(s.stdin);
         // A column named twice: the client's COPY is relayed and fails on its own.
@@ -269,6 +281,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!file.stdin);
+        assert!(!file.create.contains("GENERATED"), "{}", file.create);
         // Options the deparser does not know are the server's to judge (no abort here).
         let s = stage(
             "COPY brieff FROM STDIN WITH (FORMAT nonsense)",

@@ -1560,6 +1560,14 @@ async fn copy_from_stdin_is_captured(pg: Pg) {
     use super::wire_client::*;
     let (db, prefix, proxy) = setup(pg, "copy").await;
     let (db2, direct) = direct_twin(pg, "copy").await;
+    let generated =
+        "ALTER TABLE brieff ADD COLUMN twice int GENERATED ALWAYS AS (bfkey * 2) STORED";
+    direct.batch_execute(generated).await.unwrap();
+    harness::connect(pg.addr(), "postgres", &db)
+        .await
+        .batch_execute(generated)
+        .await
+        .unwrap();
     let copy = |sql: &str| Step::Send(query(sql), Until::Tag(b'G'));
     let steps = [
         copy("COPY brieff (bfkey, bfso, amount) FROM STDIN WITH (FORMAT csv)"),
@@ -1587,6 +1595,18 @@ async fn copy_from_stdin_is_captured(pg: Pg) {
         // A COPY that fails before it starts: no CopyDone will come; the session is idle.
         send(query("COPY brieff FROM STDIN WITH (FORMAT nonsense)")),
         send(query("SELECT count(*) FROM brieff")),
+        // The WHERE is PostgreSQL's to judge as a COPY WHERE (regression: it ran as the stage
+        // INSERT's WHERE, so a generated column or a subquery there was accepted), and its
+        // errors come with the COPY's line.
+        send(query("COPY brieff (bfkey) FROM STDIN WHERE twice > 10")),
+        send(query(
+            "COPY brieff (bfkey) FROM STDIN WHERE brieff IS NOT NULL",
+        )),
+        send(query(
+            "COPY brieff (bfkey) FROM STDIN WHERE bfkey IN (SELECT 1)",
+        )),
+        copy("COPY brieff (bfkey) FROM STDIN WHERE 1 / (bfkey - 180) > 0"),
+        send(cat(&[copy_data(b"181\n180\n"), copy_done()])),
     ];
     let mut through = run(proxy.addr, &db, 0, &steps).await;
     let mut plain = run(pg.addr(), &db2, 0, &steps).await;
