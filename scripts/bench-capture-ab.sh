@@ -10,10 +10,8 @@ a="${1:?usage: bench-capture-ab.sh BIN_A BIN_B [SECONDS]}"; b="${2:?usage: bench
 secs="${3:-10}"
 [ -x "$a" ] && [ -x "$b" ] || die "bench-capture-ab.sh: $a or $b is not an executable hindsight binary"
 bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
-MEM=$((KAFKA_PORT + 1))
-broker() { HSDEV_KAFKA_STORAGE=memory HSDEV_KAFKA_PORT=$MEM bash "$ROOT/scripts/kafka.sh" "$1" >/dev/null; }
-broker stop; rm -rf "$DEV/kafka-memory-$MEM"; broker start
-trap 'stop_proxy bench-ab-a; stop_proxy bench-ab-b; broker stop' EXIT
+fresh_memory_broker
+trap 'stop_proxy bench-ab-a; stop_proxy bench-ab-b; memory_broker stop' EXIT
 direct="host=127.0.0.1 port=$PG15_PORT user=postgres"
 psql -X -q "$direct dbname=postgres" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS bench_ab" -c "CREATE DATABASE bench_ab"
 pgbench -q -i -s 10 "$direct dbname=bench_ab" >/dev/null 2>&1 || die "pgbench -i failed"

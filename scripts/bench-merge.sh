@@ -11,13 +11,11 @@ source "$(dirname "$0")/common.sh"
 rows="${1:-10000}"; rounds="${2:-3}"
 bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
 bash "$ROOT/scripts/pg.sh" start 18 >/dev/null
-MEM=$((KAFKA_PORT + 1))
-broker() { HSDEV_KAFKA_STORAGE=memory HSDEV_KAFKA_PORT=$MEM bash "$ROOT/scripts/kafka.sh" "$1" >/dev/null; }
-broker stop; rm -rf "$DEV/kafka-memory-$MEM"; broker start
+fresh_memory_broker
 log "building hindsight (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin hindsight)
 bin="$ROOT/target/release/hindsight"
-trap 'stop_proxy bench-merge-15; stop_proxy bench-merge-18; broker stop' EXIT
+trap 'stop_proxy bench-merge-15; stop_proxy bench-merge-18; memory_broker stop' EXIT
 setup() { # port
   local c="host=127.0.0.1 port=$1 user=postgres"
   psql -X -q "$c dbname=postgres" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS bench_merge" -c "CREATE DATABASE bench_merge"

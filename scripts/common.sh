@@ -72,3 +72,9 @@ stop_proxy() {
   fi
   rm -f "$pidf"
 }
+
+# A benchmark's own in-memory broker on port MEM (KAFKA_PORT + 1), started empty — tansu slows
+# down as it fills: `fresh_memory_broker`, then `memory_broker stop`.
+MEM=$((KAFKA_PORT + 1))
+memory_broker() { HSDEV_KAFKA_STORAGE=memory HSDEV_KAFKA_PORT=$MEM bash "$ROOT/scripts/kafka.sh" "$1" >/dev/null; }
+fresh_memory_broker() { memory_broker stop; rm -rf "$DEV/kafka-memory-$MEM"; memory_broker start; }

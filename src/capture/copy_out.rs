@@ -45,15 +45,7 @@ pub fn cut(sql: &str) -> Option<Cut<'_>> {
     if kind(0) != Some(T::Copy) || kind(1) != Some(T::Ascii40) {
         return None;
     }
-    let mut depth = 0;
-    let close = (1..tokens.len()).find(|&i| {
-        match kind(i) {
-            Some(T::Ascii40 | T::Ascii91) => depth += 1,
-            Some(T::Ascii41 | T::Ascii93) => depth -= 1,
-            _ => {}
-        }
-        depth == 0
-    })?;
+    let close = super::rewrite::closing(&tokens, 1)?;
     if kind(close + 1) != Some(T::To) {
         return None;
     }

@@ -116,23 +116,7 @@ pub fn cut(sql: &str) -> Result<Option<Cut>, Refusal> {
         .tokens;
     let at = |pos: i32| tokens.iter().position(|t| t.start == pos);
     let kind = |i: usize| T::try_from(tokens[i].token).ok();
-    // Index of the parenthesis closing the one at `open`.
-    let closing = |open: usize| {
-        let mut depth = 0;
-        for (i, t) in tokens.iter().enumerate().skip(open) {
-            match T::try_from(t.token).ok() {
-                Some(T::Ascii40 | T::Ascii91) => depth += 1,
-                Some(T::Ascii41 | T::Ascii93) => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Some(i);
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
-    };
+    let closing = |open: usize| super::rewrite::closing(&tokens, open);
     let mut pieces = Vec::new();
     let mut any_write = false;
     let mut last_close = 0;

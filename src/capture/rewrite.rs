@@ -770,7 +770,7 @@ fn set_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(usiz
 }
 
 /// Index of the token closing the parenthesis or bracket at `open`.
-fn closing(tokens: &[pg_query::protobuf::ScanToken], open: usize) -> Option<usize> {
+pub(crate) fn closing(tokens: &[pg_query::protobuf::ScanToken], open: usize) -> Option<usize> {
     use pg_query::protobuf::Token as T;
     let mut depth = 0;
     for (i, t) in tokens.iter().enumerate().skip(open) {
