@@ -68,6 +68,37 @@ impl Cut<'_> {
         &self.sql[self.write.clone()]
     }
 
+    /// Whether the write has a RETURNING list. Without one PostgreSQL refuses the COPY ("COPY
+    /// query must have a RETURNING clause"): [`Cut::unchanged`] lets the server say so.
+    pub fn returning(&self) -> bool {
+        self.analysis.writes.first().is_some_and(|w| w.returning)
+    }
+
+    /// The COPY as written, for the server to refuse; should it run after all, its post-read
+    /// finds no images for its `COPY n` and the transaction cannot commit (`check`).
+    pub fn unchanged(&self) -> Rewritten {
+        let a = &self.analysis;
+        let table = a
+            .writes
+            .first()
+            .map(|w| w.table.clone())
+            .unwrap_or_default();
+        Rewritten {
+            text: self.sql.to_string(),
+            shape: Arc::new(Shape {
+                read_after: Some(ReadAfter::CopyOut),
+                ..Shape::statement(a.kind, table)
+            }),
+            pre_read: None,
+            post_read: Some(
+                "SELECT NULL::jsonb, NULL::jsonb, NULL::oid, NULL::text WHERE false".into(),
+            ),
+            guard: None,
+            inserts: Vec::new(),
+            pre_read_map: Vec::new(),
+        }
+    }
+
     /// The COPY for a server of major version `major`, the write's RETURNING columns being
     /// `names` (from a Describe of [`Cut::write_text`]).
     pub fn rewrite(&self, major: u32, names: &[String]) -> Result<Rewritten, Refusal> {

@@ -159,6 +159,9 @@ pub struct Analysis {
     pub explain_analyze: bool,
     /// Savepoint name of SAVEPOINT / RELEASE / ROLLBACK TO (empty otherwise).
     pub savepoint: String,
+    /// `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub chain: bool,
 }
 
 impl Analysis {
@@ -168,6 +171,7 @@ impl Analysis {
             writes: Vec::new(),
             explain_analyze: false,
             savepoint: String::new(),
+            chain: false,
         }
     }
 }
@@ -343,6 +347,7 @@ fn analyze_node(node: &N) -> Analysis {
         N::TransactionStmt(s) => {
             let mut a = Analysis::of(Kind::Transaction(tx_control(s.kind)));
             a.savepoint = s.savepoint_name.clone();
+            a.chain = s.chain;
             return a;
         }
         N::DoStmt(_) | N::CallStmt(_) => Kind::Opaque,
@@ -380,6 +385,7 @@ fn analyze_node(node: &N) -> Analysis {
         writes,
         explain_analyze: false,
         savepoint: String::new(),
+        chain: false,
     }
 }
 

@@ -1993,9 +1993,16 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
         send(query("BEGIN")),
         send(query("UPDATE brieff SET bfso = 'pend' WHERE bfkey = 11")),
         send(query("SELECT 1; COMMIT; SELECT 2")),
+        // Writes outside a block, in the implicit transactions the server gives a string up to
+        // each COMMIT and to its end (regression: refused with HS002); after an error the
+        // implicit transaction is rolled back, and the session is idle again.
+        send(query("UPDATE brieff SET bfso = 'imp-a' WHERE bfkey = 13; COMMIT; UPDATE brieff SET bfso = 'imp-b' WHERE bfkey = 14")),
+        send(query("INSERT INTO brieff (bfkey, bfso) VALUES (101, 'x'); COMMIT; UPDATE brieff SET bfso = 'never' WHERE bfkey = 15; SELECT 1/0")),
+        send(query("SELECT 1; UPDATE brieff SET bfso = 'imp-c' WHERE bfkey = 16 RETURNING bfkey; COMMIT; SELECT 2")),
+        send(query("SELECT bfso FROM brieff WHERE bfkey IN (13, 14, 15, 16) ORDER BY bfkey")),
     ];
     assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
-    let events = read_topic(format!("{prefix}.public.brieff"), 7).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 11).await;
     validate("change-event", &events);
     let want: Vec<(String, Value, Value)> = vec![
         ("u".into(), "rep1".into(), "seg1".into()),
@@ -2005,6 +2012,10 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
         ("d".into(), "rep8".into(), Value::Null),
         ("u".into(), "rep10".into(), "open".into()),
         ("u".into(), "rep11".into(), "pend".into()),
+        ("u".into(), "rep13".into(), "imp-a".into()),
+        ("u".into(), "rep14".into(), "imp-b".into()),
+        ("c".into(), Value::Null, "x".into()),
+        ("u".into(), "rep16".into(), "imp-c".into()),
     ];
     assert_eq!(changes(&events, "bfso"), want, "{events:#?}");
     assert_eq!(
@@ -2017,7 +2028,7 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
     );
     // The child row's event was published before its COMMIT failed: its END says so.
     let child = read_topic(format!("{prefix}.public.child"), 1).await;
-    let tx = read_topic(format!("{prefix}.transaction"), 14).await;
+    let tx = read_topic(format!("{prefix}.transaction"), 22).await;
     validate("transaction", &tx);
     let end_of = |id: &Value| end_status(&tx, id);
     assert_eq!(end_of(&child[0]["transaction"]["id"]), "aborted");
@@ -2026,14 +2037,28 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
     }
     // Both databases end up the same.
     assert_same_brieff(&setup_conn, &direct).await;
-    // Still refused: a write the server would run in an implicit transaction of its own
-    // (before the string's BEGIN) — hindsight could not hold its commit.
+    // Still refused: in such an implicit transaction, a BEGIN (the server makes the implicit
+    // transaction a block), a ROLLBACK, COMMIT AND CHAIN or a savepoint (the server refuses
+    // those there, hindsight's own BEGIN would not).
     let c = harness::connect(proxy.addr, "postgres", &db).await;
-    let err = c
-        .simple_query("UPDATE brieff SET bfso = 'pre' WHERE bfkey = 12; BEGIN; COMMIT")
-        .await
-        .unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("HS002"), "{err:?}");
+    for tail in [
+        "BEGIN; COMMIT",
+        "ROLLBACK",
+        "COMMIT AND CHAIN",
+        "SAVEPOINT s",
+    ] {
+        let err = c
+            .simple_query(&format!(
+                "UPDATE brieff SET bfso = 'pre' WHERE bfkey = 12; {tail}"
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("HS002"),
+            "{tail}: {err:?}"
+        );
+    }
     let row = c
         .query_one("SELECT bfso FROM brieff WHERE bfkey = 12", &[])
         .await
@@ -2372,6 +2397,8 @@ async fn copy_of_a_writes_returning_rows_was_refused(pg: Pg) {
         // The server's error, at the client's position; nothing returned.
         send(query("COPY (DELETE FROM brieff WHERE nope = 6 RETURNING bfkey) TO STDOUT")),
         send(query("COPY (DELETE FROM brieff WHERE bfkey = 7 RETURNING bfkey) TO STDOUT (FORMAT nosuch)")),
+        // No RETURNING: the server's own refusal.
+        send(query("COPY (DELETE FROM brieff WHERE bfkey = 7) TO STDOUT")),
         // No rows.
         send(query("COPY (DELETE FROM brieff WHERE bfkey = 999 RETURNING bfkey) TO STDOUT")),
         // Extended protocol.

@@ -26,6 +26,11 @@ pub(super) enum CommitBy<'a> {
     /// A COMMIT inside a query string hindsight runs in parts (`run_segments`): its text,
     /// and whether it ends the string (then the client gets its ReadyForQuery).
     InQuery { sql: &'a str, last: bool },
+    /// The same, ending an implicit transaction hindsight opened with its own BEGIN for the
+    /// writes before it (`simple::implicit_blocks`): hindsight commits, then the client's COMMIT
+    /// runs on its own, so the client gets what the server says of a COMMIT in an implicit
+    /// transaction (`WARNING: there is no transaction in progress`) and its tag.
+    InQueryImplicit { sql: &'a str, last: bool },
 }
 
 impl ClientCapture {
@@ -171,6 +176,18 @@ impl ClientCapture {
                 self.push([Unit::pass(b"Z")]);
                 write_all(w, sync).await?;
             }
+            (CommitBy::InQueryImplicit { sql, last }, None) => {
+                let mut ours = Unit::new(b"C");
+                ours.forward_errors = true;
+                ours.txctl = Some((TxControl::Commit, String::new()));
+                ours.reply = self.pending_end_reply();
+                self.push([ours, Unit::pass(b"C"), super::simple::end_unit(last)]);
+                write_all(w, &query_frame(&format!("COMMIT;\n{sql}"))).await?;
+                if !last {
+                    self.shared.drained().await;
+                    return Ok(!self.shared.lock().last_failed);
+                }
+            }
             (CommitBy::InQuery { sql, last }, None) => {
                 let mut u = Unit::pass(b"C");
                 u.txctl = Some((TxControl::Commit, String::new()));
@@ -184,7 +201,10 @@ impl ClientCapture {
                 }
             }
             (
-                CommitBy::ClientSimple(_) | CommitBy::ImplicitSimple | CommitBy::InQuery { .. },
+                CommitBy::ClientSimple(_)
+                | CommitBy::ImplicitSimple
+                | CommitBy::InQuery { .. }
+                | CommitBy::InQueryImplicit { .. },
                 Some(err),
             ) => self.internal_end(w, "ROLLBACK", Some(err), None).await?,
             (CommitBy::ClientExtended(_), Some(err)) => {

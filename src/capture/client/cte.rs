@@ -117,6 +117,9 @@ impl ClientCapture {
         extended: bool,
         offset: i64,
     ) -> std::io::Result<CteRewrite> {
+        if !copy.returning() {
+            return Ok(CteRewrite::Rewritten(copy.unchanged(), params.to_vec()));
+        }
         let params = match self.describe(w, sent, params, extended).await? {
             Description::Described(p, _) => p,
             Description::Failed(e) => return Ok(CteRewrite::Failed(e)),

@@ -13,7 +13,7 @@ pub(super) enum Plan {
     Capture(Vec<Option<Rewritten>>),
     /// Writes mixed with transaction control (`BEGIN; UPDATE …; COMMIT`): run in parts, so
     /// that each COMMIT waits for its transaction's records (see `run_segments`).
-    Segments(Vec<Option<Rewritten>>),
+    Segments(Vec<Option<Rewritten>>, Vec<bool>),
     /// Refuse with this error.
     Refuse(ErrorResponse),
     /// Fail with this ErrorResponse frame (the server's own, or hindsight's encoded).
@@ -166,7 +166,7 @@ impl ClientCapture {
         let segmented = ((writes || stmt_events) && txctl)
             || (commit && pending && status == b'T' && statements.len() > 1);
         let plan = if segmented {
-            match blocks_cover_writes(statements, status) {
+            match implicit_blocks(statements, status) {
                 Err(why) => Plan::Refuse(
                     ErrorResponse::error(
                         sqlstate::CAPTURE_UNSUPPORTED,
@@ -174,8 +174,8 @@ impl ClientCapture {
                     )
                     .with_hint("Start the transaction with BEGIN before the first write of the query string, or send the statements as separate queries."),
                 ),
-                Ok(()) => match self.rewrites(w, text, statements).await? {
-                    Ok(v) => Plan::Segments(v),
+                Ok(opens) => match self.rewrites(w, text, statements).await? {
+                    Ok(v) => Plan::Segments(v, opens),
                     Err(e) => Plan::Fail(e),
                 },
             }
@@ -235,8 +235,8 @@ impl ClientCapture {
                 self.capture(w, text, &tags, statements, rewrites, status)
                     .await
             }
-            Plan::Segments(rewrites) => {
-                self.run_segments(w, text, &tags, statements, rewrites)
+            Plan::Segments(rewrites, opens) => {
+                self.run_segments(w, text, &tags, statements, rewrites, &opens)
                     .await
             }
         }
@@ -415,8 +415,8 @@ impl ClientCapture {
     /// run it but in parts: the statements up to each COMMIT as one query, then the COMMIT
     /// itself once the transaction's records are published (see `commit`). The client sees
     /// one reply stream and one ReadyForQuery; after an error the rest is skipped, as the
-    /// server skips the rest of a query string. `blocks_cover_writes` held: every write runs
-    /// inside a transaction block.
+    /// server skips the rest of a query string. Every write runs inside a transaction block:
+    /// the client's, or one hindsight opens where `opens` says (`implicit_blocks`).
     async fn run_segments<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
@@ -424,6 +424,7 @@ impl ClientCapture {
         tags: &sqlcommenter::Tags,
         statements: &[Statement],
         rewrites: Vec<Option<Rewritten>>,
+        opens: &[bool],
     ) -> std::io::Result<()> {
         let mut rewrites = rewrites.into_iter();
         let mut start = 0;
@@ -432,8 +433,9 @@ impl ClientCapture {
             if s.located.analysis.kind != Kind::Transaction(TxControl::Commit) {
                 if last {
                     let part: Vec<_> = rewrites.by_ref().take(i + 1 - start).collect();
+                    let open = opens[start];
                     return self
-                        .run_segment(w, text, tags, &statements[start..], part, true)
+                        .run_segment(w, text, tags, &statements[start..], part, true, open)
                         .await
                         .map(drop);
                 }
@@ -442,13 +444,22 @@ impl ClientCapture {
             if start < i {
                 let part: Vec<_> = rewrites.by_ref().take(i - start).collect();
                 if !self
-                    .run_segment(w, text, tags, &statements[start..i], part, false)
+                    .run_segment(
+                        w,
+                        text,
+                        tags,
+                        &statements[start..i],
+                        part,
+                        false,
+                        opens[start],
+                    )
                     .await?
                 {
                     return Ok(());
                 }
             }
             rewrites.next();
+            let part = start;
             start = i + 1;
             let (status, pending) = {
                 let st = self.shared.lock();
@@ -456,10 +467,13 @@ impl ClientCapture {
                 (st.status, pending)
             };
             let sql = text[s.located.span.clone()].trim();
-            let ok = if status == b'T' && pending {
+            let ok = if opens[part] && status == b'T' {
+                self.commit(w, CommitBy::InQueryImplicit { sql, last })
+                    .await?
+            } else if status == b'T' && pending {
                 self.commit(w, CommitBy::InQuery { sql, last }).await?
             } else {
-                self.run_segment(w, text, tags, &statements[i..=i], vec![None], last)
+                self.run_segment(w, text, tags, &statements[i..=i], vec![None], last, false)
                     .await?
             };
             if !ok {
@@ -471,6 +485,11 @@ impl ClientCapture {
 
     /// Run `statements` as one query whose ReadyForQuery the client gets only if `last` or
     /// if one of them failed. Waits for the replies unless `last`; `Ok(false)`: one failed.
+    /// `open`: the statements write outside a transaction block, in the implicit transaction
+    /// the server would give them up to the client's COMMIT (or the end of the string):
+    /// hindsight opens it with its own BEGIN, rolls it back after an error, and at the end of
+    /// the string publishes and commits it (`finish_query`).
+    #[allow(clippy::too_many_arguments)]
     async fn run_segment<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
@@ -479,19 +498,41 @@ impl ClientCapture {
         statements: &[Statement],
         rewrites: Vec<Option<Rewritten>>,
         last: bool,
+        open: bool,
     ) -> std::io::Result<bool> {
         let mut sql = String::new();
         let mut units = Vec::new();
+        if open {
+            sql.push_str("BEGIN;\n");
+            let mut u = Unit::new(b"C");
+            u.forward_errors = true;
+            u.maps_whole_string = true;
+            units.push(u);
+        }
         self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
-        units.push(end_unit(last));
+        units.push(if open {
+            Unit::new(b"Z")
+        } else {
+            end_unit(last)
+        });
         self.mid_batch = false;
         self.push(units);
         write_all(w, &query_frame(&sql)).await?;
+        if open && last {
+            self.finish_query(w, true).await?;
+            return Ok(true);
+        }
         if last {
             return Ok(true);
         }
         self.shared.drained().await;
-        Ok(!self.shared.lock().last_failed)
+        let failed = self.shared.lock().last_failed;
+        if failed && open {
+            // The client has the error; end hindsight's transaction as the server would have
+            // ended the implicit one, and hand over that ReadyForQuery.
+            self.finish_query(w, true).await?;
+        }
+        Ok(!failed)
     }
 
     /// Each statement rewritten for capture (`None`: it runs as sent), or the client's error
@@ -592,30 +633,80 @@ pub(super) fn end_unit(last: bool) -> Unit {
     u
 }
 
-/// Whether every write and schema change of a query string that also controls the
-/// transaction runs inside a transaction block (so hindsight can hold its COMMIT), judged
-/// from the statements alone, starting from the session's transaction `status`.
-/// `Err` says what is not: a write the server would run in an implicit transaction, which it
-/// commits by itself at the end of the string.
-pub(super) fn blocks_cover_writes(statements: &[Statement], status: u8) -> Result<(), String> {
-    let mut in_block = status != b'I';
-    for s in statements {
-        match s.located.analysis.kind {
-            Kind::Transaction(TxControl::Begin) => in_block = true,
-            Kind::Transaction(TxControl::Commit | TxControl::Rollback) => in_block = false,
+/// Where hindsight must open a transaction for a query string that both writes and controls
+/// the transaction, judged from the statements alone, starting from the session's transaction
+/// `status`: `true` at the first statement of each part (the string's start, or right after a
+/// COMMIT — where `run_segments` cuts it) whose writes the server would run in the implicit
+/// transaction it gives a query string outside a block (`INSERT …; COMMIT; INSERT …`), which
+/// hindsight must hold at that COMMIT or at the end of the string.
+///
+/// `Err` says what cannot be run that way: in such an implicit part, transaction control
+/// other than the COMMIT that ends it (BEGIN, which the server would turn the implicit
+/// transaction into a block with; ROLLBACK; savepoints, which the server refuses there but
+/// hindsight's BEGIN would allow; `COMMIT AND CHAIN`, likewise), a write after a ROLLBACK in
+/// the same part, and PREPARE TRANSACTION.
+pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Vec<bool>, String> {
+    #[derive(PartialEq)]
+    enum Block {
+        None,
+        Client,
+        Opened,
+    }
+    let outside = |s: &Statement, what: &str| {
+        format!(
+            "a query string that writes outside a transaction block ({}) also has {what} before its COMMIT",
+            s.located.analysis.kind.label().to_uppercase()
+        )
+    };
+    let mut opens = vec![false; statements.len()];
+    let mut block = if status == b'I' {
+        Block::None
+    } else {
+        Block::Client
+    };
+    let mut part = 0;
+    let mut first_write = None;
+    for (i, s) in statements.iter().enumerate() {
+        let kind = s.located.analysis.kind;
+        match kind {
             Kind::Transaction(TxControl::PrepareTransaction) => {
                 return Err("PREPARE TRANSACTION among other statements of a query string that writes cannot be captured (send it as a query of its own)".into())
             }
-            k if (k.writes_rows() || k.statement_event()) && !in_block => {
-                return Err(format!(
-                    "a query string that controls the transaction (BEGIN/COMMIT/SAVEPOINT …) writes outside a transaction block ({} before its BEGIN or after its COMMIT)",
-                    s.located.analysis.kind.label().to_uppercase()
-                ))
+            Kind::Transaction(TxControl::Commit) if block == Block::Opened && s.located.analysis.chain => {
+                return Err(outside(&statements[first_write.unwrap_or(i)], "COMMIT AND CHAIN"))
+            }
+            Kind::Transaction(TxControl::Commit) => {
+                block = Block::None;
+                part = i + 1;
+            }
+            Kind::Transaction(ctl) if block == Block::Opened => {
+                let what = match ctl {
+                    TxControl::Begin => "BEGIN",
+                    TxControl::Rollback => "ROLLBACK",
+                    _ => "a savepoint",
+                };
+                return Err(outside(&statements[first_write.unwrap_or(i)], what));
+            }
+            Kind::Transaction(TxControl::Begin) => block = Block::Client,
+            Kind::Transaction(TxControl::Rollback) => block = Block::None,
+            k if (k.writes_rows() || k.statement_event()) && block == Block::None => {
+                let clean = statements[part..i]
+                    .iter()
+                    .all(|s| !matches!(s.located.analysis.kind, Kind::Transaction(_)));
+                if !clean {
+                    return Err(format!(
+                        "a query string that controls the transaction (BEGIN/COMMIT/SAVEPOINT …) writes outside a transaction block ({} after its ROLLBACK)",
+                        k.label().to_uppercase()
+                    ));
+                }
+                opens[part] = true;
+                block = Block::Opened;
+                first_write = Some(i);
             }
             _ => {}
         }
     }
-    Ok(())
+    Ok(opens)
 }
 
 /// The unit of a MERGE's post-read (see `merge`): its rows are the MERGE's changes; an error
