@@ -13,7 +13,7 @@ pub(super) enum Plan {
     Capture(Vec<Option<Rewritten>>),
     /// Writes mixed with transaction control (`BEGIN; UPDATE …; COMMIT`): run in parts, so
     /// that each COMMIT waits for its transaction's records (see `run_segments`).
-    Segments(Vec<Option<Rewritten>>, Vec<bool>),
+    Segments(Vec<Option<Rewritten>>, Vec<Role>),
     /// Refuse with this error.
     Refuse(ErrorResponse),
     /// Fail with this ErrorResponse frame (the server's own, or hindsight's encoded).
@@ -174,8 +174,8 @@ impl ClientCapture {
                     )
                     .with_hint("Start the transaction with BEGIN before the first write of the query string, or send the statements as separate queries."),
                 ),
-                Ok(opens) => match self.rewrites(w, text, statements).await? {
-                    Ok(v) => Plan::Segments(v, opens),
+                Ok(roles) => match self.rewrites(w, text, statements).await? {
+                    Ok(v) => Plan::Segments(v, roles),
                     Err(e) => Plan::Fail(e),
                 },
             }
@@ -235,8 +235,8 @@ impl ClientCapture {
                 self.capture(w, text, &tags, statements, rewrites, status)
                     .await
             }
-            Plan::Segments(rewrites, opens) => {
-                self.run_segments(w, text, &tags, statements, rewrites, &opens)
+            Plan::Segments(rewrites, roles) => {
+                self.run_segments(w, text, &tags, statements, rewrites, &roles)
                     .await
             }
         }
@@ -416,7 +416,7 @@ impl ClientCapture {
     /// itself once the transaction's records are published (see `commit`). The client sees
     /// one reply stream and one ReadyForQuery; after an error the rest is skipped, as the
     /// server skips the rest of a query string. Every write runs inside a transaction block:
-    /// the client's, or one hindsight opens where `opens` says (`implicit_blocks`).
+    /// the client's, or one hindsight opens where `roles` says (`implicit_blocks`).
     async fn run_segments<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
@@ -424,16 +424,18 @@ impl ClientCapture {
         tags: &sqlcommenter::Tags,
         statements: &[Statement],
         rewrites: Vec<Option<Rewritten>>,
-        opens: &[bool],
+        roles: &[Role],
     ) -> std::io::Result<()> {
+        let opens = |i: usize| roles[i] == Role::Opens;
         let mut rewrites = rewrites.into_iter();
         let mut start = 0;
         for (i, s) in statements.iter().enumerate() {
             let last = i + 1 == statements.len();
-            if s.located.analysis.kind != Kind::Transaction(TxControl::Commit) {
+            let ends_opened = roles[i] == Role::EndsOpened;
+            if s.located.analysis.kind != Kind::Transaction(TxControl::Commit) && !ends_opened {
                 if last {
                     let part: Vec<_> = rewrites.by_ref().take(i + 1 - start).collect();
-                    let open = opens[start];
+                    let open = opens(start);
                     return self
                         .run_segment(w, text, tags, &statements[start..], part, true, open)
                         .await
@@ -451,7 +453,7 @@ impl ClientCapture {
                         &statements[start..i],
                         part,
                         false,
-                        opens[start],
+                        opens(start),
                     )
                     .await?
                 {
@@ -459,7 +461,6 @@ impl ClientCapture {
                 }
             }
             rewrites.next();
-            let part = start;
             start = i + 1;
             let (status, pending) = {
                 let st = self.shared.lock();
@@ -467,9 +468,14 @@ impl ClientCapture {
                 (st.status, pending)
             };
             let sql = text[s.located.span.clone()].trim();
-            let ok = if opens[part] && status == b'T' {
-                self.commit(w, CommitBy::InQueryImplicit { sql, last })
-                    .await?
+            let a = &s.located.analysis;
+            let ok = if ends_opened && status == b'T' {
+                if a.kind == Kind::Transaction(TxControl::Commit) && !a.chain {
+                    self.commit(w, CommitBy::InQueryImplicit { sql, last })
+                        .await?
+                } else {
+                    self.roll_back_implicit(w, sql, last).await?
+                }
             } else if status == b'T' && pending {
                 self.commit(w, CommitBy::InQuery { sql, last }).await?
             } else {
@@ -481,6 +487,33 @@ impl ClientCapture {
             }
         }
         Ok(())
+    }
+
+    /// A ROLLBACK (or `… AND CHAIN`) that ends an implicit transaction hindsight opened for the
+    /// writes before it: nothing is published; hindsight rolls back, then the client's
+    /// statement runs on its own, so the client gets what the server says of it in an
+    /// implicit transaction (a warning, or for AND CHAIN its error). `Ok(false)`: it failed.
+    async fn roll_back_implicit<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        sql: &str,
+        last: bool,
+    ) -> std::io::Result<bool> {
+        {
+            let mut st = self.shared.lock();
+            st.txn.clear();
+            st.capture_errors.clear();
+        }
+        let mut ours = Unit::new(b"C");
+        ours.forward_errors = true;
+        ours.txctl = Some((TxControl::Rollback, String::new()));
+        self.push([ours, Unit::pass(b"C"), end_unit(last)]);
+        write_all(w, &query_frame(&format!("ROLLBACK;\n{sql}"))).await?;
+        if last {
+            return Ok(true);
+        }
+        self.shared.drained().await;
+        Ok(!self.shared.lock().last_failed)
     }
 
     /// Run `statements` as one query whose ReadyForQuery the client gets only if `last` or
@@ -633,59 +666,65 @@ pub(super) fn end_unit(last: bool) -> Unit {
     u
 }
 
-/// Where hindsight must open a transaction for a query string that both writes and controls
-/// the transaction, judged from the statements alone, starting from the session's transaction
-/// `status`: `true` at the first statement of each part (the string's start, or right after a
-/// COMMIT — where `run_segments` cuts it) whose writes the server would run in the implicit
-/// transaction it gives a query string outside a block (`INSERT …; COMMIT; INSERT …`), which
-/// hindsight must hold at that COMMIT or at the end of the string.
+/// What a statement of a query string run in parts (`run_segments`) is to its implicit
+/// transactions (`implicit_blocks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Plain,
+    /// The first statement of a part whose writes the server would run in the implicit
+    /// transaction it gives a query string outside a block: hindsight opens it with its own
+    /// BEGIN.
+    Opens,
+    /// The COMMIT or ROLLBACK (with or without AND CHAIN) that ends such a transaction.
+    EndsOpened,
+}
+
+/// How to run a query string that both writes and controls the transaction, judged from the
+/// statements alone, starting from the session's transaction `status`: the parts (cut at each
+/// COMMIT, and at a ROLLBACK that ends an implicit transaction) whose writes run outside a
+/// block — `INSERT …; COMMIT; INSERT …` — in the implicit transaction the server would give
+/// them, which hindsight opens and must hold at its end (see [`Role`]).
 ///
-/// `Err` says what cannot be run that way: in such an implicit part, transaction control
-/// other than the COMMIT that ends it (BEGIN, which the server would turn the implicit
-/// transaction into a block with; ROLLBACK; savepoints, which the server refuses there but
-/// hindsight's BEGIN would allow; `COMMIT AND CHAIN`, likewise), a write after a ROLLBACK in
-/// the same part, and PREPARE TRANSACTION.
-pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Vec<bool>, String> {
+/// `Err` says what cannot be run that way: in such an implicit transaction, a BEGIN (the server
+/// would turn the implicit transaction into a block) or a savepoint (the server refuses it
+/// there, hindsight's own BEGIN would not); a write after a ROLLBACK of the client's own block
+/// in the same part; PREPARE TRANSACTION.
+pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Vec<Role>, String> {
     #[derive(PartialEq)]
     enum Block {
         None,
         Client,
         Opened,
     }
-    let outside = |s: &Statement, what: &str| {
-        format!(
-            "a query string that writes outside a transaction block ({}) also has {what} before its COMMIT",
-            s.located.analysis.kind.label().to_uppercase()
-        )
-    };
-    let mut opens = vec![false; statements.len()];
+    let mut roles = vec![Role::Plain; statements.len()];
     let mut block = if status == b'I' {
         Block::None
     } else {
         Block::Client
     };
     let mut part = 0;
-    let mut first_write = None;
+    let mut first_write = 0;
     for (i, s) in statements.iter().enumerate() {
         let kind = s.located.analysis.kind;
         match kind {
             Kind::Transaction(TxControl::PrepareTransaction) => {
                 return Err("PREPARE TRANSACTION among other statements of a query string that writes cannot be captured (send it as a query of its own)".into())
             }
-            Kind::Transaction(TxControl::Commit) if block == Block::Opened && s.located.analysis.chain => {
-                return Err(outside(&statements[first_write.unwrap_or(i)], "COMMIT AND CHAIN"))
+            Kind::Transaction(TxControl::Commit | TxControl::Rollback) if block == Block::Opened => {
+                roles[i] = Role::EndsOpened;
+                block = Block::None;
+                part = i + 1;
             }
             Kind::Transaction(TxControl::Commit) => {
                 block = Block::None;
                 part = i + 1;
             }
             Kind::Transaction(ctl) if block == Block::Opened => {
-                let what = match ctl {
-                    TxControl::Begin => "BEGIN",
-                    TxControl::Rollback => "ROLLBACK",
-                    _ => "a savepoint",
-                };
-                return Err(outside(&statements[first_write.unwrap_or(i)], what));
+                let what = if ctl == TxControl::Begin { "BEGIN" } else { "a savepoint" };
+                return Err(format!(
+                    "a query string that writes outside a transaction block ({}) then has {what} in the same implicit transaction",
+                    statements[first_write].located.analysis.kind.label().to_uppercase()
+                ));
             }
             Kind::Transaction(TxControl::Begin) => block = Block::Client,
             Kind::Transaction(TxControl::Rollback) => block = Block::None,
@@ -699,14 +738,14 @@ pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Ve
                         k.label().to_uppercase()
                     ));
                 }
-                opens[part] = true;
+                roles[part] = Role::Opens;
                 block = Block::Opened;
-                first_write = Some(i);
+                first_write = i;
             }
             _ => {}
         }
     }
-    Ok(opens)
+    Ok(roles)
 }
 
 /// The unit of a MERGE's post-read (see `merge`): its rows are the MERGE's changes; an error
