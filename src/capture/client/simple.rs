@@ -715,8 +715,11 @@ pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Ve
                 block = Block::None;
                 part = i + 1;
             }
+            // `AND CHAIN` starts the client's next block at once.
             Kind::Transaction(TxControl::Commit) => {
-                block = Block::None;
+                if !s.located.analysis.chain {
+                    block = Block::None;
+                }
                 part = i + 1;
             }
             Kind::Transaction(ctl) if block == Block::Opened => {
@@ -727,7 +730,9 @@ pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Ve
                 ));
             }
             Kind::Transaction(TxControl::Begin) => block = Block::Client,
-            Kind::Transaction(TxControl::Rollback) => block = Block::None,
+            Kind::Transaction(TxControl::Rollback) if !s.located.analysis.chain => {
+                block = Block::None
+            }
             k if (k.writes_rows() || k.statement_event()) && block == Block::None => {
                 let clean = statements[part..i]
                     .iter()
@@ -755,4 +760,52 @@ pub(super) fn post_read_unit(ctx: Arc<StatementCtx>) -> Unit {
     u.forward_errors = true;
     u.collect = Collect::MergeRead(ctx, Vec::new(), None);
     u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(sql: &str, status: u8) -> Result<Vec<Role>, String> {
+        let statements: Vec<Statement> = crate::statement::analyze(sql)
+            .unwrap()
+            .into_iter()
+            .map(|located| Statement {
+                located,
+                fingerprint: String::new(),
+            })
+            .collect();
+        implicit_blocks(&statements, status)
+    }
+
+    #[test]
+    fn writes_outside_a_block_get_the_implicit_transaction_up_to_its_end() {
+        use Role::*;
+        // Each part's implicit transaction: opened where the part starts, ended where it ends.
+        assert_eq!(
+            roles("SELECT 1; INSERT INTO t VALUES (1); COMMIT; UPDATE t SET a = 2; ROLLBACK; DELETE FROM t", b'I'),
+            Ok(vec![Opens, Plain, EndsOpened, Opens, EndsOpened, Opens])
+        );
+        // Inside the client's own block nothing is opened; its COMMIT is its own.
+        assert_eq!(
+            roles(
+                "BEGIN; INSERT INTO t VALUES (1); COMMIT AND CHAIN; INSERT INTO t VALUES (2)",
+                b'I'
+            ),
+            Ok(vec![Plain, Plain, Plain, Plain])
+        );
+        assert_eq!(
+            roles("INSERT INTO t VALUES (1); COMMIT", b'T'),
+            Ok(vec![Plain, Plain])
+        );
+        // What hindsight's BEGIN would change: refused.
+        for sql in [
+            "UPDATE t SET a = 1; BEGIN; COMMIT",
+            "UPDATE t SET a = 1; SAVEPOINT s; COMMIT",
+            "BEGIN; ROLLBACK; UPDATE t SET a = 1",
+            "INSERT INTO t VALUES (1); PREPARE TRANSACTION 'x'",
+        ] {
+            assert!(roles(sql, b'I').is_err(), "{sql}");
+        }
+    }
 }
