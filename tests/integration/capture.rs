@@ -2006,9 +2006,11 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
         send(query("INSERT INTO brieff (bfkey) VALUES (102); COMMIT; INSERT INTO brieff (bfkey) VALUES (103); COMMIT AND CHAIN")),
         send(query("UPDATE brieff SET bfso = 'chained' WHERE bfkey = 18; ROLLBACK AND CHAIN; SELECT 1")),
         send(query("SELECT bfkey, bfso FROM brieff WHERE bfkey IN (17, 18, 102, 103) ORDER BY bfkey")),
+        // After a ROLLBACK of the client's block, a new implicit transaction.
+        send(query("BEGIN; UPDATE brieff SET bfso = 'rb' WHERE bfkey = 19; ROLLBACK; UPDATE brieff SET bfso = 'after-rb' WHERE bfkey = 20")),
     ];
     assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
-    let events = read_topic(format!("{prefix}.public.brieff"), 12).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 13).await;
     validate("change-event", &events);
     let want: Vec<(String, Value, Value)> = vec![
         ("u".into(), "rep1".into(), "seg1".into()),
@@ -2023,6 +2025,7 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
         ("c".into(), Value::Null, "x".into()),
         ("u".into(), "rep16".into(), "imp-c".into()),
         ("c".into(), Value::Null, Value::Null),
+        ("u".into(), "rep20".into(), "after-rb".into()),
     ];
     assert_eq!(changes(&events, "bfso"), want, "{events:#?}");
     assert_eq!(
@@ -2035,7 +2038,7 @@ async fn transaction_control_mixed_with_writes_in_one_query_string_was_refused(p
     );
     // The child row's event was published before its COMMIT failed: its END says so.
     let child = read_topic(format!("{prefix}.public.child"), 1).await;
-    let tx = read_topic(format!("{prefix}.transaction"), 24).await;
+    let tx = read_topic(format!("{prefix}.transaction"), 26).await;
     validate("transaction", &tx);
     let end_of = |id: &Value| end_status(&tx, id);
     assert_eq!(end_of(&child[0]["transaction"]["id"]), "aborted");

@@ -432,7 +432,7 @@ impl ClientCapture {
         for (i, s) in statements.iter().enumerate() {
             let last = i + 1 == statements.len();
             let ends_opened = roles[i] == Role::EndsOpened;
-            if s.located.analysis.kind != Kind::Transaction(TxControl::Commit) && !ends_opened {
+            if !splits_at(s) && !ends_opened {
                 if last {
                     let part: Vec<_> = rewrites.by_ref().take(i + 1 - start).collect();
                     let open = opens(start);
@@ -476,7 +476,7 @@ impl ClientCapture {
                 } else {
                     self.roll_back_implicit(w, sql, last).await?
                 }
-            } else if status == b'T' && pending {
+            } else if a.kind == Kind::Transaction(TxControl::Commit) && status == b'T' && pending {
                 self.commit(w, CommitBy::InQuery { sql, last }).await?
             } else {
                 self.run_segment(w, text, tags, &statements[i..=i], vec![None], last, false)
@@ -666,6 +666,17 @@ pub(super) fn end_unit(last: bool) -> Unit {
     u
 }
 
+/// Where `run_segments` cuts a query string: at each COMMIT and each ROLLBACK (without AND
+/// CHAIN, which keeps the block) — what follows them may be a new implicit transaction.
+fn splits_at(s: &Statement) -> bool {
+    let a = &s.located.analysis;
+    match a.kind {
+        Kind::Transaction(TxControl::Commit) => true,
+        Kind::Transaction(TxControl::Rollback) => !a.chain,
+        _ => false,
+    }
+}
+
 /// What a statement of a query string run in parts (`run_segments`) is to its implicit
 /// transactions (`implicit_blocks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -680,15 +691,17 @@ pub(super) enum Role {
 }
 
 /// How to run a query string that both writes and controls the transaction, judged from the
-/// statements alone, starting from the session's transaction `status`: the parts (cut at each
-/// COMMIT, and at a ROLLBACK that ends an implicit transaction) whose writes run outside a
+/// statements alone, starting from the session's transaction `status`: the parts (cut where
+/// [`splits_at`] says, and at a ROLLBACK AND CHAIN that ends an implicit transaction) whose
+/// writes run outside a
 /// block — `INSERT …; COMMIT; INSERT …` — in the implicit transaction the server would give
 /// them, which hindsight opens and must hold at its end (see [`Role`]).
 ///
 /// `Err` says what cannot be run that way: in such an implicit transaction, a BEGIN (the server
 /// would turn the implicit transaction into a block) or a savepoint (the server refuses it
-/// there, hindsight's own BEGIN would not); a write after a ROLLBACK of the client's own block
-/// in the same part; PREPARE TRANSACTION.
+/// there, hindsight's own BEGIN would not); a write after other transaction control in the same
+/// part (a savepoint or `COMMIT PREPARED` outside a block, which hindsight's BEGIN would
+/// change); PREPARE TRANSACTION.
 pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Vec<Role>, String> {
     #[derive(PartialEq)]
     enum Block {
@@ -731,7 +744,8 @@ pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Ve
             }
             Kind::Transaction(TxControl::Begin) => block = Block::Client,
             Kind::Transaction(TxControl::Rollback) if !s.located.analysis.chain => {
-                block = Block::None
+                block = Block::None;
+                part = i + 1;
             }
             k if (k.writes_rows() || k.statement_event()) && block == Block::None => {
                 let clean = statements[part..i]
@@ -739,7 +753,7 @@ pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Ve
                     .all(|s| !matches!(s.located.analysis.kind, Kind::Transaction(_)));
                 if !clean {
                     return Err(format!(
-                        "a query string that controls the transaction (BEGIN/COMMIT/SAVEPOINT …) writes outside a transaction block ({} after its ROLLBACK)",
+                        "a query string writes outside a transaction block ({}) after transaction control that is not BEGIN, COMMIT or ROLLBACK",
                         k.label().to_uppercase()
                     ));
                 }
@@ -798,11 +812,16 @@ mod tests {
             roles("INSERT INTO t VALUES (1); COMMIT", b'T'),
             Ok(vec![Plain, Plain])
         );
+        // A ROLLBACK of the client's block: a new implicit transaction after it.
+        assert_eq!(
+            roles("BEGIN; INSERT INTO t VALUES (1); ROLLBACK; INSERT INTO t VALUES (2); ROLLBACK AND CHAIN", b'I'),
+            Ok(vec![Plain, Plain, Plain, Opens, EndsOpened])
+        );
         // What hindsight's BEGIN would change: refused.
         for sql in [
             "UPDATE t SET a = 1; BEGIN; COMMIT",
             "UPDATE t SET a = 1; SAVEPOINT s; COMMIT",
-            "BEGIN; ROLLBACK; UPDATE t SET a = 1",
+            "SAVEPOINT s; UPDATE t SET a = 1; COMMIT",
             "INSERT INTO t VALUES (1); PREPARE TRANSACTION 'x'",
         ] {
             assert!(roles(sql, b'I').is_err(), "{sql}");
