@@ -5,6 +5,8 @@
 //! - `cte` — data-modifying CTEs: every write of the statement captured through a wrapper query.
 //! - `merge` — MERGE before PostgreSQL 18: a pre-read, counted clauses and a post-read.
 //! - `copy` — COPY … FROM through a temporary stage table and a captured INSERT … SELECT.
+//! - `copy_out` — `COPY (write RETURNING …) TO`: the write in a CTE that keeps its images for a
+//!   post-read.
 //! - `functions` — which functions may write when a query calls them (those queries are opaque).
 //! - `tables` — schema, name and key of captured tables, cached per database.
 //! - `rows` — strips capture columns off RowDescription/DataRow before the client sees them.
