@@ -306,11 +306,7 @@ impl ClientCapture {
         let mut sql = String::new();
         let mut units = Vec::new();
         if implicit {
-            sql.push_str("BEGIN;\n");
-            let mut u = Unit::new(b"C");
-            u.forward_errors = true;
-            u.maps_whole_string = true;
-            units.push(u);
+            open_own_transaction(&mut sql, &mut units);
         }
         self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
         // Outside a transaction block hindsight ends the transaction itself: the client's
@@ -536,11 +532,7 @@ impl ClientCapture {
         let mut sql = String::new();
         let mut units = Vec::new();
         if open {
-            sql.push_str("BEGIN;\n");
-            let mut u = Unit::new(b"C");
-            u.forward_errors = true;
-            u.maps_whole_string = true;
-            units.push(u);
+            open_own_transaction(&mut sql, &mut units);
         }
         self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
         units.push(if open {
@@ -652,6 +644,16 @@ impl ClientCapture {
         }
         self.commit(w, CommitBy::ImplicitSimple).await.map(drop)
     }
+}
+
+/// hindsight's own `BEGIN;` at the start of a query string it composes, and its unit: an error
+/// there means the server rejected the whole string (see `Unit::maps_whole_string`).
+fn open_own_transaction(sql: &mut String, units: &mut Vec<Unit>) {
+    sql.push_str("BEGIN;\n");
+    let mut u = Unit::new(b"C");
+    u.forward_errors = true;
+    u.maps_whole_string = true;
+    units.push(u);
 }
 
 /// The ReadyForQuery of one part of a query string hindsight runs in parts: the client's own
