@@ -52,12 +52,11 @@ for r in $(seq 1 "$rounds"); do
     res[$name]+="$(run "$port" "$server");"
   done
 done
-median() { tr ';' '\n' | grep . | awk -v f="$1" '{ print $f }' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 echo "| server | MERGE of $rows rows (rolled back), direct | through capture | ratio | MERGE + COMMIT, direct | through capture | ratio |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for pg in 15 18; do
-  d1=$(echo "${res[d$pg]}" | median 1); c1=$(echo "${res[c$pg]}" | median 1)
-  d2=$(echo "${res[d$pg]}" | median 2); c2=$(echo "${res[c$pg]}" | median 2)
+  d1=$(echo "${res[d$pg]}" | median_field 1); c1=$(echo "${res[c$pg]}" | median_field 1)
+  d2=$(echo "${res[d$pg]}" | median_field 2); c2=$(echo "${res[c$pg]}" | median_field 2)
   awk -v pg="$pg" -v d1="$d1" -v c1="$c1" -v d2="$d2" -v c2="$c2" \
     'BEGIN { printf "| PG %s | %.0f ms | %.0f ms | %.1f× | %.0f ms | %.0f ms | %.1f× |\n", pg, d1, c1, c1 / d1, d2, c2, c2 / d2 }'
 done

@@ -43,12 +43,11 @@ for r in $(seq 1 "$rounds"); do
     res[$name]+="$(run "$port" "$expr");"
   done
 done
-median() { tr ';' '\n' | grep . | awk -v f="$1" '{ print $f }' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 echo "| UPDATE … FROM of $rows rows, PG 15 | direct | capture, pre-read | capture, SET store | pre-read / direct | SET store / direct | SET store / pre-read |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for f in 1 2; do
   label=$([ "$f" = 1 ] && echo "statement (rolled back)" || echo "statement + COMMIT")
-  d=$(echo "${res[d]}" | median "$f"); p=$(echo "${res[pre]}" | median "$f"); s=$(echo "${res[set]}" | median "$f")
+  d=$(echo "${res[d]}" | median_field "$f"); p=$(echo "${res[pre]}" | median_field "$f"); s=$(echo "${res[set]}" | median_field "$f")
   awk -v l="$label" -v d="$d" -v p="$p" -v s="$s" \
     'BEGIN { printf "| %s | %.0f ms | %.0f ms | %.0f ms | %.2f× | %.2f× | %.2f |\n", l, d, p, s, p / d, s / d, s / p }'
 done

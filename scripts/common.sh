@@ -78,3 +78,7 @@ stop_proxy() {
 MEM=$((KAFKA_PORT + 1))
 memory_broker() { HSDEV_KAFKA_STORAGE=memory HSDEV_KAFKA_PORT=$MEM bash "$ROOT/scripts/kafka.sh" "$1" >/dev/null; }
 fresh_memory_broker() { memory_broker stop; rm -rf "$DEV/kafka-memory-$MEM"; memory_broker start; }
+
+# The median of field N of `;`-separated rounds of space-separated numbers (stdin), for the
+# side-by-side benchmarks: `echo "$rounds" | median_field 2`.
+median_field() { tr ';' '\n' | grep . | awk -v f="$1" '{ print $f }' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
