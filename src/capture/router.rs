@@ -405,9 +405,16 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             unit.txctl = None;
         } else {
             // The server skips to the next sync point; so do we (dropping captured rows).
+            // What waits on a skipped message learns that it did not run (a statement
+            // event's END record is then "aborted", not left out).
             st.units.pop_front();
             while st.units.front().is_some_and(|u| !u.sync_point()) {
-                st.units.pop_front();
+                if let Some(tx) = st.units.pop_front().and_then(|mut u| u.reply.take()) {
+                    let _ = tx.send(Reply {
+                        error: Some(frame.to_vec()),
+                        ..Reply::default()
+                    });
+                }
             }
             shared.progressed.notify_waiters();
         }

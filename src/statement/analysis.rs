@@ -133,6 +133,20 @@ pub struct Write {
 }
 
 impl Write {
+    /// The table a schema change names.
+    pub(super) fn ddl(table: TableName) -> Self {
+        Write {
+            kind: Kind::Ddl,
+            table,
+            columns: Vec::new(),
+            returning: false,
+            alias: String::new(),
+            nested: false,
+            conflict_update: false,
+            partitioned: false,
+        }
+    }
+
     /// How the statement's own clauses (RETURNING, FOR UPDATE OF) refer to the table: its
     /// alias, else its name as qualified in the statement, quoted.
     pub fn reference(&self) -> String {
@@ -165,7 +179,8 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    fn of(kind: Kind) -> Self {
+    /// A statement of `kind` that writes no table (yet).
+    pub(super) fn of(kind: Kind) -> Self {
         Analysis {
             kind,
             writes: Vec::new(),
@@ -414,19 +429,10 @@ fn ddl_targets(node: &N, out: &mut Vec<Write>) {
                         })
                         .collect();
                     if let [schema @ .., name] = parts.as_slice() {
-                        out.push(Write {
-                            kind: Kind::Ddl,
-                            table: TableName {
-                                schema: schema.last().cloned().unwrap_or_default(),
-                                name: name.clone(),
-                            },
-                            columns: Vec::new(),
-                            returning: false,
-                            alias: String::new(),
-                            nested: false,
-                            conflict_update: false,
-                            partitioned: false,
-                        });
+                        out.push(Write::ddl(TableName {
+                            schema: schema.last().cloned().unwrap_or_default(),
+                            name: name.clone(),
+                        }));
                     }
                 }
             }

@@ -7,6 +7,7 @@
 //! - `sqlcommenter` — request tags from the statement's trailing comment.
 //! - `leading_keyword` — the first keyword, for the `statements_total` metric only.
 //! - `pg18_syntax` — PostgreSQL 18 clauses the parser (PostgreSQL 17's grammar) lacks.
+//! - `unparsed` — a text the parser cannot read whole, cut into statements read one by one.
 
 pub mod analysis;
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod fast_path;
 pub mod leading_keyword;
 pub mod pg18_syntax;
 pub mod sqlcommenter;
+pub mod unparsed;
 
 pub use analysis::{analyze, Analysis, AnalysisError, Kind, TableName, TxControl, Write};
 pub use cache::AnalysisCache;

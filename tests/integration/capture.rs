@@ -813,6 +813,106 @@ async fn pg18_returning_with_aliases_was_refused() {
     proxy.shutdown().await;
 }
 
+/// Regression: a query string holding PostgreSQL 18-only DDL that hindsight's parser
+/// (PostgreSQL 17's grammar) cannot read — here a VIRTUAL generated column — was relayed
+/// unread: the writes beside it ran uncaptured and the schema change had no event. Now its
+/// statements are read one by one (`statement::unparsed`): the writes are captured, the
+/// schema changes recorded, a syntax error is still the server's own (nothing runs), and a
+/// function body with `;` inside is not cut. Both protocols; replies equal to a direct run.
+#[tokio::test]
+async fn pg18_only_ddl_let_the_writes_beside_it_through_uncaptured() {
+    use super::differential::{cat, send};
+    use super::wire_client::*;
+    let pg = Pg::V18;
+    let (db, prefix, proxy) = setup(pg, "unparsed").await;
+    let (db2, _direct) = direct_twin(pg, "unparsed").await;
+    let ext = |sql: &str| {
+        send(cat(&[
+            parse("", sql, &[]),
+            bind("", "", 0, &[], 0),
+            execute("", 0),
+            sync(),
+        ]))
+    };
+    let steps = vec![
+        send(query("CREATE TABLE vg (k int PRIMARY KEY, b int GENERATED ALWAYS AS (k * 2) VIRTUAL); INSERT INTO vg VALUES (1), (2)")),
+        send(query("BEGIN")),
+        send(query("ALTER TABLE vg ADD COLUMN c int GENERATED ALWAYS AS (k * 3) VIRTUAL; UPDATE vg SET k = k + 10 WHERE k = 1 RETURNING *")),
+        send(query("COMMIT")),
+        // A syntax error in the unreadable statement: the server's, at the client's position;
+        // the INSERT before it does not run.
+        send(query("INSERT INTO vg VALUES (3); CREATE TABLE bad (a int GENERATED ALWAYS AS (1) VIRTUAL oops)")),
+        ext("ALTER TABLE vg ADD COLUMN d int GENERATED ALWAYS AS (k * 4) VIRTUAL"),
+        ext("ALTER TABLE vg ADD COLUMN e int GENERATED ALWAYS AS (1) VIRTUAL oops"),
+        // Parsed, but refused at Parse by the server (no such table): no event either.
+        ext("CREATE TABLE ctas AS SELECT * FROM nosuch"),
+        send(query("CREATE FUNCTION vg_add(n int) RETURNS void LANGUAGE sql BEGIN ATOMIC INSERT INTO vg (k) VALUES (n); INSERT INTO vg (k) VALUES (n + 1); END; \
+                     ALTER TABLE vg ADD COLUMN f int GENERATED ALWAYS AS (k) VIRTUAL; DELETE FROM vg WHERE k = 2")),
+        // The function body is stored as the client wrote it.
+        send(query("SELECT pg_get_functiondef('vg_add'::regproc)")),
+        send(query("SELECT * FROM vg ORDER BY k")),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let events = read_topic(format!("{prefix}.statements"), 5).await;
+    validate("change-event", &events);
+    let got: Vec<String> = statements(&events)
+        .into_iter()
+        .map(|(op, text)| format!("{op}: {}", &text[..text.len().min(30)]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            "ddl: CREATE TABLE vg (k int PRIMARY",
+            "ddl: ALTER TABLE vg ADD COLUMN c in",
+            "ddl: ALTER TABLE vg ADD COLUMN d in",
+            "ddl: CREATE FUNCTION vg_add(n int) ",
+            "ddl: ALTER TABLE vg ADD COLUMN f in",
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[0]["source"]["table"], "vg", "{events:#?}");
+    // Regression (a statement event's END record was left out): the ALTER whose Parse the
+    // server refused has no event; every transaction that has one has its END.
+    let tx = read_topic(format!("{prefix}.transaction"), 8).await;
+    validate("transaction", &tx);
+    for e in &events {
+        assert_eq!(end_status(&tx, &e["transaction"]["id"]), "committed");
+    }
+    let rows = read_topic(format!("{prefix}.public.vg"), 4).await;
+    validate("change-event", &rows);
+    let image = |v: &Value| {
+        ["k", "b", "c"]
+            .iter()
+            .map(|c| v[c].to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let got: Vec<String> = rows
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} -> {}",
+                e["op"].as_str().unwrap(),
+                image(&e["before"]),
+                image(&e["after"])
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            "c null,null,null -> 1,2,null",
+            "c null,null,null -> 2,4,null",
+            "u 1,2,3 -> 11,22,33",
+            "d 2,4,6 -> null,null,null",
+        ],
+        "{rows:#?}"
+    );
+    // The ALTER and the UPDATE of the explicit transaction are one transaction.
+    assert_eq!(rows[2]["transaction"]["id"], events[1]["transaction"]["id"]);
+    proxy.shutdown().await;
+}
+
 /// PostgreSQL 15 (no MERGE RETURNING): MERGE is captured from a locking pre-read of the rows
 /// its join matches and a post-read that follows each to its latest version and finds the new
 /// rows — exact before/after pairs, also when the update makes the ON condition false, and

@@ -496,6 +496,75 @@ async fn writes_in_a_with_clause_are_gated(pg: Pg) {
     s.proxy.shutdown().await;
 }
 
+/// Regression: on PostgreSQL 18, schema changes hindsight's parser cannot read (a VIRTUAL
+/// generated column) were relayed unread, past the rules and the kill switch, with the writes
+/// beside them. Now each statement is read on its own: the rule for the table's schema
+/// changes and the application's kill switch refuse them, and nothing runs.
+#[tokio::test]
+async fn pg18_only_ddl_passed_the_gates_unread() {
+    const RULES: &str = r#"
+[[rule]]
+name = "brieff-schema-frozen"
+tables = ["public.brieff"]
+operations = ["ddl"]
+action = "deny"
+"#;
+    let pg = Pg::V18;
+    let s = setup(pg, "gate_unparsed", RULES).await;
+    let c = connect_as(s.proxy.addr, &s.db, "batch").await;
+    for sql in [
+        "ALTER TABLE brieff ADD COLUMN x int",
+        "ALTER TABLE brieff ADD COLUMN x int GENERATED ALWAYS AS (bfkey) VIRTUAL",
+        "UPDATE other SET v = 'b'; ALTER TABLE brieff ADD COLUMN x int GENERATED ALWAYS AS (bfkey) VIRTUAL",
+    ] {
+        let err = c.simple_query(sql).await.unwrap_err();
+        assert_denied_by(&err, "brieff-schema-frozen");
+        let err = c.execute(sql, &[]).await;
+        if !sql.starts_with("UPDATE") {
+            assert_denied_by(&err.unwrap_err(), "brieff-schema-frozen");
+        }
+    }
+    c.simple_query("CREATE TABLE free (a int, b int GENERATED ALWAYS AS (a) VIRTUAL)")
+        .await
+        .unwrap();
+    let (status, body) = http(
+        s.proxy.admin_addr,
+        "PUT",
+        "/gates/killswitches/application/web",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let web = connect_as(s.proxy.addr, &s.db, "web").await;
+    let err = web
+        .simple_query("ALTER TABLE free ADD COLUMN c int GENERATED ALWAYS AS (a) VIRTUAL")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "HS011", "{err:?}");
+    let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
+    let columns = |t: &'static str| {
+        let direct = &direct;
+        async move {
+            harness::count(
+                direct,
+                &format!(
+                    "SELECT count(*) FROM information_schema.columns WHERE table_name = '{t}'"
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(columns("brieff").await, 3, "no column added to brieff");
+    assert_eq!(columns("free").await, 2, "the kill switch kept c out");
+    assert_eq!(
+        harness::count(&direct, "SELECT count(*) FROM other WHERE v = 'b'").await,
+        0,
+        "the UPDATE beside the refused ALTER did not run"
+    );
+    s.proxy.shutdown().await;
+}
+
 on_both!(
     writes_in_a_with_clause_are_gated,
     denied_extended_copy_and_truncate_do_not_run,

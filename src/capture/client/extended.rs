@@ -99,7 +99,7 @@ pub(super) fn widen_result_formats(body: &[u8], extra: usize) -> (Option<Vec<u8>
 impl ClientCapture {
     /// The client's Parse goes to the server unchanged: nothing to capture in it, or the
     /// server's own verdict (a syntax error, several statements) is what the client is owed.
-    async fn forward_parse<W: AsyncWrite + Unpin + Send>(
+    pub(super) async fn forward_parse<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         frame: &[u8],
@@ -125,24 +125,22 @@ impl ClientCapture {
         let (text, tags) = sqlcommenter::split(&full);
         let entry = self.cache.get(text);
         self.statements.remove(name);
+        let assumed;
         let stmt = match entry.as_ref() {
             Ok(a) if a.statements.len() == 1 => &a.statements[0],
-            Err(e) if may_write(text) && self.parser_may_lag() => {
-                // The server's own verdict first (described, never run): a syntax error it
-                // also finds is forwarded as this Parse's error.
+            // A server newer than the parser may accept what the parser cannot read.
+            // A server newer than the parser may accept what the parser cannot read.
+            Err(_) if self.parser_may_lag() => {
                 match self
-                    .describe(w, &full, &declared_params(params), true)
+                    .parse_unparsed(w, frame, name, text, &full, params)
                     .await?
                 {
-                    Description::Failed(_) => {
-                        self.skip_until_sync = true;
-                        return Ok(());
+                    Some(s) => {
+                        assumed = s;
+                        &assumed
                     }
-                    Description::Skipped => return self.forward_parse(w, frame).await,
-                    Description::Described(..) => {}
+                    None => return Ok(()),
                 }
-                let err = unparseable_write(e).encode();
-                return self.refused_parse(w, name, err).await;
             }
             // Syntax errors and multi-statement texts: the server refuses them itself.
             _ => return self.forward_parse(w, frame).await,
@@ -351,8 +349,9 @@ impl ClientCapture {
         let mut frames = frame_of(b'D', &d);
         frames.extend(frame_of(b'H', &[]));
         write_all(w, &frames).await?;
-        let Ok(reply) = rx.await else {
-            return Ok(None);
+        let reply = match rx.await {
+            Ok(reply) if reply.error.is_none() => reply,
+            _ => return Ok(None),
         };
         let cname = companion_name(kind, name);
         let mut p = cname.clone();
@@ -594,6 +593,11 @@ impl ClientCapture {
                 .map(drop);
         }
         self.flush_and_drain(w).await?;
+        if self.shared.lock().batch_failed {
+            // An earlier message of the batch failed (its Parse, say): the server skips this
+            // Execute, and a statement that does not run has no event.
+            return write_all(w, frame).await;
+        }
         if prep.kind == Kind::Ddl {
             self.schema_changed();
         }

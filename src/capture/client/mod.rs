@@ -23,7 +23,8 @@
 //! - `commit` — publish, then COMMIT (or roll back with HS001); statement events announced;
 //! - `gating` — the gates' statement rules (with trial runs) and row rules;
 //! - `catalog` — what the session looks up in the catalog (tables, functions, targets);
-//! - `internal` — hindsight's own statements on the connection, invisible to the client.
+//! - `internal` — hindsight's own statements on the connection, invisible to the client;
+//! - `unparsed` — texts the parser cannot read whole, in front of a newer server.
 
 mod catalog;
 mod commit;
@@ -33,6 +34,7 @@ mod extended;
 mod gating;
 mod internal;
 mod simple;
+mod unparsed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,7 +67,7 @@ use copy_in::*;
 use cte::*;
 use extended::*;
 use internal::*;
-use simple::*;
+use unparsed::*;
 
 /// What to do when the audit records of a transaction cannot be published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]

@@ -24,25 +24,6 @@ pub(super) enum Plan {
     Announce,
 }
 
-/// Whether a text hindsight could not parse might write rows (then it must not go through
-/// unaudited — e.g. PostgreSQL 18-only syntax the parser does not know yet).
-pub(super) fn may_write(text: &str) -> bool {
-    use crate::statement::KeywordClass as K;
-    !fast_path::certainly_read(text.as_bytes())
-        && matches!(
-            crate::statement::classify(text.as_bytes()),
-            K::Select | K::Insert | K::Update | K::Delete | K::Merge | K::Copy | K::With
-        )
-}
-
-pub(super) fn unparseable_write(e: &crate::statement::AnalysisError) -> ErrorResponse {
-    ErrorResponse::error(
-        sqlstate::CAPTURE_UNSUPPORTED,
-        format!("hindsight: this statement may write rows but hindsight's parser cannot read it, so it cannot be captured; it was not run ({e})"),
-    )
-    .with_hint("Check the syntax; PostgreSQL 18-only syntax (e.g. RETURNING WITH (OLD AS …)) is not understood yet.")
-}
-
 impl ClientCapture {
     pub(super) async fn on_query<W: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -52,23 +33,23 @@ impl ClientCapture {
         let full = String::from_utf8_lossy(query_text(&frame[HEADER_LEN..])).into_owned();
         let (text, tags) = sqlcommenter::split(&full);
         let entry = self.cache.get(text);
+        let unreadable;
         let statements: &[Statement] = match entry.as_ref() {
             Ok(a) => &a.statements,
-            // The server will report the syntax error itself.
-            Err(e) => {
-                if may_write(text) && self.parser_may_lag() {
-                    // The server's own verdict on the text (described, never run): its syntax
-                    // error as a direct connection would give it, else refused. A text of
-                    // several statements is parsed whole before Parse refuses it for holding
-                    // several (an error without a position): a syntax error anywhere in it is
-                    // still the one the server would report.
-                    if let Description::Failed(err) = self.describe(w, &full, &[], false).await? {
-                        if crate::wire::error_response::has_position(&err) {
-                            return self.refuse_frame(w, err).await;
-                        }
-                    }
-                    return self.refuse(w, unparseable_write(e)).await;
+            // A server newer than the parser may accept what the parser cannot read.
+            Err(_) if self.parser_may_lag() => match self.read_unparsed(w, &full, text).await? {
+                Unreadable::Statements(v) => {
+                    unreadable = v;
+                    &unreadable
                 }
+                Unreadable::Answered => return Ok(()),
+                Unreadable::Relay => {
+                    self.push([Unit::pass(b"Z")]);
+                    return write_all(w, frame).await;
+                }
+            },
+            // The server will report the syntax error itself.
+            Err(_) => {
                 self.push([Unit::pass(b"Z")]);
                 return write_all(w, frame).await;
             }
