@@ -176,6 +176,10 @@ pub struct Analysis {
     /// `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub chain: bool,
+    /// `CREATE [OR REPLACE] FUNCTION | PROCEDURE`: the routine's name, lower case, unqualified
+    /// (a query in the same text that calls it may write rows through it).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub routine: String,
 }
 
 impl Analysis {
@@ -187,6 +191,7 @@ impl Analysis {
             explain_analyze: false,
             savepoint: String::new(),
             chain: false,
+            routine: String::new(),
         }
     }
 }
@@ -401,6 +406,18 @@ fn analyze_node(node: &N) -> Analysis {
         explain_analyze: false,
         savepoint: String::new(),
         chain: false,
+        routine: routine_name(node),
+    }
+}
+
+/// The name a CREATE FUNCTION / PROCEDURE gives its routine (see [`Analysis::routine`]).
+fn routine_name(node: &N) -> String {
+    let N::CreateFunctionStmt(s) = node else {
+        return String::new();
+    };
+    match s.funcname.last().and_then(|n| n.node.as_ref()) {
+        Some(N::String(name)) => name.sval.to_lowercase(),
+        _ => String::new(),
     }
 }
 
@@ -681,6 +698,17 @@ mod tests {
         assert_eq!(v.len(), 3);
         assert_eq!(&sql[v[1].span.clone()].trim(), &"UPDATE t SET a = 1");
         assert_eq!(v[2].analysis.kind, Kind::Transaction(TxControl::Commit));
+    }
+
+    #[test]
+    fn created_routines_are_named() {
+        let sql = "CREATE OR REPLACE FUNCTION s.Backfill() RETURNS void LANGUAGE sql AS $$ DELETE FROM t $$";
+        assert_eq!(one(sql).routine, "backfill");
+        assert_eq!(
+            one("CREATE PROCEDURE p() LANGUAGE sql AS $$ $$").routine,
+            "p"
+        );
+        assert_eq!(one("CREATE TABLE f (a int)").routine, "");
     }
 
     #[test]

@@ -842,6 +842,8 @@ async fn pg18_only_ddl_let_the_writes_beside_it_through_uncaptured() {
         // A syntax error in the unreadable statement: the server's, at the client's position;
         // the INSERT before it does not run.
         send(query("INSERT INTO vg VALUES (3); CREATE TABLE bad (a int GENERATED ALWAYS AS (1) VIRTUAL oops)")),
+        // … also at the end of a statement ("at or near ";"", as in the whole string).
+        send(query("INSERT INTO vg VALUES (3); DROP TABLE; SELECT 1")),
         ext("ALTER TABLE vg ADD COLUMN d int GENERATED ALWAYS AS (k * 4) VIRTUAL"),
         ext("ALTER TABLE vg ADD COLUMN e int GENERATED ALWAYS AS (1) VIRTUAL oops"),
         // Parsed, but refused at Parse by the server (no such table): no event either.
@@ -1935,7 +1937,8 @@ async fn primary_key_changes_keep_both_images(pg: Pg) {
 
 /// A query that calls a function which may write (a user-defined VOLATILE function) is an
 /// opaque statement: recorded on `<prefix>.statements` like DO and CALL, in both protocols;
-/// STABLE functions are not; a function created through the proxy counts at once.
+/// STABLE functions are not; a function created through the proxy counts at once, also in the
+/// query string that creates it.
 async fn queries_calling_writing_functions_are_opaque(pg: Pg) {
     let (db, prefix, proxy) = setup(pg, "fn_calls").await;
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
@@ -1958,13 +1961,22 @@ async fn queries_calling_writing_functions_are_opaque(pg: Pg) {
         .await
         .unwrap();
     c.simple_query("SELECT bump2(4)").await.unwrap();
-    let events = read_topic(format!("{prefix}.statements"), 4).await;
+    // Regression (a function created in the same query string was not in the catalog list
+    // yet, so the query calling it ran as a plain read, unrecorded): the backfill pattern of
+    // migrations.
+    c.simple_query("CREATE FUNCTION backfill() RETURNS void LANGUAGE sql AS $$ UPDATE brieff SET bfso = 'filled' WHERE bfkey = 5 $$; SELECT backfill(); DROP FUNCTION backfill()")
+        .await
+        .unwrap();
+    let events = read_topic(format!("{prefix}.statements"), 7).await;
     let got = statements(&events);
     let want: Vec<(String, String)> = [
         ("opaque", "SELECT bump(1)"),
         ("opaque", "SELECT bump($1)"),
         ("ddl", "CREATE FUNCTION bump2(k int) RETURNS void LANGUAGE sql AS $$ DELETE FROM brieff WHERE bfkey = k $$"),
         ("opaque", "SELECT bump2(4)"),
+        ("ddl", "CREATE FUNCTION backfill() RETURNS void LANGUAGE sql AS $$ UPDATE brieff SET bfso = 'filled' WHERE bfkey = 5 $$"),
+        ("opaque", "SELECT backfill()"),
+        ("ddl", "DROP FUNCTION backfill()"),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -65,6 +65,9 @@ impl ClientCapture {
         } else {
             Arc::default()
         };
+        // A function the same query string creates is not in the catalog yet
+        // (`CREATE FUNCTION backfill() …; SELECT backfill()`): it may write too.
+        let names = with_created_routines(names, statements);
         let calls = |s: &Statement| {
             s.located.analysis.kind == Kind::Read
                 && crate::capture::functions::calls_any(
@@ -757,6 +760,23 @@ pub(super) fn post_read_unit(ctx: Arc<StatementCtx>) -> Unit {
     u.forward_errors = true;
     u.collect = Collect::MergeRead(ctx, Vec::new(), None);
     u
+}
+
+/// `names` and the routines `statements` create (CREATE [OR REPLACE] FUNCTION | PROCEDURE),
+/// whatever their volatility: the safe side, as for the catalog's VOLATILE ones.
+fn with_created_routines(
+    names: crate::capture::functions::Names,
+    statements: &[Statement],
+) -> crate::capture::functions::Names {
+    let mut created = statements
+        .iter()
+        .map(|s| &s.located.analysis.routine)
+        .filter(|r| !r.is_empty())
+        .peekable();
+    if created.peek().is_none() {
+        return names;
+    }
+    Arc::new(names.iter().chain(created).cloned().collect())
 }
 
 #[cfg(test)]

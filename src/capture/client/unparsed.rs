@@ -50,8 +50,12 @@ impl ClientCapture {
             }
             let span = p.statement.located.span.clone();
             let offset = text[..span.start].chars().count() as i64;
-            if let Description::Failed(err) =
-                self.describe_at(w, &full[span], &[], false, offset).await?
+            // With its `;`: an error at the end of the statement is "at or near ";"", as the
+            // server reports it in the whole string.
+            let end = span.end + usize::from(text[span.end..].starts_with(';'));
+            if let Description::Failed(err) = self
+                .describe_at(w, &full[span.start..end], &[], false, offset)
+                .await?
             {
                 if crate::wire::error_response::has_position(&err) {
                     self.refuse_frame(w, err).await?;
