@@ -65,10 +65,11 @@ pub struct Unit {
     /// The characters of the query string sent that this unit's statement occupies (1-based,
     /// end excluded), for [`Unit::maps_whole_string`].
     pub sent_range: Option<(i64, i64)>,
-    /// The first unit of a query string hindsight composed (its BEGIN): an error here means
-    /// the server rejected the whole string before running any of it (a syntax error: the
-    /// server's grammar may be newer or older than hindsight's parser). Its position is mapped
-    /// by the queued unit whose `sent_range` holds it.
+    /// The first unit of a query string hindsight composed (its BEGIN, or the first
+    /// statement's in a transaction block): an error here may mean that the server rejected
+    /// the whole string before running any of it (a syntax error: the server's grammar may be
+    /// newer or older than hindsight's parser). Its position is mapped by the queued unit whose
+    /// `sent_range` holds it (an error of the first statement itself lies in its own range).
     pub maps_whole_string: bool,
     /// Captured rows go to `State::probe`, not the transaction (a gate's trial run of a
     /// refused statement, rolled back, to record what it would have changed).
@@ -364,7 +365,6 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             crate::wire::error_response::map_position(frame, |p| {
                 st.units
                     .iter()
-                    .skip(1)
                     .find(|u| u.sent_range.is_some_and(|(from, to)| p >= from && p < to))
                     .map_or(crate::wire::error_response::NO_POSITION, |u| {
                         u.map_position(p)

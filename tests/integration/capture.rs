@@ -1777,6 +1777,11 @@ async fn error_positions_point_into_the_clients_text(pg: Pg) {
         // transaction in progress" (hindsight committed a transaction that never began).
         send(query("SELECT 1;\n  UPDATE brieff SET bfso = JSON_VALUE(jsonb '{\"a\": \"x\"}', '$.a' RETURNING text) WHERE bfkey = 2")),
         send(query("SELECT bfso FROM brieff WHERE bfkey = 2")),
+        // … also in a transaction block, where hindsight opens no transaction of its own: the
+        // error lost its position (regression whole_string_syntax_error_in_a_block_lost_its_position).
+        send(query("BEGIN")),
+        send(query("UPDATE brieff SET bfso = 'y' WHERE bfkey = 3;\n  UPDATE brieff SET bfso = JSON_VALUE(jsonb '{\"a\": \"x\"}', '$.a' RETURNING text) WHERE bfkey = 2")),
+        send(query("ROLLBACK")),
     ];
     let mut through = run(proxy.addr, &db, 0, &steps).await;
     let mut plain = run(pg.addr(), &db, 0, &steps).await;

@@ -293,6 +293,7 @@ impl ClientCapture {
             open_own_transaction(&mut sql, &mut units);
         }
         self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
+        maps_whole_string(&mut units);
         // Outside a transaction block hindsight ends the transaction itself: the client's
         // ReadyForQuery is held back until the outcome is known.
         units.push(if implicit {
@@ -519,6 +520,7 @@ impl ClientCapture {
             open_own_transaction(&mut sql, &mut units);
         }
         self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
+        maps_whole_string(&mut units);
         units.push(if open {
             Unit::new(b"Z")
         } else {
@@ -636,8 +638,16 @@ fn open_own_transaction(sql: &mut String, units: &mut Vec<Unit>) {
     sql.push_str("BEGIN;\n");
     let mut u = Unit::new(b"C");
     u.forward_errors = true;
-    u.maps_whole_string = true;
     units.push(u);
+}
+
+/// The first unit of a query string hindsight composed — its BEGIN, or in a transaction block
+/// the first statement's — maps the position of an error that rejects the whole string (see
+/// `Unit::maps_whole_string`).
+fn maps_whole_string(units: &mut [Unit]) {
+    if let Some(first) = units.first_mut() {
+        first.maps_whole_string = true;
+    }
 }
 
 /// The ReadyForQuery of one part of a query string hindsight runs in parts: the client's own
