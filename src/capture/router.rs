@@ -302,6 +302,32 @@ impl Shared {
     }
 }
 
+/// "permission denied for table" on a write hindsight added capture columns to, whose client
+/// asked for no rows: the write itself may be allowed, and capture's reading the rows back
+/// (RETURNING, a locking pre-read) be what needs SELECT. The client gets the server's error
+/// as it is (a role without the write privilege gets the very same one directly); the log
+/// tells the operator what to grant.
+fn log_read_privilege_denied(unit: &Unit, frame: &[u8]) {
+    let ctx = match &unit.collect {
+        Collect::Capture(ctx, _) | Collect::PreRead(ctx, _) => ctx,
+        _ => return,
+    };
+    if ctx.shape.client_returning
+        || crate::wire::error_response::code_of(frame).as_deref() != Some("42501")
+    {
+        return;
+    }
+    let message = crate::wire::error_response::message_of(frame);
+    if message.starts_with("permission denied for table") {
+        tracing::warn!(
+            table = %ctx.shape.table,
+            statement = %ctx.text,
+            "a captured write failed with \"{message}\": capture reads the rows a write changes back in the same statement, which needs the SELECT privilege on the table even where the write alone does not; if the role may write to it, GRANT SELECT ON {} TO the role",
+            ctx.shape.table
+        );
+    }
+}
+
 /// What to send the client for one server frame.
 pub enum Route {
     Forward,
@@ -392,6 +418,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         } else if unit.forward || unit.forward_errors {
             out.extend_from_slice(frame);
         }
+        log_read_privilege_denied(unit, frame);
         if let Some(tx) = unit.reply.take() {
             let _ = tx.send(Reply {
                 error: Some(frame.to_vec()),

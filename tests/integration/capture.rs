@@ -2832,7 +2832,66 @@ async fn upsert_before_image_was_stale_after_a_concurrent_update(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// A role that may write to a table but not read it: capture reads the rows back, so its
+/// writes fail through hindsight with the server's own "permission denied" (documented: roles
+/// need SELECT on the tables they write; hindsight's log says what to grant). The error is the
+/// one a role without the write privilege gets directly, untouched; nothing is published.
+/// With SELECT granted the writes are captured.
+async fn write_only_roles_need_select_on_the_tables_they_write(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "writeonly").await;
+    let role = format!("hs_wo_{:08x}", rand::random::<u32>());
+    let admin = harness::connect(pg.addr(), "postgres", &db).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT INSERT, UPDATE, DELETE ON brieff TO {role}"
+        ))
+        .await
+        .unwrap();
+    let direct = harness::connect(pg.addr(), &role, &db).await;
+    let c = harness::connect(proxy.addr, &role, &db).await;
+    let denied = "permission denied for table brieff";
+    for sql in [
+        "INSERT INTO brieff (bfkey) VALUES (100)",
+        "UPDATE brieff SET bfso = 'x'",
+        "DELETE FROM brieff",
+    ] {
+        for err in [
+            c.simple_query(sql).await.unwrap_err(),
+            c.execute(sql, &[]).await.unwrap_err(),
+        ] {
+            let e = err
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{sql}: {err:?}"));
+            assert_eq!((e.code().code(), e.message()), ("42501", denied), "{sql}");
+            assert_eq!(e.hint(), None, "{sql}: the server's error as it is");
+        }
+        // Directly, in a transaction rolled back, the same role may run it.
+        direct.batch_execute("BEGIN").await.unwrap();
+        direct.simple_query(sql).await.unwrap();
+        direct.batch_execute("ROLLBACK").await.unwrap();
+    }
+    admin
+        .batch_execute(&format!("GRANT SELECT ON brieff TO {role}"))
+        .await
+        .unwrap();
+    c.simple_query("UPDATE brieff SET bfso = 'granted' WHERE bfkey = 2")
+        .await
+        .unwrap();
+    let events = read_topic(format!("{prefix}.public.brieff"), 1).await;
+    assert_eq!(events.len(), 1, "nothing published for the refused writes");
+    assert_eq!(events[0]["after"]["bfso"], "granted");
+    drop((c, direct));
+    proxy.shutdown().await;
+    admin
+        .batch_execute(&format!(
+            "REVOKE ALL ON brieff FROM {role}; DROP ROLE {role}"
+        ))
+        .await
+        .unwrap();
+}
+
 on_both!(
+    write_only_roles_need_select_on_the_tables_they_write,
     copy_of_a_writes_returning_rows_was_refused,
     update_where_current_of_failed_with_a_syntax_error,
     upsert_before_image_was_stale_after_a_concurrent_update,
