@@ -319,9 +319,10 @@ pub fn build(
                 client_addr: session.client_addr.clone(),
                 statement: if redactor.covers(&t.schema, &t.name) {
                     pg_query::normalize(&c.stmt.text)
+                        .map(|n| crate::wire::client_text::display(&n).into_owned())
                         .unwrap_or_else(|_| "(statement withheld: redacted table)".into())
                 } else {
-                    c.stmt.text.clone()
+                    crate::wire::client_text::display(&c.stmt.text).into_owned()
                 },
                 fingerprint: c.stmt.fingerprint.clone(),
                 tags: c.stmt.tags.clone(),

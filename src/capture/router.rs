@@ -18,6 +18,7 @@ use super::rewrite::ReadAfter;
 use super::rows::{decode_image, decode_oid, split_data_row, strip_row_description, Format};
 use super::txn::{Change, StatementCtx, TxnBuffer};
 use crate::statement::TxControl;
+use crate::wire::client_text::ClientEncoding;
 
 /// Reply frames of one request.
 pub struct Unit {
@@ -265,6 +266,9 @@ pub struct State {
     /// Rows whose capture columns could not be decoded: the transaction must not commit.
     pub capture_errors: Vec<String>,
     pub application_name: String,
+    /// The session's `client_encoding` (ParameterStatus): how its SQL text and the row images
+    /// the server returns are encoded.
+    pub client_encoding: crate::wire::client_text::ClientEncoding,
     /// `server_version_num / 10000`, from ParameterStatus `server_version`.
     pub server_major: u32,
     /// A CopyInResponse arrived since the last ReadyForQuery.
@@ -357,6 +361,10 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                         st.application_name = String::from_utf8_lossy(value).into_owned()
                     }
                     b"server_version" => st.server_major = major_of(value),
+                    b"client_encoding" => {
+                        st.client_encoding =
+                            crate::wire::client_text::ClientEncoding::from_name(value)
+                    }
                     _ => {}
                 }
             }
@@ -385,6 +393,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         }
     }
     let st = &mut *st;
+    let enc = st.client_encoding;
     // A whole query string rejected: its position mapped by the statement it points into.
     let whole_string_error = (tag == b'E' && st.units.front().is_some_and(|u| u.maps_whole_string))
         .then(|| {
@@ -475,7 +484,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         }
         (Collect::Wrapped(wr), b'D') => {
             forward = false;
-            match wrapped_row(wr, body) {
+            match wrapped_row(wr, body, enc) {
                 Ok(Some(client)) if unit.forward && wr.ctx.shape.client_returning => {
                     out.extend_from_slice(&client)
                 }
@@ -531,7 +540,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             match split_data_row(body, shape.extra) {
                 Some(split) => {
                     let image =
-                        |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]), fmt);
+                        |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]), fmt, enc);
                     let decoded = image(shape.old_at).and_then(|b| {
                         Ok((
                             b,
@@ -573,7 +582,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             forward = false;
             match split_data_row(body, 2) {
                 Some(split) => {
-                    let decoded = decode_image(split.extra[0], Format::Text)
+                    let decoded = decode_image(split.extra[0], Format::Text, enc)
                         .and_then(|b| Ok((b, decode_oid(split.extra[1], Format::Text)?)));
                     match decoded {
                         Ok((before, table_oid)) => rows.push(Change {
@@ -594,7 +603,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         (Collect::PreRead(..), _) => forward = false,
         (Collect::MergeRead(stmt, rows, counters), b'D') => {
             forward = false;
-            match merge_read_row(stmt, body) {
+            match merge_read_row(stmt, body, enc) {
                 Ok(MergeRow::Change(c)) => rows.push(c),
                 Ok(MergeRow::Counters(c)) => *counters = Some(c),
                 Err(e) => st.capture_errors.push(format!("{}: {e}", stmt.shape.table)),
@@ -723,7 +732,11 @@ fn client_row_description(shape: &super::rewrite::Shape, actual: &[u8]) -> Vec<u
 
 /// One row of a wrapper query: its images go to the write they belong to; the client's own
 /// rows (source 0) are counted and returned (without the capture columns) for forwarding.
-fn wrapped_row(wr: &mut Wrapped, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+fn wrapped_row(
+    wr: &mut Wrapped,
+    body: &[u8],
+    enc: ClientEncoding,
+) -> Result<Option<Vec<u8>>, String> {
     let shape = Arc::clone(&wr.ctx.shape);
     let fmt = if wr.ctx.binary {
         Format::Binary
@@ -747,7 +760,7 @@ fn wrapped_row(wr: &mut Wrapped, body: &[u8]) -> Result<Option<Vec<u8>>, String>
         ),
     };
     if let Some(stmt) = stmt {
-        let image = |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]), fmt);
+        let image = |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]), fmt, enc);
         let before = image(shape.old_at).map_err(|e| format!("{}: {e}", stmt.shape.table))?;
         let after = image(shape.new_at).map_err(|e| format!("{}: {e}", stmt.shape.table))?;
         let table_oid = decode_oid(split.extra[shape.oid_at], fmt)
@@ -797,7 +810,11 @@ enum MergeRow {
     Counters(String),
 }
 
-fn merge_read_row(stmt: &Arc<StatementCtx>, body: &[u8]) -> Result<MergeRow, String> {
+fn merge_read_row(
+    stmt: &Arc<StatementCtx>,
+    body: &[u8],
+    enc: ClientEncoding,
+) -> Result<MergeRow, String> {
     let v = data_row_values(body);
     if v.len() != 4 {
         return Err(format!(
@@ -814,8 +831,8 @@ fn merge_read_row(stmt: &Arc<StatementCtx>, body: &[u8]) -> Result<MergeRow, Str
         ));
     }
     Ok(MergeRow::Change(Change {
-        before: decode_image(v[0].as_deref(), Format::Text)?,
-        after: decode_image(v[1].as_deref(), Format::Text)?,
+        before: decode_image(v[0].as_deref(), Format::Text, enc)?,
+        after: decode_image(v[1].as_deref(), Format::Text, enc)?,
         table_oid: decode_oid(v[2].as_deref(), Format::Text)?,
         stmt: Arc::clone(stmt),
         gate: None,

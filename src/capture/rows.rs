@@ -4,6 +4,7 @@
 //! byte of the client's own columns is kept as the server sent it.
 
 use crate::audit::event::Row;
+use crate::wire::client_text::ClientEncoding;
 use crate::wire::frame::{put_frame, take_cstr};
 
 /// Format of a result column, as the Bind message asked for it.
@@ -80,7 +81,11 @@ pub fn strip_row_description(body: &[u8], extra: usize) -> Option<Vec<u8>> {
 }
 
 /// A row image from a `to_jsonb(…)` column (text, or binary jsonb: version byte 1 + text).
-pub fn decode_image(value: Option<&[u8]>, format: Format) -> Result<Option<Row>, String> {
+pub fn decode_image(
+    value: Option<&[u8]>,
+    format: Format,
+    encoding: ClientEncoding,
+) -> Result<Option<Row>, String> {
     let Some(raw) = value else { return Ok(None) };
     let text = match format {
         Format::Text => raw,
@@ -89,7 +94,9 @@ pub fn decode_image(value: Option<&[u8]>, format: Format) -> Result<Option<Row>,
             _ => return Err("unknown binary jsonb version".into()),
         },
     };
-    match serde_json::from_slice::<serde_json::Value>(text) {
+    // The server sent the JSON text in the session's client_encoding.
+    let text = crate::wire::client_text::image_to_utf8(text, encoding)?;
+    match serde_json::from_slice::<serde_json::Value>(&text) {
         Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
         Ok(other) => Err(format!("row image is not a JSON object: {other}")),
         Err(e) => Err(format!("row image is not JSON: {e}")),
@@ -203,12 +210,18 @@ mod tests {
 
     #[test]
     fn images_decode() {
-        let r = decode_image(Some(b"{\"f\": \"NaN\", \"n\": 1.50}"), Format::Text)
-            .unwrap()
-            .unwrap();
+        let r = decode_image(
+            Some(b"{\"f\": \"NaN\", \"n\": 1.50}"),
+            Format::Text,
+            ClientEncoding::Utf8,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r["f"], "NaN");
         assert_eq!(r["n"].to_string(), "1.50");
-        assert!(decode_image(None, Format::Text).unwrap().is_none());
+        assert!(decode_image(None, Format::Text, ClientEncoding::Utf8)
+            .unwrap()
+            .is_none());
         assert_eq!(decode_oid(Some(b"24584"), Format::Text).unwrap(), 24584);
         assert_eq!(
             decode_oid(Some(&[0, 0, 1, 0]), Format::Binary).unwrap(),

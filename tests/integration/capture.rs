@@ -2832,6 +2832,115 @@ async fn upsert_before_image_was_stale_after_a_concurrent_update(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// Regression (a LATIN1 client's data was changed on the way): hindsight read the client's SQL
+/// text as UTF-8, lossily, and sent its rewrite with U+FFFD where the client had written
+/// `'caf\xE9'` — the row stored was not the one the client wrote. Now a session whose
+/// client_encoding is not UTF-8 has its text taken byte for byte (`wire::client_text`): the
+/// server gets exactly the client's bytes, the replies are the direct run's, and the images
+/// are converted exactly for LATIN1 and WIN1252. Where no exact conversion is known (a
+/// SQL_ASCII database) a write with non-ASCII bytes is not committed unrecorded (HS001).
+async fn latin1_text_was_rewritten_lossily(pg: Pg) {
+    use super::differential::{cat, send};
+    use super::wire_client::*;
+    let raw_query = |sql: &[u8]| {
+        let mut b = sql.to_vec();
+        b.push(0);
+        msg(b'Q', &b)
+    };
+    let (db, prefix, proxy) = setup(pg, "latin1").await;
+    let (db2, _direct) = direct_twin(pg, "latin1").await;
+    let mut parse_latin1 = Vec::new();
+    parse_latin1.extend_from_slice(
+        b"\0UPDATE brieff SET bfso = bfso || ' \xe0 ' || $1 WHERE bfkey = 3\0\0\x01\0\0\0\x19",
+    );
+    let steps = vec![
+        send(query("SET client_encoding = 'LATIN1'")),
+        send(raw_query(b"INSERT INTO brieff (bfkey, bfso) VALUES (100, 'caf\xe9')")),
+        send(raw_query(b"UPDATE brieff SET bfso = 'na\xefve' WHERE bfkey = 1 RETURNING bfso")),
+        send(raw_query(b"BEGIN; DELETE FROM brieff WHERE bfso = 'caf\xe9'; COMMIT")),
+        send(cat(&[
+            msg(b'P', &parse_latin1),
+            bind("", "", 0, &[Some(b"d\xe9j\xe0")], 0),
+            execute("", 0),
+            sync(),
+        ])),
+        send(query("SET client_encoding = 'WIN1252'")),
+        send(raw_query(b"INSERT INTO brieff (bfkey, bfso) VALUES (101, '\x80 \x9c')")),
+        // An error's position in a LATIN1 text: one character per byte.
+        send(raw_query(b"UPDATE brieff SET bfso = '\xe9\xe9' WHERE nosuch = 1")),
+        send(query("SELECT bfkey, bfso, octet_length(bfso) FROM brieff WHERE bfkey IN (1, 3, 100, 101) ORDER BY 1")),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 5).await;
+    validate("change-event", &events);
+    assert_eq!(
+        changes(&events, "bfso"),
+        vec![
+            ("c".into(), Value::Null, "café".into()),
+            ("u".into(), "rep1".into(), "naïve".into()),
+            ("d".into(), "café".into(), Value::Null),
+            ("u".into(), "rep3".into(), "rep3 à déjà".into()),
+            ("c".into(), Value::Null, "€ œ".into()),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(
+        events[0]["source"]["statement"],
+        "INSERT INTO brieff (bfkey, bfso) VALUES (100, 'caf\\xE9')"
+    );
+    // A SQL_ASCII database: bytes without defined characters. Stored as sent when it commits;
+    // a write whose image holds them cannot be recorded exactly, so it does not commit.
+    let ascii = format!("{db}_ascii");
+    harness::connect(pg.addr(), "postgres", &db)
+        .await
+        .batch_execute(&format!(
+            "CREATE DATABASE {ascii} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ))
+        .await
+        .unwrap();
+    harness::connect(pg.addr(), "postgres", &ascii)
+        .await
+        .batch_execute("CREATE TABLE t (k int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(&startup("postgres", &ascii, 0)).await;
+    c.until_ready(1).await;
+    c.send(&query("SET client_encoding = 'SQL_ASCII'")).await;
+    c.until_ready(1).await;
+    c.send(&raw_query(b"INSERT INTO t VALUES (1, 'caf\xe9')"))
+        .await;
+    let got = c.until_ready(1).await;
+    let err = got
+        .iter()
+        .find(|f| f[0] == b'E')
+        .unwrap_or_else(|| panic!("no error: {}", describe_frames(&got)));
+    assert_eq!(
+        sqlstate(err).as_deref(),
+        Some("HS001"),
+        "{}",
+        describe_frames(&got)
+    );
+    assert!(
+        field(err, b'M').unwrap_or_default().contains("0xE9"),
+        "{}",
+        describe_frames(&got)
+    );
+    c.send(&raw_query(b"INSERT INTO t VALUES (2, 'plain')"))
+        .await;
+    c.until_ready(1).await;
+    let rows: Vec<(i32, i32)> = harness::connect(pg.addr(), "postgres", &ascii)
+        .await
+        .query("SELECT k, octet_length(v) FROM t ORDER BY k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(2, 5)]);
+    proxy.shutdown().await;
+}
+
 /// A role that may write to a table but not read it: capture reads the rows back, so its
 /// writes fail through hindsight with the server's own "permission denied" (documented: roles
 /// need SELECT on the tables they write; hindsight's log says what to grant). The error is the
@@ -2891,6 +3000,7 @@ async fn write_only_roles_need_select_on_the_tables_they_write(pg: Pg) {
 }
 
 on_both!(
+    latin1_text_was_rewritten_lossily,
     write_only_roles_need_select_on_the_tables_they_write,
     copy_of_a_writes_returning_rows_was_refused,
     update_where_current_of_failed_with_a_syntax_error,

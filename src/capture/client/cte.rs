@@ -180,7 +180,7 @@ impl ClientCapture {
         }
         let mut p = NAME.to_vec();
         p.push(0);
-        p.extend_from_slice(sql.as_bytes());
+        p.extend_from_slice(&crate::wire::client_text::encode(sql));
         p.push(0);
         p.extend_from_slice(&(params.len() as u16).to_be_bytes());
         for oid in params {

@@ -121,7 +121,16 @@ impl ClientCapture {
         let Some((sql, params)) = take_cstr(rest) else {
             return self.forward_parse(w, frame).await;
         };
-        let full = String::from_utf8_lossy(sql).into_owned();
+        let full = match self.client_text(sql) {
+            Ok(text) => text.into_owned(),
+            // Not UTF-8 in a UTF-8 session: the server refuses the text itself, unchanged.
+            Err(TextError::NotUtf8) => return self.forward_parse(w, frame).await,
+            Err(e) => {
+                return self
+                    .refused_parse(w, name, unreadable_text(e).encode())
+                    .await
+            }
+        };
         let (text, tags) = sqlcommenter::split(&full);
         let entry = self.cache.get(text);
         self.statements.remove(name);
@@ -236,7 +245,7 @@ impl ClientCapture {
             Some(rw) => {
                 let mut b = name.to_vec();
                 b.push(0);
-                b.extend_from_slice(rw.text.as_bytes());
+                b.extend_from_slice(&crate::wire::client_text::encode(&rw.text));
                 b.push(0);
                 match &resolved_params {
                     // The wrapper mentions every parameter where the client's statement does;
@@ -356,7 +365,7 @@ impl ClientCapture {
         let cname = companion_name(kind, name);
         let mut p = cname.clone();
         p.push(0);
-        p.extend_from_slice(pre_read.as_bytes());
+        p.extend_from_slice(&crate::wire::client_text::encode(pre_read));
         p.push(0);
         p.extend_from_slice(&(reply.params.len() as u16).to_be_bytes());
         for oid in &reply.params {

@@ -23,7 +23,7 @@ pub(super) fn internal_statement(
         frames.extend(frame_of(b'C', &c));
     }
     let mut p = NAME.to_vec();
-    p.extend_from_slice(sql.as_bytes());
+    p.extend_from_slice(&crate::wire::client_text::encode(sql));
     p.extend_from_slice(&[0, 0, 0]);
     frames.extend(frame_of(b'P', &p));
     let mut b = NAME.to_vec();
@@ -72,8 +72,9 @@ pub(super) fn frame_of(tag: u8, body: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A Query frame; `sql` may hold client text of a non-UTF-8 session (see `client_text`).
 pub(super) fn query_frame(sql: &str) -> Vec<u8> {
-    let mut body = sql.as_bytes().to_vec();
+    let mut body = crate::wire::client_text::encode(sql).into_owned();
     body.push(0);
     frame_of(b'Q', &body)
 }
@@ -214,5 +215,25 @@ impl ClientCapture {
             self.shared.drained().await;
         }
         Ok(())
+    }
+}
+
+/// The refusal of a client text hindsight cannot take apart without changing its bytes.
+pub(super) fn unreadable_text(e: TextError) -> ErrorResponse {
+    ErrorResponse::error(
+        sqlstate::CAPTURE_UNSUPPORTED,
+        format!("hindsight: {e}; it was not run"),
+    )
+    .with_hint("Send such characters as parameters (the extended protocol), or run the statement through a proxy started with --no-capture if it must run unaudited.")
+}
+
+impl ClientCapture {
+    /// The client's SQL bytes as text, in the session's `client_encoding` (see `client_text`).
+    pub(super) fn client_text<'a>(
+        &self,
+        bytes: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, str>, TextError> {
+        let encoding = self.shared.lock().client_encoding;
+        crate::wire::client_text::decode(bytes, encoding)
     }
 }

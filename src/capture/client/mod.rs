@@ -57,6 +57,7 @@ use crate::statement::analysis::TableName;
 use crate::statement::cache::{AnalysisCache, Statement};
 use crate::statement::{fast_path, sqlcommenter, Kind, TxControl};
 use crate::telemetry::Metrics;
+use crate::wire::client_text::TextError;
 use crate::wire::error_response::{sqlstate, ErrorResponse};
 use crate::wire::frame::{put_frame, take_cstr, Header, HEADER_LEN};
 use crate::wire::frontend::{describe_target, parse_statement, query_text, FrontendTag};

@@ -30,7 +30,15 @@ impl ClientCapture {
         frame: &[u8],
         w: &mut W,
     ) -> std::io::Result<()> {
-        let full = String::from_utf8_lossy(query_text(&frame[HEADER_LEN..])).into_owned();
+        let full = match self.client_text(query_text(&frame[HEADER_LEN..])) {
+            Ok(text) => text.into_owned(),
+            // Not UTF-8 in a UTF-8 session: the server refuses the text itself, unchanged.
+            Err(TextError::NotUtf8) => {
+                self.push([Unit::pass(b"Z")]);
+                return write_all(w, frame).await;
+            }
+            Err(e) => return self.refuse(w, unreadable_text(e)).await,
+        };
         let (text, tags) = sqlcommenter::split(&full);
         let entry = self.cache.get(text);
         let unreadable;
