@@ -70,10 +70,16 @@ pub fn lookup_query(table: &TableName) -> String {
 /// Parse the row of [`lookup_query`]. `None` also when row-level security applies to the
 /// table for this session: PostgreSQL refuses that COPY FROM itself ("COPY FROM not supported
 /// with row-level security"), which the stage (a plain temporary table) would not.
-pub fn parse_lookup(rows: &[Vec<Option<Vec<u8>>>]) -> Option<Target> {
+pub fn parse_lookup(
+    rows: &[Vec<Option<Vec<u8>>>],
+    encoding: crate::wire::client_text::ClientEncoding,
+) -> Option<Target> {
     let r = rows.first()?;
     let text = |i: usize| -> Option<String> {
-        Some(String::from_utf8_lossy(r.get(i)?.as_deref()?).into_owned())
+        Some(crate::wire::client_text::sql_name(
+            r.get(i)?.as_deref()?,
+            encoding,
+        ))
     };
     if text(4).as_deref() == Some("true") {
         return None;
@@ -241,8 +247,8 @@ mod tests {
             .map(|s| Some(s.as_bytes().to_vec()))
             .collect::<Vec<_>>()]
         };
-        assert!(parse_lookup(&row("false")).is_some());
-        assert!(parse_lookup(&row("true")).is_none());
+        assert!(parse_lookup(&row("false"), Default::default()).is_some());
+        assert!(parse_lookup(&row("true"), Default::default()).is_none());
     }
 
     #[test]

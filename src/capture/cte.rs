@@ -260,6 +260,7 @@ impl Cut {
         major: u32,
         client: Option<&[u8]>,
         columns: &[Option<Vec<String>>],
+        encoding: crate::wire::client_text::ClientEncoding,
     ) -> Result<Rewritten, Refusal> {
         let mut ctes = Vec::new();
         let mut parts = Vec::new();
@@ -322,7 +323,7 @@ impl Cut {
             parts.push(part_shape(&w.analysis, major, *stored));
         }
         let main_sql = &*main_sql;
-        let client_cols = client.map(column_names).transpose()?;
+        let client_cols = client.map(|rd| column_names(rd, encoding)).transpose()?;
         let (first, client_rel, main_shape) = if !a.kind.writes_rows() {
             ctes.push(format!("__hs_main AS (\n{main_sql}\n)"));
             (
@@ -652,7 +653,10 @@ fn tag_of(kind: Kind) -> &'static str {
 }
 
 /// The field names of a RowDescription body.
-pub fn column_names(body: &[u8]) -> Result<Vec<String>, Refusal> {
+pub fn column_names(
+    body: &[u8],
+    encoding: crate::wire::client_text::ClientEncoding,
+) -> Result<Vec<String>, Refusal> {
     let bad = || Refusal::Unsupported {
         what: "this data-modifying WITH statement (its description was malformed)".into(),
     };
@@ -664,7 +668,7 @@ pub fn column_names(body: &[u8]) -> Result<Vec<String>, Refusal> {
     let mut out = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let (name, after) = crate::wire::frame::take_cstr(rest).ok_or_else(bad)?;
-        out.push(String::from_utf8_lossy(name).into_owned());
+        out.push(crate::wire::client_text::sql_name(name, encoding));
         rest = after.get(18..).ok_or_else(bad)?;
     }
     Ok(out)
@@ -679,7 +683,7 @@ mod tests {
         cut(sql)
             .unwrap()
             .unwrap()
-            .rewrite(15, None, &[Some(vec!["id".into()])])
+            .rewrite(15, None, &[Some(vec!["id".into()])], Default::default())
     }
 
     fn row_description(names: &[&str]) -> Vec<u8> {
@@ -711,7 +715,12 @@ mod tests {
             )]
         );
         let rw = c
-            .rewrite(18, None, &[Some(vec!["a".into(), "B".into()])])
+            .rewrite(
+                18,
+                None,
+                &[Some(vec!["a".into(), "B".into()])],
+                Default::default(),
+            )
             .unwrap();
         assert_eq!(
             rw.text,
@@ -737,7 +746,12 @@ mod tests {
         let c = cut(sql).unwrap().unwrap();
         assert_eq!(c.probes(), vec![None]);
         let rw = c
-            .rewrite(18, Some(&row_description(&["one"])), &[None])
+            .rewrite(
+                18,
+                Some(&row_description(&["one"])),
+                &[None],
+                Default::default(),
+            )
             .unwrap();
         assert!(
             rw.text
@@ -771,6 +785,7 @@ mod tests {
                 18,
                 Some(&row_description(&["id", "id"])),
                 &[Some(vec!["id".into()])],
+                Default::default(),
             )
             .unwrap();
         assert!(rw.text.contains("__hs_main(__hs_1, __hs_2) AS (\nUPDATE b SET x = 1 FROM d WHERE b.id = d.id RETURNING b.id, d.id\n, 0 AS __hs_s, to_jsonb(old)"), "{}", rw.text);
@@ -819,7 +834,12 @@ mod tests {
         let rw = cut(sql)
             .unwrap()
             .unwrap()
-            .rewrite(15, None, &[None, Some(vec!["id".into()])])
+            .rewrite(
+                15,
+                None,
+                &[None, Some(vec!["id".into()])],
+                Default::default(),
+            )
             .unwrap();
         let store = |t: &str| {
             format!("set_config('hindsight.before_image', to_jsonb({t}.*)::text, true) IS NOT NULL")

@@ -76,10 +76,13 @@ pub const TXID_QUERY: &str =
     "SELECT pg_current_xact_id_if_assigned()::text, NULL, NULL, NULL, NULL, NULL, NULL";
 
 /// Parse the rows of [`catalog_query`]: `(txid, oid → table)`.
-pub fn parse_catalog(rows: &[Vec<Option<Vec<u8>>>]) -> (Option<i64>, HashMap<u32, TableInfo>) {
+pub fn parse_catalog(
+    rows: &[Vec<Option<Vec<u8>>>],
+    encoding: crate::wire::client_text::ClientEncoding,
+) -> (Option<i64>, HashMap<u32, TableInfo>) {
     let text = |v: &Option<Vec<u8>>| {
         v.as_deref()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .map(|b| crate::wire::client_text::utf8_name(b, encoding))
     };
     let mut txid = None;
     let mut tables = HashMap::new();

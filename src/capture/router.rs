@@ -175,14 +175,15 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The first column of every row as text (NULLs left out): the lists hindsight looks up.
-    pub fn first_column(&self) -> Vec<String> {
+    /// The first column of every row as text (NULLs left out): the lists hindsight looks up,
+    /// names it builds SQL with or matches against the client's text.
+    pub fn first_column(&self, encoding: ClientEncoding) -> Vec<String> {
         self.rows
             .iter()
             .filter_map(|r| {
                 r.first()?
                     .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .map(|b| crate::wire::client_text::sql_name(b, encoding))
             })
             .collect()
     }

@@ -137,6 +137,24 @@ pub fn image_to_utf8(bytes: &[u8], encoding: ClientEncoding) -> Result<Cow<'_, [
     Ok(Cow::Owned(out.into_bytes()))
 }
 
+/// A name the server returned (in the session's encoding) for SQL hindsight builds, or to match
+/// against the client's text: decoded as the client's text is, so `encode` gives back the
+/// server's bytes.
+pub fn sql_name(bytes: &[u8], encoding: ClientEncoding) -> String {
+    decode(bytes, encoding)
+        .map(Cow::into_owned)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// A name the server returned, for events and to match row images: converted as images are
+/// (where that is not exact, its non-ASCII bytes shown as `\xNN`).
+pub fn utf8_name(bytes: &[u8], encoding: ClientEncoding) -> String {
+    match image_to_utf8(bytes, encoding) {
+        Ok(utf8) => String::from_utf8_lossy(&utf8).into_owned(),
+        Err(_) => display(&sql_name(bytes, encoding)).into_owned(),
+    }
+}
+
 fn has_reserved(s: &str) -> bool {
     // U+10FF80..U+10FFFF are F4 8F BE 80 ..= F4 8F BF BF in UTF-8.
     s.as_bytes().contains(&0xF4) && s.chars().any(|c| reserved_byte(c).is_some())

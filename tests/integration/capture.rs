@@ -2888,6 +2888,51 @@ async fn latin1_text_was_rewritten_lossily(pg: Pg) {
         events[0]["source"]["statement"],
         "INSERT INTO brieff (bfkey, bfso) VALUES (100, 'caf\\xE9')"
     );
+    // Names the server returns in the session's encoding (regression: read lossily, they made
+    // hindsight's own SQL name columns that do not exist): a COPY into a table whose columns
+    // are not ASCII (the stage is built from the catalog's names), a data-modifying WITH whose
+    // client RETURNING names them, and the key of the events.
+    let ddl = "CREATE TABLE mass (schlüssel int PRIMARY KEY, größe text)";
+    for d in [&db, &db2] {
+        harness::connect(pg.addr(), "postgres", d)
+            .await
+            .batch_execute(ddl)
+            .await
+            .unwrap();
+    }
+    let steps = vec![
+        send(query("SET client_encoding = 'LATIN1'")),
+        super::differential::Step::Send(
+            raw_query(b"COPY mass FROM STDIN"),
+            super::differential::Until::Tag(b'G'),
+        ),
+        send(cat(&[copy_data(b"1\tgro\xdf\n2\t\xe9t\xe9\n"), copy_done()])),
+        send(raw_query(b"WITH d AS (DELETE FROM mass WHERE schl\xfcssel = 2 RETURNING gr\xf6\xdfe) SELECT * FROM d")),
+        send(raw_query(b"UPDATE mass SET schl\xfcssel = 3 WHERE gr\xf6\xdfe = 'gro\xdf'")),
+        send(query("SELECT * FROM mass ORDER BY 1")),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let records = harness::read_topic_raw(format!("{prefix}.public.mass"), 4).await;
+    let got: Vec<(String, String)> = records
+        .iter()
+        .map(|(k, v)| {
+            let e: Value = serde_json::from_slice(v).unwrap();
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                format!("{} {} -> {}", e["op"], e["before"], e["after"]),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(
+        got[0].1.contains(r#"{"größe":"groß","schlüssel":1}"#),
+        "{got:#?}"
+    );
+    assert!(got[1].1.contains(r#""größe":"été""#), "{got:#?}");
+    assert!(
+        got[0].0.contains("schlüssel"),
+        "the key names the key column: {got:#?}"
+    );
     // A SQL_ASCII database: bytes without defined characters. Stored as sent when it commits;
     // a write whose image holds them cannot be recorded exactly, so it does not commit.
     let ascii = format!("{db}_ascii");

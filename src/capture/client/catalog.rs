@@ -35,7 +35,7 @@ impl ClientCapture {
         };
         self.mid_batch = extended;
         let reply = self.internal_query(w, &q).await?;
-        Ok(reply.first_column())
+        Ok(reply.first_column(self.shared.lock().client_encoding))
     }
 
     /// Whether the server may accept syntax hindsight's parser (PostgreSQL 17's grammar)
@@ -168,7 +168,8 @@ impl ClientCapture {
         if reply.error.is_some() {
             return Ok(None);
         }
-        let (txid, looked_up) = publish::parse_catalog(&reply.rows);
+        let (txid, looked_up) =
+            publish::parse_catalog(&reply.rows, self.shared.lock().client_encoding);
         if !self.ddl_in_txn {
             self.tables.put(&db, &looked_up);
         }
@@ -197,7 +198,7 @@ impl ClientCapture {
             // An aborted transaction: the statement fails on its own; try again next time.
             return Ok(Arc::default());
         }
-        let names = reply.first_column();
+        let names = reply.first_column(self.shared.lock().client_encoding);
         Ok(self.functions.put(&db, names))
     }
 }

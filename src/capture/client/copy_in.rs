@@ -51,7 +51,10 @@ impl ClientCapture {
             .internal_query(w, &crate::capture::copy::lookup_query(&write.table))
             .await?;
         self.seq += 1;
-        let staged = match crate::capture::copy::parse_lookup(&lookup.rows) {
+        let staged = match crate::capture::copy::parse_lookup(
+            &lookup.rows,
+            self.shared.lock().client_encoding,
+        ) {
             Some(target) => crate::capture::copy::stage(sql, &target, &write.columns, self.seq),
             // No such table: the client's COPY fails on its own, writing nothing.
             None => Ok(None),
@@ -166,7 +169,9 @@ impl ClientCapture {
         let lookup = self
             .internal_query(w, &crate::capture::copy::lookup_query(&write.table))
             .await?;
-        let Some(target) = crate::capture::copy::parse_lookup(&lookup.rows) else {
+        let Some(target) =
+            crate::capture::copy::parse_lookup(&lookup.rows, self.shared.lock().client_encoding)
+        else {
             return Ok(Ok(None));
         };
         self.seq += 1;

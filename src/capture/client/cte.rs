@@ -83,10 +83,12 @@ impl ClientCapture {
                 continue;
             };
             match self.describe(w, &probe, &params, extended).await? {
-                Description::Described(_, Some(rd)) => match cte::column_names(&rd) {
-                    Ok(names) => columns.push(Some(names)),
-                    Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
-                },
+                Description::Described(_, Some(rd)) => {
+                    match cte::column_names(&rd, self.shared.lock().client_encoding) {
+                        Ok(names) => columns.push(Some(names)),
+                        Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
+                    }
+                }
                 Description::Described(_, None) => {
                     return Ok(CteRewrite::Refused(
                         "hindsight: a RETURNING list in the WITH clause described no columns"
@@ -97,11 +99,16 @@ impl ClientCapture {
                 Description::Skipped => return Ok(CteRewrite::Skipped),
             }
         }
-        let major = self.shared.lock().server_major;
-        Ok(match cut.rewrite(major, client.as_deref(), &columns) {
-            Ok(rw) => CteRewrite::Rewritten(rw, params),
-            Err(r) => CteRewrite::Refused(format!("hindsight: {r}")),
-        })
+        let (major, encoding) = {
+            let st = self.shared.lock();
+            (st.server_major, st.client_encoding)
+        };
+        Ok(
+            match cut.rewrite(major, client.as_deref(), &columns, encoding) {
+                Ok(rw) => CteRewrite::Rewritten(rw, params),
+                Err(r) => CteRewrite::Refused(format!("hindsight: {r}")),
+            },
+        )
     }
 
     /// `COPY (write RETURNING …) TO` (see `capture::copy_out`): the client's statement is
@@ -129,10 +136,12 @@ impl ClientCapture {
             .describe_at(w, copy.write_text(), &params, extended, offset)
             .await?
         {
-            Description::Described(_, Some(rd)) => match cte::column_names(&rd) {
-                Ok(names) => names,
-                Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
-            },
+            Description::Described(_, Some(rd)) => {
+                match cte::column_names(&rd, self.shared.lock().client_encoding) {
+                    Ok(names) => names,
+                    Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
+                }
+            }
             Description::Described(_, None) => {
                 return Ok(CteRewrite::Refused(
                     "hindsight: the write inside COPY (…) TO described no columns".into(),
