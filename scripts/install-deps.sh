@@ -12,6 +12,9 @@ command -v xz >/dev/null || want+=(xz-utils)
 # Building PostgreSQL 18's psql and pg_regress for its regression suite (configure wants both).
 command -v bison >/dev/null || want+=(bison)
 command -v flex >/dev/null || want+=(flex)
+# The pgjdbc client test (tests/integration/jdbc.rs): a Java runtime and Debian's pgjdbc.
+command -v java >/dev/null || want+=(default-jre-headless)
+[ -f /usr/share/java/postgresql.jar ] || want+=(libpostgresql-jdbc-java)
 if [ ${#want[@]} -gt 0 ]; then
   log "apt-get install ${want[*]}"
   export DEBIAN_FRONTEND=noninteractive

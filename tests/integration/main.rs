@@ -15,6 +15,7 @@ mod clients;
 mod differential;
 mod gates;
 mod harness;
+mod jdbc;
 mod kafka_sink;
 mod replay;
 mod restore;

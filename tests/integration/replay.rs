@@ -252,6 +252,96 @@ async fn contents(c: &Client, table: &str) -> Vec<String> {
     .collect()
 }
 
+/// Each transaction's commit status from the END records of `{prefix}.transaction`, once every
+/// BEGIN has its END (they are published after the commit, asynchronously; waits up to 20 s).
+pub(crate) async fn outcomes(prefix: &str) -> HashMap<String, String> {
+    let tx_topic = format!("{prefix}.transaction");
+    let mut outcome: HashMap<String, String> = HashMap::new();
+    for _ in 0..100 {
+        let records = read_all(tx_topic.clone()).await;
+        let begins: HashSet<String> = records
+            .iter()
+            .filter(|r| r["status"] == "BEGIN")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        outcome = records
+            .iter()
+            .filter(|r| r["status"] == "END")
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["commit_status"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        if begins.iter().all(|b| outcome.contains_key(b)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    outcome
+}
+
+/// Apply every event of `{prefix}.public.{table}` in topic order to `replica` (which holds the
+/// starting data) and require the result to equal `table` as written through hindsight
+/// (`written`). Each event must belong to a committed transaction (`outcome`), and each before
+/// image must match a replayed row exactly. Returns the events.
+pub(crate) async fn replay_table(
+    prefix: &str,
+    table: &str,
+    outcome: &HashMap<String, String>,
+    replica: &Client,
+    written: &Client,
+) -> Vec<Value> {
+    let events = read_all(format!("{prefix}.public.{table}")).await;
+    for e in &events {
+        let tx = e["transaction"]["id"].as_str().unwrap();
+        assert_eq!(
+            outcome.get(tx).map(String::as_str),
+            Some("committed"),
+            "an event of a transaction that did not commit: {e:#}"
+        );
+        if !e["before"].is_null() {
+            let n = replica
+                .execute(
+                    &format!("DELETE FROM {table} WHERE ctid = (SELECT ctid FROM {table} t WHERE to_jsonb(t.*) = $1::text::jsonb LIMIT 1)"),
+                    &[&e["before"].to_string()],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                n, 1,
+                "the before image matches the replayed row exactly: {e:#}"
+            );
+        }
+        if !e["after"].is_null() {
+            replica
+                .execute(
+                    &format!("INSERT INTO {table} SELECT * FROM jsonb_populate_record(NULL::{table}, $1::text::jsonb)"),
+                    &[&e["after"].to_string()],
+                )
+                .await
+                .unwrap_or_else(|err| panic!("replaying {e:#}: {err:?}"));
+        }
+    }
+    let (replayed, through) = (
+        contents(replica, table).await,
+        contents(written, table).await,
+    );
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|r| !b.contains(r)).cloned().collect()
+    };
+    assert!(
+        replayed == through,
+        "{table}: the replay of {} events differs from the table written through hindsight\n\
+         only in the replay: {:#?}\nonly in the table: {:#?}",
+        events.len(),
+        only(&replayed, &through),
+        only(&through, &replayed)
+    );
+    events
+}
+
 async fn replay_reproduces_the_tables(pg: Pg) {
     let db = harness::fresh_db(pg, "replay").await;
     let copy = harness::fresh_db(pg, "replay_copy").await;
@@ -282,88 +372,18 @@ async fn replay_reproduces_the_tables(pg: Pg) {
         "{committed} / {rolled_back}"
     );
 
-    // Every BEGIN gets its END (published after the commit, asynchronously).
-    let tx_topic = format!("{prefix}.transaction");
-    let mut outcome: HashMap<String, String> = HashMap::new();
-    for _ in 0..100 {
-        let records = read_all(tx_topic.clone()).await;
-        let begins: HashSet<String> = records
-            .iter()
-            .filter(|r| r["status"] == "BEGIN")
-            .map(|r| r["id"].as_str().unwrap().to_string())
-            .collect();
-        outcome = records
-            .iter()
-            .filter(|r| r["status"] == "END")
-            .map(|r| {
-                (
-                    r["id"].as_str().unwrap().to_string(),
-                    r["commit_status"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        if begins.iter().all(|b| outcome.contains_key(b)) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-
+    let outcome = outcomes(&prefix).await;
     let mut applied = 0;
     let mut merged = HashMap::new();
     for table in TABLES {
-        let events = read_all(format!("{prefix}.public.{table}")).await;
+        let events = replay_table(&prefix, table, &outcome, &replica, &direct).await;
         let by_merge = |e: &&Value| {
             e["source"]["statement"]
                 .as_str()
                 .is_some_and(|s| s.starts_with("MERGE"))
         };
         merged.insert(table, events.iter().filter(by_merge).count());
-        for e in &events {
-            let tx = e["transaction"]["id"].as_str().unwrap();
-            assert_eq!(
-                outcome.get(tx).map(String::as_str),
-                Some("committed"),
-                "an event of a transaction that did not commit: {e:#}"
-            );
-            if !e["before"].is_null() {
-                let n = replica
-                    .execute(
-                        &format!("DELETE FROM {table} WHERE ctid = (SELECT ctid FROM {table} t WHERE to_jsonb(t.*) = $1::text::jsonb LIMIT 1)"),
-                        &[&e["before"].to_string()],
-                    )
-                    .await
-                    .unwrap();
-                assert_eq!(
-                    n, 1,
-                    "the before image matches the replayed row exactly: {e:#}"
-                );
-            }
-            if !e["after"].is_null() {
-                replica
-                    .execute(
-                        &format!("INSERT INTO {table} SELECT * FROM jsonb_populate_record(NULL::{table}, $1::text::jsonb)"),
-                        &[&e["after"].to_string()],
-                    )
-                    .await
-                    .unwrap_or_else(|err| panic!("replaying {e:#}: {err:?}"));
-            }
-            applied += 1;
-        }
-        let (replayed, written) = (
-            contents(&replica, table).await,
-            contents(&direct, table).await,
-        );
-        let only = |a: &[String], b: &[String]| -> Vec<String> {
-            a.iter().filter(|r| !b.contains(r)).cloned().collect()
-        };
-        assert!(
-            replayed == written,
-            "{table}: the replay of {} events differs from the table written through hindsight\n\
-             only in the replay: {:#?}\nonly in the table: {:#?}",
-            events.len(),
-            only(&replayed, &written),
-            only(&written, &replayed)
-        );
+        applied += events.len();
     }
     eprintln!("replay: {committed} committed, {rolled_back} rolled back, {applied} events applied, by MERGE: {merged:?}");
     assert!(applied > 50, "only {applied} events");
