@@ -78,8 +78,9 @@ async fn pgjdbc_workload_is_captured_exactly(pg: Pg) {
     }
     // The workload's committed row changes, step by step (JdbcWorkload.java):
     // item: 8 inserts; 7 batch updates + 1 in simple mode + 2 with RETURNING; 1 delete.
-    // note: 20 batch + 1 upsert + 1 result-set insert + 3 COPY + 37 rewritten batch + 1 simple;
-    // 3 in the savepoint + 2 multi-statement + 2 upsert + 1 result-set update + 2 autosave;
+    // note: 20 batch + 1 upsert + 1 result-set insert + 3 COPY + 37 rewritten batch + 3000 large
+    // batch + 1 simple; 3 in the savepoint + 2 multi-statement + 2 upsert + 1 result-set update
+    // + 1500 large batch + 2 autosave;
     // 1 before the savepoint + 1 multi-statement + 1 result-set delete + 2 `= ANY`.
     let mut counted = std::collections::BTreeMap::new();
     for e in &events {
@@ -93,8 +94,8 @@ async fn pgjdbc_workload_is_captured_exactly(pg: Pg) {
         ("item", "c", 8),
         ("item", "u", 10),
         ("item", "d", 1),
-        ("note", "c", 63),
-        ("note", "u", 10),
+        ("note", "c", 3063),
+        ("note", "u", 1510),
         ("note", "d", 5),
     ]
     .into_iter()

@@ -208,6 +208,33 @@ public class JdbcWorkload {
         }
     }
 
+    /**
+     * Large batches in autocommit: one implicit transaction of thousands of Bind/Execute under a
+     * single Sync. pgjdbc writes them without reading replies until its receive estimate fills,
+     * so a proxy that held replies back would deadlock it.
+     */
+    static void largeBatches() throws SQLException {
+        try (Connection c = open("")) {
+            try (PreparedStatement ps = c.prepareStatement("INSERT INTO note (id, body) VALUES (?, ?)")) {
+                for (int i = 1000; i < 4000; i++) {
+                    ps.setInt(1, i);
+                    ps.setString(2, "large " + i);
+                    ps.addBatch();
+                }
+                int[] counts = ps.executeBatch();
+                say("large insert batch: " + counts.length + " statements, " + Arrays.stream(counts).sum() + " rows");
+            }
+            try (PreparedStatement ps = c.prepareStatement("UPDATE note SET body = body || ' updated' WHERE id = ?")) {
+                for (int i = 1000; i < 4000; i += 2) {
+                    ps.setInt(1, i);
+                    ps.addBatch();
+                }
+                int[] counts = ps.executeBatch();
+                say("large update batch: " + counts.length + " statements, " + Arrays.stream(counts).sum() + " rows");
+            }
+        }
+    }
+
     /** preferQueryMode=simple: parameters are inlined and the simple protocol is used. */
     static void simpleMode() throws SQLException {
         try (Connection c = open("?preferQueryMode=simple")) {
@@ -285,12 +312,14 @@ public class JdbcWorkload {
             copyIn(c);
         }
         rewrittenBatch();
+        largeBatches();
         simpleMode();
         autosave();
         forcedServerPrepare();
         try (Connection c = open(""); Statement s = c.createStatement()) {
             rows("item", s.executeQuery("SELECT * FROM item ORDER BY id"));
-            rows("note", s.executeQuery("SELECT * FROM note ORDER BY id"));
+            rows("note", s.executeQuery("SELECT * FROM note WHERE id < 1000 ORDER BY id"));
+            rows("large notes", s.executeQuery("SELECT count(*), md5(string_agg(id || body, ',' ORDER BY id)) FROM note WHERE id >= 1000"));
         }
     }
 }
