@@ -90,9 +90,10 @@ impl Cut<'_> {
                 ..Shape::statement(a.kind, table)
             }),
             pre_read: None,
-            post_read: Some(
-                "SELECT NULL::jsonb, NULL::jsonb, NULL::oid, NULL::text WHERE false".into(),
-            ),
+            post_read: Some(format!(
+                "SELECT {NULL}, {NULL}, NULL::oid, NULL::text WHERE false",
+                NULL = super::image_sql::NULL
+            )),
             guard: None,
             inserts: Vec::new(),
             pre_read_map: Vec::new(),
@@ -166,14 +167,15 @@ impl Cut<'_> {
     }
 }
 
-/// The images the COPY's write stored, one row each: `(before, after, tableoid, NULL)`; an
+/// The images the COPY's write stored (already as hex image columns, see
+/// [`super::image_sql`]), one row each: `(before, after, tableoid, NULL)`; an
 /// updated row without its before image is left out (the count then fails `check`). The
 /// setting is emptied after.
 fn post_read() -> String {
     format!(
-        "SELECT NULLIF(__hs_e->'o', 'null'), NULLIF(__hs_e->'n', 'null'), (__hs_e->>'t')::oid, NULL::text \
+        "SELECT __hs_e->>'o', __hs_e->>'n', (__hs_e->>'t')::oid, NULL::text \
          FROM jsonb_array_elements(NULLIF(current_setting('{ROWS}', true), '')::jsonb) __hs_e \
-         WHERE NOT (COALESCE((__hs_e->>'u')::bool, false) AND jsonb_typeof(__hs_e->'o') IS DISTINCT FROM 'object') \
+         WHERE NOT (COALESCE((__hs_e->>'u')::bool, false) AND jsonb_typeof(__hs_e->'o') IS DISTINCT FROM 'string') \
          UNION ALL SELECT NULL, NULL, NULL, NULL WHERE set_config('{ROWS}', '', true) IS NULL"
     )
 }
@@ -209,7 +211,7 @@ mod tests {
         );
         let rw = c.rewrite(18, &["id".into(), "V".into()]).unwrap();
         assert!(
-            rw.text.starts_with("COPY (WITH __hs_w(__hs_1, __hs_2) AS (DELETE FROM s.t WHERE id > 1 RETURNING id, v AS \"V\"\n, 1 AS __hs_s, to_jsonb(old) AS __hs_o"),
+            rw.text.starts_with("COPY (WITH __hs_w(__hs_1, __hs_2) AS (DELETE FROM s.t WHERE id > 1 RETURNING id, v AS \"V\"\n, 1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o"),
             "{}",
             rw.text
         );
@@ -233,7 +235,7 @@ mod tests {
         let sql = "COPY (UPDATE t SET v = v || 'x' WHERE id = 1 RETURNING id) TO STDOUT";
         let rw = cut(sql).unwrap().rewrite(15, &["id".into()]).unwrap();
         assert!(
-            rw.text.contains("WHERE ( id = 1 \n) AND set_config('hindsight.before_image', to_jsonb(\"t\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, NULLIF(current_setting("),
+            rw.text.contains("WHERE ( id = 1 \n) AND set_config('hindsight.before_image', to_jsonb(\"t\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting("),
             "{}",
             rw.text
         );

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::Token as T;
 
+use super::image_sql;
 use super::rewrite::{
     quote, update_stored, upsert_capturing_before, Refusal, Rewritten, Shape, BEFORE_IMAGE,
 };
@@ -327,8 +328,7 @@ impl Cut {
         let (first, client_rel, main_shape) = if !a.kind.writes_rows() {
             ctes.push(format!("__hs_main AS (\n{main_sql}\n)"));
             (
-                "SELECT __hs_main.*, 0, NULL::jsonb, NULL::jsonb, NULL::oid, NULL::bool FROM __hs_main"
-                    .to_string(),
+                format!("SELECT __hs_main.*, 0, {NULL}, {NULL}, NULL::oid, NULL::bool FROM __hs_main", NULL = image_sql::NULL),
                 Some("__hs_main"),
                 None,
             )
@@ -552,18 +552,20 @@ pub(super) fn images(
         return Ok(if w.returning {
             let (old, new) = crate::statement::pg18_syntax::returning_aliases(text);
             format!(
-                "{lead}{src} AS __hs_s, to_jsonb({old}) AS __hs_o, to_jsonb({new}) AS __hs_n, {tail}"
+                "{lead}{src} AS __hs_s, {} AS __hs_o, {} AS __hs_n, {tail}",
+                image_sql::row(&old),
+                image_sql::row(&new)
             )
         } else {
-            format!("{lead}WITH (OLD AS __hs_old, NEW AS __hs_new) {src} AS __hs_s, to_jsonb(__hs_old) AS __hs_o, to_jsonb(__hs_new) AS __hs_n, {tail}")
+            format!("{lead}WITH (OLD AS __hs_old, NEW AS __hs_new) {src} AS __hs_s, {} AS __hs_o, {} AS __hs_n, {tail}", image_sql::row("__hs_old"), image_sql::row("__hs_new"))
         });
     }
     let (old, new) = match a.kind {
-        Kind::Insert => ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)")),
+        Kind::Insert => (image_sql::NULL.to_string(), image_sql::row(&format!("{target}.*"))),
         Kind::Upsert if !w.conflict_update => {
-            ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)"))
+            (image_sql::NULL.to_string(), image_sql::row(&format!("{target}.*")))
         }
-        Kind::Delete => (format!("to_jsonb({target}.*)"), "NULL::jsonb".to_string()),
+        Kind::Delete => (image_sql::row(&format!("{target}.*")), image_sql::NULL.to_string()),
         // The WHERE or a SET expression stored the row's before image (see `body`); it is read,
         // then emptied. Every row an UPDATE returns was updated: `__hs_u` is true, the before
         // image must be there.
@@ -572,12 +574,12 @@ pub(super) fn images(
                 "{target}.tableoid AS __hs_t, (set_config('{BEFORE_IMAGE}', '', true) IS NOT NULL) AS __hs_u"
             );
             (
-                format!("NULLIF(current_setting('{BEFORE_IMAGE}', true), '')::jsonb"),
-                format!("to_jsonb({target}.*)"),
+                super::rewrite::stored_before(),
+                image_sql::row(&format!("{target}.*")),
             )
         }
         // The before images come from the pre-read (see `Cut::pre_read`).
-        Kind::Update => ("NULL::jsonb".to_string(), format!("to_jsonb({target}.*)")),
+        Kind::Update => (image_sql::NULL.to_string(), image_sql::row(&format!("{target}.*"))),
         // The DO UPDATE's WHERE stored the row's before image (see `body`); it is read, then
         // emptied (`__hs_u`, evaluated after `__hs_o`) so an inserted row after it reads none.
         Kind::Upsert => {
@@ -585,8 +587,8 @@ pub(super) fn images(
                 "{target}.tableoid AS __hs_t, (set_config('{BEFORE_IMAGE}', '', true) IS NULL) AS __hs_u"
             );
             (
-                format!("NULLIF(current_setting('{BEFORE_IMAGE}', true), '')::jsonb"),
-                format!("to_jsonb({target}.*)"),
+                super::rewrite::stored_before(),
+                image_sql::row(&format!("{target}.*")),
             )
         }
         kind => {
@@ -726,10 +728,10 @@ mod tests {
             rw.text,
             "WITH x AS (SELECT 1 AS k),\n\
              __hs_w1(__hs_1, __hs_2) AS MATERIALIZED (DELETE FROM s.t WHERE k IN (SELECT k FROM x) RETURNING * -- c\n\n\
-             , 1 AS __hs_s, to_jsonb(old) AS __hs_o, to_jsonb(new) AS __hs_n, \"s\".\"t\".tableoid AS __hs_t, NULL::bool AS __hs_u),\n\
+             , 1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(new))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n, \"s\".\"t\".tableoid AS __hs_t, NULL::bool AS __hs_u),\n\
              d AS (SELECT __hs_1 AS \"a\", __hs_2 AS \"B\" FROM __hs_w1),\n\
              __hs_main AS (\nINSERT INTO u SELECT * FROM d\n\
-             RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) 0 AS __hs_s, to_jsonb(__hs_old) AS __hs_o, to_jsonb(__hs_new) AS __hs_n, \"u\".tableoid AS __hs_t, NULL::bool AS __hs_u\n)\n\
+             RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) 0 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(__hs_old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(__hs_new))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n, \"u\".tableoid AS __hs_t, NULL::bool AS __hs_u\n)\n\
              SELECT * FROM __hs_main\n\
              UNION ALL SELECT __hs_w1.__hs_s, __hs_w1.__hs_o, __hs_w1.__hs_n, __hs_w1.__hs_t, __hs_w1.__hs_u FROM __hs_w1"
         );
@@ -761,7 +763,7 @@ mod tests {
         );
         assert!(
             rw.text.contains(
-                "__hs_main AS (\nSELECT 1 AS one ORDER BY 1\n)\nSELECT __hs_main.*, 0, NULL::jsonb, NULL::jsonb, NULL::oid, NULL::bool FROM __hs_main\nUNION ALL SELECT __hs_main.*, __hs_w1.__hs_s"
+                "__hs_main AS (\nSELECT 1 AS one ORDER BY 1\n)\nSELECT __hs_main.*, 0, NULL::text, NULL::text, NULL::oid, NULL::bool FROM __hs_main\nUNION ALL SELECT __hs_main.*, __hs_w1.__hs_s"
             ),
             "{}",
             rw.text
@@ -788,7 +790,7 @@ mod tests {
                 Default::default(),
             )
             .unwrap();
-        assert!(rw.text.contains("__hs_main(__hs_1, __hs_2) AS (\nUPDATE b SET x = 1 FROM d WHERE b.id = d.id RETURNING b.id, d.id\n, 0 AS __hs_s, to_jsonb(old)"), "{}", rw.text);
+        assert!(rw.text.contains("__hs_main(__hs_1, __hs_2) AS (\nUPDATE b SET x = 1 FROM d WHERE b.id = d.id RETURNING b.id, d.id\n, 0 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex')"), "{}", rw.text);
         assert!(
             rw.text
                 .contains("__hs_c AS (SELECT __hs_1, __hs_2 FROM __hs_main)"),
@@ -810,13 +812,13 @@ mod tests {
         let rw = on_15(sql).unwrap();
         assert!(
             rw.text
-                .contains("1 AS __hs_s, to_jsonb(\"a\".*) AS __hs_o, NULL::jsonb AS __hs_n"),
+                .contains("1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"a\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, NULL::text AS __hs_n"),
             "{}",
             rw.text
         );
         assert!(
             rw.text
-                .contains("0 AS __hs_s, NULL::jsonb AS __hs_o, to_jsonb(\"b\".*) AS __hs_n"),
+                .contains("0 AS __hs_s, NULL::text AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"b\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n"),
             "{}",
             rw.text
         );
@@ -824,7 +826,7 @@ mod tests {
         let sql = "WITH u AS (INSERT INTO a VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 2 RETURNING id) SELECT * FROM u";
         let rw = on_15(sql).unwrap();
         assert!(
-            rw.text.contains("DO UPDATE SET v = 2 \nWHERE set_config('hindsight.before_image', to_jsonb(\"a\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, NULLIF(current_setting('hindsight.before_image', true), '')::jsonb AS __hs_o, to_jsonb(\"a\".*) AS __hs_n, \"a\".tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NULL) AS __hs_u"),
+            rw.text.contains("DO UPDATE SET v = 2 \nWHERE set_config('hindsight.before_image', to_jsonb(\"a\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting('hindsight.before_image', true), ''))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"a\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n, \"a\".tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NULL) AS __hs_u"),
             "{}",
             rw.text
         );
@@ -845,7 +847,7 @@ mod tests {
             format!("set_config('hindsight.before_image', to_jsonb({t}.*)::text, true) IS NOT NULL")
         };
         let read = |t: &str| {
-            format!("NULLIF(current_setting('hindsight.before_image', true), '')::jsonb AS __hs_o, to_jsonb({t}.*) AS __hs_n, {t}.tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NOT NULL) AS __hs_u")
+            format!("pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting('hindsight.before_image', true), ''))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb({t}.*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n, {t}.tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NOT NULL) AS __hs_u")
         };
         for part in [
             format!("UPDATE a SET v = 'x' WHERE ( id = 1\n) AND {}\n\nRETURNING 1 AS __hs_s, {}", store("\"a\""), read("\"a\"")),
@@ -862,7 +864,7 @@ mod tests {
         let rw = on_15(sql).unwrap();
         assert_eq!(
             rw.pre_read.as_deref(),
-            Some("WITH k AS (SELECT 1 AS id)\nSELECT to_jsonb(\"a\".*), \"a\".tableoid FROM a\nWHERE id IN (SELECT id FROM k)\nFOR UPDATE OF \"a\"")
+            Some("WITH k AS (SELECT 1 AS id)\nSELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"a\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"a\".tableoid FROM a\nWHERE id IN (SELECT id FROM k)\nFOR UPDATE OF \"a\"")
         );
         assert!(rw.shape.pre_read && rw.shape.wrapper.as_ref().unwrap().parts[0].pre_read);
         // … unless it reads the rows of a CTE that writes (they exist only in the statement).

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use pg_query::protobuf::Token as T;
 
+use super::image_sql;
 use super::rewrite::{quote, ReadAfter, Refusal, Rewritten, Shape, Spliced};
 use crate::statement::analysis::{Kind, Write};
 
@@ -367,12 +368,17 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
     let mut post_read = format!(
         "{with}__hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
          FROM jsonb_array_elements(current_setting('{ROWS}', true)::jsonb) __hs_e){matched_inserts}\n\
-         SELECT __hs_x.b, __hs_n.a, __hs_x.o, NULL::text FROM __hs_x LEFT JOIN LATERAL \
+         SELECT {}, {}, __hs_x.o, NULL::text FROM __hs_x LEFT JOIN LATERAL \
          (SELECT to_jsonb({r}.*) AS a, {r}.ctid AS c FROM {target} WHERE {r}.tableoid = __hs_x.o AND {r}.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
-         WHERE __hs_n.c IS DISTINCT FROM __hs_x.c"
+         WHERE __hs_n.c IS DISTINCT FROM __hs_x.c",
+        image_sql::json("__hs_x.b"),
+        image_sql::json("__hs_n.a")
     );
     if inserts_rows {
-        post_read.push_str("\nUNION ALL\nSELECT NULL, __hs_i.a, __hs_i.o, NULL FROM __hs_i");
+        post_read.push_str(&format!(
+            "\nUNION ALL\nSELECT NULL, {}, __hs_i.o, NULL FROM __hs_i",
+            image_sql::json("__hs_i.a")
+        ));
     }
     let missing = format!("(SELECT count(*) FROM __hs_i) < COALESCE(NULLIF(current_setting('{}', true), ''), '0')::int8", COUNTERS[2].0);
     // … and those it does not match, by the values an INSERT clause gave its listed columns
@@ -396,7 +402,8 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
             })
             .collect();
         post_read.push_str(&format!(
-            "\nUNION ALL\nSELECT NULL, to_jsonb({r}.*), {r}.tableoid, NULL FROM {target}\nWHERE {missing}\nAND EXISTS (SELECT 1 FROM {source}\nWHERE {}\n)\nAND NOT EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row}",
+            "\nUNION ALL\nSELECT NULL, {}, {r}.tableoid, NULL FROM {target}\nWHERE {missing}\nAND EXISTS (SELECT 1 FROM {source}\nWHERE {}\n)\nAND NOT EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row}",
+            image_sql::row(&format!("{r}.*")),
             equal.join(" AND ")
         ));
     }

@@ -21,6 +21,7 @@ pub mod copy;
 pub mod copy_out;
 pub mod cte;
 pub mod functions;
+pub mod image_sql;
 pub mod merge;
 pub mod publish;
 pub mod redact;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use pg_query::protobuf::node::Node as N;
 use thiserror::Error;
 
+use super::image_sql;
 use crate::statement::analysis::{Kind, Located, TableName};
 
 /// Where the capture columns are in the rewritten statement's result.
@@ -152,6 +153,12 @@ pub enum Refusal {
     SeveralTargets { tables: String },
 }
 
+/// The before image a row's write stored in the transaction-local setting, read back as an
+/// image column (and emptied by the caller after).
+pub(crate) fn stored_before() -> String {
+    image_sql::json(&format!("NULLIF(current_setting('{BEFORE_IMAGE}', true), '')"))
+}
+
 /// Rewrite one analysed statement of `text` for capture on a server of major version `major`.
 /// `Ok(None)`: the statement writes no rows and runs unchanged.
 /// `cascade`: for `TRUNCATE … CASCADE`, the tables it reaches ([`truncate_cascade_query`]).
@@ -225,9 +232,9 @@ pub fn rewrite(
         let cols = if write.returning {
             // The client's `RETURNING WITH (OLD AS o, …)` renames the rows.
             let (old, new) = crate::statement::pg18_syntax::returning_aliases(body);
-            format!("to_jsonb({old}), to_jsonb({new}), {target}.tableoid")
+            format!("{}, {}, {target}.tableoid", image_sql::row(&old), image_sql::row(&new))
         } else {
-            format!("WITH (OLD AS __hs_old, NEW AS __hs_new) to_jsonb(__hs_old), to_jsonb(__hs_new), {target}.tableoid")
+            format!("WITH (OLD AS __hs_old, NEW AS __hs_new) {}, {}, {target}.tableoid", image_sql::row("__hs_old"), image_sql::row("__hs_new"))
         };
         return Ok(Some(Rewritten {
             text: format!("{body}{sep}{cols}"),
@@ -239,7 +246,7 @@ pub fn rewrite(
             pre_read_map: Vec::new(),
         }));
     }
-    let image = format!("to_jsonb({target}.*), {target}.tableoid");
+    let image = format!("{}, {target}.tableoid", image_sql::row(&format!("{target}.*")));
     match a.kind {
         Kind::Insert => Ok(Some(Rewritten {
             text: format!("{body}{sep}{image}"),
@@ -260,8 +267,6 @@ pub fn rewrite(
             pre_read_map: Vec::new(),
         })),
         Kind::Update => {
-            // The WHERE store (one scan of the text on the common path); WHERE CURRENT OF, which
-            // it leaves alone, stores in a SET expression.
             // The WHERE store (one scan of the text on the common path); else a SET expression
             // stores (FROM lists, subqueries, WHERE CURRENT OF); else the locking pre-read.
             let stored = update_stored(body, &target);
@@ -276,7 +281,8 @@ pub fn rewrite(
                 Arc::make_mut(&mut s).updated_at = Some(4);
                 return Ok(Some(Rewritten {
                     text: format!(
-                        "{body}{sep}{image}, NULLIF(current_setting('{BEFORE_IMAGE}', true), '')::jsonb, set_config('{BEFORE_IMAGE}', '', true), true"
+                        "{body}{sep}{image}, {}, set_config('{BEFORE_IMAGE}', '', true), true",
+                        stored_before()
                     ),
                     shape: s,
                     pre_read: None,
@@ -319,7 +325,7 @@ pub fn rewrite(
         // `upsert_capturing_before`) — and read back in the same row's RETURNING.
         Kind::Upsert => {
             let (body, inserts) = upsert_capturing_before(body, write)?;
-            let before = format!("NULLIF(current_setting('{BEFORE_IMAGE}', true), '')::jsonb");
+            let before = stored_before();
             let clear = format!("set_config('{BEFORE_IMAGE}', '', true)");
             if write.partitioned {
                 // Rows routed into partitions carry no xmax: the setting, emptied after each
@@ -542,7 +548,7 @@ fn truncate(
     };
     let images: Vec<String> = rels
         .iter()
-        .map(|rel| format!("SELECT to_jsonb(t.*), t.tableoid FROM {} t", from(rel)))
+        .map(|rel| format!("SELECT {}, t.tableoid FROM {} t", image_sql::row("t.*"), from(rel)))
         .collect();
     let counted: Vec<String> = rels
         .iter()
@@ -867,7 +873,8 @@ pub(crate) fn pre_read_for_update_mapped(sql: &str, target: &str, lock: &str) ->
     out.map.push((0, update.0, 0));
     out.own(&sql[..update.0])
         .own(&format!(
-            "SELECT to_jsonb({target}.*), {target}.tableoid FROM "
+            "SELECT {}, {target}.tableoid FROM ",
+            image_sql::row(&format!("{target}.*"))
         ))
         .client(sql, update.1..set.0);
     if let Some((_, f_end)) = from {
@@ -896,7 +903,7 @@ mod tests {
         let r = rw("UPDATE brieff SET bfso = NULL WHERE bfkey < 19", 18)
             .unwrap()
             .unwrap();
-        assert!(r.text.ends_with("RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) to_jsonb(__hs_old), to_jsonb(__hs_new), \"brieff\".tableoid"), "{}", r.text);
+        assert!(r.text.ends_with("RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) pg_catalog.encode(pg_catalog.convert_to((to_jsonb(__hs_old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), pg_catalog.encode(pg_catalog.convert_to((to_jsonb(__hs_new))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"brieff\".tableoid"), "{}", r.text);
         assert!(!r.shape.client_returning);
         let r = rw(
             "DELETE FROM public.t x WHERE a = 1 RETURNING id -- trailing",
@@ -906,7 +913,7 @@ mod tests {
         .unwrap();
         assert!(
             r.text
-                .ends_with("-- trailing\n, to_jsonb(old), to_jsonb(new), \"x\".tableoid"),
+                .ends_with("-- trailing\n, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), pg_catalog.encode(pg_catalog.convert_to((to_jsonb(new))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"x\".tableoid"),
             "{}",
             r.text
         );
@@ -920,7 +927,7 @@ mod tests {
             .unwrap();
         assert!(
             r.text
-                .ends_with("RETURNING to_jsonb(\"public\".\"t\".*), \"public\".\"t\".tableoid"),
+                .ends_with("RETURNING pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"public\".\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"public\".\"t\".tableoid"),
             "{}",
             r.text
         );
@@ -934,7 +941,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.pre_read.unwrap(),
-            "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t,\nu\nWHERE t.id = u.id AND u.flag\nFOR UPDATE OF \"t\""
+            "SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"t\".tableoid FROM t,\nu\nWHERE t.id = u.id AND u.flag\nFOR UPDATE OF \"t\""
         );
         // MERGE: a pre-read and a post-read around it (`merge`).
         let r = rw(
@@ -989,7 +996,7 @@ mod tests {
             "set_config('hindsight.before_image', to_jsonb(\"x\".*)::text, true) IS NOT NULL";
         assert_eq!(
             r.text,
-            format!("INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c\nWHERE {store}\n\nRETURNING to_jsonb(\"x\".*), \"x\".tableoid, CASE WHEN (\"x\".xmax::text <> '0') THEN NULLIF(current_setting('hindsight.before_image', true), '')::jsonb END, set_config('hindsight.before_image', '', true), (\"x\".xmax::text <> '0')")
+            format!("INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c\nWHERE {store}\n\nRETURNING pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"x\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"x\".tableoid, CASE WHEN (\"x\".xmax::text <> '0') THEN pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting('hindsight.before_image', true), ''))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') END, set_config('hindsight.before_image', '', true), (\"x\".xmax::text <> '0')")
         );
         assert_eq!(
             (
@@ -1012,7 +1019,7 @@ mod tests {
         let store =
             "set_config('hindsight.before_image', to_jsonb(\"t\".*)::text, true) IS NOT NULL";
         assert!(
-            r.text.starts_with(&format!("INSERT INTO t VALUES (1) ON CONFLICT (lower(v)) WHERE a > 0 DO UPDATE SET v = (SELECT v FROM u WHERE u.k = 1) WHERE CASE WHEN ( t.v <> 'z' \n) THEN {store} ELSE false END\nRETURNING v\n, to_jsonb(")),
+            r.text.starts_with(&format!("INSERT INTO t VALUES (1) ON CONFLICT (lower(v)) WHERE a > 0 DO UPDATE SET v = (SELECT v FROM u WHERE u.k = 1) WHERE CASE WHEN ( t.v <> 'z' \n) THEN {store} ELSE false END\nRETURNING v\n, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(")),
             "{}",
             r.text
         );
@@ -1046,7 +1053,7 @@ mod tests {
             format!("set_config('hindsight.before_image', to_jsonb({t}.*)::text, true) IS NOT NULL")
         };
         let tail = |t: &str| {
-            format!("RETURNING to_jsonb({t}.*), {t}.tableoid, NULLIF(current_setting('hindsight.before_image', true), '')::jsonb, set_config('hindsight.before_image', '', true), true")
+            format!("RETURNING pg_catalog.encode(pg_catalog.convert_to((to_jsonb({t}.*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), {t}.tableoid, pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting('hindsight.before_image', true), ''))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), set_config('hindsight.before_image', '', true), true")
         };
         let r = rw(
             "UPDATE t SET a = a + 1 WHERE id = $1 OR b IS DISTINCT FROM 2 -- c",
@@ -1116,22 +1123,22 @@ mod tests {
         // Qualified target: the lock names the bare table (PostgreSQL refuses a qualified one).
         assert_eq!(
             pre_read("UPDATE public.t SET a = 1 WHERE id = 2"),
-            "SELECT to_jsonb(\"public\".\"t\".*), \"public\".\"t\".tableoid FROM public.t\nWHERE id = 2\nFOR UPDATE OF \"t\""
+            "SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"public\".\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"public\".\"t\".tableoid FROM public.t\nWHERE id = 2\nFOR UPDATE OF \"t\""
         );
         // Alias, ONLY, a WITH clause, RETURNING and a trailing comment.
         assert_eq!(
             pre_read("WITH k AS (SELECT 1 AS id) UPDATE ONLY s.t AS x SET a = 1 FROM k WHERE x.id = k.id RETURNING x.a -- c"),
-            "WITH k AS (SELECT 1 AS id) SELECT to_jsonb(\"x\".*), \"x\".tableoid FROM ONLY s.t AS x,\nk\nWHERE x.id = k.id\nFOR UPDATE OF \"x\""
+            "WITH k AS (SELECT 1 AS id) SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"x\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"x\".tableoid FROM ONLY s.t AS x,\nk\nWHERE x.id = k.id\nFOR UPDATE OF \"x\""
         );
         assert!(pre_read("UPDATE t SET a = 1 -- c").ends_with("FROM t\nFOR UPDATE OF \"t\""));
         // FROM and WHERE inside expressions are not the statement's clauses.
         assert_eq!(
             pre_read("UPDATE t SET a = b IS DISTINCT FROM c, d = (SELECT max(v) FROM u WHERE u.k = t.k), e[1] = substring(f FROM 2) WHERE t.id = 1"),
-            "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t\nWHERE t.id = 1\nFOR UPDATE OF \"t\""
+            "SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"t\".tableoid FROM t\nWHERE t.id = 1\nFOR UPDATE OF \"t\""
         );
         assert_eq!(
             pre_read("UPDATE t SET a = 1 FROM u JOIN v ON u.id = v.id"),
-            "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t,\nu JOIN v ON u.id = v.id\nFOR UPDATE OF \"t\""
+            "SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"t\".tableoid FROM t,\nu JOIN v ON u.id = v.id\nFOR UPDATE OF \"t\""
         );
         // A write in a CTE cannot carry the capture columns: refused, not mangled.
         assert!(matches!(

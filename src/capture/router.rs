@@ -394,7 +394,6 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         }
     }
     let st = &mut *st;
-    let enc = st.client_encoding;
     // A whole query string rejected: its position mapped by the statement it points into.
     let whole_string_error = (tag == b'E' && st.units.front().is_some_and(|u| u.maps_whole_string))
         .then(|| {
@@ -485,7 +484,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         }
         (Collect::Wrapped(wr), b'D') => {
             forward = false;
-            match wrapped_row(wr, body, enc) {
+            match wrapped_row(wr, body) {
                 Ok(Some(client)) if unit.forward && wr.ctx.shape.client_returning => {
                     out.extend_from_slice(&client)
                 }
@@ -541,7 +540,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             match split_data_row(body, shape.extra) {
                 Some(split) => {
                     let image =
-                        |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]), fmt, enc);
+                        |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]));
                     let decoded = image(shape.old_at).and_then(|b| {
                         Ok((
                             b,
@@ -583,7 +582,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             forward = false;
             match split_data_row(body, 2) {
                 Some(split) => {
-                    let decoded = decode_image(split.extra[0], Format::Text, enc)
+                    let decoded = decode_image(split.extra[0])
                         .and_then(|b| Ok((b, decode_oid(split.extra[1], Format::Text)?)));
                     match decoded {
                         Ok((before, table_oid)) => rows.push(Change {
@@ -604,7 +603,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         (Collect::PreRead(..), _) => forward = false,
         (Collect::MergeRead(stmt, rows, counters), b'D') => {
             forward = false;
-            match merge_read_row(stmt, body, enc) {
+            match merge_read_row(stmt, body) {
                 Ok(MergeRow::Change(c)) => rows.push(c),
                 Ok(MergeRow::Counters(c)) => *counters = Some(c),
                 Err(e) => st.capture_errors.push(format!("{}: {e}", stmt.shape.table)),
@@ -733,11 +732,7 @@ fn client_row_description(shape: &super::rewrite::Shape, actual: &[u8]) -> Vec<u
 
 /// One row of a wrapper query: its images go to the write they belong to; the client's own
 /// rows (source 0) are counted and returned (without the capture columns) for forwarding.
-fn wrapped_row(
-    wr: &mut Wrapped,
-    body: &[u8],
-    enc: ClientEncoding,
-) -> Result<Option<Vec<u8>>, String> {
+fn wrapped_row(wr: &mut Wrapped, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
     let shape = Arc::clone(&wr.ctx.shape);
     let fmt = if wr.ctx.binary {
         Format::Binary
@@ -761,7 +756,7 @@ fn wrapped_row(
         ),
     };
     if let Some(stmt) = stmt {
-        let image = |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]), fmt, enc);
+        let image = |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]));
         let before = image(shape.old_at).map_err(|e| format!("{}: {e}", stmt.shape.table))?;
         let after = image(shape.new_at).map_err(|e| format!("{}: {e}", stmt.shape.table))?;
         let table_oid = decode_oid(split.extra[shape.oid_at], fmt)
@@ -811,11 +806,7 @@ enum MergeRow {
     Counters(String),
 }
 
-fn merge_read_row(
-    stmt: &Arc<StatementCtx>,
-    body: &[u8],
-    enc: ClientEncoding,
-) -> Result<MergeRow, String> {
+fn merge_read_row(stmt: &Arc<StatementCtx>, body: &[u8]) -> Result<MergeRow, String> {
     let v = data_row_values(body);
     if v.len() != 4 {
         return Err(format!(
@@ -832,8 +823,8 @@ fn merge_read_row(
         ));
     }
     Ok(MergeRow::Change(Change {
-        before: decode_image(v[0].as_deref(), Format::Text, enc)?,
-        after: decode_image(v[1].as_deref(), Format::Text, enc)?,
+        before: decode_image(v[0].as_deref())?,
+        after: decode_image(v[1].as_deref())?,
         table_oid: decode_oid(v[2].as_deref(), Format::Text)?,
         stmt: Arc::clone(stmt),
         gate: None,

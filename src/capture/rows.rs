@@ -4,7 +4,6 @@
 //! byte of the client's own columns is kept as the server sent it.
 
 use crate::audit::event::Row;
-use crate::wire::client_text::ClientEncoding;
 use crate::wire::frame::{put_frame, take_cstr};
 
 /// Format of a result column, as the Bind message asked for it.
@@ -80,27 +79,43 @@ pub fn strip_row_description(body: &[u8], extra: usize) -> Option<Vec<u8>> {
     Some(frame)
 }
 
-/// A row image from a `to_jsonb(…)` column (text, or binary jsonb: version byte 1 + text).
-pub fn decode_image(
-    value: Option<&[u8]>,
-    format: Format,
-    encoding: ClientEncoding,
-) -> Result<Option<Row>, String> {
-    let Some(raw) = value else { return Ok(None) };
-    let text = match format {
-        Format::Text => raw,
-        Format::Binary => match raw.split_first() {
-            Some((1, rest)) => rest,
-            _ => return Err("unknown binary jsonb version".into()),
-        },
-    };
-    // The server sent the JSON text in the session's client_encoding.
-    let text = crate::wire::client_text::image_to_utf8(text, encoding)?;
-    match serde_json::from_slice::<serde_json::Value>(&text) {
+/// A row image column (see [`super::image_sql`]): the hex digits of the row's JSON in UTF-8,
+/// the same bytes in text and in binary result format (so the format does not matter).
+pub fn decode_image(value: Option<&[u8]>) -> Result<Option<Row>, String> {
+    let Some(hex) = value else { return Ok(None) };
+    let bytes = unhex(hex)?;
+    if let Err(e) = std::str::from_utf8(&bytes) {
+        let at = e.valid_up_to();
+        return Err(format!(
+            "the row image holds byte 0x{:02X} (at {at}), which is not UTF-8: the database is SQL_ASCII and stores bytes without characters, so this row cannot be recorded exactly",
+            bytes[at]
+        ));
+    }
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
         Ok(other) => Err(format!("row image is not a JSON object: {other}")),
         Err(e) => Err(format!("row image is not JSON: {e}")),
     }
+}
+
+/// Hex digits (two a byte, as `encode(…, 'hex')` writes them) as their bytes.
+fn unhex(digits: &[u8]) -> Result<Vec<u8>, String> {
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        _ => Err(format!(
+            "row image is not hex: {:?}",
+            String::from_utf8_lossy(&digits[..digits.len().min(24)])
+        )),
+    };
+    if digits.len() % 2 != 0 {
+        return Err("row image has an odd number of hex digits".into());
+    }
+    digits
+        .chunks_exact(2)
+        .map(|p| Ok(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
 }
 
 /// A `tableoid` column (text digits, or a binary 4-byte oid).
@@ -210,18 +225,19 @@ mod tests {
 
     #[test]
     fn images_decode() {
-        let r = decode_image(
-            Some(b"{\"f\": \"NaN\", \"n\": 1.50}"),
-            Format::Text,
-            ClientEncoding::Utf8,
-        )
-        .unwrap()
-        .unwrap();
+        let json = "{\"f\": \"NaN\", \"n\": 1.50, \"s\": \"café 中\"}";
+        let hex: String = json.bytes().map(|b| format!("{b:02x}")).collect();
+        let r = decode_image(Some(hex.as_bytes())).unwrap().unwrap();
         assert_eq!(r["f"], "NaN");
         assert_eq!(r["n"].to_string(), "1.50");
-        assert!(decode_image(None, Format::Text, ClientEncoding::Utf8)
-            .unwrap()
-            .is_none());
+        assert_eq!(r["s"], "café 中");
+        assert!(decode_image(None).unwrap().is_none());
+        // Bytes of a SQL_ASCII database that are not UTF-8: refused, naming the byte.
+        let err = decode_image(Some(b"7b2261223a2263e9227d")).unwrap_err();
+        assert!(err.contains("0xE9") && err.contains("SQL_ASCII"), "{err}");
+        for bad in [&b"{}"[..], b"7b7", b"7g7d"] {
+            assert!(decode_image(Some(bad)).is_err());
+        }
         assert_eq!(decode_oid(Some(b"24584"), Format::Text).unwrap(), 24584);
         assert_eq!(
             decode_oid(Some(&[0, 0, 1, 0]), Format::Binary).unwrap(),

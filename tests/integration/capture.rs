@@ -2974,6 +2974,20 @@ async fn latin1_text_was_rewritten_lossily(pg: Pg) {
     c.send(&raw_query(b"INSERT INTO t VALUES (2, 'plain')"))
         .await;
     c.until_ready(1).await;
+    // Bytes that are UTF-8 (what most applications store in a SQL_ASCII database) are
+    // recorded as the characters they spell (before: refused like the rest).
+    c.send(&raw_query(b"INSERT INTO t VALUES (3, 'caf\xc3\xa9')"))
+        .await;
+    let got = c.until_ready(1).await;
+    assert!(!got.iter().any(|f| f[0] == b'E'), "{}", describe_frames(&got));
+    let events = read_topic(format!("{prefix}.public.t"), 2).await;
+    assert_eq!(
+        changes(&events, "v"),
+        vec![
+            ("c".into(), Value::Null, "plain".into()),
+            ("c".into(), Value::Null, "café".into()),
+        ]
+    );
     let rows: Vec<(i32, i32)> = harness::connect(pg.addr(), "postgres", &ascii)
         .await
         .query("SELECT k, octet_length(v) FROM t ORDER BY k", &[])
@@ -2982,7 +2996,61 @@ async fn latin1_text_was_rewritten_lossily(pg: Pg) {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(rows, vec![(2, 5)]);
+    assert_eq!(rows, vec![(2, 5), (3, 5)]);
+    proxy.shutdown().await;
+}
+
+/// Regression: a session whose client_encoding is not UTF-8 got its row images in that encoding.
+/// A row holding a character the encoding lacks (a Chinese name in a row a LATIN1 client
+/// updates) made the server fail the client's statement, which directly succeeds: capture
+/// changed the outcome. And writes in encodings hindsight had no table for (WIN1251, EUC_JP,
+/// LATIN2, …) were refused with HS001. Images now leave the server as hex of UTF-8, converted
+/// by the server: these writes run as they do directly and are recorded exactly, whatever the
+/// client's encoding or `bytea_output`.
+async fn latin1_write_failed_on_a_row_holding_characters_latin1_lacks(pg: Pg) {
+    use super::differential::send;
+    use super::wire_client::*;
+    let raw_query = |sql: &[u8]| {
+        let mut b = sql.to_vec();
+        b.push(0);
+        msg(b'Q', &b)
+    };
+    let (db, prefix, proxy) = setup(pg, "enc_lacks").await;
+    let (db2, direct) = direct_twin(pg, "enc_lacks").await;
+    let seed = "INSERT INTO brieff (bfkey, bfso) VALUES (200, '中文 € Привет')";
+    direct.batch_execute(seed).await.unwrap();
+    harness::connect(pg.addr(), "postgres", &db)
+        .await
+        .batch_execute(seed)
+        .await
+        .unwrap();
+    let steps = vec![
+        send(query("SET client_encoding = 'LATIN1'")),
+        send(query("UPDATE brieff SET amount = 1 WHERE bfkey = 200")),
+        send(query("DELETE FROM brieff WHERE bfkey = 200")),
+        send(query("SET client_encoding = 'WIN1251'")),
+        send(raw_query(b"INSERT INTO brieff (bfkey, bfso) VALUES (300, '\xcf\xf0\xe8\xe2\xe5\xf2')")),
+        send(query("SET client_encoding = 'EUC_JP'")),
+        send(raw_query(b"INSERT INTO brieff (bfkey, bfso) VALUES (301, '\xc6\xfc\xcb\xdc') RETURNING bfso")),
+        send(query("SET bytea_output = 'escape'")),
+        send(query("UPDATE brieff SET bfso = 'x' WHERE bfkey = 301")),
+        send(query("SELECT bfkey, bfso, octet_length(bfso) FROM brieff WHERE bfkey >= 200 ORDER BY 1")),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 5).await;
+    validate("change-event", &events);
+    assert_eq!(
+        changes(&events, "bfso"),
+        vec![
+            ("u".into(), "中文 € Привет".into(), "中文 € Привет".into()),
+            ("d".into(), "中文 € Привет".into(), Value::Null),
+            ("c".into(), Value::Null, "Привет".into()),
+            ("c".into(), Value::Null, "日本".into()),
+            ("u".into(), "日本".into(), "x".into()),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[0]["after"]["amount"].to_string(), "1.00");
     proxy.shutdown().await;
 }
 
@@ -3046,6 +3114,7 @@ async fn write_only_roles_need_select_on_the_tables_they_write(pg: Pg) {
 
 on_both!(
     latin1_text_was_rewritten_lossily,
+    latin1_write_failed_on_a_row_holding_characters_latin1_lacks,
     write_only_roles_need_select_on_the_tables_they_write,
     copy_of_a_writes_returning_rows_was_refused,
     update_where_current_of_failed_with_a_syntax_error,
