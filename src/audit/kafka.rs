@@ -235,9 +235,9 @@ impl KafkaSink {
         &self.cfg
     }
 
-    /// `<prefix>.<schema>.<table>`.
+    /// `<prefix>.<schema>.<table>` (see [`table_topic`]).
     pub fn table_topic(&self, schema: &str, table: &str) -> String {
-        format!("{}.{}.{}", self.cfg.topic_prefix, schema, table)
+        table_topic(&self.cfg.topic_prefix, schema, table)
     }
 
     /// `<prefix>.transaction`.
@@ -385,5 +385,40 @@ impl KafkaSink {
     /// Wait for anything still queued (used on shutdown).
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
+    }
+}
+
+/// The topic of a table's change events: `<prefix>.<schema>.<table>`, with every character
+/// Kafka does not allow in a topic name (only ASCII letters, digits, `.`, `_` and `-`) replaced
+/// by `_`, as Debezium does. PostgreSQL allows any name (`"Order Details"`, `"größe"`), and
+/// Kafka refuses to create a topic named so — every write to such a table would be refused.
+/// Two tables may then share a topic; each event names its table exactly in `source`.
+pub fn table_topic(prefix: &str, schema: &str, table: &str) -> String {
+    let legal = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+                _ => '_',
+            })
+            .collect()
+    };
+    format!("{prefix}.{}.{}", legal(schema), legal(table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_topics_hold_only_what_kafka_allows() {
+        assert_eq!(table_topic("hs", "public", "brieff"), "hs.public.brieff");
+        assert_eq!(
+            table_topic("hs", "Sales Dept", "Order Details"),
+            "hs.Sales_Dept.Order_Details"
+        );
+        assert_eq!(
+            table_topic("hs", "public", "größe/名簿"),
+            "hs.public.gr__e___"
+        );
     }
 }

@@ -328,7 +328,10 @@ impl Cut {
         let (first, client_rel, main_shape) = if !a.kind.writes_rows() {
             ctes.push(format!("__hs_main AS (\n{main_sql}\n)"));
             (
-                format!("SELECT __hs_main.*, 0, {NULL}, {NULL}, NULL::oid, NULL::bool FROM __hs_main", NULL = image_sql::NULL),
+                format!(
+                    "SELECT __hs_main.*, 0, {NULL}, {NULL}, NULL::oid, NULL::bool FROM __hs_main",
+                    NULL = image_sql::NULL
+                ),
                 Some("__hs_main"),
                 None,
             )
@@ -561,11 +564,18 @@ pub(super) fn images(
         });
     }
     let (old, new) = match a.kind {
-        Kind::Insert => (image_sql::NULL.to_string(), image_sql::row(&format!("{target}.*"))),
-        Kind::Upsert if !w.conflict_update => {
-            (image_sql::NULL.to_string(), image_sql::row(&format!("{target}.*")))
-        }
-        Kind::Delete => (image_sql::row(&format!("{target}.*")), image_sql::NULL.to_string()),
+        Kind::Insert => (
+            image_sql::NULL.to_string(),
+            image_sql::row(&format!("{target}.*")),
+        ),
+        Kind::Upsert if !w.conflict_update => (
+            image_sql::NULL.to_string(),
+            image_sql::row(&format!("{target}.*")),
+        ),
+        Kind::Delete => (
+            image_sql::row(&format!("{target}.*")),
+            image_sql::NULL.to_string(),
+        ),
         // The WHERE or a SET expression stored the row's before image (see `body`); it is read,
         // then emptied. Every row an UPDATE returns was updated: `__hs_u` is true, the before
         // image must be there.
@@ -579,7 +589,10 @@ pub(super) fn images(
             )
         }
         // The before images come from the pre-read (see `Cut::pre_read`).
-        Kind::Update => (image_sql::NULL.to_string(), image_sql::row(&format!("{target}.*"))),
+        Kind::Update => (
+            image_sql::NULL.to_string(),
+            image_sql::row(&format!("{target}.*")),
+        ),
         // The DO UPDATE's WHERE stored the row's before image (see `body`); it is read, then
         // emptied (`__hs_u`, evaluated after `__hs_o`) so an inserted row after it reads none.
         Kind::Upsert => {

@@ -45,9 +45,7 @@ pub struct SessionInfo {
 /// Run inside the transaction, right before COMMIT.
 pub fn catalog_query(oids: &[u32]) -> String {
     let list: Vec<String> = oids.iter().map(u32::to_string).collect();
-    format!(
-        "SELECT x.txid, c.oid::int8::text, n.nspname, c.relname, \
-         (SELECT coalesce(json_agg(a.attname ORDER BY k.ord), '[]'::json)::text FROM pg_index i \
+    let key = "(SELECT coalesce(json_agg(a.attname ORDER BY k.ord), '[]'::json)::text FROM pg_index i \
             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
           WHERE i.indrelid = c.oid AND k.ord <= i.indnkeyatts AND i.indexrelid = (SELECT i2.indexrelid FROM pg_index i2 \
@@ -55,17 +53,27 @@ pub fn catalog_query(oids: &[u32]) -> String {
               OR (i2.indisunique AND i2.indimmediate AND i2.indpred IS NULL AND i2.indexprs IS NULL \
                   AND NOT EXISTS (SELECT 1 FROM pg_attribute n2 WHERE n2.attrelid = i2.indrelid \
                                   AND n2.attnum = ANY((i2.indkey::int2[])[0:i2.indnkeyatts - 1]) AND NOT n2.attnotnull))) \
-            ORDER BY i2.indisprimary DESC, i2.indisreplident DESC, i2.indnkeyatts, i2.indexrelid LIMIT 1)), \
-         (SELECT coalesce(json_agg(t.tgname ORDER BY t.tgname), '[]'::json)::text FROM pg_trigger t \
-          WHERE t.tgrelid = c.oid AND NOT t.tgisinternal), \
-         (SELECT coalesce(json_agg(DISTINCT rn.nspname || '.' || rc.relname), '[]'::json)::text \
+            ORDER BY i2.indisprimary DESC, i2.indisreplident DESC, i2.indnkeyatts, i2.indexrelid LIMIT 1))";
+    let triggers = "(SELECT coalesce(json_agg(t.tgname ORDER BY t.tgname), '[]'::json)::text FROM pg_trigger t \
+          WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)";
+    let cascades =
+        "(SELECT coalesce(json_agg(DISTINCT rn.nspname || '.' || rc.relname), '[]'::json)::text \
           FROM pg_constraint f JOIN pg_class rc ON rc.oid = f.conrelid \
           JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
           WHERE f.contype = 'f' AND f.confrelid = c.oid \
-            AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd'))) \
+            AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')))";
+    // Names as hex of UTF-8, as images are: exact in every client_encoding, and the key's
+    // column names then match the images' keys.
+    let names: Vec<String> = ["n.nspname", "c.relname", key, triggers, cascades]
+        .into_iter()
+        .map(super::image_sql::json)
+        .collect();
+    format!(
+        "SELECT x.txid, c.oid::int8::text, {} \
          FROM (SELECT pg_current_xact_id_if_assigned()::text) AS x(txid) \
          LEFT JOIN (pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace) \
            ON c.oid = ANY('{{{}}}'::oid[])",
+        names.join(", "),
         list.join(",")
     )
 }
@@ -76,22 +84,20 @@ pub const TXID_QUERY: &str =
     "SELECT pg_current_xact_id_if_assigned()::text, NULL, NULL, NULL, NULL, NULL, NULL";
 
 /// Parse the rows of [`catalog_query`]: `(txid, oid → table)`.
-pub fn parse_catalog(
-    rows: &[Vec<Option<Vec<u8>>>],
-    encoding: crate::wire::client_text::ClientEncoding,
-) -> (Option<i64>, HashMap<u32, TableInfo>) {
-    let text = |v: &Option<Vec<u8>>| {
+pub fn parse_catalog(rows: &[Vec<Option<Vec<u8>>>]) -> (Option<i64>, HashMap<u32, TableInfo>) {
+    let ascii = |v: &Option<Vec<u8>>| {
         v.as_deref()
-            .map(|b| crate::wire::client_text::utf8_name(b, encoding))
+            .map(|b| String::from_utf8_lossy(b).into_owned())
     };
+    let text = |v: &Option<Vec<u8>>| v.as_deref().map(super::rows::decode_name);
     let mut txid = None;
     let mut tables = HashMap::new();
     for r in rows {
         if r.len() < 7 {
             continue;
         }
-        txid = text(&r[0]).and_then(|t| t.parse().ok());
-        let Some(oid) = text(&r[1]).and_then(|t| t.parse().ok()) else {
+        txid = ascii(&r[0]).and_then(|t| t.parse().ok());
+        let Some(oid) = ascii(&r[1]).and_then(|t| t.parse().ok()) else {
             continue;
         };
         let list = |i: usize| -> Vec<String> {
@@ -355,7 +361,7 @@ pub fn build(
             topic: if c.is_statement() {
                 format!("{}.{STATEMENTS}", session.topic_prefix)
             } else {
-                format!("{}.{}.{}", session.topic_prefix, t.schema, t.name)
+                crate::audit::kafka::table_topic(&session.topic_prefix, &t.schema, &t.name)
             },
             key: key.to_bytes(),
             payload: serde_json::to_vec(&ev).expect("events serialise"),

@@ -156,7 +156,9 @@ pub enum Refusal {
 /// The before image a row's write stored in the transaction-local setting, read back as an
 /// image column (and emptied by the caller after).
 pub(crate) fn stored_before() -> String {
-    image_sql::json(&format!("NULLIF(current_setting('{BEFORE_IMAGE}', true), '')"))
+    image_sql::json(&format!(
+        "NULLIF(current_setting('{BEFORE_IMAGE}', true), '')"
+    ))
 }
 
 /// Rewrite one analysed statement of `text` for capture on a server of major version `major`.
@@ -232,9 +234,17 @@ pub fn rewrite(
         let cols = if write.returning {
             // The client's `RETURNING WITH (OLD AS o, …)` renames the rows.
             let (old, new) = crate::statement::pg18_syntax::returning_aliases(body);
-            format!("{}, {}, {target}.tableoid", image_sql::row(&old), image_sql::row(&new))
+            format!(
+                "{}, {}, {target}.tableoid",
+                image_sql::row(&old),
+                image_sql::row(&new)
+            )
         } else {
-            format!("WITH (OLD AS __hs_old, NEW AS __hs_new) {}, {}, {target}.tableoid", image_sql::row("__hs_old"), image_sql::row("__hs_new"))
+            format!(
+                "WITH (OLD AS __hs_old, NEW AS __hs_new) {}, {}, {target}.tableoid",
+                image_sql::row("__hs_old"),
+                image_sql::row("__hs_new")
+            )
         };
         return Ok(Some(Rewritten {
             text: format!("{body}{sep}{cols}"),
@@ -246,7 +256,10 @@ pub fn rewrite(
             pre_read_map: Vec::new(),
         }));
     }
-    let image = format!("{}, {target}.tableoid", image_sql::row(&format!("{target}.*")));
+    let image = format!(
+        "{}, {target}.tableoid",
+        image_sql::row(&format!("{target}.*"))
+    );
     match a.kind {
         Kind::Insert => Ok(Some(Rewritten {
             text: format!("{body}{sep}{image}"),
@@ -548,7 +561,13 @@ fn truncate(
     };
     let images: Vec<String> = rels
         .iter()
-        .map(|rel| format!("SELECT {}, t.tableoid FROM {} t", image_sql::row("t.*"), from(rel)))
+        .map(|rel| {
+            format!(
+                "SELECT {}, t.tableoid FROM {} t",
+                image_sql::row("t.*"),
+                from(rel)
+            )
+        })
         .collect();
     let counted: Vec<String> = rels
         .iter()

@@ -539,8 +539,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             };
             match split_data_row(body, shape.extra) {
                 Some(split) => {
-                    let image =
-                        |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]));
+                    let image = |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]));
                     let decoded = image(shape.old_at).and_then(|b| {
                         Ok((
                             b,

@@ -98,6 +98,25 @@ pub fn decode_image(value: Option<&[u8]>) -> Result<Option<Row>, String> {
     }
 }
 
+/// A name from a hex-of-UTF-8 column (see [`super::image_sql::json`]); bytes that are not
+/// UTF-8 (a SQL_ASCII database) or are not hex are shown as `\xNN`, never dropped.
+pub fn decode_name(hex: &[u8]) -> String {
+    match unhex(hex) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => e
+                .into_bytes()
+                .iter()
+                .map(|&b| match b {
+                    0x20..=0x7e if b != b'\\' => (b as char).to_string(),
+                    _ => format!("\\x{b:02X}"),
+                })
+                .collect(),
+        },
+        Err(_) => String::from_utf8_lossy(hex).into_owned(),
+    }
+}
+
 /// Hex digits (two a byte, as `encode(…, 'hex')` writes them) as their bytes.
 fn unhex(digits: &[u8]) -> Result<Vec<u8>, String> {
     let nibble = |c: u8| match c {

@@ -11,9 +11,8 @@
 //!   text hindsight builds around the client's goes out with the client's own bytes. A UTF-8
 //!   session's text must be valid UTF-8 without those code points, else it is not decoded (the
 //!   server then judges the text, unchanged).
-//! - **Row images** come back as JSON text in the client's encoding; [`image_to_utf8`] converts
-//!   them exactly where the encoding's mapping is known here (UTF8, LATIN1, WIN1252, or ASCII
-//!   content in any encoding), and refuses otherwise — an audit record is never guessed.
+//! - **Row images and catalog names** never come back in the client's encoding: the server
+//!   sends them as hex of UTF-8 (`capture::image_sql`), so no conversion happens here.
 //!
 //! It knows nothing of sessions: callers pass the encoding the server last reported.
 
@@ -27,12 +26,8 @@ const RESERVED: u32 = 0x10FF80;
 pub enum ClientEncoding {
     #[default]
     Utf8,
-    /// ISO 8859-1: byte n is U+00nn.
-    Latin1,
-    /// Windows-1252: LATIN1 but for 0x80..=0x9F.
-    Win1252,
-    /// Any other encoding (SQL_ASCII, LATIN2, EUC_JP, …): bytes, of known meaning only
-    /// when ASCII.
+    /// Any other encoding (LATIN1, WIN1251, EUC_JP, SQL_ASCII, …): the text is taken byte
+    /// for byte (see the module docs).
     Other,
 }
 
@@ -41,8 +36,6 @@ impl ClientEncoding {
     pub fn from_name(name: &[u8]) -> Self {
         match name.to_ascii_uppercase().as_slice() {
             b"UTF8" | b"UNICODE" => Self::Utf8,
-            b"LATIN1" => Self::Latin1,
-            b"WIN1252" => Self::Win1252,
             _ => Self::Other,
         }
     }
@@ -109,34 +102,6 @@ pub fn display(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// A row image (JSON text in the client's encoding) as UTF-8, exactly, or why not.
-pub fn image_to_utf8(bytes: &[u8], encoding: ClientEncoding) -> Result<Cow<'_, [u8]>, String> {
-    if encoding == ClientEncoding::Utf8 || bytes.is_ascii() {
-        return Ok(Cow::Borrowed(bytes));
-    }
-    let char_of = |b: u8| -> Option<char> {
-        match (encoding, b) {
-            (_, 0..=0x7f) => Some(b as char),
-            (ClientEncoding::Latin1, _) => Some(b as char),
-            (ClientEncoding::Win1252, 0x80..=0x9f) => WIN1252_80[usize::from(b - 0x80)],
-            (ClientEncoding::Win1252, _) => Some(b as char),
-            _ => None,
-        }
-    };
-    let mut out = String::with_capacity(bytes.len() + bytes.len() / 4);
-    for &b in bytes {
-        match char_of(b) {
-            Some(c) => out.push(c),
-            None => {
-                return Err(format!(
-                    "the row image holds byte 0x{b:02X} of a client_encoding hindsight cannot convert to UTF-8 exactly (it converts UTF8, LATIN1 and WIN1252): set client_encoding to UTF8 for this session (on a SQL_ASCII database such bytes have no defined characters and cannot be recorded exactly)"
-                ))
-            }
-        }
-    }
-    Ok(Cow::Owned(out.into_bytes()))
-}
-
 /// A name the server returned (in the session's encoding) for SQL hindsight builds, or to match
 /// against the client's text: decoded as the client's text is, so `encode` gives back the
 /// server's bytes.
@@ -144,15 +109,6 @@ pub fn sql_name(bytes: &[u8], encoding: ClientEncoding) -> String {
     decode(bytes, encoding)
         .map(Cow::into_owned)
         .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
-}
-
-/// A name the server returned, for events and to match row images: converted as images are
-/// (where that is not exact, its non-ASCII bytes shown as `\xNN`).
-pub fn utf8_name(bytes: &[u8], encoding: ClientEncoding) -> String {
-    match image_to_utf8(bytes, encoding) {
-        Ok(utf8) => String::from_utf8_lossy(&utf8).into_owned(),
-        Err(_) => display(&sql_name(bytes, encoding)).into_owned(),
-    }
 }
 
 fn has_reserved(s: &str) -> bool {
@@ -167,42 +123,6 @@ fn reserved_byte(c: char) -> Option<u8> {
         .then(|| (n - RESERVED) as u8 + 0x80)
 }
 
-/// Windows-1252 0x80..=0x9F, as PostgreSQL's WIN1252 maps them (5 bytes have no character).
-const WIN1252_80: [Option<char>; 32] = [
-    Some('\u{20AC}'),
-    None,
-    Some('\u{201A}'),
-    Some('\u{0192}'),
-    Some('\u{201E}'),
-    Some('\u{2026}'),
-    Some('\u{2020}'),
-    Some('\u{2021}'),
-    Some('\u{02C6}'),
-    Some('\u{2030}'),
-    Some('\u{0160}'),
-    Some('\u{2039}'),
-    Some('\u{0152}'),
-    None,
-    Some('\u{017D}'),
-    None,
-    None,
-    Some('\u{2018}'),
-    Some('\u{2019}'),
-    Some('\u{201C}'),
-    Some('\u{201D}'),
-    Some('\u{2022}'),
-    Some('\u{2013}'),
-    Some('\u{2014}'),
-    Some('\u{02DC}'),
-    Some('\u{2122}'),
-    Some('\u{0161}'),
-    Some('\u{203A}'),
-    Some('\u{0153}'),
-    None,
-    Some('\u{017E}'),
-    Some('\u{0178}'),
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,21 +130,15 @@ mod tests {
     #[test]
     fn non_utf8_bytes_round_trip_exactly() {
         let bytes: Vec<u8> = (1..=255u8).collect();
-        for enc in [
-            ClientEncoding::Latin1,
-            ClientEncoding::Win1252,
-            ClientEncoding::Other,
-        ] {
-            let text = decode(&bytes, enc).unwrap();
-            assert_eq!(text.chars().count(), bytes.len(), "one character per byte");
-            let sent = format!("INSERT INTO t VALUES ('{text}')");
-            let mut want = b"INSERT INTO t VALUES ('".to_vec();
-            want.extend_from_slice(&bytes);
-            want.extend_from_slice(b"')");
-            assert_eq!(encode(&sent).as_ref(), want.as_slice());
-        }
+        let text = decode(&bytes, ClientEncoding::Other).unwrap();
+        assert_eq!(text.chars().count(), bytes.len(), "one character per byte");
+        let sent = format!("INSERT INTO t VALUES ('{text}')");
+        let mut want = b"INSERT INTO t VALUES ('".to_vec();
+        want.extend_from_slice(&bytes);
+        want.extend_from_slice(b"')");
+        assert_eq!(encode(&sent).as_ref(), want.as_slice());
         assert_eq!(
-            display(&decode(b"caf\xe9", ClientEncoding::Latin1).unwrap()),
+            display(&decode(b"caf\xe9", ClientEncoding::Other).unwrap()),
             "caf\\xE9"
         );
     }
@@ -251,23 +165,10 @@ mod tests {
     }
 
     #[test]
-    fn images_convert_exactly_or_not_at_all() {
-        let utf8 =
-            |b: &[u8], e| String::from_utf8(image_to_utf8(b, e).unwrap().into_owned()).unwrap();
-        assert_eq!(
-            utf8(b"{\"v\": \"caf\xe9\"}", ClientEncoding::Latin1),
-            "{\"v\": \"café\"}"
-        );
-        assert_eq!(utf8(b"\x80\x9f\xe9", ClientEncoding::Win1252), "€Ÿé");
-        assert_eq!(utf8(b"{\"v\": 1}", ClientEncoding::Other), "{\"v\": 1}");
-        assert!(image_to_utf8(b"\x81", ClientEncoding::Win1252).is_err());
-        assert!(image_to_utf8(b"caf\xe9", ClientEncoding::Other)
-            .unwrap_err()
-            .contains("0xE9"));
-        assert_eq!(ClientEncoding::from_name(b"LATIN1"), ClientEncoding::Latin1);
-        assert_eq!(
-            ClientEncoding::from_name(b"SQL_ASCII"),
-            ClientEncoding::Other
-        );
+    fn encodings_are_utf8_or_bytes() {
+        assert_eq!(ClientEncoding::from_name(b"UTF8"), ClientEncoding::Utf8);
+        for other in [&b"LATIN1"[..], b"WIN1251", b"EUC_JP", b"SQL_ASCII"] {
+            assert_eq!(ClientEncoding::from_name(other), ClientEncoding::Other);
+        }
     }
 }

@@ -2979,7 +2979,11 @@ async fn latin1_text_was_rewritten_lossily(pg: Pg) {
     c.send(&raw_query(b"INSERT INTO t VALUES (3, 'caf\xc3\xa9')"))
         .await;
     let got = c.until_ready(1).await;
-    assert!(!got.iter().any(|f| f[0] == b'E'), "{}", describe_frames(&got));
+    assert!(
+        !got.iter().any(|f| f[0] == b'E'),
+        "{}",
+        describe_frames(&got)
+    );
     let events = read_topic(format!("{prefix}.public.t"), 2).await;
     assert_eq!(
         changes(&events, "v"),
@@ -3029,12 +3033,18 @@ async fn latin1_write_failed_on_a_row_holding_characters_latin1_lacks(pg: Pg) {
         send(query("UPDATE brieff SET amount = 1 WHERE bfkey = 200")),
         send(query("DELETE FROM brieff WHERE bfkey = 200")),
         send(query("SET client_encoding = 'WIN1251'")),
-        send(raw_query(b"INSERT INTO brieff (bfkey, bfso) VALUES (300, '\xcf\xf0\xe8\xe2\xe5\xf2')")),
+        send(raw_query(
+            b"INSERT INTO brieff (bfkey, bfso) VALUES (300, '\xcf\xf0\xe8\xe2\xe5\xf2')",
+        )),
         send(query("SET client_encoding = 'EUC_JP'")),
-        send(raw_query(b"INSERT INTO brieff (bfkey, bfso) VALUES (301, '\xc6\xfc\xcb\xdc') RETURNING bfso")),
+        send(raw_query(
+            b"INSERT INTO brieff (bfkey, bfso) VALUES (301, '\xc6\xfc\xcb\xdc') RETURNING bfso",
+        )),
         send(query("SET bytea_output = 'escape'")),
         send(query("UPDATE brieff SET bfso = 'x' WHERE bfkey = 301")),
-        send(query("SELECT bfkey, bfso, octet_length(bfso) FROM brieff WHERE bfkey >= 200 ORDER BY 1")),
+        send(query(
+            "SELECT bfkey, bfso, octet_length(bfso) FROM brieff WHERE bfkey >= 200 ORDER BY 1",
+        )),
     ];
     assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
     let events = read_topic(format!("{prefix}.public.brieff"), 5).await;
@@ -3051,6 +3061,31 @@ async fn latin1_write_failed_on_a_row_holding_characters_latin1_lacks(pg: Pg) {
         "{events:#?}"
     );
     assert_eq!(events[0]["after"]["amount"].to_string(), "1.00");
+    // Names the catalog gives in the session's encoding (before: shown as `\xNN` in events in
+    // any encoding but UTF8, LATIN1 and WIN1252), and the key they name. The topic holds only
+    // what Kafka allows in a topic name.
+    let ddl = "CREATE TABLE \"名簿 Liste\" (番号 int PRIMARY KEY, 名前 text)";
+    for d in [&db, &db2] {
+        harness::connect(pg.addr(), "postgres", d)
+            .await
+            .batch_execute(ddl)
+            .await
+            .unwrap();
+    }
+    let steps = vec![
+        send(query("SET client_encoding = 'EUC_JP'")),
+        send(raw_query(
+            b"INSERT INTO \"\xcc\xbe\xca\xed Liste\" VALUES (7, '\xbb\xb3\xc5\xc4')",
+        )),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let records = harness::read_topic_raw(format!("{prefix}.public.___Liste"), 1).await;
+    assert_eq!(records.len(), 1);
+    let e: Value = serde_json::from_slice(&records[0].1).unwrap();
+    assert_eq!(e["source"]["table"], "名簿 Liste");
+    assert_eq!(e["after"], serde_json::json!({"番号": 7, "名前": "山田"}));
+    let key = String::from_utf8_lossy(&records[0].0).into_owned();
+    assert!(key.contains("番号") && key.contains('7'), "{key}");
     proxy.shutdown().await;
 }
 

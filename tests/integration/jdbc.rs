@@ -18,17 +18,26 @@ const JAR: &str = "/usr/share/java/postgresql.jar";
 
 /// Run the Java workload against `db` at `addr`; its transcript (stdout).
 async fn run_workload(addr: std::net::SocketAddr, db: &str) -> String {
-    let source = format!("{}/tests/jdbc/JdbcWorkload.java", env!("CARGO_MANIFEST_DIR"));
+    let source = format!(
+        "{}/tests/jdbc/JdbcWorkload.java",
+        env!("CARGO_MANIFEST_DIR")
+    );
     assert!(
         std::path::Path::new(JAR).exists(),
         "{JAR} is missing: install pgjdbc with scripts/install-deps.sh (Debian's libpostgresql-jdbc-java)"
     );
     let out = tokio::process::Command::new("java")
         .args(["-cp", JAR, &source])
-        .args([addr.ip().to_string(), addr.port().to_string(), db.to_string()])
+        .args([
+            addr.ip().to_string(),
+            addr.port().to_string(),
+            db.to_string(),
+        ])
         .output()
         .await
-        .unwrap_or_else(|e| panic!("running java ({e}): install a Java runtime with scripts/install-deps.sh"));
+        .unwrap_or_else(|e| {
+            panic!("running java ({e}): install a Java runtime with scripts/install-deps.sh")
+        });
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -67,7 +76,11 @@ async fn pgjdbc_workload_is_captured_exactly(pg: Pg) {
             i + 1
         );
     }
-    assert_eq!(a.len(), b.len(), "transcripts differ in length\n--- direct\n{direct}\n--- through hindsight\n{through}");
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "transcripts differ in length\n--- direct\n{direct}\n--- through hindsight\n{through}"
+    );
 
     let outcome = outcomes(&prefix).await;
     let written = harness::connect(pg.addr(), "postgres", &db).await;

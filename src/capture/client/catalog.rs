@@ -168,8 +168,7 @@ impl ClientCapture {
         if reply.error.is_some() {
             return Ok(None);
         }
-        let (txid, looked_up) =
-            publish::parse_catalog(&reply.rows, self.shared.lock().client_encoding);
+        let (txid, looked_up) = publish::parse_catalog(&reply.rows);
         if !self.ddl_in_txn {
             self.tables.put(&db, &looked_up);
         }
