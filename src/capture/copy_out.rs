@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use pg_query::protobuf::Token as T;
 
+use super::image_sql::Form;
 use super::rewrite::{ReadAfter, Refusal, Rewritten, Shape};
 use crate::statement::analysis::{analyze, Analysis, Kind};
 
@@ -90,10 +91,9 @@ impl Cut<'_> {
                 ..Shape::statement(a.kind, table)
             }),
             pre_read: None,
-            post_read: Some(format!(
-                "SELECT {NULL}, {NULL}, NULL::oid, NULL::text WHERE false",
-                NULL = super::image_sql::NULL
-            )),
+            post_read: Some(
+                "SELECT NULL::text, NULL::text, NULL::oid, NULL::text WHERE false".into(),
+            ),
             guard: None,
             inserts: Vec::new(),
             pre_read_map: Vec::new(),
@@ -101,8 +101,8 @@ impl Cut<'_> {
     }
 
     /// The COPY for a server of major version `major`, the write's RETURNING columns being
-    /// `names` (from a Describe of [`Cut::write_text`]).
-    pub fn rewrite(&self, major: u32, names: &[String]) -> Result<Rewritten, Refusal> {
+    /// `names` (from a Describe of [`Cut::write_text`]); `form`: how its images come back.
+    pub fn rewrite(&self, major: u32, names: &[String], form: Form) -> Result<Rewritten, Refusal> {
         let a = &self.analysis;
         let what = || {
             format!(
@@ -125,7 +125,7 @@ impl Cut<'_> {
                 what: format!("{} whose SET assigns only literals, parameters or DEFAULT (give one a type, e.g. `col = 'x'::text`)", what()),
             });
         }
-        let images = super::cte::images(a, &body, major, 1, stored)?;
+        let images = super::cte::images(a, &body, major, 1, stored, form)?;
         let positional: Vec<String> = (1..=names.len()).map(|i| format!("__hs_{i}")).collect();
         let projection: Vec<String> = names
             .iter()
@@ -159,7 +159,7 @@ impl Cut<'_> {
                 ..Shape::statement(a.kind, w.table.clone())
             }),
             pre_read: None,
-            post_read: Some(post_read()),
+            post_read: Some(post_read(form)),
             guard: None,
             inserts,
             pre_read_map: Vec::new(),
@@ -167,15 +167,22 @@ impl Cut<'_> {
     }
 }
 
-/// The images the COPY's write stored (already as hex image columns, see
-/// [`super::image_sql`]), one row each: `(before, after, tableoid, NULL)`; an
-/// updated row without its before image is left out (the count then fails `check`). The
-/// setting is emptied after.
-fn post_read() -> String {
+/// The images the COPY's write stored (already image columns of `form`: JSON objects, or hex
+/// strings), one row each: `(before, after, tableoid, NULL)`; an updated row without its
+/// before image is left out (the count then fails `check`). The setting is emptied after.
+fn post_read(form: Form) -> String {
+    let (o, n, kind) = match form {
+        Form::Jsonb => (
+            "NULLIF(__hs_e->'o', 'null')",
+            "NULLIF(__hs_e->'n', 'null')",
+            "object",
+        ),
+        Form::Hex => ("__hs_e->>'o'", "__hs_e->>'n'", "string"),
+    };
     format!(
-        "SELECT __hs_e->>'o', __hs_e->>'n', (__hs_e->>'t')::oid, NULL::text \
+        "SELECT {o}, {n}, (__hs_e->>'t')::oid, NULL::text \
          FROM jsonb_array_elements(NULLIF(current_setting('{ROWS}', true), '')::jsonb) __hs_e \
-         WHERE NOT (COALESCE((__hs_e->>'u')::bool, false) AND jsonb_typeof(__hs_e->'o') IS DISTINCT FROM 'string') \
+         WHERE NOT (COALESCE((__hs_e->>'u')::bool, false) AND jsonb_typeof(__hs_e->'o') IS DISTINCT FROM '{kind}') \
          UNION ALL SELECT NULL, NULL, NULL, NULL WHERE set_config('{ROWS}', '', true) IS NULL"
     )
 }
@@ -209,9 +216,11 @@ mod tests {
             c.write_text(),
             "DELETE FROM s.t WHERE id > 1 RETURNING id, v AS \"V\""
         );
-        let rw = c.rewrite(18, &["id".into(), "V".into()]).unwrap();
+        let rw = c
+            .rewrite(18, &["id".into(), "V".into()], Form::Jsonb)
+            .unwrap();
         assert!(
-            rw.text.starts_with("COPY (WITH __hs_w(__hs_1, __hs_2) AS (DELETE FROM s.t WHERE id > 1 RETURNING id, v AS \"V\"\n, 1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o"),
+            rw.text.starts_with("COPY (WITH __hs_w(__hs_1, __hs_2) AS (DELETE FROM s.t WHERE id > 1 RETURNING id, v AS \"V\"\n, 1 AS __hs_s, to_jsonb(old) AS __hs_o"),
             "{}",
             rw.text
         );
@@ -233,9 +242,12 @@ mod tests {
     #[test]
     fn before_18_an_update_stores_its_before_image_or_is_refused() {
         let sql = "COPY (UPDATE t SET v = v || 'x' WHERE id = 1 RETURNING id) TO STDOUT";
-        let rw = cut(sql).unwrap().rewrite(15, &["id".into()]).unwrap();
+        let rw = cut(sql)
+            .unwrap()
+            .rewrite(15, &["id".into()], Form::Jsonb)
+            .unwrap();
         assert!(
-            rw.text.contains("WHERE ( id = 1 \n) AND set_config('hindsight.before_image', to_jsonb(\"t\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting("),
+            rw.text.contains("WHERE ( id = 1 \n) AND set_config('hindsight.before_image', to_jsonb(\"t\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, NULLIF(current_setting("),
             "{}",
             rw.text
         );
@@ -243,7 +255,7 @@ mod tests {
         assert_eq!(rw.text.len() - added, sql.len(), "{:?}", rw.inserts);
         let sql = "COPY (UPDATE t SET v = 'x' FROM u WHERE t.id = u.id RETURNING t.id) TO STDOUT";
         assert!(matches!(
-            cut(sql).unwrap().rewrite(15, &["id".into()]),
+            cut(sql).unwrap().rewrite(15, &["id".into()], Form::Jsonb),
             Err(Refusal::Unsupported { .. })
         ));
     }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use pg_query::protobuf::node::Node as N;
 use pg_query::protobuf::Token as T;
 
-use super::image_sql;
+use super::image_sql::Form;
 use super::rewrite::{
     quote, update_stored, upsert_capturing_before, Refusal, Rewritten, Shape, BEFORE_IMAGE,
 };
@@ -263,6 +263,7 @@ impl Cut {
         columns: &[Option<Vec<String>>],
         encoding: crate::wire::client_text::ClientEncoding,
     ) -> Result<Rewritten, Refusal> {
+        let form = Form::for_session(encoding);
         let mut ctes = Vec::new();
         let mut parts = Vec::new();
         let mut branches = Vec::new();
@@ -280,7 +281,7 @@ impl Cut {
         };
         let pre_read = if major < 18 {
             let stored: Vec<bool> = bodies.iter().map(|b| b.1).collect();
-            self.pre_read(&stored, main_stored)?
+            self.pre_read(&stored, main_stored, form)?
         } else {
             None
         };
@@ -294,7 +295,7 @@ impl Cut {
             };
             k += 1;
             let (body, stored) = &bodies[k - 1];
-            let images = images(&w.analysis, body, major, k, *stored)?;
+            let images = images(&w.analysis, body, major, k, *stored, form)?;
             let part = format!("__hs_w{k}");
             match columns.get(k - 1).and_then(|c| c.as_ref()) {
                 Some(names) => {
@@ -330,13 +331,13 @@ impl Cut {
             (
                 format!(
                     "SELECT __hs_main.*, 0, {NULL}, {NULL}, NULL::oid, NULL::bool FROM __hs_main",
-                    NULL = image_sql::NULL
+                    NULL = form.null()
                 ),
                 Some("__hs_main"),
                 None,
             )
         } else {
-            let images = images(a, main_sql, major, 0, main_stored)?;
+            let images = images(a, main_sql, major, 0, main_stored, form)?;
             let rel = match &client_cols {
                 Some(names) if a.writes[0].returning => {
                     let n = names.len();
@@ -427,7 +428,12 @@ impl Cut {
     /// the same transaction (see `rewrite::pre_read_for_update`). It can only run apart from
     /// the statement if the UPDATE (and the CTEs it may read) does not read a CTE that writes —
     /// those rows exist only inside the statement.
-    fn pre_read(&self, stored: &[bool], main_stored: bool) -> Result<Option<String>, Refusal> {
+    fn pre_read(
+        &self,
+        stored: &[bool],
+        main_stored: bool,
+        form: Form,
+    ) -> Result<Option<String>, Refusal> {
         let mut updates = self
             .writes()
             .zip(stored)
@@ -464,7 +470,7 @@ impl Cut {
             "" => quote(&w.table.name),
             alias => quote(alias),
         };
-        let pre = super::rewrite::pre_read_for_update(body, &w.reference(), &lock)
+        let pre = super::rewrite::pre_read_for_update(body, &w.reference(), &lock, form)
             .ok_or_else(|| needs_pg18("this UPDATE"))?;
         let kept: Vec<&str> = self
             .pieces
@@ -546,6 +552,7 @@ pub(super) fn images(
     major: u32,
     src: usize,
     stored: bool,
+    form: Form,
 ) -> Result<String, Refusal> {
     let w = &a.writes[0];
     let target = w.reference();
@@ -556,26 +563,19 @@ pub(super) fn images(
             let (old, new) = crate::statement::pg18_syntax::returning_aliases(text);
             format!(
                 "{lead}{src} AS __hs_s, {} AS __hs_o, {} AS __hs_n, {tail}",
-                image_sql::row(&old),
-                image_sql::row(&new)
+                form.row(&old),
+                form.row(&new)
             )
         } else {
-            format!("{lead}WITH (OLD AS __hs_old, NEW AS __hs_new) {src} AS __hs_s, {} AS __hs_o, {} AS __hs_n, {tail}", image_sql::row("__hs_old"), image_sql::row("__hs_new"))
+            format!("{lead}WITH (OLD AS __hs_old, NEW AS __hs_new) {src} AS __hs_s, {} AS __hs_o, {} AS __hs_n, {tail}", form.row("__hs_old"), form.row("__hs_new"))
         });
     }
     let (old, new) = match a.kind {
-        Kind::Insert => (
-            image_sql::NULL.to_string(),
-            image_sql::row(&format!("{target}.*")),
-        ),
-        Kind::Upsert if !w.conflict_update => (
-            image_sql::NULL.to_string(),
-            image_sql::row(&format!("{target}.*")),
-        ),
-        Kind::Delete => (
-            image_sql::row(&format!("{target}.*")),
-            image_sql::NULL.to_string(),
-        ),
+        Kind::Insert => (form.null().to_string(), form.row(&format!("{target}.*"))),
+        Kind::Upsert if !w.conflict_update => {
+            (form.null().to_string(), form.row(&format!("{target}.*")))
+        }
+        Kind::Delete => (form.row(&format!("{target}.*")), form.null().to_string()),
         // The WHERE or a SET expression stored the row's before image (see `body`); it is read,
         // then emptied. Every row an UPDATE returns was updated: `__hs_u` is true, the before
         // image must be there.
@@ -584,15 +584,12 @@ pub(super) fn images(
                 "{target}.tableoid AS __hs_t, (set_config('{BEFORE_IMAGE}', '', true) IS NOT NULL) AS __hs_u"
             );
             (
-                super::rewrite::stored_before(),
-                image_sql::row(&format!("{target}.*")),
+                super::rewrite::stored_before(form),
+                form.row(&format!("{target}.*")),
             )
         }
         // The before images come from the pre-read (see `Cut::pre_read`).
-        Kind::Update => (
-            image_sql::NULL.to_string(),
-            image_sql::row(&format!("{target}.*")),
-        ),
+        Kind::Update => (form.null().to_string(), form.row(&format!("{target}.*"))),
         // The DO UPDATE's WHERE stored the row's before image (see `body`); it is read, then
         // emptied (`__hs_u`, evaluated after `__hs_o`) so an inserted row after it reads none.
         Kind::Upsert => {
@@ -600,8 +597,8 @@ pub(super) fn images(
                 "{target}.tableoid AS __hs_t, (set_config('{BEFORE_IMAGE}', '', true) IS NULL) AS __hs_u"
             );
             (
-                super::rewrite::stored_before(),
-                image_sql::row(&format!("{target}.*")),
+                super::rewrite::stored_before(form),
+                form.row(&format!("{target}.*")),
             )
         }
         kind => {
@@ -741,10 +738,10 @@ mod tests {
             rw.text,
             "WITH x AS (SELECT 1 AS k),\n\
              __hs_w1(__hs_1, __hs_2) AS MATERIALIZED (DELETE FROM s.t WHERE k IN (SELECT k FROM x) RETURNING * -- c\n\n\
-             , 1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(new))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n, \"s\".\"t\".tableoid AS __hs_t, NULL::bool AS __hs_u),\n\
+             , 1 AS __hs_s, to_jsonb(old) AS __hs_o, to_jsonb(new) AS __hs_n, \"s\".\"t\".tableoid AS __hs_t, NULL::bool AS __hs_u),\n\
              d AS (SELECT __hs_1 AS \"a\", __hs_2 AS \"B\" FROM __hs_w1),\n\
              __hs_main AS (\nINSERT INTO u SELECT * FROM d\n\
-             RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) 0 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(__hs_old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(__hs_new))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n, \"u\".tableoid AS __hs_t, NULL::bool AS __hs_u\n)\n\
+             RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) 0 AS __hs_s, to_jsonb(__hs_old) AS __hs_o, to_jsonb(__hs_new) AS __hs_n, \"u\".tableoid AS __hs_t, NULL::bool AS __hs_u\n)\n\
              SELECT * FROM __hs_main\n\
              UNION ALL SELECT __hs_w1.__hs_s, __hs_w1.__hs_o, __hs_w1.__hs_n, __hs_w1.__hs_t, __hs_w1.__hs_u FROM __hs_w1"
         );
@@ -776,7 +773,7 @@ mod tests {
         );
         assert!(
             rw.text.contains(
-                "__hs_main AS (\nSELECT 1 AS one ORDER BY 1\n)\nSELECT __hs_main.*, 0, NULL::text, NULL::text, NULL::oid, NULL::bool FROM __hs_main\nUNION ALL SELECT __hs_main.*, __hs_w1.__hs_s"
+                "__hs_main AS (\nSELECT 1 AS one ORDER BY 1\n)\nSELECT __hs_main.*, 0, NULL::jsonb, NULL::jsonb, NULL::oid, NULL::bool FROM __hs_main\nUNION ALL SELECT __hs_main.*, __hs_w1.__hs_s"
             ),
             "{}",
             rw.text
@@ -803,7 +800,7 @@ mod tests {
                 Default::default(),
             )
             .unwrap();
-        assert!(rw.text.contains("__hs_main(__hs_1, __hs_2) AS (\nUPDATE b SET x = 1 FROM d WHERE b.id = d.id RETURNING b.id, d.id\n, 0 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex')"), "{}", rw.text);
+        assert!(rw.text.contains("__hs_main(__hs_1, __hs_2) AS (\nUPDATE b SET x = 1 FROM d WHERE b.id = d.id RETURNING b.id, d.id\n, 0 AS __hs_s, to_jsonb(old)"), "{}", rw.text);
         assert!(
             rw.text
                 .contains("__hs_c AS (SELECT __hs_1, __hs_2 FROM __hs_main)"),
@@ -825,13 +822,13 @@ mod tests {
         let rw = on_15(sql).unwrap();
         assert!(
             rw.text
-                .contains("1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"a\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, NULL::text AS __hs_n"),
+                .contains("1 AS __hs_s, to_jsonb(\"a\".*) AS __hs_o, NULL::jsonb AS __hs_n"),
             "{}",
             rw.text
         );
         assert!(
             rw.text
-                .contains("0 AS __hs_s, NULL::text AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"b\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n"),
+                .contains("0 AS __hs_s, NULL::jsonb AS __hs_o, to_jsonb(\"b\".*) AS __hs_n"),
             "{}",
             rw.text
         );
@@ -839,7 +836,7 @@ mod tests {
         let sql = "WITH u AS (INSERT INTO a VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 2 RETURNING id) SELECT * FROM u";
         let rw = on_15(sql).unwrap();
         assert!(
-            rw.text.contains("DO UPDATE SET v = 2 \nWHERE set_config('hindsight.before_image', to_jsonb(\"a\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting('hindsight.before_image', true), ''))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"a\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n, \"a\".tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NULL) AS __hs_u"),
+            rw.text.contains("DO UPDATE SET v = 2 \nWHERE set_config('hindsight.before_image', to_jsonb(\"a\".*)::text, true) IS NOT NULL\nRETURNING id\n, 1 AS __hs_s, NULLIF(current_setting('hindsight.before_image', true), '')::jsonb AS __hs_o, to_jsonb(\"a\".*) AS __hs_n, \"a\".tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NULL) AS __hs_u"),
             "{}",
             rw.text
         );
@@ -860,7 +857,7 @@ mod tests {
             format!("set_config('hindsight.before_image', to_jsonb({t}.*)::text, true) IS NOT NULL")
         };
         let read = |t: &str| {
-            format!("pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting('hindsight.before_image', true), ''))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_o, pg_catalog.encode(pg_catalog.convert_to((to_jsonb({t}.*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') AS __hs_n, {t}.tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NOT NULL) AS __hs_u")
+            format!("NULLIF(current_setting('hindsight.before_image', true), '')::jsonb AS __hs_o, to_jsonb({t}.*) AS __hs_n, {t}.tableoid AS __hs_t, (set_config('hindsight.before_image', '', true) IS NOT NULL) AS __hs_u")
         };
         for part in [
             format!("UPDATE a SET v = 'x' WHERE ( id = 1\n) AND {}\n\nRETURNING 1 AS __hs_s, {}", store("\"a\""), read("\"a\"")),
@@ -877,7 +874,7 @@ mod tests {
         let rw = on_15(sql).unwrap();
         assert_eq!(
             rw.pre_read.as_deref(),
-            Some("WITH k AS (SELECT 1 AS id)\nSELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"a\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"a\".tableoid FROM a\nWHERE id IN (SELECT id FROM k)\nFOR UPDATE OF \"a\"")
+            Some("WITH k AS (SELECT 1 AS id)\nSELECT to_jsonb(\"a\".*), \"a\".tableoid FROM a\nWHERE id IN (SELECT id FROM k)\nFOR UPDATE OF \"a\"")
         );
         assert!(rw.shape.pre_read && rw.shape.wrapper.as_ref().unwrap().parts[0].pre_read);
         // … unless it reads the rows of a CTE that writes (they exist only in the statement).

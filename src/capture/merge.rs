@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use pg_query::protobuf::Token as T;
 
-use super::image_sql;
+use super::image_sql::Form;
 use super::rewrite::{quote, ReadAfter, Refusal, Rewritten, Shape, Spliced};
 use crate::statement::analysis::{Kind, Write};
 
@@ -237,8 +237,14 @@ fn count(setting: &str) -> String {
 /// Before PostgreSQL 18 (server major `major`): the MERGE `body` (without a trailing `;`) with
 /// its counters, its pre-read and post-read (module docs). `write`: its target. `Ok(None)`:
 /// MERGE syntax the server does not have (PostgreSQL 17's on 15/16, any before 15), which it
-/// rejects — sent unchanged, so the client gets the server's own syntax error.
-pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten>, Refusal> {
+/// rejects — sent unchanged, so the client gets the server's own syntax error. `form`: how the
+/// post-read's images come back.
+pub fn rewrite(
+    body: &str,
+    write: &Write,
+    major: u32,
+    form: Form,
+) -> Result<Option<Rewritten>, Refusal> {
     let what = format!("MERGE into {}", write.table);
     if major < 15 {
         return Ok(None); // No MERGE at all: the server's own syntax error.
@@ -371,13 +377,13 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
          SELECT {}, {}, __hs_x.o, NULL::text FROM __hs_x LEFT JOIN LATERAL \
          (SELECT to_jsonb({r}.*) AS a, {r}.ctid AS c FROM {target} WHERE {r}.tableoid = __hs_x.o AND {r}.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
          WHERE __hs_n.c IS DISTINCT FROM __hs_x.c",
-        image_sql::json("__hs_x.b"),
-        image_sql::json("__hs_n.a")
+        form.json("__hs_x.b"),
+        form.json("__hs_n.a")
     );
     if inserts_rows {
         post_read.push_str(&format!(
             "\nUNION ALL\nSELECT NULL, {}, __hs_i.o, NULL FROM __hs_i",
-            image_sql::json("__hs_i.a")
+            form.json("__hs_i.a")
         ));
     }
     let missing = format!("(SELECT count(*) FROM __hs_i) < COALESCE(NULLIF(current_setting('{}', true), ''), '0')::int8", COUNTERS[2].0);
@@ -403,7 +409,7 @@ pub fn rewrite(body: &str, write: &Write, major: u32) -> Result<Option<Rewritten
             .collect();
         post_read.push_str(&format!(
             "\nUNION ALL\nSELECT NULL, {}, {r}.tableoid, NULL FROM {target}\nWHERE {missing}\nAND EXISTS (SELECT 1 FROM {source}\nWHERE {}\n)\nAND NOT EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row}",
-            image_sql::row(&format!("{r}.*")),
+            form.row(&format!("{r}.*")),
             equal.join(" AND ")
         ));
     }
@@ -470,7 +476,9 @@ mod tests {
 
     fn rw(sql: &str) -> Rewritten {
         let v = analyze(sql).unwrap();
-        rewrite(sql, &v[0].analysis.writes[0], 15).unwrap().unwrap()
+        rewrite(sql, &v[0].analysis.writes[0], 15, Form::Jsonb)
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
@@ -541,14 +549,17 @@ mod tests {
         let sql = "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE";
         let v = analyze(sql).unwrap();
         let w = &v[0].analysis.writes[0];
-        assert_eq!(rewrite(sql, w, 15), Ok(None));
+        assert_eq!(rewrite(sql, w, 15, Form::Jsonb), Ok(None));
         assert!(matches!(
-            rewrite(sql, w, 17),
+            rewrite(sql, w, 17, Form::Jsonb),
             Err(Refusal::NeedsPg18 { .. })
         ));
         let sql = "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE RETURNING *";
         let v = analyze(sql).unwrap();
-        assert_eq!(rewrite(sql, &v[0].analysis.writes[0], 16), Ok(None));
+        assert_eq!(
+            rewrite(sql, &v[0].analysis.writes[0], 16, Form::Jsonb),
+            Ok(None)
+        );
     }
 
     #[test]

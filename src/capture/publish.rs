@@ -43,7 +43,7 @@ pub struct SessionInfo {
 /// NOT NULL columns without predicate or expressions; key columns only, not INCLUDE ones)
 /// (one row with only the transaction id when there are no tables: statement-level events).
 /// Run inside the transaction, right before COMMIT.
-pub fn catalog_query(oids: &[u32]) -> String {
+pub fn catalog_query(oids: &[u32], form: super::image_sql::Form) -> String {
     let list: Vec<String> = oids.iter().map(u32::to_string).collect();
     let key = "(SELECT coalesce(json_agg(a.attname ORDER BY k.ord), '[]'::json)::text FROM pg_index i \
             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
@@ -62,11 +62,11 @@ pub fn catalog_query(oids: &[u32]) -> String {
           JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
           WHERE f.contype = 'f' AND f.confrelid = c.oid \
             AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')))";
-    // Names as hex of UTF-8, as images are: exact in every client_encoding, and the key's
-    // column names then match the images' keys.
+    // Names in the form images take (hex of UTF-8 outside UTF-8 sessions): exact in every
+    // client_encoding, and the key's column names then match the images' keys.
     let names: Vec<String> = ["n.nspname", "c.relname", key, triggers, cascades]
         .into_iter()
-        .map(super::image_sql::json)
+        .map(|n| form.name(n))
         .collect();
     format!(
         "SELECT x.txid, c.oid::int8::text, {} \
@@ -84,12 +84,20 @@ pub const TXID_QUERY: &str =
     "SELECT pg_current_xact_id_if_assigned()::text, NULL, NULL, NULL, NULL, NULL, NULL";
 
 /// Parse the rows of [`catalog_query`]: `(txid, oid → table)`.
-pub fn parse_catalog(rows: &[Vec<Option<Vec<u8>>>]) -> (Option<i64>, HashMap<u32, TableInfo>) {
+pub fn parse_catalog(
+    rows: &[Vec<Option<Vec<u8>>>],
+    form: super::image_sql::Form,
+) -> (Option<i64>, HashMap<u32, TableInfo>) {
     let ascii = |v: &Option<Vec<u8>>| {
         v.as_deref()
             .map(|b| String::from_utf8_lossy(b).into_owned())
     };
-    let text = |v: &Option<Vec<u8>>| v.as_deref().map(super::rows::decode_name);
+    let text = |v: &Option<Vec<u8>>| {
+        v.as_deref().map(|b| match form {
+            super::image_sql::Form::Jsonb => String::from_utf8_lossy(b).into_owned(),
+            super::image_sql::Form::Hex => super::rows::decode_name(b),
+        })
+    };
     let mut txid = None;
     let mut tables = HashMap::new();
     for r in rows {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use pg_query::protobuf::node::Node as N;
 use thiserror::Error;
 
-use super::image_sql;
+use super::image_sql::Form;
 use crate::statement::analysis::{Kind, Located, TableName};
 
 /// Where the capture columns are in the rewritten statement's result.
@@ -155,8 +155,8 @@ pub enum Refusal {
 
 /// The before image a row's write stored in the transaction-local setting, read back as an
 /// image column (and emptied by the caller after).
-pub(crate) fn stored_before() -> String {
-    image_sql::json(&format!(
+pub(crate) fn stored_before(form: Form) -> String {
+    form.json(&format!(
         "NULLIF(current_setting('{BEFORE_IMAGE}', true), '')"
     ))
 }
@@ -164,12 +164,14 @@ pub(crate) fn stored_before() -> String {
 /// Rewrite one analysed statement of `text` for capture on a server of major version `major`.
 /// `Ok(None)`: the statement writes no rows and runs unchanged.
 /// `cascade`: for `TRUNCATE … CASCADE`, the tables it reaches ([`truncate_cascade_query`]).
+/// `form`: how its image columns come back (by the session's `client_encoding`).
 pub fn rewrite(
     text: &str,
     stmt: &Located,
     major: u32,
     truncate_limit: u64,
     cascade: &[String],
+    form: Form,
 ) -> Result<Option<Rewritten>, Refusal> {
     let a = &stmt.analysis;
     if !a.kind.writes_rows() {
@@ -182,7 +184,7 @@ pub fn rewrite(
             .first()
             .map(|w| w.table.clone())
             .unwrap_or_default();
-        return truncate(sql, &first, truncate_limit, a.kind, cascade).map(Some);
+        return truncate(sql, &first, truncate_limit, a.kind, cascade, form).map(Some);
     }
     if a.writes.len() != 1 || a.explain_analyze {
         let what = if a.explain_analyze {
@@ -234,16 +236,12 @@ pub fn rewrite(
         let cols = if write.returning {
             // The client's `RETURNING WITH (OLD AS o, …)` renames the rows.
             let (old, new) = crate::statement::pg18_syntax::returning_aliases(body);
-            format!(
-                "{}, {}, {target}.tableoid",
-                image_sql::row(&old),
-                image_sql::row(&new)
-            )
+            format!("{}, {}, {target}.tableoid", form.row(&old), form.row(&new))
         } else {
             format!(
                 "WITH (OLD AS __hs_old, NEW AS __hs_new) {}, {}, {target}.tableoid",
-                image_sql::row("__hs_old"),
-                image_sql::row("__hs_new")
+                form.row("__hs_old"),
+                form.row("__hs_new")
             )
         };
         return Ok(Some(Rewritten {
@@ -256,10 +254,7 @@ pub fn rewrite(
             pre_read_map: Vec::new(),
         }));
     }
-    let image = format!(
-        "{}, {target}.tableoid",
-        image_sql::row(&format!("{target}.*"))
-    );
+    let image = format!("{}, {target}.tableoid", form.row(&format!("{target}.*")));
     match a.kind {
         Kind::Insert => Ok(Some(Rewritten {
             text: format!("{body}{sep}{image}"),
@@ -295,7 +290,7 @@ pub fn rewrite(
                 return Ok(Some(Rewritten {
                     text: format!(
                         "{body}{sep}{image}, {}, set_config('{BEFORE_IMAGE}', '', true), true",
-                        stored_before()
+                        stored_before(form)
                     ),
                     shape: s,
                     pre_read: None,
@@ -311,7 +306,7 @@ pub fn rewrite(
                 "" => quote(&write.table.name),
                 alias => quote(alias),
             };
-            let pre = pre_read_for_update_mapped(sql, &target, &lock)
+            let pre = pre_read_for_update_mapped(sql, &target, &lock, form)
                 .ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
             Ok(Some(Rewritten {
                 text: format!("{body}{sep}{image}"),
@@ -338,7 +333,7 @@ pub fn rewrite(
         // `upsert_capturing_before`) — and read back in the same row's RETURNING.
         Kind::Upsert => {
             let (body, inserts) = upsert_capturing_before(body, write)?;
-            let before = stored_before();
+            let before = stored_before(form);
             let clear = format!("set_config('{BEFORE_IMAGE}', '', true)");
             if write.partitioned {
                 // Rows routed into partitions carry no xmax: the setting, emptied after each
@@ -369,7 +364,7 @@ pub fn rewrite(
                 pre_read_map: Vec::new(),
             }))
         }
-        Kind::Merge => super::merge::rewrite(body, write, major),
+        Kind::Merge => super::merge::rewrite(body, write, major, form),
         _ => Err(Refusal::NeedsPg18 { what, major }),
     }
 }
@@ -539,6 +534,7 @@ fn truncate(
     limit: u64,
     kind: Kind,
     cascade: &[String],
+    form: Form,
 ) -> Result<Rewritten, Refusal> {
     let (mut rels, is_cascade) = truncate_targets(sql).ok_or_else(|| Refusal::Unsupported {
         what: "TRUNCATE".into(),
@@ -564,7 +560,7 @@ fn truncate(
         .map(|rel| {
             format!(
                 "SELECT {}, t.tableoid FROM {} t",
-                image_sql::row("t.*"),
+                form.row("t.*"),
                 from(rel)
             )
         })
@@ -817,8 +813,13 @@ pub(crate) fn closing(tokens: &[pg_query::protobuf::ScanToken], open: usize) -> 
 /// the UPDATE's own WITH, target, FROM and WHERE text, cut at the positions of its top-level
 /// keywords as PostgreSQL's scanner finds them. The client's text is kept as written (no
 /// deparse: nothing is re-spelled, and no parse tree has to be rebuilt for every UPDATE).
-pub(crate) fn pre_read_for_update(sql: &str, target: &str, lock: &str) -> Option<String> {
-    pre_read_for_update_mapped(sql, target, lock).map(|b| b.text)
+pub(crate) fn pre_read_for_update(
+    sql: &str,
+    target: &str,
+    lock: &str,
+    form: Form,
+) -> Option<String> {
+    pre_read_for_update_mapped(sql, target, lock, form).map(|b| b.text)
 }
 
 /// A statement built from hindsight's text and pieces of the client's, with where each piece
@@ -849,7 +850,12 @@ impl Spliced {
 }
 
 /// [`pre_read_for_update`] with where each piece of the client's text went.
-pub(crate) fn pre_read_for_update_mapped(sql: &str, target: &str, lock: &str) -> Option<Spliced> {
+pub(crate) fn pre_read_for_update_mapped(
+    sql: &str,
+    target: &str,
+    lock: &str,
+    form: Form,
+) -> Option<Spliced> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(sql).ok()?.tokens;
     let mut depth = 0i32;
@@ -893,7 +899,7 @@ pub(crate) fn pre_read_for_update_mapped(sql: &str, target: &str, lock: &str) ->
     out.own(&sql[..update.0])
         .own(&format!(
             "SELECT {}, {target}.tableoid FROM ",
-            image_sql::row(&format!("{target}.*"))
+            form.row(&format!("{target}.*"))
         ))
         .client(sql, update.1..set.0);
     if let Some((_, f_end)) = from {
@@ -914,7 +920,7 @@ mod tests {
 
     fn rw(sql: &str, major: u32) -> Result<Option<Rewritten>, Refusal> {
         let v = analyze(sql).unwrap();
-        rewrite(sql, &v[0], major, 1000, &[])
+        rewrite(sql, &v[0], major, 1000, &[], Form::Jsonb)
     }
 
     #[test]
@@ -922,7 +928,7 @@ mod tests {
         let r = rw("UPDATE brieff SET bfso = NULL WHERE bfkey < 19", 18)
             .unwrap()
             .unwrap();
-        assert!(r.text.ends_with("RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) pg_catalog.encode(pg_catalog.convert_to((to_jsonb(__hs_old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), pg_catalog.encode(pg_catalog.convert_to((to_jsonb(__hs_new))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"brieff\".tableoid"), "{}", r.text);
+        assert!(r.text.ends_with("RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) to_jsonb(__hs_old), to_jsonb(__hs_new), \"brieff\".tableoid"), "{}", r.text);
         assert!(!r.shape.client_returning);
         let r = rw(
             "DELETE FROM public.t x WHERE a = 1 RETURNING id -- trailing",
@@ -932,11 +938,39 @@ mod tests {
         .unwrap();
         assert!(
             r.text
-                .ends_with("-- trailing\n, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(old))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), pg_catalog.encode(pg_catalog.convert_to((to_jsonb(new))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"x\".tableoid"),
+                .ends_with("-- trailing\n, to_jsonb(old), to_jsonb(new), \"x\".tableoid"),
             "{}",
             r.text
         );
         assert!(r.shape.client_returning);
+    }
+
+    #[test]
+    fn non_utf8_sessions_get_images_as_hex_of_utf8() {
+        let sql = "UPDATE t SET v = v || 'x' WHERE id = 1";
+        let v = analyze(sql).unwrap();
+        let r = rewrite(sql, &v[0], 15, 1000, &[], Form::Hex)
+            .unwrap()
+            .unwrap();
+        let hex = |e: &str| {
+            format!("pg_catalog.encode(pg_catalog.convert_to(({e})::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex')")
+        };
+        let after = hex("to_jsonb(\"t\".*)");
+        let before = hex("NULLIF(current_setting('hindsight.before_image', true), '')");
+        assert!(
+            r.text
+                .contains(&format!("RETURNING {after}, \"t\".tableoid, {before}, ")),
+            "{}",
+            r.text
+        );
+        // The stored image stays in the server as text; only what is read back is hex.
+        assert!(r
+            .text
+            .contains("set_config('hindsight.before_image', to_jsonb(\"t\".*)::text, true)"));
+        let r = rewrite(sql, &v[0], 18, 1000, &[], Form::Hex)
+            .unwrap()
+            .unwrap();
+        assert!(r.text.contains(&hex("to_jsonb(__hs_old)")), "{}", r.text);
     }
 
     #[test]
@@ -946,7 +980,7 @@ mod tests {
             .unwrap();
         assert!(
             r.text
-                .ends_with("RETURNING pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"public\".\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"public\".\"t\".tableoid"),
+                .ends_with("RETURNING to_jsonb(\"public\".\"t\".*), \"public\".\"t\".tableoid"),
             "{}",
             r.text
         );
@@ -960,7 +994,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.pre_read.unwrap(),
-            "SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"t\".tableoid FROM t,\nu\nWHERE t.id = u.id AND u.flag\nFOR UPDATE OF \"t\""
+            "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t,\nu\nWHERE t.id = u.id AND u.flag\nFOR UPDATE OF \"t\""
         );
         // MERGE: a pre-read and a post-read around it (`merge`).
         let r = rw(
@@ -1015,7 +1049,7 @@ mod tests {
             "set_config('hindsight.before_image', to_jsonb(\"x\".*)::text, true) IS NOT NULL";
         assert_eq!(
             r.text,
-            format!("INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c\nWHERE {store}\n\nRETURNING pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"x\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"x\".tableoid, CASE WHEN (\"x\".xmax::text <> '0') THEN pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting('hindsight.before_image', true), ''))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex') END, set_config('hindsight.before_image', '', true), (\"x\".xmax::text <> '0')")
+            format!("INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c\nWHERE {store}\n\nRETURNING to_jsonb(\"x\".*), \"x\".tableoid, CASE WHEN (\"x\".xmax::text <> '0') THEN NULLIF(current_setting('hindsight.before_image', true), '')::jsonb END, set_config('hindsight.before_image', '', true), (\"x\".xmax::text <> '0')")
         );
         assert_eq!(
             (
@@ -1038,7 +1072,7 @@ mod tests {
         let store =
             "set_config('hindsight.before_image', to_jsonb(\"t\".*)::text, true) IS NOT NULL";
         assert!(
-            r.text.starts_with(&format!("INSERT INTO t VALUES (1) ON CONFLICT (lower(v)) WHERE a > 0 DO UPDATE SET v = (SELECT v FROM u WHERE u.k = 1) WHERE CASE WHEN ( t.v <> 'z' \n) THEN {store} ELSE false END\nRETURNING v\n, pg_catalog.encode(pg_catalog.convert_to((to_jsonb(")),
+            r.text.starts_with(&format!("INSERT INTO t VALUES (1) ON CONFLICT (lower(v)) WHERE a > 0 DO UPDATE SET v = (SELECT v FROM u WHERE u.k = 1) WHERE CASE WHEN ( t.v <> 'z' \n) THEN {store} ELSE false END\nRETURNING v\n, to_jsonb(")),
             "{}",
             r.text
         );
@@ -1063,7 +1097,7 @@ mod tests {
             "" => quote(&w.table.name),
             alias => quote(alias),
         };
-        pre_read_for_update(sql, &w.reference(), &lock).unwrap()
+        pre_read_for_update(sql, &w.reference(), &lock, Form::Jsonb).unwrap()
     }
 
     #[test]
@@ -1072,7 +1106,7 @@ mod tests {
             format!("set_config('hindsight.before_image', to_jsonb({t}.*)::text, true) IS NOT NULL")
         };
         let tail = |t: &str| {
-            format!("RETURNING pg_catalog.encode(pg_catalog.convert_to((to_jsonb({t}.*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), {t}.tableoid, pg_catalog.encode(pg_catalog.convert_to((NULLIF(current_setting('hindsight.before_image', true), ''))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), set_config('hindsight.before_image', '', true), true")
+            format!("RETURNING to_jsonb({t}.*), {t}.tableoid, NULLIF(current_setting('hindsight.before_image', true), '')::jsonb, set_config('hindsight.before_image', '', true), true")
         };
         let r = rw(
             "UPDATE t SET a = a + 1 WHERE id = $1 OR b IS DISTINCT FROM 2 -- c",
@@ -1142,22 +1176,22 @@ mod tests {
         // Qualified target: the lock names the bare table (PostgreSQL refuses a qualified one).
         assert_eq!(
             pre_read("UPDATE public.t SET a = 1 WHERE id = 2"),
-            "SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"public\".\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"public\".\"t\".tableoid FROM public.t\nWHERE id = 2\nFOR UPDATE OF \"t\""
+            "SELECT to_jsonb(\"public\".\"t\".*), \"public\".\"t\".tableoid FROM public.t\nWHERE id = 2\nFOR UPDATE OF \"t\""
         );
         // Alias, ONLY, a WITH clause, RETURNING and a trailing comment.
         assert_eq!(
             pre_read("WITH k AS (SELECT 1 AS id) UPDATE ONLY s.t AS x SET a = 1 FROM k WHERE x.id = k.id RETURNING x.a -- c"),
-            "WITH k AS (SELECT 1 AS id) SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"x\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"x\".tableoid FROM ONLY s.t AS x,\nk\nWHERE x.id = k.id\nFOR UPDATE OF \"x\""
+            "WITH k AS (SELECT 1 AS id) SELECT to_jsonb(\"x\".*), \"x\".tableoid FROM ONLY s.t AS x,\nk\nWHERE x.id = k.id\nFOR UPDATE OF \"x\""
         );
         assert!(pre_read("UPDATE t SET a = 1 -- c").ends_with("FROM t\nFOR UPDATE OF \"t\""));
         // FROM and WHERE inside expressions are not the statement's clauses.
         assert_eq!(
             pre_read("UPDATE t SET a = b IS DISTINCT FROM c, d = (SELECT max(v) FROM u WHERE u.k = t.k), e[1] = substring(f FROM 2) WHERE t.id = 1"),
-            "SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"t\".tableoid FROM t\nWHERE t.id = 1\nFOR UPDATE OF \"t\""
+            "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t\nWHERE t.id = 1\nFOR UPDATE OF \"t\""
         );
         assert_eq!(
             pre_read("UPDATE t SET a = 1 FROM u JOIN v ON u.id = v.id"),
-            "SELECT pg_catalog.encode(pg_catalog.convert_to((to_jsonb(\"t\".*))::text, CASE WHEN pg_catalog.getdatabaseencoding() = 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END), 'hex'), \"t\".tableoid FROM t,\nu JOIN v ON u.id = v.id\nFOR UPDATE OF \"t\""
+            "SELECT to_jsonb(\"t\".*), \"t\".tableoid FROM t,\nu JOIN v ON u.id = v.id\nFOR UPDATE OF \"t\""
         );
         // A write in a CTE cannot carry the capture columns: refused, not mangled.
         assert!(matches!(

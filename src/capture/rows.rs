@@ -79,15 +79,25 @@ pub fn strip_row_description(body: &[u8], extra: usize) -> Option<Vec<u8>> {
     Some(frame)
 }
 
-/// A row image column (see [`super::image_sql`]): the hex digits of the row's JSON in UTF-8,
-/// the same bytes in text and in binary result format (so the format does not matter).
+/// A row image column (see [`super::image_sql::Form`]), told apart by its first byte: `jsonb`
+/// as text (`{`) or binary (version byte 1), both UTF-8 text in a UTF-8 session; or the hex
+/// digits of the row's JSON in UTF-8 (hex of `{` is `7b`), the same in either result format.
 pub fn decode_image(value: Option<&[u8]>) -> Result<Option<Row>, String> {
-    let Some(hex) = value else { return Ok(None) };
-    let bytes = unhex(hex)?;
+    let Some(raw) = value else { return Ok(None) };
+    let bytes = match raw.first() {
+        Some(b'{') => std::borrow::Cow::Borrowed(raw),
+        Some(1) => std::borrow::Cow::Borrowed(&raw[1..]),
+        _ => std::borrow::Cow::Owned(unhex(raw)?),
+    };
     if let Err(e) = std::str::from_utf8(&bytes) {
         let at = e.valid_up_to();
+        let why = if raw.first() == Some(&b'{') || raw.first() == Some(&1) {
+            "the server sent it in a client_encoding that is not UTF-8 (was client_encoding changed after the statement was prepared? prepare it again)"
+        } else {
+            "the database is SQL_ASCII and stores bytes without characters, so this row cannot be recorded exactly"
+        };
         return Err(format!(
-            "the row image holds byte 0x{:02X} (at {at}), which is not UTF-8: the database is SQL_ASCII and stores bytes without characters, so this row cannot be recorded exactly",
+            "the row image holds byte 0x{:02X} (at {at}), which is not UTF-8: {why}",
             bytes[at]
         ));
     }
@@ -246,15 +256,19 @@ mod tests {
     fn images_decode() {
         let json = "{\"f\": \"NaN\", \"n\": 1.50, \"s\": \"café 中\"}";
         let hex: String = json.bytes().map(|b| format!("{b:02x}")).collect();
-        let r = decode_image(Some(hex.as_bytes())).unwrap().unwrap();
-        assert_eq!(r["f"], "NaN");
-        assert_eq!(r["n"].to_string(), "1.50");
-        assert_eq!(r["s"], "café 中");
+        let mut binary = vec![1u8];
+        binary.extend_from_slice(json.as_bytes());
+        for raw in [hex.as_bytes(), json.as_bytes(), &binary] {
+            let r = decode_image(Some(raw)).unwrap().unwrap();
+            assert_eq!(r["f"], "NaN");
+            assert_eq!(r["n"].to_string(), "1.50");
+            assert_eq!(r["s"], "café 中");
+        }
         assert!(decode_image(None).unwrap().is_none());
         // Bytes of a SQL_ASCII database that are not UTF-8: refused, naming the byte.
         let err = decode_image(Some(b"7b2261223a2263e9227d")).unwrap_err();
         assert!(err.contains("0xE9") && err.contains("SQL_ASCII"), "{err}");
-        for bad in [&b"{}"[..], b"7b7", b"7g7d"] {
+        for bad in [&b"{\"a\": \"\xe9\"}"[..], b"[]", b"7b7", b"7g7d", b"\x02{}"] {
             assert!(decode_image(Some(bad)).is_err());
         }
         assert_eq!(decode_oid(Some(b"24584"), Format::Text).unwrap(), 24584);

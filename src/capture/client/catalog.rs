@@ -162,13 +162,13 @@ impl ClientCapture {
         let query = if missing.is_empty() {
             publish::TXID_QUERY.to_string()
         } else {
-            publish::catalog_query(&missing)
+            publish::catalog_query(&missing, self.image_form())
         };
         let reply = self.internal_query(w, &query).await?;
         if reply.error.is_some() {
             return Ok(None);
         }
-        let (txid, looked_up) = publish::parse_catalog(&reply.rows);
+        let (txid, looked_up) = publish::parse_catalog(&reply.rows, self.image_form());
         if !self.ddl_in_txn {
             self.tables.put(&db, &looked_up);
         }

@@ -80,7 +80,17 @@ impl ClientCapture {
         let major = self.shared.lock().server_major;
         let insert = crate::statement::analyze(&staged.insert)
             .ok()
-            .and_then(|v| rewrite(&staged.insert, &v[0], major, self.truncate_limit, &[]).ok())
+            .and_then(|v| {
+                rewrite(
+                    &staged.insert,
+                    &v[0],
+                    major,
+                    self.truncate_limit,
+                    &[],
+                    self.image_form(),
+                )
+                .ok()
+            })
             .flatten();
         let Some(rw) = insert else {
             let err = ErrorResponse::error(
@@ -183,7 +193,17 @@ impl ClientCapture {
         let major = self.shared.lock().server_major;
         let insert = crate::statement::analyze(&staged.insert)
             .ok()
-            .and_then(|v| rewrite(&staged.insert, &v[0], major, self.truncate_limit, &[]).ok())
+            .and_then(|v| {
+                rewrite(
+                    &staged.insert,
+                    &v[0],
+                    major,
+                    self.truncate_limit,
+                    &[],
+                    self.image_form(),
+                )
+                .ok()
+            })
             .flatten();
         let Some(insert) = insert else {
             return Ok(Err(Refusal::Unsupported {

@@ -151,7 +151,7 @@ impl ClientCapture {
             Description::Skipped => return Ok(CteRewrite::Skipped),
         };
         let major = self.shared.lock().server_major;
-        Ok(match copy.rewrite(major, &names) {
+        Ok(match copy.rewrite(major, &names, self.image_form()) {
             Ok(rw) => CteRewrite::Rewritten(rw, params),
             Err(r) => CteRewrite::Refused(format!("hindsight: {r}")),
         })

@@ -325,7 +325,14 @@ impl ClientCapture {
         cascade: &[String],
     ) -> Result<Option<Rewritten>, String> {
         let kind = stmt.located.analysis.kind;
-        match rewrite(text, &stmt.located, major, self.truncate_limit, cascade) {
+        match rewrite(
+            text,
+            &stmt.located,
+            major,
+            self.truncate_limit,
+            cascade,
+            self.image_form(),
+        ) {
             Ok(Some(rw)) if rw.pre_read.is_some() && !matches!(kind, Kind::Update | Kind::Truncate | Kind::Merge) => Err(format!(
                 "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
                 kind.label().to_uppercase()

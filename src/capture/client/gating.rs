@@ -162,7 +162,14 @@ impl ClientCapture {
                 _ => return Ok(Vec::new()),
             }
         } else {
-            let Ok(Some(rw)) = rewrite(text, &s.located, major, self.truncate_limit, &[]) else {
+            let Ok(Some(rw)) = rewrite(
+                text,
+                &s.located,
+                major,
+                self.truncate_limit,
+                &[],
+                self.image_form(),
+            ) else {
                 return Ok(Vec::new());
             };
             rw

@@ -236,4 +236,9 @@ impl ClientCapture {
         let encoding = self.shared.lock().client_encoding;
         crate::wire::client_text::decode(bytes, encoding)
     }
+
+    /// How image columns built now come back, by the session's `client_encoding`.
+    pub(super) fn image_form(&self) -> crate::capture::image_sql::Form {
+        crate::capture::image_sql::Form::for_session(self.shared.lock().client_encoding)
+    }
 }

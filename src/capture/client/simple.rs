@@ -602,7 +602,14 @@ impl ClientCapture {
             } else {
                 Vec::new()
             };
-            match rewrite(text, &s.located, major, self.truncate_limit, &cascade) {
+            match rewrite(
+                text,
+                &s.located,
+                major,
+                self.truncate_limit,
+                &cascade,
+                self.image_form(),
+            ) {
                 Ok(rw) => out.push(rw),
                 Err(refusal) => return Ok(Err(refused(format!("hindsight: {refusal}")))),
             }
