@@ -1,9 +1,9 @@
 """A realistic asyncpg workload (binary protocol, prepared statements, pipelined executemany,
-COPY, transactions with savepoints, LISTEN/NOTIFY, cursors, errors), run once directly against
-PostgreSQL and once through hindsight. Every observable result is recorded; the two transcripts
-must be identical.
+binary COPY, transactions with savepoints, LISTEN/NOTIFY, cursors, errors), run once directly
+against PostgreSQL, once through a relaying hindsight and, if given, once through a capturing
+one. Every observable result is recorded; the transcripts must be identical.
 
-usage: python asyncpg_workload.py DIRECT_DSN PROXIED_DSN
+usage: python asyncpg_workload.py DIRECT_DSN PROXIED_DSN [CAPTURING_DSN]
 """
 import asyncio
 import datetime
@@ -100,13 +100,22 @@ async def workload(dsn: str, schema: str) -> list:
 async def main():
     direct, proxied = sys.argv[1], sys.argv[2]
     a = await workload(direct, "suite_asyncpg_direct")
-    b = await workload(proxied, "suite_asyncpg_proxied")
-    if a != b:
-        for i, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                print(f"FAILED  asyncpg step {i}: direct={x!r} proxied={y!r}")
-        sys.exit(1)
-    print(f"ok      asyncpg {asyncpg.__version__} workload: {len(a)} results identical direct vs through hindsight")
+    runs = [("relaying", proxied, "suite_asyncpg_proxied")]
+    if len(sys.argv) > 3:
+        runs.append(("capturing", sys.argv[3], "suite_asyncpg_captured"))
+    failed = False
+    for label, dsn, schema in runs:
+        b = await workload(dsn, schema)
+        if a != b:
+            failed = True
+            for i, (x, y) in enumerate(zip(a, b)):
+                if x != y:
+                    print(f"FAILED  asyncpg step {i} ({label}): direct={x!r} through hindsight={y!r}")
+            if len(a) != len(b):
+                print(f"FAILED  asyncpg ({label}): {len(a)} results directly, {len(b)} through hindsight")
+        else:
+            print(f"ok      asyncpg {asyncpg.__version__} workload: {len(a)} results identical direct vs through {label} hindsight")
+    sys.exit(1 if failed else 0)
 
 
 asyncio.run(main())

@@ -155,7 +155,7 @@ new=$(comm -13 "$cap/known" "$cap/differing")
 fixed=$(comm -23 "$cap/known" "$cap/differing" | comm -23 - "$cap/timing")
 same=$((total - $(wc -l <"$cap/differing")))
 if [ "$total" -gt 200 ] && [ -z "$new" ] && [ -z "$fixed" ]; then
-  echo "ok      pg_regress PG $major parallel schedule (capturing): $same/$total output files identical to the direct run; the $(wc -l <"$cap/known") that differ are the known gaps in $(basename "$known")"
+  echo "ok      pg_regress PG $major parallel schedule (capturing): $same/$total output files identical to the direct run; the $(wc -l <"$cap/differing") that differ are known gaps listed in $(basename "$known")"
 else
   echo "FAILED  pg_regress PG $major (capturing): $same/$total output files identical to the direct run"
   if [ -n "$new" ]; then echo "        new differences (see $cap/regression.diffs, diff -r $DEV/pg-regress$tag-direct/results $cap/results): $(echo $new)"; fi

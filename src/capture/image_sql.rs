@@ -48,18 +48,19 @@ impl Form {
 
     /// The image of row `row` (a table reference `t.*`, or a row alias such as `old`).
     pub fn row(self, row: &str) -> String {
-        self.json(&format!("to_jsonb({row})"))
+        let image = format!("to_jsonb({row})");
+        match self {
+            Form::Jsonb => image,
+            Form::Hex => hex(&image),
+        }
     }
 
     /// The image held by `expr`, a primary expression (a function call or a column) of type
     /// `jsonb`, `json` or `text` holding JSON (NULL stays NULL).
     pub fn json(self, expr: &str) -> String {
         match self {
-            Form::Jsonb if expr.starts_with("to_jsonb(") => expr.to_string(),
             Form::Jsonb => format!("{expr}::jsonb"),
-            Form::Hex => {
-                format!("pg_catalog.encode(pg_catalog.convert_to(({expr})::text, {TARGET}), 'hex')")
-            }
+            Form::Hex => hex(expr),
         }
     }
 
@@ -67,7 +68,7 @@ impl Form {
     pub fn name(self, expr: &str) -> String {
         match self {
             Form::Jsonb => expr.to_string(),
-            Form::Hex => self.json(expr),
+            Form::Hex => hex(expr),
         }
     }
 
@@ -78,6 +79,11 @@ impl Form {
             Form::Hex => "NULL::text",
         }
     }
+}
+
+/// `expr` (any type with a text cast) as the hex digits of its text in UTF-8.
+fn hex(expr: &str) -> String {
+    format!("pg_catalog.encode(pg_catalog.convert_to(({expr})::text, {TARGET}), 'hex')")
 }
 
 #[cfg(test)]

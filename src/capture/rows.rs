@@ -92,7 +92,7 @@ pub fn decode_image(value: Option<&[u8]>) -> Result<Option<Row>, String> {
     if let Err(e) = std::str::from_utf8(&bytes) {
         let at = e.valid_up_to();
         let why = if raw.first() == Some(&b'{') || raw.first() == Some(&1) {
-            "the server sent it in a client_encoding that is not UTF-8 (was client_encoding changed after the statement was prepared? prepare it again)"
+            "the row holds a value whose bytes are not valid in the database's encoding (written by C code), or the session's client_encoding changed after the statement was prepared (prepare it again)"
         } else {
             "the database is SQL_ASCII and stores bytes without characters, so this row cannot be recorded exactly"
         };
