@@ -262,8 +262,8 @@ impl Cut {
         client: Option<&[u8]>,
         columns: &[Option<Vec<String>>],
         encoding: crate::wire::client_text::ClientEncoding,
+        form: Form,
     ) -> Result<Rewritten, Refusal> {
-        let form = Form::for_session(encoding);
         let mut ctes = Vec::new();
         let mut parts = Vec::new();
         let mut branches = Vec::new();
@@ -692,10 +692,13 @@ mod tests {
 
     /// The wrapper for PostgreSQL 15, every written table keyed by `id`.
     fn on_15(sql: &str) -> Result<Rewritten, Refusal> {
-        cut(sql)
-            .unwrap()
-            .unwrap()
-            .rewrite(15, None, &[Some(vec!["id".into()])], Default::default())
+        cut(sql).unwrap().unwrap().rewrite(
+            15,
+            None,
+            &[Some(vec!["id".into()])],
+            Default::default(),
+            Form::Jsonb,
+        )
     }
 
     fn row_description(names: &[&str]) -> Vec<u8> {
@@ -732,6 +735,7 @@ mod tests {
                 None,
                 &[Some(vec!["a".into(), "B".into()])],
                 Default::default(),
+                Form::Jsonb,
             )
             .unwrap();
         assert_eq!(
@@ -763,6 +767,7 @@ mod tests {
                 Some(&row_description(&["one"])),
                 &[None],
                 Default::default(),
+                Form::Jsonb,
             )
             .unwrap();
         assert!(
@@ -798,6 +803,7 @@ mod tests {
                 Some(&row_description(&["id", "id"])),
                 &[Some(vec!["id".into()])],
                 Default::default(),
+                Form::Jsonb,
             )
             .unwrap();
         assert!(rw.text.contains("__hs_main(__hs_1, __hs_2) AS (\nUPDATE b SET x = 1 FROM d WHERE b.id = d.id RETURNING b.id, d.id\n, 0 AS __hs_s, to_jsonb(old)"), "{}", rw.text);
@@ -851,6 +857,7 @@ mod tests {
                 None,
                 &[None, Some(vec!["id".into()])],
                 Default::default(),
+                Form::Jsonb,
             )
             .unwrap();
         let store = |t: &str| {

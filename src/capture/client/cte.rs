@@ -104,7 +104,13 @@ impl ClientCapture {
             (st.server_major, st.client_encoding)
         };
         Ok(
-            match cut.rewrite(major, client.as_deref(), &columns, encoding) {
+            match cut.rewrite(
+                major,
+                client.as_deref(),
+                &columns,
+                encoding,
+                self.image_form(),
+            ) {
                 Ok(rw) => CteRewrite::Rewritten(rw, params),
                 Err(r) => CteRewrite::Refused(format!("hindsight: {r}")),
             },

@@ -237,8 +237,12 @@ impl ClientCapture {
         crate::wire::client_text::decode(bytes, encoding)
     }
 
-    /// How image columns built now come back, by the session's `client_encoding`.
+    /// How image columns built now come back, by the session's `client_encoding` (hex while
+    /// an earlier statement of the same query string may change it).
     pub(super) fn image_form(&self) -> crate::capture::image_sql::Form {
+        if self.encoding_pending {
+            return crate::capture::image_sql::Form::Hex;
+        }
         crate::capture::image_sql::Form::for_session(self.shared.lock().client_encoding)
     }
 }

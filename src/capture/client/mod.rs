@@ -109,6 +109,10 @@ pub struct ClientCapture {
     /// hindsight's own queries go in the middle of an extended-protocol batch: they must use
     /// named extended messages (a simple Query would destroy the client's unnamed portal).
     mid_batch: bool,
+    /// An earlier statement of the query string being rewritten may change `client_encoding`
+    /// before the next ones run: their images are built in hex, right in any encoding
+    /// (`image_sql::Form`), as the server has not reported the new encoding yet.
+    encoding_pending: bool,
     /// A COPY runs in a transaction hindsight opened: it ends it at the client's CopyDone or
     /// CopyFail.
     copy_pending: bool,
@@ -386,6 +390,7 @@ impl ClientCapture {
             post_binds: HashMap::new(),
             batch_implicit: false,
             mid_batch: false,
+            encoding_pending: false,
             copy_pending: false,
             copy_ext: None,
             gates: None,

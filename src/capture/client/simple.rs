@@ -562,59 +562,82 @@ impl ClientCapture {
         text: &str,
         statements: &[Statement],
     ) -> std::io::Result<Result<Vec<Option<Rewritten>>, Vec<u8>>> {
+        let major = self.shared.lock().server_major;
+        let mut out = Vec::with_capacity(statements.len());
+        self.encoding_pending = false;
+        let mut result = Ok(());
+        for s in statements {
+            match self
+                .rewrite_one(w, text, s, major, statements.len() == 1)
+                .await?
+            {
+                Ok(rw) => out.push(rw),
+                Err(frame) => {
+                    result = Err(frame);
+                    break;
+                }
+            }
+            if may_change_encoding(&text[s.located.span.clone()]) {
+                self.encoding_pending = true;
+            }
+        }
+        self.encoding_pending = false;
+        Ok(result.map(|()| out))
+    }
+
+    /// One statement of a query string (`alone`: the only one) rewritten for capture (`None`:
+    /// it runs as sent), or the client's error (an encoded ErrorResponse).
+    async fn rewrite_one<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        s: &Statement,
+        major: u32,
+        alone: bool,
+    ) -> std::io::Result<Result<Option<Rewritten>, Vec<u8>>> {
         let refused = |msg: String| {
             ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, msg)
                 .with_hint("Run it through a session of a proxy started with --no-capture if it must run unaudited.")
                 .encode()
         };
-        let major = self.shared.lock().server_major;
-        let mut out = Vec::with_capacity(statements.len());
-        for s in statements {
-            let span = s.located.span.clone();
-            if has_cte_writes(s) {
+        let span = s.located.span.clone();
+        if has_cte_writes(s) {
+            return Ok(
                 match self
                     .cte_rewrite(w, text, &text[span.clone()], s, &[], false)
                     .await?
                 {
-                    CteRewrite::Rewritten(rw, _) => out.push(Some(rw)),
-                    CteRewrite::Refused(msg) => return Ok(Err(refused(msg))),
-                    CteRewrite::Failed(frame) if statements.len() == 1 => {
+                    CteRewrite::Rewritten(rw, _) => Ok(Some(rw)),
+                    CteRewrite::Refused(msg) => Err(refused(msg)),
+                    CteRewrite::Failed(frame) if alone => {
                         // The statement's own error: where the client's text has it.
                         let before = text[..span.start].chars().count() as i64;
-                        return Ok(Err(crate::wire::error_response::shift_position(
-                            &frame, -before,
-                        )));
+                        Err(crate::wire::error_response::shift_position(&frame, -before))
                     }
                     CteRewrite::Failed(frame) => {
                         let why = crate::wire::error_response::message_of(&frame);
-                        return Ok(Err(refused(format!("hindsight: the data-modifying WITH statement could not be described before the query ran ({why}); the query was not run. If it depends on an earlier statement of the same query string, send it as a query of its own"))));
+                        Err(refused(format!("hindsight: the data-modifying WITH statement could not be described before the query ran ({why}); the query was not run. If it depends on an earlier statement of the same query string, send it as a query of its own")))
                     }
-                    CteRewrite::Skipped => {
-                        return Ok(Err(refused(
-                            "hindsight: the query could not be described".into(),
-                        )))
-                    }
-                }
-                continue;
-            }
-            let cascade = if s.located.analysis.kind == Kind::Truncate {
-                self.truncate_cascade(w, &text[span], false).await?
-            } else {
-                Vec::new()
-            };
-            match rewrite(
-                text,
-                &s.located,
-                major,
-                self.truncate_limit,
-                &cascade,
-                self.image_form(),
-            ) {
-                Ok(rw) => out.push(rw),
-                Err(refusal) => return Ok(Err(refused(format!("hindsight: {refusal}")))),
-            }
+                    CteRewrite::Skipped => Err(refused(
+                        "hindsight: the query could not be described".into(),
+                    )),
+                },
+            );
         }
-        Ok(Ok(out))
+        let cascade = if s.located.analysis.kind == Kind::Truncate {
+            self.truncate_cascade(w, &text[span], false).await?
+        } else {
+            Vec::new()
+        };
+        Ok(rewrite(
+            text,
+            &s.located,
+            major,
+            self.truncate_limit,
+            &cascade,
+            self.image_form(),
+        )
+        .map_err(|refusal| refused(format!("hindsight: {refusal}"))))
     }
 
     /// After a captured query: if hindsight opened the transaction, end it (publish + COMMIT,
@@ -804,9 +827,50 @@ fn with_created_routines(
     Arc::new(names.iter().chain(created).cloned().collect())
 }
 
+/// Whether a statement may change the session's `client_encoding` (`SET client_encoding`,
+/// `SET NAMES`, `RESET`/`DISCARD ALL`, `set_config('client_encoding', …)`): statements after it
+/// in the same query string get images in hex ([`ClientCapture::image_form`]). Over-inclusive
+/// on purpose — a false match only costs the hex form.
+fn may_change_encoding(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .collect();
+    lower.contains("client_encoding")
+        || matches!(
+            words.as_slice(),
+            ["set", "names", ..] | ["set", _, "names", ..]
+        )
+        || matches!(words.as_slice(), [first, "all", ..] if *first == "reset" || *first == "discard")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_that_may_change_client_encoding() {
+        for sql in [
+            "SET client_encoding = 'LATIN1'",
+            "set session CLIENT_ENCODING to win1251;",
+            "SET NAMES 'EUC_JP'",
+            "SET LOCAL NAMES latin1",
+            "RESET ALL",
+            "discard all;",
+            "SELECT set_config('client_encoding', 'LATIN1', false)",
+        ] {
+            assert!(may_change_encoding(sql), "{sql}");
+        }
+        for sql in [
+            "SET search_path = x",
+            "RESET search_path",
+            "UPDATE names SET all = 1",
+        ] {
+            assert!(!may_change_encoding(sql), "{sql}");
+        }
+    }
 
     fn roles(sql: &str, status: u8) -> Result<Vec<Role>, String> {
         let statements: Vec<Statement> = crate::statement::analyze(sql)
