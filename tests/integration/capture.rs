@@ -2837,16 +2837,11 @@ async fn upsert_before_image_was_stale_after_a_concurrent_update(pg: Pg) {
 /// `'caf\xE9'` — the row stored was not the one the client wrote. Now a session whose
 /// client_encoding is not UTF-8 has its text taken byte for byte (`wire::client_text`): the
 /// server gets exactly the client's bytes, the replies are the direct run's, and the images
-/// are converted exactly for LATIN1 and WIN1252. Where no exact conversion is known (a
-/// SQL_ASCII database) a write with non-ASCII bytes is not committed unrecorded (HS001).
+/// are exact. In a SQL_ASCII database, bytes that are not UTF-8 have no characters: a write
+/// whose image holds them is not committed unrecorded (HS001); UTF-8 content is recorded.
 async fn latin1_text_was_rewritten_lossily(pg: Pg) {
     use super::differential::{cat, send};
     use super::wire_client::*;
-    let raw_query = |sql: &[u8]| {
-        let mut b = sql.to_vec();
-        b.push(0);
-        msg(b'Q', &b)
-    };
     let (db, prefix, proxy) = setup(pg, "latin1").await;
     let (db2, _direct) = direct_twin(pg, "latin1").await;
     let mut parse_latin1 = Vec::new();
@@ -3014,11 +3009,6 @@ async fn latin1_text_was_rewritten_lossily(pg: Pg) {
 async fn latin1_write_failed_on_a_row_holding_characters_latin1_lacks(pg: Pg) {
     use super::differential::send;
     use super::wire_client::*;
-    let raw_query = |sql: &[u8]| {
-        let mut b = sql.to_vec();
-        b.push(0);
-        msg(b'Q', &b)
-    };
     let (db, prefix, proxy) = setup(pg, "enc_lacks").await;
     let (db2, direct) = direct_twin(pg, "enc_lacks").await;
     let seed = "INSERT INTO brieff (bfkey, bfso) VALUES (200, '中文 € Привет')";

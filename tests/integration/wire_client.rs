@@ -49,6 +49,13 @@ pub fn query(sql: &str) -> Vec<u8> {
     msg(b'Q', &b)
 }
 
+/// A Query of raw bytes (SQL text in a client_encoding that is not UTF-8).
+pub fn raw_query(sql: &[u8]) -> Vec<u8> {
+    let mut b = sql.to_vec();
+    b.push(0);
+    msg(b'Q', &b)
+}
+
 pub fn parse(name: &str, sql: &str, param_oids: &[u32]) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, name);

@@ -77,21 +77,7 @@ impl ClientCapture {
                     .await
             }
         };
-        let major = self.shared.lock().server_major;
-        let insert = crate::statement::analyze(&staged.insert)
-            .ok()
-            .and_then(|v| {
-                rewrite(
-                    &staged.insert,
-                    &v[0],
-                    major,
-                    self.truncate_limit,
-                    &[],
-                    self.image_form(),
-                )
-                .ok()
-            })
-            .flatten();
+        let insert = self.staged_insert(&staged.insert);
         let Some(rw) = insert else {
             let err = ErrorResponse::error(
                 sqlstate::CAPTURE_UNSUPPORTED,
@@ -190,21 +176,7 @@ impl ClientCapture {
             Ok(None) => return Ok(Ok(None)),
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let major = self.shared.lock().server_major;
-        let insert = crate::statement::analyze(&staged.insert)
-            .ok()
-            .and_then(|v| {
-                rewrite(
-                    &staged.insert,
-                    &v[0],
-                    major,
-                    self.truncate_limit,
-                    &[],
-                    self.image_form(),
-                )
-                .ok()
-            })
-            .flatten();
+        let insert = self.staged_insert(&staged.insert);
         let Some(insert) = insert else {
             return Ok(Err(Refusal::Unsupported {
                 what: format!("{sql:?} (its capture could not be built)"),
@@ -228,5 +200,22 @@ impl ClientCapture {
                 stdin: staged.stdin,
             },
         ))))
+    }
+
+    /// The stage's `INSERT … SELECT` into the target, rewritten for capture (`None`: it cannot
+    /// be, which the callers refuse).
+    fn staged_insert(&self, insert: &str) -> Option<Rewritten> {
+        let major = self.shared.lock().server_major;
+        let v = crate::statement::analyze(insert).ok()?;
+        rewrite(
+            insert,
+            &v[0],
+            major,
+            self.truncate_limit,
+            &[],
+            self.image_form(),
+        )
+        .ok()
+        .flatten()
     }
 }
