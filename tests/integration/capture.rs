@@ -143,6 +143,17 @@ async fn assert_same_as_direct(
     assert_same_replies(&mut through, &mut plain);
 }
 
+/// Run `sql` directly in each of `dbs` (a database under test and its direct twin).
+async fn execute_in(pg: Pg, dbs: [&str; 2], sql: &str) {
+    for d in dbs {
+        harness::connect(pg.addr(), "postgres", d)
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} in {d}: {e:?}"));
+    }
+}
+
 /// Both databases' `brieff` tables hold the same rows (through hindsight and direct).
 async fn assert_same_brieff(mine: &tokio_postgres::Client, theirs: &tokio_postgres::Client) {
     let dump = "SELECT string_agg(format('%s', b), ';' ORDER BY bfkey) FROM brieff b";
@@ -2888,13 +2899,7 @@ async fn latin1_text_was_rewritten_lossily(pg: Pg) {
     // are not ASCII (the stage is built from the catalog's names), a data-modifying WITH whose
     // client RETURNING names them, and the key of the events.
     let ddl = "CREATE TABLE mass (schlüssel int PRIMARY KEY, größe text)";
-    for d in [&db, &db2] {
-        harness::connect(pg.addr(), "postgres", d)
-            .await
-            .batch_execute(ddl)
-            .await
-            .unwrap();
-    }
+    execute_in(pg, [&db, &db2], ddl).await;
     let steps = vec![
         send(query("SET client_encoding = 'LATIN1'")),
         super::differential::Step::Send(
@@ -3010,14 +3015,9 @@ async fn latin1_write_failed_on_a_row_holding_characters_latin1_lacks(pg: Pg) {
     use super::differential::send;
     use super::wire_client::*;
     let (db, prefix, proxy) = setup(pg, "enc_lacks").await;
-    let (db2, direct) = direct_twin(pg, "enc_lacks").await;
+    let (db2, _direct) = direct_twin(pg, "enc_lacks").await;
     let seed = "INSERT INTO brieff (bfkey, bfso) VALUES (200, '中文 € Привет')";
-    direct.batch_execute(seed).await.unwrap();
-    harness::connect(pg.addr(), "postgres", &db)
-        .await
-        .batch_execute(seed)
-        .await
-        .unwrap();
+    execute_in(pg, [&db, &db2], seed).await;
     let steps = vec![
         // The encoding changes in the same query string, before the server reports it.
         send(query(
@@ -3077,13 +3077,7 @@ async fn latin1_write_failed_on_a_row_holding_characters_latin1_lacks(pg: Pg) {
     // any encoding but UTF8, LATIN1 and WIN1252), and the key they name. The topic holds only
     // what Kafka allows in a topic name.
     let ddl = "CREATE TABLE \"名簿 Liste\" (番号 int PRIMARY KEY, 名前 text)";
-    for d in [&db, &db2] {
-        harness::connect(pg.addr(), "postgres", d)
-            .await
-            .batch_execute(ddl)
-            .await
-            .unwrap();
-    }
+    execute_in(pg, [&db, &db2], ddl).await;
     let steps = vec![
         send(query("SET client_encoding = 'EUC_JP'")),
         send(raw_query(
