@@ -138,7 +138,6 @@ impl ClientCapture {
         let stmt = match entry.as_ref() {
             Ok(a) if a.statements.len() == 1 => &a.statements[0],
             // A server newer than the parser may accept what the parser cannot read.
-            // A server newer than the parser may accept what the parser cannot read.
             Err(_) if self.parser_may_lag() => {
                 match self
                     .parse_unparsed(w, frame, name, text, &full, params)
