@@ -83,6 +83,10 @@ pub struct Unit {
     /// one): the server's "there is already a transaction in progress" is about hindsight's
     /// BEGIN, and is not forwarded.
     pub begin_in_batch: bool,
+    /// The sync point after a statement that may change `client_encoding`: the server reports
+    /// the new encoding (ParameterStatus) only right before this ReadyForQuery, so images are
+    /// built in hex until it is through (see `State::encoding_unsettled`).
+    pub settles_encoding: bool,
 }
 
 /// What the client sees of a forwarded CommandComplete.
@@ -214,6 +218,7 @@ impl Unit {
             probe: false,
             end_on_error: false,
             begin_in_batch: false,
+            settles_encoding: false,
         }
     }
 
@@ -279,6 +284,12 @@ pub struct State {
     /// The row count in the command tag of the last statement whose rows a post-read finds
     /// (`MERGE n`, `COPY n`; see `Shape::read_after`).
     pub read_after_rows: Option<u64>,
+    /// A statement that may change `client_encoding` was sent, and the next sync point pushed
+    /// will be the one after it (it then becomes that unit's `settles_encoding`).
+    pub encoding_mark: bool,
+    /// Sync points marked `settles_encoding` not yet through: until then the session's
+    /// encoding may differ from `client_encoding`, whatever the server reported last.
+    pub encoding_unsettled: u32,
 }
 
 /// [`State`] plus the wake-up for the client side waiting on replies.
@@ -620,6 +631,9 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     }
     if unit.ends.contains(&tag) {
         let unit = st.units.pop_front().expect("front exists");
+        if unit.settles_encoding {
+            st.encoding_unsettled = st.encoding_unsettled.saturating_sub(1);
+        }
         let tag_text = unit.last_tag.clone();
         if let Some((ctl, name)) = &unit.txctl {
             apply_txctl(st, *ctl, name);

@@ -3095,6 +3095,105 @@ async fn latin1_write_failed_on_a_row_holding_characters_latin1_lacks(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// A statement prepared in a UTF-8 session built its row images as jsonb, which the server sends
+/// in the client's encoding of the moment. After `SET client_encoding = 'LATIN1'`, executing it
+/// on a row holding `中文` failed (the server cannot send that in LATIN1), where it succeeds
+/// directly; and LATIN1 bytes that happen to be valid UTF-8 (`Ã©` is C3 A9, UTF-8 for `é`) were
+/// recorded as other text, silently. The same held inside one pipeline, for a write parsed after
+/// its SET before the server reports the new encoding (at the Sync). Such statements are now
+/// prepared again with hex images; one whose text is not ASCII (it cannot be sent again as is)
+/// is refused with HS002.
+async fn prepared_write_recorded_wrong_text_after_client_encoding_changed(pg: Pg) {
+    use super::differential::{cat, run, send};
+    use super::wire_client::*;
+    let (db, prefix, proxy) = setup(pg, "enc_stale").await;
+    let (db2, _direct) = direct_twin(pg, "enc_stale").await;
+    let seed = "INSERT INTO brieff (bfkey, bfso) VALUES (200, '中文 € Привет'), (201, 'x')";
+    execute_in(pg, [&db, &db2], seed).await;
+    let update = "UPDATE brieff SET bfso = $1 WHERE bfkey = $2";
+    let run_upd = |value: &'static [u8], key: &'static [u8]| {
+        send(cat(&[
+            bind("", "upd", 0, &[Some(value), Some(key)], 0),
+            execute("", 0),
+            sync(),
+        ]))
+    };
+    let steps = vec![
+        send(cat(&[parse("upd", update, &[25, 23]), sync()])),
+        send(query("SET client_encoding = 'LATIN1'")),
+        run_upd(b"\xc3\xa9", b"201"),
+        run_upd(b"caf\xe9", b"200"),
+        send(query("SET client_encoding = 'UTF8'")),
+        // One pipeline: the SET, then a write parsed before the server reports WIN1251.
+        send(cat(&[
+            parse("", "SET client_encoding = 'WIN1251'", &[]),
+            bind("", "", 0, &[], 0),
+            execute("", 0),
+            parse("", update, &[25, 23]),
+            bind(
+                "",
+                "",
+                0,
+                &[Some(b"\xcf\xf0\xe8\xe2\xe5\xf2"), Some(b"201")],
+                0,
+            ),
+            execute("", 0),
+            sync(),
+        ])),
+        send(query(
+            "SELECT bfkey, encode(convert_to(bfso, 'UTF8'), 'hex') FROM brieff ORDER BY 1",
+        )),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 3).await;
+    validate("change-event", &events);
+    assert_eq!(
+        changes(&events, "bfso"),
+        vec![
+            ("u".into(), "x".into(), "Ã©".into()),
+            ("u".into(), "中文 € Привет".into(), "café".into()),
+            ("u".into(), "Ã©".into(), "Привет".into()),
+        ],
+        "{events:#?}"
+    );
+    // Not ASCII: refused at its Bind, with the reason; nothing runs up to the Sync.
+    let lit = "UPDATE brieff SET bfso = 'ü' || $1 WHERE bfkey = $2";
+    let steps = vec![
+        send(cat(&[parse("lit", lit, &[25, 23]), sync()])),
+        send(query("SET client_encoding = 'LATIN1'")),
+        send(cat(&[
+            bind("", "lit", 0, &[Some(b"1"), Some(b"201")], 0),
+            execute("", 0),
+            sync(),
+        ])),
+        send(query(
+            "SELECT octet_length(bfso) FROM brieff WHERE bfkey = 201",
+        )),
+    ];
+    let replies = run(proxy.addr, &db, 0, &steps).await;
+    let refused = &replies[3];
+    assert_eq!(
+        sqlstate(&refused[0]).as_deref(),
+        Some("HS002"),
+        "{}",
+        describe_frames(refused)
+    );
+    assert!(
+        field(&refused[0], b'M').unwrap().contains("\"lit\""),
+        "{}",
+        describe_frames(refused)
+    );
+    assert_eq!(
+        refused.len(),
+        2,
+        "the error, then ReadyForQuery: {}",
+        describe_frames(refused)
+    );
+    let after = describe_frames(&replies[4]);
+    assert!(after.contains("12"), "still Привет, 12 bytes: {after}");
+    proxy.shutdown().await;
+}
+
 /// A role that may write to a table but not read it: capture reads the rows back, so its
 /// writes fail through hindsight with the server's own "permission denied" (documented: roles
 /// need SELECT on the tables they write; hindsight's log says what to grant). The error is the
@@ -3156,6 +3255,7 @@ async fn write_only_roles_need_select_on_the_tables_they_write(pg: Pg) {
 on_both!(
     latin1_text_was_rewritten_lossily,
     latin1_write_failed_on_a_row_holding_characters_latin1_lacks,
+    prepared_write_recorded_wrong_text_after_client_encoding_changed,
     write_only_roles_need_select_on_the_tables_they_write,
     copy_of_a_writes_returning_rows_was_refused,
     update_where_current_of_failed_with_a_syntax_error,

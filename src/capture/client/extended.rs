@@ -3,6 +3,20 @@
 //! Sync ends hindsight's transaction (publish, then COMMIT).
 
 use super::*;
+use crate::capture::image_sql::Form;
+
+/// HS002: a prepared write whose text is not ASCII, bound after the session's encoding changed
+/// (its row images would come in the new encoding, and its text cannot be sent again as is).
+fn stale_statement(name: &[u8]) -> ErrorResponse {
+    ErrorResponse::error(
+        sqlstate::CAPTURE_UNSUPPORTED,
+        format!(
+            "hindsight: prepared statement \"{}\" holds characters other than ASCII and was prepared before the session's client_encoding changed; hindsight cannot record its writes in the new encoding, and it was not run",
+            String::from_utf8_lossy(name)
+        ),
+    )
+    .with_hint("Prepare the statement again (Close and Parse) after changing client_encoding, or set client_encoding when connecting.")
+}
 
 /// Name of hindsight's companion statement (`kind` b's') or portal (b'p') for a client's one;
 /// a MERGE's post-read companion is statement b't', portal b'q'.
@@ -104,8 +118,46 @@ impl ClientCapture {
         w: &mut W,
         frame: &[u8],
     ) -> std::io::Result<()> {
-        self.push([Unit::pass(b"1")]);
+        self.push([self.parse_unit()]);
         write_all(w, frame).await
+    }
+
+    /// The unit for the reply to a client's Parse: the client's own, or, when hindsight parses
+    /// it again (`reprepare`), hindsight's — its errors still go to the client.
+    pub(super) fn parse_unit(&self) -> Unit {
+        if self.reparsing {
+            let mut u = Unit::new(b"1");
+            u.forward_errors = true;
+            return u;
+        }
+        Unit::pass(b"1")
+    }
+
+    /// Prepare the client's statement `name` again from its Parse, for the encoding the session
+    /// has now (its images were built for UTF-8 when it was prepared). Whether it is still a
+    /// rewritten write hindsight can bind; if not, its Parse failed (and the client got the
+    /// error) or it is no longer captured.
+    async fn reprepare<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        name: &[u8],
+        parse: &[u8],
+    ) -> std::io::Result<bool> {
+        tracing::debug!(
+            statement = %String::from_utf8_lossy(name),
+            "client_encoding changed since the statement was prepared: preparing it again"
+        );
+        self.push([Unit::new(b"3")]);
+        write_all(w, &close_frame(b'S', name)).await?;
+        self.reparsing = true;
+        let parsed = self.on_parse(parse, w).await;
+        self.reparsing = false;
+        parsed?;
+        Ok(!self.skip_until_sync
+            && self
+                .statements
+                .get(name)
+                .is_some_and(|p| p.rewritten.is_some()))
     }
 
     /// Parse: analyse; rewrite writes for capture (refusing what cannot be captured).
@@ -260,7 +312,7 @@ impl ClientCapture {
                 frame_of(b'P', &b)
             }
         };
-        let mut parse = Unit::pass(b"1");
+        let mut parse = self.parse_unit();
         if let Some(rw) = &rewritten {
             parse.position_inserts = rw.position_inserts(0);
         }
@@ -291,6 +343,10 @@ impl ClientCapture {
             }
             _ => None,
         };
+        // Built for UTF-8 (checked after the rewrite: the form can only have turned from hex
+        // to jsonb meanwhile, as the server reported an encoding, so this errs towards keeping it).
+        let reparse =
+            (rewritten.is_some() && self.image_form() == Form::Jsonb).then(|| frame.to_vec());
         self.statements.insert(
             name.to_vec(),
             Arc::new(Prep {
@@ -309,6 +365,7 @@ impl ClientCapture {
                 companion,
                 post_companion,
                 copy,
+                reparse,
             }),
         );
         Ok(())
@@ -396,7 +453,31 @@ impl ClientCapture {
     ) -> std::io::Result<()> {
         let body = &frame[HEADER_LEN..];
         let (portal, stmt) = two_cstrs(body).expect("checked in on_frame");
-        let prep = Arc::clone(&self.statements[stmt]);
+        let mut prep = Arc::clone(&self.statements[stmt]);
+        if let Some(parse) = prep
+            .reparse
+            .clone()
+            .filter(|_| self.image_form() == Form::Hex)
+        {
+            if !parse_statement(&parse[HEADER_LEN..]).is_some_and(|(_, sql)| sql.is_ascii()) {
+                // Sent again, its text would now be read in the new encoding.
+                let err = stale_statement(stmt).encode();
+                self.portals.remove(portal);
+                return self
+                    .refused_parse(w, &companion_name(b'r', stmt), err)
+                    .await;
+            }
+            if !self.reprepare(w, stmt, &parse).await? {
+                self.portals.remove(portal);
+                if self.skip_until_sync {
+                    // Its Parse failed: the server skips this Bind, and so do we.
+                    return Ok(());
+                }
+                self.push([Unit::pass(b"2")]);
+                return write_last(w, frame).await;
+            }
+            prep = Arc::clone(&self.statements[stmt]);
+        }
         let shape = Arc::clone(&prep.rewritten.as_ref().expect("rewritten").shape);
         self.flush_and_drain(w).await?;
         let gate = match self.prep_gate(&prep) {

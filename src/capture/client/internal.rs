@@ -146,7 +146,7 @@ impl ClientCapture {
         err: Vec<u8>,
     ) -> std::io::Result<()> {
         self.skip_until_sync = true;
-        let mut u = Unit::pass(b"1");
+        let mut u = self.parse_unit();
         u.error_replacement = Some(err);
         self.push([u]);
         let mut b = name.to_vec();
@@ -238,11 +238,13 @@ impl ClientCapture {
     }
 
     /// How image columns built now come back, by the session's `client_encoding` (hex while
-    /// an earlier statement of the same query string may change it).
+    /// an earlier statement of the same query string may change it, or one sent earlier may
+    /// have changed it and the server has not reported it yet).
     pub(super) fn image_form(&self) -> crate::capture::image_sql::Form {
-        if self.encoding_pending {
+        let st = self.shared.lock();
+        if self.encoding_pending || st.encoding_mark || st.encoding_unsettled > 0 {
             return crate::capture::image_sql::Form::Hex;
         }
-        crate::capture::image_sql::Form::for_session(self.shared.lock().client_encoding)
+        crate::capture::image_sql::Form::for_session(st.client_encoding)
     }
 }

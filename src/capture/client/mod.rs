@@ -23,6 +23,7 @@
 //! - `commit` — publish, then COMMIT (or roll back with HS001); statement events announced;
 //! - `gating` — the gates' statement rules (with trial runs) and row rules;
 //! - `catalog` — what the session looks up in the catalog (tables, functions, targets);
+//! - `encoding` — which messages may change `client_encoding` (images in hex until it settles);
 //! - `internal` — hindsight's own statements on the connection, invisible to the client;
 //! - `unparsed` — texts the parser cannot read whole, in front of a newer server.
 
@@ -30,6 +31,7 @@ mod catalog;
 mod commit;
 mod copy_in;
 mod cte;
+mod encoding;
 mod extended;
 mod gating;
 mod internal;
@@ -66,6 +68,7 @@ use catalog::*;
 use commit::*;
 use copy_in::*;
 use cte::*;
+use encoding::may_change_encoding;
 use extended::*;
 use internal::*;
 use unparsed::*;
@@ -113,6 +116,12 @@ pub struct ClientCapture {
     /// before the next ones run: their images are built in hex, right in any encoding
     /// (`image_sql::Form`), as the server has not reported the new encoding yet.
     encoding_pending: bool,
+    /// Prepared statements that may change `client_encoding` (`SET client_encoding`, …): a
+    /// Bind of one marks the encoding unsettled (`State::encoding_mark`).
+    encoding_statements: std::collections::HashSet<Vec<u8>>,
+    /// A prepared write is being parsed again for an encoding it was not built for (see
+    /// `reprepare`): the server's replies to that Parse are hindsight's, not the client's.
+    reparsing: bool,
     /// A COPY runs in a transaction hindsight opened: it ends it at the client's CopyDone or
     /// CopyFail.
     copy_pending: bool,
@@ -166,6 +175,11 @@ struct Prep {
     /// `COPY … FROM` (extended protocol): the client's statement was prepared pointing at a
     /// stage table; this is what runs around each execution.
     copy: Option<Arc<CopyPlan>>,
+    /// The client's Parse of a write whose images were built for a UTF-8 session (jsonb):
+    /// kept to prepare it again, in hex, should the session's encoding change before a Bind
+    /// (the server would then send the images in the new encoding, which may lack their
+    /// characters, or turn them into other valid UTF-8).
+    reparse: Option<Vec<u8>>,
 }
 
 /// HS003: a TRUNCATE above `capture.truncate_row_limit` (the guard's error, replaced).
@@ -217,6 +231,9 @@ impl Inspector for ClientCapture {
                     .inc();
                 if fast_path::certainly_read(text) && !self.may_call_writer(text) {
                     self.push([Unit::pass(b"Z")]);
+                    if may_change_encoding(text) {
+                        self.shared.lock().encoding_mark = true;
+                    }
                     return Verdict::Forward;
                 }
                 Verdict::Defer
@@ -226,6 +243,11 @@ impl Inspector for ClientCapture {
                 self.metrics
                     .statement(crate::statement::classify(sql))
                     .inc();
+                if may_change_encoding(sql) {
+                    self.encoding_statements.insert(name.to_vec());
+                } else if !self.encoding_statements.is_empty() {
+                    self.encoding_statements.remove(name);
+                }
                 if complete && (!fast_path::certainly_read(sql) || self.may_call_writer(sql)) {
                     return Verdict::Defer;
                 }
@@ -239,6 +261,9 @@ impl Inspector for ClientCapture {
                     return Verdict::Forward;
                 };
                 self.post_binds.remove(portal);
+                if self.encoding_statements.contains(stmt) {
+                    self.shared.lock().encoding_mark = true;
+                }
                 match self.statements.get(stmt).cloned() {
                     Some(p) if p.rewritten.is_some() => Verdict::Defer,
                     Some(p) => {
@@ -270,6 +295,7 @@ impl Inspector for ClientCapture {
             FrontendTag::Close => {
                 let (kind, name) = describe_target(body);
                 let prep = if kind == b'S' {
+                    self.encoding_statements.remove(name);
                     self.statements.remove(name)
                 } else {
                     self.post_binds.remove(name);
@@ -391,6 +417,8 @@ impl ClientCapture {
             batch_implicit: false,
             mid_batch: false,
             encoding_pending: false,
+            encoding_statements: Default::default(),
+            reparsing: false,
             copy_pending: false,
             copy_ext: None,
             gates: None,
@@ -412,9 +440,14 @@ impl ClientCapture {
     /// dropped, or they would wait forever and take the replies meant for later requests.
     pub(super) fn push(&self, units: impl IntoIterator<Item = Unit>) {
         let mut st = self.shared.lock();
-        for u in units {
+        for mut u in units {
             if st.batch_failed && !u.sync_point() && !st.units.iter().any(Unit::sync_point) {
                 continue;
+            }
+            if st.encoding_mark && u.sync_point() {
+                st.encoding_mark = false;
+                st.encoding_unsettled += 1;
+                u.settles_encoding = true;
             }
             st.units.push_back(u);
         }
@@ -433,7 +466,15 @@ impl ClientCapture {
                 write_all(w, frame).await?;
                 self.finish_query(w, true).await
             }
-            b'Q' => self.on_query(frame, w).await,
+            b'Q' => {
+                self.on_query(frame, w).await?;
+                // Marked once its units are in: the sync point that settles it is then one
+                // after the statement (later than needed at worst, which only costs hex).
+                if may_change_encoding(query_text(&frame[HEADER_LEN..])) {
+                    self.shared.lock().encoding_mark = true;
+                }
+                Ok(())
+            }
             b'P' => self.on_parse(frame, w).await,
             b'B' => self.on_bind(frame, w).await,
             b'E' => self.on_deferred_execute(frame, w).await,
