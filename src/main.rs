@@ -481,19 +481,37 @@ fn main() -> ExitCode {
             let config = match load_proxy_config(*args) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_chain(&e));
                     return ExitCode::from(2);
                 }
             };
             match run_proxy(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_chain(&e));
                     ExitCode::from(1)
                 }
             }
         }
     }
+}
+
+/// An error and its causes, joined by ": ", leaving out a cause whose text an outer message
+/// already holds: the library's errors quote their source in their own message (so that they
+/// read whole when logged), and anyhow's `{:#}` would print it a second and third time.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn load_proxy_config(args: ProxyArgs) -> anyhow::Result<Config> {

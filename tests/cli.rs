@@ -127,6 +127,14 @@ fn proxy_with_unreachable_broker_fails_naming_it() {
     );
     assert_eq!(code, 1, "stderr: {err}");
     assert!(err.contains("127.0.0.1:9"), "stderr: {err}");
+    // Said once: the message quotes its cause, which used to be printed again after it, twice.
+    let last = err.lines().last().unwrap_or_default();
+    assert_eq!(last.matches("unreachable").count(), 1, "stderr: {err}");
+    assert_eq!(
+        last.matches("check kafka.brokers").count(),
+        1,
+        "stderr: {err}"
+    );
 }
 
 #[test]
