@@ -340,6 +340,9 @@ pub struct ServerInspector {
     /// Whether the first ReadyForQuery has been seen (authentication done).
     pub ready: bool,
     span: tracing::Span,
+    /// The application_name last recorded on the span: the server reports it again (a RESET,
+    /// a SET to the same value), and a span shows every value recorded, so only changes are.
+    application_name: Vec<u8>,
     /// Capture mode: routes every reply through the session's unit queue.
     pub router: Option<Arc<crate::capture::router::Shared>>,
 }
@@ -356,6 +359,7 @@ impl ServerInspector {
             key_guard: None,
             ready: false,
             span,
+            application_name: Vec::new(),
             router: None,
         }
     }
@@ -414,8 +418,11 @@ impl Inspector for ServerInspector {
             }
             b'S' => {
                 if let Some((b"application_name", value)) = backend::parameter_status(body) {
-                    self.span
-                        .record("application_name", String::from_utf8_lossy(value).as_ref());
+                    if value != self.application_name.as_slice() {
+                        self.application_name = value.to_vec();
+                        self.span
+                            .record("application_name", String::from_utf8_lossy(value).as_ref());
+                    }
                 }
                 self.routed(header.tag, frame)
             }
