@@ -18,6 +18,8 @@ pub mod defaults {
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9187";
     /// Largest TRUNCATE capture records (capture.truncate_row_limit).
     pub const TRUNCATE_ROW_LIMIT: u64 = 10_000;
+    /// Row images one transaction may hold until COMMIT (capture.max_transaction_bytes).
+    pub const MAX_TRANSACTION_BYTES: u64 = 256 << 20;
     /// PostgreSQL's own limit for a message is 1 GiB; allow the header on top of it.
     pub const MAX_MESSAGE_BYTES: usize = (1 << 30) + 5;
     pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -95,6 +97,13 @@ pub struct CaptureConfig {
     /// A TRUNCATE that would remove more rows than this is refused (SQLSTATE HS003): every
     /// removed row's before image is recorded, and that must stay bounded.
     pub truncate_row_limit: u64,
+    /// Row data (in bytes, as the server sends the images) one transaction may capture: its
+    /// events are held in hindsight's memory until its COMMIT publishes them. A transaction
+    /// that captures more cannot commit — it is rolled back with SQLSTATE HS003 — and its rows
+    /// are not kept, so that one huge UPDATE cannot exhaust the memory every other session
+    /// shares. At peak hindsight holds several times this (events, the producer's queue).
+    /// Default 256 MiB; 0 for no limit.
+    pub max_transaction_bytes: u64,
 }
 
 impl Default for CaptureConfig {
@@ -105,6 +114,7 @@ impl Default for CaptureConfig {
             redact: Vec::new(),
             redact_key: String::new(),
             truncate_row_limit: defaults::TRUNCATE_ROW_LIMIT,
+            max_transaction_bytes: defaults::MAX_TRANSACTION_BYTES,
         }
     }
 }

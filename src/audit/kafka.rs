@@ -82,6 +82,9 @@ const FIXED: [(&str, &str); 2] = [("enable.idempotence", "true"), ("acks", "all"
 /// to consumers (records up to ~5 MB read back fine); raise it only for brokers that serve it.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// How long a publish waits before queueing again when librdkafka's queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(2);
+
 /// In-flight requests per broker connection: the idempotent producer keeps order only up to 5.
 const MAX_IN_FLIGHT: &str = "max.in.flight.requests.per.connection";
 
@@ -354,19 +357,43 @@ impl KafkaSink {
             remaining: AtomicUsize::new(total),
             done: Mutex::new(Some(tx)),
         });
+        let deadline = tokio::time::Instant::now() + self.cfg.publish_timeout;
         for r in records {
-            let record = BaseRecord::with_opaque_to(&r.topic, Arc::clone(&batch))
+            let mut record = BaseRecord::with_opaque_to(&r.topic, Arc::clone(&batch))
                 .key(&r.key)
                 .payload(&r.payload);
-            if let Err((source, _)) = self.producer.send(record) {
-                // Records already queued still go out; the caller fails the transaction.
-                return Err(SinkError::Delivery {
-                    topic: r.topic.clone(),
-                    source,
-                });
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    // librdkafka's queue (`queue.buffering.max.messages`, 100,000 by default)
+                    // is full: a large transaction waits for room as the broker acknowledges
+                    // what is queued, rather than fail for being large.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        record = back;
+                        tokio::time::sleep(QUEUE_FULL_PAUSE).await;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        return Err(SinkError::Timeout {
+                            pending: batch.remaining.load(Ordering::Acquire),
+                            total,
+                            timeout: self.cfg.publish_timeout,
+                            brokers: self.brokers.clone(),
+                        });
+                    }
+                    Err((source, _)) => {
+                        // Records already queued still go out; the caller fails the
+                        // transaction (its END record says so).
+                        return Err(SinkError::Delivery {
+                            topic: r.topic.clone(),
+                            source,
+                        });
+                    }
+                }
             }
         }
-        match tokio::time::timeout(self.cfg.publish_timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err((topic, source)))) => Err(SinkError::Delivery { topic, source }),
             Ok(Err(_dropped)) => Err(SinkError::Delivery {

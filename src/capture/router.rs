@@ -125,6 +125,32 @@ pub enum Collect {
 }
 
 impl Collect {
+    /// Whether its DataRows become changes of the transaction (counted against
+    /// capture.max_transaction_bytes).
+    pub fn keeps_rows(&self) -> bool {
+        matches!(
+            self,
+            Collect::Capture(..)
+                | Collect::PreRead(..)
+                | Collect::Wrapped(_)
+                | Collect::MergeRead(..)
+        )
+    }
+
+    /// Forget the changes gathered so far (their transaction cannot commit).
+    pub fn drop_rows(&mut self) {
+        match self {
+            Collect::Capture(_, rows)
+            | Collect::PreRead(_, rows)
+            | Collect::MergeRead(_, rows, _) => *rows = Vec::new(),
+            Collect::Wrapped(wr) => {
+                wr.rows = Vec::new();
+                wr.main_changes = Vec::new();
+            }
+            _ => {}
+        }
+    }
+
     /// What a rewritten statement's execution gathers.
     pub fn capture(ctx: Arc<StatementCtx>) -> Collect {
         let Some(wrapper) = ctx.shape.wrapper.clone() else {
@@ -486,6 +512,12 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             Complete::AsCopy => {}
         }
     }
+    if tag == b'D' && unit.collect.keeps_rows() && st.txn.count(body.len()) {
+        tracing::warn!(
+            limit = st.txn.byte_limit,
+            "a transaction captured more row data than capture.max_transaction_bytes: it will be rolled back at COMMIT, and its rows are no longer kept"
+        );
+    }
     match (&mut unit.collect, tag) {
         (Collect::Wrapped(wr), b'T') => {
             forward = false;
@@ -625,6 +657,10 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         }
         (Collect::Params(params), b't') => *params = crate::wire::backend::parameter_types(body),
         _ => {}
+    }
+    if tag == b'D' && st.txn.over_limit() {
+        // Bounded: rows of a transaction that cannot commit are not kept.
+        unit.collect.drop_rows();
     }
     if forward {
         out.extend_from_slice(frame);

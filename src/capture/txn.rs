@@ -85,15 +85,43 @@ pub struct TxnBuffer {
     changes: Vec<Change>,
     /// `(savepoint name, number of changes when it was set)`, innermost last.
     savepoints: Vec<(String, usize)>,
+    /// capture.max_transaction_bytes (0: none).
+    pub byte_limit: u64,
+    /// Bytes of captured rows the server sent in this transaction (savepoints rolled back
+    /// included: the bound is on what passed through memory).
+    captured_bytes: u64,
+    /// Over `byte_limit`: the transaction cannot commit, and nothing more is kept.
+    over_limit: bool,
 }
 
 impl TxnBuffer {
     pub fn push(&mut self, changes: impl IntoIterator<Item = Change>) {
-        self.changes.extend(changes);
+        if !self.over_limit {
+            self.changes.extend(changes);
+        }
     }
 
+    /// Count `bytes` of captured rows; `true` when this passes the limit (once per
+    /// transaction). The changes kept so far are dropped then: they can never be published.
+    pub fn count(&mut self, bytes: usize) -> bool {
+        self.captured_bytes += bytes as u64;
+        if self.over_limit || self.byte_limit == 0 || self.captured_bytes <= self.byte_limit {
+            return false;
+        }
+        self.over_limit = true;
+        self.changes = Vec::new();
+        true
+    }
+
+    /// The transaction captured more than `byte_limit`: it must not commit.
+    pub fn over_limit(&self) -> bool {
+        self.over_limit
+    }
+
+    /// Nothing to publish or refuse at COMMIT (a transaction over the limit is not empty:
+    /// its COMMIT must fail).
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.changes.is_empty() && !self.over_limit
     }
 
     pub fn len(&self) -> usize {
@@ -107,6 +135,8 @@ impl TxnBuffer {
     /// Everything, for publishing at COMMIT; leaves the buffer empty.
     pub fn take(&mut self) -> Vec<Change> {
         self.savepoints.clear();
+        self.captured_bytes = 0;
+        self.over_limit = false;
         std::mem::take(&mut self.changes)
     }
 
@@ -114,6 +144,8 @@ impl TxnBuffer {
     pub fn clear(&mut self) {
         self.changes.clear();
         self.savepoints.clear();
+        self.captured_bytes = 0;
+        self.over_limit = false;
     }
 
     pub fn savepoint(&mut self, name: &str) {

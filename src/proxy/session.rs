@@ -352,6 +352,7 @@ async fn relay(
                 Arc::clone(&cap.redactor),
             );
             inspector.truncate_limit = ctx.config.capture.truncate_row_limit;
+            shared.lock().txn.byte_limit = ctx.config.capture.max_transaction_bytes;
             inspector.gates = cap.gates.clone();
             inspector.functions = Arc::clone(&cap.functions);
             inspector.tables = Arc::clone(&cap.tables);

@@ -3194,6 +3194,127 @@ async fn prepared_write_recorded_wrong_text_after_client_encoding_changed(pg: Pg
     proxy.shutdown().await;
 }
 
+/// Regression: a transaction that changed more rows than librdkafka's queue holds
+/// (`queue.buffering.max.messages`, 100,000 by default) was rolled back with "QueueFull" and a
+/// hint to retry when the broker is reachable — a bulk UPDATE of 300,000 rows could never
+/// commit through hindsight. Publishing now waits for room as the broker acknowledges. Here
+/// the queue holds 100 records and one autocommit UPDATE changes 3,000 rows.
+async fn transaction_larger_than_the_producer_queue_failed_with_queue_full(pg: Pg) {
+    let db = harness::fresh_db(pg, "queuefull").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE bulk (id int PRIMARY KEY, v text);
+             INSERT INTO bulk SELECT g, 'v' || g FROM generate_series(1, 3000) g",
+        )
+        .await
+        .unwrap();
+    let prefix = harness::random_prefix("queuefull");
+    let p = prefix.clone();
+    let proxy = harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = p;
+        c.kafka
+            .librdkafka
+            .insert("queue.buffering.max.messages".into(), "100".into());
+    })
+    .await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let n = c
+        .execute("UPDATE bulk SET v = v || '!'", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 3000);
+    let events = read_topic(format!("{prefix}.public.bulk"), 3000).await;
+    assert_eq!(events.len(), 3000);
+    assert!(events.iter().all(|e| e["op"] == "u"));
+    let mut ids: Vec<i64> = events
+        .iter()
+        .map(|e| e["after"]["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=3000).collect::<Vec<_>>());
+    assert_eq!(
+        events[0]["after"]["v"].as_str().unwrap(),
+        format!("v{}!", events[0]["after"]["id"])
+    );
+    proxy.shutdown().await;
+}
+
+/// A transaction whose captured rows exceed capture.max_transaction_bytes cannot commit: its
+/// rows would be held in hindsight's memory until COMMIT, and one huge UPDATE would take the
+/// proxy — every application's connection — down with it. It is rolled back with HS003,
+/// in both protocols, autocommit or in a block; nothing is published; the database is
+/// unchanged. A transaction under the limit commits.
+async fn transaction_over_max_transaction_bytes_is_rolled_back_with_hs003(pg: Pg) {
+    let db = harness::fresh_db(pg, "txnlimit").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE bulk (id int PRIMARY KEY, v text);
+             INSERT INTO bulk SELECT g, repeat('v', 100) FROM generate_series(1, 500) g",
+        )
+        .await
+        .unwrap();
+    let prefix = harness::random_prefix("txnlimit");
+    let p = prefix.clone();
+    let proxy = harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = p;
+        // About 50 rows' worth of images (each UPDATE row sends two of ~110 bytes).
+        c.capture.max_transaction_bytes = 12_000;
+    })
+    .await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let over = "UPDATE bulk SET v = v || '!'";
+    let check = |e: tokio_postgres::Error, what: &str| {
+        let e = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{what}: {e:?}"))
+            .clone();
+        assert_eq!(e.code().code(), "HS003", "{what}: {e:?}");
+        assert!(
+            e.message()
+                .contains("capture.max_transaction_bytes (12000 bytes"),
+            "{what}: {e:?}"
+        );
+    };
+    check(
+        c.simple_query(over).await.unwrap_err(),
+        "simple, autocommit",
+    );
+    check(
+        c.execute(over, &[]).await.unwrap_err(),
+        "extended, autocommit",
+    );
+    c.batch_execute("BEGIN; UPDATE bulk SET v = 'small' WHERE id = 1")
+        .await
+        .unwrap();
+    c.simple_query(over).await.unwrap();
+    check(
+        c.simple_query("COMMIT").await.unwrap_err(),
+        "in a block, at COMMIT",
+    );
+    let changed: i64 = direct
+        .query_one("SELECT count(*) FROM bulk WHERE v <> repeat('v', 100)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(changed, 0, "nothing committed");
+    // Under the limit: captured as always, and the only event on the topic.
+    c.simple_query("UPDATE bulk SET v = 'ok' WHERE id < 11")
+        .await
+        .unwrap();
+    let events = read_topic(format!("{prefix}.public.bulk"), 10).await;
+    assert_eq!(
+        events.len(),
+        10,
+        "nothing published for the refused transactions"
+    );
+    assert!(events.iter().all(|e| e["after"]["v"] == "ok"));
+    proxy.shutdown().await;
+}
+
 /// A role that may write to a table but not read it: capture reads the rows back, so its
 /// writes fail through hindsight with the server's own "permission denied" (documented: roles
 /// need SELECT on the tables they write; hindsight's log says what to grant). The error is the
@@ -3256,6 +3377,8 @@ on_both!(
     latin1_text_was_rewritten_lossily,
     latin1_write_failed_on_a_row_holding_characters_latin1_lacks,
     prepared_write_recorded_wrong_text_after_client_encoding_changed,
+    transaction_larger_than_the_producer_queue_failed_with_queue_full,
+    transaction_over_max_transaction_bytes_is_rolled_back_with_hs003,
     write_only_roles_need_select_on_the_tables_they_write,
     copy_of_a_writes_returning_rows_was_refused,
     update_where_current_of_failed_with_a_syntax_error,

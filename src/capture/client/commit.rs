@@ -9,8 +9,19 @@ use crate::audit::event::TransactionRecord;
 pub(super) enum Failure {
     /// The brokers (or the catalog lookup) failed: HS001, unless `on_sink_failure = allow`.
     Sink(String),
-    /// A gate's row rule refused a change: this ErrorResponse, always.
+    /// A gate's row rule refused a change, or the transaction is over a capture limit: this
+    /// ErrorResponse, always.
     Gate(Vec<u8>),
+}
+
+/// HS003: the transaction captured more than capture.max_transaction_bytes.
+fn transaction_limit_error(limit: u64) -> Vec<u8> {
+    ErrorResponse::error(
+        sqlstate::CAPTURE_LIMIT,
+        format!("hindsight: the transaction was rolled back: the rows it changed exceed capture.max_transaction_bytes ({limit} bytes of row images, held in memory until COMMIT)"),
+    )
+    .with_hint("Nothing was committed. Change the rows in smaller transactions, or raise capture.max_transaction_bytes.")
+    .encode()
 }
 
 /// How a COMMIT happens once the records are published.
@@ -106,12 +117,15 @@ impl ClientCapture {
                 return write_all(w, frame).await.map(|()| false);
             }
         }
-        let (changes, capture_errors) = {
+        let (over_limit, changes, capture_errors) = {
             let mut st = self.shared.lock();
-            (st.txn.take(), std::mem::take(&mut st.capture_errors))
+            let over = st.txn.over_limit().then_some(st.txn.byte_limit);
+            (over, st.txn.take(), std::mem::take(&mut st.capture_errors))
         };
         let uncaptured = !capture_errors.is_empty();
-        let failure = if uncaptured {
+        let failure = if let Some(limit) = over_limit {
+            Some(Failure::Gate(transaction_limit_error(limit)))
+        } else if uncaptured {
             Some(Failure::Sink(format!(
                 "the rows it changed could not all be captured: {}",
                 capture_errors.join("; ")
