@@ -109,7 +109,7 @@ pub enum SinkError {
     CreateTopic { topic: String, reason: String },
     #[error("kafka: delivery to {topic:?} failed: {source}")]
     Delivery { topic: String, source: KafkaError },
-    #[error("kafka: {pending} of {total} records not acknowledged within {timeout:?} (brokers {brokers})")]
+    #[error("kafka: {pending} of {total} records not acknowledged within {timeout:?} (brokers {brokers}; if they are up, a transaction this large may need a longer kafka.publish_timeout)")]
     Timeout {
         pending: usize,
         total: usize,
