@@ -20,6 +20,8 @@ pub mod defaults {
     pub const TRUNCATE_ROW_LIMIT: u64 = 10_000;
     /// Row images one transaction may hold until COMMIT (capture.max_transaction_bytes).
     pub const MAX_TRANSACTION_BYTES: u64 = 256 << 20;
+    /// Longest statement text an event carries (capture.max_statement_bytes).
+    pub const MAX_STATEMENT_BYTES: usize = 64 << 10;
     /// PostgreSQL's own limit for a message is 1 GiB; allow the header on top of it.
     pub const MAX_MESSAGE_BYTES: usize = (1 << 30) + 5;
     pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,6 +106,12 @@ pub struct CaptureConfig {
     /// shares. At peak hindsight holds several times this (events, the producer's queue).
     /// Default 256 MiB; 0 for no limit.
     pub max_transaction_bytes: u64,
+    /// Longest statement text (bytes) an event's `source.statement` carries; a longer one is
+    /// cut there, with a note giving its full length (the fingerprint still identifies it).
+    /// Each row's event carries its statement: a bulk loader's multi-megabyte INSERT would
+    /// otherwise be copied into every one of its events, past the brokers' message size.
+    /// Default 64 KiB.
+    pub max_statement_bytes: usize,
 }
 
 impl Default for CaptureConfig {
@@ -115,6 +123,7 @@ impl Default for CaptureConfig {
             redact_key: String::new(),
             truncate_row_limit: defaults::TRUNCATE_ROW_LIMIT,
             max_transaction_bytes: defaults::MAX_TRANSACTION_BYTES,
+            max_statement_bytes: defaults::MAX_STATEMENT_BYTES,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Turning a committed-to-be transaction's captured changes into audit records.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::audit::event::{
     ChangeEvent, ChangeKey, CommitStatus, DataCollection, Op, Row, Source, TransactionRecord,
@@ -36,6 +37,34 @@ pub struct SessionInfo {
     pub database: String,
     pub client_addr: String,
     pub topic_prefix: String,
+    /// capture.max_statement_bytes: longer statement texts are cut in events.
+    pub statement_limit: usize,
+}
+
+/// The statement text an event carries: normalised (literals out) for a redacted table, cut
+/// at `limit` bytes with a note saying so. A bulk loader's INSERT of several megabytes would
+/// otherwise be copied into each of its rows' events, past the brokers' message size: every
+/// such transaction refused. The fingerprint still identifies the whole statement.
+fn statement_text(text: &str, redacted: bool, limit: usize) -> String {
+    let full = if redacted {
+        pg_query::normalize(text)
+            .map(|n| crate::wire::client_text::display(&n).into_owned())
+            .unwrap_or_else(|_| "(statement withheld: redacted table)".into())
+    } else {
+        crate::wire::client_text::display(text).into_owned()
+    };
+    if full.len() <= limit {
+        return full;
+    }
+    let mut cut = limit;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{} … [statement cut at {cut} of {} bytes (capture.max_statement_bytes); its fingerprint identifies it]",
+        &full[..cut],
+        full.len()
+    )
 }
 
 /// One query giving the transaction id and, for each table oid, its schema, name and key
@@ -267,9 +296,15 @@ pub fn build(
     }
     let id = format!("{}:{}", session.session_id, tx_seq);
     let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
-    let mut events = Vec::with_capacity(changes.len() + 1);
+    let count = changes.len();
+    let mut events = Vec::with_capacity(count + 1);
     let now = now_ms();
-    for (i, c) in changes.iter().enumerate() {
+    // The statement's text as events carry it, made once per statement (its rows are
+    // consecutive), not once per row.
+    let mut text_of: Option<(Arc<super::txn::StatementCtx>, bool, String)> = None;
+    // Each change is consumed as its record is made: its images move into the event, and
+    // the transaction is not held twice over.
+    for (i, c) in changes.into_iter().enumerate() {
         let fallback = TableInfo {
             schema: c.stmt.shape.table.schema.clone(),
             name: c.stmt.shape.table.name.clone(),
@@ -295,12 +330,8 @@ pub fn build(
             (None, None) if c.stmt.shape.kind == Kind::Ddl => Op::Ddl,
             (None, None) => Op::Opaque,
         };
-        let image = c
-            .after
-            .as_ref()
-            .or(c.before.as_ref())
-            .cloned()
-            .unwrap_or_default();
+        let empty = Row::new();
+        let image = c.after.as_ref().or(c.before.as_ref()).unwrap_or(&empty);
         // Rows hindsight cannot see may have changed too: say which tables (and triggers).
         let mut side_effects: Vec<String> = t
             .triggers
@@ -316,11 +347,25 @@ pub fn build(
             } else {
                 collection.clone()
             },
-            key: key_of(&image, &t.key),
+            key: key_of(image, &t.key),
+        };
+        let redacted = redactor.covers(&t.schema, &t.name);
+        let statement = match &text_of {
+            Some((stmt, r, text)) if Arc::ptr_eq(stmt, &c.stmt) && *r == redacted => text.clone(),
+            _ => {
+                let text = statement_text(&c.stmt.text, redacted, session.statement_limit);
+                text_of = Some((Arc::clone(&c.stmt), redacted, text.clone()));
+                text
+            }
+        };
+        let topic = if c.is_statement() {
+            format!("{}.{STATEMENTS}", session.topic_prefix)
+        } else {
+            crate::audit::kafka::table_topic(&session.topic_prefix, &t.schema, &t.name)
         };
         let ev = ChangeEvent {
-            before: c.before.clone(),
-            after: c.after.clone(),
+            before: c.before,
+            after: c.after,
             source: Source {
                 version: env!("CARGO_PKG_VERSION").into(),
                 connector: "hindsight".into(),
@@ -334,13 +379,7 @@ pub fn build(
                 user: session.user.clone(),
                 application_name: c.stmt.application_name.clone(),
                 client_addr: session.client_addr.clone(),
-                statement: if redactor.covers(&t.schema, &t.name) {
-                    pg_query::normalize(&c.stmt.text)
-                        .map(|n| crate::wire::client_text::display(&n).into_owned())
-                        .unwrap_or_else(|_| "(statement withheld: redacted table)".into())
-                } else {
-                    crate::wire::client_text::display(&c.stmt.text).into_owned()
-                },
+                statement,
                 fingerprint: c.stmt.fingerprint.clone(),
                 tags: c.stmt.tags.clone(),
                 session_id: session.session_id.clone(),
@@ -355,7 +394,7 @@ pub fn build(
                     Some(GateMark::WouldBlock(r)) => Some(r.clone()),
                     _ => None,
                 },
-                redacted: redactor.covers(&t.schema, &t.name),
+                redacted,
             },
             op,
             ts_ms: now,
@@ -366,11 +405,7 @@ pub fn build(
             },
         };
         events.push(Record {
-            topic: if c.is_statement() {
-                format!("{}.{STATEMENTS}", session.topic_prefix)
-            } else {
-                crate::audit::kafka::table_topic(&session.topic_prefix, &t.schema, &t.name)
-            },
+            topic,
             key: key.to_bytes(),
             payload: serde_json::to_vec(&ev).expect("events serialise"),
         });
@@ -379,7 +414,7 @@ pub fn build(
         status,
         id: id.clone(),
         tx_id: txid,
-        event_count: changes.len() as u64,
+        event_count: count as u64,
         data_collections: per_table
             .iter()
             .map(|(k, v)| DataCollection {
@@ -409,5 +444,29 @@ pub fn end_record(session: &SessionInfo, end: &TransactionRecord) -> Record {
         topic: format!("{}.transaction", session.topic_prefix),
         key: end.id.clone().into_bytes(),
         payload: serde_json::to_vec(end).expect("serialise"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_text_is_cut_at_a_character_boundary_with_a_note() {
+        assert_eq!(
+            statement_text("UPDATE t SET a = 1", false, 100),
+            "UPDATE t SET a = 1"
+        );
+        // 'é' is two bytes: a cut at 5 would split the third one.
+        let cut = statement_text("ééééé", false, 5);
+        assert_eq!(
+            cut,
+            "éé … [statement cut at 4 of 10 bytes (capture.max_statement_bytes); its fingerprint identifies it]"
+        );
+        // Redacted tables get the normalised text (no literals), cut the same way.
+        assert_eq!(
+            statement_text("UPDATE t SET a = 'secret'", true, 100),
+            "UPDATE t SET a = $1"
+        );
     }
 }

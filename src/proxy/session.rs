@@ -341,6 +341,7 @@ async fn relay(
                 database: who.database,
                 client_addr: client.to_string(),
                 topic_prefix: ctx.config.kafka.topic_prefix.clone(),
+                statement_limit: ctx.config.capture.max_statement_bytes,
             };
             let mut inspector = crate::capture::client::ClientCapture::new(
                 Arc::clone(&shared),

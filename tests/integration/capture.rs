@@ -3241,6 +3241,51 @@ async fn transaction_larger_than_the_producer_queue_failed_with_queue_full(pg: P
     proxy.shutdown().await;
 }
 
+/// Regression: every row's event carries its statement's text, so a bulk loader's INSERT of
+/// several megabytes (here 100 rows of 44 KB, 4.4 MB of SQL) made each event larger
+/// than `kafka.max_message_bytes` (4 MiB): the transaction was refused with HS001, where it
+/// runs directly. Events now carry at most `capture.max_statement_bytes` (64 KiB) of it, with a
+/// note giving its length; the fingerprint identifies the whole statement.
+async fn bulk_insert_larger_than_the_message_size_was_refused(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "bulk_sql").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let rows: Vec<String> = (1..=100)
+        .map(|i| format!("({}, '{}')", 1000 + i, "é".repeat(22_000)))
+        .collect();
+    let sql = format!(
+        "INSERT INTO brieff (bfkey, bfso) VALUES {}",
+        rows.join(", ")
+    );
+    assert!(sql.len() > 4_400_000);
+    let done = c.simple_query(&sql).await.unwrap();
+    assert_eq!(tags(&done), vec![100]);
+    let events = read_topic(format!("{prefix}.public.brieff"), 100).await;
+    assert_eq!(events.len(), 100);
+    let statement = events[0]["source"]["statement"].as_str().unwrap();
+    assert!(statement.starts_with("INSERT INTO brieff (bfkey, bfso) VALUES (1001, 'éé"));
+    let cut = (0..=65536)
+        .rev()
+        .find(|&i| sql.is_char_boundary(i))
+        .unwrap();
+    let note = format!(
+        "[statement cut at {cut} of {} bytes (capture.max_statement_bytes)",
+        sql.len()
+    );
+    assert!(
+        statement.contains(&note),
+        "{}",
+        &statement[statement.len() - 200..]
+    );
+    assert!(statement.len() < 66_000);
+    assert!(events.iter().all(|e| e["source"]["statement"] == statement));
+    assert_eq!(
+        events[99]["after"]["bfso"].as_str().unwrap(),
+        "é".repeat(22_000)
+    );
+    validate("change-event", &events[..5]);
+    proxy.shutdown().await;
+}
+
 /// A transaction whose captured rows exceed capture.max_transaction_bytes cannot commit: its
 /// rows would be held in hindsight's memory until COMMIT, and one huge UPDATE would take the
 /// proxy — every application's connection — down with it. It is rolled back with HS003,
@@ -3379,6 +3424,7 @@ on_both!(
     prepared_write_recorded_wrong_text_after_client_encoding_changed,
     transaction_larger_than_the_producer_queue_failed_with_queue_full,
     transaction_over_max_transaction_bytes_is_rolled_back_with_hs003,
+    bulk_insert_larger_than_the_message_size_was_refused,
     write_only_roles_need_select_on_the_tables_they_write,
     copy_of_a_writes_returning_rows_was_refused,
     update_where_current_of_failed_with_a_syntax_error,
