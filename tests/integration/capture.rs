@@ -3194,26 +3194,47 @@ async fn prepared_write_recorded_wrong_text_after_client_encoding_changed(pg: Pg
     proxy.shutdown().await;
 }
 
+/// A database with table `bulk (id int PRIMARY KEY, v text)` holding `rows` rows of `value`
+/// (SQL over `g`), and a capturing proxy configured by `tweak`: the large-transaction tests.
+async fn bulk_setup(
+    pg: Pg,
+    label: &str,
+    rows: u32,
+    value: &str,
+    tweak: impl FnOnce(&mut hindsight::config::Config) + Send + 'static,
+) -> (
+    String,
+    String,
+    hindsight::proxy::Running,
+    tokio_postgres::Client,
+) {
+    let db = harness::fresh_db(pg, label).await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(&format!(
+            "CREATE TABLE bulk (id int PRIMARY KEY, v text);
+             INSERT INTO bulk SELECT g, {value} FROM generate_series(1, {rows}) g"
+        ))
+        .await
+        .unwrap();
+    let prefix = harness::random_prefix(label);
+    let p = prefix.clone();
+    let proxy = harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = p;
+        tweak(c);
+    })
+    .await;
+    (db, prefix, proxy, direct)
+}
+
 /// Regression: a transaction that changed more rows than librdkafka's queue holds
 /// (`queue.buffering.max.messages`, 100,000 by default) was rolled back with "QueueFull" and a
 /// hint to retry when the broker is reachable — a bulk UPDATE of 300,000 rows could never
 /// commit through hindsight. Publishing now waits for room as the broker acknowledges. Here
 /// the queue holds 100 records and one autocommit UPDATE changes 3,000 rows.
 async fn transaction_larger_than_the_producer_queue_failed_with_queue_full(pg: Pg) {
-    let db = harness::fresh_db(pg, "queuefull").await;
-    let direct = harness::connect(pg.addr(), "postgres", &db).await;
-    direct
-        .batch_execute(
-            "CREATE TABLE bulk (id int PRIMARY KEY, v text);
-             INSERT INTO bulk SELECT g, 'v' || g FROM generate_series(1, 3000) g",
-        )
-        .await
-        .unwrap();
-    let prefix = harness::random_prefix("queuefull");
-    let p = prefix.clone();
-    let proxy = harness::proxy(pg, move |c| {
-        c.kafka.brokers = vec![harness::kafka_brokers()];
-        c.kafka.topic_prefix = p;
+    let (db, prefix, proxy, _direct) = bulk_setup(pg, "queuefull", 3000, "'v' || g", |c| {
         c.kafka
             .librdkafka
             .insert("queue.buffering.max.messages".into(), "100".into());
@@ -3292,20 +3313,7 @@ async fn bulk_insert_larger_than_the_message_size_was_refused(pg: Pg) {
 /// in both protocols, autocommit or in a block; nothing is published; the database is
 /// unchanged. A transaction under the limit commits.
 async fn transaction_over_max_transaction_bytes_is_rolled_back_with_hs003(pg: Pg) {
-    let db = harness::fresh_db(pg, "txnlimit").await;
-    let direct = harness::connect(pg.addr(), "postgres", &db).await;
-    direct
-        .batch_execute(
-            "CREATE TABLE bulk (id int PRIMARY KEY, v text);
-             INSERT INTO bulk SELECT g, repeat('v', 100) FROM generate_series(1, 500) g",
-        )
-        .await
-        .unwrap();
-    let prefix = harness::random_prefix("txnlimit");
-    let p = prefix.clone();
-    let proxy = harness::proxy(pg, move |c| {
-        c.kafka.brokers = vec![harness::kafka_brokers()];
-        c.kafka.topic_prefix = p;
+    let (db, prefix, proxy, direct) = bulk_setup(pg, "txnlimit", 500, "repeat('v', 100)", |c| {
         // About 50 rows' worth of images (each UPDATE row sends two of ~110 bytes).
         c.capture.max_transaction_bytes = 12_000;
     })
