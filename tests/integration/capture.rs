@@ -37,13 +37,7 @@ async fn setup(pg: Pg, label: &str) -> (String, String, hindsight::proxy::Runnin
     let db = harness::fresh_db(pg, label).await;
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
     direct.batch_execute(BRIEFF).await.unwrap();
-    let prefix = harness::random_prefix(label);
-    let p = prefix.clone();
-    let proxy = harness::proxy(pg, move |c| {
-        c.kafka.brokers = vec![harness::kafka_brokers()];
-        c.kafka.topic_prefix = p;
-    })
-    .await;
+    let (prefix, proxy) = harness::capturing_proxy(pg, label, |_| {}).await;
     (db, prefix, proxy)
 }
 
@@ -3201,7 +3195,7 @@ async fn bulk_setup(
     label: &str,
     rows: u32,
     value: &str,
-    tweak: impl FnOnce(&mut hindsight::config::Config) + Send + 'static,
+    tweak: impl FnOnce(&mut hindsight::config::Config),
 ) -> (
     String,
     String,
@@ -3217,14 +3211,7 @@ async fn bulk_setup(
         ))
         .await
         .unwrap();
-    let prefix = harness::random_prefix(label);
-    let p = prefix.clone();
-    let proxy = harness::proxy(pg, move |c| {
-        c.kafka.brokers = vec![harness::kafka_brokers()];
-        c.kafka.topic_prefix = p;
-        tweak(c);
-    })
-    .await;
+    let (prefix, proxy) = harness::capturing_proxy(pg, label, tweak).await;
     (db, prefix, proxy, direct)
 }
 

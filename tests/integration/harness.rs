@@ -111,6 +111,24 @@ pub async fn proxy(pg: Pg, tweak: impl FnOnce(&mut Config)) -> Running {
         .expect("proxy starts")
 }
 
+/// A capturing proxy in front of `pg` publishing to the test broker under a fresh topic prefix
+/// (returned) made from `label`, with `tweak` applied to its config.
+pub async fn capturing_proxy(
+    pg: Pg,
+    label: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> (String, Running) {
+    let prefix = random_prefix(label);
+    let p = prefix.clone();
+    let running = proxy(pg, move |c| {
+        c.kafka.brokers = vec![kafka_brokers()];
+        c.kafka.topic_prefix = p;
+        tweak(c);
+    })
+    .await;
+    (prefix, running)
+}
+
 /// Count sessions on the server connected to `db` (excluding the asking one).
 pub async fn backends_on(pg: Pg, db: &str) -> i64 {
     let c = connect(pg.addr(), "postgres", "postgres").await;

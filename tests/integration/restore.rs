@@ -74,13 +74,7 @@ async fn setup(pg: Pg, label: &str, seed: &str) -> Setup {
             .await
             .unwrap();
     }
-    let prefix = harness::random_prefix(label);
-    let p = prefix.clone();
-    let proxy = harness::proxy(pg, move |c| {
-        c.kafka.brokers = vec![harness::kafka_brokers()];
-        c.kafka.topic_prefix = p;
-    })
-    .await;
+    let (prefix, proxy) = harness::capturing_proxy(pg, label, |_| {}).await;
     Setup {
         pg,
         db,
