@@ -261,7 +261,7 @@ impl Inspector for ClientCapture {
                     return Verdict::Forward;
                 };
                 self.post_binds.remove(portal);
-                if self.encoding_statements.contains(stmt) {
+                if !self.encoding_statements.is_empty() && self.encoding_statements.contains(stmt) {
                     self.shared.lock().encoding_mark = true;
                 }
                 match self.statements.get(stmt).cloned() {
