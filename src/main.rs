@@ -188,6 +188,11 @@ struct RestoreArgs {
     /// Revert conflicting rows too and do not refuse when rows changed since the plan.
     #[arg(long)]
     force: bool,
+    /// How conflicts are decided: `column` (a three-way merge per column: only a column both
+    /// the selection and a later change set, to different values, conflicts) or `row` (any
+    /// later change to the row outside the selection makes the whole row a conflict).
+    #[arg(long, value_enum, default_value = "column")]
+    conflicts: ConflictsArg,
     /// Write the exact SQL script to this file.
     #[arg(long)]
     sql_out: Option<PathBuf>,
@@ -197,6 +202,12 @@ struct RestoreArgs {
     /// Give up reading the topics after this long without progress.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     timeout: std::time::Duration,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConflictsArg {
+    Column,
+    Row,
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
@@ -219,6 +230,7 @@ fn parse_key(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, Stri
 }
 
 fn restore_command(a: RestoreArgs) -> hindsight::restore::command::Command {
+    use hindsight::restore::plan::ConflictPolicy;
     use hindsight::restore::{apply::ApplyOptions, log::LogSource, run, selection::Selection};
     let request = run::Request {
         selection: Selection {
@@ -242,6 +254,10 @@ fn restore_command(a: RestoreArgs) -> hindsight::restore::command::Command {
             ms,
             table: a.table.first().cloned().unwrap_or_default(),
         }),
+        policy: match a.conflicts {
+            ConflictsArg::Column => ConflictPolicy::Column,
+            ConflictsArg::Row => ConflictPolicy::Row,
+        },
     };
     hindsight::restore::command::Command {
         log: LogSource {
@@ -467,7 +483,7 @@ fn main() -> ExitCode {
             let result = rt.block_on(hindsight::restore::command::execute(
                 &cmd,
                 &mut std::io::stdout().lock(),
-                &mut std::io::stderr(),
+                &hindsight::restore::progress::Progress::stderr(),
             ));
             match result {
                 Ok(outcome) => ExitCode::from(outcome.exit_code()),

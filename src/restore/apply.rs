@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::plan::{Action, Plan, RowPlan, TableMeta};
+use super::plan::{Action, Conflict, ConflictPolicy, Plan, RowPlan, TableMeta};
+use super::progress::Progress;
 use super::{run, sql, RestoreError};
 
 /// How to apply.
@@ -27,8 +28,14 @@ pub struct ApplyOptions {
 /// What an apply did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
+    /// Rows written.
     pub reverted: usize,
+    /// Rows with a conflict left entirely alone (`--skip-conflicts`).
     pub skipped_conflicts: usize,
+    /// Conflicting columns left alone in rows whose other columns were restored
+    /// (`schema.table {key} column`).
+    pub kept_conflicting: Vec<String>,
+    /// Rows with nothing to do (the selection cancelled out, or already restored).
     pub unchanged: usize,
 }
 
@@ -64,8 +71,14 @@ fn table_order(tables: &BTreeMap<String, TableMeta>) -> Vec<String> {
 /// first). Conflicting rows are included only with `force`, left out with `skip_conflicts`.
 pub fn ordered<'a>(plan: &'a Plan, opts: &ApplyOptions) -> Vec<&'a RowPlan> {
     let order = table_order(&plan.tables);
-    let eligible =
-        |r: &&RowPlan| r.action != Action::Nothing && (r.conflict.is_none() || opts.force);
+    let eligible = |r: &&RowPlan| {
+        plan.does_something(r, opts.force)
+            && match &r.conflict {
+                None => true,
+                Some(Conflict::Row(_)) => opts.force,
+                Some(Conflict::Columns(_)) => opts.force || opts.skip_conflicts,
+            }
+    };
     let pick = |tables: &mut dyn Iterator<Item = &String>, pred: &dyn Fn(&Action) -> bool| {
         let mut v = Vec::new();
         for t in tables {
@@ -100,8 +113,9 @@ pub fn script(plan: &Plan, opts: &ApplyOptions) -> String {
     }
     for r in ordered(plan, opts) {
         let meta = &plan.tables[&r.table];
-        if let Some(s) = sql::statement(meta, &relation(meta, opts), r) {
-            out.push_str(&sql::comment(r));
+        let writes = r.writes(plan.policy, opts.force);
+        if let Some(s) = sql::statement(meta, &relation(meta, opts), r, &writes) {
+            out.push_str(&sql::comment(r, &writes));
             out.push('\n');
             out.push_str(&s);
             out.push_str(";\n");
@@ -130,7 +144,7 @@ pub async fn apply(
     client: &mut Client,
     plan: &Plan,
     opts: &ApplyOptions,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &Progress,
 ) -> Result<Applied, RestoreError> {
     let conflicts = plan.conflicts();
     if conflicts > 0 && !opts.skip_conflicts && !opts.force {
@@ -147,51 +161,20 @@ pub async fn apply(
             .map_err(RestoreError::db("creating the --into table"))?;
     }
     // Lock and re-read: the rows must still be as the plan saw them.
-    // Only what the re-check needs (no target images, no change lists).
-    let mut now: Vec<RowPlan> = rows
-        .iter()
-        .map(|r| RowPlan {
-            table: r.table.clone(),
-            key: r.key.clone(),
-            target: None,
-            expected: r.expected.clone(),
-            actual: None,
-            actual_matches: false,
-            action: Action::Nothing,
-            changes: Vec::new(),
-            outside: Vec::new(),
-            conflict: None,
-        })
-        .collect();
-    run::check(&tx, &plan.tables, &mut now, opts.into.as_deref(), true).await?;
+    let now = recheck(&tx, plan, &rows, opts).await?;
     if !opts.force {
-        let drifted: Vec<String> = now
-            .iter()
-            .zip(&rows)
-            .filter(|(n, p)| !n.actual_matches || n.actual != p.actual)
-            .map(|(n, _)| {
-                format!(
-                    "{} {}",
-                    n.table,
-                    serde_json::to_string(&n.key).unwrap_or_default()
-                )
-            })
-            .collect();
-        if !drifted.is_empty() {
-            let shown: Vec<&str> = drifted.iter().take(10).map(String::as_str).collect();
-            return Err(RestoreError::Drift(format!(
-                "{} row(s): {}{}",
-                drifted.len(),
-                shown.join("; "),
-                if drifted.len() > 10 { "; …" } else { "" }
-            )));
-        }
+        refuse_drift(plan, &rows, &now, opts)?;
     }
     let statements: Vec<String> = rows
         .iter()
         .filter_map(|r| {
             let meta = &plan.tables[&r.table];
-            sql::statement(meta, &relation(meta, opts), r)
+            sql::statement(
+                meta,
+                &relation(meta, opts),
+                r,
+                &r.writes(plan.policy, opts.force),
+            )
         })
         .collect();
     let tag = format!(
@@ -199,7 +182,8 @@ pub async fn apply(
         opts.tag.replace(['\'', '*'], "")
     );
     let total = statements.len();
-    for (n, chunk) in statements.chunks(BATCH).enumerate() {
+    progress.phase("applying statements", total as u64);
+    for chunk in statements.chunks(BATCH) {
         let text = format!("{};\n{tag}", chunk.join(";\n"));
         let replies = tx
             .simple_query(&text)
@@ -220,18 +204,113 @@ pub async fn apply(
                 });
             }
         }
-        progress((n * BATCH + chunk.len()).min(total), total);
+        progress.advance(chunk.len() as u64);
     }
+    progress.finish();
     tx.commit()
         .await
         .map_err(RestoreError::db("committing the restore"))?;
-    Ok(Applied {
+    Ok(summary(plan, &rows, opts, total))
+}
+
+/// The planned rows `rows` as they are now, locked (only what the re-check needs).
+async fn recheck(
+    tx: &tokio_postgres::Transaction<'_>,
+    plan: &Plan,
+    rows: &[&RowPlan],
+    opts: &ApplyOptions,
+) -> Result<Vec<RowPlan>, RestoreError> {
+    let mut now: Vec<RowPlan> = rows
+        .iter()
+        .map(|r| RowPlan {
+            table: r.table.clone(),
+            key: r.key.clone(),
+            target: None,
+            expected: r.expected.clone(),
+            latest: None,
+            actual: None,
+            actual_matches: false,
+            action: Action::Nothing,
+            columns: Vec::new(),
+            changes: Vec::new(),
+            outside: Vec::new(),
+            collision: None,
+            conflict: None,
+        })
+        .collect();
+    run::check(tx, &plan.tables, &mut now, opts.into.as_deref(), true).await?;
+    Ok(now)
+}
+
+/// Whether the row moved since the plan in what the apply depends on: for a per-column
+/// update, a column it writes; otherwise the whole row.
+fn drifted(plan: &Plan, planned: &RowPlan, now: &RowPlan, opts: &ApplyOptions) -> bool {
+    match (&planned.action, plan.policy) {
+        (Action::Update(_), ConflictPolicy::Column) => match (&planned.actual, &now.actual) {
+            (Some(p), Some(n)) => planned
+                .writes(plan.policy, opts.force)
+                .iter()
+                .any(|c| p.get(c) != n.get(c)),
+            _ => true,
+        },
+        _ => !now.actual_matches || now.actual != planned.actual,
+    }
+}
+
+/// Refuse the apply when a row drifted (listing the first ten).
+fn refuse_drift(
+    plan: &Plan,
+    rows: &[&RowPlan],
+    now: &[RowPlan],
+    opts: &ApplyOptions,
+) -> Result<(), RestoreError> {
+    let drifted: Vec<String> = now
+        .iter()
+        .zip(rows)
+        .filter(|(n, p)| drifted(plan, p, n, opts))
+        .map(|(n, _)| {
+            format!(
+                "{} {}",
+                n.table,
+                serde_json::to_string(&n.key).unwrap_or_default()
+            )
+        })
+        .collect();
+    if drifted.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = drifted.iter().take(10).map(String::as_str).collect();
+    Err(RestoreError::Drift(format!(
+        "{} row(s): {}{}",
+        drifted.len(),
+        shown.join("; "),
+        if drifted.len() > 10 { "; …" } else { "" }
+    )))
+}
+
+/// What an apply of `rows` (`total` statements) did to the plan's rows.
+fn summary(plan: &Plan, rows: &[&RowPlan], opts: &ApplyOptions, total: usize) -> Applied {
+    let written: HashSet<*const RowPlan> = rows.iter().map(|r| *r as *const RowPlan).collect();
+    let mut kept_conflicting = Vec::new();
+    let mut skipped_conflicts = 0;
+    for r in &plan.rows {
+        match (&r.conflict, written.contains(&(r as *const RowPlan))) {
+            (Some(Conflict::Columns(cols)), true) if !opts.force => {
+                let key = serde_json::to_string(&r.key).unwrap_or_default();
+                kept_conflicting.extend(cols.iter().map(|c| format!("{} {key} {c}", r.table)));
+            }
+            (Some(_), false) => skipped_conflicts += 1,
+            _ => {}
+        }
+    }
+    Applied {
         reverted: total,
-        skipped_conflicts: if opts.force { 0 } else { conflicts },
+        skipped_conflicts,
+        kept_conflicting,
         unchanged: plan
             .rows
             .iter()
-            .filter(|r| r.action == Action::Nothing)
+            .filter(|r| r.conflict.is_none() && !plan.does_something(r, false))
             .count(),
-    })
+    }
 }

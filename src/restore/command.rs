@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use super::apply::{self, ApplyOptions};
 use super::log::LogSource;
 use super::plan::Plan;
+use super::progress::Progress;
 use super::run::{self, Request};
 use super::{report, RestoreError};
 
@@ -61,7 +62,7 @@ fn write_file(path: &PathBuf, text: &str) -> Result<(), RestoreError> {
 pub async fn execute(
     cmd: &Command,
     out: &mut dyn Write,
-    progress: &mut dyn Write,
+    progress: &Progress,
 ) -> Result<Outcome, RestoreError> {
     let io = |source| RestoreError::Io {
         what: "writing the report".into(),
@@ -82,17 +83,7 @@ pub async fn execute(
                 source: std::io::Error::other(format!("not a hindsight restore plan: {e}")),
             })?
         }
-        None => {
-            let _ = writeln!(progress, "reading the audit topics…");
-            let log = run::read_log(cmd.log.clone()).await?;
-            let _ = writeln!(
-                progress,
-                "read {} change(s) in {} transaction(s); planning…",
-                log.changes.len(),
-                log.transactions.len()
-            );
-            run::plan(&client, &log, &cmd.request).await?
-        }
+        None => run::plan(&client, &cmd.log, &cmd.request, progress).await?,
     };
     write!(out, "{}", report::render(&plan)).map_err(io)?;
     if let Some(p) = &cmd.sql_out {
@@ -112,15 +103,20 @@ pub async fn execute(
             Outcome::Planned
         });
     }
-    let applied = apply::apply(&mut client, &plan, &cmd.options, &mut |done, total| {
-        let _ = writeln!(progress, "applied {done}/{total} statement(s)");
-    })
-    .await?;
+    let applied = apply::apply(&mut client, &plan, &cmd.options, progress).await?;
     writeln!(
         out,
         "\nrestored: {} row(s) reverted, {} conflict(s) skipped, {} unchanged",
         applied.reverted, applied.skipped_conflicts, applied.unchanged
     )
     .map_err(io)?;
+    if !applied.kept_conflicting.is_empty() {
+        writeln!(
+            out,
+            "left alone (conflicting columns of rows otherwise restored): {}",
+            applied.kept_conflicting.join("; ")
+        )
+        .map_err(io)?;
+    }
     Ok(Outcome::Applied(applied))
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::GenericClient;
 
-use super::plan::{RowPlan, TableMeta};
-use super::sql::{literal, quote_table};
+use super::plan::{key_of, Action, ConflictPolicy, RowPlan, TableMeta};
+use super::sql::{literal, quote, quote_table};
 use super::RestoreError;
 use crate::audit::event::Row;
 
@@ -34,7 +34,14 @@ pub async fn table_meta<C: GenericClient>(
                (SELECT coalesce(json_agg(DISTINCT rn.nspname || '.' || rc.relname), '[]')::text \
                 FROM pg_constraint f JOIN pg_class rc ON rc.oid = f.confrelid \
                 JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
-                WHERE f.contype = 'f' AND f.conrelid = c.oid AND f.confrelid <> c.oid) \
+                WHERE f.contype = 'f' AND f.conrelid = c.oid AND f.confrelid <> c.oid), \
+               (SELECT coalesce(json_agg(u.cols ORDER BY u.indexrelid), '[]')::text FROM ( \
+                  SELECT i.indexrelid, json_agg(a.attname ORDER BY k.ord) AS cols FROM pg_index i \
+                  CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                  WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL \
+                    AND i.indexprs IS NULL \
+                  GROUP BY i.indexrelid) u) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.oid = to_regclass({})",
             literal(&quote_table(schema, name))
@@ -55,6 +62,7 @@ pub async fn table_meta<C: GenericClient>(
                 key: list(2),
                 columns: list(3),
                 references: list(4),
+                unique: serde_json::from_str(&r.get::<_, String>(5)).unwrap_or_default(),
             },
         );
     }
@@ -78,6 +86,11 @@ pub async fn txid_status<C: GenericClient>(
 /// Fill in `actual` and `actual_matches` of `rows` (all of one table, `meta`) from the table
 /// `relation` (the table itself, or a copy with the same columns). With `lock`, the rows found
 /// are locked `FOR UPDATE` until the end of the transaction.
+///
+/// The `target` and `expected` images of the rows found are replaced by the server's rendering
+/// of the same values (`to_jsonb(jsonb_populate_record(…))`, in this session), so that they
+/// compare with `actual` column by column exactly: a timestamptz captured in another time zone,
+/// or a number written another way, is the same value.
 pub async fn read_actual<C: GenericClient>(
     client: &C,
     meta: &TableMeta,
@@ -94,6 +107,7 @@ pub async fn read_actual<C: GenericClient>(
             i: usize,
             k: &'a Row,
             x: &'a Option<Row>,
+            g: &'a Option<Row>,
         }
         let input: Vec<In> = rows
             .iter()
@@ -102,47 +116,146 @@ pub async fn read_actual<C: GenericClient>(
                 i,
                 k: &r.key,
                 x: &r.expected,
+                g: &r.target,
             })
             .collect();
         serde_json::to_string(&input).expect("JSON")
     };
-    let join = if meta.key.is_empty() {
-        "to_jsonb(t.*) = e.k".to_string()
-    } else {
-        let cols: Vec<String> = meta
-            .key
-            .iter()
-            .map(|c| format!("t.{0} = k.{0}", super::sql::quote(c)))
-            .collect();
-        cols.join(" AND ")
+    let join = key_join(meta, "t", "k");
+    let norm = |col: &str| {
+        format!("CASE WHEN e.{col} IS NULL OR e.{col} = 'null' THEN NULL ELSE to_jsonb(jsonb_populate_record(NULL::{relation}, e.{col}))::text END")
     };
     let q = format!(
-        "SELECT e.i, to_jsonb(t.*)::text, coalesce(to_jsonb(t.*) = e.x, false) \
-         FROM jsonb_to_recordset($1::text::jsonb) AS e(i int8, k jsonb, x jsonb) \
+        "SELECT e.i, to_jsonb(t.*)::text, {x}, {g} \
+         FROM jsonb_to_recordset($1::text::jsonb) AS e(i int8, k jsonb, x jsonb, g jsonb) \
          CROSS JOIN LATERAL jsonb_populate_record(NULL::{relation}, e.k) AS k \
          JOIN {relation} AS t ON {join}{}",
-        if lock { " FOR UPDATE OF t" } else { "" }
+        if lock { " FOR UPDATE OF t" } else { "" },
+        x = norm("x"),
+        g = norm("g"),
     );
     let found = client
         .query(&q, &[&param])
         .await
         .map_err(RestoreError::db("reading the current rows"))?;
-    let mut by_index: HashMap<usize, (Row, bool)> = HashMap::new();
+    let parse =
+        |s: Option<String>| -> Option<Row> { s.and_then(|s| serde_json::from_str(&s).ok()) };
+    let mut by_index: HashMap<usize, (Row, Option<Row>, Option<Row>)> = HashMap::new();
     for r in found {
         let i = r.get::<_, i64>(0) as usize;
         let image: Row = serde_json::from_str(&r.get::<_, String>(1)).unwrap_or_default();
-        by_index.entry(i).or_insert((image, r.get(2)));
+        by_index
+            .entry(i)
+            .or_insert((image, parse(r.get(2)), parse(r.get(3))));
     }
     for (i, r) in rows.iter_mut().enumerate() {
         match by_index.remove(&i) {
-            Some((image, matches)) => {
+            Some((image, expected, target)) => {
+                r.actual_matches = expected.as_ref() == Some(&image);
+                if expected.is_some() {
+                    r.expected = expected;
+                }
+                if target.is_some() {
+                    r.target = target;
+                }
                 r.actual = Some(image);
-                r.actual_matches = matches && r.expected.is_some();
             }
             None => {
                 r.actual = None;
                 r.actual_matches = r.expected.is_none();
             }
+        }
+    }
+    Ok(())
+}
+
+/// `t.k1 = k.k1 AND …` on the key columns (no key: the whole row as jsonb equals `e.k`).
+fn key_join(meta: &TableMeta, t: &str, k: &str) -> String {
+    if meta.key.is_empty() {
+        return format!("to_jsonb({t}.*) = e.{k}");
+    }
+    let cols: Vec<String> = meta
+        .key
+        .iter()
+        .map(|c| format!("{t}.{0} = {k}.{0}", quote(c)))
+        .collect();
+    cols.join(" AND ")
+}
+
+/// Note in `rows` (all of one table) each restore that would put a row on the key or unique
+/// values another row holds now: a deleted row whose values are in use again, or an update
+/// that would write a unique column back to a value taken since. `RowPlan::collision` names
+/// the index's columns and the other row's key.
+pub async fn collisions<C: GenericClient>(
+    client: &C,
+    meta: &TableMeta,
+    relation: &str,
+    rows: &mut [&mut RowPlan],
+    policy: ConflictPolicy,
+) -> Result<(), RestoreError> {
+    #[derive(serde::Serialize)]
+    struct In {
+        i: usize,
+        /// The row as the restore would leave it.
+        x: Row,
+        /// The row as it is now (not a collision with itself).
+        l: Option<Row>,
+    }
+    let unique_cols: Vec<&String> = meta.unique.iter().flatten().collect();
+    let input: Vec<In> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let target = r.target.as_ref()?;
+            let x = match (&r.action, &r.actual) {
+                (Action::Insert, None) => target.clone(),
+                (Action::Update(_), Some(live)) => {
+                    let writes = r.writes(policy, true);
+                    if !writes.iter().any(|c| unique_cols.contains(&c)) {
+                        return None;
+                    }
+                    let mut x = live.clone();
+                    for c in writes {
+                        x.insert(c.clone(), target.get(&c).cloned().unwrap_or_default());
+                    }
+                    x
+                }
+                _ => return None,
+            };
+            Some(In {
+                i,
+                x,
+                l: r.actual.clone(),
+            })
+        })
+        .collect();
+    if input.is_empty() || meta.unique.is_empty() {
+        return Ok(());
+    }
+    let arms: Vec<String> = meta
+        .unique
+        .iter()
+        .enumerate()
+        .map(|(n, cols)| {
+            let on: Vec<String> = cols.iter().map(|c| format!("t.{0} = x.{0}", quote(c))).collect();
+            format!(
+                "SELECT e.i, {n}, to_jsonb(t.*)::text FROM jsonb_to_recordset($1::text::jsonb) AS e(i int8, x jsonb, l jsonb) \
+                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{relation}, e.x) AS x \
+                 JOIN {relation} AS t ON {} WHERE e.l IS NULL OR to_jsonb(t.*) <> e.l",
+                on.join(" AND ")
+            )
+        })
+        .collect();
+    let param = serde_json::to_string(&input).expect("JSON");
+    let found = client
+        .query(&arms.join(" UNION ALL "), &[&param])
+        .await
+        .map_err(RestoreError::db("checking key and unique collisions"))?;
+    for r in found {
+        let (i, n) = (r.get::<_, i64>(0) as usize, r.get::<_, i32>(1) as usize);
+        let other: Row = serde_json::from_str(&r.get::<_, String>(2)).unwrap_or_default();
+        if rows[i].collision.is_none() {
+            rows[i].collision = Some((meta.unique[n].clone(), key_of(&other, &meta.key)));
         }
     }
     Ok(())

@@ -1,5 +1,7 @@
-//! Reading the audit log back: every change event and transaction record on the audit topics,
-//! from the oldest retained offset up to the end as it was when reading started.
+//! Reading the audit log back: the transaction records and the change events on the audit
+//! topics, from the oldest retained offset up to the end as it was when reading started,
+//! streamed to a callback (a restore keeps only what its plan needs), and read again by offset
+//! range for the few changes a second pass asks for.
 //!
 //! Knows the topic layout and the record formats; nothing about plans or databases.
 
@@ -7,8 +9,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
+use super::progress::Progress;
 use super::RestoreError;
 use crate::audit::event::{ChangeEvent, ChangeKey, CommitStatus, Op, TransactionRecord, TxStatus};
 
@@ -47,14 +51,6 @@ pub struct TxInfo {
     pub ts_ms: i64,
 }
 
-/// Everything read from the audit topics.
-#[derive(Debug, Default)]
-pub struct AuditLog {
-    /// Row changes (c/u/d/t), per table topic in offset order.
-    pub changes: Vec<LoggedChange>,
-    pub transactions: HashMap<String, TxInfo>,
-}
-
 /// Where to read from.
 #[derive(Debug, Clone)]
 pub struct LogSource {
@@ -68,116 +64,214 @@ pub struct LogSource {
     pub timeout: Duration,
 }
 
-/// Read the whole retained log (up to the end offsets seen at the start).
-pub fn read(src: &LogSource) -> Result<AuditLog, RestoreError> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", src.brokers.join(","))
-        .set(
-            "group.id",
-            format!("hindsight-restore-{}", std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    for (k, v) in &src.librdkafka {
-        cfg.set(k, v);
+/// Offsets `from..to` of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+}
+
+impl Range {
+    fn len(&self) -> u64 {
+        (self.to - self.from).max(0) as u64
     }
-    let consumer: BaseConsumer = cfg
-        .create()
-        .map_err(RestoreError::kafka("creating a consumer"))?;
-    let meta = consumer
-        .fetch_metadata(None, src.timeout)
-        .map_err(RestoreError::kafka("listing topics"))?;
-    let prefix = format!("{}.", src.topic_prefix);
-    let tx_topic = format!("{}transaction", prefix);
-    let mut assignment = TopicPartitionList::new();
-    // (topic, partition) → end offset to read up to.
-    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-    for t in meta.topics() {
-        let name = t.name();
-        let Some(rest) = name.strip_prefix(&prefix) else {
-            continue;
-        };
-        let wanted = name == tx_topic
-            || (rest != crate::capture::publish::STATEMENTS
-                && (src.tables.is_empty()
-                    || src
-                        .tables
-                        .iter()
-                        .any(|w| w == rest || rest.ends_with(&format!(".{w}")))));
-        if !wanted {
-            continue;
+}
+
+/// The audit topics as they were when reading started.
+pub struct LogReader {
+    consumer: BaseConsumer,
+    transactions: Vec<Range>,
+    tables: Vec<Range>,
+    timeout: Duration,
+}
+
+/// Whether topic `rest` (the name after `<prefix>.`) holds changes `src` reads.
+fn wanted_table_topic(src: &LogSource, rest: &str) -> bool {
+    rest != crate::capture::publish::STATEMENTS
+        && rest != "transaction"
+        && (src.tables.is_empty()
+            || src
+                .tables
+                .iter()
+                .any(|w| w == rest || rest.ends_with(&format!(".{w}"))))
+}
+
+impl LogReader {
+    /// Connect and note the retained offsets of every audit topic.
+    pub fn open(src: &LogSource) -> Result<Self, RestoreError> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", src.brokers.join(","))
+            .set(
+                "group.id",
+                format!("hindsight-restore-{}", std::process::id()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &src.librdkafka {
+            cfg.set(k, v);
         }
-        for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(name, p.id(), src.timeout)
-                .map_err(RestoreError::kafka("reading topic offsets"))?;
-            if high > low {
-                assignment
-                    .add_partition_offset(name, p.id(), Offset::Offset(low))
-                    .map_err(RestoreError::kafka("assigning partitions"))?;
-                ends.insert((name.to_string(), p.id()), high);
-            }
-        }
-    }
-    let mut log = AuditLog::default();
-    if ends.is_empty() {
-        return Ok(log);
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(RestoreError::kafka("assigning partitions"))?;
-    let mut last_progress = Instant::now();
-    while !ends.is_empty() {
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
-            if last_progress.elapsed() > src.timeout {
-                let missing: Vec<String> = ends.keys().map(|(t, p)| format!("{t}[{p}]")).collect();
-                return Err(RestoreError::LogIncomplete(missing.join(", ")));
-            }
-            continue;
-        };
-        let msg = msg.map_err(RestoreError::kafka("reading the audit topics"))?;
-        last_progress = Instant::now();
-        let at = (msg.topic().to_string(), msg.partition());
-        if let Some(end) = ends.get(&at) {
-            if msg.offset() + 1 >= *end {
-                ends.remove(&at);
-            }
-        }
-        let Some(payload) = msg.payload() else {
-            continue;
-        };
-        if msg.topic() == tx_topic {
-            let Ok(r) = serde_json::from_slice::<TransactionRecord>(payload) else {
+        let consumer: BaseConsumer = cfg
+            .create()
+            .map_err(RestoreError::kafka("creating a consumer"))?;
+        let meta = consumer
+            .fetch_metadata(None, src.timeout)
+            .map_err(RestoreError::kafka("listing topics"))?;
+        let prefix = format!("{}.", src.topic_prefix);
+        let (mut transactions, mut tables) = (Vec::new(), Vec::new());
+        for t in meta.topics() {
+            let name = t.name();
+            let Some(rest) = name.strip_prefix(&prefix) else {
                 continue;
             };
-            let info = log.transactions.entry(r.id.clone()).or_default();
+            let into = if rest == "transaction" {
+                &mut transactions
+            } else if wanted_table_topic(src, rest) {
+                &mut tables
+            } else {
+                continue;
+            };
+            for p in t.partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(name, p.id(), src.timeout)
+                    .map_err(RestoreError::kafka("reading topic offsets"))?;
+                if high > low {
+                    into.push(Range {
+                        topic: name.to_string(),
+                        partition: p.id(),
+                        from: low,
+                        to: high,
+                    });
+                }
+            }
+        }
+        Ok(LogReader {
+            consumer,
+            transactions,
+            tables,
+            timeout: src.timeout,
+        })
+    }
+
+    /// Every retained range of the change topics.
+    pub fn table_ranges(&self) -> &[Range] {
+        &self.tables
+    }
+
+    /// Every transaction record, by transaction id.
+    pub fn transactions(
+        &self,
+        progress: &Progress,
+    ) -> Result<HashMap<String, TxInfo>, RestoreError> {
+        let mut out: HashMap<String, TxInfo> = HashMap::new();
+        let ranges = self.transactions.clone();
+        progress.phase("reading transaction records", total(&ranges));
+        self.scan(&ranges, progress, &mut |msg| {
+            let Some(r) = msg
+                .payload()
+                .and_then(|p| serde_json::from_slice::<TransactionRecord>(p).ok())
+            else {
+                return Ok(());
+            };
+            let info = out.entry(r.id.clone()).or_default();
             info.txid = info.txid.or(r.tx_id);
             match r.status {
                 TxStatus::Begin => info.ts_ms = r.ts_ms,
                 TxStatus::End => info.outcome = r.commit_status,
             }
-            continue;
-        }
-        let (Ok(event), Some(Ok(key))) = (
-            serde_json::from_slice::<ChangeEvent>(payload),
-            msg.key().map(serde_json::from_slice::<ChangeKey>),
-        ) else {
-            return Err(RestoreError::Unreadable {
-                topic: msg.topic().to_string(),
-                offset: msg.offset(),
-            });
-        };
-        if matches!(
-            event.op,
-            Op::Create | Op::Update | Op::Delete | Op::Truncate
-        ) {
-            log.changes.push(LoggedChange {
-                event,
-                key,
-                partition: msg.partition(),
-                offset: msg.offset(),
-            });
-        }
+            Ok(())
+        })?;
+        progress.finish();
+        Ok(out)
     }
-    Ok(log)
+
+    /// Each row change (c/u/d/t) in `ranges`, in offset order per partition. A record that is
+    /// not a change event stops the read with [`RestoreError::Unreadable`].
+    pub fn changes(
+        &self,
+        ranges: &[Range],
+        progress: &Progress,
+        visit: &mut dyn FnMut(LoggedChange) -> Result<(), RestoreError>,
+    ) -> Result<(), RestoreError> {
+        self.scan(ranges, progress, &mut |msg| {
+            let Some(payload) = msg.payload() else {
+                return Ok(());
+            };
+            let (Ok(event), Some(Ok(key))) = (
+                serde_json::from_slice::<ChangeEvent>(payload),
+                msg.key().map(serde_json::from_slice::<ChangeKey>),
+            ) else {
+                return Err(RestoreError::Unreadable {
+                    topic: msg.topic().to_string(),
+                    offset: msg.offset(),
+                });
+            };
+            match event.op {
+                Op::Create | Op::Update | Op::Delete | Op::Truncate => visit(LoggedChange {
+                    event,
+                    key,
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                }),
+                Op::Blocked | Op::Ddl | Op::Opaque => Ok(()),
+            }
+        })
+    }
+
+    /// Read `ranges` to their ends, handing each message to `visit`.
+    fn scan(
+        &self,
+        ranges: &[Range],
+        progress: &Progress,
+        visit: &mut dyn FnMut(&BorrowedMessage) -> Result<(), RestoreError>,
+    ) -> Result<(), RestoreError> {
+        let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+        let mut assignment = TopicPartitionList::new();
+        for r in ranges.iter().filter(|r| r.to > r.from) {
+            assignment
+                .add_partition_offset(&r.topic, r.partition, Offset::Offset(r.from))
+                .map_err(RestoreError::kafka("assigning partitions"))?;
+            ends.insert((r.topic.clone(), r.partition), r.to);
+        }
+        if ends.is_empty() {
+            return Ok(());
+        }
+        self.consumer
+            .assign(&assignment)
+            .map_err(RestoreError::kafka("assigning partitions"))?;
+        let mut last_progress = Instant::now();
+        while !ends.is_empty() {
+            let Some(msg) = self.consumer.poll(Duration::from_millis(200)) else {
+                if last_progress.elapsed() > self.timeout {
+                    let missing: Vec<String> =
+                        ends.keys().map(|(t, p)| format!("{t}[{p}]")).collect();
+                    return Err(RestoreError::LogIncomplete(missing.join(", ")));
+                }
+                continue;
+            };
+            let msg = msg.map_err(RestoreError::kafka("reading the audit topics"))?;
+            last_progress = Instant::now();
+            let at = (msg.topic().to_string(), msg.partition());
+            let Some(end) = ends.get(&at).copied() else {
+                continue;
+            };
+            if msg.offset() + 1 >= end {
+                ends.remove(&at);
+            }
+            if msg.offset() < end {
+                progress.advance(1);
+                visit(&msg)?;
+            }
+        }
+        self.consumer
+            .unassign()
+            .map_err(RestoreError::kafka("releasing partitions"))?;
+        Ok(())
+    }
+}
+
+/// The number of offsets in `ranges`.
+pub fn total(ranges: &[Range]) -> u64 {
+    ranges.iter().map(Range::len).sum()
 }

@@ -2,9 +2,11 @@
 //! audit topics — with a dry run by default, conflict detection against the live rows, and one
 //! atomic apply that re-checks (and locks) every row it touches first.
 //!
-//! - `log` — reads the audit topics (change events and transaction records).
+//! - `log` — streams the audit topics (change events and transaction records).
 //! - `selection` — which changes to revert.
-//! - `plan` — row histories → per-row target / expected state / action / conflict (pure).
+//! - `plan` — row histories → per-row target / expected state / action (pure).
+//! - `merge` — conflicts: a three-way merge per column of each row (pure).
+//! - `progress` — a progress bar on a terminal, plain lines elsewhere.
 //! - `db` — catalog facts, `txid_status`, the current (locked) rows.
 //! - `sql` — the statements, as reviewable text.
 //! - `run` — planning end to end (log + database → [`plan::Plan`]).
@@ -15,7 +17,9 @@ pub mod apply;
 pub mod command;
 pub mod db;
 pub mod log;
+pub mod merge;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod selection;
@@ -44,7 +48,7 @@ pub enum RestoreError {
     Unreadable { topic: String, offset: i64 },
     #[error("restore: select what to revert (--txid, --transaction, --since/--until, --application, --user, --tag, --table, --key, --event, --rule, or --as-of)")]
     NoSelection,
-    #[error("restore: {0} row(s) conflict with changes made since; nothing was applied (review the plan; --skip-conflicts reverts the others, --force overwrites)")]
+    #[error("restore: {0} row(s) conflict with changes made since; nothing was applied (review the plan; --skip-conflicts restores everything that does not conflict, --force overwrites)")]
     Conflicts(usize),
     #[error("restore: the database changed since the plan was made ({0}); nothing was applied — plan again")]
     Drift(String),

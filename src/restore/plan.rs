@@ -3,15 +3,20 @@
 //! (the after image of the latest), and what must be done to get from one to the other.
 //!
 //! Rows are followed through key changes (an UPDATE of the primary key continues the same row).
-//! This module is pure: the current state of the database is added by `db` (`actual`), and
-//! conflicts are decided here from both.
+//! This module is pure: the log is read by `log`, the current state of the database is added by
+//! `db` (`actual`), and conflicts are decided by `merge` from both.
+//!
+//! Planning works on two sizes of record, so that a restore holds little of a large log: every
+//! committed change is a [`Seen`] (where it is, its row's key before and after as digests, and
+//! whether it is selected); only the changes of row histories that contain a selected change,
+//! from the first selected one on, become a full [`Change`] with images.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use super::log::{AuditLog, LoggedChange};
-use super::selection::Selection;
+use super::log::LoggedChange;
 use crate::audit::event::Row;
 
 /// What the catalog says about a table a plan touches.
@@ -26,6 +31,10 @@ pub struct TableMeta {
     /// Tables this one references by foreign key (`schema.table`): restored rows of those go in
     /// first and come out last.
     pub references: Vec<String>,
+    /// The columns of each unique index (primary key included; not partial, no expressions):
+    /// a restored row must not collide with another row on any of them.
+    #[serde(default)]
+    pub unique: Vec<Vec<String>>,
 }
 
 impl TableMeta {
@@ -34,7 +43,79 @@ impl TableMeta {
     }
 }
 
-/// One change a row plan reverts (or that conflicts with it), for the report.
+/// Where a change is in the log, in the order planning follows: the time its transaction's
+/// records were published (right before its COMMIT), then partition and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPosition {
+    pub ts_ms: i64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A row's identity in one image, as a digest (128 bits of SHA-256 of the key's JSON): rows of
+/// wide keyless tables cost the same as any other.
+pub type KeyDigest = u128;
+
+/// The digest of `row`'s key columns (`key` empty: the whole row).
+pub fn key_digest(row: &Row, key: &[String]) -> KeyDigest {
+    let hash = Sha256::digest(key_json(row, key).as_bytes());
+    u128::from_be_bytes(hash[..16].try_into().expect("16 bytes"))
+}
+
+/// Every committed change of a table, as little as following row histories needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub at: LogPosition,
+    pub before: Option<KeyDigest>,
+    pub after: Option<KeyDigest>,
+    pub selected: bool,
+}
+
+impl Seen {
+    /// The skeleton of `c`, whose row keys are the columns of its message key.
+    pub fn of(c: &LoggedChange, at: LogPosition, selected: bool) -> Self {
+        let cols: Vec<String> = c.key.key.keys().cloned().collect();
+        Seen {
+            at,
+            before: c.event.before.as_ref().map(|r| key_digest(r, &cols)),
+            after: c.event.after.as_ref().map(|r| key_digest(r, &cols)),
+            selected,
+        }
+    }
+}
+
+/// One change of a row history a plan needs, with its images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub at: LogPosition,
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    /// The images are redacted (not the data).
+    pub redacted: bool,
+    pub selected: bool,
+    pub reference: ChangeRef,
+}
+
+impl Change {
+    /// `c` as a plan keeps it: a selected change without its statement text (the report does
+    /// not show it, and at a hundred thousand rows it is memory), others with it.
+    pub fn of(c: LoggedChange, at: LogPosition, selected: bool) -> Self {
+        let mut reference = ChangeRef::of(&c);
+        if selected {
+            reference.statement = String::new();
+        }
+        Change {
+            at,
+            redacted: c.event.source.redacted,
+            before: c.event.before,
+            after: c.event.after,
+            selected,
+            reference,
+        }
+    }
+}
+
+/// One change a row plan reverts (or that came after it), for the report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChangeRef {
     pub id: String,
@@ -43,18 +124,12 @@ pub struct ChangeRef {
     pub user: String,
     pub application: String,
     pub statement: String,
+    /// The columns whose value it changed (every column for an insert or delete).
+    #[serde(default)]
+    pub columns: Vec<String>,
 }
 
 impl ChangeRef {
-    /// Without the statement text (selected changes: the report does not show it, and at a
-    /// hundred thousand rows it is memory).
-    fn brief(c: &LoggedChange) -> Self {
-        ChangeRef {
-            statement: String::new(),
-            ..ChangeRef::of(c)
-        }
-    }
-
     fn of(c: &LoggedChange) -> Self {
         let s = &c.event.source;
         ChangeRef {
@@ -67,8 +142,24 @@ impl ChangeRef {
             user: s.user.clone(),
             application: s.application_name.clone(),
             statement: s.statement.clone(),
+            columns: changed_columns(c.event.before.as_ref(), c.event.after.as_ref()),
         }
     }
+}
+
+/// The columns whose values differ between two images (all of them when one is missing).
+pub fn changed_columns(before: Option<&Row>, after: Option<&Row>) -> Vec<String> {
+    let empty = Row::new();
+    let (b, a) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+    let mut cols: Vec<String> = b
+        .keys()
+        .chain(a.keys())
+        .filter(|c| before.is_none() || after.is_none() || b.get(*c) != a.get(*c))
+        .cloned()
+        .collect();
+    cols.sort();
+    cols.dedup();
+    cols
 }
 
 /// What a restore does to one row.
@@ -79,10 +170,73 @@ pub enum Action {
     Delete,
     /// The selected changes removed it: insert the target image.
     Insert,
-    /// Put these columns back.
+    /// The selected changes changed these columns: put them back (those `merge` allows).
     Update(Vec<String>),
     /// The selected changes cancelled out.
     Nothing,
+}
+
+/// How conflicts are decided (`--conflicts`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// A three-way merge per column: only a column both the selection and a later change set,
+    /// to different values, is a conflict.
+    #[default]
+    Column,
+    /// Any later change outside the selection, or a row not exactly as the selection left it,
+    /// makes the whole row a conflict.
+    Row,
+}
+
+/// One column of an updated row, as the merge decided it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "verdict")]
+pub enum Verdict {
+    /// Put the target value back over the live one.
+    Restore {
+        live: serde_json::Value,
+        target: serde_json::Value,
+        /// Later changes outside the selection that set it and set it back (ids).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        touched_by: Vec<String>,
+    },
+    /// The live value is already the target: nothing to write.
+    AlreadyRestored { value: serde_json::Value },
+    /// The selection did not change it; a later change did: the later value stays.
+    Keep {
+        live: serde_json::Value,
+        /// The later changes that set it (ids).
+        changed_by: Vec<String>,
+    },
+    /// Both the selection and something later set it, and the live value is neither the
+    /// selection's result nor the target.
+    Conflict {
+        selection: serde_json::Value,
+        target: serde_json::Value,
+        live: serde_json::Value,
+        /// The later changes outside the selection that set it (ids; empty: a write the audit
+        /// log did not record).
+        changed_by: Vec<String>,
+    },
+}
+
+/// A column of a row plan and its verdict.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColumnPlan {
+    pub column: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// Why (part of) a row must not be restored without `--force`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum Conflict {
+    /// The whole row: it is left alone by `--skip-conflicts`.
+    Row(String),
+    /// Only these columns: `--skip-conflicts` restores the row's other columns.
+    Columns(Vec<String>),
 }
 
 /// The plan for one row.
@@ -90,29 +244,77 @@ pub enum Action {
 pub struct RowPlan {
     /// `schema.table`.
     pub table: String,
-    /// Identity of the row as it should be now (key columns of `expected`, else of `target`).
+    /// Identity of the row as it should be now: key columns of the latest image the log holds
+    /// of it, else of `expected`, else of `target`.
     pub key: Row,
     /// The row as it was before the earliest selected change (`None`: it did not exist).
     pub target: Option<Row>,
     /// The row as the latest selected change left it (`None`: it did not exist afterwards).
     pub expected: Option<Row>,
+    /// The row as the latest change in the log left it (`None`: deleted, or never existed).
+    #[serde(default)]
+    pub latest: Option<Row>,
     /// The row in the database when the plan was checked (`None`: absent).
     pub actual: Option<Row>,
     /// Whether `actual` equals `expected` (compared by the server, as jsonb).
     pub actual_matches: bool,
     pub action: Action,
+    /// For an update, each column the selection changed or a later change changed.
+    #[serde(default)]
+    pub columns: Vec<ColumnPlan>,
     /// The selected changes, oldest first.
     pub changes: Vec<ChangeRef>,
     /// Committed changes outside the selection made to the row after the earliest selected one.
     pub outside: Vec<ChangeRef>,
-    /// Why this row must not be reverted without `--force` (`None`: it can be).
-    pub conflict: Option<String>,
+    /// Another row that holds the key or unique values this restore would write (found by
+    /// `db::collisions`): `(index columns, that row's key)`.
+    #[serde(default)]
+    pub collision: Option<(Vec<String>, Row)>,
+    /// Why this row must not be restored (entirely, or some columns) without `--force`.
+    pub conflict: Option<Conflict>,
+}
+
+impl RowPlan {
+    /// The columns an apply writes to this row (an update), given the policy and `--force`.
+    pub fn writes(&self, policy: ConflictPolicy, force: bool) -> Vec<String> {
+        let Action::Update(cols) = &self.action else {
+            return Vec::new();
+        };
+        match policy {
+            ConflictPolicy::Row => cols.clone(),
+            ConflictPolicy::Column => self
+                .columns
+                .iter()
+                .filter(|c| match c.verdict {
+                    Verdict::Restore { .. } => true,
+                    Verdict::Conflict { .. } => force,
+                    Verdict::AlreadyRestored { .. } | Verdict::Keep { .. } => false,
+                })
+                .map(|c| c.column.clone())
+                .collect(),
+        }
+    }
+
+    /// Every selected column already holds its target: nothing left to do.
+    pub fn already_restored(&self) -> bool {
+        matches!(self.action, Action::Update(_))
+            && self.conflict.is_none()
+            && !self.columns.is_empty()
+            && self.columns.iter().all(|c| {
+                !matches!(
+                    c.verdict,
+                    Verdict::Restore { .. } | Verdict::Conflict { .. }
+                )
+            })
+    }
 }
 
 /// A whole restore plan.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
     pub tables: BTreeMap<String, TableMeta>,
+    #[serde(default)]
+    pub policy: ConflictPolicy,
     pub rows: Vec<RowPlan>,
     /// Selected transactions whose outcome is unknown (no END, `txid_status` not committed):
     /// their changes are left out.
@@ -122,116 +324,105 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Rows with a conflict (whole or in some columns).
     pub fn conflicts(&self) -> usize {
         self.rows.iter().filter(|r| r.conflict.is_some()).count()
     }
 
+    /// Rows an apply (without `--force`) writes.
     pub fn to_revert(&self) -> usize {
         self.rows
             .iter()
-            .filter(|r| r.conflict.is_none() && r.action != Action::Nothing)
+            .filter(|r| r.conflict.is_none() && self.does_something(r, false))
             .count()
+    }
+
+    /// Rows whose every selected column already holds its target.
+    pub fn already_restored(&self) -> usize {
+        self.rows.iter().filter(|r| r.already_restored()).count()
+    }
+
+    /// Whether applying `r` writes anything.
+    pub fn does_something(&self, r: &RowPlan, force: bool) -> bool {
+        match r.action {
+            Action::Nothing => false,
+            Action::Delete | Action::Insert => true,
+            Action::Update(_) => !r.writes(self.policy, force).is_empty(),
+        }
     }
 }
 
 pub use crate::capture::publish::{key_json, key_of};
 
-/// Build the row plans (without the database's current state) for the changes of `log` that
-/// `committed` accepts and `selection` selects.
-pub fn build(
-    log: &AuditLog,
-    selection: &Selection,
-    committed: &HashSet<String>,
-    tables: &BTreeMap<String, TableMeta>,
-) -> (Vec<RowPlan>, Vec<String>) {
-    let mut by_table: BTreeMap<String, Vec<&LoggedChange>> = BTreeMap::new();
-    for c in &log.changes {
-        if committed.contains(&c.event.transaction.id) {
-            by_table.entry(c.table()).or_default().push(c);
-        }
-    }
-    let mut rows = Vec::new();
-    let mut redacted = Vec::new();
-    for (table, mut changes) in by_table {
-        let Some(meta) = tables.get(&table) else {
-            continue;
-        };
-        let ts = |c: &LoggedChange| {
-            log.transactions
-                .get(&c.event.transaction.id)
-                .map(|t| t.ts_ms)
-                .unwrap_or(c.event.source.ts_ms)
-        };
-        changes.sort_by_key(|c| (ts(c), c.partition, c.offset));
-        for lineage in lineages(&changes, &meta.key) {
-            let selected: Vec<bool> = lineage.iter().map(|c| selection.matches(c)).collect();
-            let Some(first) = selected.iter().position(|s| *s) else {
-                continue;
-            };
-            let last = selected.iter().rposition(|s| *s).expect("one is selected");
-            if lineage[first..=last]
-                .iter()
-                .any(|c| c.event.source.redacted)
-            {
-                redacted.push(format!(
-                    "{table} {}",
-                    serde_json::to_string(&lineage[first].key.key).unwrap_or_default()
-                ));
-                continue;
-            }
-            let target = lineage[first].event.before.clone();
-            let expected = lineage[last].event.after.clone();
-            let outside: Vec<ChangeRef> = lineage[first..]
-                .iter()
-                .zip(&selected[first..])
-                .filter(|(_, s)| !**s)
-                .map(|(c, _)| ChangeRef::of(c))
-                .collect();
-            let key_image = expected.as_ref().or(target.as_ref());
-            let key = key_image.map(|r| key_of(r, &meta.key)).unwrap_or_default();
-            let action = action(target.as_ref(), expected.as_ref());
-            rows.push(RowPlan {
-                table: table.clone(),
-                key,
-                target,
-                expected,
-                actual: None,
-                actual_matches: false,
-                action,
-                changes: lineage[first..=last]
-                    .iter()
-                    .zip(&selected[first..=last])
-                    .filter(|(_, s)| **s)
-                    .map(|(c, _)| ChangeRef::brief(c))
-                    .collect(),
-                outside,
-                conflict: None,
-            });
-        }
-    }
-    (rows, redacted)
-}
-
-/// Split a table's changes (in order) into row histories, following key changes.
-fn lineages<'a>(changes: &[&'a LoggedChange], key: &[String]) -> Vec<Vec<&'a LoggedChange>> {
-    let mut out: Vec<Vec<&LoggedChange>> = Vec::new();
-    let mut current: HashMap<String, usize> = HashMap::new();
-    for c in changes {
-        let from = c
-            .event
-            .before
-            .as_ref()
-            .and_then(|b| current.remove(&key_json(b, key)));
+/// Split a table's changes (sorted by position) into row histories, following key changes, and
+/// keep those with a selected change, from the first selected one on (earlier changes do not
+/// matter to a restore). Indices into `seen`.
+pub fn lineages(seen: &[Seen]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut current: HashMap<KeyDigest, usize> = HashMap::new();
+    for (i, s) in seen.iter().enumerate() {
+        let from = s.before.and_then(|b| current.remove(&b));
         let at = from.unwrap_or_else(|| {
             out.push(Vec::new());
             out.len() - 1
         });
-        out[at].push(c);
-        if let Some(a) = &c.event.after {
-            current.insert(key_json(a, key), at);
+        out[at].push(i);
+        if let Some(a) = s.after {
+            current.insert(a, at);
         }
     }
-    out
+    out.into_iter()
+        .filter_map(|l| {
+            let first = l.iter().position(|i| seen[*i].selected)?;
+            Some(l[first..].to_vec())
+        })
+        .collect()
+}
+
+/// The positions whose full change a plan needs: every change of [`lineages`].
+pub fn needed(seen: &[Seen], lineages: &[Vec<usize>]) -> HashSet<LogPosition> {
+    lineages.iter().flatten().map(|i| seen[*i].at).collect()
+}
+
+/// The plan of one row history (its changes from the first selected one on, in order), or a
+/// note that it is redacted. `None` when no change is selected.
+pub fn row_plan(
+    table: &str,
+    meta: &TableMeta,
+    lineage: &[&Change],
+) -> Option<Result<RowPlan, String>> {
+    let first = lineage.iter().position(|c| c.selected)?;
+    let last = lineage.iter().rposition(|c| c.selected)?;
+    let lineage = &lineage[first..];
+    let last = last - first;
+    if lineage[..=last].iter().any(|c| c.redacted) {
+        let image = lineage[0].before.as_ref().or(lineage[0].after.as_ref());
+        let key = image.map(|r| key_json(r, &meta.key)).unwrap_or_default();
+        return Some(Err(format!("{table} {key}")));
+    }
+    let target = lineage[0].before.clone();
+    let expected = lineage[last].after.clone();
+    let latest = lineage.last().and_then(|c| c.after.clone());
+    let key_image = latest.as_ref().or(expected.as_ref()).or(target.as_ref());
+    let key = key_image.map(|r| key_of(r, &meta.key)).unwrap_or_default();
+    let action = action(target.as_ref(), expected.as_ref());
+    let (selected, outside): (Vec<&&Change>, Vec<&&Change>) =
+        lineage.iter().partition(|c| c.selected);
+    Some(Ok(RowPlan {
+        table: table.to_string(),
+        key,
+        target,
+        expected,
+        latest,
+        actual: None,
+        actual_matches: false,
+        action,
+        columns: Vec::new(),
+        changes: selected.iter().map(|c| c.reference.clone()).collect(),
+        outside: outside.iter().map(|c| c.reference.clone()).collect(),
+        collision: None,
+        conflict: None,
+    }))
 }
 
 fn action(target: Option<&Row>, expected: Option<&Row>) -> Action {
@@ -239,15 +430,8 @@ fn action(target: Option<&Row>, expected: Option<&Row>) -> Action {
         (None, None) => Action::Nothing,
         (None, Some(_)) => Action::Delete,
         (Some(_), None) => Action::Insert,
-        (Some(t), Some(e)) => {
-            let mut cols: Vec<String> = t
-                .keys()
-                .chain(e.keys())
-                .filter(|c| t.get(*c) != e.get(*c))
-                .cloned()
-                .collect();
-            cols.sort();
-            cols.dedup();
+        (Some(_), Some(_)) => {
+            let cols = changed_columns(target, expected);
             if cols.is_empty() {
                 Action::Nothing
             } else {
@@ -257,32 +441,42 @@ fn action(target: Option<&Row>, expected: Option<&Row>) -> Action {
     }
 }
 
-/// Decide each row's conflict from its history and the database's current state.
-pub fn decide_conflicts(rows: &mut [RowPlan]) {
-    for r in rows {
-        r.conflict = if !r.outside.is_empty() {
-            let ids: Vec<&str> = r.outside.iter().map(|c| c.id.as_str()).collect();
-            Some(format!(
-                "changed outside the selection since: {}",
-                ids.join(", ")
-            ))
-        } else if !r.actual_matches {
-            Some(match (&r.expected, &r.actual) {
-                (Some(_), None) => "the row no longer exists".to_string(),
-                (None, Some(_)) => "a row with this key exists again".to_string(),
-                _ => "the row is not as the selected changes left it".to_string(),
-            })
-        } else {
-            None
-        };
+/// The row plans of one table from its committed changes, all in memory (the streaming
+/// restore does the same in two passes over the log: `run`). Returns the plans and the
+/// redacted rows left out.
+pub fn build_table(
+    table: &str,
+    meta: &TableMeta,
+    mut changes: Vec<(LoggedChange, LogPosition, bool)>,
+) -> (Vec<RowPlan>, Vec<String>) {
+    changes.sort_by_key(|(_, at, _)| *at);
+    let seen: Vec<Seen> = changes
+        .iter()
+        .map(|(c, at, s)| Seen::of(c, *at, *s))
+        .collect();
+    let full: Vec<Change> = changes
+        .into_iter()
+        .map(|(c, at, s)| Change::of(c, at, s))
+        .collect();
+    let mut rows = Vec::new();
+    let mut redacted = Vec::new();
+    for l in lineages(&seen) {
+        let lineage: Vec<&Change> = l.iter().map(|i| &full[*i]).collect();
+        match row_plan(table, meta, &lineage) {
+            Some(Ok(r)) => rows.push(r),
+            Some(Err(r)) => redacted.push(r),
+            None => {}
+        }
     }
+    (rows, redacted)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::audit::event::{ChangeEvent, ChangeKey};
-    use crate::restore::log::{AuditLog, LoggedChange};
+    use crate::restore::selection::Selection;
+    use serde_json::json;
 
     fn change(
         tx: &str,
@@ -291,7 +485,7 @@ mod tests {
         before: serde_json::Value,
         after: serde_json::Value,
     ) -> LoggedChange {
-        let ev: ChangeEvent = serde_json::from_value(serde_json::json!({
+        let ev: ChangeEvent = serde_json::from_value(json!({
             "before": before, "after": after,
             "op": match (before.is_null(), after.is_null()) { (true, _) => "c", (_, true) => "d", _ => "u" },
             "ts_ms": 1,
@@ -314,71 +508,72 @@ mod tests {
         }
     }
 
-    fn tables() -> BTreeMap<String, TableMeta> {
-        BTreeMap::from([(
-            "public.t".to_string(),
-            TableMeta {
-                schema: "public".into(),
-                name: "t".into(),
-                key: vec!["id".into()],
-                columns: vec!["id".into(), "v".into()],
-                references: vec![],
-            },
-        )])
+    fn meta() -> TableMeta {
+        TableMeta {
+            schema: "public".into(),
+            name: "t".into(),
+            key: vec!["id".into()],
+            columns: vec!["id".into(), "v".into()],
+            references: vec![],
+            unique: vec![vec!["id".into()]],
+        }
     }
 
-    fn plan_for(log: &AuditLog, sel: &Selection) -> Vec<RowPlan> {
-        let committed = log
-            .changes
-            .iter()
-            .map(|c| c.event.transaction.id.clone())
+    fn plan_for(changes: Vec<LoggedChange>, sel: &Selection) -> Vec<RowPlan> {
+        let input = changes
+            .into_iter()
+            .map(|c| {
+                let at = LogPosition {
+                    ts_ms: c.event.source.ts_ms,
+                    partition: 0,
+                    offset: c.offset,
+                };
+                let s = sel.matches(&c);
+                (c, at, s)
+            })
             .collect();
-        build(log, sel, &committed, &tables()).0
+        build_table("public.t", &meta(), input).0
     }
 
     #[test]
-    fn rows_are_followed_through_key_changes_and_later_changes_conflict() {
-        use serde_json::json;
-        let log = AuditLog {
-            changes: vec![
-                change("a", 1, "good", json!(null), json!({"id": 1, "v": "x"})),
-                change(
-                    "b",
-                    2,
-                    "bad",
-                    json!({"id": 1, "v": "x"}),
-                    json!({"id": 2, "v": "y"}),
-                ),
-                change(
-                    "b",
-                    3,
-                    "bad",
-                    json!({"id": 2, "v": "y"}),
-                    json!({"id": 2, "v": null}),
-                ),
-                change("c", 4, "good", json!({"id": 5, "v": "q"}), json!(null)),
-                change(
-                    "d",
-                    5,
-                    "bad",
-                    json!({"id": 6, "v": "w"}),
-                    json!({"id": 6, "v": "e"}),
-                ),
-                change(
-                    "e",
-                    6,
-                    "good",
-                    json!({"id": 6, "v": "e"}),
-                    json!({"id": 6, "v": "r"}),
-                ),
-            ],
-            transactions: Default::default(),
-        };
+    fn rows_are_followed_through_key_changes_and_later_changes_are_listed() {
+        let log = vec![
+            change("a", 1, "good", json!(null), json!({"id": 1, "v": "x"})),
+            change(
+                "b",
+                2,
+                "bad",
+                json!({"id": 1, "v": "x"}),
+                json!({"id": 2, "v": "y"}),
+            ),
+            change(
+                "b",
+                3,
+                "bad",
+                json!({"id": 2, "v": "y"}),
+                json!({"id": 2, "v": null}),
+            ),
+            change("c", 4, "good", json!({"id": 5, "v": "q"}), json!(null)),
+            change(
+                "d",
+                5,
+                "bad",
+                json!({"id": 6, "v": "w"}),
+                json!({"id": 6, "v": "e"}),
+            ),
+            change(
+                "e",
+                6,
+                "good",
+                json!({"id": 6, "v": "e"}),
+                json!({"id": 7, "v": "r"}),
+            ),
+        ];
         let sel = Selection {
             applications: vec!["bad".into()],
             ..Selection::default()
         };
-        let mut rows = plan_for(&log, &sel);
+        let rows = plan_for(log, &sel);
         assert_eq!(rows.len(), 2);
         // The key change and the later null, as one row: back to id 1, v x.
         assert_eq!(
@@ -395,50 +590,94 @@ mod tests {
             Action::Update(vec!["id".into(), "v".into()])
         );
         assert_eq!(rows[0].changes.len(), 2);
-        // Row 6 was changed again by "good": a conflict naming that change.
-        rows.iter_mut().for_each(|r| r.actual_matches = true);
-        decide_conflicts(&mut rows);
-        assert_eq!(rows[0].conflict, None);
-        assert!(
-            rows[1].conflict.as_deref().unwrap().contains("e/6"),
-            "{:?}",
-            rows[1].conflict
+        assert!(rows[0].outside.is_empty());
+        // Row 6 was changed (and its key moved to 7) by "good" afterwards: the plan finds it
+        // by its newest key and lists that change with the columns it set.
+        assert_eq!(rows[1].key, json!({"id": 7}).as_object().cloned().unwrap());
+        assert_eq!(rows[1].outside.len(), 1);
+        assert_eq!(rows[1].outside[0].id, "e/6");
+        assert_eq!(rows[1].outside[0].columns, ["id", "v"]);
+        assert_eq!(
+            rows[1].latest,
+            json!({"id": 7, "v": "r"}).as_object().cloned()
         );
-        // The same history, but the database no longer matches: a conflict too.
-        rows[0].actual_matches = false;
-        decide_conflicts(&mut rows);
-        assert!(rows[0].conflict.is_some());
     }
 
     #[test]
-    fn inserts_are_undone_by_deletes_and_deletes_by_inserts_and_uncommitted_is_ignored() {
-        use serde_json::json;
-        let log = AuditLog {
-            changes: vec![
-                change("a", 1, "bad", json!(null), json!({"id": 1, "v": "x"})),
-                change("a", 2, "bad", json!({"id": 2, "v": "y"}), json!(null)),
-                change("z", 3, "bad", json!({"id": 3, "v": "y"}), json!(null)),
-                change("a", 4, "bad", json!(null), json!({"id": 4, "v": "t"})),
-                change("a", 5, "bad", json!({"id": 4, "v": "t"}), json!(null)),
-            ],
-            transactions: Default::default(),
-        };
+    fn inserts_are_undone_by_deletes_and_deletes_by_inserts() {
+        let log = vec![
+            change("a", 1, "bad", json!(null), json!({"id": 1, "v": "x"})),
+            change("a", 2, "bad", json!({"id": 2, "v": "y"}), json!(null)),
+            change("a", 4, "bad", json!(null), json!({"id": 4, "v": "t"})),
+            change("a", 5, "bad", json!({"id": 4, "v": "t"}), json!(null)),
+        ];
         let sel = Selection {
             tags: vec![("controller".into(), "bad".into())],
             ..Selection::default()
         };
-        let committed = HashSet::from(["a".to_string()]);
-        let rows = build(&log, &sel, &committed, &tables()).0;
-        let actions: Vec<&Action> = rows.iter().map(|r| &r.action).collect();
+        let actions: Vec<Action> = plan_for(log, &sel).into_iter().map(|r| r.action).collect();
+        assert_eq!(actions, [Action::Delete, Action::Insert, Action::Nothing]);
+    }
+
+    #[test]
+    fn changes_before_the_first_selected_one_do_not_matter_and_are_not_kept() {
+        let log = vec![
+            change(
+                "a",
+                1,
+                "good",
+                json!({"id": 1, "v": "a"}),
+                json!({"id": 1, "v": "b"}),
+            ),
+            change(
+                "b",
+                2,
+                "bad",
+                json!({"id": 1, "v": "b"}),
+                json!({"id": 1, "v": null}),
+            ),
+            change(
+                "c",
+                3,
+                "good",
+                json!({"id": 9, "v": "a"}),
+                json!({"id": 9, "v": "b"}),
+            ),
+        ];
+        let sel = Selection {
+            applications: vec!["bad".into()],
+            ..Selection::default()
+        };
+        let input: Vec<Seen> = log
+            .iter()
+            .map(|c| {
+                Seen::of(
+                    c,
+                    LogPosition {
+                        ts_ms: 0,
+                        partition: 0,
+                        offset: c.offset,
+                    },
+                    sel.matches(c),
+                )
+            })
+            .collect();
+        let l = lineages(&input);
         assert_eq!(
-            actions,
-            [&Action::Delete, &Action::Insert, &Action::Nothing]
+            l,
+            vec![vec![1]],
+            "only the selected change's history, from it on"
+        );
+        assert_eq!(needed(&input, &l).len(), 1);
+        let rows = plan_for(log, &sel);
+        assert_eq!(
+            rows[0].target,
+            json!({"id": 1, "v": "b"}).as_object().cloned()
         );
     }
 
     #[test]
     fn selection_dimensions_combine() {
-        use serde_json::json;
         let c = change("s:1", 1, "web", json!(null), json!({"id": 7, "v": "x"}));
         let yes = |s: Selection| assert!(s.matches(&c), "{s:?}");
         let no = |s: Selection| assert!(!s.matches(&c), "{s:?}");

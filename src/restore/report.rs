@@ -1,9 +1,11 @@
-//! The readable dry-run report: per table, the rows to revert with their column changes, the
-//! conflicts with all three versions (target, expected, actual), and what was left out.
+//! The readable dry-run report: per table, each row with what happens to each column (restore,
+//! keep, conflict, already restored), who changed it since, the conflicts with all three
+//! versions (target, expected, actual), and what was left out.
 
 use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
 
-use super::plan::{Action, Plan, RowPlan};
+use super::plan::{Action, ChangeRef, Conflict, ConflictPolicy, Plan, RowPlan, Verdict};
 use crate::audit::event::Row;
 
 fn json(row: &Option<Row>) -> String {
@@ -12,22 +14,154 @@ fn json(row: &Option<Row>) -> String {
     })
 }
 
-fn describe(r: &RowPlan) -> String {
-    match (&r.action, &r.target, &r.expected) {
-        (Action::Update(cols), Some(t), Some(e)) => {
-            let parts: Vec<String> = cols
+fn time(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Later changes named per column; the plan file has them all.
+const SHOWN: usize = 3;
+
+/// "by <id> (<user>/<application>, <time>): <statement>" for the first of `ids` in `r.outside`.
+fn by(r: &RowPlan, ids: &[String]) -> String {
+    if ids.is_empty() {
+        return "by a write the audit log did not record".into();
+    }
+    let mut parts: Vec<String> = ids
+        .iter()
+        .take(SHOWN)
+        .map(|id| match r.outside.iter().find(|c| c.id == *id) {
+            Some(c) => describe_change(c),
+            None => id.clone(),
+        })
+        .collect();
+    if ids.len() > SHOWN {
+        parts.push(format!(
+            "and {} more (all in --plan-out)",
+            ids.len() - SHOWN
+        ));
+    }
+    format!("by {}", parts.join("; "))
+}
+
+fn describe_change(c: &ChangeRef) -> String {
+    format!(
+        "{} ({}/{}, {}): {}",
+        c.id,
+        c.user,
+        c.application,
+        time(c.ts_ms),
+        c.statement
+    )
+}
+
+/// The row's action in one line.
+fn describe(plan: &Plan, r: &RowPlan) -> String {
+    match &r.action {
+        Action::Update(cols) => {
+            let live = r.actual.as_ref().or(r.expected.as_ref());
+            let show = |v: Option<&serde_json::Value>| v.map_or("∅".into(), |v| v.to_string());
+            let writes = match plan.policy {
+                ConflictPolicy::Row => cols.clone(),
+                ConflictPolicy::Column => r.writes(plan.policy, false),
+            };
+            let parts: Vec<String> = writes
                 .iter()
                 .map(|c| {
-                    let show =
-                        |v: Option<&serde_json::Value>| v.map_or("∅".into(), |v| v.to_string());
-                    format!("{c}: {} → {}", show(e.get(c)), show(t.get(c)))
+                    format!(
+                        "{c}: {} → {}",
+                        show(live.and_then(|l| l.get(c))),
+                        show(r.target.as_ref().and_then(|t| t.get(c)))
+                    )
                 })
                 .collect();
             format!("update {}", parts.join(", "))
         }
-        (Action::Delete, ..) => "delete (the selection inserted it)".into(),
-        (Action::Insert, ..) => "insert (the selection deleted it)".into(),
-        _ => "nothing to do (the selected changes cancel out)".into(),
+        Action::Delete => "delete (the selection inserted it)".into(),
+        Action::Insert => "insert (the selection deleted it)".into(),
+        Action::Nothing => "nothing to do (the selected changes cancel out)".into(),
+    }
+}
+
+/// One line per column verdict that is not the plain restore the summary line shows.
+fn column_lines(out: &mut String, r: &RowPlan) {
+    for c in &r.columns {
+        let line = match &c.verdict {
+            Verdict::Restore { touched_by, .. } if !touched_by.is_empty() => format!(
+                "restore  {}: set since and back again {}",
+                c.column,
+                by(r, touched_by)
+            ),
+            Verdict::Restore { .. } => continue,
+            Verdict::AlreadyRestored { value } => {
+                format!("already  {} = {value} (the target)", c.column)
+            }
+            Verdict::Keep { live, changed_by } => format!(
+                "keep     {} = {live}, changed since {}",
+                c.column,
+                by(r, changed_by)
+            ),
+            Verdict::Conflict {
+                selection,
+                target,
+                live,
+                changed_by,
+            } => format!(
+                "CONFLICT {}: the selection left {selection}, the target is {target}, the row now holds {live}; changed since {}",
+                c.column,
+                by(r, changed_by)
+            ),
+        };
+        let _ = writeln!(out, "           {line}");
+    }
+}
+
+fn row_lines(out: &mut String, plan: &Plan, r: &RowPlan) {
+    let key = serde_json::to_string(&r.key).unwrap_or_default();
+    let who: Vec<String> = r
+        .changes
+        .iter()
+        .map(|c| format!("{} by {}/{}", c.id, c.user, c.application))
+        .collect();
+    match &r.conflict {
+        None if r.already_restored() => {
+            let _ = writeln!(
+                out,
+                "  already  {key}: every selected column holds its target"
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  revert   {key}: {}", describe(plan, r));
+        }
+        Some(Conflict::Row(why)) => {
+            let _ = writeln!(out, "  CONFLICT {key}: {why}");
+            for c in &r.outside {
+                let _ = writeln!(
+                    out,
+                    "           changed since {}",
+                    by(r, std::slice::from_ref(&c.id))
+                );
+            }
+        }
+        Some(Conflict::Columns(cols)) => {
+            let _ = writeln!(
+                out,
+                "  CONFLICT {key}: column(s) {} changed since to other values{}",
+                cols.join(", "),
+                if r.writes(plan.policy, false).is_empty() {
+                    String::new()
+                } else {
+                    format!("; --skip-conflicts still does: {}", describe(plan, r))
+                }
+            );
+        }
+    }
+    column_lines(out, r);
+    let _ = writeln!(out, "           undoes {}", who.join(", "));
+    if r.conflict.is_some() {
+        let _ = writeln!(out, "           target:   {}", json(&r.target));
+        let _ = writeln!(out, "           expected: {}", json(&r.expected));
+        let _ = writeln!(out, "           actual:   {}", json(&r.actual));
     }
 }
 
@@ -36,7 +170,7 @@ pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "restore plan: {} row(s) in {} table(s): {} to revert, {} conflict(s), {} unchanged",
+        "restore plan: {} row(s) in {} table(s): {} to revert, {} conflict(s), {} unchanged, {} already restored ({})",
         plan.rows.len(),
         plan.tables.len(),
         plan.to_revert(),
@@ -44,7 +178,12 @@ pub fn render(plan: &Plan) -> String {
         plan.rows
             .iter()
             .filter(|r| r.action == Action::Nothing && r.conflict.is_none())
-            .count()
+            .count(),
+        plan.already_restored(),
+        match plan.policy {
+            ConflictPolicy::Column => "conflicts per column",
+            ConflictPolicy::Row => "conflicts per row",
+        }
     );
     for table in plan.tables.keys() {
         let rows: Vec<&RowPlan> = plan.rows.iter().filter(|r| r.table == *table).collect();
@@ -55,32 +194,7 @@ pub fn render(plan: &Plan) -> String {
             rows.len()
         );
         for r in rows {
-            let key = serde_json::to_string(&r.key).unwrap_or_default();
-            let who: Vec<String> = r
-                .changes
-                .iter()
-                .map(|c| format!("{} by {}/{}", c.id, c.user, c.application))
-                .collect();
-            match &r.conflict {
-                None => {
-                    let _ = writeln!(out, "  revert   {key}: {}", describe(r));
-                    let _ = writeln!(out, "           undoes {}", who.join(", "));
-                }
-                Some(why) => {
-                    let _ = writeln!(out, "  CONFLICT {key}: {why}");
-                    let _ = writeln!(out, "           undoes {}", who.join(", "));
-                    for c in &r.outside {
-                        let _ = writeln!(
-                            out,
-                            "           changed since by {} ({}/{}): {}",
-                            c.id, c.user, c.application, c.statement
-                        );
-                    }
-                    let _ = writeln!(out, "           target:   {}", json(&r.target));
-                    let _ = writeln!(out, "           expected: {}", json(&r.expected));
-                    let _ = writeln!(out, "           actual:   {}", json(&r.actual));
-                }
-            }
+            row_lines(&mut out, plan, r);
         }
     }
     if !plan.in_doubt.is_empty() {

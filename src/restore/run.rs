@@ -1,15 +1,22 @@
-//! Planning a restore end to end: read the log, keep committed transactions (resolving those
-//! without an END record with `txid_status()`), build row plans for the selection, and compare
-//! them with the rows in the database now.
+//! Planning a restore end to end, streaming the log so that memory follows what is selected,
+//! not the size of the topics:
+//!
+//! 1. the transaction records; transactions without an END are resolved with `txid_status()`;
+//! 2. every change topic once: each committed change becomes a small [`Seen`], and only selected
+//!    changes are kept whole;
+//! 3. row histories from the `Seen`s; the few changes outside the selection that came after a
+//!    selected one in the same row are read again by offset;
+//! 4. the row plans, compared with the rows in the database now, merged per column.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tokio_postgres::Client;
 
-use super::log::{AuditLog, LogSource};
-use super::plan::{self, Plan};
+use super::log::{LogReader, LogSource, LoggedChange, Range, TxInfo};
+use super::plan::{self, Change, ConflictPolicy, LogPosition, Plan, Seen};
+use super::progress::Progress;
 use super::selection::Selection;
-use super::{db, sql, RestoreError};
+use super::{db, merge, sql, RestoreError};
 use crate::audit::event::CommitStatus;
 
 /// What to restore.
@@ -19,6 +26,8 @@ pub struct Request {
     /// Reconstruct `table` as of this time (ms since the epoch) instead: every change committed
     /// after it is selected.
     pub as_of: Option<AsOf>,
+    /// How conflicts are decided (`--conflicts`).
+    pub policy: ConflictPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -46,9 +55,11 @@ pub async fn connect(target: &str) -> Result<Client, RestoreError> {
     Ok(client)
 }
 
-/// Read the audit log (blocking Kafka reads run off the async runtime).
-pub async fn read_log(src: LogSource) -> Result<AuditLog, RestoreError> {
-    tokio::task::spawn_blocking(move || super::log::read(&src))
+/// Run a blocking Kafka read off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RestoreError> + Send + 'static,
+) -> Result<T, RestoreError> {
+    tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| RestoreError::Io {
             what: "reading the audit log".into(),
@@ -56,13 +67,15 @@ pub async fn read_log(src: LogSource) -> Result<AuditLog, RestoreError> {
         })?
 }
 
-/// Build the plan for `req` from `log` and the database behind `client`.
-pub async fn plan(client: &Client, log: &AuditLog, req: &Request) -> Result<Plan, RestoreError> {
+/// The selection `req` makes, given the transactions (`--as-of` selects every one after it).
+fn effective_selection(
+    req: &Request,
+    txs: &HashMap<String, TxInfo>,
+) -> Result<Selection, RestoreError> {
     let mut selection = req.selection.clone();
     if let Some(as_of) = &req.as_of {
         selection.tables = vec![as_of.table.clone()];
-        selection.transactions = log
-            .transactions
+        selection.transactions = txs
             .iter()
             .filter(|(_, t)| t.ts_ms > as_of.ms)
             .map(|(id, _)| id.clone())
@@ -73,15 +86,18 @@ pub async fn plan(client: &Client, log: &AuditLog, req: &Request) -> Result<Plan
     } else if selection.is_empty() {
         return Err(RestoreError::NoSelection);
     }
-    let selected_tx: HashSet<&str> = log
-        .changes
-        .iter()
-        .filter(|c| selection.matches(c))
-        .map(|c| c.event.transaction.id.as_str())
-        .collect();
+    Ok(selection)
+}
+
+/// Transactions that committed: by their END record, else by `txid_status()`. The others
+/// without an END are returned with what the server said, for the in-doubt list.
+async fn committed(
+    client: &Client,
+    txs: &HashMap<String, TxInfo>,
+) -> Result<(HashSet<String>, BTreeMap<String, String>), RestoreError> {
     let mut committed = HashSet::new();
-    let mut in_doubt = Vec::new();
-    for (id, t) in &log.transactions {
+    let mut unresolved = BTreeMap::new();
+    for (id, t) in txs {
         match t.outcome {
             Some(CommitStatus::Committed) => {
                 committed.insert(id.clone());
@@ -94,31 +110,251 @@ pub async fn plan(client: &Client, log: &AuditLog, req: &Request) -> Result<Plan
                 };
                 if status.as_deref() == Some("committed") {
                     committed.insert(id.clone());
-                } else if selected_tx.contains(id.as_str()) {
-                    in_doubt.push(format!(
-                        "{id} (txId {}: {})",
-                        t.txid.map_or("none".into(), |x| x.to_string()),
-                        status.unwrap_or_else(|| "unknown".into())
-                    ));
+                } else {
+                    unresolved.insert(
+                        id.clone(),
+                        format!(
+                            "{id} (txId {}: {})",
+                            t.txid.map_or("none".into(), |x| x.to_string()),
+                            status.unwrap_or_else(|| "unknown".into())
+                        ),
+                    );
                 }
             }
         }
     }
-    let mut tables: Vec<String> = log
-        .changes
-        .iter()
-        .filter(|c| selection.matches(c))
-        .map(|c| c.table())
+    Ok((committed, unresolved))
+}
+
+/// One table's part of the first pass.
+#[derive(Default)]
+struct TableScan {
+    topic: String,
+    seen: Vec<Seen>,
+    /// The selected changes, whole.
+    kept: HashMap<LogPosition, Change>,
+}
+
+/// What the first pass over the change topics found.
+#[derive(Default)]
+struct Scan {
+    tables: BTreeMap<String, TableScan>,
+    /// Transactions with a selected change (committed or not).
+    selected_tx: HashSet<String>,
+}
+
+/// Where `c` sorts: its transaction's publish time, else its statement's.
+fn position(c: &LoggedChange, txs: &HashMap<String, TxInfo>) -> LogPosition {
+    LogPosition {
+        ts_ms: txs
+            .get(&c.event.transaction.id)
+            .map(|t| t.ts_ms)
+            .unwrap_or(c.event.source.ts_ms),
+        partition: c.partition,
+        offset: c.offset,
+    }
+}
+
+/// Pass 1: every change once.
+fn scan(
+    reader: &LogReader,
+    selection: &Selection,
+    committed: &HashSet<String>,
+    txs: &HashMap<String, TxInfo>,
+    progress: &Progress,
+) -> Result<Scan, RestoreError> {
+    let mut out = Scan::default();
+    let ranges = reader.table_ranges().to_vec();
+    progress.phase("reading changes", super::log::total(&ranges));
+    for range in &ranges {
+        reader.changes(std::slice::from_ref(range), progress, &mut |c| {
+            let selected = selection.matches(&c);
+            if selected {
+                out.selected_tx.insert(c.event.transaction.id.clone());
+            }
+            if !committed.contains(&c.event.transaction.id) {
+                return Ok(());
+            }
+            let at = position(&c, txs);
+            let t = out.tables.entry(c.table()).or_default();
+            t.topic.clone_from(&range.topic);
+            t.seen.push(Seen::of(&c, at, selected));
+            if selected {
+                t.kept.insert(at, Change::of(c, at, true));
+            }
+            Ok(())
+        })?;
+    }
+    progress.finish();
+    Ok(out)
+}
+
+/// Pass 2: the changes outside the selection that row histories need, by offset range.
+fn fetch(
+    reader: &LogReader,
+    wanted: &HashMap<String, HashSet<LogPosition>>,
+    topics: &HashMap<String, String>,
+    txs: &HashMap<String, TxInfo>,
+    progress: &Progress,
+) -> Result<HashMap<String, HashMap<LogPosition, Change>>, RestoreError> {
+    let mut spans: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    for (table, positions) in wanted {
+        for p in positions {
+            let span = spans
+                .entry((topics[table].clone(), p.partition))
+                .or_insert((p.offset, p.offset + 1));
+            *span = (span.0.min(p.offset), span.1.max(p.offset + 1));
+        }
+    }
+    let ranges: Vec<Range> = spans
+        .into_iter()
+        .map(|((topic, partition), (from, to))| Range {
+            topic,
+            partition,
+            from,
+            to,
+        })
         .collect();
-    tables.sort();
-    tables.dedup();
-    let metas = db::table_meta(client, &tables).await?;
-    let (mut rows, redacted) = plan::build(log, &selection, &committed, &metas);
+    let mut out: HashMap<String, HashMap<LogPosition, Change>> = HashMap::new();
+    if ranges.is_empty() {
+        return Ok(out);
+    }
+    progress.phase("reading later changes", super::log::total(&ranges));
+    reader.changes(&ranges, progress, &mut |c| {
+        let at = position(&c, txs);
+        let table = c.table();
+        if wanted.get(&table).is_some_and(|w| w.contains(&at)) {
+            out.entry(table)
+                .or_default()
+                .insert(at, Change::of(c, at, false));
+        }
+        Ok(())
+    })?;
+    progress.finish();
+    Ok(out)
+}
+
+/// Build the plan for `req` from the log at `src` and the database behind `client`.
+pub async fn plan(
+    client: &Client,
+    src: &LogSource,
+    req: &Request,
+    progress: &Progress,
+) -> Result<Plan, RestoreError> {
+    if req.as_of.is_none() && req.selection.is_empty() {
+        return Err(RestoreError::NoSelection);
+    }
+    let (src, p) = (src.clone(), progress.clone());
+    let (reader, txs) = blocking(move || {
+        let reader = LogReader::open(&src)?;
+        let txs = reader.transactions(&p)?;
+        Ok((reader, txs))
+    })
+    .await?;
+    let selection = effective_selection(req, &txs)?;
+    let (committed, unresolved) = committed(client, &txs).await?;
+    let txs = std::sync::Arc::new(txs);
+    let (t, p) = (txs.clone(), progress.clone());
+    let (reader, mut found) = blocking(move || {
+        let found = scan(&reader, &selection, &committed, &t, &p)?;
+        Ok((reader, found))
+    })
+    .await?;
+    let with_selected: Vec<String> = found
+        .tables
+        .iter()
+        .filter(|(_, t)| !t.kept.is_empty())
+        .map(|(name, _)| name.clone())
+        .collect();
+    let metas = db::table_meta(client, &with_selected).await?;
+    // Row histories, and the changes outside the selection they need.
+    let mut histories: BTreeMap<String, Vec<Vec<LogPosition>>> = BTreeMap::new();
+    let mut wanted: HashMap<String, HashSet<LogPosition>> = HashMap::new();
+    for (table, t) in found
+        .tables
+        .iter_mut()
+        .filter(|(n, _)| metas.contains_key(*n))
+    {
+        t.seen.sort_by_key(|s| s.at);
+        let lineages = plan::lineages(&t.seen);
+        let need: HashSet<LogPosition> = plan::needed(&t.seen, &lineages)
+            .into_iter()
+            .filter(|at| !t.kept.contains_key(at))
+            .collect();
+        if !need.is_empty() {
+            wanted.insert(table.clone(), need);
+        }
+        let positions = lineages
+            .iter()
+            .map(|l| l.iter().map(|i| t.seen[*i].at).collect())
+            .collect();
+        histories.insert(table.clone(), positions);
+        t.seen = Vec::new();
+    }
+    let topics: HashMap<String, String> = found
+        .tables
+        .iter()
+        .map(|(n, t)| (n.clone(), t.topic.clone()))
+        .collect();
+    let (t, p) = (txs.clone(), progress.clone());
+    let (_reader, mut later) = blocking(move || {
+        let later = fetch(&reader, &wanted, &topics, &t, &p)?;
+        Ok((reader, later))
+    })
+    .await?;
+    let mut rows = Vec::new();
+    let mut redacted = Vec::new();
+    for (table, lineages) in histories {
+        let meta = &metas[&table];
+        let t = found.tables.get_mut(&table).expect("scanned");
+        let mut extra = later.remove(&table).unwrap_or_default();
+        for l in lineages {
+            // Each change belongs to one history: move it out, so the kept changes shrink as
+            // the plans grow.
+            let changes: Option<Vec<Change>> = l
+                .iter()
+                .map(|at| t.kept.remove(at).or_else(|| extra.remove(at)))
+                .collect();
+            let Some(changes) = changes else {
+                return Err(RestoreError::LogIncomplete(format!(
+                    "{table}: a change read in the first pass was not found again (the topic was compacted or deleted meanwhile)"
+                )));
+            };
+            let changes: Vec<&Change> = changes.iter().collect();
+            match plan::row_plan(&table, meta, &changes) {
+                Some(Ok(r)) => rows.push(r),
+                Some(Err(r)) => redacted.push(r),
+                None => {}
+            }
+        }
+    }
+    let selected_tx = std::mem::take(&mut found.selected_tx);
+    drop(found);
     check(client, &metas, &mut rows, None, false).await?;
-    plan::decide_conflicts(&mut rows);
-    in_doubt.sort();
+    // Decide once to know which columns would be written, look for collisions on those, and
+    // decide again with them.
+    merge::decide(&mut rows, req.policy);
+    for (table, meta) in &metas {
+        let mut mine: Vec<&mut plan::RowPlan> =
+            rows.iter_mut().filter(|r| r.table == *table).collect();
+        db::collisions(
+            client,
+            meta,
+            &sql::quote_table(&meta.schema, &meta.name),
+            &mut mine,
+            req.policy,
+        )
+        .await?;
+    }
+    merge::decide(&mut rows, req.policy);
+    let in_doubt = unresolved
+        .into_iter()
+        .filter(|(id, _)| selected_tx.contains(id))
+        .map(|(_, v)| v)
+        .collect();
     Ok(Plan {
         tables: metas,
+        policy: req.policy,
         rows,
         in_doubt,
         redacted,

@@ -35,9 +35,14 @@ fn find(meta: &TableMeta, relation: &str, key: &Row) -> String {
     cols.join(" AND ")
 }
 
-/// The statement that reverts `row` in `relation` (the table, or a copy of it), or `None` when
-/// there is nothing to do.
-pub fn statement(meta: &TableMeta, relation: &str, row: &RowPlan) -> Option<String> {
+/// The statement that reverts `row` in `relation` (the table, or a copy of it), writing the
+/// columns `writes` of an update, or `None` when there is nothing to do.
+pub fn statement(
+    meta: &TableMeta,
+    relation: &str,
+    row: &RowPlan,
+    writes: &[String],
+) -> Option<String> {
     let writable = |c: &String| meta.columns.contains(c);
     match &row.action {
         Action::Nothing => None,
@@ -67,9 +72,9 @@ pub fn statement(meta: &TableMeta, relation: &str, row: &RowPlan) -> Option<Stri
                 image(relation, target)
             ))
         }
-        Action::Update(columns) => {
+        Action::Update(_) => {
             let target = row.target.as_ref()?;
-            let sets: Vec<String> = columns
+            let sets: Vec<String> = writes
                 .iter()
                 .filter(|c| writable(c))
                 .map(|c| format!("{0} = r.{0}", quote(c)))
@@ -95,8 +100,9 @@ pub fn statement(meta: &TableMeta, relation: &str, row: &RowPlan) -> Option<Stri
     }
 }
 
-/// A comment line per statement: what it reverts, and (for updates) each column's change.
-pub fn comment(row: &RowPlan) -> String {
+/// A comment line per statement: what it reverts, and (for updates) each written column's
+/// change.
+pub fn comment(row: &RowPlan, writes: &[String]) -> String {
     let ids: Vec<&str> = row.changes.iter().map(|c| c.id.as_str()).collect();
     let key = serde_json::to_string(&row.key).unwrap_or_default();
     let mut out = format!(
@@ -110,12 +116,13 @@ pub fn comment(row: &RowPlan) -> String {
         },
         ids.join(", ")
     );
-    if let (Action::Update(cols), Some(t), Some(e)) = (&row.action, &row.target, &row.expected) {
-        for c in cols {
+    if let (Action::Update(_), Some(t)) = (&row.action, &row.target) {
+        let live = row.actual.as_ref().or(row.expected.as_ref());
+        for c in writes {
             let show = |v: Option<&serde_json::Value>| v.map_or("∅".into(), |v| v.to_string());
             out.push_str(&format!(
                 "\n--   {c}: {} → {}",
-                show(e.get(c)),
+                show(live.and_then(|l| l.get(c))),
                 show(t.get(c))
             ));
         }
@@ -134,6 +141,7 @@ mod tests {
             key: key.iter().map(|s| s.to_string()).collect(),
             columns: vec!["bfkey".into(), "bfso".into()],
             references: vec![],
+            unique: vec![],
         }
     }
 
@@ -144,11 +152,14 @@ mod tests {
             key: img(serde_json::json!({"bfkey": 1})).unwrap(),
             target: img(serde_json::json!({"bfkey": 1, "bfso": "it's"})),
             expected: img(serde_json::json!({"bfkey": 1, "bfso": null})),
+            latest: None,
             actual: None,
             actual_matches: true,
             action,
+            columns: vec![],
             changes: vec![],
             outside: vec![],
+            collision: None,
             conflict: None,
         }
     }
@@ -160,16 +171,17 @@ mod tests {
             &meta(&["bfkey"]),
             &rel,
             &row(Action::Update(vec!["bfso".into()])),
+            &["bfso".into()],
         )
         .unwrap();
         assert_eq!(
             s,
             "UPDATE \"public\".\"brieff\" AS t SET \"bfso\" = r.\"bfso\" FROM jsonb_populate_record(NULL::\"public\".\"brieff\", '{\"bfkey\":1,\"bfso\":\"it''s\"}'::jsonb) AS r, jsonb_populate_record(NULL::\"public\".\"brieff\", '{\"bfkey\":1}'::jsonb) AS k WHERE t.\"bfkey\" = k.\"bfkey\""
         );
-        let s = statement(&meta(&[]), &rel, &row(Action::Delete)).unwrap();
+        let s = statement(&meta(&[]), &rel, &row(Action::Delete), &[]).unwrap();
         assert!(s.contains("t.ctid = (SELECT x.ctid"), "{s}");
         assert_eq!(
-            statement(&meta(&["bfkey"]), &rel, &row(Action::Nothing)),
+            statement(&meta(&["bfkey"]), &rel, &row(Action::Nothing), &[]),
             None
         );
     }

@@ -6,6 +6,8 @@ use super::harness::{self, Pg};
 use hindsight::restore::apply::ApplyOptions;
 use hindsight::restore::command::{execute, Command, Outcome};
 use hindsight::restore::log::LogSource;
+use hindsight::restore::plan::{ConflictPolicy, Plan, Verdict};
+use hindsight::restore::progress::Progress;
 use hindsight::restore::run::{AsOf, Request};
 use hindsight::restore::selection::Selection;
 use hindsight::restore::RestoreError;
@@ -98,6 +100,7 @@ impl Setup {
             request: Request {
                 selection,
                 as_of: None,
+                policy: ConflictPolicy::Column,
             },
             apply: false,
             options: ApplyOptions {
@@ -113,8 +116,7 @@ impl Setup {
 
 async fn run(cmd: &Command) -> (Result<Outcome, RestoreError>, String) {
     let mut out = Vec::new();
-    let mut progress = Vec::new();
-    let r = execute(cmd, &mut out, &mut progress).await;
+    let r = execute(cmd, &mut out, &Progress::hidden()).await;
     (r, String::from_utf8(out).unwrap())
 }
 
@@ -291,8 +293,13 @@ async fn later_changes_are_conflicts_and_drift_is_refused(pg: Pg) {
     assert!(matches!(r, Err(RestoreError::Conflicts(1))), "{r:?}");
     // Drift between plan and apply: a reviewed plan, then someone changes a planned row.
     let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
+    // A column the plan does not write moving is no drift; one it writes is.
     direct
-        .execute("UPDATE brieff SET bfcorlid = 'drift' WHERE bfkey = 12", &[])
+        .execute("UPDATE brieff SET bfcorlid = 'moved' WHERE bfkey = 16", &[])
+        .await
+        .unwrap();
+    direct
+        .execute("UPDATE brieff SET bfso = 'drift' WHERE bfkey = 12", &[])
         .await
         .unwrap();
     let mut replay = cmd.clone();
@@ -301,6 +308,10 @@ async fn later_changes_are_conflicts_and_drift_is_refused(pg: Pg) {
     replay.options.skip_conflicts = true;
     let before = dump(&direct, &["brieff"]).await;
     let (r, _) = run(&replay).await;
+    let what_drifted = |r: &Result<Outcome, RestoreError>| match r {
+        Err(RestoreError::Drift(what)) => what.clone(),
+        _ => String::new(),
+    };
     match &r {
         Err(e @ RestoreError::Drift(what)) => {
             assert!(what.contains("\"bfkey\":12"), "{what}");
@@ -309,10 +320,13 @@ async fn later_changes_are_conflicts_and_drift_is_refused(pg: Pg) {
         other => panic!("{other:?}"),
     }
     assert_eq!(before, dump(&direct, &["brieff"]).await, "nothing applied");
-    direct
-        .execute("UPDATE brieff SET bfcorlid = 'c12' WHERE bfkey = 12", &[])
-        .await
-        .unwrap();
+    assert!(!what_drifted(&r).contains("\"bfkey\":16"), "{r:?}");
+    for sql in [
+        "UPDATE brieff SET bfso = NULL WHERE bfkey = 12",
+        "UPDATE brieff SET bfcorlid = 'c16' WHERE bfkey = 16",
+    ] {
+        direct.execute(sql, &[]).await.unwrap();
+    }
     // Re-planned and applied, skipping the conflict: 17 rows back, the hand fix kept.
     apply.options.skip_conflicts = true;
     let (r, report) = run(&apply).await;
@@ -514,8 +528,223 @@ async fn as_of_reconstructs_a_snapshot(pg: Pg) {
     s.proxy.shutdown().await;
 }
 
+/// Each column of `table` that differs between two databases, row by row (`bfkey`), for a
+/// failure message that says exactly what is wrong.
+async fn column_diff(a: &Client, b: &Client, table: &str, key: &str) -> Vec<String> {
+    let q = format!("SELECT {key}::text, (SELECT jsonb_object_agg(k, v) FROM jsonb_each_text(to_jsonb(t)) AS j(k, v))::text FROM {table} t");
+    async fn read(c: &Client, q: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let rows = c.query(q, &[]).await.unwrap();
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    serde_json::from_str(&r.get::<_, String>(1)).unwrap(),
+                )
+            })
+            .collect()
+    }
+    let (x, y) = (read(a, &q).await, read(b, &q).await);
+    let mut out = Vec::new();
+    for k in x
+        .keys()
+        .chain(y.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        match (x.get(k), y.get(k)) {
+            (Some(r), Some(s)) => {
+                for (col, v) in r.as_object().unwrap() {
+                    if s.get(col) != Some(v) {
+                        out.push(format!(
+                            "{table} {key}={k} {col}: {v} vs {}",
+                            s.get(col).unwrap_or(&serde_json::Value::Null)
+                        ));
+                    }
+                }
+            }
+            (r, s) => out.push(format!("{table} {key}={k}: {r:?} vs {s:?}")),
+        }
+    }
+    out
+}
+
+/// The issue's scenario: 18 rows nulled in `bfso` by certification-v1 among 300 writes by
+/// another application, which goes on editing other columns of the damaged rows. The restore
+/// puts `bfso` back and keeps those edits; a row put back by hand shows as already restored; a
+/// row whose `bfso` someone set to a third value is the one conflict and stays untouched with
+/// --skip-conflicts. A deleted row whose unique value or key is taken since is a conflict that
+/// names it. The table then equals a control database column by column.
+async fn other_applications_later_edits_are_kept_not_conflicts(pg: Pg) {
+    let seed = format!(
+        "{SEED}
+        CREATE TABLE labels (id int PRIMARY KEY, name text UNIQUE);
+        INSERT INTO labels VALUES (1, 'alpha'), (3, 'gamma');"
+    );
+    let s = setup(pg, "rs_merge", &seed).await;
+    let (reader, leak, dba) = (
+        connect_as(s.proxy.addr, &s.db, "reader").await,
+        connect_as(s.proxy.addr, &s.db, "certification-v1").await,
+        connect_as(s.proxy.addr, &s.db, "dba").await,
+    );
+    let (creader, cdba) = (
+        connect_as(pg.addr(), &s.control, "reader").await,
+        connect_as(pg.addr(), &s.control, "dba").await,
+    );
+    let amounts = "UPDATE brieff SET amount = amount + 1 WHERE bfkey = $1";
+    for i in 0..150 {
+        for c in [&reader, &creader] {
+            c.execute(amounts, &[&(1 + i % 100)]).await.unwrap();
+        }
+    }
+    incident(&leak).await;
+    leak.batch_execute("DELETE FROM labels /*controller='certifications'*/")
+        .await
+        .unwrap();
+    for i in 0..147 {
+        for c in [&reader, &creader] {
+            c.execute(amounts, &[&(1 + (i * 7) % 100)]).await.unwrap();
+        }
+    }
+    for c in [&reader, &creader] {
+        c.execute(
+            "UPDATE brieff SET bfcorlid = 'dispatched-' || bfkey WHERE bfkey IN (4, 6, 8)",
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    // After the damage: someone puts one row back by hand, someone sets another to a third value.
+    for c in [&dba, &cdba] {
+        c.batch_execute(
+            "UPDATE brieff SET bfso = (ARRAY['A','B','C'])[1 + bfkey % 3] WHERE bfkey = 12;
+             UPDATE brieff SET bfso = 'third' WHERE bfkey = 14;",
+        )
+        .await
+        .unwrap();
+    }
+    // Rows the incident deleted whose unique value / key another application takes since.
+    reader
+        .batch_execute("INSERT INTO labels VALUES (2, 'alpha'), (3, 'other')")
+        .await
+        .unwrap();
+    settle().await;
+    let selection = Selection {
+        applications: vec!["certification-v1".into()],
+        ..Selection::default()
+    };
+    let dir = std::env::temp_dir().join(format!("hs-restore-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = s.command(selection, s.pg.addr());
+    cmd.plan_out = Some(dir.join("plan.json"));
+    let (r, report) = run(&cmd).await;
+    assert_eq!(r.unwrap(), Outcome::PlannedWithConflicts(3), "{report}");
+    for want in [
+        "20 row(s) in 2 table(s): 16 to revert, 3 conflict(s), 0 unchanged, 1 already restored",
+        "  already  {\"bfkey\":12}",
+        "  CONFLICT {\"bfkey\":14}: column(s) bfso changed since",
+        "the selection left null, the target is \"C\", the row now holds \"third\"",
+        "keep     bfcorlid = \"dispatched-4\", changed since by",
+        "collide on (name) with the row {\"id\":2}",
+        "  CONFLICT {\"id\":3}: a row with this key exists again",
+    ] {
+        assert!(report.contains(want), "missing {want:?} in\n{report}");
+    }
+    // The plan file carries the same, per column.
+    let plan: Plan =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
+    let row = |k: i64| {
+        plan.rows
+            .iter()
+            .find(|r| r.key.get("bfkey") == Some(&serde_json::json!(k)))
+            .unwrap()
+    };
+    let verdict = |k: i64, col: &str| {
+        row(k)
+            .columns
+            .iter()
+            .find(|c| c.column == col)
+            .map(|c| c.verdict.clone())
+    };
+    assert!(
+        matches!(verdict(4, "bfso"), Some(Verdict::Restore { .. })),
+        "{:?}",
+        row(4)
+    );
+    assert!(
+        matches!(verdict(4, "bfcorlid"), Some(Verdict::Keep { changed_by, .. }) if changed_by.len() == 1),
+        "{:?}",
+        row(4)
+    );
+    assert!(
+        matches!(verdict(4, "amount"), Some(Verdict::Keep { .. })),
+        "{:?}",
+        row(4)
+    );
+    assert!(
+        matches!(verdict(12, "bfso"), Some(Verdict::AlreadyRestored { .. })),
+        "{:?}",
+        row(12)
+    );
+    assert!(
+        matches!(verdict(14, "bfso"), Some(Verdict::Conflict { .. })),
+        "{:?}",
+        row(14)
+    );
+    // The whole-row policy calls every damaged row that anything touched since a conflict.
+    let mut by_row = cmd.clone();
+    by_row.plan_out = None;
+    by_row.request.policy = ConflictPolicy::Row;
+    let (r, report) = run(&by_row).await;
+    let touched_since = row_count_touched_since(&plan);
+    assert!(touched_since > 5, "{touched_since}");
+    assert_eq!(
+        r.unwrap(),
+        Outcome::PlannedWithConflicts(touched_since + 2),
+        "{report}"
+    );
+    // Apply, skipping conflicts: through the proxy, so the restore is audited too.
+    let mut apply = s.command(cmd.request.selection.clone(), s.proxy.addr);
+    apply.apply = true;
+    apply.options.skip_conflicts = true;
+    let (r, report) = run(&apply).await;
+    match r {
+        Ok(Outcome::Applied(a)) => assert_eq!(
+            (a.reverted, a.skipped_conflicts, a.unchanged),
+            (16, 3, 1),
+            "{report}"
+        ),
+        other => panic!("{other:?}\n{report}"),
+    }
+    let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
+    let control = harness::connect(pg.addr(), "postgres", &s.control).await;
+    let diff = column_diff(&direct, &control, "brieff", "bfkey").await;
+    assert!(
+        diff.is_empty(),
+        "restored table differs from the control:\n{}\n{report}",
+        diff.join("\n")
+    );
+    assert_eq!(
+        dump(&direct, &["brieff"]).await,
+        dump(&control, &["brieff"]).await
+    );
+    assert_eq!(
+        dump(&direct, &["labels"]).await,
+        "labels (2,alpha)\nlabels (3,other)\n",
+        "the conflicting deleted rows stay deleted"
+    );
+    s.proxy.shutdown().await;
+}
+
+/// Damaged rows with any change after the incident (the whole-row policy's conflicts).
+fn row_count_touched_since(plan: &Plan) -> usize {
+    plan.rows
+        .iter()
+        .filter(|r| r.table == "public.brieff" && !r.outside.is_empty())
+        .count()
+}
+
 on_both!(
     incident_is_restored_exactly,
+    other_applications_later_edits_are_kept_not_conflicts,
     later_changes_are_conflicts_and_drift_is_refused,
     inserts_deletes_key_changes_in_foreign_key_order,
     as_of_reconstructs_a_snapshot
