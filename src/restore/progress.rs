@@ -163,3 +163,48 @@ impl Lines {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn without_a_terminal_each_phase_is_plain_lines_with_counts_and_rate() {
+        let out = Shared::default();
+        let p = Progress::lines(Box::new(out.clone()));
+        p.phase("reading changes", 1500);
+        for _ in 0..1500 {
+            p.advance(1);
+        }
+        p.finish();
+        p.note("planning");
+        let text = String::from_utf8(lock(&out.0).clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "reading changes: 1500");
+        assert!(
+            lines[1].starts_with("reading changes: 1500/1500 ("),
+            "{text}"
+        );
+        assert!(lines[1].ends_with("/s)"), "{text}");
+        assert_eq!(lines[2], "planning");
+        // Hidden progress writes nothing and costs nothing.
+        let h = Progress::hidden();
+        h.phase("x", 1);
+        h.advance(1);
+        h.finish();
+    }
+}

@@ -18,6 +18,7 @@ use super::progress::Progress;
 use super::selection::Selection;
 use super::{db, merge, sql, RestoreError};
 use crate::audit::event::CommitStatus;
+use crate::audit::kafka::table_topic;
 
 /// What to restore.
 #[derive(Debug, Clone)]
@@ -158,6 +159,7 @@ fn position(c: &LoggedChange, txs: &HashMap<String, TxInfo>) -> LogPosition {
 /// Pass 1: every change once.
 fn scan(
     reader: &LogReader,
+    prefix: &str,
     selection: &Selection,
     committed: &HashSet<String>,
     txs: &HashMap<String, TxInfo>,
@@ -166,25 +168,25 @@ fn scan(
     let mut out = Scan::default();
     let ranges = reader.table_ranges().to_vec();
     progress.phase("reading changes", super::log::total(&ranges));
-    for range in &ranges {
-        reader.changes(std::slice::from_ref(range), progress, &mut |c| {
-            let selected = selection.matches(&c);
-            if selected {
-                out.selected_tx.insert(c.event.transaction.id.clone());
-            }
-            if !committed.contains(&c.event.transaction.id) {
-                return Ok(());
-            }
-            let at = position(&c, txs);
-            let t = out.tables.entry(c.table()).or_default();
-            t.topic.clone_from(&range.topic);
-            t.seen.push(Seen::of(&c, at, selected));
-            if selected {
-                t.kept.insert(at, Change::of(c, at, true));
-            }
-            Ok(())
-        })?;
-    }
+    reader.changes(&ranges, progress, &mut |c| {
+        let selected = selection.matches(&c);
+        if selected {
+            out.selected_tx.insert(c.event.transaction.id.clone());
+        }
+        if !committed.contains(&c.event.transaction.id) {
+            return Ok(());
+        }
+        let at = position(&c, txs);
+        let t = out.tables.entry(c.table()).or_insert_with(|| TableScan {
+            topic: table_topic(prefix, &c.event.source.schema, &c.event.source.table),
+            ..TableScan::default()
+        });
+        t.seen.push(Seen::of(&c, at, selected));
+        if selected {
+            t.kept.insert(at, Change::of(c, at, true));
+        }
+        Ok(())
+    })?;
     progress.finish();
     Ok(out)
 }
@@ -234,41 +236,15 @@ fn fetch(
     Ok(out)
 }
 
-/// Build the plan for `req` from the log at `src` and the database behind `client`.
-pub async fn plan(
-    client: &Client,
-    src: &LogSource,
-    req: &Request,
-    progress: &Progress,
-) -> Result<Plan, RestoreError> {
-    if req.as_of.is_none() && req.selection.is_empty() {
-        return Err(RestoreError::NoSelection);
-    }
-    let (src, p) = (src.clone(), progress.clone());
-    let (reader, txs) = blocking(move || {
-        let reader = LogReader::open(&src)?;
-        let txs = reader.transactions(&p)?;
-        Ok((reader, txs))
-    })
-    .await?;
-    let selection = effective_selection(req, &txs)?;
-    let (committed, unresolved) = committed(client, &txs).await?;
-    let txs = std::sync::Arc::new(txs);
-    let (t, p) = (txs.clone(), progress.clone());
-    let (reader, mut found) = blocking(move || {
-        let found = scan(&reader, &selection, &committed, &t, &p)?;
-        Ok((reader, found))
-    })
-    .await?;
-    let with_selected: Vec<String> = found
-        .tables
-        .iter()
-        .filter(|(_, t)| !t.kept.is_empty())
-        .map(|(name, _)| name.clone())
-        .collect();
-    let metas = db::table_meta(client, &with_selected).await?;
-    // Row histories, and the changes outside the selection they need.
-    let mut histories: BTreeMap<String, Vec<Vec<LogPosition>>> = BTreeMap::new();
+/// Row histories (positions, in order) per table, and the changes outside the selection
+/// they need that the first pass did not keep.
+type Histories = BTreeMap<String, Vec<Vec<LogPosition>>>;
+
+fn histories(
+    found: &mut Scan,
+    metas: &BTreeMap<String, plan::TableMeta>,
+) -> (Histories, HashMap<String, HashSet<LogPosition>>) {
+    let mut histories = Histories::new();
     let mut wanted: HashMap<String, HashSet<LogPosition>> = HashMap::new();
     for (table, t) in found
         .tables
@@ -291,17 +267,17 @@ pub async fn plan(
         histories.insert(table.clone(), positions);
         t.seen = Vec::new();
     }
-    let topics: HashMap<String, String> = found
-        .tables
-        .iter()
-        .map(|(n, t)| (n.clone(), t.topic.clone()))
-        .collect();
-    let (t, p) = (txs.clone(), progress.clone());
-    let (_reader, mut later) = blocking(move || {
-        let later = fetch(&reader, &wanted, &topics, &t, &p)?;
-        Ok((reader, later))
-    })
-    .await?;
+    (histories, wanted)
+}
+
+/// The row plans of `histories` from the changes of both passes (moved out as they are used,
+/// so the kept changes shrink as the plans grow), and the redacted rows left out.
+fn row_plans(
+    histories: Histories,
+    found: &mut Scan,
+    mut later: HashMap<String, HashMap<LogPosition, Change>>,
+    metas: &BTreeMap<String, plan::TableMeta>,
+) -> Result<(Vec<plan::RowPlan>, Vec<String>), RestoreError> {
     let mut rows = Vec::new();
     let mut redacted = Vec::new();
     for (table, lineages) in histories {
@@ -309,8 +285,6 @@ pub async fn plan(
         let t = found.tables.get_mut(&table).expect("scanned");
         let mut extra = later.remove(&table).unwrap_or_default();
         for l in lineages {
-            // Each change belongs to one history: move it out, so the kept changes shrink as
-            // the plans grow.
             let changes: Option<Vec<Change>> = l
                 .iter()
                 .map(|at| t.kept.remove(at).or_else(|| extra.remove(at)))
@@ -328,25 +302,74 @@ pub async fn plan(
             }
         }
     }
-    let selected_tx = std::mem::take(&mut found.selected_tx);
-    drop(found);
-    check(client, &metas, &mut rows, None, false).await?;
-    // Decide once to know which columns would be written, look for collisions on those, and
-    // decide again with them.
-    merge::decide(&mut rows, req.policy);
-    for (table, meta) in &metas {
+    Ok((rows, redacted))
+}
+
+/// The live rows, collisions and the merge: decide once to know which columns would be
+/// written, look for collisions on those, and decide again with them.
+async fn decide(
+    client: &Client,
+    metas: &BTreeMap<String, plan::TableMeta>,
+    rows: &mut [plan::RowPlan],
+    policy: ConflictPolicy,
+) -> Result<(), RestoreError> {
+    check(client, metas, rows, None, false).await?;
+    merge::decide(rows, policy);
+    for (table, meta) in metas {
         let mut mine: Vec<&mut plan::RowPlan> =
             rows.iter_mut().filter(|r| r.table == *table).collect();
-        db::collisions(
-            client,
-            meta,
-            &sql::quote_table(&meta.schema, &meta.name),
-            &mut mine,
-            req.policy,
-        )
-        .await?;
+        let relation = sql::quote_table(&meta.schema, &meta.name);
+        db::collisions(client, meta, &relation, &mut mine, policy).await?;
     }
-    merge::decide(&mut rows, req.policy);
+    merge::decide(rows, policy);
+    Ok(())
+}
+
+/// Build the plan for `req` from the log at `src` and the database behind `client`.
+pub async fn plan(
+    client: &Client,
+    src: &LogSource,
+    req: &Request,
+    progress: &Progress,
+) -> Result<Plan, RestoreError> {
+    if req.as_of.is_none() && req.selection.is_empty() {
+        return Err(RestoreError::NoSelection);
+    }
+    let (source, p) = (src.clone(), progress.clone());
+    let (reader, txs) = blocking(move || {
+        let reader = LogReader::open(&source)?;
+        let txs = reader.transactions(&p)?;
+        Ok((reader, txs))
+    })
+    .await?;
+    let selection = effective_selection(req, &txs)?;
+    let (committed, unresolved) = committed(client, &txs).await?;
+    let txs = std::sync::Arc::new(txs);
+    let (t, p, prefix) = (txs.clone(), progress.clone(), src.topic_prefix.clone());
+    let (reader, mut found) = blocking(move || {
+        let found = scan(&reader, &prefix, &selection, &committed, &t, &p)?;
+        Ok((reader, found))
+    })
+    .await?;
+    let with_selected: Vec<String> = found
+        .tables
+        .iter()
+        .filter(|(_, t)| !t.kept.is_empty())
+        .map(|(name, _)| name.clone())
+        .collect();
+    let metas = db::table_meta(client, &with_selected).await?;
+    let (histories, wanted) = histories(&mut found, &metas);
+    let topics: HashMap<String, String> = found
+        .tables
+        .iter()
+        .map(|(n, t)| (n.clone(), t.topic.clone()))
+        .collect();
+    let (t, p) = (txs.clone(), progress.clone());
+    let later = blocking(move || fetch(&reader, &wanted, &topics, &t, &p)).await?;
+    let (mut rows, redacted) = row_plans(histories, &mut found, later, &metas)?;
+    let selected_tx = std::mem::take(&mut found.selected_tx);
+    drop(found);
+    decide(client, &metas, &mut rows, req.policy).await?;
     let in_doubt = unresolved
         .into_iter()
         .filter(|(id, _)| selected_tx.contains(id))
