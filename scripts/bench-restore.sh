@@ -29,6 +29,7 @@ trap 'stop_proxy bench-restore' EXIT
 workload() {
   psql -X -q "$direct dbname=bench_restore" -c "TRUNCATE bench, bench_small" -c "$seed" \
     -c "INSERT INTO bench_small SELECT * FROM bench WHERE id <= $small"
+  checksum >"$DEV/bench-restore.before"
   start_proxy bench-restore "$bin" "$port" $((ADMIN_PORT + 400)) "$PG15_PORT" --log-level warn \
     --kafka-brokers "127.0.0.1:$KAFKA_PORT" --topic-prefix "$1"
   local start; start=$(date +%s.%N)
@@ -52,16 +53,16 @@ measure() {
   echo "| $b | $label | $((n + small)) | $selected | $secs s | $((kb / 1024)) MiB | $((kb * 1024 / (n + small))) B | $((kb * 1024 / selected)) B |"
 }
 
-before=$(checksum)
 echo "| binary | run | changes read | selected | wall time | peak RSS | peak RSS / change read | / change selected |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|"
 for b in $other "$bin"; do
   prefix="benchrestore$RANDOM"
+  log "topic prefix: $prefix"
   workload "$prefix" >&2
   measure "$b" "$prefix" "dry run, 1 % selected" "$small" --application small-job
   measure "$b" "$prefix" "dry run (read + plan + check)" "$n" --application bulk-job
   measure "$b" "$prefix" "plan + apply" "$n" --application bulk-job --apply
-  [ "$before" = "$(checksum)" ] || die "$b: the restored table differs from the table before the workload"
+  [ "$(cat "$DEV/bench-restore.before")" = "$(checksum)" ] || die "$b: the restored table differs from the table before the workload"
 done
 echo
 echo "each restored table identical to the table before its workload (md5 of every row)"

@@ -227,7 +227,6 @@ async fn recheck(
             key: r.key.clone(),
             target: None,
             expected: r.expected.clone(),
-            latest: None,
             actual: None,
             actual_matches: false,
             action: Action::Nothing,

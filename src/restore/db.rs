@@ -98,9 +98,22 @@ pub async fn read_actual<C: GenericClient>(
     rows: &mut [&mut RowPlan],
     lock: bool,
 ) -> Result<(), RestoreError> {
-    if rows.is_empty() {
-        return Ok(());
+    for chunk in rows.chunks_mut(CHUNK) {
+        read_actual_chunk(client, meta, relation, chunk, lock).await?;
     }
+    Ok(())
+}
+
+/// Rows per query of the reads below: bounds what a query and its result hold in memory.
+const CHUNK: usize = 5_000;
+
+async fn read_actual_chunk<C: GenericClient>(
+    client: &C,
+    meta: &TableMeta,
+    relation: &str,
+    rows: &mut [&mut RowPlan],
+    lock: bool,
+) -> Result<(), RestoreError> {
     let param = {
         #[derive(serde::Serialize)]
         struct In<'a> {
@@ -187,6 +200,22 @@ fn key_join(meta: &TableMeta, t: &str, k: &str) -> String {
 /// that would write a unique column back to a value taken since. `RowPlan::collision` names
 /// the index's columns and the other row's key.
 pub async fn collisions<C: GenericClient>(
+    client: &C,
+    meta: &TableMeta,
+    relation: &str,
+    rows: &mut [&mut RowPlan],
+    policy: ConflictPolicy,
+) -> Result<(), RestoreError> {
+    if meta.unique.is_empty() {
+        return Ok(());
+    }
+    for chunk in rows.chunks_mut(CHUNK) {
+        collisions_chunk(client, meta, relation, chunk, policy).await?;
+    }
+    Ok(())
+}
+
+async fn collisions_chunk<C: GenericClient>(
     client: &C,
     meta: &TableMeta,
     relation: &str,

@@ -117,13 +117,9 @@ fn merge_columns(r: &RowPlan, cols: &[String], live: &Row) -> Vec<ColumnPlan> {
             );
             let by = touched_by(c);
             let verdict = if live == target {
-                Verdict::AlreadyRestored { value: live }
+                Verdict::AlreadyRestored
             } else if live == selection {
-                Verdict::Restore {
-                    live,
-                    target,
-                    touched_by: by,
-                }
+                Verdict::Restore { touched_by: by }
             } else {
                 Verdict::Conflict {
                     selection,
@@ -212,7 +208,6 @@ mod tests {
             target: img(json!({"bfkey": 1, "bfso": "A", "bfcorlid": "c1"})),
             actual_matches: actual == expected,
             expected,
-            latest: None,
             actual,
             action: Action::Update(vec!["bfso".into()]),
             columns: vec![],
@@ -288,10 +283,7 @@ mod tests {
             ConflictPolicy::Column,
         );
         assert_eq!(r.conflict, None);
-        assert_eq!(
-            verdict(&r, "bfso"),
-            &Verdict::AlreadyRestored { value: json!("A") }
-        );
+        assert_eq!(verdict(&r, "bfso"), &Verdict::AlreadyRestored);
         assert!(r.already_restored());
         assert!(r.writes(ConflictPolicy::Column, false).is_empty());
         // Also when the audit log never saw the hand fix (made around hindsight).
@@ -352,8 +344,6 @@ mod tests {
         assert_eq!(
             verdict(&r, "bfso"),
             &Verdict::Restore {
-                live: Value::Null,
-                target: json!("A"),
                 touched_by: vec!["web/3".into(), "web/4".into()]
             }
         );

@@ -84,12 +84,13 @@ impl Seen {
     }
 }
 
-/// One change of a row history a plan needs, with its images.
+/// One change of a row history a plan needs, with its images (as JSON text: a fraction of the
+/// memory of a parsed map, and a restore may hold a hundred thousand of them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub at: LogPosition,
-    pub before: Option<Row>,
-    pub after: Option<Row>,
+    pub before: Option<Box<str>>,
+    pub after: Option<Box<str>>,
     /// The images are redacted (not the data).
     pub redacted: bool,
     pub selected: bool,
@@ -102,17 +103,34 @@ impl Change {
     pub fn of(c: LoggedChange, at: LogPosition, selected: bool) -> Self {
         let mut reference = ChangeRef::of(&c);
         if selected {
+            // The merge reads the columns of later changes only.
             reference.statement = String::new();
+            reference.columns = Vec::new();
         }
+        let text = |r: Option<Row>| r.map(|r| serde_json::to_string(&r).expect("JSON").into());
         Change {
             at,
             redacted: c.event.source.redacted,
-            before: c.event.before,
-            after: c.event.after,
+            before: text(c.event.before),
+            after: text(c.event.after),
             selected,
             reference,
         }
     }
+
+    pub fn before(&self) -> Option<Row> {
+        parse(&self.before)
+    }
+
+    pub fn after(&self) -> Option<Row> {
+        parse(&self.after)
+    }
+}
+
+fn parse(image: &Option<Box<str>>) -> Option<Row> {
+    image
+        .as_deref()
+        .map(|t| serde_json::from_str(t).expect("an image this process serialised"))
 }
 
 /// One change a row plan reverts (or that came after it), for the report.
@@ -193,16 +211,15 @@ pub enum ConflictPolicy {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case", tag = "verdict")]
 pub enum Verdict {
-    /// Put the target value back over the live one.
+    /// Put the target value back over the live one (both are in the row's images; not copied
+    /// here, since a restore may plan a hundred thousand rows).
     Restore {
-        live: serde_json::Value,
-        target: serde_json::Value,
         /// Later changes outside the selection that set it and set it back (ids).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         touched_by: Vec<String>,
     },
     /// The live value is already the target: nothing to write.
-    AlreadyRestored { value: serde_json::Value },
+    AlreadyRestored,
     /// The selection did not change it; a later change did: the later value stays.
     Keep {
         live: serde_json::Value,
@@ -251,9 +268,6 @@ pub struct RowPlan {
     pub target: Option<Row>,
     /// The row as the latest selected change left it (`None`: it did not exist afterwards).
     pub expected: Option<Row>,
-    /// The row as the latest change in the log left it (`None`: deleted, or never existed).
-    #[serde(default)]
-    pub latest: Option<Row>,
     /// The row in the database when the plan was checked (`None`: absent).
     pub actual: Option<Row>,
     /// Whether `actual` equals `expected` (compared by the server, as jsonb).
@@ -288,7 +302,7 @@ impl RowPlan {
                 .filter(|c| match c.verdict {
                     Verdict::Restore { .. } => true,
                     Verdict::Conflict { .. } => force,
-                    Verdict::AlreadyRestored { .. } | Verdict::Keep { .. } => false,
+                    Verdict::AlreadyRestored | Verdict::Keep { .. } => false,
                 })
                 .map(|c| c.column.clone())
                 .collect(),
@@ -396,13 +410,13 @@ pub fn row_plan(
     let lineage = &lineage[first..];
     let last = last - first;
     if lineage[..=last].iter().any(|c| c.redacted) {
-        let image = lineage[0].before.as_ref().or(lineage[0].after.as_ref());
-        let key = image.map(|r| key_json(r, &meta.key)).unwrap_or_default();
+        let image = lineage[0].before().or(lineage[0].after());
+        let key = image.map(|r| key_json(&r, &meta.key)).unwrap_or_default();
         return Some(Err(format!("{table} {key}")));
     }
-    let target = lineage[0].before.clone();
-    let expected = lineage[last].after.clone();
-    let latest = lineage.last().and_then(|c| c.after.clone());
+    let target = lineage[0].before();
+    let expected = lineage[last].after();
+    let latest = lineage.last().and_then(|c| c.after());
     let key_image = latest.as_ref().or(expected.as_ref()).or(target.as_ref());
     let key = key_image.map(|r| key_of(r, &meta.key)).unwrap_or_default();
     let action = action(target.as_ref(), expected.as_ref());
@@ -413,7 +427,6 @@ pub fn row_plan(
         key,
         target,
         expected,
-        latest,
         actual: None,
         actual_matches: false,
         action,
@@ -597,10 +610,6 @@ mod tests {
         assert_eq!(rows[1].outside.len(), 1);
         assert_eq!(rows[1].outside[0].id, "e/6");
         assert_eq!(rows[1].outside[0].columns, ["id", "v"]);
-        assert_eq!(
-            rows[1].latest,
-            json!({"id": 7, "v": "r"}).as_object().cloned()
-        );
     }
 
     #[test]

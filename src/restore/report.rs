@@ -93,9 +93,14 @@ fn column_lines(out: &mut String, r: &RowPlan) {
                 by(r, touched_by)
             ),
             Verdict::Restore { .. } => continue,
-            Verdict::AlreadyRestored { value } => {
-                format!("already  {} = {value} (the target)", c.column)
-            }
+            Verdict::AlreadyRestored => format!(
+                "already  {} = {} (the target)",
+                c.column,
+                r.actual
+                    .as_ref()
+                    .and_then(|a| a.get(&c.column))
+                    .map_or("∅".into(), |v| v.to_string())
+            ),
             Verdict::Keep { live, changed_by } => format!(
                 "keep     {} = {live}, changed since {}",
                 c.column,

@@ -152,7 +152,6 @@ mod tests {
             key: img(serde_json::json!({"bfkey": 1})).unwrap(),
             target: img(serde_json::json!({"bfkey": 1, "bfso": "it's"})),
             expected: img(serde_json::json!({"bfkey": 1, "bfso": null})),
-            latest: None,
             actual: None,
             actual_matches: true,
             action,
