@@ -571,8 +571,10 @@ async fn column_diff(a: &Client, b: &Client, table: &str, key: &str) -> Vec<Stri
 /// another application, which goes on editing other columns of the damaged rows. The restore
 /// puts `bfso` back and keeps those edits; a row put back by hand shows as already restored; a
 /// row whose `bfso` someone set to a third value is the one conflict and stays untouched with
-/// --skip-conflicts. A deleted row whose unique value or key is taken since is a conflict that
-/// names it. The table then equals a control database column by column.
+/// --skip-conflicts; a row the selection changed in two columns, one of which someone set since,
+/// gets the other column back and keeps the conflicting one. A deleted row whose unique value or
+/// key is taken since is a conflict that names it. The table then equals a control database
+/// column by column.
 async fn other_applications_later_edits_are_kept_not_conflicts(pg: Pg) {
     let seed = format!(
         "{SEED}
@@ -596,9 +598,12 @@ async fn other_applications_later_edits_are_kept_not_conflicts(pg: Pg) {
         }
     }
     incident(&leak).await;
-    leak.batch_execute("DELETE FROM labels /*controller='certifications'*/")
-        .await
-        .unwrap();
+    leak.batch_execute(
+        "DELETE FROM labels /*controller='certifications'*/;
+         UPDATE brieff SET bfso = NULL, bfcorlid = 'leaked' WHERE bfkey = 40;",
+    )
+    .await
+    .unwrap();
     for i in 0..147 {
         for c in [&reader, &creader] {
             c.execute(amounts, &[&(1 + (i * 7) % 100)]).await.unwrap();
@@ -616,7 +621,8 @@ async fn other_applications_later_edits_are_kept_not_conflicts(pg: Pg) {
     for c in [&dba, &cdba] {
         c.batch_execute(
             "UPDATE brieff SET bfso = (ARRAY['A','B','C'])[1 + bfkey % 3] WHERE bfkey = 12;
-             UPDATE brieff SET bfso = 'third' WHERE bfkey = 14;",
+             UPDATE brieff SET bfso = 'third' WHERE bfkey = 14;
+             UPDATE brieff SET bfcorlid = 'fixed-40' WHERE bfkey = 40;",
         )
         .await
         .unwrap();
@@ -636,9 +642,10 @@ async fn other_applications_later_edits_are_kept_not_conflicts(pg: Pg) {
     let mut cmd = s.command(selection, s.pg.addr());
     cmd.plan_out = Some(dir.join("plan.json"));
     let (r, report) = run(&cmd).await;
-    assert_eq!(r.unwrap(), Outcome::PlannedWithConflicts(3), "{report}");
+    assert_eq!(r.unwrap(), Outcome::PlannedWithConflicts(4), "{report}");
     for want in [
-        "20 row(s) in 2 table(s): 16 to revert, 3 conflict(s), 0 unchanged, 1 already restored",
+        "21 row(s) in 2 table(s): 16 to revert, 4 conflict(s), 0 unchanged, 1 already restored",
+        "  CONFLICT {\"bfkey\":40}: column(s) bfcorlid changed since to other values; --skip-conflicts still does: update bfso: null → \"B\"",
         "  already  {\"bfkey\":12}",
         "  CONFLICT {\"bfkey\":14}: column(s) bfso changed since",
         "the selection left null, the target is \"C\", the row now holds \"third\"",
@@ -709,11 +716,16 @@ async fn other_applications_later_edits_are_kept_not_conflicts(pg: Pg) {
     match r {
         Ok(Outcome::Applied(a)) => assert_eq!(
             (a.reverted, a.skipped_conflicts, a.unchanged),
-            (16, 3, 1),
+            (17, 3, 1),
             "{report}"
         ),
         other => panic!("{other:?}\n{report}"),
     }
+    // Row 40: bfso restored, its conflicting bfcorlid left alone and listed.
+    assert!(
+        report.contains("left alone (conflicting columns of rows otherwise restored): public.brieff {\"bfkey\":40} bfcorlid"),
+        "{report}"
+    );
     let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
     let control = harness::connect(pg.addr(), "postgres", &s.control).await;
     let diff = column_diff(&direct, &control, "brieff", "bfkey").await;
