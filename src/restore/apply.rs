@@ -246,10 +246,13 @@ async fn recheck(
 fn drifted(plan: &Plan, planned: &RowPlan, now: &RowPlan, opts: &ApplyOptions) -> bool {
     match (&planned.action, plan.policy) {
         (Action::Update(_), ConflictPolicy::Column) => match (&planned.actual, &now.actual) {
-            (Some(p), Some(n)) => planned
-                .writes(plan.policy, opts.force)
-                .iter()
-                .any(|c| p.get(c) != n.get(c)),
+            (Some(p), Some(n)) => {
+                let (p, n) = (p.row(), n.row());
+                planned
+                    .writes(plan.policy, opts.force)
+                    .iter()
+                    .any(|c| p.get(c) != n.get(c))
+            }
             _ => true,
         },
         _ => !now.actual_matches || now.actual != planned.actual,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::GenericClient;
 
-use super::plan::{key_of, Action, ConflictPolicy, RowPlan, TableMeta};
+use super::plan::{key_of, Action, ConflictPolicy, Image, RowPlan, TableMeta};
 use super::sql::{literal, quote, quote_table};
 use super::RestoreError;
 use crate::audit::event::Row;
@@ -119,8 +119,8 @@ async fn read_actual_chunk<C: GenericClient>(
         struct In<'a> {
             i: usize,
             k: &'a Row,
-            x: &'a Option<Row>,
-            g: &'a Option<Row>,
+            x: &'a Option<Image>,
+            g: &'a Option<Image>,
         }
         let input: Vec<In> = rows
             .iter()
@@ -139,7 +139,8 @@ async fn read_actual_chunk<C: GenericClient>(
         format!("CASE WHEN e.{col} IS NULL OR e.{col} = 'null' THEN NULL ELSE to_jsonb(jsonb_populate_record(NULL::{relation}, e.{col}))::text END")
     };
     let q = format!(
-        "SELECT e.i, to_jsonb(t.*)::text, {x}, {g} \
+        "SELECT e.i, to_jsonb(t.*)::text, {x}, {g}, \
+           coalesce(to_jsonb(t.*) = to_jsonb(jsonb_populate_record(NULL::{relation}, e.x)), false) \
          FROM jsonb_to_recordset($1::text::jsonb) AS e(i int8, k jsonb, x jsonb, g jsonb) \
          CROSS JOIN LATERAL jsonb_populate_record(NULL::{relation}, e.k) AS k \
          JOIN {relation} AS t ON {join}{}",
@@ -151,27 +152,26 @@ async fn read_actual_chunk<C: GenericClient>(
         .query(&q, &[&param])
         .await
         .map_err(RestoreError::db("reading the current rows"))?;
-    let parse =
-        |s: Option<String>| -> Option<Row> { s.and_then(|s| serde_json::from_str(&s).ok()) };
-    let mut by_index: HashMap<usize, (Row, Option<Row>, Option<Row>)> = HashMap::new();
+    let parse = |s: Option<String>| s.and_then(Image::from_text);
+    type Found = (Option<Image>, Option<Image>, Option<Image>, bool);
+    let mut by_index: HashMap<usize, Found> = HashMap::new();
     for r in found {
         let i = r.get::<_, i64>(0) as usize;
-        let image: Row = serde_json::from_str(&r.get::<_, String>(1)).unwrap_or_default();
         by_index
             .entry(i)
-            .or_insert((image, parse(r.get(2)), parse(r.get(3))));
+            .or_insert((parse(r.get(1)), parse(r.get(2)), parse(r.get(3)), r.get(4)));
     }
     for (i, r) in rows.iter_mut().enumerate() {
         match by_index.remove(&i) {
-            Some((image, expected, target)) => {
-                r.actual_matches = expected.as_ref() == Some(&image);
+            Some((image, expected, target, matches)) => {
+                r.actual_matches = matches && r.expected.is_some();
                 if expected.is_some() {
                     r.expected = expected;
                 }
                 if target.is_some() {
                     r.target = target;
                 }
-                r.actual = Some(image);
+                r.actual = image;
             }
             None => {
                 r.actual = None;
@@ -228,22 +228,22 @@ async fn collisions_chunk<C: GenericClient>(
         /// The row as the restore would leave it.
         x: Row,
         /// The row as it is now (not a collision with itself).
-        l: Option<Row>,
+        l: Option<Image>,
     }
     let unique_cols: Vec<&String> = meta.unique.iter().flatten().collect();
     let input: Vec<In> = rows
         .iter()
         .enumerate()
         .filter_map(|(i, r)| {
-            let target = r.target.as_ref()?;
+            let target = r.target.as_ref()?.row();
             let x = match (&r.action, &r.actual) {
-                (Action::Insert, None) => target.clone(),
+                (Action::Insert, None) => target,
                 (Action::Update(_), Some(live)) => {
                     let writes = r.writes(policy, true);
                     if !writes.iter().any(|c| unique_cols.contains(&c)) {
                         return None;
                     }
-                    let mut x = live.clone();
+                    let mut x = live.row();
                     for c in writes {
                         x.insert(c.clone(), target.get(&c).cloned().unwrap_or_default());
                     }

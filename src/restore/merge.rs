@@ -16,7 +16,9 @@
 //! [`ConflictPolicy::Row`] keeps the earlier whole-row rule: any later change outside the
 //! selection, or any difference from the selection's result, makes the row a conflict.
 
-use super::plan::{Action, ChangeRef, ColumnPlan, Conflict, ConflictPolicy, RowPlan, Verdict};
+use super::plan::{
+    row_of, Action, ChangeRef, ColumnPlan, Conflict, ConflictPolicy, RowPlan, Verdict,
+};
 use crate::audit::event::Row;
 use serde_json::Value;
 
@@ -44,7 +46,7 @@ fn decide_row(r: &RowPlan, policy: ConflictPolicy) -> (Vec<ColumnPlan>, Option<C
             let Some(live) = &r.actual else {
                 return (Vec::new(), Some(Conflict::Row(vanished(r))));
             };
-            let columns = merge_columns(r, cols, live);
+            let columns = merge_columns(r, cols, &live.row());
             let conflicting: Vec<String> = columns
                 .iter()
                 .filter(|c| matches!(c.verdict, Verdict::Conflict { .. }))
@@ -98,6 +100,7 @@ fn ids(changes: &[ChangeRef]) -> Vec<String> {
 /// The verdict of each column the selection changed (`cols`), then of each column only later
 /// changes changed.
 fn merge_columns(r: &RowPlan, cols: &[String], live: &Row) -> Vec<ColumnPlan> {
+    let (target, expected) = (row_of(&r.target), row_of(&r.expected));
     let value =
         |img: Option<&Row>, c: &str| img.and_then(|i| i.get(c)).cloned().unwrap_or(Value::Null);
     let touched_by = |c: &str| -> Vec<String> {
@@ -112,8 +115,8 @@ fn merge_columns(r: &RowPlan, cols: &[String], live: &Row) -> Vec<ColumnPlan> {
         .map(|c| {
             let (live, target, selection) = (
                 value(Some(live), c),
-                value(r.target.as_ref(), c),
-                value(r.expected.as_ref(), c),
+                value(target.as_ref(), c),
+                value(expected.as_ref(), c),
             );
             let by = touched_by(c);
             let verdict = if live == target {
@@ -179,11 +182,15 @@ fn clear_collisions_the_plan_resolves(rows: &mut [RowPlan], policy: ConflictPoli
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::restore::plan::ChangeRef;
+    use crate::restore::plan::{ChangeRef, Image};
     use serde_json::json;
 
-    fn img(v: Value) -> Option<Row> {
-        v.as_object().cloned()
+    fn img(v: Value) -> Option<Image> {
+        v.as_object().map(Image::of)
+    }
+
+    fn key(v: Value) -> Row {
+        v.as_object().cloned().unwrap()
     }
 
     fn change(id: &str, op: &str, cols: &[&str]) -> ChangeRef {
@@ -204,7 +211,7 @@ mod tests {
         let actual = img(actual);
         RowPlan {
             table: "public.brieff".into(),
-            key: img(json!({"bfkey": 1})).unwrap(),
+            key: key(json!({"bfkey": 1})),
             target: img(json!({"bfkey": 1, "bfso": "A", "bfcorlid": "c1"})),
             actual_matches: actual == expected,
             expected,
@@ -425,7 +432,7 @@ mod tests {
 
     #[test]
     fn a_restore_colliding_on_a_unique_index_is_a_conflict_unless_the_plan_moves_the_other_row() {
-        let other = img(json!({"bfkey": 2})).unwrap();
+        let other = key(json!({"bfkey": 2}));
         let deleted = RowPlan {
             target: img(json!({"bfkey": 9, "bfcorlid": "c1"})),
             expected: None,

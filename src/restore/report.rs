@@ -5,12 +5,13 @@
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::plan::{Action, ChangeRef, Conflict, ConflictPolicy, Plan, RowPlan, Verdict};
-use crate::audit::event::Row;
+use super::plan::{
+    row_of, Action, ChangeRef, Conflict, ConflictPolicy, Image, Plan, RowPlan, Verdict,
+};
 
-fn json(row: &Option<Row>) -> String {
-    row.as_ref().map_or("(no row)".into(), |r| {
-        serde_json::to_string(r).unwrap_or_default()
+fn json(image: &Option<Image>) -> String {
+    row_of(image).map_or("(no row)".into(), |r| {
+        serde_json::to_string(&r).unwrap_or_default()
     })
 }
 
@@ -59,7 +60,8 @@ fn describe_change(c: &ChangeRef) -> String {
 fn describe(plan: &Plan, r: &RowPlan) -> String {
     match &r.action {
         Action::Update(cols) => {
-            let live = r.actual.as_ref().or(r.expected.as_ref());
+            let live = row_of(&r.actual).or_else(|| row_of(&r.expected));
+            let target = row_of(&r.target);
             let show = |v: Option<&serde_json::Value>| v.map_or("∅".into(), |v| v.to_string());
             let writes = match plan.policy {
                 ConflictPolicy::Row => cols.clone(),
@@ -70,8 +72,8 @@ fn describe(plan: &Plan, r: &RowPlan) -> String {
                 .map(|c| {
                     format!(
                         "{c}: {} → {}",
-                        show(live.and_then(|l| l.get(c))),
-                        show(r.target.as_ref().and_then(|t| t.get(c)))
+                        show(live.as_ref().and_then(|l| l.get(c))),
+                        show(target.as_ref().and_then(|t| t.get(c)))
                     )
                 })
                 .collect();
@@ -96,7 +98,7 @@ fn column_lines(out: &mut String, r: &RowPlan) {
             Verdict::AlreadyRestored => format!(
                 "already  {} = {} (the target)",
                 c.column,
-                r.actual
+                row_of(&r.actual)
                     .as_ref()
                     .and_then(|a| a.get(&c.column))
                     .map_or("∅".into(), |v| v.to_string())

@@ -2,7 +2,7 @@
 //! images' JSON and turned back into typed values by `jsonb_populate_record` (exact for every
 //! type the capture round-trips), with a comment saying what each statement undoes.
 
-use super::plan::{Action, RowPlan, TableMeta};
+use super::plan::{row_of, Action, RowPlan, TableMeta};
 use crate::audit::event::Row;
 
 pub use crate::capture::rewrite::{literal, quote};
@@ -12,9 +12,13 @@ pub fn quote_table(schema: &str, name: &str) -> String {
 }
 
 fn image(relation: &str, row: &Row) -> String {
+    image_text(relation, &serde_json::to_string(row).expect("JSON"))
+}
+
+fn image_text(relation: &str, json: &str) -> String {
     format!(
         "jsonb_populate_record(NULL::{relation}, {}::jsonb)",
-        literal(&serde_json::to_string(row).expect("JSON"))
+        literal(json)
     )
 }
 
@@ -60,16 +64,17 @@ pub fn statement(
         }),
         Action::Insert => {
             let target = row.target.as_ref()?;
+            let present = target.row();
             let cols: Vec<String> = meta
                 .columns
                 .iter()
-                .filter(|c| target.contains_key(*c))
+                .filter(|c| present.contains_key(*c))
                 .map(|c| quote(c))
                 .collect();
             let cols = cols.join(", ");
             Some(format!(
                 "INSERT INTO {relation} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {}",
-                image(relation, target)
+                image_text(relation, target.text())
             ))
         }
         Action::Update(_) => {
@@ -83,11 +88,11 @@ pub fn statement(
                 return None;
             }
             let from = if meta.key.is_empty() {
-                format!("{} AS r", image(relation, target))
+                format!("{} AS r", image_text(relation, target.text()))
             } else {
                 format!(
                     "{} AS r, {} AS k",
-                    image(relation, target),
+                    image_text(relation, target.text()),
                     image(relation, &row.key)
                 )
             };
@@ -117,12 +122,13 @@ pub fn comment(row: &RowPlan, writes: &[String]) -> String {
         ids.join(", ")
     );
     if let (Action::Update(_), Some(t)) = (&row.action, &row.target) {
-        let live = row.actual.as_ref().or(row.expected.as_ref());
+        let live = row_of(&row.actual).or_else(|| row_of(&row.expected));
+        let t = t.row();
         for c in writes {
             let show = |v: Option<&serde_json::Value>| v.map_or("∅".into(), |v| v.to_string());
             out.push_str(&format!(
                 "\n--   {c}: {} → {}",
-                show(live.and_then(|l| l.get(c))),
+                show(live.as_ref().and_then(|l| l.get(c))),
                 show(t.get(c))
             ));
         }
@@ -146,10 +152,13 @@ mod tests {
     }
 
     fn row(action: Action) -> RowPlan {
-        let img = |v: serde_json::Value| v.as_object().cloned();
+        let img = |v: serde_json::Value| v.as_object().map(super::super::plan::Image::of);
         RowPlan {
             table: "public.brieff".into(),
-            key: img(serde_json::json!({"bfkey": 1})).unwrap(),
+            key: serde_json::json!({"bfkey": 1})
+                .as_object()
+                .cloned()
+                .unwrap(),
             target: img(serde_json::json!({"bfkey": 1, "bfso": "it's"})),
             expected: img(serde_json::json!({"bfkey": 1, "bfso": null})),
             actual: None,
