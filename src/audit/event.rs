@@ -173,6 +173,26 @@ impl ChangeKey {
     }
 }
 
+/// The key columns' values of `row` (the whole row when the table has no key).
+pub fn key_of(row: &Row, key: &[String]) -> Row {
+    if key.is_empty() {
+        return row.clone();
+    }
+    key.iter()
+        .map(|k| {
+            (
+                k.clone(),
+                row.get(k).cloned().unwrap_or(serde_json::Value::Null),
+            )
+        })
+        .collect()
+}
+
+/// [`key_of`] as JSON text (a map key).
+pub fn key_json(row: &Row, key: &[String]) -> String {
+    serde_json::to_string(&key_of(row, key)).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -415,6 +415,9 @@ impl KafkaSink {
     }
 }
 
+/// Topic suffix (and data collection name) of statement-level events (DDL, opaque).
+pub const STATEMENTS: &str = "statements";
+
 /// The topic of a table's change events: `<prefix>.<schema>.<table>`, with every character
 /// Kafka does not allow in a topic name (only ASCII letters, digits, `.`, `_` and `-`) replaced
 /// by `_`, as Debezium does. PostgreSQL allows any name (`"Order Details"`, `"größe"`), and

@@ -12,8 +12,7 @@ use crate::statement::Kind;
 
 use super::txn::{Change, GateMark};
 
-/// Topic suffix (and data collection name) of statement-level events (DDL, opaque).
-pub const STATEMENTS: &str = "statements";
+pub use crate::audit::kafka::STATEMENTS;
 
 /// Schema, name and key columns of a table, from the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,25 +239,7 @@ fn pair_statement(group: Vec<Change>, tables: &HashMap<u32, TableInfo>, out: &mu
     out.extend(unpaired);
 }
 
-/// The key columns' values of `row` (the whole row when the table has no key).
-pub fn key_of(row: &Row, key: &[String]) -> Row {
-    if key.is_empty() {
-        return row.clone();
-    }
-    key.iter()
-        .map(|k| {
-            (
-                k.clone(),
-                row.get(k).cloned().unwrap_or(serde_json::Value::Null),
-            )
-        })
-        .collect()
-}
-
-/// [`key_of`] as JSON text (a map key).
-pub fn key_json(row: &Row, key: &[String]) -> String {
-    serde_json::to_string(&key_of(row, key)).unwrap_or_default()
-}
+pub use crate::audit::event::{key_json, key_of};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -590,15 +590,7 @@ fn truncate(
     })
 }
 
-/// `"ident"` with embedded quotes doubled.
-pub fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// `'text'` as a string literal (standard_conforming_strings).
-pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+pub use crate::statement::quoting::{literal, quote};
 
 /// The first statement's node of a parse.
 pub fn first_node(parsed: &pg_query::protobuf::ParseResult) -> Option<&N> {

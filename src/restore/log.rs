@@ -89,7 +89,7 @@ pub struct LogReader {
 
 /// Whether topic `rest` (the name after `<prefix>.`) holds changes `src` reads.
 fn wanted_table_topic(src: &LogSource, rest: &str) -> bool {
-    rest != crate::capture::publish::STATEMENTS
+    rest != crate::audit::kafka::STATEMENTS
         && rest != "transaction"
         && (src.tables.is_empty()
             || src

@@ -408,7 +408,7 @@ impl Plan {
     }
 }
 
-pub use crate::capture::publish::{key_json, key_of};
+pub use crate::audit::event::{key_json, key_of};
 
 /// Split a table's changes (sorted by position) into row histories, following key changes, and
 /// keep those with a selected change, from the first selected one on (earlier changes do not

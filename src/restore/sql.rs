@@ -5,7 +5,7 @@
 use super::plan::{row_of, Action, RowPlan, TableMeta};
 use crate::audit::event::Row;
 
-pub use crate::capture::rewrite::{literal, quote};
+pub use crate::statement::quoting::{literal, quote};
 
 pub fn quote_table(schema: &str, name: &str) -> String {
     format!("{}.{}", quote(schema), quote(name))

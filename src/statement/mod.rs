@@ -14,6 +14,7 @@ pub mod cache;
 pub mod fast_path;
 pub mod leading_keyword;
 pub mod pg18_syntax;
+pub mod quoting;
 pub mod sqlcommenter;
 pub mod unparsed;
 
