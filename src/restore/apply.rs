@@ -69,16 +69,19 @@ fn table_order(tables: &BTreeMap<String, TableMeta>) -> Vec<String> {
 
 /// The rows to apply, in statement order: deletes (children first), updates, inserts (parents
 /// first). Conflicting rows are included only with `force`, left out with `skip_conflicts`.
+/// Whether an apply with `opts` writes `r`.
+fn applies(plan: &Plan, r: &RowPlan, opts: &ApplyOptions) -> bool {
+    plan.does_something(r, opts.force)
+        && match &r.conflict {
+            None => true,
+            Some(Conflict::Row(_)) => opts.force,
+            Some(Conflict::Columns(_)) => opts.force || opts.skip_conflicts,
+        }
+}
+
 pub fn ordered<'a>(plan: &'a Plan, opts: &ApplyOptions) -> Vec<&'a RowPlan> {
     let order = table_order(&plan.tables);
-    let eligible = |r: &&RowPlan| {
-        plan.does_something(r, opts.force)
-            && match &r.conflict {
-                None => true,
-                Some(Conflict::Row(_)) => opts.force,
-                Some(Conflict::Columns(_)) => opts.force || opts.skip_conflicts,
-            }
-    };
+    let eligible = |r: &&RowPlan| applies(plan, r, opts);
     let pick = |tables: &mut dyn Iterator<Item = &String>, pred: &dyn Fn(&Action) -> bool| {
         let mut v = Vec::new();
         for t in tables {
@@ -210,7 +213,7 @@ pub async fn apply(
     tx.commit()
         .await
         .map_err(RestoreError::db("committing the restore"))?;
-    Ok(summary(plan, &rows, opts, total))
+    Ok(summary(plan, opts, total))
 }
 
 /// The planned rows `rows` as they are now, locked (only what the re-check needs).
@@ -290,13 +293,12 @@ fn refuse_drift(
     )))
 }
 
-/// What an apply of `rows` (`total` statements) did to the plan's rows.
-fn summary(plan: &Plan, rows: &[&RowPlan], opts: &ApplyOptions, total: usize) -> Applied {
-    let written: HashSet<*const RowPlan> = rows.iter().map(|r| *r as *const RowPlan).collect();
+/// What an apply (`total` statements) did to the plan's rows.
+fn summary(plan: &Plan, opts: &ApplyOptions, total: usize) -> Applied {
     let mut kept_conflicting = Vec::new();
     let mut skipped_conflicts = 0;
     for r in &plan.rows {
-        match (&r.conflict, written.contains(&(r as *const RowPlan))) {
+        match (&r.conflict, applies(plan, r, opts)) {
             (Some(Conflict::Columns(cols)), true) if !opts.force => {
                 let key = serde_json::to_string(&r.key).unwrap_or_default();
                 kept_conflicting.extend(cols.iter().map(|c| format!("{} {key} {c}", r.table)));
