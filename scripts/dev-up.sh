@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 1: a complete local setup on a fresh machine. Installs what is missing, starts
 # PostgreSQL 15 with the demo schema, the Kafka-compatible broker, and hindsight in front of
-# PostgreSQL, then prints how to connect. Idempotent: run it again and it reuses what is running.
+# PostgreSQL, then prints how to connect; then builds and starts the history archiver in the
+# background (scripts/history-up.sh). Idempotent: run it again and it reuses what is running.
 source "$(dirname "$0")/common.sh"
 bash "$ROOT/scripts/install-deps.sh"
 bash "$ROOT/scripts/pg.sh" start 15
@@ -38,4 +39,9 @@ hindsight is running in front of PostgreSQL 15.
   Broker:    127.0.0.1:$KAFKA_PORT (tansu, Kafka protocol); audit topics hindsight.<schema>.<table>
   Log:       $logf
   Stop all:  scripts/stop.sh
+
+The history archiver is being built and started now (scripts/history-up.sh; its log:
+$DEV/history-up.log). The proxy above works meanwhile.
 TXT
+# The history side last: its cold build is the long part, and the proxy is already usable.
+nohup bash "$ROOT/scripts/history-up.sh" >"$DEV/history-up.log" 2>&1 &

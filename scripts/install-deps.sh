@@ -25,3 +25,11 @@ if [ ${#want[@]} -gt 0 ]; then
   pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
 fi
 ensure_pg_os_user
+
+# The outside reader of the history store (tests/history.rs, scripts/history_reader.py):
+# PyPI's deltalake (delta-rs's Python binding) and pyarrow, in the project's own venv.
+venv="$CACHE/pyenv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -c "import deltalake, pyarrow" 2>/dev/null \
+  || "$venv/bin/pip" install -q "deltalake==1.6.6" "pyarrow==26.0.1" \
+  || die "installing deltalake and pyarrow from PyPI failed"

@@ -30,6 +30,18 @@ pub mod defaults {
     pub const LOG_LEVEL: &str = "info";
     /// How often the rules file is checked for changes (gates.poll_interval).
     pub const RULES_POLL: Duration = Duration::from_secs(1);
+    /// Where the history archive writes (archive.store).
+    pub const ARCHIVE_STORE: &str = "./hindsight-history";
+    /// The archive's name in the store's commits (archive.name).
+    pub const ARCHIVE_NAME: &str = "hindsight-archive";
+    /// Records per archive commit at most (archive.batch_max_records).
+    pub const ARCHIVE_BATCH_RECORDS: usize = 50_000;
+    /// Longest wait for a batch to fill (archive.batch_max_wait).
+    pub const ARCHIVE_BATCH_WAIT: Duration = Duration::from_secs(1);
+    /// Age of a BEGIN without END before the archive asks the database (archive.resolve_after).
+    pub const ARCHIVE_RESOLVE_AFTER: Duration = Duration::from_secs(60);
+    /// How often the archive looks for new topics (archive.topic_refresh).
+    pub const ARCHIVE_TOPIC_REFRESH: Duration = Duration::from_secs(10);
 }
 
 /// Prefix of environment variables that override the file; `__` separates nesting levels,
@@ -54,6 +66,51 @@ pub struct Config {
     pub kafka: crate::audit::kafka::SinkConfig,
     /// Gates: rules and feature flags that refuse writes (needs capture on).
     pub gates: GatesConfig,
+    /// The history archive (`hindsight archive`): where the audit topics are kept for good.
+    pub archive: ArchiveConfig,
+}
+
+/// History archive settings (read by `hindsight archive` / `hindsight history`; the proxy
+/// ignores them). Kafka brokers, topic prefix and librdkafka properties come from `[kafka]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// The history store: a local directory, or an object store URL (`file:///…`; `s3://…`,
+    /// `gs://…`, `az://…` need the history binary built with that store's feature). Two Delta
+    /// Lake tables live under it: `events` and `transactions`.
+    pub store: String,
+    /// The archive's identity in the store's commits: the consumed offsets are recorded per
+    /// `<name>/<topic>/<partition>`. Two archives writing one store need different names.
+    pub name: String,
+    /// Most records written in one commit.
+    pub batch_max_records: usize,
+    /// Longest a batch waits to fill before it is written (the archive's lag when idle).
+    #[serde(with = "humantime_serde")]
+    pub batch_max_wait: Duration,
+    /// Connection string of the audited database, for `txid_status()` on transactions whose
+    /// END record never came (hindsight stopped between COMMIT and END). Without it such
+    /// transactions stay in doubt until their END arrives.
+    pub resolve_database: Option<String>,
+    /// How old a BEGIN without END must be before the database is asked about it.
+    #[serde(with = "humantime_serde")]
+    pub resolve_after: Duration,
+    /// How often the brokers are asked for new audit topics (a new table's first write).
+    #[serde(with = "humantime_serde")]
+    pub topic_refresh: Duration,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            store: defaults::ARCHIVE_STORE.into(),
+            name: defaults::ARCHIVE_NAME.into(),
+            batch_max_records: defaults::ARCHIVE_BATCH_RECORDS,
+            batch_max_wait: defaults::ARCHIVE_BATCH_WAIT,
+            resolve_database: None,
+            resolve_after: defaults::ARCHIVE_RESOLVE_AFTER,
+            topic_refresh: defaults::ARCHIVE_TOPIC_REFRESH,
+        }
+    }
 }
 
 /// Gates settings.

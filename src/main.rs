@@ -3,11 +3,13 @@
 //! Exit codes: 0 success; 1 runtime failure (e.g. cannot bind a port); 2 invalid configuration
 //! or usage. `restore` adds: 3 conflicts (a dry run found some, or an apply refused because of
 //! them); 4 the database changed between plan and apply, or a statement did not change exactly
-//! one row (nothing applied).
+//! one row (nothing applied). `archive`, `history` and `restore --history` run the
+//! `hindsight-history` binary and pass on its exit code (documented there).
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hindsight::config::{Config, LogFormat, UpstreamTlsMode};
+use hindsight::restore::cli::{parse_tag, RestoreArgs};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,19 @@ enum Command {
     Tail(TailArgs),
     /// Put back rows changed by a selection of captured changes (dry run unless --apply).
     Restore(Box<RestoreArgs>),
+    /// Archive the audit topics into the history store (runs `hindsight-history archive`).
+    #[command(disable_help_flag = true)]
+    Archive {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Ask the history store who changed what, and what rows looked like at a time (runs
+    /// `hindsight-history history`).
+    #[command(disable_help_flag = true)]
+    History {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Work with gates rules files.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -122,163 +137,6 @@ fn rules_command(c: RulesCommand) -> ExitCode {
                 }
             }
         }
-    }
-}
-
-#[derive(Args)]
-struct RestoreArgs {
-    /// Kafka brokers, HOST:PORT[,…].
-    #[arg(long, value_delimiter = ',', required = true)]
-    kafka_brokers: Vec<String>,
-    /// Topic prefix the proxy publishes under.
-    #[arg(long, default_value = "hindsight")]
-    topic_prefix: String,
-    /// Database to restore: postgres://… or "host=… dbname=…" (directly, or through the
-    /// proxy so that the restore is itself audited).
-    #[arg(long, required = true)]
-    target: String,
-    /// Select changes of this PostgreSQL transaction id (repeatable).
-    #[arg(long)]
-    txid: Vec<i64>,
-    /// Select changes of this hindsight transaction id (`<session>:<n>`, repeatable).
-    #[arg(long)]
-    transaction: Vec<String>,
-    /// Select changes made at or after this time (RFC 3339, e.g. 2026-11-22T10:00:00Z).
-    #[arg(long, value_parser = parse_time)]
-    since: Option<i64>,
-    /// Select changes made before this time (RFC 3339).
-    #[arg(long, value_parser = parse_time)]
-    until: Option<i64>,
-    /// Select changes made by sessions with this application_name (repeatable).
-    #[arg(long)]
-    application: Vec<String>,
-    /// Select changes made by this database user (repeatable).
-    #[arg(long)]
-    user: Vec<String>,
-    /// Select changes whose statement carried this sqlcommenter tag, KEY=VALUE (repeatable; all must match).
-    #[arg(long, value_parser = parse_tag)]
-    tag: Vec<(String, String)>,
-    /// Select changes to this table, schema.table (repeatable).
-    #[arg(long)]
-    table: Vec<String>,
-    /// Select changes to the row with this key, as JSON: '{"bfkey": 7}' (repeatable).
-    #[arg(long, value_parser = parse_key)]
-    key: Vec<serde_json::Map<String, serde_json::Value>>,
-    /// Select this event (`<transaction id>/<n>`, as the plan shows them; repeatable).
-    #[arg(long)]
-    event: Vec<String>,
-    /// Select changes a gate rule in audit (dry-run) mode flagged (repeatable).
-    #[arg(long)]
-    rule: Vec<String>,
-    /// Reconstruct --table as of this time (RFC 3339) by undoing every change committed after it.
-    #[arg(long, value_parser = parse_time, requires = "table")]
-    as_of: Option<i64>,
-    /// With --as-of: write the reconstruction into this new table instead of the table itself.
-    #[arg(long, requires = "as_of")]
-    into: Option<String>,
-    /// Apply the plan (default: dry run).
-    #[arg(long)]
-    apply: bool,
-    /// Apply a plan written earlier with --plan-out (exactly what was reviewed).
-    #[arg(long, conflicts_with = "apply")]
-    apply_plan: Option<PathBuf>,
-    /// Revert the rows without conflicts and leave conflicting rows alone.
-    #[arg(long)]
-    skip_conflicts: bool,
-    /// Revert conflicting rows too and do not refuse when rows changed since the plan.
-    #[arg(long)]
-    force: bool,
-    /// How conflicts are decided: `column` (a three-way merge per column: only a column both
-    /// the selection and a later change set, to different values, conflicts) or `row` (any
-    /// later change to the row outside the selection makes the whole row a conflict).
-    #[arg(long, value_enum, default_value = "column")]
-    conflicts: ConflictsArg,
-    /// Write the exact SQL script to this file.
-    #[arg(long)]
-    sql_out: Option<PathBuf>,
-    /// Write the plan as JSON to this file.
-    #[arg(long)]
-    plan_out: Option<PathBuf>,
-    /// Give up reading the topics after this long without progress.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-    timeout: std::time::Duration,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ConflictsArg {
-    Column,
-    Row,
-}
-
-fn parse_time(s: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339_weak(s)
-        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-22T10:00:00Z)"))?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0))
-}
-
-fn parse_tag(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
-}
-
-fn parse_key(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    serde_json::from_str(s)
-        .map_err(|e| format!("{s:?}: expected a JSON object of key columns ({e})"))
-}
-
-fn restore_command(a: RestoreArgs) -> hindsight::restore::command::Command {
-    use hindsight::restore::plan::ConflictPolicy;
-    use hindsight::restore::{apply::ApplyOptions, log::LogSource, run, selection::Selection};
-    let request = run::Request {
-        selection: Selection {
-            txids: a.txid,
-            transactions: a.transaction,
-            since_ms: a.since,
-            until_ms: a.until,
-            applications: a.application,
-            users: a.user,
-            tags: a.tag,
-            tables: if a.as_of.is_some() {
-                Vec::new()
-            } else {
-                a.table.clone()
-            },
-            keys: a.key,
-            events: a.event,
-            rules: a.rule,
-        },
-        as_of: a.as_of.map(|ms| run::AsOf {
-            ms,
-            table: a.table.first().cloned().unwrap_or_default(),
-        }),
-        policy: match a.conflicts {
-            ConflictsArg::Column => ConflictPolicy::Column,
-            ConflictsArg::Row => ConflictPolicy::Row,
-        },
-    };
-    hindsight::restore::command::Command {
-        log: LogSource {
-            brokers: a.kafka_brokers,
-            topic_prefix: a.topic_prefix,
-            librdkafka: Vec::new(),
-            tables: a.table,
-            timeout: a.timeout,
-        },
-        target: a.target,
-        request,
-        apply: a.apply,
-        options: ApplyOptions {
-            skip_conflicts: a.skip_conflicts,
-            force: a.force,
-            tag: format!("restore-{}", std::process::id()),
-            into: a.into,
-        },
-        sql_out: a.sql_out,
-        plan_out: a.plan_out,
-        apply_plan: a.apply_plan,
     }
 }
 
@@ -468,8 +326,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Rules(c) => rules_command(c),
+        Command::Archive { args } => history_binary("archive", &args),
+        Command::History { args } => history_binary("history", &args),
+        Command::Restore(a) if a.history.is_some() => {
+            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+            history_binary("restore", &args)
+        }
         Command::Restore(a) => {
-            let cmd = restore_command(*a);
+            let cmd = a.into_command();
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -508,6 +372,32 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// Run `hindsight-history SUBCOMMAND ARGS…`: the history side (DataFusion, delta-rs) is its own
+/// binary so that the proxy never links it. It is looked for next to this executable, then on
+/// PATH. Its exit code is passed on.
+fn history_binary(sub: &str, args: &[std::ffi::OsString]) -> ExitCode {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("hindsight-history")))
+        .filter(|p| p.exists());
+    let program = beside.unwrap_or_else(|| PathBuf::from("hindsight-history"));
+    match std::process::Command::new(&program)
+        .arg(sub)
+        .args(args)
+        .status()
+    {
+        Ok(status) => ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!(
+                "error: running {}: {e} (the history side is a separate binary: build it with \
+                 `cargo build --release -p hindsight-history` and put it next to hindsight or on PATH)",
+                program.display()
+            );
+            ExitCode::from(1)
         }
     }
 }

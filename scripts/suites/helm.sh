@@ -12,4 +12,7 @@ rendered="$DEV/helm-rendered.toml"
   | python3 -c 'import sys; t=sys.stdin.read(); i=t.index("hindsight.toml: |"); print("\n".join(l[4:] for l in t[i:].splitlines()[1:]))' >"$rendered"
 if out=$("$bin" config check "$rendered" 2>&1); then echo "ok      helm chart renders a valid hindsight.toml"
 else echo "FAILED  helm chart renders an invalid hindsight.toml: $out"; failed=1; fi
+if "$helm" template t "$ROOT/helm/hindsight" --set archive.enabled=true --show-only templates/archive.yaml 2>&1 \
+    | grep -q 'command: \["hindsight-history"\]'; then echo "ok      helm chart renders the archive Deployment when enabled"
+else echo "FAILED  helm chart: no archive Deployment with archive.enabled=true"; failed=1; fi
 exit $failed

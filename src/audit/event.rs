@@ -26,6 +26,10 @@ pub enum Op {
     /// A row removed by TRUNCATE (`before` holds it).
     #[serde(rename = "t")]
     Truncate,
+    /// A row as a snapshot read it (`hindsight archive snapshot`): `after` holds it. Not a
+    /// change: it gives history a starting point for rows that never changed since.
+    #[serde(rename = "r")]
+    Read,
     /// A write a gate refused; `before`/`after` are what would have changed.
     #[serde(rename = "blocked")]
     Blocked,
@@ -50,7 +54,7 @@ pub struct Source {
     pub name: String,
     /// When the statement ran (milliseconds since the epoch).
     pub ts_ms: i64,
-    /// Always `"false"`: these are live changes, not snapshot reads.
+    /// `"false"` for live changes, `"true"` for snapshot reads (`op: "r"`).
     pub snapshot: String,
     pub db: String,
     pub schema: String,

@@ -137,6 +137,7 @@ pub fn render(ev: &ChangeEvent) -> String {
         Op::Update => "UPDATE",
         Op::Delete => "DELETE",
         Op::Truncate => "TRUNCATE",
+        Op::Read => "SNAPSHOT",
         Op::Blocked => "BLOCKED",
         Op::Ddl => "DDL",
         Op::Opaque => "OPAQUE",

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::apply::{self, ApplyOptions};
-use super::log::LogSource;
+use super::log::{LogOpener, LogSource};
 use super::plan::Plan;
 use super::progress::Progress;
 use super::run::{self, Request};
@@ -16,6 +16,9 @@ use super::{report, RestoreError};
 #[derive(Debug, Clone)]
 pub struct Command {
     pub log: LogSource,
+    /// Reads the log: the topics ([`LogOpener::kafka`]) or, from `hindsight-history`, the
+    /// archive.
+    pub open_log: LogOpener,
     /// Connection string of the database to restore (directly, or through the proxy so the
     /// restore is itself audited).
     pub target: String,
@@ -83,7 +86,7 @@ pub async fn execute(
                 source: std::io::Error::other(format!("not a hindsight restore plan: {e}")),
             })?
         }
-        None => run::plan(&client, &cmd.log, &cmd.request, progress).await?,
+        None => run::plan(&client, &cmd.open_log, &cmd.log, &cmd.request, progress).await?,
     };
     write!(out, "{}", report::render(&plan)).map_err(io)?;
     if let Some(p) = &cmd.sql_out {

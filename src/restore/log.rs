@@ -4,6 +4,10 @@
 //! range for the few changes a second pass asks for.
 //!
 //! Knows the topic layout and the record formats; nothing about plans or databases.
+//!
+//! [`AuditLog`] is what planning reads; [`LogReader`] reads it from the topics. The history
+//! archive (`hindsight-history`) implements it too, with each record's original topic,
+//! partition and offset, so a restore from the archive plans exactly as one from the topics.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -79,6 +83,50 @@ impl Range {
     }
 }
 
+/// The audit log as a restore reads it: every method may block (run it off the async runtime).
+pub trait AuditLog: Send {
+    /// Every retained range of the change topics (of the tables the source asks for).
+    fn table_ranges(&self) -> Vec<Range>;
+    /// Every transaction record, by transaction id.
+    fn transactions(&self, progress: &Progress) -> Result<HashMap<String, TxInfo>, RestoreError>;
+    /// Each row change (c/u/d/t) in `ranges`, in offset order per partition.
+    fn changes(
+        &self,
+        ranges: &[Range],
+        progress: &Progress,
+        visit: &mut dyn FnMut(LoggedChange) -> Result<(), RestoreError>,
+    ) -> Result<(), RestoreError>;
+}
+
+/// Opens the log a restore reads: the topics ([`LogOpener::kafka`]) or an archive of them.
+#[derive(Clone)]
+pub struct LogOpener(std::sync::Arc<OpenFn>);
+
+type OpenFn = dyn Fn(&LogSource) -> Result<Box<dyn AuditLog>, RestoreError> + Send + Sync;
+
+impl LogOpener {
+    /// Read the audit topics on the brokers of the [`LogSource`].
+    pub fn kafka() -> Self {
+        Self::new(|src| Ok(Box::new(LogReader::open(src)?)))
+    }
+
+    pub fn new(
+        open: impl Fn(&LogSource) -> Result<Box<dyn AuditLog>, RestoreError> + Send + Sync + 'static,
+    ) -> Self {
+        LogOpener(std::sync::Arc::new(open))
+    }
+
+    pub fn open(&self, src: &LogSource) -> Result<Box<dyn AuditLog>, RestoreError> {
+        (self.0)(src)
+    }
+}
+
+impl std::fmt::Debug for LogOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogOpener")
+    }
+}
+
 /// The audit topics as they were when reading started.
 pub struct LogReader {
     consumer: BaseConsumer,
@@ -88,7 +136,7 @@ pub struct LogReader {
 }
 
 /// Whether topic `rest` (the name after `<prefix>.`) holds changes `src` reads.
-fn wanted_table_topic(src: &LogSource, rest: &str) -> bool {
+pub fn wanted_table_topic(src: &LogSource, rest: &str) -> bool {
     rest != crate::audit::kafka::STATEMENTS
         && rest != "transaction"
         && (src.tables.is_empty()
@@ -153,17 +201,14 @@ impl LogReader {
             timeout: src.timeout,
         })
     }
+}
 
-    /// Every retained range of the change topics.
-    pub fn table_ranges(&self) -> &[Range] {
-        &self.tables
+impl AuditLog for LogReader {
+    fn table_ranges(&self) -> Vec<Range> {
+        self.tables.clone()
     }
 
-    /// Every transaction record, by transaction id.
-    pub fn transactions(
-        &self,
-        progress: &Progress,
-    ) -> Result<HashMap<String, TxInfo>, RestoreError> {
+    fn transactions(&self, progress: &Progress) -> Result<HashMap<String, TxInfo>, RestoreError> {
         let mut out: HashMap<String, TxInfo> = HashMap::new();
         let ranges = self.transactions.clone();
         progress.phase("reading transaction records", total(&ranges));
@@ -186,9 +231,8 @@ impl LogReader {
         Ok(out)
     }
 
-    /// Each row change (c/u/d/t) in `ranges`, in offset order per partition. A record that is
-    /// not a change event stops the read with [`RestoreError::Unreadable`].
-    pub fn changes(
+    /// A record that is not a change event stops the read with [`RestoreError::Unreadable`].
+    fn changes(
         &self,
         ranges: &[Range],
         progress: &Progress,
@@ -214,11 +258,13 @@ impl LogReader {
                     partition: msg.partition(),
                     offset: msg.offset(),
                 }),
-                Op::Blocked | Op::Ddl | Op::Opaque => Ok(()),
+                Op::Read | Op::Blocked | Op::Ddl | Op::Opaque => Ok(()),
             }
         })
     }
+}
 
+impl LogReader {
     /// Read `ranges` to their ends, handing each message to `visit`.
     fn scan(
         &self,

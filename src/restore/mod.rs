@@ -14,6 +14,7 @@
 //! - `report` — the readable dry-run report.
 
 pub mod apply;
+pub mod cli;
 pub mod command;
 pub mod db;
 pub mod log;
@@ -44,6 +45,8 @@ pub enum RestoreError {
     Connect(tokio_postgres::Error),
     #[error("restore: the audit topics did not deliver everything up to their end offsets in time ({0}); nothing was planned")]
     LogIncomplete(String),
+    #[error("restore: reading the history store: {0}")]
+    History(String),
     #[error("restore: unreadable record on {topic} at offset {offset}: not a hindsight change event; nothing was planned")]
     Unreadable { topic: String, offset: i64 },
     #[error("restore: select what to revert (--txid, --transaction, --since/--until, --application, --user, --tag, --table, --key, --event, --rule, or --as-of)")]

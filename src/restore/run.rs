@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tokio_postgres::Client;
 
-use super::log::{LogReader, LogSource, LoggedChange, Range, TxInfo};
+use super::log::{AuditLog, LogOpener, LogSource, LoggedChange, Range, TxInfo};
 use super::plan::{self, Change, ConflictPolicy, LogPosition, Plan, Seen};
 use super::progress::Progress;
 use super::selection::Selection;
@@ -158,7 +158,7 @@ fn position(c: &LoggedChange, txs: &HashMap<String, TxInfo>) -> LogPosition {
 
 /// Pass 1: every change once.
 fn scan(
-    reader: &LogReader,
+    reader: &dyn AuditLog,
     prefix: &str,
     selection: &Selection,
     committed: &HashSet<String>,
@@ -166,7 +166,7 @@ fn scan(
     progress: &Progress,
 ) -> Result<Scan, RestoreError> {
     let mut out = Scan::default();
-    let ranges = reader.table_ranges().to_vec();
+    let ranges = reader.table_ranges();
     progress.phase("reading changes", super::log::total(&ranges));
     reader.changes(&ranges, progress, &mut |c| {
         let selected = selection.matches(&c);
@@ -193,7 +193,7 @@ fn scan(
 
 /// Pass 2: the changes outside the selection that row histories need, by offset range.
 fn fetch(
-    reader: &LogReader,
+    reader: &dyn AuditLog,
     wanted: &HashMap<String, HashSet<LogPosition>>,
     topics: &HashMap<String, String>,
     txs: &HashMap<String, TxInfo>,
@@ -325,9 +325,11 @@ async fn decide(
     Ok(())
 }
 
-/// Build the plan for `req` from the log at `src` and the database behind `client`.
+/// Build the plan for `req` from the log at `src` (opened by `open`) and the database behind
+/// `client`.
 pub async fn plan(
     client: &Client,
+    open: &LogOpener,
     src: &LogSource,
     req: &Request,
     progress: &Progress,
@@ -335,9 +337,9 @@ pub async fn plan(
     if req.as_of.is_none() && req.selection.is_empty() {
         return Err(RestoreError::NoSelection);
     }
-    let (source, p) = (src.clone(), progress.clone());
+    let (source, p, open) = (src.clone(), progress.clone(), open.clone());
     let (reader, txs) = blocking(move || {
-        let reader = LogReader::open(&source)?;
+        let reader = open.open(&source)?;
         let txs = reader.transactions(&p)?;
         Ok((reader, txs))
     })
@@ -347,7 +349,7 @@ pub async fn plan(
     let txs = std::sync::Arc::new(txs);
     let (t, p, prefix) = (txs.clone(), progress.clone(), src.topic_prefix.clone());
     let (reader, mut found) = blocking(move || {
-        let found = scan(&reader, &prefix, &selection, &committed, &t, &p)?;
+        let found = scan(reader.as_ref(), &prefix, &selection, &committed, &t, &p)?;
         Ok((reader, found))
     })
     .await?;
@@ -365,7 +367,7 @@ pub async fn plan(
         .map(|(n, t)| (n.clone(), t.topic.clone()))
         .collect();
     let (t, p) = (txs.clone(), progress.clone());
-    let later = blocking(move || fetch(&reader, &wanted, &topics, &t, &p)).await?;
+    let later = blocking(move || fetch(reader.as_ref(), &wanted, &topics, &t, &p)).await?;
     let (mut rows, redacted) = row_plans(histories, &mut found, later, &metas)?;
     let selected_tx = std::mem::take(&mut found.selected_tx);
     drop(found);

@@ -5,7 +5,7 @@
 use super::harness::{self, Pg};
 use hindsight::restore::apply::ApplyOptions;
 use hindsight::restore::command::{execute, Command, Outcome};
-use hindsight::restore::log::LogSource;
+use hindsight::restore::log::{LogOpener, LogSource};
 use hindsight::restore::plan::{ConflictPolicy, Plan, Verdict};
 use hindsight::restore::progress::Progress;
 use hindsight::restore::run::{AsOf, Request};
@@ -96,6 +96,7 @@ impl Setup {
                 tables: Vec::new(),
                 timeout: Duration::from_secs(20),
             },
+            open_log: LogOpener::kafka(),
             target: harness::conn_str(target, "postgres", &self.db),
             request: Request {
                 selection,

@@ -1,0 +1,351 @@
+//! `hindsight archive`: consume every audit topic of a prefix into the store, exactly once.
+//!
+//! One loop: fill a batch (up to `batch_max_records`, or `batch_max_wait`), convert it, append
+//! its rows to the two tables, each commit carrying the offsets it consumed; then, between
+//! batches, look for new topics and resolve transactions left in doubt. librdkafka keeps
+//! fetching into its own queue while a batch is being written, so the broker and the store work
+//! side by side. Partitions are assigned by hand from the offsets in the store; the consumer
+//! group only mirrors them for monitoring.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::record::{self, Archived, EventRow, RawRecord, TopicKind, TxRow};
+use crate::resolve::{InDoubt, Resolver};
+use crate::store::{Open, PartitionOffset, Store};
+use crate::HistoryError;
+
+/// Everything the archive needs to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub store: String,
+    pub name: String,
+    pub brokers: Vec<String>,
+    pub topic_prefix: String,
+    pub librdkafka: Vec<(String, String)>,
+    pub batch_max_records: usize,
+    pub batch_max_wait: Duration,
+    pub resolve_database: Option<String>,
+    pub resolve_after: Duration,
+    pub topic_refresh: Duration,
+    pub until: Until,
+}
+
+/// When the archive stops by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Never: it follows the topics until it is stopped (the Deployment).
+    Stopped,
+    /// Once every partition is archived up to where it ended when the archive started
+    /// (`--once`: a catch-up run, for tests, benchmarks and cron).
+    CaughtUp,
+}
+
+/// What one run archived.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub events: u64,
+    pub transaction_records: u64,
+    pub unreadable: u64,
+    pub resolved: u64,
+    pub commits: u64,
+}
+
+/// A batch being filled: rows per table and the next offset of every partition it read.
+#[derive(Default)]
+struct Batch {
+    events: Vec<EventRow>,
+    transactions: Vec<TxRow>,
+    next: BTreeMap<(String, i32), i64>,
+    records: usize,
+}
+
+impl Batch {
+    fn add(&mut self, prefix: &str, raw: RawRecord) {
+        self.next
+            .insert((raw.topic.clone(), raw.partition), raw.offset + 1);
+        self.records += 1;
+        match record::convert(prefix, raw) {
+            Archived::Event(e) => self.events.push(*e),
+            Archived::Tx(t) => self.transactions.push(t),
+        }
+    }
+
+    /// The offsets of the partitions of one table's topics.
+    fn offsets(&self, prefix: &str, transactions: bool) -> Vec<PartitionOffset> {
+        self.next
+            .iter()
+            .filter(|((t, _), _)| {
+                (record::topic_kind(prefix, t) == Some(TopicKind::Transaction)) == transactions
+            })
+            .map(|((topic, partition), next)| PartitionOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                next: *next,
+            })
+            .collect()
+    }
+}
+
+fn consumer(o: &Options) -> Result<StreamConsumer, HistoryError> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", o.brokers.join(","))
+        .set("group.id", &o.name)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("queued.max.messages.kbytes", "262144")
+        .set("fetch.message.max.bytes", "67108864");
+    for (k, v) in &o.librdkafka {
+        cfg.set(k, v);
+    }
+    cfg.create()
+        .map_err(HistoryError::kafka("creating a consumer"))
+}
+
+/// The archive's state between batches.
+struct Archive {
+    o: Options,
+    store: Store,
+    consumer: std::sync::Arc<StreamConsumer>,
+    /// Partitions assigned, with the high watermark they had when first seen (for `--once`).
+    assigned: HashMap<(String, i32), i64>,
+    /// Next offset to read per partition (what is committed, then what was consumed).
+    position: HashMap<(String, i32), i64>,
+    resolver: Resolver,
+    totals: Totals,
+    last_refresh: Instant,
+}
+
+/// Run the archive until `stop` is cancelled (or, with [`Until::CaughtUp`], until caught up).
+pub async fn run(o: Options, stop: CancellationToken) -> Result<Totals, HistoryError> {
+    if o.brokers.is_empty() {
+        return Err(HistoryError::Usage(
+            "archive: no brokers (set kafka.brokers or --kafka-brokers HOST:PORT)".into(),
+        ));
+    }
+    let store = Store::open(&o.store, Open::CreateIfMissing).await?;
+    let in_doubt = InDoubt::load(&store).await?;
+    let resolver = Resolver::new(o.resolve_database.clone(), o.resolve_after, in_doubt);
+    let mut a = Archive {
+        consumer: std::sync::Arc::new(consumer(&o)?),
+        store,
+        assigned: HashMap::new(),
+        position: HashMap::new(),
+        resolver,
+        totals: Totals::default(),
+        last_refresh: Instant::now(),
+        o,
+    };
+    a.discover().await?;
+    tracing::info!(
+        store = %a.o.store, prefix = %a.o.topic_prefix, partitions = a.assigned.len(),
+        "archive: started"
+    );
+    while !stop.is_cancelled() {
+        let batch = a.fill(&stop).await?;
+        a.write(batch).await?;
+        a.between_batches().await?;
+        if a.o.until == Until::CaughtUp && a.caught_up() {
+            break;
+        }
+    }
+    tracing::info!(totals = ?a.totals, "archive: stopped");
+    Ok(a.totals)
+}
+
+impl Archive {
+    /// Look for audit topics and partitions not assigned yet; assign them from the store's
+    /// offsets (or from the beginning).
+    async fn discover(&mut self) -> Result<(), HistoryError> {
+        self.last_refresh = Instant::now();
+        let found = self.list_partitions().await?;
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), high) in found {
+            if self.assigned.contains_key(&(topic.clone(), partition)) {
+                continue;
+            }
+            let tx =
+                record::topic_kind(&self.o.topic_prefix, &topic) == Some(TopicKind::Transaction);
+            let next = self
+                .store
+                .next_offset(&self.o.name, &topic, partition, tx)
+                .await?;
+            let offset = next.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(&topic, partition, offset)
+                .map_err(HistoryError::kafka("assigning partitions"))?;
+            self.position
+                .insert((topic.clone(), partition), next.unwrap_or(0));
+            self.assigned.insert((topic, partition), high);
+        }
+        if tpl.count() > 0 {
+            self.consumer
+                .incremental_assign(&tpl)
+                .map_err(HistoryError::kafka("assigning partitions"))?;
+        }
+        Ok(())
+    }
+
+    /// Every partition of the prefix's audit topics, with its high watermark.
+    async fn list_partitions(&self) -> Result<Vec<((String, i32), i64)>, HistoryError> {
+        let consumer = self.consumer.clone();
+        let prefix = self.o.topic_prefix.clone();
+        let known = self.assigned.clone();
+        let timeout = Duration::from_secs(10);
+        tokio::task::spawn_blocking(move || {
+            let client = consumer.client();
+            let meta = client
+                .fetch_metadata(None, timeout)
+                .map_err(HistoryError::kafka("listing topics"))?;
+            let mut out = Vec::new();
+            for t in meta.topics() {
+                if record::topic_kind(&prefix, t.name()).is_none() {
+                    continue;
+                }
+                for p in t.partitions() {
+                    let at = (t.name().to_string(), p.id());
+                    let high = match known.get(&at) {
+                        Some(h) => *h,
+                        None => {
+                            client
+                                .fetch_watermarks(t.name(), p.id(), timeout)
+                                .map_err(HistoryError::kafka("reading topic offsets"))?
+                                .1
+                        }
+                    };
+                    out.push((at, high));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| HistoryError::Usage(format!("archive: topic listing task failed: {e}")))?
+    }
+
+    /// Records until the batch is full, `batch_max_wait` passed, or `stop`.
+    async fn fill(&mut self, stop: &CancellationToken) -> Result<Batch, HistoryError> {
+        let mut batch = Batch::default();
+        let deadline = tokio::time::Instant::now() + self.o.batch_max_wait;
+        while batch.records < self.o.batch_max_records {
+            let msg = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stop.cancelled() => break,
+            };
+            let msg = msg.map_err(HistoryError::kafka("reading the audit topics"))?;
+            let raw = RawRecord {
+                topic: msg.topic().to_string(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+                timestamp_ms: msg.timestamp().to_millis(),
+            };
+            batch.add(&self.o.topic_prefix, raw);
+        }
+        Ok(batch)
+    }
+
+    /// Append the batch: events first, then transaction records (an END never lands before
+    /// events consumed with it).
+    async fn write(&mut self, batch: Batch) -> Result<(), HistoryError> {
+        if batch.records == 0 {
+            return Ok(());
+        }
+        let prefix = self.o.topic_prefix.clone();
+        let name = self.o.name.clone();
+        if !batch.events.is_empty() {
+            let offsets = batch.offsets(&prefix, false);
+            self.store
+                .append_events(&name, &batch.events, &offsets)
+                .await?;
+            self.totals.commits += 1;
+        }
+        if !batch.transactions.is_empty() {
+            let offsets = batch.offsets(&prefix, true);
+            self.store
+                .append_transactions(&name, &batch.transactions, &offsets)
+                .await?;
+            self.totals.commits += 1;
+        }
+        for t in &batch.transactions {
+            self.resolver.saw(t);
+        }
+        let unreadable = batch
+            .events
+            .iter()
+            .filter(|e| e.unreadable.is_some())
+            .count() as u64;
+        self.totals.unreadable += unreadable;
+        self.totals.events += batch.events.len() as u64 - unreadable;
+        self.totals.transaction_records += batch.transactions.len() as u64;
+        for (at, next) in &batch.next {
+            self.position.insert(at.clone(), *next);
+        }
+        tracing::info!(
+            events = batch.events.len(),
+            transaction_records = batch.transactions.len(),
+            unreadable,
+            total_events = self.totals.events,
+            "archive: committed a batch"
+        );
+        Ok(())
+    }
+
+    /// New topics every `topic_refresh`; in-doubt transactions once the transaction topic is
+    /// archived to its end.
+    async fn between_batches(&mut self) -> Result<(), HistoryError> {
+        if self.last_refresh.elapsed() >= self.o.topic_refresh {
+            if let Err(e) = self.discover().await {
+                // The brokers may be briefly away; the next refresh tries again.
+                tracing::warn!(error = %e, "archive: looking for new topics failed; will retry");
+            }
+        }
+        if self.transactions_archived_to_end().await {
+            let rows = self.resolver.resolve().await?;
+            if !rows.is_empty() {
+                let name = self.o.name.clone();
+                self.store.append_transactions(&name, &rows, &[]).await?;
+                self.totals.resolved += rows.len() as u64;
+                self.totals.commits += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every transaction-topic partition is archived up to its current end.
+    async fn transactions_archived_to_end(&self) -> bool {
+        if !self.resolver.has_candidates() {
+            return false;
+        }
+        let consumer = self.consumer.clone();
+        let parts: Vec<((String, i32), i64)> = self
+            .position
+            .iter()
+            .filter(|((t, _), _)| {
+                record::topic_kind(&self.o.topic_prefix, t) == Some(TopicKind::Transaction)
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            parts.iter().all(|((t, p), next)| {
+                consumer
+                    .fetch_watermarks(t, *p, Duration::from_secs(5))
+                    .is_ok_and(|(_, high)| *next >= high)
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Every partition archived up to where it ended when it was first seen.
+    fn caught_up(&self) -> bool {
+        self.assigned
+            .iter()
+            .all(|(at, high)| self.position.get(at).copied().unwrap_or(0) >= *high)
+    }
+}

@@ -1,0 +1,1106 @@
+//! The history end to end, against the real broker (tansu), PostgreSQL 15 and real Delta files:
+//! workloads run through a capturing proxy, the archive writes the store, and every answer is
+//! compared with one computed here, independently, from the records on the topics.
+//!
+//! The tests run one at a time (`SERIAL`): one of them deletes topics, which tansu 0.6 and
+//! librdkafka do not take well while other clients are live.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use hindsight::audit::kafka::SinkConfig;
+use hindsight::restore::apply::ApplyOptions;
+use hindsight::restore::command::{execute, Command as RestoreCommand};
+use hindsight::restore::log::{LogOpener, LogSource};
+use hindsight::restore::plan::ConflictPolicy;
+use hindsight::restore::progress::Progress;
+use hindsight::restore::run::Request;
+use hindsight::restore::selection::Selection;
+use hindsight_history::ask;
+use hindsight_history::output::{batch_rows, Format};
+use hindsight_history::query::Session;
+use hindsight_history::questions::{Filter, Question, TransactionId};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Map, Value};
+use tokio_postgres::{Client, NoTls};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn pg_port() -> u16 {
+    std::env::var("HSTEST_PG15_PORT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(54315)
+}
+
+fn brokers() -> String {
+    std::env::var("HSTEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".to_string())
+}
+
+fn conn_str(port: u16, db: &str, app: &str) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres dbname={db} password=password application_name={app}")
+}
+
+async fn connect(port: u16, db: &str, app: &str) -> Client {
+    let (c, conn) = tokio_postgres::connect(&conn_str(port, db, app), NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("connect to {port}/{db} as {app}: {e} (is scripts/pg.sh start 15 running?)")
+        });
+    tokio::spawn(conn);
+    c
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+const SEED: &str = "
+CREATE TABLE brieff (bfkey int PRIMARY KEY, bfso text, bfcorlid text, amount numeric(12,2));
+INSERT INTO brieff SELECT g, (ARRAY['A','B','C'])[1 + g % 3], 'c' || g, g * 1.5
+  FROM generate_series(1, 40) g;
+CREATE TABLE notes (id int PRIMARY KEY, body text);
+INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 10) g;";
+
+/// A database seeded with SEED, a capturing proxy on a fresh prefix, a fresh store directory.
+struct Setup {
+    db: String,
+    prefix: String,
+    store: String,
+    proxy: Option<hindsight::proxy::Running>,
+}
+
+async fn setup(label: &str, rules: Option<&str>) -> Setup {
+    let db = format!("t_hist_{label}_{:08x}", rand::random::<u32>());
+    let admin = connect(pg_port(), "postgres", "setup").await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    connect(pg_port(), &db, "setup")
+        .await
+        .batch_execute(SEED)
+        .await
+        .unwrap();
+    let prefix = format!("hstest_hist_{label}_{:08x}", rand::random::<u32>());
+    let dir =
+        std::env::temp_dir().join(format!("hs-history-{label}-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = hindsight::config::Config::default();
+    config.proxy.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.upstream.address = format!("127.0.0.1:{}", pg_port());
+    config.proxy.drain_timeout = Duration::from_millis(500);
+    config.kafka.brokers = vec![brokers()];
+    config.kafka.topic_prefix = prefix.clone();
+    if let Some(text) = rules {
+        let p = dir.join("rules.toml");
+        std::fs::write(&p, text).unwrap();
+        config.gates.rules = Some(p);
+    }
+    let proxy = hindsight::proxy::launch(config, hindsight::telemetry::Metrics::new())
+        .await
+        .expect("proxy starts");
+    Setup {
+        db,
+        prefix,
+        store: dir.join("store").display().to_string(),
+        proxy: Some(proxy),
+    }
+}
+
+impl Setup {
+    async fn through(&self, app: &str) -> Client {
+        let port = self.proxy.as_ref().unwrap().addr.port();
+        connect(port, &self.db, app).await
+    }
+
+    async fn direct(&self) -> Client {
+        connect(pg_port(), &self.db, "test-direct").await
+    }
+
+    fn sink(&self) -> SinkConfig {
+        SinkConfig {
+            brokers: vec![brokers()],
+            topic_prefix: self.prefix.clone(),
+            ..SinkConfig::default()
+        }
+    }
+
+    async fn snapshot(&self, table: &str) {
+        let o = hindsight_history::snapshot::Options {
+            database: conn_str(pg_port(), &self.db, "snapshot"),
+            table: table.into(),
+            sink: self.sink(),
+            redactor: Default::default(),
+        };
+        hindsight_history::snapshot::run(&o)
+            .await
+            .expect("snapshot");
+    }
+
+    /// Archive everything on the topics now, in process.
+    async fn archive_once(&self) -> hindsight_history::archive::Totals {
+        let o = hindsight_history::archive::Options {
+            store: self.store.clone(),
+            name: "test-archive".into(),
+            brokers: vec![brokers()],
+            topic_prefix: self.prefix.clone(),
+            librdkafka: Vec::new(),
+            batch_max_records: 10_000,
+            batch_max_wait: Duration::from_millis(300),
+            resolve_database: None,
+            resolve_after: Duration::from_secs(60),
+            topic_refresh: Duration::from_secs(1),
+            until: hindsight_history::archive::Until::CaughtUp,
+        };
+        hindsight_history::archive::run(o, Default::default())
+            .await
+            .expect("archive --once")
+    }
+
+    /// The archiver binary in the background (killed at the end of the test if still up).
+    fn spawn_archiver(&self) -> Archiver {
+        let child = Command::new(env!("CARGO_BIN_EXE_hindsight-history"))
+            .args([
+                "archive",
+                "--store",
+                &self.store,
+                "--kafka-brokers",
+                &brokers(),
+            ])
+            .args(["--topic-prefix", &self.prefix])
+            .args([
+                "--resolve-database",
+                &conn_str(pg_port(), &self.db, "resolver"),
+            ])
+            .env("HINDSIGHT_ARCHIVE__BATCH_MAX_WAIT", "100ms")
+            .env("HINDSIGHT_ARCHIVE__BATCH_MAX_RECORDS", "40")
+            .env("HINDSIGHT_ARCHIVE__RESOLVE_AFTER", "1s")
+            .env("HINDSIGHT_ARCHIVE__TOPIC_REFRESH", "300ms")
+            .env("HINDSIGHT_ARCHIVE__NAME", "crash-test")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start hindsight-history archive");
+        Archiver(child)
+    }
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+struct Rec {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Vec<u8>,
+    value: Value,
+}
+
+/// Every record of every topic of `prefix`, to the end offsets as they are now.
+fn read_topics(prefix: &str) -> Vec<Rec> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("hstest-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let meta = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for t in meta
+        .topics()
+        .iter()
+        .filter(|t| t.name().starts_with(&format!("{prefix}.")))
+    {
+        for p in t.partitions() {
+            let (lo, hi) = c
+                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                .unwrap();
+            if hi > lo {
+                tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Offset(lo))
+                    .unwrap();
+                ends.insert((t.name().to_string(), p.id()), hi);
+            }
+        }
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ends.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "topics not read to their ends: {ends:?}"
+        );
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let at = (m.topic().to_string(), m.partition());
+        if let Some(end) = ends.get(&at).copied() {
+            if m.offset() + 1 >= end {
+                ends.remove(&at);
+            }
+            out.push(Rec {
+                topic: at.0,
+                partition: at.1,
+                offset: m.offset(),
+                key: m.key().unwrap_or_default().to_vec(),
+                value: serde_json::from_slice(m.payload().unwrap_or(b"null"))
+                    .unwrap_or(Value::Null),
+            });
+        }
+    }
+    out
+}
+
+/// Transaction ids with an END committed on the topics.
+fn committed_on_topics(recs: &[Rec], prefix: &str) -> BTreeSet<String> {
+    recs.iter()
+        .filter(|r| r.topic == format!("{prefix}.transaction"))
+        .filter(|r| r.value["status"] == "END" && r.value["commit_status"] == "committed")
+        .map(|r| r.value["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn rows(session: &Session, q: &str) -> Vec<Map<String, Value>> {
+    let mut out = Vec::new();
+    for b in session.sql(q).await.unwrap_or_else(|e| panic!("{q}: {e}")) {
+        out.extend(batch_rows(&b).unwrap());
+    }
+    out
+}
+
+/// A question's answer as JSON lines.
+async fn answer(session: &Session, q: &Question) -> Vec<Value> {
+    let mut out = Vec::new();
+    ask::ask(session, q, Format::Json, &mut out)
+        .await
+        .unwrap_or_else(|e| panic!("{q:?}: {e}"));
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Every row of `table` as canonical JSON text, sorted.
+async fn dump(c: &Client, table: &str) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .query(&format!("SELECT to_jsonb(t)::text FROM {table} t"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| canonical(&r.get::<_, String>(0)))
+        .collect();
+    v.sort();
+    v
+}
+
+fn canonical(json_text: &str) -> String {
+    serde_json::to_string(&serde_json::from_str::<Value>(json_text).unwrap()).unwrap()
+}
+
+async fn table_as_of(session: &Session, table: &str, at_ms: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    let q = Question::TableAsOf {
+        table: table.into(),
+        at_ms,
+    };
+    ask::table_as_of(session, &q, &ask::AsOfTarget::Output, &mut out)
+        .await
+        .unwrap();
+    let mut v: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(canonical)
+        .collect();
+    v.sort();
+    v
+}
+
+/// One random transaction of the crash test's workload; returns whether it committed.
+async fn random_transaction(c: &Client, rng: &mut rand::rngs::StdRng, app: &str) -> bool {
+    let mut sql = String::from("BEGIN;");
+    for _ in 0..rng.random_range(1..=4) {
+        let k = rng.random_range(1..=40);
+        let stmt = match rng.random_range(0..6) {
+            0 => format!("UPDATE brieff SET bfso = NULL WHERE bfkey = {k};"),
+            1 => format!("UPDATE brieff SET amount = amount + 1, bfcorlid = '{app}' WHERE bfkey = {k};"),
+            2 => format!(
+                "INSERT INTO notes VALUES ({}, '{app}') ON CONFLICT (id) DO UPDATE SET body = excluded.body || '!';",
+                rng.random_range(1..=60)
+            ),
+            3 => format!("DELETE FROM notes WHERE id = {};", rng.random_range(1..=60)),
+            4 => format!(
+                "UPDATE brieff SET bfkey = bfkey + 1000 WHERE bfkey = {k} AND NOT EXISTS (SELECT 1 FROM brieff WHERE bfkey = {k} + 1000);"
+            ),
+            _ => format!("UPDATE brieff SET bfkey = bfkey - 1000 WHERE bfkey = {} AND NOT EXISTS (SELECT 1 FROM brieff WHERE bfkey = {k});", k + 1000),
+        };
+        sql.push_str(&stmt);
+    }
+    let commit = rng.random_bool(0.8);
+    sql.push_str(if commit { "COMMIT;" } else { "ROLLBACK;" });
+    match c.batch_execute(&sql).await {
+        Ok(()) => commit,
+        // Concurrent clients may deadlock or collide on a moved key: the server rolls back.
+        Err(e) if e.code().is_some() => {
+            c.batch_execute("ROLLBACK").await.unwrap();
+            false
+        }
+        Err(e) => panic!("{sql}: {e:?}"),
+    }
+}
+
+/// A BEGIN and one event for a real server transaction, with no END: hindsight "stopped"
+/// between COMMIT and END. Returns the hindsight transaction id.
+async fn in_doubt_transaction(s: &Setup, id: &str, note: i32, commit: bool) -> String {
+    use hindsight::audit::event::*;
+    let c = s.direct().await;
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute(
+        &format!("INSERT INTO notes VALUES ({note}, 'in doubt')"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let txid: i64 = c
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    c.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+        .await
+        .unwrap();
+    let sink = hindsight::audit::kafka::KafkaSink::connect(s.sink())
+        .await
+        .unwrap();
+    let ts = now_ms();
+    let after: Row = json!({"id": note, "body": "in doubt"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let ev = ChangeEvent {
+        before: None,
+        after: Some(after),
+        source: Source {
+            version: "test".into(),
+            connector: "hindsight".into(),
+            name: s.prefix.clone(),
+            ts_ms: ts,
+            snapshot: "false".into(),
+            db: s.db.clone(),
+            schema: "public".into(),
+            table: "notes".into(),
+            tx_id: Some(txid),
+            user: "postgres".into(),
+            application_name: "in-doubt".into(),
+            client_addr: String::new(),
+            statement: "INSERT INTO notes".into(),
+            fingerprint: String::new(),
+            tags: Default::default(),
+            session_id: id.into(),
+            statement_seq: 1,
+            side_effects: None,
+            side_effect_tables: vec![],
+            blocked_by: None,
+            dry_run_rule: None,
+            redacted: false,
+        },
+        op: Op::Create,
+        ts_ms: ts,
+        transaction: TxPosition {
+            id: id.into(),
+            total_order: 1,
+            data_collection_order: 1,
+        },
+    };
+    let begin = TransactionRecord {
+        status: TxStatus::Begin,
+        id: id.into(),
+        tx_id: Some(txid),
+        event_count: 1,
+        data_collections: vec![],
+        ts_ms: ts,
+        commit_status: None,
+    };
+    let key = ChangeKey {
+        table: "public.notes".into(),
+        key: json!({"id": note}).as_object().unwrap().clone(),
+    };
+    sink.publish(&[
+        hindsight::audit::kafka::Record {
+            topic: sink.transaction_topic(),
+            key: id.as_bytes().to_vec(),
+            payload: serde_json::to_vec(&begin).unwrap(),
+        },
+        hindsight::audit::kafka::Record {
+            topic: sink.table_topic("public", "notes"),
+            key: key.to_bytes(),
+            payload: serde_json::to_vec(&ev).unwrap(),
+        },
+    ])
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+/// The archiver process, killed -9 when dropped (also when a test fails).
+struct Archiver(Child);
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+/// The crash test: a random workload from three applications with the archiver killed -9
+/// three times; afterwards the store holds each topic record exactly once, the in-doubt
+/// transactions are resolved by txid_status(), `changes` is exactly the committed events, and
+/// `table-as-of` equals the real tables at every checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archive_killed_9_has_no_gap_no_duplicate_and_as_of_matches_the_tables() {
+    let _serial = SERIAL.lock().await;
+    let s = setup("crash", None).await;
+    s.snapshot("public.brieff").await;
+    s.snapshot("public.notes").await;
+    let direct = s.direct().await;
+    let apps = ["web", "batch", "certification-v1"];
+    let mut clients = Vec::new();
+    for a in apps {
+        clients.push(s.through(a).await);
+    }
+    let mut checkpoints: Vec<(i64, Vec<String>, Vec<String>)> = Vec::new();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    checkpoints.push((
+        now_ms(),
+        dump(&direct, "brieff").await,
+        dump(&direct, "notes").await,
+    ));
+    let mut archiver = s.spawn_archiver();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    let kills = [12, 25, 38];
+    for round in 0..50 {
+        let seeds: Vec<u64> = (0..3).map(|_| rng.random()).collect();
+        let work = clients
+            .iter()
+            .zip(apps)
+            .zip(seeds)
+            .map(|((c, app), seed)| async move {
+                let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+                random_transaction(c, &mut r, app).await
+            });
+        futures::future::join_all(work).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        checkpoints.push((
+            now_ms(),
+            dump(&direct, "brieff").await,
+            dump(&direct, "notes").await,
+        ));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        if kills.contains(&round) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
+            drop(archiver);
+            archiver = s.spawn_archiver();
+        }
+    }
+    let committed_tx = in_doubt_transaction(&s, "manual:committed", 901, true).await;
+    let aborted_tx = in_doubt_transaction(&s, "manual:aborted", 902, false).await;
+    let final_state = (
+        now_ms(),
+        dump(&direct, "brieff").await,
+        dump(&direct, "notes").await,
+    );
+
+    // Wait until the archive holds every record and has resolved both in-doubt transactions.
+    let recs = read_topics(&s.prefix);
+    let tx_topic = format!("{}.transaction", s.prefix);
+    let want_events = recs.iter().filter(|r| r.topic != tx_topic).count();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(session) = Session::open(&s.store).await {
+            let n = rows(&session, "SELECT (SELECT count(*) FROM events) AS e, (SELECT count(*) FROM transactions WHERE status = 'RESOLVED') AS r").await;
+            if n[0]["e"].as_i64() == Some(want_events as i64) && n[0]["r"].as_i64() == Some(2) {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            // The comparisons below say what is wrong (gaps, duplicates, unresolved).
+            eprintln!("the archive did not reach the topics' counts and resolve within 90 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(archiver);
+    let session = Session::open(&s.store).await.unwrap();
+
+    // Exactly the topics' records, each once.
+    let on_topics: BTreeSet<(String, i64, i64)> = recs
+        .iter()
+        .map(|r| (r.topic.clone(), r.partition as i64, r.offset))
+        .collect();
+    let mut archived: Vec<(String, i64, i64)> = Vec::new();
+    for q in [
+        "SELECT kafka_topic, kafka_partition, kafka_offset FROM events",
+        "SELECT kafka_topic, kafka_partition, kafka_offset FROM transactions WHERE kafka_topic IS NOT NULL",
+    ] {
+        for r in rows(&session, q).await {
+            archived.push((
+                r["kafka_topic"].as_str().unwrap().to_string(),
+                r["kafka_partition"].as_i64().unwrap(),
+                r["kafka_offset"].as_i64().unwrap(),
+            ));
+        }
+    }
+    let unique: BTreeSet<_> = archived.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        archived.len(),
+        "duplicates in the archive: {} rows, {} distinct",
+        archived.len(),
+        unique.len()
+    );
+    let missing: Vec<_> = on_topics.difference(&unique).take(5).collect();
+    let extra: Vec<_> = unique.difference(&on_topics).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "gaps {missing:?}, extras {extra:?} ({} on topics, {} archived)",
+        on_topics.len(),
+        unique.len()
+    );
+
+    // The in-doubt transactions, decided by the database.
+    let resolved = rows(&session, "SELECT transaction_id, outcome, resolution FROM transaction_outcomes WHERE transaction_id LIKE 'manual:%' ORDER BY 1").await;
+    assert_eq!(resolved.len(), 2, "{resolved:?}");
+    assert_eq!(resolved[0]["transaction_id"], json!(aborted_tx));
+    assert_eq!(resolved[0]["outcome"], "aborted", "{resolved:?}");
+    assert_eq!(resolved[1]["transaction_id"], json!(committed_tx));
+    assert_eq!(resolved[1]["outcome"], "committed", "{resolved:?}");
+    assert!(answer(&session, &Question::InDoubt).await.is_empty());
+
+    // `changes` is exactly the committed row events.
+    let mut committed = committed_on_topics(&recs, &s.prefix);
+    committed.insert(committed_tx.clone());
+    let want: BTreeSet<(String, i64)> = recs
+        .iter()
+        .filter(|r| {
+            r.topic != tx_topic
+                && r.value["op"]
+                    .as_str()
+                    .is_some_and(|o| "cudtr".contains(o) && o.len() == 1)
+        })
+        .filter(|r| committed.contains(r.value["transaction"]["id"].as_str().unwrap_or("")))
+        .map(|r| (r.topic.clone(), r.offset))
+        .collect();
+    let got: BTreeSet<(String, i64)> =
+        rows(&session, "SELECT kafka_topic, kafka_offset FROM changes")
+            .await
+            .iter()
+            .map(|r| {
+                (
+                    r["kafka_topic"].as_str().unwrap().to_string(),
+                    r["kafka_offset"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        got, want,
+        "changes differ from the committed events on the topics"
+    );
+    assert!(
+        want.len() > 150,
+        "the workload made too few changes to mean anything: {}",
+        want.len()
+    );
+
+    // As of every checkpoint, the tables as they really were.
+    for (i, (at, brieff, notes)) in checkpoints.iter().chain([&final_state]).enumerate() {
+        assert_eq!(
+            &table_as_of(&session, "public.brieff", *at).await,
+            brieff,
+            "brieff as of checkpoint {i} ({at})"
+        );
+        assert_eq!(
+            &table_as_of(&session, "public.notes", *at).await,
+            notes,
+            "notes as of checkpoint {i} ({at})"
+        );
+    }
+
+    // An outside reader (PyPI deltalake + pyarrow) sees the same rows.
+    outside_reader_agrees(&s.store, &session).await;
+}
+
+fn python() -> PathBuf {
+    std::env::var("HSTEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/hindsight/pyenv/bin/python")
+        })
+}
+
+async fn outside_reader_agrees(store: &str, session: &Session) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/history_reader.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(store)
+        .output()
+        .unwrap_or_else(|e| panic!("running {} (scripts/install-deps.sh installs deltalake into ~/.cache/hindsight/pyenv): {e}", python().display()));
+    assert!(
+        out.status.success(),
+        "history_reader.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (table, cols) in [
+        ("events", "kafka_topic, kafka_partition, kafka_offset, op, table_name, key_json, before_json, after_json, transaction_id, application_name"),
+        ("transactions", "id, status, commit_status, tx_id, kafka_offset"),
+    ] {
+        let names: Vec<&str> = cols.split(", ").collect();
+        let mut lines: Vec<String> = rows(session, &format!("SELECT {cols} FROM {table}"))
+            .await
+            .iter()
+            .map(|r| {
+                names
+                    .iter()
+                    .map(|c| match &r[*c] {
+                        Value::Null => String::new(),
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        lines.sort();
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for l in &lines {
+            h.update(l.as_bytes());
+            h.update(b"\n");
+        }
+        let ours = format!("{:x}", h.finalize());
+        assert_eq!(theirs[table]["rows"], json!(lines.len()), "{table}: row count from PyPI deltalake");
+        assert_eq!(theirs[table]["digest"], json!(ours), "{table}: rows read by PyPI deltalake differ");
+    }
+    assert_eq!(theirs["events"]["partitions"], json!(["table_name", "day"]));
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "notes-are-kept"
+tables = ["public.notes"]
+operations = ["delete"]
+applications = ["leaky"]
+action = "deny"
+"#;
+
+/// Changes from topics, as (transaction id, key JSON, op, before, after) of committed events.
+fn committed_changes(recs: &[Rec], prefix: &str, table_topic: &str) -> Vec<(String, Value, Value)> {
+    let committed = committed_on_topics(recs, prefix);
+    recs.iter()
+        .filter(|r| r.topic == table_topic)
+        .filter(|r| committed.contains(r.value["transaction"]["id"].as_str().unwrap_or("")))
+        .filter(|r| {
+            r.value["op"]
+                .as_str()
+                .is_some_and(|o| ["c", "u", "d", "t"].contains(&o))
+        })
+        .map(|r| {
+            let key: Value = serde_json::from_slice(&r.key).unwrap();
+            (
+                r.value["transaction"]["id"].as_str().unwrap().to_string(),
+                key["key"].clone(),
+                r.value.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The incident, asked about: every question of `hindsight history` compared with an answer
+/// computed from the topic records; then restore from the archive, after the topics were
+/// deleted, gives the plan restore from the topics gave, and applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn questions_and_restore_from_history_match_the_topics() {
+    let _serial = SERIAL.lock().await;
+    let mut s = setup("questions", Some(RULES)).await;
+    s.snapshot("public.brieff").await;
+    let web = s.through("web").await;
+    let cert = s.through("certification-v1").await;
+    let leaky = s.through("leaky").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let before_incident = now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    web.batch_execute("UPDATE brieff SET bfcorlid = 'moved' WHERE bfkey IN (2, 3)")
+        .await
+        .unwrap();
+    for chunk in [(1, 6), (7, 12), (13, 18)] {
+        cert.batch_execute(&format!(
+            "BEGIN; UPDATE brieff SET bfso = NULL WHERE bfkey BETWEEN {} AND {}; COMMIT /*controller='cert',action='save'*/",
+            chunk.0, chunk.1
+        ))
+        .await
+        .unwrap();
+    }
+    cert.batch_execute("BEGIN; UPDATE brieff SET bfso = 'X' WHERE bfkey = 30; ROLLBACK")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let after_incident = now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    web.batch_execute(
+        "UPDATE brieff SET amount = 99 WHERE bfkey IN (4, 5); DELETE FROM brieff WHERE bfkey = 40",
+    )
+    .await
+    .unwrap();
+    let refused = leaky
+        .batch_execute("DELETE FROM notes WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code().map(|c| c.code()),
+        Some("HS010"),
+        "{refused:?}"
+    );
+    let totals = s.archive_once().await;
+    assert!(totals.events > 0 && totals.unreadable == 0, "{totals:?}");
+
+    let recs = read_topics(&s.prefix);
+    let brieff_topic = format!("{}.public.brieff", s.prefix);
+    let changes = committed_changes(&recs, &s.prefix, &brieff_topic);
+    let session = Session::open(&s.store).await.unwrap();
+
+    // who changed bfkey 5, and who changed its bfso.
+    let key5 = json!({"bfkey": 5}).as_object().unwrap().clone();
+    let got = answer(
+        &session,
+        &Question::WhoChanged {
+            table: "public.brieff".into(),
+            key: key5.clone(),
+            column: None,
+        },
+    )
+    .await;
+    let want: Vec<(String, Value)> = changes
+        .iter()
+        .filter(|c| c.1 == json!({"bfkey": 5}))
+        .map(|c| (c.0.clone(), c.2["source"]["application_name"].clone()))
+        .collect();
+    assert_eq!(
+        got.iter()
+            .map(|r| (
+                r["transaction_id"].as_str().unwrap().to_string(),
+                r["application_name"].clone()
+            ))
+            .collect::<Vec<_>>(),
+        want
+    );
+    let bfso = answer(
+        &session,
+        &Question::WhoChanged {
+            table: "public.brieff".into(),
+            key: key5.clone(),
+            column: Some("bfso".into()),
+        },
+    )
+    .await;
+    assert_eq!(bfso.len(), 1, "{bfso:?}");
+    assert_eq!(bfso[0]["application_name"], "certification-v1");
+    assert_eq!(
+        bfso[0]["changes"],
+        json!({"bfso": {"old": "C", "new": null}}),
+        "{bfso:?}"
+    );
+    assert_eq!(bfso[0]["tags"]["controller"], "cert");
+
+    // Everything certification-v1 changed in the window; by tag; by fingerprint.
+    let cert_changes: Vec<&(String, Value, Value)> = changes
+        .iter()
+        .filter(|c| c.2["source"]["application_name"] == "certification-v1")
+        .collect();
+    assert_eq!(cert_changes.len(), 18);
+    let window = Filter {
+        applications: vec!["certification-v1".into()],
+        since_ms: Some(before_incident),
+        until_ms: Some(after_incident),
+        ..Filter::default()
+    };
+    let got: BTreeSet<String> = answer(&session, &Question::Changes(window.clone()))
+        .await
+        .iter()
+        .map(|r| r["key"].to_string())
+        .collect();
+    let want: BTreeSet<String> = cert_changes.iter().map(|c| c.1.to_string()).collect();
+    assert_eq!(got, want);
+    let by_tag = answer(
+        &session,
+        &Question::Changes(Filter {
+            tags: vec![("controller".into(), "cert".into())],
+            ..Filter::default()
+        }),
+    )
+    .await;
+    assert_eq!(by_tag.len(), 18);
+    let fp = cert_changes[0].2["source"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let by_fp = answer(
+        &session,
+        &Question::Changes(Filter {
+            fingerprints: vec![fp.clone()],
+            ..Filter::default()
+        }),
+    )
+    .await;
+    assert_eq!(
+        by_fp.len(),
+        changes
+            .iter()
+            .filter(|c| c.2["source"]["fingerprint"] == json!(fp))
+            .count()
+    );
+
+    // The blast radius, in one command.
+    let summary = answer(&session, &Question::Summary(window)).await;
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert_eq!(summary[0]["table_name"], "public.brieff");
+    assert_eq!(summary[0]["rows"], 18);
+    assert_eq!(summary[0]["changes"], 18);
+    assert_eq!(summary[0]["transactions"], 3);
+    assert_eq!(summary[0]["columns"], "bfso (18)");
+    assert_eq!(summary[0]["fingerprints"], json!(fp));
+
+    // The refused write, with what it would have done.
+    let blocked = answer(&session, &Question::Blocked(Filter::default())).await;
+    let want_blocked: Vec<&Rec> = recs.iter().filter(|r| r.value["op"] == "blocked").collect();
+    assert_eq!(blocked.len(), want_blocked.len(), "{blocked:?}");
+    assert!(!blocked.is_empty());
+    assert_eq!(blocked[0]["blocked_by"], "notes-are-kept");
+    assert_eq!(blocked[0]["before"], want_blocked[0].value["before"]);
+
+    // One transaction; the SQL escape hatch; nothing in doubt.
+    let tx = &cert_changes[0].0;
+    let one = answer(
+        &session,
+        &Question::Transaction(TransactionId::Id(tx.clone())),
+    )
+    .await;
+    assert_eq!(
+        one.len(),
+        recs.iter()
+            .filter(|r| r.value["transaction"]["id"] == json!(tx))
+            .count()
+    );
+    assert!(one.iter().all(|r| r["outcome"] == "committed"));
+    let n = answer(
+        &session,
+        &Question::Sql("SELECT count(*) AS n FROM changes WHERE op <> 'r'".into()),
+    )
+    .await;
+    assert_eq!(
+        n[0]["n"],
+        json!(committed_changes(&recs, &s.prefix, &brieff_topic).len())
+    );
+    assert!(answer(&session, &Question::InDoubt).await.is_empty());
+    let mut refused_sql = Vec::new();
+    let e = ask::ask(
+        &session,
+        &Question::Sql("DELETE FROM events".into()),
+        Format::Text,
+        &mut refused_sql,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().to_lowercase().contains("not supported") || e.to_string().contains("DML"),
+        "{e}"
+    );
+
+    // Rows as of a time: before the incident (from the snapshot), after it, and deleted.
+    let asof = |at: i64, key: &Map<String, Value>| Question::RowAsOf {
+        table: "public.brieff".into(),
+        key: key.clone(),
+        at_ms: at,
+    };
+    let then = answer(&session, &asof(before_incident, &key5)).await;
+    assert_eq!(then[0]["row"]["bfso"], "C", "{then:?}");
+    let later = answer(&session, &asof(after_incident, &key5)).await;
+    assert_eq!(later[0]["row"]["bfso"], Value::Null, "{later:?}");
+    assert_eq!(later[0]["present"], true);
+    let key40 = json!({"bfkey": 40}).as_object().unwrap().clone();
+    assert_eq!(
+        answer(&session, &asof(after_incident, &key40)).await[0]["present"],
+        true
+    );
+    assert_eq!(
+        answer(&session, &asof(now_ms(), &key40)).await[0]["present"],
+        false
+    );
+
+    restore_from_history_equals_restore_from_topics(&mut s).await;
+}
+
+async fn restore_from_history_equals_restore_from_topics(s: &mut Setup) {
+    let dir = PathBuf::from(&s.store).parent().unwrap().to_path_buf();
+    let target = conn_str(pg_port(), &s.db, "restore");
+    let command = |open_log: LogOpener, plan_out: PathBuf, apply: bool| RestoreCommand {
+        log: LogSource {
+            brokers: vec![brokers()],
+            topic_prefix: s.prefix.clone(),
+            librdkafka: vec![],
+            tables: vec![],
+            timeout: Duration::from_secs(20),
+        },
+        open_log,
+        target: target.clone(),
+        request: Request {
+            selection: Selection {
+                applications: vec!["certification-v1".into()],
+                ..Selection::default()
+            },
+            as_of: None,
+            policy: ConflictPolicy::Column,
+        },
+        apply,
+        options: ApplyOptions {
+            tag: "test".into(),
+            ..ApplyOptions::default()
+        },
+        sql_out: None,
+        plan_out: Some(plan_out),
+        apply_plan: None,
+    };
+    let store = s.store.clone();
+    let from_history = move || {
+        let store = store.clone();
+        LogOpener::new(move |src| {
+            Ok(Box::new(hindsight_history::restore_log::HistoryLog::open(
+                &store, src,
+            )?))
+        })
+    };
+    let mut report_kafka = Vec::new();
+    execute(
+        &command(LogOpener::kafka(), dir.join("plan-kafka.json"), false),
+        &mut report_kafka,
+        &Progress::hidden(),
+    )
+    .await
+    .expect("plan from the topics");
+    // The topics go away (retention ran out): only the archive is left.
+    if let Some(p) = s.proxy.take() {
+        p.shutdown().await;
+    }
+    delete_topics(&s.prefix).await;
+    let mut report_history = Vec::new();
+    execute(
+        &command(from_history(), dir.join("plan-history.json"), false),
+        &mut report_history,
+        &Progress::hidden(),
+    )
+    .await
+    .expect("plan from the history");
+    let (a, b) = (
+        std::fs::read_to_string(dir.join("plan-kafka.json")).unwrap(),
+        std::fs::read_to_string(dir.join("plan-history.json")).unwrap(),
+    );
+    assert!(a.contains("bfso"), "{a}");
+    assert_eq!(
+        a, b,
+        "the plan from the history differs from the plan from the topics"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&report_kafka),
+        String::from_utf8_lossy(&report_history)
+    );
+    // Apply from the history, with the broker gone from the log source entirely.
+    let mut apply = command(from_history(), dir.join("plan-applied.json"), true);
+    apply.log.brokers = vec!["127.0.0.1:1".into()];
+    execute(&apply, &mut Vec::new(), &Progress::hidden())
+        .await
+        .expect("apply from the history");
+    let c = s.direct().await;
+    let nulls = c
+        .query_one("SELECT count(*) FROM brieff WHERE bfso IS NULL", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(nulls, 0, "bfso restored on every row");
+    let kept = c
+        .query_one("SELECT amount::text FROM brieff WHERE bfkey = 5", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    assert_eq!(kept, "99.00", "another application's later edit is kept");
+}
+
+async fn delete_topics(prefix: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let topics: Vec<String> = {
+        let meta = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .unwrap();
+        meta.topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|n| n.starts_with(&format!("{prefix}.")))
+            .collect()
+    };
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    admin
+        .delete_topics(&names, &AdminOptions::new())
+        .await
+        .unwrap();
+    let remaining = read_topics(prefix);
+    assert!(
+        remaining.is_empty(),
+        "topics still hold {} records",
+        remaining.len()
+    );
+}
+
+/// Bad input to the CLI: a store that is not there, and a config key that does not exist.
+#[test]
+fn cli_errors_name_the_problem() {
+    let bin = env!("CARGO_BIN_EXE_hindsight-history");
+    let out = Command::new(bin)
+        .args(["history", "--store", "/nonexistent/hs-store", "in-doubt"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no history there yet") && err.contains("/nonexistent/hs-store"),
+        "{err}"
+    );
+    let cfg = std::env::temp_dir().join(format!("hs-bad-{:08x}.toml", rand::random::<u32>()));
+    std::fs::write(&cfg, "[archive]\nstor = \"x\"\n").unwrap();
+    let out = Command::new(bin)
+        .args(["history", "--config", cfg.to_str().unwrap(), "in-doubt"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stor") && err.contains("line 2"), "{err}");
+    let out = Command::new(bin)
+        .args(["history", "--store", "/tmp", "sql", "SELEC nonsense"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+}
