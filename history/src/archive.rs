@@ -119,6 +119,26 @@ struct Archive {
     resolver: Resolver,
     totals: Totals,
     last_refresh: Instant,
+    /// Transaction records read while completing a batch, for the next one.
+    carry: Vec<RawRecord>,
+}
+
+/// How long completing a batch may wait for events the brokers already hold.
+const COMPLETE_WITHIN: Duration = Duration::from_secs(60);
+
+/// The topics of an END's data collections (`schema.table`, or `statements`).
+fn collection_topics(prefix: &str, data_collections_json: &str) -> Vec<String> {
+    let list: Vec<hindsight::audit::event::DataCollection> =
+        serde_json::from_str(data_collections_json).unwrap_or_default();
+    list.iter()
+        .map(|d| match d.data_collection.split_once('.') {
+            _ if d.data_collection == hindsight::audit::kafka::STATEMENTS => {
+                format!("{prefix}.{}", d.data_collection)
+            }
+            Some((schema, table)) => hindsight::audit::kafka::table_topic(prefix, schema, table),
+            None => format!("{prefix}.{}", d.data_collection),
+        })
+        .collect()
 }
 
 /// Run the archive until `stop` is cancelled (or, with [`Until::CaughtUp`], until caught up).
@@ -139,6 +159,7 @@ pub async fn run(o: Options, stop: CancellationToken) -> Result<Totals, HistoryE
         resolver,
         totals: Totals::default(),
         last_refresh: Instant::now(),
+        carry: Vec::new(),
         o,
     };
     a.discover().await?;
@@ -226,28 +247,118 @@ impl Archive {
         .map_err(|e| HistoryError::Usage(format!("archive: topic listing task failed: {e}")))?
     }
 
-    /// Records until the batch is full, `batch_max_wait` passed, or `stop`.
+    /// The next record, or `None` at `deadline` or on `stop`.
+    async fn next_record(
+        &self,
+        deadline: tokio::time::Instant,
+        stop: &CancellationToken,
+    ) -> Result<Option<RawRecord>, HistoryError> {
+        let msg = tokio::select! {
+            m = self.consumer.recv() => m,
+            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            _ = stop.cancelled() => return Ok(None),
+        };
+        let msg = msg.map_err(HistoryError::kafka("reading the audit topics"))?;
+        Ok(Some(RawRecord {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            timestamp_ms: msg.timestamp().to_millis(),
+        }))
+    }
+
+    /// Records until the batch is full, `batch_max_wait` passed, or `stop`; then, if it holds
+    /// an END, the events that END covers (see [`Archive::complete`]).
     async fn fill(&mut self, stop: &CancellationToken) -> Result<Batch, HistoryError> {
         let mut batch = Batch::default();
-        let deadline = tokio::time::Instant::now() + self.o.batch_max_wait;
-        while batch.records < self.o.batch_max_records {
-            let msg = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = stop.cancelled() => break,
-            };
-            let msg = msg.map_err(HistoryError::kafka("reading the audit topics"))?;
-            let raw = RawRecord {
-                topic: msg.topic().to_string(),
-                partition: msg.partition(),
-                offset: msg.offset(),
-                key: msg.key().map(<[u8]>::to_vec),
-                payload: msg.payload().map(<[u8]>::to_vec),
-                timestamp_ms: msg.timestamp().to_millis(),
-            };
+        for raw in std::mem::take(&mut self.carry) {
             batch.add(&self.o.topic_prefix, raw);
         }
+        let deadline = tokio::time::Instant::now() + self.o.batch_max_wait;
+        while batch.records < self.o.batch_max_records {
+            match self.next_record(deadline, stop).await? {
+                Some(raw) => batch.add(&self.o.topic_prefix, raw),
+                None => break,
+            }
+        }
+        if batch.transactions.iter().any(|t| t.status == "END") {
+            self.complete(&mut batch, stop).await?;
+        }
         Ok(batch)
+    }
+
+    /// An END must not become visible before its transaction's events: they were published
+    /// before it, so they are below every event partition's end as it is now. Read on to those
+    /// ends (new tables' topics assigned first); transaction records read meanwhile wait for
+    /// the next batch (their own events may lie beyond these ends).
+    async fn complete(
+        &mut self,
+        batch: &mut Batch,
+        stop: &CancellationToken,
+    ) -> Result<(), HistoryError> {
+        let prefix = self.o.topic_prefix.clone();
+        let named: Vec<String> = batch
+            .transactions
+            .iter()
+            .flat_map(|t| collection_topics(&prefix, &t.data_collections_json))
+            .collect();
+        if named
+            .iter()
+            .any(|t| !self.assigned.keys().any(|(a, _)| a == t))
+        {
+            self.discover().await?;
+        }
+        let targets = self.event_partition_ends().await?;
+        let behind = |b: &Batch, pos: &HashMap<(String, i32), i64>| -> bool {
+            targets.iter().any(|(at, end)| {
+                b.next.get(at).or_else(|| pos.get(at)).copied().unwrap_or(0) < *end
+            })
+        };
+        let deadline = tokio::time::Instant::now() + COMPLETE_WITHIN;
+        while behind(batch, &self.position) {
+            let Some(raw) = self.next_record(deadline, stop).await? else {
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                return Err(HistoryError::Usage(format!(
+                    "archive: the brokers did not deliver the event topics up to their ends within {COMPLETE_WITHIN:?}; \
+                     nothing of this batch was written (check the brokers)"
+                )));
+            };
+            if record::topic_kind(&prefix, &raw.topic) == Some(TopicKind::Transaction) {
+                self.carry.push(raw);
+            } else {
+                batch.add(&prefix, raw);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current end offset of every assigned event (non-transaction) partition.
+    async fn event_partition_ends(&self) -> Result<Vec<((String, i32), i64)>, HistoryError> {
+        let consumer = self.consumer.clone();
+        let prefix = self.o.topic_prefix.clone();
+        let parts: Vec<(String, i32)> = self
+            .assigned
+            .keys()
+            .filter(|(t, _)| record::topic_kind(&prefix, t) != Some(TopicKind::Transaction))
+            .cloned()
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            parts
+                .into_iter()
+                .map(|(t, p)| {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&t, p, Duration::from_secs(10))
+                        .map_err(HistoryError::kafka("reading topic offsets"))?;
+                    Ok(((t, p), high))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| HistoryError::Usage(format!("archive: offset task failed: {e}")))?
     }
 
     /// Append the batch: events first, then transaction records (an END never lands before

@@ -1104,3 +1104,57 @@ fn cli_errors_name_the_problem() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
 }
+
+/// Regression: an END must not be archived before its transaction's events. A table's first
+/// write creates its topic after the archive started; the archive looks for new topics only
+/// every hour here, so only the END's own list of tables can make it read that topic first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_end_is_never_archived_before_its_events_on_a_new_topic() {
+    let _serial = SERIAL.lock().await;
+    let s = setup("endfirst", None).await;
+    let app = s.through("web").await;
+    app.batch_execute("UPDATE notes SET body = 'first' WHERE id = 1")
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let o = hindsight_history::archive::Options {
+        store: s.store.clone(),
+        name: "endfirst".into(),
+        brokers: vec![brokers()],
+        topic_prefix: s.prefix.clone(),
+        librdkafka: Vec::new(),
+        batch_max_records: 1_000,
+        batch_max_wait: Duration::from_millis(100),
+        resolve_database: None,
+        resolve_after: Duration::from_secs(60),
+        topic_refresh: Duration::from_secs(3600),
+        until: hindsight_history::archive::Until::Stopped,
+    };
+    let running = tokio::spawn(hindsight_history::archive::run(o, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.batch_execute("CREATE TABLE fresh (id int PRIMARY KEY, v text); INSERT INTO fresh SELECT g, 'v' FROM generate_series(1, 25) g")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (events, expected) = loop {
+        if let Ok(session) = Session::open(&s.store).await {
+            let r = rows(&session, "SELECT o.event_count AS want, (SELECT count(*) FROM events e WHERE e.transaction_id = o.transaction_id) AS got \
+                 FROM transaction_outcomes o WHERE o.outcome = 'committed' AND o.transaction_id IN \
+                 (SELECT id FROM transactions WHERE status = 'END' AND strpos(data_collections_json, 'public.fresh') > 0)").await;
+            if let Some(r) = r.first() {
+                break (r["got"].as_i64().unwrap(), r["want"].as_i64().unwrap());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the INSERT's transaction was never archived as committed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        events, expected,
+        "the END was visible before the events of the new table's topic"
+    );
+}
