@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::output::{batch_rows, columns, Format, Renderer};
 use crate::query::Session;
-use crate::questions::{self, Question};
+use crate::questions::{self, Question, TxScope};
 use crate::record::key_sort;
 use crate::HistoryError;
 
@@ -38,7 +38,8 @@ pub async fn ask(
         Question::WhoChanged { column, .. } => column.clone(),
         _ => None,
     };
-    let mut stream = session.stream(&questions::sql(q)).await?;
+    let scope = scope(session, q).await?;
+    let mut stream = session.stream(&questions::sql_in(q, &scope)).await?;
     let mut r = Renderer::new(format, out);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -50,6 +51,38 @@ pub async fn ask(
     r.finish()
 }
 
+/// Most transactions a probe may name before a question reads the transaction records by time
+/// instead (a long `IN` list costs more than it saves).
+const MAX_PROBED: usize = 20_000;
+
+/// The transaction records `q` needs: those of the transactions its events belong to, when a
+/// probe finds few enough.
+async fn scope(session: &Session, q: &Question) -> Result<TxScope, HistoryError> {
+    let Some(probe) = questions::probe(q) else {
+        return Ok(questions::default_scope(q));
+    };
+    let mut ids = Vec::new();
+    let mut since = i64::MAX;
+    for b in session.sql(&probe).await? {
+        for row in batch_rows(&b)? {
+            if ids.len() >= MAX_PROBED {
+                return Ok(questions::default_scope(q));
+            }
+            since = since.min(row.get("first").and_then(Value::as_i64).unwrap_or(0));
+            ids.push(
+                row.get("transaction_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    Ok(TxScope::Ids {
+        ids,
+        since_ms: if since == i64::MAX { 0 } else { since },
+    })
+}
+
 /// The row as of T: present with its image, absent (deleted, or its key moved), or unknown.
 async fn row_as_of(
     session: &Session,
@@ -58,7 +91,8 @@ async fn row_as_of(
     format: Format,
     out: &mut dyn Write,
 ) -> Result<u64, HistoryError> {
-    let batches = session.sql(&questions::sql(q)).await?;
+    let scope = scope(session, q).await?;
+    let batches = session.sql(&questions::sql_in(q, &scope)).await?;
     let latest: Option<Map<String, Value>> = batches
         .iter()
         .map(batch_rows)

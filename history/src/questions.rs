@@ -115,20 +115,96 @@ fn where_clause(conds: &[String]) -> String {
     }
 }
 
-/// Committed changes (as the `changes` view), but reading only the transaction records from
-/// `since_ms` on: a transaction's records are never older than its statements, so a window
-/// need not aggregate the whole transaction history.
-fn committed_changes(conds: &[String], since_ms: Option<i64>) -> String {
-    let tx_since = since_ms.map_or(String::new(), |s| format!("WHERE ts_ms >= {s}"));
+/// Which transaction records a question reads to decide what committed. Every transaction's
+/// records are never older than its statements, so a window need not read older ones; and a
+/// question about few rows need only read their own transactions' records (bloom filters on
+/// `id` skip the rest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxScope {
+    All,
+    /// Records from this time on.
+    Since(i64),
+    /// Only these transactions' records (from `since_ms` on).
+    Ids {
+        ids: Vec<String>,
+        since_ms: i64,
+    },
+}
+
+/// Committed changes (as the `changes` view) matching `conds`, as CTE `c`, reading the
+/// transaction records `scope` names.
+fn committed_changes(conds: &[String], scope: &TxScope) -> String {
+    let tx_where = match scope {
+        TxScope::All => String::new(),
+        TxScope::Since(s) => format!("WHERE ts_ms >= {s}"),
+        TxScope::Ids { ids, .. } if ids.is_empty() => "WHERE false".to_string(),
+        TxScope::Ids { ids, since_ms } => {
+            let list: Vec<String> = ids.iter().map(|i| lit(i)).collect();
+            format!("WHERE ts_ms >= {since_ms} AND id IN ({})", list.join(", "))
+        }
+    };
     format!(
         "WITH t AS (SELECT id, coalesce(min(CASE WHEN status = 'BEGIN' THEN ts_ms END), min(ts_ms)) AS commit_ts_ms \
-           FROM transactions {tx_since} GROUP BY id \
+           FROM transactions {tx_where} GROUP BY id \
            HAVING coalesce(max(CASE WHEN status = 'END' THEN commit_status END), \
                            max(CASE WHEN status = 'RESOLVED' THEN commit_status END)) = 'committed'), \
          c AS (SELECT e.*, t.commit_ts_ms FROM events e JOIN t ON e.transaction_id = t.id \
            {} ) ",
         where_clause(conds)
     )
+}
+
+/// The conditions on `events` of a question that reads committed changes.
+fn event_conds(q: &Question) -> Option<Vec<String>> {
+    let listing = "op IN ('c', 'u', 'd', 't')".to_string();
+    match q {
+        Question::WhoChanged { table, key, column } => {
+            let mut conds = row_conds(table, key);
+            conds.push("op <> 'r'".into());
+            if let Some(c) = column {
+                conds.push(format!("array_has(changed_columns, {})", lit(c)));
+            }
+            Some(conds)
+        }
+        Question::RowAsOf { table, key, .. } => Some(row_conds(table, key)),
+        Question::TableAsOf { table, .. } => Some(vec![
+            table_cond(table),
+            "op IN ('c', 'u', 'd', 't', 'r')".into(),
+        ]),
+        Question::Changes(f) | Question::Summary(f) => {
+            let mut conds = conditions(f);
+            conds.push(listing);
+            Some(conds)
+        }
+        Question::Blocked(_) | Question::Transaction(_) | Question::InDoubt | Question::Sql(_) => {
+            None
+        }
+    }
+}
+
+/// The scope a question reads without a probe.
+pub fn default_scope(q: &Question) -> TxScope {
+    match q {
+        Question::Changes(f) | Question::Summary(f) => {
+            f.since_ms.map_or(TxScope::All, TxScope::Since)
+        }
+        _ => TxScope::All,
+    }
+}
+
+/// A first query whose answer (`transaction_id`, `first` = earliest statement time) narrows
+/// the transaction records `q` must read ([`TxScope::Ids`]); none where the whole table is
+/// read anyway.
+pub fn probe(q: &Question) -> Option<String> {
+    if matches!(q, Question::TableAsOf { .. }) {
+        return None;
+    }
+    event_conds(q).map(|conds| {
+        format!(
+            "SELECT transaction_id, min(ts_ms) AS first FROM events {} GROUP BY transaction_id",
+            where_clause(&conds)
+        )
+    })
 }
 
 fn row_conds(table: &str, key: &Row) -> Vec<String> {
@@ -143,36 +219,31 @@ fn row_conds(table: &str, key: &Row) -> Vec<String> {
 const LISTING: &str = "ts, op, table_name, key_json, changed_columns, before_json, after_json, \
      user_name, application_name, client_addr, statement, fingerprint, tags_json, transaction_id, tx_id";
 
-/// The SQL of `q`.
+/// The SQL of `q`, reading every transaction record it may need.
 pub fn sql(q: &Question) -> String {
+    sql_in(q, &default_scope(q))
+}
+
+/// The SQL of `q`, reading the transaction records of `scope`.
+pub fn sql_in(q: &Question, scope: &TxScope) -> String {
+    let c = |q: &Question| committed_changes(&event_conds(q).unwrap_or_default(), scope);
     match q {
-        Question::WhoChanged { table, key, column } => {
-            let mut conds = row_conds(table, key);
-            conds.push("op <> 'r'".into());
-            if let Some(c) = column {
-                conds.push(format!("array_has(changed_columns, {})", lit(c)));
-            }
-            format!(
-                "{} SELECT {LISTING}, key_sort, old_key_sort FROM c ORDER BY commit_ts_ms, kafka_offset",
-                committed_changes(&conds, None)
-            )
-        }
-        Question::RowAsOf { table, key, at_ms } => format!(
+        Question::WhoChanged { .. } => format!(
+            "{} SELECT {LISTING}, key_sort, old_key_sort FROM c ORDER BY commit_ts_ms, kafka_offset",
+            c(q)
+        ),
+        Question::RowAsOf { at_ms, .. } => format!(
             "{} SELECT op, after_json, key_sort, old_key_sort, ts, commit_ts_ms, transaction_id, \
                application_name, user_name FROM c WHERE commit_ts_ms <= {at_ms} \
              ORDER BY commit_ts_ms DESC, kafka_offset DESC LIMIT 1",
-            committed_changes(&row_conds(table, key), None)
+            c(q)
         ),
-        Question::TableAsOf { table, at_ms } => table_as_of(table, *at_ms),
-        Question::Changes(f) => {
-            let mut conds = conditions(f);
-            conds.push("op IN ('c', 'u', 'd', 't')".into());
-            format!(
-                "{} SELECT {LISTING} FROM c ORDER BY commit_ts_ms, kafka_offset",
-                committed_changes(&conds, f.since_ms)
-            )
-        }
-        Question::Summary(f) => summary(f),
+        Question::TableAsOf { at_ms, .. } => table_as_of(&c(q), *at_ms),
+        Question::Changes(_) => format!(
+            "{} SELECT {LISTING} FROM c ORDER BY commit_ts_ms, kafka_offset",
+            c(q)
+        ),
+        Question::Summary(_) => summary(&c(q)),
         Question::Blocked(f) => {
             let mut conds = conditions(f);
             conds.push("op = 'blocked'".into());
@@ -196,21 +267,19 @@ pub fn sql(q: &Question) -> String {
                  WHERE {cond} ORDER BY e.transaction_id, e.total_order"
             )
         }
-        Question::InDoubt => {
-            "SELECT transaction_id, tx_id, commit_ts_ms, event_count FROM in_doubt \
+        Question::InDoubt => "SELECT transaction_id, tx_id, commit_ts_ms, event_count FROM in_doubt \
              ORDER BY commit_ts_ms"
-                .to_string()
-        }
+            .to_string(),
         Question::Sql(s) => s.clone(),
     }
 }
 
-/// The latest state of every row at `at_ms`: each change's new key holds its after image, the
-/// old key of a key change is gone; rows whose latest state is a delete are left out.
-fn table_as_of(table: &str, at_ms: i64) -> String {
-    let conds = vec![table_cond(table), "op IN ('c', 'u', 'd', 't', 'r')".into()];
+/// The latest state of every row at `at_ms` from the committed changes `c`: each change's new
+/// key holds its after image, the old key of a key change is gone; rows whose latest state is
+/// a delete are left out.
+fn table_as_of(c: &str, at_ms: i64) -> String {
     format!(
-        "{} , states AS ( \
+        "{c} , states AS ( \
            SELECT key_sort AS k, op, after_json AS image, commit_ts_ms, kafka_offset, 0 AS moved \
              FROM c WHERE commit_ts_ms <= {at_ms} \
            UNION ALL \
@@ -218,18 +287,15 @@ fn table_as_of(table: &str, at_ms: i64) -> String {
              FROM c WHERE commit_ts_ms <= {at_ms} AND old_key_sort IS NOT NULL), \
          ranked AS (SELECT k, op, image, row_number() OVER (PARTITION BY k \
              ORDER BY commit_ts_ms DESC, kafka_offset DESC, moved ASC) AS rn FROM states) \
-         SELECT image FROM ranked WHERE rn = 1 AND op IN ('c', 'u', 'r') ORDER BY k",
-        committed_changes(&conds, None)
+         SELECT image FROM ranked WHERE rn = 1 AND op IN ('c', 'u', 'r') ORDER BY k"
     )
 }
 
 /// Per table: changes, rows, transactions, first and last time, applications, fingerprints;
 /// and per column, how many rows it changed in (`columns`).
-fn summary(f: &Filter) -> String {
-    let mut conds = conditions(f);
-    conds.push("op IN ('c', 'u', 'd', 't')".into());
+fn summary(c: &str) -> String {
     format!(
-        "{} , cols AS (SELECT table_name, col, count(DISTINCT key_sort) AS n FROM \
+        "{c} , cols AS (SELECT table_name, col, count(DISTINCT key_sort) AS n FROM \
              (SELECT table_name, key_sort, unnest(changed_columns) AS col FROM c) GROUP BY table_name, col), \
            col_list AS (SELECT table_name, string_agg(concat(col, ' (', CAST(n AS VARCHAR), ')'), ', ' ORDER BY n DESC, col) AS columns \
              FROM cols GROUP BY table_name) \
@@ -242,8 +308,7 @@ fn summary(f: &Filter) -> String {
              array_to_string(array_sort(array_agg(DISTINCT user_name)), ', ') AS users, \
              array_to_string(array_sort(array_agg(DISTINCT fingerprint)), ', ') AS fingerprints \
            FROM c GROUP BY table_name) s LEFT JOIN col_list l ON s.table_name = l.table_name \
-         ORDER BY s.table_name",
-        committed_changes(&conds, f.since_ms)
+         ORDER BY s.table_name"
     )
 }
 
