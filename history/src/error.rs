@@ -11,12 +11,14 @@ pub enum HistoryError {
     },
     #[error("history store {store}: no history there yet (run `hindsight archive` first, or check --store)")]
     NoStore { store: String },
-    #[error("history store {store}: {what}: {detail} (the store may be damaged: a file was removed or altered outside hindsight; `history verify` is not built yet, see the README)")]
+    #[error("history store {store}: {what}: {detail} (the store was damaged or altered outside hindsight)")]
     Corrupt {
         store: String,
         what: String,
         detail: String,
     },
+    #[error("history store: a file cannot be read: {0} (the store was damaged or altered outside hindsight: restore that file from a backup, or rebuild the store by archiving the topics again while they still hold the records)")]
+    Damaged(String),
     #[error("query: {0}")]
     Query(Box<deltalake::datafusion::error::DataFusionError>),
     #[error("output: {0}")]
@@ -43,7 +45,12 @@ pub enum HistoryError {
 }
 
 impl From<deltalake::datafusion::error::DataFusionError> for HistoryError {
+    /// A file of the store that cannot be read is named as damage, not as a query mistake.
     fn from(e: deltalake::datafusion::error::DataFusionError) -> Self {
+        let text = e.to_string();
+        if text.contains("Parquet error") || text.contains("Object Store error") {
+            return HistoryError::Damaged(text);
+        }
         HistoryError::Query(Box::new(e))
     }
 }

@@ -637,6 +637,51 @@ async fn archive_killed_9_has_no_gap_no_duplicate_and_as_of_matches_the_tables()
 
     // An outside reader (PyPI deltalake + pyarrow) sees the same rows.
     outside_reader_agrees(&s.store, &session).await;
+    a_damaged_file_is_named(&s.store).await;
+}
+
+/// A store file cut short: the question fails with an error naming the file, not a wrong answer.
+async fn a_damaged_file_is_named(store: &str) {
+    let copy = format!("{store}-damaged");
+    let status = Command::new("cp")
+        .args(["-r", store, &copy])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let file = walk(&PathBuf::from(&copy).join("events"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .expect("a parquet file");
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.set_len(100).unwrap();
+    let session = Session::open(&copy).await.unwrap();
+    let err = ask::ask(
+        &session,
+        &Question::Sql("SELECT count(*), max(after_json) FROM events".into()),
+        Format::Text,
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        err.contains("cannot be read") && err.contains(&name),
+        "{err}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 fn python() -> PathBuf {
