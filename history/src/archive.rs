@@ -247,7 +247,7 @@ impl Archive {
         .map_err(|e| HistoryError::Usage(format!("archive: topic listing task failed: {e}")))?
     }
 
-    /// The next record, or `None` at `deadline` or on `stop`.
+    /// The next record, or `None` at `deadline`, on `stop`, or after a failed read (logged).
     async fn next_record(
         &self,
         deadline: tokio::time::Instant,
@@ -258,7 +258,15 @@ impl Archive {
             _ = tokio::time::sleep_until(deadline) => return Ok(None),
             _ = stop.cancelled() => return Ok(None),
         };
-        let msg = msg.map_err(HistoryError::kafka("reading the audit topics"))?;
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                // librdkafka reconnects by itself; a daemon waits for the brokers to come back.
+                tracing::warn!(error = %e, "archive: reading the audit topics failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Ok(None);
+            }
+        };
         Ok(Some(RawRecord {
             topic: msg.topic().to_string(),
             partition: msg.partition(),
@@ -321,6 +329,9 @@ impl Archive {
             let Some(raw) = self.next_record(deadline, stop).await? else {
                 if stop.is_cancelled() {
                     return Ok(());
+                }
+                if tokio::time::Instant::now() < deadline {
+                    continue;
                 }
                 return Err(HistoryError::Usage(format!(
                     "archive: the brokers did not deliver the event topics up to their ends within {COMPLETE_WITHIN:?}; \
@@ -458,5 +469,26 @@ impl Archive {
         self.assigned
             .iter()
             .all(|(at, high)| self.position.get(at).copied().unwrap_or(0) >= *high)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_end_names_the_topics_of_its_tables() {
+        let list = r#"[{"data_collection":"public.brieff","event_count":2},
+                       {"data_collection":"Sales Dept.Order Details","event_count":1},
+                       {"data_collection":"statements","event_count":1}]"#;
+        assert_eq!(
+            collection_topics("hs", list),
+            [
+                "hs.public.brieff",
+                "hs.Sales_Dept.Order_Details",
+                "hs.statements"
+            ]
+        );
+        assert!(collection_topics("hs", "not json").is_empty());
     }
 }
