@@ -15,7 +15,7 @@ bulk_rows="${BULK_ROWS:-200000}"
 pgbench_seconds="${PGBENCH_SECONDS:-20}"
 bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
 log "building hindsight and hindsight-history (release)"
-(cd "$ROOT" && cargo build --release --quiet --bin hindsight -p hindsight-history --bins --examples)
+(cd "$ROOT" && cargo build --release --quiet -p hindsight --bin hindsight && cargo build --release --quiet -p hindsight-history --bins --examples)
 bin="$ROOT/target/release/hindsight"; hist="$ROOT/target/release/hindsight-history"
 synth="$ROOT/target/release/examples/synth"
 out="$DEV/bench-history"; rm -rf "$out"; mkdir -p "$out"
@@ -36,10 +36,10 @@ cpu_of() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }   # use
 archive_once() {
   local b0; b0=$(cpu_of "$broker_pid")
   /usr/bin/time -f "%e %U %S %M" -o "$out/$1.time" "$hist" archive --once --store "$3" \
-    --kafka-brokers "$broker" --topic-prefix "$2" >"$out/$1.log" 2>"$out/$1.err" \
+    --kafka-brokers "$broker" --topic-prefix "$2" >"$out/$1-archive.log" 2>"$out/$1.err" \
     || { cat "$out/$1.err"; die "archive --once failed ($1)"; }
   local b1; b1=$(cpu_of "$broker_pid")
-  local events; events=$(sed -nE 's/^archived ([0-9]+) event.*/\1/p' "$out/$1.log")
+  local events; events=$(sed -nE 's/^archived ([0-9]+) event.*/\1/p' "$out/$1-archive.log")
   read -r wall user sys rss <"$out/$1.time"
   echo "$wall $(echo "$user + $sys" | bc) $rss $events $(echo "$b1 - $b0" | bc)"
 }
