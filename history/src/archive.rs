@@ -4,8 +4,8 @@
 //! its rows to the two tables, each commit carrying the offsets it consumed; then, between
 //! batches, look for new topics and resolve transactions left in doubt. librdkafka keeps
 //! fetching into its own queue while a batch is being written, so the broker and the store work
-//! side by side. Partitions are assigned by hand from the offsets in the store; the consumer
-//! group only mirrors them for monitoring.
+//! side by side. Partitions are assigned by hand from the offsets in the store; nothing is
+//! committed to the consumer group (its lag is not a measure of the archive).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

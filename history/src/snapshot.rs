@@ -3,7 +3,8 @@
 //! that "as of" answers for rows that never changed after hindsight was deployed.
 //!
 //! The rows are read in one `REPEATABLE READ READ ONLY` transaction; its `pg_current_snapshot()`
-//! is the consistent point, named in each event's statement. The events form one transaction
+//! is the consistent point, named in each event's statement. Its time orders it exactly against
+//! captured changes: see [`consistent_point`]. The events form one transaction
 //! of their own (BEGIN, the rows, END committed): they count only once the END is published,
 //! so a snapshot that fails halfway is never half-visible. Capture's redaction rules apply.
 
@@ -78,10 +79,6 @@ pub async fn run(o: &Options) -> Result<Report, HistoryError> {
     };
     let sink = KafkaSink::connect(o.sink.clone()).await?;
     let client = connect(&o.database).await?;
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(HistoryError::db("snapshot: starting the read"))?;
     let metas = hindsight::restore::db::table_meta(&client, std::slice::from_ref(&o.table))
         .await
         .map_err(|e| HistoryError::Usage(format!("snapshot: {e}")))?;
@@ -91,14 +88,8 @@ pub async fn run(o: &Options) -> Result<Report, HistoryError> {
             o.table
         )));
     };
-    let head = client
-        .query_one(
-            "SELECT pg_current_snapshot()::text, (extract(epoch FROM now()) * 1000)::int8, \
-               current_database()::text, current_user::text",
-            &[],
-        )
-        .await
-        .map_err(HistoryError::db("snapshot: reading the snapshot point"))?;
+    let relation = hindsight::restore::sql::quote_table(schema, name);
+    let head = consistent_point(&o.database, &client, &relation).await?;
     let ts_ms: i64 = head.get(1);
     let ctx = Context {
         point: head.get(0),
@@ -111,7 +102,6 @@ pub async fn run(o: &Options) -> Result<Report, HistoryError> {
         id: format!("snapshot:{}:{ts_ms}", o.table),
         prefix: o.sink.topic_prefix.clone(),
     };
-    let relation = hindsight::restore::sql::quote_table(schema, name);
     let total: i64 = client
         .query_one(&format!("SELECT count(*) FROM {relation}"), &[])
         .await
@@ -143,6 +133,51 @@ pub async fn run(o: &Options) -> Result<Report, HistoryError> {
         ts_ms,
     })
 }
+
+/// Start the read at a point that orders exactly against captured transactions. A second
+/// session takes `SHARE` on the table, which waits for every transaction writing it to commit
+/// (each published its records before its COMMIT, so before this point) and holds new writers
+/// until the read's snapshot is taken and the clock has moved on (so each of them publishes
+/// after this point). Writers wait only that long, not for the whole read.
+/// Returns the row `(pg_current_snapshot(), time in ms, database, user)`.
+async fn consistent_point(
+    database: &str,
+    client: &tokio_postgres::Client,
+    relation: &str,
+) -> Result<tokio_postgres::Row, HistoryError> {
+    let guard = connect(database).await?;
+    guard
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}s'; LOCK TABLE {relation} IN SHARE MODE",
+            LOCK_TIMEOUT_S
+        ))
+        .await
+        .map_err(HistoryError::db(format!(
+            "snapshot: waiting {LOCK_TIMEOUT_S} s for the transactions writing {relation} to end"
+        )))?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(HistoryError::db("snapshot: starting the read"))?;
+    let head = client
+        .query_one(
+            "SELECT pg_current_snapshot()::text, (extract(epoch FROM clock_timestamp()) * 1000)::int8, \
+               current_database()::text, current_user::text",
+            &[],
+        )
+        .await
+        .map_err(HistoryError::db("snapshot: reading the snapshot point"))?;
+    // A writer released now publishes in a later millisecond than the point.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    guard
+        .batch_execute("COMMIT")
+        .await
+        .map_err(HistoryError::db("snapshot: releasing the table"))?;
+    Ok(head)
+}
+
+/// How long a snapshot waits for the transactions writing its table.
+const LOCK_TIMEOUT_S: u64 = 60;
 
 /// Fetch the cursor in chunks and publish each chunk's events (acknowledged before the next).
 async fn publish_rows(
