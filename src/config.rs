@@ -94,9 +94,12 @@ pub struct ArchiveConfig {
     /// How old a BEGIN without END must be before the database is asked about it.
     #[serde(with = "humantime_serde")]
     pub resolve_after: Duration,
-    /// How often the brokers are asked for new audit topics (a new table's first write).
+    /// How often the brokers are asked for new audit topics (a new table's first write), and
+    /// the archive's lag is measured.
     #[serde(with = "humantime_serde")]
     pub topic_refresh: Duration,
+    /// Address of the archive's HTTP endpoint (`/metrics`, `/healthz`); unset: none.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for ArchiveConfig {
@@ -109,6 +112,7 @@ impl Default for ArchiveConfig {
             resolve_database: None,
             resolve_after: defaults::ARCHIVE_RESOLVE_AFTER,
             topic_refresh: defaults::ARCHIVE_TOPIC_REFRESH,
+            admin_listen: None,
         }
     }
 }

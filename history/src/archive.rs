@@ -14,6 +14,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::record::{self, Archived, EventRow, RawRecord, TopicKind, TxRow};
 use crate::resolve::{InDoubt, Resolver};
 use crate::store::{Open, PartitionOffset, Store};
@@ -33,6 +34,8 @@ pub struct Options {
     pub resolve_after: Duration,
     pub topic_refresh: Duration,
     pub until: Until,
+    /// Serve `/metrics` and `/healthz` here.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// When the archive stops by itself.
@@ -121,6 +124,7 @@ struct Archive {
     last_refresh: Instant,
     /// Transaction records read while completing a batch, for the next one.
     carry: Vec<RawRecord>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 /// How long completing a batch may wait for events the brokers already hold.
@@ -151,7 +155,12 @@ pub async fn run(o: Options, stop: CancellationToken) -> Result<Totals, HistoryE
     let store = Store::open(&o.store, Open::CreateIfMissing).await?;
     let in_doubt = InDoubt::load(&store).await?;
     let resolver = Resolver::new(o.resolve_database.clone(), o.resolve_after, in_doubt);
+    let metrics = std::sync::Arc::new(Metrics::new());
+    if let Some(addr) = o.admin_listen {
+        crate::metrics::serve(addr, metrics.clone(), stop.clone()).await?;
+    }
     let mut a = Archive {
+        metrics,
         consumer: std::sync::Arc::new(consumer(&o)?),
         store,
         assigned: HashMap::new(),
@@ -382,17 +391,23 @@ impl Archive {
         let name = self.o.name.clone();
         if !batch.events.is_empty() {
             let offsets = batch.offsets(&prefix, false);
+            let timer = self.metrics.commit_seconds.start_timer();
             self.store
                 .append_events(&name, &batch.events, &offsets)
                 .await?;
+            timer.observe_duration();
             self.totals.commits += 1;
+            self.metrics.commits.inc();
         }
         if !batch.transactions.is_empty() {
             let offsets = batch.offsets(&prefix, true);
+            let timer = self.metrics.commit_seconds.start_timer();
             self.store
                 .append_transactions(&name, &batch.transactions, &offsets)
                 .await?;
+            timer.observe_duration();
             self.totals.commits += 1;
+            self.metrics.commits.inc();
         }
         for t in &batch.transactions {
             self.resolver.saw(t);
@@ -405,6 +420,14 @@ impl Archive {
         self.totals.unreadable += unreadable;
         self.totals.events += batch.events.len() as u64 - unreadable;
         self.totals.transaction_records += batch.transactions.len() as u64;
+        self.metrics.unreadable.inc_by(unreadable);
+        self.metrics
+            .events
+            .inc_by(batch.events.len() as u64 - unreadable);
+        self.metrics
+            .transaction_records
+            .inc_by(batch.transactions.len() as u64);
+        self.metrics.in_doubt.set(self.resolver.open_count() as i64);
         for (at, next) in &batch.next {
             self.position.insert(at.clone(), *next);
         }
@@ -425,6 +448,8 @@ impl Archive {
             if let Err(e) = self.discover().await {
                 // The brokers may be briefly away; the next refresh tries again.
                 tracing::warn!(error = %e, "archive: looking for new topics failed; will retry");
+            } else if let Ok(lag) = self.lag().await {
+                self.metrics.lag_records.set(lag);
             }
         }
         if self.transactions_archived_to_end().await {
@@ -434,6 +459,9 @@ impl Archive {
                 self.store.append_transactions(&name, &rows, &[]).await?;
                 self.totals.resolved += rows.len() as u64;
                 self.totals.commits += 1;
+                self.metrics.resolved.inc_by(rows.len() as u64);
+                self.metrics.commits.inc();
+                self.metrics.in_doubt.set(self.resolver.open_count() as i64);
             }
         }
         Ok(())
@@ -462,6 +490,25 @@ impl Archive {
         })
         .await
         .unwrap_or(false)
+    }
+
+    /// Records on the assigned partitions not archived yet.
+    async fn lag(&self) -> Result<i64, HistoryError> {
+        let consumer = self.consumer.clone();
+        let parts: Vec<((String, i32), i64)> =
+            self.position.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut lag = 0;
+            for ((t, p), next) in parts {
+                let (_, high) = consumer
+                    .fetch_watermarks(&t, p, Duration::from_secs(5))
+                    .map_err(HistoryError::kafka("reading topic offsets"))?;
+                lag += (high - next).max(0);
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(|e| HistoryError::Usage(format!("archive: offset task failed: {e}")))?
     }
 
     /// Every partition archived up to where it ended when it was first seen.

@@ -8,7 +8,7 @@
 //! Layers, top to bottom:
 //! - `main.rs` — the CLI, thin.
 //! - [`archive`] — the long-running consumer: topics → batches → store commits, in-doubt
-//!   resolution. [`snapshot`] — a table's current rows as `op: "r"` events.
+//!   resolution; [`metrics`] — its Prometheus endpoint. [`snapshot`] — a table's current rows as `op: "r"` events.
 //! - [`ask`] — one question end to end (the CLI wraps it).
 //! - [`questions`] — each compliance question as one SQL query over the store (pure text),
 //!   [`output`] — rendering results as text, JSON or CSV; [`restore_log`] — the store as
@@ -21,6 +21,7 @@ pub mod archive;
 pub mod ask;
 pub mod batch;
 pub mod error;
+pub mod metrics;
 pub mod output;
 pub mod query;
 pub mod questions;

@@ -79,6 +79,9 @@ struct ArchiveArgs {
     /// Archive what the topics hold now, then exit.
     #[arg(long)]
     once: bool,
+    /// Serve /metrics and /healthz here (archive.admin_listen), e.g. 127.0.0.1:9188.
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -299,6 +302,7 @@ async fn archive_command(a: ArchiveArgs) -> Result<u8, HistoryError> {
                 resolve_database: a.resolve_database.or(ac.resolve_database),
                 resolve_after: ac.resolve_after,
                 topic_refresh: ac.topic_refresh,
+                admin_listen: a.admin_listen.or(ac.admin_listen),
                 until: if a.once {
                     archive::Until::CaughtUp
                 } else {

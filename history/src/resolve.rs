@@ -112,6 +112,11 @@ impl Resolver {
             .collect()
     }
 
+    /// Transactions open now (BEGIN without END or RESOLVED).
+    pub fn open_count(&self) -> usize {
+        self.open.0.len()
+    }
+
     pub fn has_candidates(&self) -> bool {
         self.database.is_some() && !self.candidates().is_empty()
     }

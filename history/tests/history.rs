@@ -158,6 +158,7 @@ impl Setup {
             resolve_after: Duration::from_secs(60),
             topic_refresh: Duration::from_secs(1),
             until: hindsight_history::archive::Until::CaughtUp,
+            admin_listen: None,
         };
         hindsight_history::archive::run(o, Default::default())
             .await
@@ -671,6 +672,18 @@ async fn a_damaged_file_is_named(store: &str) {
     );
 }
 
+/// The body of an HTTP GET (HTTP/1.0, no client library needed).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
+}
+
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -1162,6 +1175,10 @@ async fn an_end_is_never_archived_before_its_events_on_a_new_topic() {
         .await
         .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
+    let admin: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
     let o = hindsight_history::archive::Options {
         store: s.store.clone(),
         name: "endfirst".into(),
@@ -1174,6 +1191,7 @@ async fn an_end_is_never_archived_before_its_events_on_a_new_topic() {
         resolve_after: Duration::from_secs(60),
         topic_refresh: Duration::from_secs(3600),
         until: hindsight_history::archive::Until::Stopped,
+        admin_listen: Some(admin),
     };
     let running = tokio::spawn(hindsight_history::archive::run(o, stop.clone()));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1196,6 +1214,14 @@ async fn an_end_is_never_archived_before_its_events_on_a_new_topic() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let metrics = http_get(admin, "/metrics");
+    let archived: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hindsight_archive_events_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no events_total in /metrics:\n{metrics}"));
+    assert!(archived >= 26, "{metrics}");
+    assert!(http_get(admin, "/healthz").ends_with("ok"));
     stop.cancel();
     running.await.unwrap().unwrap();
     assert_eq!(
