@@ -83,9 +83,19 @@ async fn open_table(
     open: Open,
 ) -> Result<DeltaTable, HistoryError> {
     let url = table_url(location, name, open)?;
-    let table = DeltaTable::try_from_url(url)
-        .await
-        .map_err(HistoryError::store(location))?;
+    // A local table not created yet is not loaded (the kernel would log an error for it).
+    let fresh = url
+        .to_file_path()
+        .is_ok_and(|p| !p.join("_delta_log").exists());
+    let table = if fresh {
+        deltalake::DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.build())
+            .map_err(HistoryError::store(location))?
+    } else {
+        DeltaTable::try_from_url(url)
+            .await
+            .map_err(HistoryError::store(location))?
+    };
     if table.version().is_some() {
         return Ok(table);
     }
