@@ -8,6 +8,7 @@ pub mod config;
 pub mod gates;
 pub mod proxy;
 pub mod restore;
+pub mod signals;
 pub mod statement;
 pub mod telemetry;
 pub mod wire;

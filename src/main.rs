@@ -450,19 +450,10 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
             hindsight::proxy::launch(config, hindsight::telemetry::Metrics::new()).await?;
         let token = running.shutdown_token();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            hindsight::signals::terminated().await;
             token.cancel();
         });
         running.wait().await;
         Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
 }

@@ -358,14 +358,22 @@ impl Archive {
 
     /// The current end offset of every assigned event (non-transaction) partition.
     async fn event_partition_ends(&self) -> Result<Vec<((String, i32), i64)>, HistoryError> {
-        let consumer = self.consumer.clone();
-        let prefix = self.o.topic_prefix.clone();
+        let prefix = &self.o.topic_prefix;
         let parts: Vec<(String, i32)> = self
             .assigned
             .keys()
-            .filter(|(t, _)| record::topic_kind(&prefix, t) != Some(TopicKind::Transaction))
+            .filter(|(t, _)| record::topic_kind(prefix, t) != Some(TopicKind::Transaction))
             .cloned()
             .collect();
+        self.ends(parts).await
+    }
+
+    /// The current end offset of each of `parts`.
+    async fn ends(
+        &self,
+        parts: Vec<(String, i32)>,
+    ) -> Result<Vec<((String, i32), i64)>, HistoryError> {
+        let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || {
             parts
                 .into_iter()
@@ -390,24 +398,20 @@ impl Archive {
         let prefix = self.o.topic_prefix.clone();
         let name = self.o.name.clone();
         if !batch.events.is_empty() {
-            let offsets = batch.offsets(&prefix, false);
             let timer = self.metrics.commit_seconds.start_timer();
+            let offsets = batch.offsets(&prefix, false);
             self.store
                 .append_events(&name, &batch.events, &offsets)
                 .await?;
-            timer.observe_duration();
-            self.totals.commits += 1;
-            self.metrics.commits.inc();
+            self.committed(timer);
         }
         if !batch.transactions.is_empty() {
-            let offsets = batch.offsets(&prefix, true);
             let timer = self.metrics.commit_seconds.start_timer();
+            let offsets = batch.offsets(&prefix, true);
             self.store
                 .append_transactions(&name, &batch.transactions, &offsets)
                 .await?;
-            timer.observe_duration();
-            self.totals.commits += 1;
-            self.metrics.commits.inc();
+            self.committed(timer);
         }
         for t in &batch.transactions {
             self.resolver.saw(t);
@@ -494,21 +498,18 @@ impl Archive {
 
     /// Records on the assigned partitions not archived yet.
     async fn lag(&self) -> Result<i64, HistoryError> {
-        let consumer = self.consumer.clone();
-        let parts: Vec<((String, i32), i64)> =
-            self.position.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        tokio::task::spawn_blocking(move || {
-            let mut lag = 0;
-            for ((t, p), next) in parts {
-                let (_, high) = consumer
-                    .fetch_watermarks(&t, p, Duration::from_secs(5))
-                    .map_err(HistoryError::kafka("reading topic offsets"))?;
-                lag += (high - next).max(0);
-            }
-            Ok(lag)
-        })
-        .await
-        .map_err(|e| HistoryError::Usage(format!("archive: offset task failed: {e}")))?
+        let ends = self.ends(self.position.keys().cloned().collect()).await?;
+        Ok(ends
+            .iter()
+            .map(|(at, high)| (high - self.position.get(at).copied().unwrap_or(0)).max(0))
+            .sum())
+    }
+
+    /// Count one commit to the store.
+    fn committed(&mut self, timer: prometheus::HistogramTimer) {
+        timer.observe_duration();
+        self.totals.commits += 1;
+        self.metrics.commits.inc();
     }
 
     /// Every partition archived up to where it ended when it was first seen.

@@ -312,7 +312,7 @@ async fn archive_command(a: ArchiveArgs) -> Result<u8, HistoryError> {
             let stop = tokio_util::sync::CancellationToken::new();
             let s = stop.clone();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                hindsight::signals::terminated().await;
                 s.cancel();
             });
             let t = archive::run(o, stop).await?;
@@ -346,15 +346,6 @@ async fn restore(a: RestoreArgs) -> Result<u8, HistoryError> {
             eprintln!("error: {e}");
             Ok(e.exit_code())
         }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
 
