@@ -153,7 +153,8 @@ async fn consistent_point(
         ))
         .await
         .map_err(HistoryError::db(format!(
-            "snapshot: waiting {LOCK_TIMEOUT_S} s for the transactions writing {relation} to end"
+            "snapshot: LOCK TABLE {relation} IN SHARE MODE (needs UPDATE, DELETE or TRUNCATE on \
+             the table; waits up to {LOCK_TIMEOUT_S} s for the transactions writing it)"
         )))?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
