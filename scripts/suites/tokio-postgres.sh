@@ -18,6 +18,9 @@ run_suite() {
   local label="$1" p="$2" copy="$DEV/tokio-postgres-suite-$1"
   rm -rf "$copy"; cp -r "$src" "$copy"; chmod -R u+w "$copy"
   sed -i "s/5433/$p/g" "$copy/tests/test/main.rs" "$copy/tests/test/runtime.rs"
+  # The copy lives under this repository, whose Cargo.toml is a workspace: it is a workspace
+  # of its own.
+  printf '\n[workspace]\n' >>"$copy/Cargo.toml"
   # The suite's fixtures (tables, types) are created per test; one thread keeps LISTEN/NOTIFY and
   # advisory-lock tests from racing each other, as upstream's CI does on a fresh server.
   (cd "$copy" && cargo test --all-features --test test -- --skip unix_socket --test-threads=4 2>&1) >"$DEV/tokio-postgres-suite-$label.log" || true
