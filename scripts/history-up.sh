@@ -7,7 +7,7 @@
 source "$(dirname "$0")/common.sh"
 store="$DEV/history"
 pidf="$DEV/archive.pid"; logf="$DEV/archive.log"
-log "building hindsight-history (release; cold: about 25 minutes on 2 cores, see README)"
+log "building hindsight-history (release; cold: about 30 minutes on 2 cores, see README)"
 (cd "$ROOT" && cargo build --release --quiet -p hindsight-history) \
   || die "building hindsight-history failed (the proxy keeps running)"
 bin="$ROOT/target/release/hindsight-history"
