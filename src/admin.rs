@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up),
 //! `/readyz` (the upstream server accepts TCP connections), and the gates API under `/gates/`
-//! (rules and hit counts, reload, feature flags, kill switches), which requires
+//! (rules and hit counts, reload, feature flags, kill switches) and the footprints API under
+//! `/footprints` (paths, approve, forget, modes), which require
 //! `Authorization: Bearer <admin.token>` when a token is configured.
 
 use crate::proxy::server::ProxyCtx;
@@ -20,6 +21,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyCtx>, shutdown: Cancella
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(gates_routes(Arc::clone(&ctx)))
+        .merge(footprint_routes(Arc::clone(&ctx)))
         .with_state(ctx);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -97,6 +99,7 @@ fn gates(ctx: &ProxyCtx) -> Result<Arc<crate::gates::engine::Gates>, (StatusCode
 fn unprocessable(e: crate::gates::GateError) -> (StatusCode, String) {
     let status = match e {
         crate::gates::GateError::UnknownFlag(_) => StatusCode::NOT_FOUND,
+        crate::gates::GateError::Control(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
     (status, format!("{e}\n"))
@@ -139,7 +142,7 @@ async fn set_flag(
             format!("flag {name}: {e} (expected e.g. {{\"enabled\": true}} or {{\"for\": {{\"application_name\": [\"web\"]}}, \"percentage\": 10}})\n"),
         )
     })?;
-    g.set_flag(&name, def).map_err(unprocessable)?;
+    g.set_flag(&name, def).await.map_err(unprocessable)?;
     Ok(axum::Json(g.flags().get(&name).cloned()).into_response())
 }
 
@@ -159,7 +162,9 @@ async fn kill(ctx: &ProxyCtx, scope: &str, value: &str, on: bool) -> ApiResult {
         StatusCode::NOT_FOUND,
         format!("unknown kill switch scope {scope:?} (application, user, table, database)\n"),
     ))?;
-    g.set_kill_switch(s, value, on).map_err(unprocessable)?;
+    g.set_kill_switch(s, value, on)
+        .await
+        .map_err(unprocessable)?;
     Ok(format!(
         "writes {} for {scope} {value:?}\n",
         if on { "switched off" } else { "back on" }
@@ -179,4 +184,153 @@ async fn kill_off(
     axum::extract::Path((scope, value)): axum::extract::Path<(String, String)>,
 ) -> ApiResult {
     kill(&ctx, &scope, &value, false).await
+}
+
+fn footprint_routes(ctx: Arc<ProxyCtx>) -> Router<Arc<ProxyCtx>> {
+    use axum::routing::post;
+    Router::new()
+        .route("/footprints", get(footprint_list))
+        .route("/footprints/modes", get(footprint_modes))
+        .route(
+            "/footprints/modes/{application}",
+            axum::routing::put(footprint_mode).delete(footprint_mode_clear),
+        )
+        .route("/footprints/{id}/approve", post(footprint_approve))
+        .route("/footprints/{id}/forget", post(footprint_forget))
+        .layer(axum::middleware::from_fn_with_state(ctx, authorize))
+}
+
+fn footprints(
+    ctx: &ProxyCtx,
+) -> Result<
+    (
+        Arc<crate::footprint::Footprints>,
+        Arc<crate::control::Control>,
+    ),
+    (StatusCode, String),
+> {
+    let c = ctx.capture.as_ref();
+    match (
+        c.and_then(|c| c.footprints.clone()),
+        c.and_then(|c| c.control.clone()),
+    ) {
+        (Some(f), Some(ctl)) => Ok((f, ctl)),
+        _ => Err((
+            StatusCode::CONFLICT,
+            "footprints are not enabled: set footprints.enabled = true (capture on)\n".into(),
+        )),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    application: Option<String>,
+    /// RFC 3339 time or milliseconds since the epoch: only paths first seen since.
+    since: Option<String>,
+}
+
+async fn footprint_list(
+    State(ctx): State<Arc<ProxyCtx>>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> ApiResult {
+    let (f, _) = footprints(&ctx)?;
+    let since_ms = match &q.since {
+        Some(t) => Some(
+            crate::footprint::report::parse_time(t)
+                .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, format!("since: {e}\n")))?,
+        ),
+        None => None,
+    };
+    let filter = crate::footprint::report::Filter {
+        application: q.application,
+        since_ms,
+    };
+    let book = f.read();
+    let list: Vec<&crate::footprint::book::Entry> =
+        crate::footprint::report::select(&book, &filter);
+    Ok(axum::Json(list).into_response())
+}
+
+async fn footprint_modes(State(ctx): State<Arc<ProxyCtx>>) -> ApiResult {
+    let (f, _) = footprints(&ctx)?;
+    Ok(axum::Json(f.modes()).into_response())
+}
+
+async fn publish_path(
+    ctl: &crate::control::Control,
+    id: crate::footprint::path::PathId,
+    d: &crate::footprint::book::Decision,
+) -> Result<(), (StatusCode, String)> {
+    let v = serde_json::to_value(d).expect("decisions serialise");
+    ctl.publish("path", &id.to_string(), Some(&v))
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")))
+}
+
+fn path_id(id: &str) -> Result<crate::footprint::path::PathId, (StatusCode, String)> {
+    id.parse()
+        .map_err(|e: String| (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")))
+}
+
+async fn footprint_approve(
+    State(ctx): State<Arc<ProxyCtx>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult {
+    let (f, ctl) = footprints(&ctx)?;
+    let pid = path_id(&id)?;
+    let entry = f.read().get(pid).map(|s| s.entry.clone()).ok_or((
+        StatusCode::NOT_FOUND,
+        format!("no write path {id} in the footprints (GET /footprints lists them)\n"),
+    ))?;
+    let d = crate::footprint::book::Decision::Approved {
+        actor: entry.actor.clone(),
+        path: entry.path.clone(),
+        by: "admin-api".into(),
+        at_ms: crate::footprint::report::now_ms(),
+    };
+    publish_path(&ctl, pid, &d).await?;
+    Ok(format!("approved {id}: {}\n", entry.path.describe()).into_response())
+}
+
+async fn footprint_forget(
+    State(ctx): State<Arc<ProxyCtx>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult {
+    let (_, ctl) = footprints(&ctx)?;
+    let pid = path_id(&id)?;
+    let d = crate::footprint::book::Decision::Forgotten {
+        at_ms: crate::footprint::report::now_ms(),
+    };
+    publish_path(&ctl, pid, &d).await?;
+    Ok(format!("forgot {id}\n").into_response())
+}
+
+async fn footprint_mode(
+    State(ctx): State<Arc<ProxyCtx>>,
+    axum::extract::Path(app): axum::extract::Path<String>,
+    body: String,
+) -> ApiResult {
+    let (_, ctl) = footprints(&ctx)?;
+    let word = body.trim().trim_matches('"');
+    let mode = crate::footprint::decide::Mode::parse(word).ok_or((
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("mode {word:?}: expected learn, alert or enforce\n"),
+    ))?;
+    let v =
+        serde_json::json!({ "mode": mode.label(), "at_ms": crate::footprint::report::now_ms() });
+    ctl.publish("mode", &app, Some(&v))
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")))?;
+    Ok(format!("application {app:?}: mode {}\n", mode.label()).into_response())
+}
+
+async fn footprint_mode_clear(
+    State(ctx): State<Arc<ProxyCtx>>,
+    axum::extract::Path(app): axum::extract::Path<String>,
+) -> ApiResult {
+    let (_, ctl) = footprints(&ctx)?;
+    ctl.publish("mode", &app, None)
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")))?;
+    Ok(format!("application {app:?}: back to its configured mode\n").into_response())
 }

@@ -42,6 +42,12 @@ pub mod defaults {
     pub const ARCHIVE_RESOLVE_AFTER: Duration = Duration::from_secs(60);
     /// How often the archive looks for new topics (archive.topic_refresh).
     pub const ARCHIVE_TOPIC_REFRESH: Duration = Duration::from_secs(10);
+    /// footprints.flush_interval
+    pub const FOOTPRINT_FLUSH: Duration = Duration::from_secs(5);
+    /// footprints.webhook_timeout
+    pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+    /// footprints.webhook_retries
+    pub const WEBHOOK_RETRIES: u32 = 3;
 }
 
 /// Prefix of environment variables that override the file; `__` separates nesting levels,
@@ -68,6 +74,54 @@ pub struct Config {
     pub gates: GatesConfig,
     /// The history archive (`hindsight archive`): where the audit topics are kept for good.
     pub archive: ArchiveConfig,
+    /// Footprints: each application's write paths, and what to do about new ones (needs
+    /// capture on).
+    pub footprints: FootprintsConfig,
+}
+
+/// Footprint settings (README "Footprints").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FootprintsConfig {
+    /// Keep footprints (`<prefix>.footprints`) and act on new write paths.
+    pub enabled: bool,
+    /// Mode of applications not listed in `applications`: learn, alert or enforce.
+    pub mode: crate::footprint::decide::Mode,
+    /// With mode learn: learning ends (and `alert` begins) this long after an application's
+    /// first write seen, e.g. "7d". Unset: learn until switched.
+    #[serde(with = "humantime_serde")]
+    pub learn_for: Option<Duration>,
+    /// Mode per application_name, e.g. `"certification-v1" = "enforce"`.
+    pub applications: std::collections::BTreeMap<String, crate::footprint::decide::Mode>,
+    /// This replica's name in the shared counts; default: the HOSTNAME variable (the pod name
+    /// under Kubernetes), else the host name.
+    pub replica: Option<String>,
+    /// How often counts and last sightings are published (new paths are published at once).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// POST each alert here as Slack-compatible JSON (`{"text": …}`); unset: no webhook.
+    pub webhook_url: Option<String>,
+    /// Timeout of one webhook POST.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// Further attempts after a failed POST (with growing pauses).
+    pub webhook_retries: u32,
+}
+
+impl Default for FootprintsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: crate::footprint::decide::Mode::Learn,
+            learn_for: None,
+            applications: Default::default(),
+            replica: None,
+            flush_interval: defaults::FOOTPRINT_FLUSH,
+            webhook_url: None,
+            webhook_timeout: defaults::WEBHOOK_TIMEOUT,
+            webhook_retries: defaults::WEBHOOK_RETRIES,
+        }
+    }
 }
 
 /// History archive settings (read by `hindsight archive` / `hindsight history`; the proxy
@@ -446,14 +500,28 @@ impl Config {
             .redact
             .iter()
             .any(|r| r.action == crate::capture::redact::RedactAction::Hash);
-        if self.gates.rules.is_some()
+        if self.footprints.enabled && self.capture.disabled {
+            return Err(ConfigError::Invalid {
+                key: "footprints.enabled",
+                value: "true".into(),
+                why: "footprints need capture (they are learned from captured writes); drop --no-capture or disable footprints".into(),
+            });
+        }
+        if let Some(url) = &self.footprints.webhook_url {
+            crate::footprint::webhook::check_url(url).map_err(|e| ConfigError::Invalid {
+                key: "footprints.webhook_url",
+                value: url.clone(),
+                why: e.to_string(),
+            })?;
+        }
+        if (self.gates.rules.is_some() || self.footprints.enabled)
             && !self.admin.listen.ip().is_loopback()
             && self.admin.token.is_empty()
         {
             return Err(ConfigError::Invalid {
                 key: "admin.token",
                 value: String::new(),
-                why: format!("the gates API would be open to anyone who can reach {} (admin.listen is not a loopback address); set a token (HINDSIGHT_ADMIN__TOKEN) or listen on 127.0.0.1", self.admin.listen),
+                why: format!("the gates and footprints API would be open to anyone who can reach {} (admin.listen is not a loopback address); set a token (HINDSIGHT_ADMIN__TOKEN) or listen on 127.0.0.1", self.admin.listen),
             });
         }
         if self.gates.rules.is_some() && self.capture.disabled {

@@ -5,6 +5,8 @@ pub mod admin;
 pub mod audit;
 pub mod capture;
 pub mod config;
+pub mod control;
+pub mod footprint;
 pub mod gates;
 pub mod proxy;
 pub mod restore;

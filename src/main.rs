@@ -52,6 +52,58 @@ enum Command {
     /// Work with gates rules files.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Each application's write paths: list them, see what is new, approve or forget paths,
+    /// switch an application's mode (read from and written to the topics; no proxy needed).
+    Footprint(FootprintArgs),
+}
+
+#[derive(Args)]
+struct FootprintArgs {
+    /// Configuration file (its [kafka] section names the brokers and the topic prefix).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Kafka brokers, HOST:PORT[,…] (overrides the config file).
+    #[arg(long, value_delimiter = ',', global = true)]
+    kafka_brokers: Vec<String>,
+    /// Topic prefix the proxy publishes under (overrides the config file).
+    #[arg(long, global = true)]
+    topic_prefix: Option<String>,
+    #[command(subcommand)]
+    command: FootprintCommand,
+}
+
+#[derive(Subcommand)]
+enum FootprintCommand {
+    /// Every write path (optionally of one application).
+    List {
+        #[arg(long)]
+        application: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The write paths first seen at or after a time: "what did build 105 start writing?".
+    Diff {
+        /// RFC 3339 time (2026-12-04T10:00:00Z), a date, or milliseconds since the epoch.
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        application: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a path (by the id `list` and alerts show): known on every replica from now on.
+    Approve {
+        id: String,
+        /// Who approves (recorded with the decision); default: $USER.
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Forget a path: its next use is new again.
+    Forget { id: String },
+    /// Switch an application's mode on every replica: learn, alert, enforce, or
+    /// "configured" (back to the config file's).
+    Mode { application: String, mode: String },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +132,110 @@ enum RulesCommand {
         #[arg(long, value_parser = parse_tag)]
         tag: Vec<(String, String)>,
     },
+}
+
+/// `hindsight footprint …`. Exit codes: 0 done; 1 runtime failure (broker); 2 bad
+/// arguments or an unknown path id.
+fn footprint_command(a: FootprintArgs) -> ExitCode {
+    use hindsight::footprint::report;
+    let mut kafka = match Config::load(a.config.as_deref(), std::env::vars()) {
+        Ok(c) => c.kafka,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !a.kafka_brokers.is_empty() {
+        kafka.brokers = a.kafka_brokers;
+    }
+    if let Some(p) = a.topic_prefix {
+        kafka.topic_prefix = p;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result: Result<String, hindsight::footprint::FootprintError> = rt.block_on(async {
+        match a.command {
+            FootprintCommand::List { application, json } => {
+                let book = report::load(&kafka, kafka.publish_timeout).await?;
+                let f = report::Filter {
+                    application,
+                    since_ms: None,
+                };
+                Ok(show(&report::select(&book, &f), json))
+            }
+            FootprintCommand::Diff {
+                since,
+                application,
+                json,
+            } => {
+                let since_ms = report::parse_time(&since)
+                    .map_err(hindsight::footprint::FootprintError::Invalid)?;
+                let book = report::load(&kafka, kafka.publish_timeout).await?;
+                let f = report::Filter {
+                    application,
+                    since_ms: Some(since_ms),
+                };
+                Ok(show(&report::select(&book, &f), json))
+            }
+            FootprintCommand::Approve { id, by } => {
+                let by = by
+                    .or_else(|| std::env::var("USER").ok())
+                    .unwrap_or_else(|| "cli".into());
+                let e = report::approve(&kafka, &id, &by).await?;
+                Ok(format!("approved {id}: {}\n", e.path.describe()))
+            }
+            FootprintCommand::Forget { id } => {
+                report::forget(&kafka, &id).await?;
+                Ok(format!("forgot {id}\n"))
+            }
+            FootprintCommand::Mode { application, mode } => {
+                let m = match mode.as_str() {
+                    "configured" => None,
+                    other => Some(hindsight::footprint::decide::Mode::parse(other).ok_or_else(
+                        || {
+                            hindsight::footprint::FootprintError::Invalid(format!(
+                                "mode {other:?}: expected learn, alert, enforce or configured"
+                            ))
+                        },
+                    )?),
+                };
+                report::set_mode(&kafka, &application, m).await?;
+                Ok(format!("application {application:?}: mode {mode}\n"))
+            }
+        }
+    });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                hindsight::footprint::FootprintError::UnknownPath { .. }
+                | hindsight::footprint::FootprintError::Invalid(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn show(entries: &[&hindsight::footprint::book::Entry], json: bool) -> String {
+    if !json {
+        return hindsight::footprint::report::render(entries);
+    }
+    entries
+        .iter()
+        .map(|e| serde_json::to_string(e).expect("entries serialise") + "\n")
+        .collect()
 }
 
 fn rules_command(c: RulesCommand) -> ExitCode {
@@ -326,6 +482,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Rules(c) => rules_command(c),
+        Command::Footprint(a) => footprint_command(a),
         Command::Archive { args } => history_binary("archive", &args),
         Command::History { args } => history_binary("history", &args),
         Command::Restore(a) if a.history.is_some() => {

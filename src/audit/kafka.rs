@@ -343,6 +343,46 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Make sure a compacted topic exists (one partition: its records keep one order for every
+    /// reader; `cleanup.policy=compact`: the latest record per key is kept for good).
+    pub async fn ensure_compacted(&self, topic: &str) -> Result<(), SinkError> {
+        if self.known().contains(topic) {
+            return Ok(());
+        }
+        if !self.cfg.create_topics {
+            return self.ensure_topics([topic]).await;
+        }
+        let new = NewTopic::new(
+            topic,
+            1,
+            TopicReplication::Fixed(self.cfg.replication_factor),
+        )
+        .set("cleanup.policy", "compact");
+        let opts = AdminOptions::new().request_timeout(Some(self.cfg.publish_timeout));
+        let results =
+            self.admin
+                .create_topics([&new], &opts)
+                .await
+                .map_err(|e| SinkError::CreateTopic {
+                    topic: topic.to_string(),
+                    reason: e.to_string(),
+                })?;
+        for r in results {
+            match r {
+                Ok(name) | Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    self.known().insert(name);
+                }
+                Err((topic, code)) => {
+                    return Err(SinkError::CreateTopic {
+                        topic,
+                        reason: code.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Publish `records` and wait until the brokers acknowledged all of them, or fail.
     /// Records with the same topic and key keep their order (one partition, idempotent producer).
     pub async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
@@ -417,6 +457,19 @@ impl KafkaSink {
 
 /// Topic suffix (and data collection name) of statement-level events (DDL, opaque).
 pub const STATEMENTS: &str = "statements";
+
+/// Topic suffixes of hindsight's own compacted and alert topics (`<prefix>.footprints`,
+/// `<prefix>.control`, `<prefix>.alerts`): not change topics.
+pub const FOOTPRINTS: &str = "footprints";
+pub const CONTROL: &str = "control";
+pub const ALERTS: &str = "alerts";
+
+/// Whether `rest` (a topic name after `<prefix>.`) is a table's change topic: those are always
+/// `<schema>.<table>`, so they hold a dot; `transaction`, `statements` and the control topics
+/// do not.
+pub fn is_table_topic(rest: &str) -> bool {
+    rest.contains('.')
+}
 
 /// The topic of a table's change events: `<prefix>.<schema>.<table>`, with every character
 /// Kafka does not allow in a topic name (only ASCII letters, digits, `.`, `_` and `-`) replaced

@@ -44,7 +44,7 @@ pub struct SessionInfo {
 /// at `limit` bytes with a note saying so. A bulk loader's INSERT of several megabytes would
 /// otherwise be copied into each of its rows' events, past the brokers' message size: every
 /// such transaction refused. The fingerprint still identifies the whole statement.
-fn statement_text(text: &str, redacted: bool, limit: usize) -> String {
+pub(crate) fn statement_text(text: &str, redacted: bool, limit: usize) -> String {
     let full = if redacted {
         pg_query::normalize(text)
             .map(|n| crate::wire::client_text::display(&n).into_owned())

@@ -48,7 +48,16 @@ pub struct Hit {
     /// Why, in words a developer acts on.
     pub reason: String,
     pub hint: Option<String>,
-    pub kill_switch: bool,
+    pub source: HitSource,
+}
+
+/// What decided: a rule, a kill switch, or the application's footprint (each has its own
+/// SQLSTATE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitSource {
+    Rule,
+    KillSwitch,
+    Footprint,
 }
 
 /// The outcome for a statement or row.
@@ -102,7 +111,7 @@ fn decisive(
         rule: r.def.name.clone(),
         reason,
         hint: r.def.hint.clone(),
-        kill_switch: false,
+        source: HitSource::Rule,
     })
 }
 
@@ -148,7 +157,7 @@ pub fn statement(
             hint: Some(format!(
                 "An operator switched this off through the admin API; DELETE /gates/killswitches/{scope}/{value} turns writes back on."
             )),
-            kill_switch: true,
+            source: HitSource::KillSwitch,
         });
     }
     let actor = f.actor();
@@ -360,7 +369,10 @@ for = { application_name = ["cert-v2"] }
         let none = |_: &str| None;
         let a = &analyze("INSERT INTO t VALUES (1)").unwrap()[0].analysis;
         let v = statement(&set, &none, &kill, &facts_for(a, &tags, "web"));
-        assert!(matches!(v, Verdict::Deny(ref h) if h.kill_switch), "{v:?}");
+        assert!(
+            matches!(v, Verdict::Deny(ref h) if h.source == HitSource::KillSwitch),
+            "{v:?}"
+        );
         let v = statement(&set, &none, &kill, &facts_for(a, &tags, "batch"));
         assert_eq!(v, Verdict::Allow { exempt: false });
         let r = &analyze("SELECT * FROM t").unwrap()[0].analysis;

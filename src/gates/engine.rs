@@ -31,6 +31,8 @@ pub struct RuntimeState {
 
 /// The gates of one proxy.
 pub struct Gates {
+    /// Shared with the other replicas: flag and kill-switch changes go through it.
+    control: std::sync::OnceLock<Arc<crate::control::Control>>,
     path: PathBuf,
     state_path: PathBuf,
     rules: RwLock<Arc<RuleSet>>,
@@ -71,6 +73,7 @@ impl Gates {
             }
         };
         Ok(Arc::new(Gates {
+            control: std::sync::OnceLock::new(),
             path: path.to_path_buf(),
             state_path,
             rules: RwLock::new(Arc::new(rules)),
@@ -199,9 +202,48 @@ impl Gates {
         all
     }
 
-    /// Set a flag at runtime (persisted). Unknown flags are refused: a typo must not look like
-    /// success.
-    pub fn set_flag(&self, name: &str, def: FlagDef) -> Result<(), GateError> {
+    /// Share flag and kill-switch changes with the other replicas through `control`.
+    pub fn attach(&self, control: Arc<crate::control::Control>) {
+        let _ = self.control.set(control);
+    }
+
+    /// The subscribers of the control topic's `flag/` and `kill/` records: every replica
+    /// (this one too) applies them and keeps them in its state file.
+    pub fn subscribers(self: &Arc<Self>) -> Vec<(&'static str, crate::control::Subscriber)> {
+        let me = Arc::downgrade(self);
+        let flags: crate::control::Subscriber = Box::new(move |name, value| {
+            let Some(me) = me.upgrade() else { return };
+            let def = value.and_then(|v| serde_json::from_value::<FlagDef>(v).ok());
+            me.apply(|s| match def {
+                Some(d) => {
+                    s.flags.insert(name.to_string(), d);
+                }
+                None => {
+                    s.flags.remove(name);
+                }
+            });
+        });
+        let me = Arc::downgrade(self);
+        let kills: crate::control::Subscriber = Box::new(move |name, value| {
+            let Some(me) = me.upgrade() else { return };
+            let Some((scope, v)) = name
+                .split_once('/')
+                .and_then(|(s, v)| Some((Scope::parse(s)?, v)))
+            else {
+                tracing::warn!(name, "kill switch record with an unknown scope; ignored");
+                return;
+            };
+            let on = value
+                .and_then(|v| v.get("on").and_then(|o| o.as_bool()))
+                .unwrap_or(false);
+            me.apply(|s| set_kill(s, scope, v, on));
+        });
+        vec![("flag", flags), ("kill", kills)]
+    }
+
+    /// Set a flag at runtime (on every replica, and persisted). Unknown flags are refused: a
+    /// typo must not look like success.
+    pub async fn set_flag(&self, name: &str, def: FlagDef) -> Result<(), GateError> {
         if !self.rules().flags.contains_key(name) {
             return Err(GateError::UnknownFlag(name.to_string()));
         }
@@ -210,6 +252,10 @@ impl Gates {
                 "percentage = {} (must be 0–100)",
                 def.percentage
             )));
+        }
+        if let Some(c) = self.control.get() {
+            let v = serde_json::to_value(&def).expect("flags serialise");
+            c.publish("flag", name, Some(&v)).await.map_err(Box::new)?;
         }
         self.update(|s| {
             s.flags.insert(name.to_string(), def);
@@ -224,35 +270,60 @@ impl Gates {
             .clone()
     }
 
-    /// Turn a kill switch on or off (persisted).
-    pub fn set_kill_switch(&self, scope: Scope, value: &str, on: bool) -> Result<(), GateError> {
+    /// Turn a kill switch on or off (on every replica, and persisted).
+    pub async fn set_kill_switch(
+        &self,
+        scope: Scope,
+        value: &str,
+        on: bool,
+    ) -> Result<(), GateError> {
         if value.is_empty() {
             return Err(GateError::Invalid("a kill switch needs a value".into()));
         }
-        self.update(|s| {
-            let key = (scope, value.to_string());
-            if on {
-                s.kill_switches.on.insert(key);
-            } else {
-                s.kill_switches.on.remove(&key);
-            }
-        })
+        if let Some(c) = self.control.get() {
+            let name = format!("{}/{value}", scope.label());
+            let v = serde_json::json!({ "on": on });
+            c.publish("kill", &name, Some(&v)).await.map_err(Box::new)?;
+        }
+        self.update(|s| set_kill(s, scope, value, on))
+    }
+
+    /// A change read from the control topic: applied, then cached in the state file (a
+    /// failure to write the cache is logged; the change is in force).
+    fn apply(&self, f: impl FnOnce(&mut RuntimeState)) {
+        if let Err(e) = self.update(f) {
+            tracing::error!(error = %e, "control change applied but not cached in the state file");
+        }
     }
 
     fn update(&self, f: impl FnOnce(&mut RuntimeState)) -> Result<(), GateError> {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mut next = state.clone();
         f(&mut next);
+        if next == *state {
+            return Ok(());
+        }
         // Persist first: what the API confirmed must survive a restart.
         let text = serde_json::to_string_pretty(&next).expect("state serialises");
         let tmp = self.state_path.with_extension("json.tmp");
-        std::fs::write(&tmp, text)
+        let written = std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &self.state_path))
             .map_err(|source| GateError::Read {
                 path: self.state_path.display().to_string(),
                 source,
-            })?;
-        *state = next;
-        Ok(())
+            });
+        if written.is_ok() || self.control.get().is_some() {
+            *state = next;
+        }
+        written
+    }
+}
+
+fn set_kill(s: &mut RuntimeState, scope: Scope, value: &str, on: bool) {
+    let key = (scope, value.to_string());
+    if on {
+        s.kill_switches.on.insert(key);
+    } else {
+        s.kill_switches.on.remove(&key);
     }
 }

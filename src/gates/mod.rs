@@ -46,4 +46,6 @@ pub enum GateError {
     UnknownFlag(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Control(#[from] Box<crate::control::ControlError>),
 }

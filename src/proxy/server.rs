@@ -32,6 +32,10 @@ pub enum ProxyError {
     Sink(#[from] crate::audit::kafka::SinkError),
     #[error("gates: {0}")]
     Gates(#[from] crate::gates::GateError),
+    #[error("footprints: {0}")]
+    Webhook(#[from] crate::footprint::webhook::WebhookError),
+    #[error("{0}")]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// What capturing sessions share: the audit sink and the statement analysis cache.
@@ -45,6 +49,10 @@ pub struct CaptureCtx {
     pub functions: Arc<crate::capture::functions::WritingFunctions>,
     /// Schema, name and key of captured tables, per database.
     pub tables: Arc<crate::capture::tables::TableCache>,
+    /// Write paths per application (footprints.enabled).
+    pub footprints: Option<Arc<crate::footprint::Footprints>>,
+    /// The control topic shared by every replica (with gates or footprints).
+    pub control: Option<Arc<crate::control::Control>>,
 }
 
 /// What every session of one proxy shares.
@@ -92,6 +100,104 @@ impl Running {
     }
 }
 
+/// Gates, footprints and the control topic they share, around the audit sink.
+async fn capture_ctx(
+    config: &Config,
+    metrics: &Metrics,
+    sink: Arc<crate::audit::kafka::KafkaSink>,
+) -> Result<CaptureCtx, ProxyError> {
+    let gates = match &config.gates.rules {
+        Some(path) => {
+            let g = crate::gates::engine::Gates::load(path, metrics.clone())?;
+            g.watch(config.gates.poll_interval);
+            Some(g)
+        }
+        None => None,
+    };
+    let footprints = if config.footprints.enabled {
+        Some(start_footprints(config, metrics, Arc::clone(&sink)).await?)
+    } else {
+        None
+    };
+    let control = if gates.is_some() || footprints.is_some() {
+        let control = crate::control::Control::new(Arc::clone(&sink));
+        let mut subscribers = Vec::new();
+        if let Some(g) = &gates {
+            g.attach(Arc::clone(&control));
+            subscribers.extend(g.subscribers());
+        }
+        if let Some(f) = &footprints {
+            subscribers.extend(f.subscribers());
+        }
+        if !control
+            .start(subscribers, config.kafka.publish_timeout)
+            .await?
+        {
+            tracing::warn!(topic = control.topic(), "control topic not read to its end yet; flags and kill switches start from the state file");
+        }
+        Some(control)
+    } else {
+        None
+    };
+    Ok(CaptureCtx {
+        gates,
+        footprints,
+        control,
+        functions: Arc::default(),
+        tables: Arc::default(),
+        sink,
+        cache: Arc::new(crate::statement::AnalysisCache::new(10_000)),
+        redactor: Arc::new(crate::capture::redact::Redactor::new(
+            config.capture.redact.clone(),
+            &config.capture.redact_key,
+        )),
+    })
+}
+
+async fn start_footprints(
+    config: &Config,
+    metrics: &Metrics,
+    sink: Arc<crate::audit::kafka::KafkaSink>,
+) -> Result<Arc<crate::footprint::Footprints>, ProxyError> {
+    let f = &config.footprints;
+    let webhook = match &f.webhook_url {
+        Some(url) => Some(crate::footprint::webhook::Webhook::start(
+            crate::footprint::webhook::WebhookConfig {
+                url: url.clone(),
+                timeout: f.webhook_timeout,
+                retries: f.webhook_retries,
+            },
+            metrics.clone(),
+        )?),
+        None => None,
+    };
+    let settings = crate::footprint::live::Settings {
+        replica: f.replica.clone().unwrap_or_else(default_replica),
+        modes: crate::footprint::decide::Modes {
+            default: Some(f.mode),
+            configured: f.applications.clone(),
+            switched: Default::default(),
+            learn_for: f.learn_for,
+        },
+        flush_interval: f.flush_interval,
+        load_timeout: config.kafka.publish_timeout,
+    };
+    Ok(crate::footprint::Footprints::start(settings, sink, webhook, metrics.clone()).await)
+}
+
+/// The replica name: `HOSTNAME` (the pod name under Kubernetes), else the host name.
+fn default_replica() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "hindsight".into())
+}
+
 /// Bind the proxy and admin listeners and start serving in the background.
 pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyError> {
     let tls = match &config.proxy.tls {
@@ -100,27 +206,9 @@ pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyEr
     };
     let upstream = Upstream::new(&config.upstream)?;
     let capture = if !config.capture.disabled && !config.kafka.brokers.is_empty() {
-        let sink = crate::audit::kafka::KafkaSink::connect(config.kafka.clone()).await?;
+        let sink = Arc::new(crate::audit::kafka::KafkaSink::connect(config.kafka.clone()).await?);
         tracing::info!(brokers = ?config.kafka.brokers, prefix = %config.kafka.topic_prefix, "capture on");
-        let gates = match &config.gates.rules {
-            Some(path) => {
-                let g = crate::gates::engine::Gates::load(path, metrics.clone())?;
-                g.watch(config.gates.poll_interval);
-                Some(g)
-            }
-            None => None,
-        };
-        Some(CaptureCtx {
-            gates,
-            functions: Arc::default(),
-            tables: Arc::default(),
-            sink: Arc::new(sink),
-            cache: Arc::new(crate::statement::AnalysisCache::new(10_000)),
-            redactor: Arc::new(crate::capture::redact::Redactor::new(
-                config.capture.redact.clone(),
-                &config.capture.redact_key,
-            )),
-        })
+        Some(capture_ctx(&config, &metrics, sink).await?)
     } else {
         None
     };
@@ -211,6 +299,14 @@ async fn accept_loop(
     }
     drop(listener);
     drain(sessions, &ctx).await;
+    if let Some(c) = &ctx.capture {
+        if let Some(f) = &c.footprints {
+            f.stop().await;
+        }
+        if let Some(ctl) = &c.control {
+            ctl.stop();
+        }
+    }
     let _ = admin.await;
 }
 

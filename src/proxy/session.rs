@@ -355,6 +355,7 @@ async fn relay(
             inspector.truncate_limit = ctx.config.capture.truncate_row_limit;
             shared.lock().txn.byte_limit = ctx.config.capture.max_transaction_bytes;
             inspector.gates = cap.gates.clone();
+            inspector.footprints = cap.footprints.clone();
             inspector.functions = Arc::clone(&cap.functions);
             inspector.tables = Arc::clone(&cap.tables);
             relay_with(ctx, conn, upstream, client, span, inspector, Some(shared)).await

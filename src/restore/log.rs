@@ -137,8 +137,7 @@ pub struct LogReader {
 
 /// Whether topic `rest` (the name after `<prefix>.`) holds changes `src` reads.
 pub fn wanted_table_topic(src: &LogSource, rest: &str) -> bool {
-    rest != crate::audit::kafka::STATEMENTS
-        && rest != "transaction"
+    crate::audit::kafka::is_table_topic(rest)
         && (src.tables.is_empty()
             || src
                 .tables

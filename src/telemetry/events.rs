@@ -45,6 +45,10 @@ pub enum Event<'a> {
         path: &'a str,
         error: Option<&'a dyn Display>,
     },
+    /// A write path outside an application's footprint, or a first nulling.
+    FootprintAlert {
+        alert: &'a crate::footprint::alert::Alert,
+    },
 }
 
 impl Event<'_> {
@@ -107,6 +111,28 @@ impl Event<'_> {
                     tracing::error!(path, %error, "rules file rejected; the previous rules stay in force");
                 }
             },
+            Event::FootprintAlert { alert } => {
+                use crate::footprint::alert::AlertKind;
+                let counter = match alert.kind {
+                    AlertKind::NewWritePath => &m.new_write_paths,
+                    AlertKind::Nulling => &m.nulling_alerts,
+                };
+                counter
+                    .with_label_values(&[alert.application.as_str(), alert.table.as_str()])
+                    .inc();
+                tracing::warn!(
+                    alert = alert.kind.label(),
+                    application = %alert.application,
+                    user = %alert.user,
+                    table = %alert.table,
+                    columns = ?alert.columns,
+                    fingerprint = %alert.fingerprint,
+                    path_id = %alert.path_id,
+                    approve = %alert.approve,
+                    "{}",
+                    alert.headline()
+                );
+            }
         }
     }
 }

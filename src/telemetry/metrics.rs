@@ -54,6 +54,14 @@ pub struct Metrics {
     pub gate_decisions: IntCounterVec,
     /// Rules file reloads, by outcome (ok, rejected).
     pub gate_reloads: IntCounterVec,
+    /// Write paths outside an application's footprint, by application and table.
+    pub new_write_paths: IntCounterVec,
+    /// Columns an application set to NULL for the first time, by application and table.
+    pub nulling_alerts: IntCounterVec,
+    /// Statements refused in enforce mode, by application and table.
+    pub footprint_refusals: IntCounterVec,
+    /// Webhook deliveries, by outcome (ok, failed, dropped).
+    pub webhook_deliveries: IntCounterVec,
 }
 
 impl Metrics {
@@ -170,7 +178,31 @@ impl Metrics {
                 &["outcome"],
             )
             .unwrap(),
+            new_write_paths: IntCounterVec::new(
+                Opts::new("new_write_paths_total", "Write paths outside an application's footprint (alerted or refused), by application and table"),
+                &["application", "table"],
+            )
+            .unwrap(),
+            nulling_alerts: IntCounterVec::new(
+                Opts::new("nulling_alerts_total", "Columns an application set from non-NULL to NULL for the first time, by application and table"),
+                &["application", "table"],
+            )
+            .unwrap(),
+            footprint_refusals: IntCounterVec::new(
+                Opts::new("footprint_refusals_total", "Statements refused in footprint enforce mode, by application and table"),
+                &["application", "table"],
+            )
+            .unwrap(),
+            webhook_deliveries: IntCounterVec::new(
+                Opts::new("webhook_deliveries_total", "Alert webhook deliveries, by outcome (ok, failed, dropped)"),
+                &["outcome"],
+            )
+            .unwrap(),
         };
+        reg(Box::new(m.new_write_paths.clone()));
+        reg(Box::new(m.nulling_alerts.clone()));
+        reg(Box::new(m.footprint_refusals.clone()));
+        reg(Box::new(m.webhook_deliveries.clone()));
         reg(Box::new(m.gate_decisions.clone()));
         reg(Box::new(m.gate_reloads.clone()));
         reg(Box::new(m.sessions_open.clone()));

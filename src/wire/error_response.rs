@@ -23,6 +23,8 @@ pub mod sqlstate {
     pub const GATE_DENIED: &str = "HS010";
     /// The write is switched off by a kill switch (read-only mode).
     pub const READ_ONLY: &str = "HS011";
+    /// A write path outside the application's footprint, refused in enforce mode.
+    pub const NEW_WRITE_PATH: &str = "HS012";
 }
 
 /// An error to report to a client; encodes to one ErrorResponse (`E`) frame.

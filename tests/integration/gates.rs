@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, NoTls};
 
-const INCIDENT_RULES: &str = r#"
+pub(super) const INCIDENT_RULES: &str = r#"
 [[rule]]
 name = "bfso-needs-certification-v2"
 description = "Only the certification v2 code path may set the representative type"
@@ -29,7 +29,7 @@ for = { application_name = ["certification-v2"] }
 "#;
 
 /// One HTTP/1.1 request to the admin endpoint: (status, body).
-async fn http(
+pub(super) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -53,7 +53,7 @@ async fn http(
     (status, body)
 }
 
-async fn connect_as(addr: SocketAddr, db: &str, app: &str) -> Client {
+pub(super) async fn connect_as(addr: SocketAddr, db: &str, app: &str) -> Client {
     let conn = format!(
         "{} application_name={app}",
         harness::conn_str(addr, "postgres", db)
@@ -70,7 +70,7 @@ struct Setup {
     proxy: hindsight::proxy::Running,
 }
 
-fn rules_file(label: &str, text: &str) -> PathBuf {
+pub(super) fn rules_file(label: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hs-gates-{label}-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("rules.toml");
@@ -133,7 +133,7 @@ fn assert_denied_by(err: &tokio_postgres::Error, rule: &str) {
     assert!(message.contains(rule), "{message}");
 }
 
-fn code(e: &tokio_postgres::Error) -> String {
+pub(super) fn code(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
 

@@ -13,6 +13,7 @@ mod auth_tls;
 mod capture;
 mod clients;
 mod differential;
+mod footprints;
 mod gates;
 mod harness;
 mod jdbc;

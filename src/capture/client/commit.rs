@@ -306,6 +306,7 @@ impl ClientCapture {
                 self.publish_refused(txid, refused, &tables).await;
                 return Ok(Err(Failure::Gate(err)));
             }
+            self.nulling(&changes, &tables);
         }
         self.tx_seq += 1;
         let (records, mut end) = publish::build(

@@ -6,10 +6,11 @@ use super::*;
 /// The client's error for a gate decision. `at_commit`: a row rule refused at COMMIT (the
 /// whole transaction was rolled back, like a deferred constraint).
 pub(super) fn gate_error(hit: &crate::gates::decide::Hit, at_commit: bool) -> ErrorResponse {
-    let code = if hit.kill_switch {
-        sqlstate::READ_ONLY
-    } else {
-        sqlstate::GATE_DENIED
+    use crate::gates::decide::HitSource;
+    let code = match hit.source {
+        HitSource::KillSwitch => sqlstate::READ_ONLY,
+        HitSource::Rule => sqlstate::GATE_DENIED,
+        HitSource::Footprint => sqlstate::NEW_WRITE_PATH,
     };
     let what = if at_commit {
         "the transaction was rolled back"
@@ -23,14 +24,35 @@ pub(super) fn gate_error(hit: &crate::gates::decide::Hit, at_commit: bool) -> Er
             "If this write is legitimate, change or remove the rule in the rules file (it is reloaded on save).".into()
         }
     });
-    ErrorResponse::error(
-        code,
-        format!(
+    let message = match hit.source {
+        HitSource::Footprint => {
+            format!("hindsight: new write path refused: {}; {what}", hit.reason)
+        }
+        HitSource::Rule | HitSource::KillSwitch => format!(
             "hindsight: write refused by rule \"{}\": {}; {what}",
             hit.rule, hit.reason
         ),
-    )
-    .with_hint(hint)
+    };
+    ErrorResponse::error(code, message).with_hint(hint)
+}
+
+/// Longest example statement kept in a footprint.
+const EXAMPLE_LIMIT: usize = 2048;
+
+/// The refusal of a write path outside the footprint (enforce mode).
+fn footprint_hit(r: &crate::footprint::live::Refusal) -> crate::gates::decide::Hit {
+    crate::gates::decide::Hit {
+        rule: format!("footprint:{}", r.id),
+        reason: format!(
+            "application {:?} has never taken this write path ({}) and its footprint is enforced",
+            r.application, r.path
+        ),
+        hint: Some(format!(
+            "If this write is intended, approve it: hindsight footprint approve {} (or POST /footprints/{}/approve on the admin endpoint), then retry.",
+            r.id, r.id
+        )),
+        source: crate::gates::decide::HitSource::Footprint,
+    }
 }
 
 pub(super) fn client_ip(s: &SessionInfo) -> Option<std::net::IpAddr> {
@@ -50,38 +72,88 @@ impl ClientCapture {
             .unwrap_or_default()
     }
 
-    /// The gates' verdict on a statement before it runs.
+    /// Whether anything judges statements before they run (gates or footprints).
+    pub(super) fn judges(&self) -> bool {
+        self.gates.is_some() || self.footprints.is_some()
+    }
+
+    /// The verdict on a statement before it runs: the gates', then the footprints' (a path
+    /// outside the application's footprint in enforce mode is refused like a rule's denial).
     pub(super) fn statement_gate(
         &self,
         kind: Kind,
         writes: &[crate::statement::Write],
         fingerprint: &str,
         tags: &sqlcommenter::Tags,
+        text: &str,
     ) -> Gate {
-        let Some(g) = &self.gates else {
-            return Gate::Allow { exempt: false };
-        };
         let application = self.shared.lock().application_name.clone();
-        g.statement(&StatementFacts {
+        let verdict = match &self.gates {
+            Some(g) => g.statement(&StatementFacts {
+                kind,
+                writes,
+                fingerprint,
+                user: &self.session.user,
+                database: &self.session.database,
+                application: &application,
+                client_ip: client_ip(&self.session),
+                tags,
+            }),
+            None => Gate::Allow { exempt: false },
+        };
+        if matches!(verdict, Gate::Deny(_)) || !crate::gates::decide::is_write(kind) {
+            return verdict;
+        }
+        match self.footprint(kind, writes, fingerprint, tags, text, &application) {
+            Some(hit) => Gate::Deny(hit),
+            None => verdict,
+        }
+    }
+
+    /// The footprints' look at a write; `Some` when enforce mode refuses it.
+    fn footprint(
+        &self,
+        kind: Kind,
+        writes: &[crate::statement::Write],
+        fingerprint: &str,
+        tags: &sqlcommenter::Tags,
+        text: &str,
+        application: &str,
+    ) -> Option<crate::gates::decide::Hit> {
+        let f = self.footprints.as_ref()?;
+        let example = || {
+            let redacted = writes
+                .iter()
+                .any(|w| self.redactor.covers(&w.table.schema, &w.table.name));
+            publish::statement_text(text, redacted, EXAMPLE_LIMIT)
+        };
+        let facts = crate::footprint::live::WriteFacts {
+            actor: crate::footprint::path::ActorRef {
+                application,
+                user: &self.session.user,
+                database: &self.session.database,
+            },
             kind,
             writes,
             fingerprint,
-            user: &self.session.user,
-            database: &self.session.database,
-            application: &application,
-            client_ip: client_ip(&self.session),
             tags,
-        })
+            example: &example,
+        };
+        match f.observe(&facts) {
+            crate::footprint::Sighting::Pass => None,
+            crate::footprint::Sighting::Refuse(r) => Some(footprint_hit(&r)),
+        }
     }
 
     /// Decide every write of a simple Query; `Err` with the refusing hit.
     pub(super) fn gate_query(
         &mut self,
+        text: &str,
         statements: &[Statement],
         tags: &sqlcommenter::Tags,
     ) -> Result<(), (usize, crate::gates::decide::Hit)> {
         self.query_gates.clear();
-        if self.gates.is_none() {
+        if !self.judges() {
             return Ok(());
         }
         for (i, s) in statements.iter().enumerate() {
@@ -94,7 +166,8 @@ impl ClientCapture {
                 writes: a.writes.clone(),
                 ..GateInfo::default()
             };
-            match self.statement_gate(a.kind, &a.writes, &s.fingerprint, tags) {
+            let stmt = &text[s.located.span.clone()];
+            match self.statement_gate(a.kind, &a.writes, &s.fingerprint, tags, stmt) {
                 Gate::Deny(hit) => return Err((i, hit)),
                 Gate::Audit(hit) => info.mark = Some(GateMark::WouldBlock(hit.rule)),
                 Gate::Allow { exempt } => info.exempt = exempt,
@@ -285,9 +358,78 @@ impl ClientCapture {
         first.map(|hit| gate_error(&hit, true).encode())
     }
 
+    /// At COMMIT: columns the transaction set from non-NULL to NULL, for the footprints
+    /// (grouped by application, table and column; the first row's before value and key,
+    /// redacted like events).
+    pub(super) fn nulling(
+        &self,
+        changes: &[crate::capture::txn::Change],
+        tables: &HashMap<u32, publish::TableInfo>,
+    ) {
+        let Some(f) = &self.footprints else { return };
+        type Group<'a> = (crate::footprint::live::Nulled, &'a Arc<StatementCtx>);
+        let mut groups: std::collections::BTreeMap<(&str, String, String), Group> =
+            Default::default();
+        for c in changes {
+            let (Some(before), Some(after), Some(t)) =
+                (&c.before, &c.after, tables.get(&c.table_oid))
+            else {
+                continue;
+            };
+            for (col, v) in after {
+                if !v.is_null() || before.get(col).is_none_or(|b| b.is_null()) {
+                    continue;
+                }
+                let table = format!("{}.{}", t.schema, t.name);
+                let key = (c.stmt.application_name.as_str(), table.clone(), col.clone());
+                match groups.get_mut(&key) {
+                    Some((n, _)) => n.rows += 1,
+                    None => {
+                        let n = self.nulled(t, table, col, before);
+                        groups.insert(key, (n, &c.stmt));
+                    }
+                }
+            }
+        }
+        for ((application, _, _), (n, stmt)) in groups {
+            let (schema, name) = n.table.split_once('.').unwrap_or(("", &n.table));
+            let redacted = self.redactor.covers(schema, name);
+            let example = publish::statement_text(&stmt.text, redacted, EXAMPLE_LIMIT);
+            let actor = crate::footprint::path::ActorRef {
+                application,
+                user: &self.session.user,
+                database: &self.session.database,
+            };
+            f.observe_nulls(actor, &stmt.tags, &example, vec![n]);
+        }
+    }
+
+    fn nulled(
+        &self,
+        t: &publish::TableInfo,
+        table: String,
+        col: &str,
+        before: &crate::audit::event::Row,
+    ) -> crate::footprint::live::Nulled {
+        let mut value = crate::audit::event::Row::new();
+        value.insert(col.to_string(), before[col].clone());
+        self.redactor.apply(&t.schema, &t.name, &mut value);
+        let mut key = crate::audit::event::key_of(before, &t.key);
+        self.redactor.apply(&t.schema, &t.name, &mut key);
+        crate::footprint::live::Nulled {
+            table,
+            column: col.to_string(),
+            before: value
+                .remove(col)
+                .unwrap_or_else(|| serde_json::Value::String("(redacted)".into())),
+            key: serde_json::Value::Object(key),
+            rows: 1,
+        }
+    }
+
     /// The gates' statement phase for a prepared statement about to run; `Err` if refused.
     pub(super) fn prep_gate(&self, prep: &Prep) -> Result<GateInfo, crate::gates::decide::Hit> {
-        if self.gates.is_none() {
+        if !self.judges() {
             return Ok(GateInfo::default());
         }
         let mut gate = GateInfo {
@@ -295,7 +437,13 @@ impl ClientCapture {
             writes: prep.writes.clone(),
             ..GateInfo::default()
         };
-        match self.statement_gate(prep.kind, &prep.writes, &prep.fingerprint, &prep.tags) {
+        match self.statement_gate(
+            prep.kind,
+            &prep.writes,
+            &prep.fingerprint,
+            &prep.tags,
+            &prep.text,
+        ) {
             Gate::Deny(hit) => return Err(hit),
             Gate::Audit(hit) => gate.mark = Some(GateMark::WouldBlock(hit.rule)),
             Gate::Allow { exempt } => gate.exempt = exempt,

@@ -130,6 +130,8 @@ pub struct ClientCapture {
     copy_ext: Option<(Arc<CopyPlan>, Arc<StatementCtx>)>,
     /// Rules that refuse writes, when configured.
     pub gates: Option<Arc<crate::gates::engine::Gates>>,
+    /// Write paths per application, when enabled.
+    pub footprints: Option<Arc<crate::footprint::Footprints>>,
     /// The gates' statement-phase outcome for the statements of the current simple Query, by
     /// their span in its text.
     query_gates: Vec<(std::ops::Range<usize>, GateInfo)>,
@@ -422,6 +424,7 @@ impl ClientCapture {
             copy_pending: false,
             copy_ext: None,
             gates: None,
+            footprints: None,
             query_gates: Vec::new(),
             portal_gates: HashMap::new(),
             skip_until_sync: false,

@@ -143,7 +143,7 @@ impl ClientCapture {
                 !st.txn.is_empty() || !st.capture_errors.is_empty(),
             )
         };
-        if let Err((i, hit)) = self.gate_query(statements, &tags) {
+        if let Err((i, hit)) = self.gate_query(text, statements, &tags) {
             return self
                 .deny_query(w, text, &tags, &statements[i], status, hit)
                 .await;
