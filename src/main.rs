@@ -322,6 +322,9 @@ struct TailArgs {
     /// Exit after this long without a new event (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration)]
     idle_timeout: Option<std::time::Duration>,
+    /// Also show alerts (new write paths, first nullings) inline.
+    #[arg(long)]
+    alerts: bool,
 }
 
 #[derive(Subcommand)]
@@ -472,6 +475,7 @@ fn main() -> ExitCode {
                 from_beginning: a.from_beginning,
                 max: a.max,
                 idle_timeout: a.idle_timeout,
+                alerts: a.alerts,
             };
             match hindsight::audit::tail::run(&opts, &mut std::io::stdout().lock()) {
                 Ok(_) => ExitCode::SUCCESS,

@@ -197,6 +197,13 @@ pub fn key_json(row: &Row, key: &[String]) -> String {
     serde_json::to_string(&key_of(row, key)).unwrap_or_default()
 }
 
+/// Milliseconds since the epoch as an RFC 3339 UTC time with milliseconds
+/// (`2026-12-04T10:00:00.123Z`), for people reading records.
+pub fn utc(ts_ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,11 @@
 //!
 //! - `event` — the records (Debezium-compatible change events, transaction BEGIN/END records).
 //! - `kafka` — the Kafka sink: publish a transaction's records and wait for every acknowledgement.
+//! - `alert` — alert records (`<prefix>.alerts`): new write paths, first nullings.
+//! - `compacted` — following a compacted topic (footprints, control) from its beginning.
 //! - `tail` — `hindsight tail`: follow the topics and print changes readably.
 
+pub mod alert;
 pub mod compacted;
 pub mod event;
 pub mod kafka;

@@ -26,6 +26,8 @@ pub struct TailOptions {
     pub max: Option<usize>,
     /// Stop after this long without a new event (None: follow forever).
     pub idle_timeout: Option<Duration>,
+    /// Also show the alerts of `<prefix>.alerts` (new write paths, first nullings) inline.
+    pub alerts: bool,
 }
 
 #[derive(Debug, Error)]
@@ -54,7 +56,8 @@ pub fn run(opts: &TailOptions, out: &mut impl Write) -> Result<usize, TailError>
         .create()?;
     let pattern = format!("^{}\\..*", regex_escape(&opts.topic_prefix));
     consumer.subscribe(&[pattern.as_str()])?;
-    let tx_topic = format!("{}.transaction", opts.topic_prefix);
+    let alerts_topic = format!("{}.{}", opts.topic_prefix, super::kafka::ALERTS);
+    let statements_topic = format!("{}.{}", opts.topic_prefix, super::kafka::STATEMENTS);
     let mut printed = 0;
     let mut idle_since = std::time::Instant::now();
     loop {
@@ -75,12 +78,20 @@ pub fn run(opts: &TailOptions, out: &mut impl Write) -> Result<usize, TailError>
             )) => continue,
             Err(e) => return Err(e.into()),
         };
-        if msg.topic() == tx_topic {
-            continue;
-        }
         let Some(payload) = msg.payload() else {
             continue;
         };
+        if msg.topic() == alerts_topic {
+            if opts.alerts && show_alert(opts, payload, out)? {
+                idle_since = std::time::Instant::now();
+                printed += 1;
+            }
+            continue;
+        }
+        let rest = msg.topic()[opts.topic_prefix.len()..].trim_start_matches('.');
+        if msg.topic() != statements_topic && !super::kafka::is_table_topic(rest) {
+            continue;
+        }
         let Ok(ev) = serde_json::from_slice::<ChangeEvent>(payload) else {
             writeln!(
                 out,
@@ -98,7 +109,8 @@ pub fn run(opts: &TailOptions, out: &mut impl Write) -> Result<usize, TailError>
             out.write_all(payload)?;
             writeln!(out)?;
         } else {
-            writeln!(out, "{}", render(&ev))?;
+            let key = msg.key().and_then(row_key);
+            writeln!(out, "{}", render(&ev, key.as_deref()))?;
         }
         out.flush()?;
         printed += 1;
@@ -118,6 +130,48 @@ fn wanted(opts: &TailOptions, ev: &ChangeEvent) -> bool {
             .is_none_or(|a| *a == ev.source.application_name)
 }
 
+/// Print one alert if the filters want it; `Ok(false)` if not (or unreadable: alerts are
+/// hindsight's own records, a reader of another version may not know one).
+fn show_alert(opts: &TailOptions, payload: &[u8], out: &mut impl Write) -> std::io::Result<bool> {
+    let Ok(a) = serde_json::from_slice::<crate::audit::alert::Alert>(payload) else {
+        return Ok(false);
+    };
+    let table_ok = opts.tables.is_empty()
+        || opts
+            .tables
+            .iter()
+            .any(|t| *t == a.table || t.ends_with(&format!(".{}", a.table)));
+    if !table_ok
+        || opts
+            .application
+            .as_ref()
+            .is_some_and(|x| *x != a.application)
+    {
+        return Ok(false);
+    }
+    if opts.json {
+        out.write_all(payload)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{} ALERT {}\n    statement: {}\n    approve: {}",
+            a.time,
+            a.headline(),
+            a.example,
+            a.approve
+        )?;
+    }
+    out.flush()?;
+    Ok(true)
+}
+
+/// The row's key from a change record's message key (`{"table": …, "key": {…}}`).
+fn row_key(message_key: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(message_key).ok()?;
+    v.get("key").map(|k| k.to_string())
+}
+
 fn regex_escape(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
@@ -130,8 +184,9 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-/// One readable line (plus one line per changed column).
-pub fn render(ev: &ChangeEvent) -> String {
+/// One readable line — UTC time, operation, table, row key (the record's key), who, where
+/// from, transaction, tags — plus one line per changed column.
+pub fn render(ev: &ChangeEvent, key: Option<&str>) -> String {
     let op = match ev.op {
         Op::Create => "INSERT",
         Op::Update => "UPDATE",
@@ -145,10 +200,13 @@ pub fn render(ev: &ChangeEvent) -> String {
     let s = &ev.source;
     let tags: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut line = format!(
-        "{} {op} {}.{} by {} app={} from {} tx={}{}",
-        s.ts_ms,
+        "{} {op} {}.{}{} by {} app={} from {} tx={}{}",
+        super::event::utc(s.ts_ms),
         s.schema,
         s.table,
+        key.filter(|k| !k.is_empty())
+            .map(|k| format!(" {k}"))
+            .unwrap_or_default(),
         s.user,
         if s.application_name.is_empty() {
             "-"

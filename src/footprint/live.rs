@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use super::alert::{Alert, AlertFacts, AlertKind};
+use super::alerts::{build, AlertFacts};
 use super::book::{Book, Decision, Entry, Status};
 use super::decide::{self, Mode, Modes, Outcome};
 use super::path::{self, Actor, ActorRef, Path, PathId};
 use super::webhook::Webhook;
+use crate::audit::alert::{Alert, AlertKind};
 use crate::audit::compacted::{self, Follow};
 use crate::audit::kafka::{KafkaSink, Record};
 use crate::control::Subscriber;
@@ -325,7 +326,7 @@ impl Footprints {
             let entry = self.entry(id, &actor, &path, status, now, &example, f.tags);
             self.publish_entry(entry);
             if alert {
-                let a = Alert::new(AlertFacts {
+                let a = build(AlertFacts {
                     kind: AlertKind::NewWritePath,
                     id,
                     actor: &actor,
@@ -417,7 +418,7 @@ impl Footprints {
             let entry = self.entry(id, &owned, &path, status, now, example, tags);
             self.publish_entry(entry);
             if alert {
-                let mut a = Alert::new(AlertFacts {
+                let mut a = build(AlertFacts {
                     kind: AlertKind::Nulling,
                     id,
                     actor: &owned,

@@ -8,14 +8,14 @@
 //! - `path` — actors, paths and their stable ids.
 //! - `book` — the entries in memory and how records of several replicas merge (pure).
 //! - `decide` — modes and what one sighting means (pure).
-//! - `alert` — the alert record and its texts.
+//! - `alerts` — alert records built from a sighting.
 //! - `webhook` — delivery of alerts over HTTP, off the commit path.
 //! - `live` — the proxy's live footprints: lookups on the hot path, publication, following.
 //! - `report` — `hindsight footprint list|diff|approve|forget|mode` over the topics.
 //!
 //! Knows nothing about the wire protocol; the capture client calls `live`.
 
-pub mod alert;
+pub mod alerts;
 pub mod book;
 pub mod decide;
 pub mod live;

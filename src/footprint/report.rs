@@ -5,11 +5,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::alert::rfc3339;
 use super::book::{Book, Decision, Entry};
 use super::decide::Mode;
 use super::path::PathId;
 use super::FootprintError;
+use crate::audit::alert::rfc3339;
 use crate::audit::compacted;
 use crate::audit::kafka::{KafkaSink, SinkConfig};
 use crate::control::Control;

@@ -47,7 +47,7 @@ pub enum Event<'a> {
     },
     /// A write path outside an application's footprint, or a first nulling.
     FootprintAlert {
-        alert: &'a crate::footprint::alert::Alert,
+        alert: &'a crate::audit::alert::Alert,
     },
 }
 
@@ -112,7 +112,7 @@ impl Event<'_> {
                 }
             },
             Event::FootprintAlert { alert } => {
-                use crate::footprint::alert::AlertKind;
+                use crate::audit::alert::AlertKind;
                 let counter = match alert.kind {
                     AlertKind::NewWritePath => &m.new_write_paths,
                     AlertKind::Nulling => &m.nulling_alerts,

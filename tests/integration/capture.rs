@@ -250,8 +250,12 @@ async fn incident_update_is_captured_with_before_values(pg: Pg) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        text.matches("UPDATE public.brieff by postgres").count(),
+        text.matches("Z UPDATE public.brieff {\"bfkey\":").count(),
         18,
+        "each line starts with a UTC time and shows the row key: {text}"
+    );
+    assert!(
+        text.contains("UPDATE public.brieff {\"bfkey\":7} by postgres"),
         "{text}"
     );
     assert!(text.contains("bfso: \"rep7\" → null"), "{text}");

@@ -621,6 +621,101 @@ async fn webhook_delivers_and_a_dead_receiver_costs_nothing(pg: Pg) {
     p.shutdown().await;
 }
 
+async fn cli(prefix: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hindsight"))
+        .arg("footprint")
+        .args(args)
+        .args([
+            "--kafka-brokers",
+            &harness::kafka_brokers(),
+            "--topic-prefix",
+            prefix,
+        ])
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `hindsight footprint list|diff|approve|forget|mode` against the topics, no proxy involved:
+/// diff shows only what appeared after the deploy; an approval made by the CLI reaches the
+/// running replica; unknown ids exit 2.
+#[tokio::test]
+async fn footprint_cli_lists_diffs_and_approves() {
+    let pg = Pg::V15;
+    let (db, prefix, proxy, app) = learned(pg, "fp_cli", "enforce").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deploy = hindsight::audit::event::utc(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    );
+    let err = app
+        .simple_query("UPDATE brieff SET bfso = NULL WHERE bfkey = 9")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "HS012");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (rc, all, e) = cli(&prefix, &["list", "--application", APP]).await;
+    assert_eq!(rc, 0, "{e}");
+    assert!(
+        all.contains("learned") && all.contains("UPDATE brieff (bfcorlid)"),
+        "{all}"
+    );
+    let (rc, diff, e) = cli(&prefix, &["diff", "--since", &deploy, "--json"]).await;
+    assert_eq!(rc, 0, "{e}");
+    let new: Vec<Value> = diff
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "only the leaked path is new since the deploy: {diff}"
+    );
+    assert_eq!(new[0]["path"]["columns"], serde_json::json!(["bfso"]));
+    assert_eq!(new[0]["status"], "unapproved");
+    let id = new[0]["id"].as_str().unwrap().to_string();
+
+    let (rc, _, e) = cli(&prefix, &["approve", "0123456789abcdef"]).await;
+    assert_eq!(rc, 2, "unknown id: {e}");
+    assert!(e.contains("footprint list"), "{e}");
+    let (rc, _, e) = cli(&prefix, &["mode", APP, "sometimes"]).await;
+    assert_eq!(rc, 2, "{e}");
+    let (rc, out, e) = cli(&prefix, &["approve", &id, "--by", "reviewer"]).await;
+    assert_eq!(rc, 0, "{e}");
+    assert!(out.contains("approved"), "{out}");
+    harness::eventually("the CLI's approval reaches the proxy", || {
+        let app = &app;
+        async move {
+            app.simple_query("UPDATE brieff SET bfso = NULL WHERE bfkey = 9")
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let (rc, _, e) = cli(&prefix, &["forget", &id]).await;
+    assert_eq!(rc, 0, "{e}");
+    harness::eventually("forgotten: refused again", || {
+        let app = &app;
+        async move {
+            matches!(app.simple_query("UPDATE brieff SET bfso = NULL WHERE bfkey = 10").await, Err(e) if code(&e) == "HS012")
+        }
+    })
+    .await;
+    let (rc, _, e) = cli(&prefix, &["mode", APP, "learn"]).await;
+    assert_eq!(rc, 0, "{e}");
+    mode_is(&proxy, APP, "learn").await;
+    let _ = db;
+    proxy.shutdown().await;
+}
+
 on_both!(
     incident_is_alerted_on_the_first_statement,
     incident_is_refused_in_enforce_mode,

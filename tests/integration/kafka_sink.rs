@@ -108,6 +108,7 @@ async fn tail_waits_when_no_audit_topic_exists_yet() {
         from_beginning: true,
         max: None,
         idle_timeout: Some(Duration::from_secs(3)),
+        alerts: false,
     };
     let mut out = Vec::new();
     let printed = tokio::task::spawn_blocking(move || {
