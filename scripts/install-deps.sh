@@ -15,6 +15,8 @@ command -v flex >/dev/null || want+=(flex)
 # The pgjdbc client test (tests/integration/jdbc.rs): a Java runtime and Debian's pgjdbc.
 command -v java >/dev/null || want+=(default-jre-headless)
 [ -f /usr/share/java/postgresql.jar ] || want+=(libpostgresql-jdbc-java)
+# The Helm suite reads the rendered manifests.
+python3 -c "import yaml" 2>/dev/null || want+=(python3-yaml)
 if [ ${#want[@]} -gt 0 ]; then
   log "apt-get install ${want[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -179,6 +179,11 @@ pub struct GatesConfig {
     /// on SIGHUP; an invalid new version is rejected and the previous rules stay in force.
     /// Runtime flag and kill-switch changes are kept next to it in `<file>.state.json`.
     pub rules: Option<PathBuf>,
+    /// Where runtime flag and kill-switch changes are cached (a start while the brokers are
+    /// down uses it; the control topic `<prefix>.control` is the shared truth). Default:
+    /// `<rules>.state.json`. Must be writable (under Kubernetes the rules come from a
+    /// read-only ConfigMap; the chart puts this on a volume of its own).
+    pub state: Option<PathBuf>,
     /// How often the rules file is checked for changes.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -188,6 +193,7 @@ impl Default for GatesConfig {
     fn default() -> Self {
         Self {
             rules: None,
+            state: None,
             poll_interval: defaults::RULES_POLL,
         }
     }

@@ -54,11 +54,18 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 impl Gates {
     /// Load the rules file (an error refuses to start) and the persisted runtime state.
-    pub fn load(path: &Path, metrics: Metrics) -> Result<Arc<Gates>, GateError> {
+    /// `state`: where runtime changes are cached (default `<path>.state.json`).
+    pub fn load(
+        path: &Path,
+        state: Option<&Path>,
+        metrics: Metrics,
+    ) -> Result<Arc<Gates>, GateError> {
         let rules = rules::compile(&read(path)?, &path.display().to_string())?;
-        let mut state_path = path.as_os_str().to_owned();
-        state_path.push(".state.json");
-        let state_path = PathBuf::from(state_path);
+        let state_path = state.map(Path::to_path_buf).unwrap_or_else(|| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(".state.json");
+            PathBuf::from(p)
+        });
         let state = match std::fs::read_to_string(&state_path) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| GateError::State {
                 path: state_path.display().to_string(),

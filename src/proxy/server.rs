@@ -108,7 +108,11 @@ async fn capture_ctx(
 ) -> Result<CaptureCtx, ProxyError> {
     let gates = match &config.gates.rules {
         Some(path) => {
-            let g = crate::gates::engine::Gates::load(path, metrics.clone())?;
+            let g = crate::gates::engine::Gates::load(
+                path,
+                config.gates.state.as_deref(),
+                metrics.clone(),
+            )?;
             g.watch(config.gates.poll_interval);
             Some(g)
         }

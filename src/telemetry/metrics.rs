@@ -54,6 +54,8 @@ pub struct Metrics {
     pub gate_decisions: IntCounterVec,
     /// Rules file reloads, by outcome (ok, rejected).
     pub gate_reloads: IntCounterVec,
+    /// Change events published, by application_name and table.
+    pub changes: IntCounterVec,
     /// Write paths outside an application's footprint, by application and table.
     pub new_write_paths: IntCounterVec,
     /// Columns an application set to NULL for the first time, by application and table.
@@ -62,6 +64,9 @@ pub struct Metrics {
     pub footprint_refusals: IntCounterVec,
     /// Webhook deliveries, by outcome (ok, failed, dropped).
     pub webhook_deliveries: IntCounterVec,
+    /// The full name of every metric registered (labelled ones included, which the text
+    /// exposition leaves out until they have a value).
+    names: Vec<String>,
 }
 
 impl Metrics {
@@ -69,7 +74,11 @@ impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("hindsight".into()), None).expect("static prefix is valid");
+        let names = std::cell::RefCell::new(Vec::new());
         let reg = |c: Box<dyn prometheus::core::Collector>| {
+            names
+                .borrow_mut()
+                .extend(c.desc().iter().map(|d| format!("hindsight_{}", d.fq_name)));
             registry.register(c).expect("metric names are unique")
         };
         let sessions_open =
@@ -146,7 +155,8 @@ impl Metrics {
             bytes: bytes.with_label_values(&[d.label()]),
             messages: messages.with_label_values(&[d.label()]),
         };
-        let m = Self {
+        let mut m = Self {
+            names: Vec::new(),
             client_to_upstream: dir(Direction::ClientToUpstream),
             upstream_to_client: dir(Direction::UpstreamToClient),
             statements: KeywordClass::ALL
@@ -178,6 +188,11 @@ impl Metrics {
                 &["outcome"],
             )
             .unwrap(),
+            changes: IntCounterVec::new(
+                Opts::new("changes_total", "Change events published and acknowledged, by application_name and table (schema.table)"),
+                &["application", "table"],
+            )
+            .unwrap(),
             new_write_paths: IntCounterVec::new(
                 Opts::new("new_write_paths_total", "Write paths outside an application's footprint (alerted or refused), by application and table"),
                 &["application", "table"],
@@ -199,6 +214,7 @@ impl Metrics {
             )
             .unwrap(),
         };
+        reg(Box::new(m.changes.clone()));
         reg(Box::new(m.new_write_paths.clone()));
         reg(Box::new(m.nulling_alerts.clone()));
         reg(Box::new(m.footprint_refusals.clone()));
@@ -218,7 +234,13 @@ impl Metrics {
         reg(Box::new(m.audit_publish_latency.clone()));
         reg(Box::new(m.audit_events.clone()));
         reg(Box::new(m.audit_publish_failures.clone()));
+        m.names = names.into_inner();
         m
+    }
+
+    /// Every metric's full name (`hindsight_…`).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Counter for one statement kind.

@@ -334,6 +334,13 @@ impl ClientCapture {
         match published {
             Ok(()) => {
                 self.metrics.audit_events.inc_by(events as u64);
+                let application = self.shared.lock().application_name.clone();
+                for d in &end.data_collections {
+                    self.metrics
+                        .changes
+                        .with_label_values(&[application.as_str(), d.data_collection.as_str()])
+                        .inc_by(d.event_count);
+                }
                 // END waits for the server's answer to the COMMIT (see `end_on_outcome`).
                 self.pending_end = Some(end);
                 Ok(Ok(()))
