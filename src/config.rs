@@ -79,6 +79,37 @@ pub struct Config {
     pub footprints: FootprintsConfig,
 }
 
+/// What hindsight does with a write path outside an application's footprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FootprintMode {
+    /// Add it to the footprint silently.
+    Learn,
+    /// Let it run; publish a `new_write_path` alert the first time.
+    Alert,
+    /// Refuse it before it runs (SQLSTATE HS012) until it is approved.
+    Enforce,
+}
+
+impl FootprintMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            FootprintMode::Learn => "learn",
+            FootprintMode::Alert => "alert",
+            FootprintMode::Enforce => "enforce",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FootprintMode> {
+        match s {
+            "learn" => Some(FootprintMode::Learn),
+            "alert" => Some(FootprintMode::Alert),
+            "enforce" => Some(FootprintMode::Enforce),
+            _ => None,
+        }
+    }
+}
+
 /// Footprint settings (README "Footprints").
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -86,13 +117,13 @@ pub struct FootprintsConfig {
     /// Keep footprints (`<prefix>.footprints`) and act on new write paths.
     pub enabled: bool,
     /// Mode of applications not listed in `applications`: learn, alert or enforce.
-    pub mode: crate::footprint::decide::Mode,
+    pub mode: FootprintMode,
     /// With mode learn: learning ends (and `alert` begins) this long after an application's
     /// first write seen, e.g. "7d". Unset: learn until switched.
     #[serde(with = "humantime_serde")]
     pub learn_for: Option<Duration>,
     /// Mode per application_name, e.g. `"certification-v1" = "enforce"`.
-    pub applications: std::collections::BTreeMap<String, crate::footprint::decide::Mode>,
+    pub applications: std::collections::BTreeMap<String, FootprintMode>,
     /// This replica's name in the shared counts; default: the HOSTNAME variable (the pod name
     /// under Kubernetes), else the host name.
     pub replica: Option<String>,
@@ -112,7 +143,7 @@ impl Default for FootprintsConfig {
     fn default() -> Self {
         Self {
             enabled: false,
-            mode: crate::footprint::decide::Mode::Learn,
+            mode: FootprintMode::Learn,
             learn_for: None,
             applications: Default::default(),
             replica: None,

@@ -4,38 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 
-/// What hindsight does with a write path outside an application's footprint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Add it to the footprint silently.
-    Learn,
-    /// Let it run; publish a `new_write_path` alert the first time.
-    Alert,
-    /// Refuse it before it runs (SQLSTATE HS012) until it is approved.
-    Enforce,
-}
-
-impl Mode {
-    pub fn label(self) -> &'static str {
-        match self {
-            Mode::Learn => "learn",
-            Mode::Alert => "alert",
-            Mode::Enforce => "enforce",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "learn" => Some(Mode::Learn),
-            "alert" => Some(Mode::Alert),
-            "enforce" => Some(Mode::Enforce),
-            _ => None,
-        }
-    }
-}
+pub use crate::config::FootprintMode as Mode;
 
 /// Where a path stands in its actor's footprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -265,30 +265,7 @@ impl Footprints {
         }
         let now = now_ms();
         let mode = self.mode(f.actor.application);
-        let mut news: Vec<(PathId, Path, Outcome)> = Vec::new();
-        {
-            let book = self.read();
-            let mut look = |table: &str, op: &str, columns: &[&str]| {
-                let id = path::write_id(f.actor, table, op, columns, f.fingerprint);
-                let (known, slot) = book.known(id, f.actor, table);
-                if let Some(s) = slot {
-                    s.hit(now);
-                }
-                let outcome = decide::sight(mode, known);
-                if outcome != Outcome::Quiet {
-                    news.push((id, write_path(table, op, columns, f.fingerprint), outcome));
-                }
-            };
-            if f.writes.is_empty() {
-                look("", f.kind.label(), &[]);
-            }
-            for w in f.writes {
-                let mut cols: Vec<&str> = w.columns.iter().map(String::as_str).collect();
-                cols.sort_unstable();
-                cols.dedup();
-                look(&w.table.to_string(), w.kind.label(), &cols);
-            }
-        }
+        let news = sightings(&self.read(), f, mode, now);
         if news.is_empty() {
             return Sighting::Pass;
         }
@@ -300,12 +277,12 @@ impl Footprints {
         f: &WriteFacts,
         mode: Mode,
         now: i64,
-        news: Vec<(PathId, Path, Outcome)>,
+        news: Vec<News>,
     ) -> Sighting {
         let actor = f.actor.owned();
         let example = (f.example)();
         let mut refusal = None;
-        for (id, path, outcome) in news {
+        for News { id, path, outcome } in news {
             let (status, alert) = match outcome {
                 Outcome::Quiet => continue,
                 Outcome::Learn => (Status::Learned, false),
@@ -495,6 +472,45 @@ impl Footprints {
         self.flush().await;
         lock(&self.follow).take();
     }
+}
+
+/// A path of a statement that is not simply counted.
+#[derive(Debug)]
+pub struct News {
+    pub id: PathId,
+    pub path: Path,
+    pub outcome: Outcome,
+}
+
+/// The hot path, pure over the book: each path a write takes, looked up (and counted when
+/// known); what is not quiet in `mode` is returned.
+pub fn sightings(book: &Book, f: &WriteFacts, mode: Mode, now: i64) -> Vec<News> {
+    let mut news = Vec::new();
+    let mut look = |table: &str, op: &str, columns: &[&str]| {
+        let id = path::write_id(f.actor, table, op, columns, f.fingerprint);
+        let (known, slot) = book.known(id, f.actor, table);
+        if let Some(s) = slot {
+            s.hit(now);
+        }
+        let outcome = decide::sight(mode, known);
+        if outcome != Outcome::Quiet {
+            news.push(News {
+                id,
+                path: write_path(table, op, columns, f.fingerprint),
+                outcome,
+            });
+        }
+    };
+    if f.writes.is_empty() {
+        look("", f.kind.label(), &[]);
+    }
+    for w in f.writes {
+        let mut cols: Vec<&str> = w.columns.iter().map(String::as_str).collect();
+        cols.sort_unstable();
+        cols.dedup();
+        look(&w.table.to_string(), w.kind.label(), &cols);
+    }
+    news
 }
 
 fn write_path(table: &str, op: &str, columns: &[&str], fingerprint: &str) -> Path {
