@@ -62,10 +62,10 @@ fn bench(c: &mut Criterion) {
     let fp = "0a1b2c3d4e5f6071";
     let book = RwLock::new(book(target, fp));
     assert_eq!(book.read().unwrap().len(), 10_001);
-    let known = hindsight::statement::analyze("UPDATE brieff SET bfcorlid = $1 WHERE bfkey = $2")
-        .unwrap();
-    let new = hindsight::statement::analyze("UPDATE brieff SET bfso = NULL WHERE bfkey = $1")
-        .unwrap();
+    let known =
+        hindsight::statement::analyze("UPDATE brieff SET bfcorlid = $1 WHERE bfkey = $2").unwrap();
+    let new =
+        hindsight::statement::analyze("UPDATE brieff SET bfso = NULL WHERE bfkey = $1").unwrap();
     let tags = BTreeMap::new();
     let example = || String::from("UPDATE …");
     let facts = |a: &'static hindsight::statement::Analysis| WriteFacts {
@@ -76,8 +76,8 @@ fn bench(c: &mut Criterion) {
         tags: Box::leak(Box::new(tags.clone())),
         example: Box::leak(Box::new(example)),
     };
-    let known: &'static _ = Box::leak(Box::new(known));
-    let new: &'static _ = Box::leak(Box::new(new));
+    let known: &'static _ = Box::leak(Box::new(known[0].analysis.clone()));
+    let new: &'static _ = Box::leak(Box::new(new[0].analysis.clone()));
     let (fk, fnew) = (facts(known), facts(new));
     let modes = RwLock::new(Modes {
         default: Some(Mode::Alert),

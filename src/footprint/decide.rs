@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-
 pub use crate::config::FootprintMode as Mode;
 
 /// Where a path stands in its actor's footprint.

@@ -272,13 +272,7 @@ impl Footprints {
         self.record_news(f, mode, now, news)
     }
 
-    fn record_news(
-        &self,
-        f: &WriteFacts,
-        mode: Mode,
-        now: i64,
-        news: Vec<News>,
-    ) -> Sighting {
+    fn record_news(&self, f: &WriteFacts, mode: Mode, now: i64, news: Vec<News>) -> Sighting {
         let actor = f.actor.owned();
         let example = (f.example)();
         let mut refusal = None;
