@@ -19,7 +19,8 @@ pidf="$DEV/hindsight.pid"; logf="$DEV/hindsight.log"
 if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
   log "restarting hindsight with the fresh build"; kill "$(cat "$pidf")"; sleep 1
 fi
-nohup "$bin" proxy --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$PG15_PORT" \
+# Footprints on, learning (switch an application with `hindsight footprint mode APP alert`).
+HINDSIGHT_FOOTPRINTS__ENABLED=true nohup "$bin" proxy --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$PG15_PORT" \
   --kafka-brokers "127.0.0.1:$KAFKA_PORT" \
   --admin-listen "127.0.0.1:$ADMIN_PORT" >"$logf" 2>&1 & echo $! >"$pidf"
 for _ in $(seq 1 50); do
@@ -37,6 +38,8 @@ hindsight is running in front of PostgreSQL 15.
   Directly:  psql "postgres://postgres@127.0.0.1:$PG15_PORT/demo"   (bypasses hindsight)
   Metrics:   curl http://127.0.0.1:$ADMIN_PORT/metrics
   Broker:    127.0.0.1:$KAFKA_PORT (tansu, Kafka protocol); audit topics hindsight.<schema>.<table>
+  Footprints (learning): $bin footprint list --kafka-brokers 127.0.0.1:$KAFKA_PORT
+  Follow:    $bin tail --kafka-brokers 127.0.0.1:$KAFKA_PORT --alerts
   Log:       $logf
   Stop all:  scripts/stop.sh
 
