@@ -42,6 +42,8 @@ pub mod defaults {
     pub const ARCHIVE_RESOLVE_AFTER: Duration = Duration::from_secs(60);
     /// How often the archive looks for new topics (archive.topic_refresh).
     pub const ARCHIVE_TOPIC_REFRESH: Duration = Duration::from_secs(10);
+    /// history_server.listen
+    pub const HISTORY_LISTEN: &str = "127.0.0.1:6543";
     /// footprints.flush_interval
     pub const FOOTPRINT_FLUSH: Duration = Duration::from_secs(5);
     /// footprints.webhook_timeout
@@ -77,6 +79,32 @@ pub struct Config {
     /// Footprints: each application's write paths, and what to do about new ones (needs
     /// capture on).
     pub footprints: FootprintsConfig,
+    /// `hindsight history serve`: the history over the PostgreSQL protocol (read-only).
+    pub history_server: HistoryServerConfig,
+}
+
+/// The history's SQL endpoint (`hindsight history serve`; the proxy ignores it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryServerConfig {
+    /// Where psql, Grafana, Metabase and JDBC connect.
+    pub listen: SocketAddr,
+    /// Users and their passwords (clients authenticate with SCRAM-SHA-256). Give passwords
+    /// through `HINDSIGHT_HISTORY_SERVER__USERS__<NAME>` (a Secret) rather than the file.
+    /// No users: the endpoint refuses to start.
+    pub users: std::collections::BTreeMap<String, String>,
+    /// Serve TLS with this certificate and key (PEM); unset: plain TCP only.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Default for HistoryServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::HISTORY_LISTEN.parse().expect("valid default"),
+            users: Default::default(),
+            tls: None,
+        }
+    }
 }
 
 /// What hindsight does with a write path outside an application's footprint.

@@ -21,6 +21,7 @@ pub mod archive;
 pub mod ask;
 pub mod batch;
 pub mod error;
+pub mod functions;
 pub mod metrics;
 pub mod output;
 pub mod query;
@@ -29,6 +30,7 @@ pub mod record;
 pub mod resolve;
 pub mod restore_log;
 pub mod schema;
+pub mod serve;
 pub mod snapshot;
 pub mod store;
 

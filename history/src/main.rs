@@ -208,10 +208,19 @@ enum Ask {
     /// Any read-only SQL over events, transactions and the views changes,
     /// committed_transactions, in_doubt, transaction_outcomes.
     Sql { query: String },
+    /// Serve the history over the PostgreSQL protocol (psql, Grafana, Metabase, JDBC):
+    /// read-only, SCRAM-SHA-256 against history_server.users, TLS with history_server.tls.
+    /// Runs until SIGTERM/SIGINT.
+    Serve {
+        /// Address to listen on (history_server.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
-fn question(a: Ask) -> Question {
-    match a {
+/// The question `a` asks (`None`: `serve`, which asks none).
+fn question(a: Ask) -> Option<Question> {
+    Some(match a {
         Ask::WhoChanged { table, key, column } => Question::WhoChanged { table, key, column },
         Ask::RowAsOf { table, key, at } => Question::RowAsOf {
             table,
@@ -228,7 +237,34 @@ fn question(a: Ask) -> Question {
         }),
         Ask::InDoubt => Question::InDoubt,
         Ask::Sql { query } => Question::Sql(query),
+        Ask::Serve { .. } => return None,
+    })
+}
+
+async fn serve(
+    mut config: Config,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<u8, HistoryError> {
+    if let Some(l) = listen {
+        config.history_server.listen = l;
     }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = hindsight_history::serve::start(
+        &config.archive.store,
+        &config.history_server,
+        stop.clone(),
+    )
+    .await?;
+    eprintln!(
+        "serving the history at {} on {} (psql \"host={} port={} user=… dbname=history\")",
+        config.archive.store,
+        serving.addr,
+        serving.addr.ip(),
+        serving.addr.port()
+    );
+    hindsight::signals::terminated().await;
+    serving.shutdown().await;
+    Ok(0)
 }
 
 async fn history(a: HistoryArgs) -> Result<u8, HistoryError> {
@@ -238,6 +274,9 @@ async fn history(a: HistoryArgs) -> Result<u8, HistoryError> {
         (_, true) => Format::Csv,
         _ => Format::Text,
     };
+    if let Ask::Serve { listen } = a.question {
+        return serve(config, listen).await;
+    }
     let session = query::Session::open(&config.archive.store).await?;
     let mut out = std::io::stdout().lock();
     if let Ask::TableAsOf { into, target, .. } = &a.question {
@@ -248,12 +287,16 @@ async fn history(a: HistoryArgs) -> Result<u8, HistoryError> {
             },
             _ => AsOfTarget::Output,
         };
-        let q = question(a.question);
+        let Some(q) = question(a.question) else {
+            return Ok(0);
+        };
         let n = ask::table_as_of(&session, &q, &to, &mut out).await?;
         eprintln!("{n} row(s)");
         return Ok(0);
     }
-    ask::ask(&session, &question(a.question), format, &mut out).await?;
+    if let Some(q) = question(a.question) {
+        ask::ask(&session, &q, format, &mut out).await?;
+    }
     Ok(0)
 }
 

@@ -78,12 +78,24 @@ impl Session {
             .set_bool("datafusion.execution.parquet.pushdown_filters", true)
             .set_bool("datafusion.execution.parquet.bloom_filter_on_read", true);
         let ctx = SessionContext::new_with_config(config);
-        register(&ctx, schema::EVENTS, &store.events).await?;
-        register(&ctx, schema::TRANSACTIONS, &store.transactions).await?;
-        for (name, body) in VIEWS {
-            ctx.sql(&format!("CREATE VIEW {name} AS {body}")).await?;
-        }
+        Self::load(&ctx, store).await?;
         Ok(Session { ctx })
+    }
+
+    /// (Re)register the store's tables at its loaded versions, and the views over them (a
+    /// view's plan holds the table it was made over, so views are made again too).
+    pub async fn load(ctx: &SessionContext, store: &Store) -> Result<(), HistoryError> {
+        register(ctx, schema::EVENTS, &store.events).await?;
+        register(ctx, schema::TRANSACTIONS, &store.transactions).await?;
+        for (name, body) in VIEWS {
+            ctx.sql(&format!("CREATE OR REPLACE VIEW {name} AS {body}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub fn into_context(self) -> SessionContext {
+        self.ctx
     }
 
     fn options() -> deltalake::datafusion::execution::context::SQLOptions {

@@ -1229,3 +1229,244 @@ async fn an_end_is_never_archived_before_its_events_on_a_new_topic() {
         "the END was visible before the events of the new table's topic"
     );
 }
+
+/// psql against the endpoint; (exit ok, stdout, stderr).
+async fn psql(conninfo: &str, password: &str, sql: &str) -> (bool, String, String) {
+    let out = tokio::process::Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            conninfo,
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password)
+        .output()
+        .await
+        .expect("psql runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One column of every row of a simple query, as text.
+async fn column(c: &Client, sql: &str, col: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    eprintln!("endpoint: {sql}");
+    let answer = tokio::time::timeout(Duration::from_secs(60), c.simple_query(sql))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within 60 s: {sql}"));
+    for m in answer.unwrap_or_else(|e| panic!("{sql}: {e:?}")) {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            out.push(r.get(col).unwrap_or("").to_string());
+        }
+    }
+    out
+}
+
+/// The SQL endpoint: each question through a real driver (tokio-postgres) gives the CLI's
+/// answer; psql's `\d` lists the history over TLS with verify-full; a Grafana-style time
+/// bucket query works; writes, DDL and a bad password are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_endpoint_answers_like_the_cli() {
+    let _serial = SERIAL.lock().await;
+    let s = setup("serve", Some(RULES)).await;
+    let cert = s.through("certification-v1").await;
+    let leaky = s.through("leaky").await;
+    let t0 = now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for k in 1..=4 {
+        cert.batch_execute(&format!("UPDATE brieff SET bfso = NULL WHERE bfkey = {k}"))
+            .await
+            .unwrap();
+    }
+    cert.batch_execute("UPDATE brieff SET bfso = 'Z' WHERE bfkey = 2")
+        .await
+        .unwrap();
+    leaky
+        .batch_execute("DELETE FROM notes WHERE id = 1")
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let t1 = now_ms() + 1;
+    let mid = now_ms();
+    s.archive_once().await;
+    let session = Session::open(&s.store).await.unwrap();
+
+    let certs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.dev/certs");
+    let cfg = hindsight::config::HistoryServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        users: [("auditor".to_string(), "s3cret pass".to_string())].into(),
+        tls: Some(hindsight::config::ClientTlsConfig {
+            cert_file: certs.join("server.crt"),
+            key_file: certs.join("server.key"),
+        }),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = hindsight_history::serve::start(&s.store, &cfg, stop)
+        .await
+        .expect("endpoint starts");
+    let port = serving.addr.port();
+    let (c, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=auditor password='s3cret pass' dbname=history"),
+        NoTls,
+    )
+    .await
+    .expect("SCRAM login");
+    tokio::spawn(conn);
+
+    // Each question: the same rows, in the same order, as the CLI (ask::ask).
+    let key = json!({"bfkey": 2}).to_string();
+    let (since, until) = (t0.to_string(), t1.to_string());
+    let cases: Vec<(Question, String)> = vec![
+        (
+            Question::WhoChanged {
+                table: "public.brieff".into(),
+                key: serde_json::from_str(&key).unwrap(),
+                column: None,
+            },
+            format!("SELECT * FROM who_changed('public.brieff', '{key}')"),
+        ),
+        (
+            Question::Changes(Filter {
+                applications: vec!["certification-v1".into()],
+                since_ms: Some(t0),
+                until_ms: Some(t1),
+                ..Filter::default()
+            }),
+            format!(
+                "SELECT * FROM changes_by_application('certification-v1', '{since}', '{until}')"
+            ),
+        ),
+        (
+            Question::Blocked(Filter {
+                since_ms: Some(t0),
+                until_ms: Some(t1),
+                ..Filter::default()
+            }),
+            format!("SELECT * FROM blocked_attempts('{since}', '{until}')"),
+        ),
+    ];
+    for (q, sql) in &cases {
+        let cli: Vec<String> = answer(&session, q)
+            .await
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}|{}",
+                    v["transaction_id"].as_str().unwrap_or(""),
+                    v["table_name"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        let ops = column(&c, sql, "table_name").await;
+        let txs = column(&c, sql, "transaction_id").await;
+        let served: Vec<String> = txs
+            .iter()
+            .zip(&ops)
+            .map(|(t, o)| format!("{t}|{o}"))
+            .collect();
+        assert!(!cli.is_empty(), "{q:?} has an answer");
+        assert_eq!(served, cli, "{sql}");
+    }
+    let blocked = column(
+        &c,
+        &format!("SELECT * FROM blocked_attempts('{since}', '{until}')"),
+        "blocked_by",
+    )
+    .await;
+    assert_eq!(blocked, ["notes-are-kept"]);
+    let summary = column(
+        &c,
+        &format!("SELECT * FROM blast_radius('certification-v1', '{since}', '{until}')"),
+        "rows",
+    )
+    .await;
+    assert_eq!(summary, ["4"], "four rows of brieff");
+    let as_of = column(
+        &c,
+        &format!("SELECT * FROM row_as_of('public.brieff', '{key}', '{mid}')"),
+        "after_json",
+    )
+    .await;
+    assert_eq!(as_of.len(), 1);
+    assert!(as_of[0].contains("\"bfso\":\"Z\""), "{as_of:?}");
+
+    // Grafana's PostgreSQL data source: time buckets over changes per application.
+    let buckets = column(
+        &c,
+        "SELECT date_bin(INTERVAL '1 minute', ts) AS time, application_name, count(*) AS n \
+         FROM changes GROUP BY 1, 2 ORDER BY 1",
+        "application_name",
+    )
+    .await;
+    assert!(
+        buckets.contains(&"certification-v1".to_string()),
+        "{buckets:?}"
+    );
+
+    // Read-only: writes and DDL get 25006.
+    for w in [
+        "CREATE TABLE x (a int)",
+        "INSERT INTO events (id) VALUES ('x')",
+        "DELETE FROM events",
+        "DROP VIEW changes",
+    ] {
+        let e = tokio::time::timeout(Duration::from_secs(30), c.simple_query(w))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {w}"))
+            .unwrap_err();
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{w}: {e:?}"));
+        assert_eq!(db.code().code(), "25006", "{w}: {db:?}");
+        assert!(db.message().contains("read-only"), "{db:?}");
+    }
+    // A wrong password and an unknown user are refused alike.
+    for (user, pass) in [("auditor", "wrong"), ("nobody", "s3cret pass")] {
+        let e = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio_postgres::connect(
+                &format!("host=127.0.0.1 port={port} user={user} password='{pass}' dbname=history"),
+                NoTls,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {user}'s login"))
+        .err()
+        .unwrap_or_else(|| panic!("{user} logged in with {pass:?}"));
+        assert!(
+            e.to_string().contains("password") || e.as_db_error().is_some(),
+            "{e}"
+        );
+    }
+    // psql over TLS with verify-full: \d lists the history tables and views.
+    let tls = format!(
+        "host=localhost port={port} user=auditor dbname=history sslmode=verify-full sslrootcert={}",
+        certs.join("ca.crt").display()
+    );
+    let (ok, out, err) = psql(&tls, "s3cret pass", "\\d").await;
+    assert!(ok, "psql \\d: {err}");
+    for name in ["events", "transactions", "changes", "in_doubt"] {
+        assert!(out.contains(name), "\\d lacks {name}: {out}");
+    }
+    let (ok, out, err) = psql(
+        &tls,
+        "s3cret pass",
+        &format!("SELECT count(*) FROM who_changed('public.brieff', '{key}')"),
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "2", "{out}");
+    let (ok, _, err) = psql(&tls, "wrong", "SELECT 1").await;
+    assert!(
+        !ok && err
+            .to_lowercase()
+            .contains("password authentication failed"),
+        "{err}"
+    );
+    serving.shutdown().await;
+}
