@@ -22,6 +22,7 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct Follow {
     caught_up: watch::Receiver<bool>,
     stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Follow {
@@ -45,8 +46,16 @@ impl Follow {
 }
 
 impl Drop for Follow {
+    /// Stops the thread and waits for it (at most one poll, 100 ms), so that its consumer is
+    /// closed when this returns: a caller that deletes topics next must not race it.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            // The owner may be dropped by the follower's own callback: never join oneself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -81,13 +90,14 @@ pub fn follow(
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = Arc::clone(&stop);
     let topic = topic.to_string();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("follow-{topic}"))
         .spawn(move || run(consumer, &topic, handler, &tx, &stopping))
         .expect("a thread can be started");
     Ok(Follow {
         caught_up: rx,
         stop,
+        thread: Some(thread),
     })
 }
 
