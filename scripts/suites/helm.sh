@@ -54,4 +54,8 @@ if "$helm" template t "$ROOT/helm/hindsight" --set gates.enabled=true >/dev/null
    || ! grep -q "need an admin token" "$DEV/helm-notoken.log"; then
   echo "FAILED  helm chart renders gates without an admin token"; failed=1
 else echo "ok      helm chart refuses gates without an admin token"; fi
+if "$helm" template t "$ROOT/helm/hindsight" --set historyServer.enabled=true --set historyServer.usersSecret=h \
+    --show-only templates/history-server.yaml 2>&1 | grep -q 'hindsight-history history serve'; then
+  echo "ok      helm chart renders the history SQL endpoint when enabled"
+else echo "FAILED  helm chart: no history server with historyServer.enabled=true"; failed=1; fi
 exit $failed
