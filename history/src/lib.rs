@@ -20,6 +20,7 @@
 pub mod archive;
 pub mod ask;
 pub mod batch;
+pub mod chain;
 pub mod error;
 pub mod functions;
 pub mod metrics;

@@ -2,8 +2,8 @@
 //! links the query engine. `hindsight archive|history|restore --history` run it.
 //!
 //! Exit codes: 0 success; 1 runtime failure (store, broker, database); 2 invalid usage or
-//! configuration. `restore` adds restore's own: 3 conflicts; 4 the database drifted from the
-//! plan (nothing applied).
+//! configuration; 5 `history verify` found the store altered. `restore` adds restore's own:
+//! 3 conflicts; 4 the database drifted from the plan (nothing applied).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -208,6 +208,20 @@ enum Ask {
     /// Any read-only SQL over events, transactions and the views changes,
     /// committed_transactions, in_doubt, transaction_outcomes.
     Sql { query: String },
+    /// Recompute the store's hash chain; name every altered, removed or reordered commit or
+    /// file. With --checkpoint (a head printed by `checkpoint`), deleting the newest commits
+    /// is caught too. Exit code 5 when anything was found.
+    Verify {
+        /// A head printed (and kept) earlier by `history checkpoint`.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print the head of the store's hash chain (JSON) for an auditor to keep; with --publish
+    /// also to the topic <prefix>.history-checkpoints.
+    Checkpoint {
+        #[arg(long)]
+        publish: bool,
+    },
     /// Serve the history over the PostgreSQL protocol (psql, Grafana, Metabase, JDBC):
     /// read-only, SCRAM-SHA-256 against history_server.users, TLS with history_server.tls.
     /// Runs until SIGTERM/SIGINT.
@@ -237,8 +251,62 @@ fn question(a: Ask) -> Option<Question> {
         }),
         Ask::InDoubt => Question::InDoubt,
         Ask::Sql { query } => Question::Sql(query),
-        Ask::Serve { .. } => return None,
+        Ask::Serve { .. } | Ask::Verify { .. } | Ask::Checkpoint { .. } => return None,
     })
+}
+
+/// Exit code of `verify` when the chain does not hold.
+const TAMPERED: u8 = 5;
+
+fn verify(config: &Config, checkpoint: Option<&std::path::Path>) -> Result<u8, HistoryError> {
+    use hindsight_history::chain;
+    let cp = match checkpoint {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| HistoryError::Usage(format!("--checkpoint {}: {e}", p.display())))?;
+            Some(serde_json::from_str::<chain::Head>(&text).map_err(|e| {
+                HistoryError::Usage(format!(
+                    "--checkpoint {}: not a checkpoint ({e})",
+                    p.display()
+                ))
+            })?)
+        }
+        None => None,
+    };
+    let r = chain::verify(&config.archive.store, cp.as_ref())?;
+    for p in &r.problems {
+        println!("{p}");
+    }
+    let verdict = if r.problems.is_empty() {
+        "intact".to_string()
+    } else {
+        format!("{} problem(s)", r.problems.len())
+    };
+    eprintln!(
+        "{} commit(s), {} data file(s) checked: {verdict}",
+        r.commits, r.files
+    );
+    Ok(if r.problems.is_empty() { 0 } else { TAMPERED })
+}
+
+async fn checkpoint(config: &Config, publish: bool) -> Result<u8, HistoryError> {
+    let head = hindsight_history::chain::head(&config.archive.store)?;
+    let text = serde_json::to_string(&head).expect("heads serialise");
+    println!("{text}");
+    if publish {
+        let sink = hindsight::audit::kafka::KafkaSink::connect(config.kafka.clone())
+            .await
+            .map_err(|e| HistoryError::Usage(e.to_string()))?;
+        let record = hindsight::audit::kafka::Record {
+            topic: format!("{}.history-checkpoints", config.kafka.topic_prefix),
+            key: config.archive.store.clone().into_bytes(),
+            payload: text.into_bytes(),
+        };
+        sink.publish(&[record])
+            .await
+            .map_err(|e| HistoryError::Usage(e.to_string()))?;
+    }
+    Ok(0)
 }
 
 async fn serve(
@@ -274,8 +342,11 @@ async fn history(a: HistoryArgs) -> Result<u8, HistoryError> {
         (_, true) => Format::Csv,
         _ => Format::Text,
     };
-    if let Ask::Serve { listen } = a.question {
-        return serve(config, listen).await;
+    match a.question {
+        Ask::Serve { listen } => return serve(config, listen).await,
+        Ask::Verify { checkpoint } => return verify(&config, checkpoint.as_deref()),
+        Ask::Checkpoint { publish } => return checkpoint(&config, publish).await,
+        _ => {}
     }
     let session = query::Session::open(&config.archive.store).await?;
     let mut out = std::io::stdout().lock();

@@ -237,7 +237,21 @@ async fn commit(
         .with_commit_properties(CommitProperties::default().with_application_transactions(txns));
     writer.write(batch).await.map_err(err)?;
     writer.flush_and_commit(table).await.map_err(err)?;
-    Ok(())
+    chain(location, table)
+}
+
+/// Chain the commit just made (local stores; see `chain`).
+fn chain(location: &str, table: &DeltaTable) -> Result<(), HistoryError> {
+    if crate::chain::local_dir(location).is_err() {
+        return Ok(());
+    }
+    let name = table
+        .table_url()
+        .path_segments()
+        .and_then(|mut s| s.rfind(|x| !x.is_empty()))
+        .unwrap_or_default()
+        .to_string();
+    crate::chain::extend(location, &name)
 }
 
 /// Offsets by partition, from the store, for the partitions given.
@@ -253,11 +267,12 @@ pub async fn optimize(location: &str) -> Result<String, HistoryError> {
         (schema::EVENTS, store.events),
         (schema::TRANSACTIONS, store.transactions),
     ] {
-        let (_, m) = table
+        let (table, m) = table
             .optimize()
             .with_writer_properties(writer_properties())
             .await
             .map_err(HistoryError::store(location))?;
+        chain(location, &table)?;
         out.push(format!(
             "{name}: {} file(s) compacted into {}",
             m.num_files_removed, m.num_files_added

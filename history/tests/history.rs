@@ -1470,3 +1470,100 @@ async fn sql_endpoint_answers_like_the_cli() {
     );
     serving.shutdown().await;
 }
+
+/// Tamper evidence: the chain holds over several commits and after a compaction; `verify`
+/// names a flipped byte in a data file, a deleted data file, a commit removed from the middle,
+/// and (against a checkpoint) the newest commit removed together with its chain entry.
+#[tokio::test]
+async fn verify_names_what_was_tampered_with() {
+    use hindsight_history::chain;
+    let _serial = SERIAL.lock().await;
+    let s = setup("verify", None).await;
+    let c = s.through("web").await;
+    for round in 0..3 {
+        c.batch_execute(&format!(
+            "UPDATE brieff SET bfcorlid = 'r{round}' WHERE bfkey <= 10"
+        ))
+        .await
+        .unwrap();
+        s.archive_once().await;
+    }
+    let intact = |what: &str| {
+        let r = chain::verify(&s.store, None).unwrap();
+        assert!(r.problems.is_empty(), "{what}: {:?}", r.problems);
+        assert!(r.commits >= 4 && r.files >= 3, "{what}: {r:?}");
+    };
+    intact("after three archive runs");
+    hindsight_history::store::optimize(&s.store).await.unwrap();
+    intact("after a compaction");
+    let checkpoint = chain::head(&s.store).unwrap();
+    let problems = |cp: Option<&chain::Head>| chain::verify(&s.store, cp).unwrap().problems;
+    let root = PathBuf::from(&s.store);
+    let events = root.join("events");
+    // A file still in the table: the one the compaction wrote (the newest chain entry's).
+    let (newest, _) = checkpoint.tables["events"].clone();
+    let entry: chain::Entry = serde_json::from_slice(
+        &std::fs::read(root.join(format!("_hindsight_chain/events/{newest:020}.json"))).unwrap(),
+    )
+    .unwrap();
+    let victim = events.join(
+        entry
+            .files
+            .keys()
+            .next()
+            .expect("the compaction added a file"),
+    );
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+
+    let original = std::fs::read(&victim).unwrap();
+    let mut flipped = original.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    std::fs::write(&victim, &flipped).unwrap();
+    let p = problems(None);
+    assert!(
+        p.iter().any(|l| l.contains(&name) && l.contains("altered")),
+        "{p:?}"
+    );
+    let cli = Command::new(env!("CARGO_BIN_EXE_hindsight-history"))
+        .args(["history", "verify", "--store", &s.store])
+        .output()
+        .unwrap();
+    assert_eq!(
+        cli.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&cli.stdout)
+    );
+    std::fs::write(&victim, &original).unwrap();
+
+    let aside = victim.with_extension("moved");
+    std::fs::rename(&victim, &aside).unwrap();
+    let p = problems(None);
+    assert!(
+        p.iter().any(|l| l.contains(&name) && l.contains("missing")),
+        "{p:?}"
+    );
+    std::fs::rename(&aside, &victim).unwrap();
+
+    let log1 = events.join("_delta_log/00000000000000000001.json");
+    let log1_aside = log1.with_extension("moved");
+    std::fs::rename(&log1, &log1_aside).unwrap();
+    let p = problems(None);
+    assert!(
+        p.iter().any(|l| l.contains("commit 1 was removed")),
+        "{p:?}"
+    );
+    std::fs::rename(&log1_aside, &log1).unwrap();
+    intact("everything put back");
+
+    let log = events.join(format!("_delta_log/{newest:020}.json"));
+    let entry = root.join(format!("_hindsight_chain/events/{newest:020}.json"));
+    std::fs::remove_file(&log).unwrap();
+    std::fs::remove_file(&entry).unwrap();
+    let p = problems(Some(&checkpoint));
+    assert!(
+        p.iter().any(|l| l.contains("newest commits were removed")),
+        "{p:?}"
+    );
+}
