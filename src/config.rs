@@ -213,6 +213,10 @@ pub struct ArchiveConfig {
     pub topic_refresh: Duration,
     /// Address of the archive's HTTP endpoint (`/metrics`, `/healthz`); unset: none.
     pub admin_listen: Option<SocketAddr>,
+    /// How long each table's changes are kept, e.g. `"public.brieff" = "7y"` (days older than
+    /// that are expired whole, by day partition; the expiry is a chained commit). A table not
+    /// listed keeps everything (logged when the archive starts).
+    pub retention: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ArchiveConfig {
@@ -226,6 +230,7 @@ impl Default for ArchiveConfig {
             resolve_after: defaults::ARCHIVE_RESOLVE_AFTER,
             topic_refresh: defaults::ARCHIVE_TOPIC_REFRESH,
             admin_listen: None,
+            retention: Default::default(),
         }
     }
 }
@@ -565,6 +570,13 @@ impl Config {
             .redact
             .iter()
             .any(|r| r.action == crate::capture::redact::RedactAction::Hash);
+        for (table, keep) in &self.archive.retention {
+            humantime::parse_duration(keep).map_err(|e| ConfigError::Invalid {
+                key: "archive.retention",
+                value: format!("{table} = {keep:?}"),
+                why: format!("{e} (a duration such as \"7y\", \"400d\")"),
+            })?;
+        }
         if self.footprints.enabled && self.capture.disabled {
             return Err(ConfigError::Invalid {
                 key: "footprints.enabled",

@@ -97,6 +97,9 @@ enum ArchiveSub {
     },
     /// Compact the store's small files (Delta OPTIMIZE); safe beside a running archive.
     Optimize,
+    /// Expire what archive.retention no longer keeps (the running archive also does this at
+    /// its start and every hour).
+    Expire,
 }
 
 #[derive(Args)]
@@ -335,6 +338,41 @@ async fn serve(
     Ok(0)
 }
 
+/// archive.retention as durations (validated with the config).
+fn retention(ac: &hindsight::config::ArchiveConfig) -> Vec<(String, std::time::Duration)> {
+    ac.retention
+        .iter()
+        .filter_map(|(t, k)| Some((t.clone(), humantime::parse_duration(k).ok()?)))
+        .collect()
+}
+
+async fn expire(ac: &hindsight::config::ArchiveConfig) -> Result<Vec<String>, HistoryError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    hindsight_history::store::expire(&ac.store, &retention(ac), now).await
+}
+
+/// Expiry beside the running archive: at start, then every hour. A failure (a conflict with
+/// a concurrent commit, say) is logged and tried again at the next round.
+fn spawn_expiry(ac: hindsight::config::ArchiveConfig) {
+    if ac.retention.is_empty() {
+        tracing::info!("archive.retention is empty: every table's history is kept forever");
+        return;
+    }
+    tracing::info!(retention = ?ac.retention, "archive: tables not listed are kept forever");
+    tokio::spawn(async move {
+        loop {
+            match expire(&ac).await {
+                Ok(lines) => lines.iter().for_each(|l| tracing::info!("expired: {l}")),
+                Err(e) => tracing::warn!(error = %e, "archive: expiry failed; retrying in an hour"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    });
+}
+
 async fn history(a: HistoryArgs) -> Result<u8, HistoryError> {
     let config = a.common.load()?;
     let format = match (a.json, a.csv) {
@@ -403,8 +441,23 @@ async fn archive_command(a: ArchiveArgs) -> Result<u8, HistoryError> {
             println!("{m}");
             Ok(0)
         }
+        Some(ArchiveSub::Expire) => {
+            let lines = expire(&config.archive).await?;
+            println!(
+                "{}",
+                if lines.is_empty() {
+                    "nothing to expire".to_string()
+                } else {
+                    lines.join("\n")
+                }
+            );
+            Ok(0)
+        }
         None => {
             let ac = config.archive;
+            if !a.once {
+                spawn_expiry(ac.clone());
+            }
             let o = archive::Options {
                 store: ac.store,
                 name: ac.name,

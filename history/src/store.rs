@@ -280,3 +280,38 @@ pub async fn optimize(location: &str) -> Result<String, HistoryError> {
     }
     Ok(out.join("\n"))
 }
+
+/// Expire, per table in `retention` (`schema.table` → how long to keep), the day partitions of
+/// `events` older than `now_ms - keep`: whole files are removed (a Delta DELETE on partition
+/// columns only rewrites nothing), in a commit of its own that is chained, so `verify` tells
+/// the expiry from tampering. One line per table that lost anything.
+pub async fn expire(
+    location: &str,
+    retention: &[(String, std::time::Duration)],
+    now_ms: i64,
+) -> Result<Vec<String>, HistoryError> {
+    let mut events = Store::open(location, Open::Existing).await?.events;
+    let mut out = Vec::new();
+    for (table, keep) in retention {
+        let cutoff = crate::record::day_of(now_ms - keep.as_millis() as i64);
+        let predicate = format!(
+            "table_name = {} AND day < {}",
+            crate::query::lit(table),
+            crate::query::lit(&cutoff)
+        );
+        let (next, m) = events
+            .delete()
+            .with_predicate(predicate)
+            .await
+            .map_err(HistoryError::store(location))?;
+        events = next;
+        if m.num_removed_files > 0 {
+            chain(location, &events)?;
+            out.push(format!(
+                "{table}: {} file(s) of days before {cutoff} expired",
+                m.num_removed_files
+            ));
+        }
+    }
+    Ok(out)
+}
