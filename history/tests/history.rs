@@ -1374,6 +1374,25 @@ async fn sql_endpoint_answers_like_the_cli() {
         assert!(!cli.is_empty(), "{q:?} has an answer");
         assert_eq!(served, cli, "{sql}");
     }
+    // One transaction, by hindsight's id: the same events as the CLI's.
+    let tx = column(
+        &c,
+        &format!("SELECT * FROM who_changed('public.brieff', '{key}')"),
+        "transaction_id",
+    )
+    .await[0]
+        .clone();
+    let cli_ops: Vec<String> = answer(
+        &session,
+        &Question::Transaction(TransactionId::Id(tx.clone())),
+    )
+    .await
+    .iter()
+    .map(|v| v["op"].as_str().unwrap_or("").to_string())
+    .collect();
+    let served_ops = column(&c, &format!("SELECT * FROM one_transaction('{tx}')"), "op").await;
+    assert!(!cli_ops.is_empty());
+    assert_eq!(served_ops, cli_ops, "one_transaction('{tx}')");
     let blocked = column(
         &c,
         &format!("SELECT * FROM blocked_attempts('{since}', '{until}')"),
@@ -1494,8 +1513,41 @@ async fn verify_names_what_was_tampered_with() {
         assert!(r.commits >= 4 && r.files >= 3, "{what}: {r:?}");
     };
     intact("after three archive runs");
+    let count = |store: String| async move {
+        let session = Session::open(&store).await.unwrap();
+        rows(&session, "SELECT count(*) AS n, count(DISTINCT key_sort) AS k, max(kafka_offset) AS o FROM events").await
+    };
+    let before = count(s.store.clone()).await;
     hindsight_history::store::optimize(&s.store).await.unwrap();
     intact("after a compaction");
+    assert_eq!(
+        count(s.store.clone()).await,
+        before,
+        "compaction changed what queries see"
+    );
+    // The head is published outside the store, for an auditor.
+    let out = Command::new(env!("CARGO_BIN_EXE_hindsight-history"))
+        .args(["history", "checkpoint", "--publish", "--store", &s.store])
+        .env("HINDSIGHT_KAFKA__BROKERS", format!("[\"{}\"]", brokers()))
+        .env("HINDSIGHT_KAFKA__TOPIC_PREFIX", &s.prefix)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: chain::Head = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, chain::head(&s.store).unwrap());
+    let topic = format!("{}.history-checkpoints", s.prefix);
+    let published = read_topics(&s.prefix)
+        .into_iter()
+        .find(|r| r.topic == topic)
+        .unwrap_or_else(|| panic!("nothing on {topic}"));
+    assert_eq!(
+        serde_json::from_value::<chain::Head>(published.value).unwrap(),
+        printed
+    );
     let checkpoint = chain::head(&s.store).unwrap();
     let problems = |cp: Option<&chain::Head>| chain::verify(&s.store, cp).unwrap().problems;
     let root = PathBuf::from(&s.store);
