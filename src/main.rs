@@ -151,15 +151,9 @@ fn footprint_command(a: FootprintArgs) -> ExitCode {
     if let Some(p) = a.topic_prefix {
         kafka.topic_prefix = p;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match current_thread_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result: Result<String, hindsight::footprint::FootprintError> = rt.block_on(async {
         match a.command {
@@ -226,6 +220,18 @@ fn footprint_command(a: FootprintArgs) -> ExitCode {
             }
         }
     }
+}
+
+/// The runtime of the short-lived async commands; exit code 1 (with the reason) if it cannot
+/// start.
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: starting the async runtime: {e}");
+            ExitCode::from(1)
+        })
 }
 
 fn show(entries: &[&hindsight::footprint::book::Entry], json: bool) -> String {
@@ -495,15 +501,9 @@ fn main() -> ExitCode {
         }
         Command::Restore(a) => {
             let cmd = a.into_command();
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match current_thread_runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: starting the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             let result = rt.block_on(hindsight::restore::command::execute(
                 &cmd,
