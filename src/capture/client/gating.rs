@@ -110,6 +110,15 @@ impl ClientCapture {
         }
     }
 
+    /// Whose footprint: `application` with this session's user and database.
+    fn actor<'a>(&'a self, application: &'a str) -> crate::footprint::path::ActorRef<'a> {
+        crate::footprint::path::ActorRef {
+            application,
+            user: &self.session.user,
+            database: &self.session.database,
+        }
+    }
+
     /// The footprints' look at a write; `Some` when enforce mode refuses it.
     fn footprint(
         &self,
@@ -128,11 +137,7 @@ impl ClientCapture {
             publish::statement_text(text, redacted, EXAMPLE_LIMIT)
         };
         let facts = crate::footprint::live::WriteFacts {
-            actor: crate::footprint::path::ActorRef {
-                application,
-                user: &self.session.user,
-                database: &self.session.database,
-            },
+            actor: self.actor(application),
             kind,
             writes,
             fingerprint,
@@ -395,11 +400,7 @@ impl ClientCapture {
             let (schema, name) = n.table.split_once('.').unwrap_or(("", &n.table));
             let redacted = self.redactor.covers(schema, name);
             let example = publish::statement_text(&stmt.text, redacted, EXAMPLE_LIMIT);
-            let actor = crate::footprint::path::ActorRef {
-                application,
-                user: &self.session.user,
-                database: &self.session.database,
-            };
+            let actor = self.actor(application);
             f.observe_nulls(actor, &stmt.tags, &example, vec![n]);
         }
     }
