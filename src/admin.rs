@@ -38,13 +38,29 @@ async fn metrics(State(ctx): State<Arc<ProxyCtx>>) -> impl IntoResponse {
     )
 }
 
+/// 200 `ready` when the upstream accepts connections; 200 `degraded` (reads served, writes
+/// refused) while the brokers have not answered since start: taking the replica out of
+/// service would take reads down too; 503 when the upstream does not answer.
 async fn readyz(State(ctx): State<Arc<ProxyCtx>>) -> impl IntoResponse {
-    match ctx.upstream.probe().await {
-        Ok(()) => (
+    if let Err(e) = ctx.upstream.probe().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"));
+    }
+    let upstream = ctx.upstream.address();
+    let unreached = ctx.capture.as_ref().and_then(|c| {
+        let reach = c.sink.reach().borrow().clone();
+        match reach {
+            crate::audit::kafka::Reach::Reached => None,
+            crate::audit::kafka::Reach::NotYet { since, error } => {
+                Some((since.elapsed().as_secs(), error))
+            }
+        }
+    });
+    match unreached {
+        None => (StatusCode::OK, format!("ready: upstream {upstream} reachable\n")),
+        Some((secs, error)) => (
             StatusCode::OK,
-            format!("ready: upstream {} reachable\n", ctx.upstream.address()),
+            format!("degraded: upstream {upstream} reachable; kafka brokers {} not reached for {secs} s ({error}): reads are served, writes are refused with HS001\n", ctx.config.kafka.brokers.join(",")),
         ),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
     }
 }
 

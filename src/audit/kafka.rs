@@ -56,6 +56,11 @@ pub struct SinkConfig {
     /// records share requests: measured up to +37 % commits per second at 8 clients, but
     /// slower at 1 client (BENCHMARKS.md) — measure before changing it.
     pub librdkafka: BTreeMap<String, String>,
+    /// Refuse to start when the brokers do not answer at start (the behaviour before 0.x).
+    /// Default false: the proxy starts anyway, serves reads, refuses writes with HS001 until
+    /// the brokers answer (reported on `/readyz` and `hindsight_broker_reachable`), so a
+    /// broker outage during a restart does not take every application's reads down.
+    pub require_at_start: bool,
 }
 
 impl Default for SinkConfig {
@@ -69,6 +74,7 @@ impl Default for SinkConfig {
             max_message_bytes: MAX_MESSAGE_BYTES,
             publish_timeout: Duration::from_secs(10),
             librdkafka: BTreeMap::new(),
+            require_at_start: false,
         }
     }
 }
@@ -102,6 +108,12 @@ pub enum SinkError {
         brokers: String,
         timeout: Duration,
         source: KafkaError,
+    },
+    #[error("kafka: brokers {brokers} have not answered since hindsight started ({seconds} s ago; last error: {error}); writes are refused until they do (check kafka.brokers and that the broker is running)")]
+    NotReached {
+        brokers: String,
+        seconds: u64,
+        error: String,
     },
     #[error("kafka: topics missing and kafka.create_topics is false: {topics:?} (create them, or enable kafka.create_topics)")]
     TopicsMissing { topics: Vec<String> },
@@ -169,19 +181,44 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// A connected producer plus the set of topics known to exist.
+/// Whether the brokers have answered since the sink was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// Not yet: every publish fails at once with [`SinkError::NotReached`] (instead of
+    /// waiting `publish_timeout` each), and compacted topics asked for are created later.
+    NotYet {
+        since: std::time::Instant,
+        error: String,
+    },
+    /// They answered (later outages show as publish failures, not here).
+    Reached,
+}
+
+/// A producer plus the set of topics known to exist.
 pub struct KafkaSink {
     cfg: SinkConfig,
     brokers: String,
     producer: ThreadedProducer<Deliveries>,
     admin: AdminClient<DefaultClientContext>,
     known_topics: Mutex<HashSet<String>>,
+    reach: tokio::sync::watch::Sender<Reach>,
+    /// Compacted topics asked for before the brokers answered: created when they do.
+    pending_compacted: Mutex<Vec<String>>,
 }
 
 impl KafkaSink {
     /// Build the producer and check, within `publish_timeout`, that the brokers answer.
-    /// Startup fails here, with the broker list in the message, rather than at the first write.
+    /// Fails here, with the broker list in the message, rather than at the first write.
     pub async fn connect(cfg: SinkConfig) -> Result<Self, SinkError> {
+        let sink = Self::new(cfg)?;
+        let timeout = sink.cfg.publish_timeout;
+        sink.try_reach(timeout).await?;
+        Ok(sink)
+    }
+
+    /// Build the producer without contacting the brokers: [`Reach::NotYet`] until
+    /// [`KafkaSink::try_reach`] succeeds. Only configuration errors fail here.
+    pub fn new(cfg: SinkConfig) -> Result<Self, SinkError> {
         if cfg.brokers.is_empty() {
             return Err(SinkError::NoBrokers);
         }
@@ -222,15 +259,66 @@ impl KafkaSink {
             .map_err(SinkError::Config)?;
         let admin: AdminClient<DefaultClientContext> =
             client.create().map_err(SinkError::Config)?;
-        let sink = KafkaSink {
+        let (reach, _) = tokio::sync::watch::channel(Reach::NotYet {
+            since: std::time::Instant::now(),
+            error: "not tried yet".into(),
+        });
+        Ok(KafkaSink {
             known_topics: Mutex::new(HashSet::new()),
             cfg,
             brokers,
             producer,
             admin,
-        };
-        sink.refresh_topics().await?;
-        Ok(sink)
+            reach,
+            pending_compacted: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Ask the brokers for their topics (within `timeout`). The first success turns the sink
+    /// [`Reach::Reached`] and creates the compacted topics asked for until then.
+    pub async fn try_reach(&self, timeout: Duration) -> Result<(), SinkError> {
+        match self.refresh_topics_within(timeout).await {
+            Ok(()) => {
+                if self.reach.send_replace(Reach::Reached) != Reach::Reached {
+                    let pending = std::mem::take(&mut *lock(&self.pending_compacted));
+                    for topic in pending {
+                        if let Err(e) = self.ensure_compacted(&topic).await {
+                            tracing::error!(%topic, error = %e, "creating a compacted topic after the brokers answered failed");
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.reach.send_modify(|r| {
+                    if let Reach::NotYet { error, .. } = r {
+                        *error = e.to_string();
+                    }
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the brokers answered since the sink was made (a receiver that sees changes).
+    pub fn reach(&self) -> tokio::sync::watch::Receiver<Reach> {
+        self.reach.subscribe()
+    }
+
+    pub fn is_reached(&self) -> bool {
+        *self.reach.borrow() == Reach::Reached
+    }
+
+    /// [`SinkError::NotReached`] while the brokers have not answered yet.
+    fn check_reached(&self) -> Result<(), SinkError> {
+        match &*self.reach.borrow() {
+            Reach::Reached => Ok(()),
+            Reach::NotYet { since, error } => Err(SinkError::NotReached {
+                brokers: self.brokers.clone(),
+                seconds: since.elapsed().as_secs(),
+                error: error.clone(),
+            }),
+        }
     }
 
     /// The configuration in force.
@@ -250,8 +338,11 @@ impl KafkaSink {
 
     /// Read the broker's topic list into the known set (also the reachability check).
     async fn refresh_topics(&self) -> Result<(), SinkError> {
+        self.refresh_topics_within(self.cfg.publish_timeout).await
+    }
+
+    async fn refresh_topics_within(&self, timeout: Duration) -> Result<(), SinkError> {
         let producer = self.producer.clone();
-        let timeout = self.cfg.publish_timeout;
         let metadata =
             tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
                 .await
@@ -271,7 +362,7 @@ impl KafkaSink {
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.known_topics.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.known_topics)
     }
 
     /// Make sure every topic exists: create the missing ones, or fail naming them.
@@ -349,6 +440,13 @@ impl KafkaSink {
         if self.known().contains(topic) {
             return Ok(());
         }
+        if let Err(e) = self.check_reached() {
+            let mut pending = lock(&self.pending_compacted);
+            if !pending.iter().any(|t| t == topic) {
+                pending.push(topic.to_string());
+            }
+            return Err(e);
+        }
         if !self.cfg.create_topics {
             return self.ensure_topics([topic]).await;
         }
@@ -386,6 +484,7 @@ impl KafkaSink {
     /// Publish `records` and wait until the brokers acknowledged all of them, or fail.
     /// Records with the same topic and key keep their order (one partition, idempotent producer).
     pub async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
+        self.check_reached()?;
         self.ensure_topics(records.iter().map(|r| r.topic.as_str()))
             .await?;
         if records.is_empty() {
@@ -453,6 +552,10 @@ impl KafkaSink {
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Topic suffix (and data collection name) of statement-level events (DDL, opaque).

@@ -133,10 +133,7 @@ async fn capture_ctx(
         if let Some(f) = &footprints {
             subscribers.extend(f.subscribers());
         }
-        if !control
-            .start(subscribers, config.kafka.publish_timeout)
-            .await?
-        {
+        if !control.start(subscribers, load_wait(config, &sink)).await? {
             tracing::warn!(topic = control.topic(), "control topic not read to its end yet; flags and kill switches start from the state file");
         }
         Some(control)
@@ -156,6 +153,16 @@ async fn capture_ctx(
             &config.capture.redact_key,
         )),
     })
+}
+
+/// How long start-up waits for the shared-state topics: not at all while the brokers have not
+/// answered (the replica catches up when they do).
+fn load_wait(config: &Config, sink: &crate::audit::kafka::KafkaSink) -> std::time::Duration {
+    if sink.is_reached() {
+        config.kafka.publish_timeout
+    } else {
+        std::time::Duration::ZERO
+    }
 }
 
 async fn start_footprints(
@@ -184,7 +191,7 @@ async fn start_footprints(
             learn_for: f.learn_for,
         },
         flush_interval: f.flush_interval,
-        load_timeout: config.kafka.publish_timeout,
+        load_timeout: load_wait(config, &sink),
     };
     Ok(crate::footprint::Footprints::start(settings, sink, webhook, metrics.clone()).await)
 }
@@ -202,6 +209,54 @@ fn default_replica() -> String {
         .unwrap_or_else(|| "hindsight".into())
 }
 
+/// How long one attempt to reach the brokers waits while they have not answered yet.
+const REACH_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The audit sink. With `kafka.require_at_start`, brokers that do not answer stop the start;
+/// otherwise the proxy starts anyway (reads served, writes refused with HS001) and a task
+/// keeps trying every second until they answer.
+async fn open_sink(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Arc<crate::audit::kafka::KafkaSink>, ProxyError> {
+    use crate::telemetry::events::Event;
+    let sink = Arc::new(crate::audit::kafka::KafkaSink::new(config.kafka.clone())?);
+    let brokers = config.kafka.brokers.join(",");
+    let first = if config.kafka.require_at_start {
+        config.kafka.publish_timeout
+    } else {
+        REACH_ATTEMPT.min(config.kafka.publish_timeout)
+    };
+    match sink.try_reach(first).await {
+        Ok(()) => metrics.broker_reachable.set(1),
+        Err(e) if config.kafka.require_at_start => return Err(e.into()),
+        Err(e) => {
+            Event::BrokerReach {
+                brokers: &brokers,
+                error: Some(&e),
+            }
+            .emit(metrics);
+            let weak = Arc::downgrade(&sink);
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    let Some(sink) = weak.upgrade() else { return };
+                    if sink.try_reach(REACH_ATTEMPT).await.is_ok() {
+                        Event::BrokerReach {
+                            brokers: &brokers,
+                            error: None,
+                        }
+                        .emit(&metrics);
+                        return;
+                    }
+                }
+            });
+        }
+    }
+    Ok(sink)
+}
+
 /// Bind the proxy and admin listeners and start serving in the background.
 pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyError> {
     let tls = match &config.proxy.tls {
@@ -210,7 +265,7 @@ pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyEr
     };
     let upstream = Upstream::new(&config.upstream)?;
     let capture = if !config.capture.disabled && !config.kafka.brokers.is_empty() {
-        let sink = Arc::new(crate::audit::kafka::KafkaSink::connect(config.kafka.clone()).await?);
+        let sink = open_sink(&config, &metrics).await?;
         tracing::info!(brokers = ?config.kafka.brokers, prefix = %config.kafka.topic_prefix, "capture on");
         Some(capture_ctx(&config, &metrics, sink).await?)
     } else {

@@ -45,6 +45,18 @@ pub enum Event<'a> {
         path: &'a str,
         error: Option<&'a dyn Display>,
     },
+    /// The Kafka brokers did not answer at start (`error`), or answered for the first time.
+    BrokerReach {
+        brokers: &'a str,
+        error: Option<&'a dyn Display>,
+    },
+    /// A transaction left with a BEGIN and no END was closed with an END record.
+    InDoubtResolved {
+        id: &'a str,
+        tx_id: Option<i64>,
+        outcome: &'static str,
+        how: &'a str,
+    },
     /// A write path outside an application's footprint, or a first nulling.
     FootprintAlert {
         alert: &'a crate::audit::alert::Alert,
@@ -111,6 +123,31 @@ impl Event<'_> {
                     tracing::error!(path, %error, "rules file rejected; the previous rules stay in force");
                 }
             },
+            Event::BrokerReach { brokers, error } => match error {
+                Some(error) => {
+                    m.broker_reachable.set(0);
+                    tracing::error!(%brokers, %error, "KAFKA BROKERS UNREACHABLE AT START: serving reads; every write, DDL and gate event is refused with HS001 until they answer (retrying every second; /readyz says degraded). Set kafka.require_at_start = true to refuse to start instead");
+                }
+                None => {
+                    m.broker_reachable.set(1);
+                    tracing::info!(%brokers, "kafka brokers reachable: writes are captured");
+                }
+            },
+            Event::InDoubtResolved {
+                id,
+                tx_id,
+                outcome,
+                how,
+            } => {
+                m.in_doubt_resolved.with_label_values(&[*outcome]).inc();
+                tracing::warn!(
+                    id,
+                    ?tx_id,
+                    outcome,
+                    how,
+                    "in-doubt transaction resolved: END record published"
+                );
+            }
             Event::FootprintAlert { alert } => {
                 use crate::audit::alert::AlertKind;
                 let counter = match alert.kind {

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub audit_events: IntCounter,
     /// Transactions whose audit records could not be recorded.
     pub audit_publish_failures: IntCounter,
+    /// 1 once the brokers answered since start; 0 while they have not (writes refused).
+    pub broker_reachable: IntGauge,
+    /// In-doubt transactions (BEGIN without END) this process resolved, by outcome.
+    pub in_doubt_resolved: IntCounterVec,
     /// How long a COMMIT waits for the brokers to acknowledge its transaction's records.
     pub audit_publish_latency: Histogram,
     /// Gate decisions, by rule and outcome (deny, audit, allow).
@@ -173,6 +177,12 @@ impl Metrics {
             relay_latency,
             audit_publish_latency,
             audit_events: IntCounter::new("audit_events_total", "Change events published and acknowledged").unwrap(),
+            broker_reachable: IntGauge::new("broker_reachable", "1 once the Kafka brokers answered since start; 0 while they have not (reads served, writes refused with HS001)").unwrap(),
+            in_doubt_resolved: IntCounterVec::new(
+                Opts::new("in_doubt_resolved_total", "Transactions published with a BEGIN but no END that hindsight resolved with txid_status() and closed with an END, by outcome (committed, aborted, unknown)"),
+                &["outcome"],
+            )
+            .unwrap(),
             audit_publish_failures: IntCounter::new(
                 "audit_publish_failures_total",
                 "Transactions whose audit records could not be recorded (rolled back unless capture.on_sink_failure = allow)",
@@ -234,6 +244,8 @@ impl Metrics {
         reg(Box::new(m.audit_publish_latency.clone()));
         reg(Box::new(m.audit_events.clone()));
         reg(Box::new(m.audit_publish_failures.clone()));
+        reg(Box::new(m.broker_reachable.clone()));
+        reg(Box::new(m.in_doubt_resolved.clone()));
         m.names = names.into_inner();
         m
     }

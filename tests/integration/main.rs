@@ -10,6 +10,7 @@ macro_rules! on_both {
 }
 
 mod auth_tls;
+mod broker_outage;
 mod capture;
 mod clients;
 mod differential;
@@ -18,6 +19,8 @@ mod gates;
 mod harness;
 mod jdbc;
 mod kafka_sink;
+#[path = "../support/link.rs"]
+mod link;
 mod replay;
 mod restore;
 mod robustness;
