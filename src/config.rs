@@ -40,6 +40,13 @@ pub mod defaults {
     pub const ARCHIVE_BATCH_WAIT: Duration = Duration::from_secs(1);
     /// Age of a BEGIN without END before the archive asks the database (archive.resolve_after).
     pub const ARCHIVE_RESOLVE_AFTER: Duration = Duration::from_secs(60);
+    /// How often in-doubt healing looks (in_doubt.interval).
+    pub const IN_DOUBT_INTERVAL: Duration = Duration::from_secs(10);
+    /// Age of a BEGIN without END before it is resolved (in_doubt.after).
+    pub const IN_DOUBT_AFTER: Duration = Duration::from_secs(30);
+    /// Age of another process's BEGIN without txid before it is closed as unknown
+    /// (in_doubt.unknown_after).
+    pub const IN_DOUBT_UNKNOWN_AFTER: Duration = Duration::from_secs(3600);
     /// How often the archive looks for new topics (archive.topic_refresh).
     pub const ARCHIVE_TOPIC_REFRESH: Duration = Duration::from_secs(10);
     /// history_server.listen
@@ -81,6 +88,46 @@ pub struct Config {
     pub footprints: FootprintsConfig,
     /// `hindsight history serve`: the history over the PostgreSQL protocol (read-only).
     pub history_server: HistoryServerConfig,
+    /// Self-healing of in-doubt transactions (a BEGIN published, its END never): the proxy
+    /// resolves them with `txid_status()` and publishes the missing END.
+    pub in_doubt: InDoubtConfig,
+    /// TEST ONLY: crash points for fault-injection tests (see `fault`). Never set it.
+    pub fault: crate::fault::FaultConfig,
+}
+
+/// In-doubt healing (README "Delivery guarantee"). Needs capture on and `database`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InDoubtConfig {
+    /// Connection string (libpq format, `sslmode` honoured) to any database of the upstream
+    /// server, for `txid_status()`; any role may call it. Give it through
+    /// `HINDSIGHT_IN_DOUBT__DATABASE` (a Secret) rather than the file. Unset: no healing (the
+    /// proxy logs a warning; consumers resolve BEGINs without END themselves).
+    pub database: Option<String>,
+    /// How often to look for BEGINs without END.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How old a BEGIN without END must be before it is resolved (a live COMMIT publishes its
+    /// END within milliseconds; this only has to outlast slow COMMITs).
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+    /// A BEGIN without txid (a statement announced outside a transaction) cannot be asked
+    /// about: if another hindsight process wrote it, it is closed as `unknown` only this long
+    /// after it was published, when no statement can still be running. This process's own
+    /// are closed once their session is gone.
+    #[serde(with = "humantime_serde")]
+    pub unknown_after: Duration,
+}
+
+impl Default for InDoubtConfig {
+    fn default() -> Self {
+        Self {
+            database: None,
+            interval: defaults::IN_DOUBT_INTERVAL,
+            after: defaults::IN_DOUBT_AFTER,
+            unknown_after: defaults::IN_DOUBT_UNKNOWN_AFTER,
+        }
+    }
 }
 
 /// The history's SQL endpoint (`hindsight history serve`; the proxy ignores it).

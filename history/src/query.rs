@@ -36,7 +36,7 @@ pub const VIEWS: [(&str, &str); 4] = [
     ),
     (
         "in_doubt",
-        "SELECT * FROM transaction_outcomes WHERE outcome IS NULL",
+        "SELECT * FROM transaction_outcomes WHERE outcome IS NULL OR outcome = 'unknown'",
     ),
     (
         "changes",

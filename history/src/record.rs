@@ -305,15 +305,30 @@ fn tx_row(r: TransactionRecord, at: Provenance) -> TxRow {
         data_collections_json: serde_json::to_string(&r.data_collections).expect("JSON"),
         ts_ms: r.ts_ms,
         commit_status: r.commit_status.map(|c| commit_name(c).to_string()),
-        resolution: None,
+        resolution: r.resolution.as_ref().map(resolution_text),
         at: Some(at),
     }
+}
+
+/// An END's in-doubt resolution as the `resolution` column shows it.
+fn resolution_text(r: &hindsight::audit::event::Resolution) -> String {
+    use hindsight::audit::event::ResolvedBy;
+    let how = match r.by {
+        ResolvedBy::TxidStatus => format!(
+            "txid_status() = {}",
+            r.txid_status.as_deref().unwrap_or("null")
+        ),
+        ResolvedBy::TxidUnknownToServer => "txid_status() = null (txid too old)".into(),
+        ResolvedBy::NoTxid => "no txid to ask about".into(),
+    };
+    format!("in-doubt healing by {}: {how}", r.resolver)
 }
 
 pub fn commit_name(c: hindsight::audit::event::CommitStatus) -> &'static str {
     match c {
         hindsight::audit::event::CommitStatus::Committed => "committed",
         hindsight::audit::event::CommitStatus::Aborted => "aborted",
+        hindsight::audit::event::CommitStatus::Unknown => "unknown",
     }
 }
 

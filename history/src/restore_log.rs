@@ -128,6 +128,7 @@ impl AuditLog for HistoryLog {
             let outcome = match text(&r, "commit_status").as_str() {
                 "committed" => Some(CommitStatus::Committed),
                 "aborted" => Some(CommitStatus::Aborted),
+                "unknown" => Some(CommitStatus::Unknown),
                 _ => None,
             };
             match text(&r, "status").as_str() {

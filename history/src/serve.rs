@@ -239,7 +239,7 @@ pub async fn start(
     }
     let tls = match &cfg.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-            hindsight::proxy::tls::server_config(t)
+            hindsight::tls::server_config(t)
                 .map_err(|e| HistoryError::Usage(format!("history_server.tls: {e}")))?,
         )),
         None => None,

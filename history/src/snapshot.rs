@@ -275,6 +275,7 @@ fn tx_record(ctx: &Context, topic: &str, status: TxStatus, count: u64) -> Record
         }],
         ts_ms: ctx.ts_ms,
         commit_status: (status == TxStatus::End).then_some(CommitStatus::Committed),
+        resolution: None,
     };
     Record {
         topic: topic.to_string(),

@@ -431,6 +431,7 @@ async fn in_doubt_transaction(s: &Setup, id: &str, note: i32, commit: bool) -> S
         data_collections: vec![],
         ts_ms: ts,
         commit_status: None,
+        resolution: None,
     };
     let key = ChangeKey {
         table: "public.notes".into(),

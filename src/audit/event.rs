@@ -147,6 +147,37 @@ pub struct TransactionRecord {
     /// On END: whether the server committed. Absent on BEGIN.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub commit_status: Option<CommitStatus>,
+    /// On an END that in-doubt healing published (the proxy that wrote the BEGIN stopped
+    /// before its END): how the outcome was decided. Absent on the proxy's own records.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resolution: Option<Resolution>,
+}
+
+/// How an in-doubt transaction's END was decided (see `crate::in_doubt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// What decided it.
+    pub by: ResolvedBy,
+    /// What `txid_status(txId)` answered (`committed`, `aborted`), when it was asked and
+    /// answered; `null` when the server no longer knew the txid.
+    pub txid_status: Option<String>,
+    /// The hindsight replica that resolved it.
+    pub resolver: String,
+    /// When the BEGIN was published (the END's own `ts_ms` is when it was resolved).
+    pub begin_ts_ms: i64,
+}
+
+/// What decided an in-doubt transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolvedBy {
+    /// `txid_status()` on the upstream server said committed or aborted.
+    TxidStatus,
+    /// The server no longer knows the txid (too old): `commit_status` is `unknown`.
+    TxidUnknownToServer,
+    /// The BEGIN had no txid (a statement announced outside a transaction, whose
+    /// process stopped before it ended): `commit_status` is `unknown`.
+    NoTxid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +192,28 @@ pub enum TxStatus {
 pub enum CommitStatus {
     Committed,
     Aborted,
+    /// Only on ENDs that in-doubt healing published: the outcome cannot be known (see
+    /// [`ResolvedBy`]). Never counts as committed.
+    Unknown,
+}
+
+impl CommitStatus {
+    /// As the records spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CommitStatus::Committed => "committed",
+            CommitStatus::Aborted => "aborted",
+            CommitStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

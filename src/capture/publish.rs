@@ -38,6 +38,8 @@ pub struct SessionInfo {
     pub topic_prefix: String,
     /// capture.max_statement_bytes: longer statement texts are cut in events.
     pub statement_limit: usize,
+    /// The process's in-flight transactions (in-doubt healing leaves them alone).
+    pub in_flight: std::sync::Arc<crate::audit::in_flight::InFlight>,
 }
 
 /// The statement text an event carries: normalised (literals out) for a redacted table, cut
@@ -405,6 +407,7 @@ pub fn build(
             .collect(),
         ts_ms: now,
         commit_status,
+        resolution: None,
     };
     let begin = record(TxStatus::Begin, None);
     let end = record(TxStatus::End, Some(CommitStatus::Committed));

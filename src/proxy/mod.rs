@@ -11,7 +11,6 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod stream;
-pub mod tls;
 pub mod upstream;
 
 pub use server::{launch, Running};

@@ -2,11 +2,11 @@
 
 use super::cancel::CancelRegistry;
 use super::session;
-use super::tls::{self, TlsError};
 use super::upstream::{Upstream, UpstreamError};
 use crate::admin;
 use crate::config::Config;
 use crate::telemetry::Metrics;
+use crate::tls::{self, TlsError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
@@ -36,6 +36,8 @@ pub enum ProxyError {
     Webhook(#[from] crate::footprint::webhook::WebhookError),
     #[error("{0}")]
     Control(#[from] crate::control::ControlError),
+    #[error("{0}")]
+    InDoubt(#[from] crate::in_doubt::InDoubtError),
 }
 
 /// What capturing sessions share: the audit sink and the statement analysis cache.
@@ -53,6 +55,10 @@ pub struct CaptureCtx {
     pub footprints: Option<Arc<crate::footprint::Footprints>>,
     /// The control topic shared by every replica (with gates or footprints).
     pub control: Option<Arc<crate::control::Control>>,
+    /// Transactions published with a BEGIN and not yet closed (see `in_doubt`).
+    pub in_flight: Arc<crate::audit::in_flight::InFlight>,
+    /// In-doubt healing (in_doubt.database).
+    pub healer: Option<crate::in_doubt::Healer>,
 }
 
 /// What every session of one proxy shares.
@@ -104,6 +110,7 @@ impl Running {
 async fn capture_ctx(
     config: &Config,
     metrics: &Metrics,
+    instance: &str,
     sink: Arc<crate::audit::kafka::KafkaSink>,
 ) -> Result<CaptureCtx, ProxyError> {
     let gates = match &config.gates.rules {
@@ -140,7 +147,11 @@ async fn capture_ctx(
     } else {
         None
     };
+    let in_flight = Arc::new(crate::audit::in_flight::InFlight::default());
+    let healer = start_healer(config, metrics, instance, &sink, &in_flight)?;
     Ok(CaptureCtx {
+        in_flight,
+        healer,
         gates,
         footprints,
         control,
@@ -153,6 +164,45 @@ async fn capture_ctx(
             &config.capture.redact_key,
         )),
     })
+}
+
+/// In-doubt healing, when `in_doubt.database` is set (a bad connection string stops the
+/// start, naming what is wrong).
+fn start_healer(
+    config: &Config,
+    metrics: &Metrics,
+    instance: &str,
+    sink: &Arc<crate::audit::kafka::KafkaSink>,
+    in_flight: &Arc<crate::audit::in_flight::InFlight>,
+) -> Result<Option<crate::in_doubt::Healer>, crate::in_doubt::InDoubtError> {
+    let c = &config.in_doubt;
+    let Some(dsn) = &c.database else {
+        tracing::warn!("in_doubt.database is not set: transactions whose END this proxy never publishes (it was killed between BEGIN and END) stay in doubt until a consumer resolves them; set it to heal them");
+        return Ok(None);
+    };
+    let database = crate::pgconn::parse(dsn)?;
+    let ms = |d: std::time::Duration| d.as_millis() as i64;
+    let settings = crate::in_doubt::Settings {
+        database,
+        interval: c.interval,
+        policy: crate::in_doubt::decide::Policy {
+            after_ms: ms(c.after),
+            unknown_after_ms: ms(c.unknown_after),
+            own_prefix: format!("{instance}-"),
+        },
+        resolver: config
+            .footprints
+            .replica
+            .clone()
+            .unwrap_or_else(default_replica),
+    };
+    let healer = crate::in_doubt::Healer::start(
+        settings,
+        Arc::clone(sink),
+        Arc::clone(in_flight),
+        metrics.clone(),
+    )?;
+    Ok(Some(healer))
 }
 
 /// How long start-up waits for the shared-state topics: not at all while the brokers have not
@@ -257,17 +307,31 @@ async fn open_sink(
     Ok(sink)
 }
 
+/// Distinguishes this proxy's session ids (`<instance>-<n>`) from other processes' and other
+/// runs': start time, process id, and a count of proxies this process started. No `-` in it.
+fn instance_id() -> String {
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{millis:x}p{:x}n{n}", std::process::id())
+}
+
 /// Bind the proxy and admin listeners and start serving in the background.
 pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyError> {
+    crate::fault::arm(&config.fault);
     let tls = match &config.proxy.tls {
         Some(t) => Some(TlsAcceptor::from(tls::server_config(t)?)),
         None => None,
     };
     let upstream = Upstream::new(&config.upstream)?;
+    let instance = instance_id();
     let capture = if !config.capture.disabled && !config.kafka.brokers.is_empty() {
         let sink = open_sink(&config, &metrics).await?;
         tracing::info!(brokers = ?config.kafka.brokers, prefix = %config.kafka.topic_prefix, "capture on");
-        Some(capture_ctx(&config, &metrics, sink).await?)
+        Some(capture_ctx(&config, &metrics, &instance, sink).await?)
     } else {
         None
     };
@@ -305,13 +369,7 @@ pub async fn launch(config: Config, metrics: Metrics) -> Result<Running, ProxyEr
         cancel: Arc::new(CancelRegistry::default()),
         capture,
         session_seq: std::sync::atomic::AtomicU64::new(0),
-        instance: format!(
-            "{:x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0)
-        ),
+        instance,
     });
     let shutdown = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
@@ -364,6 +422,9 @@ async fn accept_loop(
         }
         if let Some(ctl) = &c.control {
             ctl.stop();
+        }
+        if let Some(h) = &c.healer {
+            h.stop();
         }
     }
     let _ = admin.await;

@@ -342,6 +342,7 @@ async fn relay(
                 client_addr: client.to_string(),
                 topic_prefix: ctx.config.kafka.topic_prefix.clone(),
                 statement_limit: ctx.config.capture.max_statement_bytes,
+                in_flight: Arc::clone(&cap.in_flight),
             };
             let mut inspector = crate::capture::client::ClientCapture::new(
                 Arc::clone(&shared),

@@ -1,8 +1,8 @@
 //! Opening connections to the upstream PostgreSQL server (TCP, then TLS if configured).
 
 use super::stream::Stream;
-use super::tls::{self, TlsError};
 use crate::config::{split_host_port, UpstreamConfig};
+use crate::tls::{self, TlsError};
 use crate::wire::startup::SSL_REQUEST;
 use rustls::pki_types::ServerName;
 use std::sync::Arc;

@@ -104,7 +104,9 @@ async fn committed(
                 committed.insert(id.clone());
             }
             Some(CommitStatus::Aborted) => {}
-            None => {
+            // Unknown (an END from in-doubt healing whose server had forgotten the txid), or
+            // no END at all: ask this server, in case it still knows.
+            Some(CommitStatus::Unknown) | None => {
                 let status = match t.txid {
                     Some(x) => db::txid_status(client, x).await?,
                     None => None,

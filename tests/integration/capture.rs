@@ -9,7 +9,7 @@ use crate::harness::{self, Pg};
 use harness::read_topic_json as read_topic;
 
 /// Validate records against the JSON Schema shipped in schema/ (what consumers are promised).
-fn validate(name: &str, records: &[Value]) {
+pub fn validate(name: &str, records: &[Value]) {
     let path = format!("{}/schema/{name}.schema.json", env!("CARGO_MANIFEST_DIR"));
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");

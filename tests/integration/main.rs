@@ -17,6 +17,7 @@ mod differential;
 mod footprints;
 mod gates;
 mod harness;
+mod in_doubt;
 mod jdbc;
 mod kafka_sink;
 #[path = "../support/link.rs"]

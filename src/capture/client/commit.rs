@@ -24,6 +24,13 @@ fn transaction_limit_error(limit: u64) -> Vec<u8> {
     .encode()
 }
 
+/// The END of a transaction whose BEGIN and events were published, waiting for the server's
+/// answer to its COMMIT; in flight (see `audit::in_flight`) until it is published or dropped.
+pub(super) struct PendingEnd {
+    record: TransactionRecord,
+    _in_flight: crate::audit::in_flight::Pending,
+}
+
 /// How a COMMIT happens once the records are published.
 pub(super) enum CommitBy<'a> {
     /// The client's own COMMIT (simple Query frame).
@@ -65,6 +72,7 @@ impl ClientCapture {
             &HashMap::new(),
             &self.redactor,
         );
+        let in_flight = self.session.in_flight.enter(&end.id);
         match self.sink.publish(&records).await {
             Ok(()) => self.metrics.audit_events.inc_by(records.len() as u64 - 1),
             Err(e) => {
@@ -87,7 +95,10 @@ impl ClientCapture {
             }
         }
         let mut u = Unit::pass(ends);
-        u.reply = Some(self.end_on_outcome(end));
+        u.reply = Some(self.end_on_outcome(PendingEnd {
+            record: end,
+            _in_flight: in_flight,
+        }));
         self.push([u]);
         write_all(w, frame).await
     }
@@ -163,6 +174,9 @@ impl ClientCapture {
             self.tables.invalidate(&self.session.database);
         }
         let committed = error.is_none();
+        if committed && self.pending_end.is_some() {
+            crate::fault::point(crate::fault::CrashPoint::AfterPublish);
+        }
         match (by, error) {
             (CommitBy::ClientSimple(frame), None) => {
                 let mut u = Unit::pass(b"Z");
@@ -249,19 +263,25 @@ impl ClientCapture {
     /// can still fail after the events were published (a deferred constraint, a serialization
     /// failure). If the connection is lost first, the outcome is unknown: no END is published,
     /// and consumers resolve the transaction with `txid_status(txId)`.
-    fn end_on_outcome(&self, mut end: TransactionRecord) -> oneshot::Sender<Reply> {
+    fn end_on_outcome(&self, pending: PendingEnd) -> oneshot::Sender<Reply> {
         let (tx, rx) = oneshot::channel();
         let sink = Arc::clone(&self.sink);
         let session = self.session.clone();
         tokio::spawn(async move {
+            // In flight until this task ends, whatever the outcome.
+            let PendingEnd {
+                record: mut end,
+                _in_flight,
+            } = pending;
             match rx.await {
                 Ok(Reply { error: None, .. }) => {}
                 Ok(_) => end.commit_status = Some(CommitStatus::Aborted),
                 Err(_) => {
-                    tracing::warn!(transaction = %end.id, "the server connection closed before the transaction's outcome was known: no END record (resolve it with txid_status)");
+                    tracing::warn!(transaction = %end.id, "the server connection closed before the transaction's outcome was known: no END record yet (in-doubt healing resolves it with txid_status when configured)");
                     return;
                 }
             }
+            crate::fault::point(crate::fault::CrashPoint::BeforeEnd);
             if let Err(e) = sink.publish(&[publish::end_record(&session, &end)]).await {
                 tracing::warn!(error = %e, "publishing a transaction END record failed");
             }
@@ -328,6 +348,7 @@ impl ClientCapture {
                 .await
                 .map_err(|e| Failure::Sink(e.to_string())));
         }
+        let in_flight = self.session.in_flight.enter(&end.id);
         let timer = self.metrics.audit_publish_latency.start_timer();
         let published = self.sink.publish(&records).await;
         timer.observe_duration();
@@ -342,7 +363,10 @@ impl ClientCapture {
                         .inc_by(d.event_count);
                 }
                 // END waits for the server's answer to the COMMIT (see `end_on_outcome`).
-                self.pending_end = Some(end);
+                self.pending_end = Some(PendingEnd {
+                    record: end,
+                    _in_flight: in_flight,
+                });
                 Ok(Ok(()))
             }
             Err(e) => Ok(Err(Failure::Sink(e.to_string()))),

@@ -153,7 +153,7 @@ pub struct ClientCapture {
     targets: super::tables::Targets,
     /// The END record of the transaction whose records were just published, until the COMMIT
     /// that follows is sent (its outcome decides the END's `commit_status`).
-    pending_end: Option<crate::audit::event::TransactionRecord>,
+    pending_end: Option<commit::PendingEnd>,
 }
 
 /// A prepared statement as hindsight analysed (and maybe rewrote) it.

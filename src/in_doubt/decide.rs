@@ -1,0 +1,267 @@
+//! Pure: which BEGINs without END are due, and the END each one gets.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::audit::event::{CommitStatus, Resolution, ResolvedBy, TransactionRecord, TxStatus};
+
+/// A BEGIN read from the transaction topic whose END has not been seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Open {
+    pub begin: TransactionRecord,
+    /// Where it was read: offsets to commit stay at or before it until it is closed.
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The open BEGINs of the partitions this replica reads, by transaction id.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    open: HashMap<String, Open>,
+}
+
+/// What to do with one due BEGIN.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Due {
+    /// Ask `txid_status(txid)` first.
+    Ask(Open, i64),
+    /// Close it as unknown without asking (no txid).
+    Unknown(Open),
+}
+
+/// When a BEGIN is due, and whose are whose.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Age before a BEGIN is resolved, in ms.
+    pub after_ms: i64,
+    /// Age before another process's BEGIN without txid is closed as unknown, in ms.
+    pub unknown_after_ms: i64,
+    /// This process's transaction ids start with this (`<instance>-`).
+    pub own_prefix: String,
+}
+
+impl Tracker {
+    /// Take in one record of the transaction topic. Records that are not transaction records
+    /// are ignored.
+    pub fn on_record(&mut self, partition: i32, offset: i64, record: TransactionRecord) {
+        match record.status {
+            TxStatus::Begin => {
+                self.open.entry(record.id.clone()).or_insert(Open {
+                    begin: record,
+                    partition,
+                    offset,
+                });
+            }
+            TxStatus::End => {
+                self.open.remove(&record.id);
+            }
+        }
+    }
+
+    /// Forget a transaction (its END was just published by this replica).
+    pub fn close(&mut self, id: &str) {
+        self.open.remove(id);
+    }
+
+    /// Keep only the partitions this replica still reads.
+    pub fn retain_partitions(&mut self, assigned: &HashSet<i32>) {
+        self.open.retain(|_, o| assigned.contains(&o.partition));
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// The offset to commit per partition: the oldest open BEGIN's, else the position read to,
+    /// so a restart reads every open BEGIN again.
+    pub fn commit_offsets(&self, positions: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+        let mut out = positions.clone();
+        for o in self.open.values() {
+            if let Some(at) = out.get_mut(&o.partition) {
+                *at = (*at).min(o.offset);
+            }
+        }
+        out
+    }
+
+    /// BEGINs due now, oldest first. `live(id)`: this process still runs that transaction.
+    /// `caught_up(p)`: partition `p` was read to its end (else a later END may be unread).
+    pub fn due(
+        &self,
+        now_ms: i64,
+        policy: &Policy,
+        live: impl Fn(&str) -> bool,
+        caught_up: impl Fn(i32) -> bool,
+    ) -> Vec<Due> {
+        let mut due: Vec<Due> = self
+            .open
+            .values()
+            .filter(|o| caught_up(o.partition))
+            .filter_map(|o| {
+                let age = now_ms - o.begin.ts_ms;
+                let own = o.begin.id.starts_with(&policy.own_prefix);
+                if age < policy.after_ms || (own && live(&o.begin.id)) {
+                    return None;
+                }
+                match o.begin.tx_id {
+                    Some(txid) => Some(Due::Ask(o.clone(), txid)),
+                    None if own || age >= policy.unknown_after_ms => Some(Due::Unknown(o.clone())),
+                    None => None,
+                }
+            })
+            .collect();
+        due.sort_by_key(|d| match d {
+            Due::Ask(o, _) | Due::Unknown(o) => (o.begin.ts_ms, o.offset),
+        });
+        due
+    }
+}
+
+/// The END for `begin`, given what `txid_status()` answered (`None`: NULL, the server no
+/// longer knows the txid; not asked for [`Due::Unknown`]). `Ok(None)`: still in progress,
+/// ask again later.
+pub fn end_for(
+    begin: &TransactionRecord,
+    asked: Asked,
+    resolver: &str,
+    now_ms: i64,
+) -> Option<TransactionRecord> {
+    let (commit_status, by, txid_status) = match asked {
+        Asked::NotAsked => (CommitStatus::Unknown, ResolvedBy::NoTxid, None),
+        Asked::Answer(None) => (CommitStatus::Unknown, ResolvedBy::TxidUnknownToServer, None),
+        Asked::Answer(Some(s)) => match s.as_str() {
+            "committed" => (CommitStatus::Committed, ResolvedBy::TxidStatus, Some(s)),
+            "aborted" => (CommitStatus::Aborted, ResolvedBy::TxidStatus, Some(s)),
+            // "in progress" (a COMMIT still waiting, e.g. on a lock or a synchronous
+            // replica), or anything newer servers may say: decide later.
+            _ => return None,
+        },
+    };
+    Some(TransactionRecord {
+        status: TxStatus::End,
+        commit_status: Some(commit_status),
+        resolution: Some(Resolution {
+            by,
+            txid_status,
+            resolver: resolver.to_string(),
+            begin_ts_ms: begin.ts_ms,
+        }),
+        ts_ms: now_ms,
+        ..begin.clone()
+    })
+}
+
+/// What `txid_status()` said about a due BEGIN.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Asked {
+    /// The BEGIN had no txid.
+    NotAsked,
+    /// Its answer: `None` is SQL NULL.
+    Answer(Option<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn begin(id: &str, txid: Option<i64>, ts_ms: i64) -> TransactionRecord {
+        TransactionRecord {
+            status: TxStatus::Begin,
+            id: id.into(),
+            tx_id: txid,
+            event_count: 1,
+            data_collections: vec![],
+            ts_ms,
+            commit_status: None,
+            resolution: None,
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            after_ms: 1_000,
+            unknown_after_ms: 60_000,
+            own_prefix: "me-".into(),
+        }
+    }
+
+    fn ids(d: &[Due]) -> Vec<String> {
+        d.iter()
+            .map(|d| match d {
+                Due::Ask(o, _) | Due::Unknown(o) => o.begin.id.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_end_closes_its_begin_and_offsets_stay_before_open_ones() {
+        let mut t = Tracker::default();
+        t.on_record(0, 5, begin("a-1:1", Some(10), 0));
+        t.on_record(0, 6, begin("a-1:2", Some(11), 0));
+        let mut end = begin("a-1:1", Some(10), 0);
+        end.status = TxStatus::End;
+        t.on_record(0, 7, end);
+        assert_eq!(t.len(), 1);
+        let positions = BTreeMap::from([(0, 8), (1, 3)]);
+        assert_eq!(
+            t.commit_offsets(&positions),
+            BTreeMap::from([(0, 6), (1, 3)])
+        );
+    }
+
+    #[test]
+    fn young_live_and_unread_partitions_wait() {
+        let mut t = Tracker::default();
+        t.on_record(0, 1, begin("other-1:1", Some(10), 0));
+        t.on_record(0, 2, begin("me-3:1", Some(11), 0));
+        t.on_record(0, 3, begin("other-2:1", Some(12), 9_500));
+        t.on_record(1, 1, begin("other-4:1", Some(13), 0));
+        let due = t.due(10_000, &policy(), |id| id == "me-3:1", |p| p == 0);
+        assert_eq!(ids(&due), vec!["other-1:1"]);
+        let due = t.due(10_000, &policy(), |_| false, |_| true);
+        assert_eq!(ids(&due).len(), 3);
+    }
+
+    #[test]
+    fn no_txid_is_unknown_at_once_when_own_else_after_unknown_after() {
+        let mut t = Tracker::default();
+        t.on_record(0, 1, begin("me-1:1", None, 0));
+        t.on_record(0, 2, begin("other-1:1", None, 0));
+        let due = t.due(10_000, &policy(), |_| false, |_| true);
+        assert_eq!(due, vec![Due::Unknown(t.open["me-1:1"].clone())]);
+        let due = t.due(60_000, &policy(), |_| false, |_| true);
+        assert_eq!(ids(&due), vec!["me-1:1", "other-1:1"]);
+    }
+
+    #[test]
+    fn ends_say_what_the_server_said() {
+        let b = begin("x:1", Some(10), 5);
+        let end = |a| end_for(&b, a, "r1", 99);
+        let committed = end(Asked::Answer(Some("committed".into()))).unwrap();
+        assert_eq!(committed.commit_status, Some(CommitStatus::Committed));
+        assert_eq!(committed.status, TxStatus::End);
+        assert_eq!(committed.ts_ms, 99);
+        let r = committed.resolution.unwrap();
+        assert_eq!(
+            (r.by, r.begin_ts_ms, r.resolver.as_str()),
+            (ResolvedBy::TxidStatus, 5, "r1")
+        );
+        assert_eq!(
+            end(Asked::Answer(Some("aborted".into())))
+                .unwrap()
+                .commit_status,
+            Some(CommitStatus::Aborted)
+        );
+        assert_eq!(end(Asked::Answer(Some("in progress".into()))), None);
+        let gone = end(Asked::Answer(None)).unwrap();
+        assert_eq!(gone.commit_status, Some(CommitStatus::Unknown));
+        assert_eq!(gone.resolution.unwrap().by, ResolvedBy::TxidUnknownToServer);
+        assert_eq!(
+            end(Asked::NotAsked).unwrap().resolution.unwrap().by,
+            ResolvedBy::NoTxid
+        );
+    }
+}

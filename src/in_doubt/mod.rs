@@ -1,0 +1,325 @@
+//! Self-healing of in-doubt transactions: a BEGIN on `<prefix>.transaction` whose END never
+//! came (the proxy that wrote it was killed, or lost its server or broker connection, between
+//! publishing the events and publishing the END).
+//!
+//! One thread reads the transaction topic in the consumer group `hindsight-in-doubt.<prefix>`
+//! (so replicas split its partitions) and tracks open BEGINs ([`decide::Tracker`]); committed
+//! offsets never pass the oldest open BEGIN, so a restart sees it again. Every `interval` a
+//! task takes the BEGINs that are due ([`decide::Tracker::due`]: old enough, partition read to
+//! its end, not this process's own live transaction), asks `txid_status(txId)` on the upstream
+//! and publishes the missing END with `commit_status` (`committed`, `aborted`, or `unknown`
+//! when the server no longer knows the txid or there is none) and a `resolution` saying how
+//! ([`decide::end_for`]). "in progress" is asked again next time.
+//!
+//! A BEGIN may then get two ENDs (this one, and the writer's own if it was only slow); both
+//! say the same, except that an `unknown` END of a statement without txid can precede its
+//! writer's real END (only after `in_doubt.unknown_after`).
+
+pub mod decide;
+pub mod error;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::audit::event::TransactionRecord;
+use crate::audit::in_flight::InFlight;
+use crate::audit::kafka::{KafkaSink, Record};
+use crate::telemetry::events::Event;
+use crate::telemetry::Metrics;
+use decide::{Asked, Due, Policy, Tracker};
+pub use error::InDoubtError;
+
+/// What the healer needs besides the sink.
+pub struct Settings {
+    /// The upstream database to ask (`in_doubt.database`, parsed).
+    pub database: crate::pgconn::Target,
+    pub interval: Duration,
+    pub policy: Policy,
+    /// This replica's name, written into each END's `resolution.resolver`.
+    pub resolver: String,
+}
+
+/// What the reading thread shares with the resolving task.
+#[derive(Default)]
+struct State {
+    tracker: Tracker,
+    /// Next offset to read, per assigned partition.
+    positions: BTreeMap<i32, i64>,
+    /// Partition ends when last asked.
+    highs: BTreeMap<i32, i64>,
+}
+
+impl State {
+    fn caught_up(&self, p: i32) -> bool {
+        match (self.positions.get(&p), self.highs.get(&p)) {
+            (Some(at), Some(high)) => at >= high,
+            (None, Some(high)) => *high == 0,
+            _ => false,
+        }
+    }
+}
+
+/// A running healer; dropping it stops the thread and the task.
+pub struct Healer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Healer {
+    /// Start reading the transaction topic and resolving what is due.
+    pub fn start(
+        settings: Settings,
+        sink: Arc<KafkaSink>,
+        in_flight: Arc<InFlight>,
+        metrics: Metrics,
+    ) -> Result<Healer, InDoubtError> {
+        let topic = sink.transaction_topic();
+        let consumer = consumer(sink.config(), &topic)?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, halt, every) = (Arc::clone(&state), Arc::clone(&stop), settings.interval);
+        let thread = std::thread::Builder::new()
+            .name("in-doubt".into())
+            .spawn(move || read(consumer, &st, &halt, every))
+            .expect("a thread can be started");
+        let resolver = Resolver {
+            settings,
+            sink,
+            in_flight,
+            metrics,
+            state: Arc::clone(&state),
+            client: None,
+            topic,
+        };
+        let task = tokio::spawn(resolver.run());
+        Ok(Healer {
+            stop,
+            thread: Some(thread),
+            task,
+            state,
+        })
+    }
+
+    /// Stop reading and resolving (the proxy is shutting down); the thread ends within a poll.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.abort();
+    }
+
+    /// BEGINs without END currently tracked.
+    pub fn open_count(&self) -> usize {
+        lock(&self.state).tracker.len()
+    }
+}
+
+impl Drop for Healer {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn consumer(
+    cfg: &crate::audit::kafka::SinkConfig,
+    topic: &str,
+) -> Result<BaseConsumer, InDoubtError> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", cfg.brokers.join(","))
+        .set(
+            "group.id",
+            format!("hindsight-in-doubt.{}", cfg.topic_prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .set("fetch.wait.max.ms", "200");
+    for (k, v) in &cfg.librdkafka {
+        client.set(k, v);
+    }
+    client.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+    let consumer: BaseConsumer = client.create().map_err(InDoubtError::Kafka)?;
+    consumer.subscribe(&[topic]).map_err(InDoubtError::Kafka)?;
+    Ok(consumer)
+}
+
+/// The reading thread: every record into the tracker; every `every`, partition ends fetched,
+/// revoked partitions dropped and offsets committed.
+fn read(consumer: BaseConsumer, state: &Mutex<State>, stop: &AtomicBool, every: Duration) {
+    let mut last = std::time::Instant::now() - every;
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                let mut st = lock(state);
+                st.positions.insert(m.partition(), m.offset() + 1);
+                match m.payload().map(serde_json::from_slice::<TransactionRecord>) {
+                    Some(Ok(r)) => st.tracker.on_record(m.partition(), m.offset(), r),
+                    _ => tracing::warn!(partition = m.partition(), offset = m.offset(), "in-doubt healing: a transaction-topic record that is not a transaction record; skipped"),
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "in-doubt healing: reading the transaction topic failed; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        if last.elapsed() >= every {
+            last = std::time::Instant::now();
+            housekeeping(&consumer, state);
+        }
+    }
+}
+
+fn housekeeping(consumer: &BaseConsumer, state: &Mutex<State>) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let assigned: Vec<(String, i32)> = assignment
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect();
+    let mut highs = BTreeMap::new();
+    for (topic, p) in &assigned {
+        if let Ok((_, high)) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(2)) {
+            highs.insert(*p, high);
+        }
+    }
+    let commit = {
+        let mut st = lock(state);
+        let keep: HashSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        st.tracker.retain_partitions(&keep);
+        st.positions.retain(|p, _| keep.contains(p));
+        st.highs = highs;
+        st.tracker.commit_offsets(&st.positions)
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p) in &assigned {
+        if let Some(at) = commit.get(p) {
+            let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*at));
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "in-doubt healing: committing offsets failed; retrying");
+        }
+    }
+}
+
+/// The resolving task.
+struct Resolver {
+    settings: Settings,
+    sink: Arc<KafkaSink>,
+    in_flight: Arc<InFlight>,
+    metrics: Metrics,
+    state: Arc<Mutex<State>>,
+    client: Option<tokio_postgres::Client>,
+    topic: String,
+}
+
+impl Resolver {
+    async fn run(mut self) {
+        let mut topic_ready = false;
+        loop {
+            tokio::time::sleep(self.settings.interval).await;
+            if !self.sink.is_reached() {
+                continue;
+            }
+            if !topic_ready {
+                // The group's subscription needs the topic to exist.
+                topic_ready = self.sink.ensure_topics([self.topic.as_str()]).await.is_ok();
+            }
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %e, "in-doubt healing: will retry");
+                self.client = None;
+            }
+        }
+    }
+
+    /// Resolve what is due now.
+    async fn round(&mut self) -> Result<(), InDoubtError> {
+        let now = crate::audit::event::now_ms();
+        let due = {
+            let st = lock(&self.state);
+            let in_flight = &self.in_flight;
+            st.tracker.due(
+                now,
+                &self.settings.policy,
+                |id| in_flight.contains(id),
+                |p| st.caught_up(p),
+            )
+        };
+        for d in due {
+            let (open, asked) = match d {
+                Due::Ask(open, txid) => {
+                    let status = self.txid_status(txid).await?;
+                    (open, Asked::Answer(status))
+                }
+                Due::Unknown(open) => (open, Asked::NotAsked),
+            };
+            let Some(end) = decide::end_for(&open.begin, asked, &self.settings.resolver, now)
+            else {
+                continue;
+            };
+            self.publish(end).await?;
+        }
+        Ok(())
+    }
+
+    async fn txid_status(&mut self, txid: i64) -> Result<Option<String>, InDoubtError> {
+        if self.client.is_none() {
+            self.client = Some(crate::pgconn::connect_to(&self.settings.database).await?);
+        }
+        let client = self.client.as_ref().expect("connected above");
+        let row = client
+            .query_one("SELECT txid_status($1::int8)", &[&txid])
+            .await
+            .map_err(|source| InDoubtError::TxidStatus { txid, source })?;
+        Ok(row.get(0))
+    }
+
+    async fn publish(&mut self, end: TransactionRecord) -> Result<(), InDoubtError> {
+        let record = Record {
+            topic: self.topic.clone(),
+            key: end.id.clone().into_bytes(),
+            payload: serde_json::to_vec(&end).expect("JSON"),
+        };
+        self.sink
+            .publish(&[record])
+            .await
+            .map_err(InDoubtError::Publish)?;
+        lock(&self.state).tracker.close(&end.id);
+        let how = match &end.resolution {
+            Some(r) => format!(
+                "{:?} ({})",
+                r.by,
+                r.txid_status.as_deref().unwrap_or("null")
+            ),
+            None => String::new(),
+        };
+        Event::InDoubtResolved {
+            id: &end.id,
+            tx_id: end.tx_id,
+            outcome: end.commit_status.map_or("none", |c| c.name()),
+            how: &how,
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+}
