@@ -94,7 +94,7 @@ async fn authorize(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        if !same_token(given.unwrap_or(""), token) {
             return (
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token (Authorization: Bearer <admin.token>)\n",
@@ -103,6 +103,29 @@ async fn authorize(
         }
     }
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(super::same_token("s3cret", "s3cret"));
+        for wrong in ["", "s3cre", "s3cret ", "S3cret", "s3creu"] {
+            assert!(!super::same_token(wrong, "s3cret"), "{wrong:?}");
+        }
+    }
+}
+
+/// Whether `given` is `token`, in time that does not depend on where they differ or on their
+/// lengths: their SHA-256 digests are compared in constant time (`subtle`).
+fn same_token(given: &str, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(token.as_bytes()),
+    );
+    a.as_slice().ct_eq(b.as_slice()).into()
 }
 
 fn gates(ctx: &ProxyCtx) -> Result<Arc<crate::gates::engine::Gates>, (StatusCode, String)> {

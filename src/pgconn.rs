@@ -105,6 +105,15 @@ pub async fn connect(dsn: &str) -> Result<tokio_postgres::Client, PgConnError> {
     connect_to(&target).await
 }
 
+/// [`connect`], with `application_name` set to `name` unless the string sets one.
+pub async fn connect_as(dsn: &str, name: &str) -> Result<tokio_postgres::Client, PgConnError> {
+    let mut target = parse(dsn)?;
+    if target.config.get_application_name().is_none() {
+        target.config.application_name(name);
+    }
+    connect_to(&target).await
+}
+
 /// Connect to a parsed target and drive the connection in the background.
 pub async fn connect_to(target: &Target) -> Result<tokio_postgres::Client, PgConnError> {
     let err = |source| PgConnError::Connect {

@@ -210,10 +210,9 @@ struct IntoTable {
 
 impl IntoTable {
     async fn create(target: &str, table: &str, into: &str) -> Result<Self, HistoryError> {
-        let (client, conn) = tokio_postgres::connect(target, tokio_postgres::NoTls)
+        let client = hindsight::pgconn::connect_as(target, "hindsight-history")
             .await
-            .map_err(HistoryError::db("table-as-of: connecting to --target"))?;
-        tokio::spawn(conn);
+            .map_err(HistoryError::connect("table-as-of: --target"))?;
         let (schema, name) = table.split_once('.').unwrap_or(("public", table));
         let src = hindsight::restore::sql::quote_table(schema, name);
         client

@@ -38,6 +38,11 @@ pub enum HistoryError {
     #[error("{0}")]
     Usage(String),
     #[error("{what}: {source}")]
+    Connect {
+        what: String,
+        source: hindsight::pgconn::PgConnError,
+    },
+    #[error("{what}: {source}")]
     Io {
         what: String,
         source: std::io::Error,
@@ -65,6 +70,11 @@ impl HistoryError {
 
     pub fn kafka(what: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         move |source| HistoryError::Kafka { what, source }
+    }
+
+    pub fn connect(what: impl Into<String>) -> impl FnOnce(hindsight::pgconn::PgConnError) -> Self {
+        let what = what.into();
+        move |source| HistoryError::Connect { what, source }
     }
 
     pub fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {

@@ -124,16 +124,11 @@ impl Resolver {
     async fn client(&mut self) -> Result<&tokio_postgres::Client, HistoryError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             let conn = self.database.clone().unwrap_or_default();
-            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            let client = hindsight::pgconn::connect_as(&conn, "hindsight-archive")
                 .await
-                .map_err(HistoryError::db(
-                    "archive.resolve_database: connecting (check the connection string)",
+                .map_err(HistoryError::connect(
+                    "archive.resolve_database (check the connection string)",
                 ))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "archive: resolve database connection ended");
-                }
-            });
             self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("connected above"))

@@ -57,16 +57,9 @@ struct Context {
 }
 
 async fn connect(conn: &str) -> Result<tokio_postgres::Client, HistoryError> {
-    let mut cfg: tokio_postgres::Config = conn.parse().map_err(HistoryError::db(
-        "snapshot: the --database connection string",
-    ))?;
-    cfg.application_name("hindsight-snapshot");
-    let (client, connection) = cfg
-        .connect(tokio_postgres::NoTls)
+    hindsight::pgconn::connect_as(conn, "hindsight-snapshot")
         .await
-        .map_err(HistoryError::db("snapshot: connecting to the database"))?;
-    tokio::spawn(connection);
-    Ok(client)
+        .map_err(HistoryError::connect("snapshot: --database"))
 }
 
 /// Take the snapshot.

@@ -312,10 +312,8 @@ impl Gates {
         }
         // Persist first: what the API confirmed must survive a restart.
         let text = serde_json::to_string_pretty(&next).expect("state serialises");
-        let tmp = self.state_path.with_extension("json.tmp");
-        let written = std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &self.state_path))
-            .map_err(|source| GateError::Read {
+        let written =
+            write_atomically(&self.state_path, text.as_bytes()).map_err(|source| GateError::Read {
                 path: self.state_path.display().to_string(),
                 source,
             });
@@ -326,11 +324,54 @@ impl Gates {
     }
 }
 
+/// Replace `path` with `bytes` so that a reader (or a crash) sees the old file or the new one,
+/// never a part: a temporary file beside it, readable by the owner only (0600: flags and kill
+/// switches are operational state), synced, then renamed over it, and the directory synced.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn set_kill(s: &mut RuntimeState, scope: Scope, value: &str, on: bool) {
     let key = (scope, value.to_string());
     if on {
         s.kill_switches.on.insert(key);
     } else {
         s.kill_switches.on.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_state_file_is_replaced_whole_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("hs-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rules.toml.state.json");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::write_atomically(&path, b"{\"new\": true}").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"new\": true}");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

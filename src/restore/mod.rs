@@ -41,8 +41,8 @@ pub enum RestoreError {
         what: &'static str,
         source: tokio_postgres::Error,
     },
-    #[error("restore: cannot connect to the target database: {0} (check --target)")]
-    Connect(tokio_postgres::Error),
+    #[error("restore: the target database: {0} (check --target)")]
+    Connect(#[from] crate::pgconn::PgConnError),
     #[error("restore: the audit topics did not deliver everything up to their end offsets in time ({0}); nothing was planned")]
     LogIncomplete(String),
     #[error("restore: reading the history store: {0}")]

@@ -38,22 +38,10 @@ pub struct AsOf {
     pub table: String,
 }
 
-/// Connect to the target database (`postgres://…` or `host=… …`).
+/// Connect to the target database (`postgres://…` or `host=… …`; `sslmode`, including
+/// `verify-full`, and `sslrootcert` are honoured, see `pgconn`).
 pub async fn connect(target: &str) -> Result<Client, RestoreError> {
-    let mut cfg: tokio_postgres::Config = target.parse().map_err(RestoreError::Connect)?;
-    if cfg.get_application_name().is_none() {
-        cfg.application_name("hindsight-restore");
-    }
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(RestoreError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "restore: database connection ended");
-        }
-    });
-    Ok(client)
+    Ok(crate::pgconn::connect_as(target, "hindsight-restore").await?)
 }
 
 /// Run a blocking Kafka read off the async runtime.

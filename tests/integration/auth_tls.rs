@@ -209,3 +209,59 @@ async fn direct_tls_with_alpn() {
     }
     proxy.shutdown().await;
 }
+
+/// hindsight's own connections (restore, in-doubt healing, the archive) honour libpq's
+/// `sslmode`: `ssl_user` may only connect over TLS; verify-full checks chain and host name.
+#[tokio::test]
+async fn own_connections_honour_sslmode_verify_full() {
+    let pg = Pg::V15;
+    let ca = certs_dir().join("ca.crt");
+    let base = format!(
+        "host=localhost port={} user=ssl_user dbname=postgres",
+        pg.port()
+    );
+    let plain = hindsight::pgconn::connect(&format!("{base} sslmode=disable")).await;
+    assert!(plain.is_err(), "ssl_user is refused without TLS");
+    let verified = format!("{base} sslmode=verify-full sslrootcert={}", ca.display());
+    let c = hindsight::restore::run::connect(&verified)
+        .await
+        .expect("verify-full with the dev CA");
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the connection is encrypted");
+    let url = format!(
+        "postgres://ssl_user@127.0.0.1:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        pg.port(),
+        ca.display()
+    );
+    hindsight::pgconn::connect(&url)
+        .await
+        .expect("URL form, IP in the certificate's names");
+    // Nothing in the system trust store vouches for the dev CA.
+    let e = hindsight::restore::run::connect(&format!("{base} sslmode=verify-full"))
+        .await
+        .err()
+        .expect("an unknown issuer is refused");
+    assert!(e.to_string().contains("localhost"), "{e}");
+    // A name the certificate does not carry (hostaddr: where to connect; host: the name to
+    // verify): verify-ca accepts it, verify-full does not.
+    let other = format!(
+        "host=db.wrong.example hostaddr=127.0.0.1 port={} user=ssl_user dbname=postgres sslrootcert={}",
+        pg.port(),
+        ca.display()
+    );
+    hindsight::pgconn::connect(&format!("{other} sslmode=verify-ca"))
+        .await
+        .expect("verify-ca does not check the name");
+    let e = hindsight::pgconn::connect(&format!("{other} sslmode=verify-full"))
+        .await
+        .err()
+        .expect("verify-full checks the name");
+    assert!(format!("{e:?}").contains("NotValidForName"), "{e:?}");
+}

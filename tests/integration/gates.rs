@@ -565,6 +565,51 @@ action = "deny"
     s.proxy.shutdown().await;
 }
 
+/// With a token configured, every call that changes something (gates and footprints) is
+/// refused with 401 without it or with a wrong one (same length, longer, different case),
+/// before it does anything.
+#[tokio::test]
+async fn every_admin_change_needs_the_token() {
+    let s = setup(Pg::V15, "gate_tokens", "").await;
+    s.proxy.shutdown().await;
+    let proxy = start(Pg::V15, &s.rules, &s.prefix, "s3cret").await;
+    let changes = [
+        ("POST", "/gates/reload", ""),
+        ("PUT", "/gates/flags/new_checkout", "true"),
+        ("PUT", "/gates/killswitches/application/web", ""),
+        ("DELETE", "/gates/killswitches/application/web", ""),
+        ("PUT", "/footprints/modes/web", "\"enforce\""),
+        ("DELETE", "/footprints/modes/web", ""),
+        ("POST", "/footprints/0123456789abcdef/approve", ""),
+        ("POST", "/footprints/0123456789abcdef/forget", ""),
+    ];
+    for (method, path, body) in changes {
+        for token in [
+            None,
+            Some("s3creu"),
+            Some("S3CRET"),
+            Some("s3cret2"),
+            Some(""),
+        ] {
+            let (status, reply) = http(proxy.admin_addr, method, path, token, body).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {reply}");
+        }
+    }
+    let (status, _) = http(proxy.admin_addr, "GET", "/gates/killswitches", None, "").await;
+    assert_eq!(status, 401, "reads of the gates API need it too");
+    let (status, body) = http(
+        proxy.admin_addr,
+        "GET",
+        "/gates/killswitches",
+        Some("s3cret"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("web"), "nothing was switched: {body}");
+    proxy.shutdown().await;
+}
+
 on_both!(
     writes_in_a_with_clause_are_gated,
     denied_extended_copy_and_truncate_do_not_run,
