@@ -246,8 +246,7 @@ async fn own_connections_honour_sslmode_verify_full() {
     // Nothing in the system trust store vouches for the dev CA.
     let e = hindsight::restore::run::connect(&format!("{base} sslmode=verify-full"))
         .await
-        .err()
-        .expect("an unknown issuer is refused");
+        .expect_err("an unknown issuer is refused");
     assert!(e.to_string().contains("localhost"), "{e}");
     // A name the certificate does not carry (hostaddr: where to connect; host: the name to
     // verify): verify-ca accepts it, verify-full does not.
@@ -261,7 +260,6 @@ async fn own_connections_honour_sslmode_verify_full() {
         .expect("verify-ca does not check the name");
     let e = hindsight::pgconn::connect(&format!("{other} sslmode=verify-full"))
         .await
-        .err()
-        .expect("verify-full checks the name");
+        .expect_err("verify-full checks the name");
     assert!(format!("{e:?}").contains("NotValidForName"), "{e:?}");
 }
