@@ -40,7 +40,7 @@ pub enum HistoryError {
     #[error("{what}: {source}")]
     Connect {
         what: String,
-        source: hindsight::pgconn::PgConnError,
+        source: Box<hindsight::pgconn::PgConnError>,
     },
     #[error("{what}: {source}")]
     Io {
@@ -74,7 +74,10 @@ impl HistoryError {
 
     pub fn connect(what: impl Into<String>) -> impl FnOnce(hindsight::pgconn::PgConnError) -> Self {
         let what = what.into();
-        move |source| HistoryError::Connect { what, source }
+        move |source| HistoryError::Connect {
+            what,
+            source: Box::new(source),
+        }
     }
 
     pub fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
