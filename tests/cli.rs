@@ -110,6 +110,8 @@ fn proxy_without_broker_or_no_capture_refuses_to_start() {
 }
 
 #[test]
+/// Only with `kafka.require_at_start = true`: otherwise the proxy starts and serves reads
+/// (tests/integration/broker_outage.rs).
 fn proxy_with_unreachable_broker_fails_naming_it() {
     let (code, _out, err) = hindsight(
         &[
@@ -123,7 +125,10 @@ fn proxy_with_unreachable_broker_fails_naming_it() {
             "--kafka-brokers",
             "127.0.0.1:9",
         ],
-        &[("HINDSIGHT_KAFKA__PUBLISH_TIMEOUT", "2s")],
+        &[
+            ("HINDSIGHT_KAFKA__PUBLISH_TIMEOUT", "2s"),
+            ("HINDSIGHT_KAFKA__REQUIRE_AT_START", "true"),
+        ],
     );
     assert_eq!(code, 1, "stderr: {err}");
     assert!(err.contains("127.0.0.1:9"), "stderr: {err}");

@@ -2,9 +2,12 @@
 //! came (the proxy that wrote it was killed, or lost its server or broker connection, between
 //! publishing the events and publishing the END).
 //!
-//! One thread reads the transaction topic in the consumer group `hindsight-in-doubt.<prefix>`
-//! (so replicas split its partitions) and tracks open BEGINs ([`decide::Tracker`]); committed
-//! offsets never pass the oldest open BEGIN, so a restart sees it again. Every `interval` a
+//! One thread reads every partition of the transaction topic (assigned, not subscribed: a
+//! killed replica must not hold partitions in a group until its session times out) from the
+//! offsets committed under the group id `hindsight-in-doubt.<prefix>`, and tracks open BEGINs
+//! ([`decide::Tracker`]); committed offsets never pass the oldest open BEGIN, so a restart
+//! sees it again. Every replica reads everything; two replicas may both close a BEGIN, with
+//! the same outcome. Every `interval` a
 //! task takes the BEGINs that are due ([`decide::Tracker::due`]: old enough, partition read to
 //! its end, not this process's own live transaction), asks `txid_status(txId)` on the upstream
 //! and publishes the missing END with `commit_status` (`committed`, `aborted`, or `unknown`
@@ -81,13 +84,18 @@ impl Healer {
         metrics: Metrics,
     ) -> Result<Healer, InDoubtError> {
         let topic = sink.transaction_topic();
-        let consumer = consumer(sink.config(), &topic)?;
+        let consumer = consumer(sink.config())?;
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, halt, every) = (Arc::clone(&state), Arc::clone(&stop), settings.interval);
+        let t = topic.clone();
         let thread = std::thread::Builder::new()
             .name("in-doubt".into())
-            .spawn(move || read(consumer, &st, &halt, every))
+            .spawn(move || {
+                if assign(&consumer, &t, &halt) {
+                    read(consumer, &st, &halt, every)
+                }
+            })
             .expect("a thread can be started");
         let resolver = Resolver {
             settings,
@@ -134,10 +142,7 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn consumer(
-    cfg: &crate::audit::kafka::SinkConfig,
-    topic: &str,
-) -> Result<BaseConsumer, InDoubtError> {
+fn consumer(cfg: &crate::audit::kafka::SinkConfig) -> Result<BaseConsumer, InDoubtError> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", cfg.brokers.join(","))
@@ -155,8 +160,36 @@ fn consumer(
     }
     client.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
     let consumer: BaseConsumer = client.create().map_err(InDoubtError::Kafka)?;
-    consumer.subscribe(&[topic]).map_err(InDoubtError::Kafka)?;
     Ok(consumer)
+}
+
+/// Assign every partition of `topic` from its committed offset (else the beginning), once the
+/// brokers list it. `false`: stopped first.
+fn assign(consumer: &BaseConsumer, topic: &str, stop: &AtomicBool) -> bool {
+    while !stop.load(Ordering::Relaxed) {
+        let partitions = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(2))
+            .ok()
+            .and_then(|md| {
+                let t = md.topics().iter().find(|t| t.name() == topic)?;
+                (t.error().is_none() && !t.partitions().is_empty())
+                    .then(|| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            });
+        if let Some(ps) = partitions {
+            let mut tpl = TopicPartitionList::new();
+            for p in ps {
+                let _ = tpl.add_partition_offset(topic, p, Offset::Stored);
+            }
+            match consumer.assign(&tpl) {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "in-doubt healing: assigning the transaction topic failed; retrying")
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    false
 }
 
 /// The reading thread: every record into the tracker; every `every`, partition ends fetched,

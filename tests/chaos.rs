@@ -1,0 +1,691 @@
+//! The chaos suite (run by `scripts/suites/chaos.sh`, which starts its own PostgreSQL with
+//! synchronous_commit = on and its own broker, and sets HSCHAOS_*; ignored otherwise).
+//!
+//! Clients write through a capturing hindsight (a child process, so it can be killed -9) in
+//! both protocols — autocommit, explicit transactions, savepoints, client rollbacks, dropped
+//! connections — each row carrying a version counter. Faults are injected at random: the proxy
+//! killed -9 (and armed to abort at the commit path's crash points), the broker paused past
+//! `kafka.publish_timeout`, the network to the broker cut and restored, PostgreSQL restarted
+//! fast and crashed (kill -9 of the postmaster) then recovered. Afterwards, from the topics and
+//! the database alone: every acknowledged commit has its events; per row the committed events
+//! chain and the version counter has no gap and no repeat; replaying them gives the table; no
+//! committed event belongs to a transaction the database rolled back; every BEGIN has an END.
+
+#[path = "support/link.rs"]
+mod link;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+const CLIENTS: i32 = 4;
+const ROWS_PER_CLIENT: i32 = 10;
+const PREFIX: &str = "chaos";
+
+struct Env {
+    secs: u64,
+    bin: String,
+    pg_port: u16,
+    pg_data: String,
+    pg_ctl: String,
+    pg_log: String,
+    pg_user: String,
+    broker_port: u16,
+    relay_port: u16,
+    broker_pid: i32,
+    dir: String,
+}
+
+fn env() -> Env {
+    let v = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set: run scripts/suites/chaos.sh"))
+    };
+    Env {
+        secs: v("HSCHAOS_SECS").parse().unwrap(),
+        bin: v("HSCHAOS_BIN"),
+        pg_port: v("HSCHAOS_PG_PORT").parse().unwrap(),
+        pg_data: v("HSCHAOS_PG_DATA"),
+        pg_ctl: v("HSCHAOS_PG_CTL"),
+        pg_log: v("HSCHAOS_PG_LOG"),
+        pg_user: v("HSCHAOS_PG_USER"),
+        broker_port: v("HSCHAOS_BROKER_PORT").parse().unwrap(),
+        relay_port: v("HSCHAOS_RELAY_PORT").parse().unwrap(),
+        broker_pid: v("HSCHAOS_BROKER_PID").parse().unwrap(),
+        dir: v("HSCHAOS_DIR"),
+    }
+}
+
+fn dsn(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable")
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Seen {
+    /// (row, version) of every change in a commit the client saw succeed.
+    acked: Mutex<Vec<(i64, i64)>>,
+    commits: AtomicU64,
+    errors: AtomicU64,
+    drops: AtomicU64,
+}
+
+// ---------------------------------------------------------------- the proxy under test
+
+struct ProxyProc {
+    child: Option<tokio::process::Child>,
+    port: u16,
+}
+
+impl ProxyProc {
+    async fn start(env: &Env, armed: Option<&str>) -> ProxyProc {
+        let (port, admin) = (env.pg_port + 1000, env.pg_port + 1001);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{}/proxy.log", env.dir))
+            .unwrap();
+        let mut cmd = tokio::process::Command::new(&env.bin);
+        cmd.args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--upstream", &format!("127.0.0.1:{}", env.pg_port)])
+            .args(["--kafka-brokers", &format!("127.0.0.1:{}", env.relay_port)])
+            .args(["--topic-prefix", PREFIX])
+            .env("HINDSIGHT_IN_DOUBT__DATABASE", dsn(env.pg_port))
+            .env("HINDSIGHT_IN_DOUBT__AFTER", "2s")
+            .env("HINDSIGHT_IN_DOUBT__INTERVAL", "1s")
+            .env("HINDSIGHT_KAFKA__PUBLISH_TIMEOUT", "3s")
+            .env("HINDSIGHT_LOG__LEVEL", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(point) = armed {
+            cmd.env("HINDSIGHT_FAULT__CRASH_AT", point)
+                .env("HINDSIGHT_FAULT__CRASH_PROBABILITY", "0.1");
+        }
+        let child = cmd.spawn().expect("the hindsight binary runs");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ProxyProc {
+            child: Some(child),
+            port,
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+        }
+    }
+
+    /// Whether it exited on its own (an armed crash point fired).
+    fn crashed(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+async fn connect(port: u16) -> Option<Client> {
+    let s = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
+    let (c, conn) = tokio_postgres::connect(&s, NoTls).await.ok()?;
+    tokio::spawn(conn);
+    Some(c)
+}
+
+fn payload(rng: &mut impl Rng) -> String {
+    let bits = [
+        "plain",
+        "O'Brien",
+        "back\\slash",
+        "名前",
+        "🙂",
+        "$$",
+        "\"q\"",
+    ];
+    (0..3)
+        .map(|_| bits[rng.random_range(0..bits.len())])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+const UPDATE: &str = "UPDATE chaos SET ver = ver + 1, payload = $2 WHERE id = $1 RETURNING ver";
+
+fn simple_update(id: i64, p: &str) -> String {
+    format!(
+        "UPDATE chaos SET ver = ver + 1, payload = '{}' WHERE id = {id} RETURNING ver",
+        p.replace('\'', "''")
+    )
+}
+
+fn simple_ver(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Option<i64> {
+    msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+        _ => None,
+    })
+}
+
+/// One client's transaction of a random shape. `Ok(changes)` when it committed.
+async fn one(
+    c: &Client,
+    rng: &mut rand::rngs::StdRng,
+    rows: &[i64],
+) -> Result<Vec<(i64, i64)>, String> {
+    let e = |e: tokio_postgres::Error| e.to_string();
+    let r1 = rows[rng.random_range(0..rows.len())];
+    let r2 = rows[rng.random_range(0..rows.len())];
+    let p = payload(rng);
+    match rng.random_range(0..6) {
+        0 => {
+            let v: i32 = c
+                .query_one(UPDATE, &[&(r1 as i32), &p])
+                .await
+                .map_err(e)?
+                .get(0);
+            Ok(vec![(r1, v as i64)])
+        }
+        1 => {
+            let m = c.simple_query(&simple_update(r1, &p)).await.map_err(e)?;
+            Ok(vec![(r1, simple_ver(&m).ok_or("no row")?)])
+        }
+        2 | 3 => {
+            c.batch_execute("BEGIN").await.map_err(e)?;
+            let v: i32 = c
+                .query_one(UPDATE, &[&(r1 as i32), &p])
+                .await
+                .map_err(e)?
+                .get(0);
+            let mut out = vec![(r1, v as i64)];
+            if r2 != r1 {
+                let savepoint = rng.random_bool(0.5);
+                if savepoint {
+                    c.batch_execute("SAVEPOINT s").await.map_err(e)?;
+                }
+                let m = c.simple_query(&simple_update(r2, &p)).await.map_err(e)?;
+                if savepoint {
+                    c.batch_execute("ROLLBACK TO SAVEPOINT s")
+                        .await
+                        .map_err(e)?;
+                } else {
+                    out.push((r2, simple_ver(&m).ok_or("no row")?));
+                }
+            }
+            c.batch_execute("COMMIT").await.map_err(e)?;
+            Ok(out)
+        }
+        4 => {
+            c.batch_execute("BEGIN").await.map_err(e)?;
+            c.query_one(UPDATE, &[&(r1 as i32), &p]).await.map_err(e)?;
+            c.batch_execute("ROLLBACK").await.map_err(e)?;
+            Ok(vec![])
+        }
+        _ => {
+            c.batch_execute("BEGIN").await.map_err(e)?;
+            c.query_one(UPDATE, &[&(r1 as i32), &p]).await.map_err(e)?;
+            Err("drop".into())
+        }
+    }
+}
+
+async fn client(k: i32, port: u16, deadline: Instant, seen: Arc<Seen>) {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    let rows: Vec<i64> = (1..=ROWS_PER_CLIENT)
+        .map(|j| (k * 100 + j) as i64)
+        .collect();
+    let mut conn: Option<Client> = None;
+    while Instant::now() < deadline {
+        let Some(c) = conn.as_ref().filter(|c| !c.is_closed()) else {
+            conn = connect(port).await;
+            if conn.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            continue;
+        };
+        match one(c, &mut rng, &rows).await {
+            Ok(changes) => {
+                if !changes.is_empty() {
+                    seen.commits.fetch_add(1, Ordering::Relaxed);
+                    seen.acked.lock().unwrap().extend(changes);
+                }
+            }
+            Err(why) if why == "drop" => {
+                seen.drops.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+            }
+            Err(_) => {
+                seen.errors.fetch_add(1, Ordering::Relaxed);
+                if !c.is_closed() && c.batch_execute("ROLLBACK").await.is_err() {
+                    conn = None;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- faults
+
+fn pg_ctl(env: &Env, args: &[&str]) {
+    let status = std::process::Command::new("runuser")
+        .args([
+            "-u",
+            &env.pg_user,
+            "--",
+            &env.pg_ctl,
+            "-D",
+            &env.pg_data,
+            "-l",
+            &env.pg_log,
+        ])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("runuser");
+    assert!(status.success(), "pg_ctl {args:?} failed");
+}
+
+fn postmaster_pid(env: &Env) -> Option<i32> {
+    std::fs::read_to_string(format!("{}/postmaster.pid", env.pg_data))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn signal(pid: i32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status();
+}
+
+async fn inject(
+    env: &Env,
+    kind: usize,
+    proxy: &Mutex<ProxyProc>,
+    link: &link::Link,
+) -> &'static str {
+    match kind {
+        0 => {
+            proxy.lock().unwrap().kill9();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            *proxy.lock().unwrap() = ProxyProc::start(env, None).await;
+            "proxy killed -9"
+        }
+        1 => {
+            proxy.lock().unwrap().kill9();
+            let point = if rand::random_bool(0.5) {
+                "after_publish"
+            } else {
+                "before_end"
+            };
+            *proxy.lock().unwrap() = ProxyProc::start(env, Some(point)).await;
+            "proxy armed to abort in the commit path"
+        }
+        2 => {
+            signal(env.broker_pid, "-STOP");
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            signal(env.broker_pid, "-CONT");
+            "broker paused past publish_timeout"
+        }
+        3 => {
+            link.cut();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            link.restore();
+            "network to the broker cut"
+        }
+        4 => {
+            pg_ctl(env, &["-m", "fast", "-w", "restart"]);
+            "PostgreSQL fast restart"
+        }
+        _ => {
+            if let Some(pid) = postmaster_pid(env) {
+                signal(pid, "-KILL");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Orphaned backends may hold the shared memory for a moment.
+            for _ in 0..20 {
+                let ok = std::process::Command::new("runuser")
+                    .args([
+                        "-u",
+                        &env.pg_user,
+                        "--",
+                        &env.pg_ctl,
+                        "-D",
+                        &env.pg_data,
+                        "-l",
+                        &env.pg_log,
+                        "-w",
+                        "start",
+                    ])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            "PostgreSQL crashed (kill -9) and recovered"
+        }
+    }
+}
+
+// ---------------------------------------------------------------- reading back
+
+fn read_all(relay_port: u16, topic: &str) -> Vec<Value> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{relay_port}"))
+        .set("group.id", format!("chaos-check-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap_or((0, 0));
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut next = 0;
+    while next < high && Instant::now() < until {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            next = m.offset() + 1;
+            out.push(
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null),
+            );
+        }
+    }
+    assert!(next >= high, "{topic}: read to {next} of {high}");
+    out
+}
+
+/// An event's transaction: its id, txId, and what its ENDs say (for failure reports).
+fn describe_tx(
+    e: &Value,
+    begins: &HashMap<String, Value>,
+    ends: &HashMap<String, Vec<Value>>,
+) -> String {
+    let id = e["transaction"]["id"].as_str().unwrap_or_default();
+    let said: Vec<String> = ends
+        .get(id)
+        .map(|es| {
+            es.iter()
+                .map(|r| {
+                    let healed = if r.get("resolution").is_some() {
+                        " (healed)"
+                    } else {
+                        ""
+                    };
+                    format!("{}{healed}", r["commit_status"])
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let txid = begins.get(id).map_or(Value::Null, |b| b["txId"].clone());
+    format!("{id} txId={txid} ends={said:?}")
+}
+
+#[derive(Default, Debug)]
+struct Verdict {
+    lost: Vec<String>,
+    duplicated: Vec<String>,
+    phantom: Vec<String>,
+    unresolved: Vec<String>,
+    healed: BTreeMap<String, u64>,
+    committed_tx: usize,
+}
+
+async fn check(env: &Env, seen: &Seen, db: &Client) -> Verdict {
+    let mut v = Verdict::default();
+    let txs = read_all(env.relay_port, &format!("{PREFIX}.transaction"));
+    let mut begins: HashMap<String, Value> = HashMap::new();
+    let mut ends: HashMap<String, Vec<Value>> = HashMap::new();
+    for r in txs {
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        match r["status"].as_str() {
+            Some("BEGIN") => {
+                begins.insert(id, r);
+            }
+            _ => ends.entry(id).or_default().push(r),
+        }
+    }
+    let mut committed = std::collections::HashSet::new();
+    for (id, b) in &begins {
+        let Some(e) = ends.get(id) else {
+            v.unresolved.push(id.clone());
+            continue;
+        };
+        let statuses: std::collections::BTreeSet<&str> = e
+            .iter()
+            .filter_map(|r| r["commit_status"].as_str())
+            .collect();
+        for r in e.iter().filter(|r| r.get("resolution").is_some()) {
+            *v.healed
+                .entry(r["commit_status"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+        if statuses.len() > 1 {
+            v.phantom.push(format!("{id}: ENDs disagree: {statuses:?}"));
+        }
+        if statuses.contains("committed") {
+            let txid = b["txId"].as_i64().unwrap_or(-1);
+            let status: Option<String> = db
+                .query_one("SELECT txid_status($1::int8)", &[&txid])
+                .await
+                .unwrap()
+                .get(0);
+            if status.as_deref() != Some("committed") {
+                v.phantom
+                    .push(format!("{id}: END committed, the server says {status:?}"));
+            }
+            committed.insert(id.clone());
+        }
+    }
+    v.committed_tx = committed.len();
+    let events = read_all(env.relay_port, &format!("{PREFIX}.public.chaos"));
+    let mut per_row: BTreeMap<i64, Vec<&Value>> = BTreeMap::new();
+    for e in &events {
+        if committed.contains(e["transaction"]["id"].as_str().unwrap_or_default()) {
+            per_row
+                .entry(e["after"]["id"].as_i64().unwrap())
+                .or_default()
+                .push(e);
+        }
+    }
+    let mut have = std::collections::HashSet::new();
+    for (row, evs) in per_row.iter_mut() {
+        evs.sort_by_key(|e| e["after"]["ver"].as_i64());
+        let mut prev: Option<&Value> = None;
+        for e in evs.iter() {
+            let ver = e["after"]["ver"].as_i64().unwrap();
+            if !have.insert((*row, ver)) {
+                let txs: Vec<String> = evs
+                    .iter()
+                    .filter(|o| o["after"]["ver"] == e["after"]["ver"])
+                    .map(|o| describe_tx(o, &begins, &ends))
+                    .collect();
+                v.duplicated
+                    .push(format!("row {row} version {ver} twice: {txs:?}"));
+                continue;
+            }
+            let before_ver = e["before"]["ver"].as_i64().unwrap();
+            match prev {
+                None if before_ver != 0 => v
+                    .lost
+                    .push(format!("row {row}: first event starts at {before_ver}")),
+                Some(p) if e["before"] != p["after"] => v.lost.push(format!(
+                    "row {row}: version {ver}'s before {} is not the previous after {}",
+                    e["before"], p["after"]
+                )),
+                _ => {}
+            }
+            if ver != before_ver + 1 {
+                v.lost.push(format!("row {row}: {before_ver} → {ver}"));
+            }
+            prev = Some(e);
+        }
+    }
+    for (row, ver) in seen.acked.lock().unwrap().iter() {
+        if !have.contains(&(*row, *ver)) {
+            let any: Vec<String> = events
+                .iter()
+                .filter(|e| e["after"]["id"] == *row && e["after"]["ver"] == *ver)
+                .map(|e| describe_tx(e, &begins, &ends))
+                .collect();
+            v.lost.push(format!(
+                "acknowledged commit of row {row} version {ver} has no committed event; events with it: {any:?}"
+            ));
+        }
+    }
+    for r in db
+        .query(
+            "SELECT id::int8, to_jsonb(c)::text FROM chaos c ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let row: i64 = r.get(0);
+        let image: Value = serde_json::from_str(r.get(1)).unwrap();
+        let replayed = per_row
+            .get(&row)
+            .and_then(|e| e.last())
+            .map(|e| e["after"].clone());
+        let initial = image["ver"] == 0;
+        if replayed.as_ref() != Some(&image) && !(replayed.is_none() && initial) {
+            v.lost
+                .push(format!("row {row}: table {image}, replay {replayed:?}"));
+        }
+    }
+    v
+}
+
+// ---------------------------------------------------------------- the run
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "run by scripts/suites/chaos.sh, which starts the servers it needs"]
+async fn nothing_committed_without_its_event() {
+    let env = env();
+    let db = connect(env.pg_port).await.expect("the chaos PostgreSQL");
+    db.batch_execute(&format!(
+        "CREATE TABLE chaos (id int PRIMARY KEY, ver int NOT NULL DEFAULT 0, payload text);
+         INSERT INTO chaos (id) SELECT k * 100 + j FROM generate_series(0, {}) k, generate_series(1, {ROWS_PER_CLIENT}) j;",
+        CLIENTS - 1
+    ))
+    .await
+    .unwrap();
+    drop(db);
+    let broker: std::net::SocketAddr = format!("127.0.0.1:{}", env.broker_port).parse().unwrap();
+    let link = link::Link::start(broker, Some(env.relay_port), true).await;
+    let proxy = Arc::new(Mutex::new(ProxyProc::start(&env, None).await));
+    let port = proxy.lock().unwrap().port;
+    let seen = Arc::new(Seen::default());
+    let deadline = Instant::now() + Duration::from_secs(env.secs);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|k| tokio::spawn(client(k, port, deadline, Arc::clone(&seen))))
+        .collect();
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut last_report = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(rand::random_range(1500..4000))).await;
+        if proxy.lock().unwrap().crashed() {
+            *faults.entry("proxy aborted at a crash point").or_default() += 1;
+            *proxy.lock().unwrap() = ProxyProc::start(&env, None).await;
+        }
+        let what = inject(&env, rand::random_range(0..6), &proxy, &link).await;
+        *faults.entry(what).or_default() += 1;
+        if last_report.elapsed() > Duration::from_secs(30) {
+            last_report = Instant::now();
+            eprintln!(
+                "chaos: {} commits acknowledged, {} faults so far",
+                seen.commits.load(Ordering::Relaxed),
+                faults.values().sum::<u64>()
+            );
+        }
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    // Everything back up; a healthy proxy heals what is in doubt.
+    if postmaster_pid(&env).is_none_or(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+        pg_ctl(&env, &["-w", "start"]);
+    }
+    {
+        let mut p = proxy.lock().unwrap();
+        p.kill9();
+    }
+    *proxy.lock().unwrap() = ProxyProc::start(&env, None).await;
+    let db = connect(env.pg_port)
+        .await
+        .expect("the chaos PostgreSQL after the run");
+    let mut verdict = check(&env, &seen, &db).await;
+    for _ in 0..30 {
+        if verdict.unresolved.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        verdict = check(&env, &seen, &db).await;
+    }
+    let total_faults: u64 = faults.values().sum();
+    println!(
+        "chaos summary: {} s, {} commits acknowledged ({} transactions committed in the log, {} client errors, {} dropped connections), {} faults injected {:?}, in doubt healed {:?}, unresolved {}, lost {}, duplicated {}, phantom {}",
+        env.secs,
+        seen.commits.load(Ordering::Relaxed),
+        verdict.committed_tx,
+        seen.errors.load(Ordering::Relaxed),
+        seen.drops.load(Ordering::Relaxed),
+        total_faults,
+        faults,
+        verdict.healed,
+        verdict.unresolved.len(),
+        verdict.lost.len(),
+        verdict.duplicated.len(),
+        verdict.phantom.len()
+    );
+    for (what, list) in [
+        ("lost", &verdict.lost),
+        ("duplicated", &verdict.duplicated),
+        ("phantom", &verdict.phantom),
+        ("unresolved", &verdict.unresolved),
+    ] {
+        for l in list.iter().take(20) {
+            eprintln!("{what}: {l}");
+        }
+    }
+    assert!(
+        seen.commits.load(Ordering::Relaxed) > 0,
+        "no commit succeeded at all"
+    );
+    assert!(total_faults > 0, "no fault was injected");
+    assert!(
+        verdict.lost.is_empty()
+            && verdict.duplicated.is_empty()
+            && verdict.phantom.is_empty()
+            && verdict.unresolved.is_empty(),
+        "the promise broke (see above; proxy log: {}/proxy.log)",
+        env.dir
+    );
+}
