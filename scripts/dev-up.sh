@@ -20,7 +20,7 @@ if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
   log "restarting hindsight with the fresh build"; kill "$(cat "$pidf")"; sleep 1
 fi
 # Footprints on, learning (switch an application with `hindsight footprint mode APP alert`).
-HINDSIGHT_FOOTPRINTS__ENABLED=true nohup "$bin" proxy --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$PG15_PORT" \
+HINDSIGHT_FOOTPRINTS__ENABLED=true HINDSIGHT_IN_DOUBT__DATABASE="host=127.0.0.1 port=$PG15_PORT user=postgres dbname=postgres" nohup "$bin" proxy --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$PG15_PORT" \
   --kafka-brokers "127.0.0.1:$KAFKA_PORT" \
   --admin-listen "127.0.0.1:$ADMIN_PORT" >"$logf" 2>&1 & echo $! >"$pidf"
 for _ in $(seq 1 50); do

@@ -47,7 +47,7 @@ export HSCHAOS_SECS="$secs" HSCHAOS_BIN="$bin" HSCHAOS_PG_PORT="$pg_port" HSCHAO
   HSCHAOS_BROKER_PORT="$broker_port" HSCHAOS_RELAY_PORT="$relay_port" \
   HSCHAOS_BROKER_PID="$(cat "$dir/tansu.pid")" HSCHAOS_DIR="$dir"
 cd "$ROOT"
-if cargo test --quiet --test chaos -- --ignored --nocapture 2>&1 | tee "$dir/run.log"; then
+if cargo test --quiet --workspace --test chaos -- --ignored --nocapture 2>&1 | tee "$dir/run.log"; then
   echo "ok      chaos: $(grep -h '^chaos summary' "$dir/run.log" | tail -1)"
 else
   echo "FAILED  chaos (log: $dir/run.log; proxy logs in $dir)"

@@ -58,4 +58,8 @@ if "$helm" template t "$ROOT/helm/hindsight" --set historyServer.enabled=true --
     --show-only templates/history-server.yaml 2>&1 | grep -q 'hindsight-history history serve'; then
   echo "ok      helm chart renders the history SQL endpoint when enabled"
 else echo "FAILED  helm chart: no history server with historyServer.enabled=true"; failed=1; fi
+if "$helm" template t "$ROOT/helm/hindsight" --set inDoubt.existingSecret=pgdsn --show-only templates/deployment.yaml 2>&1 \
+    | grep -A1 'HINDSIGHT_IN_DOUBT__DATABASE' | grep -q 'name: pgdsn, key: database'; then
+  echo "ok      helm chart passes in_doubt.database from a Secret"
+else echo "FAILED  helm chart: inDoubt.existingSecret does not reach HINDSIGHT_IN_DOUBT__DATABASE"; failed=1; fi
 exit $failed
