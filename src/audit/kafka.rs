@@ -198,7 +198,10 @@ pub enum Reach {
 pub struct KafkaSink {
     cfg: SinkConfig,
     brokers: String,
-    producer: ThreadedProducer<Deliveries>,
+    /// Replaced when librdkafka reports a fatal error (see [`KafkaSink::renew_if_fatal`]).
+    producer: std::sync::RwLock<ThreadedProducer<Deliveries>>,
+    /// What the producer was made from, to make another.
+    client: ClientConfig,
     admin: AdminClient<DefaultClientContext>,
     known_topics: Mutex<HashSet<String>>,
     reach: tokio::sync::watch::Sender<Reach>,
@@ -267,7 +270,8 @@ impl KafkaSink {
             known_topics: Mutex::new(HashSet::new()),
             cfg,
             brokers,
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            client,
             admin,
             reach,
             pending_compacted: Mutex::new(Vec::new()),
@@ -342,7 +346,7 @@ impl KafkaSink {
     }
 
     async fn refresh_topics_within(&self, timeout: Duration) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let metadata =
             tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
                 .await
@@ -481,9 +485,70 @@ impl KafkaSink {
         Ok(())
     }
 
+    fn producer(&self) -> ThreadedProducer<Deliveries> {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a failed publish: if librdkafka reports a fatal error (an idempotent producer
+    /// fenced or out of sequence, seen with tansu after the network to it was cut), the
+    /// producer can never deliver again; make a new one, so one broker hiccup does not refuse
+    /// every later write until hindsight restarts. What the old one held was not acknowledged:
+    /// those transactions were rolled back, or their END is healed (see `in_doubt`).
+    fn renew_if_fatal(&self) {
+        let Some((code, reason)) = self.producer().client().fatal_error() else {
+            return;
+        };
+        let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if slot.client().fatal_error().is_none() {
+            return; // another task renewed it already
+        }
+        match self.client.create_with_context(Deliveries) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *slot, fresh);
+                drop(slot);
+                // Dropping purges what it holds (failing those publishes) and waits up to
+                // 500 ms: not on the runtime's threads.
+                std::thread::spawn(move || drop(old));
+                tracing::error!(?code, %reason, brokers = %self.brokers, "kafka producer hit a fatal error; replaced it with a new one");
+            }
+            Err(e) => {
+                tracing::error!(?code, %reason, error = %e, "kafka producer hit a fatal error and a new one could not be made; retrying at the next publish");
+            }
+        }
+    }
+
+    /// TEST ONLY: make librdkafka raise a fatal error on the current producer (what a fenced
+    /// idempotent producer raises), through its own test hook `rd_kafka_test_fatal_error`.
+    #[doc(hidden)]
+    pub fn inject_fatal_error_for_tests(&self) {
+        let producer = self.producer();
+        let reason =
+            std::ffi::CString::new("hindsight test: injected fatal error").expect("no NUL");
+        // SAFETY: the pointer is the live producer's handle (held by `producer` for the call);
+        // librdkafka copies the reason.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+                reason.as_ptr(),
+            );
+        }
+    }
+
     /// Publish `records` and wait until the brokers acknowledged all of them, or fail.
     /// Records with the same topic and key keep their order (one partition, idempotent producer).
     pub async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
+        let outcome = self.publish_once(records).await;
+        if outcome.is_err() {
+            self.renew_if_fatal();
+        }
+        outcome
+    }
+
+    async fn publish_once(&self, records: &[Record]) -> Result<(), SinkError> {
         self.check_reached()?;
         self.ensure_topics(records.iter().map(|r| r.topic.as_str()))
             .await?;
@@ -497,12 +562,13 @@ impl KafkaSink {
             done: Mutex::new(Some(tx)),
         });
         let deadline = tokio::time::Instant::now() + self.cfg.publish_timeout;
+        let producer = self.producer();
         for r in records {
             let mut record = BaseRecord::with_opaque_to(&r.topic, Arc::clone(&batch))
                 .key(&r.key)
                 .payload(&r.payload);
             loop {
-                match self.producer.send(record) {
+                match producer.send(record) {
                     Ok(()) => break,
                     // librdkafka's queue (`queue.buffering.max.messages`, 100,000 by default)
                     // is full: a large transaction waits for room as the broker acknowledges
@@ -550,7 +616,7 @@ impl KafkaSink {
 
     /// Wait for anything still queued (used on shutdown).
     pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer.flush(timeout);
+        let _ = self.producer().flush(timeout);
     }
 }
 

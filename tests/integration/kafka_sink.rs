@@ -125,3 +125,34 @@ async fn tail_waits_when_no_audit_topic_exists_yet() {
         (Err(e), _) => panic!("tail failed instead of waiting: {e}"),
     }
 }
+
+/// Regression (the chaos suite, tansu after a network cut): a fenced idempotent producer is a
+/// fatal error in librdkafka; every later publish failed, so hindsight refused every write
+/// until it was restarted. The failed publish now replaces the producer; the next succeeds.
+#[tokio::test]
+async fn fenced_producer_refused_every_later_write() {
+    let prefix = harness::random_prefix("fenced");
+    let sink = KafkaSink::connect(config(&prefix)).await.expect("connect");
+    let topic = sink.table_topic("public", "t");
+    let record = |n: u32| Record {
+        topic: topic.clone(),
+        key: b"k".to_vec(),
+        payload: format!("{{\"n\":{n}}}").into_bytes(),
+    };
+    sink.publish(&[record(1)]).await.expect("first publish");
+    sink.inject_fatal_error_for_tests();
+    let err = sink
+        .publish(&[record(2)])
+        .await
+        .expect_err("a fatal producer cannot deliver");
+    assert!(
+        err.to_string().to_lowercase().contains("fenced") || err.to_string().contains("fatal"),
+        "{err}"
+    );
+    sink.publish(&[record(3)])
+        .await
+        .expect("a new producer delivers");
+    let got = harness::read_topic_json(topic, 2).await;
+    let ns: Vec<i64> = got.iter().map(|v| v["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, vec![1, 3], "{got:?}");
+}
