@@ -320,6 +320,12 @@ fn resolution_text(r: &hindsight::audit::event::Resolution) -> String {
         ),
         ResolvedBy::TxidUnknownToServer => "txid_status() = null (txid too old)".into(),
         ResolvedBy::NoTxid => "no txid to ask about".into(),
+        ResolvedBy::TxidInFuture => "txid in the future (lost in a server crash)".into(),
+        ResolvedBy::LostInCrash => "txid not durable before a server crash".into(),
+        ResolvedBy::ServerRestarted => format!(
+            "txid_status() = {} after a server restart that may have reused the txid",
+            r.txid_status.as_deref().unwrap_or("null")
+        ),
     };
     format!("in-doubt healing by {}: {how}", r.resolver)
 }

@@ -178,6 +178,17 @@ pub enum ResolvedBy {
     /// The BEGIN had no txid (a statement announced outside a transaction, whose
     /// process stopped before it ended): `commit_status` is `unknown`.
     NoTxid,
+    /// `txid_status()` said the txid is in the future: the server crashed before the
+    /// transaction's first WAL record was durable, so it never committed (`aborted`).
+    TxidInFuture,
+    /// The server crashed and recovered after the BEGIN, and the txid is at or past the first
+    /// txid after recovery: it never committed (`aborted`), and the txid may since belong to
+    /// another transaction, so `txid_status()` is not asked.
+    LostInCrash,
+    /// The server restarted after the BEGIN, it cannot be told whether that was a crash that
+    /// lost the txid (which may then belong to another transaction), and `txid_status()` said
+    /// committed: `commit_status` is `unknown`.
+    ServerRestarted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

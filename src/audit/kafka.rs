@@ -202,6 +202,8 @@ pub struct KafkaSink {
     producer: std::sync::RwLock<ThreadedProducer<Deliveries>>,
     /// What the producer was made from, to make another.
     client: ClientConfig,
+    /// How many times the producer was replaced: a failure renews only the producer it saw.
+    generation: std::sync::atomic::AtomicU64,
     admin: AdminClient<DefaultClientContext>,
     known_topics: Mutex<HashSet<String>>,
     reach: tokio::sync::watch::Sender<Reach>,
@@ -272,6 +274,7 @@ impl KafkaSink {
             brokers,
             producer: std::sync::RwLock::new(producer),
             client,
+            generation: std::sync::atomic::AtomicU64::new(0),
             admin,
             reach,
             pending_compacted: Mutex::new(Vec::new()),
@@ -497,17 +500,25 @@ impl KafkaSink {
     /// producer can never deliver again; make a new one, so one broker hiccup does not refuse
     /// every later write until hindsight restarts. What the old one held was not acknowledged:
     /// those transactions were rolled back, or their END is healed (see `in_doubt`).
-    fn renew_if_fatal(&self) {
-        let Some((code, reason)) = self.producer().client().fatal_error() else {
+    /// `fenced`: the brokers refused the producer's identity (tansu answers so, without
+    /// librdkafka making it fatal): a new producer gets a new one.
+    fn renew_if_fatal(&self, generation: u64, fenced: Option<RDKafkaErrorCode>) {
+        let Some((code, reason)) = self
+            .producer()
+            .client()
+            .fatal_error()
+            .or_else(|| fenced.map(|c| (c, "refused by the brokers".to_string())))
+        else {
             return;
         };
         let mut slot = self.producer.write().unwrap_or_else(|e| e.into_inner());
-        if slot.client().fatal_error().is_none() {
-            return; // another task renewed it already
+        if self.generation.load(Ordering::Acquire) != generation {
+            return; // another failed publish renewed it already
         }
         match self.client.create_with_context(Deliveries) {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut *slot, fresh);
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 drop(slot);
                 // Dropping purges what it holds (failing those publishes) and waits up to
                 // 500 ms: not on the runtime's threads.
@@ -541,9 +552,10 @@ impl KafkaSink {
     /// Publish `records` and wait until the brokers acknowledged all of them, or fail.
     /// Records with the same topic and key keep their order (one partition, idempotent producer).
     pub async fn publish(&self, records: &[Record]) -> Result<(), SinkError> {
+        let generation = self.generation.load(Ordering::Acquire);
         let outcome = self.publish_once(records).await;
-        if outcome.is_err() {
-            self.renew_if_fatal();
+        if let Err(e) = &outcome {
+            self.renew_if_fatal(generation, fenced(e));
         }
         outcome
     }
@@ -617,6 +629,25 @@ impl KafkaSink {
     /// Wait for anything still queued (used on shutdown).
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer().flush(timeout);
+    }
+}
+
+/// A delivery failure that says the producer's identity is no longer accepted.
+fn fenced(e: &SinkError) -> Option<RDKafkaErrorCode> {
+    match e {
+        SinkError::Delivery {
+            source: KafkaError::MessageProduction(code),
+            ..
+        } => matches!(
+            code,
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+        .then_some(*code),
+        _ => None,
     }
 }
 

@@ -131,6 +131,9 @@ pub fn end_for(
 ) -> Option<TransactionRecord> {
     let (commit_status, by, txid_status) = match asked {
         Asked::NotAsked => (CommitStatus::Unknown, ResolvedBy::NoTxid, None),
+        Asked::InFuture => (CommitStatus::Aborted, ResolvedBy::TxidInFuture, None),
+        Asked::LostInCrash => (CommitStatus::Aborted, ResolvedBy::LostInCrash, None),
+        Asked::Unverifiable(s) => (CommitStatus::Unknown, ResolvedBy::ServerRestarted, Some(s)),
         Asked::Answer(None) => (CommitStatus::Unknown, ResolvedBy::TxidUnknownToServer, None),
         Asked::Answer(Some(s)) => match s.as_str() {
             "committed" => (CommitStatus::Committed, ResolvedBy::TxidStatus, Some(s)),
@@ -154,13 +157,96 @@ pub fn end_for(
     })
 }
 
-/// What `txid_status()` said about a due BEGIN.
+/// What was learnt about a due BEGIN.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Asked {
     /// The BEGIN had no txid.
     NotAsked,
-    /// Its answer: `None` is SQL NULL.
+    /// `txid_status()`'s answer: `None` is SQL NULL.
     Answer(Option<String>),
+    /// `txid_status()` refused: the txid is in the future.
+    InFuture,
+    /// Not asked: see [`Check::LostInCrash`].
+    LostInCrash,
+    /// `txid_status()` said this (`committed`), but see [`Check::DistrustCommitted`].
+    Unverifiable(String),
+}
+
+/// How the server last started, as far as the healer can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Its latest checkpoint predates its start: a clean shutdown's; no txid was lost.
+    Clean,
+    /// A checkpoint right after the start: crash recovery's end-of-recovery checkpoint, whose
+    /// next txid is the first one after recovery; txids at or past it may have been lost.
+    Crash { next_txid: i64 },
+    /// Neither could be told (the first checkpoint after the start was not seen).
+    Unknown,
+}
+
+/// The server's current incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incarnation {
+    /// `pg_postmaster_start_time()`, ms.
+    pub started_ms: i64,
+    pub recovery: Recovery,
+}
+
+/// How far after the start a checkpoint is taken for the end-of-recovery one.
+pub const END_OF_RECOVERY_WINDOW_MS: i64 = 60_000;
+
+impl Incarnation {
+    /// From `pg_postmaster_start_time()`, and the latest checkpoint's time and next txid
+    /// (`pg_control_checkpoint()`).
+    pub fn observe(started_ms: i64, checkpoint_ms: i64, next_txid: i64) -> Incarnation {
+        let recovery = if checkpoint_ms < started_ms {
+            Recovery::Clean
+        } else if checkpoint_ms <= started_ms + END_OF_RECOVERY_WINDOW_MS {
+            Recovery::Crash { next_txid }
+        } else {
+            Recovery::Unknown
+        };
+        Incarnation {
+            started_ms,
+            recovery,
+        }
+    }
+
+    /// What an earlier observation of the same incarnation knew stays known (a later
+    /// checkpoint must not turn `Crash` into `Unknown`).
+    pub fn merge(self, earlier: Option<Incarnation>) -> Incarnation {
+        match earlier {
+            Some(e) if e.started_ms == self.started_ms && e.recovery != Recovery::Unknown => e,
+            _ => self,
+        }
+    }
+}
+
+/// Whether `txid_status()` can be trusted for a BEGIN published at `begin_ts_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Ask and believe it.
+    Ask,
+    /// Do not ask: the transaction never committed.
+    LostInCrash,
+    /// Ask, but a `committed` may be another transaction's (the txid reused after a crash).
+    DistrustCommitted,
+}
+
+/// Txids of transactions that were not durable when the server crashed are handed out again
+/// after recovery: `txid_status()` then describes another transaction. A BEGIN from before
+/// the current start is only judged by `txid_status()` when that start followed a clean
+/// shutdown, or its txid is below the first txid after crash recovery.
+pub fn check(begin_ts_ms: i64, txid: i64, now: &Incarnation) -> Check {
+    if begin_ts_ms >= now.started_ms {
+        return Check::Ask;
+    }
+    match now.recovery {
+        Recovery::Clean => Check::Ask,
+        Recovery::Crash { next_txid } if txid >= next_txid => Check::LostInCrash,
+        Recovery::Crash { .. } => Check::Ask,
+        Recovery::Unknown => Check::DistrustCommitted,
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +323,39 @@ mod tests {
     }
 
     #[test]
+    fn txids_are_not_trusted_across_a_crash_that_may_have_reused_them() {
+        let crash = Incarnation::observe(1_000, 1_500, 50);
+        assert_eq!(crash.recovery, Recovery::Crash { next_txid: 50 });
+        assert_eq!(
+            check(2_000, 60, &crash),
+            Check::Ask,
+            "BEGIN after the start"
+        );
+        assert_eq!(check(900, 50, &crash), Check::LostInCrash);
+        assert_eq!(
+            check(900, 49, &crash),
+            Check::Ask,
+            "durable before the crash"
+        );
+        let clean = Incarnation::observe(1_000, 990, 50);
+        assert_eq!(check(900, 70, &clean), Check::Ask);
+        let unknown = Incarnation::observe(1_000, 1_000 + END_OF_RECOVERY_WINDOW_MS + 1, 90);
+        assert_eq!(unknown.recovery, Recovery::Unknown);
+        assert_eq!(check(900, 70, &unknown), Check::DistrustCommitted);
+        assert_eq!(
+            unknown.merge(Some(crash)),
+            crash,
+            "what was seen stays known"
+        );
+        let restarted = Incarnation::observe(5_000, 4_000, 99);
+        assert_eq!(
+            restarted.merge(Some(crash)),
+            restarted,
+            "a new start replaces it"
+        );
+    }
+
+    #[test]
     fn ends_say_what_the_server_said() {
         let b = begin("x:1", Some(10), 5);
         let end = |a| end_for(&b, a, "r1", 99);
@@ -263,5 +382,28 @@ mod tests {
             end(Asked::NotAsked).unwrap().resolution.unwrap().by,
             ResolvedBy::NoTxid
         );
+        for (asked, status, by) in [
+            (
+                Asked::InFuture,
+                CommitStatus::Aborted,
+                ResolvedBy::TxidInFuture,
+            ),
+            (
+                Asked::LostInCrash,
+                CommitStatus::Aborted,
+                ResolvedBy::LostInCrash,
+            ),
+            (
+                Asked::Unverifiable("committed".into()),
+                CommitStatus::Unknown,
+                ResolvedBy::ServerRestarted,
+            ),
+        ] {
+            let e = end(asked).unwrap();
+            assert_eq!(
+                (e.commit_status, e.resolution.unwrap().by),
+                (Some(status), by)
+            );
+        }
     }
 }

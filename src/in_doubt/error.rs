@@ -13,6 +13,8 @@ pub enum InDoubtError {
         txid: i64,
         source: tokio_postgres::Error,
     },
+    #[error("in_doubt: reading the server's start time and latest checkpoint (pg_postmaster_start_time(), pg_control_checkpoint()) failed: {0}")]
+    Incarnation(tokio_postgres::Error),
     #[error("in_doubt: publishing the END record failed: {0}")]
     Publish(crate::audit::kafka::SinkError),
 }

@@ -105,6 +105,7 @@ impl Healer {
             state: Arc::clone(&state),
             client: None,
             topic,
+            incarnation: None,
         };
         let task = tokio::spawn(resolver.run());
         Ok(Healer {
@@ -264,6 +265,8 @@ struct Resolver {
     state: Arc<Mutex<State>>,
     client: Option<tokio_postgres::Client>,
     topic: String,
+    /// How the server last started, as last seen.
+    incarnation: Option<decide::Incarnation>,
 }
 
 impl Resolver {
@@ -285,7 +288,8 @@ impl Resolver {
         }
     }
 
-    /// Resolve what is due now.
+    /// Resolve what is due now. A BEGIN that cannot be decided this time (the server does not
+    /// answer) does not hold up the others.
     async fn round(&mut self) -> Result<(), InDoubtError> {
         let now = crate::audit::event::now_ms();
         let due = {
@@ -298,11 +302,21 @@ impl Resolver {
                 |p| st.caught_up(p),
             )
         };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let incarnation = self.incarnation().await?;
         for d in due {
             let (open, asked) = match d {
                 Due::Ask(open, txid) => {
-                    let status = self.txid_status(txid).await?;
-                    (open, Asked::Answer(status))
+                    match self.ask(open.begin.ts_ms, txid, &incarnation).await {
+                        Ok(asked) => (open, asked),
+                        Err(e) if self.client.as_ref().is_some_and(|c| !c.is_closed()) => {
+                            tracing::warn!(id = %open.begin.id, error = %e, "in-doubt healing: cannot decide this transaction now; will retry");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Due::Unknown(open) => (open, Asked::NotAsked),
             };
@@ -315,12 +329,75 @@ impl Resolver {
         Ok(())
     }
 
-    async fn txid_status(&mut self, txid: i64) -> Result<Option<String>, InDoubtError> {
-        if self.client.is_none() {
+    /// What to make of a BEGIN's txid, given how the server last started (see
+    /// [`decide::check`]).
+    async fn ask(
+        &mut self,
+        begin_ts_ms: i64,
+        txid: i64,
+        now: &decide::Incarnation,
+    ) -> Result<Asked, InDoubtError> {
+        let check = decide::check(begin_ts_ms, txid, now);
+        if check == decide::Check::LostInCrash {
+            return Ok(Asked::LostInCrash);
+        }
+        let status = match self.txid_status(txid).await {
+            Ok(s) => s,
+            // "transaction ID … is in the future" (SQLSTATE 22023): never durable.
+            Err(InDoubtError::TxidStatus { source, .. })
+                if source.code()
+                    == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) =>
+            {
+                return Ok(Asked::InFuture)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(match (check, status) {
+            (decide::Check::DistrustCommitted, Some(s)) if s == "committed" => {
+                Asked::Unverifiable(s)
+            }
+            (_, s) => Asked::Answer(s),
+        })
+    }
+
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, InDoubtError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = Some(crate::pgconn::connect_to(&self.settings.database).await?);
         }
-        let client = self.client.as_ref().expect("connected above");
-        let row = client
+        Ok(self.client.as_ref().expect("connected above"))
+    }
+
+    /// The server's start time and what its latest checkpoint says (see
+    /// [`decide::Incarnation::observe`]), merged with what was seen of the same start before.
+    async fn incarnation(&mut self) -> Result<decide::Incarnation, InDoubtError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT (extract(epoch FROM pg_postmaster_start_time()) * 1000)::int8, \
+                        (extract(epoch FROM c.checkpoint_time) * 1000)::int8, c.next_xid::text \
+                 FROM pg_control_checkpoint() c",
+                &[],
+            )
+            .await
+            .map_err(InDoubtError::Incarnation)?;
+        let next: String = row.get(2);
+        let next_txid = next
+            .split_once(':')
+            .and_then(|(epoch, xid)| {
+                Some((epoch.parse::<i64>().ok()? << 32) | xid.parse::<i64>().ok()?)
+            })
+            .unwrap_or(i64::MAX);
+        let seen =
+            decide::Incarnation::observe(row.get(0), row.get(1), next_txid).merge(self.incarnation);
+        self.incarnation = Some(seen);
+        Ok(seen)
+    }
+
+    async fn txid_status(&mut self, txid: i64) -> Result<Option<String>, InDoubtError> {
+        let row = self
+            .client()
+            .await?
             .query_one("SELECT txid_status($1::int8)", &[&txid])
             .await
             .map_err(|source| InDoubtError::TxidStatus { txid, source })?;
