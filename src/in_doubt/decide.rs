@@ -198,8 +198,12 @@ pub const END_OF_RECOVERY_WINDOW_MS: i64 = 60_000;
 impl Incarnation {
     /// From `pg_postmaster_start_time()`, and the latest checkpoint's time and next txid
     /// (`pg_control_checkpoint()`).
+    /// A checkpoint's time has whole seconds only: one in the second of the start may be a
+    /// clean shutdown's just before it or recovery's just after; taking it for recovery's is
+    /// safe either way (a clean shutdown's next txid is past every txid before it).
     pub fn observe(started_ms: i64, checkpoint_ms: i64, next_txid: i64) -> Incarnation {
-        let recovery = if checkpoint_ms < started_ms {
+        let start_second_ms = started_ms.div_euclid(1000) * 1000;
+        let recovery = if checkpoint_ms < start_second_ms {
             Recovery::Clean
         } else if checkpoint_ms <= started_ms + END_OF_RECOVERY_WINDOW_MS {
             Recovery::Crash { next_txid }
@@ -337,6 +341,10 @@ mod tests {
             Check::Ask,
             "durable before the crash"
         );
+        // Regression (chaos suite): checkpoint times are whole seconds; a recovery checkpoint
+        // 0.2 s after a start at x.7 s read as before the start, so as a clean shutdown's.
+        let same_second = Incarnation::observe(12_700, 12_000, 50);
+        assert_eq!(same_second.recovery, Recovery::Crash { next_txid: 50 });
         let clean = Incarnation::observe(1_000, 990, 50);
         assert_eq!(check(900, 70, &clean), Check::Ask);
         let unknown = Incarnation::observe(1_000, 1_000 + END_OF_RECOVERY_WINDOW_MS + 1, 90);
