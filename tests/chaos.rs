@@ -483,9 +483,12 @@ async fn check(env: &Env, seen: &Seen, db: &Client) -> Verdict {
             .filter_map(|r| r["commit_status"].as_str())
             .collect();
         for r in e.iter().filter(|r| r.get("resolution").is_some()) {
-            *v.healed
-                .entry(r["commit_status"].as_str().unwrap_or("?").to_string())
-                .or_default() += 1;
+            let key = format!(
+                "{} by {}",
+                r["commit_status"].as_str().unwrap_or("?"),
+                r["resolution"]["by"].as_str().unwrap_or("?")
+            );
+            *v.healed.entry(key).or_default() += 1;
         }
         if statuses.len() > 1 {
             v.phantom.push(format!("{id}: ENDs disagree: {statuses:?}"));
