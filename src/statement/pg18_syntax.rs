@@ -36,6 +36,11 @@ pub fn blank_returning_with(sql: &str) -> Option<String> {
             && kind(i + 2) == Some(T::Ascii40)
         {
             let close = (i + 3..tokens.len()).find(|&j| kind(j) == Some(T::Ascii41))?;
+            if !well_formed_options(sql, &tokens[i + 3..close]) {
+                // Not PostgreSQL 18's clause either: leave the text alone, so the parser's
+                // error stands (and the server gives its own), rather than rewrite nonsense.
+                return None;
+            }
             let bytes = out.get_or_insert_with(|| sql.as_bytes().to_vec());
             let (from, to) = (tokens[i + 1].start as usize, tokens[close].end as usize);
             for b in &mut bytes[from..to] {
@@ -47,6 +52,34 @@ pub fn blank_returning_with(sql: &str) -> Option<String> {
     }
     // Only ASCII bytes of the clause were replaced by ASCII spaces.
     out.map(|b| String::from_utf8(b).expect("blanking keeps UTF-8"))
+}
+
+/// `OLD AS name` / `NEW AS name`, comma-separated, each at most once, names that may be
+/// column names (an identifier, or a keyword that is not reserved): PostgreSQL 18's
+/// `returning_options`.
+fn well_formed_options(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> bool {
+    use pg_query::protobuf::KeywordKind as K;
+    let mut seen = Vec::new();
+    for option in tokens.split(|t| T::try_from(t.token) == Ok(T::Ascii44)) {
+        let [kind, r#as, name] = option else {
+            return false;
+        };
+        let which = sql[kind.start as usize..kind.end as usize].to_ascii_lowercase();
+        let name_ok = match K::try_from(name.keyword_kind) {
+            Ok(K::NoKeyword) => T::try_from(name.token) == Ok(T::Ident),
+            Ok(K::UnreservedKeyword | K::ColNameKeyword) => true,
+            _ => false,
+        };
+        if !(which == "old" || which == "new")
+            || T::try_from(r#as.token) != Ok(T::As)
+            || !name_ok
+            || seen.contains(&which)
+        {
+            return false;
+        }
+        seen.push(which);
+    }
+    !seen.is_empty()
 }
 
 /// The names a write's RETURNING list gives its `old` and `new` rows: `(old, new)` as written
@@ -120,6 +153,18 @@ mod tests {
         );
         assert!(parse(sql).is_ok());
         assert_eq!(blank_returning_with("UPDATE t SET a = 1 RETURNING *"), None);
+        // Regression (fuzzing): a malformed clause (`OLD AS AS n`) was blanked, analysed as
+        // valid, and rewritten into `to_jsonb(AS)`; now the parser's error stands.
+        for bad in [
+            "UPDATE t SET v = 1 RETURNING WITH (OLD AS AS n) o.v",
+            "UPDATE t SET v = 1 RETURNING WITH (OLD AS o, OLD AS p) o.v",
+            "UPDATE t SET v = 1 RETURNING WITH (MID AS m) m.v",
+            "UPDATE t SET v = 1 RETURNING WITH () v",
+            "UPDATE t SET v = 1 RETURNING WITH (OLD o) o.v",
+        ] {
+            assert_eq!(blank_returning_with(bad), None, "{bad}");
+            assert!(parse(bad).is_err(), "{bad}");
+        }
         // A real syntax error stays one, with the parser's first message.
         let e = parse("UPDATE t SET RETURNING WITH (OLD AS o) *").unwrap_err();
         assert!(e.to_string().contains("syntax error"), "{e}");

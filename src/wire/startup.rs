@@ -77,7 +77,18 @@ pub fn check_length(len: u32) -> Result<usize, StartupError> {
 
 /// Decode one complete startup-phase packet (`raw` includes the length field).
 pub fn decode(raw: &[u8]) -> Result<StartupPacket, StartupError> {
-    let code = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+    // Callers pass whole packets (`check_length` keeps them at 8 bytes or more); anything
+    // shorter is malformed, not a panic (found by fuzzing: `decode(&[])` indexed past the end).
+    let Some(&[a, b, c, d]) = raw
+        .get(4..8)
+        .map(|s| <&[u8; 4]>::try_from(s).expect("4 bytes"))
+    else {
+        return Err(StartupError::Malformed {
+            what: "startup packet",
+            why: "shorter than its 8-byte header",
+        });
+    };
+    let code = u32::from_be_bytes([a, b, c, d]);
     let body = &raw[8..];
     match code {
         SSL_REQUEST_CODE => Ok(StartupPacket::SslRequest),
@@ -141,6 +152,19 @@ fn decode_startup(code: u32, body: &[u8]) -> Result<StartupPacket, StartupError>
 
 #[cfg(test)]
 mod tests {
+
+    /// Regression (fuzzing): `decode` indexed bytes 4..8 without looking, so a short slice
+    /// panicked instead of being refused.
+    #[test]
+    fn short_packet_panicked_instead_of_being_refused() {
+        for raw in [&[][..], &[0, 0, 0, 8][..], &[0, 0, 0, 8, 4, 210, 22][..]] {
+            assert!(
+                matches!(decode(raw), Err(StartupError::Malformed { .. })),
+                "{raw:?}"
+            );
+        }
+    }
+
     use super::*;
 
     fn packet(code: u32, body: &[u8]) -> Vec<u8> {
