@@ -50,8 +50,10 @@ pub fn printable(tag: u8) -> String {
 
 /// Read the header at the start of `buf`, if all of it is there.
 ///
-/// `Ok(None)` means "read more". Validates the length field against `max_len` (the whole frame
-/// must fit `max_len` bytes) so an oversized frame is refused before any of it is buffered.
+/// `Ok(None)` means "read more". Validates the length field (which counts itself and the body,
+/// not the tag byte) against `max_len`, so an oversized frame is refused before any of it is
+/// buffered. (Fuzzing found this comment said "the whole frame", one byte stricter than the
+/// check, which is what `proxy.max_message_bytes` documents.)
 #[inline]
 pub fn peek_header(buf: &[u8], max_len: usize) -> Result<Option<Header>, FrameError> {
     if buf.len() < HEADER_LEN {
