@@ -1,5 +1,5 @@
 //! The frame decoder and startup packets: any bytes give frames, "read more", or an error;
-//! never a panic, never a length field over the limit or under 4.
+//! never a panic, never a frame over the limit or a length field under 4.
 #![no_main]
 use hindsight::wire::{backend, frame, frontend, startup};
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let limit = 1 << 20;
     let mut rest = data;
     while let Ok(Some(h)) = frame::peek_header(rest, limit) {
-        assert!(h.len as usize <= limit, "a length over the limit was accepted");
+        assert!(h.frame_len() <= limit, "a frame over the limit was accepted");
         assert!(h.len >= 4, "a length below its own 4 bytes was accepted");
         if h.frame_len() > rest.len() {
             break;

@@ -50,10 +50,9 @@ pub fn printable(tag: u8) -> String {
 
 /// Read the header at the start of `buf`, if all of it is there.
 ///
-/// `Ok(None)` means "read more". Validates the length field (which counts itself and the body,
-/// not the tag byte) against `max_len`, so an oversized frame is refused before any of it is
-/// buffered. (Fuzzing found this comment said "the whole frame", one byte stricter than the
-/// check, which is what `proxy.max_message_bytes` documents.)
+/// `Ok(None)` means "read more". Validates the length field against `max_len` (the whole frame,
+/// tag included, must fit `max_len` bytes, as `proxy.max_message_bytes` says) so an oversized
+/// frame is refused before any of it is buffered.
 #[inline]
 pub fn peek_header(buf: &[u8], max_len: usize) -> Result<Option<Header>, FrameError> {
     if buf.len() < HEADER_LEN {
@@ -64,7 +63,7 @@ pub fn peek_header(buf: &[u8], max_len: usize) -> Result<Option<Header>, FrameEr
     if len < 4 {
         return Err(FrameError::LengthTooShort { tag, len });
     }
-    if len as usize > max_len {
+    if 1 + len as usize > max_len {
         return Err(FrameError::TooLarge {
             tag,
             len,
@@ -89,6 +88,23 @@ pub fn take_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Regression (fuzzing): a frame one byte over the limit (length field equal to it, plus
+    /// the tag) was accepted.
+    #[test]
+    fn frame_one_byte_over_the_limit_was_accepted() {
+        let frame = |len: u32| {
+            let mut f = vec![b'Q'];
+            f.extend_from_slice(&len.to_be_bytes());
+            f
+        };
+        assert!(peek_header(&frame(100), 100).is_err());
+        assert_eq!(
+            peek_header(&frame(99), 100).unwrap().unwrap().frame_len(),
+            100
+        );
+    }
+
     use super::*;
 
     #[test]
