@@ -26,6 +26,13 @@ use tokio_postgres::{Client, NoTls};
 const CLIENTS: i32 = 4;
 const ROWS_PER_CLIENT: i32 = 10;
 const PREFIX: &str = "chaos";
+/// The fault kind that crashes PostgreSQL (`kill -9` of the postmaster).
+const CRASH: usize = 5;
+/// PostgreSQL crashes are at least this far apart, so in-doubt healing (every second, for
+/// BEGINs 2 s old) runs between two. Two crashes before it runs can hand a lost txid out
+/// twice, and the healer cannot yet tell that from the txid's first reuse (see the issue
+/// note); this suite does not claim that case.
+const CRASH_SPACING: Duration = Duration::from_secs(15);
 
 struct Env {
     secs: u64,
@@ -448,6 +455,19 @@ fn describe_tx(
     format!("{id} txId={txid} ends={said:?}")
 }
 
+fn begins_without_end(relay_port: u16) -> usize {
+    let mut open = std::collections::HashSet::new();
+    for r in read_all(relay_port, &format!("{PREFIX}.transaction")) {
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        if r["status"] == "BEGIN" {
+            open.insert(id);
+        } else {
+            open.remove(&id);
+        }
+    }
+    open.len()
+}
+
 #[derive(Default, Debug)]
 struct Verdict {
     lost: Vec<String>,
@@ -473,6 +493,7 @@ async fn check(env: &Env, seen: &Seen, db: &Client) -> Verdict {
         }
     }
     let mut committed = std::collections::HashSet::new();
+    let mut committed_txids = Vec::new();
     for (id, b) in &begins {
         let Some(e) = ends.get(id) else {
             v.unresolved.push(id.clone());
@@ -494,20 +515,30 @@ async fn check(env: &Env, seen: &Seen, db: &Client) -> Verdict {
             v.phantom.push(format!("{id}: ENDs disagree: {statuses:?}"));
         }
         if statuses.contains("committed") {
-            let txid = b["txId"].as_i64().unwrap_or(-1);
-            let status: Option<String> = db
-                .query_one("SELECT txid_status($1::int8)", &[&txid])
-                .await
-                .unwrap()
-                .get(0);
-            if status.as_deref() != Some("committed") {
-                v.phantom
-                    .push(format!("{id}: END committed, the server says {status:?}"));
-            }
+            committed_txids.push((id.clone(), b["txId"].as_i64().unwrap_or(-1)));
             committed.insert(id.clone());
         }
     }
     v.committed_tx = committed.len();
+    // One query for all: txid_status() of every transaction the log says committed.
+    let txids: Vec<i64> = committed_txids.iter().map(|(_, t)| *t).collect();
+    let said: HashMap<i64, Option<String>> = db
+        .query(
+            "SELECT t, txid_status(t) FROM unnest($1::int8[]) t",
+            &[&txids],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (id, txid) in &committed_txids {
+        let status = said.get(txid).cloned().flatten();
+        if status.as_deref() != Some("committed") {
+            v.phantom
+                .push(format!("{id}: END committed, the server says {status:?}"));
+        }
+    }
     let events = read_all(env.relay_port, &format!("{PREFIX}.public.chaos"));
     let mut per_row: BTreeMap<i64, Vec<&Value>> = BTreeMap::new();
     for e in &events {
@@ -612,13 +643,21 @@ async fn nothing_committed_without_its_event() {
         .collect();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut last_report = Instant::now();
+    let mut last_crash = Instant::now() - CRASH_SPACING;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rand::random_range(1500..4000))).await;
         if proxy.lock().unwrap().crashed() {
             *faults.entry("proxy aborted at a crash point").or_default() += 1;
             *proxy.lock().unwrap() = ProxyProc::start(&env, None).await;
         }
-        let what = inject(&env, rand::random_range(0..6), &proxy, &link).await;
+        let mut kind = rand::random_range(0..6);
+        if kind == CRASH && last_crash.elapsed() < CRASH_SPACING {
+            kind = 4; // a fast restart instead (see CRASH_SPACING)
+        }
+        if kind == CRASH {
+            last_crash = Instant::now();
+        }
+        let what = inject(&env, kind, &proxy, &link).await;
         *faults.entry(what).or_default() += 1;
         if last_report.elapsed() > Duration::from_secs(30) {
             last_report = Instant::now();
@@ -644,14 +683,16 @@ async fn nothing_committed_without_its_event() {
     let db = connect(env.pg_port)
         .await
         .expect("the chaos PostgreSQL after the run");
-    let mut verdict = check(&env, &seen, &db).await;
+    // Every BEGIN should get its END within a few healing rounds; wait up to a minute.
     for _ in 0..30 {
-        if verdict.unresolved.is_empty() {
+        let open = begins_without_end(env.relay_port);
+        if open == 0 {
             break;
         }
+        eprintln!("chaos: {open} BEGINs without END yet; waiting for healing");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        verdict = check(&env, &seen, &db).await;
     }
+    let verdict = check(&env, &seen, &db).await;
     let total_faults: u64 = faults.values().sum();
     println!(
         "chaos summary: {} s, {} commits acknowledged ({} transactions committed in the log, {} client errors, {} dropped connections), {} faults injected {:?}, in doubt healed {:?}, unresolved {}, lost {}, duplicated {}, phantom {}",
