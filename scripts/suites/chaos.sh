@@ -10,8 +10,11 @@
 source "$(dirname "$0")/../common.sh"
 bin="${1:?usage: chaos.sh HINDSIGHT_BIN [SECONDS]}"
 secs="${2:-45}"
-pg_port=$((PG15_PORT + 40)); broker_port=$((KAFKA_PORT + 40)); relay_port=$((KAFKA_PORT + 41))
-dir="$DEV/chaos"; data="$dir/pg"; logf="$dir/pg.log"
+# HSCHAOS_OFFSET moves ports and directory, so a long run by hand can go beside scripts/test.sh.
+off="${HSCHAOS_OFFSET:-40}"
+pg_port=$((PG15_PORT + off)); broker_port=$((KAFKA_PORT + off)); relay_port=$((KAFKA_PORT + off + 1))
+dir="$DEV/chaos"; [ "$off" = 40 ] || dir="$DEV/chaos-$off"
+data="$dir/pg"; logf="$dir/pg.log"
 export LD_LIBRARY_PATH="${PG15_BIN%/bin}/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 cleanup() {
