@@ -259,9 +259,6 @@ fn default_replica() -> String {
         .unwrap_or_else(|| "hindsight".into())
 }
 
-/// How long one attempt to reach the brokers waits while they have not answered yet.
-const REACH_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// The audit sink. With `kafka.require_at_start`, brokers that do not answer stop the start;
 /// otherwise the proxy starts anyway (reads served, writes refused with HS001) and a task
 /// keeps trying every second until they answer.
@@ -272,12 +269,12 @@ async fn open_sink(
     use crate::telemetry::events::Event;
     let sink = Arc::new(crate::audit::kafka::KafkaSink::new(config.kafka.clone())?);
     let brokers = config.kafka.brokers.join(",");
-    let first = if config.kafka.require_at_start {
-        config.kafka.publish_timeout
-    } else {
-        REACH_ATTEMPT.min(config.kafka.publish_timeout)
-    };
-    match sink.try_reach(first).await {
+    // Each attempt waits up to publish_timeout: a broker that is up but slow to list its
+    // topics (thousands of them, or a loaded machine) must not start the proxy degraded.
+    // Regression: with a 2 s first attempt, the test suites' writes right after start were
+    // refused with HS001 while the dev broker took longer than that to answer.
+    let attempt = config.kafka.publish_timeout;
+    match sink.try_reach(attempt).await {
         Ok(()) => metrics.broker_reachable.set(1),
         Err(e) if config.kafka.require_at_start => return Err(e.into()),
         Err(e) => {
@@ -292,7 +289,7 @@ async fn open_sink(
                 loop {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     let Some(sink) = weak.upgrade() else { return };
-                    if sink.try_reach(REACH_ATTEMPT).await.is_ok() {
+                    if sink.try_reach(attempt).await.is_ok() {
                         Event::BrokerReach {
                             brokers: &brokers,
                             error: None,

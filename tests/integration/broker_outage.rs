@@ -26,6 +26,8 @@ async fn proxy_started_during_a_broker_outage_serves_reads(pg: Pg) {
     let proxy = harness::proxy(pg, move |c| {
         c.kafka.brokers = vec![addr];
         c.kafka.topic_prefix = p;
+        // Each attempt to reach the brokers waits this long (the start waits one attempt).
+        c.kafka.publish_timeout = std::time::Duration::from_secs(3);
     })
     .await;
     let admin = format!("http://{}", proxy.admin_addr);
@@ -82,7 +84,7 @@ async fn proxy_started_during_a_broker_outage_serves_reads(pg: Pg) {
             .1
             .starts_with("ready:")
     };
-    for _ in 0..200 {
+    for _ in 0..600 {
         if ready().await {
             break;
         }
