@@ -117,9 +117,11 @@ def report(a, samples, lat, errors, commits):
         cps = [(samples[i][2] - samples[i - 1][2]) / max(samples[i][0] - samples[i - 1][0], 1e-9) for i in range(1, len(samples))]
         ax2.plot([s[0] for s in samples[1:]], cps, color="tab:orange", alpha=0.4, label="commits/s")
         ax2.set_ylabel("commits/s")
+        ax2.set_ylim(bottom=0)
         ax.set_title(f"soak: {a.sessions} sessions, {a.writers} writing; p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms, {len(errors)} errors")
-        fig.legend(loc="lower right")
         fig.tight_layout()
+        fig.subplots_adjust(bottom=0.24)
+        fig.legend(loc="lower center", ncol=3, frameon=False)
         fig.savefig(a.out + ".png", dpi=110)
         print(f"soak: plot {a.out}.png")
     except ImportError:
