@@ -289,8 +289,9 @@ async fn client(k: i32, port: u16, deadline: Instant, seen: Arc<Seen>) {
 
 // ---------------------------------------------------------------- faults
 
-fn pg_ctl(env: &Env, args: &[&str]) {
-    let status = std::process::Command::new("runuser")
+/// Run `pg_ctl ARGS` as the server's OS user; whether it succeeded.
+fn try_pg_ctl(env: &Env, args: &[&str]) -> bool {
+    std::process::Command::new("runuser")
         .args([
             "-u",
             &env.pg_user,
@@ -304,8 +305,11 @@ fn pg_ctl(env: &Env, args: &[&str]) {
         .args(args)
         .stdout(std::process::Stdio::null())
         .status()
-        .expect("runuser");
-    assert!(status.success(), "pg_ctl {args:?} failed");
+        .is_ok_and(|s| s.success())
+}
+
+fn pg_ctl(env: &Env, args: &[&str]) {
+    assert!(try_pg_ctl(env, args), "pg_ctl {args:?} failed");
 }
 
 fn postmaster_pid(env: &Env) -> Option<i32> {
@@ -370,22 +374,7 @@ async fn inject(
             tokio::time::sleep(Duration::from_millis(500)).await;
             // Orphaned backends may hold the shared memory for a moment.
             for _ in 0..20 {
-                let ok = std::process::Command::new("runuser")
-                    .args([
-                        "-u",
-                        &env.pg_user,
-                        "--",
-                        &env.pg_ctl,
-                        "-D",
-                        &env.pg_data,
-                        "-l",
-                        &env.pg_log,
-                        "-w",
-                        "start",
-                    ])
-                    .stdout(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
+                let ok = try_pg_ctl(env, &["-w", "start"]);
                 if ok {
                     break;
                 }

@@ -46,6 +46,21 @@ async fn armed_proxy(pg: Pg, prefix: &str, point: &str) -> (tokio::process::Chil
     panic!("the armed proxy did not start listening on {port}");
 }
 
+/// A proxy on `prefix` that heals at once (BEGINs without txid after `unknown_after`).
+async fn healing_proxy(pg: Pg, prefix: &str, unknown_after: Duration) -> hindsight::proxy::Running {
+    let dsn = harness::conn_str(pg.addr(), "postgres", "postgres") + " sslmode=disable";
+    let p = prefix.to_string();
+    harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = p;
+        c.in_doubt.database = Some(dsn);
+        c.in_doubt.after = Duration::ZERO;
+        c.in_doubt.unknown_after = unknown_after;
+        c.in_doubt.interval = Duration::from_millis(200);
+    })
+    .await
+}
+
 /// Crash at `point` during an autocommit UPDATE, then heal: the END says `expect`.
 async fn crash_is_healed(pg: Pg, point: &str, expect: &str) {
     let db = harness::fresh_db(pg, "indoubt").await;
@@ -89,16 +104,7 @@ async fn crash_is_healed(pg: Pg, point: &str, expect: &str) {
     assert_eq!(before[0]["status"], "BEGIN");
 
     // A healthy proxy with healing on closes it.
-    let dsn = harness::conn_str(pg.addr(), "postgres", "postgres") + " sslmode=disable";
-    let p = prefix.clone();
-    let healer = harness::proxy(pg, move |c| {
-        c.kafka.brokers = vec![harness::kafka_brokers()];
-        c.kafka.topic_prefix = p;
-        c.in_doubt.database = Some(dsn);
-        c.in_doubt.after = Duration::ZERO;
-        c.in_doubt.interval = Duration::from_millis(200);
-    })
-    .await;
+    let healer = healing_proxy(pg, &prefix, Duration::from_secs(3600)).await;
     let records = harness::read_topic_json(topic, 2).await;
     assert_eq!(records.len(), 2, "BEGIN, then the healed END: {records:?}");
     let end: &Value = &records[1];
@@ -155,17 +161,7 @@ async fn statement_without_txid_is_closed_as_unknown() {
     let before = harness::read_topic_json(topic.clone(), 1).await;
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0]["txId"], Value::Null, "{before:?}");
-    let dsn = harness::conn_str(pg.addr(), "postgres", "postgres") + " sslmode=disable";
-    let p = prefix.clone();
-    let healer = harness::proxy(pg, move |c| {
-        c.kafka.brokers = vec![harness::kafka_brokers()];
-        c.kafka.topic_prefix = p;
-        c.in_doubt.database = Some(dsn);
-        c.in_doubt.after = Duration::ZERO;
-        c.in_doubt.unknown_after = Duration::ZERO;
-        c.in_doubt.interval = Duration::from_millis(200);
-    })
-    .await;
+    let healer = healing_proxy(pg, &prefix, Duration::ZERO).await;
     let records = harness::read_topic_json(topic, 2).await;
     assert_eq!(records.len(), 2, "{records:?}");
     let end = &records[1];
