@@ -106,7 +106,7 @@ impl ProxyProc {
             .env("HINDSIGHT_IN_DOUBT__AFTER", "2s")
             .env("HINDSIGHT_IN_DOUBT__INTERVAL", "1s")
             .env("HINDSIGHT_KAFKA__PUBLISH_TIMEOUT", "3s")
-            .env("HINDSIGHT_LOG__LEVEL", "warn")
+            .env("HINDSIGHT_LOG__LEVEL", "warn,hindsight::in_doubt=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true);
@@ -388,6 +388,14 @@ async fn inject(
 // ---------------------------------------------------------------- reading back
 
 fn read_all(relay_port: u16, topic: &str) -> Vec<Value> {
+    read_with_offsets(relay_port, topic)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// Every record of partition 0 of `topic`, with its offset.
+fn read_with_offsets(relay_port: u16, topic: &str) -> Vec<(i64, Value)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -409,13 +417,54 @@ fn read_all(relay_port: u16, topic: &str) -> Vec<Value> {
     while next < high && Instant::now() < until {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             next = m.offset() + 1;
-            out.push(
+            out.push((
+                m.offset(),
                 serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null),
-            );
+            ));
         }
     }
     assert!(next >= high, "{topic}: read to {next} of {high}");
     out
+}
+
+/// Where the healers' group stands on the transaction topic (for failure reports).
+fn healer_committed_offset(relay_port: u16) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{relay_port}"))
+        .set("group.id", format!("hindsight-in-doubt.{PREFIX}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .ok()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(&format!("{PREFIX}.transaction"), 0);
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .ok()?;
+    got.elements().first()?.offset().to_raw()
+}
+
+/// Everything known of an unresolved transaction: its records on the transaction topic with
+/// their offsets, what the server says of its txid now, and where the healers have committed.
+async fn describe_unresolved(env: &Env, id: &str, db: &Client) -> String {
+    let records: Vec<(i64, Value)> =
+        read_with_offsets(env.relay_port, &format!("{PREFIX}.transaction"))
+            .into_iter()
+            .filter(|(_, r)| r["id"] == id)
+            .collect();
+    let txid = records.iter().find_map(|(_, r)| r["txId"].as_i64());
+    let status = match txid {
+        Some(t) => db
+            .query_one("SELECT txid_status($1::int8)", &[&t])
+            .await
+            .map(|r| format!("{:?}", r.get::<_, Option<String>>(0)))
+            .unwrap_or_else(|e| e.to_string()),
+        None => "no txid".into(),
+    };
+    format!(
+        "{id}: records {records:?}; txid_status now {status}; healers' committed offset {:?}",
+        healer_committed_offset(env.relay_port)
+    )
 }
 
 /// An event's transaction: its id, txId, and what its ENDs say (for failure reports).
@@ -681,7 +730,10 @@ async fn nothing_committed_without_its_event() {
         eprintln!("chaos: {open} BEGINs without END yet; waiting for healing");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let verdict = check(&env, &seen, &db).await;
+    let mut verdict = check(&env, &seen, &db).await;
+    for u in verdict.unresolved.iter_mut() {
+        *u = describe_unresolved(&env, u, &db).await;
+    }
     let total_faults: u64 = faults.values().sum();
     println!(
         "chaos summary: {} s, {} commits acknowledged ({} transactions committed in the log, {} client errors, {} dropped connections), {} faults injected {:?}, in doubt healed {:?}, unresolved {}, lost {}, duplicated {}, phantom {}",

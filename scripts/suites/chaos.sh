@@ -11,6 +11,8 @@ source "$(dirname "$0")/../common.sh"
 bin="${1:?usage: chaos.sh HINDSIGHT_BIN [SECONDS]}"
 secs="${2:-45}"
 # HSCHAOS_OFFSET moves ports and directory, so a long run by hand can go beside scripts/test.sh.
+# HSCHAOS_TEST_BIN runs a prebuilt suite (target/debug/deps/chaos-*) instead of building it,
+# so repeated runs by hand can go on while the tree changes.
 off="${HSCHAOS_OFFSET:-40}"
 pg_port=$((PG15_PORT + off)); broker_port=$((KAFKA_PORT + off)); relay_port=$((KAFKA_PORT + off + 1))
 dir="$DEV/chaos"; [ "$off" = 40 ] || dir="$DEV/chaos-$off"
@@ -50,7 +52,11 @@ export HSCHAOS_SECS="$secs" HSCHAOS_BIN="$bin" HSCHAOS_PG_PORT="$pg_port" HSCHAO
   HSCHAOS_BROKER_PORT="$broker_port" HSCHAOS_RELAY_PORT="$relay_port" \
   HSCHAOS_BROKER_PID="$(cat "$dir/tansu.pid")" HSCHAOS_DIR="$dir"
 cd "$ROOT"
-if cargo test --quiet --workspace --test chaos -- --ignored --nocapture 2>&1 | tee "$dir/run.log"; then
+run_suite() {
+  if [ -n "${HSCHAOS_TEST_BIN:-}" ]; then "$HSCHAOS_TEST_BIN" --ignored --nocapture
+  else cargo test --quiet --workspace --test chaos -- --ignored --nocapture; fi
+}
+if run_suite 2>&1 | tee "$dir/run.log"; then
   echo "ok      chaos: $(grep -h '^chaos summary' "$dir/run.log" | tail -1)"
 else
   echo "FAILED  chaos (log: $dir/run.log; proxy logs in $dir)"

@@ -303,6 +303,10 @@ impl Resolver {
             )
         };
         if due.is_empty() {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let st = lock(&self.state);
+                tracing::debug!(open = st.tracker.len(), positions = ?st.positions, highs = ?st.highs, "in-doubt healing: nothing due");
+            }
             return Ok(());
         }
         let incarnation = self.incarnation().await?;
@@ -320,8 +324,10 @@ impl Resolver {
                 }
                 Due::Unknown(open) => (open, Asked::NotAsked),
             };
-            let Some(end) = decide::end_for(&open.begin, asked, &self.settings.resolver, now)
+            let Some(end) =
+                decide::end_for(&open.begin, asked.clone(), &self.settings.resolver, now)
             else {
+                tracing::debug!(id = %open.begin.id, ?asked, "in-doubt healing: still in progress on the server; asking again later");
                 continue;
             };
             self.publish(end).await?;
