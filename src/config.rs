@@ -321,10 +321,10 @@ pub struct CaptureConfig {
     /// `deny` (default): a transaction whose audit records cannot be published is rolled back
     /// and the client gets SQLSTATE HS001. `allow`: it commits anyway, with an error log and
     /// the `hindsight_audit_publish_failures_total` metric.
-    pub on_sink_failure: crate::capture::client::OnSinkFailure,
+    pub on_sink_failure: OnSinkFailure,
     /// PII redaction rules, applied to row images (and keys) before anything is published:
     /// `[[capture.redact]] table = "public.users", columns = ["email"], action = "hash"`.
-    pub redact: Vec<crate::capture::redact::RedactRule>,
+    pub redact: Vec<RedactRule>,
     /// Secret for `hash` redaction (HMAC-SHA256). Set it through the environment
     /// (`HINDSIGHT_CAPTURE__REDACT_KEY`) rather than the file. Required when a rule hashes.
     pub redact_key: String,
@@ -616,7 +616,7 @@ impl Config {
             .capture
             .redact
             .iter()
-            .any(|r| r.action == crate::capture::redact::RedactAction::Hash);
+            .any(|r| r.action == RedactAction::Hash);
         for (table, keep) in &self.archive.retention {
             humantime::parse_duration(keep).map_err(|e| ConfigError::Invalid {
                 key: "archive.retention",
@@ -632,10 +632,10 @@ impl Config {
             });
         }
         if let Some(url) = &self.footprints.webhook_url {
-            crate::footprint::webhook::check_url(url).map_err(|e| ConfigError::Invalid {
+            WebhookTarget::parse(url).map_err(|why| ConfigError::Invalid {
                 key: "footprints.webhook_url",
                 value: url.clone(),
-                why: e.to_string(),
+                why: format!("{why} (expected http://host[:port]/path or https://…)"),
             })?;
         }
         if (self.gates.rules.is_some() || self.footprints.enabled)
@@ -686,6 +686,79 @@ pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
         return Err("host is empty; expected host:port".into());
     }
     Ok((host.to_string(), port))
+}
+
+/// A webhook URL split into what a connection needs (`footprints.webhook_url`).
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    pub uri: hyper::Uri,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl WebhookTarget {
+    /// Parse `url`; the error says what is wrong with it.
+    pub fn parse(url: &str) -> Result<WebhookTarget, String> {
+        let uri: hyper::Uri = url.parse().map_err(|_| "not a URL".to_string())?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err("the scheme must be http or https".into()),
+        };
+        let host = uri.host().ok_or("no host")?.to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(WebhookTarget {
+            uri,
+            host,
+            port,
+            tls,
+        })
+    }
+}
+
+/// What to do when the audit records of a transaction cannot be published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSinkFailure {
+    /// Roll the transaction back and tell the client (the default: nothing unaudited commits).
+    #[default]
+    Deny,
+    /// Commit anyway, with an error log and the `audit_publish_failures_total` metric.
+    Allow,
+}
+
+/// One redaction rule (`[[capture.redact]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactRule {
+    /// `schema.table`, or `table` for any schema.
+    pub table: String,
+    /// Columns the rule applies to.
+    pub columns: Vec<String>,
+    /// `drop` (remove the column), `mask` (replace the value with `"****"`), or `hash`
+    /// (`"hmac-sha256:<hex>"` of the value with `capture.redact_key`: equal values stay
+    /// comparable without being readable).
+    pub action: RedactAction,
+}
+
+impl RedactRule {
+    /// Whether the rule names `schema.table` (a rule without a schema names any).
+    pub fn matches(&self, schema: &str, table: &str) -> bool {
+        match self.table.split_once('.') {
+            Some((s, t)) => s == schema && t == table,
+            None => self.table == table,
+        }
+    }
+}
+
+/// What a redaction rule does to its columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedactAction {
+    Drop,
+    Mask,
+    Hash,
 }
 
 #[cfg(test)]

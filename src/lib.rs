@@ -1,7 +1,6 @@
 //! hindsight: a PostgreSQL wire-protocol proxy that makes every write recoverable and
 //! attributable. See ARCHITECTURE.md for the map of this crate.
 
-pub mod admin;
 pub mod audit;
 pub mod capture;
 pub mod config;

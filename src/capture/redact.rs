@@ -2,41 +2,11 @@
 //! process (events and message keys alike).
 
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::audit::event::Row;
 
-/// One redaction rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedactRule {
-    /// `schema.table`, or `table` for any schema.
-    pub table: String,
-    /// Columns the rule applies to.
-    pub columns: Vec<String>,
-    /// `drop` (remove the column), `mask` (replace the value with `"****"`), or `hash`
-    /// (`"hmac-sha256:<hex>"` of the value with `capture.redact_key`: equal values stay
-    /// comparable without being readable).
-    pub action: RedactAction,
-}
-
-impl RedactRule {
-    fn matches(&self, schema: &str, table: &str) -> bool {
-        match self.table.split_once('.') {
-            Some((s, t)) => s == schema && t == table,
-            None => self.table == table,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RedactAction {
-    Drop,
-    Mask,
-    Hash,
-}
+pub use crate::config::{RedactAction, RedactRule};
 
 /// The rules plus the hashing key.
 #[derive(Debug, Clone, Default)]

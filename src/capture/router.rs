@@ -377,6 +377,16 @@ pub enum Route {
     Replace(Vec<u8>),
 }
 
+/// Whether the unit at the front reads or rewrites its DataRows (so they must arrive whole,
+/// not streamed): it is not forwarded as is, or it collects something.
+pub fn front_reads_rows(shared: &Shared) -> bool {
+    shared
+        .lock()
+        .units
+        .front()
+        .is_some_and(|u| !u.forward || !matches!(u.collect, Collect::Nothing))
+}
+
 /// Route one complete server frame (`tag`, whole frame bytes).
 pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     let body = &frame[5..];

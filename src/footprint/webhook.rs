@@ -42,37 +42,13 @@ pub struct Webhook {
     metrics: Metrics,
 }
 
-struct Target {
-    uri: hyper::Uri,
-    host: String,
-    port: u16,
-    tls: bool,
-}
+use crate::config::WebhookTarget as Target;
 
 fn target(url: &str) -> Result<Target, WebhookError> {
-    let bad = |why: &str| WebhookError::Url {
+    Target::parse(url).map_err(|why| WebhookError::Url {
         url: url.to_string(),
-        why: why.to_string(),
-    };
-    let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => return Err(bad("the scheme must be http or https")),
-    };
-    let host = uri.host().ok_or_else(|| bad("no host"))?.to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    Ok(Target {
-        uri,
-        host,
-        port,
-        tls,
+        why,
     })
-}
-
-/// Whether `url` is one the webhook can post to.
-pub fn check_url(url: &str) -> Result<(), WebhookError> {
-    target(url).map(|_| ())
 }
 
 impl Webhook {

@@ -4,7 +4,7 @@
 //! `/footprints` (paths, approve, forget, modes), which require
 //! `Authorization: Bearer <admin.token>` when a token is configured.
 
-use crate::proxy::server::ProxyCtx;
+use super::server::ProxyCtx;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;

@@ -6,6 +6,7 @@
 //! SCRAM `-PLUS` mechanism is withheld from TLS-terminated clients, and hindsight's own
 //! ErrorResponses for problems PostgreSQL would never see (bad frames, unreachable upstream).
 
+pub mod admin;
 pub mod cancel;
 pub mod relay;
 pub mod server;

@@ -16,6 +16,7 @@ use crate::wire::backend;
 use crate::wire::error_response::{sqlstate, ErrorResponse};
 use crate::wire::frame::{peek_header, FrameError, Header, HEADER_LEN};
 use crate::wire::frontend::{parse_statement, query_text, FrontendTag};
+pub use crate::wire::inspect::{frontend_tag, Inspector, Verdict};
 use bytes::{Buf, BytesMut};
 use prometheus::Histogram;
 use std::sync::Arc;
@@ -29,45 +30,6 @@ pub const STREAM_THRESHOLD: usize = 256 * 1024;
 const INITIAL_BUFFER: usize = 8 * 1024;
 /// An empty buffer that grew beyond this is replaced, so idle sessions stay small.
 const SHRINK_ABOVE: usize = 1024 * 1024;
-
-/// What to do with one frame.
-pub enum Verdict {
-    /// Forward the original bytes.
-    Forward,
-    /// Forward these bytes instead of the frame.
-    Replace(Vec<u8>),
-    /// The frame breaks the protocol: tell the client and close the session.
-    Reject {
-        reason: &'static str,
-        error: FrameError,
-    },
-    /// The inspector needs to do asynchronous work (wait for replies, publish, send its own
-    /// requests) before the frame can go on: the pump writes what precedes the frame, then
-    /// calls [`Inspector::resolve`], which writes whatever should go in its place.
-    Defer,
-}
-
-/// Looks at the frames of one direction.
-pub trait Inspector: Send {
-    /// `frame` is the whole frame when `complete`, else the first part of a streamed frame.
-    fn on_frame(&mut self, header: Header, frame: &[u8], complete: bool) -> Verdict;
-
-    /// Whether frames with this tag must be buffered whole (never streamed), so `on_frame`
-    /// always sees all of them. Statement texts must be, when they are analysed.
-    fn must_buffer(&self, _tag: u8) -> bool {
-        false
-    }
-
-    /// Handle a frame `on_frame` deferred; write its replacement (if any) to `w`. Writes are
-    /// held until `w` is flushed (see [`Coalesced`]): flush before waiting for the server.
-    fn resolve<'a, W: AsyncWrite + Unpin + Send>(
-        &'a mut self,
-        _frame: &'a [u8],
-        _w: &'a mut W,
-    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'a {
-        async { Ok(()) }
-    }
-}
 
 /// How a pump ended.
 #[derive(Debug)]
@@ -286,14 +248,6 @@ impl<W: AsyncWrite + Unpin + Send> AsyncWrite for Coalesced<'_, W> {
     }
 }
 
-/// The typed frontend tag, or the Verdict that rejects an unknown one (PostgreSQL would).
-pub fn frontend_tag(byte: u8) -> Result<FrontendTag, Verdict> {
-    FrontendTag::from_byte(byte).ok_or(Verdict::Reject {
-        reason: "unknown_message_type",
-        error: FrameError::UnknownFrontendTag { byte },
-    })
-}
-
 /// Inspects what the client sends: refuses unknown message types and counts statements.
 pub struct ClientInspector {
     metrics: Metrics,
@@ -386,12 +340,7 @@ impl Inspector for ServerInspector {
         let Some(shared) = &self.router else {
             return false;
         };
-        if tag != b'D' {
-            return true;
-        }
-        shared.lock().units.front().is_some_and(|u| {
-            !u.forward || !matches!(u.collect, crate::capture::router::Collect::Nothing)
-        })
+        tag != b'D' || crate::capture::router::front_reads_rows(shared)
     }
 
     #[inline]

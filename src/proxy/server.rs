@@ -1,9 +1,9 @@
 //! The listener: accepts connections, spawns a session task for each, and drains on shutdown.
 
+use super::admin;
 use super::cancel::CancelRegistry;
 use super::session;
 use super::upstream::{Upstream, UpstreamError};
-use crate::admin;
 use crate::config::Config;
 use crate::telemetry::Metrics;
 use crate::tls::{self, TlsError};

@@ -54,7 +54,6 @@ use crate::audit::event::CommitStatus;
 use crate::audit::kafka::KafkaSink;
 use crate::gates::decide::{StatementFacts, Verdict as Gate};
 use crate::gates::guard::RowFacts;
-use crate::proxy::relay::{frontend_tag, Inspector, Verdict};
 use crate::statement::analysis::TableName;
 use crate::statement::cache::{AnalysisCache, Statement};
 use crate::statement::{fast_path, sqlcommenter, Kind, TxControl};
@@ -63,6 +62,7 @@ use crate::wire::client_text::TextError;
 use crate::wire::error_response::{sqlstate, ErrorResponse};
 use crate::wire::frame::{put_frame, take_cstr, Header, HEADER_LEN};
 use crate::wire::frontend::{describe_target, parse_statement, query_text, FrontendTag};
+use crate::wire::inspect::{frontend_tag, Inspector, Verdict};
 
 use catalog::*;
 use commit::*;
@@ -73,16 +73,7 @@ use extended::*;
 use internal::*;
 use unparsed::*;
 
-/// What to do when the audit records of a transaction cannot be published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OnSinkFailure {
-    /// Roll the transaction back and tell the client (the default: nothing unaudited commits).
-    #[default]
-    Deny,
-    /// Commit anyway, with an error log and the `audit_publish_failures_total` metric.
-    Allow,
-}
+pub use crate::config::OnSinkFailure;
 
 /// Client-side inspector of a capturing session.
 pub struct ClientCapture {
