@@ -187,7 +187,15 @@ impl ProducerContext for Deliveries {
             Ok(message) if message.offset() < 0 => {
                 batch.finish(Err(Unacked::NoOffset(message.topic().to_string())));
             }
-            Ok(_) => {
+            Ok(message) => {
+                tracing::debug!(
+                    target: "hindsight::audit::delivery",
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    key = %String::from_utf8_lossy(message.key().unwrap_or_default()),
+                    "acknowledged"
+                );
                 if batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     batch.finish(Ok(()));
                 }

@@ -24,10 +24,8 @@ use crate::wire::client_text::ClientEncoding;
 pub struct Unit {
     /// Tags that complete the unit (`Z` makes it a sync point).
     pub ends: &'static [u8],
-    /// Forward the server's frames to the client.
-    pub forward: bool,
-    /// Forward an ErrorResponse even when `forward` is off (e.g. a failing COMMIT).
-    pub forward_errors: bool,
+    /// Which of the server's frames reach the client.
+    pub delivery: Delivery,
     /// What to gather from the frames.
     pub collect: Collect,
     /// Where an internal request's outcome goes.
@@ -36,9 +34,6 @@ pub struct Unit {
     pub error_replacement: Option<Vec<u8>>,
     /// Sent to the client right before the frame that completes the unit.
     pub prefix: Option<Vec<u8>>,
-    /// Forward the completing frame even when `forward` is off (the ReadyForQuery that
-    /// closes an exchange hindsight finished on the client's behalf).
-    pub forward_end: bool,
     /// Transaction control to apply to the buffer when the unit completes without error.
     pub txctl: Option<(TxControl, String)>,
     /// The last CommandComplete tag seen in this unit.
@@ -75,9 +70,6 @@ pub struct Unit {
     /// Captured rows go to `State::probe`, not the transaction (a gate's trial run of a
     /// refused statement, rolled back, to record what it would have changed).
     pub probe: bool,
-    /// A sync point that is not forwarded, except when a statement before it failed: the
-    /// ReadyForQuery after the failing part of a query string hindsight split in several.
-    pub end_on_error: bool,
     /// The client's BEGIN inside the transaction hindsight opened for its batch (which the
     /// BEGIN takes over, as the server turns an implicit transaction block into an explicit
     /// one): the server's "there is already a transaction in progress" is about hindsight's
@@ -87,6 +79,44 @@ pub struct Unit {
     /// the new encoding (ParameterStatus) only right before this ReadyForQuery, so images are
     /// built in hex until it is through (see `State::encoding_unsettled`).
     pub settles_encoding: bool,
+}
+
+/// Which reply frames of a unit reach the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// All of them (the client's own request).
+    All,
+    /// None (hindsight's own request).
+    Nothing,
+    /// Only an ErrorResponse (hindsight's part of a client request, e.g. a COMMIT that can
+    /// fail).
+    Errors,
+    /// ErrorResponses and the completing frame: the ReadyForQuery that closes an exchange
+    /// hindsight finished on the client's behalf.
+    ErrorsAndEnd,
+    /// Only the completing ReadyForQuery, and only when a statement before it failed: the
+    /// ReadyForQuery after the failing part of a query string hindsight split in several.
+    EndIfFailed,
+}
+
+impl Delivery {
+    /// Whether an ErrorResponse is forwarded.
+    pub fn errors(self) -> bool {
+        match self {
+            Delivery::All | Delivery::Errors | Delivery::ErrorsAndEnd => true,
+            Delivery::Nothing | Delivery::EndIfFailed => false,
+        }
+    }
+
+    /// Whether the completing frame of a unit that forwards nothing else is forwarded
+    /// (`failed`: a statement before it failed).
+    pub fn end(self, failed: bool) -> bool {
+        match self {
+            Delivery::ErrorsAndEnd => true,
+            Delivery::EndIfFailed => failed,
+            Delivery::All | Delivery::Nothing | Delivery::Errors => false,
+        }
+    }
 }
 
 /// What the client sees of a forwarded CommandComplete.
@@ -220,17 +250,20 @@ impl Reply {
 }
 
 impl Unit {
-    /// A unit with everything off; set what you need.
+    /// A unit of hindsight's own request: nothing reaches the client; set what else you need.
     pub fn new(ends: &'static [u8]) -> Self {
+        Unit::with(Delivery::Nothing, ends)
+    }
+
+    /// A unit delivering `delivery`'s frames, with everything else off.
+    pub fn with(delivery: Delivery, ends: &'static [u8]) -> Self {
         Unit {
             ends,
-            forward: false,
-            forward_errors: false,
+            delivery,
             collect: Collect::Nothing,
             reply: None,
             error_replacement: None,
             prefix: None,
-            forward_end: false,
             txctl: None,
             last_tag: None,
             failed: false,
@@ -242,7 +275,6 @@ impl Unit {
             sent_range: None,
             maps_whole_string: false,
             probe: false,
-            end_on_error: false,
             begin_in_batch: false,
             settles_encoding: false,
         }
@@ -273,14 +305,35 @@ impl Unit {
 
     /// Replies forwarded unchanged.
     pub fn pass(ends: &'static [u8]) -> Self {
-        Unit {
-            forward: true,
-            ..Unit::new(ends)
-        }
+        Unit::with(Delivery::All, ends)
     }
 
     pub fn sync_point(&self) -> bool {
         self.ends.contains(&b'Z')
+    }
+}
+
+/// The server's transaction status, as its last ReadyForQuery said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxState {
+    /// `I`: not in a transaction block.
+    #[default]
+    Idle,
+    /// `T`: in a transaction block.
+    InBlock,
+    /// `E`: in a failed transaction block (everything up to its end is refused).
+    Failed,
+}
+
+impl TxState {
+    /// The status byte of a ReadyForQuery body (a missing or unknown one reads as idle, as
+    /// hindsight read it before).
+    pub fn from_ready(byte: Option<u8>) -> TxState {
+        match byte {
+            Some(b'T') => TxState::InBlock,
+            Some(b'E') => TxState::Failed,
+            _ => TxState::Idle,
+        }
     }
 }
 
@@ -290,7 +343,7 @@ pub struct State {
     pub units: VecDeque<Unit>,
     pub txn: TxnBuffer,
     /// Transaction status from the last ReadyForQuery (`I`, `T`, `E`).
-    pub status: u8,
+    pub status: TxState,
     /// An ErrorResponse arrived since the last ReadyForQuery.
     pub batch_failed: bool,
     /// An ErrorResponse arrived before the last ReadyForQuery (the last query failed).
@@ -384,7 +437,7 @@ pub fn front_reads_rows(shared: &Shared) -> bool {
         .lock()
         .units
         .front()
-        .is_some_and(|u| !u.forward || !matches!(u.collect, Collect::Nothing))
+        .is_some_and(|u| u.delivery != Delivery::All || !matches!(u.collect, Collect::Nothing))
 }
 
 /// Route one complete server frame (`tag`, whole frame bytes).
@@ -433,8 +486,8 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     }
     if tag == b'Z' {
         st.last_failed = std::mem::take(&mut st.batch_failed);
-        st.status = body.first().copied().unwrap_or(b'I');
-        if st.status == b'I' {
+        st.status = TxState::from_ready(body.first().copied());
+        if st.status == TxState::Idle {
             // The transaction is over; whatever was not published was rolled back.
             st.txn.clear();
             st.capture_errors.clear();
@@ -457,13 +510,13 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         return Route::Forward;
     };
     let mut out = Vec::new();
-    let mut forward = unit.forward;
+    let mut forward = unit.delivery == Delivery::All;
     if tag == b'E' {
         if let Some(rep) = &unit.error_replacement {
             out.extend_from_slice(rep);
         } else if let Some(mapped) = whole_string_error {
             out.extend(mapped);
-        } else if (unit.forward || unit.forward_errors)
+        } else if unit.delivery.errors()
             && (unit.position_shift != 0
                 || !unit.position_inserts.is_empty()
                 || !unit.position_segments.is_empty())
@@ -471,7 +524,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             out.extend(crate::wire::error_response::map_position(frame, |p| {
                 unit.map_position(p)
             }));
-        } else if unit.forward || unit.forward_errors {
+        } else if unit.delivery.errors() {
             out.extend_from_slice(frame);
         }
         log_read_privilege_denied(unit, frame);
@@ -531,14 +584,16 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     match (&mut unit.collect, tag) {
         (Collect::Wrapped(wr), b'T') => {
             forward = false;
-            if unit.forward && wr.ctx.shape.client_returning {
+            if unit.delivery == Delivery::All && wr.ctx.shape.client_returning {
                 out.extend(client_row_description(&wr.ctx.shape, body));
             }
         }
         (Collect::Wrapped(wr), b'D') => {
             forward = false;
             match wrapped_row(wr, body) {
-                Ok(Some(client)) if unit.forward && wr.ctx.shape.client_returning => {
+                Ok(Some(client))
+                    if unit.delivery == Delivery::All && wr.ctx.shape.client_returning =>
+                {
                     out.extend_from_slice(&client)
                 }
                 Ok(_) => {}
@@ -547,7 +602,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         }
         (Collect::Wrapped(wr), b'C') => {
             forward = false;
-            if unit.forward {
+            if unit.delivery == Delivery::All {
                 let tag = wr.ctx.shape.wrapper.as_ref().map_or("SELECT", |w| w.tag);
                 let mut b = format!("{tag} {}", wr.main_rows).into_bytes();
                 b.push(0);
@@ -560,7 +615,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
         (Collect::Described(_, rd), b'T') => *rd = Some(body.to_vec()),
         (Collect::Capture(stmt, _), b'T') => {
             forward = false;
-            if unit.forward && stmt.shape.client_returning {
+            if unit.delivery == Delivery::All && stmt.shape.client_returning {
                 if let Some(f) = strip_row_description(body, stmt.shape.extra) {
                     out.extend_from_slice(&f);
                 }
@@ -621,7 +676,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                         }),
                         Err(e) => st.capture_errors.push(format!("{}: {e}", shape.table)),
                     }
-                    if unit.forward && shape.client_returning {
+                    if unit.delivery == Delivery::All && shape.client_returning {
                         out.extend_from_slice(&split.client_frame);
                     }
                 }
@@ -757,7 +812,7 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                 .lazy_rollback
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
-        } else if !forward && (unit.forward_end || (unit.end_on_error && st.last_failed)) {
+        } else if !forward && unit.delivery.end(st.last_failed) {
             if let Some(p) = &unit.prefix {
                 out.extend_from_slice(p);
             }
@@ -845,15 +900,15 @@ fn command_tag(body: &[u8]) -> String {
 /// them) no ReadyForQuery tells the status until the Sync, but hindsight must know before it.
 fn apply_txctl(st: &mut State, ctl: TxControl, name: &str) {
     match ctl {
-        TxControl::Begin => st.status = b'T',
+        TxControl::Begin => st.status = TxState::InBlock,
         TxControl::Savepoint => st.txn.savepoint(name),
         TxControl::RollbackTo => st.txn.rollback_to(name),
         TxControl::Release => st.txn.release(name),
         TxControl::Rollback => {
             st.txn.clear();
-            st.status = b'I';
+            st.status = TxState::Idle;
         }
-        TxControl::Commit | TxControl::PrepareTransaction => st.status = b'I',
+        TxControl::Commit | TxControl::PrepareTransaction => st.status = TxState::Idle,
         TxControl::CommitPrepared | TxControl::RollbackPrepared => {}
     }
 }

@@ -330,7 +330,6 @@ async fn relay(
             .await
         }
         Some(cap) => {
-            let shared = Arc::new(crate::capture::router::Shared::default());
             let n = ctx
                 .session_seq
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -344,21 +343,20 @@ async fn relay(
                 statement_limit: ctx.config.capture.max_statement_bytes,
                 in_flight: Arc::clone(&cap.in_flight),
             };
-            let mut inspector = crate::capture::client::ClientCapture::new(
-                Arc::clone(&shared),
-                Arc::clone(&cap.sink),
-                Arc::clone(&cap.cache),
-                info,
-                ctx.metrics.clone(),
-                ctx.config.capture.on_sink_failure,
-                Arc::clone(&cap.redactor),
-            );
-            inspector.truncate_limit = ctx.config.capture.truncate_row_limit;
-            shared.lock().txn.byte_limit = ctx.config.capture.max_transaction_bytes;
-            inspector.gates = cap.gates.clone();
-            inspector.footprints = cap.footprints.clone();
-            inspector.functions = Arc::clone(&cap.functions);
-            inspector.tables = Arc::clone(&cap.tables);
+            let parts = crate::capture::client::SessionParts {
+                sink: Arc::clone(&cap.sink),
+                cache: Arc::clone(&cap.cache),
+                metrics: ctx.metrics.clone(),
+                redactor: Arc::clone(&cap.redactor),
+                gates: cap.gates.clone(),
+                footprints: cap.footprints.clone(),
+                functions: Arc::clone(&cap.functions),
+                tables: Arc::clone(&cap.tables),
+                on_sink_failure: ctx.config.capture.on_sink_failure,
+                truncate_limit: ctx.config.capture.truncate_row_limit,
+                max_transaction_bytes: ctx.config.capture.max_transaction_bytes,
+            };
+            let (inspector, shared) = crate::capture::client::ClientCapture::new(parts, info);
             relay_with(ctx, conn, upstream, client, span, inspector, Some(shared)).await
         }
     }

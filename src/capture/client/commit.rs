@@ -120,7 +120,7 @@ impl ClientCapture {
             CommitBy::ClientExtended(_) | CommitBy::ImplicitExtended(_)
         );
         if let CommitBy::ClientSimple(frame) | CommitBy::ClientExtended(frame) = by {
-            if self.shared.lock().status != b'T' {
+            if self.shared.lock().status != TxState::InBlock {
                 // An aborted transaction: its COMMIT is a ROLLBACK; nothing to publish.
                 self.shared.lock().txn.clear();
                 let ends: &'static [u8] = if frame[0] == b'Q' { b"Z" } else { b"CIs" };
@@ -197,16 +197,14 @@ impl ClientCapture {
                 write_last(w, frame).await?;
             }
             (CommitBy::ImplicitExtended(sync), None) => {
-                let mut u = Unit::new(b"Z");
-                u.forward_errors = true;
+                let mut u = Unit::with(Delivery::Errors, b"Z");
                 u.reply = self.pending_end_reply();
                 self.send_internal(w, "COMMIT", u).await?;
                 self.push([Unit::pass(b"Z")]);
                 write_all(w, sync).await?;
             }
             (CommitBy::InQueryImplicit { sql, last }, None) => {
-                let mut ours = Unit::new(b"C");
-                ours.forward_errors = true;
+                let mut ours = Unit::with(Delivery::Errors, b"C");
                 ours.txctl = Some((TxControl::Commit, String::new()));
                 ours.reply = self.pending_end_reply();
                 self.push([ours, Unit::pass(b"C"), super::simple::end_unit(last)]);
@@ -237,11 +235,11 @@ impl ClientCapture {
             ) => self.internal_end(w, "ROLLBACK", Some(err), None).await?,
             (CommitBy::ClientExtended(_), Some(err)) => {
                 // Roll back, then fail the client's Execute: the server skips to its Sync.
-                self.swallowed_query(w, "ROLLBACK", false).await?;
+                self.swallowed_query(w, "ROLLBACK").await?;
                 self.refused_parse(w, b"__hindsight_refused", err).await?;
             }
             (CommitBy::ImplicitExtended(sync), Some(err)) => {
-                self.swallowed_query(w, "ROLLBACK", false).await?;
+                self.swallowed_query(w, "ROLLBACK").await?;
                 let mut u = Unit::pass(b"Z");
                 u.prefix = Some(err);
                 self.push([u]);

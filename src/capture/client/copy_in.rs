@@ -23,11 +23,10 @@ impl ClientCapture {
         let mut ins = Unit::pass(b"C");
         ins.complete = crate::capture::router::Complete::AsCopy;
         ins.collect = Collect::capture(ctx);
-        let (mut out, units) = internal_statement(&plan.insert.text, ins, true);
+        let (mut out, units) = internal_statement(&plan.insert.text, ins, Delivery::Errors);
         self.push(units);
-        let mut drop = Unit::new(b"C");
-        drop.forward_errors = true;
-        let (frames, units) = internal_statement(&plan.drop, drop, true);
+        let drop = Unit::with(Delivery::Errors, b"C");
+        let (frames, units) = internal_statement(&plan.drop, drop, Delivery::Errors);
         self.push(units);
         out.extend(frames);
         out
@@ -42,7 +41,7 @@ impl ClientCapture {
         text: &str,
         tags: &sqlcommenter::Tags,
         s: &Statement,
-        status: u8,
+        status: TxState,
     ) -> std::io::Result<()> {
         let write = &s.located.analysis.writes[0];
         let sql = text[s.located.span.clone()].trim();
@@ -67,31 +66,22 @@ impl ClientCapture {
             }
             Err(refusal) => {
                 return self
-                    .refuse(
-                        w,
-                        ErrorResponse::error(
-                            sqlstate::CAPTURE_UNSUPPORTED,
-                            format!("hindsight: {refusal}"),
-                        ),
-                    )
+                    .refuse(w, uncapturable(format!("hindsight: {refusal}")))
                     .await
             }
         };
         let insert = self.staged_insert(&staged.insert);
         let Some(rw) = insert else {
-            let err = ErrorResponse::error(
-                sqlstate::CAPTURE_UNSUPPORTED,
-                format!("hindsight: could not build the capture of {sql:?}; it was not run"),
-            );
+            let err = uncapturable(format!(
+                "hindsight: could not build the capture of {sql:?}; it was not run"
+            ));
             return self.refuse(w, err).await;
         };
-        let implicit = status == b'I';
+        let implicit = status == TxState::Idle;
         let mut q = String::new();
         let mut units = Vec::new();
         let quiet = |units: &mut Vec<Unit>| {
-            let mut u = Unit::new(b"C");
-            u.forward_errors = true;
-            units.push(u);
+            units.push(Unit::with(Delivery::Errors, b"C"));
         };
         if implicit {
             q.push_str("BEGIN;\n");

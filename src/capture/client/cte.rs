@@ -209,10 +209,14 @@ impl ClientCapture {
         frames.extend(frame_of(b'D', &d));
         frames.extend(close_frame(b'S', NAME));
         let (tx, rx) = oneshot::channel();
-        let mut described = Unit::new(b"Tn");
+        let others = if extended {
+            Delivery::Errors
+        } else {
+            Delivery::Nothing
+        };
+        let mut described = Unit::with(others, b"Tn");
         described.collect = Collect::Described(Vec::new(), None);
         described.reply = Some(tx);
-        described.forward_errors = extended;
         described.position_shift = -offset;
         let mut units = vec![Unit::new(b"3"), described, Unit::new(b"3")];
         if extended {

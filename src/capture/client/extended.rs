@@ -30,9 +30,7 @@ pub(super) fn companion_name(kind: u8, name: &[u8]) -> Vec<u8> {
 
 /// The units of a companion's Close and Bind (whose errors are the client's).
 pub(super) fn companion_bind_units() -> [Unit; 2] {
-    let mut bind = Unit::new(b"2");
-    bind.forward_errors = true;
-    [Unit::new(b"3"), bind]
+    [Unit::new(b"3"), Unit::with(Delivery::Errors, b"2")]
 }
 
 /// The portal and statement names at the start of a Bind body.
@@ -126,9 +124,7 @@ impl ClientCapture {
     /// it again (`reprepare`), hindsight's — its errors still go to the client.
     pub(super) fn parse_unit(&self) -> Unit {
         if self.reparsing {
-            let mut u = Unit::new(b"1");
-            u.forward_errors = true;
-            return u;
+            return Unit::with(Delivery::Errors, b"1");
         }
         Unit::pass(b"1")
     }
@@ -285,9 +281,7 @@ impl ClientCapture {
             Ok(rw) => rw,
             Err(msg) => {
                 tracing::warn!(%msg, "statement refused");
-                let err = ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, msg)
-                    .with_hint("Use a proxy started with --no-capture if it must run unaudited.")
-                    .encode();
+                let err = uncapturable(msg).encode();
                 return self.refused_parse(w, name, err).await;
             }
         };
@@ -436,8 +430,7 @@ impl ClientCapture {
         }
         let mut frames = close_frame(b'S', &cname);
         frames.extend(frame_of(b'P', &p));
-        let mut parse = Unit::new(b"1");
-        parse.forward_errors = true;
+        let mut parse = Unit::with(Delivery::Errors, b"1");
         parse.position_segments = segments;
         self.push([Unit::new(b"3"), parse]);
         write_all(w, &frames).await?;
@@ -491,7 +484,7 @@ impl ClientCapture {
             }
         };
         self.portal_gates.insert(portal.to_vec(), gate);
-        if !self.batch_implicit && self.shared.lock().status == b'I' {
+        if !self.batch_implicit && self.shared.lock().status == TxState::Idle {
             self.batch_implicit = true;
             // Named statement and portal: the client's unnamed ones stay untouched.
             self.mid_batch = true;
@@ -501,8 +494,7 @@ impl ClientCapture {
             // The stage the client's COPY was prepared to fill (created for each execution,
             // dropped after it; ON COMMIT DROP if the COPY fails).
             self.mid_batch = true;
-            let mut create = Unit::new(b"Z");
-            create.forward_errors = true;
+            let create = Unit::with(Delivery::Errors, b"Z");
             self.send_internal(w, &plan.create, create).await?;
         }
         let (out, binary) = widen_result_formats(body, shape.extra);
@@ -613,14 +605,13 @@ impl ClientCapture {
             // TRUNCATE: refused above the row limit, then the before image of every row.
             let mut g = Unit::new(b"C");
             g.error_replacement = Some(truncate_limit_error(msg));
-            let (frames, units) = internal_statement(guard, g, true);
+            let (frames, units) = internal_statement(guard, g, Delivery::Errors);
             out.extend(frames);
             self.push(units);
             if let Some(images) = &rw.pre_read {
-                let mut pre = Unit::new(b"C");
-                pre.forward_errors = true;
+                let mut pre = Unit::with(Delivery::Errors, b"C");
                 pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
-                let (frames, units) = internal_statement(images, pre, true);
+                let (frames, units) = internal_statement(images, pre, Delivery::Errors);
                 out.extend(frames);
                 self.push(units);
             }
@@ -628,8 +619,7 @@ impl ClientCapture {
         if prep.companion.is_some() {
             // The pre-read locks and reads the before images right before the UPDATE runs
             // (a MERGE's keeps them in the server).
-            let mut pre = Unit::new(b"C");
-            pre.forward_errors = true;
+            let mut pre = Unit::with(Delivery::Errors, b"C");
             if prep.post_companion.is_none() {
                 pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
             }
@@ -704,7 +694,7 @@ impl ClientCapture {
         self.seq += 1;
         let shape = Arc::new(Shape::statement(prep.kind, prep.object.clone()));
         let ctx = self.event_ctx(&prep.text, &prep.fingerprint, &prep.tags, shape, gate);
-        if self.shared.lock().status == b'I' {
+        if self.shared.lock().status == TxState::Idle {
             return self
                 .announce(w, frame, vec![Change::statement(ctx)], b"CIs")
                 .await;
@@ -749,7 +739,11 @@ impl ClientCapture {
         write_all(w, frame).await?;
         self.shared.drained().await;
         let status = self.shared.lock().status;
-        let sql = if status == b'I' { "" } else { "ROLLBACK" };
+        let sql = if status == TxState::Idle {
+            ""
+        } else {
+            "ROLLBACK"
+        };
         self.internal_end(w, sql, None, None).await
     }
 }

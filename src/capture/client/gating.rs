@@ -190,7 +190,7 @@ impl ClientCapture {
         text: &str,
         tags: &sqlcommenter::Tags,
         s: &Statement,
-        status: u8,
+        status: TxState,
         hit: crate::gates::decide::Hit,
     ) -> std::io::Result<()> {
         let a = &s.located.analysis;
@@ -208,7 +208,7 @@ impl ClientCapture {
                 self.statement_ctx_with(stmt, s, tags, gate),
             ));
         }
-        if self.shared.lock().status == b'E' {
+        if self.shared.lock().status == TxState::Failed {
             self.publish_refused(None, changes, &HashMap::new()).await;
         } else if let Err(Failure::Sink(e)) = self.publish(w, changes, true).await? {
             self.metrics.audit_publish_failures.inc();
@@ -225,11 +225,11 @@ impl ClientCapture {
         text: &str,
         tags: &sqlcommenter::Tags,
         s: &Statement,
-        status: u8,
+        status: TxState,
         gate: &GateInfo,
     ) -> std::io::Result<Vec<Change>> {
         let a = &s.located.analysis;
-        if status == b'E' || !a.kind.writes_rows() || a.kind == Kind::CopyIn {
+        if status == TxState::Failed || !a.kind.writes_rows() || a.kind == Kind::CopyIn {
             return Ok(Vec::new());
         }
         let major = self.shared.lock().server_major;
@@ -262,7 +262,7 @@ impl ClientCapture {
             Arc::clone(&rw.shape),
             gate.clone(),
         );
-        let (open, close) = if status == b'I' {
+        let (open, close) = if status == TxState::Idle {
             ("BEGIN", "ROLLBACK")
         } else {
             (
@@ -304,9 +304,9 @@ impl ClientCapture {
         self.push(units);
         write_all(w, &query_frame(&sql)).await?;
         self.shared.drained().await;
-        if status == b'I' && self.shared.lock().status != b'I' {
+        if status == TxState::Idle && self.shared.lock().status != TxState::Idle {
             // The trial failed inside hindsight's own transaction: end it.
-            self.swallowed_query(w, "ROLLBACK", false).await?;
+            self.swallowed_query(w, "ROLLBACK").await?;
             self.shared.drained().await;
         }
         Ok(std::mem::take(&mut self.shared.lock().probe))
@@ -474,7 +474,9 @@ impl ClientCapture {
         let err = gate_error(&hit, false).encode();
         let mut changes = Vec::new();
         let status = self.shared.lock().status;
-        if let (Some((stmt, params)), Some(rw), true) = (trial, &prep.rewritten, status != b'E') {
+        if let (Some((stmt, params)), Some(rw), true) =
+            (trial, &prep.rewritten, status != TxState::Failed)
+        {
             let ctx = self.event_ctx(
                 &prep.text,
                 &prep.fingerprint,
@@ -482,7 +484,7 @@ impl ClientCapture {
                 Arc::clone(&rw.shape),
                 gate.clone(),
             );
-            let opened = status == b'I';
+            let opened = status == TxState::Idle;
             self.mid_batch = true;
             let mut open = Unit::new(b"Z");
             open.error_replacement = Some(err.clone());
@@ -550,9 +552,9 @@ impl ClientCapture {
             } else {
                 "ROLLBACK TO SAVEPOINT __hs_probe"
             };
-            self.swallowed_query(w, close_sql, false).await?;
+            self.swallowed_query(w, close_sql).await?;
             if !opened {
-                self.swallowed_query(w, "RELEASE SAVEPOINT __hs_probe", false)
+                self.swallowed_query(w, "RELEASE SAVEPOINT __hs_probe")
                     .await?;
             }
             changes = std::mem::take(&mut self.shared.lock().probe);

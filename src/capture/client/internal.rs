@@ -7,13 +7,14 @@ use super::*;
 
 /// Parse + Bind + Execute + Close of hindsight's own statement `sql` as named statement and
 /// portal `__hindsight_q`, in the middle of a client's extended-protocol batch (the client's
-/// unnamed statement and portal stay untouched). `exec` handles the Execute's replies; errors
-/// of the other messages are forwarded when `forward_errors`. Both are closed first too: after
+/// unnamed statement and portal stay untouched). `exec` handles the Execute's replies; the
+/// other messages' replies are delivered as `others` says (`Nothing` or `Errors`). Both are
+/// closed first too: after
 /// an error the server skipped the previous closes.
 pub(super) fn internal_statement(
     sql: &str,
     mut exec: Unit,
-    forward_errors: bool,
+    others: Delivery,
 ) -> (Vec<u8>, [Unit; 7]) {
     const NAME: &[u8] = b"__hindsight_q\0";
     let mut frames = Vec::new();
@@ -39,11 +40,7 @@ pub(super) fn internal_statement(
         frames.extend(frame_of(b'C', &c));
     }
     exec.ends = b"CI";
-    let quiet = |ends: &'static [u8]| {
-        let mut u = Unit::new(ends);
-        u.forward_errors = forward_errors;
-        u
-    };
+    let quiet = |ends: &'static [u8]| Unit::with(others, ends);
     (
         frames,
         [
@@ -106,17 +103,13 @@ impl ClientCapture {
         write_all(w, &query_frame(REFUSED_SQL)).await
     }
 
-    /// A query of hindsight's own whose replies the client never sees (except errors, if
-    /// `forward_errors`).
+    /// A query of hindsight's own whose replies the client never sees.
     pub(super) async fn swallowed_query<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         sql: &str,
-        forward_errors: bool,
     ) -> std::io::Result<()> {
-        let mut u = Unit::new(b"Z");
-        u.forward_errors = forward_errors;
-        self.send_internal(w, sql, u).await
+        self.send_internal(w, sql, Unit::new(b"Z")).await
     }
 
     /// Send hindsight's own `sql`; `unit` describes its result (as for a simple Query, ending
@@ -131,7 +124,7 @@ impl ClientCapture {
             self.push([unit]);
             return write_all(w, &query_frame(sql)).await;
         }
-        let (mut frames, units) = internal_statement(sql, unit, false);
+        let (mut frames, units) = internal_statement(sql, unit, Delivery::Nothing);
         frames.extend(frame_of(b'H', &[]));
         self.push(units);
         write_all(w, &frames).await
@@ -165,9 +158,7 @@ impl ClientCapture {
         prefix: Option<Vec<u8>>,
         reply: Option<oneshot::Sender<Reply>>,
     ) -> std::io::Result<()> {
-        let mut u = Unit::new(b"Z");
-        u.forward_errors = true;
-        u.forward_end = true;
+        let mut u = Unit::with(Delivery::ErrorsAndEnd, b"Z");
         u.prefix = prefix;
         u.reply = reply;
         self.push([u]);
@@ -186,7 +177,7 @@ impl ClientCapture {
         }
         {
             let st = self.shared.lock();
-            if st.status == b'E' || (self.mid_batch && st.batch_failed) {
+            if st.status == TxState::Failed || (self.mid_batch && st.batch_failed) {
                 // An aborted transaction (or a batch the server now skips to its Sync): the
                 // query could not run, and sending it would disturb what the client is owed.
                 return Ok(Reply {

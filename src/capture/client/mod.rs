@@ -47,7 +47,7 @@ use tokio::sync::oneshot;
 use super::publish::{self, SessionInfo};
 use super::rewrite::Shape;
 use super::rewrite::{rewrite, Refusal, Rewritten};
-use super::router::{Collect, Reply, Shared, Unit};
+use super::router::{Collect, Delivery, Reply, Shared, TxState, Unit};
 use super::tables::Target;
 use super::txn::{Change, GateInfo, GateMark, StatementCtx};
 use crate::audit::event::CommitStatus;
@@ -77,15 +77,15 @@ pub use crate::config::OnSinkFailure;
 
 /// Client-side inspector of a capturing session.
 pub struct ClientCapture {
-    pub shared: Arc<Shared>,
-    pub sink: Arc<KafkaSink>,
-    pub cache: Arc<AnalysisCache>,
-    pub session: SessionInfo,
-    pub metrics: Metrics,
-    pub on_sink_failure: OnSinkFailure,
-    pub redactor: Arc<super::redact::Redactor>,
+    shared: Arc<Shared>,
+    sink: Arc<KafkaSink>,
+    cache: Arc<AnalysisCache>,
+    session: SessionInfo,
+    metrics: Metrics,
+    on_sink_failure: OnSinkFailure,
+    redactor: Arc<super::redact::Redactor>,
     /// TRUNCATE of more rows than this is refused (capture.truncate_row_limit).
-    pub truncate_limit: u64,
+    truncate_limit: u64,
     /// Statements seen (numbering for events).
     seq: u64,
     /// Transactions published (numbering for transaction ids).
@@ -120,9 +120,9 @@ pub struct ClientCapture {
     /// captured `INSERT … SELECT` from the stage and the stage's DROP follow it.
     copy_ext: Option<(Arc<CopyPlan>, Arc<StatementCtx>)>,
     /// Rules that refuse writes, when configured.
-    pub gates: Option<Arc<crate::gates::engine::Gates>>,
+    gates: Option<Arc<crate::gates::engine::Gates>>,
     /// Write paths per application, when enabled.
-    pub footprints: Option<Arc<crate::footprint::Footprints>>,
+    footprints: Option<Arc<crate::footprint::Footprints>>,
     /// The gates' statement-phase outcome for the statements of the current simple Query, by
     /// their span in its text.
     query_gates: Vec<(std::ops::Range<usize>, GateInfo)>,
@@ -132,11 +132,11 @@ pub struct ClientCapture {
     /// it now drops the client's messages up to its Sync (their replies will never come).
     skip_until_sync: bool,
     /// Functions that may write when a query calls them (shared by the proxy's sessions).
-    pub functions: Arc<super::functions::WritingFunctions>,
+    functions: Arc<super::functions::WritingFunctions>,
     /// A schema change ran: the function list is read again before the next query.
     ddl_seen: bool,
     /// Schema, name and key of captured tables (shared by the proxy's sessions).
-    pub tables: Arc<super::tables::TableCache>,
+    tables: Arc<super::tables::TableCache>,
     /// The open transaction ran DDL: its catalog lookups are not cached, and the cache is
     /// dropped again when it commits.
     ddl_in_txn: bool,
@@ -173,6 +173,13 @@ struct Prep {
     /// (the server would then send the images in the new encoding, which may lack their
     /// characters, or turn them into other valid UTF-8).
     reparse: Option<Vec<u8>>,
+}
+
+/// HS002: a statement hindsight cannot capture, refused with `message` (which says what and
+/// why) and the one hint every such refusal gives.
+fn uncapturable(message: impl Into<String>) -> ErrorResponse {
+    ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, message.into())
+        .with_hint("Run it through a proxy started with --no-capture if it must run unaudited.")
 }
 
 /// HS003: a TRUNCATE above `capture.truncate_row_limit` (the guard's error, replaced).
@@ -358,7 +365,7 @@ impl Inspector for ClientCapture {
         // hindsight's transaction around a COPY that never started is still open (aborted).
         self.copy_pending = false;
         self.mid_batch = false;
-        self.swallowed_query(w, "ROLLBACK", false).await?;
+        self.swallowed_query(w, "ROLLBACK").await?;
         let header = Header {
             tag: frame[0],
             len: u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]),
@@ -383,25 +390,43 @@ async fn write_last<W: AsyncWrite + Unpin + Send>(w: &mut W, bytes: &[u8]) -> st
     w.write_all(bytes).await
 }
 
+/// Everything a capturing session is made from: what the proxy's sessions share, and the
+/// settings that apply to each (`capture.*`).
+pub struct SessionParts {
+    pub sink: Arc<KafkaSink>,
+    pub cache: Arc<AnalysisCache>,
+    pub metrics: Metrics,
+    pub redactor: Arc<super::redact::Redactor>,
+    /// Rules that refuse writes, when configured.
+    pub gates: Option<Arc<crate::gates::engine::Gates>>,
+    /// Write paths per application, when enabled.
+    pub footprints: Option<Arc<crate::footprint::Footprints>>,
+    /// Functions that may write when a query calls them.
+    pub functions: Arc<super::functions::WritingFunctions>,
+    /// Schema, name and key of captured tables.
+    pub tables: Arc<super::tables::TableCache>,
+    pub on_sink_failure: OnSinkFailure,
+    /// `capture.truncate_row_limit`.
+    pub truncate_limit: u64,
+    /// `capture.max_transaction_bytes`.
+    pub max_transaction_bytes: u64,
+}
+
 impl ClientCapture {
-    pub fn new(
-        shared: Arc<Shared>,
-        sink: Arc<KafkaSink>,
-        cache: Arc<AnalysisCache>,
-        session: SessionInfo,
-        metrics: Metrics,
-        on_sink_failure: OnSinkFailure,
-        redactor: Arc<super::redact::Redactor>,
-    ) -> Self {
-        ClientCapture {
-            truncate_limit: crate::config::defaults::TRUNCATE_ROW_LIMIT,
-            redactor,
-            shared,
-            sink,
-            cache,
+    /// A session's client side, and the router state it shares with the server side's
+    /// inspector (pass it to `ServerInspector`).
+    pub fn new(parts: SessionParts, session: SessionInfo) -> (Self, Arc<Shared>) {
+        let shared = Arc::new(Shared::default());
+        shared.lock().txn.byte_limit = parts.max_transaction_bytes;
+        let capture = ClientCapture {
+            truncate_limit: parts.truncate_limit,
+            redactor: parts.redactor,
+            shared: Arc::clone(&shared),
+            sink: parts.sink,
+            cache: parts.cache,
             session,
-            metrics,
-            on_sink_failure,
+            metrics: parts.metrics,
+            on_sink_failure: parts.on_sink_failure,
             seq: 0,
             tx_seq: 0,
             statements: HashMap::new(),
@@ -414,18 +439,19 @@ impl ClientCapture {
             reparsing: false,
             copy_pending: false,
             copy_ext: None,
-            gates: None,
-            footprints: None,
+            gates: parts.gates,
+            footprints: parts.footprints,
             query_gates: Vec::new(),
             portal_gates: HashMap::new(),
             skip_until_sync: false,
-            functions: Arc::default(),
+            functions: parts.functions,
             ddl_seen: false,
-            tables: Arc::default(),
+            tables: parts.tables,
             ddl_in_txn: false,
             targets: Default::default(),
             pending_end: None,
-        }
+        };
+        (capture, shared)
     }
 
     /// Expect the replies of requests about to be sent. After an error in an extended-protocol

@@ -156,7 +156,7 @@ impl ClientCapture {
         // A COMMIT of captured changes must wait for their publication: a query string with
         // one among other statements is run in parts.
         let segmented = ((writes || stmt_events) && txctl)
-            || (commit && pending && status == b'T' && statements.len() > 1);
+            || (commit && pending && status == TxState::InBlock && statements.len() > 1);
         let plan = if segmented {
             match implicit_blocks(statements, status) {
                 Err(why) => Plan::Refuse(
@@ -176,9 +176,9 @@ impl ClientCapture {
                 Ok(v) => Plan::Capture(v),
                 Err(e) => Plan::Fail(e),
             }
-        } else if stmt_events && status == b'I' {
+        } else if stmt_events && status == TxState::Idle {
             Plan::Announce
-        } else if commit && pending && status == b'T' {
+        } else if commit && pending && status == TxState::InBlock {
             Plan::Commit
         } else {
             Plan::Relay
@@ -292,9 +292,9 @@ impl ClientCapture {
         tags: &sqlcommenter::Tags,
         statements: &[Statement],
         rewrites: Vec<Option<Rewritten>>,
-        status: u8,
+        status: TxState,
     ) -> std::io::Result<()> {
-        let implicit = status == b'I';
+        let implicit = status == TxState::Idle;
         let mut sql = String::new();
         let mut units = Vec::new();
         if implicit {
@@ -369,12 +369,11 @@ impl ClientCapture {
                         let sent_at = sql.chars().count() as i64;
                         sql.push_str(pre);
                         sql.push_str(";\n");
-                        let mut u = Unit::new(b"C");
+                        let mut u = Unit::with(Delivery::Errors, b"C");
                         u.position_segments = rw.pre_read_segments(sent_at, original, before);
                         u.sent_range = Some((sent_at + 1, sql.chars().count() as i64 + 1));
                         // The pre-read evaluates the statement's own FROM/WHERE: its errors
                         // are the ones the client's statement would have raised.
-                        u.forward_errors = true;
                         // A MERGE's pre-read keeps its rows in the server (see `merge`).
                         if rw.post_read.is_none() {
                             u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
@@ -458,14 +457,17 @@ impl ClientCapture {
             };
             let sql = text[s.located.span.clone()].trim();
             let a = &s.located.analysis;
-            let ok = if ends_opened && status == b'T' {
+            let ok = if ends_opened && status == TxState::InBlock {
                 if a.kind == Kind::Transaction(TxControl::Commit) && !a.chain {
                     self.commit(w, CommitBy::InQueryImplicit { sql, last })
                         .await?
                 } else {
                     self.roll_back_implicit(w, sql, last).await?
                 }
-            } else if a.kind == Kind::Transaction(TxControl::Commit) && status == b'T' && pending {
+            } else if a.kind == Kind::Transaction(TxControl::Commit)
+                && status == TxState::InBlock
+                && pending
+            {
                 self.commit(w, CommitBy::InQuery { sql, last }).await?
             } else {
                 self.run_segment(w, text, tags, &statements[i..=i], vec![None], last, false)
@@ -493,8 +495,7 @@ impl ClientCapture {
             st.txn.clear();
             st.capture_errors.clear();
         }
-        let mut ours = Unit::new(b"C");
-        ours.forward_errors = true;
+        let mut ours = Unit::with(Delivery::Errors, b"C");
         ours.txctl = Some((TxControl::Rollback, String::new()));
         self.push([ours, Unit::pass(b"C"), end_unit(last)]);
         write_all(w, &query_frame(&format!("ROLLBACK;\n{sql}"))).await?;
@@ -595,11 +596,7 @@ impl ClientCapture {
         major: u32,
         alone: bool,
     ) -> std::io::Result<Result<Option<Rewritten>, Vec<u8>>> {
-        let refused = |msg: String| {
-            ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, msg)
-                .with_hint("Run it through a session of a proxy started with --no-capture if it must run unaudited.")
-                .encode()
-        };
+        let refused = |msg: String| uncapturable(msg).encode();
         let span = s.located.span.clone();
         if has_cte_writes(s) {
             return Ok(
@@ -655,12 +652,12 @@ impl ClientCapture {
             let st = self.shared.lock();
             (st.status, st.last_failed)
         };
-        if status == b'E' {
+        if status == TxState::Failed {
             // The client already has the statement's error; end the transaction as the server
             // would have, and hand over the ReadyForQuery of the ROLLBACK (status I).
             return self.internal_end(w, "ROLLBACK", None, None).await;
         }
-        if failed && status == b'I' {
+        if failed && status == TxState::Idle {
             // The server rejected the whole string (its BEGIN never ran, see
             // `Unit::maps_whole_string`): no transaction to end. An empty query hands the
             // client its ReadyForQuery (a COMMIT would warn "no transaction in progress").
@@ -674,9 +671,7 @@ impl ClientCapture {
 /// there means the server rejected the whole string (see `Unit::maps_whole_string`).
 fn open_own_transaction(sql: &mut String, units: &mut Vec<Unit>) {
     sql.push_str("BEGIN;\n");
-    let mut u = Unit::new(b"C");
-    u.forward_errors = true;
-    units.push(u);
+    units.push(Unit::with(Delivery::Errors, b"C"));
 }
 
 /// The first unit of a query string hindsight composed — its BEGIN, or in a transaction block
@@ -695,9 +690,7 @@ pub(super) fn end_unit(last: bool) -> Unit {
     if last {
         return Unit::pass(b"Z");
     }
-    let mut u = Unit::new(b"Z");
-    u.end_on_error = true;
-    u
+    Unit::with(Delivery::EndIfFailed, b"Z")
 }
 
 /// Where `run_segments` cuts a query string: at each COMMIT and each ROLLBACK (without AND
@@ -736,7 +729,10 @@ pub(super) enum Role {
 /// there, hindsight's own BEGIN would not); a write after other transaction control in the same
 /// part (a savepoint or `COMMIT PREPARED` outside a block, which hindsight's BEGIN would
 /// change); PREPARE TRANSACTION.
-pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Vec<Role>, String> {
+pub(super) fn implicit_blocks(
+    statements: &[Statement],
+    status: TxState,
+) -> Result<Vec<Role>, String> {
     #[derive(PartialEq)]
     enum Block {
         None,
@@ -744,7 +740,7 @@ pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Ve
         Opened,
     }
     let mut roles = vec![Role::Plain; statements.len()];
-    let mut block = if status == b'I' {
+    let mut block = if status == TxState::Idle {
         Block::None
     } else {
         Block::Client
@@ -804,8 +800,7 @@ pub(super) fn implicit_blocks(statements: &[Statement], status: u8) -> Result<Ve
 /// The unit of a MERGE's post-read (see `merge`): its rows are the MERGE's changes; an error
 /// (the transaction is then aborted) goes to the client.
 pub(super) fn post_read_unit(ctx: Arc<StatementCtx>) -> Unit {
-    let mut u = Unit::new(b"C");
-    u.forward_errors = true;
+    let mut u = Unit::with(Delivery::Errors, b"C");
     u.collect = Collect::MergeRead(ctx, Vec::new(), None);
     u
 }
@@ -831,7 +826,7 @@ fn with_created_routines(
 mod tests {
     use super::*;
 
-    fn roles(sql: &str, status: u8) -> Result<Vec<Role>, String> {
+    fn roles(sql: &str, status: TxState) -> Result<Vec<Role>, String> {
         let statements: Vec<Statement> = crate::statement::analyze(sql)
             .unwrap()
             .into_iter()
@@ -848,24 +843,24 @@ mod tests {
         use Role::*;
         // Each part's implicit transaction: opened where the part starts, ended where it ends.
         assert_eq!(
-            roles("SELECT 1; INSERT INTO t VALUES (1); COMMIT; UPDATE t SET a = 2; ROLLBACK; DELETE FROM t", b'I'),
+            roles("SELECT 1; INSERT INTO t VALUES (1); COMMIT; UPDATE t SET a = 2; ROLLBACK; DELETE FROM t", TxState::Idle),
             Ok(vec![Opens, Plain, EndsOpened, Opens, EndsOpened, Opens])
         );
         // Inside the client's own block nothing is opened; its COMMIT is its own.
         assert_eq!(
             roles(
                 "BEGIN; INSERT INTO t VALUES (1); COMMIT AND CHAIN; INSERT INTO t VALUES (2)",
-                b'I'
+                TxState::Idle
             ),
             Ok(vec![Plain, Plain, Plain, Plain])
         );
         assert_eq!(
-            roles("INSERT INTO t VALUES (1); COMMIT", b'T'),
+            roles("INSERT INTO t VALUES (1); COMMIT", TxState::InBlock),
             Ok(vec![Plain, Plain])
         );
         // A ROLLBACK of the client's block: a new implicit transaction after it.
         assert_eq!(
-            roles("BEGIN; INSERT INTO t VALUES (1); ROLLBACK; INSERT INTO t VALUES (2); ROLLBACK AND CHAIN", b'I'),
+            roles("BEGIN; INSERT INTO t VALUES (1); ROLLBACK; INSERT INTO t VALUES (2); ROLLBACK AND CHAIN", TxState::Idle),
             Ok(vec![Plain, Plain, Plain, Opens, EndsOpened])
         );
         // What hindsight's BEGIN would change: refused.
@@ -875,7 +870,7 @@ mod tests {
             "SAVEPOINT s; UPDATE t SET a = 1; COMMIT",
             "INSERT INTO t VALUES (1); PREPARE TRANSACTION 'x'",
         ] {
-            assert!(roles(sql, b'I').is_err(), "{sql}");
+            assert!(roles(sql, TxState::Idle).is_err(), "{sql}");
         }
     }
 }

@@ -37,7 +37,7 @@ impl ClientCapture {
         full: &str,
         text: &str,
     ) -> std::io::Result<Unreadable> {
-        if self.shared.lock().status == b'E' {
+        if self.shared.lock().status == TxState::Failed {
             // The server refuses every statement until the transaction ends.
             return Ok(Unreadable::Relay);
         }
