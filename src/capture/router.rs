@@ -440,6 +440,25 @@ pub fn front_reads_rows(shared: &Shared) -> bool {
         .is_some_and(|u| u.delivery != Delivery::All || !matches!(u.collect, Collect::Nothing))
 }
 
+/// A captured statement's CommandComplete counts the rows it changed, and each of them came
+/// back as one DataRow with its images (the statement runs with `RETURNING` and, in the
+/// extended protocol, without a row limit). Fewer rows than counted would leave a change
+/// unrecorded, whatever the cause: the transaction then must not commit. Statements whose
+/// rows are read afterwards (`read_after`) are checked there instead.
+fn unseen_rows(ctx: &StatementCtx, seen: usize, tag: Option<&str>) -> Option<String> {
+    if ctx.shape.read_after.is_some() {
+        return None;
+    }
+    let tag = tag?;
+    let counted: usize = tag.rsplit(' ').next()?.parse().ok()?;
+    (counted != seen).then(|| {
+        format!(
+            "{}: the server reports {tag:?} but hindsight received {seen} row images",
+            ctx.shape.table
+        )
+    })
+}
+
 /// Route one complete server frame (`tag`, whole frame bytes).
 pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     let body = &frame[5..];
@@ -766,7 +785,16 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             Collect::Capture(_, rows) | Collect::PreRead(_, rows) if unit.probe => {
                 st.probe.extend(rows)
             }
-            Collect::Capture(_, rows) | Collect::PreRead(_, rows) => st.txn.push(rows),
+            Collect::Capture(ctx, rows) => {
+                if !st.txn.over_limit() {
+                    if let Some(e) = unseen_rows(&ctx, rows.len(), tag_text.as_deref()) {
+                        tracing::error!(error = %e, "capture saw fewer rows than the statement changed: its transaction cannot commit");
+                        st.capture_errors.push(e);
+                    }
+                }
+                st.txn.push(rows)
+            }
+            Collect::PreRead(_, rows) => st.txn.push(rows),
             Collect::Wrapped(wr) if unit.probe => {
                 st.probe.extend(wr.rows.into_iter().chain(wr.main_changes))
             }
@@ -1000,5 +1028,46 @@ mod tests {
         assert_eq!(u.map_position(33), 18);
         assert_eq!(u.map_position(36), 18);
         assert_eq!(u.map_position(40), 22);
+    }
+
+    fn ctx(read_after: Option<ReadAfter>) -> StatementCtx {
+        let table = crate::statement::TableName {
+            schema: "public".into(),
+            name: "chaos".into(),
+        };
+        StatementCtx {
+            text: String::new(),
+            fingerprint: String::new(),
+            tags: Default::default(),
+            seq: 1,
+            ts_ms: 0,
+            application_name: String::new(),
+            binary: false,
+            gate: Default::default(),
+            shape: Arc::new(super::super::rewrite::Shape {
+                read_after,
+                ..super::super::rewrite::Shape::statement(crate::statement::Kind::Update, table)
+            }),
+        }
+    }
+
+    #[test]
+    fn a_statement_that_changed_more_rows_than_came_back_cannot_commit() {
+        let update = ctx(None);
+        assert_eq!(unseen_rows(&update, 2, Some("UPDATE 2")), None);
+        assert_eq!(unseen_rows(&update, 0, Some("INSERT 0 0")), None);
+        let e = unseen_rows(&update, 1, Some("UPDATE 2")).expect("one row unseen");
+        assert!(
+            e.contains("\"UPDATE 2\"") && e.contains("received 1"),
+            "{e}"
+        );
+        assert!(unseen_rows(&update, 0, Some("INSERT 0 3")).is_some());
+        // No CommandComplete (an error, an empty query): nothing to compare.
+        assert_eq!(unseen_rows(&update, 0, None), None);
+        // Rows read back after the statement are checked by that read.
+        assert_eq!(
+            unseen_rows(&ctx(Some(ReadAfter::Merge)), 0, Some("MERGE 4")),
+            None
+        );
     }
 }
