@@ -106,7 +106,7 @@ impl ProxyProc {
             .env("HINDSIGHT_IN_DOUBT__AFTER", "2s")
             .env("HINDSIGHT_IN_DOUBT__INTERVAL", "1s")
             .env("HINDSIGHT_KAFKA__PUBLISH_TIMEOUT", "3s")
-            .env("HINDSIGHT_LOG__LEVEL", "warn,hindsight::in_doubt=debug")
+            .env("HINDSIGHT_LOG__LEVEL", "warn,hindsight::in_doubt=debug,hindsight::audit::delivery=debug,hindsight::capture::client::commit=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true);

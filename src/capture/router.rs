@@ -459,9 +459,71 @@ fn unseen_rows(ctx: &StatementCtx, seen: usize, tag: Option<&str>) -> Option<Str
     })
 }
 
-/// Route one complete server frame (`tag`, whole frame bytes).
+/// Route one complete server frame (`tag`, whole frame bytes): plan what the client gets
+/// (`out`), gather what the front unit collects, and complete the unit at its last frame.
 pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     let body = &frame[5..];
+    if let Some(route) = outside_units(shared, tag, body, frame) {
+        return route;
+    }
+    let mut st = shared.lock();
+    let copy_started = note_status(&mut st, tag, body);
+    let st = &mut *st;
+    if tag == b'E' {
+        return match on_error(shared, st, frame) {
+            Some(out) => Route::Replace(out),
+            None => Route::Forward,
+        };
+    }
+    let Some(unit) = st.units.front_mut() else {
+        return Route::Forward;
+    };
+    let mut out = Vec::new();
+    let mut forward = unit.delivery == Delivery::All;
+    if tag == b'C' {
+        on_command_complete(unit, body, &mut forward, &mut out);
+    }
+    if tag == b'D' && unit.collect.keeps_rows() && st.txn.count(body.len()) {
+        tracing::warn!(
+            limit = st.txn.byte_limit,
+            "a transaction captured more row data than capture.max_transaction_bytes: it will be rolled back at COMMIT, and its rows are no longer kept"
+        );
+    }
+    if gather(unit, tag, body, &mut out, &mut st.capture_errors) == Forwarding::Held {
+        forward = false;
+    }
+    if tag == b'D' && st.txn.over_limit() {
+        // Bounded: rows of a transaction that cannot commit are not kept.
+        unit.collect.drop_rows();
+    }
+    if forward {
+        out.extend_from_slice(frame);
+    }
+    if unit.ends.contains(&tag) {
+        let unit = st.units.pop_front().expect("front exists");
+        out = finish_unit(
+            shared,
+            st,
+            unit,
+            Ending {
+                tag,
+                frame,
+                forward,
+                copy_started,
+            },
+            out,
+        );
+    }
+    if out.as_slice() == frame {
+        Route::Forward
+    } else {
+        Route::Replace(out)
+    }
+}
+
+/// Frames that are not replies to a unit: notices (one is hindsight's to hide),
+/// notifications, and ParameterStatus, which updates what the session knows.
+fn outside_units(shared: &Shared, tag: u8, body: &[u8], frame: &[u8]) -> Option<Route> {
     match tag {
         b'N' if crate::wire::error_response::code_of(frame).as_deref() == Some("25001")
             && shared
@@ -470,9 +532,9 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                 .front()
                 .is_some_and(|u| u.begin_in_batch) =>
         {
-            return Route::Replace(Vec::new())
+            Some(Route::Replace(Vec::new()))
         }
-        b'N' | b'A' => return Route::Forward,
+        b'N' | b'A' => Some(Route::Forward),
         b'S' => {
             if let Some((name, value)) = crate::wire::backend::parameter_status(body) {
                 let mut st = shared.lock();
@@ -488,22 +550,23 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                     _ => {}
                 }
             }
-            return Route::Forward;
+            Some(Route::Forward)
         }
+        _ => None,
+    }
+}
+
+/// What an error, a COPY start or a ReadyForQuery says of the session. Whether a COPY had
+/// started before this frame.
+fn note_status(st: &mut State, tag: u8, body: &[u8]) -> bool {
+    match tag {
+        b'E' => st.batch_failed = true,
+        b'G' => st.copy_started = true,
         _ => {}
-    }
-    let mut st = shared.lock();
-    if tag == b'E' {
-        st.batch_failed = true;
-    }
-    if tag == b'G' {
-        st.copy_started = true;
     }
     let copy_started = st.copy_started;
     if tag == b'Z' {
         st.copy_started = false;
-    }
-    if tag == b'Z' {
         st.last_failed = std::mem::take(&mut st.batch_failed);
         st.status = TxState::from_ready(body.first().copied());
         if st.status == TxState::Idle {
@@ -512,9 +575,17 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
             st.capture_errors.clear();
         }
     }
-    let st = &mut *st;
+    copy_started
+}
+
+/// An ErrorResponse: what the client gets instead (`None`: no unit, forward it), and the
+/// units it voids.
+fn on_error(shared: &Shared, st: &mut State, frame: &[u8]) -> Option<Vec<u8>> {
     // A whole query string rejected: its position mapped by the statement it points into.
-    let whole_string_error = (tag == b'E' && st.units.front().is_some_and(|u| u.maps_whole_string))
+    let whole_string_error = st
+        .units
+        .front()
+        .is_some_and(|u| u.maps_whole_string)
         .then(|| {
             crate::wire::error_response::map_position(frame, |p| {
                 st.units
@@ -525,342 +596,380 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
                     })
             })
         });
-    let Some(unit) = st.units.front_mut() else {
-        return Route::Forward;
-    };
-    let mut out = Vec::new();
-    let mut forward = unit.delivery == Delivery::All;
-    if tag == b'E' {
-        if let Some(rep) = &unit.error_replacement {
-            out.extend_from_slice(rep);
-        } else if let Some(mapped) = whole_string_error {
-            out.extend(mapped);
-        } else if unit.delivery.errors()
-            && (unit.position_shift != 0
-                || !unit.position_inserts.is_empty()
-                || !unit.position_segments.is_empty())
-        {
-            out.extend(crate::wire::error_response::map_position(frame, |p| {
-                unit.map_position(p)
-            }));
-        } else if unit.delivery.errors() {
-            out.extend_from_slice(frame);
-        }
-        log_read_privilege_denied(unit, frame);
-        if let Some(tx) = unit.reply.take() {
-            let _ = tx.send(Reply {
-                error: Some(frame.to_vec()),
-                ..Reply::default()
-            });
-        }
-        if unit.sync_point() {
-            // Stays until its ReadyForQuery; what it captured is void.
-            unit.failed = true;
-            unit.collect = Collect::Nothing;
-            unit.txctl = None;
-        } else {
-            // The server skips to the next sync point; so do we (dropping captured rows).
-            // What waits on a skipped message learns that it did not run (a statement
-            // event's END record is then "aborted", not left out).
-            st.units.pop_front();
-            while st.units.front().is_some_and(|u| !u.sync_point()) {
-                if let Some(tx) = st.units.pop_front().and_then(|mut u| u.reply.take()) {
-                    let _ = tx.send(Reply {
-                        error: Some(frame.to_vec()),
-                        ..Reply::default()
-                    });
-                }
+    let unit = st.units.front_mut()?;
+    let out = error_for_client(unit, frame, whole_string_error);
+    log_read_privilege_denied(unit, frame);
+    if let Some(tx) = unit.reply.take() {
+        let _ = tx.send(Reply {
+            error: Some(frame.to_vec()),
+            ..Reply::default()
+        });
+    }
+    if unit.sync_point() {
+        // Stays until its ReadyForQuery; what it captured is void.
+        unit.failed = true;
+        unit.collect = Collect::Nothing;
+        unit.txctl = None;
+    } else {
+        // The server skips to the next sync point; so do we (dropping captured rows).
+        // What waits on a skipped message learns that it did not run (a statement
+        // event's END record is then "aborted", not left out).
+        st.units.pop_front();
+        while st.units.front().is_some_and(|u| !u.sync_point()) {
+            if let Some(tx) = st.units.pop_front().and_then(|mut u| u.reply.take()) {
+                let _ = tx.send(Reply {
+                    error: Some(frame.to_vec()),
+                    ..Reply::default()
+                });
             }
-            shared.progressed.notify_waiters();
         }
-        return Route::Replace(out);
+        shared.progressed.notify_waiters();
     }
-    if tag == b'C' {
-        unit.last_tag = Some(command_tag(body));
-        match unit.complete {
-            Complete::Keep => {}
-            Complete::Drop => forward = false,
-            Complete::AsCopy if forward => {
-                forward = false;
-                let n = command_tag(body)
-                    .rsplit(' ')
-                    .next()
-                    .unwrap_or("0")
-                    .to_string();
-                let mut b = format!("COPY {n}").into_bytes();
-                b.push(0);
-                crate::wire::frame::put_frame(&mut out, b'C', &b);
-            }
-            Complete::AsCopy => {}
+    Some(out)
+}
+
+/// The ErrorResponse the client gets for `frame`: replaced, position-mapped, as is, or
+/// nothing (an error of hindsight's own request).
+fn error_for_client(unit: &Unit, frame: &[u8], whole_string: Option<Vec<u8>>) -> Vec<u8> {
+    if let Some(rep) = &unit.error_replacement {
+        return rep.clone();
+    }
+    if let Some(mapped) = whole_string {
+        return mapped;
+    }
+    if !unit.delivery.errors() {
+        return Vec::new();
+    }
+    if unit.position_shift != 0
+        || !unit.position_inserts.is_empty()
+        || !unit.position_segments.is_empty()
+    {
+        return crate::wire::error_response::map_position(frame, |p| unit.map_position(p));
+    }
+    frame.to_vec()
+}
+
+/// A CommandComplete: remembered as the unit's tag, and shown to the client as the unit says.
+fn on_command_complete(unit: &mut Unit, body: &[u8], forward: &mut bool, out: &mut Vec<u8>) {
+    unit.last_tag = Some(command_tag(body));
+    match unit.complete {
+        Complete::Keep => {}
+        Complete::Drop => *forward = false,
+        Complete::AsCopy if *forward => {
+            *forward = false;
+            let n = command_tag(body)
+                .rsplit(' ')
+                .next()
+                .unwrap_or("0")
+                .to_string();
+            let mut b = format!("COPY {n}").into_bytes();
+            b.push(0);
+            crate::wire::frame::put_frame(out, b'C', &b);
         }
+        Complete::AsCopy => {}
     }
-    if tag == b'D' && unit.collect.keeps_rows() && st.txn.count(body.len()) {
-        tracing::warn!(
-            limit = st.txn.byte_limit,
-            "a transaction captured more row data than capture.max_transaction_bytes: it will be rolled back at COMMIT, and its rows are no longer kept"
-        );
-    }
+}
+
+/// Whether [`gather`] left the frame to be forwarded as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwarding {
+    AsIs,
+    /// Held back: what the client gets of it, if anything, is in `out`.
+    Held,
+}
+
+/// Gather what the unit collects from one frame, and put what the client gets of a frame
+/// that is not forwarded as is into `out`.
+fn gather(
+    unit: &mut Unit,
+    tag: u8,
+    body: &[u8],
+    out: &mut Vec<u8>,
+    errors: &mut Vec<String>,
+) -> Forwarding {
+    let to_client = unit.delivery == Delivery::All;
     match (&mut unit.collect, tag) {
         (Collect::Wrapped(wr), b'T') => {
-            forward = false;
-            if unit.delivery == Delivery::All && wr.ctx.shape.client_returning {
+            if to_client && wr.ctx.shape.client_returning {
                 out.extend(client_row_description(&wr.ctx.shape, body));
             }
         }
-        (Collect::Wrapped(wr), b'D') => {
-            forward = false;
-            match wrapped_row(wr, body) {
-                Ok(Some(client))
-                    if unit.delivery == Delivery::All && wr.ctx.shape.client_returning =>
-                {
-                    out.extend_from_slice(&client)
-                }
-                Ok(_) => {}
-                Err(e) => st.capture_errors.push(e),
+        (Collect::Wrapped(wr), b'D') => match wrapped_row(wr, body) {
+            Ok(Some(client)) if to_client && wr.ctx.shape.client_returning => {
+                out.extend_from_slice(&client)
             }
-        }
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        },
         (Collect::Wrapped(wr), b'C') => {
-            forward = false;
-            if unit.delivery == Delivery::All {
+            if to_client {
                 let tag = wr.ctx.shape.wrapper.as_ref().map_or("SELECT", |w| w.tag);
                 let mut b = format!("{tag} {}", wr.main_rows).into_bytes();
                 b.push(0);
-                crate::wire::frame::put_frame(&mut out, b'C', &b);
+                crate::wire::frame::put_frame(out, b'C', &b);
             }
         }
         (Collect::Described(params, _), b't') => {
-            *params = crate::wire::backend::parameter_types(body)
+            *params = crate::wire::backend::parameter_types(body);
+            return Forwarding::AsIs;
         }
-        (Collect::Described(_, rd), b'T') => *rd = Some(body.to_vec()),
+        (Collect::Described(_, rd), b'T') => {
+            *rd = Some(body.to_vec());
+            return Forwarding::AsIs;
+        }
         (Collect::Capture(stmt, _), b'T') => {
-            forward = false;
-            if unit.delivery == Delivery::All && stmt.shape.client_returning {
+            if to_client && stmt.shape.client_returning {
                 if let Some(f) = strip_row_description(body, stmt.shape.extra) {
                     out.extend_from_slice(&f);
                 }
             }
         }
-        (Collect::Describe(shape), b'T') => {
-            forward = false;
-            if shape.wrapper.is_some() {
-                if shape.client_returning {
-                    out.extend(client_row_description(shape, body));
-                } else {
-                    out.extend_from_slice(&[b'n', 0, 0, 0, 4]);
+        (Collect::Describe(shape), b'T') => described_row_description(shape, body, out),
+        (Collect::Capture(stmt, rows), b'D') => match captured_row(stmt, body) {
+            Ok((change, client)) => {
+                rows.push(change);
+                if to_client && stmt.shape.client_returning {
+                    out.extend_from_slice(&client);
                 }
-            } else if shape.client_returning {
-                if let Some(f) = strip_row_description(body, shape.extra) {
-                    out.extend_from_slice(&f);
+            }
+            Err((e, client)) => {
+                errors.push(e);
+                if let Some(client) = client.filter(|_| to_client && stmt.shape.client_returning) {
+                    out.extend_from_slice(&client);
                 }
-            } else {
-                out.extend_from_slice(&[b'n', 0, 0, 0, 4]);
             }
-        }
-        (Collect::Capture(stmt, rows), b'D') => {
-            forward = false;
-            let shape = Arc::clone(&stmt.shape);
-            let fmt = if stmt.binary {
-                Format::Binary
-            } else {
-                Format::Text
-            };
-            match split_data_row(body, shape.extra) {
-                Some(split) => {
-                    let image = |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]));
-                    let decoded = image(shape.old_at).and_then(|b| {
-                        Ok((
-                            b,
-                            image(shape.new_at)?,
-                            decode_oid(split.extra[shape.oid_at], fmt)?,
-                        ))
-                    });
-                    // An upsert's row that ON CONFLICT updated must come with its before image.
-                    let updated = shape
-                        .updated_at
-                        .is_some_and(|i| matches!(split.extra[i], Some(b"t") | Some(&[1])));
-                    let decoded = decoded.and_then(|(before, after, oid)| {
-                        if updated && before.is_none() {
-                            Err("ON CONFLICT updated a row the statement's snapshot does not see (inserted concurrently): its before image is unknown; retry the transaction".to_string())
-                        } else {
-                            Ok((before, after, oid))
-                        }
-                    });
-                    match decoded {
-                        Ok((before, after, table_oid)) => rows.push(Change {
-                            before,
-                            after,
-                            table_oid,
-                            stmt: Arc::clone(stmt),
-                            gate: None,
-                        }),
-                        Err(e) => st.capture_errors.push(format!("{}: {e}", shape.table)),
-                    }
-                    if unit.delivery == Delivery::All && shape.client_returning {
-                        out.extend_from_slice(&split.client_frame);
-                    }
-                }
-                None => st
-                    .capture_errors
-                    .push(format!("malformed DataRow for {}", shape.table)),
-            }
-        }
-        (Collect::PreRead(stmt, rows), b'D') => {
-            forward = false;
-            match split_data_row(body, 2) {
-                Some(split) => {
-                    let decoded = decode_image(split.extra[0])
-                        .and_then(|b| Ok((b, decode_oid(split.extra[1], Format::Text)?)));
-                    match decoded {
-                        Ok((before, table_oid)) => rows.push(Change {
-                            before,
-                            after: None,
-                            table_oid,
-                            stmt: Arc::clone(stmt),
-                            gate: None,
-                        }),
-                        Err(e) => st.capture_errors.push(format!("{}: {e}", stmt.shape.table)),
-                    }
-                }
-                None => st
-                    .capture_errors
-                    .push(format!("malformed pre-read row for {}", stmt.shape.table)),
-            }
-        }
-        (Collect::PreRead(..), _) => forward = false,
-        (Collect::MergeRead(stmt, rows, counters), b'D') => {
-            forward = false;
-            match merge_read_row(stmt, body) {
-                Ok(MergeRow::Change(c)) => rows.push(c),
-                Ok(MergeRow::Counters(c)) => *counters = Some(c),
-                Err(e) => st.capture_errors.push(format!("{}: {e}", stmt.shape.table)),
-            }
-        }
-        (Collect::MergeRead(..), _) => forward = false,
+        },
+        (Collect::PreRead(stmt, rows), b'D') => match pre_read_row(stmt, body) {
+            Ok(change) => rows.push(change),
+            Err(e) => errors.push(e),
+        },
+        (Collect::PreRead(..), _) | (Collect::MergeRead(..), _) if tag != b'D' => {}
+        (Collect::MergeRead(stmt, rows, counters), _) => match merge_read_row(stmt, body) {
+            Ok(MergeRow::Change(c)) => rows.push(c),
+            Ok(MergeRow::Counters(c)) => *counters = Some(c),
+            Err(e) => errors.push(format!("{}: {e}", stmt.shape.table)),
+        },
         (Collect::Rows(rows), b'D') => {
             rows.push(data_row_values(body));
+            return Forwarding::AsIs;
         }
-        (Collect::Params(params), b't') => *params = crate::wire::backend::parameter_types(body),
-        _ => {}
+        (Collect::Params(params), b't') => {
+            *params = crate::wire::backend::parameter_types(body);
+            return Forwarding::AsIs;
+        }
+        _ => return Forwarding::AsIs,
     }
-    if tag == b'D' && st.txn.over_limit() {
-        // Bounded: rows of a transaction that cannot commit are not kept.
-        unit.collect.drop_rows();
-    }
-    if forward {
-        out.extend_from_slice(frame);
-    }
-    if unit.ends.contains(&tag) {
-        let unit = st.units.pop_front().expect("front exists");
-        if unit.settles_encoding {
-            st.encoding_unsettled = st.encoding_unsettled.saturating_sub(1);
-        }
-        let tag_text = unit.last_tag.clone();
-        if let Some((ctl, name)) = &unit.txctl {
-            apply_txctl(st, *ctl, name);
-        }
-        if let Collect::Capture(ctx, _) = &unit.collect {
-            if ctx.shape.read_after.is_some() {
-                st.read_after_rows = tag_text
-                    .as_deref()
-                    .and_then(|t| t.rsplit(' ').next())
-                    .and_then(|n| n.parse().ok());
-            }
-        }
-        match unit.collect {
-            Collect::MergeRead(ctx, rows, counters) => {
-                let tag_rows = st.read_after_rows.take();
-                let table = ctx.shape.table.to_string();
-                let checked = match ctx.shape.read_after {
-                    Some(ReadAfter::CopyOut) => super::copy_out::check(&table, &rows, tag_rows),
-                    Some(ReadAfter::Merge) | None => {
-                        super::merge::check(&table, &rows, tag_rows, counters.as_deref())
-                    }
-                };
-                match checked {
-                    Ok(()) if unit.probe => st.probe.extend(rows),
-                    Ok(()) => st.txn.push(rows),
-                    Err(e) => st.capture_errors.push(e),
-                }
-            }
-            Collect::Capture(_, rows) | Collect::PreRead(_, rows) if unit.probe => {
-                st.probe.extend(rows)
-            }
-            Collect::Capture(ctx, rows) => {
-                if !st.txn.over_limit() {
-                    if let Some(e) = unseen_rows(&ctx, rows.len(), tag_text.as_deref()) {
-                        tracing::error!(error = %e, "capture saw fewer rows than the statement changed: its transaction cannot commit");
-                        st.capture_errors.push(e);
-                    }
-                }
-                st.txn.push(rows)
-            }
-            Collect::PreRead(_, rows) => st.txn.push(rows),
-            Collect::Wrapped(wr) if unit.probe => {
-                st.probe.extend(wr.rows.into_iter().chain(wr.main_changes))
-            }
-            Collect::Wrapped(wr) => st.txn.push(wr.rows.into_iter().chain(wr.main_changes)),
-            Collect::Described(params, row_description) => {
-                if let Some(tx) = unit.reply {
-                    let _ = tx.send(Reply {
-                        params,
-                        row_description,
-                        ..Reply::default()
-                    });
-                }
-            }
-            Collect::Statement(stmt) => st.txn.push([Change::statement(stmt)]),
-            Collect::Rows(rows) => {
-                if let Some(tx) = unit.reply {
-                    let _ = tx.send(Reply {
-                        rows,
-                        tag: tag_text,
-                        ..Reply::default()
-                    });
-                }
-            }
-            Collect::Params(params) => {
-                if let Some(tx) = unit.reply {
-                    let _ = tx.send(Reply {
-                        params,
-                        ..Reply::default()
-                    });
-                }
-            }
-            Collect::Nothing | Collect::Describe(_) => {
-                if let Some(tx) = unit.reply {
-                    let _ = tx.send(Reply {
-                        tag: tag_text,
-                        ..Reply::default()
-                    });
-                }
-            }
-        }
-        if tag == b'Z' && unit.idle_if_no_copy && !copy_started {
-            shared
-                .lazy_rollback
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
-        } else if !forward && unit.delivery.end(st.last_failed) {
-            if let Some(p) = &unit.prefix {
-                out.extend_from_slice(p);
-            }
-            out.extend_from_slice(frame);
-        } else if let Some(p) = unit.prefix {
-            let mut with = p;
-            with.extend_from_slice(&out);
-            out = with;
-        }
-        shared.progressed.notify_waiters();
-    }
-    if out.as_slice() == frame {
-        Route::Forward
-    } else {
-        Route::Replace(out)
+    Forwarding::Held
+}
+
+/// The RowDescription a client's Describe of a rewritten statement gets: without the
+/// capture columns, or NoData when the client asked for no rows.
+fn described_row_description(shape: &super::rewrite::Shape, body: &[u8], out: &mut Vec<u8>) {
+    const NO_DATA: [u8; 5] = [b'n', 0, 0, 0, 4];
+    if !shape.client_returning {
+        out.extend_from_slice(&NO_DATA);
+    } else if shape.wrapper.is_some() {
+        out.extend(client_row_description(shape, body));
+    } else if let Some(f) = strip_row_description(body, shape.extra) {
+        out.extend_from_slice(&f);
     }
 }
 
-/// The RowDescription the client's statement has (as the server described it), with the
-/// result formats of the wrapper's (which the Bind chose).
+/// A row that came back from a rewritten statement: its change, and the DataRow the client
+/// gets (without the capture columns). On error, the error and (if the row could be split)
+/// still the client's DataRow.
+#[allow(clippy::type_complexity)]
+fn captured_row(
+    stmt: &Arc<StatementCtx>,
+    body: &[u8],
+) -> Result<(Change, Vec<u8>), (String, Option<Vec<u8>>)> {
+    let shape = &stmt.shape;
+    let fmt = if stmt.binary {
+        Format::Binary
+    } else {
+        Format::Text
+    };
+    let Some(split) = split_data_row(body, shape.extra) else {
+        return Err((format!("malformed DataRow for {}", shape.table), None));
+    };
+    let image = |i: Option<usize>| decode_image(i.and_then(|i| split.extra[i]));
+    let decoded = image(shape.old_at).and_then(|b| {
+        Ok((
+            b,
+            image(shape.new_at)?,
+            decode_oid(split.extra[shape.oid_at], fmt)?,
+        ))
+    });
+    // An upsert's row that ON CONFLICT updated must come with its before image.
+    let updated = shape
+        .updated_at
+        .is_some_and(|i| matches!(split.extra[i], Some(b"t") | Some(&[1])));
+    match decoded {
+        Ok((None, _, _)) if updated => Err((
+            format!("{}: ON CONFLICT updated a row the statement's snapshot does not see (inserted concurrently): its before image is unknown; retry the transaction", shape.table),
+            Some(split.client_frame),
+        )),
+        Ok((before, after, table_oid)) => Ok((
+            Change {
+                before,
+                after,
+                table_oid,
+                stmt: Arc::clone(stmt),
+                gate: None,
+            },
+            split.client_frame,
+        )),
+        Err(e) => Err((format!("{}: {e}", shape.table), Some(split.client_frame))),
+    }
+}
+
+/// A pre-read's row: a before image and its table.
+fn pre_read_row(stmt: &Arc<StatementCtx>, body: &[u8]) -> Result<Change, String> {
+    let Some(split) = split_data_row(body, 2) else {
+        return Err(format!("malformed pre-read row for {}", stmt.shape.table));
+    };
+    let (before, table_oid) = decode_image(split.extra[0])
+        .and_then(|b| Ok((b, decode_oid(split.extra[1], Format::Text)?)))
+        .map_err(|e| format!("{}: {e}", stmt.shape.table))?;
+    Ok(Change {
+        before,
+        after: None,
+        table_oid,
+        stmt: Arc::clone(stmt),
+        gate: None,
+    })
+}
+
+/// The frame that completes a unit, and what happened to it.
+struct Ending<'a> {
+    tag: u8,
+    frame: &'a [u8],
+    /// The frame went to the client as is.
+    forward: bool,
+    /// A COPY had started before it.
+    copy_started: bool,
+}
+
+/// A unit's last frame arrived: apply its transaction control, hand what it gathered to the
+/// transaction (or to whoever waits for it), and return what the client gets.
+fn finish_unit(
+    shared: &Shared,
+    st: &mut State,
+    unit: Unit,
+    end: Ending<'_>,
+    mut out: Vec<u8>,
+) -> Vec<u8> {
+    if unit.settles_encoding {
+        st.encoding_unsettled = st.encoding_unsettled.saturating_sub(1);
+    }
+    if let Some((ctl, name)) = &unit.txctl {
+        apply_txctl(st, *ctl, name);
+    }
+    if let Collect::Capture(ctx, _) = &unit.collect {
+        if ctx.shape.read_after.is_some() {
+            st.read_after_rows = unit
+                .last_tag
+                .as_deref()
+                .and_then(|t| t.rsplit(' ').next())
+                .and_then(|n| n.parse().ok());
+        }
+    }
+    let Unit {
+        collect,
+        reply,
+        probe,
+        last_tag,
+        idle_if_no_copy,
+        delivery,
+        prefix,
+        ..
+    } = unit;
+    hand_over(st, collect, reply, probe, last_tag);
+    if end.tag == b'Z' && idle_if_no_copy && !end.copy_started {
+        shared
+            .lazy_rollback
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+    } else if !end.forward && delivery.end(st.last_failed) {
+        if let Some(p) = &prefix {
+            out.extend_from_slice(p);
+        }
+        out.extend_from_slice(end.frame);
+    } else if let Some(mut with) = prefix {
+        with.extend_from_slice(&out);
+        out = with;
+    }
+    shared.progressed.notify_waiters();
+    out
+}
+
+/// What a completed unit gathered goes to the transaction (or the gates' trial run), or to
+/// the request waiting for it.
+fn hand_over(
+    st: &mut State,
+    collect: Collect,
+    reply: Option<oneshot::Sender<Reply>>,
+    probe: bool,
+    tag: Option<String>,
+) {
+    let answer = |r: Reply| {
+        if let Some(tx) = reply {
+            let _ = tx.send(r);
+        }
+    };
+    match collect {
+        Collect::MergeRead(ctx, rows, counters) => {
+            let tag_rows = st.read_after_rows.take();
+            let table = ctx.shape.table.to_string();
+            let checked = match ctx.shape.read_after {
+                Some(ReadAfter::CopyOut) => super::copy_out::check(&table, &rows, tag_rows),
+                Some(ReadAfter::Merge) | None => {
+                    super::merge::check(&table, &rows, tag_rows, counters.as_deref())
+                }
+            };
+            match checked {
+                Ok(()) if probe => st.probe.extend(rows),
+                Ok(()) => st.txn.push(rows),
+                Err(e) => st.capture_errors.push(e),
+            }
+        }
+        Collect::Capture(_, rows) | Collect::PreRead(_, rows) if probe => st.probe.extend(rows),
+        Collect::Capture(ctx, rows) => {
+            if !st.txn.over_limit() {
+                if let Some(e) = unseen_rows(&ctx, rows.len(), tag.as_deref()) {
+                    tracing::error!(error = %e, "capture saw fewer rows than the statement changed: its transaction cannot commit");
+                    st.capture_errors.push(e);
+                }
+            }
+            st.txn.push(rows)
+        }
+        Collect::PreRead(_, rows) => st.txn.push(rows),
+        Collect::Wrapped(wr) if probe => {
+            st.probe.extend(wr.rows.into_iter().chain(wr.main_changes))
+        }
+        Collect::Wrapped(wr) => st.txn.push(wr.rows.into_iter().chain(wr.main_changes)),
+        Collect::Statement(stmt) => st.txn.push([Change::statement(stmt)]),
+        Collect::Described(params, row_description) => answer(Reply {
+            params,
+            row_description,
+            ..Reply::default()
+        }),
+        Collect::Rows(rows) => answer(Reply {
+            rows,
+            tag,
+            ..Reply::default()
+        }),
+        Collect::Params(params) => answer(Reply {
+            params,
+            ..Reply::default()
+        }),
+        Collect::Nothing | Collect::Describe(_) => answer(Reply {
+            tag,
+            ..Reply::default()
+        }),
+    }
+}
+
 fn client_row_description(shape: &super::rewrite::Shape, actual: &[u8]) -> Vec<u8> {
     let original = shape
         .wrapper
