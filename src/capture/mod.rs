@@ -10,6 +10,8 @@
 //! - `functions` — which functions may write when a query calls them (those queries are opaque).
 //! - `tables` — schema, name and key of captured tables, cached per database.
 //! - `rows` — strips capture columns off RowDescription/DataRow before the client sees them.
+//! - `expect` — what the reply router expects of each step of a captured write (guard,
+//!   pre-read, main, post-read): the one place a step becomes a `router::Unit`.
 //! - `router` — the queue of expected replies; routes each server frame.
 //! - `client` — the client side: rewrites, holds COMMIT, publishes, refuses what it cannot capture.
 //! - `txn` — the open transaction's captured changes, with savepoints.
@@ -20,6 +22,7 @@ pub mod client;
 pub mod copy;
 pub mod copy_out;
 pub mod cte;
+pub mod expect;
 pub mod functions;
 pub mod image_sql;
 pub mod merge;

@@ -601,40 +601,47 @@ impl ClientCapture {
             return Verdict::Forward;
         }
         let mut out = Vec::new();
-        if let Some((guard, msg)) = &rw.guard {
-            // TRUNCATE: refused above the row limit, then the before image of every row.
-            let mut g = Unit::new(b"C");
-            g.error_replacement = Some(truncate_limit_error(msg));
-            let (frames, units) = internal_statement(guard, g, Delivery::Errors);
-            out.extend(frames);
-            self.push(units);
-            if let Some(images) = &rw.pre_read {
-                let mut pre = Unit::with(Delivery::Errors, b"C");
-                pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
-                let (frames, units) = internal_statement(images, pre, Delivery::Errors);
-                out.extend(frames);
-                self.push(units);
+        let client = Audience::Client { ends: b"CIs" };
+        for (step, sql) in rw.steps() {
+            match step {
+                // TRUNCATE: refused above the row limit, then the before image of every row,
+                // as hindsight's own statements.
+                Step::Guard(_) => {
+                    let unit = expect::unit(&step, &ctx, &client);
+                    let (frames, units) = internal_statement(sql, unit, Delivery::Errors);
+                    out.extend(frames);
+                    self.push(units);
+                }
+                Step::PreRead(_) if rw.guard.is_some() => {
+                    let unit = expect::unit(&step, &ctx, &client);
+                    let (frames, units) = internal_statement(sql, unit, Delivery::Errors);
+                    out.extend(frames);
+                    self.push(units);
+                }
+                // The companion locks and reads the before images right before the write
+                // runs (a MERGE's keeps them in the server).
+                Step::PreRead(_) if prep.companion.is_some() => {
+                    self.push([expect::unit(&step, &ctx, &client)]);
+                    out.extend(execute_frame(&companion_name(b'p', portal)));
+                }
+                // A pre-read with no companion (a CTE's is part of its wrapper) runs no step.
+                Step::PreRead(_) => {}
+                Step::Main => {
+                    let mut main = expect::unit(&step, &ctx, &client);
+                    main.txctl = u.txctl.take();
+                    self.push([main]);
+                }
+                // Run after the write, once it is executed (below).
+                Step::PostRead => {}
             }
         }
-        if prep.companion.is_some() {
-            // The pre-read locks and reads the before images right before the UPDATE runs
-            // (a MERGE's keeps them in the server).
-            let mut pre = Unit::with(Delivery::Errors, b"C");
-            if prep.post_companion.is_none() {
-                pre.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
-            }
-            self.push([pre]);
-            out.extend(execute_frame(&companion_name(b'p', portal)));
-        }
-        u.collect = Collect::capture(Arc::clone(&ctx));
-        self.push([u]);
         if let Some(bind) = self.post_binds.get(portal).cloned() {
             // A MERGE has no RETURNING before 17: its post-read reads its changes back, bound
             // now so that its snapshot sees them.
             out.extend(frame_of(b'E', body));
             out.extend(bind);
             self.push(companion_bind_units());
-            self.push([super::simple::post_read_unit(ctx)]);
+            self.push([expect::unit(&Step::PostRead, &ctx, &client)]);
             out.extend(execute_frame(&companion_name(b'q', portal)));
             return Verdict::Replace(out);
         }

@@ -272,28 +272,11 @@ impl ClientCapture {
         };
         let mut sql = format!("{open};\n");
         let mut units = vec![Unit::new(b"C")];
-        if let Some(pre) = &rw.pre_read {
-            sql.push_str(pre);
+        let trial = Audience::Trial { refusal: None };
+        for (step, step_sql) in rw.steps() {
+            sql.push_str(step_sql);
             sql.push_str(";\n");
-            let mut u = Unit::new(b"C");
-            if rw.post_read.is_none() {
-                u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
-            }
-            u.probe = true;
-            units.push(u);
-        }
-        sql.push_str(&rw.text);
-        sql.push_str(";\n");
-        let mut u = Unit::new(b"C");
-        u.collect = Collect::capture(Arc::clone(&ctx));
-        u.probe = true;
-        units.push(u);
-        if let Some(post) = &rw.post_read {
-            sql.push_str(post);
-            sql.push_str(";\n");
-            let mut u = super::simple::post_read_unit(ctx);
-            u.probe = true;
-            units.push(u);
+            units.push(expect::unit(&step, &ctx, &trial));
         }
         sql.push_str(close);
         for _ in close.split(';') {
@@ -496,7 +479,10 @@ impl ClientCapture {
             self.send_internal(w, open_sql, open).await?;
             let mut frames = Vec::new();
             let mut units = Vec::new();
-            let mut run = |statement: &[u8], collect: Collect| {
+            let trial = Audience::Trial {
+                refusal: Some(err.clone()),
+            };
+            let mut run = |statement: &[u8], step: Step| {
                 let mut b = b"__hs_probe\0".to_vec();
                 b.extend_from_slice(statement);
                 b.push(0);
@@ -507,24 +493,18 @@ impl ClientCapture {
                 frames.extend(close_frame(b'P', b"__hs_probe"));
                 let mut bind = Unit::new(b"2");
                 bind.error_replacement = Some(err.clone());
-                let mut exec = Unit::new(b"C");
-                exec.error_replacement = Some(err.clone());
-                exec.collect = collect;
-                exec.probe = true;
-                units.extend([bind, exec, Unit::new(b"3")]);
+                units.extend([bind, expect::unit(&step, &ctx, &trial), Unit::new(b"3")]);
             };
-            let merge = prep.post_companion.is_some();
+            let merge = match prep.post_companion {
+                Some(_) => PreReadRows::KeptInServer,
+                None => PreReadRows::Collected,
+            };
             if let Some(c) = &prep.companion {
-                let pre = if merge {
-                    Collect::Nothing
-                } else {
-                    Collect::PreRead(Arc::clone(&ctx), Vec::new())
-                };
-                run(c, pre);
+                run(c, Step::PreRead(merge));
             }
-            run(&stmt, Collect::capture(Arc::clone(&ctx)));
+            run(&stmt, Step::Main);
             if let Some(c) = &prep.post_companion {
-                run(c, Collect::MergeRead(ctx, Vec::new(), None));
+                run(c, Step::PostRead);
             }
             frames.extend(frame_of(b'H', &[]));
             self.push(units);

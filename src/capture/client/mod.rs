@@ -44,6 +44,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use super::expect::{self, Audience, PreReadRows, Step};
 use super::publish::{self, SessionInfo};
 use super::rewrite::Shape;
 use super::rewrite::{rewrite, Refusal, Rewritten};
@@ -180,13 +181,6 @@ struct Prep {
 fn uncapturable(message: impl Into<String>) -> ErrorResponse {
     ErrorResponse::error(sqlstate::CAPTURE_UNSUPPORTED, message.into())
         .with_hint("Run it through a proxy started with --no-capture if it must run unaudited.")
-}
-
-/// HS003: a TRUNCATE above `capture.truncate_row_limit` (the guard's error, replaced).
-fn truncate_limit_error(msg: &str) -> Vec<u8> {
-    ErrorResponse::error(sqlstate::CAPTURE_LIMIT, msg.to_string())
-        .with_hint("Delete in batches (each row is recorded), or raise capture.truncate_row_limit.")
-        .encode()
 }
 
 fn now_ms() -> i64 {

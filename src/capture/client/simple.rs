@@ -358,40 +358,33 @@ impl ClientCapture {
                         gate: self.gate_for(s),
                         shape: Arc::clone(&rw.shape),
                     });
-                    if let Some((guard, msg)) = &rw.guard {
-                        sql.push_str(guard);
-                        sql.push_str(";\n");
-                        let mut u = Unit::new(b"C");
-                        u.error_replacement = Some(truncate_limit_error(msg));
-                        units.push(u);
-                    }
-                    if let Some(pre) = &rw.pre_read {
+                    let client = Audience::Client { ends: b"CI" };
+                    let steps = rw.steps();
+                    let last = steps.len() - 1;
+                    for (i, (step, step_sql)) in steps.into_iter().enumerate() {
                         let sent_at = sql.chars().count() as i64;
-                        sql.push_str(pre);
-                        sql.push_str(";\n");
-                        let mut u = Unit::with(Delivery::Errors, b"C");
-                        u.position_segments = rw.pre_read_segments(sent_at, original, before);
-                        u.sent_range = Some((sent_at + 1, sql.chars().count() as i64 + 1));
-                        // The pre-read evaluates the statement's own FROM/WHERE: its errors
-                        // are the ones the client's statement would have raised.
-                        // A MERGE's pre-read keeps its rows in the server (see `merge`).
-                        if rw.post_read.is_none() {
-                            u.collect = Collect::PreRead(Arc::clone(&ctx), Vec::new());
+                        sql.push_str(step_sql);
+                        let mut u = expect::unit(&step, &ctx, &client);
+                        match step {
+                            Step::Guard(_) | Step::PostRead => {}
+                            // The pre-read evaluates the statement's own FROM/WHERE: its
+                            // errors point into the client's text.
+                            Step::PreRead(_) => {
+                                u.position_segments =
+                                    rw.pre_read_segments(sent_at, original, before);
+                            }
+                            Step::Main => {
+                                u.position_shift = sent_at - before;
+                                u.position_inserts = rw.position_inserts(sent_at);
+                            }
+                        }
+                        if matches!(step, Step::PreRead(_) | Step::Main) {
+                            u.sent_range = Some((sent_at + 1, sql.chars().count() as i64 + 1));
                         }
                         units.push(u);
-                    }
-                    let sent_at = sql.chars().count() as i64;
-                    sql.push_str(&rw.text);
-                    let mut u = Unit::pass(b"CI");
-                    u.position_shift = sent_at - before;
-                    u.position_inserts = rw.position_inserts(sent_at);
-                    u.sent_range = Some((sent_at + 1, sql.chars().count() as i64 + 1));
-                    u.collect = Collect::capture(Arc::clone(&ctx));
-                    units.push(u);
-                    if let Some(post) = &rw.post_read {
-                        sql.push_str(";\n");
-                        sql.push_str(post);
-                        units.push(post_read_unit(ctx));
+                        if i < last {
+                            sql.push_str(";\n");
+                        }
                     }
                 }
             }
@@ -795,14 +788,6 @@ pub(super) fn implicit_blocks(
         }
     }
     Ok(roles)
-}
-
-/// The unit of a MERGE's post-read (see `merge`): its rows are the MERGE's changes; an error
-/// (the transaction is then aborted) goes to the client.
-pub(super) fn post_read_unit(ctx: Arc<StatementCtx>) -> Unit {
-    let mut u = Unit::with(Delivery::Errors, b"C");
-    u.collect = Collect::MergeRead(ctx, Vec::new(), None);
-    u
 }
 
 /// `names` and the routines `statements` create (CREATE [OR REPLACE] FUNCTION | PROCEDURE),
