@@ -3,7 +3,18 @@
 //! write target is (table, partitioned table, view), and the tables a TRUNCATE … CASCADE empties.
 //! Each is cached where it can be and dropped on schema changes.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::io::AsyncWrite;
+
+use super::cte::has_cte_writes;
+use super::ClientCapture;
+use crate::capture::publish;
+use crate::capture::tables::Target;
+use crate::statement::analysis::TableName;
+use crate::statement::cache::Statement;
+use crate::statement::Kind;
 
 /// Mark a statement with what its write target resolved to.
 pub(super) fn apply_target(s: &mut Statement, target: Target) {

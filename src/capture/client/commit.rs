@@ -2,8 +2,21 @@
 //! only then is COMMIT forwarded; if they cannot be, the transaction is rolled back (HS001).
 //! Also the statement-level events published before a statement runs outside a transaction.
 
-use super::*;
-use crate::audit::event::TransactionRecord;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
+
+use super::internal::query_frame;
+use super::{write_all, write_last, ClientCapture};
+use crate::audit::event::{CommitStatus, TransactionRecord};
+use crate::capture::publish;
+use crate::capture::router::{Delivery, Reply, TxState, Unit};
+use crate::capture::txn::{Change, GateMark};
+use crate::config::OnSinkFailure;
+use crate::statement::TxControl;
+use crate::wire::error_response::{sqlstate, ErrorResponse};
 
 /// Why a transaction's records were not published.
 pub(super) enum Failure {

@@ -1,7 +1,17 @@
 //! `COPY … FROM`, as a query of its own or prepared through the extended protocol: the rows go
 //! into a temporary stage table, then into the target with a captured `INSERT … SELECT`.
 
-use super::*;
+use std::sync::Arc;
+
+use tokio::io::AsyncWrite;
+
+use super::internal::{internal_statement, query_frame};
+use super::{now_ms, uncapturable, write_all, ClientCapture};
+use crate::capture::rewrite::{rewrite, Refusal, Rewritten, Shape};
+use crate::capture::router::{Collect, Delivery, TxState, Unit};
+use crate::capture::txn::StatementCtx;
+use crate::statement::cache::Statement;
+use crate::statement::{sqlcommenter, Kind};
 
 /// The statements around an extended-protocol COPY into a stage (see `copy`).
 pub(super) struct CopyPlan {

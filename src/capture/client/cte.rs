@@ -1,8 +1,16 @@
 //! Statements with data-modifying CTEs: described by the server (never run), then run as
 //! hindsight's wrapper query (see `capture::cte`).
 
-use super::*;
+use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
+
+use super::internal::{close_frame, frame_of};
+use super::{write_all, ClientCapture};
 use crate::capture::cte;
+use crate::capture::rewrite::{Refusal, Rewritten};
+use crate::capture::router::{Collect, Delivery, Unit};
+use crate::statement::cache::Statement;
+use crate::statement::Kind;
 
 /// What became of a statement with writes in its WITH clause.
 pub(super) enum CteRewrite {

@@ -2,8 +2,27 @@
 //! Bind opens hindsight's transaction for a write outside one, Execute runs the companion first,
 //! Sync ends hindsight's transaction (publish, then COMMIT).
 
-use super::*;
+use std::sync::Arc;
+
+use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
+
+use super::commit::CommitBy;
+use super::front::{FrontText, Planned};
+use super::internal::{close_frame, frame_of, internal_statement};
+use super::{now_ms, uncapturable, write_all, write_last, ClientCapture, Prep};
+use crate::capture::expect;
+use crate::capture::expect::{Audience, Step};
 use crate::capture::image_sql::Form;
+use crate::capture::rewrite::{Rewritten, Shape};
+use crate::capture::router::{Collect, Delivery, TxState, Unit};
+use crate::capture::tables::Target;
+use crate::capture::txn::{Change, StatementCtx};
+use crate::statement::{sqlcommenter, Kind, TxControl};
+use crate::wire::error_response::{sqlstate, ErrorResponse};
+use crate::wire::frame::{take_cstr, HEADER_LEN};
+use crate::wire::frontend::parse_statement;
+use crate::wire::inspect::Verdict;
 
 /// HS002: a prepared write whose text is not ASCII, bound after the session's encoding changed
 /// (its row images would come in the new encoding, and its text cannot be sent again as is).
@@ -108,6 +127,24 @@ pub(super) fn widen_result_formats(body: &[u8], extra: usize) -> (Option<Vec<u8>
     }
 }
 
+/// A prepared write's rewrite (not a wrapper query), or why it cannot be prepared: a pre-read
+/// runs as a companion statement only for UPDATE and MERGE (and as hindsight's own for
+/// TRUNCATE).
+fn prepared_only(kind: Kind, rw: Option<Rewritten>) -> Result<Option<Rewritten>, String> {
+    match rw {
+        Some(rw)
+            if rw.pre_read.is_some()
+                && !matches!(kind, Kind::Update | Kind::Truncate | Kind::Merge) =>
+        {
+            Err(format!(
+                "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
+                kind.label().to_uppercase()
+            ))
+        }
+        rw => Ok(rw),
+    }
+}
+
 impl ClientCapture {
     /// The client's Parse goes to the server unchanged: nothing to capture in it, or the
     /// server's own verdict (a syntax error, several statements) is what the client is owed.
@@ -169,15 +206,10 @@ impl ClientCapture {
         let Some((sql, params)) = take_cstr(rest) else {
             return self.forward_parse(w, frame).await;
         };
-        let full = match self.client_text(sql) {
-            Ok(text) => text.into_owned(),
-            // Not UTF-8 in a UTF-8 session: the server refuses the text itself, unchanged.
-            Err(TextError::NotUtf8) => return self.forward_parse(w, frame).await,
-            Err(e) => {
-                return self
-                    .refused_parse(w, name, unreadable_text(e).encode())
-                    .await
-            }
+        let full = match self.front_text(sql) {
+            FrontText::Text(text) => text,
+            FrontText::ServerDecides => return self.forward_parse(w, frame).await,
+            FrontText::Refused(e) => return self.refused_parse(w, name, e.encode()).await,
         };
         let (text, tags) = sqlcommenter::split(&full);
         let entry = self.cache.get(text);
@@ -201,63 +233,20 @@ impl ClientCapture {
             // Syntax errors and multi-statement texts: the server refuses them itself.
             _ => return self.forward_parse(w, frame).await,
         };
+        let resolved = self
+            .resolve(w, text, std::slice::from_ref(stmt), true)
+            .await?;
+        let stmt = &resolved.statements[0];
         let a = &stmt.located.analysis;
-        let names = if a.kind == Kind::Read {
-            self.writing_functions(w, true).await?
-        } else {
-            Arc::default()
-        };
-        let target = self
-            .resolve_targets(w, std::slice::from_ref(stmt), true)
-            .await?[0];
-        let resolved;
-        let stmt = if target == Target::Partitioned {
-            resolved = {
-                let mut s = stmt.clone();
-                apply_target(&mut s, target);
-                s
-            };
-            &resolved
-        } else {
-            stmt
-        };
-        let a = &stmt.located.analysis;
-        let opaque_target = target == Target::Opaque;
-        let kind = if opaque_target
-            || (a.kind == Kind::Read
-                && crate::capture::functions::calls_any(text.as_bytes(), &names))
-        {
-            Kind::Opaque
-        } else {
-            a.kind
-        };
+        let opaque_target = resolved.targets[0] == Target::Opaque;
+        let kind = a.kind;
         if kind == Kind::Session {
             self.targets.clear();
         }
-        let major = self.shared.lock().server_major;
         let mut copy = None;
         let mut resolved_params = None;
         let rewritten = if opaque_target {
             Ok(None)
-        } else if has_cte_writes(stmt) {
-            let declared = declared_params(params);
-            match self
-                .cte_rewrite(w, text, &full, stmt, &declared, true)
-                .await?
-            {
-                CteRewrite::Rewritten(rw, p) => {
-                    resolved_params = Some(p);
-                    Ok(Some(rw))
-                }
-                CteRewrite::Refused(msg) => Err(msg),
-                // The client's statement failed as its own Parse would have (the error went to
-                // the client); the server now skips to the client's Sync.
-                CteRewrite::Failed(_) => {
-                    self.skip_until_sync = true;
-                    return Ok(());
-                }
-                CteRewrite::Skipped => return self.forward_parse(w, frame).await,
-            }
         } else if a.kind == Kind::CopyIn && a.writes.len() == 1 && !a.explain_analyze {
             match self.prepare_copy(w, text, stmt).await? {
                 Ok(Some((rw, plan))) => {
@@ -269,13 +258,26 @@ impl ClientCapture {
                 Err(refusal) => Err(format!("hindsight: {refusal}")),
             }
         } else {
-            let span = stmt.located.span.clone();
-            let cascade = if a.kind == Kind::Truncate {
-                self.truncate_cascade(w, &text[span], true).await?
-            } else {
-                Vec::new()
-            };
-            self.prepared_rewrite(text, stmt, major, &cascade)
+            let declared = declared_params(params);
+            match self
+                .plan_write(w, text, &full, stmt, &declared, true)
+                .await?
+            {
+                // A wrapper query: its companion takes the parameter types resolved for it.
+                Planned::Rewritten(rw, Some(params)) => {
+                    resolved_params = Some(params);
+                    Ok(rw)
+                }
+                Planned::Rewritten(rw, None) => prepared_only(kind, rw),
+                Planned::Refused(msg) => Err(msg),
+                // The client's statement failed as its own Parse would have (the error went to
+                // the client); the server now skips to the client's Sync.
+                Planned::Failed(_) => {
+                    self.skip_until_sync = true;
+                    return Ok(());
+                }
+                Planned::Skipped => return self.forward_parse(w, frame).await,
+            }
         };
         let rewritten = match rewritten {
             Ok(rw) => rw,
@@ -363,33 +365,6 @@ impl ClientCapture {
             }),
         );
         Ok(())
-    }
-
-    /// The rewrite of a prepared write (TRUNCATE with its CASCADE tables), or why it cannot
-    /// be prepared.
-    pub(super) fn prepared_rewrite(
-        &self,
-        text: &str,
-        stmt: &Statement,
-        major: u32,
-        cascade: &[String],
-    ) -> Result<Option<Rewritten>, String> {
-        let kind = stmt.located.analysis.kind;
-        match rewrite(
-            text,
-            &stmt.located,
-            major,
-            self.truncate_limit,
-            cascade,
-            self.image_form(),
-        ) {
-            Ok(Some(rw)) if rw.pre_read.is_some() && !matches!(kind, Kind::Update | Kind::Truncate | Kind::Merge) => Err(format!(
-                "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
-                kind.label().to_uppercase()
-            )),
-            Ok(rw) => Ok(rw),
-            Err(refusal) => Err(format!("hindsight: {refusal}")),
-        }
     }
 
     /// Prepare the pre-read of an UPDATE the client just prepared as `name` (PostgreSQL < 18).

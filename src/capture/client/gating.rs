@@ -1,7 +1,27 @@
 //! The gates on the capture path: statement rules before a write runs (a refused write is run
 //! on trial and rolled back to record what it would have changed), row rules at COMMIT.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::io::AsyncWrite;
+
+use super::commit::Failure;
+use super::extended::execute_frame;
+use super::front::Planned;
+use super::internal::{close_frame, frame_of, query_frame};
+use super::{write_all, ClientCapture, Prep};
+use crate::capture::expect::{Audience, PreReadRows, Step};
+use crate::capture::publish::SessionInfo;
+use crate::capture::rewrite::Shape;
+use crate::capture::router::{TxState, Unit};
+use crate::capture::txn::{Change, GateInfo, GateMark, StatementCtx};
+use crate::capture::{expect, publish};
+use crate::gates::decide::{StatementFacts, Verdict as Gate};
+use crate::gates::guard::RowFacts;
+use crate::statement::cache::Statement;
+use crate::statement::{sqlcommenter, Kind};
+use crate::wire::error_response::{sqlstate, ErrorResponse};
 
 /// The client's error for a gate decision. `at_commit`: a row rule refused at COMMIT (the
 /// whole transaction was rolled back, like a deferred constraint).
@@ -232,25 +252,14 @@ impl ClientCapture {
         if status == TxState::Failed || !a.kind.writes_rows() || a.kind == Kind::CopyIn {
             return Ok(Vec::new());
         }
-        let major = self.shared.lock().server_major;
-        let rw = if has_cte_writes(s) {
-            let sent = &text[s.located.span.clone()];
-            match self.cte_rewrite(w, text, sent, s, &[], false).await? {
-                CteRewrite::Rewritten(rw, _) => rw,
-                _ => return Ok(Vec::new()),
-            }
-        } else {
-            let Ok(Some(rw)) = rewrite(
-                text,
-                &s.located,
-                major,
-                self.truncate_limit,
-                &[],
-                self.image_form(),
-            ) else {
-                return Ok(Vec::new());
-            };
-            rw
+        // A TRUNCATE's trial would empty the tables: its event is the statement's.
+        if a.kind == Kind::Truncate {
+            return Ok(Vec::new());
+        }
+        let sent = &text[s.located.span.clone()];
+        let Planned::Rewritten(Some(rw), _) = self.plan_write(w, text, sent, s, &[], false).await?
+        else {
+            return Ok(Vec::new());
         };
         if rw.guard.is_some() {
             return Ok(Vec::new());

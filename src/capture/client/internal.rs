@@ -3,7 +3,14 @@
 //! owed — a simple Query between client requests, named extended messages in the middle of a
 //! client's batch.
 
-use super::*;
+use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
+
+use super::{write_all, ClientCapture};
+use crate::capture::router::{Collect, Delivery, Reply, TxState, Unit};
+use crate::wire::client_text::TextError;
+use crate::wire::error_response::{sqlstate, ErrorResponse};
+use crate::wire::frame::put_frame;
 
 /// Parse + Bind + Execute + Close of hindsight's own statement `sql` as named statement and
 /// portal `__hindsight_q`, in the middle of a client's extended-protocol batch (the client's

@@ -18,6 +18,8 @@
 //! This file holds the session's state and the frame dispatch ([`Inspector`]); the paths live in:
 //! - `simple` — Query: analyse, relay, refuse or rewrite;
 //! - `extended` — Parse / Bind / Execute / Sync;
+//! - `front` — the front half both protocols share: the text, then the statements with their
+//!   targets resolved and the reads that may write made opaque;
 //! - `copy_in` — `COPY … FROM` through a stage table;
 //! - `cte` — statements with data-modifying CTEs: described, then run in a wrapper query;
 //! - `commit` — publish, then COMMIT (or roll back with HS001); statement events announced;
@@ -33,6 +35,7 @@ mod copy_in;
 mod cte;
 mod encoding;
 mod extended;
+mod front;
 mod gating;
 mod internal;
 mod simple;
@@ -42,37 +45,25 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 
-use super::expect::{self, Audience, PreReadRows, Step};
-use super::publish::{self, SessionInfo};
-use super::rewrite::Shape;
-use super::rewrite::{rewrite, Refusal, Rewritten};
-use super::router::{Collect, Delivery, Reply, Shared, TxState, Unit};
-use super::tables::Target;
-use super::txn::{Change, GateInfo, GateMark, StatementCtx};
-use crate::audit::event::CommitStatus;
+use super::publish::SessionInfo;
+use super::rewrite::Rewritten;
+use super::router::{Collect, Shared, Unit};
+use super::txn::{GateInfo, StatementCtx};
 use crate::audit::kafka::KafkaSink;
-use crate::gates::decide::{StatementFacts, Verdict as Gate};
-use crate::gates::guard::RowFacts;
 use crate::statement::analysis::TableName;
-use crate::statement::cache::{AnalysisCache, Statement};
-use crate::statement::{fast_path, sqlcommenter, Kind, TxControl};
+use crate::statement::cache::AnalysisCache;
+use crate::statement::{fast_path, sqlcommenter, Kind};
 use crate::telemetry::Metrics;
-use crate::wire::client_text::TextError;
 use crate::wire::error_response::{sqlstate, ErrorResponse};
-use crate::wire::frame::{put_frame, take_cstr, Header, HEADER_LEN};
+use crate::wire::frame::{Header, HEADER_LEN};
 use crate::wire::frontend::{describe_target, parse_statement, query_text, FrontendTag};
 use crate::wire::inspect::{frontend_tag, Inspector, Verdict};
 
-use catalog::*;
-use commit::*;
-use copy_in::*;
-use cte::*;
+use copy_in::CopyPlan;
 use encoding::may_change_encoding;
-use extended::*;
-use internal::*;
-use unparsed::*;
+use extended::{companion_name, two_cstrs};
+use internal::close_frame;
 
 pub use crate::config::OnSinkFailure;
 

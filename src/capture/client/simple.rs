@@ -1,7 +1,26 @@
 //! The simple-query protocol: a Query is analysed, relayed, refused, or rewritten for capture
 //! (wrapped in hindsight's own BEGIN outside a transaction block, ended at `finish_query`).
 
-use super::*;
+use std::sync::Arc;
+
+use tokio::io::AsyncWrite;
+
+use super::commit::CommitBy;
+use super::encoding::may_change_encoding;
+use super::front::{FrontText, Planned};
+use super::internal::query_frame;
+use super::unparsed::Unreadable;
+use super::{now_ms, uncapturable, write_all, ClientCapture};
+use crate::capture::expect;
+use crate::capture::expect::{Audience, Step};
+use crate::capture::rewrite::{Rewritten, Shape};
+use crate::capture::router::{Collect, Delivery, TxState, Unit};
+use crate::capture::txn::{Change, GateInfo, StatementCtx};
+use crate::statement::cache::Statement;
+use crate::statement::{sqlcommenter, Kind, TxControl};
+use crate::wire::error_response::{sqlstate, ErrorResponse};
+use crate::wire::frame::HEADER_LEN;
+use crate::wire::frontend::query_text;
 
 /// How a simple Query is handled, decided from its analysis.
 pub(super) enum Plan {
@@ -30,14 +49,13 @@ impl ClientCapture {
         frame: &[u8],
         w: &mut W,
     ) -> std::io::Result<()> {
-        let full = match self.client_text(query_text(&frame[HEADER_LEN..])) {
-            Ok(text) => text.into_owned(),
-            // Not UTF-8 in a UTF-8 session: the server refuses the text itself, unchanged.
-            Err(TextError::NotUtf8) => {
+        let full = match self.front_text(query_text(&frame[HEADER_LEN..])) {
+            FrontText::Text(text) => text,
+            FrontText::ServerDecides => {
                 self.push([Unit::pass(b"Z")]);
                 return write_all(w, frame).await;
             }
-            Err(e) => return self.refuse(w, unreadable_text(e)).await,
+            FrontText::Refused(e) => return self.refuse(w, e).await,
         };
         let (text, tags) = sqlcommenter::split(&full);
         let entry = self.cache.get(text);
@@ -62,48 +80,8 @@ impl ClientCapture {
                 return write_all(w, frame).await;
             }
         };
-        // Reads that call a function which may write are opaque statements. (Only looked up
-        // for reads: a query of hindsight's must not be the first of a transaction whose
-        // client then sets its mode, e.g. `BEGIN; SET TRANSACTION READ WRITE`.)
-        let names = if statements
-            .iter()
-            .any(|s| s.located.analysis.kind == Kind::Read)
-        {
-            self.writing_functions(w, false).await?
-        } else {
-            Arc::default()
-        };
-        // A function the same query string creates is not in the catalog yet
-        // (`CREATE FUNCTION backfill() …; SELECT backfill()`): it may write too.
-        let names = with_created_routines(names, statements);
-        let calls = |s: &Statement| {
-            s.located.analysis.kind == Kind::Read
-                && crate::capture::functions::calls_any(
-                    text[s.located.span.clone()].as_bytes(),
-                    &names,
-                )
-        };
-        let targets = self.resolve_targets(w, statements, false).await?;
-        let with_calls: Vec<Statement>;
-        let statements = if (names.is_empty() || !statements.iter().any(calls))
-            && targets.iter().all(|t| *t == Target::Table)
-        {
-            statements
-        } else {
-            with_calls = statements
-                .iter()
-                .zip(&targets)
-                .map(|(s, target)| {
-                    let mut s = s.clone();
-                    apply_target(&mut s, *target);
-                    if calls(&s) {
-                        s.located.analysis.kind = Kind::Opaque;
-                    }
-                    s
-                })
-                .collect();
-            &with_calls[..]
-        };
+        let resolved = self.resolve(w, text, statements, false).await?;
+        let statements = &resolved.statements[..];
         if statements
             .iter()
             .any(|s| s.located.analysis.kind == Kind::Session)
@@ -556,15 +534,11 @@ impl ClientCapture {
         text: &str,
         statements: &[Statement],
     ) -> std::io::Result<Result<Vec<Option<Rewritten>>, Vec<u8>>> {
-        let major = self.shared.lock().server_major;
         let mut out = Vec::with_capacity(statements.len());
         self.encoding_pending = false;
         let mut result = Ok(());
         for s in statements {
-            match self
-                .rewrite_one(w, text, s, major, statements.len() == 1)
-                .await?
-            {
+            match self.rewrite_one(w, text, s, statements.len() == 1).await? {
                 Ok(rw) => out.push(rw),
                 Err(frame) => {
                     result = Err(frame);
@@ -586,48 +560,27 @@ impl ClientCapture {
         w: &mut W,
         text: &str,
         s: &Statement,
-        major: u32,
         alone: bool,
     ) -> std::io::Result<Result<Option<Rewritten>, Vec<u8>>> {
         let refused = |msg: String| uncapturable(msg).encode();
         let span = s.located.span.clone();
-        if has_cte_writes(s) {
-            return Ok(
-                match self
-                    .cte_rewrite(w, text, &text[span.clone()], s, &[], false)
-                    .await?
-                {
-                    CteRewrite::Rewritten(rw, _) => Ok(Some(rw)),
-                    CteRewrite::Refused(msg) => Err(refused(msg)),
-                    CteRewrite::Failed(frame) if alone => {
-                        // The statement's own error: where the client's text has it.
-                        let before = text[..span.start].chars().count() as i64;
-                        Err(crate::wire::error_response::shift_position(&frame, -before))
-                    }
-                    CteRewrite::Failed(frame) => {
-                        let why = crate::wire::error_response::message_of(&frame);
-                        Err(refused(format!("hindsight: the data-modifying WITH statement could not be described before the query ran ({why}); the query was not run. If it depends on an earlier statement of the same query string, send it as a query of its own")))
-                    }
-                    CteRewrite::Skipped => Err(refused(
-                        "hindsight: the query could not be described".into(),
-                    )),
-                },
-            );
-        }
-        let cascade = if s.located.analysis.kind == Kind::Truncate {
-            self.truncate_cascade(w, &text[span], false).await?
-        } else {
-            Vec::new()
-        };
-        Ok(rewrite(
-            text,
-            &s.located,
-            major,
-            self.truncate_limit,
-            &cascade,
-            self.image_form(),
-        )
-        .map_err(|refusal| refused(format!("hindsight: {refusal}"))))
+        let sent = &text[span.clone()];
+        Ok(match self.plan_write(w, text, sent, s, &[], false).await? {
+            Planned::Rewritten(rw, _) => Ok(rw),
+            Planned::Refused(msg) => Err(refused(msg)),
+            Planned::Failed(frame) if alone => {
+                // The statement's own error: where the client's text has it.
+                let before = text[..span.start].chars().count() as i64;
+                Err(crate::wire::error_response::shift_position(&frame, -before))
+            }
+            Planned::Failed(frame) => {
+                let why = crate::wire::error_response::message_of(&frame);
+                Err(refused(format!("hindsight: the data-modifying WITH statement could not be described before the query ran ({why}); the query was not run. If it depends on an earlier statement of the same query string, send it as a query of its own")))
+            }
+            Planned::Skipped => Err(refused(
+                "hindsight: the query could not be described".into(),
+            )),
+        })
     }
 
     /// After a captured query: if hindsight opened the transaction, end it (publish + COMMIT,
@@ -788,23 +741,6 @@ pub(super) fn implicit_blocks(
         }
     }
     Ok(roles)
-}
-
-/// `names` and the routines `statements` create (CREATE [OR REPLACE] FUNCTION | PROCEDURE),
-/// whatever their volatility: the safe side, as for the catalog's VOLATILE ones.
-fn with_created_routines(
-    names: crate::capture::functions::Names,
-    statements: &[Statement],
-) -> crate::capture::functions::Names {
-    let mut created = statements
-        .iter()
-        .map(|s| &s.located.analysis.routine)
-        .filter(|r| !r.is_empty())
-        .peekable();
-    if created.peek().is_none() {
-        return names;
-    }
-    Arc::new(names.iter().chain(created).cloned().collect())
 }
 
 #[cfg(test)]

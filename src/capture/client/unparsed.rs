@@ -2,9 +2,16 @@
 //! (`parser_may_lag`): its statements are read one by one (`statement::unparsed`), and the
 //! server is asked about each one taken on assumption before anything runs.
 
-use super::*;
-use crate::statement::unparsed::{self, Basis};
-use crate::statement::AnalysisError;
+use tokio::io::AsyncWrite;
+
+use super::cte::Description;
+use super::extended::declared_params;
+use super::ClientCapture;
+use crate::capture::router::TxState;
+use crate::statement::cache::Statement;
+use crate::statement::unparsed::Basis;
+use crate::statement::{unparsed, AnalysisError};
+use crate::wire::error_response::{sqlstate, ErrorResponse};
 
 /// What becomes of a simple Query whose text the parser cannot read whole.
 pub(super) enum Unreadable {
