@@ -139,17 +139,10 @@ mod tests {
     }
 
     fn ctx() -> Arc<StatementCtx> {
-        Arc::new(StatementCtx {
-            text: "UPDATE t SET a = 1".into(),
-            fingerprint: String::new(),
-            tags: Default::default(),
-            seq: 1,
-            ts_ms: 0,
-            application_name: String::new(),
-            shape: Arc::new(Shape::statement(Kind::Update, TableName::default())),
-            binary: false,
-            gate: Default::default(),
-        })
+        Arc::new(StatementCtx::for_test(Arc::new(Shape::statement(
+            Kind::Update,
+            TableName::default(),
+        ))))
     }
 
     #[test]

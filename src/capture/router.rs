@@ -1144,20 +1144,10 @@ mod tests {
             schema: "public".into(),
             name: "chaos".into(),
         };
-        StatementCtx {
-            text: String::new(),
-            fingerprint: String::new(),
-            tags: Default::default(),
-            seq: 1,
-            ts_ms: 0,
-            application_name: String::new(),
-            binary: false,
-            gate: Default::default(),
-            shape: Arc::new(super::super::rewrite::Shape {
-                read_after,
-                ..super::super::rewrite::Shape::statement(crate::statement::Kind::Update, table)
-            }),
-        }
+        StatementCtx::for_test(Arc::new(super::super::rewrite::Shape {
+            read_after,
+            ..super::super::rewrite::Shape::statement(crate::statement::Kind::Update, table)
+        }))
     }
 
     #[test]

@@ -30,6 +30,24 @@ pub struct StatementCtx {
     pub gate: GateInfo,
 }
 
+#[cfg(test)]
+impl StatementCtx {
+    /// Statement 1 of a session, of `shape`, with nothing else set (unit tests).
+    pub fn for_test(shape: Arc<Shape>) -> Self {
+        StatementCtx {
+            text: String::new(),
+            fingerprint: String::new(),
+            tags: Default::default(),
+            seq: 1,
+            ts_ms: 0,
+            application_name: String::new(),
+            shape,
+            binary: false,
+            gate: GateInfo::default(),
+        }
+    }
+}
+
 /// A statement's facts for the gates' row phase, and the statement phase's outcome.
 #[derive(Debug, Clone, Default)]
 pub struct GateInfo {
@@ -181,32 +199,22 @@ mod tests {
             after: Some(Row::from_iter([("n".to_string(), n.into())])),
             table_oid: 1,
             gate: None,
-            stmt: Arc::new(StatementCtx {
-                text: String::new(),
-                fingerprint: String::new(),
-                tags: Default::default(),
-                seq: 1,
-                ts_ms: 0,
-                application_name: String::new(),
-                binary: false,
-                gate: Default::default(),
-                shape: Arc::new(Shape {
-                    kind: Kind::Insert,
-                    table: TableName {
-                        schema: String::new(),
-                        name: "t".into(),
-                    },
-                    extra: 2,
-                    old_at: None,
-                    new_at: Some(0),
-                    oid_at: 1,
-                    updated_at: None,
-                    wrapper: None,
-                    client_returning: false,
-                    pre_read: false,
-                    read_after: None,
-                }),
-            }),
+            stmt: Arc::new(StatementCtx::for_test(Arc::new(Shape {
+                kind: Kind::Insert,
+                table: TableName {
+                    schema: String::new(),
+                    name: "t".into(),
+                },
+                extra: 2,
+                old_at: None,
+                new_at: Some(0),
+                oid_at: 1,
+                updated_at: None,
+                wrapper: None,
+                client_returning: false,
+                pre_read: false,
+                read_after: None,
+            }))),
         }
     }
 

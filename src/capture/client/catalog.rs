@@ -103,7 +103,7 @@ impl ClientCapture {
         table: &TableName,
         extended: bool,
     ) -> std::io::Result<Target> {
-        let generation = self.tables.generation();
+        let generation = self.parts.tables.generation();
         let name = match table.schema.as_str() {
             "" => crate::capture::rewrite::quote(&table.name),
             schema => format!(
@@ -144,7 +144,7 @@ impl ClientCapture {
         if self.ddl_seen {
             return true;
         }
-        match self.functions.get(&self.session.database) {
+        match self.parts.functions.get(&self.session.database) {
             Some(names) => crate::capture::functions::calls_any(sql, &names),
             None => true,
         }
@@ -154,7 +154,7 @@ impl ClientCapture {
     pub(super) fn schema_changed(&mut self) {
         self.ddl_seen = true;
         self.ddl_in_txn = true;
-        self.tables.invalidate(&self.session.database);
+        self.parts.tables.invalidate(&self.session.database);
     }
 
     /// The transaction id and the facts of the changed tables: from the cache where it has
@@ -168,7 +168,7 @@ impl ClientCapture {
         let (mut found, missing) = if self.ddl_in_txn {
             (HashMap::new(), oids.to_vec())
         } else {
-            self.tables.get(&db, oids)
+            self.parts.tables.get(&db, oids)
         };
         let query = if missing.is_empty() {
             publish::TXID_QUERY.to_string()
@@ -181,7 +181,7 @@ impl ClientCapture {
         }
         let (txid, looked_up) = publish::parse_catalog(&reply.rows, self.image_form());
         if !self.ddl_in_txn {
-            self.tables.put(&db, &looked_up);
+            self.parts.tables.put(&db, &looked_up);
         }
         found.extend(looked_up);
         Ok(Some((txid, found)))
@@ -195,9 +195,9 @@ impl ClientCapture {
     ) -> std::io::Result<crate::capture::functions::Names> {
         let db = self.session.database.clone();
         if std::mem::take(&mut self.ddl_seen) {
-            self.functions.invalidate(&db);
+            self.parts.functions.invalidate(&db);
         }
-        if let Some(names) = self.functions.get(&db) {
+        if let Some(names) = self.parts.functions.get(&db) {
             return Ok(names);
         }
         self.mid_batch = extended;
@@ -209,6 +209,6 @@ impl ClientCapture {
             return Ok(Arc::default());
         }
         let names = reply.first_column(self.shared.lock().client_encoding);
-        Ok(self.functions.put(&db, names))
+        Ok(self.parts.functions.put(&db, names))
     }
 }

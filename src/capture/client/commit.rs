@@ -83,14 +83,18 @@ impl ClientCapture {
             None,
             changes,
             &HashMap::new(),
-            &self.redactor,
+            &self.parts.redactor,
         );
         let in_flight = self.session.in_flight.enter(&end.id);
-        match self.sink.publish(&records).await {
-            Ok(()) => self.metrics.audit_events.inc_by(records.len() as u64 - 1),
+        match self.parts.sink.publish(&records).await {
+            Ok(()) => self
+                .parts
+                .metrics
+                .audit_events
+                .inc_by(records.len() as u64 - 1),
             Err(e) => {
-                self.metrics.audit_publish_failures.inc();
-                if self.on_sink_failure == OnSinkFailure::Deny {
+                self.parts.metrics.audit_publish_failures.inc();
+                if self.parts.on_sink_failure == OnSinkFailure::Deny {
                     tracing::error!(error = %e, "statement event not recorded: statement refused");
                     let err = ErrorResponse::error(
                         sqlstate::AUDIT_NOT_RECORDED,
@@ -141,6 +145,29 @@ impl ClientCapture {
                 return write_all(w, frame).await.map(|()| false);
             }
         }
+        let error = self.record_transaction(w).await?;
+        if std::mem::take(&mut self.ddl_in_txn) {
+            // Lookups other sessions made while this DDL was uncommitted saw the old catalog.
+            self.parts.tables.invalidate(&self.session.database);
+        }
+        let committed = error.is_none();
+        if committed && self.pending_end.is_some() {
+            crate::fault::point(crate::fault::CrashPoint::AfterPublish);
+        }
+        match self.emit_commit(w, by, error).await? {
+            Some(outcome) => Ok(outcome),
+            None => Ok(committed),
+        }
+    }
+
+    /// Publish the transaction's changes (taken from the buffer) and acknowledge them, or the
+    /// client's error: over `capture.max_transaction_bytes` (HS003), rows that could not be
+    /// captured or records that could not be published (HS001, unless `on_sink_failure =
+    /// allow`).
+    async fn record_transaction<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+    ) -> std::io::Result<Option<Vec<u8>>> {
         let (over_limit, changes, capture_errors) = {
             let mut st = self.shared.lock();
             let over = st.txn.over_limit().then_some(st.txn.byte_limit);
@@ -163,8 +190,8 @@ impl ClientCapture {
         if let Some(Failure::Gate(err)) = failure {
             error = Some(err);
         } else if let Some(Failure::Sink(why)) = failure {
-            self.metrics.audit_publish_failures.inc();
-            if self.on_sink_failure == OnSinkFailure::Deny {
+            self.parts.metrics.audit_publish_failures.inc();
+            if self.parts.on_sink_failure == OnSinkFailure::Deny {
                 tracing::error!(%why, "audit records not recorded: rolling the transaction back");
                 error = Some(
                     ErrorResponse::error(
@@ -182,14 +209,18 @@ impl ClientCapture {
                 tracing::error!(%why, "audit records not recorded; committing anyway because capture.on_sink_failure = \"allow\"");
             }
         }
-        if std::mem::take(&mut self.ddl_in_txn) {
-            // Lookups other sessions made while this DDL was uncommitted saw the old catalog.
-            self.tables.invalidate(&self.session.database);
-        }
-        let committed = error.is_none();
-        if committed && self.pending_end.is_some() {
-            crate::fault::point(crate::fault::CrashPoint::AfterPublish);
-        }
+        Ok(error)
+    }
+
+    /// Send the COMMIT `by` calls for (or, with `error`, the ROLLBACK and the client's
+    /// error). `Some(outcome)`: a COMMIT in the middle of a query string, whose own outcome is
+    /// known once its part ran.
+    async fn emit_commit<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        by: CommitBy<'_>,
+        error: Option<Vec<u8>>,
+    ) -> std::io::Result<Option<bool>> {
         match (by, error) {
             (CommitBy::ClientSimple(frame), None) => {
                 let mut u = Unit::pass(b"Z");
@@ -224,7 +255,7 @@ impl ClientCapture {
                 write_all(w, &query_frame(&format!("COMMIT;\n{sql}"))).await?;
                 if !last {
                     self.shared.drained().await;
-                    return Ok(!self.shared.lock().last_failed);
+                    return Ok(Some(!self.shared.lock().last_failed));
                 }
             }
             (CommitBy::InQuery { sql, last }, None) => {
@@ -236,7 +267,7 @@ impl ClientCapture {
                 if !last {
                     // The COMMIT itself can still fail (a deferred constraint).
                     self.shared.drained().await;
-                    return Ok(!self.shared.lock().last_failed);
+                    return Ok(Some(!self.shared.lock().last_failed));
                 }
             }
             (
@@ -259,7 +290,7 @@ impl ClientCapture {
                 write_all(w, sync).await?;
             }
         }
-        Ok(committed)
+        Ok(None)
     }
 
     /// The reply channel for the COMMIT of a transaction whose records were just published:
@@ -276,7 +307,7 @@ impl ClientCapture {
     /// and consumers resolve the transaction with `txid_status(txId)`.
     fn end_on_outcome(&self, pending: PendingEnd) -> oneshot::Sender<Reply> {
         let (tx, rx) = oneshot::channel();
-        let sink = Arc::clone(&self.sink);
+        let sink = Arc::clone(&self.parts.sink);
         let session = self.session.clone();
         tokio::spawn(async move {
             // In flight until this task ends, whatever the outcome.
@@ -346,7 +377,7 @@ impl ClientCapture {
             txid,
             changes,
             &tables,
-            &self.redactor,
+            &self.parts.redactor,
         );
         let events = records.len() - 1;
         if blocked {
@@ -354,21 +385,23 @@ impl ClientCapture {
             let mut all = records;
             all.push(publish::end_record(&self.session, &end));
             return Ok(self
+                .parts
                 .sink
                 .publish(&all)
                 .await
                 .map_err(|e| Failure::Sink(e.to_string())));
         }
         let in_flight = self.session.in_flight.enter(&end.id);
-        let timer = self.metrics.audit_publish_latency.start_timer();
-        let published = self.sink.publish(&records).await;
+        let timer = self.parts.metrics.audit_publish_latency.start_timer();
+        let published = self.parts.sink.publish(&records).await;
         timer.observe_duration();
         match published {
             Ok(()) => {
-                self.metrics.audit_events.inc_by(events as u64);
+                self.parts.metrics.audit_events.inc_by(events as u64);
                 let application = self.shared.lock().application_name.clone();
                 for d in &end.data_collections {
-                    self.metrics
+                    self.parts
+                        .metrics
                         .changes
                         .with_label_values(&[application.as_str(), d.data_collection.as_str()])
                         .inc_by(d.event_count);
@@ -399,12 +432,12 @@ impl ClientCapture {
             txid,
             changes,
             tables,
-            &self.redactor,
+            &self.parts.redactor,
         );
         end.commit_status = Some(CommitStatus::Aborted);
         records.push(publish::end_record(&self.session, &end));
-        if let Err(e) = self.sink.publish(&records).await {
-            self.metrics.audit_publish_failures.inc();
+        if let Err(e) = self.parts.sink.publish(&records).await {
+            self.parts.metrics.audit_publish_failures.inc();
             tracing::error!(error = %e, "the record of a refused write could not be published");
         }
     }

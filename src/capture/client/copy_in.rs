@@ -211,7 +211,7 @@ impl ClientCapture {
             insert,
             &v[0],
             major,
-            self.truncate_limit,
+            self.parts.truncate_limit,
             &[],
             self.image_form(),
         )

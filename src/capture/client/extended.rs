@@ -8,6 +8,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
 use super::commit::CommitBy;
+use super::copy_in::CopyPlan;
 use super::front::{FrontText, Planned};
 use super::internal::{close_frame, frame_of, internal_statement};
 use super::{now_ms, uncapturable, write_all, write_last, ClientCapture, Prep};
@@ -18,6 +19,7 @@ use crate::capture::rewrite::{Rewritten, Shape};
 use crate::capture::router::{Collect, Delivery, TxState, Unit};
 use crate::capture::tables::Target;
 use crate::capture::txn::{Change, StatementCtx};
+use crate::statement::cache::Statement;
 use crate::statement::{sqlcommenter, Kind, TxControl};
 use crate::wire::error_response::{sqlstate, ErrorResponse};
 use crate::wire::frame::{take_cstr, HEADER_LEN};
@@ -127,6 +129,64 @@ pub(super) fn widen_result_formats(body: &[u8], extra: usize) -> (Option<Vec<u8>
     }
 }
 
+/// What a client's Parse becomes.
+enum ParsePlan {
+    /// Prepared as planned.
+    Prepare(PreparedWrite),
+    /// Refused with this message (HS002).
+    Refuse(String),
+    /// The client's statement failed when hindsight described it (the client has the error).
+    Failed,
+    /// Forwarded unchanged (the server skips it: an earlier message of the batch failed).
+    Forward,
+}
+
+/// A write as it is prepared.
+#[derive(Default)]
+pub(super) struct PreparedWrite {
+    /// What the server prepares instead (`None`: the client's statement as sent).
+    pub rewritten: Option<Rewritten>,
+    /// A wrapper query's parameter types, as the server resolved them for the client's text.
+    params: Option<Vec<u32>>,
+    /// A COPY's stage.
+    pub copy: Option<Arc<CopyPlan>>,
+}
+
+/// hindsight's companion statements of a client's prepared write (by name).
+#[derive(Debug, Default)]
+pub(super) struct Companions {
+    /// Its pre-read, run right before each Execute.
+    pub pre: Option<Vec<u8>>,
+    /// Its post-read, run right after each Execute.
+    pub post: Option<Vec<u8>>,
+}
+
+/// The Parse of `rw` under the client's statement name. A wrapper query mentions every
+/// parameter where the client's statement does; with `resolved`, the types the server resolved
+/// for the client's text are kept; otherwise the client's declared ones (`params`, the Parse's
+/// tail).
+fn rewritten_parse(
+    name: &[u8],
+    rw: &Rewritten,
+    resolved: Option<&[u32]>,
+    params: &[u8],
+) -> Vec<u8> {
+    let mut b = name.to_vec();
+    b.push(0);
+    b.extend_from_slice(&crate::wire::client_text::encode(&rw.text));
+    b.push(0);
+    match resolved {
+        Some(types) => {
+            b.extend_from_slice(&(types.len() as u16).to_be_bytes());
+            for oid in types {
+                b.extend_from_slice(&oid.to_be_bytes());
+            }
+        }
+        None => b.extend_from_slice(params),
+    }
+    frame_of(b'P', &b)
+}
+
 /// A prepared write's rewrite (not a wrapper query), or why it cannot be prepared: a pre-read
 /// runs as a companion statement only for UPDATE and MERGE (and as hindsight's own for
 /// TRUNCATE).
@@ -212,7 +272,7 @@ impl ClientCapture {
             FrontText::Refused(e) => return self.refused_parse(w, name, e.encode()).await,
         };
         let (text, tags) = sqlcommenter::split(&full);
-        let entry = self.cache.get(text);
+        let entry = self.parts.cache.get(text);
         self.statements.remove(name);
         let assumed;
         let stmt = match entry.as_ref() {
@@ -243,70 +303,33 @@ impl ClientCapture {
         if kind == Kind::Session {
             self.targets.clear();
         }
-        let mut copy = None;
-        let mut resolved_params = None;
-        let rewritten = if opaque_target {
-            Ok(None)
-        } else if a.kind == Kind::CopyIn && a.writes.len() == 1 && !a.explain_analyze {
-            match self.prepare_copy(w, text, stmt).await? {
-                Ok(Some((rw, plan))) => {
-                    copy = Some(Arc::new(plan));
-                    Ok(Some(rw))
-                }
-                // No such table or column: the client's COPY fails on its own.
-                Ok(None) => Ok(None),
-                Err(refusal) => Err(format!("hindsight: {refusal}")),
-            }
+        let planned = if opaque_target {
+            ParsePlan::Prepare(PreparedWrite::default())
         } else {
-            let declared = declared_params(params);
-            match self
-                .plan_write(w, text, &full, stmt, &declared, true)
-                .await?
-            {
-                // A wrapper query: its companion takes the parameter types resolved for it.
-                Planned::Rewritten(rw, Some(params)) => {
-                    resolved_params = Some(params);
-                    Ok(rw)
-                }
-                Planned::Rewritten(rw, None) => prepared_only(kind, rw),
-                Planned::Refused(msg) => Err(msg),
-                // The client's statement failed as its own Parse would have (the error went to
-                // the client); the server now skips to the client's Sync.
-                Planned::Failed(_) => {
-                    self.skip_until_sync = true;
-                    return Ok(());
-                }
-                Planned::Skipped => return self.forward_parse(w, frame).await,
-            }
+            self.plan_parse(w, text, &full, stmt, params).await?
         };
-        let rewritten = match rewritten {
-            Ok(rw) => rw,
-            Err(msg) => {
+        let PreparedWrite {
+            rewritten,
+            params: resolved_params,
+            copy,
+        } = match planned {
+            ParsePlan::Prepare(p) => p,
+            ParsePlan::Refuse(msg) => {
                 tracing::warn!(%msg, "statement refused");
                 let err = uncapturable(msg).encode();
                 return self.refused_parse(w, name, err).await;
             }
+            // The client's statement failed as its own Parse would have (the error went to
+            // the client); the server now skips to the client's Sync.
+            ParsePlan::Failed => {
+                self.skip_until_sync = true;
+                return Ok(());
+            }
+            ParsePlan::Forward => return self.forward_parse(w, frame).await,
         };
         let out = match &rewritten {
             None => frame.to_vec(),
-            Some(rw) => {
-                let mut b = name.to_vec();
-                b.push(0);
-                b.extend_from_slice(&crate::wire::client_text::encode(&rw.text));
-                b.push(0);
-                match &resolved_params {
-                    // The wrapper mentions every parameter where the client's statement does;
-                    // the types the server resolved for the client's text are kept.
-                    Some(types) => {
-                        b.extend_from_slice(&(types.len() as u16).to_be_bytes());
-                        for oid in types {
-                            b.extend_from_slice(&oid.to_be_bytes());
-                        }
-                    }
-                    None => b.extend_from_slice(params),
-                }
-                frame_of(b'P', &b)
-            }
+            Some(rw) => rewritten_parse(name, rw, resolved_params.as_deref(), params),
         };
         let mut parse = self.parse_unit();
         if let Some(rw) = &rewritten {
@@ -314,15 +337,94 @@ impl ClientCapture {
         }
         self.push([parse]);
         write_all(w, &out).await?;
+        let companions = match &rewritten {
+            Some(rw) => {
+                let wrapper = resolved_params.is_some();
+                self.prepare_companions(w, name, text, stmt, rw, wrapper)
+                    .await?
+            }
+            None => Companions::default(),
+        };
+        // Built for UTF-8 (checked after the rewrite: the form can only have turned from hex
+        // to jsonb meanwhile, as the server reported an encoding, so this errs towards keeping it).
+        let reparse =
+            (rewritten.is_some() && self.image_form() == Form::Jsonb).then(|| frame.to_vec());
+        let write = PreparedWrite {
+            rewritten,
+            params: resolved_params,
+            copy,
+        };
+        let prep = Prep::new(text, stmt, tags, write, companions, reparse);
+        self.statements.insert(name.to_vec(), Arc::new(prep));
+        Ok(())
+    }
+
+    /// What a client's Parse of `stmt` becomes: a COPY pointed at its stage, or the write
+    /// planned for capture (`plan_write`), checked for what a prepared statement can run.
+    async fn plan_parse<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        full: &str,
+        stmt: &Statement,
+        params: &[u8],
+    ) -> std::io::Result<ParsePlan> {
+        let a = &stmt.located.analysis;
+        if a.kind == Kind::CopyIn && a.writes.len() == 1 && !a.explain_analyze {
+            return Ok(match self.prepare_copy(w, text, stmt).await? {
+                Ok(Some((rw, plan))) => ParsePlan::Prepare(PreparedWrite {
+                    rewritten: Some(rw),
+                    params: None,
+                    copy: Some(Arc::new(plan)),
+                }),
+                // No such table or column: the client's COPY fails on its own.
+                Ok(None) => ParsePlan::Prepare(PreparedWrite::default()),
+                Err(refusal) => ParsePlan::Refuse(format!("hindsight: {refusal}")),
+            });
+        }
+        let declared = declared_params(params);
+        Ok(
+            match self
+                .plan_write(w, text, full, stmt, &declared, true)
+                .await?
+            {
+                // A wrapper query: its companion takes the parameter types resolved for it.
+                Planned::Rewritten(rw, Some(params)) => ParsePlan::Prepare(PreparedWrite {
+                    rewritten: rw,
+                    params: Some(params),
+                    copy: None,
+                }),
+                Planned::Rewritten(rw, None) => match prepared_only(a.kind, rw) {
+                    Ok(rewritten) => ParsePlan::Prepare(PreparedWrite {
+                        rewritten,
+                        params: None,
+                        copy: None,
+                    }),
+                    Err(msg) => ParsePlan::Refuse(msg),
+                },
+                Planned::Refused(msg) => ParsePlan::Refuse(msg),
+                Planned::Failed(_) => ParsePlan::Failed,
+                Planned::Skipped => ParsePlan::Forward,
+            },
+        )
+    }
+
+    /// The companions of the client's statement `name` (`stmt` of `text`, rewritten as `rw`;
+    /// `wrapper`: a wrapper query): its pre-read and its post-read, prepared now.
+    async fn prepare_companions<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        name: &[u8],
+        text: &str,
+        stmt: &Statement,
+        rw: &Rewritten,
+        wrapper: bool,
+    ) -> std::io::Result<Companions> {
+        let kind = stmt.located.analysis.kind;
         // UPDATE's pre-read is prepared once, with the client's parameters; TRUNCATE's image
         // read takes none and runs as hindsight's own statement at each Execute.
-        let companion = match &rewritten {
-            Some(
-                rw @ Rewritten {
-                    pre_read: Some(pre),
-                    ..
-                },
-            ) if matches!(a.kind, Kind::Update | Kind::Merge) || resolved_params.is_some() => {
+        let companion = match &rw.pre_read {
+            Some(pre) if matches!(kind, Kind::Update | Kind::Merge) || wrapper => {
                 // Its errors in the client's FROM, WHERE or ON point into the client's text.
                 let span = stmt.located.span.clone();
                 let before = text[..span.start].chars().count() as i64;
@@ -332,39 +434,17 @@ impl ClientCapture {
             _ => None,
         };
         // Its rows come from the post-read (a MERGE before 18, COPY (write …) TO): it must run.
-        let post_companion = match rewritten.as_ref().and_then(|rw| rw.post_read.as_deref()) {
+        let post_companion = match rw.post_read.as_deref() {
             Some(post) => {
                 self.prepare_companion(w, name, post, b't', Vec::new())
                     .await?
             }
-            _ => None,
+            None => None,
         };
-        // Built for UTF-8 (checked after the rewrite: the form can only have turned from hex
-        // to jsonb meanwhile, as the server reported an encoding, so this errs towards keeping it).
-        let reparse =
-            (rewritten.is_some() && self.image_form() == Form::Jsonb).then(|| frame.to_vec());
-        self.statements.insert(
-            name.to_vec(),
-            Arc::new(Prep {
-                kind,
-                savepoint: a.savepoint.clone(),
-                text: text[stmt.located.span.clone()].trim().to_string(),
-                fingerprint: stmt.fingerprint.clone(),
-                tags,
-                rewritten,
-                writes: a.writes.clone(),
-                object: a
-                    .writes
-                    .first()
-                    .map(|w| w.table.clone())
-                    .unwrap_or_default(),
-                companion,
-                post_companion,
-                copy,
-                reparse,
-            }),
-        );
-        Ok(())
+        Ok(Companions {
+            pre: companion,
+            post: post_companion,
+        })
     }
 
     /// Prepare the pre-read of an UPDATE the client just prepared as `name` (PostgreSQL < 18).
@@ -553,63 +633,10 @@ impl ClientCapture {
             gate: self.portal_gates.get(portal).cloned().unwrap_or_default(),
         });
         if let Some(plan) = &prep.copy {
-            // The client's COPY fills the stage: its CopyInResponse and input errors go to the
-            // client, its row count is replaced by the INSERT's (at CopyDone).
-            let ctx = StatementCtx {
-                shape: Arc::clone(&plan.insert.shape),
-                binary: false,
-                ..(*ctx).clone()
-            };
-            if !plan.stdin {
-                // From a file or program: complete by itself; the INSERT and DROP follow now.
-                u.complete = crate::capture::router::Complete::Drop;
-                self.push([u]);
-                let mut out = frame_of(b'E', body);
-                out.extend(self.copy_followers(plan, Arc::new(ctx)));
-                return Verdict::Replace(out);
-            }
-            // Ends at CopyInResponse: the Sync clients send right after the Execute must wait
-            // for it (see `on_sync`); the COPY's CommandComplete gets its unit at CopyDone.
-            u.ends = b"G";
-            self.push([u]);
-            self.copy_ext = Some((Arc::clone(plan), Arc::new(ctx)));
-            return Verdict::Forward;
+            return self.execute_copy(u, plan, &ctx, body);
         }
-        let mut out = Vec::new();
+        let mut out = self.execute_steps(rw, &prep, &ctx, portal, u);
         let client = Audience::Client { ends: b"CIs" };
-        for (step, sql) in rw.steps() {
-            match step {
-                // TRUNCATE: refused above the row limit, then the before image of every row,
-                // as hindsight's own statements.
-                Step::Guard(_) => {
-                    let unit = expect::unit(&step, &ctx, &client);
-                    let (frames, units) = internal_statement(sql, unit, Delivery::Errors);
-                    out.extend(frames);
-                    self.push(units);
-                }
-                Step::PreRead(_) if rw.guard.is_some() => {
-                    let unit = expect::unit(&step, &ctx, &client);
-                    let (frames, units) = internal_statement(sql, unit, Delivery::Errors);
-                    out.extend(frames);
-                    self.push(units);
-                }
-                // The companion locks and reads the before images right before the write
-                // runs (a MERGE's keeps them in the server).
-                Step::PreRead(_) if prep.companion.is_some() => {
-                    self.push([expect::unit(&step, &ctx, &client)]);
-                    out.extend(execute_frame(&companion_name(b'p', portal)));
-                }
-                // A pre-read with no companion (a CTE's is part of its wrapper) runs no step.
-                Step::PreRead(_) => {}
-                Step::Main => {
-                    let mut main = expect::unit(&step, &ctx, &client);
-                    main.txctl = u.txctl.take();
-                    self.push([main]);
-                }
-                // Run after the write, once it is executed (below).
-                Step::PostRead => {}
-            }
-        }
         if let Some(bind) = self.post_binds.get(portal).cloned() {
             // A MERGE has no RETURNING before 17: its post-read reads its changes back, bound
             // now so that its snapshot sees them.
@@ -637,6 +664,86 @@ impl ClientCapture {
             out.extend(frame_of(b'E', body));
         }
         Verdict::Replace(out)
+    }
+
+    /// The frames that run `rw`'s steps before a client's Execute of `portal` (its guard and
+    /// reads as hindsight's own statements or companion portals), with their units pushed, and
+    /// the unit of the write itself (`u` gives it its transaction control).
+    fn execute_steps(
+        &mut self,
+        rw: &Rewritten,
+        prep: &Prep,
+        ctx: &Arc<StatementCtx>,
+        portal: &[u8],
+        mut u: Unit,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        let client = Audience::Client { ends: b"CIs" };
+        for (step, sql) in rw.steps() {
+            match step {
+                // TRUNCATE: refused above the row limit, then the before image of every row,
+                // as hindsight's own statements.
+                Step::Guard(_) => {
+                    let unit = expect::unit(&step, ctx, &client);
+                    let (frames, units) = internal_statement(sql, unit, Delivery::Errors);
+                    out.extend(frames);
+                    self.push(units);
+                }
+                Step::PreRead(_) if rw.guard.is_some() => {
+                    let unit = expect::unit(&step, ctx, &client);
+                    let (frames, units) = internal_statement(sql, unit, Delivery::Errors);
+                    out.extend(frames);
+                    self.push(units);
+                }
+                // The companion locks and reads the before images right before the write
+                // runs (a MERGE's keeps them in the server).
+                Step::PreRead(_) if prep.companion.is_some() => {
+                    self.push([expect::unit(&step, ctx, &client)]);
+                    out.extend(execute_frame(&companion_name(b'p', portal)));
+                }
+                // A pre-read with no companion (a CTE's is part of its wrapper) runs no step.
+                Step::PreRead(_) => {}
+                Step::Main => {
+                    let mut main = expect::unit(&step, ctx, &client);
+                    main.txctl = u.txctl.take();
+                    self.push([main]);
+                }
+                // Run after the write, once it is executed (below).
+                Step::PostRead => {}
+            }
+        }
+        out
+    }
+
+    /// Execute of a COPY prepared into its stage (`u`: the Execute's unit). The client's COPY
+    /// fills the stage: its CopyInResponse and input errors go to the client, its row count is
+    /// replaced by the INSERT's (at CopyDone).
+    fn execute_copy(
+        &mut self,
+        mut u: Unit,
+        plan: &Arc<CopyPlan>,
+        ctx: &StatementCtx,
+        body: &[u8],
+    ) -> Verdict {
+        let ctx = StatementCtx {
+            shape: Arc::clone(&plan.insert.shape),
+            binary: false,
+            ..ctx.clone()
+        };
+        if !plan.stdin {
+            // From a file or program: complete by itself; the INSERT and DROP follow now.
+            u.complete = crate::capture::router::Complete::Drop;
+            self.push([u]);
+            let mut out = frame_of(b'E', body);
+            out.extend(self.copy_followers(plan, Arc::new(ctx)));
+            return Verdict::Replace(out);
+        }
+        // Ends at CopyInResponse: the Sync clients send right after the Execute must wait
+        // for it (see `on_sync`); the COPY's CommandComplete gets its unit at CopyDone.
+        u.ends = b"G";
+        self.push([u]);
+        self.copy_ext = Some((Arc::clone(plan), Arc::new(ctx)));
+        Verdict::Forward
     }
 
     /// A deferred Execute: a COMMIT with changes to publish, or a DDL / opaque statement.

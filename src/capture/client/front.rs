@@ -148,7 +148,14 @@ impl ClientCapture {
         let major = self.shared.lock().server_major;
         let form = self.image_form();
         Ok(
-            match rewrite(text, &s.located, major, self.truncate_limit, &cascade, form) {
+            match rewrite(
+                text,
+                &s.located,
+                major,
+                self.parts.truncate_limit,
+                &cascade,
+                form,
+            ) {
                 Ok(rw) => Planned::Rewritten(rw, None),
                 Err(refusal) => Planned::Refused(format!("hindsight: {refusal}")),
             },

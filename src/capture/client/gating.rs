@@ -94,7 +94,7 @@ impl ClientCapture {
 
     /// Whether anything judges statements before they run (gates or footprints).
     pub(super) fn judges(&self) -> bool {
-        self.gates.is_some() || self.footprints.is_some()
+        self.parts.gates.is_some() || self.parts.footprints.is_some()
     }
 
     /// The verdict on a statement before it runs: the gates', then the footprints' (a path
@@ -108,7 +108,7 @@ impl ClientCapture {
         text: &str,
     ) -> Gate {
         let application = self.shared.lock().application_name.clone();
-        let verdict = match &self.gates {
+        let verdict = match &self.parts.gates {
             Some(g) => g.statement(&StatementFacts {
                 kind,
                 writes,
@@ -149,11 +149,11 @@ impl ClientCapture {
         text: &str,
         application: &str,
     ) -> Option<crate::gates::decide::Hit> {
-        let f = self.footprints.as_ref()?;
+        let f = self.parts.footprints.as_ref()?;
         let example = || {
             let redacted = writes
                 .iter()
-                .any(|w| self.redactor.covers(&w.table.schema, &w.table.name));
+                .any(|w| self.parts.redactor.covers(&w.table.schema, &w.table.name));
             publish::statement_text(text, redacted, EXAMPLE_LIMIT)
         };
         let facts = crate::footprint::live::WriteFacts {
@@ -231,7 +231,7 @@ impl ClientCapture {
         if self.shared.lock().status == TxState::Failed {
             self.publish_refused(None, changes, &HashMap::new()).await;
         } else if let Err(Failure::Sink(e)) = self.publish(w, changes, true).await? {
-            self.metrics.audit_publish_failures.inc();
+            self.parts.metrics.audit_publish_failures.inc();
             tracing::error!(error = %e, "the record of a refused write could not be published");
         }
         self.refuse(w, gate_error(&hit, false)).await
@@ -311,7 +311,7 @@ impl ClientCapture {
         changes: &mut [crate::capture::txn::Change],
         tables: &HashMap<u32, publish::TableInfo>,
     ) -> Option<Vec<u8>> {
-        let gates = self.gates.as_ref().filter(|g| g.has_row_rules())?;
+        let gates = self.parts.gates.as_ref().filter(|g| g.has_row_rules())?;
         let mut first: Option<crate::gates::decide::Hit> = None;
         let client_ip = client_ip(&self.session);
         for c in changes.iter_mut() {
@@ -363,7 +363,9 @@ impl ClientCapture {
         changes: &[crate::capture::txn::Change],
         tables: &HashMap<u32, publish::TableInfo>,
     ) {
-        let Some(f) = &self.footprints else { return };
+        let Some(f) = &self.parts.footprints else {
+            return;
+        };
         type Group<'a> = (crate::footprint::live::Nulled, &'a Arc<StatementCtx>);
         let mut groups: std::collections::BTreeMap<(&str, String, String), Group> =
             Default::default();
@@ -390,7 +392,7 @@ impl ClientCapture {
         }
         for ((application, _, _), (n, stmt)) in groups {
             let (schema, name) = n.table.split_once('.').unwrap_or(("", &n.table));
-            let redacted = self.redactor.covers(schema, name);
+            let redacted = self.parts.redactor.covers(schema, name);
             let example = publish::statement_text(&stmt.text, redacted, EXAMPLE_LIMIT);
             let actor = self.actor(application);
             f.observe_nulls(actor, &stmt.tags, &example, vec![n]);
@@ -406,9 +408,9 @@ impl ClientCapture {
     ) -> crate::footprint::live::Nulled {
         let mut value = crate::audit::event::Row::new();
         value.insert(col.to_string(), before[col].clone());
-        self.redactor.apply(&t.schema, &t.name, &mut value);
+        self.parts.redactor.apply(&t.schema, &t.name, &mut value);
         let mut key = crate::audit::event::key_of(before, &t.key);
-        self.redactor.apply(&t.schema, &t.name, &mut key);
+        self.parts.redactor.apply(&t.schema, &t.name, &mut key);
         crate::footprint::live::Nulled {
             table,
             column: col.to_string(),
@@ -486,36 +488,7 @@ impl ClientCapture {
                 "SAVEPOINT __hs_probe"
             };
             self.send_internal(w, open_sql, open).await?;
-            let mut frames = Vec::new();
-            let mut units = Vec::new();
-            let trial = Audience::Trial {
-                refusal: Some(err.clone()),
-            };
-            let mut run = |statement: &[u8], step: Step| {
-                let mut b = b"__hs_probe\0".to_vec();
-                b.extend_from_slice(statement);
-                b.push(0);
-                b.extend_from_slice(&params);
-                b.extend_from_slice(&[0, 0]);
-                frames.extend(frame_of(b'B', &b));
-                frames.extend(execute_frame(b"__hs_probe"));
-                frames.extend(close_frame(b'P', b"__hs_probe"));
-                let mut bind = Unit::new(b"2");
-                bind.error_replacement = Some(err.clone());
-                units.extend([bind, expect::unit(&step, &ctx, &trial), Unit::new(b"3")]);
-            };
-            let merge = match prep.post_companion {
-                Some(_) => PreReadRows::KeptInServer,
-                None => PreReadRows::Collected,
-            };
-            if let Some(c) = &prep.companion {
-                run(c, Step::PreRead(merge));
-            }
-            run(&stmt, Step::Main);
-            if let Some(c) = &prep.post_companion {
-                run(c, Step::PostRead);
-            }
-            frames.extend(frame_of(b'H', &[]));
+            let (frames, units) = trial_frames(prep, &stmt, &params, &ctx, &err);
             self.push(units);
             write_all(w, &frames).await?;
             self.shared.drained().await;
@@ -554,9 +527,52 @@ impl ClientCapture {
             changes.push(Change::statement(ctx));
             self.publish_refused(None, changes, &HashMap::new()).await;
         } else if let Err(Failure::Sink(e)) = self.publish(w, changes, true).await? {
-            self.metrics.audit_publish_failures.inc();
+            self.parts.metrics.audit_publish_failures.inc();
             tracing::error!(error = %e, "the record of a refused write could not be published");
         }
         self.refused_parse(w, b"__hindsight_refused", err).await
     }
+}
+
+/// The frames of a refused prepared write's trial run (`stmt` bound to the client's Bind
+/// `params`, with its companions), each as portal `__hs_probe`, then a Flush, and their units:
+/// rows to the probe, errors replaced by the gate's `err`.
+fn trial_frames(
+    prep: &Prep,
+    stmt: &[u8],
+    params: &[u8],
+    ctx: &Arc<StatementCtx>,
+    err: &[u8],
+) -> (Vec<u8>, Vec<Unit>) {
+    let mut frames = Vec::new();
+    let mut units = Vec::new();
+    let trial = Audience::Trial {
+        refusal: Some(err.to_vec()),
+    };
+    let mut run = |statement: &[u8], step: Step| {
+        let mut b = b"__hs_probe\0".to_vec();
+        b.extend_from_slice(statement);
+        b.push(0);
+        b.extend_from_slice(params);
+        b.extend_from_slice(&[0, 0]);
+        frames.extend(frame_of(b'B', &b));
+        frames.extend(execute_frame(b"__hs_probe"));
+        frames.extend(close_frame(b'P', b"__hs_probe"));
+        let mut bind = Unit::new(b"2");
+        bind.error_replacement = Some(err.to_vec());
+        units.extend([bind, expect::unit(&step, ctx, &trial), Unit::new(b"3")]);
+    };
+    let merge = match prep.post_companion {
+        Some(_) => PreReadRows::KeptInServer,
+        None => PreReadRows::Collected,
+    };
+    if let Some(c) = &prep.companion {
+        run(c, Step::PreRead(merge));
+    }
+    run(stmt, Step::Main);
+    if let Some(c) = &prep.post_companion {
+        run(c, Step::PostRead);
+    }
+    frames.extend(frame_of(b'H', &[]));
+    (frames, units)
 }

@@ -52,7 +52,7 @@ use super::router::{Collect, Shared, Unit};
 use super::txn::{GateInfo, StatementCtx};
 use crate::audit::kafka::KafkaSink;
 use crate::statement::analysis::TableName;
-use crate::statement::cache::AnalysisCache;
+use crate::statement::cache::{AnalysisCache, Statement};
 use crate::statement::{fast_path, sqlcommenter, Kind};
 use crate::telemetry::Metrics;
 use crate::wire::error_response::{sqlstate, ErrorResponse};
@@ -62,7 +62,7 @@ use crate::wire::inspect::{frontend_tag, Inspector, Verdict};
 
 use copy_in::CopyPlan;
 use encoding::may_change_encoding;
-use extended::{companion_name, two_cstrs};
+use extended::{companion_name, two_cstrs, Companions, PreparedWrite};
 use internal::close_frame;
 
 pub use crate::config::OnSinkFailure;
@@ -70,14 +70,9 @@ pub use crate::config::OnSinkFailure;
 /// Client-side inspector of a capturing session.
 pub struct ClientCapture {
     shared: Arc<Shared>,
-    sink: Arc<KafkaSink>,
-    cache: Arc<AnalysisCache>,
+    /// What the proxy hands every session: the sink, caches, rules and limits.
+    parts: SessionParts,
     session: SessionInfo,
-    metrics: Metrics,
-    on_sink_failure: OnSinkFailure,
-    redactor: Arc<super::redact::Redactor>,
-    /// TRUNCATE of more rows than this is refused (capture.truncate_row_limit).
-    truncate_limit: u64,
     /// Statements seen (numbering for events).
     seq: u64,
     /// Transactions published (numbering for transaction ids).
@@ -111,10 +106,6 @@ pub struct ClientCapture {
     /// An extended-protocol COPY into a stage is running: at the client's CopyDone, the
     /// captured `INSERT … SELECT` from the stage and the stage's DROP follow it.
     copy_ext: Option<(Arc<CopyPlan>, Arc<StatementCtx>)>,
-    /// Rules that refuse writes, when configured.
-    gates: Option<Arc<crate::gates::engine::Gates>>,
-    /// Write paths per application, when enabled.
-    footprints: Option<Arc<crate::footprint::Footprints>>,
     /// The gates' statement-phase outcome for the statements of the current simple Query, by
     /// their span in its text.
     query_gates: Vec<(std::ops::Range<usize>, GateInfo)>,
@@ -123,12 +114,8 @@ pub struct ClientCapture {
     /// hindsight failed an extended-protocol message in the client's place: like the server,
     /// it now drops the client's messages up to its Sync (their replies will never come).
     skip_until_sync: bool,
-    /// Functions that may write when a query calls them (shared by the proxy's sessions).
-    functions: Arc<super::functions::WritingFunctions>,
     /// A schema change ran: the function list is read again before the next query.
     ddl_seen: bool,
-    /// Schema, name and key of captured tables (shared by the proxy's sessions).
-    tables: Arc<super::tables::TableCache>,
     /// The open transaction ran DDL: its catalog lookups are not cached, and the cache is
     /// dropped again when it commits.
     ddl_in_txn: bool,
@@ -167,6 +154,39 @@ struct Prep {
     reparse: Option<Vec<u8>>,
 }
 
+impl Prep {
+    /// The client's statement `stmt` of `text` as prepared: `write` and its `companions`;
+    /// `reparse`: its Parse, kept while its images are built for UTF-8.
+    fn new(
+        text: &str,
+        stmt: &Statement,
+        tags: sqlcommenter::Tags,
+        write: PreparedWrite,
+        companions: Companions,
+        reparse: Option<Vec<u8>>,
+    ) -> Self {
+        let a = &stmt.located.analysis;
+        Prep {
+            kind: a.kind,
+            savepoint: a.savepoint.clone(),
+            text: text[stmt.located.span.clone()].trim().to_string(),
+            fingerprint: stmt.fingerprint.clone(),
+            tags,
+            rewritten: write.rewritten,
+            writes: a.writes.clone(),
+            object: a
+                .writes
+                .first()
+                .map(|w| w.table.clone())
+                .unwrap_or_default(),
+            companion: companions.pre,
+            post_companion: companions.post,
+            copy: write.copy,
+            reparse,
+        }
+    }
+}
+
 /// HS002: a statement hindsight cannot capture, refused with `message` (which says what and
 /// why) and the one hint every such refusal gives.
 fn uncapturable(message: impl Into<String>) -> ErrorResponse {
@@ -179,6 +199,117 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The frame dispatch's arms: what each client message expects of the server.
+impl ClientCapture {
+    /// A Query: a read the fast path is sure of goes through; anything else is decided once
+    /// the whole frame is in (`on_query`).
+    fn inspect_query(&mut self, body: &[u8]) -> Verdict {
+        let text = query_text(body);
+        self.parts
+            .metrics
+            .statement(crate::statement::classify(text))
+            .inc();
+        if fast_path::certainly_read(text) && !self.may_call_writer(text) {
+            self.push([Unit::pass(b"Z")]);
+            if may_change_encoding(text) {
+                self.shared.lock().encoding_mark = true;
+            }
+            return Verdict::Forward;
+        }
+        Verdict::Defer
+    }
+
+    /// A Parse: a certain read goes through; anything else is analysed (`on_parse`).
+    fn inspect_parse(&mut self, body: &[u8], complete: bool) -> Verdict {
+        let (name, sql) = parse_statement(body).unwrap_or_default();
+        self.parts
+            .metrics
+            .statement(crate::statement::classify(sql))
+            .inc();
+        if may_change_encoding(sql) {
+            self.encoding_statements.insert(name.to_vec());
+        } else if !self.encoding_statements.is_empty() {
+            self.encoding_statements.remove(name);
+        }
+        if complete && (!fast_path::certainly_read(sql) || self.may_call_writer(sql)) {
+            return Verdict::Defer;
+        }
+        self.statements.remove(name);
+        self.push([Unit::pass(b"1")]);
+        Verdict::Forward
+    }
+
+    /// A Bind: a rewritten statement's is decided later (`on_bind`); others go through.
+    fn inspect_bind(&mut self, body: &[u8]) -> Verdict {
+        let Some((portal, stmt)) = two_cstrs(body) else {
+            self.push([Unit::pass(b"2")]);
+            return Verdict::Forward;
+        };
+        self.post_binds.remove(portal);
+        if !self.encoding_statements.is_empty() && self.encoding_statements.contains(stmt) {
+            self.shared.lock().encoding_mark = true;
+        }
+        match self.statements.get(stmt).cloned() {
+            Some(p) if p.rewritten.is_some() => Verdict::Defer,
+            Some(p) => {
+                self.portals.insert(portal.to_vec(), (p, false));
+                self.push([Unit::pass(b"2")]);
+                Verdict::Forward
+            }
+            None => {
+                self.portals.remove(portal);
+                self.push([Unit::pass(b"2")]);
+                Verdict::Forward
+            }
+        }
+    }
+
+    /// A Describe: a rewritten statement's or portal's RowDescription loses the capture columns.
+    fn inspect_describe(&mut self, body: &[u8]) -> Verdict {
+        let (kind, name) = describe_target(body);
+        let prep = match kind {
+            b'S' => self.statements.get(name).cloned(),
+            _ => self.portals.get(name).map(|(p, _)| Arc::clone(p)),
+        };
+        let mut u = Unit::pass(b"Tn");
+        if let Some(rw) = prep.as_ref().and_then(|p| p.rewritten.as_ref()) {
+            u.collect = Collect::Describe(Arc::clone(&rw.shape));
+        }
+        self.push([u]);
+        Verdict::Forward
+    }
+
+    /// A Close: of the client's statement or portal, and of hindsight's companions with it.
+    fn inspect_close(&mut self, frame: &[u8], body: &[u8]) -> Verdict {
+        let (kind, name) = describe_target(body);
+        let prep = if kind == b'S' {
+            self.encoding_statements.remove(name);
+            self.statements.remove(name)
+        } else {
+            self.post_binds.remove(name);
+            self.portals.remove(name).map(|(p, _)| p)
+        };
+        self.push([Unit::pass(b"3")]);
+        let Some(prep) = prep.filter(|p| p.companion.is_some()) else {
+            return Verdict::Forward;
+        };
+        // Close hindsight's companions too, so the server does not accumulate them.
+        let mut out = frame.to_vec();
+        let (ckind, post) = if kind == b'S' {
+            (b's', b't')
+        } else {
+            (b'p', b'q')
+        };
+        self.push([Unit::new(b"3")]);
+        out.extend(close_frame(kind, &companion_name(ckind, name)));
+        if prep.post_companion.is_some() {
+            self.push([Unit::new(b"3")]);
+            out.extend(close_frame(kind, &companion_name(post, name)));
+        }
+        Verdict::Replace(out)
+    }
 }
 
 impl Inspector for ClientCapture {
@@ -209,102 +340,12 @@ impl Inspector for ClientCapture {
         }
         let body = &frame[HEADER_LEN.min(frame.len())..];
         match tag {
-            FrontendTag::Query => {
-                let text = query_text(body);
-                self.metrics
-                    .statement(crate::statement::classify(text))
-                    .inc();
-                if fast_path::certainly_read(text) && !self.may_call_writer(text) {
-                    self.push([Unit::pass(b"Z")]);
-                    if may_change_encoding(text) {
-                        self.shared.lock().encoding_mark = true;
-                    }
-                    return Verdict::Forward;
-                }
-                Verdict::Defer
-            }
-            FrontendTag::Parse => {
-                let (name, sql) = parse_statement(body).unwrap_or_default();
-                self.metrics
-                    .statement(crate::statement::classify(sql))
-                    .inc();
-                if may_change_encoding(sql) {
-                    self.encoding_statements.insert(name.to_vec());
-                } else if !self.encoding_statements.is_empty() {
-                    self.encoding_statements.remove(name);
-                }
-                if complete && (!fast_path::certainly_read(sql) || self.may_call_writer(sql)) {
-                    return Verdict::Defer;
-                }
-                self.statements.remove(name);
-                self.push([Unit::pass(b"1")]);
-                Verdict::Forward
-            }
-            FrontendTag::Bind => {
-                let Some((portal, stmt)) = two_cstrs(body) else {
-                    self.push([Unit::pass(b"2")]);
-                    return Verdict::Forward;
-                };
-                self.post_binds.remove(portal);
-                if !self.encoding_statements.is_empty() && self.encoding_statements.contains(stmt) {
-                    self.shared.lock().encoding_mark = true;
-                }
-                match self.statements.get(stmt).cloned() {
-                    Some(p) if p.rewritten.is_some() => Verdict::Defer,
-                    Some(p) => {
-                        self.portals.insert(portal.to_vec(), (p, false));
-                        self.push([Unit::pass(b"2")]);
-                        Verdict::Forward
-                    }
-                    None => {
-                        self.portals.remove(portal);
-                        self.push([Unit::pass(b"2")]);
-                        Verdict::Forward
-                    }
-                }
-            }
-            FrontendTag::Describe => {
-                let (kind, name) = describe_target(body);
-                let prep = match kind {
-                    b'S' => self.statements.get(name).cloned(),
-                    _ => self.portals.get(name).map(|(p, _)| Arc::clone(p)),
-                };
-                let mut u = Unit::pass(b"Tn");
-                if let Some(rw) = prep.as_ref().and_then(|p| p.rewritten.as_ref()) {
-                    u.collect = Collect::Describe(Arc::clone(&rw.shape));
-                }
-                self.push([u]);
-                Verdict::Forward
-            }
+            FrontendTag::Query => self.inspect_query(body),
+            FrontendTag::Parse => self.inspect_parse(body, complete),
+            FrontendTag::Bind => self.inspect_bind(body),
+            FrontendTag::Describe => self.inspect_describe(body),
             FrontendTag::Execute => self.on_execute(body),
-            FrontendTag::Close => {
-                let (kind, name) = describe_target(body);
-                let prep = if kind == b'S' {
-                    self.encoding_statements.remove(name);
-                    self.statements.remove(name)
-                } else {
-                    self.post_binds.remove(name);
-                    self.portals.remove(name).map(|(p, _)| p)
-                };
-                self.push([Unit::pass(b"3")]);
-                let Some(prep) = prep.filter(|p| p.companion.is_some()) else {
-                    return Verdict::Forward;
-                };
-                // Close hindsight's companions too, so the server does not accumulate them.
-                let mut out = frame.to_vec();
-                let (ckind, post) = if kind == b'S' {
-                    (b's', b't')
-                } else {
-                    (b'p', b'q')
-                };
-                self.push([Unit::new(b"3")]);
-                out.extend(close_frame(kind, &companion_name(ckind, name)));
-                if prep.post_companion.is_some() {
-                    self.push([Unit::new(b"3")]);
-                    out.extend(close_frame(kind, &companion_name(post, name)));
-                }
-                Verdict::Replace(out)
-            }
+            FrontendTag::Close => self.inspect_close(frame, body),
             FrontendTag::CopyDone if self.copy_ext.is_some() => {
                 let (plan, ctx) = self.copy_ext.take().expect("checked");
                 // The COPY's own CommandComplete (dropped: the INSERT's count replaces it).
@@ -404,14 +445,9 @@ impl ClientCapture {
         let shared = Arc::new(Shared::default());
         shared.lock().txn.byte_limit = parts.max_transaction_bytes;
         let capture = ClientCapture {
-            truncate_limit: parts.truncate_limit,
-            redactor: parts.redactor,
             shared: Arc::clone(&shared),
-            sink: parts.sink,
-            cache: parts.cache,
+            parts,
             session,
-            metrics: parts.metrics,
-            on_sink_failure: parts.on_sink_failure,
             seq: 0,
             tx_seq: 0,
             statements: HashMap::new(),
@@ -424,14 +460,10 @@ impl ClientCapture {
             reparsing: false,
             copy_pending: false,
             copy_ext: None,
-            gates: parts.gates,
-            footprints: parts.footprints,
             query_gates: Vec::new(),
             portal_gates: HashMap::new(),
             skip_until_sync: false,
-            functions: parts.functions,
             ddl_seen: false,
-            tables: parts.tables,
             ddl_in_txn: false,
             targets: Default::default(),
             pending_end: None,

@@ -24,12 +24,12 @@ use crate::wire::frontend::query_text;
 
 /// How a simple Query is handled, decided from its analysis.
 pub(super) enum Plan {
-    /// Relay as is (units per statement when transaction control is involved).
-    Relay,
+    /// Relay as is.
+    Relay(RelayUnits),
     /// A lone COMMIT / END with changes to publish first.
     Commit,
-    /// Writes to capture.
-    Capture(Vec<Option<Rewritten>>),
+    /// Writes to capture, in a transaction in this state.
+    Capture(Vec<Option<Rewritten>>, TxState),
     /// Writes mixed with transaction control (`BEGIN; UPDATE …; COMMIT`): run in parts, so
     /// that each COMMIT waits for its transaction's records (see `run_segments`).
     Segments(Vec<Option<Rewritten>>, Vec<Role>),
@@ -41,6 +41,46 @@ pub(super) enum Plan {
     /// are published before they run (hindsight cannot wrap them in a transaction: VACUUM,
     /// CREATE INDEX CONCURRENTLY and procedures that COMMIT refuse to run inside one).
     Announce,
+}
+
+/// The units of a relayed query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RelayUnits {
+    /// One for the whole reply, up to its ReadyForQuery.
+    Whole,
+    /// One per statement, then the ReadyForQuery's: transaction control or statement events
+    /// are involved.
+    PerStatement,
+}
+
+/// What a query string's statements do, as far as its handling depends on it.
+#[derive(Debug, Clone, Copy)]
+struct QueryFacts {
+    /// One of them writes rows.
+    writes: bool,
+    /// One of them is a COMMIT (or PREPARE TRANSACTION).
+    commit: bool,
+    /// One of them is transaction control.
+    txctl: bool,
+    /// One of them has a statement-level event (DDL, opaque).
+    stmt_events: bool,
+}
+
+impl QueryFacts {
+    fn of(statements: &[Statement]) -> Self {
+        let any = |f: fn(Kind) -> bool| statements.iter().any(|s| f(s.located.analysis.kind));
+        QueryFacts {
+            writes: any(Kind::writes_rows),
+            commit: any(|k| {
+                matches!(
+                    k,
+                    Kind::Transaction(TxControl::Commit | TxControl::PrepareTransaction)
+                )
+            }),
+            txctl: any(|k| matches!(k, Kind::Transaction(_))),
+            stmt_events: any(Kind::statement_event),
+        }
+    }
 }
 
 impl ClientCapture {
@@ -58,7 +98,7 @@ impl ClientCapture {
             FrontText::Refused(e) => return self.refuse(w, e).await,
         };
         let (text, tags) = sqlcommenter::split(&full);
-        let entry = self.cache.get(text);
+        let entry = self.parts.cache.get(text);
         let unreadable;
         let statements: &[Statement] = match entry.as_ref() {
             Ok(a) => &a.statements,
@@ -95,23 +135,9 @@ impl ClientCapture {
         {
             self.schema_changed();
         }
-        let writes = statements
-            .iter()
-            .any(|s| s.located.analysis.kind.writes_rows());
-        let commit = statements.iter().any(|s| {
-            matches!(
-                s.located.analysis.kind,
-                Kind::Transaction(TxControl::Commit | TxControl::PrepareTransaction)
-            )
-        });
-        let txctl = statements
-            .iter()
-            .any(|s| matches!(s.located.analysis.kind, Kind::Transaction(_)));
-        let stmt_events = statements
-            .iter()
-            .any(|s| s.located.analysis.kind.statement_event());
+        let facts = QueryFacts::of(statements);
         // Decisions below depend on the transaction state: let earlier replies arrive first.
-        if writes || commit || stmt_events {
+        if facts.writes || facts.commit || facts.stmt_events {
             self.flush_and_drain(w).await?;
         }
         let (status, pending) = {
@@ -131,11 +157,34 @@ impl ClientCapture {
                 return self.capture_copy(w, frame, text, &tags, s, status).await;
             }
         }
+        let plan = self
+            .plan_query(w, text, statements, &facts, status, pending)
+            .await?;
+        self.emit_query(w, frame, text, &tags, statements, plan)
+            .await
+    }
+
+    /// How to handle a Query, from its statements' facts and the transaction state.
+    async fn plan_query<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        statements: &[Statement],
+        facts: &QueryFacts,
+        status: TxState,
+        pending: bool,
+    ) -> std::io::Result<Plan> {
+        let QueryFacts {
+            writes,
+            commit,
+            txctl,
+            stmt_events,
+        } = *facts;
         // A COMMIT of captured changes must wait for their publication: a query string with
         // one among other statements is run in parts.
         let segmented = ((writes || stmt_events) && txctl)
             || (commit && pending && status == TxState::InBlock && statements.len() > 1);
-        let plan = if segmented {
+        Ok(if segmented {
             match implicit_blocks(statements, status) {
                 Err(why) => Plan::Refuse(
                     ErrorResponse::error(
@@ -151,7 +200,7 @@ impl ClientCapture {
             }
         } else if writes {
             match self.rewrites(w, text, statements).await? {
-                Ok(v) => Plan::Capture(v),
+                Ok(v) => Plan::Capture(v, status),
                 Err(e) => Plan::Fail(e),
             }
         } else if stmt_events && status == TxState::Idle {
@@ -159,26 +208,29 @@ impl ClientCapture {
         } else if commit && pending && status == TxState::InBlock {
             Plan::Commit
         } else {
-            Plan::Relay
-        };
+            Plan::Relay(match txctl || stmt_events {
+                true => RelayUnits::PerStatement,
+                false => RelayUnits::Whole,
+            })
+        })
+    }
+
+    /// Carry out a Query's plan: the only place a Query's frames are written.
+    async fn emit_query<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        frame: &[u8],
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        statements: &[Statement],
+        plan: Plan,
+    ) -> std::io::Result<()> {
         match plan {
-            Plan::Relay => {
-                let mut units: Vec<Unit> = Vec::new();
-                if txctl || stmt_events {
-                    for s in statements {
-                        let a = &s.located.analysis;
-                        let mut u = Unit::pass(b"CI");
-                        if let Kind::Transaction(ctl) = a.kind {
-                            u.txctl = Some((ctl, a.savepoint.clone()));
-                        }
-                        if a.kind.statement_event() {
-                            self.seq += 1;
-                            let stmt = text[s.located.span.clone()].trim();
-                            u.collect = Collect::Statement(self.statement_ctx(stmt, s, &tags));
-                        }
-                        units.push(u);
-                    }
-                }
+            Plan::Relay(relay) => {
+                let mut units = match relay {
+                    RelayUnits::PerStatement => self.relay_units(text, tags, statements),
+                    RelayUnits::Whole => Vec::new(),
+                };
                 units.push(Unit::pass(b"Z"));
                 self.push(units);
                 write_all(w, frame).await
@@ -190,7 +242,7 @@ impl ClientCapture {
                     .map(|s| {
                         self.seq += 1;
                         let stmt = text[s.located.span.clone()].trim();
-                        Change::statement(self.statement_ctx(stmt, s, &tags))
+                        Change::statement(self.statement_ctx(stmt, s, tags))
                     })
                     .collect();
                 self.announce(w, frame, changes, b"Z").await
@@ -201,15 +253,40 @@ impl ClientCapture {
                 .commit(w, CommitBy::ClientSimple(frame))
                 .await
                 .map(drop),
-            Plan::Capture(rewrites) => {
-                self.capture(w, text, &tags, statements, rewrites, status)
+            Plan::Capture(rewrites, status) => {
+                self.capture(w, text, tags, statements, rewrites, status)
                     .await
             }
             Plan::Segments(rewrites, roles) => {
-                self.run_segments(w, text, &tags, statements, rewrites, &roles)
+                self.run_segments(w, text, tags, statements, rewrites, &roles)
                     .await
             }
         }
+    }
+
+    /// One unit per statement of a relayed query string that controls the transaction or has
+    /// statement-level events (recorded with the transaction once it completes).
+    fn relay_units(
+        &mut self,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        statements: &[Statement],
+    ) -> Vec<Unit> {
+        let mut units = Vec::with_capacity(statements.len() + 1);
+        for s in statements {
+            let a = &s.located.analysis;
+            let mut u = Unit::pass(b"CI");
+            if let Kind::Transaction(ctl) = a.kind {
+                u.txctl = Some((ctl, a.savepoint.clone()));
+            }
+            if a.kind.statement_event() {
+                self.seq += 1;
+                let stmt = text[s.located.span.clone()].trim();
+                u.collect = Collect::Statement(self.statement_ctx(stmt, s, tags));
+            }
+            units.push(u);
+        }
+        units
     }
 
     /// Attribution of the current statement (`self.seq`) for a statement-level event.
@@ -273,13 +350,7 @@ impl ClientCapture {
         status: TxState,
     ) -> std::io::Result<()> {
         let implicit = status == TxState::Idle;
-        let mut sql = String::new();
-        let mut units = Vec::new();
-        if implicit {
-            open_own_transaction(&mut sql, &mut units);
-        }
-        self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
-        maps_whole_string(&mut units);
+        let (sql, mut units) = self.composed(text, tags, statements, rewrites, implicit);
         // Outside a transaction block hindsight ends the transaction itself: the client's
         // ReadyForQuery is held back until the outcome is known.
         units.push(if implicit {
@@ -290,6 +361,27 @@ impl ClientCapture {
         self.push(units);
         write_all(w, &query_frame(&sql)).await?;
         self.finish_query(w, implicit).await
+    }
+
+    /// hindsight's query string for `statements` (each rewritten for capture, or as sent),
+    /// after its own BEGIN when it `opens` the transaction, with one unit per statement the
+    /// server will answer (the ReadyForQuery's is the caller's).
+    fn composed(
+        &mut self,
+        text: &str,
+        tags: &sqlcommenter::Tags,
+        statements: &[Statement],
+        rewrites: Vec<Option<Rewritten>>,
+        opens: bool,
+    ) -> (String, Vec<Unit>) {
+        let mut sql = String::new();
+        let mut units = Vec::new();
+        if opens {
+            open_own_transaction(&mut sql, &mut units);
+        }
+        self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
+        maps_whole_string(&mut units);
+        (sql, units)
     }
 
     /// Append `statements` (each rewritten for capture, or as sent) to hindsight's query
@@ -494,13 +586,7 @@ impl ClientCapture {
         last: bool,
         open: bool,
     ) -> std::io::Result<bool> {
-        let mut sql = String::new();
-        let mut units = Vec::new();
-        if open {
-            open_own_transaction(&mut sql, &mut units);
-        }
-        self.add_statements(&mut sql, &mut units, text, tags, statements, rewrites);
-        maps_whole_string(&mut units);
+        let (sql, mut units) = self.composed(text, tags, statements, rewrites, open);
         units.push(if open {
             Unit::new(b"Z")
         } else {

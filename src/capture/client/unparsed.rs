@@ -48,7 +48,7 @@ impl ClientCapture {
             // The server refuses every statement until the transaction ends.
             return Ok(Unreadable::Relay);
         }
-        let Some(pieces) = unparsed::pieces(text, &self.cache) else {
+        let Some(pieces) = unparsed::pieces(text, &self.parts.cache) else {
             return Ok(Unreadable::Relay);
         };
         for p in &pieces {
@@ -93,7 +93,7 @@ impl ClientCapture {
         full: &str,
         params: &[u8],
     ) -> std::io::Result<Option<Statement>> {
-        let piece = match unparsed::pieces(text, &self.cache) {
+        let piece = match unparsed::pieces(text, &self.parts.cache) {
             Some(mut p) if p.len() == 1 => p.remove(0),
             _ => {
                 self.forward_parse(w, frame).await?;
