@@ -12,6 +12,7 @@
 //! - `rows` — strips capture columns off RowDescription/DataRow before the client sees them.
 //! - `expect` — what the reply router expects of each step of a captured write (guard,
 //!   pre-read, main, post-read): the one place a step becomes a `router::Unit`.
+//! - `positions` — where a forwarded error's position points in the client's text.
 //! - `router` — the queue of expected replies; routes each server frame.
 //! - `client` — the client side: rewrites, holds COMMIT, publishes, refuses what it cannot capture.
 //! - `txn` — the open transaction's captured changes, with savepoints.
@@ -26,6 +27,7 @@ pub mod expect;
 pub mod functions;
 pub mod image_sql;
 pub mod merge;
+pub mod positions;
 pub mod publish;
 pub mod redact;
 pub mod rewrite;

@@ -18,6 +18,7 @@ use pg_query::protobuf::node::Node as N;
 use thiserror::Error;
 
 use super::image_sql::Form;
+use super::positions::{Inserted, Piece};
 use crate::statement::analysis::{Kind, Located, TableName};
 
 /// Where the capture columns are in the rewritten statement's result.
@@ -102,15 +103,10 @@ pub struct Rewritten {
 }
 
 impl Rewritten {
-    /// `pre_read_map` as `router::Unit::position_segments`, for `pre_read` sent at character
+    /// `pre_read_map` as `positions::Positions::pieces`, for `pre_read` sent at character
     /// `sent_at` (0-based) of the query string, and the client's statement at character `client_at`
     /// (0-based) of the client's, whose text is `client`.
-    pub fn pre_read_segments(
-        &self,
-        sent_at: i64,
-        client: &str,
-        client_at: i64,
-    ) -> Vec<(i64, i64, i64)> {
+    pub fn pre_read_segments(&self, sent_at: i64, client: &str, client_at: i64) -> Vec<Piece> {
         let Some(pre) = &self.pre_read else {
             return Vec::new();
         };
@@ -118,25 +114,26 @@ impl Rewritten {
             |s: &str, a: usize, b: usize| s.get(a..b).map_or(0, |t| t.chars().count() as i64);
         self.pre_read_map
             .iter()
-            .map(|&(at, len, from)| {
-                (
-                    sent_at + chars(pre, 0, at) + 1,
-                    chars(pre, at, at + len),
-                    client_at + chars(client, 0, from) + 1,
-                )
+            .map(|&(at, len, from)| Piece {
+                at: sent_at + chars(pre, 0, at) + 1,
+                len: chars(pre, at, at + len),
+                client_at: client_at + chars(client, 0, from) + 1,
             })
             .collect()
     }
 
-    /// `inserts` as `router::Unit::position_inserts`, for `text` sent at character `sent_at`
+    /// `inserts` as `positions::Positions::inserts`, for `text` sent at character `sent_at`
     /// (0-based) of the query string.
-    pub fn position_inserts(&self, sent_at: i64) -> Vec<(i64, i64)> {
+    pub fn position_inserts(&self, sent_at: i64) -> Vec<Inserted> {
         self.inserts
             .iter()
             .map(|&(at, len)| {
                 let before = self.text[..at].chars().count() as i64;
                 let len = self.text[at..at + len].chars().count() as i64;
-                (sent_at + before + 1, len)
+                Inserted {
+                    at: sent_at + before + 1,
+                    len,
+                }
             })
             .collect()
     }

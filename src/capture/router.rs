@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Notify};
 
+use super::positions::Positions;
 use super::rewrite::ReadAfter;
 use super::rows::{decode_image, decode_oid, split_data_row, strip_row_description, Format};
 use super::txn::{Change, StatementCtx, TxnBuffer};
@@ -46,26 +47,13 @@ pub struct Unit {
     /// query failed before the COPY started (so the client will send no CopyDone to resume
     /// on), give the client `Z I` now and roll back at its next message.
     pub idle_if_no_copy: bool,
-    /// Characters hindsight's query string has in front of the client's text at this
-    /// statement: subtracted from the position of a forwarded error.
-    pub position_shift: i64,
-    /// Text hindsight inserted inside the client's statement, as (1-based character position
-    /// in the query string sent, length in characters), in order: a forwarded error's
-    /// position past one is moved back by its length (`map_position`).
-    pub position_inserts: Vec<(i64, i64)>,
-    /// A statement hindsight built around pieces of the client's text (a pre-read): where each
-    /// piece is, as (1-based character position in the query string sent, length, 1-based
-    /// position in the client's). A forwarded error's position inside a piece is moved there;
-    /// one outside every piece is left out.
-    pub position_segments: Vec<(i64, i64, i64)>,
-    /// The characters of the query string sent that this unit's statement occupies (1-based,
-    /// end excluded), for [`Unit::maps_whole_string`].
-    pub sent_range: Option<(i64, i64)>,
+    /// How a forwarded error's position maps back to the client's text.
+    pub positions: Positions,
     /// The first unit of a query string hindsight composed (its BEGIN, or the first
     /// statement's in a transaction block): an error here may mean that the server rejected
     /// the whole string before running any of it (a syntax error: the server's grammar may be
     /// newer or older than hindsight's parser). Its position is mapped by the queued unit whose
-    /// `sent_range` holds it (an error of the first statement itself lies in its own range).
+    /// `positions.sent` holds it (an error of the first statement itself lies in its own range).
     pub maps_whole_string: bool,
     /// Captured rows go to `State::probe`, not the transaction (a gate's trial run of a
     /// refused statement, rolled back, to record what it would have changed).
@@ -77,7 +65,7 @@ pub struct Unit {
     pub begin_in_batch: bool,
     /// The sync point after a statement that may change `client_encoding`: the server reports
     /// the new encoding (ParameterStatus) only right before this ReadyForQuery, so images are
-    /// built in hex until it is through (see `State::encoding_unsettled`).
+    /// built in hex until it is through (see [`EncodingTracker`]).
     pub settles_encoding: bool,
 }
 
@@ -269,38 +257,12 @@ impl Unit {
             failed: false,
             complete: Complete::Keep,
             idle_if_no_copy: false,
-            position_shift: 0,
-            position_inserts: Vec::new(),
-            position_segments: Vec::new(),
-            sent_range: None,
+            positions: Positions::default(),
             maps_whole_string: false,
             probe: false,
             begin_in_batch: false,
             settles_encoding: false,
         }
-    }
-
-    /// A position in the query string hindsight sent, as a position in the client's text: back
-    /// over the text inserted before it; inside inserted text, where it was inserted.
-    pub fn map_position(&self, p: i64) -> i64 {
-        if !self.position_segments.is_empty() {
-            return self
-                .position_segments
-                .iter()
-                .find(|&&(at, len, _)| p >= at && p < at + len)
-                .map_or(crate::wire::error_response::NO_POSITION, |&(at, _, to)| {
-                    to + (p - at)
-                });
-        }
-        let mut back = self.position_shift;
-        for &(at, len) in &self.position_inserts {
-            if p >= at + len {
-                back += len;
-            } else if p >= at {
-                return at - back;
-            }
-        }
-        p - back
     }
 
     /// Replies forwarded unchanged.
@@ -351,9 +313,8 @@ pub struct State {
     /// Rows whose capture columns could not be decoded: the transaction must not commit.
     pub capture_errors: Vec<String>,
     pub application_name: String,
-    /// The session's `client_encoding` (ParameterStatus): how its SQL text and the row images
-    /// the server returns are encoded.
-    pub client_encoding: crate::wire::client_text::ClientEncoding,
+    /// The session's `client_encoding`, and whether a change of it may still be on its way.
+    pub encoding: EncodingTracker,
     /// `server_version_num / 10000`, from ParameterStatus `server_version`.
     pub server_major: u32,
     /// A CopyInResponse arrived since the last ReadyForQuery.
@@ -363,12 +324,60 @@ pub struct State {
     /// The row count in the command tag of the last statement whose rows a post-read finds
     /// (`MERGE n`, `COPY n`; see `Shape::read_after`).
     pub read_after_rows: Option<u64>,
-    /// A statement that may change `client_encoding` was sent, and the next sync point pushed
-    /// will be the one after it (it then becomes that unit's `settles_encoding`).
-    pub encoding_mark: bool,
-    /// Sync points marked `settles_encoding` not yet through: until then the session's
-    /// encoding may differ from `client_encoding`, whatever the server reported last.
-    pub encoding_unsettled: u32,
+}
+
+/// The session's `client_encoding`, as the server reported it (ParameterStatus), and whether
+/// it may already have changed: the server reports a new encoding only right before the
+/// ReadyForQuery after the statement that set it, so from the moment such a statement is sent
+/// until that sync point is through, what was reported last may be stale (images are then
+/// built in hex, see `image_sql::Form`).
+#[derive(Debug, Default)]
+pub struct EncodingTracker {
+    /// What the server reported last: how the session's SQL text and row images are encoded.
+    reported: ClientEncoding,
+    /// A statement that may change it was sent, and the next sync point pushed will be the one
+    /// after it.
+    marked: bool,
+    /// Sync points pushed after such a statement and not yet through.
+    unsettled: u32,
+}
+
+impl EncodingTracker {
+    /// What the server reported last.
+    pub fn current(&self) -> ClientEncoding {
+        self.reported
+    }
+
+    /// The server reported `encoding`.
+    pub fn reported(&mut self, encoding: ClientEncoding) {
+        self.reported = encoding;
+    }
+
+    /// A statement that may change the encoding is being sent.
+    pub fn mark(&mut self) {
+        self.marked = true;
+    }
+
+    /// Whether what was reported last is surely the session's encoding.
+    pub fn settled(&self) -> bool {
+        !self.marked && self.unsettled == 0
+    }
+
+    /// `unit` is being pushed: the first sync point after a marked statement settles it.
+    pub(crate) fn on_push(&mut self, unit: &mut Unit) {
+        if self.marked && unit.sync_point() {
+            self.marked = false;
+            self.unsettled += 1;
+            unit.settles_encoding = true;
+        }
+    }
+
+    /// `unit` completed.
+    fn on_complete(&mut self, unit: &Unit) {
+        if unit.settles_encoding {
+            self.unsettled = self.unsettled.saturating_sub(1);
+        }
+    }
 }
 
 /// [`State`] plus the wake-up for the client side waiting on replies.
@@ -543,10 +552,7 @@ fn outside_units(shared: &Shared, tag: u8, body: &[u8], frame: &[u8]) -> Option<
                         st.application_name = String::from_utf8_lossy(value).into_owned()
                     }
                     b"server_version" => st.server_major = major_of(value),
-                    b"client_encoding" => {
-                        st.client_encoding =
-                            crate::wire::client_text::ClientEncoding::from_name(value)
-                    }
+                    b"client_encoding" => st.encoding.reported(ClientEncoding::from_name(value)),
                     _ => {}
                 }
             }
@@ -590,9 +596,9 @@ fn on_error(shared: &Shared, st: &mut State, frame: &[u8]) -> Option<Vec<u8>> {
             crate::wire::error_response::map_position(frame, |p| {
                 st.units
                     .iter()
-                    .find(|u| u.sent_range.is_some_and(|(from, to)| p >= from && p < to))
+                    .find(|u| u.positions.sent.is_some_and(|r| r.contains(p)))
                     .map_or(crate::wire::error_response::NO_POSITION, |u| {
-                        u.map_position(p)
+                        u.positions.map(p)
                     })
             })
         });
@@ -640,11 +646,8 @@ fn error_for_client(unit: &Unit, frame: &[u8], whole_string: Option<Vec<u8>>) ->
     if !unit.delivery.errors() {
         return Vec::new();
     }
-    if unit.position_shift != 0
-        || !unit.position_inserts.is_empty()
-        || !unit.position_segments.is_empty()
-    {
-        return crate::wire::error_response::map_position(frame, |p| unit.map_position(p));
+    if !unit.positions.is_identity() {
+        return crate::wire::error_response::map_position(frame, |p| unit.positions.map(p));
     }
     frame.to_vec()
 }
@@ -859,9 +862,7 @@ fn finish_unit(
     end: Ending<'_>,
     mut out: Vec<u8>,
 ) -> Vec<u8> {
-    if unit.settles_encoding {
-        st.encoding_unsettled = st.encoding_unsettled.saturating_sub(1);
-    }
+    st.encoding.on_complete(&unit);
     if let Some((ctl, name)) = &unit.txctl {
         apply_txctl(st, *ctl, name);
     }
@@ -1120,24 +1121,6 @@ fn major_of(version: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn positions_move_back_over_inserted_text() {
-        let mut u = Unit::pass(b"C");
-        u.position_shift = 10;
-        // Sent: 10 characters of hindsight's, then the client's text with 3 characters
-        // inserted at sent position 21 and 5 at sent position 31.
-        u.position_inserts = vec![(21, 3), (31, 5)];
-        assert_eq!(u.map_position(15), 5);
-        assert_eq!(u.map_position(20), 10);
-        // Inside an insert: where it was inserted.
-        assert_eq!(u.map_position(22), 11);
-        assert_eq!(u.map_position(24), 11);
-        assert_eq!(u.map_position(30), 17);
-        assert_eq!(u.map_position(33), 18);
-        assert_eq!(u.map_position(36), 18);
-        assert_eq!(u.map_position(40), 22);
-    }
 
     fn ctx(read_after: Option<ReadAfter>) -> StatementCtx {
         let table = crate::statement::TableName {

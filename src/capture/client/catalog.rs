@@ -46,7 +46,7 @@ impl ClientCapture {
         };
         self.mid_batch = extended;
         let reply = self.internal_query(w, &q).await?;
-        Ok(reply.first_column(self.shared.lock().client_encoding))
+        Ok(reply.first_column(self.shared.lock().encoding.current()))
     }
 
     /// Whether the server may accept syntax hindsight's parser (PostgreSQL 17's grammar)
@@ -208,7 +208,7 @@ impl ClientCapture {
             // An aborted transaction: the statement fails on its own; try again next time.
             return Ok(Arc::default());
         }
-        let names = reply.first_column(self.shared.lock().client_encoding);
+        let names = reply.first_column(self.shared.lock().encoding.current());
         Ok(self.parts.functions.put(&db, names))
     }
 }

@@ -62,7 +62,7 @@ impl ClientCapture {
         self.seq += 1;
         let staged = match crate::capture::copy::parse_lookup(
             &lookup.rows,
-            self.shared.lock().client_encoding,
+            self.shared.lock().encoding.current(),
         ) {
             Some(target) => crate::capture::copy::stage(sql, &target, &write.columns, self.seq),
             // No such table: the client's COPY fails on its own, writing nothing.
@@ -107,7 +107,7 @@ impl ClientCapture {
         q.push_str(&staged.copy);
         q.push_str(";\n");
         let mut copy = Unit::pass(b"C");
-        copy.position_shift = shift;
+        copy.positions.shift = shift;
         copy.complete = crate::capture::router::Complete::Drop;
         units.push(copy);
         q.push_str(&rw.text);
@@ -166,7 +166,7 @@ impl ClientCapture {
             .internal_query(w, &crate::capture::copy::lookup_query(&write.table))
             .await?;
         let Some(target) =
-            crate::capture::copy::parse_lookup(&lookup.rows, self.shared.lock().client_encoding)
+            crate::capture::copy::parse_lookup(&lookup.rows, self.shared.lock().encoding.current())
         else {
             return Ok(Ok(None));
         };

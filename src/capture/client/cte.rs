@@ -92,7 +92,7 @@ impl ClientCapture {
             };
             match self.describe(w, &probe, &params, extended).await? {
                 Description::Described(_, Some(rd)) => {
-                    match cte::column_names(&rd, self.shared.lock().client_encoding) {
+                    match cte::column_names(&rd, self.shared.lock().encoding.current()) {
                         Ok(names) => columns.push(Some(names)),
                         Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
                     }
@@ -109,7 +109,7 @@ impl ClientCapture {
         }
         let (major, encoding) = {
             let st = self.shared.lock();
-            (st.server_major, st.client_encoding)
+            (st.server_major, st.encoding.current())
         };
         Ok(
             match cut.rewrite(
@@ -151,7 +151,7 @@ impl ClientCapture {
             .await?
         {
             Description::Described(_, Some(rd)) => {
-                match cte::column_names(&rd, self.shared.lock().client_encoding) {
+                match cte::column_names(&rd, self.shared.lock().encoding.current()) {
                     Ok(names) => names,
                     Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
                 }
@@ -225,7 +225,7 @@ impl ClientCapture {
         let mut described = Unit::with(others, b"Tn");
         described.collect = Collect::Described(Vec::new(), None);
         described.reply = Some(tx);
-        described.position_shift = -offset;
+        described.positions.shift = -offset;
         let mut units = vec![Unit::new(b"3"), described, Unit::new(b"3")];
         if extended {
             frames.extend(frame_of(b'H', &[]));

@@ -4,7 +4,7 @@
 //! but UTF-8 they are built as hex of UTF-8 instead (`image_sql::Form`). The server reports a
 //! new encoding only right before its next ReadyForQuery, so a statement that may change it
 //! makes hindsight build images in hex until that report is through
-//! (`router::State::encoding_unsettled`). This file only recognises such statements; it does
+//! (`router::EncodingTracker`). This file only recognises such statements; it does
 //! not know how images are built or when the report arrives.
 
 /// Whether SQL text (a statement, or a whole query string) may change `client_encoding`:

@@ -15,6 +15,7 @@ use super::{now_ms, uncapturable, write_all, write_last, ClientCapture, Prep};
 use crate::capture::expect;
 use crate::capture::expect::{Audience, Step};
 use crate::capture::image_sql::Form;
+use crate::capture::positions::Piece;
 use crate::capture::rewrite::{Rewritten, Shape};
 use crate::capture::router::{Collect, Delivery, TxState, Unit};
 use crate::capture::tables::Target;
@@ -333,7 +334,7 @@ impl ClientCapture {
         };
         let mut parse = self.parse_unit();
         if let Some(rw) = &rewritten {
-            parse.position_inserts = rw.position_inserts(0);
+            parse.positions.inserts = rw.position_inserts(0);
         }
         self.push([parse]);
         write_all(w, &out).await?;
@@ -457,7 +458,7 @@ impl ClientCapture {
         name: &[u8],
         pre_read: &str,
         kind: u8,
-        segments: Vec<(i64, i64, i64)>,
+        pieces: Vec<Piece>,
     ) -> std::io::Result<Option<Vec<u8>>> {
         let (tx, rx) = oneshot::channel();
         let mut u = Unit::new(b"nT");
@@ -486,7 +487,7 @@ impl ClientCapture {
         let mut frames = close_frame(b'S', &cname);
         frames.extend(frame_of(b'P', &p));
         let mut parse = Unit::with(Delivery::Errors, b"1");
-        parse.position_segments = segments;
+        parse.positions.pieces = pieces;
         self.push([Unit::new(b"3"), parse]);
         write_all(w, &frames).await?;
         Ok(Some(cname))

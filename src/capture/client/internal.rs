@@ -231,7 +231,7 @@ impl ClientCapture {
         &self,
         bytes: &'a [u8],
     ) -> Result<std::borrow::Cow<'a, str>, TextError> {
-        let encoding = self.shared.lock().client_encoding;
+        let encoding = self.shared.lock().encoding.current();
         crate::wire::client_text::decode(bytes, encoding)
     }
 
@@ -240,9 +240,9 @@ impl ClientCapture {
     /// have changed it and the server has not reported it yet).
     pub(super) fn image_form(&self) -> crate::capture::image_sql::Form {
         let st = self.shared.lock();
-        if self.encoding_pending || st.encoding_mark || st.encoding_unsettled > 0 {
+        if self.encoding_pending || !st.encoding.settled() {
             return crate::capture::image_sql::Form::Hex;
         }
-        crate::capture::image_sql::Form::for_session(st.client_encoding)
+        crate::capture::image_sql::Form::for_session(st.encoding.current())
     }
 }

@@ -95,7 +95,7 @@ pub struct ClientCapture {
     /// (`image_sql::Form`), as the server has not reported the new encoding yet.
     encoding_pending: bool,
     /// Prepared statements that may change `client_encoding` (`SET client_encoding`, …): a
-    /// Bind of one marks the encoding unsettled (`State::encoding_mark`).
+    /// Bind of one marks the encoding unsettled (`router::EncodingTracker`).
     encoding_statements: std::collections::HashSet<Vec<u8>>,
     /// A prepared write is being parsed again for an encoding it was not built for (see
     /// `reprepare`): the server's replies to that Parse are hindsight's, not the client's.
@@ -214,7 +214,7 @@ impl ClientCapture {
         if fast_path::certainly_read(text) && !self.may_call_writer(text) {
             self.push([Unit::pass(b"Z")]);
             if may_change_encoding(text) {
-                self.shared.lock().encoding_mark = true;
+                self.shared.lock().encoding.mark();
             }
             return Verdict::Forward;
         }
@@ -249,7 +249,7 @@ impl ClientCapture {
         };
         self.post_binds.remove(portal);
         if !self.encoding_statements.is_empty() && self.encoding_statements.contains(stmt) {
-            self.shared.lock().encoding_mark = true;
+            self.shared.lock().encoding.mark();
         }
         match self.statements.get(stmt).cloned() {
             Some(p) if p.rewritten.is_some() => Verdict::Defer,
@@ -481,11 +481,7 @@ impl ClientCapture {
             if st.batch_failed && !u.sync_point() && !st.units.iter().any(Unit::sync_point) {
                 continue;
             }
-            if st.encoding_mark && u.sync_point() {
-                st.encoding_mark = false;
-                st.encoding_unsettled += 1;
-                u.settles_encoding = true;
-            }
+            st.encoding.on_push(&mut u);
             st.units.push_back(u);
         }
     }
@@ -508,7 +504,7 @@ impl ClientCapture {
                 // Marked once its units are in: the sync point that settles it is then one
                 // after the statement (later than needed at worst, which only costs hex).
                 if may_change_encoding(query_text(&frame[HEADER_LEN..])) {
-                    self.shared.lock().encoding_mark = true;
+                    self.shared.lock().encoding.mark();
                 }
                 Ok(())
             }

@@ -13,6 +13,7 @@ use super::unparsed::Unreadable;
 use super::{now_ms, uncapturable, write_all, ClientCapture};
 use crate::capture::expect;
 use crate::capture::expect::{Audience, Step};
+use crate::capture::positions::SentRange;
 use crate::capture::rewrite::{Rewritten, Shape};
 use crate::capture::router::{Collect, Delivery, TxState, Unit};
 use crate::capture::txn::{Change, GateInfo, StatementCtx};
@@ -405,8 +406,11 @@ impl ClientCapture {
                     let sent_at = sql.chars().count() as i64;
                     sql.push_str(original);
                     let mut u = Unit::pass(b"CI");
-                    u.position_shift = sent_at - before;
-                    u.sent_range = Some((sent_at + 1, sql.chars().count() as i64 + 1));
+                    u.positions.shift = sent_at - before;
+                    u.positions.sent = Some(SentRange {
+                        start: sent_at + 1,
+                        end: sql.chars().count() as i64 + 1,
+                    });
                     if let Kind::Transaction(ctl) = s.located.analysis.kind {
                         u.txctl = Some((ctl, s.located.analysis.savepoint.clone()));
                     }
@@ -440,16 +444,19 @@ impl ClientCapture {
                             // The pre-read evaluates the statement's own FROM/WHERE: its
                             // errors point into the client's text.
                             Step::PreRead(_) => {
-                                u.position_segments =
+                                u.positions.pieces =
                                     rw.pre_read_segments(sent_at, original, before);
                             }
                             Step::Main => {
-                                u.position_shift = sent_at - before;
-                                u.position_inserts = rw.position_inserts(sent_at);
+                                u.positions.shift = sent_at - before;
+                                u.positions.inserts = rw.position_inserts(sent_at);
                             }
                         }
                         if matches!(step, Step::PreRead(_) | Step::Main) {
-                            u.sent_range = Some((sent_at + 1, sql.chars().count() as i64 + 1));
+                            u.positions.sent = Some(SentRange {
+                                start: sent_at + 1,
+                                end: sql.chars().count() as i64 + 1,
+                            });
                         }
                         units.push(u);
                         if i < last {
