@@ -261,22 +261,7 @@ pub fn build(
     redactor: &super::redact::Redactor,
 ) -> (Vec<Record>, TransactionRecord) {
     let mut changes = changes;
-    if !redactor.is_empty() {
-        for c in &mut changes {
-            let (schema, name) = tables
-                .get(&c.table_oid)
-                .map(|t| (t.schema.clone(), t.name.clone()))
-                .unwrap_or_else(|| {
-                    (
-                        c.stmt.shape.table.schema.clone(),
-                        c.stmt.shape.table.name.clone(),
-                    )
-                });
-            for image in [&mut c.before, &mut c.after].into_iter().flatten() {
-                redactor.apply(&schema, &name, image);
-            }
-        }
-    }
+    redact_images(&mut changes, tables, redactor);
     let id = format!("{}:{}", session.session_id, tx_seq);
     let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
     let count = changes.len();
@@ -304,26 +289,10 @@ pub fn build(
         let order = per_table.entry(collection.clone()).or_insert(0);
         *order += 1;
         let mark = c.gate.clone().or_else(|| c.stmt.gate.mark.clone());
-        let op = match (&c.before, &c.after) {
-            _ if matches!(mark, Some(GateMark::Blocked(_))) => Op::Blocked,
-            (None, Some(_)) => Op::Create,
-            (Some(_), None) if c.stmt.shape.kind == Kind::Truncate => Op::Truncate,
-            (Some(_), None) => Op::Delete,
-            (Some(_), Some(_)) => Op::Update,
-            (None, None) if c.stmt.shape.kind == Kind::Ddl => Op::Ddl,
-            (None, None) => Op::Opaque,
-        };
+        let op = op_of(&c, mark.as_ref());
         let empty = Row::new();
         let image = c.after.as_ref().or(c.before.as_ref()).unwrap_or(&empty);
-        // Rows hindsight cannot see may have changed too: say which tables (and triggers).
-        let mut side_effects: Vec<String> = t
-            .triggers
-            .iter()
-            .map(|n| format!("trigger {n} on {collection}"))
-            .collect();
-        if matches!(op, Op::Update | Op::Delete) {
-            side_effects.extend(t.cascades_to.iter().cloned());
-        }
+        let side_effects = side_effects_of(t, &collection, op);
         let key = ChangeKey {
             table: if c.is_statement() {
                 c.stmt.shape.table.to_string()
@@ -420,6 +389,60 @@ pub fn build(
     });
     out.extend(events);
     (out, end)
+}
+
+/// Apply the redaction rules to every image of `changes`, by its table's name (the
+/// statement's own name for a table the catalog did not give).
+fn redact_images(
+    changes: &mut [Change],
+    tables: &HashMap<u32, TableInfo>,
+    redactor: &super::redact::Redactor,
+) {
+    if redactor.is_empty() {
+        return;
+    }
+    for c in changes {
+        let (schema, name) = tables
+            .get(&c.table_oid)
+            .map(|t| (t.schema.clone(), t.name.clone()))
+            .unwrap_or_else(|| {
+                (
+                    c.stmt.shape.table.schema.clone(),
+                    c.stmt.shape.table.name.clone(),
+                )
+            });
+        for image in [&mut c.before, &mut c.after].into_iter().flatten() {
+            redactor.apply(&schema, &name, image);
+        }
+    }
+}
+
+/// A change's operation, from its images, its statement's kind and the gates' mark.
+fn op_of(c: &Change, mark: Option<&GateMark>) -> Op {
+    match (&c.before, &c.after) {
+        _ if matches!(mark, Some(GateMark::Blocked(_))) => Op::Blocked,
+        (None, Some(_)) => Op::Create,
+        (Some(_), None) if c.stmt.shape.kind == Kind::Truncate => Op::Truncate,
+        (Some(_), None) => Op::Delete,
+        (Some(_), Some(_)) => Op::Update,
+        (None, None) if c.stmt.shape.kind == Kind::Ddl => Op::Ddl,
+        (None, None) => Op::Opaque,
+    }
+}
+
+/// Rows hindsight cannot see that may have changed with an `op` on table `t` (named
+/// `collection`): its user triggers, and for an update or delete the tables its foreign keys
+/// cascade to.
+fn side_effects_of(t: &TableInfo, collection: &str, op: Op) -> Vec<String> {
+    let mut side_effects: Vec<String> = t
+        .triggers
+        .iter()
+        .map(|n| format!("trigger {n} on {collection}"))
+        .collect();
+    if matches!(op, Op::Update | Op::Delete) {
+        side_effects.extend(t.cascades_to.iter().cloned());
+    }
+    side_effects
 }
 
 /// The END record as a Kafka record.
