@@ -9,14 +9,20 @@
 # one costs the whole machine plus what the broker spends on it, so even a hindsight that cost
 # nothing could not exceed cores / (direct machine + broker) per transaction.
 #   scripts/bench-capture-cpu.sh [SECONDS_PER_RUN (default 10)] [ROUNDS (default 2)]
+# HSBENCH_BIN=path runs that binary instead of building target/release/hindsight (to compare
+# two builds, e.g. before and after a change, with the same script).
 source "$(dirname "$0")/common.sh"
 secs="${1:-10}"; rounds="${2:-2}"
 bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
 bash "$ROOT/scripts/pg.sh" start 18 >/dev/null
 fresh_memory_broker
 trap 'stop_proxy bench-cpu-15; stop_proxy bench-cpu-18; memory_broker stop' EXIT
-(cd "$ROOT" && cargo build --release --quiet --bin hindsight)
-bin="$ROOT/target/release/hindsight"
+if [ -n "${HSBENCH_BIN:-}" ]; then
+  bin="$HSBENCH_BIN"; [ -x "$bin" ] || die "HSBENCH_BIN=$bin is not an executable hindsight binary"
+else
+  (cd "$ROOT" && cargo build --release --quiet --bin hindsight)
+  bin="$ROOT/target/release/hindsight"
+fi
 
 # utime + stime (+ reaped children's, for the postmaster: backends that exited), in clock ticks.
 ticks_of() { awk '{ sub(/^.*\) /, ""); split($0, f, " "); print f[12] + f[13] + f[14] + f[15] }' "/proc/$1/stat" 2>/dev/null || echo 0; }
