@@ -110,40 +110,10 @@ pub fn stage(
             target.schema, target.name
         ),
     };
-    if columns
-        .iter()
-        .enumerate()
-        .any(|(i, c)| columns[..i].contains(c))
-    {
-        // A column named twice: the client's COPY fails on its own, with the server's message.
+    let Some(cols) = copied_columns(target, columns) else {
+        // The client's COPY fails on its own, with the server's message.
         return Ok(None);
-    }
-    let cols: Vec<&(String, String)> = if columns.is_empty() {
-        target.columns.iter().collect()
-    } else {
-        let mut v = Vec::with_capacity(columns.len());
-        for c in columns {
-            match target.columns.iter().find(|(n, _)| n == c) {
-                Some(col) => v.push(col),
-                None => return Ok(None),
-            }
-        }
-        v
     };
-    let stage = if target.temp {
-        format!("__hs_copy_{seq}")
-    } else {
-        target.name.clone()
-    };
-    let stage_ref = format!("pg_temp.{}", quote(&stage));
-    let target_ref = format!("{}.{}", quote(&target.schema), quote(&target.name));
-    let names: Vec<String> = cols.iter().map(|(n, _)| quote(n)).collect();
-    let names = names.join(", ");
-    // The client's COPY text with the stage (and an explicit column list) in place of its
-    // relation; its options and WHERE stay as written (the server judges the WHERE as a COPY
-    // WHERE: no subqueries, no generated columns, errors in the COPY's line context). Text
-    // surgery on token positions rather than a deparse: the deparser aborts the process on
-    // options it does not know, and the server must be the one to judge them.
     let parsed = crate::statement::pg18_syntax::parse(sql)
         .map_err(|_| unsupported())?
         .protobuf;
@@ -159,32 +129,95 @@ pub fn stage(
     if !copy.is_from || copy.query.is_some() {
         return Err(unsupported());
     }
+    let filtered = copy.where_clause.is_some();
+    let stage = if target.temp {
+        format!("__hs_copy_{seq}")
+    } else {
+        target.name.clone()
+    };
+    let stage_ref = format!("pg_temp.{}", quote(&stage));
+    let target_ref = format!("{}.{}", quote(&target.schema), quote(&target.name));
+    let names: Vec<String> = cols.iter().map(|(n, _)| quote(n)).collect();
+    let names = names.join(", ");
+    let (copy_text, shift) = retarget(sql, rel_at, filtered, &format!("{stage_ref} ({names}) "))
+        .ok_or_else(unsupported)?;
+    // COPY fills identity columns even when they are GENERATED ALWAYS; so must the INSERT.
+    let insert = format!(
+        "INSERT INTO {target_ref} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM {stage_ref}"
+    );
+    Ok(Some(Staged {
+        create: create_stage(&stage, &cols, target, filtered),
+        copy: copy_text,
+        insert,
+        drop: format!("DROP TABLE {stage_ref}"),
+        shift,
+        stdin: copy.filename.is_empty() && !copy.is_program,
+    }))
+}
+
+/// The target's columns the COPY fills, as (name, type): `columns` in order, or every
+/// copyable column when it names none. `None`: a column named twice or not a copyable column
+/// of the target.
+fn copied_columns<'t>(target: &'t Target, columns: &[String]) -> Option<Vec<&'t (String, String)>> {
+    if columns
+        .iter()
+        .enumerate()
+        .any(|(i, c)| columns[..i].contains(c))
+    {
+        return None;
+    }
+    if columns.is_empty() {
+        return Some(target.columns.iter().collect());
+    }
+    columns
+        .iter()
+        .map(|c| target.columns.iter().find(|(n, _)| n == c))
+        .collect()
+}
+
+/// `CREATE TEMP TABLE stage (…) ON COMMIT DROP` with the copied columns `cols`. PostgreSQL
+/// refuses a COPY WHERE (`filtered`) that reads a generated column (computed after it): the
+/// stage's own generated columns (never filled, never inserted) make it refuse the same.
+fn create_stage(
+    stage: &str,
+    cols: &[&(String, String)],
+    target: &Target,
+    filtered: bool,
+) -> String {
     let mut defs: Vec<String> = cols
         .iter()
         .map(|(n, t)| format!("{} {t}", quote(n)))
         .collect();
-    // PostgreSQL refuses a COPY WHERE that reads a generated column (computed after it): the
-    // stage's own generated columns (never filled, never inserted) make it refuse the same.
     defs.extend(
         target
             .generated
             .iter()
-            .filter(|_| copy.where_clause.is_some())
+            .filter(|_| filtered)
             .map(|(n, t)| format!("{} {t} GENERATED ALWAYS AS (NULL::{t}) STORED", quote(n))),
     );
-    let create = format!(
+    format!(
         "CREATE TEMP TABLE {} ({}) ON COMMIT DROP",
-        quote(&stage),
+        quote(stage),
         defs.join(", ")
-    );
-    let stdin = copy.filename.is_empty() && !copy.is_program;
-    let tokens = pg_query::scan(sql).map_err(|_| unsupported())?.tokens;
-    let top_level = |kind: pg_query::protobuf::Token, after: usize| {
+    )
+}
+
+/// The client's COPY text with `head` (the stage and an explicit column list) in place of its
+/// relation at byte `rel_at`, and how many characters that moved the rest. Its options and
+/// WHERE stay as written (the server judges the WHERE as a COPY WHERE: no subqueries, no
+/// generated columns, errors in the COPY's line context). Text surgery on token positions
+/// rather than a deparse: the deparser aborts the process on options it does not know, and
+/// the server must be the one to judge them. `None`: its FROM (or its WHERE, when
+/// `filtered`) was not found at the top level.
+fn retarget(sql: &str, rel_at: usize, filtered: bool, head: &str) -> Option<(String, i64)> {
+    use pg_query::protobuf::Token as T;
+    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let top_level = |kind: T, after: usize| {
         let mut depth = 0i32;
         tokens.iter().find_map(|t| {
-            match pg_query::protobuf::Token::try_from(t.token) {
-                Ok(pg_query::protobuf::Token::Ascii40) => depth += 1,
-                Ok(pg_query::protobuf::Token::Ascii41) => depth -= 1,
+            match T::try_from(t.token) {
+                Ok(T::Ascii40) => depth += 1,
+                Ok(T::Ascii41) => depth -= 1,
                 Ok(k) if k == kind && depth == 0 && t.start as usize > after => {
                     return Some((t.start as usize, t.end as usize))
                 }
@@ -193,26 +226,13 @@ pub fn stage(
             None
         })
     };
-    let (from_at, from_end) =
-        top_level(pg_query::protobuf::Token::From, rel_at).ok_or_else(unsupported)?;
-    if copy.where_clause.is_some() {
-        top_level(pg_query::protobuf::Token::Where, from_end).ok_or_else(unsupported)?;
+    let (from_at, from_end) = top_level(T::From, rel_at)?;
+    if filtered {
+        top_level(T::Where, from_end)?;
     }
-    let head = format!("{}{stage_ref} ({names}) ", &sql[..rel_at]);
+    let head = format!("{}{head}", &sql[..rel_at]);
     let shift = head.chars().count() as i64 - sql[..from_at].chars().count() as i64;
-    let copy = format!("{head}{}", sql[from_at..].trim_end());
-    // COPY fills identity columns even when they are GENERATED ALWAYS; so must the INSERT.
-    let insert = format!(
-        "INSERT INTO {target_ref} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM {stage_ref}"
-    );
-    Ok(Some(Staged {
-        create,
-        copy,
-        insert,
-        drop: format!("DROP TABLE {stage_ref}"),
-        shift,
-        stdin,
-    }))
+    Some((format!("{head}{}", sql[from_at..].trim_end()), shift))
 }
 
 #[cfg(test)]

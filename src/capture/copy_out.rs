@@ -25,7 +25,7 @@ use std::sync::Arc;
 use pg_query::protobuf::Token as T;
 
 use super::image_sql::Form;
-use super::rewrite::{ReadAfter, Refusal, Rewritten, Shape};
+use super::rewrite::{Added, ReadAfter, Refusal, Rewritten, Shape};
 use crate::statement::analysis::{analyze, Analysis, Kind};
 
 /// The images of the COPY's write, kept for the post-read.
@@ -118,7 +118,11 @@ impl Cut<'_> {
             return Err(Refusal::Unsupported { what: what() });
         }
         let text = self.write_text();
-        let (body, stored, edits) = super::cte::edited(text, a, major)?;
+        let super::cte::Edited {
+            text: body,
+            stored,
+            inserts: edits,
+        } = super::cte::edited(text, a, major)?;
         if major < 18 && a.kind == Kind::Update && !stored {
             // Its before images would need the locking pre-read, apart from the COPY.
             return Err(Refusal::Unsupported {
@@ -138,14 +142,19 @@ impl Cut<'_> {
             projection.join(", ")
         );
         let (from, to) = (self.write.start, self.write.end);
-        let mut inserts = vec![(from, open.len())];
+        let mut inserts = vec![Added {
+            at: from,
+            len: open.len(),
+        }];
         // Text inserted inside the write by its before-image store (PG < 18 UPDATE, upsert).
-        inserts.extend(
-            edits
-                .into_iter()
-                .map(|(at, len)| (from + open.len() + at, len)),
-        );
-        inserts.push((from + open.len() + body.len(), close.len()));
+        inserts.extend(edits.into_iter().map(|e| Added {
+            at: from + open.len() + e.at,
+            len: e.len,
+        }));
+        inserts.push(Added {
+            at: from + open.len() + body.len(),
+            len: close.len(),
+        });
         let w = &a.writes[0];
         Ok(Rewritten {
             text: format!(
@@ -232,7 +241,7 @@ mod tests {
         assert_eq!(rw.shape.read_after, Some(ReadAfter::CopyOut));
         assert!(rw.post_read.is_some() && rw.pre_read.is_none());
         // Everything hindsight added is listed, so error positions map back.
-        let added: usize = rw.inserts.iter().map(|(_, l)| l).sum();
+        let added: usize = rw.inserts.iter().map(|i| i.len).sum();
         assert_eq!(rw.text.len() - added, sql.len());
         // Not a write, or not COPY … TO.
         assert!(cut("COPY (SELECT 1) TO STDOUT").is_none());
@@ -251,7 +260,7 @@ mod tests {
             "{}",
             rw.text
         );
-        let added: usize = rw.inserts.iter().map(|(_, l)| l).sum();
+        let added: usize = rw.inserts.iter().map(|i| i.len).sum();
         assert_eq!(rw.text.len() - added, sql.len(), "{:?}", rw.inserts);
         let sql = "COPY (UPDATE t SET v = 'x' FROM u WHERE t.id = u.id RETURNING t.id) TO STDOUT";
         assert!(matches!(

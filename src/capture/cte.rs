@@ -37,7 +37,7 @@ use pg_query::protobuf::Token as T;
 
 use super::image_sql::Form;
 use super::rewrite::{
-    quote, update_stored, upsert_capturing_before, Refusal, Rewritten, Shape, BEFORE_IMAGE,
+    quote, update_stored, upsert_capturing_before, Added, Refusal, Rewritten, Shape, BEFORE_IMAGE,
 };
 use crate::statement::analysis::{analyze, Analysis, Kind};
 
@@ -92,143 +92,196 @@ pub struct Cut {
     main_analysis: Analysis,
 }
 
+fn unsupported(why: &str) -> Refusal {
+    Refusal::Unsupported {
+        what: format!("this data-modifying WITH statement ({why})"),
+    }
+}
+
 /// Cut `sql` (one statement) if it has data-modifying CTEs: `Ok(None)` if it has none.
 pub fn cut(sql: &str) -> Result<Option<Cut>, Refusal> {
-    let unsupported = |why: &str| Refusal::Unsupported {
-        what: format!("this data-modifying WITH statement ({why})"),
-    };
     let Ok(parsed) = crate::statement::pg18_syntax::parse(sql) else {
         return Ok(None);
     };
-    let Some(node) = super::rewrite::first_node(&parsed.protobuf) else {
+    let Some(with) = super::rewrite::first_node(&parsed.protobuf).and_then(with_clause) else {
         return Ok(None);
     };
-    let with = match node {
+    let tokens = pg_query::scan(sql)
+        .map_err(|_| unsupported("it could not be scanned"))?
+        .tokens;
+    let s = Scanned { sql, tokens };
+    let ctes: Vec<_> = with
+        .ctes
+        .iter()
+        .filter_map(|c| match c.node.as_ref() {
+            Some(N::CommonTableExpr(c)) => Some(&**c),
+            _ => None,
+        })
+        .collect();
+    let mut pieces = Vec::new();
+    let mut last_close = 0;
+    for (idx, c) in ctes.iter().enumerate() {
+        let (piece, close) = s.piece(c, ctes.get(idx + 1).copied())?;
+        pieces.push(piece);
+        last_close = close;
+    }
+    if !pieces.iter().any(|p| matches!(p, Piece::Write(_))) {
+        return Ok(None);
+    }
+    let (main, main_analysis) = s.main(last_close)?;
+    if let Some(Piece::Kept(r)) = pieces.last_mut() {
+        if r.end == usize::MAX {
+            r.end = main.start;
+        }
+    }
+    Ok(Some(Cut {
+        sql: sql.to_string(),
+        recursive: with.recursive,
+        pieces,
+        with: with.location.max(0) as usize..s.tokens[last_close].end as usize,
+        main,
+        main_analysis,
+    }))
+}
+
+/// The WITH clause of a statement that can have one.
+fn with_clause(node: &N) -> Option<&pg_query::protobuf::WithClause> {
+    match node {
         N::SelectStmt(s) => s.with_clause.as_ref(),
         N::InsertStmt(s) => s.with_clause.as_ref(),
         N::UpdateStmt(s) => s.with_clause.as_ref(),
         N::DeleteStmt(s) => s.with_clause.as_ref(),
         N::MergeStmt(s) => s.with_clause.as_ref(),
         _ => None,
-    };
-    let Some(with) = with else { return Ok(None) };
-    let tokens = pg_query::scan(sql)
-        .map_err(|_| unsupported("it could not be scanned"))?
-        .tokens;
-    let at = |pos: i32| tokens.iter().position(|t| t.start == pos);
-    let kind = |i: usize| T::try_from(tokens[i].token).ok();
-    let closing = |open: usize| super::rewrite::closing(&tokens, open);
-    let mut pieces = Vec::new();
-    let mut any_write = false;
-    let mut last_close = 0;
-    let ctes: Vec<_> = with
-        .ctes
-        .iter()
-        .filter_map(|c| match c.node.as_ref() {
-            Some(N::CommonTableExpr(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    for (idx, c) in ctes.iter().enumerate() {
-        let name_at = at(c.location).ok_or_else(|| unsupported("a CTE name was not found"))?;
+    }
+}
+
+/// A statement with its tokens, as `cut` walks them.
+struct Scanned<'a> {
+    sql: &'a str,
+    tokens: Vec<pg_query::protobuf::ScanToken>,
+}
+
+impl Scanned<'_> {
+    /// The index of the token starting at byte `pos`.
+    fn at(&self, pos: i32) -> Option<usize> {
+        self.tokens.iter().position(|t| t.start == pos)
+    }
+
+    fn kind(&self, i: usize) -> Option<T> {
+        T::try_from(self.tokens[i].token).ok()
+    }
+
+    fn closing(&self, open: usize) -> Result<usize, Refusal> {
+        super::rewrite::closing(&self.tokens, open)
+            .ok_or_else(|| unsupported("unbalanced parentheses"))
+    }
+
+    fn text(&self, i: usize) -> &str {
+        &self.sql[self.tokens[i].start as usize..self.tokens[i].end as usize]
+    }
+
+    /// One CTE of the WITH list (`next`: the one after it), and the index of its closing
+    /// parenthesis.
+    fn piece(
+        &self,
+        c: &pg_query::protobuf::CommonTableExpr,
+        next: Option<&pg_query::protobuf::CommonTableExpr>,
+    ) -> Result<(Piece, usize), Refusal> {
+        let name_at = self
+            .at(c.location)
+            .ok_or_else(|| unsupported("a CTE name was not found"))?;
         let mut i = name_at + 1;
-        if kind(i) == Some(T::Ascii40) {
-            i = closing(i).ok_or_else(|| unsupported("unbalanced parentheses"))? + 1;
+        if self.kind(i) == Some(T::Ascii40) {
+            i = self.closing(i)? + 1;
         }
-        if kind(i) != Some(T::As) {
+        if self.kind(i) != Some(T::As) {
             return Err(unsupported("a CTE without AS"));
         }
         let as_at = i;
-        while i < tokens.len() && kind(i) != Some(T::Ascii40) {
+        while i < self.tokens.len() && self.kind(i) != Some(T::Ascii40) {
             i += 1;
         }
-        let close = closing(i).ok_or_else(|| unsupported("unbalanced parentheses"))?;
-        last_close = close;
-        let body = tokens[i].end as usize..tokens[close].start as usize;
+        let close = self.closing(i)?;
+        let body = self.tokens[i].end as usize..self.tokens[close].start as usize;
         let writes = matches!(
             c.ctequery.as_ref().and_then(|q| q.node.as_ref()),
             Some(N::InsertStmt(_) | N::UpdateStmt(_) | N::DeleteStmt(_) | N::MergeStmt(_))
         );
         if !writes {
             // Up to the comma before the next CTE (SEARCH/CYCLE clauses included).
-            let end = match ctes.get(idx + 1) {
+            let end = match next {
                 Some(next) => {
-                    let next_at = at(next.location).ok_or_else(|| unsupported("a CTE name"))?;
-                    tokens[next_at - 1].start as usize
+                    let next_at = self
+                        .at(next.location)
+                        .ok_or_else(|| unsupported("a CTE name"))?;
+                    self.tokens[next_at - 1].start as usize
                 }
                 // The last one's end is known once the statement proper is found.
                 None => usize::MAX,
             };
-            pieces.push(Piece::Kept(tokens[name_at].start as usize..end));
-            continue;
+            return Ok((Piece::Kept(self.tokens[name_at].start as usize..end), close));
         }
-        any_write = true;
-        let analysis = analyze(&sql[body.clone()])
-            .ok()
-            .and_then(|v| v.into_iter().next())
-            .map(|l| l.analysis)
+        let analysis = analysis_of(&self.sql[body.clone()])
             .ok_or_else(|| unsupported("a CTE body could not be analysed"))?;
         if analysis.writes.len() != 1 {
             return Err(unsupported(
                 "a write in a CTE that writes more than one table",
             ));
         }
-        pieces.push(Piece::Write(WriteCte {
-            name: sql[tokens[name_at].start as usize..tokens[name_at].end as usize].to_string(),
-            as_clause: sql[tokens[as_at].start as usize..tokens[i].end as usize].to_string(),
+        let write = WriteCte {
+            name: self.text(name_at).to_string(),
+            as_clause: self.sql[self.tokens[as_at].start as usize..self.tokens[i].end as usize]
+                .to_string(),
             body,
             analysis,
-        }));
+        };
+        Ok((Piece::Write(write), close))
     }
-    if !any_write {
-        return Ok(None);
-    }
-    // The statement proper starts at the first top-level keyword after the last CTE (a
-    // recursive CTE's SEARCH/CYCLE clause holds none of these).
-    let main_at = (last_close + 1..tokens.len())
-        .find(|&i| {
-            matches!(
-                kind(i),
-                Some(
-                    T::Select
-                        | T::Values
-                        | T::Table
-                        | T::Insert
-                        | T::Update
-                        | T::DeleteP
-                        | T::Merge
-                        | T::Ascii40
+
+    /// The statement proper, after the last CTE (whose parenthesis closes at `last_close`):
+    /// its byte range and analysis. It starts at the first top-level keyword after the last
+    /// CTE (a recursive CTE's SEARCH/CYCLE clause holds none of these).
+    fn main(&self, last_close: usize) -> Result<(Range<usize>, Analysis), Refusal> {
+        let main_at = (last_close + 1..self.tokens.len())
+            .find(|&i| {
+                matches!(
+                    self.kind(i),
+                    Some(
+                        T::Select
+                            | T::Values
+                            | T::Table
+                            | T::Insert
+                            | T::Update
+                            | T::DeleteP
+                            | T::Merge
+                            | T::Ascii40
+                    )
                 )
-            )
-        })
-        .ok_or_else(|| unsupported("the statement after WITH was not found"))?;
-    let main = tokens[main_at].start as usize..sql.trim_end().trim_end_matches(';').len();
-    if let Some(Piece::Kept(r)) = pieces.last_mut() {
-        if r.end == usize::MAX {
-            r.end = main.start;
+            })
+            .ok_or_else(|| unsupported("the statement after WITH was not found"))?;
+        let main =
+            self.tokens[main_at].start as usize..self.sql.trim_end().trim_end_matches(';').len();
+        let a = analysis_of(&self.sql[main.clone()])
+            .ok_or_else(|| unsupported("the statement after WITH could not be analysed"))?;
+        if a.kind.writes_rows() && a.writes.len() != 1 {
+            return Err(unsupported("its own write has several targets"));
         }
+        if !a.kind.writes_rows() && a.kind != Kind::Read {
+            return Err(unsupported(
+                "it is not a SELECT, INSERT, UPDATE, DELETE or MERGE",
+            ));
+        }
+        Ok((main, a))
     }
-    let main_analysis = analyze(&sql[main.clone()])
+}
+
+/// The analysis of the first statement of `sql`.
+fn analysis_of(sql: &str) -> Option<Analysis> {
+    analyze(sql)
         .ok()
         .and_then(|v| v.into_iter().next())
         .map(|l| l.analysis)
-        .ok_or_else(|| unsupported("the statement after WITH could not be analysed"))?;
-    if main_analysis.kind.writes_rows() && main_analysis.writes.len() != 1 {
-        return Err(unsupported("its own write has several targets"));
-    }
-    if !main_analysis.kind.writes_rows() && main_analysis.kind != Kind::Read {
-        return Err(unsupported(
-            "it is not a SELECT, INSERT, UPDATE, DELETE or MERGE",
-        ));
-    }
-    Ok(Some(Cut {
-        sql: sql.to_string(),
-        recursive: with.recursive,
-        pieces,
-        with: with.location.max(0) as usize..tokens[last_close].end as usize,
-        main,
-        main_analysis,
-    }))
 }
 
 impl Cut {
@@ -264,10 +317,6 @@ impl Cut {
         encoding: crate::wire::client_text::ClientEncoding,
         form: Form,
     ) -> Result<Rewritten, Refusal> {
-        let mut ctes = Vec::new();
-        let mut parts = Vec::new();
-        let mut branches = Vec::new();
-        let mut k = 0;
         // Each write's text as it runs, and whether it stores its own before images.
         let bodies = self
             .writes()
@@ -285,6 +334,62 @@ impl Cut {
         } else {
             None
         };
+        let (mut ctes, parts) = self.with_list(&bodies, columns, major, form)?;
+        let client_cols = client.map(|rd| column_names(rd, encoding)).transpose()?;
+        let main = self.main_part(&main_sql, main_stored, client_cols.as_deref(), major, form)?;
+        ctes.extend(main.ctes);
+        let mut branches = vec![main.first];
+        branches.extend(branches_of(parts.len(), main.client_rel));
+        let (kind, table) = match &main.shape {
+            Some(s) => (s.kind, s.table.clone()),
+            None => (parts[0].kind, parts[0].table.clone()),
+        };
+        let recursive = if self.recursive { "RECURSIVE " } else { "" };
+        let text = format!(
+            "WITH {recursive}{}\n{}",
+            ctes.join(",\n"),
+            branches.join("\nUNION ALL ")
+        );
+        let wrapper = Wrapper {
+            main: main.shape,
+            parts,
+            tag: tag_of(a.kind),
+            row_description: client.map(<[u8]>::to_vec),
+        };
+        let shape = Arc::new(Shape {
+            kind,
+            table,
+            extra: EXTRA,
+            old_at: Some(1),
+            new_at: Some(2),
+            oid_at: 3,
+            client_returning: client.is_some(),
+            // The pre-read's rows carry the statement's shape: `publish` pairs them with
+            // the UPDATE's (whose part shape says pre_read too) by key.
+            pre_read: pre_read.is_some(),
+            updated_at: Some(4),
+            wrapper: Some(Arc::new(wrapper)),
+            read_after: None,
+        });
+        Ok(Rewritten {
+            pre_read,
+            ..Rewritten::returning(text, shape)
+        })
+    }
+
+    /// The WITH list as the wrapper runs it: kept CTEs as written, each write as `__hs_wK`
+    /// returning its images (and, when it has a RETURNING list, a CTE of the client's name
+    /// giving its columns), with the shape of each write's rows. `bodies`: each write's text
+    /// as it runs and whether it stores its before images.
+    fn with_list(
+        &self,
+        bodies: &[(Cow<'_, str>, bool)],
+        columns: &[Option<Vec<String>>],
+        major: u32,
+        form: Form,
+    ) -> Result<(Vec<String>, Vec<Arc<Shape>>), Refusal> {
+        let (mut ctes, mut parts) = (Vec::new(), Vec::new());
+        let mut k = 0;
         for piece in &self.pieces {
             let w = match piece {
                 Piece::Kept(r) => {
@@ -324,101 +429,81 @@ impl Cut {
             }
             parts.push(part_shape(&w.analysis, major, *stored));
         }
-        let main_sql = &*main_sql;
-        let client_cols = client.map(|rd| column_names(rd, encoding)).transpose()?;
-        let (first, client_rel, main_shape) = if !a.kind.writes_rows() {
-            ctes.push(format!("__hs_main AS (\n{main_sql}\n)"));
-            (
-                format!(
+        Ok((ctes, parts))
+    }
+
+    /// The statement after the WITH list as a CTE of the wrapper (`main_sql`, as it runs),
+    /// and the wrapper's first branch. `client_cols`: the columns the client's statement
+    /// returns, if it returns rows.
+    fn main_part(
+        &self,
+        main_sql: &str,
+        main_stored: bool,
+        client_cols: Option<&[String]>,
+        major: u32,
+        form: Form,
+    ) -> Result<MainPart, Refusal> {
+        let a = &self.main_analysis;
+        if !a.kind.writes_rows() {
+            return Ok(MainPart {
+                ctes: vec![format!("__hs_main AS (\n{main_sql}\n)")],
+                first: format!(
                     "SELECT __hs_main.*, 0, {NULL}, {NULL}, NULL::oid, NULL::bool FROM __hs_main",
                     NULL = form.null()
                 ),
-                Some("__hs_main"),
-                None,
-            )
-        } else {
-            let images = images(a, main_sql, major, 0, main_stored, form)?;
-            let rel = match &client_cols {
-                Some(names) if a.writes[0].returning => {
-                    let n = names.len();
-                    ctes.push(format!(
-                        "__hs_main({}) AS (\n{main_sql}{images}\n)",
-                        positional(n)
-                    ));
-                    ctes.push(format!(
-                        "__hs_c AS (SELECT {} FROM __hs_main)",
-                        positional(n)
-                    ));
-                    Some("__hs_c")
-                }
-                _ => {
-                    ctes.push(format!("__hs_main AS (\n{main_sql}{images}\n)"));
-                    None
-                }
-            };
-            (
-                "SELECT * FROM __hs_main".to_string(),
-                rel,
-                Some(part_shape(a, major, main_stored)),
-            )
+                client_rel: Some("__hs_main"),
+                shape: None,
+            });
+        }
+        let images = images(a, main_sql, major, 0, main_stored, form)?;
+        let (ctes, client_rel) = match client_cols {
+            Some(names) if a.writes[0].returning => {
+                let n = names.len();
+                let ctes = vec![
+                    format!("__hs_main({}) AS (\n{main_sql}{images}\n)", positional(n)),
+                    format!("__hs_c AS (SELECT {} FROM __hs_main)", positional(n)),
+                ];
+                (ctes, Some("__hs_c"))
+            }
+            _ => (vec![format!("__hs_main AS (\n{main_sql}{images}\n)")], None),
         };
-        for k in 1..=parts.len() {
+        Ok(MainPart {
+            ctes,
+            first: "SELECT * FROM __hs_main".to_string(),
+            client_rel,
+            shape: Some(part_shape(a, major, main_stored)),
+        })
+    }
+}
+
+/// The wrapper's part for the statement after the WITH list.
+struct MainPart {
+    /// The CTEs it adds (after the WITH list's).
+    ctes: Vec<String>,
+    /// The first branch of the wrapper's UNION: the statement's own rows. Its write runs
+    /// first, pulling the CTEs it reads, as without the wrapper (statement triggers fire in
+    /// the same order). The router puts the WITH list's events first (see `router::Wrapped`).
+    first: String,
+    /// The relation holding the rows the client sees, if any.
+    client_rel: Option<&'static str>,
+    /// Its rows' shape when it writes.
+    shape: Option<Arc<Shape>>,
+}
+
+/// The wrapper's branches for the `n` writes of the WITH list: each write's image columns,
+/// after NULL client columns when the client sees rows (`client_rel`).
+fn branches_of(n: usize, client_rel: Option<&str>) -> Vec<String> {
+    (1..=n)
+        .map(|k| {
             let cols = format!(
                 "__hs_w{k}.__hs_s, __hs_w{k}.__hs_o, __hs_w{k}.__hs_n, __hs_w{k}.__hs_t, __hs_w{k}.__hs_u"
             );
-            branches.push(match client_rel {
+            match client_rel {
                 Some(c) => format!("SELECT {c}.*, {cols} FROM __hs_w{k} LEFT JOIN {c} ON false"),
                 None => format!("SELECT {cols} FROM __hs_w{k}"),
-            });
-        }
-        let kind = match &main_shape {
-            Some(s) => s.kind,
-            None => parts[0].kind,
-        };
-        let table = match &main_shape {
-            Some(s) => s.table.clone(),
-            None => parts[0].table.clone(),
-        };
-        let recursive = if self.recursive { "RECURSIVE " } else { "" };
-        // The statement's own rows first: its write runs first, pulling the CTEs it reads, as
-        // without the wrapper (statement triggers fire in the same order). The router puts the
-        // WITH list's events first (see `router::Wrapped`).
-        branches.insert(0, first);
-        let text = format!(
-            "WITH {recursive}{}\n{}",
-            ctes.join(",\n"),
-            branches.join("\nUNION ALL ")
-        );
-        let wrapper = Wrapper {
-            main: main_shape,
-            parts,
-            tag: tag_of(a.kind),
-            row_description: client.map(<[u8]>::to_vec),
-        };
-        Ok(Rewritten {
-            text,
-            shape: Arc::new(Shape {
-                kind,
-                table,
-                extra: EXTRA,
-                old_at: Some(1),
-                new_at: Some(2),
-                oid_at: 3,
-                client_returning: client.is_some(),
-                // The pre-read's rows carry the statement's shape: `publish` pairs them with
-                // the UPDATE's (whose part shape says pre_read too) by key.
-                pre_read: pre_read.is_some(),
-                updated_at: Some(4),
-                wrapper: Some(Arc::new(wrapper)),
-                read_after: None,
-            }),
-            pre_read,
-            post_read: None,
-            guard: None,
-            inserts: Vec::new(),
-            pre_read_map: Vec::new(),
+            }
         })
-    }
+        .collect()
 }
 
 impl Cut {
@@ -631,25 +716,51 @@ pub(super) fn body<'a>(
     a: &Analysis,
     major: u32,
 ) -> Result<(Cow<'a, str>, bool), Refusal> {
-    edited(sql, a, major).map(|(text, stored, _)| (text, stored))
+    edited(sql, a, major).map(|e| (e.text, e.stored))
 }
 
 /// [`body`], with the byte ranges of the text inserted into the write's (for error positions).
-pub(super) type Edited<'a> = (Cow<'a, str>, bool, Vec<(usize, usize)>);
+pub(super) struct Edited<'a> {
+    /// The write's text, with its before-image store.
+    pub text: Cow<'a, str>,
+    /// Whether an UPDATE stores its before images (then it returns them).
+    pub stored: bool,
+    /// The byte ranges of `text` hindsight inserted.
+    pub inserts: Vec<Added>,
+}
+
+impl<'a> Edited<'a> {
+    fn unchanged(sql: &'a str) -> Self {
+        Edited {
+            text: Cow::Borrowed(sql),
+            stored: false,
+            inserts: Vec::new(),
+        }
+    }
+}
 
 pub(super) fn edited<'a>(sql: &'a str, a: &Analysis, major: u32) -> Result<Edited<'a>, Refusal> {
     let w = &a.writes[0];
     if major >= 18 {
-        return Ok((Cow::Borrowed(sql), false, Vec::new()));
+        return Ok(Edited::unchanged(sql));
     }
     match a.kind {
-        Kind::Upsert if w.conflict_update => upsert_capturing_before(sql, w)
-            .map(|(text, inserts)| (Cow::Owned(text), false, inserts)),
+        Kind::Upsert if w.conflict_update => {
+            upsert_capturing_before(sql, w).map(|(text, inserts)| Edited {
+                text: Cow::Owned(text),
+                stored: false,
+                inserts,
+            })
+        }
         Kind::Update => Ok(match update_stored(sql, &w.reference()) {
-            Some((text, inserts)) => (Cow::Owned(text), true, inserts),
-            None => (Cow::Borrowed(sql), false, Vec::new()),
+            Some((text, inserts)) => Edited {
+                text: Cow::Owned(text),
+                stored: true,
+                inserts,
+            },
+            None => Edited::unchanged(sql),
         }),
-        _ => Ok((Cow::Borrowed(sql), false, Vec::new())),
+        _ => Ok(Edited::unchanged(sql)),
     }
 }
 

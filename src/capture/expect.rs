@@ -53,8 +53,8 @@ impl Rewritten {
     /// The statements to run for this write, in order, each with the part it plays.
     pub fn steps(&self) -> Vec<(Step, &str)> {
         let mut steps = Vec::with_capacity(4);
-        if let Some((sql, msg)) = &self.guard {
-            steps.push((Step::Guard(msg.clone()), sql.as_str()));
+        if let Some(g) = &self.guard {
+            steps.push((Step::Guard(g.message.clone()), g.sql.as_str()));
         }
         if let Some(sql) = &self.pre_read {
             steps.push((Step::PreRead(self.pre_read_rows()), sql.as_str()));
@@ -122,7 +122,7 @@ fn truncate_limit_error(msg: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::rewrite::Shape;
+    use crate::capture::rewrite::{LimitGuard, Shape};
     use crate::capture::router::Delivery;
     use crate::statement::{Kind, TableName};
 
@@ -132,7 +132,10 @@ mod tests {
             shape: Arc::new(Shape::statement(Kind::Update, TableName::default())),
             pre_read: pre.then(|| "SELECT … FOR UPDATE".to_string()),
             post_read: post.then(|| "SELECT … merged".to_string()),
-            guard: guard.then(|| ("SELECT guard".to_string(), "too many rows".to_string())),
+            guard: guard.then(|| LimitGuard {
+                sql: "SELECT guard".to_string(),
+                message: "too many rows".to_string(),
+            }),
             inserts: Vec::new(),
             pre_read_map: Vec::new(),
         }

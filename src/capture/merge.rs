@@ -24,7 +24,7 @@ use std::sync::Arc;
 use pg_query::protobuf::Token as T;
 
 use super::image_sql::Form;
-use super::rewrite::{quote, ReadAfter, Refusal, Rewritten, Shape, Spliced};
+use super::rewrite::{quote, Added, ClientPiece, ReadAfter, Refusal, Rewritten, Shape, Spliced};
 use crate::statement::analysis::{Kind, Write};
 
 /// Before images, `tableoid` and `ctid` of the rows the MERGE's join matched (pre-read).
@@ -245,152 +245,251 @@ pub fn rewrite(
     major: u32,
     form: Form,
 ) -> Result<Option<Rewritten>, Refusal> {
+    let Some(p) = cut(body, write, major)? else {
+        return Ok(None);
+    };
+    let m = Merge {
+        body,
+        write,
+        r: write.reference(),
+        p,
+    };
+    let (text, inserts) = m.counted();
+    let pre = m.pre_read();
+    let shape = Arc::new(Shape {
+        read_after: Some(ReadAfter::Merge),
+        ..Shape::statement(Kind::Merge, write.table.clone())
+    });
+    Ok(Some(Rewritten {
+        pre_read: Some(pre.text),
+        pre_read_map: pre.map,
+        post_read: Some(m.post_read(form)),
+        inserts,
+        ..Rewritten::returning(text, shape)
+    }))
+}
+
+/// The MERGE cut into its parts, or why it is not rewritten: `Ok(None)` for syntax the server
+/// does not have (its own error follows), a refusal for forms capture cannot handle.
+fn cut(body: &str, write: &Write, major: u32) -> Result<Option<Parts>, Refusal> {
     let what = format!("MERGE into {}", write.table);
     if major < 15 {
         return Ok(None); // No MERGE at all: the server's own syntax error.
     }
-    let p = match parts(body) {
-        Ok(p) => p,
-        Err(Uncut::Pg17) if major < 17 => return Ok(None),
-        Err(Uncut::Pg17) => {
-            return Err(Refusal::NeedsPg18 {
-                what: format!("{what} with RETURNING or WHEN NOT MATCHED BY SOURCE"),
-                major,
-            })
-        }
-        Err(Uncut::Unknown) => {
-            return Err(Refusal::Unsupported {
-                what: format!("{what} of this form before PostgreSQL 18"),
-            })
-        }
-    };
-    let setting = |a: u8| COUNTERS.iter().find(|(_, c)| *c == a).map(|(s, _)| *s);
-    // The MERGE with counters: edits from the end, so earlier offsets stay valid.
-    let mut text = body.to_string();
-    let mut edits: Vec<(usize, String)> = Vec::new();
-    for c in &p.clauses {
-        let Some(s) = setting(c.action) else { continue };
-        match c.and_end {
-            Some(and) => {
-                edits.push((and, " CASE WHEN (".into()));
-                edits.push((c.then, format!("\n) THEN {} ELSE false END\n", count(s))));
+    match parts(body) {
+        Ok(p) => Ok(Some(p)),
+        Err(Uncut::Pg17) if major < 17 => Ok(None),
+        Err(Uncut::Pg17) => Err(Refusal::NeedsPg18 {
+            what: format!("{what} with RETURNING or WHEN NOT MATCHED BY SOURCE"),
+            major,
+        }),
+        Err(Uncut::Unknown) => Err(Refusal::Unsupported {
+            what: format!("{what} of this form before PostgreSQL 18"),
+        }),
+    }
+}
+
+/// A MERGE being rewritten: the client's text, its target and its parts.
+struct Merge<'a> {
+    body: &'a str,
+    write: &'a Write,
+    /// How the statement names its target (alias or name).
+    r: String,
+    p: Parts,
+}
+
+impl Merge<'_> {
+    /// The MERGE with a counter in each clause that acts, and the byte ranges inserted.
+    fn counted(&self) -> (String, Vec<Added>) {
+        let setting = |a: u8| COUNTERS.iter().find(|(_, c)| *c == a).map(|(s, _)| *s);
+        // Edits from the end, so earlier offsets stay valid.
+        let mut text = self.body.to_string();
+        let mut edits: Vec<(usize, String)> = Vec::new();
+        for c in &self.p.clauses {
+            let Some(s) = setting(c.action) else { continue };
+            match c.and_end {
+                Some(and) => {
+                    edits.push((and, " CASE WHEN (".into()));
+                    edits.push((c.then, format!("\n) THEN {} ELSE false END\n", count(s))));
+                }
+                None => edits.push((c.then, format!("AND {}\n", count(s)))),
             }
-            None => edits.push((c.then, format!("AND {}\n", count(s)))),
+        }
+        for (at, s) in edits.iter().rev() {
+            text.insert_str(*at, s);
+        }
+        // Byte ranges inserted, in the final text's offsets.
+        let mut inserts = Vec::new();
+        let mut shift = 0;
+        for (at, s) in &edits {
+            inserts.push(Added {
+                at: at + shift,
+                len: s.len(),
+            });
+            shift += s.len();
+        }
+        (text, inserts)
+    }
+
+    fn inserts_rows(&self) -> bool {
+        self.p.clauses.iter().any(|c| c.action == b'i')
+    }
+
+    /// The client's WITH list (or comments) in front, ready for hindsight's own CTEs.
+    fn with(&self) -> String {
+        let prefix = &self.body[self.p.prefix.clone()];
+        if self.p.with {
+            format!("{prefix},\n")
+        } else {
+            format!("{prefix}WITH ")
         }
     }
-    for (at, s) in edits.iter().rev() {
-        text.insert_str(*at, s);
-    }
-    // Byte ranges inserted, in the final text's offsets.
-    let mut inserts = Vec::new();
-    let mut shift = 0;
-    for (at, s) in &edits {
-        inserts.push((at + shift, s.len()));
-        shift += s.len();
-    }
-    let locks = p.clauses.iter().any(|c| matches!(c.action, b'u' | b'd'));
-    let inserts_rows = p.clauses.iter().any(|c| c.action == b'i');
-    let r = write.reference();
-    let target = body[p.target.clone()].trim();
-    let source = body[p.source.clone()].trim();
-    let condition = body[p.condition.clone()].trim();
-    let prefix = &body[p.prefix.clone()];
-    let with = if p.with {
-        format!("{prefix},\n")
-    } else {
-        format!("{prefix}WITH ")
-    };
-    let lock = if locks {
-        let name = match write.alias.as_str() {
-            "" => quote(&write.table.name),
+
+    /// `FOR UPDATE OF target` when a clause updates or deletes.
+    fn lock(&self) -> String {
+        if !self
+            .p
+            .clauses
+            .iter()
+            .any(|c| matches!(c.action, b'u' | b'd'))
+        {
+            return String::new();
+        }
+        let name = match self.write.alias.as_str() {
+            "" => quote(&self.write.table.name),
             alias => quote(alias),
         };
         format!("\nFOR UPDATE OF {name}")
-    } else {
-        String::new()
-    };
-    let zero: Vec<String> = COUNTERS
-        .iter()
-        .map(|(s, _)| format!("set_config('{s}', '0', true) IS NOT NULL"))
-        .collect();
-    // Only the rows a WHEN MATCHED clause updates or deletes are read and locked: the first
-    // clause whose condition holds decides, as in the MERGE (locking every matched row would
-    // lock rows the MERGE leaves alone — all of pg_class, for a MERGE into it).
-    let mut pre = Spliced::default();
-    pre.map.push((0, prefix.len(), 0));
-    pre.own(&with)
-        .own(&format!(
+    }
+
+    /// `target JOIN source ON condition`, from the client's text.
+    fn join<'s>(&self, pre: &'s mut Spliced) -> &'s mut Spliced {
+        let (body, p) = (self.body, &self.p);
+        pre.client(body, p.target.clone())
+            .own("\nJOIN ")
+            .client(body, p.source.clone())
+            .own("\nON ")
+            .client(body, p.condition.clone())
+    }
+
+    /// The pre-read: the before images of the rows a WHEN MATCHED clause updates or deletes
+    /// (the first clause whose condition holds decides, as in the MERGE: locking every
+    /// matched row would lock rows the MERGE leaves alone — all of pg_class, for a MERGE into
+    /// it), stored in settings with the counters zeroed.
+    fn pre_read(&self) -> Spliced {
+        let (body, p, r) = (self.body, &self.p, &self.r);
+        let mut pre = Spliced::default();
+        pre.map.push(ClientPiece {
+            at: 0,
+            len: p.prefix.len(),
+            client_at: 0,
+        });
+        pre.own(&self.with()).own(&format!(
             "__hs_m AS (SELECT {r}.tableoid AS o, {r}.ctid AS c, to_jsonb({r}.*) AS b FROM "
-        ))
-        .client(body, p.target.clone())
-        .own("\nJOIN ")
-        .client(body, p.source.clone())
-        .own("\nON ")
-        .client(body, p.condition.clone());
-    if !p.clauses.iter().any(|c| c.matched) {
-        pre.own("\nWHERE false\n)"); // Only WHEN NOT MATCHED: no existing row changes.
-    } else {
-        pre.own("\nWHERE CASE");
-    }
-    for c in p.clauses.iter().filter(|c| c.matched) {
-        let acts = matches!(c.action, b'u' | b'd');
-        match c.and_end {
-            Some(and) => pre.own(" WHEN (").client(body, and..c.then).own(")"),
-            None => pre.own(" WHEN true"),
-        };
-        pre.own(&format!(" THEN {acts}"));
-    }
-    if p.clauses.iter().any(|c| c.matched) {
-        pre.own(&format!("\nELSE false END{lock}\n)"));
-    }
-    let mut stores = vec![format!("set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b)) FROM (SELECT DISTINCT ON (o, c) o, c, b FROM __hs_m) __hs_d), '[]')::text, true) IS NOT NULL")];
-    if inserts_rows {
-        pre.own(&format!(
-            ",\n__hs_s AS (SELECT {r}.tableoid AS o, {r}.ctid AS c FROM "
-        ))
-        .client(body, p.target.clone())
-        .own("\nJOIN ")
-        .client(body, p.source.clone())
-        .own("\nON ")
-        .client(body, p.condition.clone())
-        .own("\n)");
-        stores.push(format!("set_config('{SEEN}', COALESCE((SELECT jsonb_agg(DISTINCT jsonb_build_array(o, c::text)) FROM __hs_s), '[]')::text, true) IS NOT NULL"));
-    }
-    stores.extend(zero);
-    pre.own(&format!("\nSELECT {}", stores.join(" AND ")));
-    let new_row = format!(
-        "NOT EXISTS (SELECT 1 FROM __hs_x WHERE __hs_x.o = {r}.tableoid AND __hs_x.cur = {r}.ctid) \
-         AND NOT EXISTS (SELECT 1 FROM __hs_seen WHERE __hs_seen.o = {r}.tableoid AND __hs_seen.c = {r}.ctid)"
-    );
-    // Inserted rows the ON condition matches now (a CTE: the value search below runs only when
-    // these are fewer than the rows the INSERT clauses were about to insert)…
-    let matched_inserts = if inserts_rows {
-        format!(
-            ",\n__hs_seen AS (SELECT (__hs_v->>0)::oid AS o, (__hs_v->>1)::tid AS c FROM jsonb_array_elements(current_setting('{SEEN}', true)::jsonb) __hs_v),\n__hs_i AS (SELECT to_jsonb({r}.*) AS a, {r}.tableoid AS o FROM {target}\nWHERE EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row})"
-        )
-    } else {
-        String::new()
-    };
-    let mut post_read = format!(
-        "{with}__hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
-         FROM jsonb_array_elements(current_setting('{ROWS}', true)::jsonb) __hs_e){matched_inserts}\n\
-         SELECT {}, {}, __hs_x.o, NULL::text FROM __hs_x LEFT JOIN LATERAL \
-         (SELECT to_jsonb({r}.*) AS a, {r}.ctid AS c FROM {target} WHERE {r}.tableoid = __hs_x.o AND {r}.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
-         WHERE __hs_n.c IS DISTINCT FROM __hs_x.c",
-        form.json("__hs_x.b"),
-        form.json("__hs_n.a")
-    );
-    if inserts_rows {
-        post_read.push_str(&format!(
-            "\nUNION ALL\nSELECT NULL, {}, __hs_i.o, NULL FROM __hs_i",
-            form.json("__hs_i.a")
         ));
+        self.join(&mut pre);
+        if !p.clauses.iter().any(|c| c.matched) {
+            pre.own("\nWHERE false\n)"); // Only WHEN NOT MATCHED: no existing row changes.
+        } else {
+            pre.own("\nWHERE CASE");
+            for c in p.clauses.iter().filter(|c| c.matched) {
+                let acts = matches!(c.action, b'u' | b'd');
+                match c.and_end {
+                    Some(and) => pre.own(" WHEN (").client(body, and..c.then).own(")"),
+                    None => pre.own(" WHEN true"),
+                };
+                pre.own(&format!(" THEN {acts}"));
+            }
+            pre.own(&format!("\nELSE false END{}\n)", self.lock()));
+        }
+        let mut stores = vec![format!("set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b)) FROM (SELECT DISTINCT ON (o, c) o, c, b FROM __hs_m) __hs_d), '[]')::text, true) IS NOT NULL")];
+        if self.inserts_rows() {
+            pre.own(&format!(
+                ",\n__hs_s AS (SELECT {r}.tableoid AS o, {r}.ctid AS c FROM "
+            ));
+            self.join(&mut pre).own("\n)");
+            stores.push(format!("set_config('{SEEN}', COALESCE((SELECT jsonb_agg(DISTINCT jsonb_build_array(o, c::text)) FROM __hs_s), '[]')::text, true) IS NOT NULL"));
+        }
+        stores.extend(
+            COUNTERS
+                .iter()
+                .map(|(s, _)| format!("set_config('{s}', '0', true) IS NOT NULL")),
+        );
+        pre.own(&format!("\nSELECT {}", stores.join(" AND ")));
+        pre
     }
-    let missing = format!("(SELECT count(*) FROM __hs_i) < COALESCE(NULLIF(current_setting('{}', true), ''), '0')::int8", COUNTERS[2].0);
-    // … and those it does not match, by the values an INSERT clause gave its listed columns
-    // (compared as text, NULL equal to NULL: never an error, at worst a row not found, which
-    // `check` reports).
-    for c in p.clauses.iter().filter(|c| !c.values.is_empty()) {
+
+    /// `target`, `source` and `condition` as the client wrote them.
+    fn texts(&self) -> (&str, &str, &str) {
+        let (body, p) = (self.body, &self.p);
+        (
+            body[p.target.clone()].trim(),
+            body[p.source.clone()].trim(),
+            body[p.condition.clone()].trim(),
+        )
+    }
+
+    /// A row of the target neither matched before the MERGE nor now where a matched one was.
+    fn new_row(&self) -> String {
+        let r = &self.r;
+        format!(
+            "NOT EXISTS (SELECT 1 FROM __hs_x WHERE __hs_x.o = {r}.tableoid AND __hs_x.cur = {r}.ctid) \
+             AND NOT EXISTS (SELECT 1 FROM __hs_seen WHERE __hs_seen.o = {r}.tableoid AND __hs_seen.c = {r}.ctid)"
+        )
+    }
+
+    /// The post-read: every matched row's before image with its current version (updated or
+    /// gone), the rows the MERGE inserted, and last the counters.
+    fn post_read(&self, form: Form) -> String {
+        let r = &self.r;
+        let (target, source, condition) = self.texts();
+        // Inserted rows the ON condition matches now (a CTE: the value search below runs only
+        // when these are fewer than the rows the INSERT clauses were about to insert)…
+        let matched_inserts = if self.inserts_rows() {
+            format!(
+                ",\n__hs_seen AS (SELECT (__hs_v->>0)::oid AS o, (__hs_v->>1)::tid AS c FROM jsonb_array_elements(current_setting('{SEEN}', true)::jsonb) __hs_v),\n__hs_i AS (SELECT to_jsonb({r}.*) AS a, {r}.tableoid AS o FROM {target}\nWHERE EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {})",
+                self.new_row()
+            )
+        } else {
+            String::new()
+        };
+        let mut post_read = format!(
+            "{}__hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
+             FROM jsonb_array_elements(current_setting('{ROWS}', true)::jsonb) __hs_e){matched_inserts}\n\
+             SELECT {}, {}, __hs_x.o, NULL::text FROM __hs_x LEFT JOIN LATERAL \
+             (SELECT to_jsonb({r}.*) AS a, {r}.ctid AS c FROM {target} WHERE {r}.tableoid = __hs_x.o AND {r}.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
+             WHERE __hs_n.c IS DISTINCT FROM __hs_x.c",
+            self.with(),
+            form.json("__hs_x.b"),
+            form.json("__hs_n.a")
+        );
+        if self.inserts_rows() {
+            post_read.push_str(&format!(
+                "\nUNION ALL\nSELECT NULL, {}, __hs_i.o, NULL FROM __hs_i",
+                form.json("__hs_i.a")
+            ));
+        }
+        for c in self.p.clauses.iter().filter(|c| !c.values.is_empty()) {
+            post_read.push_str(&self.unmatched_inserts(c, form));
+        }
+        let counters: Vec<String> = COUNTERS
+            .iter()
+            .map(|(s, _)| format!("current_setting('{s}', true)"))
+            .collect();
+        post_read.push_str(&format!(
+            "\nUNION ALL\nSELECT NULL, NULL, NULL, concat_ws(',', {}) WHERE set_config('{ROWS}', '', true) IS NOT NULL AND set_config('{SEEN}', '', true) IS NOT NULL",
+            counters.join(", ")
+        ));
+        post_read
+    }
+
+    /// … and the inserted rows the ON condition does not match, found by the values the INSERT
+    /// clause `c` gave its listed columns (compared as text, NULL equal to NULL: never an
+    /// error, at worst a row not found, which `check` reports).
+    fn unmatched_inserts(&self, c: &Clause, form: Form) -> String {
+        let (body, r) = (self.body, &self.r);
+        let (target, source, condition) = self.texts();
+        let missing = format!("(SELECT count(*) FROM __hs_i) < COALESCE(NULLIF(current_setting('{}', true), ''), '0')::int8", COUNTERS[2].0);
         let equal: Vec<String> = c
             .values
             .iter()
@@ -407,32 +506,13 @@ pub fn rewrite(
                 format!("({equal} OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = {r}.tableoid AND attname = {} AND attidentity <> ''))", super::rewrite::literal(&unquoted(name)))
             })
             .collect();
-        post_read.push_str(&format!(
-            "\nUNION ALL\nSELECT NULL, {}, {r}.tableoid, NULL FROM {target}\nWHERE {missing}\nAND EXISTS (SELECT 1 FROM {source}\nWHERE {}\n)\nAND NOT EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {new_row}",
+        format!(
+            "\nUNION ALL\nSELECT NULL, {}, {r}.tableoid, NULL FROM {target}\nWHERE {missing}\nAND EXISTS (SELECT 1 FROM {source}\nWHERE {}\n)\nAND NOT EXISTS (SELECT 1 FROM {source}\nWHERE {condition}\n)\nAND {}",
             form.row(&format!("{r}.*")),
-            equal.join(" AND ")
-        ));
+            equal.join(" AND "),
+            self.new_row()
+        )
     }
-    let counters: Vec<String> = COUNTERS
-        .iter()
-        .map(|(s, _)| format!("current_setting('{s}', true)"))
-        .collect();
-    post_read.push_str(&format!(
-        "\nUNION ALL\nSELECT NULL, NULL, NULL, concat_ws(',', {}) WHERE set_config('{ROWS}', '', true) IS NOT NULL AND set_config('{SEEN}', '', true) IS NOT NULL",
-        counters.join(", ")
-    ));
-    Ok(Some(Rewritten {
-        text,
-        shape: Arc::new(Shape {
-            read_after: Some(ReadAfter::Merge),
-            ..Shape::statement(Kind::Merge, write.table.clone())
-        }),
-        pre_read: Some(pre.text),
-        post_read: Some(post_read),
-        guard: None,
-        inserts,
-        pre_read_map: pre.map,
-    }))
 }
 
 /// What a post-read found, checked against the MERGE's command tag (`tag_rows`) and its
@@ -514,8 +594,8 @@ mod tests {
             "{post}"
         );
         // Every inserted range is text that was not in the client's statement.
-        for (at, len) in &r.inserts {
-            assert!(!r.text[*at..at + len].contains("s.v IS NULL"));
+        for i in &r.inserts {
+            assert!(!r.text[i.at..i.at + i.len].contains("s.v IS NULL"));
         }
     }
 

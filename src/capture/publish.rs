@@ -262,17 +262,60 @@ pub fn build(
 ) -> (Vec<Record>, TransactionRecord) {
     let mut changes = changes;
     redact_images(&mut changes, tables, redactor);
-    let id = format!("{}:{}", session.session_id, tx_seq);
-    let mut per_table: BTreeMap<String, u64> = BTreeMap::new();
-    let count = changes.len();
-    let mut events = Vec::with_capacity(count + 1);
-    let now = now_ms();
-    // The statement's text as events carry it, made once per statement (its rows are
-    // consecutive), not once per row.
-    let mut text_of: Option<(Arc<super::txn::StatementCtx>, bool, String)> = None;
+    let mut b = Builder {
+        session,
+        txid,
+        id: format!("{}:{}", session.session_id, tx_seq),
+        now: now_ms(),
+        redactor,
+        per_table: BTreeMap::new(),
+        text_of: None,
+    };
+    let count = changes.len() as u64;
+    let mut out = Vec::with_capacity(changes.len() + 1);
+    out.push(Record {
+        topic: format!("{}.transaction", session.topic_prefix),
+        key: b.id.clone().into_bytes(),
+        payload: Vec::new(), // BEGIN: filled once the per-table counts are known.
+    });
     // Each change is consumed as its record is made: its images move into the event, and
     // the transaction is not held twice over.
     for (i, c) in changes.into_iter().enumerate() {
+        out.push(b.event(i as u64 + 1, c, tables));
+    }
+    let begin = b.record(TxStatus::Begin, None, count);
+    out[0].payload = serde_json::to_vec(&begin).expect("serialise");
+    (
+        out,
+        b.record(TxStatus::End, Some(CommitStatus::Committed), count),
+    )
+}
+
+/// What `build` carries from one change to the next.
+struct Builder<'a> {
+    session: &'a SessionInfo,
+    txid: Option<i64>,
+    /// The transaction's id in events: `session:sequence`.
+    id: String,
+    now: i64,
+    redactor: &'a super::redact::Redactor,
+    /// Events per collection so far.
+    per_table: BTreeMap<String, u64>,
+    /// The last statement's text as events carry it, made once per statement (its rows are
+    /// consecutive), not once per row.
+    text_of: Option<StatementText>,
+}
+
+/// A statement's text as its events carry it (redacted or not).
+struct StatementText {
+    stmt: Arc<super::txn::StatementCtx>,
+    redacted: bool,
+    text: String,
+}
+
+impl Builder<'_> {
+    /// The change event of `c`, the `total_order`-th of the transaction.
+    fn event(&mut self, total_order: u64, c: Change, tables: &HashMap<u32, TableInfo>) -> Record {
         let fallback = TableInfo {
             schema: c.stmt.shape.table.schema.clone(),
             name: c.stmt.shape.table.name.clone(),
@@ -286,13 +329,13 @@ pub fn build(
         } else {
             format!("{}.{}", t.schema, t.name)
         };
-        let order = per_table.entry(collection.clone()).or_insert(0);
+        let order = self.per_table.entry(collection.clone()).or_insert(0);
         *order += 1;
+        let data_collection_order = *order;
         let mark = c.gate.clone().or_else(|| c.stmt.gate.mark.clone());
         let op = op_of(&c, mark.as_ref());
         let empty = Row::new();
         let image = c.after.as_ref().or(c.before.as_ref()).unwrap_or(&empty);
-        let side_effects = side_effects_of(t, &collection, op);
         let key = ChangeKey {
             table: if c.is_statement() {
                 c.stmt.shape.table.to_string()
@@ -301,94 +344,115 @@ pub fn build(
             },
             key: key_of(image, &t.key),
         };
-        let redacted = redactor.covers(&t.schema, &t.name);
-        let statement = match &text_of {
-            Some((stmt, r, text)) if Arc::ptr_eq(stmt, &c.stmt) && *r == redacted => text.clone(),
-            _ => {
-                let text = statement_text(&c.stmt.text, redacted, session.statement_limit);
-                text_of = Some((Arc::clone(&c.stmt), redacted, text.clone()));
-                text
-            }
-        };
         let topic = if c.is_statement() {
-            format!("{}.{STATEMENTS}", session.topic_prefix)
+            format!("{}.{STATEMENTS}", self.session.topic_prefix)
         } else {
-            crate::audit::kafka::table_topic(&session.topic_prefix, &t.schema, &t.name)
+            crate::audit::kafka::table_topic(&self.session.topic_prefix, &t.schema, &t.name)
         };
+        let side_effects = side_effects_of(t, &collection, op);
+        let source = self.source(&c, t, side_effects, mark);
         let ev = ChangeEvent {
             before: c.before,
             after: c.after,
-            source: Source {
-                version: env!("CARGO_PKG_VERSION").into(),
-                connector: "hindsight".into(),
-                name: session.topic_prefix.clone(),
-                ts_ms: c.stmt.ts_ms,
-                snapshot: "false".into(),
-                db: session.database.clone(),
-                schema: t.schema.clone(),
-                table: t.name.clone(),
-                tx_id: txid,
-                user: session.user.clone(),
-                application_name: c.stmt.application_name.clone(),
-                client_addr: session.client_addr.clone(),
-                statement,
-                fingerprint: c.stmt.fingerprint.clone(),
-                tags: c.stmt.tags.clone(),
-                session_id: session.session_id.clone(),
-                statement_seq: c.stmt.seq,
-                side_effects: (!side_effects.is_empty()).then(|| "uncaptured".to_string()),
-                side_effect_tables: side_effects,
-                blocked_by: match &mark {
-                    Some(GateMark::Blocked(r)) => Some(r.clone()),
-                    _ => None,
-                },
-                dry_run_rule: match &mark {
-                    Some(GateMark::WouldBlock(r)) => Some(r.clone()),
-                    _ => None,
-                },
-                redacted,
-            },
+            source,
             op,
-            ts_ms: now,
+            ts_ms: self.now,
             transaction: TxPosition {
-                id: id.clone(),
-                total_order: i as u64 + 1,
-                data_collection_order: *order,
+                id: self.id.clone(),
+                total_order,
+                data_collection_order,
             },
         };
-        events.push(Record {
+        Record {
             topic,
             key: key.to_bytes(),
             payload: serde_json::to_vec(&ev).expect("events serialise"),
-        });
+        }
     }
-    let record = |status, commit_status| TransactionRecord {
-        status,
-        id: id.clone(),
-        tx_id: txid,
-        event_count: count as u64,
-        data_collections: per_table
-            .iter()
-            .map(|(k, v)| DataCollection {
-                data_collection: k.clone(),
-                event_count: *v,
-            })
-            .collect(),
-        ts_ms: now,
-        commit_status,
-        resolution: None,
-    };
-    let begin = record(TxStatus::Begin, None);
-    let end = record(TxStatus::End, Some(CommitStatus::Committed));
-    let tx_topic = format!("{}.transaction", session.topic_prefix);
-    let mut out = Vec::with_capacity(events.len() + 1);
-    out.push(Record {
-        topic: tx_topic,
-        key: id.clone().into_bytes(),
-        payload: serde_json::to_vec(&begin).expect("serialise"),
-    });
-    out.extend(events);
-    (out, end)
+
+    /// Where the change came from: server, table, session, statement, gate.
+    fn source(
+        &mut self,
+        c: &Change,
+        t: &TableInfo,
+        side_effects: Vec<String>,
+        mark: Option<GateMark>,
+    ) -> Source {
+        let redacted = self.redactor.covers(&t.schema, &t.name);
+        let session = self.session;
+        Source {
+            version: env!("CARGO_PKG_VERSION").into(),
+            connector: "hindsight".into(),
+            name: session.topic_prefix.clone(),
+            ts_ms: c.stmt.ts_ms,
+            snapshot: "false".into(),
+            db: session.database.clone(),
+            schema: t.schema.clone(),
+            table: t.name.clone(),
+            tx_id: self.txid,
+            user: session.user.clone(),
+            application_name: c.stmt.application_name.clone(),
+            client_addr: session.client_addr.clone(),
+            statement: self.statement_text(&c.stmt, redacted),
+            fingerprint: c.stmt.fingerprint.clone(),
+            tags: c.stmt.tags.clone(),
+            session_id: session.session_id.clone(),
+            statement_seq: c.stmt.seq,
+            side_effects: (!side_effects.is_empty()).then(|| "uncaptured".to_string()),
+            side_effect_tables: side_effects,
+            blocked_by: match &mark {
+                Some(GateMark::Blocked(r)) => Some(r.clone()),
+                _ => None,
+            },
+            dry_run_rule: match &mark {
+                Some(GateMark::WouldBlock(r)) => Some(r.clone()),
+                _ => None,
+            },
+            redacted,
+        }
+    }
+
+    /// The statement's text as events carry it, made once per statement.
+    fn statement_text(&mut self, stmt: &Arc<super::txn::StatementCtx>, redacted: bool) -> String {
+        if let Some(t) = &self.text_of {
+            if Arc::ptr_eq(&t.stmt, stmt) && t.redacted == redacted {
+                return t.text.clone();
+            }
+        }
+        let text = statement_text(&stmt.text, redacted, self.session.statement_limit);
+        self.text_of = Some(StatementText {
+            stmt: Arc::clone(stmt),
+            redacted,
+            text: text.clone(),
+        });
+        text
+    }
+
+    /// The transaction's BEGIN or END record, over `count` events.
+    fn record(
+        &self,
+        status: TxStatus,
+        commit_status: Option<CommitStatus>,
+        count: u64,
+    ) -> TransactionRecord {
+        TransactionRecord {
+            status,
+            id: self.id.clone(),
+            tx_id: self.txid,
+            event_count: count,
+            data_collections: self
+                .per_table
+                .iter()
+                .map(|(k, v)| DataCollection {
+                    data_collection: k.clone(),
+                    event_count: *v,
+                })
+                .collect(),
+            ts_ms: self.now,
+            commit_status,
+            resolution: None,
+        }
+    }
 }
 
 /// Apply the redaction rules to every image of `changes`, by its table's name (the

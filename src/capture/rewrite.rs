@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use super::image_sql::Form;
 use super::positions::{Inserted, Piece};
-use crate::statement::analysis::{Kind, Located, TableName};
+use crate::statement::analysis::{Analysis, Kind, Located, TableName, Write};
 
 /// Where the capture columns are in the rewritten statement's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,19 +90,55 @@ pub struct Rewritten {
     pub pre_read: Option<String>,
     /// Run right after `text`, in the same transaction: a MERGE's post-read (`merge`).
     pub post_read: Option<String>,
-    /// A statement that fails when a limit is exceeded (TRUNCATE's row limit), run first; its
-    /// error is replaced by this message.
-    pub guard: Option<(String, String)>,
+    /// A statement that fails when a limit is exceeded (TRUNCATE's row limit), run first.
+    pub guard: Option<LimitGuard>,
     /// Byte ranges of `text` that hindsight inserted inside the client's text (not appended
     /// after it), in order: error positions past them are moved back (`router::Unit`).
-    pub inserts: Vec<(usize, usize)>,
-    /// Where the client's text reappears in `pre_read`: (byte offset in `pre_read`, length,
-    /// byte offset in the client's statement). An error the pre-read raises in the client's
-    /// FROM, WHERE or ON points into the client's text (`pre_read_segments`).
-    pub pre_read_map: Vec<(usize, usize, usize)>,
+    pub inserts: Vec<Added>,
+    /// Where the client's text reappears in `pre_read`. An error the pre-read raises in the
+    /// client's FROM, WHERE or ON points into the client's text (`pre_read_segments`).
+    pub pre_read_map: Vec<ClientPiece>,
+}
+
+/// A statement run before a write that fails when a limit is exceeded; its error is replaced by
+/// `message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitGuard {
+    pub sql: String,
+    pub message: String,
+}
+
+/// Bytes hindsight added inside the client's text: `len` bytes at byte `at` of the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Added {
+    pub at: usize,
+    pub len: usize,
+}
+
+/// A piece of the client's text inside a statement hindsight built: `len` bytes at byte `at` of
+/// the built statement, copied from byte `client_at` of the client's statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPiece {
+    pub at: usize,
+    pub len: usize,
+    pub client_at: usize,
 }
 
 impl Rewritten {
+    /// The client's statement with only columns appended (`RETURNING`): nothing runs before or
+    /// after it, and nothing is inserted inside the client's text.
+    pub fn returning(text: String, shape: Arc<Shape>) -> Self {
+        Rewritten {
+            text,
+            shape,
+            pre_read: None,
+            post_read: None,
+            guard: None,
+            inserts: Vec::new(),
+            pre_read_map: Vec::new(),
+        }
+    }
+
     /// `pre_read_map` as `positions::Positions::pieces`, for `pre_read` sent at character
     /// `sent_at` (0-based) of the query string, and the client's statement at character `client_at`
     /// (0-based) of the client's, whose text is `client`.
@@ -114,10 +150,10 @@ impl Rewritten {
             |s: &str, a: usize, b: usize| s.get(a..b).map_or(0, |t| t.chars().count() as i64);
         self.pre_read_map
             .iter()
-            .map(|&(at, len, from)| Piece {
-                at: sent_at + chars(pre, 0, at) + 1,
-                len: chars(pre, at, at + len),
-                client_at: client_at + chars(client, 0, from) + 1,
+            .map(|p| Piece {
+                at: sent_at + chars(pre, 0, p.at) + 1,
+                len: chars(pre, p.at, p.at + p.len),
+                client_at: client_at + chars(client, 0, p.client_at) + 1,
             })
             .collect()
     }
@@ -127,7 +163,7 @@ impl Rewritten {
     pub fn position_inserts(&self, sent_at: i64) -> Vec<Inserted> {
         self.inserts
             .iter()
-            .map(|&(at, len)| {
+            .map(|&Added { at, len }| {
                 let before = self.text[..at].chars().count() as i64;
                 let len = self.text[at..at + len].chars().count() as i64;
                 Inserted {
@@ -174,8 +210,8 @@ pub fn rewrite(
     if !a.kind.writes_rows() {
         return Ok(None);
     }
+    let sql = &text[stmt.span.clone()];
     if a.kind == Kind::Truncate && !a.explain_analyze {
-        let sql = &text[stmt.span.clone()];
         let first = a
             .writes
             .first()
@@ -183,20 +219,46 @@ pub fn rewrite(
             .unwrap_or_default();
         return truncate(sql, &first, truncate_limit, a.kind, cascade, form).map(Some);
     }
-    if a.writes.len() != 1 || a.explain_analyze {
-        let what = if a.explain_analyze {
-            "EXPLAIN ANALYZE of a write".to_string()
-        } else {
-            let tables: Vec<String> = a.writes.iter().map(|w| w.table.to_string()).collect();
-            return Err(Refusal::SeveralTargets {
-                tables: tables.join(", "),
-            });
-        };
-        return Err(Refusal::Unsupported { what });
+    let write = single_write(a)?;
+    let t = Target::new(a.kind, write, sql, form);
+    if major >= 18 {
+        return Ok(Some(t.pg18()));
     }
-    let write = &a.writes[0];
-    let sql = &text[stmt.span.clone()];
-    let what = format!("{} on {}", a.kind.label().to_uppercase(), write.table);
+    match a.kind {
+        Kind::Insert => Ok(Some(t.returned(Some(0), None))),
+        Kind::Delete => Ok(Some(t.returned(None, Some(0)))),
+        Kind::Update => t.update().map(Some),
+        // DO NOTHING: RETURNING gives exactly the inserted rows.
+        Kind::Upsert if !write.conflict_update => Ok(Some(t.returned(Some(0), None))),
+        Kind::Upsert => t.upsert().map(Some),
+        Kind::Merge => super::merge::rewrite(t.body, write, major, form),
+        Kind::Read
+        | Kind::CopyIn
+        | Kind::Truncate
+        | Kind::Ddl
+        | Kind::Transaction(_)
+        | Kind::Session
+        | Kind::Opaque => Err(Refusal::NeedsPg18 {
+            what: t.what(),
+            major,
+        }),
+    }
+}
+
+/// The one table a row-level write changes, or why hindsight refuses it: EXPLAIN ANALYZE of a
+/// write, several targets, a COPY FROM among other statements, a write nested in a CTE.
+fn single_write(a: &Analysis) -> Result<&Write, Refusal> {
+    if a.explain_analyze {
+        return Err(Refusal::Unsupported {
+            what: "EXPLAIN ANALYZE of a write".to_string(),
+        });
+    }
+    let [write] = a.writes.as_slice() else {
+        let tables: Vec<String> = a.writes.iter().map(|w| w.table.to_string()).collect();
+        return Err(Refusal::SeveralTargets {
+            tables: tables.join(", "),
+        });
+    };
     if a.kind == Kind::CopyIn {
         return Err(Refusal::Unsupported {
             what: format!("COPY … FROM into {} among other statements in one query (send it as a query of its own)", write.table),
@@ -204,35 +266,87 @@ pub fn rewrite(
     }
     if write.nested {
         // The write sits in a CTE (or `COPY (…) TO`): RETURNING cannot be added to it here.
-        return Err(Refusal::Unsupported { what });
+        return Err(Refusal::Unsupported {
+            what: format!("{} on {}", a.kind.label().to_uppercase(), write.table),
+        });
     }
-    let target = write.reference();
-    // A newline first: a trailing `--` comment would otherwise swallow what is appended.
-    let sep = if write.returning {
-        "\n, "
-    } else {
-        "\nRETURNING "
-    };
-    let shape = |extra, old_at, new_at, oid_at, pre_read| {
+    Ok(write)
+}
+
+/// A single-table write being rewritten: its text and how columns are appended to it.
+struct Target<'a> {
+    kind: Kind,
+    write: &'a Write,
+    /// The client's statement as written.
+    sql: &'a str,
+    /// `sql` without its trailing `;` and whitespace.
+    body: &'a str,
+    /// How the target is named in the statement (its alias, or its name).
+    reference: String,
+    /// What goes before the appended columns: `RETURNING`, or a comma after the client's own.
+    /// A newline first: a trailing `--` comment would otherwise swallow what is appended.
+    sep: &'static str,
+    form: Form,
+}
+
+impl<'a> Target<'a> {
+    fn new(kind: Kind, write: &'a Write, sql: &'a str, form: Form) -> Self {
+        let sep = if write.returning {
+            "\n, "
+        } else {
+            "\nRETURNING "
+        };
+        Target {
+            kind,
+            write,
+            sql,
+            body: sql.trim_end().trim_end_matches(';'),
+            reference: write.reference(),
+            sep,
+            form,
+        }
+    }
+
+    /// `UPDATE on t`, as refusals name the write.
+    fn what(&self) -> String {
+        format!(
+            "{} on {}",
+            self.kind.label().to_uppercase(),
+            self.write.table
+        )
+    }
+
+    fn shape(&self, extra: usize, images: Images, pre_read: bool) -> Arc<Shape> {
         Arc::new(Shape {
-            kind: a.kind,
-            table: write.table.clone(),
+            kind: self.kind,
+            table: self.write.table.clone(),
             extra,
-            old_at,
-            new_at,
-            oid_at,
-            client_returning: write.returning,
+            old_at: images.old_at,
+            new_at: images.new_at,
+            oid_at: images.oid_at,
+            client_returning: self.write.returning,
             pre_read,
-            updated_at: None,
+            updated_at: images.updated_at,
             wrapper: None,
             read_after: None,
         })
-    };
-    let body = sql.trim_end().trim_end_matches(';');
-    if major >= 18 {
-        let cols = if write.returning {
+    }
+
+    /// The row's image and its `tableoid`, as appended columns.
+    fn image(&self) -> String {
+        let target = &self.reference;
+        format!(
+            "{}, {target}.tableoid",
+            self.form.row(&format!("{target}.*"))
+        )
+    }
+
+    /// PostgreSQL 18+: `RETURNING old`/`new` and the tableoid.
+    fn pg18(&self) -> Rewritten {
+        let (form, target) = (self.form, &self.reference);
+        let cols = if self.write.returning {
             // The client's `RETURNING WITH (OLD AS o, …)` renames the rows.
-            let (old, new) = crate::statement::pg18_syntax::returning_aliases(body);
+            let (old, new) = crate::statement::pg18_syntax::returning_aliases(self.body);
             format!("{}, {}, {target}.tableoid", form.row(&old), form.row(&new))
         } else {
             format!(
@@ -241,128 +355,118 @@ pub fn rewrite(
                 form.row("__hs_new")
             )
         };
-        return Ok(Some(Rewritten {
-            text: format!("{body}{sep}{cols}"),
-            shape: shape(3, Some(0), Some(1), 2, false),
-            pre_read: None,
-            post_read: None,
-            guard: None,
-            inserts: Vec::new(),
-            pre_read_map: Vec::new(),
-        }));
+        let images = Images::at(Some(0), Some(1), 2);
+        Rewritten::returning(
+            format!("{}{}{cols}", self.body, self.sep),
+            self.shape(3, images, false),
+        )
     }
-    let image = format!("{}, {target}.tableoid", form.row(&format!("{target}.*")));
-    match a.kind {
-        Kind::Insert => Ok(Some(Rewritten {
-            text: format!("{body}{sep}{image}"),
-            shape: shape(2, None, Some(0), 1, false),
-            pre_read: None,
-            post_read: None,
-            guard: None,
-            inserts: Vec::new(),
-            pre_read_map: Vec::new(),
-        })),
-        Kind::Delete => Ok(Some(Rewritten {
-            text: format!("{body}{sep}{image}"),
-            shape: shape(2, Some(0), None, 1, false),
-            pre_read: None,
-            post_read: None,
-            guard: None,
-            inserts: Vec::new(),
-            pre_read_map: Vec::new(),
-        })),
-        Kind::Update => {
-            // The WHERE store (one scan of the text on the common path); else a SET expression
-            // stores (FROM lists, subqueries, WHERE CURRENT OF); else the locking pre-read.
-            let stored = update_stored(body, &target);
-            if stored.is_none() && where_current_of(body) {
-                return Err(Refusal::Unsupported {
-                    what: format!("{what} WHERE CURRENT OF whose SET assigns only literals, parameters, DEFAULT or row constructors (give one a type, e.g. `col = 'x'::text`)"),
-                });
-            }
-            if let Some((body, inserts)) = stored {
-                let mut s = shape(5, Some(2), Some(0), 1, false);
-                // Every row an UPDATE returns was updated: its before image must be there.
-                Arc::make_mut(&mut s).updated_at = Some(4);
-                return Ok(Some(Rewritten {
-                    text: format!(
-                        "{body}{sep}{image}, {}, set_config('{BEFORE_IMAGE}', '', true), true",
-                        stored_before(form)
-                    ),
-                    shape: s,
-                    pre_read: None,
-                    post_read: None,
-                    guard: None,
-                    inserts,
-                    pre_read_map: Vec::new(),
-                }));
-            }
-            // FOR UPDATE OF takes the alias or the bare name (PostgreSQL refuses a qualified
-            // one; the UPDATE itself refuses two FROM items of the same name).
-            let lock = match write.alias.as_str() {
-                "" => quote(&write.table.name),
-                alias => quote(alias),
-            };
-            let pre = pre_read_for_update_mapped(sql, &target, &lock, form)
-                .ok_or_else(|| Refusal::Unsupported { what: what.clone() })?;
-            Ok(Some(Rewritten {
-                text: format!("{body}{sep}{image}"),
-                shape: shape(2, None, Some(0), 1, true),
-                pre_read: Some(pre.text),
-                post_read: None,
-                guard: None,
-                inserts: Vec::new(),
-                pre_read_map: pre.map,
-            }))
+
+    /// The one image RETURNING gives (the new row of an INSERT, the old one of a DELETE).
+    fn returned(&self, new_at: Option<usize>, old_at: Option<usize>) -> Rewritten {
+        Rewritten::returning(
+            format!("{}{}{}", self.body, self.sep, self.image()),
+            self.shape(2, Images::at(old_at, new_at, 1), false),
+        )
+    }
+
+    /// An UPDATE before PostgreSQL 18: the WHERE store (one scan of the text on the common
+    /// path); else a SET expression stores (FROM lists, subqueries, WHERE CURRENT OF); else
+    /// the locking pre-read.
+    fn update(&self) -> Result<Rewritten, Refusal> {
+        let stored = update_stored(self.body, &self.reference);
+        if stored.is_none() && where_current_of(self.body) {
+            return Err(Refusal::Unsupported {
+                what: format!("{} WHERE CURRENT OF whose SET assigns only literals, parameters, DEFAULT or row constructors (give one a type, e.g. `col = 'x'::text`)", self.what()),
+            });
         }
-        // DO NOTHING: RETURNING gives exactly the inserted rows.
-        Kind::Upsert if !write.conflict_update => Ok(Some(Rewritten {
-            text: format!("{body}{sep}{image}"),
-            shape: shape(2, None, Some(0), 1, false),
-            pre_read: None,
-            post_read: None,
-            guard: None,
-            inserts: Vec::new(),
-            pre_read_map: Vec::new(),
-        })),
-        // DO UPDATE: the before image of the row ON CONFLICT updates is taken where the
-        // statement itself sees it — in the DO UPDATE's WHERE, on the row it has locked (see
-        // `upsert_capturing_before`) — and read back in the same row's RETURNING.
-        Kind::Upsert => {
-            let (body, inserts) = upsert_capturing_before(body, write)?;
-            let before = stored_before(form);
-            let clear = format!("set_config('{BEFORE_IMAGE}', '', true)");
-            if write.partitioned {
-                // Rows routed into partitions carry no xmax: the setting, emptied after each
-                // row, is what tells an updated row from an inserted one.
-                return Ok(Some(Rewritten {
-                    text: format!("{body}{sep}{image}, {before}, {clear}"),
-                    shape: shape(4, Some(2), Some(0), 1, false),
-                    pre_read: None,
-                    post_read: None,
-                    guard: None,
-                    inserts,
-                    pre_read_map: Vec::new(),
-                }));
-            }
-            // `xmax <> 0`: ON CONFLICT updated the row (then its before image must be there).
-            let mut s = shape(5, Some(2), Some(0), 1, false);
-            Arc::make_mut(&mut s).updated_at = Some(4);
-            let updated = format!("({target}.xmax::text <> '0')");
-            Ok(Some(Rewritten {
-                text: format!(
-                    "{body}{sep}{image}, CASE WHEN {updated} THEN {before} END, {clear}, {updated}"
-                ),
-                shape: s,
-                pre_read: None,
-                post_read: None,
-                guard: None,
+        if let Some((body, inserts)) = stored {
+            // Every row an UPDATE returns was updated: its before image must be there.
+            let text = format!(
+                "{body}{}{}, {}, set_config('{BEFORE_IMAGE}', '', true), true",
+                self.sep,
+                self.image(),
+                stored_before(self.form)
+            );
+            let images = Images::at(Some(2), Some(0), 1).updated(4);
+            return Ok(Rewritten {
                 inserts,
-                pre_read_map: Vec::new(),
-            }))
+                ..Rewritten::returning(text, self.shape(5, images, false))
+            });
         }
-        Kind::Merge => super::merge::rewrite(body, write, major, form),
-        _ => Err(Refusal::NeedsPg18 { what, major }),
+        // FOR UPDATE OF takes the alias or the bare name (PostgreSQL refuses a qualified
+        // one; the UPDATE itself refuses two FROM items of the same name).
+        let lock = match self.write.alias.as_str() {
+            "" => quote(&self.write.table.name),
+            alias => quote(alias),
+        };
+        let pre = pre_read_for_update_mapped(self.sql, &self.reference, &lock, self.form)
+            .ok_or_else(|| Refusal::Unsupported { what: self.what() })?;
+        let text = format!("{}{}{}", self.body, self.sep, self.image());
+        Ok(Rewritten {
+            pre_read: Some(pre.text),
+            pre_read_map: pre.map,
+            ..Rewritten::returning(text, self.shape(2, Images::at(None, Some(0), 1), true))
+        })
+    }
+
+    /// `INSERT … ON CONFLICT DO UPDATE` before PostgreSQL 18: the before image of the row ON
+    /// CONFLICT updates is taken where the statement itself sees it — in the DO UPDATE's
+    /// WHERE, on the row it has locked (see `upsert_capturing_before`) — and read back in the
+    /// same row's RETURNING.
+    fn upsert(&self) -> Result<Rewritten, Refusal> {
+        let (body, inserts) = upsert_capturing_before(self.body, self.write)?;
+        let (sep, image) = (self.sep, self.image());
+        let before = stored_before(self.form);
+        let clear = format!("set_config('{BEFORE_IMAGE}', '', true)");
+        if self.write.partitioned {
+            // Rows routed into partitions carry no xmax: the setting, emptied after each
+            // row, is what tells an updated row from an inserted one.
+            let text = format!("{body}{sep}{image}, {before}, {clear}");
+            let shape = self.shape(4, Images::at(Some(2), Some(0), 1), false);
+            return Ok(Rewritten {
+                inserts,
+                ..Rewritten::returning(text, shape)
+            });
+        }
+        // `xmax <> 0`: ON CONFLICT updated the row (then its before image must be there).
+        let updated = format!("({}.xmax::text <> '0')", self.reference);
+        let text = format!(
+            "{body}{sep}{image}, CASE WHEN {updated} THEN {before} END, {clear}, {updated}"
+        );
+        let images = Images::at(Some(2), Some(0), 1).updated(4);
+        Ok(Rewritten {
+            inserts,
+            ..Rewritten::returning(text, self.shape(5, images, false))
+        })
+    }
+}
+
+/// Where the images are among the appended columns (`Shape`'s indexes).
+#[derive(Clone, Copy)]
+struct Images {
+    old_at: Option<usize>,
+    new_at: Option<usize>,
+    oid_at: usize,
+    updated_at: Option<usize>,
+}
+
+impl Images {
+    fn at(old_at: Option<usize>, new_at: Option<usize>, oid_at: usize) -> Self {
+        Images {
+            old_at,
+            new_at,
+            oid_at,
+            updated_at: None,
+        }
+    }
+
+    /// With the column that says the row was updated (its before image must be there).
+    fn updated(self, at: usize) -> Self {
+        Images {
+            updated_at: Some(at),
+            ..self
+        }
     }
 }
 
@@ -382,7 +486,7 @@ pub(crate) const BEFORE_IMAGE: &str = "hindsight.before_image";
 pub(crate) fn upsert_capturing_before(
     body: &str,
     write: &crate::statement::analysis::Write,
-) -> Result<(String, Vec<(usize, usize)>), Refusal> {
+) -> Result<(String, Vec<Added>), Refusal> {
     let what = format!("UPSERT on {}", write.table);
     if write.alias.is_empty() && write.table.schema.is_empty() && write.table.name == "excluded" {
         // Its DO UPDATE clauses cannot name the existing row: `excluded` is the proposed one.
@@ -397,7 +501,7 @@ pub(crate) fn upsert_capturing_before(
 
 /// `upsert_capturing_before`'s text surgery; `existing` names the target. `None` if the DO
 /// UPDATE clause is not found.
-fn edit_do_update(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
+fn edit_do_update(body: &str, existing: &str) -> Option<(String, Vec<Added>)> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(body).ok()?.tokens;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
@@ -444,7 +548,7 @@ fn store_in_where(
     end: usize,
     existing: &str,
     guard: Guard,
-) -> (String, Vec<(usize, usize)>) {
+) -> (String, Vec<Added>) {
     let store =
         format!("set_config('{BEFORE_IMAGE}', to_jsonb({existing}.*)::text, true) IS NOT NULL");
     let (open, close) = match (wher, guard) {
@@ -458,9 +562,15 @@ fn store_in_where(
     let w = wher.unwrap_or(end);
     let mut inserts = Vec::new();
     if !open.is_empty() {
-        inserts.push((w, open.len()));
+        inserts.push(Added {
+            at: w,
+            len: open.len(),
+        });
     }
-    inserts.push((end + open.len(), close.len()));
+    inserts.push(Added {
+        at: end + open.len(),
+        len: close.len(),
+    });
     (
         format!(
             "{}{open}{}{close}{}",
@@ -572,16 +682,16 @@ fn truncate(
         shape: Arc::new(Shape::statement(kind, table.clone())),
         pre_read: Some(images.join(" UNION ALL ")),
         post_read: None,
-        guard: Some((
-            format!(
+        guard: Some(LimitGuard {
+            sql: format!(
                 "SELECT CASE WHEN count(*) > {limit} THEN 1 / (count(*) * 0) ELSE 0 END FROM ({}) s",
                 counted.join(" UNION ALL ")
             ),
-            format!(
+            message: format!(
                 "hindsight: TRUNCATE of {} would remove more than {limit} rows (capture.truncate_row_limit), too many to record their before images; it was not run",
                 names.join(", ")
             ),
-        )),
+        }),
         inserts: Vec::new(),
         pre_read_map: Vec::new(),
     })
@@ -603,7 +713,7 @@ pub fn first_node(parsed: &pg_query::protobuf::ParseResult) -> Option<&N> {
 /// row stored is the row updated. A FROM list or a subquery (pulled up into a join) could let a
 /// join evaluate many rows' quals before the first update: those keep the locking pre-read.
 /// `existing` names the target. With the text, the byte ranges hindsight inserted into it.
-fn update_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
+fn update_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<Added>)> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(body).ok()?.tokens;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
@@ -646,7 +756,7 @@ fn update_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(u
 /// in its WHERE when it has no FROM list or subquery (`update_capturing_before`), else in one
 /// of its SET expressions (`set_capturing_before`). `None`: neither applies (then the locking
 /// pre-read, or a refusal for WHERE CURRENT OF). With the text, the byte ranges inserted.
-pub(crate) fn update_stored(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
+pub(crate) fn update_stored(body: &str, existing: &str) -> Option<(String, Vec<Added>)> {
     update_capturing_before(body, existing).or_else(|| set_capturing_before(body, existing))
 }
 
@@ -679,13 +789,48 @@ fn where_current_of(body: &str) -> bool {
 /// An expression whose type comes from its column is not wrapped — `CASE` would type it
 /// differently: a bare string literal, NULL, a parameter, DEFAULT, a row constructor (`ROW(…)`,
 /// `(a, b)`) — nor a `(a, b) = …` list. `None` if no assignment is left.
-fn set_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(usize, usize)>)> {
+fn set_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<Added>)> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(body).ok()?.tokens;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
+    let (a, b) = set_assignments(&tokens).into_iter().find_map(|(a, b)| {
+        if kind(a) == Some(T::Ascii40) {
+            return None; // (a, b) = …
+        }
+        let eq = (a..b).find(|&i| kind(i) == Some(T::Ascii61))?;
+        (eq + 1 < b && !typed_by_column(&tokens, eq + 1, b)).then_some((eq + 1, b))
+    })?;
+    let (from, to) = (tokens[a].start as usize, tokens[b - 1].end as usize);
+    let open = format!(
+        "CASE WHEN set_config('{BEFORE_IMAGE}', to_jsonb({existing}.*)::text, true) IS NOT NULL THEN ("
+    );
+    let close = ") END";
+    Some((
+        format!(
+            "{}{open}{}{close}{}",
+            &body[..from],
+            &body[from..to],
+            &body[to..]
+        ),
+        vec![
+            Added {
+                at: from,
+                len: open.len(),
+            },
+            Added {
+                at: to + open.len(),
+                len: close.len(),
+            },
+        ],
+    ))
+}
+
+/// The token ranges (first, past the last) of an UPDATE's top-level SET assignments.
+fn set_assignments(tokens: &[pg_query::protobuf::ScanToken]) -> Vec<(usize, usize)> {
+    use pg_query::protobuf::Token as T;
+    let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     let mut depth = 0i32;
     let (mut update, mut set) = (false, false);
-    // Token ranges of the top-level SET assignments.
     let mut assignments: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
     for i in 0..tokens.len() {
@@ -720,63 +865,41 @@ fn set_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<(usiz
     if set && start > 0 {
         assignments.push((start, tokens.len()));
     }
-    let typed_by_column = |a: usize, b: usize| {
-        let (mut a, mut b) = (a, b);
-        // Enclosing parentheses; what they held decides.
-        while b > a + 1 && kind(a) == Some(T::Ascii40) && closing(&tokens, a) == Some(b - 1) {
-            a += 1;
-            b -= 1;
+    assignments
+}
+
+/// Whether the expression in tokens `a..b` takes its type from the column it is assigned to
+/// (then `CASE` would type it differently): a bare literal, NULL, a parameter, DEFAULT, or a
+/// row constructor.
+fn typed_by_column(tokens: &[pg_query::protobuf::ScanToken], a: usize, b: usize) -> bool {
+    use pg_query::protobuf::Token as T;
+    let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
+    let (mut a, mut b) = (a, b);
+    // Enclosing parentheses; what they held decides.
+    while b > a + 1 && kind(a) == Some(T::Ascii40) && closing(tokens, a) == Some(b - 1) {
+        a += 1;
+        b -= 1;
+    }
+    let literal = b == a + 1
+        && matches!(
+            kind(a),
+            Some(T::Sconst | T::Usconst | T::Bconst | T::Xconst | T::NullP | T::Param | T::Default)
+        );
+    let mut level = 0i32;
+    let row = (a..b).any(|i| match kind(i) {
+        Some(T::Row) => true,
+        Some(T::Ascii40 | T::Ascii91) => {
+            level += 1;
+            false
         }
-        let literal = b == a + 1
-            && matches!(
-                kind(a),
-                Some(
-                    T::Sconst
-                        | T::Usconst
-                        | T::Bconst
-                        | T::Xconst
-                        | T::NullP
-                        | T::Param
-                        | T::Default
-                )
-            );
-        let mut level = 0i32;
-        let row = (a..b).any(|i| match kind(i) {
-            Some(T::Row) => true,
-            Some(T::Ascii40 | T::Ascii91) => {
-                level += 1;
-                false
-            }
-            Some(T::Ascii41 | T::Ascii93) => {
-                level -= 1;
-                false
-            }
-            Some(T::Ascii44) => level == 0,
-            _ => false,
-        });
-        literal || row
-    };
-    let (a, b) = assignments.into_iter().find_map(|(a, b)| {
-        if kind(a) == Some(T::Ascii40) {
-            return None; // (a, b) = …
+        Some(T::Ascii41 | T::Ascii93) => {
+            level -= 1;
+            false
         }
-        let eq = (a..b).find(|&i| kind(i) == Some(T::Ascii61))?;
-        (eq + 1 < b && !typed_by_column(eq + 1, b)).then_some((eq + 1, b))
-    })?;
-    let (from, to) = (tokens[a].start as usize, tokens[b - 1].end as usize);
-    let open = format!(
-        "CASE WHEN set_config('{BEFORE_IMAGE}', to_jsonb({existing}.*)::text, true) IS NOT NULL THEN ("
-    );
-    let close = ") END";
-    Some((
-        format!(
-            "{}{open}{}{close}{}",
-            &body[..from],
-            &body[from..to],
-            &body[to..]
-        ),
-        vec![(from, open.len()), (to + open.len(), close.len())],
-    ))
+        Some(T::Ascii44) => level == 0,
+        _ => false,
+    });
+    literal || row
 }
 
 /// Index of the token closing the parenthesis or bracket at `open`.
@@ -816,7 +939,7 @@ pub(crate) fn pre_read_for_update(
 #[derive(Default)]
 pub(crate) struct Spliced {
     pub text: String,
-    pub map: Vec<(usize, usize, usize)>,
+    pub map: Vec<ClientPiece>,
 }
 
 impl Spliced {
@@ -831,8 +954,11 @@ impl Spliced {
         let piece = &client[range.clone()];
         let lead = piece.len() - piece.trim_start().len();
         let piece = piece.trim();
-        self.map
-            .push((self.text.len(), piece.len(), range.start + lead));
+        self.map.push(ClientPiece {
+            at: self.text.len(),
+            len: piece.len(),
+            client_at: range.start + lead,
+        });
         self.text.push_str(piece);
         self
     }
@@ -884,7 +1010,11 @@ pub(crate) fn pre_read_for_update_mapped(
     };
     let mut out = Spliced::default();
     // The WITH list (or comments) in front stays where it was.
-    out.map.push((0, update.0, 0));
+    out.map.push(ClientPiece {
+        at: 0,
+        len: update.0,
+        client_at: 0,
+    });
     out.own(&sql[..update.0])
         .own(&format!(
             "SELECT {}, {target}.tableoid FROM ",
@@ -905,6 +1035,10 @@ pub(crate) fn pre_read_for_update_mapped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spans(inserts: &[Added]) -> Vec<(usize, usize)> {
+        inserts.iter().map(|i| (i.at, i.len)).collect()
+    }
     use crate::statement::analyze;
 
     fn rw(sql: &str, major: u32) -> Result<Option<Rewritten>, Refusal> {
@@ -1108,7 +1242,7 @@ mod tests {
             format!("UPDATE t SET a = a + 1 WHERE ( id = $1 OR b IS DISTINCT FROM 2 -- c\n) AND {}\n\n{}", store("\"t\""), tail("\"t\""))
         );
         assert_eq!(r.pre_read, None);
-        assert_eq!(r.inserts, vec![(28, 2), (67, 85)]);
+        assert_eq!(spans(&r.inserts), vec![(28, 2), (67, 85)]);
         assert_eq!(
             (r.shape.old_at, r.shape.updated_at, r.shape.extra),
             (Some(2), Some(4), 5)
@@ -1141,7 +1275,7 @@ mod tests {
             format!("UPDATE t SET a = $1, b = CASE WHEN {} THEN (u.b || 'x') END FROM u WHERE t.id = u.id\n{}", store("\"t\""), tail("\"t\""))
         );
         assert_eq!((r.pre_read, r.shape.updated_at), (None, Some(4)));
-        assert_eq!(r.inserts, vec![(25, 94), (129, 5)]);
+        assert_eq!(spans(&r.inserts), vec![(25, 94), (129, 5)]);
         let r = rw("UPDATE t SET a = a + 1 WHERE id IN (SELECT id FROM u)", 15)
             .unwrap()
             .unwrap();

@@ -56,14 +56,9 @@ impl ClientCapture {
         let write = &s.located.analysis.writes[0];
         let sql = text[s.located.span.clone()].trim();
         self.mid_batch = false;
-        let lookup = self
-            .internal_query(w, &crate::capture::copy::lookup_query(&write.table))
-            .await?;
+        let target = self.copy_target(w, write).await?;
         self.seq += 1;
-        let staged = match crate::capture::copy::parse_lookup(
-            &lookup.rows,
-            self.shared.lock().encoding.current(),
-        ) {
+        let staged = match target {
             Some(target) => crate::capture::copy::stage(sql, &target, &write.columns, self.seq),
             // No such table: the client's COPY fails on its own, writing nothing.
             None => Ok(None),
@@ -80,40 +75,12 @@ impl ClientCapture {
                     .await
             }
         };
-        let insert = self.staged_insert(&staged.insert);
-        let Some(rw) = insert else {
+        let Some(rw) = self.staged_insert(&staged.insert) else {
             let err = uncapturable(format!(
                 "hindsight: could not build the capture of {sql:?}; it was not run"
             ));
             return self.refuse(w, err).await;
         };
-        let implicit = status == TxState::Idle;
-        let mut q = String::new();
-        let mut units = Vec::new();
-        let quiet = |units: &mut Vec<Unit>| {
-            units.push(Unit::with(Delivery::Errors, b"C"));
-        };
-        if implicit {
-            q.push_str("BEGIN;\n");
-            quiet(&mut units);
-        }
-        q.push_str(&staged.create);
-        q.push_str(";\n");
-        quiet(&mut units);
-        // The client's COPY sub-protocol runs against the stage: CopyInResponse, its errors
-        // (about the input) go to the client; its row count is the INSERT's.
-        let before = text[..s.located.span.start].chars().count() as i64;
-        let shift = (q.chars().count() as i64 + staged.shift) - before;
-        q.push_str(&staged.copy);
-        q.push_str(";\n");
-        let mut copy = Unit::pass(b"C");
-        copy.positions.shift = shift;
-        copy.complete = crate::capture::router::Complete::Drop;
-        units.push(copy);
-        q.push_str(&rw.text);
-        q.push_str(";\n");
-        let mut ins = Unit::pass(b"C");
-        ins.complete = crate::capture::router::Complete::AsCopy;
         let ctx = Arc::new(StatementCtx {
             text: sql.to_string(),
             fingerprint: s.fingerprint.clone(),
@@ -125,29 +92,32 @@ impl ClientCapture {
             gate: self.gate_for(s),
             shape: Arc::clone(&rw.shape),
         });
-        ins.collect = Collect::capture(ctx);
-        units.push(ins);
-        q.push_str(&staged.drop);
-        quiet(&mut units);
-        if implicit && staged.stdin {
-            // Ended at the client's CopyDone / CopyFail (the client pump must keep relaying
-            // its CopyData until then).
+        let client_at = text[..s.located.span.start].chars().count() as i64;
+        let q = plan_copy(&staged, &rw, ctx, client_at, status == TxState::Idle);
+        if q.end == CopyEnd::AtCopyDone {
+            // The client pump must keep relaying its CopyData until then.
             self.copy_pending = true;
-            let mut z = Unit::new(b"Z");
-            z.idle_if_no_copy = true;
-            units.push(z);
-        } else if implicit {
-            // From a file or program: the server completes the COPY by itself; end the
-            // transaction like any captured query.
-            units.push(Unit::new(b"Z"));
-            self.push(units);
-            write_all(w, &query_frame(&q)).await?;
-            return self.finish_query(w, true).await;
-        } else {
-            units.push(Unit::pass(b"Z"));
         }
-        self.push(units);
-        write_all(w, &query_frame(&q)).await
+        self.push(q.units);
+        write_all(w, &query_frame(&q.text)).await?;
+        match q.end {
+            CopyEnd::ByServer => self.finish_query(w, true).await,
+            CopyEnd::AtCopyDone | CopyEnd::InClientTx => Ok(()),
+        }
+    }
+
+    /// The target of a `COPY … FROM` with its copyable columns, from the catalog (`None`: no
+    /// such table).
+    async fn copy_target<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        write: &crate::statement::analysis::Write,
+    ) -> std::io::Result<Option<crate::capture::copy::Target>> {
+        let lookup = self
+            .internal_query(w, &crate::capture::copy::lookup_query(&write.table))
+            .await?;
+        let encoding = self.shared.lock().encoding.current();
+        Ok(crate::capture::copy::parse_lookup(&lookup.rows, encoding))
     }
 
     /// An extended-protocol `COPY … FROM`: the target's columns from the catalog, the stage
@@ -162,12 +132,7 @@ impl ClientCapture {
         let write = &stmt.located.analysis.writes[0];
         let sql = text[stmt.located.span.clone()].trim();
         self.mid_batch = true;
-        let lookup = self
-            .internal_query(w, &crate::capture::copy::lookup_query(&write.table))
-            .await?;
-        let Some(target) =
-            crate::capture::copy::parse_lookup(&lookup.rows, self.shared.lock().encoding.current())
-        else {
+        let Some(target) = self.copy_target(w, write).await? else {
             return Ok(Ok(None));
         };
         self.seq += 1;
@@ -182,15 +147,8 @@ impl ClientCapture {
                 what: format!("{sql:?} (its capture could not be built)"),
             }));
         };
-        let client = Rewritten {
-            text: staged.copy,
-            shape: Arc::new(Shape::statement(Kind::CopyIn, write.table.clone())),
-            pre_read: None,
-            post_read: None,
-            guard: None,
-            inserts: Vec::new(),
-            pre_read_map: Vec::new(),
-        };
+        let shape = Arc::new(Shape::statement(Kind::CopyIn, write.table.clone()));
+        let client = Rewritten::returning(staged.copy, shape);
         Ok(Ok(Some((
             client,
             CopyPlan {
@@ -217,5 +175,83 @@ impl ClientCapture {
         )
         .ok()
         .flatten()
+    }
+}
+
+/// How a simple-query COPY's transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyEnd {
+    /// hindsight opened it; it ends at the client's CopyDone / CopyFail.
+    AtCopyDone,
+    /// hindsight opened it and the server reads a file or program: it completes the COPY by
+    /// itself, and the transaction ends like any captured query's.
+    ByServer,
+    /// The client's own transaction: nothing to end.
+    InClientTx,
+}
+
+/// What a simple-query COPY sends (one query string) and what each reply is.
+struct CopyQuery {
+    text: String,
+    units: Vec<Unit>,
+    end: CopyEnd,
+}
+
+/// The query string for a staged COPY: [BEGIN;] CREATE stage; the client's COPY into the
+/// stage; the captured INSERT (`rw`, whose rows are captured under `ctx`); DROP stage — and
+/// the units its replies meet. `client_at`: the client's statement's character offset in its
+/// query string; `implicit`: hindsight opens the transaction.
+fn plan_copy(
+    staged: &crate::capture::copy::Staged,
+    rw: &Rewritten,
+    ctx: Arc<StatementCtx>,
+    client_at: i64,
+    implicit: bool,
+) -> CopyQuery {
+    let mut q = String::new();
+    let mut units = Vec::new();
+    let quiet = || Unit::with(Delivery::Errors, b"C");
+    if implicit {
+        q.push_str("BEGIN;\n");
+        units.push(quiet());
+    }
+    q.push_str(&staged.create);
+    q.push_str(";\n");
+    units.push(quiet());
+    // The client's COPY sub-protocol runs against the stage: CopyInResponse, its errors
+    // (about the input) go to the client; its row count is the INSERT's.
+    let shift = (q.chars().count() as i64 + staged.shift) - client_at;
+    q.push_str(&staged.copy);
+    q.push_str(";\n");
+    let mut copy = Unit::pass(b"C");
+    copy.positions.shift = shift;
+    copy.complete = crate::capture::router::Complete::Drop;
+    units.push(copy);
+    q.push_str(&rw.text);
+    q.push_str(";\n");
+    let mut ins = Unit::pass(b"C");
+    ins.complete = crate::capture::router::Complete::AsCopy;
+    ins.collect = Collect::capture(ctx);
+    units.push(ins);
+    q.push_str(&staged.drop);
+    units.push(quiet());
+    let end = match (implicit, staged.stdin) {
+        (true, true) => CopyEnd::AtCopyDone,
+        (true, false) => CopyEnd::ByServer,
+        (false, _) => CopyEnd::InClientTx,
+    };
+    units.push(match end {
+        CopyEnd::AtCopyDone => {
+            let mut z = Unit::new(b"Z");
+            z.idle_if_no_copy = true;
+            z
+        }
+        CopyEnd::ByServer => Unit::new(b"Z"),
+        CopyEnd::InClientTx => Unit::pass(b"Z"),
+    });
+    CopyQuery {
+        text: q,
+        units,
+        end,
     }
 }

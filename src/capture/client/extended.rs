@@ -309,11 +309,7 @@ impl ClientCapture {
         } else {
             self.plan_parse(w, text, &full, stmt, params).await?
         };
-        let PreparedWrite {
-            rewritten,
-            params: resolved_params,
-            copy,
-        } = match planned {
+        let write = match planned {
             ParsePlan::Prepare(p) => p,
             ParsePlan::Refuse(msg) => {
                 tracing::warn!(%msg, "statement refused");
@@ -328,19 +324,43 @@ impl ClientCapture {
             }
             ParsePlan::Forward => return self.forward_parse(w, frame).await,
         };
-        let out = match &rewritten {
+        let parsed = ParsedFrame {
+            frame,
+            name,
+            params,
+        };
+        self.emit_parse(w, parsed, text, tags, stmt, write).await
+    }
+
+    /// Send the Parse of a planned statement (the client's frame, or its rewrite) and the
+    /// statements prepared beside it, and keep what Bind and Execute will need.
+    async fn emit_parse<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        parsed: ParsedFrame<'_>,
+        text: &str,
+        tags: sqlcommenter::Tags,
+        stmt: &Statement,
+        write: PreparedWrite,
+    ) -> std::io::Result<()> {
+        let ParsedFrame {
+            frame,
+            name,
+            params,
+        } = parsed;
+        let out = match &write.rewritten {
             None => frame.to_vec(),
-            Some(rw) => rewritten_parse(name, rw, resolved_params.as_deref(), params),
+            Some(rw) => rewritten_parse(name, rw, write.params.as_deref(), params),
         };
         let mut parse = self.parse_unit();
-        if let Some(rw) = &rewritten {
+        if let Some(rw) = &write.rewritten {
             parse.positions.inserts = rw.position_inserts(0);
         }
         self.push([parse]);
         write_all(w, &out).await?;
-        let companions = match &rewritten {
+        let companions = match &write.rewritten {
             Some(rw) => {
-                let wrapper = resolved_params.is_some();
+                let wrapper = write.params.is_some();
                 self.prepare_companions(w, name, text, stmt, rw, wrapper)
                     .await?
             }
@@ -349,12 +369,7 @@ impl ClientCapture {
         // Built for UTF-8 (checked after the rewrite: the form can only have turned from hex
         // to jsonb meanwhile, as the server reported an encoding, so this errs towards keeping it).
         let reparse =
-            (rewritten.is_some() && self.image_form() == Form::Jsonb).then(|| frame.to_vec());
-        let write = PreparedWrite {
-            rewritten,
-            params: resolved_params,
-            copy,
-        };
+            (write.rewritten.is_some() && self.image_form() == Form::Jsonb).then(|| frame.to_vec());
         let prep = Prep::new(text, stmt, tags, write, companions, reparse);
         self.statements.insert(name.to_vec(), Arc::new(prep));
         Ok(())
@@ -836,4 +851,11 @@ impl ClientCapture {
         };
         self.internal_end(w, sql, None, None).await
     }
+}
+
+/// A client's Parse frame with its statement name and its parameter-type section.
+struct ParsedFrame<'a> {
+    frame: &'a [u8],
+    name: &'a [u8],
+    params: &'a [u8],
 }
