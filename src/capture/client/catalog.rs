@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWrite;
 
 use super::cte::has_cte_writes;
-use super::ClientCapture;
+use super::{ClientCapture, FunctionList, Protocol, TxnDdl};
 use crate::capture::publish;
 use crate::capture::tables::Target;
 use crate::statement::analysis::TableName;
@@ -39,12 +39,12 @@ impl ClientCapture {
         &mut self,
         w: &mut W,
         sql: &str,
-        extended: bool,
+        protocol: Protocol,
     ) -> std::io::Result<Vec<String>> {
         let Some(q) = crate::capture::rewrite::truncate_cascade_query(sql) else {
             return Ok(Vec::new());
         };
-        self.mid_batch = extended;
+        self.own_queries = protocol;
         let reply = self.internal_query(w, &q).await?;
         Ok(reply.first_column(self.shared.lock().encoding.current()))
     }
@@ -65,7 +65,7 @@ impl ClientCapture {
         &mut self,
         w: &mut W,
         statements: &[Statement],
-        extended: bool,
+        protocol: Protocol,
     ) -> std::io::Result<Vec<Target>> {
         let mut out = Vec::with_capacity(statements.len());
         for s in statements {
@@ -75,14 +75,14 @@ impl ClientCapture {
                     Kind::Insert | Kind::Update | Kind::Delete | Kind::Upsert | Kind::Merge,
                     [only],
                 ) if !only.nested && !a.explain_analyze => {
-                    self.resolve_target(w, &only.table, extended).await?
+                    self.resolve_target(w, &only.table, protocol).await?
                 }
                 // A statement with writes in its WITH clause: one target that cannot take the
                 // capture columns makes the whole statement opaque.
                 _ if has_cte_writes(s) => {
                     let mut target = Target::Table;
                     for write in &a.writes {
-                        if self.resolve_target(w, &write.table, extended).await? == Target::Opaque {
+                        if self.resolve_target(w, &write.table, protocol).await? == Target::Opaque {
                             target = Target::Opaque;
                             break;
                         }
@@ -101,7 +101,7 @@ impl ClientCapture {
         &mut self,
         w: &mut W,
         table: &TableName,
-        extended: bool,
+        protocol: Protocol,
     ) -> std::io::Result<Target> {
         let generation = self.parts.tables.generation();
         let name = match table.schema.as_str() {
@@ -115,7 +115,7 @@ impl ClientCapture {
         if let Some(t) = self.targets.get(generation, &name) {
             return Ok(t);
         }
-        self.mid_batch = extended;
+        self.own_queries = protocol;
         let reply = self
             .internal_query(w, &crate::capture::tables::capturable_query(&name))
             .await?;
@@ -141,7 +141,7 @@ impl ClientCapture {
     /// Whether a read the fast path passed must be analysed after all: it may call a function
     /// that writes, or the list of such functions must be read first.
     pub(super) fn may_call_writer(&self, sql: &[u8]) -> bool {
-        if self.ddl_seen {
+        if self.functions_list == FunctionList::Stale {
             return true;
         }
         match self.parts.functions.get(&self.session.database) {
@@ -152,8 +152,8 @@ impl ClientCapture {
 
     /// A DDL statement is about to run: function list and table facts are read again.
     pub(super) fn schema_changed(&mut self) {
-        self.ddl_seen = true;
-        self.ddl_in_txn = true;
+        self.functions_list = FunctionList::Stale;
+        self.txn_ddl = TxnDdl::Ran;
         self.parts.tables.invalidate(&self.session.database);
     }
 
@@ -165,7 +165,7 @@ impl ClientCapture {
         oids: &[u32],
     ) -> std::io::Result<Option<(Option<i64>, HashMap<u32, publish::TableInfo>)>> {
         let db = self.session.database.clone();
-        let (mut found, missing) = if self.ddl_in_txn {
+        let (mut found, missing) = if self.txn_ddl == TxnDdl::Ran {
             (HashMap::new(), oids.to_vec())
         } else {
             self.parts.tables.get(&db, oids)
@@ -180,7 +180,7 @@ impl ClientCapture {
             return Ok(None);
         }
         let (txid, looked_up) = publish::parse_catalog(&reply.rows, self.image_form());
-        if !self.ddl_in_txn {
+        if self.txn_ddl == TxnDdl::None {
             self.parts.tables.put(&db, &looked_up);
         }
         found.extend(looked_up);
@@ -191,16 +191,16 @@ impl ClientCapture {
     pub(super) async fn writing_functions<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
-        extended: bool,
+        protocol: Protocol,
     ) -> std::io::Result<crate::capture::functions::Names> {
         let db = self.session.database.clone();
-        if std::mem::take(&mut self.ddl_seen) {
+        if std::mem::take(&mut self.functions_list) == FunctionList::Stale {
             self.parts.functions.invalidate(&db);
         }
         if let Some(names) = self.parts.functions.get(&db) {
             return Ok(names);
         }
-        self.mid_batch = extended;
+        self.own_queries = protocol;
         let reply = self
             .internal_query(w, crate::capture::functions::QUERY)
             .await?;

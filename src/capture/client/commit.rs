@@ -9,7 +9,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
 use super::internal::query_frame;
-use super::{write_all, write_last, ClientCapture};
+use super::{write_all, write_last, ClientCapture, Protocol, TxnDdl};
 use crate::audit::event::{CommitStatus, TransactionRecord};
 use crate::capture::publish;
 use crate::capture::router::{Delivery, Reply, TxState, Unit};
@@ -132,10 +132,13 @@ impl ClientCapture {
         if matches!(by, CommitBy::ClientExtended(_)) {
             self.flush_and_drain(w).await?;
         }
-        self.mid_batch = matches!(
-            by,
-            CommitBy::ClientExtended(_) | CommitBy::ImplicitExtended(_)
-        );
+        self.own_queries = match by {
+            CommitBy::ClientExtended(_) | CommitBy::ImplicitExtended(_) => Protocol::Extended,
+            CommitBy::ClientSimple(_)
+            | CommitBy::ImplicitSimple
+            | CommitBy::InQuery { .. }
+            | CommitBy::InQueryImplicit { .. } => Protocol::Simple,
+        };
         if let CommitBy::ClientSimple(frame) | CommitBy::ClientExtended(frame) = by {
             if self.shared.lock().status != TxState::InBlock {
                 // An aborted transaction: its COMMIT is a ROLLBACK; nothing to publish.
@@ -146,7 +149,7 @@ impl ClientCapture {
             }
         }
         let error = self.record_transaction(w).await?;
-        if std::mem::take(&mut self.ddl_in_txn) {
+        if std::mem::take(&mut self.txn_ddl) == TxnDdl::Ran {
             // Lookups other sessions made while this DDL was uncommitted saw the old catalog.
             self.parts.tables.invalidate(&self.session.database);
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWrite;
 
 use super::internal::{internal_statement, query_frame};
-use super::{now_ms, uncapturable, write_all, ClientCapture};
+use super::{now_ms, uncapturable, write_all, ClientCapture, CopyRun, Protocol};
 use crate::capture::rewrite::{rewrite, Refusal, Rewritten, Shape};
 use crate::capture::router::{Collect, Delivery, TxState, Unit};
 use crate::capture::txn::StatementCtx;
@@ -55,7 +55,7 @@ impl ClientCapture {
     ) -> std::io::Result<()> {
         let write = &s.located.analysis.writes[0];
         let sql = text[s.located.span.clone()].trim();
-        self.mid_batch = false;
+        self.own_queries = Protocol::Simple;
         let target = self.copy_target(w, write).await?;
         self.seq += 1;
         let staged = match target {
@@ -96,7 +96,7 @@ impl ClientCapture {
         let q = plan_copy(&staged, &rw, ctx, client_at, status == TxState::Idle);
         if q.end == CopyEnd::AtCopyDone {
             // The client pump must keep relaying its CopyData until then.
-            self.copy_pending = true;
+            self.copy = CopyRun::InOwnTx;
         }
         self.push(q.units);
         write_all(w, &query_frame(&q.text)).await?;
@@ -131,7 +131,7 @@ impl ClientCapture {
     ) -> std::io::Result<Result<Option<(Rewritten, CopyPlan)>, Refusal>> {
         let write = &stmt.located.analysis.writes[0];
         let sql = text[stmt.located.span.clone()].trim();
-        self.mid_batch = true;
+        self.own_queries = Protocol::Extended;
         let Some(target) = self.copy_target(w, write).await? else {
             return Ok(Ok(None));
         };

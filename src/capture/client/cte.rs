@@ -5,7 +5,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
 use super::internal::{close_frame, frame_of};
-use super::{write_all, ClientCapture};
+use super::{write_all, ClientCapture, Protocol};
 use crate::capture::cte;
 use crate::capture::rewrite::{Refusal, Rewritten};
 use crate::capture::router::{Collect, Delivery, Unit};
@@ -55,16 +55,20 @@ impl ClientCapture {
         sent: &str,
         s: &Statement,
         params: &[u32],
-        extended: bool,
+        protocol: Protocol,
     ) -> std::io::Result<CteRewrite> {
         if let Some(copy) = crate::capture::copy_out::cut(&text[s.located.span.clone()]) {
             // Where the write starts in `sent` (the statement alone in a simple Query, the
             // whole text of a Parse), in characters.
             let start = s.located.span.start + copy.write.start;
-            let from = if extended { 0 } else { s.located.span.start };
+            let from = if protocol == Protocol::Extended {
+                0
+            } else {
+                s.located.span.start
+            };
             let offset = text[from..start].chars().count() as i64;
             return self
-                .copy_out_rewrite(w, sent, &copy, params, extended, offset)
+                .copy_out_rewrite(w, sent, &copy, params, protocol, offset)
                 .await;
         }
         let cut = match cte::cut(&text[s.located.span.clone()]) {
@@ -79,7 +83,7 @@ impl ClientCapture {
             }
             Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
         };
-        let (params, client) = match self.describe(w, sent, params, extended).await? {
+        let (params, client) = match self.describe(w, sent, params, protocol).await? {
             Description::Described(p, rd) => (p, rd),
             Description::Failed(e) => return Ok(CteRewrite::Failed(e)),
             Description::Skipped => return Ok(CteRewrite::Skipped),
@@ -90,7 +94,7 @@ impl ClientCapture {
                 columns.push(None);
                 continue;
             };
-            match self.describe(w, &probe, &params, extended).await? {
+            match self.describe(w, &probe, &params, protocol).await? {
                 Description::Described(_, Some(rd)) => {
                     match cte::column_names(&rd, self.shared.lock().encoding.current()) {
                         Ok(names) => columns.push(Some(names)),
@@ -135,19 +139,19 @@ impl ClientCapture {
         sent: &str,
         copy: &crate::capture::copy_out::Cut<'_>,
         params: &[u32],
-        extended: bool,
+        protocol: Protocol,
         offset: i64,
     ) -> std::io::Result<CteRewrite> {
         if !copy.returning() {
             return Ok(CteRewrite::Rewritten(copy.unchanged(), params.to_vec()));
         }
-        let params = match self.describe(w, sent, params, extended).await? {
+        let params = match self.describe(w, sent, params, protocol).await? {
             Description::Described(p, _) => p,
             Description::Failed(e) => return Ok(CteRewrite::Failed(e)),
             Description::Skipped => return Ok(CteRewrite::Skipped),
         };
         let names = match self
-            .describe_at(w, copy.write_text(), &params, extended, offset)
+            .describe_at(w, copy.write_text(), &params, protocol, offset)
             .await?
         {
             Description::Described(_, Some(rd)) => {
@@ -179,9 +183,9 @@ impl ClientCapture {
         w: &mut W,
         sql: &str,
         params: &[u32],
-        extended: bool,
+        protocol: Protocol,
     ) -> std::io::Result<Description> {
-        self.describe_at(w, sql, params, extended, 0).await
+        self.describe_at(w, sql, params, protocol, 0).await
     }
 
     /// [`Self::describe`] of a piece of the client's text that starts `offset` characters into
@@ -191,11 +195,11 @@ impl ClientCapture {
         w: &mut W,
         sql: &str,
         params: &[u32],
-        extended: bool,
+        protocol: Protocol,
         offset: i64,
     ) -> std::io::Result<Description> {
         const NAME: &[u8] = b"__hindsight_d";
-        if extended {
+        if protocol == Protocol::Extended {
             self.flush_and_drain(w).await?;
             if self.shared.lock().batch_failed {
                 return Ok(Description::Skipped);
@@ -217,7 +221,7 @@ impl ClientCapture {
         frames.extend(frame_of(b'D', &d));
         frames.extend(close_frame(b'S', NAME));
         let (tx, rx) = oneshot::channel();
-        let others = if extended {
+        let others = if protocol == Protocol::Extended {
             Delivery::Errors
         } else {
             Delivery::Nothing
@@ -227,7 +231,7 @@ impl ClientCapture {
         described.reply = Some(tx);
         described.positions.shift = -offset;
         let mut units = vec![Unit::new(b"3"), described, Unit::new(b"3")];
-        if extended {
+        if protocol == Protocol::Extended {
             frames.extend(frame_of(b'H', &[]));
         } else {
             frames.extend(frame_of(b'S', &[]));
@@ -238,7 +242,7 @@ impl ClientCapture {
         let reply = rx
             .await
             .map_err(|_| std::io::Error::other("the server connection closed during a Describe"))?;
-        if !extended {
+        if protocol == Protocol::Simple {
             self.shared.drained().await;
         }
         Ok(match reply.error {

@@ -11,7 +11,10 @@ use super::commit::CommitBy;
 use super::copy_in::CopyPlan;
 use super::front::{FrontText, Planned};
 use super::internal::{close_frame, frame_of, internal_statement};
-use super::{now_ms, uncapturable, write_all, write_last, ClientCapture, Prep};
+use super::{
+    now_ms, uncapturable, write_all, write_last, BatchFlow, BatchTx, ClientCapture, CopyRun,
+    ParseReplies, Portal, Prep, Protocol,
+};
 use crate::capture::expect;
 use crate::capture::expect::{Audience, Step};
 use crate::capture::image_sql::Form;
@@ -221,7 +224,7 @@ impl ClientCapture {
     /// The unit for the reply to a client's Parse: the client's own, or, when hindsight parses
     /// it again (`reprepare`), hindsight's — its errors still go to the client.
     pub(super) fn parse_unit(&self) -> Unit {
-        if self.reparsing {
+        if self.parse_replies == ParseReplies::Hindsight {
             return Unit::with(Delivery::Errors, b"1");
         }
         Unit::pass(b"1")
@@ -243,11 +246,11 @@ impl ClientCapture {
         );
         self.push([Unit::new(b"3")]);
         write_all(w, &close_frame(b'S', name)).await?;
-        self.reparsing = true;
+        self.parse_replies = ParseReplies::Hindsight;
         let parsed = self.on_parse(parse, w).await;
-        self.reparsing = false;
+        self.parse_replies = ParseReplies::Client;
         parsed?;
-        Ok(!self.skip_until_sync
+        Ok(self.batch.flow == BatchFlow::Running
             && self
                 .statements
                 .get(name)
@@ -295,7 +298,7 @@ impl ClientCapture {
             _ => return self.forward_parse(w, frame).await,
         };
         let resolved = self
-            .resolve(w, text, std::slice::from_ref(stmt), true)
+            .resolve(w, text, std::slice::from_ref(stmt), Protocol::Extended)
             .await?;
         let stmt = &resolved.statements[0];
         let a = &stmt.located.analysis;
@@ -319,7 +322,7 @@ impl ClientCapture {
             // The client's statement failed as its own Parse would have (the error went to
             // the client); the server now skips to the client's Sync.
             ParsePlan::Failed => {
-                self.skip_until_sync = true;
+                self.batch.flow = BatchFlow::SkipToSync;
                 return Ok(());
             }
             ParsePlan::Forward => return self.forward_parse(w, frame).await,
@@ -401,7 +404,7 @@ impl ClientCapture {
         let declared = declared_params(params);
         Ok(
             match self
-                .plan_write(w, text, full, stmt, &declared, true)
+                .plan_write(w, text, full, stmt, &declared, Protocol::Extended)
                 .await?
             {
                 // A wrapper query: its companion takes the parameter types resolved for it.
@@ -533,7 +536,7 @@ impl ClientCapture {
             }
             if !self.reprepare(w, stmt, &parse).await? {
                 self.portals.remove(portal);
-                if self.skip_until_sync {
+                if self.batch.flow == BatchFlow::SkipToSync {
                     // Its Parse failed: the server skips this Bind, and so do we.
                     return Ok(());
                 }
@@ -555,16 +558,16 @@ impl ClientCapture {
             }
         };
         self.portal_gates.insert(portal.to_vec(), gate);
-        if !self.batch_implicit && self.shared.lock().status == TxState::Idle {
-            self.batch_implicit = true;
+        if self.batch.tx == BatchTx::Client && self.shared.lock().status == TxState::Idle {
+            self.batch.tx = BatchTx::Hindsight;
             // Named statement and portal: the client's unnamed ones stay untouched.
-            self.mid_batch = true;
+            self.own_queries = Protocol::Extended;
             self.send_internal(w, "BEGIN", Unit::new(b"Z")).await?;
         }
         if let Some(plan) = &prep.copy {
             // The stage the client's COPY was prepared to fill (created for each execution,
             // dropped after it; ON COMMIT DROP if the COPY fails).
-            self.mid_batch = true;
+            self.own_queries = Protocol::Extended;
             let create = Unit::with(Delivery::Errors, b"Z");
             self.send_internal(w, &plan.create, create).await?;
         }
@@ -596,7 +599,8 @@ impl ClientCapture {
             frames.extend(bind_frames);
             self.push(companion_bind_units());
         }
-        self.portals.insert(portal.to_vec(), (prep, binary));
+        self.portals
+            .insert(portal.to_vec(), Portal { prep, binary });
         write_last(w, &frames).await
     }
 
@@ -606,7 +610,7 @@ impl ClientCapture {
             self.push([Unit::pass(b"CIs")]);
             return Verdict::Forward;
         };
-        let Some((prep, binary)) = self.portals.get(portal).cloned() else {
+        let Some(Portal { prep, binary }) = self.portals.get(portal).cloned() else {
             self.push([Unit::pass(b"CIs")]);
             return Verdict::Forward;
         };
@@ -621,9 +625,9 @@ impl ClientCapture {
             }
             Kind::Transaction(ctl) => {
                 u.txctl = Some((ctl, prep.savepoint.clone()));
-                if ctl == TxControl::Begin && self.batch_implicit {
+                if ctl == TxControl::Begin && self.batch.tx == BatchTx::Hindsight {
                     // The client takes over the transaction hindsight opened for its batch.
-                    self.batch_implicit = false;
+                    self.batch.tx = BatchTx::Client;
                     u.begin_in_batch = true;
                 }
             }
@@ -758,7 +762,7 @@ impl ClientCapture {
         // for it (see `on_sync`); the COPY's CommandComplete gets its unit at CopyDone.
         u.ends = b"G";
         self.push([u]);
-        self.copy_ext = Some((Arc::clone(plan), Arc::new(ctx)));
+        self.copy = CopyRun::Staged(Arc::clone(plan), Arc::new(ctx));
         Verdict::Forward
     }
 
@@ -771,7 +775,7 @@ impl ClientCapture {
         let portal = take_cstr(&frame[HEADER_LEN..])
             .map(|(p, _)| p)
             .unwrap_or_default();
-        let Some((prep, _)) = self.portals.get(portal).cloned() else {
+        let Some(Portal { prep, .. }) = self.portals.get(portal).cloned() else {
             return self
                 .commit(w, CommitBy::ClientExtended(frame))
                 .await
@@ -816,7 +820,7 @@ impl ClientCapture {
         frame: &[u8],
         w: &mut W,
     ) -> std::io::Result<()> {
-        if self.copy_ext.is_some() {
+        if self.copy.is_staged() {
             // Sent right after a COPY's Execute (tokio-postgres does): once the COPY started,
             // the server ignores it, and so must the reply queue; the client's next Sync
             // (after CopyDone) ends the batch.
@@ -824,13 +828,13 @@ impl ClientCapture {
             if !self.shared.lock().batch_failed {
                 return write_all(w, frame).await;
             }
-            self.copy_ext = None;
+            self.copy = CopyRun::None;
         }
-        if !self.batch_implicit {
+        if self.batch.tx == BatchTx::Client {
             self.push([Unit::pass(b"Z")]);
             return write_all(w, frame).await;
         }
-        self.batch_implicit = false;
+        self.batch.tx = BatchTx::Client;
         self.flush_and_drain(w).await?;
         if !self.shared.lock().batch_failed {
             return self

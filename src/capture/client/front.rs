@@ -14,7 +14,7 @@ use tokio::io::AsyncWrite;
 use super::catalog::apply_target;
 use super::cte::{has_cte_writes, CteRewrite};
 use super::internal::unreadable_text;
-use super::ClientCapture;
+use super::{ClientCapture, Protocol};
 use crate::capture::functions::{calls_any, Names};
 use crate::capture::rewrite::{rewrite, Rewritten};
 use crate::capture::tables::Target;
@@ -72,7 +72,7 @@ impl ClientCapture {
         w: &mut W,
         text: &str,
         statements: &'a [Statement],
-        extended: bool,
+        protocol: Protocol,
     ) -> std::io::Result<Resolved<'a>> {
         // Looked up only for reads: a query of hindsight's must not be the first of a
         // transaction whose client then sets its mode (`BEGIN; SET TRANSACTION READ WRITE`).
@@ -80,12 +80,12 @@ impl ClientCapture {
             .iter()
             .any(|s| s.located.analysis.kind == Kind::Read);
         let names = if reads {
-            self.writing_functions(w, extended).await?
+            self.writing_functions(w, protocol).await?
         } else {
             Arc::default()
         };
         let names = with_created_routines(names, statements);
-        let targets = self.resolve_targets(w, statements, extended).await?;
+        let targets = self.resolve_targets(w, statements, protocol).await?;
         let calls = |s: &Statement| calls_writing_function(text, s, &names);
         let unchanged = (names.is_empty() || !statements.iter().any(calls))
             && targets.iter().all(|t| *t == Target::Table);
@@ -124,12 +124,12 @@ impl ClientCapture {
         sent: &str,
         s: &Statement,
         declared: &[u32],
-        extended: bool,
+        protocol: Protocol,
     ) -> std::io::Result<Planned> {
         if has_cte_writes(s) {
             return Ok(
                 match self
-                    .cte_rewrite(w, text, sent, s, declared, extended)
+                    .cte_rewrite(w, text, sent, s, declared, protocol)
                     .await?
                 {
                     CteRewrite::Rewritten(rw, params) => Planned::Rewritten(Some(rw), Some(params)),
@@ -141,7 +141,7 @@ impl ClientCapture {
         }
         let cascade = if s.located.analysis.kind == Kind::Truncate {
             let sql = &text[s.located.span.clone()];
-            self.truncate_cascade(w, sql, extended).await?
+            self.truncate_cascade(w, sql, protocol).await?
         } else {
             Vec::new()
         };

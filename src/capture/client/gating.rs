@@ -10,7 +10,7 @@ use super::commit::Failure;
 use super::extended::execute_frame;
 use super::front::Planned;
 use super::internal::{close_frame, frame_of, query_frame};
-use super::{write_all, ClientCapture, Prep};
+use super::{write_all, BatchFlow, BatchTx, ClientCapture, Prep, Protocol};
 use crate::capture::expect::{Audience, PreReadRows, Step};
 use crate::capture::publish::SessionInfo;
 use crate::capture::rewrite::Shape;
@@ -257,7 +257,9 @@ impl ClientCapture {
             return Ok(Vec::new());
         }
         let sent = &text[s.located.span.clone()];
-        let Planned::Rewritten(Some(rw), _) = self.plan_write(w, text, sent, s, &[], false).await?
+        let Planned::Rewritten(Some(rw), _) = self
+            .plan_write(w, text, sent, s, &[], Protocol::Simple)
+            .await?
         else {
             return Ok(Vec::new());
         };
@@ -292,7 +294,7 @@ impl ClientCapture {
             units.push(Unit::new(b"C"));
         }
         units.push(Unit::new(b"Z"));
-        self.mid_batch = false;
+        self.own_queries = Protocol::Simple;
         self.push(units);
         write_all(w, &query_frame(&sql)).await?;
         self.shared.drained().await;
@@ -479,7 +481,7 @@ impl ClientCapture {
                 gate.clone(),
             );
             let opened = status == TxState::Idle;
-            self.mid_batch = true;
+            self.own_queries = Protocol::Extended;
             let mut open = Unit::new(b"Z");
             open.error_replacement = Some(err.clone());
             let open_sql = if opened {
@@ -496,8 +498,10 @@ impl ClientCapture {
                 // The trial failed: the client already has the gate's error in its place, and
                 // the server skips to the Sync, which ends hindsight's transaction.
                 self.shared.lock().probe.clear();
-                self.skip_until_sync = true;
-                self.batch_implicit |= opened;
+                self.batch.flow = BatchFlow::SkipToSync;
+                if opened {
+                    self.batch.tx = BatchTx::Hindsight;
+                }
                 let refused = Change::statement(self.event_ctx(
                     &prep.text,
                     &prep.fingerprint,

@@ -6,7 +6,7 @@
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
-use super::{write_all, ClientCapture};
+use super::{write_all, BatchFlow, ClientCapture, NextEncoding, Protocol};
 use crate::capture::router::{Collect, Delivery, Reply, TxState, Unit};
 use crate::wire::client_text::TextError;
 use crate::wire::error_response::{sqlstate, ErrorResponse};
@@ -127,7 +127,7 @@ impl ClientCapture {
         sql: &str,
         unit: Unit,
     ) -> std::io::Result<()> {
-        if !self.mid_batch {
+        if self.own_queries == Protocol::Simple {
             self.push([unit]);
             return write_all(w, &query_frame(sql)).await;
         }
@@ -145,7 +145,7 @@ impl ClientCapture {
         name: &[u8],
         err: Vec<u8>,
     ) -> std::io::Result<()> {
-        self.skip_until_sync = true;
+        self.batch.flow = BatchFlow::SkipToSync;
         let mut u = self.parse_unit();
         u.error_replacement = Some(err);
         self.push([u]);
@@ -178,13 +178,15 @@ impl ClientCapture {
         w: &mut W,
         sql: &str,
     ) -> std::io::Result<Reply> {
-        if self.mid_batch {
+        if self.own_queries == Protocol::Extended {
             // Whether something earlier in the client's batch failed must be known first.
             self.flush_and_drain(w).await?;
         }
         {
             let st = self.shared.lock();
-            if st.status == TxState::Failed || (self.mid_batch && st.batch_failed) {
+            if st.status == TxState::Failed
+                || (self.own_queries == Protocol::Extended && st.batch_failed)
+            {
                 // An aborted transaction (or a batch the server now skips to its Sync): the
                 // query could not run, and sending it would disturb what the client is owed.
                 return Ok(Reply {
@@ -240,7 +242,7 @@ impl ClientCapture {
     /// have changed it and the server has not reported it yet).
     pub(super) fn image_form(&self) -> crate::capture::image_sql::Form {
         let st = self.shared.lock();
-        if self.encoding_pending || !st.encoding.settled() {
+        if self.next_encoding == NextEncoding::MayChange || !st.encoding.settled() {
             return crate::capture::image_sql::Form::Hex;
         }
         crate::capture::image_sql::Form::for_session(st.encoding.current())

@@ -79,51 +79,152 @@ pub struct ClientCapture {
     tx_seq: u64,
     /// Extended protocol: prepared statements and portals by name.
     statements: HashMap<Vec<u8>, Arc<Prep>>,
-    portals: HashMap<Vec<u8>, (Arc<Prep>, bool)>,
+    portals: HashMap<Vec<u8>, Portal>,
     /// A MERGE portal's post-read companion Bind (with Close of the previous one), sent right
     /// before that companion's Execute: a portal's snapshot is taken at Bind, and the post-read
     /// must see what the MERGE did.
     post_binds: HashMap<Vec<u8>, Vec<u8>>,
-    /// hindsight opened a transaction for the current extended-protocol batch and must end
-    /// it at the client's Sync.
-    batch_implicit: bool,
-    /// hindsight's own queries go in the middle of an extended-protocol batch: they must use
-    /// named extended messages (a simple Query would destroy the client's unnamed portal).
-    mid_batch: bool,
-    /// An earlier statement of the query string being rewritten may change `client_encoding`
-    /// before the next ones run: their images are built in hex, right in any encoding
-    /// (`image_sql::Form`), as the server has not reported the new encoding yet.
-    encoding_pending: bool,
+    /// The extended-protocol batch in progress, up to the client's Sync.
+    batch: Batch,
+    /// How hindsight's own queries are sent now (`Protocol::Extended` in the middle of an
+    /// extended-protocol batch: a simple Query would destroy the client's unnamed portal).
+    own_queries: Protocol,
+    /// Whether an earlier statement of the query string being rewritten may change
+    /// `client_encoding` before the next ones run.
+    next_encoding: NextEncoding,
     /// Prepared statements that may change `client_encoding` (`SET client_encoding`, …): a
     /// Bind of one marks the encoding unsettled (`router::EncodingTracker`).
     encoding_statements: std::collections::HashSet<Vec<u8>>,
-    /// A prepared write is being parsed again for an encoding it was not built for (see
-    /// `reprepare`): the server's replies to that Parse are hindsight's, not the client's.
-    reparsing: bool,
-    /// A COPY runs in a transaction hindsight opened: it ends it at the client's CopyDone or
-    /// CopyFail.
-    copy_pending: bool,
-    /// An extended-protocol COPY into a stage is running: at the client's CopyDone, the
-    /// captured `INSERT … SELECT` from the stage and the stage's DROP follow it.
-    copy_ext: Option<(Arc<CopyPlan>, Arc<StatementCtx>)>,
+    /// Whose the server's replies to a Parse are (`reprepare` parses a prepared write again
+    /// for an encoding it was not built for).
+    parse_replies: ParseReplies,
+    /// A `COPY … FROM` hindsight must act on when it ends.
+    copy: CopyRun,
     /// The gates' statement-phase outcome for the statements of the current simple Query, by
     /// their span in its text.
     query_gates: Vec<(std::ops::Range<usize>, GateInfo)>,
     /// … and for bound portals (extended protocol).
     portal_gates: HashMap<Vec<u8>, GateInfo>,
-    /// hindsight failed an extended-protocol message in the client's place: like the server,
-    /// it now drops the client's messages up to its Sync (their replies will never come).
-    skip_until_sync: bool,
-    /// A schema change ran: the function list is read again before the next query.
-    ddl_seen: bool,
-    /// The open transaction ran DDL: its catalog lookups are not cached, and the cache is
-    /// dropped again when it commits.
-    ddl_in_txn: bool,
+    /// Whether the list of functions that may write must be read again (a schema change ran).
+    functions_list: FunctionList,
+    /// Whether the open transaction ran DDL: then its catalog lookups are not cached, and the
+    /// cache is dropped again when it commits.
+    txn_ddl: TxnDdl,
     /// Which write targets this session named can take the capture columns.
     targets: super::tables::Targets,
     /// The END record of the transaction whose records were just published, until the COMMIT
     /// that follows is sent (its outcome decides the END's `commit_status`).
     pending_end: Option<commit::PendingEnd>,
+}
+
+/// The protocol of the client's statement, and so how hindsight sends its own queries beside
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// A simple Query: hindsight's own queries go as simple Queries between the client's.
+    Simple,
+    /// An extended-protocol batch: hindsight's own queries go as named extended messages.
+    Extended,
+}
+
+/// The extended-protocol batch in progress, up to the client's Sync.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Who opened the transaction the batch runs in.
+    tx: BatchTx,
+    /// Whether the client's messages still go to the server.
+    flow: BatchFlow,
+}
+
+/// Who opened the transaction an extended-protocol batch runs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum BatchTx {
+    /// The client (or nobody yet).
+    #[default]
+    Client,
+    /// hindsight, for the batch's writes: it ends it at the client's Sync.
+    Hindsight,
+}
+
+/// Whether the client's extended-protocol messages still go to the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum BatchFlow {
+    #[default]
+    Running,
+    /// hindsight failed a message in the client's place: like the server, it now drops the
+    /// client's messages up to its Sync (their replies will never come).
+    SkipToSync,
+}
+
+/// Whether the encoding the server last reported holds for the next statement of the query
+/// string being rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NextEncoding {
+    Reported,
+    /// An earlier statement may change `client_encoding` before the next ones run: their
+    /// images are built in hex, right in any encoding (`image_sql::Form`), as the server has
+    /// not reported the new encoding yet.
+    MayChange,
+}
+
+/// Whose the server's replies to a Parse are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParseReplies {
+    Client,
+    /// hindsight's: a prepared write is parsed again for an encoding it was not built for
+    /// (see `reprepare`).
+    Hindsight,
+}
+
+/// Whether the session's list of functions that may write is current.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum FunctionList {
+    #[default]
+    Fresh,
+    /// A schema change ran: the list is read again before the next query.
+    Stale,
+}
+
+/// Whether the open transaction ran DDL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum TxnDdl {
+    #[default]
+    None,
+    /// Its catalog lookups are not cached, and the cache is dropped again when it commits.
+    Ran,
+}
+
+/// A `COPY … FROM` hindsight must act on when it ends.
+#[derive(Default)]
+enum CopyRun {
+    #[default]
+    None,
+    /// A simple-query COPY runs in a transaction hindsight opened: it ends it at the client's
+    /// CopyDone or CopyFail.
+    InOwnTx,
+    /// An extended-protocol COPY into a stage is running: at the client's CopyDone, the
+    /// captured `INSERT … SELECT` from the stage and the stage's DROP follow it.
+    Staged(Arc<CopyPlan>, Arc<StatementCtx>),
+}
+
+impl CopyRun {
+    fn is_staged(&self) -> bool {
+        matches!(self, CopyRun::Staged(..))
+    }
+
+    /// The transaction hindsight opened around a simple-query COPY is over.
+    fn own_tx_ended(&mut self) {
+        if matches!(self, CopyRun::InOwnTx) {
+            *self = CopyRun::None;
+        }
+    }
+}
+
+/// A bound portal: its prepared statement and whether its results come back in binary.
+#[derive(Clone)]
+struct Portal {
+    prep: Arc<Prep>,
+    binary: bool,
 }
 
 /// A prepared statement as hindsight analysed (and maybe rewrote) it.
@@ -254,7 +355,13 @@ impl ClientCapture {
         match self.statements.get(stmt).cloned() {
             Some(p) if p.rewritten.is_some() => Verdict::Defer,
             Some(p) => {
-                self.portals.insert(portal.to_vec(), (p, false));
+                self.portals.insert(
+                    portal.to_vec(),
+                    Portal {
+                        prep: p,
+                        binary: false,
+                    },
+                );
                 self.push([Unit::pass(b"2")]);
                 Verdict::Forward
             }
@@ -271,7 +378,7 @@ impl ClientCapture {
         let (kind, name) = describe_target(body);
         let prep = match kind {
             b'S' => self.statements.get(name).cloned(),
-            _ => self.portals.get(name).map(|(p, _)| Arc::clone(p)),
+            _ => self.portals.get(name).map(|p| Arc::clone(&p.prep)),
         };
         let mut u = Unit::pass(b"Tn");
         if let Some(rw) = prep.as_ref().and_then(|p| p.rewritten.as_ref()) {
@@ -289,7 +396,7 @@ impl ClientCapture {
             self.statements.remove(name)
         } else {
             self.post_binds.remove(name);
-            self.portals.remove(name).map(|(p, _)| p)
+            self.portals.remove(name).map(|p| p.prep)
         };
         self.push([Unit::pass(b"3")]);
         let Some(prep) = prep.filter(|p| p.companion.is_some()) else {
@@ -326,7 +433,7 @@ impl Inspector for ClientCapture {
         {
             return Verdict::Defer;
         }
-        if self.skip_until_sync {
+        if self.batch.flow == BatchFlow::SkipToSync {
             match tag {
                 FrontendTag::Parse
                 | FrontendTag::Bind
@@ -334,7 +441,7 @@ impl Inspector for ClientCapture {
                 | FrontendTag::Execute
                 | FrontendTag::Close
                 | FrontendTag::Flush => return Verdict::Replace(Vec::new()),
-                FrontendTag::Sync => self.skip_until_sync = false,
+                FrontendTag::Sync => self.batch.flow = BatchFlow::Running,
                 _ => {}
             }
         }
@@ -346,8 +453,10 @@ impl Inspector for ClientCapture {
             FrontendTag::Describe => self.inspect_describe(body),
             FrontendTag::Execute => self.on_execute(body),
             FrontendTag::Close => self.inspect_close(frame, body),
-            FrontendTag::CopyDone if self.copy_ext.is_some() => {
-                let (plan, ctx) = self.copy_ext.take().expect("checked");
+            FrontendTag::CopyDone if self.copy.is_staged() => {
+                let CopyRun::Staged(plan, ctx) = std::mem::take(&mut self.copy) else {
+                    unreachable!("checked by the guard")
+                };
                 // The COPY's own CommandComplete (dropped: the INSERT's count replaces it).
                 let mut copied = Unit::pass(b"C");
                 copied.complete = super::router::Complete::Drop;
@@ -356,12 +465,18 @@ impl Inspector for ClientCapture {
                 all.extend(self.copy_followers(&plan, ctx));
                 Verdict::Replace(all)
             }
-            FrontendTag::CopyFail if self.copy_ext.is_some() => {
-                self.copy_ext = None;
+            FrontendTag::CopyFail if self.copy.is_staged() => {
+                self.copy = CopyRun::None;
                 Verdict::Forward
             }
-            FrontendTag::Sync if self.batch_implicit || self.copy_ext.is_some() => Verdict::Defer,
-            FrontendTag::CopyDone | FrontendTag::CopyFail if self.copy_pending => Verdict::Defer,
+            FrontendTag::Sync if self.batch.tx == BatchTx::Hindsight || self.copy.is_staged() => {
+                Verdict::Defer
+            }
+            FrontendTag::CopyDone | FrontendTag::CopyFail
+                if matches!(self.copy, CopyRun::InOwnTx) =>
+            {
+                Verdict::Defer
+            }
             FrontendTag::Sync | FrontendTag::FunctionCall => {
                 self.push([Unit::pass(b"Z")]);
                 Verdict::Forward
@@ -389,8 +504,8 @@ impl Inspector for ClientCapture {
             return self.resolve_frame(frame, w).await;
         }
         // hindsight's transaction around a COPY that never started is still open (aborted).
-        self.copy_pending = false;
-        self.mid_batch = false;
+        self.copy.own_tx_ended();
+        self.own_queries = Protocol::Simple;
         self.swallowed_query(w, "ROLLBACK").await?;
         let header = Header {
             tag: frame[0],
@@ -453,18 +568,16 @@ impl ClientCapture {
             statements: HashMap::new(),
             portals: HashMap::new(),
             post_binds: HashMap::new(),
-            batch_implicit: false,
-            mid_batch: false,
-            encoding_pending: false,
+            batch: Batch::default(),
+            own_queries: Protocol::Simple,
+            next_encoding: NextEncoding::Reported,
             encoding_statements: Default::default(),
-            reparsing: false,
-            copy_pending: false,
-            copy_ext: None,
+            parse_replies: ParseReplies::Client,
+            copy: CopyRun::None,
             query_gates: Vec::new(),
             portal_gates: HashMap::new(),
-            skip_until_sync: false,
-            ddl_seen: false,
-            ddl_in_txn: false,
+            functions_list: FunctionList::Fresh,
+            txn_ddl: TxnDdl::None,
             targets: Default::default(),
             pending_end: None,
         };
@@ -495,7 +608,7 @@ impl ClientCapture {
         match frame[0] {
             b'c' | b'f' => {
                 // The end of a COPY in hindsight's transaction: let it complete, then end it.
-                self.copy_pending = false;
+                self.copy.own_tx_ended();
                 write_all(w, frame).await?;
                 self.finish_query(w, true).await
             }

@@ -10,7 +10,7 @@ use super::encoding::may_change_encoding;
 use super::front::{FrontText, Planned};
 use super::internal::query_frame;
 use super::unparsed::Unreadable;
-use super::{now_ms, uncapturable, write_all, ClientCapture};
+use super::{now_ms, uncapturable, write_all, ClientCapture, NextEncoding, Protocol};
 use crate::capture::expect;
 use crate::capture::expect::{Audience, Step};
 use crate::capture::positions::SentRange;
@@ -121,7 +121,7 @@ impl ClientCapture {
                 return write_all(w, frame).await;
             }
         };
-        let resolved = self.resolve(w, text, statements, false).await?;
+        let resolved = self.resolve(w, text, statements, Protocol::Simple).await?;
         let statements = &resolved.statements[..];
         if statements
             .iter()
@@ -599,7 +599,7 @@ impl ClientCapture {
         } else {
             end_unit(last)
         });
-        self.mid_batch = false;
+        self.own_queries = Protocol::Simple;
         self.push(units);
         write_all(w, &query_frame(&sql)).await?;
         if open && last {
@@ -628,7 +628,7 @@ impl ClientCapture {
         statements: &[Statement],
     ) -> std::io::Result<Result<Vec<Option<Rewritten>>, Vec<u8>>> {
         let mut out = Vec::with_capacity(statements.len());
-        self.encoding_pending = false;
+        self.next_encoding = NextEncoding::Reported;
         let mut result = Ok(());
         for s in statements {
             match self.rewrite_one(w, text, s, statements.len() == 1).await? {
@@ -639,10 +639,10 @@ impl ClientCapture {
                 }
             }
             if may_change_encoding(text[s.located.span.clone()].as_bytes()) {
-                self.encoding_pending = true;
+                self.next_encoding = NextEncoding::MayChange;
             }
         }
-        self.encoding_pending = false;
+        self.next_encoding = NextEncoding::Reported;
         Ok(result.map(|()| out))
     }
 
@@ -658,22 +658,27 @@ impl ClientCapture {
         let refused = |msg: String| uncapturable(msg).encode();
         let span = s.located.span.clone();
         let sent = &text[span.clone()];
-        Ok(match self.plan_write(w, text, sent, s, &[], false).await? {
-            Planned::Rewritten(rw, _) => Ok(rw),
-            Planned::Refused(msg) => Err(refused(msg)),
-            Planned::Failed(frame) if alone => {
-                // The statement's own error: where the client's text has it.
-                let before = text[..span.start].chars().count() as i64;
-                Err(crate::wire::error_response::shift_position(&frame, -before))
-            }
-            Planned::Failed(frame) => {
-                let why = crate::wire::error_response::message_of(&frame);
-                Err(refused(format!("hindsight: the data-modifying WITH statement could not be described before the query ran ({why}); the query was not run. If it depends on an earlier statement of the same query string, send it as a query of its own")))
-            }
-            Planned::Skipped => Err(refused(
-                "hindsight: the query could not be described".into(),
-            )),
-        })
+        Ok(
+            match self
+                .plan_write(w, text, sent, s, &[], Protocol::Simple)
+                .await?
+            {
+                Planned::Rewritten(rw, _) => Ok(rw),
+                Planned::Refused(msg) => Err(refused(msg)),
+                Planned::Failed(frame) if alone => {
+                    // The statement's own error: where the client's text has it.
+                    let before = text[..span.start].chars().count() as i64;
+                    Err(crate::wire::error_response::shift_position(&frame, -before))
+                }
+                Planned::Failed(frame) => {
+                    let why = crate::wire::error_response::message_of(&frame);
+                    Err(refused(format!("hindsight: the data-modifying WITH statement could not be described before the query ran ({why}); the query was not run. If it depends on an earlier statement of the same query string, send it as a query of its own")))
+                }
+                Planned::Skipped => Err(refused(
+                    "hindsight: the query could not be described".into(),
+                )),
+            },
+        )
     }
 
     /// After a captured query: if hindsight opened the transaction, end it (publish + COMMIT,

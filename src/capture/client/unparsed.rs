@@ -6,7 +6,7 @@ use tokio::io::AsyncWrite;
 
 use super::cte::Description;
 use super::extended::declared_params;
-use super::ClientCapture;
+use super::{BatchFlow, ClientCapture, Protocol};
 use crate::capture::router::TxState;
 use crate::statement::cache::Statement;
 use crate::statement::unparsed::Basis;
@@ -61,7 +61,7 @@ impl ClientCapture {
             // server reports it in the whole string.
             let end = span.end + usize::from(text[span.end..].starts_with(';'));
             if let Description::Failed(err) = self
-                .describe_at(w, &full[span.start..end], &[], false, offset)
+                .describe_at(w, &full[span.start..end], &[], Protocol::Simple, offset)
                 .await?
             {
                 if crate::wire::error_response::has_position(&err) {
@@ -104,12 +104,12 @@ impl ClientCapture {
             return Ok(Some(piece.statement));
         };
         match self
-            .describe(w, full, &declared_params(params), true)
+            .describe(w, full, &declared_params(params), Protocol::Extended)
             .await?
         {
             // Forwarded as this Parse's error; the server now skips to the client's Sync.
             Description::Failed(_) => {
-                self.skip_until_sync = true;
+                self.batch.flow = BatchFlow::SkipToSync;
                 return Ok(None);
             }
             Description::Skipped => {
