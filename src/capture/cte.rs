@@ -760,7 +760,17 @@ pub(super) fn edited<'a>(sql: &'a str, a: &Analysis, major: u32) -> Result<Edite
             },
             None => Edited::unchanged(sql),
         }),
-        _ => Ok(Edited::unchanged(sql)),
+        Kind::Insert
+        | Kind::Upsert
+        | Kind::Delete
+        | Kind::Merge
+        | Kind::Read
+        | Kind::CopyIn
+        | Kind::Truncate
+        | Kind::Ddl
+        | Kind::Transaction(_)
+        | Kind::Session
+        | Kind::Opaque => Ok(Edited::unchanged(sql)),
     }
 }
 
@@ -771,7 +781,13 @@ fn tag_of(kind: Kind) -> &'static str {
         Kind::Update => "UPDATE",
         Kind::Delete => "DELETE",
         Kind::Merge => "MERGE",
-        _ => "SELECT",
+        Kind::Read
+        | Kind::CopyIn
+        | Kind::Truncate
+        | Kind::Ddl
+        | Kind::Transaction(_)
+        | Kind::Session
+        | Kind::Opaque => "SELECT",
     }
 }
 

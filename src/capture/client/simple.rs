@@ -433,9 +433,10 @@ impl ClientCapture {
                         shape: Arc::clone(&rw.shape),
                     });
                     let client = Audience::Client { ends: b"CI" };
-                    let steps = rw.steps();
-                    let last = steps.len() - 1;
-                    for (i, (step, step_sql)) in steps.into_iter().enumerate() {
+                    for (i, (step, step_sql)) in rw.steps().enumerate() {
+                        if i > 0 {
+                            sql.push_str(";\n");
+                        }
                         let sent_at = sql.chars().count() as i64;
                         sql.push_str(step_sql);
                         let mut u = expect::unit(&step, &ctx, &client);
@@ -459,9 +460,6 @@ impl ClientCapture {
                             });
                         }
                         units.push(u);
-                        if i < last {
-                            sql.push_str(";\n");
-                        }
                     }
                 }
             }
