@@ -634,7 +634,7 @@ async fn check(env: &Env, seen: &Seen, db: &Client) -> Verdict {
     }
     for r in db
         .query(
-            "SELECT id::int8, to_jsonb(c)::text FROM chaos c ORDER BY id",
+            "SELECT id::int8, to_jsonb(c)::text, xmin::text::int8 FROM chaos c ORDER BY id",
             &[],
         )
         .await
@@ -648,11 +648,38 @@ async fn check(env: &Env, seen: &Seen, db: &Client) -> Verdict {
             .map(|e| e["after"].clone());
         let initial = image["ver"] == 0;
         if replayed.as_ref() != Some(&image) && !(replayed.is_none() && initial) {
-            v.lost
-                .push(format!("row {row}: table {image}, replay {replayed:?}"));
+            let xmin: i64 = r.get(2);
+            let why = whose_write(xmin, &image, &events, &begins, &ends);
+            v.lost.push(format!(
+                "row {row}: table {image}, replay {replayed:?}; {why}"
+            ));
         }
     }
     v
+}
+
+/// What the log holds of the transaction that wrote a row's current version (its `xmin`, the
+/// low 32 bits of its txid): the BEGINs with that txid and the events with that version — so a
+/// loss tells whether hindsight never published (no BEGIN) or the records went missing.
+fn whose_write(
+    xmin: i64,
+    image: &Value,
+    events: &[Value],
+    begins: &HashMap<String, Value>,
+    ends: &HashMap<String, Vec<Value>>,
+) -> String {
+    let same_txid = |t: &Value| t.as_i64().is_some_and(|t| t & 0xffff_ffff == xmin);
+    let with_txid: Vec<String> = begins
+        .iter()
+        .filter(|(_, b)| same_txid(&b["txId"]))
+        .map(|(id, b)| format!("{id} (BEGIN {b}, ENDs {:?})", ends.get(id)))
+        .collect();
+    let with_version: Vec<String> = events
+        .iter()
+        .filter(|e| e["after"]["id"] == image["id"] && e["after"]["ver"] == image["ver"])
+        .map(|e| describe_tx(e, begins, ends))
+        .collect();
+    format!("written by xmin {xmin}: BEGINs with that txid {with_txid:?}; events of that version {with_version:?}")
 }
 
 // ---------------------------------------------------------------- the run

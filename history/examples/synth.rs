@@ -57,6 +57,7 @@ fn source(table: &str, ts_ms: i64, app: &str, statement: &str, tx: &str, snapsho
         blocked_by: None,
         dry_run_rule: None,
         redacted: false,
+        cascade: None,
     }
 }
 

@@ -259,6 +259,8 @@ pub fn logged_change(row: &Map<String, Value>) -> Result<LoggedChange, HistoryEr
             .get("redacted")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        // The archive does not keep `source.cascade` (yet).
+        cascade: None,
     };
     let table = format!("{}.{}", source.schema, source.table);
     Ok(LoggedChange {

@@ -245,6 +245,7 @@ fn event(ctx: &Context, row: Row, n: u64, redactor: &Redactor) -> ChangeEvent {
             blocked_by: None,
             dry_run_rule: None,
             redacted: redactor.covers(&ctx.schema, &ctx.name),
+            cascade: None,
         },
         op: Op::Read,
         ts_ms: ctx.ts_ms,

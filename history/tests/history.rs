@@ -414,6 +414,7 @@ async fn in_doubt_transaction(s: &Setup, id: &str, note: i32, commit: bool) -> S
             blocked_by: None,
             dry_run_rule: None,
             redacted: false,
+            cascade: None,
         },
         op: Op::Create,
         ts_ms: ts,

@@ -43,6 +43,18 @@ pub enum Op {
     Opaque,
 }
 
+/// Where a cascaded row's change comes from (`source.cascade`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeSource {
+    /// The foreign key constraint's name.
+    pub constraint: String,
+    /// The referenced table, `schema.name`.
+    pub parent_table: String,
+    /// The referenced row's key: the referenced columns and their values.
+    pub parent_key: serde_json::Value,
+}
+
 /// Debezium's `source` block plus hindsight's attribution fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Source {
@@ -93,6 +105,9 @@ pub struct Source {
     /// The images went through PII redaction: they are not the data, and restore refuses them.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub redacted: bool,
+    /// The foreign key whose ON DELETE action changed this row (the statement's cascade).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cascade: Option<CascadeSource>,
 }
 
 /// Debezium's `transaction` block.
@@ -300,6 +315,7 @@ mod tests {
                 blocked_by: None,
                 dry_run_rule: None,
                 redacted: false,
+                cascade: None,
             },
             op: Op::Update,
             ts_ms: 2,

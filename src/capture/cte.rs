@@ -370,6 +370,7 @@ impl Cut {
             updated_at: Some(4),
             wrapper: Some(Arc::new(wrapper)),
             read_after: None,
+            cascade: None,
         });
         Ok(Rewritten {
             pre_read,

@@ -7,6 +7,7 @@
 //! - `copy` — COPY … FROM through a temporary stage table and a captured INSERT … SELECT.
 //! - `copy_out` — `COPY (write RETURNING …) TO`: the write in a CTE that keeps its images for a
 //!   post-read.
+//! - `cascade` — rows foreign-key cascades change: the catalog's keys, the reads around a DELETE.
 //! - `functions` — which functions may write when a query calls them (those queries are opaque).
 //! - `tables` — schema, name and key of captured tables, cached per database.
 //! - `rows` — strips capture columns off RowDescription/DataRow before the client sees them.
@@ -19,6 +20,7 @@
 //! - `publish` — catalog lookup and the audit records built from the changes.
 //! - `redact` — PII redaction (drop, mask, keyed hash) of images before they leave the process.
 
+pub mod cascade;
 pub mod client;
 pub mod copy;
 pub mod copy_out;

@@ -349,7 +349,7 @@ impl Builder<'_> {
         } else {
             crate::audit::kafka::table_topic(&self.session.topic_prefix, &t.schema, &t.name)
         };
-        let side_effects = side_effects_of(t, &collection, op);
+        let side_effects = side_effects_of(t, &collection, op, c.stmt.shape.cascade.as_deref());
         let source = self.source(&c, t, side_effects, mark);
         let ev = ChangeEvent {
             before: c.before,
@@ -409,6 +409,14 @@ impl Builder<'_> {
                 _ => None,
             },
             redacted,
+            cascade: c
+                .cascade
+                .as_deref()
+                .map(|o| crate::audit::event::CascadeSource {
+                    constraint: o.constraint.clone(),
+                    parent_table: o.parent_table.clone(),
+                    parent_key: o.parent_key.clone(),
+                }),
         }
     }
 
@@ -497,14 +505,29 @@ fn op_of(c: &Change, mark: Option<&GateMark>) -> Op {
 /// Rows hindsight cannot see that may have changed with an `op` on table `t` (named
 /// `collection`): its user triggers, and for an update or delete the tables its foreign keys
 /// cascade to.
-fn side_effects_of(t: &TableInfo, collection: &str, op: Op) -> Vec<String> {
+/// What may have changed rows this event does not cover: the table's user triggers, and for
+/// an update or delete the tables its foreign keys' actions reach — less those whose rows the
+/// statement's cascade read captured (`cascade`, for a delete).
+fn side_effects_of(
+    t: &TableInfo,
+    collection: &str,
+    op: Op,
+    captured: Option<&super::cascade::Plan>,
+) -> Vec<String> {
     let mut side_effects: Vec<String> = t
         .triggers
         .iter()
         .map(|n| format!("trigger {n} on {collection}"))
         .collect();
+    let covered = |table: &str| match (captured, op) {
+        (Some(plan), Op::Delete) => plan
+            .tables()
+            .iter()
+            .any(|(schema, name)| format!("{schema}.{name}") == table),
+        _ => false,
+    };
     if matches!(op, Op::Update | Op::Delete) {
-        side_effects.extend(t.cascades_to.iter().cloned());
+        side_effects.extend(t.cascades_to.iter().filter(|c| !covered(c)).cloned());
     }
     side_effects
 }

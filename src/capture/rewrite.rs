@@ -51,6 +51,9 @@ pub struct Shape {
     /// its command tag: a MERGE before PostgreSQL 18 (`merge`), a `COPY (write RETURNING …)
     /// TO` (`copy_out`).
     pub read_after: Option<ReadAfter>,
+    /// The foreign-key cascades this statement sets off, read around it (`cascade`); their
+    /// rows come from the post-read (`ReadAfter::Cascade`).
+    pub cascade: Option<Arc<super::cascade::Plan>>,
 }
 
 /// Which statement's rows a post-read gives (how they are checked, see `Shape::read_after`).
@@ -58,6 +61,9 @@ pub struct Shape {
 pub enum ReadAfter {
     Merge,
     CopyOut,
+    /// The rows foreign-key cascades changed (`cascade`): the statement's own rows come back
+    /// with it as usual.
+    Cascade,
 }
 
 impl Shape {
@@ -75,6 +81,7 @@ impl Shape {
             updated_at: None,
             wrapper: None,
             read_after: None,
+            cascade: None,
         }
     }
 }
@@ -329,6 +336,7 @@ impl<'a> Target<'a> {
             updated_at: images.updated_at,
             wrapper: None,
             read_after: None,
+            cascade: None,
         })
     }
 

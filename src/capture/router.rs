@@ -9,7 +9,7 @@
 //! units up to the next sync point are dropped with their captured rows: a failed statement
 //! never contributes a change.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Notify};
@@ -455,8 +455,9 @@ pub fn front_reads_rows(shared: &Shared) -> bool {
 /// unrecorded, whatever the cause: the transaction then must not commit. Statements whose
 /// rows are read afterwards (`read_after`) are checked there instead.
 fn unseen_rows(ctx: &StatementCtx, seen: usize, tag: Option<&str>) -> Option<String> {
-    if ctx.shape.read_after.is_some() {
-        return None;
+    match ctx.shape.read_after {
+        Some(ReadAfter::Merge | ReadAfter::CopyOut) => return None,
+        Some(ReadAfter::Cascade) | None => {}
     }
     let tag = tag?;
     let counted: usize = tag.rsplit(' ').next()?.parse().ok()?;
@@ -819,6 +820,7 @@ fn captured_row(
                 table_oid,
                 stmt: Arc::clone(stmt),
                 gate: None,
+                cascade: None,
             },
             split.client_frame,
         )),
@@ -840,6 +842,7 @@ fn pre_read_row(stmt: &Arc<StatementCtx>, body: &[u8]) -> Result<Change, String>
         table_oid,
         stmt: Arc::clone(stmt),
         gate: None,
+        cascade: None,
     })
 }
 
@@ -904,6 +907,34 @@ fn finish_unit(
     out
 }
 
+/// The rows a statement's cascades changed, checked against the counts its post-read ended
+/// with and the statement's own rows already in the transaction (`cascade::check`).
+fn cascade_check(
+    st: &State,
+    ctx: &Arc<StatementCtx>,
+    rows: &[Change],
+    counts: Option<&str>,
+) -> Result<(), String> {
+    let Some(plan) = &ctx.shape.cascade else {
+        return Err(format!(
+            "{}: a cascade read without its plan",
+            ctx.shape.table
+        ));
+    };
+    let mut own: HashMap<u32, i64> = HashMap::new();
+    for c in st
+        .txn
+        .changes()
+        .iter()
+        .filter(|c| Arc::ptr_eq(&c.stmt, ctx))
+    {
+        if c.cascade.is_none() {
+            *own.entry(c.table_oid).or_insert(0) += 1;
+        }
+    }
+    super::cascade::check(plan, rows, &own, counts).map_err(|e| e.to_string())
+}
+
 /// What a completed unit gathered goes to the transaction (or the gates' trial run), or to
 /// the request waiting for it.
 fn hand_over(
@@ -924,6 +955,8 @@ fn hand_over(
             let table = ctx.shape.table.to_string();
             let checked = match ctx.shape.read_after {
                 Some(ReadAfter::CopyOut) => super::copy_out::check(&table, &rows, tag_rows),
+                Some(ReadAfter::Cascade) if probe => Ok(()),
+                Some(ReadAfter::Cascade) => cascade_check(st, &ctx, &rows, counters.as_deref()),
                 Some(ReadAfter::Merge) | None => {
                     super::merge::check(&table, &rows, tag_rows, counters.as_deref())
                 }
@@ -1019,6 +1052,7 @@ fn wrapped_row(wr: &mut Wrapped, body: &[u8]) -> Result<Option<Vec<u8>>, String>
             table_oid,
             stmt,
             gate: None,
+            cascade: None,
         };
         if src == 0 {
             wr.main_changes.push(change);
@@ -1074,12 +1108,21 @@ fn merge_read_row(stmt: &Arc<StatementCtx>, body: &[u8]) -> Result<MergeRow, Str
             String::from_utf8_lossy(counters).into_owned(),
         ));
     }
+    let cascade = match (&stmt.shape.cascade, stmt.shape.read_after) {
+        (Some(plan), Some(ReadAfter::Cascade)) => {
+            let column = v[3].as_deref().ok_or("a cascade row has no origin")?;
+            let origin = super::cascade::origin(plan, column).map_err(|e| e.to_string())?;
+            Some(Box::new(origin))
+        }
+        _ => None,
+    };
     Ok(MergeRow::Change(Change {
         before: decode_image(v[0].as_deref())?,
         after: decode_image(v[1].as_deref())?,
         table_oid: decode_oid(v[2].as_deref(), Format::Text)?,
         stmt: Arc::clone(stmt),
         gate: None,
+        cascade,
     }))
 }
 
@@ -1129,6 +1172,7 @@ mod tests {
         };
         StatementCtx::for_test(Arc::new(super::super::rewrite::Shape {
             read_after,
+            cascade: None,
             ..super::super::rewrite::Shape::statement(crate::statement::Kind::Update, table)
         }))
     }

@@ -89,6 +89,18 @@ pub struct Targets {
     generation: u64,
     /// Name as written (`schema.name` or `name`) → what it resolved to.
     capturable: HashMap<String, Target>,
+    /// Name as written → its oid and partition ancestors, and whether it has user triggers
+    /// (`None`: no such table), for the foreign keys that reference it (`cascade`).
+    identities: HashMap<String, Option<Identity>>,
+}
+
+/// A table as the foreign keys that reference it see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Its oid, then the oids of the partitioned tables it is a partition of.
+    pub oids: Vec<u32>,
+    /// It has user triggers.
+    pub triggers: bool,
 }
 
 /// What a write target resolved to, for capture.
@@ -104,11 +116,25 @@ pub enum Target {
 
 impl Targets {
     pub fn get(&mut self, generation: u64, name: &str) -> Option<Target> {
+        self.renew(generation);
+        self.capturable.get(name).copied()
+    }
+
+    fn renew(&mut self, generation: u64) {
         if generation != self.generation {
-            self.capturable.clear();
+            self.clear();
             self.generation = generation;
         }
-        self.capturable.get(name).copied()
+    }
+
+    /// The identity of `name` if known (`Some(None)`: known not to exist).
+    pub fn identity(&mut self, generation: u64, name: &str) -> Option<Option<Identity>> {
+        self.renew(generation);
+        self.identities.get(name).cloned()
+    }
+
+    pub fn put_identity(&mut self, name: &str, identity: Option<Identity>) {
+        self.identities.insert(name.to_string(), identity);
     }
 
     pub fn put(&mut self, name: &str, target: Target) {
@@ -117,7 +143,29 @@ impl Targets {
 
     pub fn clear(&mut self) {
         self.capturable.clear();
+        self.identities.clear();
     }
+}
+
+/// The [`Identity`] of the table `reference` (as the statement wrote it, quoted): one row,
+/// `[oid, ancestor oids…]` as JSON and whether it has user triggers; no row if it does not
+/// exist.
+pub fn identity_query(reference: &str) -> String {
+    format!(
+        "SELECT COALESCE((SELECT json_agg(a.relid::oid::int8 ORDER BY a.relid::oid = c.oid DESC) \
+           FROM pg_partition_ancestors(c.oid) a), json_build_array(c.oid::int8))::text, \
+           EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)::text \
+         FROM pg_class c WHERE c.oid = to_regclass({})",
+        super::rewrite::literal(reference)
+    )
+}
+
+/// Parse the row of [`identity_query`].
+pub fn parse_identity(rows: &[Vec<Option<Vec<u8>>>]) -> Option<Identity> {
+    let row = rows.first()?;
+    let oids: Vec<u32> = serde_json::from_slice(row.first()?.as_deref()?).ok()?;
+    let triggers = row.get(1)?.as_deref()? == b"true";
+    Some(Identity { oids, triggers })
 }
 
 /// What the relation `reference` (as the statement wrote it, quoted) is for capture: one row,

@@ -78,6 +78,8 @@ pub struct Change {
     pub stmt: Arc<StatementCtx>,
     /// A row rule's decision about this change (overrides the statement's).
     pub gate: Option<GateMark>,
+    /// The foreign key whose cascade changed this row (`None`: the statement changed it).
+    pub cascade: Option<Box<super::cascade::Origin>>,
 }
 
 impl Change {
@@ -89,6 +91,7 @@ impl Change {
             table_oid: 0,
             stmt,
             gate: None,
+            cascade: None,
         }
     }
 
@@ -199,6 +202,7 @@ mod tests {
             after: Some(Row::from_iter([("n".to_string(), n.into())])),
             table_oid: 1,
             gate: None,
+            cascade: None,
             stmt: Arc::new(StatementCtx::for_test(Arc::new(Shape {
                 kind: Kind::Insert,
                 table: TableName {
@@ -214,6 +218,7 @@ mod tests {
                 client_returning: false,
                 pre_read: false,
                 read_after: None,
+                cascade: None,
             }))),
         }
     }

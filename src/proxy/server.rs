@@ -49,6 +49,8 @@ pub struct CaptureCtx {
     pub gates: Option<Arc<crate::gates::engine::Gates>>,
     /// Functions that may write when queries call them, per database.
     pub functions: Arc<crate::capture::functions::WritingFunctions>,
+    /// The foreign keys with actions, per database (cascade capture).
+    pub cascades: Arc<crate::capture::cascade::Graphs>,
     /// Schema, name and key of captured tables, per database.
     pub tables: Arc<crate::capture::tables::TableCache>,
     /// Write paths per application (footprints.enabled).
@@ -156,6 +158,7 @@ async fn capture_ctx(
         footprints,
         control,
         functions: Arc::default(),
+        cascades: Arc::default(),
         tables: Arc::default(),
         sink,
         cache: Arc::new(crate::statement::AnalysisCache::new(10_000)),

@@ -351,6 +351,7 @@ async fn relay(
                 gates: cap.gates.clone(),
                 footprints: cap.footprints.clone(),
                 functions: Arc::clone(&cap.functions),
+                cascades: Arc::clone(&cap.cascades),
                 tables: Arc::clone(&cap.tables),
                 on_sink_failure: ctx.config.capture.on_sink_failure,
                 truncate_limit: ctx.config.capture.truncate_row_limit,

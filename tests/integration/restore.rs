@@ -803,7 +803,74 @@ INSERT INTO "select"."Order ""Details""; DROP TABLE x" VALUES
     s.proxy.shutdown().await;
 }
 
+const CASCADE_SEED: &str = "
+CREATE TABLE brieff (bfkey int PRIMARY KEY, bfso text);
+INSERT INTO brieff SELECT g, 'so' || g FROM generate_series(1, 30) g;
+CREATE TABLE representatives (rid int PRIMARY KEY, bfkey int REFERENCES brieff ON DELETE CASCADE, name text);
+INSERT INTO representatives SELECT g, g % 30 + 1, 'rep' || g FROM generate_series(1, 60) g;
+CREATE TABLE rep_notes (nid int PRIMARY KEY, rid int REFERENCES representatives ON DELETE CASCADE, body text);
+INSERT INTO rep_notes SELECT g, g % 60 + 1, 'note' || g FROM generate_series(1, 90) g;
+CREATE TABLE memo (mid int PRIMARY KEY, bfkey int REFERENCES brieff ON DELETE SET NULL);
+INSERT INTO memo SELECT g, g FROM generate_series(1, 30) g;";
+
+/// The incident with a cascade (the demo schema's `representatives.bfkey … ON DELETE
+/// CASCADE`): a leaked code path deletes case rows, their representatives (and their notes)
+/// go with them and memos lose their reference. One restore of that application's window
+/// brings back the cases and everything the cascades changed, and the tables equal a control
+/// database that only had the legitimate changes.
+async fn leaked_cascading_delete_is_restored_with_its_children(pg: Pg) {
+    let s = setup(pg, "rs_cascade", CASCADE_SEED).await;
+    let (web, leak) = (
+        connect_as(s.proxy.addr, &s.db, "web").await,
+        connect_as(s.proxy.addr, &s.db, "certification-v1").await,
+    );
+    let cweb = connect_as(pg.addr(), &s.control, "web").await;
+    let legit =
+        "UPDATE brieff SET bfso = 'web' WHERE bfkey % 5 = 0; DELETE FROM brieff WHERE bfkey = 30;";
+    web.batch_execute(legit).await.unwrap();
+    cweb.batch_execute(legit).await.unwrap();
+    let since = now_ms();
+    leak.execute(
+        "DELETE FROM brieff WHERE bfkey BETWEEN $1 AND $2",
+        &[&3i32, &6i32],
+    )
+    .await
+    .unwrap();
+    leak.batch_execute("DELETE FROM brieff WHERE bfkey IN (11, 12)")
+        .await
+        .unwrap();
+    let until = now_ms() + 1;
+    let later = "UPDATE representatives SET name = 'kept' WHERE rid = 1;";
+    web.batch_execute(later).await.unwrap();
+    cweb.batch_execute(later).await.unwrap();
+    settle().await;
+    let selection = Selection {
+        applications: vec!["certification-v1".into()],
+        since_ms: Some(since),
+        until_ms: Some(until),
+        ..Selection::default()
+    };
+    let mut cmd = s.command(selection, s.proxy.addr);
+    cmd.apply = true;
+    let (r, report) = run(&cmd).await;
+    // 6 cases, 12 representatives, 18 notes, 6 memos.
+    match r {
+        Ok(Outcome::Applied(a)) => assert_eq!(a.reverted, 42, "{report}"),
+        other => panic!("{other:?}\n{report}"),
+    }
+    let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
+    let control = harness::connect(pg.addr(), "postgres", &s.control).await;
+    let tables = ["brieff", "representatives", "rep_notes", "memo"];
+    assert_eq!(
+        dump(&direct, &tables).await,
+        dump(&control, &tables).await,
+        "restored database = control database\n{report}"
+    );
+    s.proxy.shutdown().await;
+}
+
 on_both!(
+    leaked_cascading_delete_is_restored_with_its_children,
     hostile_identifiers_and_values_restore_exactly,
     incident_is_restored_exactly,
     other_applications_later_edits_are_kept_not_conflicts,

@@ -10,8 +10,8 @@ use tokio::io::AsyncWrite;
 
 use super::cte::has_cte_writes;
 use super::{ClientCapture, FunctionList, Protocol, TxnDdl};
-use crate::capture::publish;
-use crate::capture::tables::Target;
+use crate::capture::tables::{self, Identity, Target};
+use crate::capture::{cascade, publish};
 use crate::statement::analysis::TableName;
 use crate::statement::cache::Statement;
 use crate::statement::Kind;
@@ -104,14 +104,7 @@ impl ClientCapture {
         protocol: Protocol,
     ) -> std::io::Result<Target> {
         let generation = self.parts.tables.generation();
-        let name = match table.schema.as_str() {
-            "" => crate::capture::rewrite::quote(&table.name),
-            schema => format!(
-                "{}.{}",
-                crate::capture::rewrite::quote(schema),
-                crate::capture::rewrite::quote(&table.name)
-            ),
-        };
+        let name = quoted_name(table);
         if let Some(t) = self.targets.get(generation, &name) {
             return Ok(t);
         }
@@ -196,6 +189,7 @@ impl ClientCapture {
         let db = self.session.database.clone();
         if std::mem::take(&mut self.functions_list) == FunctionList::Stale {
             self.parts.functions.invalidate(&db);
+            self.parts.cascades.invalidate(&db);
         }
         if let Some(names) = self.parts.functions.get(&db) {
             return Ok(names);
@@ -210,5 +204,95 @@ impl ClientCapture {
         }
         let names = reply.first_column(self.shared.lock().encoding.current());
         Ok(self.parts.functions.put(&db, names))
+    }
+
+    /// The cascades a DELETE on `table` sets off (`Ok(None)`: no key with a delete action
+    /// references it; `Err`: they cannot be captured).
+    pub(super) async fn cascade_plan<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        table: &TableName,
+        protocol: Protocol,
+    ) -> std::io::Result<Result<Option<Arc<cascade::Plan>>, cascade::CascadeError>> {
+        let graph = match self.fk_graph(w, protocol).await? {
+            Ok(g) if g.is_empty() => return Ok(Ok(None)),
+            Ok(g) => g,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(identity) = self.identity(w, table, protocol).await? else {
+            return Ok(Ok(None)); // No such table: the statement fails on its own.
+        };
+        let name = table.to_string();
+        Ok(
+            cascade::plan(&graph, &identity.oids, &name, identity.triggers)
+                .map(|p| p.map(Arc::new)),
+        )
+    }
+
+    /// The database's foreign keys with actions, from the cache or the catalog (not cached
+    /// while the open transaction has run DDL: other sessions must not see its keys).
+    async fn fk_graph<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        protocol: Protocol,
+    ) -> std::io::Result<Result<Arc<cascade::Graph>, cascade::CascadeError>> {
+        let db = self.session.database.clone();
+        if self.txn_ddl == TxnDdl::None {
+            if let Some(g) = self.parts.cascades.get(&db) {
+                return Ok(Ok(g));
+            }
+        }
+        self.own_queries = protocol;
+        let reply = self.internal_query(w, cascade::QUERY).await?;
+        if reply.error.is_some() {
+            // An aborted transaction: the statement fails on its own.
+            return Ok(Ok(Arc::default()));
+        }
+        let encoding = self.shared.lock().encoding.current();
+        let graph = match cascade::parse(&reply.rows, encoding) {
+            Ok(g) => g,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok(match self.txn_ddl {
+            TxnDdl::None => self.parts.cascades.put(&db, graph),
+            TxnDdl::Ran => Arc::new(graph),
+        }))
+    }
+
+    /// `table`'s oid, partition ancestors and triggers (cached per session; `None`: no such
+    /// table).
+    async fn identity<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        table: &TableName,
+        protocol: Protocol,
+    ) -> std::io::Result<Option<Identity>> {
+        let generation = self.parts.tables.generation();
+        let name = quoted_name(table);
+        if let Some(known) = self.targets.identity(generation, &name) {
+            return Ok(known);
+        }
+        self.own_queries = protocol;
+        let reply = self
+            .internal_query(w, &tables::identity_query(&name))
+            .await?;
+        if reply.error.is_some() {
+            return Ok(None);
+        }
+        let identity = tables::parse_identity(&reply.rows);
+        self.targets.put_identity(&name, identity.clone());
+        Ok(identity)
+    }
+}
+
+/// `table` as the statement wrote it, quoted (the key of the session's target caches).
+fn quoted_name(table: &TableName) -> String {
+    match table.schema.as_str() {
+        "" => crate::capture::rewrite::quote(&table.name),
+        schema => format!(
+            "{}.{}",
+            crate::capture::rewrite::quote(schema),
+            crate::capture::rewrite::quote(&table.name)
+        ),
     }
 }

@@ -19,7 +19,7 @@ use crate::capture::expect;
 use crate::capture::expect::{Audience, Step};
 use crate::capture::image_sql::Form;
 use crate::capture::positions::Piece;
-use crate::capture::rewrite::{Rewritten, Shape};
+use crate::capture::rewrite::{ReadAfter, Rewritten, Shape};
 use crate::capture::router::{Collect, Delivery, TxState, Unit};
 use crate::capture::tables::Target;
 use crate::capture::txn::{Change, StatementCtx};
@@ -198,7 +198,8 @@ fn prepared_only(kind: Kind, rw: Option<Rewritten>) -> Result<Option<Rewritten>,
     match rw {
         Some(rw)
             if rw.pre_read.is_some()
-                && !matches!(kind, Kind::Update | Kind::Truncate | Kind::Merge) =>
+                && !matches!(kind, Kind::Update | Kind::Truncate | Kind::Merge)
+                && rw.shape.read_after != Some(ReadAfter::Cascade) =>
         {
             Err(format!(
                 "hindsight: {} through the extended query protocol needs PostgreSQL 18 to be captured (older servers: send it as a simple query); the statement was not prepared",
@@ -440,10 +441,15 @@ impl ClientCapture {
         wrapper: bool,
     ) -> std::io::Result<Companions> {
         let kind = stmt.located.analysis.kind;
-        // UPDATE's pre-read is prepared once, with the client's parameters; TRUNCATE's image
+        // UPDATE's (and a cascading DELETE's) pre-read is prepared once, with the client's
+        // parameters; TRUNCATE's image
         // read takes none and runs as hindsight's own statement at each Execute.
         let companion = match &rw.pre_read {
-            Some(pre) if matches!(kind, Kind::Update | Kind::Merge) || wrapper => {
+            Some(pre)
+                if matches!(kind, Kind::Update | Kind::Merge)
+                    || wrapper
+                    || rw.shape.read_after == Some(ReadAfter::Cascade) =>
+            {
                 // Its errors in the client's FROM, WHERE or ON point into the client's text.
                 let span = stmt.located.span.clone();
                 let before = text[..span.start].chars().count() as i64;

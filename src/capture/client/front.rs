@@ -15,6 +15,7 @@ use super::catalog::apply_target;
 use super::cte::{has_cte_writes, CteRewrite};
 use super::internal::unreadable_text;
 use super::{ClientCapture, Protocol};
+use crate::capture::cascade;
 use crate::capture::functions::{calls_any, Names};
 use crate::capture::rewrite::{rewrite, Rewritten};
 use crate::capture::tables::Target;
@@ -147,19 +148,47 @@ impl ClientCapture {
         };
         let major = self.shared.lock().server_major;
         let form = self.image_form();
-        Ok(
-            match rewrite(
-                text,
-                &s.located,
-                major,
-                self.parts.truncate_limit,
-                &cascade,
-                form,
-            ) {
-                Ok(rw) => Planned::Rewritten(rw, None),
-                Err(refusal) => Planned::Refused(format!("hindsight: {refusal}")),
-            },
-        )
+        let rw = match rewrite(
+            text,
+            &s.located,
+            major,
+            self.parts.truncate_limit,
+            &cascade,
+            form,
+        ) {
+            Ok(rw) => rw,
+            Err(refusal) => return Ok(Planned::Refused(format!("hindsight: {refusal}"))),
+        };
+        Ok(match rw {
+            Some(rw) if s.located.analysis.kind == Kind::Delete => {
+                match self.with_cascades(w, text, s, rw, protocol).await? {
+                    Ok(rw) => Planned::Rewritten(Some(rw), None),
+                    Err(why) => Planned::Refused(format!("hindsight: {why}")),
+                }
+            }
+            rw => Planned::Rewritten(rw, None),
+        })
+    }
+
+    /// A DELETE's capture with the reads of the foreign-key cascades it sets off, if any
+    /// (`cascade`).
+    async fn with_cascades<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        text: &str,
+        s: &Statement,
+        rw: Rewritten,
+        protocol: Protocol,
+    ) -> std::io::Result<Result<Rewritten, String>> {
+        let write = &s.located.analysis.writes[0];
+        let plan = match self.cascade_plan(w, &write.table, protocol).await? {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return Ok(Ok(rw)),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let sql = &text[s.located.span.clone()];
+        let form = self.image_form();
+        Ok(cascade::attach(rw, sql, write, plan, form).map_err(|e| e.to_string()))
     }
 }
 

@@ -544,6 +544,8 @@ pub struct SessionParts {
     pub footprints: Option<Arc<crate::footprint::Footprints>>,
     /// Functions that may write when a query calls them.
     pub functions: Arc<super::functions::WritingFunctions>,
+    /// The foreign keys with actions, per database (`cascade`).
+    pub cascades: Arc<super::cascade::Graphs>,
     /// Schema, name and key of captured tables.
     pub tables: Arc<super::tables::TableCache>,
     pub on_sink_failure: OnSinkFailure,

@@ -11,6 +11,7 @@
 //!   size, capture.max_transaction_bytes.
 //! - `kinds` — statement kinds: upsert, MERGE, TRUNCATE, COPY, data-modifying CTEs, views and
 //!   writing functions, PostgreSQL 18 syntax, key changes.
+//! - `cascades` — rows foreign-key cascades change: their own exact events, both protocols.
 //! - `promise` — the core promise: before/after images of committed work, nothing for rolled-back
 //!   work, side effects marked, redaction before publishing, the table cache following DDL.
 
@@ -21,6 +22,7 @@ use crate::harness::{self, Pg};
 
 use harness::read_topic_json as read_topic;
 
+mod cascades;
 mod encodings;
 mod kinds;
 mod large;

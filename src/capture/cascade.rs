@@ -1,0 +1,773 @@
+//! Rows that foreign-key cascades change (`ON DELETE CASCADE`, `SET NULL`, `SET DEFAULT`),
+//! captured with exact before and after images, in the client's transaction.
+//!
+//! The catalog describes every cascade: which foreign keys reference a table, their columns
+//! and their actions (`Graph`, read per database and cached like the writing functions).
+//! For a DELETE on a table that cascading keys reference, [`plan`] follows them level by level
+//! (a CASCADE'd row's own referencing rows are reached in turn; a self-referencing table is
+//! followed up to [`MAX_DEPTH`] levels) and [`reads`] builds two statements around the
+//! client's:
+//!
+//! - before it, a read that locks (`FOR UPDATE`) and images every row each cascade will reach,
+//!   built from the DELETE's own target, USING and WHERE, one CTE per level, kept in the server
+//!   in a transaction-local setting with the rows' `tableoid` and `ctid` — and the number of
+//!   rows the transaction has deleted or updated so far in each table the cascades reach
+//!   (`pg_stat_get_xact_tuples_deleted/updated`, which count what the cascades do);
+//! - after it, a read that follows each row to its latest version (`currtid2`): gone (the
+//!   cascade deleted it) or updated (SET NULL / SET DEFAULT), with its after image; and, last,
+//!   how many rows each of those tables lost or changed during the statement.
+//!
+//! [`check`] compares those counts with the rows read (and the statement's own rows in the same
+//! table, for a self-referencing one): a row the read did not see — inserted concurrently and
+//! committed while the DELETE waited, or deeper than [`MAX_DEPTH`] — fails the capture, so its
+//! transaction cannot commit (HS001), instead of committing a change without its event. When a
+//! table the cascades reach (or the target) has user triggers, whose writes are arbitrary, the
+//! counts are not compared and the events keep `side_effects: "uncaptured"` naming them.
+//!
+//! Not captured yet (the events stay marked `side_effects: "uncaptured"`, naming the tables):
+//! the cascades of an UPDATE of a referenced key (`ON UPDATE …`), of a DELETE inside a
+//! data-modifying CTE or a MERGE, and a SET NULL / SET DEFAULT that changes a key other keys
+//! reference in turn.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use thiserror::Error;
+
+use super::functions::MAX_AGE;
+use super::image_sql::Form;
+use super::rewrite::{literal, quote, ReadAfter, Refusal, Rewritten, Spliced};
+use super::txn::Change;
+use crate::statement::analysis::Write;
+use crate::wire::client_text::{sql_name, ClientEncoding};
+
+/// How many levels of referencing rows a cascade is followed (a self-referencing table: the
+/// depth of the tree a DELETE may remove). Deeper rows fail the capture (see [`check`]).
+pub const MAX_DEPTH: usize = 8;
+
+/// How many (foreign key, level) steps one statement's cascades may take: a schema whose
+/// cascades branch more is refused rather than read with a statement of unbounded size.
+pub const MAX_REACHES: usize = 64;
+
+/// The transaction-local setting holding the rows the read before the statement found.
+const ROWS: &str = "hindsight.cascade_rows";
+/// … and the per-table counts of deleted and updated rows before the statement.
+const COUNTS: &str = "hindsight.cascade_counts";
+
+/// Why a cascade cannot be captured, or its capture is wrong.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CascadeError {
+    #[error("the foreign keys referencing {table} cascade through more than {MAX_REACHES} (key, level) steps; hindsight refuses rather than read them with an unbounded statement")]
+    TooManyReaches { table: String },
+    #[error("the catalog's foreign-key row {row} is malformed ({what})")]
+    Catalog { row: usize, what: String },
+    #[error("{table}: the cascade of this statement deleted or updated {counted} rows, hindsight read {read} (a referencing row inserted concurrently, or a cascade deeper than {MAX_DEPTH} levels); the transaction cannot commit")]
+    Unread {
+        table: String,
+        counted: i64,
+        read: i64,
+    },
+    #[error("a cascade read row is malformed: {0}")]
+    Row(String),
+}
+
+/// What a foreign key does to the rows referencing a row that goes (or whose key changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// NO ACTION or RESTRICT: the statement fails if rows reference it; nothing changes.
+    None,
+    Cascade,
+    SetNull,
+    SetDefault,
+}
+
+impl Action {
+    /// From `pg_constraint.confdeltype` / `confupdtype`.
+    fn from_code(code: &str) -> Self {
+        match code {
+            "c" => Action::Cascade,
+            "n" => Action::SetNull,
+            "d" => Action::SetDefault,
+            _ => Action::None,
+        }
+    }
+}
+
+/// A foreign key with an action, as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// The constraint's name.
+    pub name: String,
+    pub child_oid: u32,
+    /// The referencing table: schema and name, unquoted.
+    pub child: (String, String),
+    /// Its referencing columns, in the key's order.
+    pub child_cols: Vec<String>,
+    pub parent_oid: u32,
+    /// The referenced table: schema and name, unquoted.
+    pub parent: (String, String),
+    /// The referenced columns, pairing `child_cols`.
+    pub parent_cols: Vec<String>,
+    pub on_delete: Action,
+    pub on_update: Action,
+    /// The referencing table has user triggers.
+    pub child_triggers: bool,
+}
+
+/// The foreign keys with an action of one database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Graph {
+    keys: Vec<ForeignKey>,
+}
+
+impl Graph {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The catalog query giving a [`Graph`]: every foreign key (as declared, not its clones on
+/// partitions) whose delete or update action changes referencing rows.
+pub const QUERY: &str = "SELECT f.conname, f.conrelid::int8::text, cn.nspname, c.relname, \
+       (SELECT json_agg(a.attname ORDER BY k.i) FROM unnest(f.conkey) WITH ORDINALITY k(n, i) \
+          JOIN pg_attribute a ON a.attrelid = f.conrelid AND a.attnum = k.n)::text, \
+       f.confrelid::int8::text, pn.nspname, p.relname, \
+       (SELECT json_agg(a.attname ORDER BY k.i) FROM unnest(f.confkey) WITH ORDINALITY k(n, i) \
+          JOIN pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = k.n)::text, \
+       f.confdeltype::text, f.confupdtype::text, \
+       EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = f.conrelid AND NOT t.tgisinternal)::text \
+     FROM pg_constraint f \
+     JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+     JOIN pg_class p ON p.oid = f.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace \
+     WHERE f.contype = 'f' AND f.conparentid = 0 \
+       AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')) \
+     ORDER BY f.oid";
+
+/// Parse the rows of [`QUERY`] (text values in the session's `encoding`).
+pub fn parse(
+    rows: &[Vec<Option<Vec<u8>>>],
+    encoding: ClientEncoding,
+) -> Result<Graph, CascadeError> {
+    let mut keys = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let bad = |what: &str| CascadeError::Catalog {
+            row: i,
+            what: what.to_string(),
+        };
+        let text = |c: usize| -> Result<String, CascadeError> {
+            r.get(c)
+                .and_then(|v| v.as_deref())
+                .map(|b| sql_name(b, encoding))
+                .ok_or_else(|| bad(&format!("column {c} is missing")))
+        };
+        let oid = |c: usize| -> Result<u32, CascadeError> {
+            text(c)?
+                .parse()
+                .map_err(|_| bad(&format!("column {c} is not an oid")))
+        };
+        let cols = |c: usize| -> Result<Vec<String>, CascadeError> {
+            serde_json::from_str(&text(c)?).map_err(|_| bad(&format!("column {c} is not a list")))
+        };
+        let key = ForeignKey {
+            name: text(0)?,
+            child_oid: oid(1)?,
+            child: (text(2)?, text(3)?),
+            child_cols: cols(4)?,
+            parent_oid: oid(5)?,
+            parent: (text(6)?, text(7)?),
+            parent_cols: cols(8)?,
+            on_delete: Action::from_code(&text(9)?),
+            on_update: Action::from_code(&text(10)?),
+            child_triggers: text(11)? == "true",
+        };
+        if key.child_cols.len() != key.parent_cols.len() || key.child_cols.is_empty() {
+            return Err(bad("the key's columns do not pair"));
+        }
+        keys.push(key);
+    }
+    Ok(Graph { keys })
+}
+
+struct Entry {
+    graph: Arc<Graph>,
+    loaded: Instant,
+}
+
+/// The graphs of every database the proxy serves, read again after a schema change seen and
+/// at least every [`MAX_AGE`] (keys created behind hindsight's back).
+#[derive(Default)]
+pub struct Graphs {
+    by_db: RwLock<HashMap<String, Entry>>,
+}
+
+impl Graphs {
+    pub fn get(&self, db: &str) -> Option<Arc<Graph>> {
+        let map = self.by_db.read().unwrap_or_else(|e| e.into_inner());
+        map.get(db)
+            .filter(|e| e.loaded.elapsed() < MAX_AGE)
+            .map(|e| Arc::clone(&e.graph))
+    }
+
+    pub fn put(&self, db: &str, graph: Graph) -> Arc<Graph> {
+        let graph = Arc::new(graph);
+        let entry = Entry {
+            graph: Arc::clone(&graph),
+            loaded: Instant::now(),
+        };
+        self.by_db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(db.to_string(), entry);
+        graph
+    }
+
+    /// A schema change in `db`: read the graph again before it is next needed.
+    pub fn invalidate(&self, db: &str) {
+        self.by_db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(db);
+    }
+}
+
+/// One step of a cascade: the rows of `key`'s referencing table that reference rows reached
+/// by `from` (`None`: the rows the statement itself deletes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    pub key: ForeignKey,
+    pub from: Option<usize>,
+    pub action: Action,
+    pub depth: usize,
+}
+
+/// The cascades a statement sets off, as read before and after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub reaches: Vec<Reach>,
+    /// Whether the deleted and updated rows of each reached table are counted against the
+    /// rows read (no user triggers on the target or a reached table).
+    pub counted: bool,
+}
+
+impl Plan {
+    /// The reached tables (schema, name), each once.
+    pub fn tables(&self) -> Vec<&(String, String)> {
+        let mut out: Vec<&(String, String)> = Vec::new();
+        for r in &self.reaches {
+            if !out.contains(&&r.key.child) {
+                out.push(&r.key.child);
+            }
+        }
+        out
+    }
+}
+
+/// The cascades of a DELETE on the table whose oid and partition ancestors are `target`
+/// (`target_triggers`: it has user triggers). `Ok(None)`: no key with a delete action
+/// references it.
+pub fn plan(
+    graph: &Graph,
+    target: &[u32],
+    target_name: &str,
+    target_triggers: bool,
+) -> Result<Option<Plan>, CascadeError> {
+    let mut reaches: Vec<Reach> = Vec::new();
+    // (reach whose rows are deleted, the oid of its table); the statement's own rows first.
+    let mut queue: Vec<(Option<usize>, Vec<u32>, usize)> = vec![(None, target.to_vec(), 0)];
+    while let Some((from, tables, depth)) = queue.pop() {
+        if depth >= MAX_DEPTH {
+            continue; // Deeper rows are caught by the counts (`check`).
+        }
+        for key in graph.keys.iter().filter(|k| tables.contains(&k.parent_oid)) {
+            if key.on_delete == Action::None {
+                continue;
+            }
+            if reaches.len() == MAX_REACHES {
+                return Err(CascadeError::TooManyReaches {
+                    table: target_name.to_string(),
+                });
+            }
+            reaches.push(Reach {
+                key: key.clone(),
+                from,
+                action: key.on_delete,
+                depth: depth + 1,
+            });
+            if key.on_delete == Action::Cascade {
+                queue.push((Some(reaches.len() - 1), vec![key.child_oid], depth + 1));
+            }
+        }
+    }
+    if reaches.is_empty() {
+        return Ok(None);
+    }
+    let counted = !target_triggers && reaches.iter().all(|r| !r.key.child_triggers);
+    Ok(Some(Plan { reaches, counted }))
+}
+
+/// The two statements around the client's (module docs). `with`: the client's WITH list
+/// (`WITH a AS (…)`, or empty) and `rows`: `SELECT t.* FROM …` of the rows the statement
+/// deletes, both spliced from the client's text (so their errors point into it).
+pub(crate) fn reads(plan: &Plan, with: Spliced, rows: Spliced, form: Form) -> Reads {
+    let mut pre = with;
+    pre.own(if pre.text.is_empty() { "WITH " } else { ",\n" })
+        .own("__hs_k0 AS (");
+    let rows_at = pre.text.len();
+    pre.own(&rows.text).own(")");
+    pre.map.extend(rows.map.into_iter().map(|mut p| {
+        p.at += rows_at;
+        p
+    }));
+    for (i, r) in plan.reaches.iter().enumerate() {
+        pre.own(&format!(",\n__hs_k{} AS ({})", i + 1, reach_sql(r)));
+    }
+    let branches: Vec<String> = (1..=plan.reaches.len())
+        .map(|k| {
+            let r = &plan.reaches[k - 1];
+            let parent_key: Vec<String> = r
+                .key
+                .parent_cols
+                .iter()
+                .zip(&r.key.child_cols)
+                .map(|(p, c)| format!("{}, __hs_r.{}", literal(p), quote(c)))
+                .collect();
+            format!(
+                "SELECT __hs_r.__hs_o, __hs_r.__hs_c, __hs_r.__hs_b, {k}, jsonb_build_object({}) FROM __hs_k{k} __hs_r",
+                parent_key.join(", ")
+            )
+        })
+        .collect();
+    pre.own(&format!(
+        "\nSELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b, k, p)) \
+         FROM (SELECT DISTINCT ON (o, c) o, c, b, k, p FROM ({}) __hs_a(o, c, b, k, p)) __hs_d), '[]')::text, true) IS NOT NULL \
+         AND set_config('{COUNTS}', {}::text, true) IS NOT NULL",
+        branches.join(" UNION ALL "),
+        counts(plan, None)
+    ));
+    Reads {
+        pre,
+        post: post_read(plan, form),
+    }
+}
+
+/// The statements [`reads`] builds.
+pub(crate) struct Reads {
+    /// Run right before the client's statement; its rows stay in the server.
+    pub pre: Spliced,
+    /// Run right after it: `(before, after, tableoid, [reach, parent key])` per changed row,
+    /// then `(NULL, NULL, NULL, counts)`.
+    pub post: String,
+}
+
+/// The CTE of one reach: the referencing rows, locked, with their image, `tableoid` and
+/// `ctid`, and their columns (the next level's keys read them).
+fn reach_sql(r: &Reach) -> String {
+    let cols = |t: &str, names: &[String]| -> String {
+        let v: Vec<String> = names.iter().map(|n| format!("{t}.{}", quote(n))).collect();
+        v.join(", ")
+    };
+    let source = match r.from {
+        None => "__hs_k0".to_string(),
+        Some(i) => format!("__hs_k{}", i + 1),
+    };
+    format!(
+        "SELECT __hs_c.tableoid AS __hs_o, __hs_c.ctid AS __hs_c, to_jsonb(__hs_c.*) AS __hs_b, __hs_c.* \
+         FROM {} __hs_c WHERE ({}) IN (SELECT {} FROM {source} __hs_p) FOR UPDATE OF __hs_c",
+        qualified(&r.key.child),
+        cols("__hs_c", &r.key.child_cols),
+        cols("__hs_p", &r.key.parent_cols),
+    )
+}
+
+fn qualified((schema, name): &(String, String)) -> String {
+    format!("{}.{}", quote(schema), quote(name))
+}
+
+/// A JSON object of the deleted + updated row counts of every leaf of the reached tables, by
+/// oid: as they are (`since: None`), or `[count since the stored ones, name]`.
+fn counts(plan: &Plan, since: Option<&str>) -> String {
+    let leaves: Vec<String> = plan
+        .tables()
+        .into_iter()
+        .map(|t| {
+            // A plain table has no partition tree: it is its own leaf.
+            let t = format!("{}::regclass", literal(&qualified(t)));
+            format!(
+                "SELECT relid::oid AS relid FROM pg_partition_tree({t}) WHERE isleaf \
+                 UNION SELECT c.oid FROM pg_class c WHERE c.oid = {t} AND c.relkind <> 'p'"
+            )
+        })
+        .collect();
+    let base = "pg_stat_get_xact_tuples_deleted(__hs_l.relid) + pg_stat_get_xact_tuples_updated(__hs_l.relid)";
+    let value = match since {
+        None => base.to_string(),
+        Some(setting) => format!(
+            "jsonb_build_array({base} - COALESCE((NULLIF(current_setting('{setting}', true), '')::jsonb ->> __hs_l.relid::text)::int8, 0), __hs_l.relid::regclass::text)"
+        ),
+    };
+    format!(
+        "(SELECT COALESCE(jsonb_object_agg(__hs_l.relid::text, {value}), '{{}}') FROM ({}) __hs_l)",
+        leaves.join(" UNION ")
+    )
+}
+
+/// The read after the statement (module docs). It empties the rows' setting; the counts'
+/// setting stays (the select list is computed after the WHERE that would empty it), and the
+/// next statement's read overwrites it.
+fn post_read(plan: &Plan, form: Form) -> String {
+    let branches: Vec<String> = plan
+        .reaches
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            format!(
+                "SELECT {}, {}, __hs_x.o, jsonb_build_array(__hs_x.k, __hs_x.p)::text FROM __hs_x \
+                 LEFT JOIN LATERAL (SELECT to_jsonb(__hs_r.*) AS a, __hs_r.ctid AS c FROM {} __hs_r \
+                 WHERE __hs_r.tableoid = __hs_x.o AND __hs_r.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
+                 WHERE __hs_x.k = {} AND __hs_n.c IS DISTINCT FROM __hs_x.c",
+                form.json("__hs_x.b"),
+                form.json("__hs_n.a"),
+                qualified(&r.key.child),
+                i + 1
+            )
+        })
+        .collect();
+    format!(
+        "WITH __hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, \
+         (__hs_e->>3)::int AS k, __hs_e->4 AS p, \
+         currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
+         FROM jsonb_array_elements(COALESCE(NULLIF(current_setting('{ROWS}', true), ''), '[]')::jsonb) __hs_e)\n\
+         {}\nUNION ALL\nSELECT NULL, NULL, NULL, {}::text WHERE set_config('{ROWS}', '', true) IS NOT NULL",
+        branches.join("\nUNION ALL\n"),
+        counts(plan, Some(COUNTS))
+    )
+}
+
+/// Where a cascaded row's change comes from: the foreign key and the row it references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The constraint's name.
+    pub constraint: String,
+    /// The referenced table, `schema.name`.
+    pub parent_table: String,
+    /// The referenced row's key (the referenced columns and their values).
+    pub parent_key: serde_json::Value,
+}
+
+/// The origin of a post-read row from its last column (`[reach, parent key]`).
+pub fn origin(plan: &Plan, column: &[u8]) -> Result<Origin, CascadeError> {
+    let v: serde_json::Value = serde_json::from_slice(column)
+        .map_err(|e| CascadeError::Row(format!("its origin is not JSON: {e}")))?;
+    let k = v
+        .get(0)
+        .and_then(serde_json::Value::as_u64)
+        .filter(|k| *k >= 1)
+        .ok_or_else(|| CascadeError::Row(format!("no reach number in {v}")))?;
+    let reach = plan
+        .reaches
+        .get(k as usize - 1)
+        .ok_or_else(|| CascadeError::Row(format!("reach {k} is not in the plan")))?;
+    let (schema, name) = &reach.key.parent;
+    Ok(Origin {
+        constraint: reach.key.name.clone(),
+        parent_table: format!("{schema}.{name}"),
+        parent_key: v.get(1).cloned().unwrap_or_default(),
+    })
+}
+
+/// The counts the post-read ends with, compared with the rows it read (`rows`) and the
+/// statement's own rows per table (`own`, by oid: a self-referencing table counts both).
+/// `counts`: `{"oid": [n, name], …}`. A plan whose counts are not compared (`Plan::counted`) passes.
+pub fn check(
+    plan: &Plan,
+    rows: &[Change],
+    own: &HashMap<u32, i64>,
+    counts: Option<&str>,
+) -> Result<(), CascadeError> {
+    if !plan.counted {
+        return Ok(());
+    }
+    let counts: BTreeMap<String, (i64, String)> = counts
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| CascadeError::Row(format!("the counts are not JSON: {e}")))?
+        .ok_or_else(|| CascadeError::Row("the post-read gave no counts".into()))?;
+    for (oid, (counted, table)) in counts {
+        let oid: u32 = oid
+            .parse()
+            .map_err(|_| CascadeError::Row(format!("{oid:?} is not a table oid")))?;
+        let read = rows.iter().filter(|c| c.table_oid == oid).count() as i64
+            + own.get(&oid).copied().unwrap_or(0);
+        if counted != read {
+            return Err(CascadeError::Unread {
+                table,
+                counted,
+                read,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `rw`, the capture of the DELETE `sql` (the client's statement) on `write`, with the reads
+/// of its cascades around it (see [`reads`]).
+pub fn attach(
+    rw: Rewritten,
+    sql: &str,
+    write: &Write,
+    plan: Arc<Plan>,
+    form: Form,
+) -> Result<Rewritten, Refusal> {
+    let unsupported = |why: &str| Refusal::Unsupported {
+        what: format!("DELETE on {} {why}", write.table),
+    };
+    if rw.pre_read.is_some() || rw.post_read.is_some() {
+        return Err(unsupported("with reads of its own besides its cascades"));
+    }
+    let (with, rows) = delete_rows(sql, &write.reference()).ok_or_else(|| {
+        unsupported("of this form, whose foreign keys cascade (its rows could not be read first)")
+    })?;
+    let r = reads(&plan, with, rows, form);
+    let mut shape = rw.shape;
+    let s = Arc::make_mut(&mut shape);
+    s.read_after = Some(ReadAfter::Cascade);
+    s.cascade = Some(plan);
+    Ok(Rewritten {
+        shape,
+        pre_read: Some(r.pre.text),
+        pre_read_map: r.pre.map,
+        post_read: Some(r.post),
+        ..rw
+    })
+}
+
+/// A DELETE's WITH list and `SELECT target.* FROM target [, using…] [WHERE …]` of the rows it
+/// deletes, cut from its text at its top-level keywords (spliced: errors point into the
+/// client's text). `reference`: how the statement names its target. `None` for `WHERE
+/// CURRENT OF` (a cursor's row cannot be read apart from the DELETE) or a form not recognised.
+fn delete_rows(sql: &str, reference: &str) -> Option<(Spliced, Spliced)> {
+    use pg_query::protobuf::Token as T;
+    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let mut depth = 0i32;
+    let (mut delete, mut from, mut using, mut wher, mut returning) = (None, None, None, None, None);
+    for (i, t) in tokens.iter().enumerate() {
+        let span = (t.start as usize, t.end as usize);
+        match T::try_from(t.token).ok() {
+            Some(T::Ascii40 | T::Ascii91) => depth += 1,
+            Some(T::Ascii41 | T::Ascii93) => depth -= 1,
+            Some(T::DeleteP) if depth == 0 && delete.is_none() => delete = Some(i),
+            Some(T::From) if depth == 0 && delete.is_some() && from.is_none() => from = Some(span),
+            Some(T::Using) if depth == 0 && from.is_some() && using.is_none() && wher.is_none() => {
+                using = Some(span)
+            }
+            Some(T::Where) if depth == 0 && from.is_some() && wher.is_none() => {
+                if tokens
+                    .get(i + 1)
+                    .is_some_and(|n| T::try_from(n.token).ok() == Some(T::CurrentP))
+                {
+                    return None;
+                }
+                wher = Some(span)
+            }
+            Some(T::Returning) if depth == 0 && from.is_some() => {
+                returning = Some(span.0);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let delete = tokens[delete?].start as usize;
+    let (_, from_end) = from?;
+    let end = returning.unwrap_or(sql.trim_end().trim_end_matches(';').len());
+    let target_end = [using.map(|u| u.0), wher.map(|w| w.0)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(end);
+    let mut with = Spliced::default();
+    let starts_with = tokens
+        .first()
+        .is_some_and(|t| T::try_from(t.token).ok() == Some(T::With));
+    if starts_with {
+        with.client(sql, 0..delete);
+    }
+    let mut rows = Spliced::default();
+    rows.own(&format!("SELECT {reference}.* FROM "))
+        .client(sql, from_end..target_end);
+    if let Some((_, u_end)) = using {
+        rows.own(",\n")
+            .client(sql, u_end..wher.map_or(end, |w| w.0));
+    }
+    if let Some((w, _)) = wher {
+        rows.own("\n").client(sql, w..end);
+    }
+    // A trailing `--` comment of the client's would swallow what follows.
+    rows.own("\n");
+    Some((with, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, child: u32, parent: u32, on_delete: Action) -> ForeignKey {
+        ForeignKey {
+            name: name.into(),
+            child_oid: child,
+            child: ("public".into(), format!("t{child}")),
+            child_cols: vec!["p".into()],
+            parent_oid: parent,
+            parent: ("public".into(), format!("t{parent}")),
+            parent_cols: vec!["id".into()],
+            on_delete,
+            on_update: Action::None,
+            child_triggers: false,
+        }
+    }
+
+    #[test]
+    fn cascades_are_followed_level_by_level_and_set_null_ends_a_path() {
+        let graph = Graph {
+            keys: vec![
+                key("a", 2, 1, Action::Cascade),
+                key("b", 3, 2, Action::SetNull),
+                key("c", 4, 3, Action::Cascade),
+                key("d", 5, 1, Action::None),
+            ],
+        };
+        let p = plan(&graph, &[1], "t1", false).unwrap().unwrap();
+        let names: Vec<(&str, Option<usize>)> = p
+            .reaches
+            .iter()
+            .map(|r| (r.key.name.as_str(), r.from))
+            .collect();
+        assert_eq!(names, vec![("a", None), ("b", Some(0))]);
+        assert!(p.counted);
+        assert_eq!(plan(&graph, &[5], "t5", false).unwrap(), None);
+    }
+
+    #[test]
+    fn a_self_reference_is_followed_to_the_depth_bound() {
+        let graph = Graph {
+            keys: vec![key("tree", 1, 1, Action::Cascade)],
+        };
+        let p = plan(&graph, &[1], "t1", false).unwrap().unwrap();
+        assert_eq!(p.reaches.len(), MAX_DEPTH);
+        assert_eq!(p.reaches.last().unwrap().depth, MAX_DEPTH);
+        assert_eq!(p.tables().len(), 1);
+    }
+
+    #[test]
+    fn branching_past_the_bound_is_refused_and_triggers_stop_the_counting() {
+        let keys = (0..MAX_REACHES as u32 + 1)
+            .map(|i| key(&format!("k{i}"), 100 + i, 1, Action::SetNull))
+            .collect();
+        let err = plan(&Graph { keys }, &[1], "t1", false).unwrap_err();
+        assert!(err.to_string().contains("more than 64"), "{err}");
+        let mut k = key("a", 2, 1, Action::Cascade);
+        k.child_triggers = true;
+        let p = plan(&Graph { keys: vec![k] }, &[1], "t1", false)
+            .unwrap()
+            .unwrap();
+        assert!(!p.counted);
+    }
+
+    #[test]
+    fn the_reads_lock_each_level_and_keep_the_clients_text_mapped() {
+        let graph = Graph {
+            keys: vec![
+                key("a", 2, 1, Action::Cascade),
+                key("b", 3, 2, Action::Cascade),
+            ],
+        };
+        let p = plan(&graph, &[1], "t1", false).unwrap().unwrap();
+        let client = "DELETE FROM t1 WHERE id = $1";
+        let mut rows = Spliced::default();
+        rows.own("SELECT t1.* FROM ")
+            .client(client, 12..14)
+            .own(" ")
+            .client(client, 15..28);
+        let r = reads(&p, Spliced::default(), rows, Form::Jsonb);
+        assert!(
+            r.pre
+                .text
+                .starts_with("WITH __hs_k0 AS (SELECT t1.* FROM t1 WHERE id = $1)"),
+            "{}",
+            r.pre.text
+        );
+        assert!(r.pre.text.contains("FROM \"public\".\"t2\" __hs_c WHERE (__hs_c.\"p\") IN (SELECT __hs_p.\"id\" FROM __hs_k0 __hs_p) FOR UPDATE OF __hs_c"), "{}", r.pre.text);
+        assert!(
+            r.pre
+                .text
+                .contains("IN (SELECT __hs_p.\"id\" FROM __hs_k1 __hs_p)"),
+            "{}",
+            r.pre.text
+        );
+        let where_at = r.pre.text.find("WHERE id").unwrap();
+        assert!(r
+            .pre
+            .map
+            .iter()
+            .any(|m| m.at == where_at && m.client_at == 15));
+        assert!(r.post.contains("currtid2"), "{}", r.post);
+        assert!(r.post.contains("WHERE __hs_x.k = 2"), "{}", r.post);
+    }
+
+    #[test]
+    fn a_delete_is_cut_into_the_rows_it_deletes() {
+        let sql = "WITH x AS (SELECT 1 AS id) DELETE FROM ONLY t1 AS a USING x WHERE a.id = x.id RETURNING a.*";
+        let (with, rows) = delete_rows(sql, "a").unwrap();
+        assert_eq!(with.text, "WITH x AS (SELECT 1 AS id)");
+        assert_eq!(
+            rows.text,
+            "SELECT a.* FROM ONLY t1 AS a,\nx\nWHERE a.id = x.id\n"
+        );
+        let (with, rows) = delete_rows("DELETE FROM t1 -- all\n;", "t1").unwrap();
+        assert!(with.text.is_empty());
+        assert_eq!(rows.text, "SELECT t1.* FROM t1 -- all\n");
+        assert!(delete_rows("DELETE FROM t1 WHERE CURRENT OF c", "t1").is_none());
+    }
+
+    #[test]
+    fn counts_must_match_the_rows_read_and_the_statements_own() {
+        let graph = Graph {
+            keys: vec![key("tree", 1, 1, Action::Cascade)],
+        };
+        let p = plan(&graph, &[1], "t1", false).unwrap().unwrap();
+        let own = HashMap::from([(1, 2)]);
+        assert_eq!(check(&p, &[], &own, Some(r#"{"1": [2, "t1"]}"#)), Ok(()));
+        let err = check(&p, &[], &own, Some(r#"{"1": [3, "t1"]}"#)).unwrap_err();
+        assert!(err.to_string().starts_with("t1: "), "{err}");
+        assert!(
+            matches!(
+                err,
+                CascadeError::Unread {
+                    counted: 3,
+                    read: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(check(&p, &[], &own, None).is_err());
+    }
+
+    #[test]
+    fn the_catalog_rows_parse_and_bad_ones_are_named() {
+        let row = |cols: &[&str]| -> Vec<Option<Vec<u8>>> {
+            cols.iter().map(|c| Some(c.as_bytes().to_vec())).collect()
+        };
+        let good = row(&[
+            "fk", "20", "public", "child", "[\"p\"]", "10", "public", "parent", "[\"id\"]", "c",
+            "a", "false",
+        ]);
+        let g = parse(std::slice::from_ref(&good), ClientEncoding::Utf8).unwrap();
+        assert_eq!(g.keys[0].on_delete, Action::Cascade);
+        assert_eq!(g.keys[0].on_update, Action::None);
+        let mut bad = good;
+        bad[4] = Some(b"[\"p\", \"q\"]".to_vec());
+        let err = parse(&[bad], ClientEncoding::Utf8).unwrap_err();
+        assert!(err.to_string().contains("row 0"), "{err}");
+    }
+}

@@ -1,0 +1,291 @@
+//! Foreign-key cascades: the rows an ON DELETE action changes get exact events of their own
+//! (`source.cascade`), in both protocols, and replaying the events reproduces the tables.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// `table`'s rows as JSON, by the value of its column `key` (as text).
+async fn snapshot(c: &tokio_postgres::Client, table: &str, key: &str) -> BTreeMap<String, Value> {
+    let q = format!("SELECT t.{key}::text, to_jsonb(t) FROM {table} t");
+    c.query(q.as_str(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e:?}"))
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, Value>(1)))
+        .collect()
+}
+
+/// Apply change events to a table's rows (keyed by column `key`), in order.
+fn replay(
+    mut rows: BTreeMap<String, Value>,
+    events: &[Value],
+    key: &str,
+) -> BTreeMap<String, Value> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    for e in events {
+        if let Some(before) = e["before"].as_object() {
+            rows.remove(&text(&before[key]));
+        }
+        if e["after"].is_object() {
+            rows.insert(text(&e["after"][key]), e["after"].clone());
+        }
+    }
+    rows
+}
+
+/// The events of `table`'s topic, expecting `n`, with what the replay of them must give.
+async fn assert_replayed(
+    direct: &tokio_postgres::Client,
+    prefix: &str,
+    table: &str,
+    key: &str,
+    start: BTreeMap<String, Value>,
+    n: usize,
+) -> Vec<Value> {
+    let events = read_topic(format!("{prefix}.public.{table}"), n).await;
+    assert_eq!(events.len(), n, "{table}: {events:#?}");
+    validate("change-event", &events);
+    let now = snapshot(direct, table, key).await;
+    assert_eq!(
+        replay(start, &events, key),
+        now,
+        "{table}: replaying {events:#?}"
+    );
+    events
+}
+
+const FAMILY: &str = "
+    CREATE TABLE representatives (rid int PRIMARY KEY, bfkey int REFERENCES brieff ON DELETE CASCADE, name text);
+    CREATE TABLE rep_notes (nid int PRIMARY KEY, rid int REFERENCES representatives ON DELETE CASCADE, body text);
+    CREATE TABLE memo (mid int PRIMARY KEY, bfkey int REFERENCES brieff ON DELETE SET NULL);
+    CREATE TABLE flag (fid int PRIMARY KEY, bfkey int DEFAULT 1 REFERENCES brieff ON DELETE SET DEFAULT);
+    INSERT INTO representatives SELECT g, g % 5 + 2, 'r' || g FROM generate_series(1, 20) g;
+    INSERT INTO rep_notes SELECT g, g % 20 + 1, 'n' || g FROM generate_series(1, 40) g;
+    INSERT INTO memo SELECT g, g % 5 + 2 FROM generate_series(1, 10) g;
+    INSERT INTO flag SELECT g, g % 5 + 2 FROM generate_series(1, 10) g;";
+
+/// A DELETE whose rows are referenced two levels deep (CASCADE, then CASCADE) and by SET NULL
+/// and SET DEFAULT keys: every changed row has its own event naming the key and the parent,
+/// in the same transaction, through a simple query and a prepared statement.
+async fn cascades_have_exact_events_in_both_protocols(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "cascade").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct.batch_execute(FAMILY).await.unwrap();
+    let start: Vec<_> = [
+        ("representatives", "rid"),
+        ("rep_notes", "nid"),
+        ("memo", "mid"),
+        ("flag", "fid"),
+    ]
+    .into_iter()
+    .collect();
+    let mut before = Vec::new();
+    for (t, k) in &start {
+        before.push(snapshot(&direct, t, k).await);
+    }
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let m = c
+        .simple_query("DELETE FROM brieff WHERE bfkey IN (2, 3)")
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![2]);
+    let n = c
+        .execute("DELETE FROM brieff b WHERE b.bfkey = $1", &[&4i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // brieff 2, 3, 4: representatives with bfkey in (2, 3, 4): 4 each of 20.
+    let reps = assert_replayed(
+        &direct,
+        &prefix,
+        "representatives",
+        "rid",
+        before[0].clone(),
+        12,
+    )
+    .await;
+    assert!(reps.iter().all(|e| e["op"] == "d"), "{reps:#?}");
+    let cascade = &reps[0]["source"]["cascade"];
+    assert_eq!(
+        cascade["constraint"], "representatives_bfkey_fkey",
+        "{:#}",
+        reps[0]
+    );
+    assert_eq!(cascade["parent_table"], "public.brieff");
+    assert_eq!(cascade["parent_key"]["bfkey"], reps[0]["before"]["bfkey"]);
+    // Each representative has 2 notes.
+    let notes = assert_replayed(&direct, &prefix, "rep_notes", "nid", before[1].clone(), 24).await;
+    assert_eq!(
+        notes[0]["source"]["cascade"]["parent_table"],
+        "public.representatives"
+    );
+    let memo = assert_replayed(&direct, &prefix, "memo", "mid", before[2].clone(), 6).await;
+    assert!(
+        memo.iter()
+            .all(|e| e["op"] == "u" && e["after"]["bfkey"].is_null()),
+        "{memo:#?}"
+    );
+    let flag = assert_replayed(&direct, &prefix, "flag", "fid", before[3].clone(), 6).await;
+    assert!(
+        flag.iter()
+            .all(|e| e["op"] == "u" && e["after"]["bfkey"] == 1),
+        "{flag:#?}"
+    );
+    // The parents' events no longer say something went uncaptured, and every event of a
+    // statement shares its transaction.
+    let parents = read_topic(format!("{prefix}.public.brieff"), 3).await;
+    for p in &parents {
+        assert!(p["source"].get("side_effects").is_none(), "{p:#}");
+    }
+    let first_tx = &parents[0]["transaction"]["id"];
+    assert_eq!(reps[0]["transaction"]["id"], *first_tx);
+    assert_eq!(
+        reps.last().unwrap()["transaction"]["id"],
+        parents[2]["transaction"]["id"]
+    );
+    proxy.shutdown().await;
+}
+
+/// A self-referencing table (a tree) and a composite key into a partitioned table: the whole
+/// subtree and every line in every partition get events; the statement's own rows and the
+/// cascade's in the same table are told apart.
+async fn trees_composite_keys_and_partitions_cascade_exactly(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "cascade_tree").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE tree (id int PRIMARY KEY, parent int REFERENCES tree ON DELETE CASCADE);
+             INSERT INTO tree VALUES (1, NULL), (2, 1), (3, 1), (4, 2), (5, 4), (6, NULL), (7, 6);
+             CREATE TABLE orders (a int, b int, PRIMARY KEY (a, b));
+             INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 4) g;
+             CREATE TABLE lines (id int, a int, b int, FOREIGN KEY (a, b) REFERENCES orders ON DELETE CASCADE) PARTITION BY RANGE (id);
+             CREATE TABLE lines_1 PARTITION OF lines FOR VALUES FROM (0) TO (100);
+             CREATE TABLE lines_2 PARTITION OF lines FOR VALUES FROM (100) TO (200);
+             INSERT INTO lines SELECT g, g % 4 + 1, (g % 4 + 1) * 10 FROM generate_series(1, 199, 7) g;",
+        )
+        .await
+        .unwrap();
+    let tree_start = snapshot(&direct, "tree", "id").await;
+    let l1 = snapshot(&direct, "lines_1", "id").await;
+    let l2 = snapshot(&direct, "lines_2", "id").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("DELETE FROM tree WHERE id = 1")
+        .await
+        .unwrap();
+    let events = assert_replayed(&direct, &prefix, "tree", "id", tree_start, 5).await;
+    let cascaded = events
+        .iter()
+        .filter(|e| e["source"].get("cascade").is_some())
+        .count();
+    assert_eq!(
+        cascaded, 4,
+        "the statement's own row has no cascade: {events:#?}"
+    );
+    c.execute(
+        "DELETE FROM orders WHERE a = $1 AND b = $2",
+        &[&2i32, &20i32],
+    )
+    .await
+    .unwrap();
+    let n1 = l1.values().filter(|r| r["a"] == 2).count();
+    let n2 = l2.values().filter(|r| r["a"] == 2).count();
+    assert!(n1 > 0 && n2 > 0, "the data reaches both partitions");
+    let e1 = assert_replayed(&direct, &prefix, "lines_1", "id", l1, n1).await;
+    assert_replayed(&direct, &prefix, "lines_2", "id", l2, n2).await;
+    assert_eq!(
+        e1[0]["source"]["cascade"]["parent_key"],
+        serde_json::json!({"a": 2, "b": 20})
+    );
+    proxy.shutdown().await;
+}
+
+/// A writer inserting children of the rows being deleted while the DELETE runs: whatever the
+/// interleaving, the transaction either commits with an event for every row its cascade
+/// removed, or fails (HS001) and changes nothing — never a removed row without its event.
+async fn concurrent_child_writers_never_lose_an_event(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "cascade_race").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute("CREATE TABLE kid (id serial PRIMARY KEY, bfkey int REFERENCES brieff ON DELETE CASCADE);")
+        .await
+        .unwrap();
+    let writer_db = db.clone();
+    let addr = pg.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let writer = tokio::spawn(async move {
+        let w = harness::connect(addr, "postgres", &writer_db).await;
+        let mut k = 0i32;
+        let mut inserted = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            k = k % 20 + 1;
+            // Fails once the parent is gone; that is the point.
+            if let Ok(r) = w
+                .query_one("INSERT INTO kid (bfkey) VALUES ($1) RETURNING id", &[&k])
+                .await
+            {
+                inserted.push(r.get::<_, i32>(0));
+            }
+        }
+        inserted
+    });
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let mut committed = 0;
+    for k in 1..=20i32 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        match c
+            .execute("DELETE FROM brieff WHERE bfkey = $1", &[&k])
+            .await
+        {
+            Ok(_) => committed += 1,
+            Err(e) => assert!(format!("{e:?}").contains("HS001"), "{e:?}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let inserted = writer.await.unwrap();
+    assert!(
+        committed > 0 && !inserted.is_empty(),
+        "{committed} {}",
+        inserted.len()
+    );
+    // Every kid that was inserted and is gone has exactly one delete event, and no kid still
+    // there has one.
+    let left: Vec<i32> = direct
+        .query("SELECT id FROM kid", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let gone: Vec<i32> = inserted
+        .iter()
+        .copied()
+        .filter(|i| !left.contains(i))
+        .collect();
+    let kids = read_topic(format!("{prefix}.public.kid"), gone.len()).await;
+    let mut seen: Vec<i32> = kids
+        .iter()
+        .map(|e| {
+            assert_eq!(e["op"], "d", "{e:#}");
+            e["before"]["id"].as_i64().unwrap() as i32
+        })
+        .collect();
+    seen.sort_unstable();
+    let mut want = gone.clone();
+    want.sort_unstable();
+    assert_eq!(
+        seen, want,
+        "every removed kid has one event ({committed} deletes committed)"
+    );
+    proxy.shutdown().await;
+}
+
+on_both!(
+    cascades_have_exact_events_in_both_protocols,
+    trees_composite_keys_and_partitions_cascade_exactly,
+    concurrent_child_writers_never_lose_an_event
+);
