@@ -1,5 +1,5 @@
 //! Applying a plan: the statements in an order foreign keys accept (deletes child tables first,
-//! inserts parent tables first), as a reviewable script, and in one transaction that first locks
+//! then updates and inserts parent tables first), as a reviewable script, and in one transaction that first locks
 //! and re-reads every row it touches and refuses if anything differs from the plan.
 
 use std::collections::{BTreeMap, HashSet};
@@ -67,8 +67,8 @@ fn table_order(tables: &BTreeMap<String, TableMeta>) -> Vec<String> {
     out
 }
 
-/// The rows to apply, in statement order: deletes (children first), updates, inserts (parents
-/// first). Conflicting rows are included only with `force`, left out with `skip_conflicts`.
+/// The rows to apply, in statement order: deletes (children first), then per table, parents
+/// first, its updates and its inserts. Conflicting rows are included only with `force`, left out with `skip_conflicts`.
 /// Whether an apply with `opts` writes `r`.
 fn applies(plan: &Plan, r: &RowPlan, opts: &ApplyOptions) -> bool {
     plan.does_something(r, opts.force)
@@ -95,8 +95,14 @@ pub fn ordered<'a>(plan: &'a Plan, opts: &ApplyOptions) -> Vec<&'a RowPlan> {
         v
     };
     let mut out = pick(&mut order.iter().rev(), &|a| *a == Action::Delete);
-    out.extend(pick(&mut order.iter(), &|a| matches!(a, Action::Update(_))));
-    out.extend(pick(&mut order.iter(), &|a| *a == Action::Insert));
+    // Per table, parents first: a referencing row updated back to a parent the restore
+    // inserts (a cascade's SET NULL reverted) comes after that parent's insert.
+    for t in &order {
+        out.extend(pick(&mut std::iter::once(t), &|a| {
+            matches!(a, Action::Update(_))
+        }));
+        out.extend(pick(&mut std::iter::once(t), &|a| *a == Action::Insert));
+    }
     out
 }
 
