@@ -1,33 +1,35 @@
-//! Rows that foreign-key cascades change (`ON DELETE CASCADE`, `SET NULL`, `SET DEFAULT`),
-//! captured with exact before and after images, in the client's transaction.
+//! Rows that foreign-key cascades change (`ON DELETE` / `ON UPDATE` `CASCADE`, `SET NULL`,
+//! `SET DEFAULT`), captured with exact before and after images, in the client's transaction.
 //!
 //! The catalog describes every cascade: which foreign keys reference a table, their columns
 //! and their actions (`Graph`, read per database and cached like the writing functions).
-//! For a DELETE on a table that cascading keys reference, [`plan`] follows them level by level
-//! (a CASCADE'd row's own referencing rows are reached in turn; a self-referencing table is
+//! For a DELETE, or an UPDATE of referenced columns, [`plan`] follows them level by level (a
+//! CASCADE'd row's own referencing rows are reached in turn, and so are the rows referencing
+//! columns a SET NULL / SET DEFAULT / update CASCADE changes; a self-referencing table is
 //! followed up to [`MAX_DEPTH`] levels) and [`reads`] builds two statements around the
 //! client's:
 //!
 //! - before it, a read that locks (`FOR UPDATE`) and images every row each cascade will reach,
-//!   built from the DELETE's own target, USING and WHERE, one CTE per level, kept in the server
-//!   in a transaction-local setting with the rows' `tableoid` and `ctid` — and the number of
-//!   rows the transaction has deleted or updated so far in each table the cascades reach
-//!   (`pg_stat_get_xact_tuples_deleted/updated`, which count what the cascades do);
+//!   built from the statement's own target, USING / FROM and WHERE, one CTE per level, kept in
+//!   the server in a transaction-local setting with the rows' `tableoid` and `ctid` — and the
+//!   number of rows the transaction has deleted or updated so far in each table the cascades
+//!   reach (`pg_stat_get_xact_tuples_deleted/updated`, which count what the cascades do);
 //! - after it, a read that follows each row to its latest version (`currtid2`): gone (the
-//!   cascade deleted it) or updated (SET NULL / SET DEFAULT), with its after image; and, last,
-//!   how many rows each of those tables lost or changed during the statement.
+//!   cascade deleted it) or updated, with its after image (rows the statement left alone — an
+//!   UPDATE that did not change their parent's key — are left out); and, last, how many rows
+//!   each of those tables lost or changed during the statement.
 //!
 //! [`check`] compares those counts with the rows read (and the statement's own rows in the same
 //! table, for a self-referencing one): a row the read did not see — inserted concurrently and
-//! committed while the DELETE waited, or deeper than [`MAX_DEPTH`] — fails the capture, so its
-//! transaction cannot commit (HS001), instead of committing a change without its event. When a
-//! table the cascades reach (or the target) has user triggers, whose writes are arbitrary, the
-//! counts are not compared and the events keep `side_effects: "uncaptured"` naming them.
+//! committed while the statement waited, or deeper than [`MAX_DEPTH`] — fails the capture, so
+//! its transaction cannot commit (HS001), instead of committing a change without its event.
+//! When a table the cascades reach (or the target) has user triggers, whose writes are
+//! arbitrary, the counts are not compared and the events keep `side_effects: "uncaptured"`
+//! naming them.
 //!
-//! Not captured yet (the events stay marked `side_effects: "uncaptured"`, naming the tables):
-//! the cascades of an UPDATE of a referenced key (`ON UPDATE …`), of a DELETE inside a
-//! data-modifying CTE or a MERGE, and a SET NULL / SET DEFAULT that changes a key other keys
-//! reference in turn.
+//! Not captured (the events stay marked `side_effects: "uncaptured"`, naming the tables): the
+//! cascades of a write inside a data-modifying CTE or a MERGE, and of an UPDATE whose capture
+//! has reads of its own (the locking pre-read before PostgreSQL 18).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -248,6 +250,10 @@ pub struct Plan {
     /// Whether the deleted and updated rows of each reached table are counted against the
     /// rows read (no user triggers on the target or a reached table).
     pub counted: bool,
+    /// Every table with a key (with an action) on the target or a reached table, whether
+    /// the key's action applies to this statement or not: what its cascades could change is
+    /// captured (or the transaction fails), so its events need not say it went uncaptured.
+    pub considered: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -263,47 +269,93 @@ impl Plan {
     }
 }
 
-/// The cascades of a DELETE on the table whose oid and partition ancestors are `target`
-/// (`target_triggers`: it has user triggers). `Ok(None)`: no key with a delete action
-/// references it.
-pub fn plan(
-    graph: &Graph,
-    target: &[u32],
-    target_name: &str,
-    target_triggers: bool,
-) -> Result<Option<Plan>, CascadeError> {
+/// What a statement (or a cascade) does to the rows it reaches, for the keys that reference
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowChange {
+    /// They are deleted: the keys' ON DELETE actions apply.
+    Deleted,
+    /// These columns of theirs may change (empty: any): the ON UPDATE actions of the keys
+    /// whose referenced columns are among them apply.
+    Updated(Vec<String>),
+}
+
+impl RowChange {
+    /// The action `key` takes on the rows referencing rows changed this way, if any.
+    fn action(&self, key: &ForeignKey) -> Action {
+        match self {
+            RowChange::Deleted => key.on_delete,
+            RowChange::Updated(cols)
+                if cols.is_empty() || key.parent_cols.iter().any(|c| cols.contains(c)) =>
+            {
+                key.on_update
+            }
+            RowChange::Updated(_) => Action::None,
+        }
+    }
+}
+
+/// The target of a statement as the keys that reference it see it.
+pub struct Root<'a> {
+    /// Its oid and the oids of the partitioned tables it is a partition of.
+    pub oids: &'a [u32],
+    /// Its name, for errors.
+    pub name: &'a str,
+    /// It has user triggers.
+    pub triggers: bool,
+    /// What the statement does to its rows.
+    pub change: RowChange,
+}
+
+/// The cascades a statement sets off on `root` (no reaches: no key whose action applies
+/// references it).
+pub fn plan(graph: &Graph, root: Root<'_>) -> Result<Plan, CascadeError> {
     let mut reaches: Vec<Reach> = Vec::new();
-    // (reach whose rows are deleted, the oid of its table); the statement's own rows first.
-    let mut queue: Vec<(Option<usize>, Vec<u32>, usize)> = vec![(None, target.to_vec(), 0)];
-    while let Some((from, tables, depth)) = queue.pop() {
+    let mut considered: Vec<(String, String)> = Vec::new();
+    // (reach whose rows change, the oids of their table, depth, how they change); the
+    // statement's own rows first.
+    let mut queue = vec![(None, root.oids.to_vec(), 0, root.change)];
+    while let Some((from, tables, depth, change)) = queue.pop() {
         if depth >= MAX_DEPTH {
             continue; // Deeper rows are caught by the counts (`check`).
         }
         for key in graph.keys.iter().filter(|k| tables.contains(&k.parent_oid)) {
-            if key.on_delete == Action::None {
+            if !considered.contains(&key.child) {
+                considered.push(key.child.clone());
+            }
+            let action = change.action(key);
+            if action == Action::None {
                 continue;
             }
             if reaches.len() == MAX_REACHES {
                 return Err(CascadeError::TooManyReaches {
-                    table: target_name.to_string(),
+                    table: root.name.to_string(),
                 });
             }
             reaches.push(Reach {
                 key: key.clone(),
                 from,
-                action: key.on_delete,
+                action,
                 depth: depth + 1,
             });
-            if key.on_delete == Action::Cascade {
-                queue.push((Some(reaches.len() - 1), vec![key.child_oid], depth + 1));
-            }
+            let next = match (&change, action) {
+                (RowChange::Deleted, Action::Cascade) => RowChange::Deleted,
+                _ => RowChange::Updated(key.child_cols.clone()),
+            };
+            queue.push((
+                Some(reaches.len() - 1),
+                vec![key.child_oid],
+                depth + 1,
+                next,
+            ));
         }
     }
-    if reaches.is_empty() {
-        return Ok(None);
-    }
-    let counted = !target_triggers && reaches.iter().all(|r| !r.key.child_triggers);
-    Ok(Some(Plan { reaches, counted }))
+    let counted = !root.triggers && reaches.iter().all(|r| !r.key.child_triggers);
+    Ok(Plan {
+        reaches,
+        counted,
+        considered,
+    })
 }
 
 /// The two statements around the client's (module docs). `with`: the client's WITH list
@@ -510,8 +562,9 @@ pub fn check(
     Ok(())
 }
 
-/// `rw`, the capture of the DELETE `sql` (the client's statement) on `write`, with the reads
-/// of its cascades around it (see [`reads`]).
+/// `rw`, the capture of the DELETE or UPDATE `sql` (the client's statement) on `write`, with
+/// the reads of its cascades around it (see [`reads`]), in its pre-read and post-read slots
+/// (a capture with reads of its own is refused: the caller leaves those marked uncaptured).
 pub fn attach(
     rw: Rewritten,
     sql: &str,
@@ -519,15 +572,22 @@ pub fn attach(
     plan: Arc<Plan>,
     form: Form,
 ) -> Result<Rewritten, Refusal> {
-    let unsupported = |why: &str| Refusal::Unsupported {
-        what: format!("DELETE on {} {why}", write.table),
-    };
     if rw.pre_read.is_some() || rw.post_read.is_some() {
-        return Err(unsupported("with reads of its own besides its cascades"));
+        return Err(Refusal::Unsupported {
+            what: format!(
+                "the cascades of a write on {} with reads of its own",
+                write.table
+            ),
+        });
     }
-    let (with, rows) = delete_rows(sql, &write.reference()).ok_or_else(|| {
-        unsupported("of this form, whose foreign keys cascade (its rows could not be read first)")
-    })?;
+    let (with, rows) =
+        target_rows(sql, &write.reference()).ok_or_else(|| Refusal::Unsupported {
+            what: format!(
+            "{} on {} of this form, whose foreign keys cascade (its rows could not be read first)",
+            write.kind.label().to_uppercase(),
+            write.table
+        ),
+        })?;
     let r = reads(&plan, with, rows, form);
     let mut shape = rw.shape;
     let s = Arc::make_mut(&mut shape);
@@ -542,64 +602,104 @@ pub fn attach(
     })
 }
 
-/// A DELETE's WITH list and `SELECT target.* FROM target [, using…] [WHERE …]` of the rows it
-/// deletes, cut from its text at its top-level keywords (spliced: errors point into the
-/// client's text). `reference`: how the statement names its target. `None` for `WHERE
-/// CURRENT OF` (a cursor's row cannot be read apart from the DELETE) or a form not recognised.
-fn delete_rows(sql: &str, reference: &str) -> Option<(Spliced, Spliced)> {
+/// The top-level keywords of a DELETE or UPDATE, as byte spans of its text.
+#[derive(Default)]
+struct Keywords {
+    /// The statement starts with a WITH list.
+    with: bool,
+    /// `DELETE` or `UPDATE`.
+    verb: Option<(usize, usize)>,
+    /// DELETE's `FROM` before its target.
+    from: Option<(usize, usize)>,
+    /// UPDATE's `SET`.
+    set: Option<(usize, usize)>,
+    /// DELETE's `USING`, or UPDATE's `FROM` after its SET list.
+    more: Option<(usize, usize)>,
+    wher: Option<(usize, usize)>,
+    returning: Option<usize>,
+}
+
+/// The keywords of `sql`; `None` for `WHERE CURRENT OF` (a cursor's row cannot be read apart
+/// from the statement).
+fn keywords(sql: &str) -> Option<Keywords> {
     use pg_query::protobuf::Token as T;
     let tokens = pg_query::scan(sql).ok()?.tokens;
+    let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     let mut depth = 0i32;
-    let (mut delete, mut from, mut using, mut wher, mut returning) = (None, None, None, None, None);
+    let mut k = Keywords {
+        with: kind(0) == Some(T::With),
+        ..Keywords::default()
+    };
     for (i, t) in tokens.iter().enumerate() {
-        let span = (t.start as usize, t.end as usize);
-        match T::try_from(t.token).ok() {
+        let span = Some((t.start as usize, t.end as usize));
+        match kind(i) {
             Some(T::Ascii40 | T::Ascii91) => depth += 1,
             Some(T::Ascii41 | T::Ascii93) => depth -= 1,
-            Some(T::DeleteP) if depth == 0 && delete.is_none() => delete = Some(i),
-            Some(T::From) if depth == 0 && delete.is_some() && from.is_none() => from = Some(span),
-            Some(T::Using) if depth == 0 && from.is_some() && using.is_none() && wher.is_none() => {
-                using = Some(span)
+            _ if depth != 0 => {}
+            Some(T::DeleteP | T::Update) if k.verb.is_none() => k.verb = span,
+            Some(T::From) if k.verb.is_some() && k.from.is_none() && k.set.is_none() => {
+                k.from = span
             }
-            Some(T::Where) if depth == 0 && from.is_some() && wher.is_none() => {
-                if tokens
-                    .get(i + 1)
-                    .is_some_and(|n| T::try_from(n.token).ok() == Some(T::CurrentP))
-                {
+            Some(T::Set) if k.verb.is_some() && k.set.is_none() && k.from.is_none() => k.set = span,
+            // `IS [NOT] DISTINCT FROM` is an operator, not the FROM clause.
+            Some(T::From)
+                if k.set.is_some() && k.more.is_none() && kind(i - 1) != Some(T::Distinct) =>
+            {
+                k.more = span
+            }
+            Some(T::Using) if k.from.is_some() && k.more.is_none() => k.more = span,
+            Some(T::Where) if k.verb.is_some() && k.wher.is_none() => {
+                if kind(i + 1) == Some(T::CurrentP) {
                     return None;
                 }
-                wher = Some(span)
+                k.wher = span
             }
-            Some(T::Returning) if depth == 0 && from.is_some() => {
-                returning = Some(span.0);
+            Some(T::Returning) if k.verb.is_some() => {
+                k.returning = span.map(|s| s.0);
                 break;
             }
             _ => {}
         }
     }
-    let delete = tokens[delete?].start as usize;
-    let (_, from_end) = from?;
-    let end = returning.unwrap_or(sql.trim_end().trim_end_matches(';').len());
-    let target_end = [using.map(|u| u.0), wher.map(|w| w.0)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(end);
+    Some(k)
+}
+
+/// A DELETE's or UPDATE's WITH list and `SELECT target.* FROM target [, using / from…] [WHERE
+/// …]` of the rows it changes (as they are before it runs), cut from its text at its top-level
+/// keywords (spliced: errors point into the client's text). `reference`: how the statement
+/// names its target.
+fn target_rows(sql: &str, reference: &str) -> Option<(Spliced, Spliced)> {
+    let k = keywords(sql)?;
+    let (verb_at, verb_end) = k.verb?;
+    let end = k
+        .returning
+        .unwrap_or(sql.trim_end().trim_end_matches(';').len());
+    let next = |after: usize| {
+        [k.more.map(|m| m.0), k.wher.map(|w| w.0)]
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > after)
+            .min()
+            .unwrap_or(end)
+    };
+    // The target: after DELETE's FROM up to USING / WHERE; after UPDATE up to SET.
+    let target = match (k.from, k.set) {
+        (Some((_, from_end)), None) => from_end..next(from_end),
+        (None, Some((set_at, _))) => verb_end..set_at,
+        _ => return None,
+    };
     let mut with = Spliced::default();
-    let starts_with = tokens
-        .first()
-        .is_some_and(|t| T::try_from(t.token).ok() == Some(T::With));
-    if starts_with {
-        with.client(sql, 0..delete);
+    if k.with {
+        with.client(sql, 0..verb_at);
     }
     let mut rows = Spliced::default();
     rows.own(&format!("SELECT {reference}.* FROM "))
-        .client(sql, from_end..target_end);
-    if let Some((_, u_end)) = using {
+        .client(sql, target);
+    if let Some((_, m_end)) = k.more {
         rows.own(",\n")
-            .client(sql, u_end..wher.map_or(end, |w| w.0));
+            .client(sql, m_end..k.wher.map_or(end, |w| w.0));
     }
-    if let Some((w, _)) = wher {
+    if let Some((w, _)) = k.wher {
         rows.own("\n").client(sql, w..end);
     }
     // A trailing `--` comment of the client's would swallow what follows.
@@ -610,6 +710,15 @@ fn delete_rows(sql: &str, reference: &str) -> Option<(Spliced, Spliced)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deleting(oids: &[u32]) -> Root<'_> {
+        Root {
+            oids,
+            name: "t",
+            triggers: false,
+            change: RowChange::Deleted,
+        }
+    }
 
     fn key(name: &str, child: u32, parent: u32, on_delete: Action) -> ForeignKey {
         ForeignKey {
@@ -636,7 +745,7 @@ mod tests {
                 key("d", 5, 1, Action::None),
             ],
         };
-        let p = plan(&graph, &[1], "t1", false).unwrap().unwrap();
+        let p = plan(&graph, deleting(&[1])).unwrap();
         let names: Vec<(&str, Option<usize>)> = p
             .reaches
             .iter()
@@ -644,7 +753,40 @@ mod tests {
             .collect();
         assert_eq!(names, vec![("a", None), ("b", Some(0))]);
         assert!(p.counted);
-        assert_eq!(plan(&graph, &[5], "t5", false).unwrap(), None);
+        assert!(plan(&graph, deleting(&[5])).unwrap().reaches.is_empty());
+    }
+
+    #[test]
+    fn key_updates_follow_the_keys_on_their_columns_and_set_null_chains() {
+        let mut upd = key("u", 2, 1, Action::None);
+        upd.on_update = Action::Cascade;
+        let mut other = key("o", 3, 1, Action::Cascade);
+        other.parent_cols = vec!["code".into()];
+        other.on_update = Action::SetNull;
+        // The SET NULL of t4.p changes a column t5's key references.
+        let mut chained = key("n", 4, 1, Action::SetNull);
+        chained.on_update = Action::None;
+        let mut grand = key("g", 5, 4, Action::None);
+        grand.parent_cols = vec!["p".into()];
+        grand.on_update = Action::Cascade;
+        let graph = Graph {
+            keys: vec![upd, other, chained, grand],
+        };
+        let root = |cols: &[&str]| Root {
+            oids: &[1],
+            name: "t1",
+            triggers: false,
+            change: RowChange::Updated(cols.iter().map(|c| c.to_string()).collect()),
+        };
+        let names =
+            |p: Plan| -> Vec<String> { p.reaches.iter().map(|r| r.key.name.clone()).collect() };
+        assert_eq!(names(plan(&graph, root(&["id"])).unwrap()), ["u"]);
+        assert_eq!(names(plan(&graph, root(&["code"])).unwrap()), ["o"]);
+        let none = plan(&graph, root(&["name"])).unwrap();
+        assert!(none.reaches.is_empty());
+        assert_eq!(none.considered.len(), 3, "{:?}", none.considered);
+        let deleted = names(plan(&graph, deleting(&[1])).unwrap());
+        assert_eq!(deleted, ["o", "n", "g"]);
     }
 
     #[test]
@@ -652,7 +794,7 @@ mod tests {
         let graph = Graph {
             keys: vec![key("tree", 1, 1, Action::Cascade)],
         };
-        let p = plan(&graph, &[1], "t1", false).unwrap().unwrap();
+        let p = plan(&graph, deleting(&[1])).unwrap();
         assert_eq!(p.reaches.len(), MAX_DEPTH);
         assert_eq!(p.reaches.last().unwrap().depth, MAX_DEPTH);
         assert_eq!(p.tables().len(), 1);
@@ -663,13 +805,11 @@ mod tests {
         let keys = (0..MAX_REACHES as u32 + 1)
             .map(|i| key(&format!("k{i}"), 100 + i, 1, Action::SetNull))
             .collect();
-        let err = plan(&Graph { keys }, &[1], "t1", false).unwrap_err();
+        let err = plan(&Graph { keys }, deleting(&[1])).unwrap_err();
         assert!(err.to_string().contains("more than 64"), "{err}");
         let mut k = key("a", 2, 1, Action::Cascade);
         k.child_triggers = true;
-        let p = plan(&Graph { keys: vec![k] }, &[1], "t1", false)
-            .unwrap()
-            .unwrap();
+        let p = plan(&Graph { keys: vec![k] }, deleting(&[1])).unwrap();
         assert!(!p.counted);
     }
 
@@ -681,7 +821,7 @@ mod tests {
                 key("b", 3, 2, Action::Cascade),
             ],
         };
-        let p = plan(&graph, &[1], "t1", false).unwrap().unwrap();
+        let p = plan(&graph, deleting(&[1])).unwrap();
         let client = "DELETE FROM t1 WHERE id = $1";
         let mut rows = Spliced::default();
         rows.own("SELECT t1.* FROM ")
@@ -715,18 +855,26 @@ mod tests {
     }
 
     #[test]
-    fn a_delete_is_cut_into_the_rows_it_deletes() {
+    fn a_delete_or_update_is_cut_into_the_rows_it_changes() {
         let sql = "WITH x AS (SELECT 1 AS id) DELETE FROM ONLY t1 AS a USING x WHERE a.id = x.id RETURNING a.*";
-        let (with, rows) = delete_rows(sql, "a").unwrap();
+        let (with, rows) = target_rows(sql, "a").unwrap();
         assert_eq!(with.text, "WITH x AS (SELECT 1 AS id)");
         assert_eq!(
             rows.text,
             "SELECT a.* FROM ONLY t1 AS a,\nx\nWHERE a.id = x.id\n"
         );
-        let (with, rows) = delete_rows("DELETE FROM t1 -- all\n;", "t1").unwrap();
+        let (with, rows) = target_rows("DELETE FROM t1 -- all\n;", "t1").unwrap();
         assert!(with.text.is_empty());
         assert_eq!(rows.text, "SELECT t1.* FROM t1 -- all\n");
-        assert!(delete_rows("DELETE FROM t1 WHERE CURRENT OF c", "t1").is_none());
+        assert!(target_rows("DELETE FROM t1 WHERE CURRENT OF c", "t1").is_none());
+        let sql = "UPDATE ONLY t1 AS a SET id = x.id + 1, v = (SELECT 1 FROM y) FROM x WHERE a.id IS NOT DISTINCT FROM x.id RETURNING *";
+        let (_, rows) = target_rows(sql, "a").unwrap();
+        assert_eq!(
+            rows.text,
+            "SELECT a.* FROM ONLY t1 AS a,\nx\nWHERE a.id IS NOT DISTINCT FROM x.id\n"
+        );
+        let (_, rows) = target_rows("update t1 set id = 2", "t1").unwrap();
+        assert_eq!(rows.text, "SELECT t1.* FROM t1\n");
     }
 
     #[test]
@@ -734,7 +882,7 @@ mod tests {
         let graph = Graph {
             keys: vec![key("tree", 1, 1, Action::Cascade)],
         };
-        let p = plan(&graph, &[1], "t1", false).unwrap().unwrap();
+        let p = plan(&graph, deleting(&[1])).unwrap();
         let own = HashMap::from([(1, 2)]);
         assert_eq!(check(&p, &[], &own, Some(r#"{"1": [2, "t1"]}"#)), Ok(()));
         let err = check(&p, &[], &own, Some(r#"{"1": [3, "t1"]}"#)).unwrap_err();

@@ -507,7 +507,7 @@ fn op_of(c: &Change, mark: Option<&GateMark>) -> Op {
 /// cascade to.
 /// What may have changed rows this event does not cover: the table's user triggers, and for
 /// an update or delete the tables its foreign keys' actions reach — less those whose rows the
-/// statement's cascade read captured (`cascade`, for a delete).
+/// statement's cascade reads captured (`cascade`).
 fn side_effects_of(
     t: &TableInfo,
     collection: &str,
@@ -520,8 +520,8 @@ fn side_effects_of(
         .map(|n| format!("trigger {n} on {collection}"))
         .collect();
     let covered = |table: &str| match (captured, op) {
-        (Some(plan), Op::Delete) => plan
-            .tables()
+        (Some(plan), Op::Delete | Op::Update) => plan
+            .considered
             .iter()
             .any(|(schema, name)| format!("{schema}.{name}") == table),
         _ => false,

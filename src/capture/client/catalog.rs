@@ -206,12 +206,13 @@ impl ClientCapture {
         Ok(self.parts.functions.put(&db, names))
     }
 
-    /// The cascades a DELETE on `table` sets off (`Ok(None)`: no key with a delete action
-    /// references it; `Err`: they cannot be captured).
+    /// The cascades a DELETE or UPDATE (`change`) of `table` sets off (`Ok(None)`: no key
+    /// with an action references it; `Err`: they cannot be captured).
     pub(super) async fn cascade_plan<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         table: &TableName,
+        change: cascade::RowChange,
         protocol: Protocol,
     ) -> std::io::Result<Result<Option<Arc<cascade::Plan>>, cascade::CascadeError>> {
         let graph = match self.fk_graph(w, protocol).await? {
@@ -223,10 +224,13 @@ impl ClientCapture {
             return Ok(Ok(None)); // No such table: the statement fails on its own.
         };
         let name = table.to_string();
-        Ok(
-            cascade::plan(&graph, &identity.oids, &name, identity.triggers)
-                .map(|p| p.map(Arc::new)),
-        )
+        let root = cascade::Root {
+            oids: &identity.oids,
+            name: &name,
+            triggers: identity.triggers,
+            change,
+        };
+        Ok(cascade::plan(&graph, root).map(|p| Some(Arc::new(p))))
     }
 
     /// The database's foreign keys with actions, from the cache or the catalog (not cached

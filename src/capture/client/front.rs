@@ -160,7 +160,7 @@ impl ClientCapture {
             Err(refusal) => return Ok(Planned::Refused(format!("hindsight: {refusal}"))),
         };
         Ok(match rw {
-            Some(rw) if s.located.analysis.kind == Kind::Delete => {
+            Some(rw) if matches!(s.located.analysis.kind, Kind::Delete | Kind::Update) => {
                 match self.with_cascades(w, text, s, rw, protocol).await? {
                     Ok(rw) => Planned::Rewritten(Some(rw), None),
                     Err(why) => Planned::Refused(format!("hindsight: {why}")),
@@ -170,8 +170,8 @@ impl ClientCapture {
         })
     }
 
-    /// A DELETE's capture with the reads of the foreign-key cascades it sets off, if any
-    /// (`cascade`).
+    /// A DELETE's or UPDATE's capture with the reads of the foreign-key cascades it sets off,
+    /// if any (`cascade`).
     async fn with_cascades<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
@@ -180,12 +180,27 @@ impl ClientCapture {
         rw: Rewritten,
         protocol: Protocol,
     ) -> std::io::Result<Result<Rewritten, String>> {
+        if rw.pre_read.is_some() || rw.post_read.is_some() {
+            // Reads of its own already (an UPDATE's locking pre-read before PostgreSQL 18):
+            // its cascades stay marked uncaptured.
+            return Ok(Ok(rw));
+        }
         let write = &s.located.analysis.writes[0];
-        let plan = match self.cascade_plan(w, &write.table, protocol).await? {
+        let change = match s.located.analysis.kind {
+            Kind::Update => cascade::RowChange::Updated(write.columns.clone()),
+            _ => cascade::RowChange::Deleted,
+        };
+        let plan = match self.cascade_plan(w, &write.table, change, protocol).await? {
             Ok(Some(plan)) => plan,
             Ok(None) => return Ok(Ok(rw)),
             Err(e) => return Ok(Err(e.to_string())),
         };
+        if plan.reaches.is_empty() {
+            // No key's action applies: nothing to read, and nothing went uncaptured.
+            let mut rw = rw;
+            Arc::make_mut(&mut rw.shape).cascade = Some(plan);
+            return Ok(Ok(rw));
+        }
         let sql = &text[s.located.span.clone()];
         let form = self.image_form();
         Ok(cascade::attach(rw, sql, write, plan, form).map_err(|e| e.to_string()))

@@ -284,7 +284,61 @@ async fn concurrent_child_writers_never_lose_an_event(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// ON UPDATE CASCADE of a key, and an ON UPDATE SET NULL on another: the referencing rows'
+/// new values have their own events (simple query and prepared statement); an UPDATE that
+/// does not touch a referenced column reads nothing and sets nothing off.
+async fn key_updates_cascade_exactly(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "cascade_upd").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "ALTER TABLE brieff ADD COLUMN code text UNIQUE;
+             UPDATE brieff SET code = 'c' || bfkey;
+             CREATE TABLE follow (id int PRIMARY KEY, bfkey int REFERENCES brieff ON UPDATE CASCADE ON DELETE CASCADE);
+             CREATE TABLE alias (id int PRIMARY KEY, code text REFERENCES brieff (code) ON UPDATE SET NULL);
+             INSERT INTO follow SELECT g, g % 5 + 1 FROM generate_series(1, 20) g;
+             INSERT INTO alias SELECT g, 'c' || (g % 5 + 1) FROM generate_series(1, 10) g;",
+        )
+        .await
+        .unwrap();
+    let follow = snapshot(&direct, "follow", "id").await;
+    let alias = snapshot(&direct, "alias", "id").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("UPDATE brieff SET bfkey = bfkey + 100 WHERE bfkey IN (1, 2)")
+        .await
+        .unwrap();
+    c.execute(
+        "UPDATE brieff SET code = $1 WHERE bfkey = $2",
+        &[&"new3", &3i32],
+    )
+    .await
+    .unwrap();
+    c.simple_query("UPDATE brieff SET bfso = 'x' WHERE bfkey = 4")
+        .await
+        .unwrap();
+    // follow: 4 rows each for brieff 1 and 2; alias: 2 rows for code c3.
+    let ev = assert_replayed(&direct, &prefix, "follow", "id", follow, 8).await;
+    assert!(ev.iter().all(|e| e["op"] == "u"
+        && e["after"]["bfkey"].as_i64().unwrap() == e["before"]["bfkey"].as_i64().unwrap() + 100));
+    assert_eq!(
+        ev[0]["source"]["cascade"]["constraint"],
+        "follow_bfkey_fkey"
+    );
+    let ev = assert_replayed(&direct, &prefix, "alias", "id", alias, 2).await;
+    assert!(ev.iter().all(|e| e["after"]["code"].is_null()), "{ev:#?}");
+    assert_eq!(
+        ev[0]["source"]["cascade"]["parent_key"],
+        serde_json::json!({"code": "c3"})
+    );
+    let parents = read_topic(format!("{prefix}.public.brieff"), 4).await;
+    for p in &parents {
+        assert!(p["source"].get("side_effects").is_none(), "{p:#}");
+    }
+    proxy.shutdown().await;
+}
+
 on_both!(
+    key_updates_cascade_exactly,
     cascades_have_exact_events_in_both_protocols,
     trees_composite_keys_and_partitions_cascade_exactly,
     concurrent_child_writers_never_lose_an_event
