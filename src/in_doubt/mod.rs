@@ -21,7 +21,7 @@
 pub mod decide;
 pub mod error;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -193,14 +193,70 @@ fn assign(consumer: &BaseConsumer, topic: &str, stop: &AtomicBool) -> bool {
     false
 }
 
+/// How many times a hole in the transaction topic's offsets is read again before it is taken
+/// as it is (see [`Holes`]).
+const HOLE_RETRIES: u32 = 5;
+
+/// Offsets the transaction topic skipped while this replica read it. The topic has no control
+/// records and no compaction, so a hole means the broker handed out a later record before an
+/// earlier one was readable (seen with tansu 0.6.0 under faults): reading on would move the
+/// committed offset past a BEGIN never seen, which then stays open forever. The reader goes
+/// back to the hole's start, a bounded number of times, with a pause, before it gives up on it
+/// (and says so).
+#[derive(Default)]
+struct Holes {
+    /// Per partition: the first missing offset and how many times it was read again.
+    seen: HashMap<i32, (i64, u32)>,
+}
+
+impl Holes {
+    /// Whether the record at `offset`, read after `next` was expected, should be read again
+    /// from `next` (it is not taken in now).
+    fn read_again(&mut self, partition: i32, next: Option<i64>, offset: i64) -> bool {
+        let Some(next) = next.filter(|n| offset > *n) else {
+            return false;
+        };
+        let tries = match self.seen.get(&partition) {
+            Some((at, tries)) if *at == next => *tries,
+            _ => 0,
+        };
+        if tries >= HOLE_RETRIES {
+            tracing::warn!(partition, missing_from = next, missing_to = offset - 1, "in-doubt healing: the transaction topic still skips these offsets; reading on (a BEGIN among them would stay open)");
+            self.seen.remove(&partition);
+            return false;
+        }
+        tracing::warn!(
+            partition,
+            missing_from = next,
+            missing_to = offset - 1,
+            tries,
+            "in-doubt healing: the transaction topic skipped offsets; reading them again"
+        );
+        self.seen.insert(partition, (next, tries + 1));
+        true
+    }
+}
+
 /// The reading thread: every record into the tracker; every `every`, partition ends fetched,
 /// revoked partitions dropped and offsets committed.
 fn read(consumer: BaseConsumer, state: &Mutex<State>, stop: &AtomicBool, every: Duration) {
     let mut last = std::time::Instant::now() - every;
+    let mut holes = Holes::default();
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
+                let next = lock(state).positions.get(&m.partition()).copied();
+                if holes.read_again(m.partition(), next, m.offset()) {
+                    let at = Offset::Offset(next.unwrap_or_default());
+                    std::thread::sleep(Duration::from_millis(200));
+                    if let Err(e) =
+                        consumer.seek(m.topic(), m.partition(), at, Duration::from_secs(2))
+                    {
+                        tracing::debug!(error = %e, "in-doubt healing: seeking back failed; retrying");
+                    }
+                    continue;
+                }
                 let mut st = lock(state);
                 st.positions.insert(m.partition(), m.offset() + 1);
                 match m.payload().map(serde_json::from_slice::<TransactionRecord>) {
@@ -437,5 +493,27 @@ impl Resolver {
         }
         .emit(&self.metrics);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hole_is_read_again_a_bounded_number_of_times() {
+        let mut h = Holes::default();
+        // No hole: the next offset, or the first record read.
+        assert!(!h.read_again(0, Some(5), 5));
+        assert!(!h.read_again(0, None, 9));
+        for _ in 0..HOLE_RETRIES {
+            assert!(h.read_again(0, Some(5), 7));
+        }
+        assert!(
+            !h.read_again(0, Some(5), 7),
+            "given up after {HOLE_RETRIES} tries"
+        );
+        // A new hole starts counting again.
+        assert!(h.read_again(0, Some(8), 10));
     }
 }

@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use crate::harness::{self, Pg};
 
-const TABLES: [&str; 3] = ["acct", "ledger", "kv"];
+const TABLES: [&str; 6] = ["acct", "ledger", "kv", "vault", "holding", "vmemo"];
 
 /// Schema and starting data, applied to the database under test and to the replay copy.
 const SCHEMA: &str = "
@@ -24,7 +24,19 @@ const SCHEMA: &str = "
     INSERT INTO acct SELECT g, 'owner' || g, g * 10, ARRAY['t' || (g % 3)], '2026-01-01'::timestamptz + g * interval '1 hour'
       FROM generate_series(1, 400) g;
     INSERT INTO ledger (acct, delta, note) SELECT g, g, 'seed' FROM generate_series(1, 50) g;
-    INSERT INTO kv VALUES ('shared', '{\"n\": 0}');";
+    INSERT INTO kv VALUES ('shared', '{\"n\": 0}');
+    CREATE TABLE vault (id int PRIMARY KEY, label text);
+    CREATE TABLE holding (id int PRIMARY KEY, vault int, qty int);
+    CREATE TABLE vmemo (id int PRIMARY KEY, vault int);
+    INSERT INTO vault SELECT g, 'v' || g FROM generate_series(1, 500) g;
+    INSERT INTO holding SELECT g, g % 500 + 1, g FROM generate_series(1, 1000) g;
+    INSERT INTO vmemo SELECT g, g % 500 + 1 FROM generate_series(1, 500) g;";
+
+/// The foreign keys whose cascades the workload sets off, on the database under test only: the
+/// replay applies each table's events on its own, as a consumer would.
+const CASCADES: &str = "
+    ALTER TABLE holding ADD FOREIGN KEY (vault) REFERENCES vault ON DELETE CASCADE ON UPDATE CASCADE;
+    ALTER TABLE vmemo ADD FOREIGN KEY (vault) REFERENCES vault ON DELETE SET NULL ON UPDATE CASCADE;";
 
 const CLIENTS: u64 = 4;
 const TRANSACTIONS: usize = 40;
@@ -48,7 +60,7 @@ impl Worker {
 /// One random statement of the client's own rows (or the shared counter, taken last).
 async fn statement(c: &Client, w: &mut Worker) -> Result<(), tokio_postgres::Error> {
     let id = w.own_id();
-    match w.rng.random_range(0..12) {
+    match w.rng.random_range(0..14) {
         0 => {
             let a = w.next_id;
             w.next_id += 2;
@@ -141,6 +153,19 @@ async fn statement(c: &Client, w: &mut Worker) -> Result<(), tokio_postgres::Err
             ))
             .await
             .map(drop)
+        }
+        // A cascading DELETE (holdings deleted, memos set to NULL) and a key update that
+        // cascades (ON UPDATE CASCADE), on the client's own vaults.
+        11 => c
+            .execute("DELETE FROM vault WHERE id = $1", &[&id])
+            .await
+            .map(drop),
+        12 => {
+            let to = w.next_id;
+            w.next_id += 1;
+            c.simple_query(&format!("UPDATE vault SET id = {to} WHERE id = {id}"))
+                .await
+                .map(drop)
         }
         _ => {
             // A statement that fails: nothing of it may be recorded.
@@ -348,6 +373,7 @@ async fn replay_reproduces_the_tables(pg: Pg) {
     let direct = harness::connect(pg.addr(), "postgres", &db).await;
     let replica = harness::connect(pg.addr(), "postgres", &copy).await;
     direct.batch_execute(SCHEMA).await.unwrap();
+    direct.batch_execute(CASCADES).await.unwrap();
     replica.batch_execute(SCHEMA).await.unwrap();
     let prefix = harness::random_prefix("replay");
     let p = prefix.clone();
@@ -375,8 +401,13 @@ async fn replay_reproduces_the_tables(pg: Pg) {
     let outcome = outcomes(&prefix).await;
     let mut applied = 0;
     let mut merged = HashMap::new();
+    let mut cascaded = 0;
     for table in TABLES {
         let events = replay_table(&prefix, table, &outcome, &replica, &direct).await;
+        cascaded += events
+            .iter()
+            .filter(|e| e["source"].get("cascade").is_some())
+            .count();
         let by_merge = |e: &&Value| {
             e["source"]["statement"]
                 .as_str()
@@ -385,8 +416,9 @@ async fn replay_reproduces_the_tables(pg: Pg) {
         merged.insert(table, events.iter().filter(by_merge).count());
         applied += events.len();
     }
-    eprintln!("replay: {committed} committed, {rolled_back} rolled back, {applied} events applied, by MERGE: {merged:?}");
+    eprintln!("replay: {committed} committed, {rolled_back} rolled back, {applied} events applied, by MERGE: {merged:?}, by cascades: {cascaded}");
     assert!(applied > 50, "only {applied} events");
+    assert!(cascaded > 0, "cascades were recorded in the replay");
     assert!(
         merged.get("acct") > Some(&0) && merged.get("kv") > Some(&0),
         "MERGEs were recorded in the replay: {merged:?}"
