@@ -115,6 +115,10 @@ pub struct ForeignKey {
     pub on_update: Action,
     /// The referencing table has user triggers.
     pub child_triggers: bool,
+    /// Per column pair, the referenced column's collation (quoted, qualified) where it differs
+    /// from the referencing column's: the key compares with it, as PostgreSQL's own action
+    /// queries do (a nondeterministic one matches more than bytes).
+    pub collations: Vec<Option<String>>,
 }
 
 /// The foreign keys with an action of one database.
@@ -138,7 +142,14 @@ pub const QUERY: &str = "SELECT f.conname, f.conrelid::int8::text, cn.nspname, c
        (SELECT json_agg(a.attname ORDER BY k.i) FROM unnest(f.confkey) WITH ORDINALITY k(n, i) \
           JOIN pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = k.n)::text, \
        f.confdeltype::text, f.confupdtype::text, \
-       EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = f.conrelid AND NOT t.tgisinternal)::text \
+       EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = f.conrelid AND NOT t.tgisinternal)::text, \
+       (SELECT json_agg(CASE WHEN pa.attcollation <> ca.attcollation AND pa.attcollation <> 0 \
+            THEN (SELECT format('%I.%I', cn2.nspname, co.collname) FROM pg_collation co \
+                  JOIN pg_namespace cn2 ON cn2.oid = co.collnamespace WHERE co.oid = pa.attcollation) END \
+          ORDER BY k.i) \
+        FROM unnest(f.conkey, f.confkey) WITH ORDINALITY k(cn, pn, i) \
+        JOIN pg_attribute ca ON ca.attrelid = f.conrelid AND ca.attnum = k.cn \
+        JOIN pg_attribute pa ON pa.attrelid = f.confrelid AND pa.attnum = k.pn)::text \
      FROM pg_constraint f \
      JOIN pg_class c ON c.oid = f.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
      JOIN pg_class p ON p.oid = f.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace \
@@ -182,6 +193,10 @@ pub fn parse(
             on_delete: Action::from_code(&text(9)?),
             on_update: Action::from_code(&text(10)?),
             child_triggers: text(11)? == "true",
+            collations: text(12)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default(),
         };
         if key.child_cols.len() != key.parent_cols.len() || key.child_cols.is_empty() {
             return Err(bad("the key's columns do not pair"));
@@ -241,6 +256,18 @@ pub struct Reach {
     pub from: Option<usize>,
     pub action: Action,
     pub depth: usize,
+    /// What the action does to the rows it reaches.
+    pub effect: Effect,
+}
+
+/// What a reach's action does to a row it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// CASCADE of a delete.
+    Deletes,
+    /// SET NULL, SET DEFAULT, or CASCADE of a key update: one update of the row per key that
+    /// reaches it (PostgreSQL runs each key's action on its own).
+    Updates,
 }
 
 /// The cascades a statement sets off, as read before and after it.
@@ -332,16 +359,17 @@ pub fn plan(graph: &Graph, root: Root<'_>) -> Result<Plan, CascadeError> {
                     table: root.name.to_string(),
                 });
             }
+            let (effect, next) = match (&change, action) {
+                (RowChange::Deleted, Action::Cascade) => (Effect::Deletes, RowChange::Deleted),
+                _ => (Effect::Updates, RowChange::Updated(key.child_cols.clone())),
+            };
             reaches.push(Reach {
                 key: key.clone(),
                 from,
                 action,
                 depth: depth + 1,
+                effect,
             });
-            let next = match (&change, action) {
-                (RowChange::Deleted, Action::Cascade) => RowChange::Deleted,
-                _ => RowChange::Updated(key.child_cols.clone()),
-            };
             queue.push((
                 Some(reaches.len() - 1),
                 vec![key.child_oid],
@@ -385,14 +413,16 @@ pub(crate) fn reads(plan: &Plan, with: Spliced, rows: Spliced, form: Form) -> Re
                 .map(|(p, c)| format!("{}, __hs_r.{}", literal(p), quote(c)))
                 .collect();
             format!(
-                "SELECT __hs_r.__hs_o, __hs_r.__hs_c, __hs_r.__hs_b, {k}, jsonb_build_object({}) FROM __hs_k{k} __hs_r",
-                parent_key.join(", ")
+                "SELECT __hs_r.__hs_o, __hs_r.__hs_c, __hs_r.__hs_b, {k}, jsonb_build_object({}), {} FROM __hs_k{k} __hs_r",
+                parent_key.join(", "),
+                r.effect == Effect::Updates
             )
         })
         .collect();
     pre.own(&format!(
-        "\nSELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b, k, p)) \
-         FROM (SELECT DISTINCT ON (o, c) o, c, b, k, p FROM ({}) __hs_a(o, c, b, k, p)) __hs_d), '[]')::text, true) IS NOT NULL \
+        "\nSELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b, k, p, u)) \
+         FROM (SELECT o, c, (array_agg(b))[1] AS b, min(k) AS k, (array_agg(p ORDER BY k))[1] AS p, count(*) FILTER (WHERE u) AS u \
+         FROM ({}) __hs_a(o, c, b, k, p, u) GROUP BY o, c) __hs_d), '[]')::text, true) IS NOT NULL \
          AND set_config('{COUNTS}', {}::text, true) IS NOT NULL",
         branches.join(" UNION ALL "),
         counts(plan, None)
@@ -419,6 +449,16 @@ fn reach_sql(r: &Reach) -> String {
         let v: Vec<String> = names.iter().map(|n| format!("{t}.{}", quote(n))).collect();
         v.join(", ")
     };
+    let referencing: Vec<String> = r
+        .key
+        .child_cols
+        .iter()
+        .enumerate()
+        .map(|(i, n)| match r.key.collations.get(i).cloned().flatten() {
+            Some(coll) => format!("__hs_c.{} COLLATE {coll}", quote(n)),
+            None => format!("__hs_c.{}", quote(n)),
+        })
+        .collect();
     let source = match r.from {
         None => "__hs_k0".to_string(),
         Some(i) => format!("__hs_k{}", i + 1),
@@ -427,7 +467,7 @@ fn reach_sql(r: &Reach) -> String {
         "SELECT __hs_c.tableoid AS __hs_o, __hs_c.ctid AS __hs_c, to_jsonb(__hs_c.*) AS __hs_b, __hs_c.* \
          FROM {} __hs_c WHERE ({}) IN (SELECT {} FROM {source} __hs_p) FOR UPDATE OF __hs_c",
         qualified(&r.key.child),
-        cols("__hs_c", &r.key.child_cols),
+        referencing.join(", "),
         cols("__hs_p", &r.key.parent_cols),
     )
 }
@@ -474,7 +514,7 @@ fn post_read(plan: &Plan, form: Form) -> String {
         .enumerate()
         .map(|(i, r)| {
             format!(
-                "SELECT {}, {}, __hs_x.o, jsonb_build_array(__hs_x.k, __hs_x.p)::text FROM __hs_x \
+                "SELECT {}, {}, __hs_x.o, jsonb_build_array(__hs_x.k, __hs_x.p, __hs_x.u)::text FROM __hs_x \
                  LEFT JOIN LATERAL (SELECT to_jsonb(__hs_r.*) AS a, __hs_r.ctid AS c FROM {} __hs_r \
                  WHERE __hs_r.tableoid = __hs_x.o AND __hs_r.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
                  WHERE __hs_x.k = {} AND __hs_n.c IS DISTINCT FROM __hs_x.c",
@@ -487,7 +527,7 @@ fn post_read(plan: &Plan, form: Form) -> String {
         .collect();
     format!(
         "WITH __hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, \
-         (__hs_e->>3)::int AS k, __hs_e->4 AS p, \
+         (__hs_e->>3)::int AS k, __hs_e->4 AS p, (__hs_e->>5)::int AS u, \
          currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
          FROM jsonb_array_elements(COALESCE(NULLIF(current_setting('{ROWS}', true), ''), '[]')::jsonb) __hs_e)\n\
          {}\nUNION ALL\nSELECT NULL, NULL, NULL, {}::text WHERE set_config('{ROWS}', '', true) IS NOT NULL",
@@ -505,9 +545,11 @@ pub struct Origin {
     pub parent_table: String,
     /// The referenced row's key (the referenced columns and their values).
     pub parent_key: serde_json::Value,
+    /// How many keys' actions update the row (each is one update for the server's counts).
+    pub updates: i64,
 }
 
-/// The origin of a post-read row from its last column (`[reach, parent key]`).
+/// The origin of a post-read row from its last column (`[reach, parent key, updates]`).
 pub fn origin(plan: &Plan, column: &[u8]) -> Result<Origin, CascadeError> {
     let v: serde_json::Value = serde_json::from_slice(column)
         .map_err(|e| CascadeError::Row(format!("its origin is not JSON: {e}")))?;
@@ -525,6 +567,7 @@ pub fn origin(plan: &Plan, column: &[u8]) -> Result<Origin, CascadeError> {
         constraint: reach.key.name.clone(),
         parent_table: format!("{schema}.{name}"),
         parent_key: v.get(1).cloned().unwrap_or_default(),
+        updates: v.get(2).and_then(serde_json::Value::as_i64).unwrap_or(1),
     })
 }
 
@@ -549,7 +592,15 @@ pub fn check(
         let oid: u32 = oid
             .parse()
             .map_err(|_| CascadeError::Row(format!("{oid:?} is not a table oid")))?;
-        let read = rows.iter().filter(|c| c.table_oid == oid).count() as i64
+        // A deleted row counts once; an updated one once per key whose action updated it.
+        let read = rows
+            .iter()
+            .filter(|c| c.table_oid == oid)
+            .map(|c| match (&c.after, &c.cascade) {
+                (Some(_), Some(o)) => o.updates.max(1),
+                _ => 1,
+            })
+            .sum::<i64>()
             + own.get(&oid).copied().unwrap_or(0);
         if counted != read {
             return Err(CascadeError::Unread {
@@ -732,6 +783,7 @@ mod tests {
             on_delete,
             on_update: Action::None,
             child_triggers: false,
+            collations: Vec::new(),
         }
     }
 
