@@ -394,6 +394,22 @@ fn read_all(relay_port: u16, topic: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Every record of `{PREFIX}.{topic}`, also written with its offset to `topic-{topic}.jsonl`
+/// in the run's directory (a failure report's evidence: which acknowledged offsets the
+/// broker kept, set against the proxy log's `acknowledged … offset=` lines).
+fn dumped(env: &Env, topic: &str) -> Vec<Value> {
+    let records = read_with_offsets(env.relay_port, &format!("{PREFIX}.{topic}"));
+    let lines: Vec<String> = records
+        .iter()
+        .map(|(offset, v)| serde_json::json!({"offset": offset, "record": v}).to_string())
+        .collect();
+    let path = format!("{}/topic-{topic}.jsonl", env.dir);
+    if let Err(e) = std::fs::write(&path, lines.join("\n")) {
+        eprintln!("chaos: could not write {path}: {e}");
+    }
+    records.into_iter().map(|(_, v)| v).collect()
+}
+
 /// Every record of partition 0 of `topic`, with its offset.
 fn read_with_offsets(relay_port: u16, topic: &str) -> Vec<(i64, Value)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -518,7 +534,7 @@ struct Verdict {
 
 async fn check(env: &Env, seen: &Seen, db: &Client) -> Verdict {
     let mut v = Verdict::default();
-    let txs = read_all(env.relay_port, &format!("{PREFIX}.transaction"));
+    let txs = dumped(env, "transaction");
     let mut begins: HashMap<String, Value> = HashMap::new();
     let mut ends: HashMap<String, Vec<Value>> = HashMap::new();
     for r in txs {
@@ -577,7 +593,7 @@ async fn check(env: &Env, seen: &Seen, db: &Client) -> Verdict {
                 .push(format!("{id}: END committed, the server says {status:?}"));
         }
     }
-    let events = read_all(env.relay_port, &format!("{PREFIX}.public.chaos"));
+    let events = dumped(env, "public.chaos");
     let mut per_row: BTreeMap<i64, Vec<&Value>> = BTreeMap::new();
     for e in &events {
         if committed.contains(e["transaction"]["id"].as_str().unwrap_or_default()) {
