@@ -202,6 +202,7 @@ mod tests {
             application: "other".into(),
             statement: "UPDATE …".into(),
             columns: cols.iter().map(|c| c.to_string()).collect(),
+            cascade: None,
         }
     }
 

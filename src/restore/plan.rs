@@ -187,6 +187,10 @@ pub struct ChangeRef {
     /// The columns whose value it changed (every column for an insert or delete).
     #[serde(default)]
     pub columns: Vec<String>,
+    /// The foreign key whose action made this change, set off by a change of the row it
+    /// references (`source.cascade` of the event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<crate::audit::event::CascadeSource>,
 }
 
 impl ChangeRef {
@@ -203,6 +207,7 @@ impl ChangeRef {
             application: s.application_name.clone(),
             statement: s.statement.clone(),
             columns: changed_columns(c.event.before.as_ref(), c.event.after.as_ref()),
+            cascade: s.cascade.clone(),
         }
     }
 }

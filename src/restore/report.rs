@@ -2,6 +2,7 @@
 //! keep, conflict, already restored), who changed it since, the conflicts with all three
 //! versions (target, expected, actual), and what was left out.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -123,12 +124,21 @@ fn column_lines(out: &mut String, r: &RowPlan) {
     }
 }
 
-fn row_lines(out: &mut String, plan: &Plan, r: &RowPlan) {
+fn row_lines(out: &mut String, plan: &Plan, r: &RowPlan, cascades: &Cascades) {
     let key = serde_json::to_string(&r.key).unwrap_or_default();
     let who: Vec<String> = r
         .changes
         .iter()
-        .map(|c| format!("{} by {}/{}", c.id, c.user, c.application))
+        .map(|c| {
+            let by = format!("{} by {}/{}", c.id, c.user, c.application);
+            match &c.cascade {
+                Some(k) => format!(
+                    "{by} (cascade of {} {} via {})",
+                    k.parent_table, k.parent_key, k.constraint
+                ),
+                None => by,
+            }
+        })
         .collect();
     match &r.conflict {
         None if r.already_restored() => {
@@ -165,6 +175,12 @@ fn row_lines(out: &mut String, plan: &Plan, r: &RowPlan) {
     }
     column_lines(out, r);
     let _ = writeln!(out, "           undoes {}", who.join(", "));
+    for (table, n) in cascades.of(r) {
+        let _ = writeln!(
+            out,
+            "           with its cascade: {n} row(s) of {table} (listed there)"
+        );
+    }
     if r.conflict.is_some() {
         let _ = writeln!(out, "           target:   {}", json(&r.target));
         let _ = writeln!(out, "           expected: {}", json(&r.expected));
@@ -172,8 +188,48 @@ fn row_lines(out: &mut String, plan: &Plan, r: &RowPlan) {
     }
 }
 
+/// The rows each referenced row's changes cascaded to, by (referenced table, its key as
+/// JSON): how many rows of which table.
+struct Cascades(BTreeMap<(String, String), BTreeMap<String, usize>>);
+
+impl Cascades {
+    fn of_plan(plan: &Plan) -> Self {
+        let mut by_parent: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
+        for r in &plan.rows {
+            if let Some(k) = r.changes.iter().find_map(|c| c.cascade.as_ref()) {
+                let parent = (k.parent_table.clone(), k.parent_key.to_string());
+                *by_parent
+                    .entry(parent)
+                    .or_default()
+                    .entry(r.table.clone())
+                    .or_default() += 1;
+            }
+        }
+        Cascades(by_parent)
+    }
+
+    /// The cascaded rows of `r`: its image before the selection holds the referenced key.
+    fn of(&self, r: &RowPlan) -> Vec<(String, usize)> {
+        let Some(image) = r.target.as_ref().or(r.expected.as_ref()).map(|i| i.row()) else {
+            return Vec::new();
+        };
+        self.0
+            .iter()
+            .filter(|((table, key), _)| {
+                *table == r.table
+                    && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(key)
+                        .is_ok_and(|k| {
+                            !k.is_empty() && k.iter().all(|(c, v)| image.get(c) == Some(v))
+                        })
+            })
+            .flat_map(|(_, children)| children.iter().map(|(t, n)| (t.clone(), *n)))
+            .collect()
+    }
+}
+
 /// The report as text.
 pub fn render(plan: &Plan) -> String {
+    let cascades = Cascades::of_plan(plan);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -201,7 +257,7 @@ pub fn render(plan: &Plan) -> String {
             rows.len()
         );
         for r in rows {
-            row_lines(&mut out, plan, r);
+            row_lines(&mut out, plan, r, &cascades);
         }
     }
     if !plan.in_doubt.is_empty() {

@@ -851,6 +851,21 @@ async fn leaked_cascading_delete_is_restored_with_its_children(pg: Pg) {
         ..Selection::default()
     };
     let mut cmd = s.command(selection, s.proxy.addr);
+    // The plan shows each cascaded row's parent, and each parent what its cascade reached.
+    let (r, report) = run(&cmd).await;
+    assert_eq!(r.unwrap(), Outcome::Planned, "{report}");
+    assert!(
+        report.contains("(cascade of public.brieff {\"bfkey\":3} via representatives_bfkey_fkey)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("with its cascade: 2 row(s) of public.representatives (listed there)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("with its cascade: 1 row(s) of public.memo (listed there)"),
+        "{report}"
+    );
     cmd.apply = true;
     let (r, report) = run(&cmd).await;
     // 6 cases, 12 representatives, 18 notes, 6 memos.
