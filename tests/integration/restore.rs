@@ -884,7 +884,54 @@ async fn leaked_cascading_delete_is_restored_with_its_children(pg: Pg) {
     s.proxy.shutdown().await;
 }
 
+/// The demo schema itself (`schema/demo.sql`, whose `representatives.bfkey … ON DELETE
+/// CASCADE` the issue names): a leaked DELETE of case rows takes their representatives with
+/// it; the restore of that application's window brings back both, exactly.
+async fn demo_schema_incident_restores_cases_and_representatives(pg: Pg) {
+    let seed = format!(
+        "{}\nINSERT INTO representatives (bfkey, name, kind) \
+         SELECT 'C' || lpad((g % 200 + 1)::text, 6, '0'), 'rep ' || g, (ARRAY['attorney', 'agent'])[1 + g % 2] \
+         FROM generate_series(1, 400) g;",
+        include_str!("../../schema/demo.sql")
+    );
+    let s = setup(pg, "rs_demo", &seed).await;
+    let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
+    let tables = ["brieff", "representatives"];
+    let before = dump(&direct, &tables).await;
+    let leak = connect_as(s.proxy.addr, &s.db, "certification-v1").await;
+    let since = now_ms();
+    let n = leak
+        .execute("DELETE FROM brieff WHERE bfregoff = $1", &[&"RO17"])
+        .await
+        .unwrap();
+    assert!(n > 0);
+    let until = now_ms() + 1;
+    settle().await;
+    let selection = Selection {
+        applications: vec!["certification-v1".into()],
+        since_ms: Some(since),
+        until_ms: Some(until),
+        ..Selection::default()
+    };
+    let mut cmd = s.command(selection, s.proxy.addr);
+    cmd.apply = true;
+    let (r, report) = run(&cmd).await;
+    // Each case has 2 representatives.
+    match r {
+        Ok(Outcome::Applied(a)) => assert_eq!(a.reverted as u64, n * 3, "{report}"),
+        other => panic!("{other:?}\n{report}"),
+    }
+    // Every column as it was, `updated_at` (the seed's now()) included.
+    assert_eq!(
+        dump(&direct, &tables).await,
+        before,
+        "restored database = database before the leak\n{report}"
+    );
+    s.proxy.shutdown().await;
+}
+
 on_both!(
+    demo_schema_incident_restores_cases_and_representatives,
     leaked_cascading_delete_is_restored_with_its_children,
     hostile_identifiers_and_values_restore_exactly,
     incident_is_restored_exactly,
