@@ -87,6 +87,20 @@ async fn setup(pg: Pg, label: &str, seed: &str) -> Setup {
 }
 
 impl Setup {
+    /// The restore of what application `app` wrote between `since` and `until` (ms), through
+    /// the proxy, applied.
+    fn undo_window(&self, app: &str, since: i64, until: i64) -> Command {
+        let selection = Selection {
+            applications: vec![app.into()],
+            since_ms: Some(since),
+            until_ms: Some(until),
+            ..Selection::default()
+        };
+        let mut cmd = self.command(selection, self.proxy.addr);
+        cmd.apply = true;
+        cmd
+    }
+
     fn command(&self, selection: Selection, target: SocketAddr) -> Command {
         Command {
             log: LogSource {
@@ -783,14 +797,7 @@ INSERT INTO "select"."Order ""Details""; DROP TABLE x" VALUES
     .unwrap();
     let until = now_ms() + 1;
     settle().await;
-    let selection = Selection {
-        applications: vec!["leak".into()],
-        since_ms: Some(since),
-        until_ms: Some(until),
-        ..Selection::default()
-    };
-    let mut cmd = s.command(selection, s.proxy.addr);
-    cmd.apply = true;
+    let cmd = s.undo_window("leak", since, until);
     let (r, report) = run(&cmd).await;
     assert!(matches!(r, Ok(Outcome::Applied(_))), "{r:?}\n{report}");
     let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
@@ -844,13 +851,8 @@ async fn leaked_cascading_delete_is_restored_with_its_children(pg: Pg) {
     web.batch_execute(later).await.unwrap();
     cweb.batch_execute(later).await.unwrap();
     settle().await;
-    let selection = Selection {
-        applications: vec!["certification-v1".into()],
-        since_ms: Some(since),
-        until_ms: Some(until),
-        ..Selection::default()
-    };
-    let mut cmd = s.command(selection, s.proxy.addr);
+    let mut cmd = s.undo_window("certification-v1", since, until);
+    cmd.apply = false;
     // The plan shows each cascaded row's parent, and each parent what its cascade reached.
     let (r, report) = run(&cmd).await;
     assert_eq!(r.unwrap(), Outcome::Planned, "{report}");
@@ -907,14 +909,7 @@ async fn demo_schema_incident_restores_cases_and_representatives(pg: Pg) {
     assert!(n > 0);
     let until = now_ms() + 1;
     settle().await;
-    let selection = Selection {
-        applications: vec!["certification-v1".into()],
-        since_ms: Some(since),
-        until_ms: Some(until),
-        ..Selection::default()
-    };
-    let mut cmd = s.command(selection, s.proxy.addr);
-    cmd.apply = true;
+    let cmd = s.undo_window("certification-v1", since, until);
     let (r, report) = run(&cmd).await;
     // Each case has 2 representatives.
     match r {
