@@ -17,12 +17,7 @@ bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
 bash "$ROOT/scripts/pg.sh" start 18 >/dev/null
 fresh_memory_broker
 trap 'stop_proxy bench-cpu-15; stop_proxy bench-cpu-18; memory_broker stop' EXIT
-if [ -n "${HSBENCH_BIN:-}" ]; then
-  bin="$HSBENCH_BIN"; [ -x "$bin" ] || die "HSBENCH_BIN=$bin is not an executable hindsight binary"
-else
-  (cd "$ROOT" && cargo build --release --quiet --bin hindsight)
-  bin="$ROOT/target/release/hindsight"
-fi
+bin=$(bench_binary)
 
 # utime + stime (+ reaped children's, for the postmaster: backends that exited), in clock ticks.
 ticks_of() { awk '{ sub(/^.*\) /, ""); split($0, f, " "); print f[12] + f[13] + f[14] + f[15] }' "/proc/$1/stat" 2>/dev/null || echo 0; }

@@ -11,12 +11,7 @@ bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
 bash "$ROOT/scripts/pg.sh" start 18 >/dev/null
 fresh_memory_broker
 trap 'stop_proxy bench-cascade-15; stop_proxy bench-cascade-18; memory_broker stop' EXIT
-if [ -n "${HSBENCH_BIN:-}" ]; then
-  bin="$HSBENCH_BIN"; [ -x "$bin" ] || die "HSBENCH_BIN=$bin is not an executable hindsight binary"
-else
-  (cd "$ROOT" && cargo build --release --quiet --bin hindsight)
-  bin="$ROOT/target/release/hindsight"
-fi
+bin=$(bench_binary)
 script="$DEV/bench-cascade.pgbench"
 cat >"$script" <<'SQL'
 SELECT nextval('parent_seq') AS id \gset

@@ -73,6 +73,18 @@ stop_proxy() {
   rm -f "$pidf"
 }
 
+# The hindsight binary a benchmark runs: HSBENCH_BIN if set (to compare two builds with the same
+# script), else a fresh release build. Prints its path.
+bench_binary() {
+  if [ -n "${HSBENCH_BIN:-}" ]; then
+    [ -x "$HSBENCH_BIN" ] || die "HSBENCH_BIN=$HSBENCH_BIN is not an executable hindsight binary"
+    echo "$HSBENCH_BIN"
+  else
+    (cd "$ROOT" && cargo build --release --quiet --bin hindsight) || die "the release build failed"
+    echo "$ROOT/target/release/hindsight"
+  fi
+}
+
 # A benchmark's own in-memory broker on port MEM (KAFKA_PORT + 1), started empty — tansu slows
 # down as it fills: `fresh_memory_broker`, then `memory_broker stop`.
 MEM=$((KAFKA_PORT + 1))
