@@ -36,22 +36,7 @@ for i in $(seq 0 9); do
 done
 for i in $(seq 0 4); do printf '[flags.f%d]\npercentage = 10\n\n' "$i" >>"$rules"; done
 "$ROOT/target/release/hindsight" rules check "$rules" >/dev/null || die "benchmark rules file invalid"
-# The reference audit trigger: every row change as to_jsonb(OLD/NEW) into an audit table, with
-# who and which transaction (what hindsight records, minus the statement text).
-trigger_sql="CREATE TABLE audit_log (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(),
-  txid bigint NOT NULL DEFAULT txid_current(), usr text NOT NULL DEFAULT current_user,
-  app text DEFAULT current_setting('application_name'), tbl text NOT NULL, op text NOT NULL,
-  old jsonb, new jsonb);
-CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS \$\$
-BEGIN
-  INSERT INTO audit_log (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
-    CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
-  RETURN NULL;
-END \$\$;"
-for t in accounts tellers branches history; do
-  trigger_sql="$trigger_sql
-CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON pgbench_$t FOR EACH ROW EXECUTE FUNCTION audit_row();"
-done
+trigger_sql=$(audit_trigger_sql)
 # One produce request in flight: concurrent transactions' records share requests.
 inflight1="$DEV/bench-inflight1.toml"
 printf '[kafka.librdkafka]\n"max.in.flight.requests.per.connection" = "1"\n' >"$inflight1"

@@ -85,6 +85,27 @@ bench_binary() {
   fi
 }
 
+# The reference audit trigger the capture benchmarks compare with: every row change of the
+# pgbench tables as to_jsonb(OLD/NEW) into an audit table, with who and which transaction (what
+# hindsight records, minus the statement text). Prints the SQL.
+audit_trigger_sql() {
+  cat <<'SQL'
+CREATE TABLE audit_log (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(),
+  txid bigint NOT NULL DEFAULT txid_current(), usr text NOT NULL DEFAULT current_user,
+  app text DEFAULT current_setting('application_name'), tbl text NOT NULL, op text NOT NULL,
+  old jsonb, new jsonb);
+CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO audit_log (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
+    CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END, CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+  RETURN NULL;
+END $$;
+SQL
+  for t in accounts tellers branches history; do
+    echo "CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON pgbench_$t FOR EACH ROW EXECUTE FUNCTION audit_row();"
+  done
+}
+
 # A benchmark's own in-memory broker on port MEM (KAFKA_PORT + 1), started empty — tansu slows
 # down as it fills: `fresh_memory_broker`, then `memory_broker stop`.
 MEM=$((KAFKA_PORT + 1))

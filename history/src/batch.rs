@@ -113,6 +113,7 @@ pub fn events(schema: &Arc<Schema>, rows: &[EventRow]) -> Result<RecordBatch, Ar
         o(|e| e.unreadable.as_ref().map(|u| u.reason.as_str())),
         bin(|e| e.unreadable.as_ref().and_then(|u| u.key.as_deref())),
         bin(|e| e.unreadable.as_ref().and_then(|u| u.payload.as_deref())),
+        o(|e| e.cascade_json.as_deref()),
     ];
     RecordBatch::try_new(schema.clone(), columns)
 }

@@ -70,6 +70,9 @@ pub struct EventRow {
     pub blocked_by: Option<String>,
     pub dry_run_rule: Option<String>,
     pub redacted: bool,
+    /// `source.cascade` as JSON: the foreign key, referenced table and row whose change
+    /// cascaded to this row.
+    pub cascade_json: Option<String>,
     pub snapshot: String,
     pub version: String,
     pub connector: String,
@@ -231,6 +234,10 @@ pub fn event_row(ev: ChangeEvent, key: Option<ChangeKey>, at: Provenance) -> Eve
         blocked_by: s.blocked_by,
         dry_run_rule: s.dry_run_rule,
         redacted: s.redacted,
+        cascade_json: s
+            .cascade
+            .as_ref()
+            .map(|c| serde_json::to_string(c).expect("JSON")),
         snapshot: s.snapshot,
         version: s.version,
         connector: s.connector,
@@ -279,6 +286,7 @@ fn unreadable(raw: RawRecord, at: Provenance, reason: String) -> Archived {
         blocked_by: None,
         dry_run_rule: None,
         redacted: false,
+        cascade_json: None,
         snapshot: String::new(),
         version: String::new(),
         connector: String::new(),
@@ -322,6 +330,9 @@ fn resolution_text(r: &hindsight::audit::event::Resolution) -> String {
         ResolvedBy::NoTxid => "no txid to ask about".into(),
         ResolvedBy::TxidInFuture => "txid in the future (lost in a server crash)".into(),
         ResolvedBy::LostInCrash => "txid not durable before a server crash".into(),
+        ResolvedBy::TxidReissued => {
+            "txid handed out again to a later transaction after a server crash".into()
+        }
         ResolvedBy::ServerRestarted => format!(
             "txid_status() = {} after a server restart that may have reused the txid",
             r.txid_status.as_deref().unwrap_or("null")

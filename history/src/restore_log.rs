@@ -233,6 +233,15 @@ pub fn logged_change(row: &Map<String, Value>) -> Result<LoggedChange, HistoryEr
     };
     let opt = |k: &str| row.get(k).and_then(Value::as_str).map(str::to_string);
     let key: Row = serde_json::from_str(&text(row, "key_json")).unwrap_or_default();
+    // Kept since `cascade_json` was added; rows archived before read NULL.
+    let cascade = opt("cascade_json")
+        .map(|j| serde_json::from_str(&j))
+        .transpose()
+        .map_err(|e| HistoryError::Corrupt {
+            store: String::new(),
+            what: "column cascade_json".into(),
+            detail: e.to_string(),
+        })?;
     let source = Source {
         version: text(row, "version"),
         connector: text(row, "connector"),
@@ -259,8 +268,7 @@ pub fn logged_change(row: &Map<String, Value>) -> Result<LoggedChange, HistoryEr
             .get("redacted")
             .and_then(Value::as_bool)
             .unwrap_or(false),
-        // The archive does not keep `source.cascade` (yet).
-        cascade: None,
+        cascade,
     };
     let table = format!("{}.{}", source.schema, source.table);
     Ok(LoggedChange {

@@ -71,6 +71,9 @@ pub fn events_fields() -> Vec<StructField> {
         col("unreadable_reason", T::STRING, true),
         col("raw_key", T::BINARY, true),
         col("raw_value", T::BINARY, true),
+        // Added after the first release: last, and nullable, so that `Store::open` can add it
+        // to an existing table (Delta appends new columns; rows from before read NULL).
+        col("cascade_json", T::STRING, true),
     ]
 }
 

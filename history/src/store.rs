@@ -97,7 +97,10 @@ async fn open_table(
             .map_err(HistoryError::store(location))?
     };
     if table.version().is_some() {
-        return Ok(table);
+        return match open {
+            Open::CreateIfMissing => with_new_columns(table, location, fields).await,
+            Open::Existing => Ok(table),
+        };
     }
     if open == Open::Existing {
         return Err(HistoryError::NoStore {
@@ -110,6 +113,34 @@ async fn open_table(
         .with_columns(fields)
         .with_partition_columns(partitions.iter().map(|s| s.to_string()))
         .with_comment(format!("hindsight history: {name}"))
+        .await
+        .map_err(HistoryError::store(location))
+}
+
+/// `table` with the columns of `fields` it lacks added (a store archived by an earlier version;
+/// new columns are nullable, and the rows from before read NULL in them). Readers
+/// (`Open::Existing`) leave the table as it is: a column they ask for and it lacks reads NULL.
+async fn with_new_columns(
+    table: DeltaTable,
+    location: &str,
+    fields: Vec<deltalake::kernel::StructField>,
+) -> Result<DeltaTable, HistoryError> {
+    let schema = table
+        .snapshot()
+        .map_err(HistoryError::store(location))?
+        .schema();
+    let missing: Vec<_> = fields
+        .into_iter()
+        .filter(|f| schema.field(f.name()).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    let names: Vec<String> = missing.iter().map(|f| f.name().to_string()).collect();
+    tracing::info!(store = %location, columns = ?names, "adding new columns to the history store");
+    table
+        .add_columns()
+        .with_fields(missing)
         .await
         .map_err(HistoryError::store(location))
 }
@@ -314,4 +345,62 @@ pub async fn expire(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(table: &DeltaTable) -> Vec<String> {
+        let snapshot = table.snapshot().expect("a loaded table");
+        snapshot
+            .schema()
+            .fields()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+
+    /// A store archived before `cascade_json` existed gains the column when the archive opens
+    /// it (rows from before read NULL); a reader leaves it as it is.
+    #[tokio::test]
+    async fn an_archive_from_before_a_new_column_gains_it() {
+        let dir = std::env::temp_dir().join(format!("hs-evolve-{:08x}", rand::random::<u32>()));
+        let location = dir.display().to_string();
+        let mut old = schema::events_fields();
+        assert_eq!(
+            old.pop().map(|f| f.name().to_string()),
+            Some("cascade_json".into())
+        );
+        let partitions = schema::EVENTS_PARTITIONS;
+        let t = open_table(
+            &location,
+            schema::EVENTS,
+            old,
+            &partitions,
+            Open::CreateIfMissing,
+        )
+        .await
+        .unwrap();
+        assert!(!names(&t).contains(&"cascade_json".to_string()));
+        let t = open_table(
+            &location,
+            schema::EVENTS,
+            schema::events_fields(),
+            &partitions,
+            Open::Existing,
+        )
+        .await
+        .unwrap();
+        assert!(
+            !names(&t).contains(&"cascade_json".to_string()),
+            "a reader changes nothing"
+        );
+        let store = Store::open(&location, Open::CreateIfMissing).await.unwrap();
+        let want: Vec<String> = schema::events_fields()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        assert_eq!(names(&store.events), want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1010,22 +1010,27 @@ async fn questions_and_restore_from_history_match_the_topics() {
     restore_from_history_equals_restore_from_topics(&mut s).await;
 }
 
-async fn restore_from_history_equals_restore_from_topics(s: &mut Setup) {
-    let dir = PathBuf::from(&s.store).parent().unwrap().to_path_buf();
-    let target = conn_str(pg_port(), &s.db, "restore");
-    let command = |open_log: LogOpener, plan_out: PathBuf, apply: bool| RestoreCommand {
+/// A restore of what `app` wrote, reading `open_log`, planned into `plan_out` (and applied).
+fn restore_command(
+    (prefix, db): (&str, &str),
+    app: &str,
+    open_log: LogOpener,
+    plan_out: PathBuf,
+    apply: bool,
+) -> RestoreCommand {
+    RestoreCommand {
         log: LogSource {
             brokers: vec![brokers()],
-            topic_prefix: s.prefix.clone(),
+            topic_prefix: prefix.to_string(),
             librdkafka: vec![],
             tables: vec![],
             timeout: Duration::from_secs(20),
         },
         open_log,
-        target: target.clone(),
+        target: conn_str(pg_port(), db, "restore"),
         request: Request {
             selection: Selection {
-                applications: vec!["certification-v1".into()],
+                applications: vec![app.into()],
                 ..Selection::default()
             },
             as_of: None,
@@ -1039,16 +1044,33 @@ async fn restore_from_history_equals_restore_from_topics(s: &mut Setup) {
         sql_out: None,
         plan_out: Some(plan_out),
         apply_plan: None,
+    }
+}
+
+/// The history store at `store` as restore's log.
+fn from_history(store: &str) -> LogOpener {
+    let store = store.to_string();
+    LogOpener::new(move |src| {
+        Ok(Box::new(hindsight_history::restore_log::HistoryLog::open(
+            &store, src,
+        )?))
+    })
+}
+
+async fn restore_from_history_equals_restore_from_topics(s: &mut Setup) {
+    let dir = PathBuf::from(&s.store).parent().unwrap().to_path_buf();
+    let (prefix, db) = (s.prefix.clone(), s.db.clone());
+    let command = |open_log: LogOpener, plan_out: PathBuf, apply: bool| {
+        restore_command(
+            (&prefix, &db),
+            "certification-v1",
+            open_log,
+            plan_out,
+            apply,
+        )
     };
     let store = s.store.clone();
-    let from_history = move || {
-        let store = store.clone();
-        LogOpener::new(move |src| {
-            Ok(Box::new(hindsight_history::restore_log::HistoryLog::open(
-                &store, src,
-            )?))
-        })
-    };
+    let history = || from_history(&store);
     let mut report_kafka = Vec::new();
     execute(
         &command(LogOpener::kafka(), dir.join("plan-kafka.json"), false),
@@ -1064,7 +1086,7 @@ async fn restore_from_history_equals_restore_from_topics(s: &mut Setup) {
     delete_topics(&s.prefix).await;
     let mut report_history = Vec::new();
     execute(
-        &command(from_history(), dir.join("plan-history.json"), false),
+        &command(history(), dir.join("plan-history.json"), false),
         &mut report_history,
         &Progress::hidden(),
     )
@@ -1084,7 +1106,7 @@ async fn restore_from_history_equals_restore_from_topics(s: &mut Setup) {
         String::from_utf8_lossy(&report_history)
     );
     // Apply from the history, with the broker gone from the log source entirely.
-    let mut apply = command(from_history(), dir.join("plan-applied.json"), true);
+    let mut apply = command(history(), dir.join("plan-applied.json"), true);
     apply.log.brokers = vec!["127.0.0.1:1".into()];
     execute(&apply, &mut Vec::new(), &Progress::hidden())
         .await
@@ -1648,4 +1670,78 @@ async fn verify_names_what_was_tampered_with() {
         p.iter().any(|l| l.contains("newest commits were removed")),
         "{p:?}"
     );
+}
+
+/// A cascading DELETE: the archive keeps each cascaded row's `source.cascade`, so a restore
+/// planned from the history equals one planned from the topics (each child names its parent
+/// and constraint), and applying it from the history brings back the parents and children.
+#[tokio::test]
+async fn cascades_are_archived_and_restored_from_history() {
+    let _serial = SERIAL.lock().await;
+    let mut s = setup("cascade", None).await;
+    let direct = s.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE reps (rid int PRIMARY KEY, bfkey int REFERENCES brieff ON DELETE CASCADE, name text);
+             INSERT INTO reps SELECT g, g % 4 + 1, 'r' || g FROM generate_series(1, 12) g;",
+        )
+        .await
+        .unwrap();
+    let (reps, brieff) = (dump(&direct, "reps").await, dump(&direct, "brieff").await);
+    let leaky = s.through("leaky").await;
+    leaky
+        .batch_execute("DELETE FROM brieff WHERE bfkey IN (1, 2)")
+        .await
+        .unwrap();
+    let totals = s.archive_once().await;
+    assert!(totals.events >= 8, "{totals:?}");
+    let session = Session::open(&s.store).await.unwrap();
+    let kept = rows(
+        &session,
+        "SELECT cascade_json FROM events WHERE relation = 'reps' ORDER BY kafka_offset",
+    )
+    .await;
+    assert_eq!(kept.len(), 6, "{kept:?}");
+    for r in &kept {
+        let c: Value = serde_json::from_str(r["cascade_json"].as_str().unwrap()).unwrap();
+        assert_eq!(c["constraint"], "reps_bfkey_fkey", "{c}");
+        assert_eq!(c["parent_table"], "public.brieff", "{c}");
+    }
+    let dir = PathBuf::from(&s.store).parent().unwrap().to_path_buf();
+    let who = (s.prefix.as_str(), s.db.as_str());
+    let mut report_kafka = Vec::new();
+    let topics = restore_command(who, "leaky", LogOpener::kafka(), dir.join("k.json"), false);
+    execute(&topics, &mut report_kafka, &Progress::hidden())
+        .await
+        .expect("plan from the topics");
+    let mut report_history = Vec::new();
+    let history = restore_command(
+        who,
+        "leaky",
+        from_history(&s.store),
+        dir.join("h.json"),
+        true,
+    );
+    execute(&history, &mut report_history, &Progress::hidden())
+        .await
+        .expect("apply from the history");
+    let (a, b) = (
+        std::fs::read_to_string(dir.join("k.json")).unwrap(),
+        std::fs::read_to_string(dir.join("h.json")).unwrap(),
+    );
+    assert!(a.contains("reps_bfkey_fkey"), "{a}");
+    assert_eq!(
+        a, b,
+        "the plan from the history differs from the plan from the topics"
+    );
+    let report = String::from_utf8_lossy(&report_history);
+    assert!(
+        report.contains("with its cascade: 3 row(s) of public.reps"),
+        "{report}"
+    );
+    assert_eq!(dump(&direct, "reps").await, reps);
+    assert_eq!(dump(&direct, "brieff").await, brieff);
+    if let Some(p) = s.proxy.take() {
+        p.shutdown().await;
+    }
 }

@@ -20,9 +20,13 @@ data="$dir/pg"; logf="$dir/pg.log"
 export LD_LIBRARY_PATH="${PG15_BIN%/bin}/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 cleanup() {
-  [ -f "$dir/tansu.pid" ] && kill -CONT "$(cat "$dir/tansu.pid")" 2>/dev/null && kill "$(cat "$dir/tansu.pid")" 2>/dev/null
-  [ -f "$data/postmaster.pid" ] && as_pg "$PG15_BIN/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1
-  true
+  # Left over from a run that was killed, the files may name processes long gone: never fatal.
+  if [ -f "$dir/tansu.pid" ]; then
+    kill -CONT "$(cat "$dir/tansu.pid")" 2>/dev/null && kill "$(cat "$dir/tansu.pid")" 2>/dev/null || true
+  fi
+  if [ -f "$data/postmaster.pid" ]; then
+    as_pg "$PG15_BIN/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 cleanup

@@ -204,6 +204,10 @@ pub enum ResolvedBy {
     /// lost the txid (which may then belong to another transaction), and `txid_status()` said
     /// committed: `commit_status` is `unknown`.
     ServerRestarted,
+    /// A later BEGIN carries the same txid: the server crashed after this BEGIN, lost the
+    /// transaction before it was durable and handed the txid out again (`aborted`; not
+    /// asked, `txid_status()` would describe the other transaction).
+    TxidReissued,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,9 +27,15 @@
 //! arbitrary, the counts are not compared and the events keep `side_effects: "uncaptured"`
 //! naming them.
 //!
-//! Not captured (the events stay marked `side_effects: "uncaptured"`, naming the tables): the
-//! cascades of a write inside a data-modifying CTE or a MERGE, and of an UPDATE whose capture
-//! has reads of its own (the locking pre-read before PostgreSQL 18).
+//! Statements with reads of their own take the cascades' in: an UPDATE's locking pre-read
+//! before PostgreSQL 18 ([`reads_collecting`]), a MERGE's pre-read and post-read before 18
+//! (`merge::with_cascades`, from [`reach_ctes`], [`stores`] and [`post_parts`]). A write in a
+//! data-modifying WITH statement is read as a statement of its own ([`attach_within`]).
+//!
+//! Not captured (the events stay marked `side_effects: "uncaptured"`, naming the tables): in a
+//! data-modifying WITH statement, the cascades of a write whose rows come from another write,
+//! of a second cascading write, and of any write next to an UPDATE's locking pre-read before
+//! 18; a MERGE's with PostgreSQL 17 syntax (`RETURNING`, `WHEN NOT MATCHED BY SOURCE`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -68,7 +74,9 @@ pub enum CascadeError {
     Unread {
         table: String,
         counted: i64,
-        read: i64,
+        /// The rows read (`n`, or `low to high` when a row reached by several keys could have
+        /// counted more than once).
+        read: String,
     },
     #[error("a cascade read row is malformed: {0}")]
     Row(String),
@@ -330,8 +338,8 @@ pub struct Root<'a> {
     pub name: &'a str,
     /// It has user triggers.
     pub triggers: bool,
-    /// What the statement does to its rows.
-    pub change: RowChange,
+    /// What the statement does to its rows (a MERGE may delete some and update others).
+    pub changes: Vec<RowChange>,
 }
 
 /// The cascades a statement sets off on `root` (no reaches: no key whose action applies
@@ -341,7 +349,9 @@ pub fn plan(graph: &Graph, root: Root<'_>) -> Result<Plan, CascadeError> {
     let mut considered: Vec<(String, String)> = Vec::new();
     // (reach whose rows change, the oids of their table, depth, how they change); the
     // statement's own rows first.
-    let mut queue = vec![(None, root.oids.to_vec(), 0, root.change)];
+    let mut queue: Vec<_> = (root.changes.into_iter().rev())
+        .map(|change| (None, root.oids.to_vec(), 0, change))
+        .collect();
     while let Some((from, tables, depth, change)) = queue.pop() {
         if depth >= MAX_DEPTH {
             continue; // Deeper rows are caught by the counts (`check`).
@@ -390,9 +400,44 @@ pub fn plan(graph: &Graph, root: Root<'_>) -> Result<Plan, CascadeError> {
 /// (`WITH a AS (…)`, or empty) and `rows`: `SELECT t.* FROM …` of the rows the statement
 /// deletes, both spliced from the client's text (so their errors point into it).
 pub(crate) fn reads(plan: &Plan, with: Spliced, rows: Spliced, form: Form) -> Reads {
+    let mut pre = with_list(with);
+    reach_ctes(plan, &mut pre, rows);
+    pre.own(&format!("\nSELECT {}", stores(plan)));
+    Reads {
+        pre,
+        post: post_read(plan, form),
+    }
+}
+
+/// [`reads`] for an UPDATE whose before images come from its own locking pre-read (before
+/// PostgreSQL 18): `rows` selects `t.*, <image> AS __hs_pi, t.tableoid AS __hs_po … FOR
+/// UPDATE OF t`; the pre-read returns the images and tableoids as the UPDATE's pre-read does,
+/// and stores the cascades' rows once they are all read (a UNION ALL runs its branches in
+/// order, and its last one returns no row).
+pub(crate) fn reads_collecting(plan: &Plan, with: Spliced, rows: Spliced, form: Form) -> Reads {
+    let mut pre = with_list(with);
+    reach_ctes(plan, &mut pre, rows);
+    pre.own(&format!(
+        "\nSELECT __hs_k0.__hs_pi, __hs_k0.__hs_po FROM __hs_k0\nUNION ALL SELECT NULL, NULL WHERE NOT ({})",
+        stores(plan)
+    ));
+    Reads {
+        pre,
+        post: post_read(plan, form),
+    }
+}
+
+/// The client's WITH list ready for hindsight's CTEs (`WITH ` when there is none).
+fn with_list(with: Spliced) -> Spliced {
     let mut pre = with;
-    pre.own(if pre.text.is_empty() { "WITH " } else { ",\n" })
-        .own("__hs_k0 AS (");
+    pre.own(if pre.text.is_empty() { "WITH " } else { ",\n" });
+    pre
+}
+
+/// `__hs_k0 AS (rows)` — the rows the statement changes — and one CTE per reach, appended to
+/// `pre` (which ends in `WITH ` or `,\n`).
+pub(crate) fn reach_ctes(plan: &Plan, pre: &mut Spliced, rows: Spliced) {
+    pre.own("__hs_k0 AS (");
     let rows_at = pre.text.len();
     pre.own(&rows.text).own(")");
     pre.map.extend(rows.map.into_iter().map(|mut p| {
@@ -402,6 +447,11 @@ pub(crate) fn reads(plan: &Plan, with: Spliced, rows: Spliced, form: Form) -> Re
     for (i, r) in plan.reaches.iter().enumerate() {
         pre.own(&format!(",\n__hs_k{} AS ({})", i + 1, reach_sql(r)));
     }
+}
+
+/// The condition (always true) that keeps what the reach CTEs of [`reach_ctes`] read, and the
+/// reached tables' counts, in the transaction's settings.
+pub(crate) fn stores(plan: &Plan) -> String {
     let branches: Vec<String> = (1..=plan.reaches.len())
         .map(|k| {
             let r = &plan.reaches[k - 1];
@@ -419,18 +469,14 @@ pub(crate) fn reads(plan: &Plan, with: Spliced, rows: Spliced, form: Form) -> Re
             )
         })
         .collect();
-    pre.own(&format!(
-        "\nSELECT set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b, k, p, u)) \
+    format!(
+        "set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b, k, p, u)) \
          FROM (SELECT o, c, (array_agg(b))[1] AS b, min(k) AS k, (array_agg(p ORDER BY k))[1] AS p, count(*) FILTER (WHERE u) AS u \
          FROM ({}) __hs_a(o, c, b, k, p, u) GROUP BY o, c) __hs_d), '[]')::text, true) IS NOT NULL \
          AND set_config('{COUNTS}', {}::text, true) IS NOT NULL",
         branches.join(" UNION ALL "),
         counts(plan, None)
-    ));
-    Reads {
-        pre,
-        post: post_read(plan, form),
-    }
+    )
 }
 
 /// The statements [`reads`] builds.
@@ -508,32 +554,50 @@ fn counts(plan: &Plan, since: Option<&str>) -> String {
 /// setting stays (the select list is computed after the WHERE that would empty it), and the
 /// next statement's read overwrites it.
 fn post_read(plan: &Plan, form: Form) -> String {
+    let p = post_parts(plan, form);
+    format!("WITH {}\n{}", p.cte, p.selects)
+}
+
+/// The parts of the read after the statement, for a post-read of its own ([`post_read`]) or
+/// appended to another (a MERGE's before PostgreSQL 18).
+pub(crate) struct PostParts {
+    /// `__hs_y AS (…)`: the rows read before, each with its latest version.
+    pub cte: String,
+    /// The rows that changed, `UNION ALL` the counts' row (last).
+    pub selects: String,
+}
+
+pub(crate) fn post_parts(plan: &Plan, form: Form) -> PostParts {
     let branches: Vec<String> = plan
         .reaches
         .iter()
         .enumerate()
         .map(|(i, r)| {
             format!(
-                "SELECT {}, {}, __hs_x.o, jsonb_build_array(__hs_x.k, __hs_x.p, __hs_x.u)::text FROM __hs_x \
+                "SELECT {}, {}, __hs_y.o, jsonb_build_array(__hs_y.k, __hs_y.p, __hs_y.u)::text FROM __hs_y \
                  LEFT JOIN LATERAL (SELECT to_jsonb(__hs_r.*) AS a, __hs_r.ctid AS c FROM {} __hs_r \
-                 WHERE __hs_r.tableoid = __hs_x.o AND __hs_r.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
-                 WHERE __hs_x.k = {} AND __hs_n.c IS DISTINCT FROM __hs_x.c",
-                form.json("__hs_x.b"),
+                 WHERE __hs_r.tableoid = __hs_y.o AND __hs_r.ctid = __hs_y.cur OFFSET 0) __hs_n ON true \
+                 WHERE __hs_y.k = {} AND __hs_n.c IS DISTINCT FROM __hs_y.c",
+                form.json("__hs_y.b"),
                 form.json("__hs_n.a"),
                 qualified(&r.key.child),
                 i + 1
             )
         })
         .collect();
-    format!(
-        "WITH __hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, \
-         (__hs_e->>3)::int AS k, __hs_e->4 AS p, (__hs_e->>5)::int AS u, \
-         currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
-         FROM jsonb_array_elements(COALESCE(NULLIF(current_setting('{ROWS}', true), ''), '[]')::jsonb) __hs_e)\n\
-         {}\nUNION ALL\nSELECT NULL, NULL, NULL, {}::text WHERE set_config('{ROWS}', '', true) IS NOT NULL",
-        branches.join("\nUNION ALL\n"),
-        counts(plan, Some(COUNTS))
-    )
+    PostParts {
+        cte: format!(
+            "__hs_y AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, \
+             (__hs_e->>3)::int AS k, __hs_e->4 AS p, (__hs_e->>5)::int AS u, \
+             currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
+             FROM jsonb_array_elements(COALESCE(NULLIF(current_setting('{ROWS}', true), ''), '[]')::jsonb) __hs_e)"
+        ),
+        selects: format!(
+            "{}\nUNION ALL\nSELECT NULL, NULL, NULL, {}::text WHERE set_config('{ROWS}', '', true) IS NOT NULL",
+            branches.join("\nUNION ALL\n"),
+            counts(plan, Some(COUNTS))
+        ),
+    }
 }
 
 /// Where a cascaded row's change comes from: the foreign key and the row it references.
@@ -574,9 +638,14 @@ pub fn origin(plan: &Plan, column: &[u8]) -> Result<Origin, CascadeError> {
 /// The counts the post-read ends with, compared with the rows it read (`rows`) and the
 /// statement's own rows per table (`own`, by oid: a self-referencing table counts both).
 /// `counts`: `{"oid": [n, name], …}`. A plan whose counts are not compared (`Plan::counted`) passes.
+///
+/// A row reached by several keys makes a range: an updated one was updated once per key whose
+/// action reached it, at least once (a key whose referenced row kept its value leaves it be);
+/// a deleted one may have been updated first by those keys' SET NULL / SET DEFAULT (the order
+/// PostgreSQL runs the actions in decides).
 pub fn check(
     plan: &Plan,
-    rows: &[Change],
+    rows: &[&Change],
     own: &HashMap<u32, i64>,
     counts: Option<&str>,
 ) -> Result<(), CascadeError> {
@@ -592,17 +661,23 @@ pub fn check(
         let oid: u32 = oid
             .parse()
             .map_err(|_| CascadeError::Row(format!("{oid:?} is not a table oid")))?;
-        // A deleted row counts once; an updated one once per key whose action updated it.
-        let read = rows
+        let own = own.get(&oid).copied().unwrap_or(0);
+        let (low, high) = rows
             .iter()
             .filter(|c| c.table_oid == oid)
-            .map(|c| match (&c.after, &c.cascade) {
-                (Some(_), Some(o)) => o.updates.max(1),
-                _ => 1,
+            .map(|c| {
+                let updates = c.cascade.as_ref().map_or(0, |o| o.updates.max(0));
+                match c.after {
+                    Some(_) => (1, updates.max(1)),
+                    None => (1, 1 + updates),
+                }
             })
-            .sum::<i64>()
-            + own.get(&oid).copied().unwrap_or(0);
-        if counted != read {
+            .fold((own, own), |(l, h), (a, b)| (l + a, h + b));
+        if counted < low || counted > high {
+            let read = match low == high {
+                true => low.to_string(),
+                false => format!("{low} to {high}"),
+            };
             return Err(CascadeError::Unread {
                 table,
                 counted,
@@ -614,8 +689,10 @@ pub fn check(
 }
 
 /// `rw`, the capture of the DELETE or UPDATE `sql` (the client's statement) on `write`, with
-/// the reads of its cascades around it (see [`reads`]), in its pre-read and post-read slots
-/// (a capture with reads of its own is refused: the caller leaves those marked uncaptured).
+/// the reads of its cascades around it (see [`reads`]), in its pre-read and post-read slots.
+/// An UPDATE's locking pre-read (before PostgreSQL 18) becomes one with the cascades' reads
+/// ([`reads_collecting`]); a capture with other reads of its own is refused (a MERGE's are
+/// joined in `merge`).
 pub fn attach(
     rw: Rewritten,
     sql: &str,
@@ -623,23 +700,64 @@ pub fn attach(
     plan: Arc<Plan>,
     form: Form,
 ) -> Result<Rewritten, Refusal> {
-    if rw.pre_read.is_some() || rw.post_read.is_some() {
-        return Err(Refusal::Unsupported {
-            what: format!(
-                "the cascades of a write on {} with reads of its own",
-                write.table
-            ),
-        });
-    }
-    let (with, rows) =
-        target_rows(sql, &write.reference()).ok_or_else(|| Refusal::Unsupported {
-            what: format!(
+    let mut client = Spliced::default();
+    client.client(sql, 0..sql.len());
+    attach_within(rw, &client, write, plan, form)
+}
+
+/// [`attach`] for a write whose text as a statement of its own, `alone`, hindsight built from
+/// pieces of the client's (a write in a data-modifying CTE, see `cte::Cut::cascading`).
+pub(crate) fn attach_within(
+    rw: Rewritten,
+    alone: &Spliced,
+    write: &Write,
+    plan: Arc<Plan>,
+    form: Form,
+) -> Result<Rewritten, Refusal> {
+    let sql = alone.text.as_str();
+    let reference = write.reference();
+    let own_reads = match (&rw.pre_read, &rw.post_read) {
+        (None, None) => OwnReads::None,
+        (Some(_), None) if rw.shape.pre_read => OwnReads::Locking,
+        _ => {
+            return Err(Refusal::Unsupported {
+                what: format!(
+                    "the cascades of a write on {} with reads of its own",
+                    write.table
+                ),
+            })
+        }
+    };
+    let unreadable = || Refusal::Unsupported {
+        what: format!(
             "{} on {} of this form, whose foreign keys cascade (its rows could not be read first)",
             write.kind.label().to_uppercase(),
             write.table
         ),
-        })?;
-    let r = reads(&plan, with, rows, form);
+    };
+    let rows = |select: &str, suffix: &str| {
+        let (with, rows) = target_rows(sql, select, suffix).ok_or_else(unreadable)?;
+        Ok::<_, Refusal>((with.through(alone), rows.through(alone)))
+    };
+    let r = match own_reads {
+        OwnReads::None => {
+            let (with, rows) = rows(&format!("{reference}.*"), "")?;
+            reads(&plan, with, rows, form)
+        }
+        OwnReads::Locking => {
+            // FOR UPDATE OF takes the alias or the bare name, as the UPDATE's own pre-read.
+            let lock = match write.alias.as_str() {
+                "" => quote(&write.table.name),
+                alias => quote(alias),
+            };
+            let select = format!(
+                "{reference}.*, {} AS __hs_pi, {reference}.tableoid AS __hs_po",
+                form.row(&format!("{reference}.*"))
+            );
+            let (with, rows) = rows(&select, &format!("FOR UPDATE OF {lock}\n"))?;
+            reads_collecting(&plan, with, rows, form)
+        }
+    };
     let mut shape = rw.shape;
     let s = Arc::make_mut(&mut shape);
     s.read_after = Some(ReadAfter::Cascade);
@@ -651,6 +769,13 @@ pub fn attach(
         post_read: Some(r.post),
         ..rw
     })
+}
+
+/// The reads a write's capture has before its cascades' are added.
+enum OwnReads {
+    None,
+    /// An UPDATE's locking pre-read of its before images (before PostgreSQL 18).
+    Locking,
 }
 
 /// The top-level keywords of a DELETE or UPDATE, as byte spans of its text.
@@ -715,11 +840,10 @@ fn keywords(sql: &str) -> Option<Keywords> {
     Some(k)
 }
 
-/// A DELETE's or UPDATE's WITH list and `SELECT target.* FROM target [, using / from…] [WHERE
-/// …]` of the rows it changes (as they are before it runs), cut from its text at its top-level
-/// keywords (spliced: errors point into the client's text). `reference`: how the statement
-/// names its target.
-fn target_rows(sql: &str, reference: &str) -> Option<(Spliced, Spliced)> {
+/// A DELETE's or UPDATE's WITH list and `SELECT select FROM target [, using / from…] [WHERE
+/// …] suffix` of the rows it changes (as they are before it runs), cut from its text at its
+/// top-level keywords (spliced: errors point into the client's text).
+fn target_rows(sql: &str, select: &str, suffix: &str) -> Option<(Spliced, Spliced)> {
     let k = keywords(sql)?;
     let (verb_at, verb_end) = k.verb?;
     let end = k
@@ -744,7 +868,7 @@ fn target_rows(sql: &str, reference: &str) -> Option<(Spliced, Spliced)> {
         with.client(sql, 0..verb_at);
     }
     let mut rows = Spliced::default();
-    rows.own(&format!("SELECT {reference}.* FROM "))
+    rows.own(&format!("SELECT {select} FROM "))
         .client(sql, target);
     if let Some((_, m_end)) = k.more {
         rows.own(",\n")
@@ -754,7 +878,7 @@ fn target_rows(sql: &str, reference: &str) -> Option<(Spliced, Spliced)> {
         rows.own("\n").client(sql, w..end);
     }
     // A trailing `--` comment of the client's would swallow what follows.
-    rows.own("\n");
+    rows.own("\n").own(suffix);
     Some((with, rows))
 }
 
@@ -767,7 +891,7 @@ mod tests {
             oids,
             name: "t",
             triggers: false,
-            change: RowChange::Deleted,
+            changes: vec![RowChange::Deleted],
         }
     }
 
@@ -828,7 +952,9 @@ mod tests {
             oids: &[1],
             name: "t1",
             triggers: false,
-            change: RowChange::Updated(cols.iter().map(|c| c.to_string()).collect()),
+            changes: vec![RowChange::Updated(
+                cols.iter().map(|c| c.to_string()).collect(),
+            )],
         };
         let names =
             |p: Plan| -> Vec<String> { p.reaches.iter().map(|r| r.key.name.clone()).collect() };
@@ -903,29 +1029,29 @@ mod tests {
             .iter()
             .any(|m| m.at == where_at && m.client_at == 15));
         assert!(r.post.contains("currtid2"), "{}", r.post);
-        assert!(r.post.contains("WHERE __hs_x.k = 2"), "{}", r.post);
+        assert!(r.post.contains("WHERE __hs_y.k = 2"), "{}", r.post);
     }
 
     #[test]
     fn a_delete_or_update_is_cut_into_the_rows_it_changes() {
         let sql = "WITH x AS (SELECT 1 AS id) DELETE FROM ONLY t1 AS a USING x WHERE a.id = x.id RETURNING a.*";
-        let (with, rows) = target_rows(sql, "a").unwrap();
+        let (with, rows) = target_rows(sql, "a.*", "").unwrap();
         assert_eq!(with.text, "WITH x AS (SELECT 1 AS id)");
         assert_eq!(
             rows.text,
             "SELECT a.* FROM ONLY t1 AS a,\nx\nWHERE a.id = x.id\n"
         );
-        let (with, rows) = target_rows("DELETE FROM t1 -- all\n;", "t1").unwrap();
+        let (with, rows) = target_rows("DELETE FROM t1 -- all\n;", "t1.*", "").unwrap();
         assert!(with.text.is_empty());
         assert_eq!(rows.text, "SELECT t1.* FROM t1 -- all\n");
-        assert!(target_rows("DELETE FROM t1 WHERE CURRENT OF c", "t1").is_none());
+        assert!(target_rows("DELETE FROM t1 WHERE CURRENT OF c", "t1.*", "").is_none());
         let sql = "UPDATE ONLY t1 AS a SET id = x.id + 1, v = (SELECT 1 FROM y) FROM x WHERE a.id IS NOT DISTINCT FROM x.id RETURNING *";
-        let (_, rows) = target_rows(sql, "a").unwrap();
+        let (_, rows) = target_rows(sql, "a.*", "").unwrap();
         assert_eq!(
             rows.text,
             "SELECT a.* FROM ONLY t1 AS a,\nx\nWHERE a.id IS NOT DISTINCT FROM x.id\n"
         );
-        let (_, rows) = target_rows("update t1 set id = 2", "t1").unwrap();
+        let (_, rows) = target_rows("update t1 set id = 2", "t1.*", "").unwrap();
         assert_eq!(rows.text, "SELECT t1.* FROM t1\n");
     }
 
@@ -944,13 +1070,78 @@ mod tests {
                 err,
                 CascadeError::Unread {
                     counted: 3,
-                    read: 2,
+                    ref read,
                     ..
-                }
+                } if read == "2"
             ),
             "{err}"
         );
         assert!(check(&p, &[], &own, None).is_err());
+    }
+
+    #[test]
+    fn an_updates_locking_pre_read_returns_its_images_and_stores_the_cascades_last() {
+        let mut k = key("a", 2, 1, Action::None);
+        k.on_update = Action::Cascade;
+        let root = Root {
+            oids: &[1],
+            name: "t1",
+            triggers: false,
+            changes: vec![RowChange::Updated(vec!["id".into()])],
+        };
+        let p = plan(&Graph { keys: vec![k] }, root).unwrap();
+        let sql = "UPDATE t1 SET id = $1 WHERE id IN (SELECT 2)";
+        let select = "t1.*, to_jsonb(t1.*) AS __hs_pi, t1.tableoid AS __hs_po";
+        let (with, rows) = target_rows(sql, select, "FOR UPDATE OF t1\n").unwrap();
+        let r = reads_collecting(&p, with, rows, Form::Jsonb);
+        assert!(r.pre.text.starts_with("WITH __hs_k0 AS (SELECT t1.*, to_jsonb(t1.*) AS __hs_pi, t1.tableoid AS __hs_po FROM t1\nWHERE id IN (SELECT 2)\nFOR UPDATE OF t1\n)"), "{}", r.pre.text);
+        assert!(r.pre.text.contains("SELECT __hs_k0.__hs_pi, __hs_k0.__hs_po FROM __hs_k0\nUNION ALL SELECT NULL, NULL WHERE NOT (set_config('hindsight.cascade_rows'"), "{}", r.pre.text);
+    }
+
+    #[test]
+    fn a_row_two_keys_reach_counts_as_a_range() {
+        let graph = Graph {
+            keys: vec![
+                key("a", 2, 1, Action::Cascade),
+                key("b", 2, 1, Action::SetNull),
+            ],
+        };
+        let p = plan(&graph, deleting(&[1])).unwrap();
+        let stmt = std::sync::Arc::new(crate::capture::txn::StatementCtx::for_test(
+            std::sync::Arc::new(crate::capture::rewrite::Shape::statement(
+                crate::statement::Kind::Delete,
+                Default::default(),
+            )),
+        ));
+        let row = |after: bool, updates: i64| Change {
+            before: Some(Default::default()),
+            after: after.then(Default::default),
+            table_oid: 2,
+            stmt: std::sync::Arc::clone(&stmt),
+            gate: None,
+            cascade: Some(Box::new(Origin {
+                constraint: "a".into(),
+                parent_table: "public.t1".into(),
+                parent_key: serde_json::Value::Null,
+                updates,
+            })),
+        };
+        // Deleted, and maybe updated first by b's SET NULL: 1 or 2.
+        let deleted = row(false, 1);
+        let none = HashMap::new();
+        for n in [1, 2] {
+            let counts = format!(r#"{{"2": [{n}, "t2"]}}"#);
+            assert_eq!(check(&p, &[&deleted], &none, Some(&counts)), Ok(()), "{n}");
+        }
+        let err = check(&p, &[&deleted], &none, Some(r#"{"2": [3, "t2"]}"#)).unwrap_err();
+        assert!(err.to_string().contains("read 1 to 2"), "{err}");
+        // Updated by one or both of two SET NULL keys.
+        let updated = row(true, 2);
+        assert_eq!(
+            check(&p, &[&updated], &none, Some(r#"{"2": [1, "t2"]}"#)),
+            Ok(())
+        );
+        assert!(check(&p, &[&updated], &none, Some(r#"{"2": [0, "t2"]}"#)).is_err());
     }
 
     #[test]

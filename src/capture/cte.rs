@@ -37,7 +37,8 @@ use pg_query::protobuf::Token as T;
 
 use super::image_sql::Form;
 use super::rewrite::{
-    quote, update_stored, upsert_capturing_before, Added, Refusal, Rewritten, Shape, BEFORE_IMAGE,
+    quote, update_stored, upsert_capturing_before, Added, Refusal, Rewritten, Shape, Spliced,
+    BEFORE_IMAGE,
 };
 use crate::statement::analysis::{analyze, Analysis, Kind};
 
@@ -371,6 +372,7 @@ impl Cut {
             wrapper: Some(Arc::new(wrapper)),
             read_after: None,
             cascade: None,
+            txid_at: None,
         });
         Ok(Rewritten {
             pre_read,
@@ -475,6 +477,122 @@ impl Cut {
             shape: Some(part_shape(a, major, main_stored)),
         })
     }
+}
+
+/// A write of a data-modifying WITH statement that deletes or updates rows: the foreign keys
+/// referencing its table may change others (`cascade`).
+pub(crate) struct Cascading<'a> {
+    /// 0: the statement after the WITH list; k: the k-th write of the WITH list (the wrapper's
+    /// source numbers).
+    pub source: usize,
+    pub analysis: &'a Analysis,
+    /// The write as a statement of its own, `WITH <the CTEs it reads> <its text>`, with where
+    /// the client's text went; `None` when its text names a write of the WITH list (directly
+    /// or through a CTE that does), whose rows do not exist before the statement runs.
+    pub alone: Option<Spliced>,
+}
+
+impl Cut {
+    /// The writes that delete or update rows, each as a statement of its own where it can be.
+    pub(crate) fn cascading(&self) -> Vec<Cascading<'_>> {
+        let (kept, unreadable) = self.readable_ctes();
+        let alone = |body: &Range<usize>| -> Option<Spliced> {
+            let names = words(&self.sql[body.clone()]);
+            if names.iter().any(|n| unreadable.contains(n)) {
+                return None;
+            }
+            let mut out = Spliced::default();
+            if !kept.is_empty() {
+                out.own(if self.recursive {
+                    "WITH RECURSIVE "
+                } else {
+                    "WITH "
+                });
+                for (i, r) in kept.iter().enumerate() {
+                    if i > 0 {
+                        out.own(",\n");
+                    }
+                    out.client(&self.sql, r.clone());
+                }
+                out.own("\n");
+            }
+            out.client(&self.sql, body.clone());
+            Some(out)
+        };
+        let deletes_or_updates = |a: &Analysis| matches!(a.kind, Kind::Delete | Kind::Update);
+        let mut out: Vec<Cascading<'_>> = self
+            .writes()
+            .enumerate()
+            .filter(|(_, w)| deletes_or_updates(&w.analysis))
+            .map(|(i, w)| Cascading {
+                source: i + 1,
+                analysis: &w.analysis,
+                alone: alone(&w.body),
+            })
+            .collect();
+        if deletes_or_updates(&self.main_analysis) {
+            out.push(Cascading {
+                source: 0,
+                analysis: &self.main_analysis,
+                alone: alone(&self.main),
+            });
+        }
+        out
+    }
+
+    /// The CTEs that do not write and name no write (nor a CTE that does), and the names of
+    /// the others, as PostgreSQL compares them.
+    fn readable_ctes(&self) -> (Vec<Range<usize>>, Vec<String>) {
+        let mut unreadable: Vec<String> = self.writes().map(|w| ident(&w.name)).collect();
+        let mut kept: Vec<(Range<usize>, String, Vec<String>)> = self
+            .pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Kept(r) => {
+                    let names = words(&self.sql[r.clone()]);
+                    let own = names.first().cloned().unwrap_or_default();
+                    Some((r.clone(), own, names.into_iter().skip(1).collect()))
+                }
+                Piece::Write(_) => None,
+            })
+            .collect();
+        // Until nothing changes: a recursive WITH list may name a later CTE.
+        loop {
+            let before = kept.len();
+            kept.retain(|(_, own, names)| {
+                if names.iter().any(|n| unreadable.contains(n)) {
+                    unreadable.push(own.clone());
+                    return false;
+                }
+                true
+            });
+            if kept.len() == before {
+                break;
+            }
+        }
+        (kept.into_iter().map(|(r, _, _)| r).collect(), unreadable)
+    }
+}
+
+/// `rw`, a wrapper query, with `plan` the cascades of its write `source` (see [`Cascading`]):
+/// that write's events then say what was captured.
+pub fn with_part_cascade(
+    mut rw: Rewritten,
+    source: usize,
+    plan: Arc<super::cascade::Plan>,
+) -> Rewritten {
+    let shape = Arc::make_mut(&mut rw.shape);
+    if let Some(wrapper) = shape.wrapper.as_mut() {
+        let wrapper = Arc::make_mut(wrapper);
+        let part = match source {
+            0 => wrapper.main.as_mut(),
+            k => wrapper.parts.get_mut(k - 1),
+        };
+        if let Some(part) = part {
+            Arc::make_mut(part).cascade = Some(plan);
+        }
+    }
+    rw
 }
 
 /// The wrapper's part for the statement after the WITH list.
@@ -596,6 +714,21 @@ fn idents(sql: &str) -> Vec<String> {
                 .iter()
                 .filter(|t| T::try_from(t.token).ok() == Some(T::Ident))
                 .map(|t| ident(&sql[t.start as usize..t.end as usize]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every identifier and keyword in `sql`, as PostgreSQL compares identifiers (a CTE may be
+/// named by an unreserved keyword).
+fn words(sql: &str) -> Vec<String> {
+    pg_query::scan(sql)
+        .map(|s| {
+            s.tokens
+                .iter()
+                .map(|t| &sql[t.start as usize..t.end as usize])
+                .filter(|w| w.starts_with(|c: char| c.is_alphabetic() || c == '_' || c == '"'))
+                .map(ident)
                 .collect()
         })
         .unwrap_or_default()

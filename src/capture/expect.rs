@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::rewrite::Rewritten;
-use super::router::{Collect, Delivery, Unit};
+use super::router::{Collect, Delivery, ReadCounts, Unit};
 use super::txn::StatementCtx;
 use crate::wire::error_response::{sqlstate, ErrorResponse};
 
@@ -69,11 +69,13 @@ impl Rewritten {
             .chain(post)
     }
 
-    /// Where this write's pre-read rows go.
+    /// Where this write's pre-read rows go: the before images of an UPDATE's locking pre-read
+    /// (even with its cascades' reads joined in) and TRUNCATE's are collected; a pre-read
+    /// followed by a post-read otherwise keeps its rows in the server for it.
     pub fn pre_read_rows(&self) -> PreReadRows {
-        match self.post_read {
-            Some(_) => PreReadRows::KeptInServer,
-            None => PreReadRows::Collected,
+        match (self.shape.pre_read, &self.post_read) {
+            (true, _) | (false, None) => PreReadRows::Collected,
+            (false, Some(_)) => PreReadRows::KeptInServer,
         }
     }
 }
@@ -111,7 +113,7 @@ fn collect(step: &Step, ctx: &Arc<StatementCtx>) -> Collect {
         Step::Guard(_) | Step::PreRead(PreReadRows::KeptInServer) => Collect::Nothing,
         Step::PreRead(PreReadRows::Collected) => Collect::PreRead(Arc::clone(ctx), Vec::new()),
         Step::Main => Collect::capture(Arc::clone(ctx)),
-        Step::PostRead => Collect::MergeRead(Arc::clone(ctx), Vec::new(), None),
+        Step::PostRead => Collect::MergeRead(Arc::clone(ctx), Vec::new(), ReadCounts::default()),
     }
 }
 

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use pg_query::protobuf::Token as T;
 
+use super::cascade::{self, Plan, RowChange};
 use super::image_sql::Form;
 use super::rewrite::{quote, Added, ClientPiece, ReadAfter, Refusal, Rewritten, Shape, Spliced};
 use crate::statement::analysis::{Kind, Write};
@@ -255,7 +256,7 @@ pub fn rewrite(
         p,
     };
     let (text, inserts) = m.counted();
-    let pre = m.pre_read();
+    let pre = m.pre_read(None);
     let shape = Arc::new(Shape {
         read_after: Some(ReadAfter::Merge),
         ..Shape::statement(Kind::Merge, write.table.clone())
@@ -263,10 +264,79 @@ pub fn rewrite(
     Ok(Some(Rewritten {
         pre_read: Some(pre.text),
         pre_read_map: pre.map,
-        post_read: Some(m.post_read(form)),
+        post_read: Some(m.post_read(form, None)),
         inserts,
         ..Rewritten::returning(text, shape)
     }))
+}
+
+/// What the WHEN MATCHED clauses of the MERGE `body` (without a trailing `;`) on `write` do
+/// to the target's rows, for the actions of the foreign keys referencing it (none: it only
+/// inserts); `None` for a form this module cannot cut (PostgreSQL 17's `RETURNING` and `WHEN
+/// NOT MATCHED BY SOURCE`), whose cascades stay uncaptured.
+pub fn row_changes(body: &str, write: &Write) -> Option<Vec<RowChange>> {
+    let p = parts(body).ok()?;
+    let acts = |a: u8| p.clauses.iter().any(|c| c.matched && c.action == a);
+    let mut changes = Vec::new();
+    if acts(b'd') {
+        changes.push(RowChange::Deleted);
+    }
+    if acts(b'u') {
+        changes.push(RowChange::Updated(write.columns.clone()));
+    }
+    Some(changes)
+}
+
+/// `rw`, the capture of the MERGE `body` (without a trailing `;`) on `write`, with the reads
+/// of the cascades its deletes and updates set off (`plan`): around it on PostgreSQL 18 (its
+/// RETURNING has the images), joined into its own pre-read and post-read before. Unchanged
+/// for a form [`row_changes`] cannot cut (its cascades stay marked uncaptured).
+pub fn with_cascades(
+    rw: Rewritten,
+    body: &str,
+    write: &Write,
+    plan: Arc<Plan>,
+    major: u32,
+    form: Form,
+) -> Rewritten {
+    let Ok(p) = parts(body) else {
+        return rw;
+    };
+    let m = Merge {
+        body,
+        write,
+        r: write.reference(),
+        p,
+    };
+    let mut shape = rw.shape;
+    let s = Arc::make_mut(&mut shape);
+    s.cascade = Some(Arc::clone(&plan));
+    if major >= 18 {
+        let mut with = Spliced::default();
+        if m.p.with {
+            with.client(body, m.p.prefix.clone());
+        }
+        let mut rows = Spliced::default();
+        m.acting(&mut rows, &format!("{}.*", m.r));
+        let reads = cascade::reads(&plan, with, rows, form);
+        s.read_after = Some(ReadAfter::Cascade);
+        return Rewritten {
+            shape,
+            pre_read: Some(reads.pre.text),
+            pre_read_map: reads.pre.map,
+            post_read: Some(reads.post),
+            ..rw
+        };
+    }
+    let pre = m.pre_read(Some(&plan));
+    let post = m.post_read(form, Some(&cascade::post_parts(&plan, form)));
+    Rewritten {
+        shape,
+        pre_read: Some(pre.text),
+        pre_read_map: pre.map,
+        post_read: Some(post),
+        ..rw
+    }
 }
 
 /// The MERGE cut into its parts, or why it is not rewritten: `Ok(None)` for syntax the server
@@ -372,36 +442,47 @@ impl Merge<'_> {
             .client(body, p.condition.clone())
     }
 
+    /// `SELECT select FROM target JOIN source ON condition WHERE …`: the matched rows a WHEN
+    /// MATCHED clause updates or deletes (the first clause whose condition holds decides, as in
+    /// the MERGE: taking every matched row would lock rows the MERGE leaves alone — all of
+    /// pg_class, for a MERGE into it).
+    fn acting(&self, pre: &mut Spliced, select: &str) {
+        let (body, p) = (self.body, &self.p);
+        pre.own(&format!("SELECT {select} FROM "));
+        self.join(pre);
+        if !p.clauses.iter().any(|c| c.matched) {
+            pre.own("\nWHERE false"); // Only WHEN NOT MATCHED: no existing row changes.
+            return;
+        }
+        pre.own("\nWHERE CASE");
+        for c in p.clauses.iter().filter(|c| c.matched) {
+            let acts = matches!(c.action, b'u' | b'd');
+            match c.and_end {
+                Some(and) => pre.own(" WHEN (").client(body, and..c.then).own(")"),
+                None => pre.own(" WHEN true"),
+            };
+            pre.own(&format!(" THEN {acts}"));
+        }
+        pre.own("\nELSE false END");
+    }
+
     /// The pre-read: the before images of the rows a WHEN MATCHED clause updates or deletes
-    /// (the first clause whose condition holds decides, as in the MERGE: locking every
-    /// matched row would lock rows the MERGE leaves alone — all of pg_class, for a MERGE into
-    /// it), stored in settings with the counters zeroed.
-    fn pre_read(&self) -> Spliced {
-        let (body, p, r) = (self.body, &self.p, &self.r);
+    /// ([`Merge::acting`]), stored in settings with the counters zeroed; with `cascade`, the
+    /// rows its foreign keys' actions reach too (`cascade::reach_ctes`).
+    fn pre_read(&self, cascade: Option<&Plan>) -> Spliced {
+        let (p, r) = (&self.p, &self.r);
         let mut pre = Spliced::default();
         pre.map.push(ClientPiece {
             at: 0,
             len: p.prefix.len(),
             client_at: 0,
         });
-        pre.own(&self.with()).own(&format!(
-            "__hs_m AS (SELECT {r}.tableoid AS o, {r}.ctid AS c, to_jsonb({r}.*) AS b FROM "
-        ));
-        self.join(&mut pre);
-        if !p.clauses.iter().any(|c| c.matched) {
-            pre.own("\nWHERE false\n)"); // Only WHEN NOT MATCHED: no existing row changes.
-        } else {
-            pre.own("\nWHERE CASE");
-            for c in p.clauses.iter().filter(|c| c.matched) {
-                let acts = matches!(c.action, b'u' | b'd');
-                match c.and_end {
-                    Some(and) => pre.own(" WHEN (").client(body, and..c.then).own(")"),
-                    None => pre.own(" WHEN true"),
-                };
-                pre.own(&format!(" THEN {acts}"));
-            }
-            pre.own(&format!("\nELSE false END{}\n)", self.lock()));
-        }
+        pre.own(&self.with()).own("__hs_m AS (");
+        self.acting(
+            &mut pre,
+            &format!("{r}.tableoid AS o, {r}.ctid AS c, to_jsonb({r}.*) AS b"),
+        );
+        pre.own(&format!("{}\n)", self.lock()));
         let mut stores = vec![format!("set_config('{ROWS}', COALESCE((SELECT jsonb_agg(jsonb_build_array(o, c::text, b)) FROM (SELECT DISTINCT ON (o, c) o, c, b FROM __hs_m) __hs_d), '[]')::text, true) IS NOT NULL")];
         if self.inserts_rows() {
             pre.own(&format!(
@@ -409,6 +490,15 @@ impl Merge<'_> {
             ));
             self.join(&mut pre).own("\n)");
             stores.push(format!("set_config('{SEEN}', COALESCE((SELECT jsonb_agg(DISTINCT jsonb_build_array(o, c::text)) FROM __hs_s), '[]')::text, true) IS NOT NULL"));
+        }
+        if let Some(plan) = cascade {
+            // The rows __hs_m locked, with their columns (the keys referencing them read them).
+            let target = self.texts().0;
+            let mut rows = Spliced::default();
+            rows.own(&format!("SELECT __hs_q.* FROM __hs_m, LATERAL (SELECT {r}.* FROM {target} WHERE {r}.tableoid = __hs_m.o AND {r}.ctid = __hs_m.c OFFSET 0) __hs_q"));
+            pre.own(",\n");
+            cascade::reach_ctes(plan, &mut pre, rows);
+            stores.push(cascade::stores(plan));
         }
         stores.extend(
             COUNTERS
@@ -440,7 +530,7 @@ impl Merge<'_> {
 
     /// The post-read: every matched row's before image with its current version (updated or
     /// gone), the rows the MERGE inserted, and last the counters.
-    fn post_read(&self, form: Form) -> String {
+    fn post_read(&self, form: Form, cascade: Option<&cascade::PostParts>) -> String {
         let r = &self.r;
         let (target, source, condition) = self.texts();
         // Inserted rows the ON condition matches now (a CTE: the value search below runs only
@@ -453,13 +543,16 @@ impl Merge<'_> {
         } else {
             String::new()
         };
+        let with = match cascade {
+            Some(c) => format!("{}{},\n", self.with(), c.cte),
+            None => self.with(),
+        };
         let mut post_read = format!(
-            "{}__hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
+            "{with}__hs_x AS (SELECT (__hs_e->>0)::oid AS o, (__hs_e->>1)::tid AS c, __hs_e->2 AS b, currtid2(((__hs_e->>0)::oid)::regclass::text, (__hs_e->>1)::tid) AS cur \
              FROM jsonb_array_elements(current_setting('{ROWS}', true)::jsonb) __hs_e){matched_inserts}\n\
              SELECT {}, {}, __hs_x.o, NULL::text FROM __hs_x LEFT JOIN LATERAL \
              (SELECT to_jsonb({r}.*) AS a, {r}.ctid AS c FROM {target} WHERE {r}.tableoid = __hs_x.o AND {r}.ctid = __hs_x.cur OFFSET 0) __hs_n ON true \
              WHERE __hs_n.c IS DISTINCT FROM __hs_x.c",
-            self.with(),
             form.json("__hs_x.b"),
             form.json("__hs_n.a")
         );
@@ -480,6 +573,9 @@ impl Merge<'_> {
             "\nUNION ALL\nSELECT NULL, NULL, NULL, concat_ws(',', {}) WHERE set_config('{ROWS}', '', true) IS NOT NULL AND set_config('{SEEN}', '', true) IS NOT NULL",
             counters.join(", ")
         ));
+        if let Some(c) = cascade {
+            post_read.push_str(&format!("\nUNION ALL\n{}", c.selects));
+        }
         post_read
     }
 
@@ -519,7 +615,7 @@ impl Merge<'_> {
 /// counters (`counters`: `updates,deletes,inserts`): `Err` says why its events would be wrong.
 pub fn check(
     table: &str,
-    changes: &[super::txn::Change],
+    changes: &[&super::txn::Change],
     tag_rows: Option<u64>,
     counters: Option<&str>,
 ) -> Result<(), String> {

@@ -502,9 +502,6 @@ fn op_of(c: &Change, mark: Option<&GateMark>) -> Op {
     }
 }
 
-/// Rows hindsight cannot see that may have changed with an `op` on table `t` (named
-/// `collection`): its user triggers, and for an update or delete the tables its foreign keys
-/// cascade to.
 /// What may have changed rows this event does not cover: the table's user triggers, and for
 /// an update or delete the tables its foreign keys' actions reach — less those whose rows the
 /// statement's cascade reads captured (`cascade`).

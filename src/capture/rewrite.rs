@@ -54,7 +54,14 @@ pub struct Shape {
     /// The foreign-key cascades this statement sets off, read around it (`cascade`); their
     /// rows come from the post-read (`ReadAfter::Cascade`).
     pub cascade: Option<Arc<super::cascade::Plan>>,
+    /// Index of the transaction's id (`pg_current_xact_id()`, see [`TXID_COLUMN`]): once a
+    /// row brought it, the COMMIT need not ask the server for it.
+    pub txid_at: Option<usize>,
 }
+
+/// The capture column that gives the transaction's id with each row (the top-level
+/// transaction's, in a subtransaction too; assigned by then, as the statement wrote a row).
+pub const TXID_COLUMN: &str = ", pg_current_xact_id()::text";
 
 /// Which statement's rows a post-read gives (how they are checked, see `Shape::read_after`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +89,7 @@ impl Shape {
             wrapper: None,
             read_after: None,
             cascade: None,
+            txid_at: None,
         }
     }
 }
@@ -323,11 +331,13 @@ impl<'a> Target<'a> {
         )
     }
 
-    fn shape(&self, extra: usize, images: Images, pre_read: bool) -> Arc<Shape> {
-        Arc::new(Shape {
+    /// The rewrite `text` (ending in its `extra` capture columns, placed as `images` says),
+    /// with the transaction's id appended as one more ([`TXID_COLUMN`]).
+    fn rewritten(&self, text: String, extra: usize, images: Images, pre_read: bool) -> Rewritten {
+        let shape = Arc::new(Shape {
             kind: self.kind,
             table: self.write.table.clone(),
-            extra,
+            extra: extra + 1,
             old_at: images.old_at,
             new_at: images.new_at,
             oid_at: images.oid_at,
@@ -337,7 +347,9 @@ impl<'a> Target<'a> {
             wrapper: None,
             read_after: None,
             cascade: None,
-        })
+            txid_at: Some(extra),
+        });
+        Rewritten::returning(text + TXID_COLUMN, shape)
     }
 
     /// The row's image and its `tableoid`, as appended columns.
@@ -364,18 +376,13 @@ impl<'a> Target<'a> {
             )
         };
         let images = Images::at(Some(0), Some(1), 2);
-        Rewritten::returning(
-            format!("{}{}{cols}", self.body, self.sep),
-            self.shape(3, images, false),
-        )
+        self.rewritten(format!("{}{}{cols}", self.body, self.sep), 3, images, false)
     }
 
     /// The one image RETURNING gives (the new row of an INSERT, the old one of a DELETE).
     fn returned(&self, new_at: Option<usize>, old_at: Option<usize>) -> Rewritten {
-        Rewritten::returning(
-            format!("{}{}{}", self.body, self.sep, self.image()),
-            self.shape(2, Images::at(old_at, new_at, 1), false),
-        )
+        let text = format!("{}{}{}", self.body, self.sep, self.image());
+        self.rewritten(text, 2, Images::at(old_at, new_at, 1), false)
     }
 
     /// An UPDATE before PostgreSQL 18: the WHERE store (one scan of the text on the common
@@ -399,7 +406,7 @@ impl<'a> Target<'a> {
             let images = Images::at(Some(2), Some(0), 1).updated(4);
             return Ok(Rewritten {
                 inserts,
-                ..Rewritten::returning(text, self.shape(5, images, false))
+                ..self.rewritten(text, 5, images, false)
             });
         }
         // FOR UPDATE OF takes the alias or the bare name (PostgreSQL refuses a qualified
@@ -414,7 +421,7 @@ impl<'a> Target<'a> {
         Ok(Rewritten {
             pre_read: Some(pre.text),
             pre_read_map: pre.map,
-            ..Rewritten::returning(text, self.shape(2, Images::at(None, Some(0), 1), true))
+            ..self.rewritten(text, 2, Images::at(None, Some(0), 1), true)
         })
     }
 
@@ -431,10 +438,9 @@ impl<'a> Target<'a> {
             // Rows routed into partitions carry no xmax: the setting, emptied after each
             // row, is what tells an updated row from an inserted one.
             let text = format!("{body}{sep}{image}, {before}, {clear}");
-            let shape = self.shape(4, Images::at(Some(2), Some(0), 1), false);
             return Ok(Rewritten {
                 inserts,
-                ..Rewritten::returning(text, shape)
+                ..self.rewritten(text, 4, Images::at(Some(2), Some(0), 1), false)
             });
         }
         // `xmax <> 0`: ON CONFLICT updated the row (then its before image must be there).
@@ -445,7 +451,7 @@ impl<'a> Target<'a> {
         let images = Images::at(Some(2), Some(0), 1).updated(4);
         Ok(Rewritten {
             inserts,
-            ..Rewritten::returning(text, self.shape(5, images, false))
+            ..self.rewritten(text, 5, images, false)
         })
     }
 }
@@ -957,6 +963,28 @@ impl Spliced {
         self
     }
 
+    /// This statement's map re-expressed through `outer`, when it was built from `outer.text`
+    /// rather than the client's: each piece is cut where it crosses `outer`'s pieces, and
+    /// what came from `outer`'s own text is left out.
+    pub fn through(mut self, outer: &Spliced) -> Spliced {
+        let mut map = Vec::new();
+        for p in &self.map {
+            for q in &outer.map {
+                let start = p.client_at.max(q.at);
+                let end = (p.client_at + p.len).min(q.at + q.len);
+                if start < end {
+                    map.push(ClientPiece {
+                        at: p.at + (start - p.client_at),
+                        len: end - start,
+                        client_at: q.client_at + (start - q.at),
+                    });
+                }
+            }
+        }
+        self.map = map;
+        self
+    }
+
     /// The client's text `client[range]`, with surrounding whitespace left out.
     pub fn client(&mut self, client: &str, range: std::ops::Range<usize>) -> &mut Self {
         let piece = &client[range.clone()];
@@ -1059,7 +1087,7 @@ mod tests {
         let r = rw("UPDATE brieff SET bfso = NULL WHERE bfkey < 19", 18)
             .unwrap()
             .unwrap();
-        assert!(r.text.ends_with("RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) to_jsonb(__hs_old), to_jsonb(__hs_new), \"brieff\".tableoid"), "{}", r.text);
+        assert!(r.text.ends_with("RETURNING WITH (OLD AS __hs_old, NEW AS __hs_new) to_jsonb(__hs_old), to_jsonb(__hs_new), \"brieff\".tableoid, pg_current_xact_id()::text"), "{}", r.text);
         assert!(!r.shape.client_returning);
         let r = rw(
             "DELETE FROM public.t x WHERE a = 1 RETURNING id -- trailing",
@@ -1069,7 +1097,7 @@ mod tests {
         .unwrap();
         assert!(
             r.text
-                .ends_with("-- trailing\n, to_jsonb(old), to_jsonb(new), \"x\".tableoid"),
+                .ends_with("-- trailing\n, to_jsonb(old), to_jsonb(new), \"x\".tableoid, pg_current_xact_id()::text"),
             "{}",
             r.text
         );
@@ -1111,7 +1139,7 @@ mod tests {
             .unwrap();
         assert!(
             r.text
-                .ends_with("RETURNING to_jsonb(\"public\".\"t\".*), \"public\".\"t\".tableoid"),
+                .ends_with("RETURNING to_jsonb(\"public\".\"t\".*), \"public\".\"t\".tableoid, pg_current_xact_id()::text"),
             "{}",
             r.text
         );
@@ -1180,7 +1208,7 @@ mod tests {
             "set_config('hindsight.before_image', to_jsonb(\"x\".*)::text, true) IS NOT NULL";
         assert_eq!(
             r.text,
-            format!("INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c\nWHERE {store}\n\nRETURNING to_jsonb(\"x\".*), \"x\".tableoid, CASE WHEN (\"x\".xmax::text <> '0') THEN NULLIF(current_setting('hindsight.before_image', true), '')::jsonb END, set_config('hindsight.before_image', '', true), (\"x\".xmax::text <> '0')")
+            format!("INSERT INTO s.t AS x (id, v) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET v = excluded.v -- c\nWHERE {store}\n\nRETURNING to_jsonb(\"x\".*), \"x\".tableoid, CASE WHEN (\"x\".xmax::text <> '0') THEN NULLIF(current_setting('hindsight.before_image', true), '')::jsonb END, set_config('hindsight.before_image', '', true), (\"x\".xmax::text <> '0'), pg_current_xact_id()::text")
         );
         assert_eq!(
             (
@@ -1190,7 +1218,7 @@ mod tests {
                 r.shape.updated_at,
                 r.shape.extra
             ),
-            (Some(0), 1, Some(2), Some(4), 5)
+            (Some(0), 1, Some(2), Some(4), 6)
         );
         // The client's WHERE stays the condition; its RETURNING stays first. The inference
         // list's WHERE and the SET list's subqueries are not the DO UPDATE's WHERE.
@@ -1210,7 +1238,7 @@ mod tests {
         let r = rw("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", 15)
             .unwrap()
             .unwrap();
-        assert_eq!((r.shape.extra, r.shape.updated_at), (2, None));
+        assert_eq!((r.shape.extra, r.shape.updated_at), (3, None));
         // A constraint name is as good as any conflict target.
         assert!(rw(
             "INSERT INTO t VALUES (1) ON CONFLICT ON CONSTRAINT t_pkey DO UPDATE SET v = 1",
@@ -1237,7 +1265,7 @@ mod tests {
             format!("set_config('hindsight.before_image', to_jsonb({t}.*)::text, true) IS NOT NULL")
         };
         let tail = |t: &str| {
-            format!("RETURNING to_jsonb({t}.*), {t}.tableoid, NULLIF(current_setting('hindsight.before_image', true), '')::jsonb, set_config('hindsight.before_image', '', true), true")
+            format!("RETURNING to_jsonb({t}.*), {t}.tableoid, NULLIF(current_setting('hindsight.before_image', true), '')::jsonb, set_config('hindsight.before_image', '', true), true, pg_current_xact_id()::text")
         };
         let r = rw(
             "UPDATE t SET a = a + 1 WHERE id = $1 OR b IS DISTINCT FROM 2 -- c",
@@ -1253,7 +1281,7 @@ mod tests {
         assert_eq!(spans(&r.inserts), vec![(28, 2), (67, 85)]);
         assert_eq!(
             (r.shape.old_at, r.shape.updated_at, r.shape.extra),
-            (Some(2), Some(4), 5)
+            (Some(2), Some(4), 6)
         );
         // No WHERE; the client's RETURNING first; a subquery in the SET list is no join.
         let r = rw(

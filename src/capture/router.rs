@@ -137,9 +137,18 @@ pub enum Collect {
     Wrapped(Box<Wrapped>),
     /// An internal Describe of a statement: its parameter types and RowDescription.
     Described(Vec<u32>, Option<Vec<u8>>),
-    /// A MERGE's post-read before PostgreSQL 18 (see `merge`): its changes, and the counters
-    /// of its last row.
-    MergeRead(Arc<StatementCtx>, Vec<Change>, Option<String>),
+    /// A post-read (a MERGE's before PostgreSQL 18, `COPY (write …) TO`'s, the cascades'):
+    /// its changes, and the counters of its last rows.
+    MergeRead(Arc<StatementCtx>, Vec<Change>, ReadCounts),
+}
+
+/// The counters a post-read ends with.
+#[derive(Debug, Default)]
+pub struct ReadCounts {
+    /// A MERGE's (`updates,deletes,inserts`, see `merge`).
+    pub merge: Option<String>,
+    /// The cascades' (`{"oid": [n, name], …}`, see `cascade::check`).
+    pub cascade: Option<String>,
 }
 
 impl Collect {
@@ -502,6 +511,11 @@ pub fn route(shared: &Shared, tag: u8, frame: &[u8]) -> Route {
     if gather(unit, tag, body, &mut out, &mut st.capture_errors) == Forwarding::Held {
         forward = false;
     }
+    if tag == b'D' && st.txn.txid().is_none() && !unit.probe {
+        if let Some(txid) = row_txid(&unit.collect, body) {
+            st.txn.note_txid(txid);
+        }
+    }
     if tag == b'D' && st.txn.over_limit() {
         // Bounded: rows of a transaction that cannot commit are not kept.
         unit.collect.drop_rows();
@@ -750,7 +764,8 @@ fn gather(
         (Collect::PreRead(..), _) | (Collect::MergeRead(..), _) if tag != b'D' => {}
         (Collect::MergeRead(stmt, rows, counters), _) => match merge_read_row(stmt, body) {
             Ok(MergeRow::Change(c)) => rows.push(c),
-            Ok(MergeRow::Counters(c)) => *counters = Some(c),
+            Ok(MergeRow::Counters(c)) => counters.merge = Some(c),
+            Ok(MergeRow::CascadeCounts(c)) => counters.cascade = Some(c),
             Err(e) => errors.push(format!("{}: {e}", stmt.shape.table)),
         },
         (Collect::Rows(rows), b'D') => {
@@ -826,6 +841,20 @@ fn captured_row(
         )),
         Err(e) => Err((format!("{}: {e}", shape.table), Some(split.client_frame))),
     }
+}
+
+/// The transaction's id a captured row carries (`Shape::txid_at`), if any.
+fn row_txid(collect: &Collect, body: &[u8]) -> Option<i64> {
+    let Collect::Capture(stmt, _) = collect else {
+        return None;
+    };
+    let at = stmt.shape.txid_at?;
+    let split = split_data_row(body, stmt.shape.extra)?;
+    // Text, or text's binary form (the same bytes).
+    std::str::from_utf8(split.extra.get(at).copied().flatten()?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A pre-read's row: a before image and its table.
@@ -913,6 +942,7 @@ fn cascade_check(
     st: &State,
     ctx: &Arc<StatementCtx>,
     rows: &[Change],
+    cascaded: &[&Change],
     counts: Option<&str>,
 ) -> Result<(), String> {
     let Some(plan) = &ctx.shape.cascade else {
@@ -921,18 +951,17 @@ fn cascade_check(
             ctx.shape.table
         ));
     };
+    // The statement's own rows: from its RETURNING (already in the transaction, a wrapper
+    // query's under each write's context, all with the statement's number), or from this
+    // post-read (a MERGE's before PostgreSQL 18).
     let mut own: HashMap<u32, i64> = HashMap::new();
-    for c in st
-        .txn
-        .changes()
-        .iter()
-        .filter(|c| Arc::ptr_eq(&c.stmt, ctx))
-    {
+    let before = st.txn.changes().iter().filter(|c| c.stmt.seq == ctx.seq);
+    for c in before.chain(rows.iter()) {
         if c.cascade.is_none() {
             *own.entry(c.table_oid).or_insert(0) += 1;
         }
     }
-    super::cascade::check(plan, rows, &own, counts).map_err(|e| e.to_string())
+    super::cascade::check(plan, cascaded, &own, counts).map_err(|e| e.to_string())
 }
 
 /// What a completed unit gathered goes to the transaction (or the gates' trial run), or to
@@ -953,13 +982,21 @@ fn hand_over(
         Collect::MergeRead(ctx, rows, counters) => {
             let tag_rows = st.read_after_rows.take();
             let table = ctx.shape.table.to_string();
+            let (own, cascaded): (Vec<&Change>, Vec<&Change>) =
+                rows.iter().partition(|c| c.cascade.is_none());
             let checked = match ctx.shape.read_after {
                 Some(ReadAfter::CopyOut) => super::copy_out::check(&table, &rows, tag_rows),
-                Some(ReadAfter::Cascade) if probe => Ok(()),
-                Some(ReadAfter::Cascade) => cascade_check(st, &ctx, &rows, counters.as_deref()),
+                Some(ReadAfter::Cascade) => Ok(()),
                 Some(ReadAfter::Merge) | None => {
-                    super::merge::check(&table, &rows, tag_rows, counters.as_deref())
+                    super::merge::check(&table, &own, tag_rows, counters.merge.as_deref())
                 }
+            };
+            // A plan without reaches read nothing (its keys' actions do not apply).
+            let checked = match &ctx.shape.cascade {
+                Some(plan) if checked.is_ok() && !probe && !plan.reaches.is_empty() => {
+                    cascade_check(st, &ctx, &rows, &cascaded, counters.cascade.as_deref())
+                }
+                _ => checked,
             };
             match checked {
                 Ok(()) if probe => st.probe.extend(rows),
@@ -1085,11 +1122,13 @@ fn apply_txctl(st: &mut State, ctl: TxControl, name: &str) {
     }
 }
 
-/// A row of a MERGE's post-read (`merge`): `before, after, tableoid, NULL` per change, then
-/// `NULL, NULL, NULL, counters`.
+/// A row of a post-read: `before, after, tableoid, NULL` per change of a MERGE (`merge`),
+/// `before, after, tableoid, origin` per row a cascade changed (`cascade`); then `NULL, NULL,
+/// NULL, counters` of each.
 enum MergeRow {
     Change(Change),
     Counters(String),
+    CascadeCounts(String),
 }
 
 fn merge_read_row(stmt: &Arc<StatementCtx>, body: &[u8]) -> Result<MergeRow, String> {
@@ -1104,17 +1143,21 @@ fn merge_read_row(stmt: &Arc<StatementCtx>, body: &[u8]) -> Result<MergeRow, Str
         let counters = v[3]
             .as_deref()
             .ok_or("a MERGE post-read row has no table")?;
-        return Ok(MergeRow::Counters(
-            String::from_utf8_lossy(counters).into_owned(),
-        ));
+        let counters = String::from_utf8_lossy(counters).into_owned();
+        // The cascades' counts are a JSON object; a MERGE's are `u,d,i`.
+        return Ok(match counters.starts_with('{') {
+            true => MergeRow::CascadeCounts(counters),
+            false => MergeRow::Counters(counters),
+        });
     }
-    let cascade = match (&stmt.shape.cascade, stmt.shape.read_after) {
-        (Some(plan), Some(ReadAfter::Cascade)) => {
-            let column = v[3].as_deref().ok_or("a cascade row has no origin")?;
+    // A row a cascade changed names its origin; the statement's own rows (a MERGE's) do not.
+    let cascade = match (&stmt.shape.cascade, v[3].as_deref()) {
+        (Some(plan), Some(column)) => {
             let origin = super::cascade::origin(plan, column).map_err(|e| e.to_string())?;
             Some(Box::new(origin))
         }
-        _ => None,
+        (None, Some(_)) => return Err("a post-read row names an origin without a plan".into()),
+        (_, None) => None,
     };
     Ok(MergeRow::Change(Change {
         before: decode_image(v[0].as_deref())?,

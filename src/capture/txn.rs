@@ -113,6 +113,8 @@ pub struct TxnBuffer {
     captured_bytes: u64,
     /// Over `byte_limit`: the transaction cannot commit, and nothing more is kept.
     over_limit: bool,
+    /// The transaction's id, as a captured row brought it (`Shape::txid_at`).
+    txid: Option<i64>,
 }
 
 impl TxnBuffer {
@@ -153,8 +155,18 @@ impl TxnBuffer {
         &self.changes
     }
 
+    /// The transaction's id, once a captured row brought it.
+    pub fn txid(&self) -> Option<i64> {
+        self.txid
+    }
+
+    pub fn note_txid(&mut self, txid: i64) {
+        self.txid = Some(txid);
+    }
+
     /// Everything, for publishing at COMMIT; leaves the buffer empty.
     pub fn take(&mut self) -> Vec<Change> {
+        self.txid = None;
         self.savepoints.clear();
         self.captured_bytes = 0;
         self.over_limit = false;
@@ -163,6 +175,7 @@ impl TxnBuffer {
 
     /// The transaction ended without commit (or after publishing).
     pub fn clear(&mut self) {
+        self.txid = None;
         self.changes.clear();
         self.savepoints.clear();
         self.captured_bytes = 0;
@@ -219,6 +232,7 @@ mod tests {
                 pre_read: false,
                 read_after: None,
                 cascade: None,
+                txid_at: None,
             }))),
         }
     }

@@ -11,6 +11,9 @@ pub struct Open {
     /// Where it was read: offsets to commit stay at or before it until it is closed.
     pub partition: i32,
     pub offset: i64,
+    /// The id of a later BEGIN with the same txid: the server handed the txid out again after
+    /// a crash, so this transaction never committed (see [`Tracker::on_record`]).
+    pub reissued_to: Option<String>,
 }
 
 /// The open BEGINs of the partitions this replica reads, by transaction id.
@@ -26,6 +29,9 @@ pub enum Due {
     Ask(Open, i64),
     /// Close it as unknown without asking (no txid).
     Unknown(Open),
+    /// Close it as aborted without asking: its txid was handed out again
+    /// ([`Open::reissued_to`]), and `txid_status()` would describe the other transaction.
+    Reissued(Open),
 }
 
 /// When a BEGIN is due, and whose are whose.
@@ -45,16 +51,40 @@ impl Tracker {
     pub fn on_record(&mut self, partition: i32, offset: i64, record: TransactionRecord) {
         match record.status {
             TxStatus::Begin => {
+                let reissued_to = self.reissue(&record);
                 self.open.entry(record.id.clone()).or_insert(Open {
                     begin: record,
                     partition,
                     offset,
+                    reissued_to,
                 });
             }
             TxStatus::End => {
                 self.open.remove(&record.id);
             }
         }
+    }
+
+    /// A txid belongs to one transaction of the server; two BEGINs with the same one (and
+    /// different ids) mean the server crashed, lost the earlier transaction before it was
+    /// durable and handed its txid out again. The earlier of the two (by BEGIN time) is marked
+    /// with the later's id; returns the mark for `record` itself when it is the earlier one.
+    /// (Seen only when both BEGINs reach this replica while the earlier one is open; otherwise
+    /// `check` and the server's incarnation decide, as before.)
+    fn reissue(&mut self, record: &TransactionRecord) -> Option<String> {
+        let txid = record.tx_id?;
+        let mut own = None;
+        for o in self.open.values_mut() {
+            if o.begin.tx_id != Some(txid) || o.begin.id == record.id {
+                continue;
+            }
+            if o.begin.ts_ms <= record.ts_ms {
+                o.reissued_to.get_or_insert_with(|| record.id.clone());
+            } else {
+                own = Some(o.begin.id.clone());
+            }
+        }
+        own
     }
 
     /// Forget a transaction (its END was just published by this replica).
@@ -106,6 +136,9 @@ impl Tracker {
                 if age < policy.after_ms || (own && live(&o.begin.id)) {
                     return None;
                 }
+                if o.reissued_to.is_some() {
+                    return Some(Due::Reissued(o.clone()));
+                }
                 match o.begin.tx_id {
                     Some(txid) => Some(Due::Ask(o.clone(), txid)),
                     None if own || age >= policy.unknown_after_ms => Some(Due::Unknown(o.clone())),
@@ -114,7 +147,7 @@ impl Tracker {
             })
             .collect();
         due.sort_by_key(|d| match d {
-            Due::Ask(o, _) | Due::Unknown(o) => (o.begin.ts_ms, o.offset),
+            Due::Ask(o, _) | Due::Unknown(o) | Due::Reissued(o) => (o.begin.ts_ms, o.offset),
         });
         due
     }
@@ -133,6 +166,7 @@ pub fn end_for(
         Asked::NotAsked => (CommitStatus::Unknown, ResolvedBy::NoTxid, None),
         Asked::InFuture => (CommitStatus::Aborted, ResolvedBy::TxidInFuture, None),
         Asked::LostInCrash => (CommitStatus::Aborted, ResolvedBy::LostInCrash, None),
+        Asked::Reissued => (CommitStatus::Aborted, ResolvedBy::TxidReissued, None),
         Asked::Unverifiable(s) => (CommitStatus::Unknown, ResolvedBy::ServerRestarted, Some(s)),
         Asked::Answer(None) => (CommitStatus::Unknown, ResolvedBy::TxidUnknownToServer, None),
         Asked::Answer(Some(s)) => match s.as_str() {
@@ -168,6 +202,8 @@ pub enum Asked {
     InFuture,
     /// Not asked: see [`Check::LostInCrash`].
     LostInCrash,
+    /// Not asked: see [`Due::Reissued`].
+    Reissued,
     /// `txid_status()` said this (`committed`), but see [`Check::DistrustCommitted`].
     Unverifiable(String),
 }
@@ -281,7 +317,7 @@ mod tests {
     fn ids(d: &[Due]) -> Vec<String> {
         d.iter()
             .map(|d| match d {
-                Due::Ask(o, _) | Due::Unknown(o) => o.begin.id.clone(),
+                Due::Ask(o, _) | Due::Unknown(o) | Due::Reissued(o) => o.begin.id.clone(),
             })
             .collect()
     }
@@ -363,6 +399,48 @@ mod tests {
         );
     }
 
+    /// Regression (chaos suite, "txid reuse after a crash and a later clean restart"): the
+    /// server crashed after a BEGIN, handed its txid to a later transaction that committed,
+    /// then restarted cleanly; `check` saw only the clean start and `txid_status()` answered
+    /// for the later transaction, so the lost one was closed as committed.
+    #[test]
+    fn a_txid_handed_out_again_marks_the_earlier_begin_aborted_without_asking() {
+        let mut t = Tracker::default();
+        t.on_record(0, 1, begin("a-1:1", Some(10), 100));
+        t.on_record(0, 2, begin("b-1:1", Some(10), 200));
+        let mut end = begin("b-1:1", Some(10), 200);
+        end.status = TxStatus::End;
+        t.on_record(0, 3, end);
+        // A BEGIN published again for the same transaction is not a reuse.
+        t.on_record(0, 4, begin("a-1:2", Some(11), 300));
+        t.on_record(0, 5, begin("a-1:2", Some(11), 300));
+        let due = t.due(10_000, &policy(), |_| false, |_| true);
+        assert_eq!(due.len(), 2, "{due:?}");
+        assert!(
+            matches!(&due[0], Due::Reissued(o) if o.begin.id == "a-1:1" && o.reissued_to.as_deref() == Some("b-1:1")),
+            "{due:?}"
+        );
+        assert!(
+            matches!(&due[1], Due::Ask(o, 11) if o.begin.id == "a-1:2"),
+            "{due:?}"
+        );
+        // Read in the other order (another partition first): the earlier one is still marked.
+        let mut t = Tracker::default();
+        t.on_record(1, 1, begin("b-1:1", Some(10), 200));
+        t.on_record(0, 1, begin("a-1:1", Some(10), 100));
+        let due = t.due(10_000, &policy(), |_| false, |_| true);
+        assert!(
+            matches!(&due[0], Due::Reissued(o) if o.begin.id == "a-1:1"),
+            "{due:?}"
+        );
+        assert!(
+            matches!(&due[1], Due::Ask(o, 10) if o.begin.id == "b-1:1"),
+            "{due:?}"
+        );
+        let e = end_for(&begin("a-1:1", Some(10), 100), Asked::Reissued, "r", 1).unwrap();
+        assert_eq!(e.commit_status, Some(CommitStatus::Aborted));
+    }
+
     #[test]
     fn ends_say_what_the_server_said() {
         let b = begin("x:1", Some(10), 5);
@@ -400,6 +478,11 @@ mod tests {
                 Asked::LostInCrash,
                 CommitStatus::Aborted,
                 ResolvedBy::LostInCrash,
+            ),
+            (
+                Asked::Reissued,
+                CommitStatus::Aborted,
+                ResolvedBy::TxidReissued,
             ),
             (
                 Asked::Unverifiable("committed".into()),

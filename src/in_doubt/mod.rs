@@ -379,6 +379,7 @@ impl Resolver {
                     }
                 }
                 Due::Unknown(open) => (open, Asked::NotAsked),
+                Due::Reissued(open) => (open, Asked::Reissued),
             };
             let Some(end) =
                 decide::end_for(&open.begin, asked.clone(), &self.settings.resolver, now)

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub audit_events: IntCounter,
     /// Transactions whose audit records could not be recorded.
     pub audit_publish_failures: IntCounter,
+    /// Catalog queries a COMMIT made before publishing (tables not cached, or no captured row
+    /// brought the transaction id).
+    pub capture_catalog_queries: IntCounter,
     /// 1 once the brokers answered since start; 0 while they have not (writes refused).
     pub broker_reachable: IntGauge,
     /// In-doubt transactions (BEGIN without END) this process resolved, by outcome.
@@ -188,6 +191,11 @@ impl Metrics {
                 "Transactions whose audit records could not be recorded (rolled back unless capture.on_sink_failure = allow)",
             )
             .unwrap(),
+            capture_catalog_queries: IntCounter::new(
+                "capture_catalog_queries_total",
+                "Catalog queries a captured COMMIT made before publishing (tables not cached yet, or no captured row brought the transaction id); 0 per COMMIT in steady state",
+            )
+            .unwrap(),
             gate_decisions: IntCounterVec::new(
                 Opts::new("gate_decisions_total", "Gate decisions that refused, dry-ran or exempted a write, by rule and outcome"),
                 &["rule", "outcome"],
@@ -244,6 +252,7 @@ impl Metrics {
         reg(Box::new(m.audit_publish_latency.clone()));
         reg(Box::new(m.audit_events.clone()));
         reg(Box::new(m.audit_publish_failures.clone()));
+        reg(Box::new(m.capture_catalog_queries.clone()));
         reg(Box::new(m.broker_reachable.clone()));
         reg(Box::new(m.in_doubt_resolved.clone()));
         m.names = names.into_inner();

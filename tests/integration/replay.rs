@@ -60,7 +60,7 @@ impl Worker {
 /// One random statement of the client's own rows (or the shared counter, taken last).
 async fn statement(c: &Client, w: &mut Worker) -> Result<(), tokio_postgres::Error> {
     let id = w.own_id();
-    match w.rng.random_range(0..14) {
+    match w.rng.random_range(0..15) {
         0 => {
             let a = w.next_id;
             w.next_id += 2;
@@ -166,6 +166,21 @@ async fn statement(c: &Client, w: &mut Worker) -> Result<(), tokio_postgres::Err
             c.simple_query(&format!("UPDATE vault SET id = {to} WHERE id = {id}"))
                 .await
                 .map(drop)
+        }
+        13 => {
+            // A MERGE whose deletes and key updates cascade (holdings, memos), on two of the
+            // client's own vaults: one deleted, the other re-keyed (or both, by the verb).
+            let other = w.own_id();
+            let to = w.next_id;
+            w.next_id += 1;
+            let verb = w.rng.random_range(0..2);
+            c.simple_query(&format!(
+                "MERGE INTO vault v USING (VALUES ({id}, {verb}), ({other}, 1 - {verb})) AS s(id, verb) ON v.id = s.id \
+                 WHEN MATCHED AND s.verb = 0 THEN DELETE \
+                 WHEN MATCHED THEN UPDATE SET id = {to}"
+            ))
+            .await
+            .map(drop)
         }
         _ => {
             // A statement that fails: nothing of it may be recorded.

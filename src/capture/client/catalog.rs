@@ -151,11 +151,13 @@ impl ClientCapture {
     }
 
     /// The transaction id and the facts of the changed tables: from the cache where it has
-    /// them, else from the catalog (one query either way, inside the transaction).
+    /// them, else from the catalog (one query inside the transaction; none when every table
+    /// is cached and a captured row brought the id, `known_txid`).
     pub(super) async fn lookup_tables<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         oids: &[u32],
+        known_txid: Option<i64>,
     ) -> std::io::Result<Option<(Option<i64>, HashMap<u32, publish::TableInfo>)>> {
         let db = self.session.database.clone();
         let (mut found, missing) = if self.txn_ddl == TxnDdl::Ran {
@@ -163,6 +165,11 @@ impl ClientCapture {
         } else {
             self.parts.tables.get(&db, oids)
         };
+        if let (Some(txid), true) = (known_txid, missing.is_empty()) {
+            // Every table cached and the id known from a captured row: no round trip.
+            return Ok(Some((Some(txid), found)));
+        }
+        self.parts.metrics.capture_catalog_queries.inc();
         let query = if missing.is_empty() {
             publish::TXID_QUERY.to_string()
         } else {
@@ -206,13 +213,13 @@ impl ClientCapture {
         Ok(self.parts.functions.put(&db, names))
     }
 
-    /// The cascades a DELETE or UPDATE (`change`) of `table` sets off (`Ok(None)`: no key
+    /// The cascades a DELETE, UPDATE or MERGE (`changes`) of `table` sets off (`Ok(None)`: no key
     /// with an action references it; `Err`: they cannot be captured).
     pub(super) async fn cascade_plan<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         table: &TableName,
-        change: cascade::RowChange,
+        changes: Vec<cascade::RowChange>,
         protocol: Protocol,
     ) -> std::io::Result<Result<Option<Arc<cascade::Plan>>, cascade::CascadeError>> {
         let graph = match self.fk_graph(w, protocol).await? {
@@ -228,7 +235,7 @@ impl ClientCapture {
             oids: &identity.oids,
             name: &name,
             triggers: identity.triggers,
-            change,
+            changes,
         };
         Ok(cascade::plan(&graph, root).map(|p| Some(Arc::new(p))))
     }

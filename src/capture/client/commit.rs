@@ -64,6 +64,15 @@ pub(super) enum CommitBy<'a> {
     InQueryImplicit { sql: &'a str, last: bool },
 }
 
+/// What [`ClientCapture::publish`] publishes.
+pub(super) enum Publishing {
+    /// A transaction's changes at its COMMIT, with its id when a captured row brought it
+    /// (`txn::TxnBuffer::txid`; else the catalog query asks).
+    Commit { txid: Option<i64> },
+    /// Refused changes (op `blocked`, END `aborted`).
+    Refused,
+}
+
 impl ClientCapture {
     /// Publish statement-level events *before* the statement runs (outside a transaction
     /// block, where hindsight cannot hold a COMMIT), then forward `frame`. The END record
@@ -171,10 +180,16 @@ impl ClientCapture {
         &mut self,
         w: &mut W,
     ) -> std::io::Result<Option<Vec<u8>>> {
-        let (over_limit, changes, capture_errors) = {
+        let (over_limit, txid, changes, capture_errors) = {
             let mut st = self.shared.lock();
             let over = st.txn.over_limit().then_some(st.txn.byte_limit);
-            (over, st.txn.take(), std::mem::take(&mut st.capture_errors))
+            let txid = st.txn.txid();
+            (
+                over,
+                txid,
+                st.txn.take(),
+                std::mem::take(&mut st.capture_errors),
+            )
         };
         let uncaptured = !capture_errors.is_empty();
         let failure = if let Some(limit) = over_limit {
@@ -187,7 +202,9 @@ impl ClientCapture {
         } else if changes.is_empty() {
             None
         } else {
-            self.publish(w, changes, false).await?.err()
+            self.publish(w, changes, Publishing::Commit { txid })
+                .await?
+                .err()
         };
         let mut error = None;
         if let Some(Failure::Gate(err)) = failure {
@@ -335,13 +352,18 @@ impl ClientCapture {
     }
 
     /// Resolve tables and the transaction id, check the gates' row rules, then publish.
-    /// `blocked`: these are refused changes (op `blocked`): no row rules, END `aborted`.
+    /// `what`: a transaction's changes at its COMMIT, or refused changes (op `blocked`: no
+    /// row rules, END `aborted`).
     pub(super) async fn publish<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
         changes: Vec<crate::capture::txn::Change>,
-        blocked: bool,
+        what: Publishing,
     ) -> std::io::Result<Result<(), Failure>> {
+        let (blocked, known_txid) = match what {
+            Publishing::Commit { txid } => (false, txid),
+            Publishing::Refused => (true, None),
+        };
         let mut oids: Vec<u32> = changes
             .iter()
             .filter(|c| !c.is_statement())
@@ -352,7 +374,7 @@ impl ClientCapture {
         let (txid, tables) = if blocked && oids.is_empty() {
             (None, HashMap::new())
         } else {
-            match self.lookup_tables(w, &oids).await? {
+            match self.lookup_tables(w, &oids, known_txid).await? {
                 Some(found) => found,
                 None => {
                     return Ok(Err(Failure::Sink(

@@ -1,11 +1,14 @@
 //! Statements with data-modifying CTEs: described by the server (never run), then run as
 //! hindsight's wrapper query (see `capture::cte`).
 
+use std::sync::Arc;
+
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
 use super::internal::{close_frame, frame_of};
 use super::{write_all, ClientCapture, Protocol};
+use crate::capture::cascade::{self, RowChange};
 use crate::capture::cte;
 use crate::capture::rewrite::{Refusal, Rewritten};
 use crate::capture::router::{Collect, Delivery, Unit};
@@ -115,17 +118,71 @@ impl ClientCapture {
             let st = self.shared.lock();
             (st.server_major, st.encoding.current())
         };
+        let rw = match cut.rewrite(
+            major,
+            client.as_deref(),
+            &columns,
+            encoding,
+            self.image_form(),
+        ) {
+            Ok(rw) => rw,
+            Err(r) => return Ok(CteRewrite::Refused(format!("hindsight: {r}"))),
+        };
+        Ok(match self.cte_cascades(w, &cut, rw, protocol).await? {
+            Ok(rw) => CteRewrite::Rewritten(rw, params),
+            Err(why) => CteRewrite::Refused(format!("hindsight: {why}")),
+        })
+    }
+
+    /// The wrapper query `rw` with the reads of the foreign-key cascades its deletes and
+    /// updates set off. One write's cascades are read (they share the wrapper's pre-read and
+    /// post-read slots); those of a second, of a write whose rows depend on another write of
+    /// the statement, or next to an UPDATE's locking pre-read (before PostgreSQL 18) stay
+    /// marked uncaptured.
+    async fn cte_cascades<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        w: &mut W,
+        cut: &cte::Cut,
+        mut rw: Rewritten,
+        protocol: Protocol,
+    ) -> std::io::Result<Result<Rewritten, String>> {
+        if rw.pre_read.is_some() || rw.post_read.is_some() {
+            return Ok(Ok(rw));
+        }
+        let mut reading = Vec::new();
+        for c in cut.cascading() {
+            let write = &c.analysis.writes[0];
+            let change = match c.analysis.kind {
+                Kind::Update => RowChange::Updated(write.columns.clone()),
+                _ => RowChange::Deleted,
+            };
+            let plan = match self
+                .cascade_plan(w, &write.table, vec![change], protocol)
+                .await?
+            {
+                Ok(Some(plan)) => plan,
+                Ok(None) => continue,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            if plan.reaches.is_empty() {
+                // No key's action applies: nothing to read, and nothing went uncaptured.
+                rw = cte::with_part_cascade(rw, c.source, plan);
+            } else {
+                reading.push((c, plan));
+            }
+        }
+        let [(c, plan)] = reading.as_slice() else {
+            return Ok(Ok(rw));
+        };
+        let Some(alone) = &c.alone else {
+            return Ok(Ok(rw));
+        };
+        let rw = cte::with_part_cascade(rw, c.source, Arc::clone(plan));
+        let write = &c.analysis.writes[0];
+        let form = self.image_form();
         Ok(
-            match cut.rewrite(
-                major,
-                client.as_deref(),
-                &columns,
-                encoding,
-                self.image_form(),
-            ) {
-                Ok(rw) => CteRewrite::Rewritten(rw, params),
-                Err(r) => CteRewrite::Refused(format!("hindsight: {r}")),
-            },
+            cascade::attach_within(rw, alone, write, Arc::clone(plan), form)
+                .map_err(|e| e.to_string()),
         )
     }
 

@@ -15,10 +15,10 @@ use super::catalog::apply_target;
 use super::cte::{has_cte_writes, CteRewrite};
 use super::internal::unreadable_text;
 use super::{ClientCapture, Protocol};
-use crate::capture::cascade;
 use crate::capture::functions::{calls_any, Names};
 use crate::capture::rewrite::{rewrite, Rewritten};
 use crate::capture::tables::Target;
+use crate::capture::{cascade, merge};
 use crate::statement::cache::Statement;
 use crate::statement::Kind;
 use crate::wire::client_text::TextError;
@@ -160,7 +160,12 @@ impl ClientCapture {
             Err(refusal) => return Ok(Planned::Refused(format!("hindsight: {refusal}"))),
         };
         Ok(match rw {
-            Some(rw) if matches!(s.located.analysis.kind, Kind::Delete | Kind::Update) => {
+            Some(rw)
+                if matches!(
+                    s.located.analysis.kind,
+                    Kind::Delete | Kind::Update | Kind::Merge
+                ) =>
+            {
                 match self.with_cascades(w, text, s, rw, protocol).await? {
                     Ok(rw) => Planned::Rewritten(Some(rw), None),
                     Err(why) => Planned::Refused(format!("hindsight: {why}")),
@@ -170,8 +175,8 @@ impl ClientCapture {
         })
     }
 
-    /// A DELETE's or UPDATE's capture with the reads of the foreign-key cascades it sets off,
-    /// if any (`cascade`).
+    /// A DELETE's, UPDATE's or MERGE's capture with the reads of the foreign-key cascades it
+    /// sets off, if any (`cascade`).
     async fn with_cascades<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
@@ -180,17 +185,26 @@ impl ClientCapture {
         rw: Rewritten,
         protocol: Protocol,
     ) -> std::io::Result<Result<Rewritten, String>> {
-        if rw.pre_read.is_some() || rw.post_read.is_some() {
-            // Reads of its own already (an UPDATE's locking pre-read before PostgreSQL 18):
-            // its cascades stay marked uncaptured.
-            return Ok(Ok(rw));
-        }
+        let kind = s.located.analysis.kind;
         let write = &s.located.analysis.writes[0];
-        let change = match s.located.analysis.kind {
-            Kind::Update => cascade::RowChange::Updated(write.columns.clone()),
-            _ => cascade::RowChange::Deleted,
+        let sql = &text[s.located.span.clone()];
+        let body = sql.trim_end().trim_end_matches(';');
+        let changes = match kind {
+            Kind::Merge => match merge::row_changes(body, write) {
+                Some(changes) => changes,
+                // A form hindsight cannot cut: its cascades stay marked uncaptured.
+                None => return Ok(Ok(rw)),
+            },
+            Kind::Update => vec![cascade::RowChange::Updated(write.columns.clone())],
+            _ => vec![cascade::RowChange::Deleted],
         };
-        let plan = match self.cascade_plan(w, &write.table, change, protocol).await? {
+        if changes.is_empty() {
+            return Ok(Ok(rw)); // A MERGE that only inserts.
+        }
+        let plan = match self
+            .cascade_plan(w, &write.table, changes, protocol)
+            .await?
+        {
             Ok(Some(plan)) => plan,
             Ok(None) => return Ok(Ok(rw)),
             Err(e) => return Ok(Err(e.to_string())),
@@ -201,8 +215,11 @@ impl ClientCapture {
             Arc::make_mut(&mut rw.shape).cascade = Some(plan);
             return Ok(Ok(rw));
         }
-        let sql = &text[s.located.span.clone()];
         let form = self.image_form();
+        if kind == Kind::Merge {
+            let major = self.shared.lock().server_major;
+            return Ok(Ok(merge::with_cascades(rw, body, write, plan, major, form)));
+        }
         Ok(cascade::attach(rw, sql, write, plan, form).map_err(|e| e.to_string()))
     }
 }

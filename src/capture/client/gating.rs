@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWrite;
 
-use super::commit::Failure;
+use super::commit::{Failure, Publishing};
 use super::extended::execute_frame;
 use super::front::Planned;
 use super::internal::{close_frame, frame_of, query_frame};
 use super::{write_all, BatchFlow, BatchTx, ClientCapture, Prep, Protocol};
 use crate::capture::expect::{Audience, PreReadRows, Step};
 use crate::capture::publish::SessionInfo;
-use crate::capture::rewrite::Shape;
+use crate::capture::rewrite::{Rewritten, Shape};
 use crate::capture::router::{TxState, Unit};
 use crate::capture::txn::{Change, GateInfo, GateMark, StatementCtx};
 use crate::capture::{expect, publish};
@@ -230,7 +230,7 @@ impl ClientCapture {
         }
         if self.shared.lock().status == TxState::Failed {
             self.publish_refused(None, changes, &HashMap::new()).await;
-        } else if let Err(Failure::Sink(e)) = self.publish(w, changes, true).await? {
+        } else if let Err(Failure::Sink(e)) = self.publish(w, changes, Publishing::Refused).await? {
             self.parts.metrics.audit_publish_failures.inc();
             tracing::error!(error = %e, "the record of a refused write could not be published");
         }
@@ -530,7 +530,7 @@ impl ClientCapture {
             let ctx = self.event_ctx(&prep.text, &prep.fingerprint, &prep.tags, shape, gate);
             changes.push(Change::statement(ctx));
             self.publish_refused(None, changes, &HashMap::new()).await;
-        } else if let Err(Failure::Sink(e)) = self.publish(w, changes, true).await? {
+        } else if let Err(Failure::Sink(e)) = self.publish(w, changes, Publishing::Refused).await? {
             self.parts.metrics.audit_publish_failures.inc();
             tracing::error!(error = %e, "the record of a refused write could not be published");
         }
@@ -566,12 +566,12 @@ fn trial_frames(
         bind.error_replacement = Some(err.to_vec());
         units.extend([bind, expect::unit(&step, ctx, &trial), Unit::new(b"3")]);
     };
-    let merge = match prep.post_companion {
-        Some(_) => PreReadRows::KeptInServer,
-        None => PreReadRows::Collected,
-    };
+    let rows = prep
+        .rewritten
+        .as_ref()
+        .map_or(PreReadRows::Collected, Rewritten::pre_read_rows);
     if let Some(c) = &prep.companion {
-        run(c, Step::PreRead(merge));
+        run(c, Step::PreRead(rows));
     }
     run(stmt, Step::Main);
     if let Some(c) = &prep.post_companion {

@@ -173,26 +173,34 @@ async fn trees_composite_keys_and_partitions_cascade_exactly(pg: Pg) {
     let l1 = snapshot(&direct, "lines_1", "id").await;
     let l2 = snapshot(&direct, "lines_2", "id").await;
     let c = harness::connect(proxy.addr, "postgres", &db).await;
+    // The tree: one subtree by a simple query, the other by a prepared statement.
     c.simple_query("DELETE FROM tree WHERE id = 1")
         .await
         .unwrap();
-    let events = assert_replayed(&direct, &prefix, "tree", "id", tree_start, 5).await;
+    c.execute("DELETE FROM tree WHERE id = $1", &[&6i32])
+        .await
+        .unwrap();
+    let events = assert_replayed(&direct, &prefix, "tree", "id", tree_start, 7).await;
     let cascaded = events
         .iter()
         .filter(|e| e["source"].get("cascade").is_some())
         .count();
     assert_eq!(
-        cascaded, 4,
-        "the statement's own row has no cascade: {events:#?}"
+        cascaded, 5,
+        "the statements' own rows have no cascade: {events:#?}"
     );
+    // The composite key into partitions: a prepared statement, then a simple query.
     c.execute(
         "DELETE FROM orders WHERE a = $1 AND b = $2",
         &[&2i32, &20i32],
     )
     .await
     .unwrap();
-    let n1 = l1.values().filter(|r| r["a"] == 2).count();
-    let n2 = l2.values().filter(|r| r["a"] == 2).count();
+    c.simple_query("DELETE FROM orders WHERE (a, b) = (3, 30)")
+        .await
+        .unwrap();
+    let n1 = l1.values().filter(|r| r["a"] == 2 || r["a"] == 3).count();
+    let n2 = l2.values().filter(|r| r["a"] == 2 || r["a"] == 3).count();
     assert!(n1 > 0 && n2 > 0, "the data reaches both partitions");
     let e1 = assert_replayed(&direct, &prefix, "lines_1", "id", l1, n1).await;
     assert_replayed(&direct, &prefix, "lines_2", "id", l2, n2).await;
@@ -200,6 +208,9 @@ async fn trees_composite_keys_and_partitions_cascade_exactly(pg: Pg) {
         e1[0]["source"]["cascade"]["parent_key"],
         serde_json::json!({"a": 2, "b": 20})
     );
+    assert!(e1
+        .iter()
+        .any(|e| e["source"]["cascade"]["parent_key"] == serde_json::json!({"a": 3, "b": 30})));
     proxy.shutdown().await;
 }
 
@@ -337,9 +348,173 @@ async fn key_updates_cascade_exactly(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// The cascades of an UPDATE captured with the locking pre-read before PostgreSQL 18 (`SET`
+/// a literal or a parameter, `WHERE` a subquery), and of a MERGE that deletes some rows and
+/// re-keys others, through a simple query and a prepared statement.
+async fn locking_updates_and_merges_cascade_exactly(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "cascade_merge").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE follow (id int PRIMARY KEY, bfkey int REFERENCES brieff ON UPDATE CASCADE ON DELETE CASCADE);
+             INSERT INTO follow SELECT g, g % 10 + 1 FROM generate_series(1, 40) g;",
+        )
+        .await
+        .unwrap();
+    let follow = snapshot(&direct, "follow", "id").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("UPDATE brieff SET bfkey = 101 WHERE bfkey IN (SELECT 1)")
+        .await
+        .unwrap();
+    c.execute(
+        "UPDATE brieff SET bfkey = $1 WHERE bfkey IN (SELECT $2::int)",
+        &[&102i32, &2i32],
+    )
+    .await
+    .unwrap();
+    let merge = "MERGE INTO brieff b USING (VALUES (3, 'd'), (4, 'u')) s(k, a) ON b.bfkey = s.k \
+                 WHEN MATCHED AND s.a = 'd' THEN DELETE WHEN MATCHED THEN UPDATE SET bfkey = b.bfkey + 100";
+    let m = c.simple_query(merge).await.unwrap();
+    assert_eq!(tags(&m), vec![2]);
+    let prepared = "MERGE INTO brieff b USING (SELECT $1::int AS k, $2::text AS a) s ON b.bfkey = s.k \
+                    WHEN MATCHED AND s.a = 'd' THEN DELETE WHEN MATCHED THEN UPDATE SET bfkey = b.bfkey + 100";
+    c.execute(prepared, &[&5i32, &"d"]).await.unwrap();
+    c.execute(prepared, &[&6i32, &"u"]).await.unwrap();
+    // 4 follow rows per brieff row: 1, 2, 4 and 6 re-keyed, 3 and 5 deleted.
+    let ev = assert_replayed(&direct, &prefix, "follow", "id", follow, 24).await;
+    let ops: Vec<(&str, i64)> = ev
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap(),
+                e["before"]["bfkey"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    for (k, op) in [(1, "u"), (2, "u"), (3, "d"), (4, "u"), (5, "d"), (6, "u")] {
+        assert_eq!(
+            ops.iter().filter(|o| **o == (op, k)).count(),
+            4,
+            "{k}: {ev:#?}"
+        );
+    }
+    assert!(ev
+        .iter()
+        .all(|e| e["source"]["cascade"]["constraint"] == "follow_bfkey_fkey"));
+    let parents = read_topic(format!("{prefix}.public.brieff"), 6).await;
+    for p in &parents {
+        assert!(p["source"].get("side_effects").is_none(), "{p:#}");
+    }
+    proxy.shutdown().await;
+}
+
+/// A row two keys reach: deleted by one key's CASCADE while another's SET NULL updates it (in
+/// the order PostgreSQL picks), and updated by one of two SET NULL keys when only one parent's
+/// value changes. Each gets exactly one event and the transaction commits.
+async fn rows_reached_by_two_keys_cascade_exactly(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "cascade_twice").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "ALTER TABLE brieff ADD COLUMN code text UNIQUE;
+             UPDATE brieff SET code = 'c' || bfkey;
+             CREATE TABLE pair (id int PRIMARY KEY,
+                 a int REFERENCES brieff ON DELETE CASCADE,
+                 b int REFERENCES brieff ON DELETE SET NULL);
+             INSERT INTO pair VALUES (1, 7, 8), (2, 8, 7), (3, 9, 7), (4, 10, 10);
+             CREATE TABLE two (id int PRIMARY KEY,
+                 x int REFERENCES brieff ON UPDATE SET NULL,
+                 y text REFERENCES brieff (code) ON UPDATE SET NULL);
+             INSERT INTO two VALUES (1, 11, 'c11'), (2, 11, 'c12');",
+        )
+        .await
+        .unwrap();
+    let pair = snapshot(&direct, "pair", "id").await;
+    let two = snapshot(&direct, "two", "id").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    c.simple_query("DELETE FROM brieff WHERE bfkey IN (7, 8)")
+        .await
+        .unwrap();
+    c.execute("DELETE FROM brieff WHERE bfkey = $1", &[&10i32])
+        .await
+        .unwrap();
+    // pair 1 and 2 deleted (CASCADE of a), 3 set null (b = 7), 4 deleted.
+    let ev = assert_replayed(&direct, &prefix, "pair", "id", pair, 4).await;
+    let ops: Vec<&str> = ev.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops.iter().filter(|o| **o == "d").count(), 3, "{ev:#?}");
+    c.simple_query("UPDATE brieff SET bfkey = 111, code = code WHERE bfkey = 11")
+        .await
+        .unwrap();
+    let ev = assert_replayed(&direct, &prefix, "two", "id", two, 2).await;
+    assert!(ev.iter().all(|e| e["after"]["x"].is_null()), "{ev:#?}");
+    proxy.shutdown().await;
+}
+
+/// Data-modifying WITH statements: a DELETE in the WITH list and a DELETE after it whose rows
+/// can be read before the statement runs get their cascades' events (simple query and
+/// prepared statement); a DELETE whose rows come from another write of the statement keeps its
+/// cascades marked uncaptured, naming the table.
+async fn writable_ctes_cascade_exactly(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "cascade_cte").await;
+    let direct = harness::connect(pg.addr(), "postgres", &db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE follow (id int PRIMARY KEY, bfkey int REFERENCES brieff ON DELETE CASCADE);
+             INSERT INTO follow SELECT g, g % 10 + 1 FROM generate_series(1, 40) g;
+             CREATE TABLE archive (bfkey int, bfso text);
+             CREATE TABLE doomed (id int);
+             INSERT INTO doomed VALUES (5);",
+        )
+        .await
+        .unwrap();
+    let follow = snapshot(&direct, "follow", "id").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    let m = c
+        .simple_query(
+            "WITH d AS (DELETE FROM brieff WHERE bfkey IN (1, 2) RETURNING *) \
+             INSERT INTO archive SELECT bfkey, bfso FROM d",
+        )
+        .await
+        .unwrap();
+    assert_eq!(tags(&m), vec![2]);
+    c.execute(
+        "WITH k AS (SELECT $1::int AS id), d AS (DELETE FROM brieff b USING k WHERE b.bfkey = k.id RETURNING b.bfkey) \
+         INSERT INTO archive (bfkey) SELECT bfkey FROM d",
+        &[&3i32],
+    )
+    .await
+    .unwrap();
+    c.simple_query("WITH i AS (INSERT INTO archive VALUES (4, 'x') RETURNING 1) DELETE FROM brieff WHERE bfkey = 4")
+        .await
+        .unwrap();
+    // 4 follow rows for each of brieff 1 to 4.
+    let ev = assert_replayed(&direct, &prefix, "follow", "id", follow.clone(), 16).await;
+    assert!(
+        ev.iter()
+            .all(|e| e["op"] == "d" && e["source"]["cascade"]["constraint"] == "follow_bfkey_fkey"),
+        "{ev:#?}"
+    );
+    let parents = read_topic(format!("{prefix}.public.brieff"), 4).await;
+    for p in &parents {
+        assert!(p["source"].get("side_effects").is_none(), "{p:#}");
+    }
+    // The rows of this DELETE come from the other one's: not read, marked.
+    c.simple_query("WITH d AS (DELETE FROM doomed RETURNING id) DELETE FROM brieff WHERE bfkey IN (SELECT id FROM d)")
+        .await
+        .unwrap();
+    let parents = read_topic(format!("{prefix}.public.brieff"), 5).await;
+    let last = &parents[4];
+    assert_eq!(last["before"]["bfkey"], 5, "{last:#}");
+    assert_eq!(last["source"]["side_effects"], "uncaptured", "{last:#}");
+    proxy.shutdown().await;
+}
+
 on_both!(
     key_updates_cascade_exactly,
     cascades_have_exact_events_in_both_protocols,
     trees_composite_keys_and_partitions_cascade_exactly,
-    concurrent_child_writers_never_lose_an_event
+    concurrent_child_writers_never_lose_an_event,
+    locking_updates_and_merges_cascade_exactly,
+    rows_reached_by_two_keys_cascade_exactly,
+    writable_ctes_cascade_exactly
 );

@@ -351,9 +351,90 @@ async fn table_cache_follows_ddl_through_the_proxy(pg: Pg) {
     proxy.shutdown().await;
 }
 
+/// `capture_catalog_queries_total` on the proxy's /metrics.
+async fn catalog_queries(proxy: &hindsight::proxy::Running) -> u64 {
+    let url = format!("http://{}/metrics", proxy.admin_addr);
+    let (_, metrics) = crate::robustness::http_get(&url).await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hindsight_capture_catalog_queries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no hindsight_capture_catalog_queries_total in {metrics}"))
+}
+
+/// The transaction id a captured row brings is the server's own, in both protocols: after a
+/// first write that changes no row, and after a write rolled back to a savepoint (the
+/// top-level transaction keeps its id). And with the table cached, the COMMIT asks the server
+/// nothing before publishing (the catalog query count stays put).
+async fn the_transaction_id_comes_with_the_rows(pg: Pg) {
+    let (db, prefix, proxy) = setup(pg, "txid").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    // Warm the table cache.
+    c.simple_query("UPDATE brieff SET bfso = 'warm' WHERE bfkey = 9")
+        .await
+        .unwrap();
+    let queries = catalog_queries(&proxy).await;
+    let mut want = Vec::new();
+    for round in 0..2 {
+        c.batch_execute("BEGIN").await.unwrap();
+        if round == 0 {
+            c.simple_query("UPDATE brieff SET bfso = 'none' WHERE false")
+                .await
+                .unwrap();
+            c.simple_query("SAVEPOINT s; UPDATE brieff SET bfso = 'gone' WHERE bfkey = 1; ROLLBACK TO SAVEPOINT s")
+                .await
+                .unwrap();
+            c.simple_query("UPDATE brieff SET bfso = 'kept' WHERE bfkey = 2")
+                .await
+                .unwrap();
+        } else {
+            c.execute(
+                "UPDATE brieff SET bfso = $1 WHERE bfkey = $2",
+                &[&"none", &-1i32],
+            )
+            .await
+            .unwrap();
+            c.execute(
+                "UPDATE brieff SET bfso = $1 WHERE bfkey = $2",
+                &[&"kept", &3i32],
+            )
+            .await
+            .unwrap();
+        }
+        let txid: String = c
+            .query_one("SELECT pg_current_xact_id()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        c.batch_execute("COMMIT").await.unwrap();
+        want.push(txid.parse::<i64>().unwrap());
+    }
+    assert_eq!(
+        catalog_queries(&proxy).await,
+        queries,
+        "a COMMIT asked the catalog although its table was cached and its rows brought the id"
+    );
+    let events = read_topic(format!("{prefix}.public.brieff"), 3).await;
+    let got: Vec<i64> = events[1..]
+        .iter()
+        .map(|e| e["source"]["txId"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, want, "{events:#?}");
+    let tx = read_topic(format!("{prefix}.transaction"), 6).await;
+    let begins: Vec<i64> = tx
+        .iter()
+        .filter(|r| r["status"] == "BEGIN")
+        .skip(1)
+        .map(|r| r["txId"].as_i64().unwrap())
+        .collect();
+    assert_eq!(begins, want, "{tx:#?}");
+    proxy.shutdown().await;
+}
+
 on_both!(
     table_cache_follows_ddl_through_the_proxy,
     incident_update_is_captured_with_before_values,
     transactions_publish_only_committed_work,
-    side_effects_are_marked_uncaptured
+    side_effects_are_marked_uncaptured,
+    the_transaction_id_comes_with_the_rows
 );
