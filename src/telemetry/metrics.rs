@@ -57,6 +57,9 @@ pub struct Metrics {
     pub in_doubt_resolved: IntCounterVec,
     /// How long a COMMIT waits for the brokers to acknowledge its transaction's records.
     pub audit_publish_latency: Histogram,
+    /// How long a COMMIT waits beyond the brokers' acknowledgement: from the acknowledgement of
+    /// its transaction's records to the server's answer to the COMMIT hindsight then forwards.
+    pub commit_after_ack: Histogram,
     /// Gate decisions, by rule and outcome (deny, audit, allow).
     pub gate_decisions: IntCounterVec,
     /// Rules file reloads, by outcome (ok, rejected).
@@ -158,6 +161,14 @@ impl Metrics {
             .buckets(vec![2.5e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1.0, 5.0]),
         )
         .unwrap();
+        let commit_after_ack = Histogram::with_opts(
+            HistogramOpts::new(
+                "capture_commit_after_ack_seconds",
+                "Time a captured COMMIT waits beyond the brokers' acknowledgement of its records: from the acknowledgement to the server's answer to the COMMIT",
+            )
+            .buckets(vec![2.5e-5, 5e-5, 7.5e-5, 1e-4, 1.25e-4, 1.5e-4, 2e-4, 2.5e-4, 3e-4, 4e-4, 5e-4, 7.5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 0.1]),
+        )
+        .unwrap();
         let dir = |d: Direction| DirectionCounters {
             bytes: bytes.with_label_values(&[d.label()]),
             messages: messages.with_label_values(&[d.label()]),
@@ -179,6 +190,7 @@ impl Metrics {
             tls_handshakes,
             relay_latency,
             audit_publish_latency,
+            commit_after_ack,
             audit_events: IntCounter::new("audit_events_total", "Change events published and acknowledged").unwrap(),
             broker_reachable: IntGauge::new("broker_reachable", "1 once the Kafka brokers answered since start; 0 while they have not (reads served, writes refused with HS001)").unwrap(),
             in_doubt_resolved: IntCounterVec::new(
@@ -250,6 +262,7 @@ impl Metrics {
         reg(Box::new(m.tls_handshakes.clone()));
         reg(Box::new(m.relay_latency.clone()));
         reg(Box::new(m.audit_publish_latency.clone()));
+        reg(Box::new(m.commit_after_ack.clone()));
         reg(Box::new(m.audit_events.clone()));
         reg(Box::new(m.audit_publish_failures.clone()));
         reg(Box::new(m.capture_catalog_queries.clone()));

@@ -42,6 +42,10 @@ fn transaction_limit_error(limit: u64) -> Vec<u8> {
 pub(super) struct PendingEnd {
     record: TransactionRecord,
     _in_flight: crate::audit::in_flight::Pending,
+    /// When the brokers acknowledged a COMMIT's records (`None`: a statement-level event,
+    /// announced before its statement runs): the time to the server's answer is
+    /// `capture_commit_after_ack_seconds`.
+    commit_acked: Option<std::time::Instant>,
 }
 
 /// How a COMMIT happens once the records are published.
@@ -124,6 +128,7 @@ impl ClientCapture {
         u.reply = Some(self.end_on_outcome(PendingEnd {
             record: end,
             _in_flight: in_flight,
+            commit_acked: None,
         }));
         self.push([u]);
         write_all(w, frame).await
@@ -329,14 +334,20 @@ impl ClientCapture {
         let (tx, rx) = oneshot::channel();
         let sink = Arc::clone(&self.parts.sink);
         let session = self.session.clone();
+        let after_ack = self.parts.metrics.commit_after_ack.clone();
         tokio::spawn(async move {
             // In flight until this task ends, whatever the outcome.
             let PendingEnd {
                 record: mut end,
                 _in_flight,
+                commit_acked,
             } = pending;
             match rx.await {
-                Ok(Reply { error: None, .. }) => {}
+                Ok(Reply { error: None, .. }) => {
+                    if let Some(acked) = commit_acked {
+                        after_ack.observe(acked.elapsed().as_secs_f64());
+                    }
+                }
                 Ok(_) => end.commit_status = Some(CommitStatus::Aborted),
                 Err(_) => {
                     tracing::warn!(transaction = %end.id, "the server connection closed before the transaction's outcome was known: no END record yet (in-doubt healing resolves it with txid_status when configured)");
@@ -419,6 +430,7 @@ impl ClientCapture {
         let in_flight = self.session.in_flight.enter(&end.id);
         let timer = self.parts.metrics.audit_publish_latency.start_timer();
         let published = self.parts.sink.publish(&records).await;
+        let acked = std::time::Instant::now();
         timer.observe_duration();
         match published {
             Ok(()) => {
@@ -435,6 +447,7 @@ impl ClientCapture {
                 self.pending_end = Some(PendingEnd {
                     record: end,
                     _in_flight: in_flight,
+                    commit_acked: Some(acked),
                 });
                 Ok(Ok(()))
             }
