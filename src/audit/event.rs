@@ -13,6 +13,162 @@ use serde::{Deserialize, Serialize};
 /// A row image: column name → value.
 pub type Row = serde_json::Map<String, serde_json::Value>;
 
+/// A row image as PostgreSQL rendered it (`to_jsonb`'s text), kept as that text from the
+/// server's DataRow to the published event: nothing parses it unless it needs values from it
+/// (the key, a gate's row rule, redaction, footprints). The text costs what the server sent;
+/// a parsed [`Row`] costs several times that, per value, for as long as the transaction is
+/// open. Valid JSON and an object, checked when made.
+#[derive(Debug, Clone)]
+pub struct Image(Box<serde_json::value::RawValue>);
+
+impl Image {
+    /// `text` as an image, if it is a JSON object.
+    pub fn from_json(text: String) -> Result<Image, String> {
+        if !text.starts_with('{') {
+            return Err(format!(
+                "row image is not a JSON object: {}",
+                text.chars().take(80).collect::<String>()
+            ));
+        }
+        serde_json::value::RawValue::from_string(text)
+            .map(Image)
+            .map_err(|e| format!("row image is not JSON: {e}"))
+    }
+
+    /// The image of a parsed row.
+    pub fn from_row(row: &Row) -> Image {
+        Image(serde_json::value::to_raw_value(row).expect("a JSON map serialises"))
+    }
+
+    /// The image's JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parse the whole image.
+    pub fn row(&self) -> Row {
+        serde_json::from_str(self.json()).expect("an image is a JSON object (checked when made)")
+    }
+
+    /// The key columns' values (the whole row when the table has no key; see [`key_of`]),
+    /// parsing only those columns' values.
+    pub fn key(&self, key: &[String]) -> Row {
+        if key.is_empty() {
+            return self.row();
+        }
+        let fields = Fields::of(self.json(), key);
+        key.iter()
+            .map(|k| {
+                let value = fields
+                    .get(k)
+                    .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                (k.clone(), value)
+            })
+            .collect()
+    }
+
+    /// [`Image::key`] as JSON text (a map key).
+    pub fn key_json(&self, key: &[String]) -> String {
+        serde_json::to_string(&self.key(key)).unwrap_or_default()
+    }
+
+    /// A copy changed by `edit` on its parsed row (redaction).
+    pub fn edited(&self, edit: impl FnOnce(&mut Row)) -> Image {
+        let mut row = self.row();
+        edit(&mut row);
+        Image::from_row(&row)
+    }
+}
+
+/// The same JSON object, whatever the spacing (PostgreSQL's text has spaces, serde_json's none).
+impl PartialEq for Image {
+    fn eq(&self, other: &Image) -> bool {
+        self.json() == other.json() || self.row() == other.row()
+    }
+}
+
+impl Default for Image {
+    /// `{}`.
+    fn default() -> Image {
+        Image::from_row(&Row::new())
+    }
+}
+
+impl Serialize for Image {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// Some of an image's top-level fields, their values unparsed (see [`Image::key`]).
+struct Fields<'a>(BTreeMap<String, &'a serde_json::value::RawValue>);
+
+impl<'a> Fields<'a> {
+    /// The fields of `json` (an object) named in `wanted`.
+    fn of(json: &'a str, wanted: &[String]) -> Fields<'a> {
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(json);
+        Fields(Wanted(wanted).deserialize(&mut de).unwrap_or_default())
+    }
+
+    fn get(&self, name: &str) -> Option<&&'a serde_json::value::RawValue> {
+        self.0.get(name)
+    }
+}
+
+/// Reads an object keeping only the named fields, without parsing any value.
+struct Wanted<'w>(&'w [String]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Wanted<'_> {
+    type Value = BTreeMap<String, &'de serde_json::value::RawValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Wanted<'_> {
+    type Value = BTreeMap<String, &'de serde_json::value::RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a row image (a JSON object)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+            let raw: &'de serde_json::value::RawValue = map.next_value()?;
+            if self.0.iter().any(|w| *w == name) {
+                out.insert(name.into_owned(), raw);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A field name, borrowed from the text unless it holds escapes.
+struct Name<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// What happened to the row (Debezium's `op`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -121,11 +277,12 @@ pub struct TxPosition {
     pub data_collection_order: u64,
 }
 
-/// One changed row: the message value on `<prefix>.<schema>.<table>`.
+/// One changed row: the message value on `<prefix>.<schema>.<table>`. Read back with its images
+/// parsed ([`Row`]); published with them as captured ([`Image`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChangeEvent {
-    pub before: Option<Row>,
-    pub after: Option<Row>,
+pub struct ChangeEvent<I = Row> {
+    pub before: Option<I>,
+    pub after: Option<I>,
     pub source: Source,
     pub op: Op,
     /// When hindsight produced the event.
@@ -292,35 +449,78 @@ mod tests {
     use super::*;
 
     #[test]
+    fn images_keep_the_servers_text_and_give_keys_as_parsed_rows_did() {
+        let text = r#"{"a": 1.50, "b\"q": "x\ny", "id": 7, "nested": {"z": [1, 2]}}"#;
+        let image = Image::from_json(text.to_string()).unwrap();
+        assert_eq!(image.json(), text);
+        let row = image.row();
+        for key in [
+            vec!["id".to_string()],
+            vec!["b\"q".to_string(), "a".to_string()],
+            vec!["nested".to_string(), "missing".to_string()],
+            vec![],
+        ] {
+            assert_eq!(image.key(&key), key_of(&row, &key), "{key:?}");
+            assert_eq!(image.key_json(&key), key_json(&row, &key));
+        }
+        assert_eq!(image.key(&["a".into()])["a"].to_string(), "1.50");
+        // The event carries the text as it is.
+        let ev: ChangeEvent<Image> = ChangeEvent {
+            before: None,
+            after: Some(image.clone()),
+            source: sample_source(),
+            op: Op::Create,
+            ts_ms: 0,
+            transaction: TxPosition {
+                id: "s:1".into(),
+                total_order: 1,
+                data_collection_order: 1,
+            },
+        };
+        let json = serde_json::to_string(&ev).unwrap();
+        assert!(json.contains(&format!("\"after\":{text}")), "{json}");
+        let back: ChangeEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.after, Some(row.clone()));
+        assert_eq!(Image::from_row(&row), image);
+        for bad in ["[1]", "{", "\"x\"", ""] {
+            assert!(Image::from_json(bad.to_string()).is_err(), "{bad}");
+        }
+    }
+
+    fn sample_source() -> Source {
+        Source {
+            version: "0.1.0".into(),
+            connector: "hindsight".into(),
+            name: "hindsight".into(),
+            ts_ms: 1,
+            snapshot: "false".into(),
+            db: "demo".into(),
+            schema: "public".into(),
+            table: "brieff".into(),
+            tx_id: Some(7),
+            user: "app".into(),
+            application_name: "web".into(),
+            client_addr: "127.0.0.1:5000".into(),
+            statement: "UPDATE brieff SET bfso = NULL".into(),
+            fingerprint: "ab".into(),
+            tags: BTreeMap::new(),
+            session_id: "s1".into(),
+            statement_seq: 3,
+            side_effects: None,
+            side_effect_tables: vec![],
+            blocked_by: None,
+            dry_run_rule: None,
+            redacted: false,
+            cascade: None,
+        }
+    }
+
+    #[test]
     fn envelope_has_debeziums_field_names() {
         let ev = ChangeEvent {
             before: Some(Row::from_iter([("bfso".into(), "A".into())])),
             after: Some(Row::from_iter([("bfso".into(), serde_json::Value::Null)])),
-            source: Source {
-                version: "0.1.0".into(),
-                connector: "hindsight".into(),
-                name: "hindsight".into(),
-                ts_ms: 1,
-                snapshot: "false".into(),
-                db: "demo".into(),
-                schema: "public".into(),
-                table: "brieff".into(),
-                tx_id: Some(7),
-                user: "app".into(),
-                application_name: "web".into(),
-                client_addr: "127.0.0.1:5000".into(),
-                statement: "UPDATE brieff SET bfso = NULL".into(),
-                fingerprint: "ab".into(),
-                tags: BTreeMap::new(),
-                session_id: "s1".into(),
-                statement_seq: 3,
-                side_effects: None,
-                side_effect_tables: vec![],
-                blocked_by: None,
-                dry_run_rule: None,
-                redacted: false,
-                cascade: None,
-            },
+            source: sample_source(),
             op: Op::Update,
             ts_ms: 2,
             transaction: TxPosition {

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::audit::event::{
-    ChangeEvent, ChangeKey, CommitStatus, DataCollection, Op, Row, Source, TransactionRecord,
-    TxPosition, TxStatus,
+    ChangeEvent, ChangeKey, CommitStatus, DataCollection, Image, Op, Row, Source,
+    TransactionRecord, TxPosition, TxStatus,
 };
 use crate::audit::kafka::Record;
 use crate::statement::Kind;
@@ -202,7 +202,7 @@ fn pair_statement(group: Vec<Change>, tables: &HashMap<u32, TableInfo>, out: &mu
     for c in group {
         match (&c.before, &c.after) {
             (Some(b), None) => {
-                let k = (c.table_oid, key_json(b, &key_cols(c.table_oid)));
+                let k = (c.table_oid, b.key_json(&key_cols(c.table_oid)));
                 befores_order.push(k.clone());
                 waiting.entry(k).or_default().push_back(c);
             }
@@ -212,7 +212,7 @@ fn pair_statement(group: Vec<Change>, tables: &HashMap<u32, TableInfo>, out: &mu
     let mut unpaired: Vec<Change> = Vec::new();
     for a in afters {
         let Some(after) = &a.after else { continue };
-        let k = (a.table_oid, key_json(after, &key_cols(a.table_oid)));
+        let k = (a.table_oid, after.key_json(&key_cols(a.table_oid)));
         match waiting.get_mut(&k).and_then(|q| q.pop_front()) {
             Some(b) => out.push(Change {
                 before: b.before,
@@ -334,15 +334,16 @@ impl Builder<'_> {
         let data_collection_order = *order;
         let mark = c.gate.clone().or_else(|| c.stmt.gate.mark.clone());
         let op = op_of(&c, mark.as_ref());
-        let empty = Row::new();
-        let image = c.after.as_ref().or(c.before.as_ref()).unwrap_or(&empty);
         let key = ChangeKey {
             table: if c.is_statement() {
                 c.stmt.shape.table.to_string()
             } else {
                 collection.clone()
             },
-            key: key_of(image, &t.key),
+            key: match c.after.as_ref().or(c.before.as_ref()) {
+                Some(image) => image.key(&t.key),
+                None => Row::new(),
+            },
         };
         let topic = if c.is_statement() {
             format!("{}.{STATEMENTS}", self.session.topic_prefix)
@@ -351,7 +352,7 @@ impl Builder<'_> {
         };
         let side_effects = side_effects_of(t, &collection, op, c.stmt.shape.cascade.as_deref());
         let source = self.source(&c, t, side_effects, mark);
-        let ev = ChangeEvent {
+        let ev = ChangeEvent::<Image> {
             before: c.before,
             after: c.after,
             source,
@@ -483,8 +484,11 @@ fn redact_images(
                     c.stmt.shape.table.name.clone(),
                 )
             });
+        if !redactor.covers(&schema, &name) {
+            continue;
+        }
         for image in [&mut c.before, &mut c.after].into_iter().flatten() {
-            redactor.apply(&schema, &name, image);
+            *image = image.edited(|row| redactor.apply(&schema, &name, row));
         }
     }
 }

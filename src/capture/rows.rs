@@ -3,7 +3,7 @@
 //! RowDescription (`T`) and DataRow (`D`) bodies are edited in place of the originals; every
 //! byte of the client's own columns is kept as the server sent it.
 
-use crate::audit::event::Row;
+use crate::audit::event::Image;
 use crate::wire::frame::{put_frame, take_cstr};
 
 /// Format of a result column, as the Bind message asked for it.
@@ -82,30 +82,33 @@ pub fn strip_row_description(body: &[u8], extra: usize) -> Option<Vec<u8>> {
 /// A row image column (see [`super::image_sql::Form`]), told apart by its first byte: `jsonb`
 /// as text (`{`) or binary (version byte 1), both UTF-8 text in a UTF-8 session; or the hex
 /// digits of the row's JSON in UTF-8 (hex of `{` is `7b`), the same in either result format.
-pub fn decode_image(value: Option<&[u8]>) -> Result<Option<Row>, String> {
+/// Kept as its text ([`Image`]): checked to be a JSON object, not parsed.
+pub fn decode_image(value: Option<&[u8]>) -> Result<Option<Image>, String> {
     let Some(raw) = value else { return Ok(None) };
     let bytes = match raw.first() {
-        Some(b'{') => std::borrow::Cow::Borrowed(raw),
-        Some(1) => std::borrow::Cow::Borrowed(&raw[1..]),
-        _ => std::borrow::Cow::Owned(unhex(raw)?),
+        Some(b'{') => raw.to_vec(),
+        Some(1) => raw[1..].to_vec(),
+        _ => unhex(raw)?,
     };
-    if let Err(e) = std::str::from_utf8(&bytes) {
-        let at = e.valid_up_to();
-        let why = if raw.first() == Some(&b'{') || raw.first() == Some(&1) {
-            "the row holds a value whose bytes are not valid in the database's encoding (written by C code), or the session's client_encoding changed after the statement was prepared (prepare it again)"
-        } else {
-            "the database is SQL_ASCII and stores bytes without characters, so this row cannot be recorded exactly"
-        };
-        return Err(format!(
-            "the row image holds byte 0x{:02X} (at {at}), which is not UTF-8: {why}",
-            bytes[at]
-        ));
-    }
-    match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
-        Ok(other) => Err(format!("row image is not a JSON object: {other}")),
-        Err(e) => Err(format!("row image is not JSON: {e}")),
-    }
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => return Err(not_utf8(raw, e.as_bytes(), e.utf8_error())),
+    };
+    Image::from_json(text).map(Some)
+}
+
+/// Why an image's bytes are not UTF-8 (`bytes`, as decoded from `raw`).
+fn not_utf8(raw: &[u8], bytes: &[u8], e: std::str::Utf8Error) -> String {
+    let at = e.valid_up_to();
+    let why = if raw.first() == Some(&b'{') || raw.first() == Some(&1) {
+        "the row holds a value whose bytes are not valid in the database's encoding (written by C code), or the session's client_encoding changed after the statement was prepared (prepare it again)"
+    } else {
+        "the database is SQL_ASCII and stores bytes without characters, so this row cannot be recorded exactly"
+    };
+    format!(
+        "the row image holds byte 0x{:02X} (at {at}), which is not UTF-8: {why}",
+        bytes[at]
+    )
 }
 
 /// A name from a hex-of-UTF-8 column (see [`super::image_sql::json`]); bytes that are not
@@ -259,7 +262,10 @@ mod tests {
         let mut binary = vec![1u8];
         binary.extend_from_slice(json.as_bytes());
         for raw in [hex.as_bytes(), json.as_bytes(), &binary] {
-            let r = decode_image(Some(raw)).unwrap().unwrap();
+            let image = decode_image(Some(raw)).unwrap().unwrap();
+            // Kept as the server's text, published as such.
+            assert_eq!(image.json(), json);
+            let r = image.row();
             assert_eq!(r["f"], "NaN");
             assert_eq!(r["n"].to_string(), "1.50");
             assert_eq!(r["s"], "café 中");

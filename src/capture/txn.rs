@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::audit::event::Row;
+use crate::audit::event::Image;
 
 use super::rewrite::Shape;
 
@@ -72,8 +72,8 @@ pub enum GateMark {
 /// One changed row as captured.
 #[derive(Debug, Clone)]
 pub struct Change {
-    pub before: Option<Row>,
-    pub after: Option<Row>,
+    pub before: Option<Image>,
+    pub after: Option<Image>,
     pub table_oid: u32,
     pub stmt: Arc<StatementCtx>,
     /// A row rule's decision about this change (overrides the statement's).
@@ -212,7 +212,10 @@ mod tests {
     fn change(n: i64) -> Change {
         Change {
             before: None,
-            after: Some(Row::from_iter([("n".to_string(), n.into())])),
+            after: Some(Image::from_row(&crate::audit::event::Row::from_iter([(
+                "n".to_string(),
+                n.into(),
+            )]))),
             table_oid: 1,
             gate: None,
             cascade: None,

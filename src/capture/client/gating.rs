@@ -11,6 +11,7 @@ use super::extended::execute_frame;
 use super::front::Planned;
 use super::internal::{close_frame, frame_of, query_frame};
 use super::{write_all, BatchFlow, BatchTx, ClientCapture, Prep, Protocol};
+use crate::audit::event::Image;
 use crate::capture::expect::{Audience, PreReadRows, Step};
 use crate::capture::publish::SessionInfo;
 use crate::capture::rewrite::{Rewritten, Shape};
@@ -339,9 +340,14 @@ impl ClientCapture {
                 client_ip,
                 tags: &c.stmt.tags,
             };
+            // A row rule reads values: the images are parsed for it (only here).
+            let (before, after) = (
+                c.before.as_ref().map(Image::row),
+                c.after.as_ref().map(Image::row),
+            );
             let row = RowFacts {
-                before: c.before.as_ref(),
-                after: c.after.as_ref(),
+                before: before.as_ref(),
+                after: after.as_ref(),
                 op,
                 table: &table,
             };
@@ -377,7 +383,8 @@ impl ClientCapture {
             else {
                 continue;
             };
-            for (col, v) in after {
+            let (before, after) = (before.row(), after.row());
+            for (col, v) in &after {
                 if !v.is_null() || before.get(col).is_none_or(|b| b.is_null()) {
                     continue;
                 }
@@ -386,7 +393,7 @@ impl ClientCapture {
                 match groups.get_mut(&key) {
                     Some((n, _)) => n.rows += 1,
                     None => {
-                        let n = self.nulled(t, table, col, before);
+                        let n = self.nulled(t, table, col, &before);
                         groups.insert(key, (n, &c.stmt));
                     }
                 }
