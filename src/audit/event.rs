@@ -101,6 +101,20 @@ impl Serialize for Image {
     }
 }
 
+/// Read as the text it is (restore's plan files), and refused unless it is an object.
+impl<'de> Deserialize<'de> for Image {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Image, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        match raw.get().starts_with('{') {
+            true => Ok(Image(raw)),
+            false => Err(serde::de::Error::custom(format!(
+                "a row image must be a JSON object, not {}",
+                raw.get().chars().take(80).collect::<String>()
+            ))),
+        }
+    }
+}
+
 /// Some of an image's top-level fields, their values unparsed (see [`Image::key`]).
 struct Fields<'a>(BTreeMap<String, &'a serde_json::value::RawValue>);
 

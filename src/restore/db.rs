@@ -152,7 +152,7 @@ async fn read_actual_chunk<C: GenericClient>(
         .query(&q, &[&param])
         .await
         .map_err(RestoreError::db("reading the current rows"))?;
-    let parse = |s: Option<String>| s.and_then(Image::from_text);
+    let parse = |s: Option<String>| s.and_then(|s| Image::from_json(s).ok());
     type Found = (Option<Image>, Option<Image>, Option<Image>, bool);
     let mut by_index: HashMap<usize, Found> = HashMap::new();
     for r in found {

@@ -186,7 +186,7 @@ mod tests {
     use serde_json::json;
 
     fn img(v: Value) -> Option<Image> {
-        v.as_object().map(Image::of)
+        v.as_object().map(Image::from_row)
     }
 
     fn key(v: Value) -> Row {

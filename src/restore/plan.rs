@@ -133,42 +133,10 @@ fn parse(image: &Option<Box<str>>) -> Option<Row> {
         .map(|t| serde_json::from_str(t).expect("an image this process serialised"))
 }
 
-/// A row image as JSON text (`{"column": value, …}`), parsed where columns are needed: a
-/// parsed map costs several times its text, and a plan may hold a hundred thousand rows with
-/// three images each. Serialised inline, as the object it is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Image(Box<serde_json::value::RawValue>);
-
-impl Image {
-    pub fn of(row: &Row) -> Self {
-        Image(serde_json::value::to_raw_value(row).expect("a JSON object"))
-    }
-
-    /// From JSON text (an object), as the server or a change event gave it; `None` if it is
-    /// not JSON.
-    pub fn from_text(text: impl Into<String>) -> Option<Self> {
-        serde_json::value::RawValue::from_string(text.into())
-            .ok()
-            .map(Image)
-    }
-
-    /// The image parsed.
-    pub fn row(&self) -> Row {
-        serde_json::from_str(self.0.get()).unwrap_or_default()
-    }
-
-    pub fn text(&self) -> &str {
-        self.0.get()
-    }
-}
-
-impl PartialEq for Image {
-    /// The same row (compared parsed: key order and spacing do not matter).
-    fn eq(&self, other: &Self) -> bool {
-        self.text() == other.text() || self.row() == other.row()
-    }
-}
+/// Row images are held as their JSON text (`audit::event::Image`), parsed where columns are
+/// needed: a parsed map costs several times its text, and a plan may hold a hundred thousand
+/// rows with three images each. Serialised inline, as the object it is.
+pub use crate::audit::event::Image;
 
 /// Parse an optional image.
 pub fn row_of(image: &Option<Image>) -> Option<Row> {
@@ -461,7 +429,10 @@ pub fn row_plan(
         let key = image.map(|r| key_json(&r, &meta.key)).unwrap_or_default();
         return Some(Err(format!("{table} {key}")));
     }
-    let image = |t: &Option<Box<str>>| t.as_deref().and_then(Image::from_text);
+    let image = |t: &Option<Box<str>>| {
+        t.as_deref()
+            .and_then(|t| Image::from_json(t.to_string()).ok())
+    };
     let (target, expected) = (image(&lineage[0].before), image(&lineage[last].after));
     let latest = lineage.last().and_then(|c| c.after());
     let key_image = latest

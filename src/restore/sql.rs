@@ -74,7 +74,7 @@ pub fn statement(
             let cols = cols.join(", ");
             Some(format!(
                 "INSERT INTO {relation} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {}",
-                image_text(relation, target.text())
+                image_text(relation, target.json())
             ))
         }
         Action::Update(_) => {
@@ -88,11 +88,11 @@ pub fn statement(
                 return None;
             }
             let from = if meta.key.is_empty() {
-                format!("{} AS r", image_text(relation, target.text()))
+                format!("{} AS r", image_text(relation, target.json()))
             } else {
                 format!(
                     "{} AS r, {} AS k",
-                    image_text(relation, target.text()),
+                    image_text(relation, target.json()),
                     image(relation, &row.key)
                 )
             };
@@ -152,7 +152,7 @@ mod tests {
     }
 
     fn row(action: Action) -> RowPlan {
-        let img = |v: serde_json::Value| v.as_object().map(super::super::plan::Image::of);
+        let img = |v: serde_json::Value| v.as_object().map(super::super::plan::Image::from_row);
         RowPlan {
             table: "public.brieff".into(),
             key: serde_json::json!({"bfkey": 1})
