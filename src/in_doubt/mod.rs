@@ -92,7 +92,9 @@ impl Healer {
         let thread = std::thread::Builder::new()
             .name("in-doubt".into())
             .spawn(move || {
-                if assign(&consumer, &t, &halt) {
+                if let Some(starts) = assign(&consumer, &t, &halt) {
+                    // Reading starts there: a first record past it is a hole too.
+                    lock(&st).positions = starts;
                     read(consumer, &st, &halt, every)
                 }
             })
@@ -165,8 +167,12 @@ fn consumer(cfg: &crate::audit::kafka::SinkConfig) -> Result<BaseConsumer, InDou
 }
 
 /// Assign every partition of `topic` from its committed offset (else the beginning), once the
-/// brokers list it. `false`: stopped first.
-fn assign(consumer: &BaseConsumer, topic: &str, stop: &AtomicBool) -> bool {
+/// brokers list it and answer for the committed offsets. Returns where reading starts in the
+/// partitions that have a committed offset (`None`: stopped first). Knowing it, the reader
+/// checks its first record too: a broker that hands out a later record first (seen with tansu
+/// 0.6.0 under faults, see [`Holes`]) would otherwise move the committed offset past a BEGIN
+/// never seen (the chaos suite's BEGIN left open for good, 2026-12-06).
+fn assign(consumer: &BaseConsumer, topic: &str, stop: &AtomicBool) -> Option<BTreeMap<i32, i64>> {
     while !stop.load(Ordering::Relaxed) {
         let partitions = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(2))
@@ -177,20 +183,48 @@ fn assign(consumer: &BaseConsumer, topic: &str, stop: &AtomicBool) -> bool {
                     .then(|| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
             });
         if let Some(ps) = partitions {
-            let mut tpl = TopicPartitionList::new();
-            for p in ps {
-                let _ = tpl.add_partition_offset(topic, p, Offset::Stored);
-            }
-            match consumer.assign(&tpl) {
-                Ok(()) => return true,
+            match start_offsets(consumer, topic, &ps) {
+                Ok((tpl, starts)) => match consumer.assign(&tpl) {
+                    Ok(()) => return Some(starts),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "in-doubt healing: assigning the transaction topic failed; retrying")
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(error = %e, "in-doubt healing: assigning the transaction topic failed; retrying")
+                    tracing::debug!(error = %e, "in-doubt healing: reading the committed offsets failed; retrying")
                 }
             }
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    false
+    None
+}
+
+/// The group's committed offsets of `partitions`: the assignment (from each committed offset,
+/// else the beginning) and the committed ones by partition.
+fn start_offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> rdkafka::error::KafkaResult<(TopicPartitionList, BTreeMap<i32, i64>)> {
+    let mut ask = TopicPartitionList::new();
+    for p in partitions {
+        ask.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(ask, Duration::from_secs(2))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut starts = BTreeMap::new();
+    for e in committed.elements() {
+        let from = match e.offset() {
+            Offset::Offset(at) => {
+                starts.insert(e.partition(), at);
+                Offset::Offset(at)
+            }
+            _ => Offset::Beginning,
+        };
+        tpl.add_partition_offset(topic, e.partition(), from)?;
+    }
+    Ok((tpl, starts))
 }
 
 /// How many times a hole in the transaction topic's offsets is read again before it is taken
@@ -504,9 +538,14 @@ mod tests {
     #[test]
     fn a_hole_is_read_again_a_bounded_number_of_times() {
         let mut h = Holes::default();
-        // No hole: the next offset, or the first record read.
+        // No hole: the next offset, or the first record read where nothing was committed.
         assert!(!h.read_again(0, Some(5), 5));
         assert!(!h.read_again(0, None, 9));
+        // Reading starts at the committed offset (`assign`), so a first record past it is a
+        // hole: the BEGIN left open for good in the chaos run of 2026-12-06 was the committed
+        // offset's record, and the replica's first record read was the one after it.
+        let mut first = Holes::default();
+        assert!(first.read_again(0, Some(49_007), 49_008));
         for _ in 0..HOLE_RETRIES {
             assert!(h.read_again(0, Some(5), 7));
         }
