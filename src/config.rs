@@ -335,7 +335,8 @@ pub struct CaptureConfig {
     /// events are held in hindsight's memory until its COMMIT publishes them. A transaction
     /// that captures more cannot commit — it is rolled back with SQLSTATE HS003 — and its rows
     /// are not kept, so that one huge UPDATE cannot exhaust the memory every other session
-    /// shares. At peak hindsight holds several times this (events, the producer's queue).
+    /// shares. An open transaction holds about 1.5× its image bytes; at its COMMIT, with the
+    /// records queued for the broker, about 7× (BENCHMARKS.md).
     /// Default 256 MiB; 0 for no limit.
     pub max_transaction_bytes: u64,
     /// Longest statement text (bytes) an event's `source.statement` carries; a longer one is
