@@ -353,13 +353,18 @@ async fn table_cache_follows_ddl_through_the_proxy(pg: Pg) {
 
 /// `capture_catalog_queries_total` on the proxy's /metrics.
 async fn catalog_queries(proxy: &hindsight::proxy::Running) -> u64 {
+    metric(proxy, "hindsight_capture_catalog_queries_total").await
+}
+
+/// One metric's value on the proxy's /metrics.
+async fn metric(proxy: &hindsight::proxy::Running, name: &str) -> u64 {
     let url = format!("http://{}/metrics", proxy.admin_addr);
     let (_, metrics) = crate::robustness::http_get(&url).await;
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("hindsight_capture_catalog_queries_total "))
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no hindsight_capture_catalog_queries_total in {metrics}"))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
 }
 
 /// The transaction id a captured row brings is the server's own, in both protocols: after a
@@ -414,6 +419,18 @@ async fn the_transaction_id_comes_with_the_rows(pg: Pg) {
         queries,
         "a COMMIT asked the catalog although its table was cached and its rows brought the id"
     );
+    // Each captured COMMIT's wait beyond the acknowledgement is measured (observed when the
+    // server's answer reaches hindsight, which may be just after the client has it).
+    let after_ack = "hindsight_capture_commit_after_ack_seconds_count";
+    let mut measured = metric(&proxy, after_ack).await;
+    for _ in 0..40 {
+        if measured >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        measured = metric(&proxy, after_ack).await;
+    }
+    assert_eq!(measured, 3, "{after_ack}: the warm-up and the two COMMITs");
     let events = read_topic(format!("{prefix}.public.brieff"), 3).await;
     let got: Vec<i64> = events[1..]
         .iter()
