@@ -12,10 +12,12 @@
 # one costs the whole machine plus what the broker spends on it, so even a hindsight that cost
 # nothing could not exceed cores / (direct machine + broker) per transaction.
 #   scripts/bench-capture-cpu.sh [SECONDS_PER_RUN (default 10)] [ROUNDS (default 2)]
+# HSBENCH_CLIENTS=N runs N clients instead of 8 (1: no lock waits between sessions);
+# HSBENCH_VERSIONS="15" and HSBENCH_MODES="prepared" narrow the run.
 # HSBENCH_BIN=path runs that binary instead of building target/release/hindsight (to compare
 # two builds, e.g. before and after a change, with the same script).
 source "$(dirname "$0")/common.sh"
-secs="${1:-10}"; rounds="${2:-2}"
+secs="${1:-10}"; rounds="${2:-2}"; clients="${HSBENCH_CLIENTS:-8}"
 bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
 bash "$ROOT/scripts/pg.sh" start 18 >/dev/null
 fresh_memory_broker
@@ -48,7 +50,7 @@ latency() {
 
 echo "| server | mode | round | path | commits/s | latency p50 / p99 ms | machine ms/txn | broker ms/txn | hindsight ms/txn | PostgreSQL ms/txn | its sessions ms/txn | ceiling with the broker here (hindsight free) |"
 echo "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-for ver in 15 18; do
+for ver in ${HSBENCH_VERSIONS:-15 18}; do
   port_var="PG${ver}_PORT"; port=${!port_var}
   direct="host=127.0.0.1 port=$port user=postgres"
   for db in bench_cpu bench_cpu_trigger; do
@@ -63,7 +65,7 @@ for ver in 15 18; do
     --kafka-brokers "127.0.0.1:$MEM" --topic-prefix "cpu$ver$RANDOM"
   start_proxy "bench-relay-$ver" "$bin" "$relay_port" "$relay_admin" "$port" --log-level warn
   postmaster=$(head -1 "$DEV/pg$ver/data/postmaster.pid")
-  for mode in prepared simple; do
+  for mode in ${HSBENCH_MODES:-prepared simple}; do
     for round in $(seq 1 "$rounds"); do
       direct_machine=0
       for path in direct trigger relay-only capture; do
@@ -76,7 +78,7 @@ for ver in 15 18; do
         lat="$DEV/bench-cpu-lat"
         m0=$(machine_ticks); b0=$(ticks_of "$broker_pid"); h0=0; [ -n "$proc" ] && h0=$(ticks_of "$proc")
         p0=$(tree_ticks "$postmaster"); r0=$(reaped_ticks "$postmaster")
-        tps=$(pgbench -n -M "$mode" -c 8 -j 8 -T "$secs" --log --log-prefix="$lat" \
+        tps=$(pgbench -n -M "$mode" -c "$clients" -j "$clients" -T "$secs" --log --log-prefix="$lat" \
           "host=127.0.0.1 port=$target user=postgres dbname=$db" 2>&1 | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
         [ -n "$tps" ] || die "pgbench produced no result ($path, $mode, PostgreSQL $ver)"
         m1=$(machine_ticks); b1=$(ticks_of "$broker_pid"); h1=0; [ -n "$proc" ] && h1=$(ticks_of "$proc")

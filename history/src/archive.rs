@@ -130,17 +130,22 @@ struct Archive {
 /// How long completing a batch may wait for events the brokers already hold.
 const COMPLETE_WITHIN: Duration = Duration::from_secs(60);
 
-/// The topics of an END's data collections (`schema.table`, or `statements`).
+/// The topics of an END's data collections: the topic each names, or for records that name
+/// none (before `kafka.topic_routing`, in-doubt ENDs) the topic of its `schema.table` or
+/// `statements`.
 fn collection_topics(prefix: &str, data_collections_json: &str) -> Vec<String> {
     let list: Vec<hindsight::audit::event::DataCollection> =
         serde_json::from_str(data_collections_json).unwrap_or_default();
-    list.iter()
-        .map(|d| match d.data_collection.split_once('.') {
-            _ if d.data_collection == hindsight::audit::kafka::STATEMENTS => {
+    list.into_iter()
+        .map(|d| match (d.topic, d.data_collection.split_once('.')) {
+            (Some(topic), _) => topic,
+            (None, _) if d.data_collection == hindsight::audit::kafka::STATEMENTS => {
                 format!("{prefix}.{}", d.data_collection)
             }
-            Some((schema, table)) => hindsight::audit::kafka::table_topic(prefix, schema, table),
-            None => format!("{prefix}.{}", d.data_collection),
+            (None, Some((schema, table))) => {
+                hindsight::audit::kafka::table_topic(prefix, schema, table)
+            }
+            (None, None) => format!("{prefix}.{}", d.data_collection),
         })
         .collect()
 }
@@ -538,5 +543,15 @@ mod tests {
             ]
         );
         assert!(collection_topics("hs", "not json").is_empty());
+    }
+
+    #[test]
+    fn an_end_that_names_its_topics_is_taken_at_its_word() {
+        let list = r#"[{"data_collection":"public.brieff","event_count":2,"topic":"hs.changes-shop"},
+                       {"data_collection":"public.other","event_count":1}]"#;
+        assert_eq!(
+            collection_topics("hs", list),
+            ["hs.changes-shop", "hs.public.other"]
+        );
     }
 }

@@ -132,7 +132,7 @@ pub fn topic_kind(prefix: &str, topic: &str) -> Option<TopicKind> {
     Some(match rest {
         "transaction" => TopicKind::Transaction,
         _ if rest == STATEMENTS => TopicKind::Statements,
-        _ if rest.contains('.') => TopicKind::Table,
+        _ if hindsight::audit::kafka::is_change_topic(rest) => TopicKind::Table,
         _ => return None,
     })
 }
@@ -475,6 +475,8 @@ mod tests {
             Some(TopicKind::Statements)
         );
         assert_eq!(topic_kind("hs", "hs.public.brieff"), Some(TopicKind::Table));
+        assert_eq!(topic_kind("hs", "hs.changes-shop"), Some(TopicKind::Table));
+        assert_eq!(topic_kind("hs", "hs.footprints"), None);
         assert_eq!(topic_kind("hs", "hsx.public.brieff"), None);
         assert_eq!(topic_kind("hs", "other.public.brieff"), None);
     }

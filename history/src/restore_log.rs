@@ -285,6 +285,7 @@ pub fn logged_change(row: &Map<String, Value>) -> Result<LoggedChange, HistoryEr
             source,
         },
         key: ChangeKey { table, key },
+        topic: text(row, "kafka_topic"),
         partition: int(row, "kafka_partition").unwrap_or(0) as i32,
         offset: int(row, "kafka_offset").unwrap_or(0),
     })

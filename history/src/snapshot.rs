@@ -100,12 +100,18 @@ pub async fn run(o: &Options) -> Result<Report, HistoryError> {
         .await
         .map_err(HistoryError::db(format!("snapshot: counting {relation}")))?
         .get(0);
-    let topic = sink.table_topic(schema, name);
+    let topic = sink.change_topic(&ctx.db, schema, name);
     let tx_topic = sink.transaction_topic();
     sink.ensure_topics([topic.as_str(), tx_topic.as_str()])
         .await?;
-    sink.publish(&[tx_record(&ctx, &tx_topic, TxStatus::Begin, total as u64)])
-        .await?;
+    sink.publish(&[tx_record(
+        &ctx,
+        &tx_topic,
+        &topic,
+        TxStatus::Begin,
+        total as u64,
+    )])
+    .await?;
     client
         .batch_execute(&format!(
             "DECLARE hs_snapshot NO SCROLL CURSOR FOR SELECT to_jsonb(t.*)::text FROM {relation} t"
@@ -117,7 +123,7 @@ pub async fn run(o: &Options) -> Result<Report, HistoryError> {
         .batch_execute("COMMIT")
         .await
         .map_err(HistoryError::db("snapshot: ending the read"))?;
-    sink.publish(&[tx_record(&ctx, &tx_topic, TxStatus::End, rows)])
+    sink.publish(&[tx_record(&ctx, &tx_topic, &topic, TxStatus::End, rows)])
         .await?;
     Ok(Report {
         rows,
@@ -257,7 +263,8 @@ fn event(ctx: &Context, row: Row, n: u64, redactor: &Redactor) -> ChangeEvent {
     }
 }
 
-fn tx_record(ctx: &Context, topic: &str, status: TxStatus, count: u64) -> Record {
+/// The snapshot transaction's BEGIN or END, for `tx_topic`; its events are on `topic`.
+fn tx_record(ctx: &Context, tx_topic: &str, topic: &str, status: TxStatus, count: u64) -> Record {
     let r = TransactionRecord {
         status,
         id: ctx.id.clone(),
@@ -266,13 +273,14 @@ fn tx_record(ctx: &Context, topic: &str, status: TxStatus, count: u64) -> Record
         data_collections: vec![DataCollection {
             data_collection: format!("{}.{}", ctx.schema, ctx.name),
             event_count: count,
+            topic: Some(topic.to_string()),
         }],
         ts_ms: ctx.ts_ms,
         commit_status: (status == TxStatus::End).then_some(CommitStatus::Committed),
         resolution: None,
     };
     Record {
-        topic: topic.to_string(),
+        topic: tx_topic.to_string(),
         key: ctx.id.clone().into_bytes(),
         payload: serde_json::to_vec(&r).expect("JSON"),
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use hindsight::audit::kafka::SinkConfig;
+use hindsight::audit::kafka::{SinkConfig, TopicRouting};
 use hindsight::restore::apply::ApplyOptions;
 use hindsight::restore::command::{execute, Command as RestoreCommand};
 use hindsight::restore::log::{LogOpener, LogSource};
@@ -72,10 +72,16 @@ struct Setup {
     db: String,
     prefix: String,
     store: String,
+    routing: TopicRouting,
     proxy: Option<hindsight::proxy::Running>,
 }
 
 async fn setup(label: &str, rules: Option<&str>) -> Setup {
+    setup_routed(label, rules, TopicRouting::Table).await
+}
+
+/// [`setup`], the proxy publishing with `routing` (`kafka.topic_routing`).
+async fn setup_routed(label: &str, rules: Option<&str>, routing: TopicRouting) -> Setup {
     let db = format!("t_hist_{label}_{:08x}", rand::random::<u32>());
     let admin = connect(pg_port(), "postgres", "setup").await;
     admin
@@ -98,6 +104,7 @@ async fn setup(label: &str, rules: Option<&str>) -> Setup {
     config.proxy.drain_timeout = Duration::from_millis(500);
     config.kafka.brokers = vec![brokers()];
     config.kafka.topic_prefix = prefix.clone();
+    config.kafka.topic_routing = routing;
     if let Some(text) = rules {
         let p = dir.join("rules.toml");
         std::fs::write(&p, text).unwrap();
@@ -110,6 +117,7 @@ async fn setup(label: &str, rules: Option<&str>) -> Setup {
         db,
         prefix,
         store: dir.join("store").display().to_string(),
+        routing,
         proxy: Some(proxy),
     }
 }
@@ -128,6 +136,7 @@ impl Setup {
         SinkConfig {
             brokers: vec![brokers()],
             topic_prefix: self.prefix.clone(),
+            topic_routing: self.routing,
             ..SinkConfig::default()
         }
     }
@@ -1741,6 +1750,85 @@ async fn cascades_are_archived_and_restored_from_history() {
     );
     assert_eq!(dump(&direct, "reps").await, reps);
     assert_eq!(dump(&direct, "brieff").await, brieff);
+    if let Some(p) = s.proxy.take() {
+        p.shutdown().await;
+    }
+}
+
+/// `kafka.topic_routing = "database"`: every table's events on `<prefix>.changes-<db>`, a
+/// snapshot's too. The archive files them under their tables with that topic, waits for them
+/// before an END (which names the topic), and a restore planned from the history equals the
+/// one planned from the topics.
+#[tokio::test]
+async fn a_database_topic_is_archived_and_restored_from_history() {
+    let _serial = SERIAL.lock().await;
+    let mut s = setup_routed("dbtopic", None, TopicRouting::Database).await;
+    let direct = s.direct().await;
+    let (brieff, notes) = (dump(&direct, "brieff").await, dump(&direct, "notes").await);
+    s.snapshot("public.notes").await;
+    let leaky = s.through("leaky").await;
+    leaky
+        .batch_execute(
+            "BEGIN; UPDATE brieff SET bfso = NULL WHERE bfkey <= 6; DELETE FROM notes WHERE id IN (2, 3); COMMIT;
+             UPDATE notes SET body = 'leaked' WHERE id = 4;",
+        )
+        .await
+        .unwrap();
+    let totals = s.archive_once().await;
+    assert!(totals.events >= 6 + 2 + 1 + 10, "{totals:?}");
+    let session = Session::open(&s.store).await.unwrap();
+    let topic = format!("{}.changes-{}", s.prefix, s.db);
+    let per_table = rows(
+        &session,
+        "SELECT relation, kafka_topic, count(*) AS n FROM events GROUP BY relation, kafka_topic ORDER BY relation",
+    )
+    .await;
+    assert_eq!(
+        per_table,
+        vec![
+            serde_json::from_value::<Map<String, Value>>(
+                json!({"relation": "brieff", "kafka_topic": topic, "n": 6})
+            )
+            .unwrap(),
+            serde_json::from_value::<Map<String, Value>>(
+                json!({"relation": "notes", "kafka_topic": topic, "n": 13})
+            )
+            .unwrap(),
+        ],
+        "every event on the database's topic, filed under its table"
+    );
+    let dir = PathBuf::from(&s.store).parent().unwrap().to_path_buf();
+    let who = (s.prefix.as_str(), s.db.as_str());
+    let topics = restore_command(who, "leaky", LogOpener::kafka(), dir.join("k.json"), false);
+    execute(&topics, &mut Vec::new(), &Progress::hidden())
+        .await
+        .expect("plan from the topics");
+    let history = restore_command(
+        who,
+        "leaky",
+        from_history(&s.store),
+        dir.join("h.json"),
+        true,
+    );
+    let mut report = Vec::new();
+    execute(&history, &mut report, &Progress::hidden())
+        .await
+        .expect("apply from the history");
+    let (a, b) = (
+        std::fs::read_to_string(dir.join("k.json")).unwrap(),
+        std::fs::read_to_string(dir.join("h.json")).unwrap(),
+    );
+    assert_eq!(
+        a, b,
+        "the plan from the history differs from the plan from the topics"
+    );
+    assert!(
+        String::from_utf8_lossy(&report).contains("9 to revert"),
+        "{}",
+        String::from_utf8_lossy(&report)
+    );
+    assert_eq!(dump(&direct, "brieff").await, brieff);
+    assert_eq!(dump(&direct, "notes").await, notes);
     if let Some(p) = s.proxy.take() {
         p.shutdown().await;
     }

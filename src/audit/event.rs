@@ -422,6 +422,10 @@ pub struct DataCollection {
     /// `schema.table`.
     pub data_collection: String,
     pub event_count: u64,
+    /// The topic its events went to (`kafka.topic_routing`). Absent in records from before
+    /// 0.x and in in-doubt ENDs: then its table's topic, `<prefix>.<schema>.<table>`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub topic: Option<String>,
 }
 
 impl ChangeKey {

@@ -89,7 +89,7 @@ pub fn run(opts: &TailOptions, out: &mut impl Write) -> Result<usize, TailError>
             continue;
         }
         let rest = msg.topic()[opts.topic_prefix.len()..].trim_start_matches('.');
-        if msg.topic() != statements_topic && !super::kafka::is_table_topic(rest) {
+        if msg.topic() != statements_topic && !super::kafka::is_change_topic(rest) {
             continue;
         }
         let Ok(ev) = serde_json::from_slice::<ChangeEvent>(payload) else {

@@ -36,6 +36,8 @@ pub struct SessionInfo {
     pub database: String,
     pub client_addr: String,
     pub topic_prefix: String,
+    /// kafka.topic_routing: the topic of each table's events.
+    pub topic_routing: crate::audit::kafka::TopicRouting,
     /// capture.max_statement_bytes: longer statement texts are cut in events.
     pub statement_limit: usize,
     /// The process's in-flight transactions (in-doubt healing leaves them alone).
@@ -299,11 +301,17 @@ struct Builder<'a> {
     id: String,
     now: i64,
     redactor: &'a super::redact::Redactor,
-    /// Events per collection so far.
-    per_table: BTreeMap<String, u64>,
+    /// Events per collection so far, and the topic they went to.
+    per_table: BTreeMap<String, Collected>,
     /// The last statement's text as events carry it, made once per statement (its rows are
     /// consecutive), not once per row.
     text_of: Option<StatementText>,
+}
+
+/// One collection's events in a transaction so far.
+struct Collected {
+    events: u64,
+    topic: String,
 }
 
 /// A statement's text as its events carry it (redacted or not).
@@ -329,9 +337,25 @@ impl Builder<'_> {
         } else {
             format!("{}.{}", t.schema, t.name)
         };
-        let order = self.per_table.entry(collection.clone()).or_insert(0);
-        *order += 1;
-        let data_collection_order = *order;
+        let topic = if c.is_statement() {
+            format!("{}.{STATEMENTS}", self.session.topic_prefix)
+        } else {
+            self.session.topic_routing.topic(
+                &self.session.topic_prefix,
+                &self.session.database,
+                &t.schema,
+                &t.name,
+            )
+        };
+        let collected = self
+            .per_table
+            .entry(collection.clone())
+            .or_insert_with(|| Collected {
+                events: 0,
+                topic: topic.clone(),
+            });
+        collected.events += 1;
+        let data_collection_order = collected.events;
         let mark = c.gate.clone().or_else(|| c.stmt.gate.mark.clone());
         let op = op_of(&c, mark.as_ref());
         let key = ChangeKey {
@@ -344,11 +368,6 @@ impl Builder<'_> {
                 Some(image) => image.key(&t.key),
                 None => Row::new(),
             },
-        };
-        let topic = if c.is_statement() {
-            format!("{}.{STATEMENTS}", self.session.topic_prefix)
-        } else {
-            crate::audit::kafka::table_topic(&self.session.topic_prefix, &t.schema, &t.name)
         };
         let side_effects = side_effects_of(t, &collection, op, c.stmt.shape.cascade.as_deref());
         let source = self.source(&c, t, side_effects, mark);
@@ -454,7 +473,8 @@ impl Builder<'_> {
                 .iter()
                 .map(|(k, v)| DataCollection {
                     data_collection: k.clone(),
-                    event_count: *v,
+                    event_count: v.events,
+                    topic: Some(v.topic.clone()),
                 })
                 .collect(),
             ts_ms: self.now,

@@ -340,6 +340,7 @@ async fn relay(
                 database: who.database,
                 client_addr: client.to_string(),
                 topic_prefix: ctx.config.kafka.topic_prefix.clone(),
+                topic_routing: ctx.config.kafka.topic_routing,
                 statement_limit: ctx.config.capture.max_statement_bytes,
                 in_flight: Arc::clone(&cap.in_flight),
             };

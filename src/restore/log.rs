@@ -25,6 +25,8 @@ use crate::audit::event::{ChangeEvent, ChangeKey, CommitStatus, Op, TransactionR
 pub struct LoggedChange {
     pub event: ChangeEvent,
     pub key: ChangeKey,
+    /// The topic it was read from (its table's, or its database's).
+    pub topic: String,
     pub partition: i32,
     pub offset: i64,
 }
@@ -135,10 +137,14 @@ pub struct LogReader {
     timeout: Duration,
 }
 
-/// Whether topic `rest` (the name after `<prefix>.`) holds changes `src` reads.
+/// Whether topic `rest` (the name after `<prefix>.`) may hold changes `src` reads: a table's
+/// topic named by the selection (any table's without one), or a database's topic, which may
+/// hold any table's (`kafka.topic_routing = "database"`; its events are selected one by one).
 pub fn wanted_table_topic(src: &LogSource, rest: &str) -> bool {
-    crate::audit::kafka::is_table_topic(rest)
+    use crate::audit::kafka::{is_change_topic, is_database_topic};
+    is_change_topic(rest)
         && (src.tables.is_empty()
+            || is_database_topic(rest)
             || src
                 .tables
                 .iter()
@@ -254,6 +260,7 @@ impl AuditLog for LogReader {
                 Op::Create | Op::Update | Op::Delete | Op::Truncate => visit(LoggedChange {
                     event,
                     key,
+                    topic: msg.topic().to_string(),
                     partition: msg.partition(),
                     offset: msg.offset(),
                 }),

@@ -50,7 +50,14 @@ pub struct LogPosition {
     pub ts_ms: i64,
     pub partition: i32,
     pub offset: i64,
+    /// Which of its table's topics (in the order first read): a table's changes are in one
+    /// topic unless `kafka.topic_routing` changed while they were written, and then the same
+    /// partition and offset can name two changes.
+    pub topic: TopicOrdinal,
 }
+
+/// The index of a topic among the topics one table's changes were read from (0 for the first).
+pub type TopicOrdinal = u16;
 
 /// A row's identity in one image, as a digest (128 bits of SHA-256 of the key's JSON): rows of
 /// wide keyless tables cost the same as any other.
@@ -536,6 +543,7 @@ mod tests {
                 key: key_of(&image, &["id".into()]),
             },
             event: ev,
+            topic: "hs.public.t".into(),
             partition: 0,
             offset: n as i64,
         }
@@ -560,6 +568,7 @@ mod tests {
                     ts_ms: c.event.source.ts_ms,
                     partition: 0,
                     offset: c.offset,
+                    topic: 0,
                 };
                 let s = sel.matches(&c);
                 (c, at, s)
@@ -686,6 +695,7 @@ mod tests {
                         ts_ms: 0,
                         partition: 0,
                         offset: c.offset,
+                        topic: 0,
                     },
                     sel.matches(c),
                 )

@@ -13,12 +13,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio_postgres::Client;
 
 use super::log::{AuditLog, LogOpener, LogSource, LoggedChange, Range, TxInfo};
-use super::plan::{self, Change, ConflictPolicy, LogPosition, Plan, Seen};
+use super::plan::{self, Change, ConflictPolicy, LogPosition, Plan, Seen, TopicOrdinal};
 use super::progress::Progress;
 use super::selection::Selection;
 use super::{db, merge, sql, RestoreError};
 use crate::audit::event::CommitStatus;
-use crate::audit::kafka::table_topic;
 
 /// What to restore.
 #[derive(Debug, Clone)]
@@ -120,7 +119,7 @@ async fn committed(
 /// One table's part of the first pass.
 #[derive(Default)]
 struct TableScan {
-    topic: String,
+    topics: TableTopics,
     seen: Vec<Seen>,
     /// The selected changes, whole.
     kept: HashMap<LogPosition, Change>,
@@ -134,8 +133,9 @@ struct Scan {
     selected_tx: HashSet<String>,
 }
 
-/// Where `c` sorts: its transaction's publish time, else its statement's.
-fn position(c: &LoggedChange, txs: &HashMap<String, TxInfo>) -> LogPosition {
+/// Where `c` sorts: its transaction's publish time, else its statement's; `topic` is the
+/// ordinal of the topic it was read from among its table's.
+fn position(c: &LoggedChange, txs: &HashMap<String, TxInfo>, topic: TopicOrdinal) -> LogPosition {
     LogPosition {
         ts_ms: txs
             .get(&c.event.transaction.id)
@@ -143,13 +143,43 @@ fn position(c: &LoggedChange, txs: &HashMap<String, TxInfo>) -> LogPosition {
             .unwrap_or(c.event.source.ts_ms),
         partition: c.partition,
         offset: c.offset,
+        topic,
+    }
+}
+
+/// The topics one table's changes were read from, in the order first read: one, unless
+/// `kafka.topic_routing` changed while they were written (its table's topic, then its
+/// database's, or the other way round).
+#[derive(Debug, Default, Clone)]
+struct TableTopics(Vec<String>);
+
+impl TableTopics {
+    /// The ordinal of `topic`, added if new.
+    fn ordinal(&mut self, topic: &str) -> TopicOrdinal {
+        let i = match self.0.iter().position(|t| t == topic) {
+            Some(i) => i,
+            None => {
+                self.0.push(topic.to_string());
+                self.0.len() - 1
+            }
+        };
+        TopicOrdinal::try_from(i).expect("a table's changes lie in a handful of topics")
+    }
+
+    /// The ordinal of `topic` if known.
+    fn find(&self, topic: &str) -> Option<TopicOrdinal> {
+        let i = self.0.iter().position(|t| t == topic)?;
+        TopicOrdinal::try_from(i).ok()
+    }
+
+    fn name(&self, ordinal: TopicOrdinal) -> &str {
+        &self.0[usize::from(ordinal)]
     }
 }
 
 /// Pass 1: every change once.
 fn scan(
     reader: &dyn AuditLog,
-    prefix: &str,
     selection: &Selection,
     committed: &HashSet<String>,
     txs: &HashMap<String, TxInfo>,
@@ -166,11 +196,8 @@ fn scan(
         if !committed.contains(&c.event.transaction.id) {
             return Ok(());
         }
-        let at = position(&c, txs);
-        let t = out.tables.entry(c.table()).or_insert_with(|| TableScan {
-            topic: table_topic(prefix, &c.event.source.schema, &c.event.source.table),
-            ..TableScan::default()
-        });
+        let t = out.tables.entry(c.table()).or_default();
+        let at = position(&c, txs, t.topics.ordinal(&c.topic));
         t.seen.push(Seen::of(&c, at, selected));
         if selected {
             t.kept.insert(at, Change::of(c, at, true));
@@ -185,7 +212,7 @@ fn scan(
 fn fetch(
     reader: &dyn AuditLog,
     wanted: &HashMap<String, HashSet<LogPosition>>,
-    topics: &HashMap<String, String>,
+    topics: &HashMap<String, TableTopics>,
     txs: &HashMap<String, TxInfo>,
     progress: &Progress,
 ) -> Result<HashMap<String, HashMap<LogPosition, Change>>, RestoreError> {
@@ -193,7 +220,7 @@ fn fetch(
     for (table, positions) in wanted {
         for p in positions {
             let span = spans
-                .entry((topics[table].clone(), p.partition))
+                .entry((topics[table].name(p.topic).to_string(), p.partition))
                 .or_insert((p.offset, p.offset + 1));
             *span = (span.0.min(p.offset), span.1.max(p.offset + 1));
         }
@@ -213,8 +240,11 @@ fn fetch(
     }
     progress.phase("reading later changes", super::log::total(&ranges));
     reader.changes(&ranges, progress, &mut |c| {
-        let at = position(&c, txs);
         let table = c.table();
+        let Some(topic) = topics.get(&table).and_then(|t| t.find(&c.topic)) else {
+            return Ok(());
+        };
+        let at = position(&c, txs, topic);
         if wanted.get(&table).is_some_and(|w| w.contains(&at)) {
             out.entry(table)
                 .or_default()
@@ -337,9 +367,9 @@ pub async fn plan(
     let selection = effective_selection(req, &txs)?;
     let (committed, unresolved) = committed(client, &txs).await?;
     let txs = std::sync::Arc::new(txs);
-    let (t, p, prefix) = (txs.clone(), progress.clone(), src.topic_prefix.clone());
+    let (t, p) = (txs.clone(), progress.clone());
     let (reader, mut found) = blocking(move || {
-        let found = scan(reader.as_ref(), &prefix, &selection, &committed, &t, &p)?;
+        let found = scan(reader.as_ref(), &selection, &committed, &t, &p)?;
         Ok((reader, found))
     })
     .await?;
@@ -351,10 +381,10 @@ pub async fn plan(
         .collect();
     let metas = db::table_meta(client, &with_selected).await?;
     let (histories, wanted) = histories(&mut found, &metas);
-    let topics: HashMap<String, String> = found
+    let topics: HashMap<String, TableTopics> = found
         .tables
         .iter()
-        .map(|(n, t)| (n.clone(), t.topic.clone()))
+        .map(|(n, t)| (n.clone(), t.topics.clone()))
         .collect();
     let (t, p) = (txs.clone(), progress.clone());
     let later = blocking(move || fetch(reader.as_ref(), &wanted, &topics, &t, &p)).await?;

@@ -925,7 +925,91 @@ async fn demo_schema_incident_restores_cases_and_representatives(pg: Pg) {
     s.proxy.shutdown().await;
 }
 
+/// `kafka.topic_routing = "database"`, switched on while the table's earlier changes sit in its
+/// own topic: the incident is written through a proxy that routes every table of the database
+/// to `<prefix>.changes-<db>` (its END names that topic), a hand fix of one of its rows through
+/// a proxy on the table's topic. The restore reads both layouts as one log: the hand fix is a
+/// conflict, the other 17 rows come back, and the tables equal the control database. Selecting
+/// the table (`--table`) still reads the database's topic.
+async fn topic_routing_by_database_restores_across_both_layouts(pg: Pg) {
+    use hindsight::audit::kafka::TopicRouting;
+    let s = setup(pg, "rs_routing", SEED).await;
+    let prefix = s.prefix.clone();
+    let by_db = harness::proxy(pg, move |c| {
+        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.topic_prefix = prefix;
+        c.kafka.topic_routing = TopicRouting::Database;
+    })
+    .await;
+    let web = connect_as(s.proxy.addr, &s.db, "web").await;
+    let cweb = connect_as(pg.addr(), &s.control, "web").await;
+    legit_before(&web).await;
+    legit_before(&cweb).await;
+    incident(&connect_as(by_db.addr, &s.db, "certification-v1").await).await;
+    let fix = "UPDATE brieff SET bfso = 'fixed by hand' WHERE bfkey = 10";
+    web.execute(fix, &[]).await.unwrap();
+    cweb.execute(fix, &[]).await.unwrap();
+    let (bweb, bbilling) = (
+        connect_as(by_db.addr, &s.db, "web").await,
+        connect_as(by_db.addr, &s.db, "billing").await,
+    );
+    let (cbweb, cbilling) = (
+        connect_as(pg.addr(), &s.control, "web").await,
+        connect_as(pg.addr(), &s.control, "billing").await,
+    );
+    legit_during(&bweb, &bbilling).await;
+    legit_during(&cbweb, &cbilling).await;
+    settle().await;
+    // The incident's 18 rows and the later writes are in the database's topic, not brieff's.
+    let db_topic = format!("{}.changes-{}", s.prefix, s.db);
+    let routed = harness::read_topic_json(db_topic.clone(), 21).await;
+    let tables: Vec<String> = routed
+        .iter()
+        .map(|e| format!("{}.{}", e["source"]["schema"], e["source"]["table"]))
+        .collect();
+    assert_eq!(
+        routed.len(),
+        21,
+        "18 + bfso 'Z' + a representative + rep 11: {tables:?}"
+    );
+    assert!(
+        tables.iter().any(|t| t.contains("representatives")),
+        "{tables:?}"
+    );
+    let txs = harness::read_topic_json(format!("{}.transaction", s.prefix), 1).await;
+    assert!(
+        txs.iter()
+            .any(|t| t["data_collections"][0]["topic"] == db_topic.as_str()),
+        "an END names the database's topic: {txs:?}"
+    );
+    let selection = Selection {
+        tags: vec![("controller".into(), "certifications".into())],
+        ..Selection::default()
+    };
+    let mut cmd = s.command(selection, s.pg.addr());
+    cmd.log.tables = vec!["public.brieff".into()];
+    let (r, report) = run(&cmd).await;
+    assert_eq!(r.unwrap(), Outcome::PlannedWithConflicts(1), "{report}");
+    assert!(report.contains("CONFLICT {\"bfkey\":10}"), "{report}");
+    cmd.apply = true;
+    cmd.options.skip_conflicts = true;
+    let (r, report) = run(&cmd).await;
+    match r {
+        Ok(Outcome::Applied(a)) => {
+            assert_eq!((a.reverted, a.skipped_conflicts), (17, 1), "{report}")
+        }
+        other => panic!("{other:?}\n{report}"),
+    }
+    let direct = harness::connect(pg.addr(), "postgres", &s.db).await;
+    let control = harness::connect(pg.addr(), "postgres", &s.control).await;
+    let tables = ["brieff", "representatives"];
+    assert_eq!(dump(&direct, &tables).await, dump(&control, &tables).await);
+    by_db.shutdown().await;
+    s.proxy.shutdown().await;
+}
+
 on_both!(
+    topic_routing_by_database_restores_across_both_layouts,
     demo_schema_incident_restores_cases_and_representatives,
     leaked_cascading_delete_is_restored_with_its_children,
     hostile_identifiers_and_values_restore_exactly,
