@@ -2,7 +2,8 @@
 # Where the CPU goes when capture runs beside its broker on this machine: pgbench TPC-B-like
 # (scale 10, 8 clients), prepared and simple, on PostgreSQL 15 and 18, side by side in one run:
 # directly, directly with the reference audit trigger (`audit_trigger_sql` in common.sh), through
-# hindsight relay-only, and through capture to a fresh in-memory tansu. For each run: commits per
+# hindsight relay-only, through capture to a fresh in-memory tansu, and through capture with
+# kafka.topic_routing = "database" (capture-db: one change topic for the database). For each run: commits per
 # second, pgbench's transaction latency p50 / p99 (per-transaction logs), and CPU milliseconds per
 # transaction of the whole machine (/proc/stat: every process, pgbench and the kernel included),
 # of the broker, of hindsight, of PostgreSQL (postmaster and every backend, read a second after
@@ -21,7 +22,9 @@ secs="${1:-10}"; rounds="${2:-2}"; clients="${HSBENCH_CLIENTS:-8}"
 bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
 bash "$ROOT/scripts/pg.sh" start 18 >/dev/null
 fresh_memory_broker
-trap 'stop_proxy bench-cpu-15; stop_proxy bench-cpu-18; stop_proxy bench-relay-15; stop_proxy bench-relay-18; memory_broker stop' EXIT
+trap 'for v in 15 18; do stop_proxy bench-cpu-$v; stop_proxy bench-db-$v; stop_proxy bench-relay-$v; done; memory_broker stop' EXIT
+routed="$DEV/bench-cpu-routed.toml"
+printf '[kafka]\ntopic_routing = "database"\n' > "$routed"
 bin=$(bench_binary)
 
 # utime + stime (+ reaped children's, for the postmaster: backends that exited), in clock ticks.
@@ -64,16 +67,20 @@ for ver in ${HSBENCH_VERSIONS:-15 18}; do
   start_proxy "bench-cpu-$ver" "$bin" "$proxy_port" "$admin_port" "$port" --log-level warn \
     --kafka-brokers "127.0.0.1:$MEM" --topic-prefix "cpu$ver$RANDOM"
   start_proxy "bench-relay-$ver" "$bin" "$relay_port" "$relay_admin" "$port" --log-level warn
+  db_port=$((PROXY_PORT + 360 + ver)); db_admin=$((ADMIN_PORT + 360 + ver))
+  start_proxy "bench-db-$ver" "$bin" "$db_port" "$db_admin" "$port" --log-level warn --config "$routed" \
+    --kafka-brokers "127.0.0.1:$MEM" --topic-prefix "cpudb$ver$RANDOM"
   postmaster=$(head -1 "$DEV/pg$ver/data/postmaster.pid")
   for mode in ${HSBENCH_MODES:-prepared simple}; do
     for round in $(seq 1 "$rounds"); do
       direct_machine=0
-      for path in direct trigger relay-only capture; do
+      for path in direct trigger relay-only capture capture-db; do
         target=$port; db=bench_cpu; proc=""
         case "$path" in
           trigger) db=bench_cpu_trigger ;;
           relay-only) target=$relay_port; proc=$(cat "$DEV/bench-relay-$ver.pid") ;;
           capture) target=$proxy_port; proc=$(cat "$DEV/bench-cpu-$ver.pid") ;;
+          capture-db) target=$db_port; proc=$(cat "$DEV/bench-db-$ver.pid") ;;
         esac
         lat="$DEV/bench-cpu-lat"
         m0=$(machine_ticks); b0=$(ticks_of "$broker_pid"); h0=0; [ -n "$proc" ] && h0=$(ticks_of "$proc")
@@ -89,15 +96,15 @@ for ver in ${HSBENCH_VERSIONS:-15 18}; do
           -v h="$((h1 - h0))" -v p="$((p1 - p0))" -v r="$((r1 - r0))" \
           'BEGIN { n = t * s; k = 1000 / hz / n; printf "%.2f %.2f %.2f %.2f %.2f\n", m * k, b * k, h * k, p * k, r * k }')
         [ "$path" = direct ] && direct_machine=$m && direct_tps=$tps
-        [ "$path" = relay-only ] || [ "$path" = capture ] || h="–"
-        [ "$path" = capture ] || b="–"
+        case "$path" in relay-only|capture*) ;; *) h="–" ;; esac
+        case "$path" in capture*) ;; *) b="–" ;; esac
         ceiling="—"
-        [ "$path" = capture ] && ceiling=$(awk -v b="$b" -v d="$direct_machine" -v dt="$direct_tps" -v cores="$(nproc)" \
-          'BEGIN { c = cores * 1000 / (b + d); printf "%.0f/s = %.2f× direct", c, c / dt }')
+        case "$path" in capture*) ceiling=$(awk -v b="$b" -v d="$direct_machine" -v dt="$direct_tps" -v cores="$(nproc)" \
+          'BEGIN { c = cores * 1000 / (b + d); printf "%.0f/s = %.2f× direct", c, c / dt }') ;; esac
         printf "| PG %s | %s | %s | %s | %.0f | %s / %s | %s | %s | %s | %s | %s | %s |\n" \
           "$ver" "$mode" "$round" "$path" "$tps" "$p50" "$p99" "$m" "$b" "$h" "$p" "$r" "$ceiling"
       done
     done
   done
-  stop_proxy "bench-cpu-$ver"; stop_proxy "bench-relay-$ver"
+  stop_proxy "bench-cpu-$ver"; stop_proxy "bench-db-$ver"; stop_proxy "bench-relay-$ver"
 done

@@ -36,8 +36,11 @@ pub struct SinkConfig {
     /// `<prefix>.changes-<database>` (Debezium's topic-routing transform does the same). A
     /// transaction's records then touch two partitions (the transaction topic's and its
     /// database's) instead of one per table, so each COMMIT waits for fewer produce requests
-    /// (librdkafka sends one partition per request): measured +30–40 % captured commits per
-    /// second at 1 client against tansu (BENCHMARKS.md). Events name their table exactly in
+    /// (librdkafka sends one partition per request), and concurrent COMMITs share requests
+    /// (`max.in.flight.requests.per.connection` defaults to 1 under this routing): measured
+    /// against per-table topics, +30 % captured commits per second at 1 client and +33 % at 8,
+    /// with less CPU per transaction in hindsight and the broker (BENCHMARKS.md). Per-row order
+    /// is kept (the key names table and row). Events name their table exactly in
     /// `source` either way, and each END lists the topic of every table it touched; restore
     /// and the history read both layouts, also mixed over time.
     pub topic_routing: TopicRouting,
@@ -60,7 +63,8 @@ pub struct SinkConfig {
     pub publish_timeout: Duration,
     /// Extra librdkafka properties (TLS, SASL, …), passed through unchanged, e.g.
     /// `"security.protocol" = "SASL_SSL"`. `enable.idempotence` and `acks` cannot be weakened.
-    /// `max.in.flight.requests.per.connection` (default 5) may be 1 to 5: librdkafka sends one
+    /// `max.in.flight.requests.per.connection` (default 5, or 1 with `topic_routing =
+    /// "database"`, see [`TopicRouting::default_in_flight`]) may be 1 to 5: librdkafka sends one
     /// partition per request, so 5 pipelines a transaction's topics; against a broker that
     /// serves requests strictly one after another (tansu), 1 lets concurrent transactions'
     /// records share requests (group commit): measured up to +37 % commits per second and
@@ -102,6 +106,19 @@ pub enum TopicRouting {
 }
 
 impl TopicRouting {
+    /// `max.in.flight.requests.per.connection` unless `kafka.librdkafka` sets it. Per table, 5:
+    /// a transaction's tables are produced side by side. Per database, 1: a transaction's
+    /// changes are one partition, and while one request is in flight the records of every
+    /// COMMIT that arrives meanwhile wait and share the next (group commit) — measured against
+    /// 5 on the same routing: 1.5× the commits per second and half of hindsight's CPU per
+    /// transaction at 4 and 8 clients, the same at 1 (BENCHMARKS.md).
+    pub fn default_in_flight(self) -> &'static str {
+        match self {
+            TopicRouting::Table => "5",
+            TopicRouting::Database => "1",
+        }
+    }
+
     /// The topic of a change of `schema.table` in `database`.
     pub fn topic(self, prefix: &str, database: &str, schema: &str, table: &str) -> String {
         match self {
@@ -318,7 +335,7 @@ impl KafkaSink {
             client.set(k, v);
         }
         if !cfg.librdkafka.contains_key(MAX_IN_FLIGHT) {
-            client.set(MAX_IN_FLIGHT, "5");
+            client.set(MAX_IN_FLIGHT, cfg.topic_routing.default_in_flight());
         }
         let producer: ThreadedProducer<Deliveries> = client
             .create_with_context(Deliveries)
