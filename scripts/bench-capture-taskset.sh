@@ -4,7 +4,8 @@
 # in-memory broker to CPU 1; pgbench TPC-B-like, scale 10, 8 clients, prepared, against direct
 # on the same one core. Prints commits/s and CPU ms per committed transaction of each process.
 #   scripts/bench-capture-taskset.sh [SECONDS (default 10)] [ROUNDS (default 2)]
-# Affinities are put back (all CPUs) on exit. HSBENCH_BIN as in the other benchmarks.
+# Affinities are put back (all CPUs) on exit. HSBENCH_BIN as in the other benchmarks;
+# HSBENCH_CONFIG=FILE starts the proxy with that config (e.g. kafka.topic_routing = "database").
 source "$(dirname "$0")/common.sh"
 secs="${1:-10}"; rounds="${2:-2}"
 [ "$(nproc)" -ge 2 ] || die "needs two CPUs"
@@ -23,7 +24,7 @@ direct="host=127.0.0.1 port=$PG15_PORT user=postgres"
 psql -X -q "$direct dbname=postgres" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS bench_taskset" -c "CREATE DATABASE bench_taskset"
 taskset -c 0 pgbench -q -i -s 10 "$direct dbname=bench_taskset" >/dev/null 2>&1 || die "pgbench -i failed"
 port=$((PROXY_PORT + 395)); admin=$((ADMIN_PORT + 395))
-start_proxy bench-taskset "$bin" "$port" "$admin" "$PG15_PORT" --log-level warn \
+start_proxy bench-taskset "$bin" "$port" "$admin" "$PG15_PORT" --log-level warn --config "${HSBENCH_CONFIG:-/dev/null}" \
   --kafka-brokers "127.0.0.1:$MEM" --topic-prefix "ts$RANDOM"
 proxy=$(cat "$DEV/bench-taskset.pid")
 pin 1 "$proxy"

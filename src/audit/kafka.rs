@@ -38,7 +38,7 @@ pub struct SinkConfig {
     /// database's) instead of one per table, so each COMMIT waits for fewer produce requests
     /// (librdkafka sends one partition per request), and concurrent COMMITs share requests
     /// (`max.in.flight.requests.per.connection` defaults to 1 under this routing): measured
-    /// against per-table topics, +30 % captured commits per second at 1 client and +33 % at 8,
+    /// against per-table topics, +32 % captured commits per second at 1 client and +12–33 % at 8,
     /// with less CPU per transaction in hindsight and the broker (BENCHMARKS.md). Per-row order
     /// is kept (the key names table and row). Events name their table exactly in
     /// `source` either way, and each END lists the topic of every table it touched; restore
