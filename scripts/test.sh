@@ -7,7 +7,8 @@
 #   3. the client suites through hindsight (scripts/suites/): pgbench, Python asyncpg,
 #      PostgreSQL's pg_regress (on 15 and on 18), tokio-postgres's own test suite; then the
 #      reliability suites soak (60 s, 300 sessions), fuzz (20 s a target) and chaos (45 s of
-#      faults; the 10-minute run is by hand: scripts/suites/chaos.sh BIN 600)
+#      faults, then 30 s with kafka.topic_routing = "database"; the 10-minute run is by hand:
+#      scripts/suites/chaos.sh BIN 600)
 # and ends with one line "N passed, M failed". Exit status 0 only if nothing failed.
 #   scripts/test.sh           everything (what .ci/run calls)
 #   scripts/test.sh --quick   steps 1-2 only
@@ -52,7 +53,7 @@ if [ "$quick" -eq 0 ]; then
   # The binary `cargo test` built (same features: nothing is compiled again).
   step "cargo build (hindsight binary for the suites)" cargo test --workspace --all-targets --no-run --quiet
   bin="$ROOT/target/debug/hindsight"
-  for suite in helm pgbench asyncpg pg-regress "pg-regress 18" tokio-postgres soak fuzz "chaos 45"; do
+  for suite in helm pgbench asyncpg pg-regress "pg-regress 18" tokio-postgres soak fuzz "chaos 45" "chaos 30 database"; do
     # shellcheck disable=SC2086 # "NAME ARGS": the suite script, then its arguments after the binary
     set -- $suite
     name="${suite// /-}"

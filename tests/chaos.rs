@@ -46,6 +46,18 @@ struct Env {
     relay_port: u16,
     broker_pid: i32,
     dir: String,
+    /// `kafka.topic_routing` of the proxy (`HSCHAOS_ROUTING`, default `table`).
+    routing: String,
+}
+
+impl Env {
+    /// The topic (after the prefix) the proxy publishes the chaos table's events on.
+    fn events_topic(&self) -> &'static str {
+        match self.routing.as_str() {
+            "database" => "changes-postgres",
+            _ => "public.chaos",
+        }
+    }
 }
 
 fn env() -> Env {
@@ -64,6 +76,7 @@ fn env() -> Env {
         relay_port: v("HSCHAOS_RELAY_PORT").parse().unwrap(),
         broker_pid: v("HSCHAOS_BROKER_PID").parse().unwrap(),
         dir: v("HSCHAOS_DIR"),
+        routing: std::env::var("HSCHAOS_ROUTING").unwrap_or_else(|_| "table".into()),
     }
 }
 
@@ -106,6 +119,7 @@ impl ProxyProc {
             .env("HINDSIGHT_IN_DOUBT__AFTER", "2s")
             .env("HINDSIGHT_IN_DOUBT__INTERVAL", "1s")
             .env("HINDSIGHT_KAFKA__PUBLISH_TIMEOUT", "3s")
+            .env("HINDSIGHT_KAFKA__TOPIC_ROUTING", &env.routing)
             .env("HINDSIGHT_LOG__LEVEL", "warn,hindsight::in_doubt=debug,hindsight::audit::delivery=debug,hindsight::capture::client::commit=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -605,7 +619,7 @@ async fn check(env: &Env, seen: &Seen, db: &Client) -> Verdict {
                 .push(format!("{id}: END committed, the server says {status:?}"));
         }
     }
-    let events = dumped(env, "public.chaos");
+    let events = dumped(env, env.events_topic());
     let mut per_row: BTreeMap<i64, Vec<&Value>> = BTreeMap::new();
     for e in &events {
         if committed.contains(e["transaction"]["id"].as_str().unwrap_or_default()) {

@@ -2,7 +2,8 @@
 # The chaos suite: concurrent clients write through capture (both protocols, explicit
 # transactions, autocommit, savepoints, rollbacks, dropped connections) while faults are
 # injected at random; afterwards the topics and the database are checked (tests/chaos.rs).
-#   scripts/suites/chaos.sh HINDSIGHT_BIN [SECONDS]     (scripts/test.sh: 45 s; by hand: 600)
+#   scripts/suites/chaos.sh HINDSIGHT_BIN [SECONDS] [ROUTING]  (scripts/test.sh: 45 s, and 30 s
+#   with ROUTING = database; by hand: 600). ROUTING is the proxy's kafka.topic_routing.
 # Its own servers, so faults touch nothing else: a PostgreSQL 15 cluster with
 # synchronous_commit = on (the dev servers run without it, and a crash would then lose
 # commits the server had acknowledged, which no proxy can prevent), and an in-memory tansu
@@ -10,6 +11,7 @@
 source "$(dirname "$0")/../common.sh"
 bin="${1:?usage: chaos.sh HINDSIGHT_BIN [SECONDS]}"
 secs="${2:-45}"
+export HSCHAOS_ROUTING="${3:-table}"
 # HSCHAOS_OFFSET moves ports and directory, so a long run by hand can go beside scripts/test.sh.
 # HSCHAOS_TEST_BIN runs a prebuilt suite (target/debug/deps/chaos-*) instead of building it,
 # so repeated runs by hand can go on while the tree changes.
@@ -61,7 +63,7 @@ run_suite() {
   else cargo test --quiet --workspace --test chaos -- --ignored --nocapture; fi
 }
 if run_suite 2>&1 | tee "$dir/run.log"; then
-  echo "ok      chaos: $(grep -h '^chaos summary' "$dir/run.log" | tail -1)"
+  echo "ok      chaos ($HSCHAOS_ROUTING topics): $(grep -h '^chaos summary' "$dir/run.log" | tail -1)"
 else
   echo "FAILED  chaos (log: $dir/run.log; proxy logs in $dir)"
   exit 1

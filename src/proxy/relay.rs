@@ -47,6 +47,16 @@ pub enum PumpEnd {
     WriteError(std::io::Error),
 }
 
+/// What walking the frames of one read found ([`Pump::walk`]).
+struct Walked {
+    /// Bytes at the start of the buffer walked past, to be written after what `out` holds.
+    pos: usize,
+    /// Frames seen.
+    messages: u64,
+    /// The frame that stopped the walk as a protocol violation.
+    rejected: Option<(&'static str, FrameError)>,
+}
+
 /// One direction of a session.
 pub struct Pump<R, W, I> {
     pub reader: R,
@@ -92,78 +102,15 @@ where
                 },
             };
             let started = Instant::now();
-            let mut messages = 0u64;
-            let mut pos = 0usize;
-            let mut rejected = None;
-            loop {
-                if stream_left > 0 {
-                    let take = stream_left.min(buf.len() - pos);
-                    pos += take;
-                    stream_left -= take;
-                    if stream_left > 0 {
-                        break;
-                    }
-                    continue;
-                }
-                let header = match peek_header(&buf[pos..], self.max_frame) {
-                    Ok(Some(h)) => h,
-                    Ok(None) => break,
-                    Err(error) => {
-                        rejected = Some(("bad_frame", error));
-                        break;
-                    }
-                };
-                let frame_len = header.frame_len();
-                let available = buf.len() - pos;
-                let complete = available >= frame_len;
-                if !complete
-                    && (frame_len <= STREAM_THRESHOLD || self.inspector.must_buffer(header.tag))
-                {
-                    buf.reserve(frame_len - available);
-                    break;
-                }
-                messages += 1;
-                let end = if complete { pos + frame_len } else { buf.len() };
-                match self.inspector.on_frame(header, &buf[pos..end], complete) {
-                    Verdict::Forward => {}
-                    Verdict::Replace(bytes) => {
-                        out.extend_from_slice(&buf[..pos]);
-                        out.extend_from_slice(&bytes);
-                        buf.advance(end);
-                        pos = 0;
-                        if !complete {
-                            stream_left = frame_len - available;
-                        }
-                        continue;
-                    }
-                    Verdict::Reject { reason, error } => {
-                        rejected = Some((reason, error));
-                        break;
-                    }
-                    Verdict::Defer => {
-                        // What precedes the frame goes out with the resolver's first flush;
-                        // what it writes after its last flush, with what follows the frame.
-                        out.extend_from_slice(&buf[..pos]);
-                        let mut w = Coalesced::new(&mut self.writer, &mut out);
-                        if let Err(e) = self.inspector.resolve(&buf[pos..end], &mut w).await {
-                            return PumpEnd::WriteError(e);
-                        }
-                        buf.advance(end);
-                        pos = 0;
-                        continue;
-                    }
-                }
-                pos = end;
-                if !complete {
-                    stream_left = frame_len - available;
-                    break;
-                }
-            }
+            let walked = match self.walk(&mut buf, &mut out, &mut stream_left).await {
+                Ok(w) => w,
+                Err(e) => return PumpEnd::WriteError(e),
+            };
             // Frames before a bad one are valid and go through, as they would to PostgreSQL.
             let written = if out.is_empty() {
-                self.write(&buf[..pos]).await
+                self.write(&buf[..walked.pos]).await
             } else {
-                out.extend_from_slice(&buf[..pos]);
+                out.extend_from_slice(&buf[..walked.pos]);
                 let w = self.write(&out).await;
                 out.clear();
                 w
@@ -171,11 +118,11 @@ where
             if let Err(e) = written {
                 return PumpEnd::WriteError(e);
             }
-            buf.advance(pos);
+            buf.advance(walked.pos);
             self.counters.bytes.inc_by(n as u64);
-            self.counters.messages.inc_by(messages);
+            self.counters.messages.inc_by(walked.messages);
             self.latency.observe(started.elapsed().as_secs_f64());
-            if let Some((reason, error)) = rejected {
+            if let Some((reason, error)) = walked.rejected {
                 return PumpEnd::Rejected { reason, error };
             }
             if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
@@ -183,6 +130,86 @@ where
             }
             if out.capacity() > SHRINK_ABOVE {
                 out = Vec::new();
+            }
+        }
+    }
+
+    /// Walk the frames in `buf` (what one read added, and any partial frame before it): let the
+    /// inspector judge each complete one, move replaced and resolved frames (with what precedes
+    /// them) into `out`, and stop at a partial frame, the end, or a rejected frame. A streamed
+    /// frame's bytes are passed without inspection, `stream_left` counting what is still to
+    /// come. Fails only when a deferred frame's resolver cannot write.
+    async fn walk(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut Vec<u8>,
+        stream_left: &mut usize,
+    ) -> std::io::Result<Walked> {
+        let mut walked = Walked {
+            pos: 0,
+            messages: 0,
+            rejected: None,
+        };
+        loop {
+            let pos = walked.pos;
+            if *stream_left > 0 {
+                let take = (*stream_left).min(buf.len() - pos);
+                walked.pos += take;
+                *stream_left -= take;
+                if *stream_left > 0 {
+                    return Ok(walked);
+                }
+                continue;
+            }
+            let header = match peek_header(&buf[pos..], self.max_frame) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(walked),
+                Err(error) => {
+                    walked.rejected = Some(("bad_frame", error));
+                    return Ok(walked);
+                }
+            };
+            let frame_len = header.frame_len();
+            let available = buf.len() - pos;
+            let complete = available >= frame_len;
+            if !complete
+                && (frame_len <= STREAM_THRESHOLD || self.inspector.must_buffer(header.tag))
+            {
+                buf.reserve(frame_len - available);
+                return Ok(walked);
+            }
+            walked.messages += 1;
+            let end = if complete { pos + frame_len } else { buf.len() };
+            match self.inspector.on_frame(header, &buf[pos..end], complete) {
+                Verdict::Forward => walked.pos = end,
+                Verdict::Replace(bytes) => {
+                    out.extend_from_slice(&buf[..pos]);
+                    out.extend_from_slice(&bytes);
+                    buf.advance(end);
+                    walked.pos = 0;
+                    if !complete {
+                        *stream_left = frame_len - available;
+                    }
+                    continue;
+                }
+                Verdict::Reject { reason, error } => {
+                    walked.rejected = Some((reason, error));
+                    return Ok(walked);
+                }
+                Verdict::Defer => {
+                    // What precedes the frame goes out with the resolver's first flush;
+                    // what it writes after its last flush, with what follows the frame.
+                    out.extend_from_slice(&buf[..pos]);
+                    let mut w = Coalesced::new(&mut self.writer, out);
+                    self.inspector.resolve(&buf[pos..end], &mut w).await?;
+                    buf.advance(end);
+                    walked.pos = 0;
+                    continue;
+                }
+            }
+            if !complete {
+                *stream_left = frame_len - available;
+                return Ok(walked);
             }
         }
     }

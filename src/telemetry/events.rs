@@ -148,28 +148,31 @@ impl Event<'_> {
                     "in-doubt transaction resolved: END record published"
                 );
             }
-            Event::FootprintAlert { alert } => {
-                use crate::audit::alert::AlertKind;
-                let counter = match alert.kind {
-                    AlertKind::NewWritePath => &m.new_write_paths,
-                    AlertKind::Nulling => &m.nulling_alerts,
-                };
-                counter
-                    .with_label_values(&[alert.application.as_str(), alert.table.as_str()])
-                    .inc();
-                tracing::warn!(
-                    alert = alert.kind.label(),
-                    application = %alert.application,
-                    user = %alert.user,
-                    table = %alert.table,
-                    columns = ?alert.columns,
-                    fingerprint = %alert.fingerprint,
-                    path_id = %alert.path_id,
-                    approve = %alert.approve,
-                    "{}",
-                    alert.headline()
-                );
-            }
+            Event::FootprintAlert { alert } => footprint_alert(m, alert),
         }
     }
+}
+
+/// [`Event::FootprintAlert`]: counted per application and table, logged with what approves it.
+fn footprint_alert(m: &Metrics, alert: &crate::audit::alert::Alert) {
+    use crate::audit::alert::AlertKind;
+    let counter = match alert.kind {
+        AlertKind::NewWritePath => &m.new_write_paths,
+        AlertKind::Nulling => &m.nulling_alerts,
+    };
+    counter
+        .with_label_values(&[alert.application.as_str(), alert.table.as_str()])
+        .inc();
+    tracing::warn!(
+        alert = alert.kind.label(),
+        application = %alert.application,
+        user = %alert.user,
+        table = %alert.table,
+        columns = ?alert.columns,
+        fingerprint = %alert.fingerprint,
+        path_id = %alert.path_id,
+        approve = %alert.approve,
+        "{}",
+        alert.headline()
+    );
 }
