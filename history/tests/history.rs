@@ -1716,34 +1716,12 @@ async fn cascades_are_archived_and_restored_from_history() {
         assert_eq!(c["constraint"], "reps_bfkey_fkey", "{c}");
         assert_eq!(c["parent_table"], "public.brieff", "{c}");
     }
-    let dir = PathBuf::from(&s.store).parent().unwrap().to_path_buf();
-    let who = (s.prefix.as_str(), s.db.as_str());
-    let mut report_kafka = Vec::new();
-    let topics = restore_command(who, "leaky", LogOpener::kafka(), dir.join("k.json"), false);
-    execute(&topics, &mut report_kafka, &Progress::hidden())
-        .await
-        .expect("plan from the topics");
-    let mut report_history = Vec::new();
-    let history = restore_command(
-        who,
-        "leaky",
-        from_history(&s.store),
-        dir.join("h.json"),
-        true,
-    );
-    execute(&history, &mut report_history, &Progress::hidden())
-        .await
-        .expect("apply from the history");
-    let (a, b) = (
-        std::fs::read_to_string(dir.join("k.json")).unwrap(),
-        std::fs::read_to_string(dir.join("h.json")).unwrap(),
-    );
+    let (a, b, report) = plan_from_topics_apply_from_history(&s, "leaky").await;
     assert!(a.contains("reps_bfkey_fkey"), "{a}");
     assert_eq!(
         a, b,
         "the plan from the history differs from the plan from the topics"
     );
-    let report = String::from_utf8_lossy(&report_history);
     assert!(
         report.contains("with its cascade: 3 row(s) of public.reps"),
         "{report}"
@@ -1797,39 +1775,36 @@ async fn a_database_topic_is_archived_and_restored_from_history() {
         ],
         "every event on the database's topic, filed under its table"
     );
-    let dir = PathBuf::from(&s.store).parent().unwrap().to_path_buf();
-    let who = (s.prefix.as_str(), s.db.as_str());
-    let topics = restore_command(who, "leaky", LogOpener::kafka(), dir.join("k.json"), false);
-    execute(&topics, &mut Vec::new(), &Progress::hidden())
-        .await
-        .expect("plan from the topics");
-    let history = restore_command(
-        who,
-        "leaky",
-        from_history(&s.store),
-        dir.join("h.json"),
-        true,
-    );
-    let mut report = Vec::new();
-    execute(&history, &mut report, &Progress::hidden())
-        .await
-        .expect("apply from the history");
-    let (a, b) = (
-        std::fs::read_to_string(dir.join("k.json")).unwrap(),
-        std::fs::read_to_string(dir.join("h.json")).unwrap(),
-    );
+    let (a, b, report) = plan_from_topics_apply_from_history(&s, "leaky").await;
     assert_eq!(
         a, b,
         "the plan from the history differs from the plan from the topics"
     );
-    assert!(
-        String::from_utf8_lossy(&report).contains("9 to revert"),
-        "{}",
-        String::from_utf8_lossy(&report)
-    );
+    assert!(report.contains("9 to revert"), "{report}");
     assert_eq!(dump(&direct, "brieff").await, brieff);
     assert_eq!(dump(&direct, "notes").await, notes);
     if let Some(p) = s.proxy.take() {
         p.shutdown().await;
     }
+}
+
+/// The restore of what `app` wrote: planned from the topics, then planned and applied from the
+/// history store; both plans (JSON) and the history run's report.
+async fn plan_from_topics_apply_from_history(s: &Setup, app: &str) -> (String, String, String) {
+    let dir = PathBuf::from(&s.store).parent().unwrap().to_path_buf();
+    let who = (s.prefix.as_str(), s.db.as_str());
+    let topics = restore_command(who, app, LogOpener::kafka(), dir.join("k.json"), false);
+    execute(&topics, &mut Vec::new(), &Progress::hidden())
+        .await
+        .expect("plan from the topics");
+    let history = restore_command(who, app, from_history(&s.store), dir.join("h.json"), true);
+    let mut report = Vec::new();
+    execute(&history, &mut report, &Progress::hidden())
+        .await
+        .expect("apply from the history");
+    (
+        std::fs::read_to_string(dir.join("k.json")).unwrap(),
+        std::fs::read_to_string(dir.join("h.json")).unwrap(),
+        String::from_utf8_lossy(&report).into_owned(),
+    )
 }
