@@ -282,6 +282,24 @@ impl Unit {
     pub fn sync_point(&self) -> bool {
         self.ends.contains(&b'Z')
     }
+
+    /// Whether the unit's replies can neither add to the transaction's changes nor change its
+    /// state, nor does anyone wait on them: a Parse, Bind, Describe or Close of a statement
+    /// hindsight does not capture (a COMMIT's own, sent with its Execute) — not an Execute or a
+    /// query (ended by a CommandComplete), whose statement may fail and abort the transaction.
+    /// A COMMIT need not wait for inert replies before publishing; if one is an error after
+    /// all, the server skips the COMMIT and its END says "aborted" (see `on_error`).
+    pub fn is_inert(&self) -> bool {
+        !self.ends.contains(&b'C')
+            && matches!(self.collect, Collect::Nothing)
+            && self.txctl.is_none()
+            && self.reply.is_none()
+            && self.error_replacement.is_none()
+            && !self.sync_point()
+            && !self.probe
+            && !self.begin_in_batch
+            && !self.settles_encoding
+    }
 }
 
 /// The server's transaction status, as its last ReadyForQuery said.
@@ -333,6 +351,15 @@ pub struct State {
     /// The row count in the command tag of the last statement whose rows a post-read finds
     /// (`MERGE n`, `COPY n`; see `Shape::read_after`).
     pub read_after_rows: Option<u64>,
+}
+
+impl State {
+    /// Whether the transaction's changes and status are final as far as the replies still
+    /// awaited go: every pending unit is inert ([`Unit::is_inert`]) and nothing failed since
+    /// the last ReadyForQuery. A COMMIT can then publish without draining them first.
+    pub fn settled_for_commit(&self) -> bool {
+        !self.batch_failed && self.units.iter().all(Unit::is_inert)
+    }
 }
 
 /// The session's `client_encoding`, as the server reported it (ParameterStatus), and whether

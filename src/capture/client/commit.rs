@@ -143,7 +143,9 @@ impl ClientCapture {
         by: CommitBy<'_>,
     ) -> std::io::Result<bool> {
         self.pending_end = None;
-        if matches!(by, CommitBy::ClientExtended(_)) {
+        // Replies that could still add changes (a pipelined write before the COMMIT) are
+        // awaited; the COMMIT's own Bind and Describe are not: they go with its Execute.
+        if matches!(by, CommitBy::ClientExtended(_)) && !self.shared.lock().settled_for_commit() {
             self.flush_and_drain(w).await?;
         }
         self.own_queries = match by {
@@ -154,8 +156,13 @@ impl ClientCapture {
             | CommitBy::InQueryImplicit { .. } => Protocol::Simple,
         };
         if let CommitBy::ClientSimple(frame) | CommitBy::ClientExtended(frame) = by {
-            if self.shared.lock().status != TxState::InBlock {
-                // An aborted transaction: its COMMIT is a ROLLBACK; nothing to publish.
+            let aborted = {
+                let st = self.shared.lock();
+                st.status != TxState::InBlock || st.batch_failed
+            };
+            if aborted {
+                // An aborted transaction: its COMMIT is a ROLLBACK (or, after an error earlier
+                // in its batch, skipped by the server); nothing to publish.
                 self.shared.lock().txn.clear();
                 let ends: &'static [u8] = if frame[0] == b'Q' { b"Z" } else { b"CIs" };
                 self.push([Unit::pass(ends)]);

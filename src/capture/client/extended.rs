@@ -624,7 +624,7 @@ impl ClientCapture {
         match prep.kind {
             Kind::Transaction(ctl @ (TxControl::Commit | TxControl::PrepareTransaction)) => {
                 let st = self.shared.lock();
-                if !st.txn.is_empty() || !st.capture_errors.is_empty() || !st.units.is_empty() {
+                if !st.txn.is_empty() || !st.capture_errors.is_empty() || !st.settled_for_commit() {
                     return Verdict::Defer;
                 }
                 u.txctl = Some((ctl, prep.savepoint.clone()));

@@ -499,7 +499,104 @@ async fn begin_inside_a_pipeline_warned_about_hindsights_own_transaction(pg: Pg)
     proxy.shutdown().await;
 }
 
+/// A prepared COMMIT's Bind and Describe go to the server with its Execute, once the records
+/// are published (no round trip of their own). If that Bind fails, the server skips the
+/// COMMIT and aborts the transaction: its END record must say "aborted", and the client must
+/// see what it would see directly. (The statement first commits a transaction bound right, so
+/// that the table is known and the failing one publishes without asking the server.)
+async fn a_prepared_commit_whose_bind_fails_ends_aborted(pg: Pg) {
+    use crate::differential::{cat, send};
+    use crate::wire_client::*;
+    let (db, prefix, proxy) = setup(pg, "commitbind").await;
+    let (db2, _direct) = direct_twin(pg, "commitbind").await;
+    let commit = |params: &[Option<&[u8]>]| {
+        cat(&[
+            bind("", "c", 0, params, 0),
+            describe(b'P', ""),
+            execute("", 0),
+            sync(),
+        ])
+    };
+    let steps = [
+        send(cat(&[parse("c", "COMMIT", &[]), sync()])),
+        send(query("BEGIN")),
+        send(query("UPDATE brieff SET bfso = 'kept' WHERE bfkey = 2")),
+        send(commit(&[])),
+        send(query("BEGIN")),
+        send(query("UPDATE brieff SET bfso = 'undone' WHERE bfkey = 1")),
+        // One parameter for a statement that takes none.
+        send(commit(&[Some(b"1")])),
+        send(query("ROLLBACK")),
+        send(query(
+            "SELECT bfso FROM brieff WHERE bfkey <= 2 ORDER BY bfkey",
+        )),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 2).await;
+    let want: Vec<(String, Value, Value)> = vec![
+        ("u".into(), "rep2".into(), "kept".into()),
+        ("u".into(), "rep1".into(), "undone".into()),
+    ];
+    assert_eq!(changes(&events, "bfso"), want, "{events:#?}");
+    let tx = read_topic(format!("{prefix}.transaction"), 4).await;
+    validate("transaction", &tx);
+    assert_eq!(
+        end_status(&tx, &events[0]["transaction"]["id"]),
+        "committed"
+    );
+    assert_eq!(end_status(&tx, &events[1]["transaction"]["id"]), "aborted");
+    proxy.shutdown().await;
+}
+
+/// Regression: a COMMIT pipelined after a statement that failed in the same batch (which the
+/// server skips) had its transaction's events published, then no END record at all: the
+/// COMMIT's reply was dropped with the rest of the failed batch. Nothing is published now.
+async fn commit_pipelined_after_an_error_published_events_without_an_end(pg: Pg) {
+    use crate::differential::{cat, send};
+    use crate::wire_client::*;
+    let (db, prefix, proxy) = setup(pg, "commitpipe").await;
+    let (db2, _direct) = direct_twin(pg, "commitpipe").await;
+    let commit = cat(&[bind("", "c", 0, &[], 0), execute("", 0)]);
+    let steps = [
+        send(cat(&[parse("c", "COMMIT", &[]), sync()])),
+        // The table known first, so that nothing needs to ask the server at the COMMIT.
+        send(query("UPDATE brieff SET bfso = 'known' WHERE bfkey = 5")),
+        send(query("BEGIN")),
+        send(query("UPDATE brieff SET bfso = 'lost' WHERE bfkey = 3")),
+        send(cat(&[
+            parse("", "SELECT 1 / 0", &[]),
+            bind("", "", 0, &[], 0),
+            execute("", 0),
+            commit.clone(),
+            sync(),
+        ])),
+        send(query("ROLLBACK")),
+        send(query("BEGIN")),
+        send(query("UPDATE brieff SET bfso = 'kept' WHERE bfkey = 4")),
+        send(cat(&[commit, sync()])),
+        send(query(
+            "SELECT bfso FROM brieff WHERE bfkey IN (3, 4) ORDER BY bfkey",
+        )),
+    ];
+    assert_same_as_direct(pg, proxy.addr, &db, &db2, &steps).await;
+    let events = read_topic(format!("{prefix}.public.brieff"), 2).await;
+    let want: Vec<(String, Value, Value)> = vec![
+        ("u".into(), "rep5".into(), "known".into()),
+        ("u".into(), "rep4".into(), "kept".into()),
+    ];
+    assert_eq!(changes(&events, "bfso"), want, "{events:#?}");
+    let tx = read_topic(format!("{prefix}.transaction"), 4).await;
+    assert_eq!(tx.len(), 4, "two BEGINs and two ENDs: {tx:#?}");
+    assert_eq!(
+        end_status(&tx, &events[1]["transaction"]["id"]),
+        "committed"
+    );
+    proxy.shutdown().await;
+}
+
 on_both!(
+    commit_pipelined_after_an_error_published_events_without_an_end,
+    a_prepared_commit_whose_bind_fails_ends_aborted,
     begin_inside_a_pipeline_warned_about_hindsights_own_transaction,
     messages_after_a_failed_deferred_execute_waited_for_replies_forever,
     row_limited_execute_left_changes_unrecorded,
