@@ -6,8 +6,10 @@
 # (p50 / p99 bucket bounds of capture_commit_after_ack_seconds).
 #   scripts/bench-capture-configs.sh SECONDS CLIENTS NAME=BIN:CONFIG...
 # e.g. scripts/bench-capture-configs.sh 10 8 base=/tmp/hs-old:/dev/null in1=/tmp/hs-new:inflight1.toml
-# (CONFIG is a hindsight config file; /dev/null for the defaults).
+# (CONFIG is a hindsight config file; /dev/null for the defaults). HSBENCH_MODE=simple runs
+# pgbench's simple protocol (values in the text) instead of prepared statements.
 source "$(dirname "$0")/common.sh"
+mode="${HSBENCH_MODE:-prepared}"
 secs="${1:?usage: bench-capture-configs.sh SECONDS CLIENTS NAME=BIN:CONFIG...}"; clients="${2:?clients}"; shift 2
 [ "$#" -gt 0 ] || die "name at least one variant: NAME=BIN:CONFIG"
 bash "$ROOT/scripts/pg.sh" start 15 >/dev/null
@@ -40,7 +42,7 @@ def q(x):
 print("%s / %s" % (q(0.5), q(0.99)) if total else "– / –")
 PY
 }
-echo "| variant | clients | commits/s | hindsight ms/txn | broker ms/txn | COMMIT after ack p50 / p99 ms |"
+echo "| variant ($mode) | clients | commits/s | hindsight ms/txn | broker ms/txn | COMMIT after ack p50 / p99 ms |"
 echo "|---|---:|---:|---:|---:|---|"
 for v in "$@"; do
   name=${v%%=*}; spec=${v#*=}; bin=${spec%%:*}; cfg=${spec#*:}
@@ -50,9 +52,9 @@ for v in "$@"; do
   start_proxy bench-configs "$bin" "$port" "$admin" "$PG15_PORT" --config "$cfg" --log-level warn \
     --kafka-brokers "127.0.0.1:$MEM" --topic-prefix "cfg$RANDOM"
   pid=$(cat "$DEV/bench-configs.pid")
-  pgbench -n -M prepared -c "$clients" -j "$clients" -T 3 "$url" >/dev/null 2>&1  # warm-up
+  pgbench -n -M "$mode" -c "$clients" -j "$clients" -T 3 "$url" >/dev/null 2>&1  # warm-up
   h0=$(ticks_of "$pid"); b0=$(ticks_of "$broker_pid"); s0=$(curl -s "http://127.0.0.1:$admin/metrics")
-  tps=$(pgbench -n -M prepared -c "$clients" -j "$clients" -T "$secs" "$url" 2>&1 | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
+  tps=$(pgbench -n -M "$mode" -c "$clients" -j "$clients" -T "$secs" "$url" 2>&1 | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
   [ -n "$tps" ] || die "pgbench produced no result ($name)"
   h1=$(ticks_of "$pid"); b1=$(ticks_of "$broker_pid"); s1=$(curl -s "http://127.0.0.1:$admin/metrics")
   awk -v n="$name" -v c="$clients" -v t="$tps" -v s="$secs" -v hz="$hz" -v h=$((h1 - h0)) -v b=$((b1 - b0)) -v l="$(after_ack "$s0" "$s1")" \

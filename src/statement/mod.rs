@@ -3,7 +3,8 @@
 //! - `fast_path` — a byte scan that recognises texts that certainly only read (no parse).
 //! - `analysis` — the real PostgreSQL grammar (pg_query) into the closed `Kind` enum, with every
 //!   table written.
-//! - `cache` — analyses by text, shared by all sessions.
+//! - `cache` — analyses by text, and by shape (`shape`: texts that differ only in constants), shared
+//!   by all sessions.
 //! - `sqlcommenter` — request tags from the statement's trailing comment.
 //! - `leading_keyword` — the first keyword, for the `statements_total` metric only.
 //! - `pg18_syntax` — PostgreSQL 18 clauses the parser (PostgreSQL 17's grammar) lacks.
@@ -15,6 +16,7 @@ pub mod fast_path;
 pub mod leading_keyword;
 pub mod pg18_syntax;
 pub mod quoting;
+pub mod shape;
 pub mod sqlcommenter;
 pub mod unparsed;
 
