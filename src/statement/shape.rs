@@ -109,13 +109,19 @@ impl Shape {
         if pos == self.len {
             place.push(Boundary::TextEnd);
         }
-        for (i, &(start, end)) in self.tokens.iter().enumerate() {
-            if start == pos {
-                place.push(Boundary::TokenStart(i));
-            }
-            if end == pos {
-                place.push(Boundary::TokenEnd(i));
-            }
+        // Tokens are in order and do not overlap: a token ending at `pos` is the last one that
+        // starts before it, one starting at `pos` the next (binary search: a text of thousands
+        // of statements asks this for each).
+        let next = self.tokens.partition_point(|&(start, _)| start < pos);
+        if next > 0 && self.tokens[next - 1].1 == pos {
+            place.push(Boundary::TokenEnd(next - 1));
+        }
+        if self
+            .tokens
+            .get(next)
+            .is_some_and(|&(start, _)| start == pos)
+        {
+            place.push(Boundary::TokenStart(next));
         }
         place
     }
