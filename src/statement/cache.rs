@@ -44,10 +44,16 @@ struct Maps {
     shapes: HashMap<String, Arc<Shared>>,
 }
 
-/// The analysis a shape's texts share: each statement's, with where its span starts and ends
-/// told by tokens.
+/// The analysis a shape's texts share.
 struct Shared {
-    statements: Vec<(Analysis, Place, Place)>,
+    statements: Vec<SharedStatement>,
+}
+
+/// One statement's analysis, with where its span starts and ends told by tokens.
+struct SharedStatement {
+    analysis: Analysis,
+    start: Place,
+    end: Place,
 }
 
 impl Shared {
@@ -65,8 +71,11 @@ impl Shared {
                     shape.place(s.located.span.start),
                     shape.place(s.located.span.end),
                 );
-                (!start.is_empty() && !end.is_empty())
-                    .then(|| (s.located.analysis.clone(), start, end))
+                (!start.is_empty() && !end.is_empty()).then(|| SharedStatement {
+                    analysis: s.located.analysis.clone(),
+                    start,
+                    end,
+                })
             })
             .collect::<Option<Vec<_>>>()?;
         Some(Shared { statements })
@@ -78,16 +87,22 @@ impl Shared {
         let statements = self
             .statements
             .iter()
-            .map(|(analysis, start, end)| {
-                let span = shape.find(start)?..shape.find(end)?;
-                Some(Statement {
-                    fingerprint: fingerprint_of(text.get(span.clone())?),
-                    located: Located {
-                        analysis: analysis.clone(),
-                        span,
-                    },
-                })
-            })
+            .map(
+                |SharedStatement {
+                     analysis,
+                     start,
+                     end,
+                 }| {
+                    let span = shape.find(start)?..shape.find(end)?;
+                    Some(Statement {
+                        fingerprint: fingerprint_of(text.get(span.clone())?),
+                        located: Located {
+                            analysis: analysis.clone(),
+                            span,
+                        },
+                    })
+                },
+            )
             .collect::<Option<Vec<_>>>()?;
         Some(Analyzed { statements })
     }

@@ -54,6 +54,25 @@ fn is_constant(token: i32) -> bool {
     .any(|t| *t as i32 == token)
 }
 
+/// Whether statements of `kind` can share one analysis across constants: their analysis reads
+/// no constant. Every kind is named, so a new one must be decided here.
+fn shares_analysis(kind: Kind) -> bool {
+    match kind {
+        Kind::Read | Kind::Insert | Kind::Update | Kind::Delete | Kind::Upsert | Kind::Merge => {
+            true
+        }
+        // COPY's and TRUNCATE's options, schema changes' (fillfactor = 70), SET's values,
+        // transaction control's (PREPARE TRANSACTION 'gid'), and what hindsight cannot see into:
+        // parsed each time.
+        Kind::CopyIn
+        | Kind::Truncate
+        | Kind::Ddl
+        | Kind::Transaction(_)
+        | Kind::Session
+        | Kind::Opaque => false,
+    }
+}
+
 impl Shape {
     /// The shape of `text`, or `None` when the scanner rejects it (the full parse then reports
     /// why).
@@ -86,18 +105,7 @@ impl Shape {
     /// Whether an analysis of statements of `kinds` can be shared by every text of this shape:
     /// row writes and reads, outside EXPLAIN.
     pub fn shareable(&self, kinds: impl IntoIterator<Item = Kind>) -> bool {
-        !self.explains
-            && kinds.into_iter().all(|k| {
-                matches!(
-                    k,
-                    Kind::Read
-                        | Kind::Insert
-                        | Kind::Update
-                        | Kind::Delete
-                        | Kind::Upsert
-                        | Kind::Merge
-                )
-            })
+        !self.explains && kinds.into_iter().all(shares_analysis)
     }
 
     /// Every boundary `pos` is in this text; empty if none (inside a token).
