@@ -253,6 +253,17 @@ mod tests {
         ),
     ];
 
+    /// `got` is what parsing `text` gets: every statement's analysis, span and fingerprint.
+    fn assert_as_parsed(got: &Entry, text: &str) {
+        let parsed = analyze_with_fingerprints(text).unwrap();
+        let got = got.as_ref().as_ref().unwrap();
+        assert_eq!(got.statements.len(), parsed.statements.len(), "{text}");
+        for (a, b) in got.statements.iter().zip(&parsed.statements) {
+            assert_eq!(a.located, b.located, "{text}");
+            assert_eq!(a.fingerprint, b.fingerprint, "{text}");
+        }
+    }
+
     #[test]
     fn a_text_found_by_its_shape_gets_what_parsing_it_gets() {
         for (first, second) in SAME_SHAPE {
@@ -261,13 +272,7 @@ mod tests {
             assert_eq!(cache.shapes(), 1, "{first}");
             let shared = cache.get(second);
             assert_eq!(cache.len(), 1, "found by its shape, not parsed: {second}");
-            let parsed = analyze_with_fingerprints(second).unwrap();
-            let shared = shared.as_ref().as_ref().unwrap();
-            assert_eq!(shared.statements.len(), parsed.statements.len());
-            for (a, b) in shared.statements.iter().zip(&parsed.statements) {
-                assert_eq!(a.located, b.located, "{second}");
-                assert_eq!(a.fingerprint, b.fingerprint, "{second}");
-            }
+            assert_as_parsed(&shared, second);
         }
     }
 
@@ -289,11 +294,7 @@ mod tests {
             assert_eq!(cache.shapes(), 0, "{first}");
             let got = cache.get(second);
             assert_eq!(cache.len(), 2, "{second}");
-            let parsed = analyze_with_fingerprints(second).unwrap();
-            assert_eq!(
-                got.as_ref().as_ref().unwrap().statements[0].located,
-                parsed.statements[0].located
-            );
+            assert_as_parsed(&got, second);
         }
         // EXPLAIN's option read from its constant.
         let cache = AnalysisCache::new(10);
@@ -316,13 +317,10 @@ mod tests {
         let cache = AnalysisCache::new(10);
         cache.get("UPDATE t SET a = 1; UPDATE t SET a = 2");
         // The first statement's end was both the end of `1` and the start of `;`.
-        let got = cache.get("UPDATE t SET a = 1 ; UPDATE t SET a = 2");
+        let text = "UPDATE t SET a = 1 ; UPDATE t SET a = 2";
+        let got = cache.get(text);
         assert_eq!(cache.len(), 2, "parsed");
-        let parsed = analyze_with_fingerprints("UPDATE t SET a = 1 ; UPDATE t SET a = 2").unwrap();
-        assert_eq!(
-            got.as_ref().as_ref().unwrap().statements[0].located,
-            parsed.statements[0].located
-        );
+        assert_as_parsed(&got, text);
     }
 
     #[test]
