@@ -694,12 +694,12 @@ fn truncate(
     Ok(Rewritten {
         text: sql.trim_end().trim_end_matches(';').to_string(),
         shape: Arc::new(Shape::statement(kind, table.clone())),
-        pre_read: Some(images.join(" UNION ALL ")),
+        pre_read: Some(union_all(&images)),
         post_read: None,
         guard: Some(LimitGuard {
             sql: format!(
                 "SELECT CASE WHEN count(*) > {limit} THEN 1 / (count(*) * 0) ELSE 0 END FROM ({}) s",
-                counted.join(" UNION ALL ")
+                union_all(&counted)
             ),
             message: format!(
                 "hindsight: TRUNCATE of {} would remove more than {limit} rows (capture.truncate_row_limit), too many to record their before images; it was not run",
@@ -709,6 +709,21 @@ fn truncate(
         inserts: Vec::new(),
         pre_read_map: Vec::new(),
     })
+}
+
+/// `arms` joined by UNION ALL as a balanced tree of parenthesised halves: the nesting grows with
+/// log2 of the arms, not with their number. Regression (rewrite fuzz target): a TRUNCATE of
+/// about 70 tables made a left-deep chain that hindsight's own parser could not read back
+/// (pg_query's decoder stops at 100 levels of nesting).
+fn union_all(arms: &[String]) -> String {
+    match arms {
+        [] => String::new(),
+        [one] => one.clone(),
+        _ => {
+            let (left, right) = arms.split_at(arms.len() / 2);
+            format!("({}) UNION ALL ({})", union_all(left), union_all(right))
+        }
+    }
 }
 
 pub use crate::statement::quoting::{literal, quote};
@@ -1080,6 +1095,24 @@ mod tests {
     fn rw(sql: &str, major: u32) -> Result<Option<Rewritten>, Refusal> {
         let v = analyze(sql).unwrap();
         rewrite(sql, &v[0], major, 1000, &[], Form::Jsonb)
+    }
+
+    /// Regression (found by the rewrite fuzz target): the pre-read and guard of a TRUNCATE of
+    /// many tables were UNION ALL chains too deep for hindsight's own parser to read back.
+    #[test]
+    fn truncate_of_many_tables_reads_them_in_a_shallow_union() {
+        let tables: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+        let sql = format!("TRUNCATE {}", tables.join(", "));
+        let r = rw(&sql, 15).unwrap().unwrap();
+        let pre = r.pre_read.as_deref().unwrap();
+        let guard = &r.guard.as_ref().unwrap().sql;
+        for text in [pre, guard.as_str()] {
+            let parsed = crate::statement::pg18_syntax::parse(text);
+            assert!(parsed.is_ok(), "{:?}: {text:.200}", parsed.err());
+        }
+        for t in &tables {
+            assert!(pre.contains(&format!("FROM {} t)", quote(t))), "{t} read: {pre:.300}");
+        }
     }
 
     #[test]
