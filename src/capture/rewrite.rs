@@ -1111,7 +1111,10 @@ mod tests {
             assert!(parsed.is_ok(), "{:?}: {text:.200}", parsed.err());
         }
         for t in &tables {
-            assert!(pre.contains(&format!("FROM {} t)", quote(t))), "{t} read: {pre:.300}");
+            assert!(
+                pre.contains(&format!("FROM {} t)", quote(t))),
+                "{t} read: {pre:.300}"
+            );
         }
     }
 
