@@ -29,6 +29,7 @@ fn book(target: ActorRef, fingerprint: &str) -> Book {
                     fingerprint: fp.into(),
                 },
                 status: Status::Learned,
+                status_ms: 0,
                 first_seen_ms: 0,
                 last_seen_ms: 0,
                 counts: BTreeMap::new(),

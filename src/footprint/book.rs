@@ -40,6 +40,12 @@ pub struct Entry {
     pub actor: Actor,
     pub path: Path,
     pub status: Status,
+    /// When `status` was decided (the sighting that learned or alerted it, the approval).
+    /// A forget outranks every status decided before it: a replica that had not read the
+    /// forget yet keeps publishing the old status, and that must not bring the path back.
+    /// 0 in records written before this field existed.
+    #[serde(default)]
+    pub status_ms: i64,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     /// Sightings per replica: each replica publishes its own count (a counter no two
@@ -61,7 +67,14 @@ impl Entry {
 
     /// Fold another replica's (or an older) record of the same path into this one.
     pub fn merge(&mut self, other: &Entry) {
-        self.status = self.status.max(other.status);
+        match other.status.cmp(&self.status) {
+            std::cmp::Ordering::Greater => {
+                self.status = other.status;
+                self.status_ms = other.status_ms;
+            }
+            std::cmp::Ordering::Equal => self.status_ms = self.status_ms.min(other.status_ms),
+            std::cmp::Ordering::Less => {}
+        }
         self.first_seen_ms = self.first_seen_ms.min(other.first_seen_ms);
         if other.last_seen_ms > self.last_seen_ms {
             self.last_seen_ms = other.last_seen_ms;
@@ -126,7 +139,8 @@ pub enum Decision {
         by: String,
         at_ms: i64,
     },
-    /// Forgotten: removed; sightings before `at_ms` do not bring it back.
+    /// Forgotten: removed; records whose status was decided before `at_ms` do not bring it
+    /// back (only a sighting judged after the forget, or a later approval, does).
     Forgotten { at_ms: i64 },
 }
 
@@ -160,12 +174,13 @@ impl Book {
         self.app_first_seen.get(application).copied()
     }
 
-    /// Merge a record of the footprints topic; `false` if it was ignored (forgotten since).
+    /// Merge a record of the footprints topic; `false` if it was ignored (its status was
+    /// decided before the path was forgotten).
     pub fn merge(&mut self, id: PathId, entry: Entry) -> bool {
         if self
             .forgotten
             .get(&id)
-            .is_some_and(|at| entry.last_seen_ms <= *at)
+            .is_some_and(|at| entry.status_ms <= *at)
         {
             return false;
         }
@@ -191,13 +206,17 @@ impl Book {
             } => {
                 self.forgotten.remove(&id);
                 match self.slots.get_mut(&id) {
-                    Some(s) => s.entry.status = Status::Approved,
+                    Some(s) => {
+                        s.entry.status = Status::Approved;
+                        s.entry.status_ms = at_ms;
+                    }
                     None => {
                         let entry = Entry {
                             id: id.to_string(),
                             actor,
                             path,
                             status: Status::Approved,
+                            status_ms: at_ms,
                             first_seen_ms: at_ms,
                             last_seen_ms: at_ms,
                             counts: BTreeMap::new(),
@@ -210,7 +229,14 @@ impl Book {
                 }
             }
             Decision::Forgotten { at_ms } => {
-                self.slots.remove(&id);
+                // A status judged after the forget (read here before it) stays.
+                if self
+                    .slots
+                    .get(&id)
+                    .is_some_and(|s| s.entry.status_ms <= at_ms)
+                {
+                    self.slots.remove(&id);
+                }
                 self.forgotten.insert(id, at_ms);
             }
         }
@@ -268,6 +294,7 @@ mod tests {
                 column: "c".into(),
             },
             status,
+            status_ms: first,
             first_seen_ms: first,
             last_seen_ms: last,
             counts: [(replica.to_string(), n)].into(),
@@ -317,5 +344,46 @@ mod tests {
             },
         );
         assert_eq!(b.get(id).unwrap().entry.status, Status::Approved);
+    }
+
+    /// The CI failure of `footprint_cli_lists_diffs_and_approves`: a replica that had not read
+    /// the forget yet saw the approved path again and published its record (sighting after
+    /// the forget, status still `approved`), which brought the approval back everywhere.
+    #[test]
+    fn a_replica_that_had_not_read_the_forget_does_not_revive_the_approval() {
+        let mut b = Book::default();
+        let id = PathId(9);
+        let seen = entry("a", 1, 10, 10, Status::Unapproved);
+        b.merge(id, seen.clone());
+        let approval = Decision::Approved {
+            actor: seen.actor.clone(),
+            path: seen.path.clone(),
+            by: "op".into(),
+            at_ms: 20,
+        };
+        b.decide(id, approval);
+        // The stale replica's view: approved at 20, then seen at 40.
+        let mut stale = b.get(id).unwrap().entry.clone();
+        stale.last_seen_ms = 40;
+        *stale.counts.get_mut("a").unwrap() += 1;
+        b.decide(id, Decision::Forgotten { at_ms: 30 });
+        assert!(!b.merge(id, stale), "a status decided before the forget");
+        assert!(b.get(id).is_none());
+        // Seen again after the forget by a replica that knew: new again, judged afresh.
+        assert!(b.merge(id, entry("b", 1, 50, 50, Status::Unapproved)));
+        assert_eq!(b.get(id).unwrap().entry.status, Status::Unapproved);
+    }
+
+    /// Topics are read in no set order: a sighting judged after the forget, read before the
+    /// forget itself, survives it.
+    #[test]
+    fn a_sighting_judged_after_the_forget_survives_reading_the_forget_late() {
+        let mut b = Book::default();
+        let id = PathId(11);
+        b.merge(id, entry("a", 1, 50, 50, Status::Learned));
+        b.decide(id, Decision::Forgotten { at_ms: 30 });
+        assert_eq!(b.get(id).unwrap().entry.status, Status::Learned);
+        b.decide(id, Decision::Forgotten { at_ms: 60 });
+        assert!(b.get(id).is_none());
     }
 }

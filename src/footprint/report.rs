@@ -31,20 +31,19 @@ pub async fn load(cfg: &SinkConfig, timeout: Duration) -> Result<Book, Footprint
     )
     .await?;
     let mut b = book.lock().unwrap_or_else(|e| e.into_inner());
-    // Forgets first (they record their time, so a path seen again after one still counts),
-    // then the entries, then approvals (which may name paths not seen yet).
-    let decided: Vec<(PathId, Decision)> = decisions
-        .iter()
-        .filter_map(|(key, value)| {
-            let id = key.strip_prefix("path/")?.parse::<PathId>().ok()?;
-            Some((id, serde_json::from_slice::<Decision>(value).ok()?))
-        })
-        .collect();
-    let (forgets, approvals): (Vec<_>, Vec<_>) = decided
-        .into_iter()
-        .partition(|(_, d)| matches!(d, Decision::Forgotten { .. }));
-    for (id, d) in forgets {
-        b.decide(id, d);
+    // Decisions in the order they were made (an approval after a forget stands, a forget
+    // after an approval removes it), then the entries: a forget keeps out every record whose
+    // status was decided before it, whichever topic is read first.
+    for (key, value) in decisions {
+        let Some(id) = key
+            .strip_prefix("path/")
+            .and_then(|k| k.parse::<PathId>().ok())
+        else {
+            continue;
+        };
+        if let Ok(d) = serde_json::from_slice::<Decision>(&value) {
+            b.decide(id, d);
+        }
     }
     for (key, value) in entries {
         if let (Ok(id), Ok(e)) = (
@@ -53,9 +52,6 @@ pub async fn load(cfg: &SinkConfig, timeout: Duration) -> Result<Book, Footprint
         ) {
             b.merge(id, e);
         }
-    }
-    for (id, d) in approvals {
-        b.decide(id, d);
     }
     Ok(std::mem::take(&mut *b))
 }
