@@ -709,6 +709,19 @@ async fn footprint_cli_lists_diffs_and_approves() {
         }
     })
     .await;
+    // The report applies decisions in their order: approved, then forgotten, then refused
+    // anew (it used to apply approvals last, so a forgotten path was listed approved).
+    harness::eventually("the list shows the forgotten path refused anew", || {
+        let (prefix, id) = (&prefix, &id);
+        async move {
+            let (rc, all, e) = cli(prefix, &["list", "--application", APP, "--json"]).await;
+            assert_eq!(rc, 0, "{e}");
+            all.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .any(|v| v["id"] == id.as_str() && v["status"] == "unapproved")
+        }
+    })
+    .await;
     let (rc, _, e) = cli(&prefix, &["mode", APP, "learn"]).await;
     assert_eq!(rc, 0, "{e}");
     mode_is(&proxy, APP, "learn").await;
