@@ -276,6 +276,28 @@ mod tests {
         }
     }
 
+    /// A string constant that is not a value: `UESCAPE '!'` says how the Unicode identifier
+    /// before it is spelled, so texts that differ in it name different tables.
+    #[test]
+    fn an_identifiers_escape_character_is_part_of_the_shape() {
+        let cache = AnalysisCache::new(10);
+        let first = r#"UPDATE U&"t!0061" UESCAPE '!' SET v = 1"#;
+        let second = r#"UPDATE U&"t!0061" UESCAPE '#' SET v = 1"#;
+        assert_as_parsed(&cache.get(first), first);
+        assert_as_parsed(&cache.get(second), second);
+        let table = |e: &Entry| {
+            e.as_ref().as_ref().unwrap().statements[0]
+                .located
+                .analysis
+                .writes[0]
+                .table
+                .name
+                .clone()
+        };
+        assert_eq!(table(&cache.get(first)), "ta");
+        assert_eq!(table(&cache.get(second)), "t!0061");
+    }
+
     #[test]
     fn schema_changes_explain_and_session_statements_are_parsed_each_time() {
         for (first, second) in [

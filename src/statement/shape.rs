@@ -5,8 +5,9 @@
 //! send a new text for each row; without this, each costs a full parse (the parse tree crosses
 //! from libpg_query to Rust as protobuf: ~20 µs for a one-line UPDATE), against ~3 µs for the
 //! scan that finds the shape. PostgreSQL's grammar decides on token kinds, never on a
-//! constant's value, so two texts with the same shape parse to the same tree but for those
-//! values, and an [`Analysis`](super::analysis::Analysis) of row writes and reads holds none of
+//! constant's value (the one string that is not a value, `UESCAPE '!'`, which says how the
+//! `U&"…"` before it reads, stays in the shape), so two texts with the same shape parse to the
+//! same tree but for those values, and an [`Analysis`](super::analysis::Analysis) of row writes and reads holds none of
 //! them: table, column and alias names are identifiers, kept in the shape. Analyses that *do*
 //! read a constant (`EXPLAIN (ANALYZE 0)`) or whose fingerprint keeps one (options of schema
 //! changes) are not shared: see [`Shape::shareable`].
@@ -81,10 +82,12 @@ impl Shape {
         let mut key = String::with_capacity(text.len());
         let mut tokens = Vec::with_capacity(scanned.tokens.len());
         let mut explains = false;
+        let mut after_uescape = false;
         for t in &scanned.tokens {
             let (start, end) = (usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?);
             let word = text.get(start..end)?;
-            if is_constant(t.token) {
+            // `UESCAPE '!'` is no value: it says how the `U&"…"` identifier before it reads.
+            if is_constant(t.token) && !after_uescape {
                 key.push('\u{1}');
                 key.push_str(&t.token.to_string());
             } else {
@@ -93,6 +96,7 @@ impl Shape {
             }
             key.push('\0');
             tokens.push((start, end));
+            after_uescape = t.token == Token::Uescape as i32;
         }
         Some(Shape {
             key,
