@@ -1,6 +1,7 @@
 //! What a statement costs hindsight when it has not seen its text before (every time, for
 //! clients that put values in the text, like pgbench's simple protocol): the analysis cache's
-//! miss (pg_query parse + fingerprint), its hit by the text's shape (scan + fingerprint), and
+//! miss (pg_query parse + fingerprint, and the proof that the fingerprint is shared), its hit by
+//! the text's shape (a scan; the fingerprint shared when proven), and
 //! the capture rewrite, each part alone.
 //!   cargo bench --bench statement
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -14,7 +15,7 @@ const INSERT: &str = "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) 
 fn bench(c: &mut Criterion) {
     for (name, sql) in [("UPDATE", UPDATE), ("INSERT", INSERT)] {
         c.bench_function(
-            &format!("{name}: analysis, cache miss (parse + fingerprint)"),
+            &format!("{name}: analysis, cache miss (parse + fingerprint + proof)"),
             |b| {
                 let cache = AnalysisCache::new(1);
                 let mut i = 0u64;
@@ -26,7 +27,7 @@ fn bench(c: &mut Criterion) {
             },
         );
         c.bench_function(
-            &format!("{name}: analysis, found by its shape (scan + fingerprint)"),
+            &format!("{name}: analysis, found by its shape (scan)"),
             |b| {
                 let cache = AnalysisCache::new(10);
                 cache.get(sql);

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::analysis::{analyze, Analysis, AnalysisError, Located};
-use super::shape::{Place, Shape};
+use super::shape::{self, Place, Shape};
 
 /// One analysed text: its statements and their fingerprints.
 #[derive(Debug, Clone)]
@@ -54,12 +54,15 @@ struct SharedStatement {
     analysis: Analysis,
     start: Place,
     end: Place,
+    /// The fingerprint every text of the shape has here, when that is proven (see
+    /// [`shape::fingerprint_is_shared`]); `None`: each text's is taken.
+    fingerprint: Option<String>,
 }
 
 impl Shared {
-    /// What `analyzed` shares with every text of `shape`; `None` if it cannot be shared (its
-    /// kinds, or a span boundary inside a token).
-    fn of(analyzed: &Analyzed, shape: &Shape) -> Option<Shared> {
+    /// What `analyzed` (of `text`) shares with every text of `shape`; `None` if it cannot be
+    /// shared (its kinds, or a span boundary inside a token).
+    fn of(analyzed: &Analyzed, text: &str, shape: &Shape) -> Option<Shared> {
         if !shape.shareable(analyzed.statements.iter().map(|s| s.located.analysis.kind)) {
             return None;
         }
@@ -71,10 +74,13 @@ impl Shared {
                     shape.place(s.located.span.start),
                     shape.place(s.located.span.end),
                 );
+                let one = text.get(s.located.span.clone())?;
                 (!start.is_empty() && !end.is_empty()).then(|| SharedStatement {
                     analysis: s.located.analysis.clone(),
                     start,
                     end,
+                    fingerprint: shape::fingerprint_is_shared(one, &s.fingerprint)
+                        .then(|| s.fingerprint.clone()),
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -92,10 +98,12 @@ impl Shared {
                      analysis,
                      start,
                      end,
+                     fingerprint,
                  }| {
                     let span = shape.find(start)?..shape.find(end)?;
+                    let one = text.get(span.clone())?;
                     Some(Statement {
-                        fingerprint: fingerprint_of(text.get(span.clone())?),
+                        fingerprint: fingerprint.clone().unwrap_or_else(|| fingerprint_of(one)),
                         located: Located {
                             analysis: analysis.clone(),
                             span,
@@ -134,7 +142,7 @@ impl AnalysisCache {
         }
         let entry: Entry = Arc::new(analyze_with_fingerprints(text));
         let shared = match (&shape, entry.as_ref()) {
-            (Some(shape), Ok(analyzed)) => Shared::of(analyzed, shape).map(Arc::new),
+            (Some(shape), Ok(analyzed)) => Shared::of(analyzed, text, shape).map(Arc::new),
             _ => None,
         };
         let mut maps = self.lock();
@@ -250,6 +258,11 @@ mod tests {
         (
             "UPDATE t SET a = 1 RETURNING WITH (OLD AS o) o.a",
             "UPDATE t SET a = 2 RETURNING WITH (OLD AS o) o.a",
+        ),
+        // float(p) picks float4 or float8: the fingerprints differ, so each text takes its own.
+        (
+            "SELECT a::float(30) FROM t WHERE id = 1",
+            "SELECT a::float(10) FROM t WHERE id = 2",
         ),
     ];
 

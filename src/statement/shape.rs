@@ -158,6 +158,67 @@ impl Shape {
     }
 }
 
+/// Whether every text of `one`'s shape has `one`'s `fingerprint` (one statement's text).
+///
+/// pg_query's fingerprint leaves out `A_Const` nodes (and casts of them), not every constant:
+/// `float(30)` chooses a type, `CURRENT_TIME(3)` and typmods are kept, a string option is a
+/// `DefElem`'s. The proof, taken once per shape: `pg_query::normalize` puts a parameter where
+/// each `A_Const` was, and no other constant of a row write or read; if every constant token
+/// of `one` became a parameter (a unary minus folded with it), and the normalised text has
+/// the same fingerprint (what it replaced was left out), then texts that differ from `one`
+/// only in those values — the grammar does not look at them — have that fingerprint too.
+/// `false` whenever any step cannot say (then each text gets its own).
+pub fn fingerprint_is_shared(one: &str, fingerprint: &str) -> bool {
+    if fingerprint.is_empty() {
+        return false;
+    }
+    let Ok(normalized) = pg_query::normalize(one) else {
+        return false;
+    };
+    let (Ok(a), Ok(n)) = (pg_query::scan(one), pg_query::scan(&normalized)) else {
+        return false;
+    };
+    constants_became_parameters(one, &a.tokens, &normalized, &n.tokens)
+        && pg_query::fingerprint(&normalized).is_ok_and(|f| f.hex == fingerprint)
+}
+
+/// Whether `normalized`'s tokens are `text`'s with each constant (with a unary minus before
+/// it) replaced by one parameter, and everything else the same.
+fn constants_became_parameters(
+    text: &str,
+    tokens: &[pg_query::protobuf::ScanToken],
+    normalized: &str,
+    replaced: &[pg_query::protobuf::ScanToken],
+) -> bool {
+    let word = |s: &str, t: &pg_query::protobuf::ScanToken| -> Option<String> {
+        s.get(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?)
+            .map(str::to_string)
+    };
+    let is_param = |t: &pg_query::protobuf::ScanToken| t.token == Token::Param as i32;
+    let (mut i, mut j) = (0, 0);
+    while let Some(t) = tokens.get(i) {
+        let Some(r) = replaced.get(j) else {
+            return false;
+        };
+        let minus = word(text, t).as_deref() == Some("-")
+            && tokens.get(i + 1).is_some_and(|c| is_constant(c.token));
+        i += if is_constant(t.token) && is_param(r) {
+            1
+        } else if minus && is_param(r) {
+            2
+        } else if !is_constant(t.token)
+            && t.token == r.token
+            && word(text, t).is_some_and(|w| Some(w) == word(normalized, r))
+        {
+            1
+        } else {
+            return false;
+        };
+        j += 1;
+    }
+    j == replaced.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +265,97 @@ mod tests {
         assert!(!s.shareable([Kind::Session]));
         let e = Shape::of("EXPLAIN (ANALYZE 0) UPDATE t SET a = 1").unwrap();
         assert!(!e.shareable([Kind::Update]));
+    }
+
+    /// Statements whose constants are all values the fingerprint leaves out, and statements
+    /// with a constant it keeps (or that the proof cannot vouch for).
+    const SHARED: &[&str] = &[
+        "UPDATE pgbench_accounts SET abalance = abalance + -3447 WHERE aid = 88771;",
+        "UPDATE pgbench_tellers SET tbalance = tbalance + 3447 WHERE tid = 7",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 88771",
+        "INSERT INTO h (tid, bid, aid, delta, mtime) VALUES (41, 8, 88771, -3447, CURRENT_TIMESTAMP)",
+        "SELECT * FROM t WHERE d > now() - interval '1 day' AND s = E'a\\'b' LIMIT 10 OFFSET 5",
+        "UPDATE t SET a = '{1,2}'::int[], b = 1.5e3, c = x'1f', d = b'101' WHERE id IN (1, 2, $1)",
+        "DELETE FROM t WHERE a = 1 - 2 AND b = - 3 RETURNING *",
+    ];
+    const NOT_SHARED: &[&str] = &[
+        "SELECT a::float(30) FROM t WHERE id = 1", // float(p) chooses float4 or float8
+        "SELECT a::varchar(30) FROM t",            // a typmod: not normalised
+        "SELECT a, count(*) FROM t GROUP BY 1",    // GROUP BY 1: not normalised
+        "SELECT CURRENT_TIME(3)",                  // a precision, not a value
+        r#"UPDATE U&"t!0061" UESCAPE '!' SET v = 1"#,
+    ];
+
+    #[test]
+    fn a_fingerprint_is_shared_only_when_every_constant_is_a_value_it_leaves_out() {
+        let fp = |t: &str| pg_query::fingerprint(t).unwrap().hex;
+        for text in SHARED {
+            assert!(fingerprint_is_shared(text, &fp(text)), "{text}");
+            assert!(
+                !fingerprint_is_shared(text, "0123"),
+                "another fingerprint: {text}"
+            );
+        }
+        for text in NOT_SHARED {
+            assert!(!fingerprint_is_shared(text, &fp(text)), "{text}");
+        }
+    }
+
+    /// `text` with every constant (but an escape character) replaced by another of its kind
+    /// (`n`-th variant): a text of the same shape.
+    fn with_other_constants(text: &str, n: usize) -> String {
+        let tokens = pg_query::scan(text).unwrap().tokens;
+        let mut out = String::new();
+        let mut at = 0;
+        let after_uescape = |i: usize| i > 0 && tokens[i - 1].token == Token::Uescape as i32;
+        for (_, t) in tokens
+            .iter()
+            .enumerate()
+            .filter(|&(i, t)| is_constant(t.token) && !after_uescape(i))
+        {
+            let (start, end) = (t.start as usize, t.end as usize);
+            out.push_str(&text[at..start]);
+            let other = match Token::try_from(t.token).unwrap() {
+                Token::Iconst => ["7", "123456", "0"][n % 3],
+                Token::Fconst => ["2.5", "1e10", "0.001"][n % 3],
+                Token::Bconst => ["b'1'", "b'0000'", "b''"][n % 3],
+                Token::Xconst => ["x'ff'", "x'0'", "x''"][n % 3],
+                _ => ["'zz'", "''", "'1 day'"][n % 3],
+            };
+            out.push_str(other);
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
+    /// The property the cache relies on: when the proof says shared, every text of the same
+    /// shape that parses has the fingerprint; and the proof is needed (texts of NOT_SHARED
+    /// have other fingerprints with other constants).
+    #[test]
+    fn texts_of_a_shape_whose_fingerprint_is_shared_have_it() {
+        let fp = |t: &str| pg_query::fingerprint(t).ok().map(|f| f.hex);
+        let mut differed = 0;
+        for text in SHARED.iter().chain(NOT_SHARED) {
+            let mine = fp(text).unwrap();
+            let shared = fingerprint_is_shared(text, &mine);
+            for n in 0..3 {
+                let other = with_other_constants(text, n);
+                assert_eq!(
+                    Shape::of(&other).unwrap().key,
+                    Shape::of(text).unwrap().key,
+                    "{other}"
+                );
+                match fp(&other) {
+                    Some(f) if shared => assert_eq!(f, mine, "{text} vs {other}"),
+                    Some(f) => differed += usize::from(f != mine),
+                    None => {}
+                }
+            }
+        }
+        assert!(
+            differed > 0,
+            "no text without the proof changed its fingerprint"
+        );
     }
 }
