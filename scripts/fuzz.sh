@@ -12,7 +12,7 @@ rustup toolchain list | grep -q nightly || die "cargo fuzz needs a nightly toolc
 log "building the fuzz targets (nightly, address sanitizer)"
 cargo +nightly fuzz build -O >"$DEV/fuzz-build.log" 2>&1 || { tail -30 "$DEV/fuzz-build.log"; die "building the fuzz targets failed"; }
 rc=0
-for t in frames rewrite sqlcommenter rules restore_records; do
+for t in frames rewrite shape sqlcommenter rules restore_records; do
   mkdir -p "corpus/$t" "artifacts/$t"
   logf="$DEV/fuzz-$t.log"
   if cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=8192 \
