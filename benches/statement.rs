@@ -44,13 +44,13 @@ fn bench(c: &mut Criterion) {
             b.iter(|| cache.get(sql))
         });
         c.bench_function(&format!("{name}: pg_query::parse"), |b| {
-            b.iter(|| pg_query::parse(sql).unwrap())
+            b.iter(|| hindsight::statement::parser::parse(sql).unwrap())
         });
         c.bench_function(&format!("{name}: pg_query::fingerprint"), |b| {
-            b.iter(|| pg_query::fingerprint(sql).unwrap())
+            b.iter(|| hindsight::statement::parser::fingerprint(sql).unwrap())
         });
         c.bench_function(&format!("{name}: pg_query::scan"), |b| {
-            b.iter(|| pg_query::scan(sql).unwrap())
+            b.iter(|| hindsight::statement::parser::tokens(sql).unwrap())
         });
         let analyzed = AnalysisCache::new(1).get(sql);
         let located = &analyzed.as_ref().as_ref().unwrap().statements[0].located;

@@ -799,7 +799,7 @@ struct Keywords {
 /// from the statement).
 fn keywords(sql: &str) -> Option<Keywords> {
     use pg_query::protobuf::Token as T;
-    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(sql).ok()?;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     let mut depth = 0i32;
     let mut k = Keywords {

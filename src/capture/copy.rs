@@ -114,7 +114,7 @@ pub fn stage(
         // The client's COPY fails on its own, with the server's message.
         return Ok(None);
     };
-    let parsed = crate::statement::pg18_syntax::parse(sql)
+    let parsed = crate::statement::parser::parse(sql)
         .map_err(|_| unsupported())?
         .protobuf;
     let Some(N::CopyStmt(copy)) = first_node(&parsed) else {
@@ -211,7 +211,7 @@ fn create_stage(
 /// `filtered`) was not found at the top level.
 fn retarget(sql: &str, rel_at: usize, filtered: bool, head: &str) -> Option<(String, i64)> {
     use pg_query::protobuf::Token as T;
-    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(sql).ok()?;
     let top_level = |kind: T, after: usize| {
         let mut depth = 0i32;
         tokens.iter().find_map(|t| {

@@ -41,7 +41,7 @@ pub struct Cut<'a> {
 
 /// Cut `sql` if it is `COPY (write) TO …`; `None` otherwise.
 pub fn cut(sql: &str) -> Option<Cut<'_>> {
-    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(sql).ok()?;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     if kind(0) != Some(T::Copy) || kind(1) != Some(T::Ascii40) {
         return None;

@@ -101,15 +101,14 @@ fn unsupported(why: &str) -> Refusal {
 
 /// Cut `sql` (one statement) if it has data-modifying CTEs: `Ok(None)` if it has none.
 pub fn cut(sql: &str) -> Result<Option<Cut>, Refusal> {
-    let Ok(parsed) = crate::statement::pg18_syntax::parse(sql) else {
+    let Ok(parsed) = crate::statement::parser::parse(sql) else {
         return Ok(None);
     };
     let Some(with) = super::rewrite::first_node(&parsed.protobuf).and_then(with_clause) else {
         return Ok(None);
     };
-    let tokens = pg_query::scan(sql)
-        .map_err(|_| unsupported("it could not be scanned"))?
-        .tokens;
+    let tokens = crate::statement::parser::tokens(sql)
+        .map_err(|_| unsupported("it could not be scanned"))?;
     let s = Scanned { sql, tokens };
     let ctes: Vec<_> = with
         .ctes
@@ -708,9 +707,9 @@ fn ident(raw: &str) -> String {
 
 /// Every identifier in `sql`, as PostgreSQL compares them.
 fn idents(sql: &str) -> Vec<String> {
-    pg_query::scan(sql)
-        .map(|s| {
-            s.tokens
+    crate::statement::parser::tokens(sql)
+        .map(|tokens| {
+            tokens
                 .iter()
                 .filter(|t| T::try_from(t.token).ok() == Some(T::Ident))
                 .map(|t| ident(&sql[t.start as usize..t.end as usize]))
@@ -722,9 +721,9 @@ fn idents(sql: &str) -> Vec<String> {
 /// Every identifier and keyword in `sql`, as PostgreSQL compares identifiers (a CTE may be
 /// named by an unreserved keyword).
 fn words(sql: &str) -> Vec<String> {
-    pg_query::scan(sql)
-        .map(|s| {
-            s.tokens
+    crate::statement::parser::tokens(sql)
+        .map(|tokens| {
+            tokens
                 .iter()
                 .map(|t| &sql[t.start as usize..t.end as usize])
                 .filter(|w| w.starts_with(|c: char| c.is_alphabetic() || c == '_' || c == '"'))

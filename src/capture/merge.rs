@@ -138,7 +138,7 @@ fn parts(body: &str) -> Result<Parts, Uncut> {
 }
 
 fn parts_of(body: &str) -> Option<Result<Parts, Uncut>> {
-    let tokens = pg_query::scan(body).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(body).ok()?;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     let (mut depth, mut case) = (0i32, 0i32);
     let (mut merge, mut into, mut using, mut on, mut with) = (None, None, None, None, false);

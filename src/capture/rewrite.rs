@@ -517,7 +517,7 @@ pub(crate) fn upsert_capturing_before(
 /// UPDATE clause is not found.
 fn edit_do_update(body: &str, existing: &str) -> Option<(String, Vec<Added>)> {
     use pg_query::protobuf::Token as T;
-    let tokens = pg_query::scan(body).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(body).ok()?;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     let mut depth = 0i32;
     let (mut do_update, mut wher, mut returning) = (None, None, None);
@@ -598,7 +598,7 @@ fn store_in_where(
 
 /// The relations of a TRUNCATE as `(reference, only)`, and whether it CASCADEs.
 fn truncate_targets(sql: &str) -> Option<(Vec<(String, bool)>, bool)> {
-    let parsed = pg_query::parse(sql).ok()?;
+    let parsed = crate::statement::parser::parse(sql).ok()?;
     let Some(N::TruncateStmt(t)) = first_node(&parsed.protobuf) else {
         return None;
     };
@@ -744,7 +744,7 @@ pub fn first_node(parsed: &pg_query::protobuf::ParseResult) -> Option<&N> {
 /// `existing` names the target. With the text, the byte ranges hindsight inserted into it.
 fn update_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<Added>)> {
     use pg_query::protobuf::Token as T;
-    let tokens = pg_query::scan(body).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(body).ok()?;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     let mut depth = 0i32;
     let (mut update, mut set, mut wher, mut returning) = (false, false, None, None);
@@ -792,14 +792,10 @@ pub(crate) fn update_stored(body: &str, existing: &str) -> Option<(String, Vec<A
 /// Whether an UPDATE is `… WHERE CURRENT OF cursor` (which a pre-read cannot repeat).
 fn where_current_of(body: &str) -> bool {
     use pg_query::protobuf::Token as T;
-    let Ok(scan) = pg_query::scan(body) else {
+    let Ok(tokens) = crate::statement::parser::tokens(body) else {
         return false;
     };
-    let kinds: Vec<_> = scan
-        .tokens
-        .iter()
-        .map(|t| T::try_from(t.token).ok())
-        .collect();
+    let kinds: Vec<_> = tokens.iter().map(|t| T::try_from(t.token).ok()).collect();
     kinds
         .windows(3)
         .any(|w| w == [Some(T::Where), Some(T::CurrentP), Some(T::Of)])
@@ -820,7 +816,7 @@ fn where_current_of(body: &str) -> bool {
 /// `(a, b)`) — nor a `(a, b) = …` list. `None` if no assignment is left.
 fn set_capturing_before(body: &str, existing: &str) -> Option<(String, Vec<Added>)> {
     use pg_query::protobuf::Token as T;
-    let tokens = pg_query::scan(body).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(body).ok()?;
     let kind = |i: usize| tokens.get(i).and_then(|t| T::try_from(t.token).ok());
     let (a, b) = set_assignments(&tokens).into_iter().find_map(|(a, b)| {
         if kind(a) == Some(T::Ascii40) {
@@ -1023,7 +1019,7 @@ pub(crate) fn pre_read_for_update_mapped(
     form: Form,
 ) -> Option<Spliced> {
     use pg_query::protobuf::Token as T;
-    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(sql).ok()?;
     let mut depth = 0i32;
     let mut prev = None;
     // Top-level keyword positions: UPDATE, then SET, FROM, WHERE, RETURNING after it.
@@ -1107,7 +1103,7 @@ mod tests {
         let pre = r.pre_read.as_deref().unwrap();
         let guard = &r.guard.as_ref().unwrap().sql;
         for text in [pre, guard.as_str()] {
-            let parsed = crate::statement::pg18_syntax::parse(text);
+            let parsed = crate::statement::parser::parse(text);
             assert!(parsed.is_ok(), "{:?}: {text:.200}", parsed.err());
         }
         for t in &tables {

@@ -30,7 +30,7 @@ pub fn explain(rules: &RuleSet, sql: &str, who: &Who) -> Result<String, String> 
     for s in &statements {
         let a = &s.analysis;
         let stmt = text[s.span.clone()].trim();
-        let fp = pg_query::fingerprint(stmt)
+        let fp = crate::statement::parser::fingerprint(stmt)
             .map(|f| f.hex)
             .unwrap_or_default();
         let f = StatementFacts {

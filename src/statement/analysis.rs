@@ -215,7 +215,7 @@ pub enum AnalysisError {
 
 /// Analyse every statement of `sql` (a simple Query may carry several).
 pub fn analyze(sql: &str) -> Result<Vec<Located>, AnalysisError> {
-    let parsed = super::pg18_syntax::parse(sql).map_err(|e| AnalysisError::Syntax {
+    let parsed = super::parser::parse(sql).map_err(|e| AnalysisError::Syntax {
         message: e.to_string(),
         excerpt: sql.chars().take(80).collect(),
     })?;
@@ -258,7 +258,7 @@ fn analyze_node(node: &N) -> Analysis {
                 kind,
                 s.relation.as_ref(),
                 names(&s.cols),
-                !s.returning_list.is_empty(),
+                returns_rows(s.returning_clause.as_ref()),
             );
             if let (Some(w), Some(c)) = (writes.last_mut(), s.on_conflict_clause.as_ref()) {
                 if c.action == OnConflictAction::OnconflictUpdate as i32 {
@@ -277,7 +277,7 @@ fn analyze_node(node: &N) -> Analysis {
                 Kind::Update,
                 s.relation.as_ref(),
                 names(&s.target_list),
-                !s.returning_list.is_empty(),
+                returns_rows(s.returning_clause.as_ref()),
             );
             Kind::Update
         }
@@ -288,7 +288,7 @@ fn analyze_node(node: &N) -> Analysis {
                 Kind::Delete,
                 s.relation.as_ref(),
                 Vec::new(),
-                !s.returning_list.is_empty(),
+                returns_rows(s.returning_clause.as_ref()),
             );
             Kind::Delete
         }
@@ -299,7 +299,7 @@ fn analyze_node(node: &N) -> Analysis {
                 Kind::Merge,
                 s.relation.as_ref(),
                 Vec::new(),
-                !s.returning_list.is_empty(),
+                returns_rows(s.returning_clause.as_ref()),
             );
             Kind::Merge
         }
@@ -599,6 +599,11 @@ fn is_ddl(node: &N) -> bool {
             | N::DropOwnedStmt(_)
             | N::ReassignOwnedStmt(_)
     )
+}
+
+/// Whether a write's RETURNING clause (if any) lists expressions: the write then returns rows.
+fn returns_rows(clause: Option<&pg_query::protobuf::ReturningClause>) -> bool {
+    clause.is_some_and(|c| !c.exprs.is_empty())
 }
 
 #[cfg(test)]

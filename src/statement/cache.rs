@@ -182,11 +182,7 @@ impl AnalysisCache {
 
 /// pg_query's fingerprint of one statement (hex; empty if it cannot be taken).
 fn fingerprint_of(one: &str) -> String {
-    pg_query::fingerprint(one)
-        .or_else(|e| match super::pg18_syntax::blank_returning_with(one) {
-            Some(blanked) => pg_query::fingerprint(&blanked),
-            None => Err(e),
-        })
+    super::parser::fingerprint(one)
         .map(|f| f.hex)
         .unwrap_or_default()
 }

@@ -78,12 +78,12 @@ impl Shape {
     /// The shape of `text`, or `None` when the scanner rejects it (the full parse then reports
     /// why).
     pub fn of(text: &str) -> Option<Shape> {
-        let scanned = pg_query::scan(text).ok()?;
+        let scanned = super::parser::tokens(text).ok()?;
         let mut key = String::with_capacity(text.len());
-        let mut tokens = Vec::with_capacity(scanned.tokens.len());
+        let mut tokens = Vec::with_capacity(scanned.len());
         let mut explains = false;
         let mut after_uescape = false;
-        for t in &scanned.tokens {
+        for t in &scanned {
             let (start, end) = (usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?);
             let word = text.get(start..end)?;
             // `UESCAPE '!'` is no value: it says how the `U&"…"` identifier before it reads.
@@ -175,11 +175,14 @@ pub fn fingerprint_is_shared(one: &str, fingerprint: &str) -> bool {
     let Ok(normalized) = pg_query::normalize(one) else {
         return false;
     };
-    let (Ok(a), Ok(n)) = (pg_query::scan(one), pg_query::scan(&normalized)) else {
+    let (Ok(a), Ok(n)) = (
+        super::parser::tokens(one),
+        super::parser::tokens(&normalized),
+    ) else {
         return false;
     };
-    constants_became_parameters(one, &a.tokens, &normalized, &n.tokens)
-        && pg_query::fingerprint(&normalized).is_ok_and(|f| f.hex == fingerprint)
+    constants_became_parameters(one, &a, &normalized, &n)
+        && super::parser::fingerprint(&normalized).is_ok_and(|f| f.hex == fingerprint)
 }
 
 /// Whether `normalized`'s tokens are `text`'s with each constant (with a unary minus before
@@ -223,7 +226,7 @@ fn constants_became_parameters(
 /// `n`-th of three: a text of the same shape. For the tests and the `shape` fuzz target.
 #[doc(hidden)]
 pub fn with_other_constants(text: &str, n: usize) -> Option<String> {
-    let tokens = pg_query::scan(text).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(text).ok()?;
     let mut out = String::new();
     let mut at = 0;
     let after_uescape = |i: usize| i > 0 && tokens[i - 1].token == Token::Uescape as i32;
@@ -316,7 +319,7 @@ mod tests {
 
     #[test]
     fn a_fingerprint_is_shared_only_when_every_constant_is_a_value_it_leaves_out() {
-        let fp = |t: &str| pg_query::fingerprint(t).unwrap().hex;
+        let fp = |t: &str| crate::statement::parser::fingerprint(t).unwrap().hex;
         for text in SHARED {
             assert!(fingerprint_is_shared(text, &fp(text)), "{text}");
             assert!(
@@ -334,7 +337,7 @@ mod tests {
     /// have other fingerprints with other constants).
     #[test]
     fn texts_of_a_shape_whose_fingerprint_is_shared_have_it() {
-        let fp = |t: &str| pg_query::fingerprint(t).ok().map(|f| f.hex);
+        let fp = |t: &str| crate::statement::parser::fingerprint(t).ok().map(|f| f.hex);
         let mut differed = 0;
         for text in SHARED.iter().chain(NOT_SHARED) {
             let mine = fp(text).unwrap();

@@ -1,10 +1,11 @@
 //! Texts hindsight's parser cannot read whole, in front of a server whose grammar is newer.
 //!
-//! hindsight parses with PostgreSQL 17's grammar (pg_query). A PostgreSQL 18 server accepts
-//! syntax it lacks — `GENERATED ALWAYS AS (…) VIRTUAL`, `WITHOUT OVERLAPS`, `NOT ENFORCED` —
-//! and a query string holding one such statement fails to parse as a whole. Relaying it
-//! unread would also relay the writes beside it (`CREATE TABLE … VIRTUAL; INSERT …`)
-//! uncaptured, and its schema change unrecorded. So such a text is cut into its statements as
+//! hindsight parses with PostgreSQL 18's grammar (`parser`). A newer server will accept syntax
+//! it lacks (as PostgreSQL 18 accepted `GENERATED ALWAYS AS (…) VIRTUAL`, `WITHOUT OVERLAPS`
+//! and `NOT ENFORCED` while hindsight read PostgreSQL 17's), and a query string holding one such
+//! statement fails to parse as a whole. Relaying it unread would also relay the writes beside
+//! it (`CREATE TABLE … <new syntax>; INSERT …`) uncaptured, and its schema change unrecorded.
+//! So such a text is cut into its statements as
 //! psql cuts a script — at `;` outside parentheses and outside a `BEGIN ATOMIC … END` body,
 //! from the scanner's tokens — and each is read on its own:
 //! - a statement the parser reads is analysed as usual;
@@ -13,6 +14,8 @@
 //!   to be what that keyword says, and anything that may write rows (INSERT … COPY, WITH,
 //!   SELECT, TRUNCATE, EXPLAIN, PREPARE) or control the transaction is not assumed at all:
 //!   the caller refuses the text.
+//!
+//! The tests below use a made-up clause (`SOMEDAY`) for syntax no grammar hindsight has reads.
 //!
 //! This module knows nothing of servers or sessions: the capture layer decides when to use it
 //! (only in front of a server newer than the parser) and asks that server's grammar about
@@ -49,7 +52,7 @@ pub enum Basis {
 /// `sql` cut into its statements, each read on its own (see the module docs); `None` when
 /// the scanner itself rejects the text (an unterminated literal: the server rejects it too).
 pub fn pieces(sql: &str, cache: &AnalysisCache) -> Option<Vec<Piece>> {
-    let tokens = pg_query::scan(sql).ok()?.tokens;
+    let tokens = crate::statement::parser::tokens(sql).ok()?;
     let pieces = statement_ranges(sql, &tokens)
         .into_iter()
         .map(|(range, toks)| piece(sql, range, toks, cache))
@@ -311,12 +314,12 @@ mod tests {
 
     #[test]
     fn pieces_are_read_on_their_own_and_unreadable_ones_judged_by_keyword() {
-        let sql = "CREATE TABLE v (a int, b int GENERATED ALWAYS AS (a*2) VIRTUAL);\n INSERT INTO v VALUES (1); /* c; */ ALTER TABLE v ADD c int GENERATED ALWAYS AS (1) VIRTUAL ;;";
+        let sql = "CREATE TABLE v (a int, b int GENERATED ALWAYS AS (a*2) SOMEDAY);\n INSERT INTO v VALUES (1); /* c; */ ALTER TABLE v ADD c int GENERATED ALWAYS AS (1) SOMEDAY ;;";
         assert_eq!(
             cut(sql),
             vec![
                 (
-                    "CREATE TABLE v (a int, b int GENERATED ALWAYS AS (a*2) VIRTUAL)".into(),
+                    "CREATE TABLE v (a int, b int GENERATED ALWAYS AS (a*2) SOMEDAY)".into(),
                     Kind::Ddl,
                     Basis::Assumed
                 ),
@@ -326,7 +329,7 @@ mod tests {
                     Basis::Parsed
                 ),
                 (
-                    "ALTER TABLE v ADD c int GENERATED ALWAYS AS (1) VIRTUAL ".into(),
+                    "ALTER TABLE v ADD c int GENERATED ALWAYS AS (1) SOMEDAY ".into(),
                     Kind::Ddl,
                     Basis::Assumed
                 ),
@@ -397,7 +400,7 @@ mod tests {
             Some("s.T x")
         );
         assert_eq!(
-            table("ALTER TABLE IF EXISTS ONLY Tab ADD b int GENERATED ALWAYS AS (1) VIRTUAL")
+            table("ALTER TABLE IF EXISTS ONLY Tab ADD b int GENERATED ALWAYS AS (1) SOMEDAY")
                 .as_deref(),
             Some("tab")
         );

@@ -496,10 +496,11 @@ async fn writes_in_a_with_clause_are_gated(pg: Pg) {
     s.proxy.shutdown().await;
 }
 
-/// Regression: on PostgreSQL 18, schema changes hindsight's parser cannot read (a VIRTUAL
-/// generated column) were relayed unread, past the rules and the kill switch, with the writes
-/// beside them. Now each statement is read on its own: the rule for the table's schema
-/// changes and the application's kill switch refuse them, and nothing runs.
+/// Regression: on PostgreSQL 18, schema changes hindsight's parser could not read while it had
+/// PostgreSQL 17's grammar (a VIRTUAL generated column) were relayed unread, past the rules and
+/// the kill switch, with the writes beside them. Now they are read (whole, since the parser has
+/// PostgreSQL 18's grammar): the rule for the table's schema changes and the application's kill
+/// switch refuse them, and nothing runs.
 #[tokio::test]
 async fn pg18_only_ddl_passed_the_gates_unread() {
     const RULES: &str = r#"

@@ -30,7 +30,7 @@ pub(super) fn apply_target(s: &mut Statement, target: Target) {
 }
 
 /// The PostgreSQL major whose grammar pg_query parses with.
-pub(super) const PARSER_MAJOR: u32 = 17;
+pub(super) const PARSER_MAJOR: u32 = 18;
 
 impl ClientCapture {
     /// The tables a `TRUNCATE … CASCADE` empties, from the catalog (empty for other
@@ -49,7 +49,7 @@ impl ClientCapture {
         Ok(reply.first_column(self.shared.lock().encoding.current()))
     }
 
-    /// Whether the server may accept syntax hindsight's parser (PostgreSQL 17's grammar)
+    /// Whether the server may accept syntax hindsight's parser (PostgreSQL 18's grammar)
     /// rejects. On older servers a text the parser rejects is rejected by the server too, so
     /// it is relayed and the client gets the server's own syntax error; on newer ones a text
     /// the parser cannot read but that may write is refused (HS002), never run unaudited.

@@ -29,7 +29,7 @@ pub(super) fn unparseable_write(e: &AnalysisError) -> ErrorResponse {
         sqlstate::CAPTURE_UNSUPPORTED,
         format!("hindsight: this statement may write rows but hindsight's parser cannot read it, so it cannot be captured; it was not run ({e})"),
     )
-    .with_hint("Check the syntax; PostgreSQL 18-only write syntax that hindsight's parser (PostgreSQL 17's grammar) lacks cannot be captured. Run it as its own statement to see the server's verdict.")
+    .with_hint("Check the syntax; write syntax newer than hindsight's parser (PostgreSQL 18's grammar) cannot be captured. Run it as its own statement to see the server's verdict.")
 }
 
 impl ClientCapture {

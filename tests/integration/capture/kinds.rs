@@ -145,8 +145,8 @@ async fn pg18_upsert_and_merge_are_captured() {
 }
 
 /// Regression: PostgreSQL 18's `RETURNING WITH (OLD AS o, NEW AS n)`, which hindsight's parser
-/// (PostgreSQL 17's grammar) cannot read, was refused with HS002. The clause is now blanked for
-/// the parser and capture names the rows by the client's aliases: the client sees what it
+/// could not read while it had PostgreSQL 17's grammar, was refused with HS002. The parser now
+/// reads it, and capture names the rows by the client's aliases: the client sees what it
 /// would directly (rows, errors with positions, both protocols), the events have exact images.
 #[tokio::test]
 async fn pg18_returning_with_aliases_was_refused() {
@@ -193,12 +193,13 @@ async fn pg18_returning_with_aliases_was_refused() {
     proxy.shutdown().await;
 }
 
-/// Regression: a query string holding PostgreSQL 18-only DDL that hindsight's parser
-/// (PostgreSQL 17's grammar) cannot read — here a VIRTUAL generated column — was relayed
-/// unread: the writes beside it ran uncaptured and the schema change had no event. Now its
-/// statements are read one by one (`statement::unparsed`): the writes are captured, the
-/// schema changes recorded, a syntax error is still the server's own (nothing runs), and a
-/// function body with `;` inside is not cut. Both protocols; replies equal to a direct run.
+/// Regression: a query string holding PostgreSQL 18-only DDL that hindsight's parser could not
+/// read while it had PostgreSQL 17's grammar — here a VIRTUAL generated column — was relayed
+/// unread: the writes beside it ran uncaptured and the schema change had no event. Its
+/// statements were then read one by one (`statement::unparsed`); the parser now reads them
+/// whole. Either way: the writes are captured, the schema changes recorded, a syntax error is
+/// still the server's own (nothing runs), and a function body with `;` inside is not cut.
+/// Both protocols; replies equal to a direct run.
 #[tokio::test]
 async fn pg18_only_ddl_let_the_writes_beside_it_through_uncaptured() {
     use crate::differential::{cat, send};
