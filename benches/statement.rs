@@ -43,13 +43,13 @@ fn bench(c: &mut Criterion) {
             let cache = AnalysisCache::new(10);
             b.iter(|| cache.get(sql))
         });
-        c.bench_function(&format!("{name}: pg_query::parse"), |b| {
+        c.bench_function(&format!("{name}: parser::parse"), |b| {
             b.iter(|| hindsight::statement::parser::parse(sql).unwrap())
         });
-        c.bench_function(&format!("{name}: pg_query::fingerprint"), |b| {
+        c.bench_function(&format!("{name}: parser::fingerprint"), |b| {
             b.iter(|| hindsight::statement::parser::fingerprint(sql).unwrap())
         });
-        c.bench_function(&format!("{name}: pg_query::scan"), |b| {
+        c.bench_function(&format!("{name}: parser::tokens"), |b| {
             b.iter(|| hindsight::statement::parser::tokens(sql).unwrap())
         });
         let analyzed = AnalysisCache::new(1).get(sql);
