@@ -37,6 +37,15 @@ bash "$ROOT/scripts/install-pg18.sh" || die "installing PostgreSQL 18 failed"
 bash "$ROOT/scripts/pg.sh" start 15 || die "PostgreSQL 15 did not start"
 bash "$ROOT/scripts/pg.sh" start 18 || die "PostgreSQL 18 did not start"
 bash "$ROOT/scripts/kafka.sh" start || die "the broker did not start"
+# Each integration test creates its own database (t_<label>_<hex>) and leaves it for inspection.
+# Drop those earlier runs left, or a machine that runs the suite often fills its disk (4,000 of
+# them, 34 GB, filled a development machine's).
+for port in "$PG15_PORT" "$PG18_PORT"; do
+  psql -X -At "host=127.0.0.1 port=$port user=postgres dbname=postgres" \
+    -c "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE);', datname) FROM pg_database WHERE datname ~ '^t_[a-z0-9_]+$'" \
+    | psql -X -q "host=127.0.0.1 port=$port user=postgres dbname=postgres" >/dev/null \
+    || die "dropping the test databases of earlier runs on port $port failed"
+done
 
 cd "$ROOT"
 step "cargo fmt --check" cargo fmt --all -- --check
