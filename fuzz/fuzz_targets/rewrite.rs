@@ -6,10 +6,9 @@ use hindsight::capture::image_sql::Form;
 use hindsight::capture::rewrite::rewrite;
 use libfuzzer_sys::fuzz_target;
 
-/// The statement kinds of `sql` by hindsight's parser (PostgreSQL 17's grammar plus the
-/// PostgreSQL 18 clauses it knows).
+/// The statement kinds of `sql` by hindsight's parser (PostgreSQL 18's grammar).
 fn kinds(sql: &str) -> Option<Vec<String>> {
-    let parsed = hindsight::statement::pg18_syntax::parse(sql).ok()?;
+    let parsed = hindsight::statement::parser::parse(sql).ok()?;
     Some(parsed.statement_types().into_iter().map(str::to_string).collect())
 }
 
