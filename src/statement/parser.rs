@@ -34,3 +34,18 @@ pub fn tokens(sql: &str) -> pg_query::Result<Vec<ScanToken>> {
 pub fn fingerprint(sql: &str) -> pg_query::Result<pg_query::Fingerprint> {
     pg_query::fingerprint(sql, ParserOptions::DEFAULT, fingerprint_options())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    /// Footprints are keyed by fingerprint: a write keeps the one libpg_query 17 gave it (the
+    /// value below is 6.2.1's), schemas count and aliases do not, as they did then.
+    #[test]
+    fn fingerprints_are_libpg_query_17s() {
+        let fp = |sql: &str| fingerprint(sql).unwrap().hex;
+        assert_eq!(fp("INSERT INTO test10fk VALUES (1)"), "b1bc35d94ef56ccf");
+        assert_ne!(fp("UPDATE a.t SET x = 1"), fp("UPDATE b.t SET x = 1"));
+        assert_eq!(fp("UPDATE t AS p SET x = 1"), fp("UPDATE t AS q SET x = 1"));
+    }
+}
