@@ -345,6 +345,12 @@ pub struct CaptureConfig {
     /// otherwise be copied into every one of its events, past the brokers' message size.
     /// Default 64 KiB.
     pub max_statement_bytes: usize,
+    /// How a captured write sent in the simple protocol reaches the server. `prepared`
+    /// (default): once a session has sent a write of some shape whose constants are all plain
+    /// numbers, hindsight prepares that shape on the session (`PREPARE __hs_b1 …`, between
+    /// transactions) and runs later ones as Bind/Execute with the numbers as parameters, so the
+    /// server plans the capture columns once, not per statement. `text`: always as a Query.
+    pub simple_writes: SimpleWrites,
 }
 
 impl Default for CaptureConfig {
@@ -357,6 +363,7 @@ impl Default for CaptureConfig {
             truncate_row_limit: defaults::TRUNCATE_ROW_LIMIT,
             max_transaction_bytes: defaults::MAX_TRANSACTION_BYTES,
             max_statement_bytes: defaults::MAX_STATEMENT_BYTES,
+            simple_writes: Default::default(),
         }
     }
 }
@@ -727,6 +734,17 @@ pub enum OnSinkFailure {
     Deny,
     /// Commit anyway, with an error log and the `audit_publish_failures_total` metric.
     Allow,
+}
+
+/// How captured simple-protocol writes are sent (`capture.simple_writes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SimpleWrites {
+    /// Their numbers bound to a statement prepared once per session and shape.
+    #[default]
+    Prepared,
+    /// As the Query's text, rewritten.
+    Text,
 }
 
 /// One redaction rule (`[[capture.redact]]`).

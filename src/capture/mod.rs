@@ -13,6 +13,7 @@
 //! - `rows` — strips capture columns off RowDescription/DataRow before the client sees them.
 //! - `expect` — what the reply router expects of each step of a captured write (guard,
 //!   pre-read, main, post-read): the one place a step becomes a `router::Unit`.
+//! - `bound` — a simple-protocol write sent as a statement prepared once, its numbers bound.
 //! - `positions` — where a forwarded error's position points in the client's text.
 //! - `router` — the queue of expected replies; routes each server frame.
 //! - `client` — the client side: rewrites, holds COMMIT, publishes, refuses what it cannot capture.
@@ -20,6 +21,7 @@
 //! - `publish` — catalog lookup and the audit records built from the changes.
 //! - `redact` — PII redaction (drop, mask, keyed hash) of images before they leave the process.
 
+pub mod bound;
 pub mod cascade;
 pub mod client;
 pub mod copy;

@@ -22,6 +22,18 @@ pub struct Piece {
     pub client_at: i64,
 }
 
+/// A constant of the client's that hindsight sent as a parameter reference (`$n`) of a
+/// statement it prepared (`capture::bound`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replaced {
+    /// Where the `$n` starts in the text sent.
+    pub at: i64,
+    /// How many characters the `$n` has.
+    pub len: i64,
+    /// How many characters the constant had.
+    pub was: i64,
+}
+
 /// The characters of the query string sent that one statement occupies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentRange {
@@ -51,18 +63,41 @@ pub struct Positions {
     /// Where the statement lies in the query string sent (to find the statement a rejected
     /// whole string's error points into).
     pub sent: Option<SentRange>,
+    /// Constants sent as parameter references, in order: undone first, so that the rest maps
+    /// a position in the text as it would have been sent with the constants in it.
+    pub params: Vec<Replaced>,
 }
 
 impl Positions {
     /// Whether every position stays where it is.
     pub fn is_identity(&self) -> bool {
-        self.shift == 0 && self.inserts.is_empty() && self.pieces.is_empty()
+        self.shift == 0
+            && self.inserts.is_empty()
+            && self.pieces.is_empty()
+            && self.params.is_empty()
+    }
+
+    /// A position in the text sent with parameter references, as one in the text with the
+    /// constants in their place (inside a `$n`: where its constant starts).
+    fn with_constants(&self, p: i64) -> i64 {
+        let mut grown = 0;
+        for &Replaced { at, len, was } in &self.params {
+            if p >= at + len {
+                grown += len - was;
+            } else if p >= at {
+                return at - grown;
+            } else {
+                break;
+            }
+        }
+        p - grown
     }
 
     /// A position in the query string sent, as a position in the client's text: back over
     /// the text inserted before it; inside inserted text, where it was inserted;
     /// `NO_POSITION` outside every piece of a statement built around pieces.
     pub fn map(&self, p: i64) -> i64 {
+        let p = self.with_constants(p);
         if !self.pieces.is_empty() {
             return self
                 .pieces
@@ -106,6 +141,35 @@ mod tests {
         assert_eq!(p.map(33), 18);
         assert_eq!(p.map(36), 18);
         assert_eq!(p.map(40), 22);
+    }
+
+    #[test]
+    fn positions_move_over_constants_sent_as_parameters() {
+        // Sent: `PREPARE p (int4) AS ` (20 characters), then `UPDATE t SET a = $1 WHERE b = $2`
+        // for the client's `UPDATE t SET a = 12345 WHERE b = 7` at character 3 of its string.
+        let p = Positions {
+            shift: 20 - 2,
+            params: vec![
+                Replaced {
+                    at: 38,
+                    len: 2,
+                    was: 5,
+                },
+                Replaced {
+                    at: 51,
+                    len: 2,
+                    was: 1,
+                },
+            ],
+            ..Positions::default()
+        };
+        assert_eq!(p.map(21), 3); // U
+        assert_eq!(p.map(38), 20); // $1 → 12345
+        assert_eq!(p.map(39), 20);
+        assert_eq!(p.map(41), 26); // WHERE
+        assert_eq!(p.map(52), 36); // $2 → 7
+        assert_eq!(p.map(53), 37); // past the end: moved by both
+        assert!(!p.is_identity());
     }
 
     #[test]

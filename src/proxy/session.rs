@@ -355,6 +355,7 @@ async fn relay(
                 cascades: Arc::clone(&cap.cascades),
                 tables: Arc::clone(&cap.tables),
                 on_sink_failure: ctx.config.capture.on_sink_failure,
+                simple_writes: ctx.config.capture.simple_writes,
                 truncate_limit: ctx.config.capture.truncate_row_limit,
                 max_transaction_bytes: ctx.config.capture.max_transaction_bytes,
             };

@@ -180,6 +180,9 @@ pub struct Analysis {
     /// (a query in the same text that calls it may write rows through it).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub routine: String,
+    /// Whether its numbers can go as parameters of a statement prepared once (row writes).
+    #[serde(skip)]
+    pub binding: super::binding::Bindable,
 }
 
 impl Analysis {
@@ -192,6 +195,7 @@ impl Analysis {
             savepoint: String::new(),
             chain: false,
             routine: String::new(),
+            binding: super::binding::Bindable::No,
         }
     }
 }
@@ -359,6 +363,7 @@ fn analyze_node(node: &N) -> Analysis {
                 (true, Some(q)) => {
                     let mut a = analyze_node(q);
                     a.explain_analyze = true;
+                    a.binding = super::binding::Bindable::No;
                     a
                 }
                 _ => Analysis::of(Kind::Read),
@@ -407,6 +412,7 @@ fn analyze_node(node: &N) -> Analysis {
         savepoint: String::new(),
         chain: false,
         routine: routine_name(node),
+        binding: super::binding::of(node),
     }
 }
 

@@ -9,9 +9,11 @@
 //! - `leading_keyword` — the first keyword, for the `statements_total` metric only.
 //! - `parser` — the one door to libpg_query (PostgreSQL 18's grammar): parse, tokens, fingerprint.
 //! - `pg18_syntax` — the names a `RETURNING WITH (OLD AS …, NEW AS …)` gives the two rows.
+//! - `binding` — which numbers of a write can go as parameters of a statement prepared once.
 //! - `unparsed` — a text the parser cannot read whole, cut into statements read one by one.
 
 pub mod analysis;
+pub mod binding;
 pub mod cache;
 pub mod fast_path;
 pub mod leading_keyword;

@@ -298,6 +298,10 @@ impl ClientCapture {
             // Syntax errors and multi-statement texts: the server refuses them itself.
             _ => return self.forward_parse(w, frame).await,
         };
+        if stmt.located.analysis.kind == Kind::Session && super::bound::drops_prepared(text) {
+            // Prepared now, run later: hindsight's statements may be gone from then on.
+            self.bound.forget();
+        }
         let resolved = self
             .resolve(w, text, std::slice::from_ref(stmt), Protocol::Extended)
             .await?;

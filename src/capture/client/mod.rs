@@ -17,6 +17,7 @@
 //!
 //! This file holds the session's state and the frame dispatch ([`Inspector`]); the paths live in:
 //! - `simple` — Query: analyse, relay, refuse or rewrite;
+//! - `bound` — a Query's write bound to a statement the session prepared once;
 //! - `extended` — Parse / Bind / Execute / Sync;
 //! - `front` — the front half both protocols share: the text, then the statements with their
 //!   targets resolved and the reads that may write made opaque;
@@ -29,6 +30,7 @@
 //! - `internal` — hindsight's own statements on the connection, invisible to the client;
 //! - `unparsed` — texts the parser cannot read whole, in front of a newer server.
 
+mod bound;
 mod catalog;
 mod commit;
 mod copy_in;
@@ -115,6 +117,8 @@ pub struct ClientCapture {
     /// The END record of the transaction whose records were just published, until the COMMIT
     /// that follows is sent (its outcome decides the END's `commit_status`).
     pending_end: Option<commit::PendingEnd>,
+    /// Statements prepared for bound simple-protocol writes (`capture.simple_writes`).
+    bound: bound::BoundStatements,
 }
 
 /// The protocol of the client's statement, and so how hindsight sends its own queries beside
@@ -549,6 +553,8 @@ pub struct SessionParts {
     /// Schema, name and key of captured tables.
     pub tables: Arc<super::tables::TableCache>,
     pub on_sink_failure: OnSinkFailure,
+    /// `capture.simple_writes`.
+    pub simple_writes: crate::config::SimpleWrites,
     /// `capture.truncate_row_limit`.
     pub truncate_limit: u64,
     /// `capture.max_transaction_bytes`.
@@ -582,6 +588,7 @@ impl ClientCapture {
             txn_ddl: TxnDdl::None,
             targets: Default::default(),
             pending_end: None,
+            bound: Default::default(),
         };
         (capture, shared)
     }

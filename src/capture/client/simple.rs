@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWrite;
 
+use super::bound;
 use super::commit::CommitBy;
 use super::encoding::may_change_encoding;
 use super::front::{FrontText, Planned};
@@ -99,6 +100,7 @@ impl ClientCapture {
             FrontText::Refused(e) => return self.refuse(w, e).await,
         };
         let (text, tags) = sqlcommenter::split(&full);
+        self.prepare_waiting(w).await?;
         let entry = self.parts.cache.get(text);
         let unreadable;
         let statements: &[Statement] = match entry.as_ref() {
@@ -129,6 +131,12 @@ impl ClientCapture {
         {
             // SET search_path and the like: names may resolve differently from now on.
             self.targets.clear();
+            if statements
+                .iter()
+                .any(|s| bound::drops_prepared(&text[s.located.span.clone()]))
+            {
+                self.bound.forget();
+            }
         }
         if statements
             .iter()
@@ -350,6 +358,11 @@ impl ClientCapture {
         rewrites: Vec<Option<Rewritten>>,
         status: TxState,
     ) -> std::io::Result<()> {
+        if let Some(b) = self.bound_write(text, statements, &rewrites, status) {
+            if let (Some(rw), [s]) = (&rewrites[0], statements) {
+                return self.capture_bound(w, text, tags, s, rw, b, status).await;
+            }
+        }
         let implicit = status == TxState::Idle;
         let (sql, mut units) = self.composed(text, tags, statements, rewrites, implicit);
         // Outside a transaction block hindsight ends the transaction itself: the client's
@@ -396,7 +409,6 @@ impl ClientCapture {
         statements: &[Statement],
         rewrites: Vec<Option<Rewritten>>,
     ) {
-        let application_name = self.shared.lock().application_name.clone();
         for (s, rw) in statements.iter().zip(rewrites) {
             self.seq += 1;
             let original = &text[s.located.span.clone()];
@@ -421,17 +433,7 @@ impl ClientCapture {
                     units.push(u);
                 }
                 Some(rw) => {
-                    let ctx = Arc::new(StatementCtx {
-                        text: original.trim().to_string(),
-                        fingerprint: s.fingerprint.clone(),
-                        tags: tags.clone(),
-                        seq: self.seq,
-                        ts_ms: now_ms(),
-                        application_name: application_name.clone(),
-                        binary: false,
-                        gate: self.gate_for(s),
-                        shape: Arc::clone(&rw.shape),
-                    });
+                    let ctx = self.write_ctx(original, s, tags, &rw);
                     let client = Audience::Client { ends: b"CI" };
                     for (i, (step, step_sql)) in rw.steps().enumerate() {
                         if i > 0 {

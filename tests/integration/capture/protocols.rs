@@ -594,7 +594,134 @@ async fn commit_pipelined_after_an_error_published_events_without_an_end(pg: Pg)
     proxy.shutdown().await;
 }
 
+/// `capture.simple_writes = "prepared"`: a simple-protocol write whose shape the session sent
+/// before runs bound to a statement hindsight prepared between transactions. The client sees
+/// byte for byte what a direct connection shows: results, tags, rounding of numbers into
+/// integer columns, errors at run time and the error (with its position) of a write whose
+/// column a schema change dropped after it was prepared; a pool's `DISCARD ALL` and
+/// `DEALLOCATE ALL` drop hindsight's statements and the next writes still run.
+async fn bound_writes_answer_as_their_text_did(pg: Pg) {
+    use crate::differential::send;
+    use crate::wire_client::*;
+    let (db, prefix, proxy) = setup(pg, "bound").await;
+    let upd = |add: &str, key: u32| {
+        send(query(&format!(
+            "UPDATE brieff SET amount = amount + {add}, bfso = 'b' WHERE bfkey = {key}"
+        )))
+    };
+    let steps = [
+        upd("1.5", 1),
+        upd("2.25", 2),
+        send(query("BEGIN")),
+        upd("3", 3),
+        upd("4.5", 4),
+        send(query("COMMIT")),
+        send(query("BEGIN")),
+        upd("5", 5),
+        upd("6", 6),
+        send(query("ROLLBACK")),
+        send(query(
+            "UPDATE brieff SET amount = amount / 0.0 WHERE bfkey = 6",
+        )),
+        send(query(
+            "UPDATE brieff SET amount = amount / 0.0 WHERE bfkey = 7",
+        )),
+        send(query(
+            "INSERT INTO brieff (bfkey, amount, f) VALUES (100, 5000000000, -1.5e3)",
+        )),
+        send(query(
+            "INSERT INTO brieff (bfkey, amount, f) VALUES (101, 6000000000, -2.5e3)",
+        )),
+        send(query(
+            "UPDATE brieff SET bfkey = bfkey + 0.6 WHERE bfkey = 101",
+        )),
+        send(query(
+            "UPDATE brieff SET bfkey = bfkey + 0.6 WHERE bfkey = 100",
+        )),
+        send(query("ALTER TABLE brieff ADD COLUMN extra int")),
+        send(query(
+            "UPDATE brieff SET amount = 100.5 WHERE extra IS NULL AND bfkey = 7",
+        )),
+        send(query(
+            "UPDATE brieff SET amount = 100.5 WHERE extra IS NULL AND bfkey = 8",
+        )),
+        send(query("ALTER TABLE brieff DROP COLUMN extra")),
+        // The error points at `extra`, past a number sent as `$1`.
+        send(query(
+            "UPDATE brieff SET amount = 100.5 WHERE extra IS NULL AND bfkey = 9",
+        )),
+        upd("7.5", 10),
+        send(query("DISCARD ALL")),
+        upd("8.5", 11),
+        upd("9.5", 12),
+        send(query("DEALLOCATE ALL")),
+        upd("10.5", 13),
+        upd("11.5", 14),
+        send(query(
+            "SELECT bfkey, bfso, amount, f FROM brieff ORDER BY bfkey",
+        )),
+    ];
+    let (twin, _direct) = direct_twin(pg, "bound").await;
+    assert_same_as_direct(pg, proxy.addr, &db, &twin, &steps).await;
+    // 9 updates of `amount` committed (not 5 and 6, rolled back, nor the divisions by zero), 2
+    // inserts, 2 key changes, 2 updates while `extra` existed.
+    let events = read_topic(format!("{prefix}.public.brieff"), 15).await;
+    let amounts: Vec<(Value, Value)> = events
+        .iter()
+        .filter(|e| e["op"] == "u" && e["after"]["bfso"] == "b")
+        .map(|e| (e["before"]["bfkey"].clone(), e["after"]["amount"].clone()))
+        .collect();
+    let want: Vec<(Value, Value)> = [
+        (1, "2.75"),
+        (2, "4.75"),
+        (3, "6.75"),
+        (4, "9.50"),
+        (10, "20.00"),
+        (11, "22.25"),
+        (12, "24.50"),
+        (13, "26.75"),
+        (14, "29.00"),
+    ]
+    .iter()
+    .map(|(k, a)| (Value::from(*k), serde_json::from_str(a).unwrap()))
+    .collect();
+    assert_eq!(amounts, want, "{events:#?}");
+    proxy.shutdown().await;
+}
+
+/// The statements behind bound writes exist and run: after a shape's first write, the
+/// session holds `__hs_b1` with the numbers' types, and each later write is one of its
+/// executions (`pg_prepared_statements` counts them).
+async fn bound_writes_run_the_statement_prepared_once(pg: Pg) {
+    let (db, _prefix, proxy) = setup(pg, "bound_runs").await;
+    let c = harness::connect(proxy.addr, "postgres", &db).await;
+    for k in 1..=6 {
+        c.simple_query(&format!("UPDATE brieff SET bfso = 'r' WHERE bfkey = {k}"))
+            .await
+            .unwrap();
+    }
+    let msgs = c
+        .simple_query(
+            "SELECT name, parameter_types::text, generic_plans + custom_plans
+             FROM pg_prepared_statements",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&msgs),
+        [[
+            Some("__hs_b1".to_string()),
+            Some("{integer}".to_string()),
+            Some("5".to_string())
+        ]],
+        "the first write went as text, the five after it were bound"
+    );
+    proxy.shutdown().await;
+}
+
 on_both!(
+    bound_writes_answer_as_their_text_did,
+    bound_writes_run_the_statement_prepared_once,
     commit_pipelined_after_an_error_published_events_without_an_end,
     a_prepared_commit_whose_bind_fails_ends_aborted,
     begin_inside_a_pipeline_warned_about_hindsights_own_transaction,
