@@ -60,6 +60,19 @@ impl BoundWrite {
     }
 }
 
+#[cfg(test)]
+impl BoundWrite {
+    /// A bound write of `sql` with one int4 parameter.
+    pub(crate) fn for_test(sql: &str) -> Self {
+        BoundWrite {
+            sql: sql.to_string(),
+            types: vec![ParamType::Int4],
+            values: vec!["1".into()],
+            replaced: Vec::new(),
+        }
+    }
+}
+
 /// `rw` (the rewrite of the client's statement `original`) with the numbers `params` (byte
 /// ranges in `original`) as parameters; `None` when `rw` runs more than the write itself or a
 /// number is not where the rewrite kept the client's text.

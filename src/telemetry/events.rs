@@ -34,6 +34,14 @@ pub enum Event<'a> {
         ok: bool,
         error: Option<&'a dyn Display>,
     },
+    /// A session prepared the statement of a shape's bound writes, or the server refused it
+    /// (that shape's writes stay text).
+    BoundPrepare {
+        statement: &'a str,
+        error: Option<&'a dyn Display>,
+    },
+    /// A simple-protocol write ran bound to its session's prepared statement.
+    BoundWrite,
     /// A gate rule refused a write, dry-ran it (audit) or exempted it (allow).
     GateDecision {
         rule: &'a str,
@@ -92,6 +100,17 @@ impl Event<'_> {
                 m.protocol_errors.with_label_values(&[*reason]).inc();
                 tracing::warn!(%client, reason, %error, "protocol violation; closing connection");
             }
+            Event::BoundPrepare { statement, error } => match error {
+                None => {
+                    m.bound_prepares.with_label_values(&["prepared"]).inc();
+                    tracing::debug!(statement, "bound writes' statement prepared");
+                }
+                Some(error) => {
+                    m.bound_prepares.with_label_values(&["refused"]).inc();
+                    tracing::info!(statement, %error, "the server refused a bound writes' statement; that shape stays text");
+                }
+            },
+            Event::BoundWrite => m.bound_writes.inc(),
             Event::CancelRequest { pid, outcome } => {
                 m.cancel_requests.with_label_values(&[*outcome]).inc();
                 tracing::info!(pid, outcome, "cancel request");

@@ -64,6 +64,10 @@ pub struct Metrics {
     pub gate_decisions: IntCounterVec,
     /// Rules file reloads, by outcome (ok, rejected).
     pub gate_reloads: IntCounterVec,
+    /// PREPAREs of bound writes' statements, by outcome (prepared, refused).
+    pub bound_prepares: IntCounterVec,
+    /// Simple-protocol writes run bound to a prepared statement.
+    pub bound_writes: IntCounter,
     /// Change events published, by application_name and table.
     pub changes: IntCounterVec,
     /// Write paths outside an application's footprint, by application and table.
@@ -218,6 +222,16 @@ impl Metrics {
                 &["outcome"],
             )
             .unwrap(),
+            bound_prepares: IntCounterVec::new(
+                Opts::new("capture_bound_prepares_total", "PREPAREs of the statements simple-protocol writes are bound to, by outcome (prepared, refused)"),
+                &["outcome"],
+            )
+            .unwrap(),
+            bound_writes: IntCounter::new(
+                "capture_bound_writes_total",
+                "Simple-protocol writes run bound to a statement their session prepared",
+            )
+            .unwrap(),
             changes: IntCounterVec::new(
                 Opts::new("changes_total", "Change events published and acknowledged, by application_name and table (schema.table)"),
                 &["application", "table"],
@@ -251,6 +265,8 @@ impl Metrics {
         reg(Box::new(m.webhook_deliveries.clone()));
         reg(Box::new(m.gate_decisions.clone()));
         reg(Box::new(m.gate_reloads.clone()));
+        reg(Box::new(m.bound_prepares.clone()));
+        reg(Box::new(m.bound_writes.clone()));
         reg(Box::new(m.sessions_open.clone()));
         reg(Box::new(m.sessions_total.clone()));
         reg(Box::new(bytes));

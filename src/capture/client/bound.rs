@@ -2,10 +2,12 @@
 //! (`capture::bound`, `capture.simple_writes = "prepared"`): which of them the session has, the
 //! PREPAREs sent between transactions, and the frames of a bound write.
 //!
-//! A shape's first write goes as text, and its statement waits. hindsight prepares it at the
-//! session's next moment outside a transaction, before relaying the client's next Query. Then a
-//! PREPARE the server rejects costs nothing: no transaction of the client's is open to fail
-//! with it. Such a statement is never tried again. Later writes of the shape are bound.
+//! A statement is prepared only once the session has sent its text twice (values in strings
+//! make a new statement, and most such are sent once): after the second write, which goes as
+//! text like the first, it waits. hindsight prepares it at the session's next moment outside a
+//! transaction, before relaying the client's next Query. Then a PREPARE the server rejects costs
+//! nothing: no transaction of the client's is open to fail with it. Such a statement is never
+//! tried again. Later writes of the shape are bound.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use crate::config::SimpleWrites;
 use crate::statement::binding::{params, Bindable};
 use crate::statement::cache::Statement;
 use crate::statement::sqlcommenter;
+use crate::telemetry::Event;
 
 /// Prepared statements a session holds for bound writes at most; later shapes go as text.
 const MAX_PREPARED: usize = 256;
@@ -32,6 +35,12 @@ const MAX_PREPARED: usize = 256;
 const MAX_WAITING: usize = 16;
 /// PREPAREs sent at one moment between transactions at most.
 const PREPARES_AT_ONCE: usize = 4;
+/// Statements seen once remembered at most (then forgotten all at once).
+const MAX_SEEN: usize = 4096;
+/// Times a session's statements are retired by its schema changes before it stops binding
+/// (a session that creates a temporary table in every transaction would prepare and
+/// deallocate its statements again and again).
+const MAX_RETIREMENTS: u32 = 8;
 
 /// A statement the session prepared.
 #[derive(Debug, Clone)]
@@ -53,20 +62,41 @@ enum Known {
 #[derive(Debug, Default)]
 pub(super) struct BoundStatements {
     known: HashMap<String, Known>,
-    /// Seen once, to be prepared at the next moment outside a transaction.
+    /// Seen once (a hash of the key).
+    seen: std::collections::HashSet<u64>,
+    /// Seen twice, to be prepared at the next moment outside a transaction.
     waiting: Vec<(String, BoundWrite)>,
     /// Names are never reused (`__hs_b<n>`): a statement hindsight forgot may still exist.
     next: u64,
+    /// Statements retired by a schema change, to deallocate at the next moment outside a
+    /// transaction.
+    stale: Vec<String>,
+    /// How many times a schema change retired the statements.
+    retirements: u32,
 }
 
 impl BoundStatements {
     /// The prepared statement for `bw`, or `None` (then it waits, if there is room).
     fn find(&mut self, bw: &BoundWrite) -> Option<Prepared> {
+        if self.retirements > MAX_RETIREMENTS {
+            return None;
+        }
         let key = bw.key();
         match self.known.get(&key) {
             Some(Known::Prepared(p)) => return Some(p.clone()),
             Some(Known::Refused) => return None,
             None => {}
+        }
+        if self.seen.len() >= MAX_SEEN {
+            self.seen.clear();
+        }
+        let hash = {
+            use std::hash::{BuildHasher, RandomState};
+            static STATE: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+            STATE.get_or_init(RandomState::new).hash_one(&key)
+        };
+        if self.seen.insert(hash) {
+            return None;
         }
         let room = self.known.len() + self.waiting.len() < MAX_PREPARED
             && self.waiting.len() < MAX_WAITING;
@@ -76,15 +106,33 @@ impl BoundStatements {
         None
     }
 
-    /// Forget every statement (the client ran `DISCARD ALL` or `DEALLOCATE`).
+    /// Forget every statement (the client ran `DISCARD ALL` or `DEALLOCATE`: they are gone).
     pub(super) fn forget(&mut self) {
         self.known.clear();
+        self.seen.clear();
+        self.waiting.clear();
+        self.stale.clear();
+    }
+
+    /// Stop using every statement, and deallocate them later (the session changed the schema).
+    pub(super) fn retire(&mut self) {
+        if self.known.is_empty() && self.waiting.is_empty() {
+            return;
+        }
+        self.retirements += 1;
+        for known in self.known.values() {
+            if let Known::Prepared(p) = known {
+                self.stale.push(p.name.clone());
+            }
+        }
+        self.known.clear();
+        self.seen.clear();
         self.waiting.clear();
     }
 }
 
-/// Whether the statement `sql` may drop the session's prepared statements: `DISCARD ALL`, or
-/// `DEALLOCATE` (of all, or of a name that may be hindsight's).
+/// Whether the statement `sql` may drop hindsight's prepared statements: `DISCARD ALL`,
+/// `DEALLOCATE [PREPARE] ALL`, or `DEALLOCATE` of a name like hindsight's.
 pub(super) fn drops_prepared(sql: &str) -> bool {
     let Ok(tokens) = crate::statement::parser::tokens(sql) else {
         return false;
@@ -95,13 +143,16 @@ pub(super) fn drops_prepared(sql: &str) -> bool {
             t.token != pg_query::protobuf::Token::SqlComment as i32
                 && t.token != pg_query::protobuf::Token::CComment as i32
         })
-        .take(2)
+        .take(3)
         .filter_map(|t| sql.get(t.start as usize..t.end as usize))
-        .map(str::to_ascii_lowercase)
+        .map(|w| w.trim_matches('"').to_ascii_lowercase())
         .collect();
-    match words.first().map(String::as_str) {
-        Some("deallocate") => true,
-        Some("discard") => words.get(1).is_some_and(|w| w == "all"),
+    let word = |i: usize| words.get(i).map(String::as_str);
+    let ours_or_all = |w: Option<&str>| w.is_some_and(|w| w == "all" || w.starts_with("__hs_b"));
+    match word(0) {
+        Some("deallocate") if word(1) == Some("prepare") => ours_or_all(word(2)),
+        Some("deallocate") => ours_or_all(word(1)),
+        Some("discard") => word(1) == Some("all"),
         _ => false,
     }
 }
@@ -131,13 +182,13 @@ impl ClientCapture {
         Some((bw, prepared))
     }
 
-    /// Prepare the statements waiting, if the session is between transactions with nothing
-    /// in flight. A rejected PREPARE only means that shape stays text.
+    /// Deallocate the statements retired and prepare those waiting, if the session is between
+    /// transactions with nothing in flight. A rejected PREPARE only means that shape stays text.
     pub(super) async fn prepare_waiting<W: AsyncWrite + Unpin + Send>(
         &mut self,
         w: &mut W,
     ) -> std::io::Result<()> {
-        if self.bound.waiting.is_empty() {
+        if self.bound.waiting.is_empty() && self.bound.stale.is_empty() {
             return Ok(());
         }
         {
@@ -147,6 +198,11 @@ impl ClientCapture {
             }
         }
         self.own_queries = Protocol::Simple;
+        while let Some(name) = self.bound.stale.pop() {
+            // Gone already only if the client deallocated it by a way hindsight did not see.
+            self.internal_query(w, &format!("DEALLOCATE {name}"))
+                .await?;
+        }
         let take = self.bound.waiting.len().min(PREPARES_AT_ONCE);
         let batch: Vec<_> = self.bound.waiting.drain(..take).collect();
         for (key, bw) in batch {
@@ -154,12 +210,17 @@ impl ClientCapture {
             let name = format!("__hs_b{}", self.bound.next);
             let (sql, at) = bw.prepare(&name);
             let reply = self.internal_query(w, &sql).await?;
-            let known = match reply.error {
-                Some(e) => {
-                    let why = crate::wire::error_response::message_of(&e);
-                    tracing::info!(statement = %bw.sql, error = %why, "a bound write's PREPARE was refused; its shape stays text");
-                    Known::Refused
-                }
+            let why = reply
+                .error
+                .as_deref()
+                .map(crate::wire::error_response::message_of);
+            Event::BoundPrepare {
+                statement: &bw.sql,
+                error: why.as_ref().map(|w| w as &dyn std::fmt::Display),
+            }
+            .emit(&self.parts.metrics);
+            let known = match why {
+                Some(_) => Known::Refused,
                 None => Known::Prepared(Prepared { name, at }),
             };
             self.bound.known.insert(key, known);
@@ -213,6 +274,7 @@ impl ClientCapture {
             false => Unit::pass(b"Z"),
         });
         self.push(units);
+        Event::BoundWrite.emit(&self.parts.metrics);
         write_all(w, &frames).await?;
         self.finish_query(w, implicit).await
     }
@@ -275,8 +337,53 @@ mod tests {
         assert!(drops_prepared("/* pool */ discard all"));
         assert!(drops_prepared("DEALLOCATE ALL"));
         assert!(drops_prepared("deallocate prepare __hs_b1"));
+        assert!(drops_prepared("DEALLOCATE \"__hs_b7\""));
+        assert!(!drops_prepared("DEALLOCATE my_statement"));
         assert!(!drops_prepared("DISCARD PLANS"));
         assert!(!drops_prepared("SET search_path = a"));
+    }
+
+    #[test]
+    fn a_statement_waits_to_be_prepared_from_its_second_write() {
+        let rw = |n: u32| BoundWrite::for_test(&format!("UPDATE t SET a = $1 WHERE b = {n}"));
+        let mut b = BoundStatements::default();
+        assert!(b.find(&rw(1)).is_none());
+        assert!(b.waiting.is_empty(), "a text sent once does not wait");
+        assert!(b.find(&rw(2)).is_none());
+        assert!(b.find(&rw(1)).is_none());
+        assert_eq!(
+            b.waiting.len(),
+            1,
+            "the second write of a text makes it wait"
+        );
+        assert!(b.find(&rw(1)).is_none());
+        assert_eq!(b.waiting.len(), 1, "it waits once");
+        let (key, _) = b.waiting.pop().unwrap();
+        let name = "__hs_b1".to_string();
+        b.known
+            .insert(key, Known::Prepared(Prepared { name, at: 20 }));
+        assert_eq!(b.find(&rw(1)).unwrap().name, "__hs_b1");
+        b.retire();
+        assert_eq!(b.stale, ["__hs_b1"], "retired: deallocated later");
+        assert!(b.find(&rw(1)).is_none(), "retired: text again");
+        assert!(b.waiting.is_empty());
+        b.forget();
+        assert!(b.stale.is_empty(), "forgotten: gone already");
+    }
+
+    #[test]
+    fn a_session_that_keeps_changing_its_schema_stops_binding() {
+        let rw = BoundWrite::for_test("UPDATE t SET a = $1");
+        let mut b = BoundStatements::default();
+        for _ in 0..=MAX_RETIREMENTS {
+            b.find(&rw);
+            b.find(&rw);
+            assert_eq!(b.waiting.len(), 1);
+            b.retire();
+        }
+        b.find(&rw);
+        b.find(&rw);
+        assert!(b.waiting.is_empty());
     }
 
     #[test]

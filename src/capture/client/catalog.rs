@@ -145,6 +145,10 @@ impl ClientCapture {
 
     /// A DDL statement is about to run: function list and table facts are read again.
     pub(super) fn schema_changed(&mut self) {
+        // A table created now (a temporary one above all) may take a name a prepared statement
+        // resolved to another table: the server re-reads names only after a change to the
+        // tables the statement names, or to search_path.
+        self.bound.retire();
         self.functions_list = FunctionList::Stale;
         self.txn_ddl = TxnDdl::Ran;
         self.parts.tables.invalidate(&self.session.database);

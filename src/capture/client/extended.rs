@@ -806,6 +806,10 @@ impl ClientCapture {
         if prep.kind == Kind::Ddl {
             self.schema_changed();
         }
+        if prep.kind == Kind::Opaque {
+            // DO and CALL may create tables too.
+            self.bound.retire();
+        }
         let gate = match self.prep_gate(&prep) {
             Ok(g) => g,
             Err(hit) => return self.refuse_prepared(w, &prep, hit, None).await,

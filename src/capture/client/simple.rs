@@ -144,6 +144,13 @@ impl ClientCapture {
         {
             self.schema_changed();
         }
+        if statements
+            .iter()
+            .any(|s| s.located.analysis.kind == Kind::Opaque)
+        {
+            // DO and CALL may create tables too.
+            self.bound.retire();
+        }
         let facts = QueryFacts::of(statements);
         // Decisions below depend on the transaction state: let earlier replies arrive first.
         if facts.writes || facts.commit || facts.stmt_events {
