@@ -63,13 +63,14 @@ pub struct SinkConfig {
     pub publish_timeout: Duration,
     /// Extra librdkafka properties (TLS, SASL, …), passed through unchanged, e.g.
     /// `"security.protocol" = "SASL_SSL"`. `enable.idempotence` and `acks` cannot be weakened.
-    /// `max.in.flight.requests.per.connection` (default 5, or 1 with `topic_routing =
+    /// `max.in.flight.requests.per.connection` (default 2, or 1 with `topic_routing =
     /// "database"`, see [`TopicRouting::default_in_flight`]) may be 1 to 5: librdkafka sends one
-    /// partition per request, so 5 pipelines a transaction's topics; against a broker that
-    /// serves requests strictly one after another (tansu), 1 lets concurrent transactions'
-    /// records share requests (group commit): measured up to +37 % commits per second and
-    /// 26–33 % less of hindsight's CPU per transaction at 8 clients, but 10–25 % fewer commits
-    /// per second at 1 client (BENCHMARKS.md) — measure before changing it.
+    /// partition per request, so 5 pipelines a transaction's topics; fewer let concurrent
+    /// transactions' records share requests (group commit) — brokers serve one connection's
+    /// requests one after another (tansu, and Kafka too), so pipelining saves only the network's
+    /// round trips. Measured on per-table topics at 8 clients: 1 and 2 gave +29–41 % commits
+    /// per second and 32–38 % less of hindsight's CPU per transaction than 5; at 1 client 5 %
+    /// (2) and 9 % (1) fewer commits per second (BENCHMARKS.md) — measure before changing it.
     pub librdkafka: BTreeMap<String, String>,
     /// Refuse to start when the brokers do not answer at start (the behaviour before 0.x).
     /// Default false: the proxy starts anyway, serves reads, refuses writes with HS001 until
@@ -106,15 +107,18 @@ pub enum TopicRouting {
 }
 
 impl TopicRouting {
-    /// `max.in.flight.requests.per.connection` unless `kafka.librdkafka` sets it. Per table, 5:
-    /// a transaction's tables are produced side by side. Per database, 1: a transaction's
+    /// `max.in.flight.requests.per.connection` unless `kafka.librdkafka` sets it. Per table, 2:
+    /// a transaction's tables two at a time, and a concurrent COMMIT's records join the next
+    /// request of a partition (at 4 and 8 clients +8 % and +32 % commits per second, 9 % and
+    /// 34 % less of hindsight's CPU per transaction than 5; 5 % fewer commits per second at 1
+    /// client; 1 groups a little more at 8 clients and loses 9 % at 1). Per database, 1: a transaction's
     /// changes are one partition, and while one request is in flight the records of every
     /// COMMIT that arrives meanwhile wait and share the next (group commit) — measured against
     /// 5 on the same routing: 1.5× the commits per second and half of hindsight's CPU per
     /// transaction at 4 and 8 clients, the same at 1 (BENCHMARKS.md).
     pub fn default_in_flight(self) -> &'static str {
         match self {
-            TopicRouting::Table => "5",
+            TopicRouting::Table => "2",
             TopicRouting::Database => "1",
         }
     }
