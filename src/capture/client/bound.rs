@@ -29,8 +29,11 @@ use crate::statement::cache::Statement;
 use crate::statement::sqlcommenter;
 use crate::telemetry::Event;
 
-/// Prepared statements a session holds for bound writes at most; later shapes go as text.
-const MAX_PREPARED: usize = 256;
+/// Prepared statements a session holds for bound writes at most; later shapes go as text. Each
+/// holds about 20 KB of the backend's memory (pgbench's UPDATE with its capture columns: its
+/// source, query and generic plan contexts, `pg_backend_memory_contexts`), and a legacy
+/// database may have hundreds of sessions: 64 is at most 1.3 MB per session.
+const MAX_PREPARED: usize = 64;
 /// Statements waiting to be prepared at most (a flood of new shapes does not queue up).
 const MAX_WAITING: usize = 16;
 /// PREPAREs sent at one moment between transactions at most.
