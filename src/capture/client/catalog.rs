@@ -143,6 +143,26 @@ impl ClientCapture {
         }
     }
 
+    /// What a statement of `kind` that is about to run changes in the session's caches: a
+    /// schema change empties them; DO and CALL may create tables too (which may hide a table a
+    /// bound write's prepared statement names), so they retire those statements.
+    pub(super) fn statement_runs(&mut self, kind: Kind) {
+        match kind {
+            Kind::Ddl => self.schema_changed(),
+            Kind::Opaque => self.bound.retire(),
+            Kind::Read
+            | Kind::Insert
+            | Kind::Update
+            | Kind::Delete
+            | Kind::Upsert
+            | Kind::Merge
+            | Kind::CopyIn
+            | Kind::Truncate
+            | Kind::Transaction(_)
+            | Kind::Session => {}
+        }
+    }
+
     /// A DDL statement is about to run: function list and table facts are read again.
     pub(super) fn schema_changed(&mut self) {
         // A table created now (a temporary one above all) may take a name a prepared statement

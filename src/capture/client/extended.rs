@@ -803,13 +803,7 @@ impl ClientCapture {
             // Execute, and a statement that does not run has no event.
             return write_all(w, frame).await;
         }
-        if prep.kind == Kind::Ddl {
-            self.schema_changed();
-        }
-        if prep.kind == Kind::Opaque {
-            // DO and CALL may create tables too.
-            self.bound.retire();
-        }
+        self.statement_runs(prep.kind);
         let gate = match self.prep_gate(&prep) {
             Ok(g) => g,
             Err(hit) => return self.refuse_prepared(w, &prep, hit, None).await,

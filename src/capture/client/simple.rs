@@ -138,18 +138,8 @@ impl ClientCapture {
                 self.bound.forget();
             }
         }
-        if statements
-            .iter()
-            .any(|s| s.located.analysis.kind == Kind::Ddl)
-        {
-            self.schema_changed();
-        }
-        if statements
-            .iter()
-            .any(|s| s.located.analysis.kind == Kind::Opaque)
-        {
-            // DO and CALL may create tables too.
-            self.bound.retire();
+        for s in statements {
+            self.statement_runs(s.located.analysis.kind);
         }
         let facts = QueryFacts::of(statements);
         // Decisions below depend on the transaction state: let earlier replies arrive first.
