@@ -18,6 +18,9 @@ export HSCHAOS_ROUTING="${3:-table}"
 off="${HSCHAOS_OFFSET:-40}"
 pg_port=$((PG15_PORT + off)); broker_port=$((KAFKA_PORT + off)); relay_port=$((KAFKA_PORT + off + 1))
 dir="$DEV/chaos"; [ "$off" = 40 ] || dir="$DEV/chaos-$off"
+# Each routing keeps its own logs: scripts/test.sh runs both, and the second must not overwrite
+# the first's proxy log when the first failed.
+[ "$HSCHAOS_ROUTING" = table ] || dir="$dir-$HSCHAOS_ROUTING"
 data="$dir/pg"; logf="$dir/pg.log"
 export LD_LIBRARY_PATH="${PG15_BIN%/bin}/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
