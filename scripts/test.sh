@@ -50,6 +50,8 @@ done
 cd "$ROOT"
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The in-doubt tests start a memory-storage tansu of their own (the chaos suite's kind).
+export HSTEST_TANSU="$TANSU_BIN"
 # One invocation for both crates: their features are unified once, so no dependency is built
 # twice (separately, the history crate's object_store would rebuild rustls, rdkafka and the
 # proxy's own library with other features).

@@ -200,8 +200,20 @@ fn assign(consumer: &BaseConsumer, topic: &str, stop: &AtomicBool) -> Option<BTr
     None
 }
 
-/// The group's committed offsets of `partitions`: the assignment (from each committed offset,
-/// else the beginning) and the committed ones by partition.
+/// How many offsets before the group's committed offset a replica starts reading. tansu 0.6.0
+/// (memory storage) keeps a partition's record batches whole: a fetch from an offset inside a
+/// batch hands out the batches after it, and nothing at all inside the last batch, whose
+/// high watermark it reports as the batch's first offset + 1. A committed offset is an open
+/// BEGIN's (see [`decide::Tracker::commit_offsets`]), often in the middle of a batch; the next
+/// replica, starting there, never read that BEGIN, which stayed open for good (the chaos
+/// suite, 2026-12-06 and 2026-12-07). Reading from before it gets the whole batch, and what
+/// comes before the committed offset is harmless to read again: each BEGIN there has its END
+/// there too (the committed offset never passes an open BEGIN), and an END whose BEGIN was
+/// not read again closes nothing.
+const REREAD_BEFORE_COMMITTED: i64 = 4096;
+
+/// The group's committed offsets of `partitions`: the assignment (from [`REREAD_BEFORE_COMMITTED`]
+/// before each committed offset, else the beginning) and the committed ones by partition.
 fn start_offsets(
     consumer: &BaseConsumer,
     topic: &str,
@@ -218,7 +230,7 @@ fn start_offsets(
         let from = match e.offset() {
             Offset::Offset(at) => {
                 starts.insert(e.partition(), at);
-                Offset::Offset(at)
+                Offset::Offset((at - REREAD_BEFORE_COMMITTED).max(0))
             }
             _ => Offset::Beginning,
         };

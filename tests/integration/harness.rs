@@ -178,12 +178,21 @@ pub async fn read_topic_json(topic: String, expect: usize) -> Vec<serde_json::Va
 /// Every record (key, payload) of partition 0 of `topic`, from the beginning: waits until
 /// `expect` arrived (at most 20 s), then half a second more so that extra records show too.
 pub async fn read_topic_raw(topic: String, expect: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    read_topic_raw_from(kafka_brokers(), topic, expect).await
+}
+
+/// [`read_topic_raw`] from the brokers `brokers`.
+pub async fn read_topic_raw_from(
+    brokers: String,
+    topic: String,
+    expect: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
     use std::time::{Duration, Instant};
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
+            .set("bootstrap.servers", brokers)
             .set("group.id", format!("hstest-{}", rand::random::<u32>()))
             .set("enable.auto.commit", "false")
             .set("fetch.message.max.bytes", "67108864")
@@ -212,4 +221,58 @@ pub async fn read_topic_raw(topic: String, expect: usize) -> Vec<(Vec<u8>, Vec<u
     })
     .await
     .unwrap()
+}
+
+/// A tansu broker of the test's own with memory storage (the chaos suite's kind), stopped
+/// when dropped. The binary: `HSTEST_TANSU` (scripts/test.sh sets it), else where
+/// scripts/install-tansu.sh puts it.
+pub struct MemoryBroker {
+    child: std::process::Child,
+    pub addr: String,
+}
+
+impl MemoryBroker {
+    pub async fn start() -> MemoryBroker {
+        let bin = std::env::var("HSTEST_TANSU").unwrap_or_else(|_| {
+            let cache = std::env::var("HSDEV_CACHE").unwrap_or_else(|_| {
+                format!(
+                    "{}/.cache/hindsight",
+                    std::env::var("HOME").unwrap_or_default()
+                )
+            });
+            format!("{cache}/tansu-0.6.0/bin/tansu")
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let child = std::process::Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://hstest/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run tansu at {bin} ({e}): run scripts/install-tansu.sh or set HSTEST_TANSU"));
+        let broker = MemoryBroker { child, addr };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&broker.addr).await.is_ok() {
+                return broker;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!(
+            "tansu ({bin}) did not listen on {} within 10 s",
+            broker.addr
+        );
+    }
+}
+
+impl Drop for MemoryBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -48,10 +48,20 @@ async fn armed_proxy(pg: Pg, prefix: &str, point: &str) -> (tokio::process::Chil
 
 /// A proxy on `prefix` that heals at once (BEGINs without txid after `unknown_after`).
 async fn healing_proxy(pg: Pg, prefix: &str, unknown_after: Duration) -> hindsight::proxy::Running {
+    healing_proxy_on(pg, harness::kafka_brokers(), prefix, unknown_after).await
+}
+
+/// [`healing_proxy`] publishing to `brokers`.
+async fn healing_proxy_on(
+    pg: Pg,
+    brokers: String,
+    prefix: &str,
+    unknown_after: Duration,
+) -> hindsight::proxy::Running {
     let dsn = harness::conn_str(pg.addr(), "postgres", "postgres") + " sslmode=disable";
     let p = prefix.to_string();
     harness::proxy(pg, move |c| {
-        c.kafka.brokers = vec![harness::kafka_brokers()];
+        c.kafka.brokers = vec![brokers];
         c.kafka.topic_prefix = p;
         c.in_doubt.database = Some(dsn);
         c.in_doubt.after = Duration::ZERO;
@@ -170,6 +180,83 @@ async fn statement_without_txid_is_closed_as_unknown() {
     assert_eq!(end["resolution"]["by"], "no_txid", "{end}");
     assert_eq!(end["resolution"]["txid_status"], Value::Null, "{end}");
     super::capture::validate("transaction", &records);
+    healer.shutdown().await;
+}
+
+/// Regression (chaos suite, 2026-12-06 and 2026-12-07, BEGINs left open for good): the
+/// healers' committed offset was a BEGIN in the middle of a record batch when its replica was
+/// killed. tansu with memory storage (the chaos suite's) hands out nothing from an offset
+/// inside the last batch, so the next replica, starting there, never read the BEGIN.
+#[tokio::test]
+async fn a_begin_inside_the_last_record_batch_is_healed_from_the_committed_offset() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let broker = harness::MemoryBroker::start().await;
+    let prefix = harness::random_prefix("indoubt_batch");
+    let sink = hindsight::audit::kafka::KafkaSink::connect(hindsight::audit::kafka::SinkConfig {
+        brokers: vec![broker.addr.clone()],
+        topic_prefix: prefix.clone(),
+        publish_timeout: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .await
+    .expect("connect");
+    let topic = sink.transaction_topic();
+    sink.ensure_topics([topic.as_str()]).await.expect("topic");
+    // One record batch (a lingering producer): a closed transaction, then a BEGIN without END
+    // and without txid (closed as `unknown`).
+    let ts = hindsight::audit::event::now_ms();
+    let begin = |id: &str| serde_json::json!({"status": "BEGIN", "id": id, "txId": null, "event_count": 0, "data_collections": [], "ts_ms": ts});
+    let mut end_a = begin("a");
+    end_a["status"] = "END".into();
+    end_a["commit_status"] = "committed".into();
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("linger.ms", "500")
+        .create()
+        .expect("producer");
+    for r in [begin("a"), end_a, begin("b")] {
+        let (key, payload) = (r["id"].as_str().unwrap().to_string(), r.to_string());
+        producer
+            .send(BaseRecord::to(&topic).key(&key).payload(&payload))
+            .expect("queued");
+    }
+    producer
+        .flush(Duration::from_secs(10))
+        .expect("acknowledged");
+    // The healers' group stands at the open BEGIN (offset 2), as a killed replica left it.
+    let group: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", format!("hindsight-in-doubt.{prefix}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut at = rdkafka::TopicPartitionList::new();
+    at.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(2))
+        .unwrap();
+    group.assign(&at).expect("assign");
+    group.commit(&at, CommitMode::Sync).expect("commit");
+    drop(group);
+
+    let healer = healing_proxy_on(Pg::V15, broker.addr.clone(), &prefix, Duration::ZERO).await;
+    let got = harness::read_topic_raw_from(broker.addr.clone(), topic, 4).await;
+    let got: Vec<serde_json::Value> = got
+        .iter()
+        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+        .collect();
+    assert_eq!(
+        got.len(),
+        4,
+        "the three records, then b's healed END: {got:?}"
+    );
+    let end = &got[3];
+    assert_eq!(
+        (&end["status"], &end["id"]),
+        (&"END".into(), &"b".into()),
+        "{end}"
+    );
+    assert_eq!(end["commit_status"], "unknown", "{end}");
+    assert_eq!(end["resolution"]["by"], "no_txid", "{end}");
     healer.shutdown().await;
 }
 
