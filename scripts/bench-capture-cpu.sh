@@ -15,6 +15,11 @@
 #   scripts/bench-capture-cpu.sh [SECONDS_PER_RUN (default 10)] [ROUNDS (default 2)]
 # HSBENCH_CLIENTS=N runs N clients instead of 8 (1: no lock waits between sessions);
 # HSBENCH_VERSIONS="15" and HSBENCH_MODES="prepared" narrow the run.
+# HSBENCH_RATE=N offers every path the same load, N transactions a second in all (pgbench -R),
+# instead of as many as it can take: PostgreSQL's CPU per transaction grows as its rate falls
+# (its backends sleep and wake between statements), so "how much busier does capture make my
+# server at my load" is the equal-rate comparison. N must be under every path's maximum; the
+# latency columns then count from each transaction's scheduled start (pgbench -R).
 # HSBENCH_BIN=path runs that binary instead of building target/release/hindsight (to compare
 # two builds, e.g. before and after a change, with the same script).
 source "$(dirname "$0")/common.sh"
@@ -85,7 +90,7 @@ for ver in ${HSBENCH_VERSIONS:-15 18}; do
         lat="$DEV/bench-cpu-lat"
         m0=$(machine_ticks); b0=$(ticks_of "$broker_pid"); h0=0; [ -n "$proc" ] && h0=$(ticks_of "$proc")
         p0=$(tree_ticks "$postmaster"); r0=$(reaped_ticks "$postmaster")
-        tps=$(pgbench -n -M "$mode" -c "$clients" -j "$clients" -T "$secs" --log --log-prefix="$lat" \
+        tps=$(pgbench -n -M "$mode" -c "$clients" -j "$clients" -T "$secs" ${HSBENCH_RATE:+-R "$HSBENCH_RATE"} --log --log-prefix="$lat" \
           "host=127.0.0.1 port=$target user=postgres dbname=$db" 2>&1 | sed -nE 's/^tps = ([0-9.]+).*/\1/p')
         [ -n "$tps" ] || die "pgbench produced no result ($path, $mode, PostgreSQL $ver)"
         m1=$(machine_ticks); b1=$(ticks_of "$broker_pid"); h1=0; [ -n "$proc" ] && h1=$(ticks_of "$proc")
